@@ -1,0 +1,5 @@
+//! wsplice: a WebSocket reverse proxy.
+pub mod config;
+pub mod core;
+pub mod driver;
+pub mod sys;
