@@ -1,0 +1,148 @@
+//! Writes the head the backend receives: freshly serialized, never the client's raw bytes.
+//!
+//! ```text
+//! GET {target, prefix stripped} HTTP/1.1
+//! {client headers in order, minus hop-by-hop, minus every header named in Connection,
+//!  minus X-Real-IP, X-Forwarded-Proto and X-Forwarded-For}
+//! Upgrade: websocket
+//! Connection: upgrade
+//! X-Real-IP: {client ip}
+//! X-Forwarded-For: [{client's values}, ]{client ip}      (append; replace drops the client's)
+//! X-Forwarded-Proto: http
+//! ```
+//! Headers named in `Connection` are removed *before* the proxy adds its own, so
+//! `Connection: Upgrade, X-Forwarded-For, X-Real-IP` cannot delete or forge them.
+
+use crate::config::ForwardedFor;
+use crate::core::handshake::tokens;
+use crate::core::head::RequestHead;
+use std::io::Write as _;
+use std::net::IpAddr;
+
+/// Headers that describe one hop and never travel further (RFC 9110 §7.6.1), plus `Proxy-*`
+/// (Proxy-Connection, Proxy-Authorization). `Upgrade` and `Connection` are written fresh.
+pub fn is_hop_by_hop(name: &str) -> bool {
+    const HOP: [&str; 6] = [
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ];
+    HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+        || name
+            .get(..6)
+            .is_some_and(|p| p.eq_ignore_ascii_case("proxy-"))
+}
+
+fn named_in_connection(req: &RequestHead<'_, '_>, name: &str) -> bool {
+    // Host routes the request; letting the client delete it would only break its own request.
+    if name.eq_ignore_ascii_case("host") {
+        return false;
+    }
+    req.headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .any(|h| tokens(h.value).any(|t| t.eq_ignore_ascii_case(name.as_bytes())))
+}
+
+/// True for a client header that is forwarded unchanged.
+pub fn passes_through(req: &RequestHead<'_, '_>, name: &str) -> bool {
+    !(is_hop_by_hop(name)
+        || name.eq_ignore_ascii_case("x-real-ip")
+        || name.eq_ignore_ascii_case("x-forwarded-proto")
+        || name.eq_ignore_ascii_case("x-forwarded-for")
+        || named_in_connection(req, name))
+}
+
+/// Appends the backend's request head to `out`.
+pub fn write_backend_head(
+    out: &mut Vec<u8>,
+    req: &RequestHead<'_, '_>,
+    path: &str,
+    query: &str,
+    client_ip: IpAddr,
+    forwarded_for: ForwardedFor,
+) {
+    out.extend_from_slice(b"GET ");
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(query.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for h in req.headers {
+        if passes_through(req, h.name) {
+            out.extend_from_slice(h.name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(h.value);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    out.extend_from_slice(b"Upgrade: websocket\r\nConnection: upgrade\r\n");
+    let _ = write!(out, "X-Real-IP: {client_ip}\r\nX-Forwarded-For: ");
+    if forwarded_for == ForwardedFor::Append && !named_in_connection(req, "x-forwarded-for") {
+        // Several X-Forwarded-For lines are one comma-separated list (RFC 9110 §5.3).
+        for h in req.headers {
+            let v = h.value.trim_ascii();
+            if h.name.eq_ignore_ascii_case("x-forwarded-for") && !v.is_empty() {
+                out.extend_from_slice(v);
+                out.extend_from_slice(b", ");
+            }
+        }
+    }
+    let _ = write!(out, "{client_ip}\r\nX-Forwarded-Proto: http\r\n\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::head::parse_request;
+
+    fn rewrite(head: &str, ff: ForwardedFor) -> String {
+        let mut h = [httparse::EMPTY_HEADER; 32];
+        let req = parse_request(head.as_bytes(), &mut h).expect("parses");
+        let mut out = Vec::new();
+        write_backend_head(
+            &mut out,
+            &req,
+            "/a",
+            "?x=1",
+            "10.0.0.7".parse().expect("ip"),
+            ff,
+        );
+        String::from_utf8(out).expect("ascii")
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_adds_proxy_headers() {
+        let got = rewrite(
+            "GET /notice/a?x=1 HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade, X-Secret\r\nKeep-Alive: 5\r\nProxy-Connection: x\r\nProxy-Authorization: y\r\nTE: trailers\r\nTrailer: z\r\nX-Secret: s\r\nOrigin: http://o\r\nSec-WebSocket-Key: k\r\nSec-WebSocket-Protocol: chat\r\nX-Real-IP: 6.6.6.6\r\nX-Forwarded-Proto: https\r\n\r\n",
+            ForwardedFor::Append,
+        );
+        assert_eq!(
+            got,
+            "GET /a?x=1 HTTP/1.1\r\nHost: h\r\nOrigin: http://o\r\nSec-WebSocket-Key: k\r\nSec-WebSocket-Protocol: chat\r\nUpgrade: websocket\r\nConnection: upgrade\r\nX-Real-IP: 10.0.0.7\r\nX-Forwarded-For: 10.0.0.7\r\nX-Forwarded-Proto: http\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn forwarded_for_append_and_replace() {
+        let head = "GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 1.1.1.1\r\nX-Forwarded-For: 2.2.2.2, 3.3.3.3\r\n\r\n";
+        assert!(rewrite(head, ForwardedFor::Append)
+            .contains("\r\nX-Forwarded-For: 1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.7\r\n"));
+        let replaced = rewrite(head, ForwardedFor::Replace);
+        assert!(replaced.contains("\r\nX-Forwarded-For: 10.0.0.7\r\n"));
+        assert_eq!(replaced.matches("X-Forwarded-For").count(), 1);
+    }
+
+    #[test]
+    fn connection_cannot_delete_proxy_headers_or_host() {
+        let got = rewrite(
+            "GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, X-Forwarded-For, X-Real-IP, Host\r\nX-Forwarded-For: 1.2.3.4\r\nX-Real-IP: 6.6.6.6\r\n\r\n",
+            ForwardedFor::Append,
+        );
+        assert!(got.contains("\r\nHost: h\r\n"));
+        assert!(got.contains("\r\nX-Real-IP: 10.0.0.7\r\n"));
+        assert!(got.contains("\r\nX-Forwarded-For: 10.0.0.7\r\n"), "{got}");
+        assert!(!got.contains("1.2.3.4") && !got.contains("6.6.6.6"));
+    }
+}

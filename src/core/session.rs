@@ -1,0 +1,763 @@
+//! The per-connection handshake state machine, from the first client byte to the tunnel.
+//!
+//! ```text
+//!  ReadHead ──head ok──▶ Connecting ──connected──▶ SendHead ──written──▶ ReadAnswer ──101──▶ Tunnel
+//!     │                    │  ▲ refused/timeout:        │                   │ other status
+//!     │ bad/timeout        │  └─ next backend           │ reset             ▼
+//!     ▼                    ▼ all tried                  ▼               ForwardAnswer ──▶ Forward
+//!   Reject(4xx)          Reject(502/503/504)          Reject(502)
+//! ```
+//! Inputs are `handle_*` calls carrying bytes and `now`; each returns the [`Action`] the driver
+//! must carry out. The session never touches a socket or a clock, so whole handshakes are unit
+//! tests with byte scripts and a fake clock (see the tests below).
+
+use crate::config::Timeouts;
+use crate::core::handshake::{validate_answer, validate_request, Answer, Body};
+use crate::core::head::{find_head_end, overflow_reject, parse_request, precheck};
+use crate::core::rewrite::write_backend_head;
+use crate::core::route::{rewritten_target, RouteTable};
+use crate::core::status::{BackendFailure, Reject};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+/// Body bytes of a non-101 answer relayed at most (beyond the head); the rest is cut off.
+pub const MAX_FORWARD_BODY: usize = 64 * 1024;
+
+/// What the handshake needs from the configuration.
+#[derive(Debug)]
+pub struct Settings {
+    pub routes: RouteTable,
+    pub timeouts: Timeouts,
+    pub max_head_bytes: usize,
+    pub max_headers: usize,
+}
+
+/// Why a backend connect attempt failed, as the driver saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectFailure {
+    Refused,
+    Reset,
+    Timeout,
+    /// The proxy could not get a descriptor (EMFILE/ENFILE): no point trying another backend.
+    NoDescriptors,
+}
+
+/// What the driver must do next.
+#[must_use]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Nothing now; wait for more input or the deadline.
+    Wait,
+    /// Close any backend socket, then start a non-blocking connect to this address.
+    Connect(SocketAddr),
+    /// Write [`Handshake::backend_output`] to the backend; report progress with
+    /// [`Handshake::handle_backend_written`].
+    SendHead,
+    /// Write the reject's canned answer to the client, then close both sockets.
+    Reject(Reject),
+    /// Write [`Handshake::client_output`] (the backend's non-101 answer) to the client, then
+    /// close both sockets.
+    Forward,
+    /// The backend accepted: write [`Handshake::client_output`] to the client and
+    /// [`Handshake::backend_output`] to the backend, then relay.
+    Tunnel,
+    /// Close both sockets without an answer (the client left before sending a head).
+    Close,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    ReadHead,
+    Connecting,
+    SendHead,
+    ReadAnswer,
+    /// Relaying a non-101 answer: `remaining` body bytes (None: until close; chunked: until the
+    /// last chunk is seen).
+    ForwardAnswer {
+        body: Body,
+        head_len: usize,
+    },
+    Tunnel,
+    Done,
+}
+
+/// One client connection before its tunnel exists.
+#[derive(Debug)]
+pub struct Handshake {
+    state: State,
+    client_ip: IpAddr,
+    /// Client head while reading it; the backend's answer after that.
+    buf: Vec<u8>,
+    searched: usize,
+    /// The rewritten head for the backend, then (in Tunnel) the client's pipelined bytes.
+    out: Vec<u8>,
+    written: usize,
+    /// Client bytes that arrived after its head, forwarded only after a valid 101.
+    held: Vec<u8>,
+    route: usize,
+    first_backend: usize,
+    tried: usize,
+    last_failure: Option<ConnectFailure>,
+    deadline: Instant,
+    started: Instant,
+}
+
+impl Handshake {
+    /// A new connection from `client_ip`, accepted at `now`.
+    pub fn new(client_ip: IpAddr, now: Instant, s: &Settings) -> Handshake {
+        Handshake {
+            state: State::ReadHead,
+            client_ip,
+            buf: Vec::new(),
+            searched: 0,
+            out: Vec::new(),
+            written: 0,
+            held: Vec::new(),
+            route: 0,
+            first_backend: 0,
+            tried: 0,
+            last_failure: None,
+            deadline: now + s.timeouts.handshake,
+            started: now,
+        }
+    }
+
+    /// When [`Handshake::handle_timeout`] must be called.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// When the connection was accepted.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// True while a backend connect is in progress.
+    pub fn is_connecting(&self) -> bool {
+        self.state == State::Connecting
+    }
+
+    /// True while the rewritten head is being written to the backend.
+    pub fn is_sending(&self) -> bool {
+        self.state == State::SendHead
+    }
+
+    /// The route chosen, once the head was accepted.
+    pub fn route(&self) -> Option<usize> {
+        match self.state {
+            State::ReadHead => None,
+            _ => Some(self.route),
+        }
+    }
+
+    /// How many bytes the driver may read from the client now. 0: do not read (the kernel buffers
+    /// whatever comes next; that is our backpressure during the handshake).
+    pub fn client_read_limit(&self, s: &Settings) -> usize {
+        match self.state {
+            State::ReadHead => s.max_head_bytes.saturating_sub(self.buf.len()).max(1),
+            _ => 0,
+        }
+    }
+
+    /// How many bytes the driver may read from the backend now.
+    pub fn backend_read_limit(&self, s: &Settings) -> usize {
+        match self.state {
+            State::ReadAnswer => s.max_head_bytes.saturating_sub(self.buf.len()).max(1),
+            State::ForwardAnswer { .. } => (s.max_head_bytes + MAX_FORWARD_BODY)
+                .saturating_sub(self.buf.len())
+                .max(1),
+            _ => 0,
+        }
+    }
+
+    /// Bytes for the backend: the rewritten head (SendHead), or the held client bytes (Tunnel).
+    pub fn backend_output(&self) -> &[u8] {
+        &self.out[self.written.min(self.out.len())..]
+    }
+
+    /// Bytes for the client: the backend's answer (Forward), or its 101 and what followed (Tunnel).
+    pub fn client_output(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Hands the buffers over for the tunnel: (to the client, to the backend).
+    pub fn into_tunnel_bytes(self) -> (Vec<u8>, Vec<u8>) {
+        (self.buf, self.out)
+    }
+
+    /// Bytes arrived from the client.
+    pub fn handle_client_data(&mut self, s: &Settings, now: Instant, data: &[u8]) -> Action {
+        if self.state != State::ReadHead {
+            // The driver reads only in ReadHead; anything else is a driver bug we tolerate by
+            // holding the bytes (bounded like the head).
+            if self.held.len() + data.len() > s.max_head_bytes {
+                return self.fail(Reject::HeadTooLarge);
+            }
+            self.held.extend_from_slice(data);
+            return Action::Wait;
+        }
+        let from = self.buf.len();
+        self.buf.extend_from_slice(data);
+        match find_head_end(&self.buf, from.max(self.searched)) {
+            Some(end) => {
+                let extra = self.buf.split_off(end);
+                self.held = extra;
+                self.on_head(s, now)
+            }
+            None => {
+                self.searched = self.buf.len();
+                if self.buf.len() >= s.max_head_bytes {
+                    // The buffer is full and still no blank line.
+                    if let Err(r) = precheck_partial(&self.buf) {
+                        return self.fail(r);
+                    }
+                    return self.fail(overflow_reject(&self.buf));
+                }
+                // Refuse obviously broken framing early rather than waiting for the timeout.
+                match precheck_partial(&self.buf) {
+                    Err(r) => self.fail(r),
+                    Ok(()) => Action::Wait,
+                }
+            }
+        }
+    }
+
+    fn on_head(&mut self, s: &Settings, now: Instant) -> Action {
+        match self.accept_head(s) {
+            Ok(out) => {
+                self.out = out;
+                self.buf = Vec::new();
+                self.state = State::Connecting;
+                let r = s.routes.get(self.route);
+                self.first_backend = r.first_backend();
+                self.tried = 0;
+                self.connect_next(s, now)
+            }
+            Err(r) => self.fail(r),
+        }
+    }
+
+    fn accept_head(&mut self, s: &Settings) -> Result<Vec<u8>, Reject> {
+        precheck(&self.buf, s.max_head_bytes / 2)?;
+        let mut headers = vec![httparse::EMPTY_HEADER; s.max_headers];
+        let req = parse_request(&self.buf, &mut headers)?;
+        let up = validate_request(&req)?;
+        let m = s.routes.lookup(up.host, up.path).ok_or(Reject::NoRoute)?;
+        self.route = m.route;
+        let route = s.routes.get(m.route);
+        if route.backends.is_empty() {
+            return Err(Reject::NoRoute);
+        }
+        let (path, query) = rewritten_target(up.path, m.strip, up.query);
+        let mut out = Vec::with_capacity(self.buf.len() + 128);
+        write_backend_head(
+            &mut out,
+            &req,
+            path,
+            query,
+            self.client_ip,
+            route.forwarded_for,
+        );
+        Ok(out)
+    }
+
+    fn connect_next(&mut self, s: &Settings, now: Instant) -> Action {
+        let r = s.routes.get(self.route);
+        if self.tried >= r.backends.len() {
+            return self.fail(match self.last_failure {
+                Some(ConnectFailure::Timeout) => Reject::BackendTimeout,
+                Some(ConnectFailure::NoDescriptors) => Reject::Overloaded,
+                Some(ConnectFailure::Reset) => Reject::BackendFailed(BackendFailure::Reset),
+                _ => Reject::BackendFailed(BackendFailure::Refused),
+            });
+        }
+        let addr = r.backends[(self.first_backend + self.tried) % r.backends.len()];
+        self.tried += 1;
+        self.state = State::Connecting;
+        self.deadline = now + s.timeouts.connect;
+        Action::Connect(addr)
+    }
+
+    /// The client closed before the handshake finished.
+    pub fn handle_client_eof(&mut self) -> Action {
+        match self.state {
+            // Nothing was sent anywhere yet: just close.
+            State::ReadHead | State::Connecting | State::SendHead | State::ReadAnswer => {
+                self.state = State::Done;
+                Action::Close
+            }
+            // The answer is relayed regardless; the client may have half-closed only.
+            State::ForwardAnswer { .. } => Action::Wait,
+            State::Tunnel | State::Done => Action::Wait,
+        }
+    }
+
+    /// The backend connect completed.
+    pub fn handle_connected(&mut self, s: &Settings, now: Instant) -> Action {
+        match self.state {
+            State::Connecting => {
+                self.state = State::SendHead;
+                self.written = 0;
+                // The answer must come within the handshake timeout of the connect.
+                self.deadline = now + s.timeouts.handshake;
+                Action::SendHead
+            }
+            _ => Action::Wait,
+        }
+    }
+
+    /// The backend connect failed; try the next backend or answer.
+    pub fn handle_connect_failed(
+        &mut self,
+        s: &Settings,
+        now: Instant,
+        why: ConnectFailure,
+    ) -> Action {
+        match self.state {
+            State::Connecting => {
+                self.last_failure = Some(why);
+                if why == ConnectFailure::NoDescriptors {
+                    return self.fail(Reject::Overloaded);
+                }
+                self.connect_next(s, now)
+            }
+            // After the connect, a socket error is a reset of an established backend.
+            State::SendHead | State::ReadAnswer => {
+                self.fail(Reject::BackendFailed(BackendFailure::Reset))
+            }
+            State::ForwardAnswer { .. } => {
+                self.state = State::Done;
+                Action::Forward
+            }
+            State::ReadHead | State::Tunnel | State::Done => Action::Wait,
+        }
+    }
+
+    /// `n` bytes of [`Handshake::backend_output`] were written.
+    pub fn handle_backend_written(&mut self, n: usize) -> Action {
+        match self.state {
+            State::SendHead => {
+                self.written += n;
+                if self.written >= self.out.len() {
+                    self.state = State::ReadAnswer;
+                    self.out = std::mem::take(&mut self.held);
+                    self.written = 0;
+                    self.buf.clear();
+                    self.searched = 0;
+                    Action::Wait
+                } else {
+                    Action::SendHead
+                }
+            }
+            _ => Action::Wait,
+        }
+    }
+
+    /// Bytes arrived from the backend.
+    pub fn handle_backend_data(&mut self, s: &Settings, data: &[u8]) -> Action {
+        match self.state {
+            State::ReadAnswer => {
+                let from = self.buf.len();
+                self.buf.extend_from_slice(data);
+                let Some(end) = find_head_end(&self.buf, from.max(self.searched)) else {
+                    self.searched = self.buf.len();
+                    if self.buf.len() >= s.max_head_bytes {
+                        return self.fail(Reject::BackendFailed(BackendFailure::HeadTooLarge));
+                    }
+                    return Action::Wait;
+                };
+                let mut headers = vec![httparse::EMPTY_HEADER; s.max_headers];
+                match validate_answer(&self.buf[..end], &mut headers) {
+                    Ok(Answer::Switch) => {
+                        self.state = State::Tunnel;
+                        Action::Tunnel
+                    }
+                    Ok(Answer::Other { body, .. }) => {
+                        self.state = State::ForwardAnswer {
+                            body,
+                            head_len: end,
+                        };
+                        self.check_forward_done(s)
+                    }
+                    Err(r) => self.fail(r),
+                }
+            }
+            State::ForwardAnswer { .. } => {
+                self.buf.extend_from_slice(data);
+                self.check_forward_done(s)
+            }
+            _ => Action::Wait,
+        }
+    }
+
+    fn check_forward_done(&mut self, s: &Settings) -> Action {
+        let State::ForwardAnswer { body, head_len } = self.state else {
+            return Action::Wait;
+        };
+        let have = self.buf.len() - head_len;
+        let done = match body {
+            Body::None => {
+                self.buf.truncate(head_len);
+                true
+            }
+            Body::Length(n) => {
+                if have as u64 >= n {
+                    self.buf.truncate(head_len + n as usize);
+                    true
+                } else {
+                    false
+                }
+            }
+            Body::Chunked => self.buf[head_len..].ends_with(b"0\r\n\r\n"),
+            Body::UntilClose => false,
+        };
+        if done || self.buf.len() >= s.max_head_bytes + MAX_FORWARD_BODY {
+            self.buf.truncate(s.max_head_bytes + MAX_FORWARD_BODY);
+            self.state = State::Done;
+            Action::Forward
+        } else {
+            Action::Wait
+        }
+    }
+
+    /// The backend closed its side.
+    pub fn handle_backend_eof(&mut self) -> Action {
+        match self.state {
+            State::SendHead | State::ReadAnswer => {
+                self.fail(Reject::BackendFailed(BackendFailure::ClosedEarly))
+            }
+            State::ForwardAnswer { .. } => {
+                self.state = State::Done;
+                Action::Forward
+            }
+            State::ReadHead | State::Connecting | State::Tunnel | State::Done => Action::Wait,
+        }
+    }
+
+    /// The deadline may have passed.
+    pub fn handle_timeout(&mut self, s: &Settings, now: Instant) -> Action {
+        if now < self.deadline {
+            return Action::Wait;
+        }
+        match self.state {
+            State::ReadHead => self.fail(Reject::HandshakeTimeout),
+            State::Connecting => {
+                self.last_failure = Some(ConnectFailure::Timeout);
+                self.connect_next(s, now)
+            }
+            State::SendHead | State::ReadAnswer => self.fail(Reject::BackendTimeout),
+            State::ForwardAnswer { .. } => {
+                self.state = State::Done;
+                Action::Forward
+            }
+            State::Tunnel | State::Done => Action::Wait,
+        }
+    }
+
+    fn fail(&mut self, r: Reject) -> Action {
+        self.state = State::Done;
+        Action::Reject(r)
+    }
+}
+
+/// Checks of an incomplete head that can already fail: bare line endings and NUL before the
+/// last byte (the last byte may be a CR whose LF has not arrived).
+fn precheck_partial(buf: &[u8]) -> Result<(), Reject> {
+    let upto = buf.len().saturating_sub(1);
+    let mut prev = 0u8;
+    for (i, &b) in buf[..upto].iter().enumerate() {
+        let bad = match b {
+            b'\n' => prev != b'\r',
+            b'\r' => buf[i + 1] != b'\n',
+            0 => true,
+            _ => false,
+        };
+        if bad {
+            return Err(Reject::BadRequest(
+                crate::core::status::BadRequest::BareLineEnding,
+            ));
+        }
+        prev = b;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ForwardedFor, Route};
+    use crate::core::status::BadRequest;
+    use std::time::Duration;
+
+    const HEAD: &str = "GET /notice/a?x=1 HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    const OK101: &str = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+
+    fn settings(backends: &[&str]) -> Settings {
+        Settings {
+            routes: RouteTable::new(&[Route {
+                prefix: "/notice".into(),
+                host: None,
+                backends: backends.iter().map(|b| b.parse().expect("addr")).collect(),
+                strip_prefix: true,
+                forwarded_for: ForwardedFor::Append,
+            }]),
+            timeouts: Timeouts {
+                handshake: Duration::from_secs(10),
+                connect: Duration::from_secs(5),
+                idle: Duration::from_secs(3600),
+                half_close: Duration::from_secs(30),
+            },
+            max_head_bytes: 4096,
+            max_headers: 32,
+        }
+    }
+
+    /// One step of a byte script and what the session must answer.
+    enum Step<'a> {
+        Client(&'a [u8], Action),
+        ClientEof(Action),
+        Connected(Action),
+        ConnectFailed(ConnectFailure, Action),
+        Written(usize, Action),
+        Backend(&'a [u8], Action),
+        BackendEof(Action),
+        /// Advance the fake clock, then deliver a timeout.
+        After(Duration, Action),
+    }
+
+    fn run(s: &Settings, script: &[Step<'_>]) -> Handshake {
+        let mut now = Instant::now();
+        let mut hs = Handshake::new("10.0.0.7".parse().expect("ip"), now, s);
+        for (i, step) in script.iter().enumerate() {
+            let (got, want) = match step {
+                Step::Client(b, want) => (hs.handle_client_data(s, now, b), want),
+                Step::ClientEof(want) => (hs.handle_client_eof(), want),
+                Step::Connected(want) => (hs.handle_connected(s, now), want),
+                Step::ConnectFailed(f, want) => (hs.handle_connect_failed(s, now, *f), want),
+                Step::Written(n, want) => (hs.handle_backend_written(*n), want),
+                Step::Backend(b, want) => (hs.handle_backend_data(s, b), want),
+                Step::BackendEof(want) => (hs.handle_backend_eof(), want),
+                Step::After(d, want) => {
+                    now += *d;
+                    (hs.handle_timeout(s, now), want)
+                }
+            };
+            assert_eq!(&got, want, "step {i}");
+        }
+        hs
+    }
+
+    fn addr(a: &str) -> Action {
+        Action::Connect(a.parse().expect("addr"))
+    }
+
+    #[test]
+    fn whole_handshake_in_small_chunks() {
+        let s = settings(&["127.0.0.1:1"]);
+        let mut steps: Vec<Step<'_>> = Vec::new();
+        let head = HEAD.as_bytes();
+        for chunk in head[..head.len() - 1].chunks(7) {
+            steps.push(Step::Client(chunk, Action::Wait));
+        }
+        steps.push(Step::Client(&head[head.len() - 1..], addr("127.0.0.1:1")));
+        steps.push(Step::Connected(Action::SendHead));
+        let hs = run(&s, &steps);
+        let sent = String::from_utf8(hs.backend_output().to_vec()).expect("ascii");
+        assert!(
+            sent.starts_with("GET /a?x=1 HTTP/1.1\r\nHost: h\r\n"),
+            "{sent}"
+        );
+        assert!(sent.contains("X-Forwarded-For: 10.0.0.7\r\n"));
+    }
+
+    #[test]
+    fn pipelined_frame_is_held_until_101_and_backend_extra_goes_to_client() {
+        let s = settings(&["127.0.0.1:1"]);
+        let mut first = HEAD.as_bytes().to_vec();
+        first.extend_from_slice(b"\x81\x85FRAME");
+        let mut answer = OK101.as_bytes().to_vec();
+        answer.extend_from_slice(b"\x81\x02hi");
+        let mut hs = run(
+            &s,
+            &[
+                Step::Client(&first, addr("127.0.0.1:1")),
+                Step::Connected(Action::SendHead),
+            ],
+        );
+        let n = hs.backend_output().len();
+        assert!(
+            !hs.backend_output().ends_with(b"FRAME"),
+            "held bytes must wait for the 101"
+        );
+        assert_eq!(hs.handle_backend_written(n - 3), Action::SendHead);
+        assert_eq!(hs.handle_backend_written(3), Action::Wait);
+        assert_eq!(hs.handle_backend_data(&s, &answer[..20]), Action::Wait);
+        assert_eq!(hs.handle_backend_data(&s, &answer[20..]), Action::Tunnel);
+        let (to_client, to_backend) = hs.into_tunnel_bytes();
+        assert_eq!(to_client, answer);
+        assert_eq!(to_backend, b"\x81\x85FRAME");
+    }
+
+    #[test]
+    fn rejects_answer_and_never_connect() {
+        use ConnectFailure as F;
+        let s = settings(&["127.0.0.1:1", "127.0.0.1:2"]);
+        let cases: Vec<(Vec<Step<'_>>, Action)> = vec![
+            (
+                vec![Step::Client(b"GET / HTTP/1.1\nHost: x\r\n", Action::Wait)],
+                Action::Wait,
+            ),
+            (
+                vec![Step::After(
+                    Duration::from_secs(10),
+                    Action::Reject(Reject::HandshakeTimeout),
+                )],
+                Action::Wait,
+            ),
+            (
+                vec![Step::Client(
+                    b"GET /notice HTTP/1.1\r\nHost: h\r\n\r\n",
+                    Action::Reject(Reject::NotUpgrade),
+                )],
+                Action::Wait,
+            ),
+            (
+                vec![Step::Client(
+                    HEAD.replace("/notice/a", "/other")
+                        .as_bytes()
+                        .to_vec()
+                        .leak(),
+                    Action::Reject(Reject::NoRoute),
+                )],
+                Action::Wait,
+            ),
+            (vec![Step::ClientEof(Action::Close)], Action::Wait),
+            (
+                vec![Step::Client(
+                    &[b'a'; 4096],
+                    Action::Reject(Reject::UriTooLong),
+                )],
+                Action::Wait,
+            ),
+        ];
+        // The first row: a bare LF is refused as soon as it is seen, before the head completes.
+        let mut hs = Handshake::new("10.0.0.7".parse().expect("ip"), Instant::now(), &s);
+        assert_eq!(
+            hs.handle_client_data(&s, Instant::now(), b"GET / HTTP/1.1\nHost: x\r\n"),
+            Action::Reject(Reject::BadRequest(BadRequest::BareLineEnding))
+        );
+        for (steps, _) in cases.into_iter().skip(1) {
+            run(&s, &steps);
+        }
+        // Fail-over: refused, then timeout => 504 after both were tried once.
+        run(
+            &s,
+            &[
+                Step::Client(HEAD.as_bytes(), addr("127.0.0.1:1")),
+                Step::ConnectFailed(F::Refused, addr("127.0.0.1:2")),
+                Step::After(
+                    Duration::from_secs(5),
+                    Action::Reject(Reject::BackendTimeout),
+                ),
+            ],
+        );
+        // Round robin: the next connection starts at the second backend.
+        run(
+            &s,
+            &[
+                Step::Client(HEAD.as_bytes(), addr("127.0.0.1:2")),
+                Step::ConnectFailed(F::Reset, addr("127.0.0.1:1")),
+                Step::ConnectFailed(
+                    F::Refused,
+                    Action::Reject(Reject::BackendFailed(BackendFailure::Refused)),
+                ),
+            ],
+        );
+        run(
+            &s,
+            &[
+                Step::Client(HEAD.as_bytes(), addr("127.0.0.1:1")),
+                Step::ConnectFailed(F::NoDescriptors, Action::Reject(Reject::Overloaded)),
+            ],
+        );
+    }
+
+    #[test]
+    fn backend_answers() {
+        let s = settings(&["127.0.0.1:1"]);
+        let start = [
+            Step::Client(HEAD.as_bytes(), addr("127.0.0.1:1")),
+            Step::Connected(Action::SendHead),
+        ];
+        let n = {
+            let hs = run(&s, &start);
+            hs.backend_output().len()
+        };
+        let with = |rest: Vec<Step<'static>>| {
+            let mut v: Vec<Step<'static>> = vec![
+                Step::Client(HEAD.as_bytes(), addr("127.0.0.1:1")),
+                Step::Connected(Action::SendHead),
+                Step::Written(n, Action::Wait),
+            ];
+            v.extend(rest);
+            v
+        };
+        let bad = Action::Reject(Reject::BackendFailed(BackendFailure::BadAnswer));
+        run(
+            &s,
+            &with(vec![Step::Backend(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+                bad,
+            )]),
+        );
+        run(
+            &s,
+            &with(vec![
+                Step::Backend(b"HTTP/1.1 101 Sw", Action::Wait),
+                Step::BackendEof(Action::Reject(Reject::BackendFailed(
+                    BackendFailure::ClosedEarly,
+                ))),
+            ]),
+        );
+        run(
+            &s,
+            &with(vec![Step::After(
+                Duration::from_secs(10),
+                Action::Reject(Reject::BackendTimeout),
+            )]),
+        );
+        let hs = run(
+            &s,
+            &with(vec![
+                Step::Backend(
+                    b"HTTP/1.1 403 Forbidden\r\nContent-Length: 4\r\n\r\nno",
+                    Action::Wait,
+                ),
+                Step::Backend(b"pe and more", Action::Forward),
+            ]),
+        );
+        assert_eq!(
+            hs.client_output(),
+            b"HTTP/1.1 403 Forbidden\r\nContent-Length: 4\r\n\r\nnope"
+        );
+        let hs = run(
+            &s,
+            &with(vec![
+                Step::Backend(b"HTTP/1.1 500 Oops\r\n\r\nbody", Action::Wait),
+                Step::BackendEof(Action::Forward),
+            ]),
+        );
+        assert_eq!(hs.client_output(), b"HTTP/1.1 500 Oops\r\n\r\nbody");
+        let big = vec![b'x'; 5000];
+        run(
+            &s,
+            &with(vec![
+                Step::Backend(b"HTTP/1.1 101 ", Action::Wait),
+                Step::Backend(
+                    big.leak(),
+                    Action::Reject(Reject::BackendFailed(BackendFailure::HeadTooLarge)),
+                ),
+            ]),
+        );
+    }
+}

@@ -1,0 +1,165 @@
+//! Why a handshake failed, which side failed, and the one place that maps failures to HTTP answers.
+
+/// A handshake failure, as answered to the client.
+///
+/// The variant says which side failed (`Client*` = downstream sent something we refuse,
+/// `Backend*` = upstream misbehaved) so logs and metrics can tell them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reject {
+    /// 400: the client's head is malformed or not a valid WebSocket upgrade.
+    BadRequest(BadRequest),
+    /// 404: no route for this host and path.
+    NoRoute,
+    /// 405: CONNECT.
+    Connect,
+    /// 408: the whole head did not arrive within `timeouts.handshake`.
+    HandshakeTimeout,
+    /// 414: the request target is longer than half of `max_head_bytes`.
+    UriTooLong,
+    /// 426: a plain HTTP request (no upgrade): forwarding plain HTTP comes later.
+    NotUpgrade,
+    /// 431: the head exceeds `max_head_bytes` or has more than `max_headers` headers.
+    HeadTooLarge,
+    /// 502: every backend refused or reset the connection, or answered with a broken head.
+    BackendFailed(BackendFailure),
+    /// 503: the proxy is out of descriptors or at `max_connections`.
+    Overloaded,
+    /// 504: the backend connect (or its answer) timed out.
+    BackendTimeout,
+}
+
+/// The precise reason for a 400, for logs and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BadRequest {
+    /// A LF not preceded by CR, or a CR not followed by LF.
+    BareLineEnding,
+    /// A byte that is not allowed in the request target (`#`, space, control, > 0x7E).
+    TargetByte,
+    /// The target is not in origin form (absolute-form, `*`, authority-form).
+    TargetForm,
+    /// httparse refused the head (token, header name or version syntax).
+    Syntax,
+    /// Not `HTTP/1.1`.
+    Version,
+    /// An upgrade with a method other than GET.
+    Method,
+    /// No Host, several Host headers, or a malformed one.
+    Host,
+    /// Content-Length repeated, not a number, or non-zero on an upgrade.
+    ContentLength,
+    /// Any Transfer-Encoding on an upgrade.
+    TransferEncoding,
+    /// A control byte or a byte > 0x7E in a framing header (Host, Upgrade, Connection, CL).
+    FramingByte,
+    /// `Upgrade` is present but not exactly `websocket`, or repeated.
+    UpgradeToken,
+    /// Sec-WebSocket-Key missing, repeated or not 16 base64-decoded bytes.
+    WebSocketKey,
+    /// Sec-WebSocket-Version missing, repeated or not a number.
+    WebSocketVersion,
+}
+
+/// Why a backend attempt failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BackendFailure {
+    /// Connect refused (nothing listens).
+    Refused,
+    /// Reset or other socket error during connect or handshake.
+    Reset,
+    /// The backend's answer head is larger than `max_head_bytes`.
+    HeadTooLarge,
+    /// The backend's answer head does not parse, or a `101` without the WebSocket headers.
+    BadAnswer,
+    /// The backend closed before its head was complete.
+    ClosedEarly,
+}
+
+impl Reject {
+    /// The HTTP status code for this failure.
+    pub fn status(self) -> u16 {
+        match self {
+            Reject::BadRequest(_) => 400,
+            Reject::NoRoute => 404,
+            Reject::Connect => 405,
+            Reject::HandshakeTimeout => 408,
+            Reject::UriTooLong => 414,
+            Reject::NotUpgrade => 426,
+            Reject::HeadTooLarge => 431,
+            Reject::BackendFailed(_) => 502,
+            Reject::Overloaded => 503,
+            Reject::BackendTimeout => 504,
+        }
+    }
+
+    /// True when the downstream (client) is at fault, false for upstream or proxy faults.
+    pub fn is_client_error(self) -> bool {
+        self.status() < 500
+    }
+
+    /// The complete answer written to the client before closing.
+    pub fn response(self) -> &'static [u8] {
+        match self {
+            Reject::BadRequest(_) => {
+                b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+            }
+            Reject::NoRoute => b"HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+            Reject::Connect => {
+                b"HTTP/1.1 405 Method Not Allowed\r\nAllow: GET\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+            }
+            Reject::HandshakeTimeout => {
+                b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+            }
+            Reject::UriTooLong => {
+                b"HTTP/1.1 414 URI Too Long\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+            }
+            Reject::NotUpgrade => {
+                b"HTTP/1.1 426 Upgrade Required\r\nUpgrade: websocket\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+            }
+            Reject::HeadTooLarge => {
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+            }
+            Reject::BackendFailed(_) => {
+                b"HTTP/1.1 502 Bad Gateway\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+            }
+            Reject::Overloaded => {
+                b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\nRetry-After: 1\r\n\r\n"
+            }
+            Reject::BackendTimeout => {
+                b"HTTP/1.1 504 Gateway Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_response_starts_with_its_status_and_ends_the_head() {
+        let all = [
+            Reject::BadRequest(BadRequest::Syntax),
+            Reject::NoRoute,
+            Reject::Connect,
+            Reject::HandshakeTimeout,
+            Reject::UriTooLong,
+            Reject::NotUpgrade,
+            Reject::HeadTooLarge,
+            Reject::BackendFailed(BackendFailure::Refused),
+            Reject::Overloaded,
+            Reject::BackendTimeout,
+        ];
+        for r in all {
+            let text = std::str::from_utf8(r.response()).expect("ascii");
+            assert!(
+                text.starts_with(&format!("HTTP/1.1 {} ", r.status())),
+                "{text}"
+            );
+            assert!(text.ends_with("\r\n\r\n"));
+            let mut headers = [httparse::EMPTY_HEADER; 8];
+            let mut resp = httparse::Response::new(&mut headers);
+            assert!(resp.parse(r.response()).expect("parses").is_complete());
+            assert_eq!(resp.code, Some(r.status()));
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! A coarse hashed timer wheel, one per worker. Time is a parameter: the wheel never reads a clock.
+//!
+//! Entries are `(key, due)` pairs in per-slot `Vec`s that are reused, so inserting allocates only
+//! while a slot grows past its previous high-water mark. There is no cancel: an owner keeps the
+//! `due` of its one live entry and ignores fired entries that do not match it (lazy deletion,
+//! like nginx's lazy timer re-arming). A deadline that moves later is not re-armed at all; the
+//! early entry fires, the owner sees its real deadline is later, and arms again.
+//!
+//! Deadlines further away than one revolution stay in their slot and are skipped on each pass
+//! until due: with 8 ms ticks and 8192 slots a 1 h idle timer is looked at ~55 times an hour.
+
+use std::time::{Duration, Instant};
+
+/// Wheel resolution.
+pub const TICK: Duration = Duration::from_millis(8);
+const SLOTS: usize = 8192;
+
+/// A point in wheel time: ticks since the worker's clock base. Never 0 (0 means "none").
+pub type Tick = u32;
+
+/// Converts between `Instant` and ticks for one worker.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    base: Instant,
+}
+
+impl Clock {
+    pub fn new(base: Instant) -> Clock {
+        Clock { base }
+    }
+
+    /// The tick containing `now` (at least 1).
+    pub fn tick(&self, now: Instant) -> Tick {
+        let ms = now.saturating_duration_since(self.base).as_millis();
+        ((ms / TICK.as_millis()) as u32).wrapping_add(1).max(1)
+    }
+
+    /// The first tick at or after `at` (deadlines round up so they never fire early).
+    pub fn tick_ceil(&self, at: Instant) -> Tick {
+        let d = at.saturating_duration_since(self.base);
+        let ticks = d.as_nanos().div_ceil(TICK.as_nanos());
+        (ticks as u32).wrapping_add(1).max(1)
+    }
+
+    /// Ticks in `d`, rounded up.
+    pub fn ticks(d: Duration) -> u32 {
+        d.as_nanos()
+            .div_ceil(TICK.as_nanos())
+            .min(u32::MAX as u128 / 4) as u32
+    }
+}
+
+/// True if tick `a` is at or before tick `b` (wrapping-aware, valid for gaps < 2^31 ticks).
+pub fn at_or_before(a: Tick, b: Tick) -> bool {
+    (a.wrapping_sub(b) as i32) <= 0
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    key: u32,
+    due: Tick,
+}
+
+/// The wheel.
+#[derive(Debug)]
+pub struct Wheel {
+    slots: Vec<Vec<Entry>>,
+    /// The next tick whose slot has not been processed.
+    next: Tick,
+    len: usize,
+}
+
+impl Wheel {
+    /// A wheel whose first unprocessed tick is `now`.
+    pub fn new(now: Tick) -> Wheel {
+        Wheel {
+            slots: (0..SLOTS).map(|_| Vec::new()).collect(),
+            next: now,
+            len: 0,
+        }
+    }
+
+    /// Entries held, live and stale.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Schedules `key` at `due`. A `due` already passed fires on the next [`Wheel::expire`].
+    pub fn insert(&mut self, key: u32, due: Tick) {
+        let slot_tick = if at_or_before(due, self.next) {
+            self.next
+        } else {
+            due
+        };
+        self.slots[slot_tick as usize % SLOTS].push(Entry { key, due });
+        self.len += 1;
+    }
+
+    /// Moves time to `now` and calls `fire(key, due)` for every entry due at or before it.
+    pub fn expire(&mut self, now: Tick, mut fire: impl FnMut(u32, Tick)) {
+        if !at_or_before(self.next, now) {
+            return;
+        }
+        let span = now.wrapping_sub(self.next) as usize + 1;
+        for i in 0..span.min(SLOTS) {
+            let slot = &mut self.slots[(self.next as usize + i) % SLOTS];
+            let mut j = 0;
+            while j < slot.len() {
+                let e = slot[j];
+                if at_or_before(e.due, now) {
+                    slot.swap_remove(j);
+                    self.len -= 1;
+                    fire(e.key, e.due);
+                } else {
+                    j += 1;
+                }
+            }
+        }
+        self.next = now.wrapping_add(1);
+    }
+
+    /// How long until the next tick that may hold a due entry, for the poll timeout: `None` when
+    /// the wheel is empty. Coarse on purpose: it never scans slots.
+    pub fn next_wait(&self, now: Tick) -> Option<Duration> {
+        if self.len == 0 {
+            return None;
+        }
+        let ticks = self.next.wrapping_sub(now) as i32;
+        Some(TICK * ticks.max(0) as u32 + TICK)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fired(w: &mut Wheel, now: Tick) -> Vec<(u32, Tick)> {
+        let mut v = Vec::new();
+        w.expire(now, |k, d| v.push((k, d)));
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn fires_at_due_not_before() {
+        let mut w = Wheel::new(1);
+        w.insert(7, 10);
+        w.insert(8, 12);
+        assert_eq!(fired(&mut w, 9), []);
+        assert_eq!(fired(&mut w, 10), [(7, 10)]);
+        assert_eq!(fired(&mut w, 100), [(8, 12)]);
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn past_due_fires_next_time() {
+        let mut w = Wheel::new(50);
+        w.insert(1, 3);
+        assert_eq!(fired(&mut w, 50), [(1, 3)]);
+    }
+
+    #[test]
+    fn far_future_survives_revolutions() {
+        let mut w = Wheel::new(1);
+        let due = 1 + 3 * SLOTS as u32 + 5;
+        w.insert(42, due);
+        let mut now = 1;
+        while now < due - 1 {
+            now += 1000;
+            now = now.min(due - 1);
+            assert_eq!(fired(&mut w, now), []);
+        }
+        assert_eq!(fired(&mut w, due), [(42, due)]);
+    }
+
+    #[test]
+    fn wraps_around_u32() {
+        let start = u32::MAX - 5;
+        let mut w = Wheel::new(start);
+        let due = start.wrapping_add(10);
+        w.insert(1, due);
+        assert_eq!(fired(&mut w, start.wrapping_add(9)), []);
+        assert_eq!(fired(&mut w, due), [(1, due)]);
+    }
+
+    #[test]
+    fn clock_rounds_deadlines_up() {
+        let base = Instant::now();
+        let c = Clock::new(base);
+        assert_eq!(c.tick(base), 1);
+        assert_eq!(c.tick(base + TICK), 2);
+        assert_eq!(c.tick_ceil(base + TICK / 2), 2);
+        assert_eq!(c.tick_ceil(base + TICK), 2);
+        assert_eq!(Clock::ticks(Duration::from_millis(500)), 63);
+    }
+}

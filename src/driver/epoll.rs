@@ -1,0 +1,670 @@
+//! The epoll worker: one thread, one SO_REUSEPORT listener per configured address, one mio Poll
+//! (edge-triggered), one slab of connections, one timer wheel, one pipe pool. Nothing here is
+//! shared with other workers except read-only settings and the stats it publishes.
+
+use crate::config::RelayMode;
+use crate::core::session::{Action, ConnectFailure, Handshake, Settings};
+use crate::core::status::Reject;
+use crate::core::timer::{at_or_before, Clock, Tick, Wheel};
+use crate::core::tunnel::{self, Check, CloseReason, Times};
+use crate::driver::relay::{Ctx, Dir, Outcome, RelayStats, Tunnel};
+use crate::driver::stats::{Counters, Published};
+use crate::sys::pipe::PipePool;
+use crate::sys::sock::{tune, Tuning};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Scratch buffer for the copy path and handshake reads: one per worker, never per connection.
+const SCRATCH: usize = 64 * 1024;
+/// How long a refused client gets to read its answer before we close (nginx's lingering close).
+const LINGER: Duration = Duration::from_secs(2);
+/// How long accepting pauses after EMFILE/ENFILE before trying again.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+const LISTENER_BASE: usize = usize::MAX - 1024;
+
+/// Everything a worker needs, built by [`crate::driver::Server::start`].
+pub struct WorkerConfig {
+    pub id: usize,
+    pub settings: Arc<Settings>,
+    pub listeners: Vec<std::net::TcpListener>,
+    pub max_connections: usize,
+    pub max_pipes: usize,
+    pub pipe_size: usize,
+    pub relay: RelayMode,
+    pub splice_threshold: usize,
+    pub tuning: Tuning,
+    pub published: Arc<Published>,
+}
+
+struct HsConn {
+    client: TcpStream,
+    backend: Option<TcpStream>,
+    hs: Handshake,
+    armed: Tick,
+}
+
+/// A connection being refused: its answer is written, then we linger briefly so the client can
+/// read it before the close (closing with unread input would send RST and may destroy it).
+struct Closing {
+    client: TcpStream,
+    out: Vec<u8>,
+    pos: usize,
+    shut: bool,
+    until: Tick,
+    armed: Tick,
+}
+
+enum Conn {
+    Handshake(Box<HsConn>),
+    Tunnel(Tunnel),
+    Closing(Box<Closing>),
+}
+
+fn token(key: usize, backend: bool) -> Token {
+    Token(key * 2 + backend as usize)
+}
+
+fn is_no_fd(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
+}
+
+pub struct Worker {
+    cfg: WorkerConfig,
+    poll: Poll,
+    listeners: Vec<TcpListener>,
+    conns: Slab<Conn>,
+    wheel: Wheel,
+    clock: Clock,
+    now: Instant,
+    tick: Tick,
+    scratch: Box<[u8]>,
+    pool: PipePool,
+    relay_stats: RelayStats,
+    counters: Counters,
+    tunnel_timeouts: tunnel::Timeouts,
+    deferred: Vec<usize>,
+    accept_paused_until: Option<Instant>,
+}
+
+impl Worker {
+    pub fn new(mut cfg: WorkerConfig) -> io::Result<Worker> {
+        let poll = Poll::new()?;
+        let mut listeners = Vec::new();
+        for (i, l) in std::mem::take(&mut cfg.listeners).into_iter().enumerate() {
+            let mut l = TcpListener::from_std(l);
+            poll.registry()
+                .register(&mut l, Token(LISTENER_BASE + i), Interest::READABLE)?;
+            listeners.push(l);
+        }
+        let now = Instant::now();
+        let clock = Clock::new(now);
+        let tick = clock.tick(now);
+        let t = &cfg.settings.timeouts;
+        Ok(Worker {
+            tunnel_timeouts: tunnel::Timeouts::new(t.idle, t.half_close),
+            pool: PipePool::new(cfg.max_pipes, cfg.pipe_size),
+            cfg,
+            poll,
+            listeners,
+            conns: Slab::new(),
+            wheel: Wheel::new(tick),
+            clock,
+            now,
+            tick,
+            scratch: vec![0u8; SCRATCH].into_boxed_slice(),
+            relay_stats: RelayStats::default(),
+            counters: Counters::default(),
+            deferred: Vec::new(),
+            accept_paused_until: None,
+        })
+    }
+
+    /// Runs the loop until the process exits.
+    pub fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        let mut fired: Vec<(u32, Tick)> = Vec::new();
+        loop {
+            let timeout = if !self.deferred.is_empty() {
+                Some(Duration::ZERO)
+            } else {
+                let wheel = self.wheel.next_wait(self.tick);
+                let pause = self
+                    .accept_paused_until
+                    .map(|t| t.saturating_duration_since(self.now));
+                match (wheel, pause) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            self.now = Instant::now();
+            self.tick = self.clock.tick(self.now);
+            for ev in events.iter() {
+                let t = ev.token().0;
+                if t >= LISTENER_BASE {
+                    self.accept(t - LISTENER_BASE);
+                    continue;
+                }
+                let key = t / 2;
+                let backend = t % 2 == 1;
+                let hup = ev.is_read_closed() || ev.is_error();
+                self.on_event(key, backend, ev.is_readable() || hup, hup);
+            }
+            let deferred = std::mem::take(&mut self.deferred);
+            for key in deferred {
+                if matches!(self.conns.get(key), Some(Conn::Tunnel(_))) {
+                    self.pump_tunnel(key);
+                }
+            }
+            fired.clear();
+            self.wheel.expire(self.tick, |k, due| fired.push((k, due)));
+            for &(key, due) in &fired {
+                self.on_timer(key as usize, due);
+            }
+            if let Some(until) = self.accept_paused_until {
+                if self.now >= until {
+                    self.accept_paused_until = None;
+                    for i in 0..self.listeners.len() {
+                        self.accept(i);
+                    }
+                }
+            }
+            self.publish();
+        }
+    }
+
+    fn publish(&mut self) {
+        self.counters.connections = self.conns.len() as u64;
+        self.counters.relay = self.relay_stats;
+        self.counters.pipes = self.pool.stats();
+        self.cfg.published.store(&self.counters);
+    }
+
+    fn ctx(&mut self) -> (Ctx<'_>, &mut Slab<Conn>) {
+        (
+            Ctx {
+                scratch: &mut self.scratch,
+                pool: &mut self.pool,
+                stats: &mut self.relay_stats,
+                mode: self.cfg.relay,
+                threshold: self.cfg.splice_threshold,
+            },
+            &mut self.conns,
+        )
+    }
+
+    // ---- accepting -------------------------------------------------------------------------
+
+    fn accept(&mut self, i: usize) {
+        if self.accept_paused_until.is_some() {
+            return;
+        }
+        loop {
+            let (stream, peer) = match self.listeners[i].accept() {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if is_no_fd(&e) => {
+                    // Out of descriptors: pending clients stay in the backlog. Retrying at once
+                    // would spin; wait a little or until one of ours closes.
+                    self.counters.accept_emfile += 1;
+                    self.accept_paused_until = Some(self.now + ACCEPT_PAUSE);
+                    return;
+                }
+                Err(_) => {
+                    // ECONNABORTED and friends concern one client only.
+                    continue;
+                }
+            };
+            self.counters.accepted += 1;
+            if self.conns.len() >= self.cfg.max_connections {
+                self.counters.rejected_full += 1;
+                let _ = (&stream).write(Reject::Overloaded.response());
+                continue;
+            }
+            let _ = tune(&stream, &self.cfg.tuning);
+            let hs = Handshake::new(peer.ip(), self.now, &self.cfg.settings);
+            let entry = self.conns.vacant_entry();
+            let key = entry.key();
+            let mut stream = stream;
+            if self
+                .poll
+                .registry()
+                .register(
+                    &mut stream,
+                    token(key, false),
+                    Interest::READABLE | Interest::WRITABLE,
+                )
+                .is_err()
+            {
+                continue;
+            }
+            entry.insert(Conn::Handshake(Box::new(HsConn {
+                client: stream,
+                backend: None,
+                hs,
+                armed: 0,
+            })));
+            self.arm_handshake(key);
+            // Edge-triggered: the head may already be waiting.
+            self.hs_client_readable(key);
+        }
+    }
+
+    // ---- events ----------------------------------------------------------------------------
+
+    fn on_event(&mut self, key: usize, backend: bool, readable: bool, hup: bool) {
+        match self.conns.get_mut(key) {
+            None => {}
+            Some(Conn::Handshake(_)) => {
+                if backend {
+                    self.hs_backend_event(key);
+                } else if readable {
+                    self.hs_client_readable(key);
+                }
+            }
+            Some(Conn::Tunnel(t)) => {
+                if readable {
+                    if backend {
+                        t.down.readable(hup);
+                    } else {
+                        t.up.readable(hup);
+                    }
+                }
+                self.pump_tunnel(key);
+            }
+            Some(Conn::Closing(_)) => {
+                if !backend {
+                    self.progress_closing(key);
+                }
+            }
+        }
+    }
+
+    fn on_timer(&mut self, key: usize, due: Tick) {
+        let now = self.now;
+        let tick = self.tick;
+        let tt = self.tunnel_timeouts;
+        match self.conns.get_mut(key) {
+            Some(Conn::Handshake(h)) if h.armed == due => {
+                h.armed = 0;
+                let a = h.hs.handle_timeout(&self.cfg.settings, now);
+                self.apply(key, a);
+            }
+            Some(Conn::Tunnel(t)) if t.armed == due => {
+                t.armed = 0;
+                match t.times.check(tt, tick) {
+                    Check::Expired(reason) => self.close_tunnel(key, reason),
+                    Check::Rearm(at) => {
+                        t.armed = at;
+                        self.wheel.insert(key as u32, at);
+                    }
+                    Check::Never => {}
+                }
+            }
+            Some(Conn::Closing(c)) if c.armed == due => {
+                if at_or_before(c.until, tick) {
+                    self.conns.remove(key);
+                    self.fds_freed();
+                }
+            }
+            _ => {} // stale entry: the connection moved on or the key was reused
+        }
+    }
+
+    // ---- handshake ----------------------------------------------------------------------------
+
+    fn arm_handshake(&mut self, key: usize) {
+        if let Some(Conn::Handshake(h)) = self.conns.get_mut(key) {
+            let due = self.clock.tick_ceil(h.hs.deadline());
+            if h.armed == 0 || !at_or_before(h.armed, due) {
+                h.armed = due;
+                self.wheel.insert(key as u32, due);
+            }
+        }
+    }
+
+    fn hs_client_readable(&mut self, key: usize) {
+        loop {
+            let Some(Conn::Handshake(h)) = self.conns.get_mut(key) else {
+                return;
+            };
+            let limit = h.hs.client_read_limit(&self.cfg.settings).min(SCRATCH);
+            if limit == 0 {
+                return;
+            }
+            let action = match (&h.client).read(&mut self.scratch[..limit]) {
+                Ok(0) => h.hs.handle_client_eof(),
+                Ok(n) => {
+                    h.hs.handle_client_data(&self.cfg.settings, self.now, &self.scratch[..n])
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => Action::Close,
+            };
+            if action != Action::Wait {
+                self.apply(key, action);
+                return;
+            }
+        }
+    }
+
+    fn hs_backend_event(&mut self, key: usize) {
+        let Some(Conn::Handshake(h)) = self.conns.get_mut(key) else {
+            return;
+        };
+        let Some(b) = h.backend.as_ref() else { return };
+        let s = &self.cfg.settings;
+        // Connect completion: an error, or a peer address once connected.
+        if let Ok(Some(_)) | Err(_) = b.take_error() {
+            let a =
+                h.hs.handle_connect_failed(s, self.now, ConnectFailure::Refused);
+            return self.apply(key, a);
+        }
+        if h.hs.is_connecting() {
+            match b.peer_addr() {
+                Ok(_) => {
+                    let a = h.hs.handle_connected(s, self.now);
+                    return self.apply(key, a);
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+                Err(_) => {
+                    let a =
+                        h.hs.handle_connect_failed(s, self.now, ConnectFailure::Reset);
+                    return self.apply(key, a);
+                }
+            }
+        }
+        self.hs_send(key);
+        self.hs_backend_readable(key);
+    }
+
+    fn hs_send(&mut self, key: usize) {
+        loop {
+            let Some(Conn::Handshake(h)) = self.conns.get_mut(key) else {
+                return;
+            };
+            let out = h.hs.backend_output();
+            let Some(b) = h.backend.as_ref() else { return };
+            if !h.hs.is_sending() {
+                return;
+            }
+            let a = match (&*b).write(out) {
+                Ok(n) => h.hs.handle_backend_written(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    h.hs.handle_connect_failed(&self.cfg.settings, self.now, ConnectFailure::Reset)
+                }
+            };
+            match a {
+                Action::SendHead => continue,
+                Action::Wait => {
+                    self.arm_handshake(key);
+                    return;
+                }
+                other => return self.apply(key, other),
+            }
+        }
+    }
+
+    fn hs_backend_readable(&mut self, key: usize) {
+        loop {
+            let Some(Conn::Handshake(h)) = self.conns.get_mut(key) else {
+                return;
+            };
+            let s = &self.cfg.settings;
+            let limit = h.hs.backend_read_limit(s).min(SCRATCH);
+            let Some(b) = h.backend.as_ref() else { return };
+            if limit == 0 {
+                return;
+            }
+            let a = match (&*b).read(&mut self.scratch[..limit]) {
+                Ok(0) => h.hs.handle_backend_eof(),
+                Ok(n) => h.hs.handle_backend_data(s, &self.scratch[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    h.hs.handle_connect_failed(s, self.now, ConnectFailure::Reset)
+                }
+            };
+            if a != Action::Wait {
+                return self.apply(key, a);
+            }
+        }
+    }
+
+    /// Carries out what the session decided; loops while one decision leads to another.
+    fn apply(&mut self, key: usize, mut action: Action) {
+        loop {
+            let Some(Conn::Handshake(h)) = self.conns.get_mut(key) else {
+                return;
+            };
+            match action {
+                Action::Wait => {
+                    self.arm_handshake(key);
+                    return;
+                }
+                Action::SendHead => {
+                    self.arm_handshake(key);
+                    return self.hs_send(key);
+                }
+                Action::Connect(addr) => {
+                    h.backend = None;
+                    match self.connect(key, addr) {
+                        Ok(()) => {
+                            self.arm_handshake(key);
+                            return;
+                        }
+                        Err(why) => {
+                            let Some(Conn::Handshake(h)) = self.conns.get_mut(key) else {
+                                return;
+                            };
+                            action =
+                                h.hs.handle_connect_failed(&self.cfg.settings, self.now, why);
+                        }
+                    }
+                }
+                Action::Reject(r) => {
+                    self.counters.count_reject(r);
+                    return self.start_closing(key, r.response().to_vec());
+                }
+                Action::Forward => {
+                    self.counters.forwarded += 1;
+                    let out = h.hs.client_output().to_vec();
+                    return self.start_closing(key, out);
+                }
+                Action::Close => {
+                    self.conns.remove(key);
+                    self.fds_freed();
+                    return;
+                }
+                Action::Tunnel => return self.start_tunnel(key),
+            }
+        }
+    }
+
+    fn connect(&mut self, key: usize, addr: SocketAddr) -> Result<(), ConnectFailure> {
+        let mut s = TcpStream::connect(addr).map_err(|e| {
+            if is_no_fd(&e) {
+                self.counters.connect_emfile += 1;
+                ConnectFailure::NoDescriptors
+            } else if e.kind() == io::ErrorKind::ConnectionRefused {
+                ConnectFailure::Refused
+            } else {
+                ConnectFailure::Reset
+            }
+        })?;
+        let _ = tune(&s, &self.cfg.tuning);
+        self.poll
+            .registry()
+            .register(
+                &mut s,
+                token(key, true),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .map_err(|_| ConnectFailure::Reset)?;
+        if let Some(Conn::Handshake(h)) = self.conns.get_mut(key) {
+            h.backend = Some(s);
+        }
+        Ok(())
+    }
+
+    fn start_closing(&mut self, key: usize, out: Vec<u8>) {
+        let Some(Conn::Handshake(h)) = self.conns.try_remove(key) else {
+            return;
+        };
+        let HsConn {
+            client, backend, ..
+        } = *h;
+        drop(backend);
+        let until = self.tick.wrapping_add(Clock::ticks(LINGER));
+        let entry = self.conns.vacant_entry();
+        debug_assert_eq!(entry.key(), key);
+        let k = entry.key();
+        entry.insert(Conn::Closing(Box::new(Closing {
+            client,
+            out,
+            pos: 0,
+            shut: false,
+            until,
+            armed: until,
+        })));
+        self.wheel.insert(k as u32, until);
+        if k != key {
+            // Keys are reused LIFO, so this does not happen; if it did, re-register the token.
+            if let Some(Conn::Closing(c)) = self.conns.get_mut(k) {
+                let _ = self.poll.registry().reregister(
+                    &mut c.client,
+                    token(k, false),
+                    Interest::READABLE | Interest::WRITABLE,
+                );
+            }
+        }
+        self.progress_closing(k);
+    }
+
+    fn progress_closing(&mut self, key: usize) {
+        let Some(Conn::Closing(c)) = self.conns.get_mut(key) else {
+            return;
+        };
+        while c.pos < c.out.len() {
+            match (&c.client).write(&c.out[c.pos..]) {
+                Ok(n) => c.pos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.conns.remove(key);
+                    self.fds_freed();
+                    return;
+                }
+            }
+        }
+        if !c.shut {
+            c.shut = true;
+            let _ = crate::sys::sock::shutdown_write(&c.client);
+        }
+        // Discard what the client still sends until it closes or the linger time ends.
+        loop {
+            match (&c.client).read(&mut self.scratch) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        self.conns.remove(key);
+        self.fds_freed();
+    }
+
+    // ---- tunnel ----------------------------------------------------------------------------
+
+    fn start_tunnel(&mut self, key: usize) {
+        let Some(Conn::Handshake(h)) = self.conns.try_remove(key) else {
+            return;
+        };
+        let HsConn {
+            client,
+            backend,
+            hs,
+            ..
+        } = *h;
+        let Some(backend) = backend else { return };
+        self.counters.tunnels += 1;
+        let (to_client, to_backend) = hs.into_tunnel_bytes();
+        let t = Tunnel {
+            client,
+            backend,
+            up: Dir::with_initial(to_backend, &mut self.relay_stats),
+            down: Dir::with_initial(to_client, &mut self.relay_stats),
+            times: Times::new(self.tick),
+            armed: 0,
+        };
+        let entry = self.conns.vacant_entry();
+        let k = entry.key();
+        entry.insert(Conn::Tunnel(t));
+        if k != key {
+            if let Some(Conn::Tunnel(t)) = self.conns.get_mut(k) {
+                let r = self.poll.registry();
+                let i = Interest::READABLE | Interest::WRITABLE;
+                let _ = r.reregister(&mut t.client, token(k, false), i);
+                let _ = r.reregister(&mut t.backend, token(k, true), i);
+            }
+        }
+        self.pump_tunnel(k);
+    }
+
+    fn pump_tunnel(&mut self, key: usize) {
+        let tick = self.tick;
+        let tt = self.tunnel_timeouts;
+        let (mut cx, conns) = self.ctx();
+        let Some(Conn::Tunnel(t)) = conns.get_mut(key) else {
+            return;
+        };
+        match t.pump(&mut cx, tick) {
+            Outcome::Open { more } => {
+                if more {
+                    self.deferred.push(key);
+                }
+                let Some(Conn::Tunnel(t)) = self.conns.get_mut(key) else {
+                    return;
+                };
+                if let Some(due) = t.times.deadline(tt) {
+                    if t.armed == 0 || !at_or_before(t.armed, due) {
+                        t.armed = due;
+                        self.wheel.insert(key as u32, due);
+                    }
+                }
+            }
+            Outcome::Closed(reason) => self.close_tunnel(key, reason),
+        }
+    }
+
+    fn close_tunnel(&mut self, key: usize, reason: CloseReason) {
+        let (mut cx, conns) = self.ctx();
+        if let Some(Conn::Tunnel(mut t)) = conns.try_remove(key) {
+            t.release(&mut cx);
+            self.counters.count_close(reason);
+        }
+        self.fds_freed();
+    }
+
+    fn fds_freed(&mut self) {
+        if self.accept_paused_until.is_some() {
+            self.accept_paused_until = None;
+            for i in 0..self.listeners.len() {
+                self.accept(i);
+            }
+        }
+    }
+}

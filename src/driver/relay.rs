@@ -1,0 +1,330 @@
+//! The tunnel: bytes both ways, splice through a borrowed pipe or copy through the worker's
+//! scratch buffer, with backpressure and half-close.
+//!
+//! Per direction at most one thing is in flight: a pipe holding bytes, or an overflow buffer
+//! holding what the peer could not take. While something is in flight the source is not read,
+//! so a slow reader stops the writer at the kernel's socket buffers: memory per direction is
+//! bounded by one pipe or one scratch-sized buffer.
+
+use crate::config::RelayMode;
+use crate::core::timer::Tick;
+use crate::core::tunnel::{CloseReason, Times};
+use crate::sys::pipe::{Pipe, PipePool};
+use crate::sys::sock::shutdown_write;
+use mio::net::TcpStream;
+use std::io::{self, Read, Write};
+
+/// The source may have bytes (edge-triggered: remembered until a read says otherwise).
+const READABLE: u8 = 1;
+/// The source sent FIN (a read returned 0).
+const EOF: u8 = 2;
+/// We sent FIN to the destination.
+const SHUT: u8 = 4;
+/// Auto mode: the last read was large, so splice the next one.
+const BULK: u8 = 8;
+/// The source's FIN or error was reported (EPOLLRDHUP): read until 0, never trust a short read.
+const HUP: u8 = 16;
+
+/// Bytes that could not be written yet.
+#[derive(Debug, Default)]
+pub enum Pending {
+    #[default]
+    None,
+    /// A borrowed pipe holding this many bytes.
+    Pipe(Pipe, u32),
+    /// Copied bytes the peer did not take: `(data, written so far)`.
+    Buf(Box<(Vec<u8>, usize)>),
+}
+
+/// One direction of a tunnel.
+#[derive(Debug, Default)]
+pub struct Dir {
+    pending: Pending,
+    flags: u8,
+}
+
+/// Per-worker counters, plain integers: only the owning thread writes them.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RelayStats {
+    pub bytes_spliced: u64,
+    pub bytes_copied: u64,
+    pub overflow_in_use: u64,
+    pub copy_fallbacks: u64,
+}
+
+/// What a worker lends the relay for one call.
+pub struct Ctx<'a> {
+    pub scratch: &'a mut [u8],
+    pub pool: &'a mut PipePool,
+    pub stats: &'a mut RelayStats,
+    pub mode: RelayMode,
+    pub threshold: usize,
+}
+
+/// How far a direction got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pumped {
+    /// Waiting for readiness (source empty or destination full).
+    Blocked,
+    /// The per-call budget ran out while the source still had bytes: call again soon.
+    MoreLater,
+    /// FIN forwarded and nothing in flight: this direction is over.
+    Finished,
+}
+
+/// Which socket failed.
+#[derive(Debug)]
+pub enum Fail {
+    Src(io::Error),
+    Dst(io::Error),
+}
+
+impl Dir {
+    /// A direction that starts with `initial` bytes to deliver (may be empty).
+    pub fn with_initial(initial: Vec<u8>, stats: &mut RelayStats) -> Dir {
+        let pending = if initial.is_empty() {
+            Pending::None
+        } else {
+            stats.overflow_in_use += 1;
+            Pending::Buf(Box::new((initial, 0)))
+        };
+        Dir {
+            pending,
+            flags: READABLE,
+        }
+    }
+
+    /// The source reported readiness; `hup`: it also reported FIN or an error.
+    pub fn readable(&mut self, hup: bool) {
+        self.flags |= READABLE;
+        if hup {
+            self.flags |= HUP;
+        }
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.flags & SHUT != 0 && matches!(self.pending, Pending::None)
+    }
+
+    /// True when a FIN has been seen from the source.
+    pub fn saw_eof(&self) -> bool {
+        self.flags & EOF != 0
+    }
+
+    pub fn holds_pipe(&self) -> bool {
+        matches!(self.pending, Pending::Pipe(..))
+    }
+
+    /// Returns borrowed resources when the tunnel closes.
+    pub fn release(&mut self, cx: &mut Ctx<'_>) {
+        match std::mem::take(&mut self.pending) {
+            Pending::None => {}
+            Pending::Pipe(p, _) => cx.pool.discard(p),
+            Pending::Buf(_) => cx.stats.overflow_in_use -= 1,
+        }
+    }
+
+    /// Writes what is in flight. `Ok(true)`: nothing left in flight.
+    fn flush(&mut self, dst: &TcpStream, cx: &mut Ctx<'_>) -> Result<bool, Fail> {
+        loop {
+            match &mut self.pending {
+                Pending::None => return Ok(true),
+                Pending::Pipe(p, len) => match p.drain(dst, *len as usize) {
+                    Ok(n) => {
+                        *len -= n as u32;
+                        if *len == 0 {
+                            if let Pending::Pipe(p, _) = std::mem::take(&mut self.pending) {
+                                cx.pool.give(p);
+                            }
+                            return Ok(true);
+                        }
+                        // A short write means the socket buffer is full; EPOLLOUT will follow.
+                        return Ok(false);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(Fail::Dst(e)),
+                },
+                Pending::Buf(b) => {
+                    let (data, pos) = &mut **b;
+                    match (&*dst).write(&data[*pos..]) {
+                        Ok(n) => {
+                            *pos += n;
+                            if *pos == data.len() {
+                                self.pending = Pending::None;
+                                cx.stats.overflow_in_use -= 1;
+                                return Ok(true);
+                            }
+                            return Ok(false);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(Fail::Dst(e)),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Moves bytes from `src` to `dst` until blocked, finished or out of budget. Adds the bytes
+    /// read to `moved`.
+    pub fn pump(
+        &mut self,
+        src: &TcpStream,
+        dst: &TcpStream,
+        cx: &mut Ctx<'_>,
+        moved: &mut u64,
+    ) -> Result<Pumped, Fail> {
+        let mut budget = 32u32;
+        loop {
+            if !self.flush(dst, cx)? {
+                return Ok(Pumped::Blocked);
+            }
+            if self.flags & EOF != 0 {
+                if self.flags & SHUT == 0 {
+                    self.flags |= SHUT;
+                    // The peer may already be gone; its own read side will report that.
+                    let _ = shutdown_write(dst);
+                }
+                return Ok(Pumped::Finished);
+            }
+            if self.flags & READABLE == 0 {
+                return Ok(Pumped::Blocked);
+            }
+            if budget == 0 {
+                return Ok(Pumped::MoreLater);
+            }
+            budget -= 1;
+            let splice = match cx.mode {
+                RelayMode::Splice => true,
+                RelayMode::Copy => false,
+                RelayMode::Auto => self.flags & BULK != 0,
+            };
+            if splice {
+                if let Some(p) = cx.pool.take() {
+                    let want = cx.pool.pipe_size();
+                    match p.fill(src, want) {
+                        Ok(0) => {
+                            cx.pool.give(p);
+                            self.flags |= EOF;
+                        }
+                        Ok(n) => {
+                            *moved += n as u64;
+                            cx.stats.bytes_spliced += n as u64;
+                            if n < cx.threshold {
+                                self.flags &= !BULK;
+                            }
+                            self.pending = Pending::Pipe(p, n as u32);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            cx.pool.give(p);
+                            self.flags &= !READABLE;
+                            return Ok(Pumped::Blocked);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => cx.pool.give(p),
+                        Err(e) => {
+                            cx.pool.give(p);
+                            return Err(Fail::Src(e));
+                        }
+                    }
+                    continue;
+                }
+                cx.stats.copy_fallbacks += 1;
+            }
+            match (&*src).read(cx.scratch) {
+                Ok(0) => self.flags |= EOF,
+                Ok(n) => {
+                    *moved += n as u64;
+                    cx.stats.bytes_copied += n as u64;
+                    if n >= cx.threshold {
+                        self.flags |= BULK;
+                    }
+                    // A short read drained the socket: Linux reports new data with a new edge.
+                    // Not after EPOLLRDHUP, whose edge may already be spent: then read to 0.
+                    if n < cx.scratch.len() && self.flags & HUP == 0 {
+                        self.flags &= !READABLE;
+                    }
+                    let written = match (&*dst).write(&cx.scratch[..n]) {
+                        Ok(m) => m,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                        Err(e) => return Err(Fail::Dst(e)),
+                    };
+                    if written < n {
+                        cx.stats.overflow_in_use += 1;
+                        self.pending = Pending::Buf(Box::new((cx.scratch[written..n].to_vec(), 0)));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.flags &= !READABLE;
+                    return Ok(Pumped::Blocked);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Fail::Src(e)),
+            }
+        }
+    }
+}
+
+/// An established tunnel: the whole per-connection state once the handshake is over.
+#[derive(Debug)]
+pub struct Tunnel {
+    pub client: TcpStream,
+    pub backend: TcpStream,
+    /// client -> backend
+    pub up: Dir,
+    /// backend -> client
+    pub down: Dir,
+    pub times: Times,
+    /// The due tick of this tunnel's live wheel entry (0: none).
+    pub armed: Tick,
+}
+
+/// What happened to a tunnel in one round of pumping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Still open; `more`: call again without waiting for readiness.
+    Open {
+        more: bool,
+    },
+    Closed(CloseReason),
+}
+
+impl Tunnel {
+    /// Pumps both directions once.
+    pub fn pump(&mut self, cx: &mut Ctx<'_>, now: Tick) -> Outcome {
+        let mut moved = 0u64;
+        let up = self.up.pump(&self.client, &self.backend, cx, &mut moved);
+        let down = match up {
+            Err(_) => Ok(Pumped::Blocked),
+            Ok(_) => self.down.pump(&self.backend, &self.client, cx, &mut moved),
+        };
+        if moved > 0 {
+            self.times.touch(now);
+        }
+        match (up, down) {
+            (Err(Fail::Src(_)), _) | (_, Err(Fail::Dst(_))) => {
+                Outcome::Closed(CloseReason::ClientReset)
+            }
+            (Err(Fail::Dst(_)), _) | (_, Err(Fail::Src(_))) => {
+                Outcome::Closed(CloseReason::BackendReset)
+            }
+            (Ok(a), Ok(b)) => {
+                if a == Pumped::Finished && b == Pumped::Finished {
+                    return Outcome::Closed(CloseReason::Done);
+                }
+                if a == Pumped::Finished || b == Pumped::Finished {
+                    self.times.half_close(now);
+                }
+                Outcome::Open {
+                    more: a == Pumped::MoreLater || b == Pumped::MoreLater,
+                }
+            }
+        }
+    }
+
+    /// Gives back pipes and buffers.
+    pub fn release(&mut self, cx: &mut Ctx<'_>) {
+        self.up.release(cx);
+        self.down.release(cx);
+    }
+}

@@ -1,0 +1,53 @@
+//! Socket creation and tuning (socket2), no `unsafe` needed.
+
+use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+/// A non-blocking SO_REUSEPORT listener: one per worker on the same address, so the kernel
+/// spreads new connections across workers without a shared accept queue.
+pub fn reuseport_listener(addr: SocketAddr, backlog: i32) -> io::Result<std::net::TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(backlog)?;
+    Ok(s.into())
+}
+
+/// Keepalive and Nagle settings applied to both sides of a tunnel.
+#[derive(Debug, Clone, Copy)]
+pub struct Tuning {
+    /// None: keepalive off.
+    pub keepalive: Option<(Duration, Duration, u32)>,
+}
+
+/// TCP_NODELAY (frames are small and latency matters) and keepalive.
+pub fn tune(fd: impl AsFd, t: &Tuning) -> io::Result<()> {
+    let s = SockRef::from(&fd);
+    s.set_tcp_nodelay(true)?;
+    if let Some((idle, interval, count)) = t.keepalive {
+        let ka = TcpKeepalive::new()
+            .with_time(idle)
+            .with_interval(interval)
+            .with_retries(count);
+        s.set_tcp_keepalive(&ka)?;
+    }
+    Ok(())
+}
+
+/// Half-closes the write side: our FIN toward the peer.
+pub fn shutdown_write(fd: impl AsFd) -> io::Result<()> {
+    SockRef::from(&fd).shutdown(std::net::Shutdown::Write)
+}
+
+/// Makes the next close send RST instead of FIN (SO_LINGER 0): used to pass a reset through.
+pub fn set_abortive_close(fd: impl AsFd) -> io::Result<()> {
+    SockRef::from(&fd).set_linger(Some(Duration::ZERO))
+}
