@@ -668,3 +668,18 @@ impl Worker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The slab entry of an idle tunnel is the whole per-connection cost in user space: keep it
+    /// small. (bench-results/ explains each field.)
+    #[test]
+    fn idle_tunnel_slab_entry_is_small() {
+        let tunnel = std::mem::size_of::<Tunnel>();
+        let conn = std::mem::size_of::<Conn>();
+        eprintln!("Tunnel {tunnel} B, Conn {conn} B, Dir {} B", std::mem::size_of::<Dir>());
+        assert!(conn <= 128, "slab entry grew to {conn} bytes");
+    }
+}
