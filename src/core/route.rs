@@ -145,7 +145,8 @@ mod tests {
             route("/", Some("example.com"), true),
             route("/notice", Some("Example.com"), true),
         ]);
-        let cases: &[(&str, &str, Option<(usize, &str)>)] = &[
+        type Case<'a> = (&'a str, &'a str, Option<(usize, &'a str)>);
+        let cases: &[Case<'_>] = &[
             ("a", "/notice", Some((0, "/"))),
             ("a", "/notice/", Some((0, "/"))),
             ("a", "/notice/a/b", Some((0, "/a/b"))),

@@ -282,11 +282,8 @@ impl Worker {
                 }
                 self.pump_tunnel(key);
             }
-            Some(Conn::Closing(_)) => {
-                if !backend {
-                    self.progress_closing(key);
-                }
-            }
+            Some(Conn::Closing(_)) if !backend => self.progress_closing(key),
+            Some(Conn::Closing(_)) => {} // its backend is already closed
         }
     }
 
@@ -311,11 +308,9 @@ impl Worker {
                     Check::Never => {}
                 }
             }
-            Some(Conn::Closing(c)) if c.armed == due => {
-                if at_or_before(c.until, tick) {
-                    self.conns.remove(key);
-                    self.fds_freed();
-                }
+            Some(Conn::Closing(c)) if c.armed == due && at_or_before(c.until, tick) => {
+                self.conns.remove(key);
+                self.fds_freed();
             }
             _ => {} // stale entry: the connection moved on or the key was reused
         }
@@ -679,7 +674,10 @@ mod tests {
     fn idle_tunnel_slab_entry_is_small() {
         let tunnel = std::mem::size_of::<Tunnel>();
         let conn = std::mem::size_of::<Conn>();
-        eprintln!("Tunnel {tunnel} B, Conn {conn} B, Dir {} B", std::mem::size_of::<Dir>());
+        eprintln!(
+            "Tunnel {tunnel} B, Conn {conn} B, Dir {} B",
+            std::mem::size_of::<Dir>()
+        );
         assert!(conn <= 128, "slab entry grew to {conn} bytes");
     }
 }

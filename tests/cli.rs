@@ -1,0 +1,280 @@
+//! The `wsplice` binary's command line: help, version, `--check`, and how errors are reported.
+//! (Running the proxy itself is covered by the driver's end-to-end tests.)
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+fn wsplice(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wsplice"))
+        .args(args)
+        .output()
+        .expect("run wsplice")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A config file under the temp dir, unique to this process and call, removed on drop.
+struct TempConfig(PathBuf);
+
+impl TempConfig {
+    fn new(contents: &str) -> TempConfig {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("wsplice-cli-{}-{n}.toml", std::process::id()));
+        std::fs::write(&path, contents).expect("write temp config");
+        TempConfig(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().expect("temp path is UTF-8")
+    }
+}
+
+impl Drop for TempConfig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn example() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tools/wsplice.toml")
+        .display()
+        .to_string()
+}
+
+/// Runs `--check` on `contents`; expects exit 1 and returns (file path, stderr).
+fn check_fails(contents: &str) -> (String, String) {
+    let file = TempConfig::new(contents);
+    let out = wsplice(&["--check", "--config", file.path()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(out.stdout.is_empty(), "stdout: {}", text(&out.stdout));
+    assert!(
+        stderr.contains(&format!(
+            "wsplice: configuration {} test failed",
+            file.path()
+        )),
+        "{stderr}"
+    );
+    (file.path().to_owned(), stderr)
+}
+
+const ROUTE: &str = "[[route]]\nprefix = \"/notice\"\nbackends = [\"127.0.0.1:50001\"]\n";
+
+#[test]
+fn version() {
+    let out = wsplice(&["--version"]);
+    assert!(out.status.success());
+    assert_eq!(
+        text(&out.stdout).trim(),
+        format!("wsplice {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn help_mentions_flags() {
+    let out = wsplice(&["--help"]);
+    assert!(out.status.success());
+    let help = text(&out.stdout);
+    for flag in [
+        "--config",
+        "--listen",
+        "--route",
+        "--workers",
+        "--relay",
+        "--check",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
+    }
+}
+
+#[test]
+fn check_example_config() {
+    let path = example();
+    let out = wsplice(&["--check", "--config", &path]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        format!("wsplice: configuration {path} is ok\n")
+    );
+}
+
+#[test]
+fn check_with_overrides() {
+    let path = example();
+    let out = wsplice(&["-t", "-c", &path, "--workers", "3", "--relay", "copy"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+}
+
+#[test]
+fn check_bad_value_names_line_and_key() {
+    let (path, stderr) = check_fails(&format!(
+        "listen = [\"127.0.0.1:8000\"]\n[timeouts]\nidle = \"1x\"\n{ROUTE}"
+    ));
+    assert!(
+        stderr.starts_with(&format!(
+            "wsplice: error: {path}:3: timeouts.idle: invalid duration \"1x\": expected a number followed by a unit"
+        )),
+        "{stderr}"
+    );
+
+    let (path, stderr) = check_fails(
+        "listen = [\"127.0.0.1:8000\"]\n[[route]]\nprefix = \"/a\"\nbackends = [\"backend.local:80\"]\n"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "{path}:4: route.backends: invalid address \"backend.local:80\": use an IP address: name resolution is not supported yet"
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_unknown_key() {
+    let (path, stderr) = check_fails(&format!(
+        "listen = [\"127.0.0.1:8000\"]\nworkrs = 2\n{ROUTE}"
+    ));
+    assert!(
+        stderr.contains(&format!(
+            "{path}:2: unknown key `workrs` (expected one of: listen, workers,"
+        )),
+        "{stderr}"
+    );
+
+    let (path, stderr) = check_fails(&format!(
+        "listen = [\"127.0.0.1:8000\"]\n{ROUTE}strip = false\n"
+    ));
+    assert!(
+        stderr.contains(&format!("{path}:5: unknown key `route.strip`")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_missing_route() {
+    let (path, stderr) = check_fails("listen = [\"127.0.0.1:8000\"]\n");
+    assert!(
+        stderr.contains(&format!("{path}: route: at least one [[route]]")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_syntax_error() {
+    let (path, stderr) = check_fails(&format!("listen = [\"127.0.0.1:8000\"\n{ROUTE}"));
+    assert!(
+        stderr.contains(&format!("wsplice: error: {path}:2: invalid TOML")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_unreadable_file() {
+    let out = wsplice(&["--check", "--config", "/nonexistent/wsplice.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with("wsplice: error: /nonexistent/wsplice.toml: cannot read: "),
+        "{stderr}"
+    );
+    assert!(stderr.contains("os error 2"), "{stderr}");
+}
+
+#[test]
+fn check_command_line_routes() {
+    let out = wsplice(&[
+        "--check",
+        "--listen",
+        "127.0.0.1:0",
+        "--route",
+        "/notice=127.0.0.1:50001,127.0.0.1:50002",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "wsplice: configuration from the command line is ok\n"
+    );
+}
+
+#[test]
+fn bad_route_flag() {
+    for (route, want) in [
+        ("/notice", "wsplice: error: --route: invalid value \"/notice\": expected PREFIX=HOST:PORT"),
+        ("notice=127.0.0.1:1", "--route: invalid value \"notice=127.0.0.1:1\": prefix: invalid prefix \"notice\": must start with '/'"),
+        ("/a=localhost:80", "--route: invalid value \"/a=localhost:80\": backend: invalid address \"localhost:80\": use an IP address"),
+    ] {
+        for check in [true, false] {
+            let mut args = vec!["--listen", "127.0.0.1:0", "--route", route];
+            if check {
+                args.push("--check");
+            }
+            let out = wsplice(&args);
+            let stderr = text(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+            assert!(stderr.contains(want), "{args:?}: {stderr}");
+        }
+    }
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    for args in [
+        &[][..],
+        &["--check"],
+        &["--listen", "127.0.0.1:0"],
+        &["--route", "/=127.0.0.1:1"],
+        &[
+            "--config",
+            "x.toml",
+            "--listen",
+            "127.0.0.1:0",
+            "--route",
+            "/=127.0.0.1:1",
+        ],
+        &["--listen", "not-an-address", "--route", "/=127.0.0.1:1"],
+        &["--config", "x.toml", "--workers", "0"],
+        &["--config", "x.toml", "--relay", "fast"],
+        &["--bogus"],
+    ] {
+        let out = wsplice(args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn start_failure_exits_1() {
+    // Until the driver lands, start itself fails; once it works, a port already taken must fail.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("local addr").to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wsplice"))
+        .args(["--listen", &addr, "--route", "/=127.0.0.1:1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run wsplice");
+    // Should it start after all, fail rather than hang.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("wsplice started on {addr}, which is already taken");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("wait");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.starts_with("wsplice: error: "), "{stderr}");
+}
