@@ -1,0 +1,214 @@
+//! Backpressure: a client that stops reading while the backend streams 1 GiB must not grow the
+//! proxy's memory, must stall the backend's writes, and must then receive every byte, in order.
+//!
+//! The bound asserted: the proxy's RSS grows by less than 8 MiB while 1 GiB is pushed at a
+//! reader that does not read (per direction the proxy holds at most one pipe, which is kernel
+//! memory, or one 64 KiB overflow buffer; the rest waits in the kernel's socket buffers).
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+const TOTAL: u64 = 1 << 30;
+const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+struct Proxy {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_proxy(relay: &str, backend: SocketAddr) -> Proxy {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wsplice"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--relay",
+            relay,
+        ])
+        .arg("--route")
+        .arg(format!("/=127.0.0.1:{}", backend.port()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn wsplice");
+    let out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut addr = None;
+    for line in out.lines() {
+        let line = line.expect("proxy stdout");
+        if let Some(rest) = line.strip_prefix("listen ") {
+            addr = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+        }
+        if line == "ready" {
+            break;
+        }
+    }
+    Proxy {
+        child,
+        addr: addr.expect("listen line"),
+    }
+}
+
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("VmRSS");
+    kb * 1024
+}
+
+/// The stream repeats this block. Its odd length (not a divisor of any buffer or pipe size)
+/// makes a dropped, repeated or reordered chunk show up as a mismatch.
+const BLOCK: usize = (1 << 20) + 7;
+
+fn block() -> Vec<u8> {
+    (0..BLOCK as u64)
+        .map(|i| (i ^ (i >> 8) ^ (i >> 16)) as u8)
+        .collect()
+}
+
+/// Bytes `pos..pos+len` of the stream (len <= BLOCK), as one or two slices of the block.
+fn expected(b: &[u8], pos: u64, len: usize) -> (&[u8], &[u8]) {
+    let start = (pos % BLOCK as u64) as usize;
+    let first = len.min(BLOCK - start);
+    (&b[start..start + first], &b[..len - first])
+}
+
+fn read_head(s: &mut TcpStream) -> Vec<u8> {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut b).expect("read head");
+        head.push(b[0]);
+    }
+    head
+}
+
+fn slow_consumer(relay: &str) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
+    let backend_addr = listener.local_addr().expect("addr");
+    let written = Arc::new(AtomicU64::new(0));
+    let w = written.clone();
+    let backend = thread::spawn(move || -> io::Result<()> {
+        let (mut s, _) = listener.accept()?;
+        read_head(&mut s);
+        write!(s, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {ACCEPT}\r\n\r\n")?;
+        let b = block();
+        let mut pos = 0u64;
+        while pos < TOTAL {
+            let n = (256 * 1024u64).min(TOTAL - pos) as usize;
+            let (x, y) = expected(&b, pos, n);
+            s.write_all(x)?;
+            s.write_all(y)?;
+            pos += n as u64;
+            w.store(pos, Ordering::Relaxed);
+        }
+        s.shutdown(std::net::Shutdown::Write)?;
+        // Wait for the proxy to close after the client's FIN.
+        let _ = s.read(&mut [0u8; 1]);
+        Ok(())
+    });
+
+    let proxy = start_proxy(relay, backend_addr);
+    let pid = proxy.child.id();
+    let mut client = TcpStream::connect(proxy.addr).expect("connect proxy");
+    write!(client, "GET /stream HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n").expect("send head");
+    let head = read_head(&mut client);
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    let rss_before = rss_bytes(pid);
+
+    // Do not read: wait until the backend's writes stall (no progress for 500 ms).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = u64::MAX;
+    let mut stalled_at = None;
+    while Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(500));
+        let now = written.load(Ordering::Relaxed);
+        if now == last {
+            stalled_at = Some(now);
+            break;
+        }
+        last = now;
+    }
+    let stalled_at = stalled_at.expect("the backend's writes never blocked");
+    assert!(
+        stalled_at < TOTAL / 4,
+        "backend pushed {stalled_at} bytes into a stalled reader"
+    );
+    let rss_stalled = rss_bytes(pid);
+    let growth = rss_stalled.saturating_sub(rss_before);
+    eprintln!(
+        "{relay}: backend stalled after {} KiB; proxy RSS {} KiB -> {} KiB (+{} KiB)",
+        stalled_at / 1024,
+        rss_before / 1024,
+        rss_stalled / 1024,
+        growth / 1024
+    );
+    assert!(
+        growth < 8 << 20,
+        "proxy RSS grew by {growth} bytes under backpressure"
+    );
+
+    // Now read everything and check each byte.
+    client
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let b = block();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0u64;
+    while pos < TOTAL {
+        let n = client.read(&mut buf).expect("read tunnel");
+        assert!(n > 0, "tunnel closed after {pos} of {TOTAL} bytes");
+        let (x, y) = expected(&b, pos, n);
+        assert!(
+            buf[..x.len()] == *x && buf[x.len()..n] == *y,
+            "bytes {pos}..{} differ from what the backend sent",
+            pos + n as u64
+        );
+        pos += n as u64;
+    }
+    assert_eq!(
+        client.read(&mut buf).expect("eof"),
+        0,
+        "FIN after the stream"
+    );
+    client
+        .shutdown(std::net::Shutdown::Write)
+        .expect("shutdown");
+    backend.join().expect("backend thread").expect("backend io");
+}
+
+#[test]
+fn slow_consumer_copy() {
+    slow_consumer("copy");
+}
+
+#[test]
+fn slow_consumer_splice() {
+    slow_consumer("splice");
+}
+
+#[test]
+fn slow_consumer_auto() {
+    slow_consumer("auto");
+}
