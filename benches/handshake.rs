@@ -36,6 +36,7 @@ fn settings() -> Settings {
             connect: Duration::from_secs(5),
             idle: Duration::from_secs(3600),
             half_close: Duration::from_secs(30),
+            drain: Duration::from_secs(30),
         },
         max_head_bytes: 16384,
         max_headers: 100,

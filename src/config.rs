@@ -74,6 +74,8 @@ pub struct Timeouts {
     pub idle: Duration,
     /// After one side sent FIN, the other direction may run this long (default 30 s; 0 = never).
     pub half_close: Duration,
+    /// On SIGTERM/SIGINT, tunnels may run this long before they are closed (default 30 s).
+    pub drain: Duration,
 }
 
 /// Resource limits.
@@ -86,6 +88,9 @@ pub struct Limits {
     pub max_head_bytes: usize,
     /// Most request headers (default 100).
     pub max_headers: usize,
+    /// Concurrent connections from one client IP (whole process); `None`: unlimited. Beyond it
+    /// new connections get 429.
+    pub max_connections_per_ip: Option<usize>,
 }
 
 /// TCP keepalive applied to both the client and the backend socket.
@@ -137,6 +142,8 @@ pub struct Config {
     pub keepalive: Keepalive,
     pub relay: Relay,
     pub routes: Vec<Route>,
+    /// The admin listener (`/metrics`, `/healthz`, `/status`); off when `None`.
+    pub admin: Option<SocketAddr>,
 }
 
 impl Default for Timeouts {
@@ -146,6 +153,7 @@ impl Default for Timeouts {
             connect: Duration::from_secs(5),
             idle: Duration::from_secs(3600),
             half_close: Duration::from_secs(30),
+            drain: Duration::from_secs(30),
         }
     }
 }
@@ -156,6 +164,7 @@ impl Default for Limits {
             max_connections: None,
             max_head_bytes: 16 * 1024,
             max_headers: 100,
+            max_connections_per_ip: None,
         }
     }
 }
@@ -322,6 +331,11 @@ impl Config {
             None => None,
         };
 
+        let admin = match root.get("admin") {
+            Some(f) => Some(parse_addr(f.str()?).map_err(|m| f.error(m))?),
+            None => None,
+        };
+
         let mut relay = Relay::default();
         if let Some(f) = root.get("relay") {
             relay.mode = parse_relay_mode(f.str()?).map_err(|m| f.error(m))?;
@@ -341,6 +355,9 @@ impl Config {
             if let Some(f) = t.get("half_close") {
                 timeouts.half_close = f.duration()?;
             }
+            if let Some(f) = t.get("drain") {
+                timeouts.drain = f.duration()?;
+            }
         }
 
         let mut limits = Limits::default();
@@ -353,6 +370,9 @@ impl Config {
             }
             if let Some(f) = t.get("max_headers") {
                 limits.max_headers = f.uint_in(1, MAX_HEADERS)?;
+            }
+            if let Some(f) = t.get("max_connections_per_ip") {
+                limits.max_connections_per_ip = Some(f.uint_in(1, usize::MAX as u64)?);
             }
         }
 
@@ -402,6 +422,7 @@ impl Config {
             keepalive,
             relay,
             routes,
+            admin,
         })
     }
 
@@ -482,6 +503,7 @@ impl Config {
                 ..Relay::default()
             },
             routes: parsed,
+            admin: None,
         })
     }
 }
@@ -495,9 +517,15 @@ const ROOT_KEYS: &[&str] = &[
     "keepalive",
     "splice",
     "route",
+    "admin",
 ];
-const TIMEOUT_KEYS: &[&str] = &["handshake", "connect", "idle", "half_close"];
-const LIMIT_KEYS: &[&str] = &["max_connections", "max_head_bytes", "max_headers"];
+const TIMEOUT_KEYS: &[&str] = &["handshake", "connect", "idle", "half_close", "drain"];
+const LIMIT_KEYS: &[&str] = &[
+    "max_connections",
+    "max_head_bytes",
+    "max_headers",
+    "max_connections_per_ip",
+];
 const KEEPALIVE_KEYS: &[&str] = &["idle", "interval", "count"];
 const SPLICE_KEYS: &[&str] = &["max_pipes", "pipe_size", "threshold"];
 const ROUTE_KEYS: &[&str] = &[
@@ -1060,11 +1088,13 @@ backends = ["127.0.0.1:50003"]
                 connect: Duration::from_millis(500),
                 idle: secs(5400),
                 half_close: Duration::ZERO,
+                drain: secs(30),
             },
             limits: Limits {
                 max_connections: Some(10000),
                 max_head_bytes: 65536,
                 max_headers: 50,
+                max_connections_per_ip: None,
             },
             keepalive: Keepalive {
                 idle: Duration::ZERO,
@@ -1096,6 +1126,7 @@ backends = ["127.0.0.1:50003"]
                     forwarded_for: ForwardedFor::Append,
                 },
             ],
+            admin: None,
         };
         assert_eq!(cfg, want);
     }
@@ -1110,7 +1141,8 @@ backends = ["127.0.0.1:50003"]
                 handshake: secs(10),
                 connect: secs(5),
                 idle: secs(3600),
-                half_close: secs(30)
+                half_close: secs(30),
+                drain: secs(30)
             }
         );
         assert_eq!(
@@ -1118,7 +1150,8 @@ backends = ["127.0.0.1:50003"]
             Limits {
                 max_connections: None,
                 max_head_bytes: 16384,
-                max_headers: 100
+                max_headers: 100,
+                max_connections_per_ip: None
             }
         );
         assert_eq!(
@@ -1384,7 +1417,7 @@ backends = ["127.0.0.1:50003"]
         let e = parse(&format!("listn = []\n{LISTEN}{ROUTE}")).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "t.toml:1: unknown key `listn` (expected one of: listen, workers, relay, timeouts, limits, keepalive, splice, route)"
+            "t.toml:1: unknown key `listn` (expected one of: listen, workers, relay, timeouts, limits, keepalive, splice, route, admin)"
         );
     }
 

@@ -26,8 +26,10 @@ use std::process::ExitCode;
 
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser, ValueEnum};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+use signal_hook::iterator::Signals;
 use wsplice::config::{Config, RelayMode};
-use wsplice::driver::{self, Server};
+use wsplice::driver::{self, admin, Server};
 use wsplice::sys::limits;
 
 /// A WebSocket reverse proxy: strict upgrade handshakes, then a splice(2) relay.
@@ -112,7 +114,7 @@ fn main() -> ExitCode {
         println!("wsplice: configuration {source} is ok");
         return ExitCode::SUCCESS;
     }
-    match run(cfg) {
+    match run(cfg, &args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("wsplice: error: {e}");
@@ -138,7 +140,7 @@ fn load(args: &Args) -> Result<Config, wsplice::config::ConfigError> {
     Ok(cfg)
 }
 
-fn run(mut cfg: Config) -> io::Result<()> {
+fn run(mut cfg: Config, args: &Args) -> io::Result<()> {
     let (soft, _hard) = match limits::raise_nofile_limit() {
         Ok(limit) => limit,
         Err(e) => {
@@ -150,7 +152,13 @@ fn run(mut cfg: Config) -> io::Result<()> {
         cfg.workers = Some(std::thread::available_parallelism().map_or(1, |n| n.get()));
     }
     let capacity = driver::capacity(&cfg, soft);
-    let server = Server::start(&cfg)?;
+    // Signals are caught from here on, before `ready`, so a script may signal right after it.
+    let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT, SIGUSR1])?;
+    let mut server = Server::start(&cfg)?;
+    if let Some(addr) = cfg.admin {
+        let bound = admin::start(addr, server.stats_reader(), server.started())?;
+        say(&format!("admin {bound}"));
+    }
 
     let mut lines = Vec::new();
     for addr in server.local_addrs() {
@@ -182,6 +190,92 @@ fn run(mut cfg: Config) -> io::Result<()> {
     }
     drop(out);
 
+    for sig in signals.forever() {
+        match sig {
+            SIGHUP => {
+                if let Some(new) = reload(&mut server, args, &cfg) {
+                    cfg = new;
+                }
+            }
+            SIGUSR1 => {
+                eprintln!("wsplice: SIGUSR1: no access log is configured; nothing to reopen")
+            }
+            _ => {
+                let grace = cfg.timeouts.drain;
+                eprintln!(
+                    "wsplice: stopping: no new connections; open tunnels may run {grace:?} (timeouts.drain); send the signal again to stop at once"
+                );
+                server.drain(std::time::Instant::now() + grace);
+                // A second SIGTERM/SIGINT ends the process without waiting.
+                std::thread::spawn(move || {
+                    if signals.forever().any(|s| s == SIGTERM || s == SIGINT) {
+                        eprintln!("wsplice: second stop signal: exiting now");
+                        std::process::exit(0);
+                    }
+                });
+                server.join();
+                eprintln!("wsplice: stopped");
+                return Ok(());
+            }
+        }
+    }
     server.join();
     Ok(())
+}
+
+/// One flushed stdout line (tests and scripts read them); a closed stdout is not an error.
+fn say(line: &str) {
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+}
+
+/// SIGHUP: reads the file again and applies it to new connections. A bad file changes nothing.
+fn reload(server: &mut Server, args: &Args, running: &Config) -> Option<Config> {
+    let Some(path) = &args.config else {
+        eprintln!("wsplice: SIGHUP: started without --config, nothing to reload");
+        return None;
+    };
+    let mut cfg = match load(args) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!(
+                "wsplice: reload of {} failed, still serving the previous configuration: {e}",
+                path.display()
+            );
+            say("reload failed");
+            return None;
+        }
+    };
+    if cfg.workers.is_some() && cfg.workers != running.workers {
+        eprintln!(
+            "wsplice: reload: `workers` changes need a restart; keeping {}",
+            server.workers()
+        );
+    }
+    if cfg.admin != running.admin {
+        eprintln!("wsplice: reload: `admin` changes need a restart");
+    }
+    cfg.workers = Some(server.workers());
+    match server.reload(&cfg) {
+        Ok(listen) => {
+            for (_, bound) in listen {
+                say(&format!("listen {bound} workers={}", server.workers()));
+            }
+            eprintln!(
+                "wsplice: reloaded {}: {} routes",
+                path.display(),
+                cfg.routes.len()
+            );
+            say("reloaded");
+            Some(cfg)
+        }
+        Err(e) => {
+            eprintln!(
+                "wsplice: reload of {} failed, still serving the previous configuration: {e}",
+                path.display()
+            );
+            say("reload failed");
+            None
+        }
+    }
 }

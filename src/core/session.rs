@@ -506,6 +506,7 @@ mod tests {
                 connect: Duration::from_secs(5),
                 idle: Duration::from_secs(3600),
                 half_close: Duration::from_secs(30),
+                drain: Duration::from_secs(30),
             },
             max_head_bytes: 4096,
             max_headers: 32,

@@ -22,6 +22,8 @@ pub enum Reject {
     HeadTooLarge,
     /// 502: every backend refused or reset the connection, or answered with a broken head.
     BackendFailed(BackendFailure),
+    /// 429: this client IP already has `max_connections_per_ip` connections.
+    TooManyFromIp,
     /// 503: the proxy is out of descriptors or at `max_connections`.
     Overloaded,
     /// 504: the backend connect (or its answer) timed out.
@@ -85,6 +87,7 @@ impl Reject {
             Reject::UriTooLong => 414,
             Reject::NotUpgrade => 426,
             Reject::HeadTooLarge => 431,
+            Reject::TooManyFromIp => 429,
             Reject::BackendFailed(_) => 502,
             Reject::Overloaded => 503,
             Reject::BackendTimeout => 504,
@@ -118,6 +121,9 @@ impl Reject {
             Reject::HeadTooLarge => {
                 b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
             }
+            Reject::TooManyFromIp => {
+                b"HTTP/1.1 429 Too Many Requests\r\nConnection: close\r\nContent-Length: 0\r\nRetry-After: 1\r\n\r\n"
+            }
             Reject::BackendFailed(_) => {
                 b"HTTP/1.1 502 Bad Gateway\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
             }
@@ -145,6 +151,7 @@ mod tests {
             Reject::UriTooLong,
             Reject::NotUpgrade,
             Reject::HeadTooLarge,
+            Reject::TooManyFromIp,
             Reject::BackendFailed(BackendFailure::Refused),
             Reject::Overloaded,
             Reject::BackendTimeout,

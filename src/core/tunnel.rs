@@ -20,6 +20,8 @@ pub enum CloseReason {
     ClientReset,
     /// The backend reset or errored.
     BackendReset,
+    /// The proxy was stopping and `timeouts.drain` ran out.
+    Drain,
 }
 
 /// Tunnel timeouts in ticks; 0 = never.

@@ -2,20 +2,22 @@
 //! (edge-triggered), one slab of connections, one timer wheel, one pipe pool. Nothing here is
 //! shared with other workers except read-only settings and the stats it publishes.
 
-use crate::config::RelayMode;
 use crate::core::session::{Action, ConnectFailure, Handshake, Settings};
 use crate::core::status::Reject;
 use crate::core::timer::{at_or_before, Clock, Tick, Wheel};
 use crate::core::tunnel::{self, Check, CloseReason, Times};
+use crate::driver::limiter::IpLimiter;
 use crate::driver::relay::{Ctx, Dir, Outcome, RelayStats, Tunnel};
 use crate::driver::stats::{Counters, Published};
+use crate::driver::{Control, Params};
 use crate::sys::pipe::PipePool;
-use crate::sys::sock::{tune, Tuning};
+use crate::sys::sock::tune;
 use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,19 +28,25 @@ const LINGER: Duration = Duration::from_secs(2);
 /// How long accepting pauses after EMFILE/ENFILE before trying again.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 const LISTENER_BASE: usize = usize::MAX - 1024;
+const WAKER: Token = Token(LISTENER_BASE - 1);
 
 /// Everything a worker needs, built by [`crate::driver::Server::start`].
 pub struct WorkerConfig {
     pub id: usize,
-    pub settings: Arc<Settings>,
-    pub listeners: Vec<std::net::TcpListener>,
-    pub max_connections: usize,
-    pub max_pipes: usize,
-    pub pipe_size: usize,
-    pub relay: RelayMode,
-    pub splice_threshold: usize,
-    pub tuning: Tuning,
+    pub params: Params,
+    /// (configured address, socket)
+    pub listeners: Vec<(SocketAddr, std::net::TcpListener)>,
     pub published: Arc<Published>,
+    pub control: Receiver<Control>,
+    pub limiter: Arc<IpLimiter>,
+}
+
+/// Who a connection is, for the per-IP limit.
+#[derive(Debug, Clone, Copy)]
+struct Peer {
+    ip: IpAddr,
+    /// True when the per-IP limiter counted this connection (release it at the end).
+    counted: bool,
 }
 
 struct HsConn {
@@ -46,12 +54,17 @@ struct HsConn {
     backend: Option<TcpStream>,
     hs: Handshake,
     armed: Tick,
+    /// The settings in force when the connection was accepted: a reload never changes the rules
+    /// in the middle of a handshake.
+    settings: Arc<Settings>,
+    peer: Peer,
 }
 
 /// A connection being refused: its answer is written, then we linger briefly so the client can
 /// read it before the close (closing with unread input would send RST and may destroy it).
 struct Closing {
     client: TcpStream,
+    peer: Peer,
     out: Vec<u8>,
     pos: usize,
     shut: bool,
@@ -65,6 +78,16 @@ enum Conn {
     Closing(Box<Closing>),
 }
 
+impl Conn {
+    fn peer(&self) -> Option<Peer> {
+        match self {
+            Conn::Handshake(h) => Some(h.peer),
+            Conn::Closing(c) => Some(c.peer),
+            Conn::Tunnel(t) => t.counted_ip.map(|ip| Peer { ip, counted: true }),
+        }
+    }
+}
+
 fn token(key: usize, backend: bool) -> Token {
     Token(key * 2 + backend as usize)
 }
@@ -74,9 +97,14 @@ fn is_no_fd(e: &io::Error) -> bool {
 }
 
 pub struct Worker {
-    cfg: WorkerConfig,
+    id: usize,
+    params: Params,
+    published: Arc<Published>,
+    control: Receiver<Control>,
+    limiter: Arc<IpLimiter>,
+    waker: Arc<Waker>,
     poll: Poll,
-    listeners: Vec<TcpListener>,
+    listeners: Vec<Option<(SocketAddr, TcpListener)>>,
     conns: Slab<Conn>,
     wheel: Wheel,
     clock: Clock,
@@ -86,31 +114,29 @@ pub struct Worker {
     pool: PipePool,
     relay_stats: RelayStats,
     counters: Counters,
-    tunnel_timeouts: tunnel::Timeouts,
     deferred: Vec<usize>,
     accept_paused_until: Option<Instant>,
+    /// Set by a drain request: no more accepting; close what is left at this instant.
+    draining: Option<Instant>,
 }
 
 impl Worker {
-    pub fn new(mut cfg: WorkerConfig) -> io::Result<Worker> {
+    pub fn new(cfg: WorkerConfig) -> io::Result<Worker> {
         let poll = Poll::new()?;
-        let mut listeners = Vec::new();
-        for (i, l) in std::mem::take(&mut cfg.listeners).into_iter().enumerate() {
-            let mut l = TcpListener::from_std(l);
-            poll.registry()
-                .register(&mut l, Token(LISTENER_BASE + i), Interest::READABLE)?;
-            listeners.push(l);
-        }
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let now = Instant::now();
         let clock = Clock::new(now);
         let tick = clock.tick(now);
-        let t = &cfg.settings.timeouts;
-        Ok(Worker {
-            tunnel_timeouts: tunnel::Timeouts::new(t.idle, t.half_close),
-            pool: PipePool::new(cfg.max_pipes, cfg.pipe_size),
-            cfg,
+        let mut w = Worker {
+            id: cfg.id,
+            pool: PipePool::new(cfg.params.max_pipes, cfg.params.pipe_size),
+            params: cfg.params,
+            published: cfg.published,
+            control: cfg.control,
+            limiter: cfg.limiter,
+            waker,
             poll,
-            listeners,
+            listeners: Vec::new(),
             conns: Slab::new(),
             wheel: Wheel::new(tick),
             clock,
@@ -121,7 +147,112 @@ impl Worker {
             counters: Counters::default(),
             deferred: Vec::new(),
             accept_paused_until: None,
-        })
+            draining: None,
+        };
+        for (addr, l) in cfg.listeners {
+            w.add_listener(addr, l)?;
+        }
+        Ok(w)
+    }
+
+    /// Wakes this worker's loop from another thread (after sending it a [`Control`]).
+    pub fn waker(&self) -> Arc<Waker> {
+        self.waker.clone()
+    }
+
+    fn add_listener(&mut self, addr: SocketAddr, l: std::net::TcpListener) -> io::Result<()> {
+        let i = match self.listeners.iter().position(Option::is_none) {
+            Some(i) => i,
+            None => {
+                self.listeners.push(None);
+                self.listeners.len() - 1
+            }
+        };
+        let mut l = TcpListener::from_std(l);
+        self.poll
+            .registry()
+            .register(&mut l, Token(LISTENER_BASE + i), Interest::READABLE)?;
+        self.listeners[i] = Some((addr, l));
+        // Edge-triggered: clients may already wait in the backlog.
+        self.accept(i);
+        Ok(())
+    }
+
+    fn remove_listener(&mut self, addr: SocketAddr) {
+        for slot in &mut self.listeners {
+            if slot.as_ref().is_some_and(|(a, _)| *a == addr) {
+                if let Some((_, mut l)) = slot.take() {
+                    let _ = self.poll.registry().deregister(&mut l);
+                }
+            }
+        }
+    }
+
+    fn on_control(&mut self) {
+        while let Ok(msg) = self.control.try_recv() {
+            match msg {
+                Control::Reload(r) => {
+                    let r = *r;
+                    for addr in r.remove {
+                        self.remove_listener(addr);
+                    }
+                    self.pool.set_limits(r.params.max_pipes, r.params.pipe_size);
+                    self.params = r.params;
+                    if self.draining.is_none() {
+                        for (addr, l) in r.add {
+                            if let Err(e) = self.add_listener(addr, l) {
+                                eprintln!("wsplice: worker {}: cannot watch {addr}: {e}", self.id);
+                            }
+                        }
+                    }
+                }
+                Control::Drain(until) => {
+                    if self.draining.is_none() {
+                        self.draining = Some(until);
+                        let addrs: Vec<SocketAddr> =
+                            self.listeners.iter().flatten().map(|(a, _)| *a).collect();
+                        for a in addrs {
+                            self.remove_listener(a);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// While draining: true once nothing is left or the drain time is over (then everything
+    /// left is closed).
+    fn drained(&mut self) -> bool {
+        let Some(until) = self.draining else {
+            return false;
+        };
+        if self.conns.is_empty() {
+            return true;
+        }
+        if self.now < until {
+            return false;
+        }
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for k in keys {
+            match self.conns.get(k) {
+                Some(Conn::Tunnel(_)) => self.close_tunnel(k, CloseReason::Drain),
+                Some(_) => self.remove_conn(k),
+                None => {}
+            }
+        }
+        true
+    }
+
+    /// Removes a non-tunnel connection (closing its sockets) and forgets it in the per-IP count.
+    fn remove_conn(&mut self, key: usize) {
+        if let Some(c) = self.conns.try_remove(key) {
+            if let Some(p) = c.peer() {
+                if p.counted {
+                    self.limiter.release(p.ip);
+                }
+            }
+        }
+        self.fds_freed();
     }
 
     /// Runs the loop until the process exits.
@@ -150,6 +281,10 @@ impl Worker {
             self.tick = self.clock.tick(self.now);
             for ev in events.iter() {
                 let t = ev.token().0;
+                if ev.token() == WAKER {
+                    self.on_control();
+                    continue;
+                }
                 if t >= LISTENER_BASE {
                     self.accept(t - LISTENER_BASE);
                     continue;
@@ -173,12 +308,20 @@ impl Worker {
             if let Some(until) = self.accept_paused_until {
                 if self.now >= until {
                     self.accept_paused_until = None;
-                    for i in 0..self.listeners.len() {
-                        self.accept(i);
-                    }
+                    self.accept_all();
                 }
             }
+            let done = self.drained();
             self.publish();
+            if done {
+                return Ok(());
+            }
+        }
+    }
+
+    fn accept_all(&mut self) {
+        for i in 0..self.listeners.len() {
+            self.accept(i);
         }
     }
 
@@ -186,7 +329,7 @@ impl Worker {
         self.counters.connections = self.conns.len() as u64;
         self.counters.relay = self.relay_stats;
         self.counters.pipes = self.pool.stats();
-        self.cfg.published.store(&self.counters);
+        self.published.store(&self.counters);
     }
 
     fn ctx(&mut self) -> (Ctx<'_>, &mut Slab<Conn>) {
@@ -195,8 +338,8 @@ impl Worker {
                 scratch: &mut self.scratch,
                 pool: &mut self.pool,
                 stats: &mut self.relay_stats,
-                mode: self.cfg.relay,
-                threshold: self.cfg.splice_threshold,
+                mode: self.params.relay,
+                threshold: self.params.splice_threshold,
             },
             &mut self.conns,
         )
@@ -209,7 +352,10 @@ impl Worker {
             return;
         }
         loop {
-            let (stream, peer) = match self.listeners[i].accept() {
+            let Some((_, listener)) = self.listeners.get(i).and_then(Option::as_ref) else {
+                return;
+            };
+            let (stream, peer) = match listener.accept() {
                 Ok(x) => x,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -226,13 +372,23 @@ impl Worker {
                 }
             };
             self.counters.accepted += 1;
-            if self.conns.len() >= self.cfg.max_connections {
+            if self.conns.len() >= self.params.max_connections {
                 self.counters.rejected_full += 1;
                 let _ = (&stream).write(Reject::Overloaded.response());
                 continue;
             }
-            let _ = tune(&stream, &self.cfg.tuning);
-            let hs = Handshake::new(peer.ip(), self.now, &self.cfg.settings);
+            let counted = match self.limiter.acquire(peer.ip()) {
+                Some(false) => {
+                    self.counters.count_reject(Reject::TooManyFromIp);
+                    let _ = (&stream).write(Reject::TooManyFromIp.response());
+                    continue;
+                }
+                Some(true) => true,
+                None => false,
+            };
+            let _ = tune(&stream, &self.params.tuning);
+            let settings = self.params.settings.clone();
+            let hs = Handshake::new(peer.ip(), self.now, &settings);
             let entry = self.conns.vacant_entry();
             let key = entry.key();
             let mut stream = stream;
@@ -246,6 +402,9 @@ impl Worker {
                 )
                 .is_err()
             {
+                if counted {
+                    self.limiter.release(peer.ip());
+                }
                 continue;
             }
             entry.insert(Conn::Handshake(Box::new(HsConn {
@@ -253,6 +412,11 @@ impl Worker {
                 backend: None,
                 hs,
                 armed: 0,
+                settings,
+                peer: Peer {
+                    ip: peer.ip(),
+                    counted,
+                },
             })));
             self.arm_handshake(key);
             // Edge-triggered: the head may already be waiting.
@@ -290,16 +454,15 @@ impl Worker {
     fn on_timer(&mut self, key: usize, due: Tick) {
         let now = self.now;
         let tick = self.tick;
-        let tt = self.tunnel_timeouts;
         match self.conns.get_mut(key) {
             Some(Conn::Handshake(h)) if h.armed == due => {
                 h.armed = 0;
-                let a = h.hs.handle_timeout(&self.cfg.settings, now);
+                let a = h.hs.handle_timeout(&h.settings, now);
                 self.apply(key, a);
             }
             Some(Conn::Tunnel(t)) if t.armed == due => {
                 t.armed = 0;
-                match t.times.check(tt, tick) {
+                match t.times.check(t.timeouts, tick) {
                     Check::Expired(reason) => self.close_tunnel(key, reason),
                     Check::Rearm(at) => {
                         t.armed = at;
@@ -309,8 +472,7 @@ impl Worker {
                 }
             }
             Some(Conn::Closing(c)) if c.armed == due && at_or_before(c.until, tick) => {
-                self.conns.remove(key);
-                self.fds_freed();
+                self.remove_conn(key);
             }
             _ => {} // stale entry: the connection moved on or the key was reused
         }
@@ -333,14 +495,14 @@ impl Worker {
             let Some(Conn::Handshake(h)) = self.conns.get_mut(key) else {
                 return;
             };
-            let limit = h.hs.client_read_limit(&self.cfg.settings).min(SCRATCH);
+            let limit = h.hs.client_read_limit(&h.settings).min(SCRATCH);
             if limit == 0 {
                 return;
             }
             let action = match (&h.client).read(&mut self.scratch[..limit]) {
                 Ok(0) => h.hs.handle_client_eof(),
                 Ok(n) => {
-                    h.hs.handle_client_data(&self.cfg.settings, self.now, &self.scratch[..n])
+                    h.hs.handle_client_data(&h.settings, self.now, &self.scratch[..n])
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -358,7 +520,7 @@ impl Worker {
             return;
         };
         let Some(b) = h.backend.as_ref() else { return };
-        let s = &self.cfg.settings;
+        let s = &h.settings;
         // Connect completion: an error, or a peer address once connected.
         if let Ok(Some(_)) | Err(_) = b.take_error() {
             let a =
@@ -398,7 +560,7 @@ impl Worker {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => {
-                    h.hs.handle_connect_failed(&self.cfg.settings, self.now, ConnectFailure::Reset)
+                    h.hs.handle_connect_failed(&h.settings, self.now, ConnectFailure::Reset)
                 }
             };
             match a {
@@ -417,7 +579,7 @@ impl Worker {
             let Some(Conn::Handshake(h)) = self.conns.get_mut(key) else {
                 return;
             };
-            let s = &self.cfg.settings;
+            let s = &h.settings;
             let limit = h.hs.backend_read_limit(s).min(SCRATCH);
             let Some(b) = h.backend.as_ref() else { return };
             if limit == 0 {
@@ -464,8 +626,7 @@ impl Worker {
                             let Some(Conn::Handshake(h)) = self.conns.get_mut(key) else {
                                 return;
                             };
-                            action =
-                                h.hs.handle_connect_failed(&self.cfg.settings, self.now, why);
+                            action = h.hs.handle_connect_failed(&h.settings, self.now, why);
                         }
                     }
                 }
@@ -478,11 +639,7 @@ impl Worker {
                     let out = h.hs.client_output().to_vec();
                     return self.start_closing(key, out);
                 }
-                Action::Close => {
-                    self.conns.remove(key);
-                    self.fds_freed();
-                    return;
-                }
+                Action::Close => return self.remove_conn(key),
                 Action::Tunnel => return self.start_tunnel(key),
             }
         }
@@ -499,7 +656,7 @@ impl Worker {
                 ConnectFailure::Reset
             }
         })?;
-        let _ = tune(&s, &self.cfg.tuning);
+        let _ = tune(&s, &self.params.tuning);
         self.poll
             .registry()
             .register(
@@ -519,7 +676,10 @@ impl Worker {
             return;
         };
         let HsConn {
-            client, backend, ..
+            client,
+            backend,
+            peer,
+            ..
         } = *h;
         drop(backend);
         let until = self.tick.wrapping_add(Clock::ticks(LINGER));
@@ -528,6 +688,7 @@ impl Worker {
         let k = entry.key();
         entry.insert(Conn::Closing(Box::new(Closing {
             client,
+            peer,
             out,
             pos: 0,
             shut: false,
@@ -557,11 +718,7 @@ impl Worker {
                 Ok(n) => c.pos += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    self.conns.remove(key);
-                    self.fds_freed();
-                    return;
-                }
+                Err(_) => return self.remove_conn(key),
             }
         }
         if !c.shut {
@@ -578,8 +735,7 @@ impl Worker {
                 Err(_) => break,
             }
         }
-        self.conns.remove(key);
-        self.fds_freed();
+        self.remove_conn(key);
     }
 
     // ---- tunnel ----------------------------------------------------------------------------
@@ -592,9 +748,18 @@ impl Worker {
             client,
             backend,
             hs,
+            settings,
+            peer,
             ..
         } = *h;
-        let Some(backend) = backend else { return };
+        let Some(backend) = backend else {
+            if peer.counted {
+                self.limiter.release(peer.ip);
+            }
+            return;
+        };
+        let t = &settings.timeouts;
+        let timeouts = tunnel::Timeouts::new(t.idle, t.half_close);
         self.counters.tunnels += 1;
         let (to_client, to_backend) = hs.into_tunnel_bytes();
         let t = Tunnel {
@@ -604,6 +769,8 @@ impl Worker {
             down: Dir::with_initial(to_client, &mut self.relay_stats),
             times: Times::new(self.tick),
             armed: 0,
+            timeouts,
+            counted_ip: peer.counted.then_some(peer.ip),
         };
         let entry = self.conns.vacant_entry();
         let k = entry.key();
@@ -621,7 +788,6 @@ impl Worker {
 
     fn pump_tunnel(&mut self, key: usize) {
         let tick = self.tick;
-        let tt = self.tunnel_timeouts;
         let (mut cx, conns) = self.ctx();
         let Some(Conn::Tunnel(t)) = conns.get_mut(key) else {
             return;
@@ -634,7 +800,7 @@ impl Worker {
                 let Some(Conn::Tunnel(t)) = self.conns.get_mut(key) else {
                     return;
                 };
-                if let Some(due) = t.times.deadline(tt) {
+                if let Some(due) = t.times.deadline(t.timeouts) {
                     if t.armed == 0 || !at_or_before(t.armed, due) {
                         t.armed = due;
                         self.wheel.insert(key as u32, due);
@@ -649,6 +815,9 @@ impl Worker {
         let (mut cx, conns) = self.ctx();
         if let Some(Conn::Tunnel(mut t)) = conns.try_remove(key) {
             t.release(&mut cx);
+            if let Some(ip) = t.counted_ip {
+                self.limiter.release(ip);
+            }
             self.counters.count_close(reason);
         }
         self.fds_freed();
@@ -657,9 +826,7 @@ impl Worker {
     fn fds_freed(&mut self) {
         if self.accept_paused_until.is_some() {
             self.accept_paused_until = None;
-            for i in 0..self.listeners.len() {
-                self.accept(i);
-            }
+            self.accept_all();
         }
     }
 }

@@ -6,18 +6,24 @@
 //!   worker 0      worker 1   ...  worker N-1        one thread each, nothing shared but
 //!   Poll, Slab<Conn>, Wheel, PipePool, scratch      read-only Settings and published stats
 //! ```
+pub mod admin;
 pub mod epoll;
+pub mod limiter;
 pub mod relay;
 pub mod stats;
 
-use crate::config::Config;
+use crate::config::{Config, RelayMode};
 use crate::core::route::RouteTable;
 use crate::core::session::Settings;
 use crate::sys::sock::{reuseport_listener, Tuning};
+use limiter::IpLimiter;
+use mio::Waker;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 /// Descriptors kept aside for listeners, stdio, epoll and the odd log file.
 const FD_RESERVE: u64 = 64;
@@ -56,11 +62,52 @@ pub fn capacity(cfg: &Config, nofile: u64) -> Capacity {
     }
 }
 
+/// What a worker runs with; replaced as a whole by a reload.
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub settings: Arc<Settings>,
+    /// This worker's share of `max_connections`.
+    pub max_connections: usize,
+    /// This worker's share of the pipe budget.
+    pub max_pipes: usize,
+    pub pipe_size: usize,
+    pub relay: RelayMode,
+    pub splice_threshold: usize,
+    pub tuning: Tuning,
+}
+
+/// A new configuration for a worker.
+#[derive(Debug)]
+pub struct Reload {
+    pub params: Params,
+    /// Newly configured listeners: (configured address, this worker's socket).
+    pub add: Vec<(SocketAddr, std::net::TcpListener)>,
+    /// Configured addresses to stop listening on.
+    pub remove: Vec<SocketAddr>,
+}
+
+/// Messages from the control thread to a worker (sent, then the worker's waker is woken).
+#[derive(Debug)]
+pub enum Control {
+    Reload(Box<Reload>),
+    /// Stop accepting; close whatever is still open at this instant; then stop.
+    Drain(Instant),
+}
+
+struct WorkerHandle {
+    control: Sender<Control>,
+    waker: Arc<Waker>,
+    thread: Option<JoinHandle<io::Result<()>>>,
+    published: Arc<stats::Published>,
+}
+
 /// A running proxy: one worker thread per configured worker.
 pub struct Server {
-    addrs: Vec<SocketAddr>,
-    threads: Vec<JoinHandle<io::Result<()>>>,
-    published: Vec<Arc<stats::Published>>,
+    /// (configured address, bound address), in config order.
+    listen: Vec<(SocketAddr, SocketAddr)>,
+    workers: Vec<WorkerHandle>,
+    limiter: Arc<IpLimiter>,
+    started: Instant,
 }
 
 fn bind_error(addr: SocketAddr, e: io::Error) -> io::Error {
@@ -73,6 +120,50 @@ fn bind_error(addr: SocketAddr, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}{hint}"))
 }
 
+/// Binds `want` once per worker (SO_REUSEPORT); a port of 0 is resolved by the first socket and
+/// shared by the others.
+fn bind_all(
+    want: SocketAddr,
+    workers: usize,
+) -> io::Result<(SocketAddr, Vec<std::net::TcpListener>)> {
+    let first = reuseport_listener(want, 4096).map_err(|e| bind_error(want, e))?;
+    let actual = first.local_addr()?;
+    let mut all = vec![first];
+    for _ in 1..workers {
+        all.push(reuseport_listener(actual, 4096).map_err(|e| bind_error(actual, e))?);
+    }
+    Ok((actual, all))
+}
+
+fn params_for(cfg: &Config, workers: usize) -> Params {
+    let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(1024);
+    let mut sized = cfg.clone();
+    sized.workers = Some(workers);
+    let cap = capacity(&sized, nofile);
+    Params {
+        settings: Arc::new(Settings {
+            routes: RouteTable::new(&cfg.routes),
+            timeouts: cfg.timeouts.clone(),
+            max_head_bytes: cfg.limits.max_head_bytes,
+            max_headers: cfg.limits.max_headers,
+        }),
+        max_connections: cap.max_connections.div_ceil(workers),
+        max_pipes: cap.max_pipes.div_ceil(workers),
+        pipe_size: cfg.relay.pipe_size,
+        relay: cfg.relay.mode,
+        splice_threshold: cfg.relay.splice_threshold,
+        tuning: Tuning {
+            keepalive: (!cfg.keepalive.idle.is_zero()).then_some((
+                cfg.keepalive.idle,
+                cfg.keepalive.interval,
+                cfg.keepalive.count,
+            )),
+        },
+    }
+}
+
 impl Server {
     /// Binds every listener (SO_REUSEPORT, one socket per worker; a port of 0 is resolved once and
     /// shared by all workers) and starts the workers. Errors name the address that failed.
@@ -81,91 +172,154 @@ impl Server {
             .workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
             .max(1);
-        let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-            .map(|(soft, _)| soft)
-            .unwrap_or(1024);
-        let mut sized = cfg.clone();
-        sized.workers = Some(workers);
-        let cap = capacity(&sized, nofile);
-        let settings = Arc::new(Settings {
-            routes: RouteTable::new(&cfg.routes),
-            timeouts: cfg.timeouts.clone(),
-            max_head_bytes: cfg.limits.max_head_bytes,
-            max_headers: cfg.limits.max_headers,
-        });
+        let params = params_for(cfg, workers);
         // Bind every socket first, so a bad address fails start-up before any thread runs.
-        let mut per_worker: Vec<Vec<std::net::TcpListener>> =
+        let mut per_worker: Vec<Vec<(SocketAddr, std::net::TcpListener)>> =
             (0..workers).map(|_| Vec::new()).collect();
-        let mut addrs = Vec::new();
+        let mut listen = Vec::new();
         for &want in &cfg.listen {
-            let first = reuseport_listener(want, 4096).map_err(|e| bind_error(want, e))?;
-            let actual = first.local_addr()?;
-            addrs.push(actual);
-            per_worker[0].push(first);
-            for w in per_worker.iter_mut().skip(1) {
-                w.push(reuseport_listener(actual, 4096).map_err(|e| bind_error(actual, e))?);
+            let (actual, socks) = bind_all(want, workers)?;
+            listen.push((want, actual));
+            for (w, s) in per_worker.iter_mut().zip(socks) {
+                w.push((want, s));
             }
         }
-        let tuning = Tuning {
-            keepalive: (!cfg.keepalive.idle.is_zero()).then_some((
-                cfg.keepalive.idle,
-                cfg.keepalive.interval,
-                cfg.keepalive.count,
-            )),
-        };
-        let mut threads = Vec::new();
-        let mut published = Vec::new();
+        let limiter = Arc::new(IpLimiter::new(cfg.limits.max_connections_per_ip));
+        let mut handles = Vec::new();
         for (id, listeners) in per_worker.into_iter().enumerate() {
-            let p = Arc::new(stats::Published::default());
-            published.push(p.clone());
+            let published = Arc::new(stats::Published::default());
+            let (tx, rx) = std::sync::mpsc::channel();
             let wc = epoll::WorkerConfig {
                 id,
-                settings: settings.clone(),
+                params: params.clone(),
                 listeners,
-                max_connections: cap.max_connections.div_ceil(workers),
-                max_pipes: cap.max_pipes.div_ceil(workers),
-                pipe_size: cfg.relay.pipe_size,
-                relay: cfg.relay.mode,
-                splice_threshold: cfg.relay.splice_threshold,
-                tuning,
-                published: p,
+                published: published.clone(),
+                control: rx,
+                limiter: limiter.clone(),
             };
             let worker = epoll::Worker::new(wc)?;
-            let t = std::thread::Builder::new()
+            let waker = worker.waker();
+            let thread = std::thread::Builder::new()
                 .name(format!("wsplice-w{id}"))
                 .spawn(move || worker.run())?;
-            threads.push(t);
+            handles.push(WorkerHandle {
+                control: tx,
+                waker,
+                thread: Some(thread),
+                published,
+            });
         }
         Ok(Server {
-            addrs,
-            threads,
-            published,
+            listen,
+            workers: handles,
+            limiter,
+            started: Instant::now(),
         })
     }
 
     /// The bound listener addresses, in config order (port 0 resolved).
-    pub fn local_addrs(&self) -> &[SocketAddr] {
-        &self.addrs
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listen.iter().map(|(_, a)| *a).collect()
     }
 
     /// Number of worker threads.
     pub fn workers(&self) -> usize {
-        self.threads.len()
+        self.workers.len()
+    }
+
+    /// When the server started.
+    pub fn started(&self) -> Instant {
+        self.started
     }
 
     /// The workers' counters, summed.
     pub fn stats(&self) -> stats::Counters {
-        stats::sum(self.published.iter().map(|p| p.load()))
+        stats::sum(self.workers.iter().map(|w| w.published.load()))
+    }
+
+    /// A handle that reads the counters from another thread (the admin listener).
+    pub fn stats_reader(&self) -> StatsReader {
+        StatsReader {
+            published: self.workers.iter().map(|w| w.published.clone()).collect(),
+        }
+    }
+
+    fn send(&self, w: &WorkerHandle, msg: Control) {
+        // A worker that already stopped has nothing left to change.
+        if w.control.send(msg).is_ok() {
+            let _ = w.waker.wake();
+        }
+    }
+
+    /// Applies a new configuration to new connections. Established tunnels keep their sockets and
+    /// their timeouts. New listen addresses are bound first: if one fails, nothing changes.
+    /// Returns the listen addresses (configured, bound) now in force.
+    pub fn reload(&mut self, cfg: &Config) -> io::Result<Vec<(SocketAddr, SocketAddr)>> {
+        let n = self.workers.len();
+        let mut added: Vec<(SocketAddr, SocketAddr, Vec<std::net::TcpListener>)> = Vec::new();
+        for &want in &cfg.listen {
+            if !self.listen.iter().any(|(w, _)| *w == want) {
+                let (actual, socks) = bind_all(want, n)?;
+                added.push((want, actual, socks));
+            }
+        }
+        let removed: Vec<SocketAddr> = self
+            .listen
+            .iter()
+            .map(|(w, _)| *w)
+            .filter(|w| !cfg.listen.contains(w))
+            .collect();
+        let params = params_for(cfg, n);
+        self.limiter.set_limit(cfg.limits.max_connections_per_ip);
+        let mut per_worker: Vec<Vec<(SocketAddr, std::net::TcpListener)>> =
+            (0..n).map(|_| Vec::new()).collect();
+        for (want, actual, socks) in added {
+            self.listen.push((want, actual));
+            for (w, s) in per_worker.iter_mut().zip(socks) {
+                w.push((want, s));
+            }
+        }
+        self.listen.retain(|(w, _)| !removed.contains(w));
+        for (w, add) in self.workers.iter().zip(per_worker) {
+            let msg = Control::Reload(Box::new(Reload {
+                params: params.clone(),
+                add,
+                remove: removed.clone(),
+            }));
+            self.send(w, msg);
+        }
+        Ok(self.listen.clone())
+    }
+
+    /// Stops accepting now; tunnels may finish until `deadline`, then the rest are closed and
+    /// the workers stop ([`Server::join`] returns).
+    pub fn drain(&self, deadline: Instant) {
+        for w in &self.workers {
+            self.send(w, Control::Drain(deadline));
+        }
     }
 
     /// Blocks until every worker has stopped.
-    pub fn join(self) {
-        for t in self.threads {
+    pub fn join(&mut self) {
+        for w in &mut self.workers {
+            let Some(t) = w.thread.take() else { continue };
             match t.join() {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => eprintln!("wsplice: worker stopped: {e}"),
                 Err(_) => eprintln!("wsplice: worker panicked"),
             }
         }
+    }
+}
+
+/// Reads the workers' published counters from any thread.
+#[derive(Clone)]
+pub struct StatsReader {
+    published: Vec<Arc<stats::Published>>,
+}
+
+impl StatsReader {
+    pub fn read(&self) -> stats::Counters {
+        stats::sum(self.published.iter().map(|p| p.load()))
     }
 }

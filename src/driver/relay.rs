@@ -8,11 +8,12 @@
 
 use crate::config::RelayMode;
 use crate::core::timer::Tick;
-use crate::core::tunnel::{CloseReason, Times};
+use crate::core::tunnel::{self, CloseReason, Times};
 use crate::sys::pipe::{Pipe, PipePool};
 use crate::sys::sock::shutdown_write;
 use mio::net::TcpStream;
 use std::io::{self, Read, Write};
+use std::net::IpAddr;
 
 /// The source may have bytes (edge-triggered: remembered until a read says otherwise).
 const READABLE: u8 = 1;
@@ -277,6 +278,11 @@ pub struct Tunnel {
     pub times: Times,
     /// The due tick of this tunnel's live wheel entry (0: none).
     pub armed: Tick,
+    /// Idle and half-close timeouts as configured when the tunnel opened: a reload does not
+    /// change the rules for established tunnels.
+    pub timeouts: tunnel::Timeouts,
+    /// The client IP, when the per-IP limiter counted this connection.
+    pub counted_ip: Option<IpAddr>,
 }
 
 /// What happened to a tunnel in one round of pumping.

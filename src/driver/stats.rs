@@ -18,15 +18,15 @@ pub struct Counters {
     pub rejected_full: u64,
     pub tunnels: u64,
     pub forwarded: u64,
-    /// Rejects by status: 400, 404, 405, 408, 414, 426, 431, 502, 503, 504.
-    pub rejects: [u64; 10],
-    /// Tunnel closes by reason: done, idle, half-close, client reset, backend reset.
-    pub closes: [u64; 5],
+    /// Rejects by status: 400, 404, 405, 408, 414, 426, 429, 431, 502, 503, 504.
+    pub rejects: [u64; 11],
+    /// Tunnel closes by reason: done, idle, half-close, client reset, backend reset, drain.
+    pub closes: [u64; 6],
     pub relay: RelayStats,
     pub pipes: PoolStats,
 }
 
-const STATUSES: [u16; 10] = [400, 404, 405, 408, 414, 426, 431, 502, 503, 504];
+const STATUSES: [u16; 11] = [400, 404, 405, 408, 414, 426, 429, 431, 502, 503, 504];
 
 impl Counters {
     pub fn count_reject(&mut self, r: Reject) {
@@ -42,13 +42,14 @@ impl Counters {
             CloseReason::HalfCloseTimeout => 2,
             CloseReason::ClientReset => 3,
             CloseReason::BackendReset => 4,
+            CloseReason::Drain => 5,
         };
         self.closes[i] += 1;
     }
 }
 
 /// Field order of the published array.
-const FIELDS: usize = 7 + 10 + 5 + 4 + 4;
+const FIELDS: usize = 7 + 11 + 6 + 4 + 4;
 
 /// A worker's counters as other threads can read them.
 #[derive(Debug)]
@@ -76,15 +77,15 @@ fn flatten(c: &Counters) -> [u64; FIELDS] {
         c.forwarded,
     ];
     out[..7].copy_from_slice(&head);
-    out[7..17].copy_from_slice(&c.rejects);
-    out[17..22].copy_from_slice(&c.closes);
-    out[22..26].copy_from_slice(&[
+    out[7..18].copy_from_slice(&c.rejects);
+    out[18..24].copy_from_slice(&c.closes);
+    out[24..28].copy_from_slice(&[
         c.relay.bytes_spliced,
         c.relay.bytes_copied,
         c.relay.overflow_in_use,
         c.relay.copy_fallbacks,
     ]);
-    out[26..30].copy_from_slice(&[
+    out[28..32].copy_from_slice(&[
         c.pipes.in_use as u64,
         c.pipes.pooled as u64,
         c.pipes.created,
@@ -104,19 +105,19 @@ fn unflatten(v: &[u64; FIELDS]) -> Counters {
         forwarded: v[6],
         ..Counters::default()
     };
-    c.rejects.copy_from_slice(&v[7..17]);
-    c.closes.copy_from_slice(&v[17..22]);
+    c.rejects.copy_from_slice(&v[7..18]);
+    c.closes.copy_from_slice(&v[18..24]);
     c.relay = RelayStats {
-        bytes_spliced: v[22],
-        bytes_copied: v[23],
-        overflow_in_use: v[24],
-        copy_fallbacks: v[25],
+        bytes_spliced: v[24],
+        bytes_copied: v[25],
+        overflow_in_use: v[26],
+        copy_fallbacks: v[27],
     };
     c.pipes = PoolStats {
-        in_use: v[26] as usize,
-        pooled: v[27] as usize,
-        created: v[28],
-        unavailable: v[29],
+        in_use: v[28] as usize,
+        pooled: v[29] as usize,
+        created: v[30],
+        unavailable: v[31],
     };
     c
 }

@@ -76,6 +76,16 @@ impl PipePool {
         }
     }
 
+    /// Applies a reloaded configuration: pipes already lent keep their size.
+    pub fn set_limits(&mut self, cap: usize, size: usize) {
+        self.cap = cap;
+        if size != self.size {
+            self.size = size;
+            self.free.clear();
+            self.stats.pooled = 0;
+        }
+    }
+
     /// Bytes one pipe holds (as configured).
     pub fn pipe_size(&self) -> usize {
         self.size

@@ -1,0 +1,91 @@
+//! The admin listener: `GET /metrics` (Prometheus text), `GET /healthz`, `GET /status` (JSON).
+//!
+//! One blocking thread, one request per connection, far from the hot path: it only reads the
+//! counters the workers publish.
+
+use crate::driver::stats::{render, Counters};
+use crate::driver::StatsReader;
+use crate::sys::limits;
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+/// Binds `addr` and serves admin requests on a background thread.
+pub fn start(addr: SocketAddr, stats: StatsReader, started: Instant) -> io::Result<SocketAddr> {
+    let l = TcpListener::bind(addr).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot listen on admin address {addr}: {e} (change `admin`)"),
+        )
+    })?;
+    let bound = l.local_addr()?;
+    std::thread::Builder::new()
+        .name("wsplice-admin".into())
+        .spawn(move || {
+            for s in l.incoming().flatten() {
+                let _ = serve(s, &stats, started);
+            }
+        })?;
+    Ok(bound)
+}
+
+fn serve(s: TcpStream, stats: &StatsReader, started: Instant) -> io::Result<()> {
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let mut r = BufReader::new(&s);
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    // Skip the rest of the head; nothing in it matters here.
+    let mut h = String::new();
+    while r.read_line(&mut h)? > 2 {
+        h.clear();
+    }
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let c = stats.read();
+    let (status, ctype, body) = match (method, path) {
+        ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", metrics(&c, started)),
+        ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
+        ("GET", "/status") => ("200 OK", "application/json", status_json(&c, started)),
+        ("GET", _) => (
+            "404 Not Found",
+            "text/plain",
+            "try /metrics, /healthz or /status\n".into(),
+        ),
+        _ => ("405 Method Not Allowed", "text/plain", "GET only\n".into()),
+    };
+    let mut w = &s;
+    write!(
+        w,
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+fn metrics(c: &Counters, started: Instant) -> String {
+    let mut s = render(c);
+    let fds = limits::open_fd_count().unwrap_or(0);
+    let (soft, _) = limits::nofile_limit().unwrap_or((0, 0));
+    s.push_str(&format!(
+        "wsplice_open_fds {fds}\nwsplice_fd_limit {soft}\n"
+    ));
+    s.push_str(&format!(
+        "wsplice_uptime_seconds {}\n",
+        started.elapsed().as_secs()
+    ));
+    s
+}
+
+fn status_json(c: &Counters, started: Instant) -> String {
+    format!(
+        "{{\"connections\":{},\"tunnels_total\":{},\"accepted_total\":{},\"bytes_spliced\":{},\"bytes_copied\":{},\"pipes_in_use\":{},\"open_fds\":{},\"uptime_seconds\":{}}}\n",
+        c.connections,
+        c.tunnels,
+        c.accepted,
+        c.relay.bytes_spliced,
+        c.relay.bytes_copied,
+        c.pipes.in_use,
+        limits::open_fd_count().unwrap_or(0),
+        started.elapsed().as_secs()
+    )
+}
