@@ -6,7 +6,7 @@ use crate::core::session::{Action, ConnectFailure, Handshake, Settings};
 use crate::core::status::Reject;
 use crate::core::timer::{at_or_before, Clock, Tick, Wheel};
 use crate::core::tunnel::{self, Check, CloseReason, Times};
-use crate::driver::limiter::IpLimiter;
+use crate::driver::limiter::{ConnLimiter, IpLimiter};
 use crate::driver::relay::{Ctx, Dir, Outcome, RelayStats, Tunnel};
 use crate::driver::stats::{Counters, Published};
 use crate::driver::{Control, Params};
@@ -39,6 +39,7 @@ pub struct WorkerConfig {
     pub published: Arc<Published>,
     pub control: Receiver<Control>,
     pub limiter: Arc<IpLimiter>,
+    pub total: Arc<ConnLimiter>,
 }
 
 /// Who a connection is, for the per-IP limit.
@@ -102,6 +103,7 @@ pub struct Worker {
     published: Arc<Published>,
     control: Receiver<Control>,
     limiter: Arc<IpLimiter>,
+    total: Arc<ConnLimiter>,
     waker: Arc<Waker>,
     poll: Poll,
     listeners: Vec<Option<(SocketAddr, TcpListener)>>,
@@ -134,6 +136,7 @@ impl Worker {
             published: cfg.published,
             control: cfg.control,
             limiter: cfg.limiter,
+            total: cfg.total,
             waker,
             poll,
             listeners: Vec::new(),
@@ -246,6 +249,7 @@ impl Worker {
     /// Removes a non-tunnel connection (closing its sockets) and forgets it in the per-IP count.
     fn remove_conn(&mut self, key: usize) {
         if let Some(c) = self.conns.try_remove(key) {
+            self.total.release();
             if let Some(p) = c.peer() {
                 if p.counted {
                     self.limiter.release(p.ip);
@@ -372,13 +376,15 @@ impl Worker {
                 }
             };
             self.counters.accepted += 1;
-            if self.conns.len() >= self.params.max_connections {
+            if !self.total.acquire() {
                 self.counters.rejected_full += 1;
+                self.counters.count_reject(Reject::Overloaded);
                 let _ = (&stream).write(Reject::Overloaded.response());
                 continue;
             }
             let counted = match self.limiter.acquire(peer.ip()) {
                 Some(false) => {
+                    self.total.release();
                     self.counters.count_reject(Reject::TooManyFromIp);
                     let _ = (&stream).write(Reject::TooManyFromIp.response());
                     continue;
@@ -405,6 +411,7 @@ impl Worker {
                 if counted {
                     self.limiter.release(peer.ip());
                 }
+                self.total.release();
                 continue;
             }
             entry.insert(Conn::Handshake(Box::new(HsConn {
@@ -756,6 +763,7 @@ impl Worker {
             if peer.counted {
                 self.limiter.release(peer.ip);
             }
+            self.total.release();
             return;
         };
         let t = &settings.timeouts;
@@ -818,6 +826,7 @@ impl Worker {
             if let Some(ip) = t.counted_ip {
                 self.limiter.release(ip);
             }
+            self.total.release();
             self.counters.count_close(reason);
         }
         self.fds_freed();

@@ -1,10 +1,50 @@
-//! `max_connections_per_ip`: one small shared map, touched once when a connection is accepted and
-//! once when it ends, never per byte. Off (limit 0) it costs one relaxed load per accept.
+//! `max_connections` and `max_connections_per_ip`, enforced exactly across workers.
+//!
+//! Both are touched once when a connection is accepted and once when it ends, never per byte:
+//! one atomic counter for the total, and (only when a per-IP limit is set) one small map.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
+
+/// The process-wide connection count against `max_connections`.
+#[derive(Debug, Default)]
+pub struct ConnLimiter {
+    max: AtomicUsize,
+    active: AtomicUsize,
+}
+
+impl ConnLimiter {
+    pub fn new(max: usize) -> ConnLimiter {
+        ConnLimiter {
+            max: AtomicUsize::new(max),
+            active: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Relaxed);
+    }
+
+    /// Counts one more connection, or refuses it at the limit.
+    pub fn acquire(&self) -> bool {
+        let max = self.max.load(Ordering::Relaxed);
+        self.active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    pub fn release(&self) {
+        self.active.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+}
 
 #[derive(Debug, Default)]
 pub struct IpLimiter {
@@ -60,6 +100,15 @@ impl IpLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn total_is_exact() {
+        let l = ConnLimiter::new(2);
+        assert!(l.acquire() && l.acquire() && !l.acquire());
+        l.release();
+        assert!(l.acquire());
+        assert_eq!(l.active(), 2);
+    }
 
     #[test]
     fn counts_per_ip_and_forgets() {

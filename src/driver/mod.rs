@@ -16,7 +16,7 @@ use crate::config::{Config, RelayMode};
 use crate::core::route::RouteTable;
 use crate::core::session::Settings;
 use crate::sys::sock::{reuseport_listener, Tuning};
-use limiter::IpLimiter;
+use limiter::{ConnLimiter, IpLimiter};
 use mio::Waker;
 use std::io;
 use std::net::SocketAddr;
@@ -66,7 +66,7 @@ pub fn capacity(cfg: &Config, nofile: u64) -> Capacity {
 #[derive(Debug, Clone)]
 pub struct Params {
     pub settings: Arc<Settings>,
-    /// This worker's share of `max_connections`.
+    /// `max_connections` for the whole process (enforced by a shared counter).
     pub max_connections: usize,
     /// This worker's share of the pipe budget.
     pub max_pipes: usize,
@@ -107,6 +107,7 @@ pub struct Server {
     listen: Vec<(SocketAddr, SocketAddr)>,
     workers: Vec<WorkerHandle>,
     limiter: Arc<IpLimiter>,
+    total: Arc<ConnLimiter>,
     started: Instant,
 }
 
@@ -149,7 +150,7 @@ fn params_for(cfg: &Config, workers: usize) -> Params {
             max_head_bytes: cfg.limits.max_head_bytes,
             max_headers: cfg.limits.max_headers,
         }),
-        max_connections: cap.max_connections.div_ceil(workers),
+        max_connections: cap.max_connections,
         max_pipes: cap.max_pipes.div_ceil(workers),
         pipe_size: cfg.relay.pipe_size,
         relay: cfg.relay.mode,
@@ -185,6 +186,7 @@ impl Server {
             }
         }
         let limiter = Arc::new(IpLimiter::new(cfg.limits.max_connections_per_ip));
+        let total = Arc::new(ConnLimiter::new(params.max_connections));
         let mut handles = Vec::new();
         for (id, listeners) in per_worker.into_iter().enumerate() {
             let published = Arc::new(stats::Published::default());
@@ -196,6 +198,7 @@ impl Server {
                 published: published.clone(),
                 control: rx,
                 limiter: limiter.clone(),
+                total: total.clone(),
             };
             let worker = epoll::Worker::new(wc)?;
             let waker = worker.waker();
@@ -213,6 +216,7 @@ impl Server {
             listen,
             workers: handles,
             limiter,
+            total,
             started: Instant::now(),
         })
     }
@@ -271,6 +275,7 @@ impl Server {
             .collect();
         let params = params_for(cfg, n);
         self.limiter.set_limit(cfg.limits.max_connections_per_ip);
+        self.total.set_max(params.max_connections);
         let mut per_worker: Vec<Vec<(SocketAddr, std::net::TcpListener)>> =
             (0..n).map(|_| Vec::new()).collect();
         for (want, actual, socks) in added {
