@@ -5,65 +5,15 @@
 //! Blocking std sockets and threads keep these tests independent of any async runtime; every
 //! read has a timeout so nothing can hang.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+mod common;
+use common::{cpu_ticks, fd_count, read_head, start, KEY};
+
 const STEP: Duration = Duration::from_secs(5);
-
-struct Proxy {
-    child: Child,
-    addr: SocketAddr,
-    admin: Option<SocketAddr>,
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `sh -c "<prefix> exec wsplice --config FILE"` (the prefix may set `ulimit -n`).
-fn start(toml: &str, shell_prefix: &str) -> Proxy {
-    static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let path = std::env::temp_dir().join(format!("wsplice-limits-{}-{n}.toml", std::process::id()));
-    std::fs::write(&path, toml).expect("write config");
-    let cmd = format!(
-        "{shell_prefix} exec '{}' --config '{}'",
-        env!("CARGO_BIN_EXE_wsplice"),
-        path.display()
-    );
-    let mut child = Command::new("sh")
-        .args(["-c", &cmd])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn wsplice");
-    let out = BufReader::new(child.stdout.take().expect("stdout"));
-    let (mut addr, mut admin) = (None, None);
-    for line in out.lines() {
-        let line = line.expect("proxy stdout");
-        if let Some(rest) = line.strip_prefix("listen ") {
-            addr = rest.split_whitespace().next().and_then(|a| a.parse().ok());
-        }
-        if let Some(rest) = line.strip_prefix("admin ") {
-            admin = rest.trim().parse().ok();
-        }
-        if line == "ready" {
-            break;
-        }
-    }
-    Proxy {
-        child,
-        addr: addr.expect("listen line"),
-        admin,
-    }
-}
 
 /// A backend that answers every upgrade with a 101 and then echoes bytes, one thread per
 /// connection.
@@ -149,17 +99,6 @@ fn config(backend: SocketAddr, extra_limits: &str, extra_top: &str) -> String {
     )
 }
 
-fn metric(admin: SocketAddr, name: &str) -> u64 {
-    let mut s = TcpStream::connect(admin).expect("admin");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n")
-        .expect("scrape");
-    let mut body = String::new();
-    s.read_to_string(&mut body).expect("metrics");
-    body.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("no {name} in\n{body}"))
-}
-
 #[test]
 fn max_connections_is_exact_across_workers_and_503_beyond() {
     let backend = echo_backend();
@@ -197,16 +136,12 @@ fn max_connections_is_exact_across_workers_and_503_beyond() {
         assert!(Instant::now() < deadline, "slot never freed");
         thread::sleep(Duration::from_millis(20));
     }
-    let admin = p.admin.expect("admin line");
     assert_eq!(
-        metric(admin, "wsplice_handshake_rejects_total{status=\"503\"}"),
+        p.metric("wsplice_handshake_rejects_total{status=\"503\"}"),
         refused
     );
     // Every open tunnel echoed, so every worker has published since.
-    assert_eq!(
-        metric(admin, "wsplice_connections_active"),
-        open.len() as u64
-    );
+    assert_eq!(p.metric("wsplice_connections_active"), open.len() as u64);
 }
 
 #[test]
@@ -239,13 +174,6 @@ fn per_ip_limit_answers_429_and_counts_each_ip() {
     }
 }
 
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    let after = &stat[stat.rfind(')').expect("comm") + 2..];
-    let f: Vec<&str> = after.split_whitespace().collect();
-    f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
-}
-
 /// With the proxy at its open-file limit: it does not spin, established tunnels keep relaying,
 /// and waiting clients are served once descriptors free up. The CPU used while stuck at the
 /// limit is printed for the record (a measurement, not an assertion).
@@ -258,7 +186,7 @@ fn at_the_fd_limit_accept_pauses_and_recovers() {
         &config(backend, "max_connections = 1000", "workers = 1\n").replace("workers = 2\n", ""),
         "ulimit -n 48 &&",
     );
-    let pid = p.child.id();
+    let pid = p.pid();
     let mut open = Vec::new();
     // Refused clients are kept open: the proxy lingers on them briefly, holding their fd, which
     // pushes it from "backend connect fails" (503) to "accept fails" (EMFILE).
@@ -287,9 +215,7 @@ fn at_the_fd_limit_accept_pauses_and_recovers() {
         "a backend connect failing with EMFILE must answer 503"
     );
     let mut waiting = waiting.expect("the fd limit was never reached");
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0);
+    let fds = fd_count(pid);
     let before = cpu_ticks(pid);
     thread::sleep(Duration::from_secs(1));
     let spent = cpu_ticks(pid) - before;
@@ -305,14 +231,7 @@ fn at_the_fd_limit_accept_pauses_and_recovers() {
     open.truncate(open.len() - 3);
     refused.clear();
     waiting.set_read_timeout(Some(STEP)).expect("timeout");
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        waiting
-            .read_exact(&mut b)
-            .expect("the waiting client is answered");
-        head.push(b[0]);
-    }
+    let head = read_head(&mut waiting).expect("the waiting client is answered");
     // It was accepted once a descriptor freed up. Whether its backend socket could be had too
     // depends on which close came first (a refused client's linger may end before the tunnels
     // close): a tunnel or a clean 503, never silence.

@@ -5,73 +5,16 @@
 //! reader that does not read (per direction the proxy holds at most one pipe, which is kernel
 //! memory, or one 64 KiB overflow buffer; the rest waits in the kernel's socket buffers).
 
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 const TOTAL: u64 = 1 << 30;
-const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
-const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
-
-struct Proxy {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_proxy(relay: &str, backend: SocketAddr) -> Proxy {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wsplice"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--workers",
-            "1",
-            "--relay",
-            relay,
-        ])
-        .arg("--route")
-        .arg(format!("/=127.0.0.1:{}", backend.port()))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn wsplice");
-    let out = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut addr = None;
-    for line in out.lines() {
-        let line = line.expect("proxy stdout");
-        if let Some(rest) = line.strip_prefix("listen ") {
-            addr = rest.split_whitespace().next().and_then(|a| a.parse().ok());
-        }
-        if line == "ready" {
-            break;
-        }
-    }
-    Proxy {
-        child,
-        addr: addr.expect("listen line"),
-    }
-}
-
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .expect("VmRSS");
-    kb * 1024
-}
+mod common;
+use common::{read_head, rss_bytes, start, ACCEPT, KEY};
 
 /// The stream repeats this block. Its odd length (not a divisor of any buffer or pipe size)
 /// makes a dropped, repeated or reordered chunk show up as a mismatch.
@@ -90,16 +33,6 @@ fn expected(b: &[u8], pos: u64, len: usize) -> (&[u8], &[u8]) {
     (&b[start..start + first], &b[..len - first])
 }
 
-fn read_head(s: &mut TcpStream) -> Vec<u8> {
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut b).expect("read head");
-        head.push(b[0]);
-    }
-    head
-}
-
 fn slow_consumer(relay: &str) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
     let backend_addr = listener.local_addr().expect("addr");
@@ -107,7 +40,7 @@ fn slow_consumer(relay: &str) {
     let w = written.clone();
     let backend = thread::spawn(move || -> io::Result<()> {
         let (mut s, _) = listener.accept()?;
-        read_head(&mut s);
+        read_head(&mut s)?;
         write!(s, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {ACCEPT}\r\n\r\n")?;
         let b = block();
         let mut pos = 0u64;
@@ -125,11 +58,16 @@ fn slow_consumer(relay: &str) {
         Ok(())
     });
 
-    let proxy = start_proxy(relay, backend_addr);
-    let pid = proxy.child.id();
+    let proxy = start(
+        &format!(
+            "listen = [\"127.0.0.1:0\"]\nworkers = 1\nrelay = \"{relay}\"\n[[route]]\nprefix = \"/\"\nbackends = [\"{backend_addr}\"]\n"
+        ),
+        "",
+    );
+    let pid = proxy.pid();
     let mut client = TcpStream::connect(proxy.addr).expect("connect proxy");
     write!(client, "GET /stream HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n").expect("send head");
-    let head = read_head(&mut client);
+    let head = read_head(&mut client).expect("101 head");
     assert!(
         head.starts_with(b"HTTP/1.1 101"),
         "{}",

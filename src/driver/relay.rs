@@ -47,6 +47,10 @@ pub struct Dir {
 /// Per-worker counters, plain integers: only the owning thread writes them.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RelayStats {
+    /// Bytes read from clients and sent on to backends.
+    pub bytes_up: u64,
+    /// Bytes read from backends and sent on to clients.
+    pub bytes_down: u64,
     pub bytes_spliced: u64,
     pub bytes_copied: u64,
     pub overflow_in_use: u64,
@@ -298,13 +302,17 @@ pub enum Outcome {
 impl Tunnel {
     /// Pumps both directions once.
     pub fn pump(&mut self, cx: &mut Ctx<'_>, now: Tick) -> Outcome {
-        let mut moved = 0u64;
-        let up = self.up.pump(&self.client, &self.backend, cx, &mut moved);
+        let (mut up_bytes, mut down_bytes) = (0u64, 0u64);
+        let up = self.up.pump(&self.client, &self.backend, cx, &mut up_bytes);
         let down = match up {
             Err(_) => Ok(Pumped::Blocked),
-            Ok(_) => self.down.pump(&self.backend, &self.client, cx, &mut moved),
+            Ok(_) => self
+                .down
+                .pump(&self.backend, &self.client, cx, &mut down_bytes),
         };
-        if moved > 0 {
+        cx.stats.bytes_up += up_bytes;
+        cx.stats.bytes_down += down_bytes;
+        if up_bytes + down_bytes > 0 {
             self.times.touch(now);
         }
         match (up, down) {

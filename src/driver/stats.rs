@@ -49,7 +49,7 @@ impl Counters {
 }
 
 /// Field order of the published array.
-const FIELDS: usize = 7 + 11 + 6 + 4 + 4;
+const FIELDS: usize = 7 + 11 + 6 + 6 + 4;
 
 /// A worker's counters as other threads can read them.
 #[derive(Debug)]
@@ -79,13 +79,15 @@ fn flatten(c: &Counters) -> [u64; FIELDS] {
     out[..7].copy_from_slice(&head);
     out[7..18].copy_from_slice(&c.rejects);
     out[18..24].copy_from_slice(&c.closes);
-    out[24..28].copy_from_slice(&[
+    out[24..30].copy_from_slice(&[
+        c.relay.bytes_up,
+        c.relay.bytes_down,
         c.relay.bytes_spliced,
         c.relay.bytes_copied,
         c.relay.overflow_in_use,
         c.relay.copy_fallbacks,
     ]);
-    out[28..32].copy_from_slice(&[
+    out[30..34].copy_from_slice(&[
         c.pipes.in_use as u64,
         c.pipes.pooled as u64,
         c.pipes.created,
@@ -108,16 +110,18 @@ fn unflatten(v: &[u64; FIELDS]) -> Counters {
     c.rejects.copy_from_slice(&v[7..18]);
     c.closes.copy_from_slice(&v[18..24]);
     c.relay = RelayStats {
-        bytes_spliced: v[24],
-        bytes_copied: v[25],
-        overflow_in_use: v[26],
-        copy_fallbacks: v[27],
+        bytes_up: v[24],
+        bytes_down: v[25],
+        bytes_spliced: v[26],
+        bytes_copied: v[27],
+        overflow_in_use: v[28],
+        copy_fallbacks: v[29],
     };
     c.pipes = PoolStats {
-        in_use: v[28] as usize,
-        pooled: v[29] as usize,
-        created: v[30],
-        unavailable: v[31],
+        in_use: v[30] as usize,
+        pooled: v[31] as usize,
+        created: v[32],
+        unavailable: v[33],
     };
     c
 }
@@ -178,6 +182,14 @@ pub fn render(c: &Counters) -> String {
     {
         line(&format!("tunnels_closed_total{{reason=\"{r}\"}}"), n);
     }
+    line(
+        "bytes_total{direction=\"client_to_backend\"}",
+        c.relay.bytes_up,
+    );
+    line(
+        "bytes_total{direction=\"backend_to_client\"}",
+        c.relay.bytes_down,
+    );
     line("bytes_spliced_total", c.relay.bytes_spliced);
     line("bytes_copied_total", c.relay.bytes_copied);
     line("overflow_buffers_in_use", c.relay.overflow_in_use);

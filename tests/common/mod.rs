@@ -1,0 +1,216 @@
+//! Blocking helpers for tests that drive the `wsplice` process itself (signals, limits, RSS):
+//! start it from a config file, find its addresses, signal it, scrape its admin listener.
+//! (tests/support/ holds the async helpers of the end-to-end suite.)
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::Duration;
+
+pub const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+pub const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+/// A running proxy, killed on drop.
+pub struct Proxy {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    pub config: PathBuf,
+    /// Stdout lines after `ready` (e.g. `reloaded`), read by a background thread.
+    pub lines: Receiver<String>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
+
+impl Proxy {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Rewrites the config file (for a reload).
+    pub fn write_config(&self, toml: &str) {
+        std::fs::write(&self.config, toml).expect("rewrite config");
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig)
+            .expect("signal the proxy");
+    }
+
+    /// Waits for a stdout line equal to one of `want`; returns it.
+    pub fn expect_line(&self, want: &[&str], within: Duration) -> String {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if want.contains(&l.as_str()) => return l,
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => panic!("no {want:?} line within {within:?}"),
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("proxy stdout closed before {want:?}")
+                }
+            }
+        }
+    }
+
+    /// One metric's value from `/metrics` (exact name including labels).
+    pub fn metric(&self, name: &str) -> u64 {
+        let body = self.scrape("/metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("no {name} in\n{body}"))
+    }
+
+    /// The body of an admin GET.
+    pub fn scrape(&self, path: &str) -> String {
+        let admin = self.admin.expect("the config has no admin listener");
+        let mut s = TcpStream::connect(admin).expect("admin connect");
+        write!(s, "GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n").expect("admin request");
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).expect("admin answer");
+        resp.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default()
+    }
+}
+
+fn temp_config(toml: &str) -> PathBuf {
+    static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("wsplice-proc-{}-{n}.toml", std::process::id()));
+    std::fs::write(&path, toml).expect("write config");
+    path
+}
+
+/// Starts `wsplice --config FILE`, through `sh -c "<shell_prefix> exec ..."` when a prefix (such
+/// as `ulimit -n 48 &&`) is given; waits for `ready`.
+pub fn start(toml: &str, shell_prefix: &str) -> Proxy {
+    let config = temp_config(toml);
+    let bin = env!("CARGO_BIN_EXE_wsplice");
+    let mut cmd = if shell_prefix.is_empty() {
+        let mut c = Command::new(bin);
+        c.arg("--config").arg(&config);
+        c
+    } else {
+        let mut c = Command::new("sh");
+        c.args([
+            "-c",
+            &format!(
+                "{shell_prefix} exec '{bin}' --config '{}'",
+                config.display()
+            ),
+        ]);
+        c
+    };
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn wsplice");
+    let out = child.stdout.take().expect("stdout");
+    let (addr, admin, lines) = read_startup(out);
+    Proxy {
+        child,
+        addr: addr.expect("a listen line before ready"),
+        admin,
+        config,
+        lines,
+    }
+}
+
+fn read_startup(out: ChildStdout) -> (Option<SocketAddr>, Option<SocketAddr>, Receiver<String>) {
+    let mut out = BufReader::new(out);
+    let (mut addr, mut admin) = (None, None);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if out.read_line(&mut line).unwrap_or(0) == 0 {
+            panic!("wsplice exited before `ready`");
+        }
+        let l = line.trim_end();
+        if let Some(rest) = l.strip_prefix("listen ") {
+            addr = addr.or(rest.split_whitespace().next().and_then(|a| a.parse().ok()));
+        }
+        if let Some(rest) = l.strip_prefix("admin ") {
+            admin = rest.trim().parse().ok();
+        }
+        if l == "ready" {
+            break;
+        }
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in out.lines() {
+            let Ok(l) = l else { return };
+            if tx.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    (addr, admin, rx)
+}
+
+/// A WebSocket upgrade head for `path`.
+pub fn upgrade_head(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n")
+}
+
+/// Reads one head (through `\r\n\r\n`) byte by byte, so nothing after it is consumed.
+pub fn read_head(s: &mut impl Read) -> std::io::Result<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut b)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        head.push(b[0]);
+    }
+    Ok(head)
+}
+
+/// `VmRSS` of a process, bytes.
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .expect("VmRSS")
+        * 1024
+}
+
+/// utime + stime of a process, clock ticks.
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let after = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
+}
+
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Waits up to `within` for `cond`.
+pub fn eventually(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
