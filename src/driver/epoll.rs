@@ -208,6 +208,7 @@ impl Worker {
                             }
                         }
                     }
+                    let _ = r.applied.send(self.id);
                 }
                 Control::Drain(until) => {
                     if self.draining.is_none() {

@@ -84,6 +84,8 @@ pub struct Reload {
     pub add: Vec<(SocketAddr, std::net::TcpListener)>,
     /// Configured addresses to stop listening on.
     pub remove: Vec<SocketAddr>,
+    /// The worker answers here once the new configuration is in force.
+    pub applied: Sender<usize>,
 }
 
 /// Messages from the control thread to a worker (sent, then the worker's waker is woken).
@@ -285,13 +287,26 @@ impl Server {
             }
         }
         self.listen.retain(|(w, _)| !removed.contains(w));
+        let (applied, acks) = std::sync::mpsc::channel();
         for (w, add) in self.workers.iter().zip(per_worker) {
             let msg = Control::Reload(Box::new(Reload {
                 params: params.clone(),
                 add,
                 remove: removed.clone(),
+                applied: applied.clone(),
             }));
             self.send(w, msg);
+        }
+        drop(applied);
+        // Report success only once every worker runs the new configuration.
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        for _ in 0..n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if acks.recv_timeout(left).is_err() {
+                return Err(io::Error::other(
+                    "a worker did not confirm the new configuration within 5 s (is it stuck or stopped?)",
+                ));
+            }
         }
         Ok(self.listen.clone())
     }

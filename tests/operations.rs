@@ -1,0 +1,340 @@
+//! Operating the proxy: reload under load without dropping a tunnel, drain on SIGTERM, metrics
+//! that match what the test did.
+
+mod common;
+
+use common::{start, upgrade_head, ACCEPT};
+use nix::sys::signal::Signal;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A raw tunnel backend: answers the upgrade with a 101 that names the backend
+/// (`X-Backend: NAME`), then echoes bytes.
+async fn backend(name: &'static str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if s.read(&mut b).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(b[0]);
+                }
+                let answer = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {ACCEPT}\r\nX-Backend: {name}\r\n\r\n");
+                if s.write_all(answer.as_bytes()).await.is_err() {
+                    return;
+                }
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Opens a tunnel through the proxy; returns the stream and the answering backend's name, or
+/// the status code when it was not a 101.
+async fn open(proxy: SocketAddr, path: &str) -> Result<(TcpStream, String), u16> {
+    let mut s = TcpStream::connect(proxy).await.map_err(|_| 0u16)?;
+    s.write_all(upgrade_head(path).as_bytes())
+        .await
+        .map_err(|_| 0u16)?;
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut b).await.unwrap_or(0) == 0 {
+            return Err(0);
+        }
+        head.push(b[0]);
+    }
+    let text = String::from_utf8_lossy(&head).to_string();
+    let code: u16 = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    if code != 101 {
+        return Err(code);
+    }
+    let name = text
+        .lines()
+        .find_map(|l| l.strip_prefix("X-Backend: "))
+        .unwrap_or("?")
+        .to_string();
+    Ok((s, name))
+}
+
+fn config(routes: &[(&str, SocketAddr)], extra: &str) -> String {
+    let mut t =
+        format!("listen = [\"127.0.0.1:0\"]\nworkers = 2\nadmin = \"127.0.0.1:0\"\n{extra}\n");
+    for (prefix, b) in routes {
+        t.push_str(&format!(
+            "[[route]]\nprefix = \"{prefix}\"\nbackends = [\"{b}\"]\n"
+        ));
+    }
+    t
+}
+
+/// One tunnel's life: send numbered 32-byte records until told to stop, check every echo.
+async fn traffic(
+    mut s: TcpStream,
+    stop: Arc<AtomicBool>,
+    bytes: Arc<AtomicU64>,
+) -> Result<u64, String> {
+    let mut n = 0u64;
+    let mut buf = [0u8; 32];
+    while !stop.load(Ordering::Relaxed) {
+        let rec = format!("{n:031}\n");
+        s.write_all(rec.as_bytes())
+            .await
+            .map_err(|e| format!("write #{n}: {e}"))?;
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf))
+            .await
+            .map_err(|_| format!("echo #{n} timed out"))?
+            .map_err(|e| format!("echo #{n}: {e}"))?;
+        if buf != rec.as_bytes() {
+            return Err(format!("echo #{n} differs"));
+        }
+        bytes.fetch_add(32, Ordering::Relaxed);
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A clean close: our FIN, then the backend's.
+    s.shutdown().await.map_err(|e| format!("shutdown: {e}"))?;
+    let rest = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .map_err(|_| "no FIN after ours".to_string())?
+        .map_err(|e| format!("after FIN: {e}"))?;
+    if rest != 0 {
+        return Err(format!("{rest} unexpected bytes after FIN"));
+    }
+    Ok(n)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reload_keeps_1000_tunnels_and_routes_new_connections_by_the_new_config() {
+    let a = backend("A").await;
+    let b = backend("B").await;
+    let proxy = start(&config(&[("/a", a)], ""), "");
+    let addr = proxy.addr;
+
+    // 1,000 established tunnels with traffic flowing.
+    let stop = Arc::new(AtomicBool::new(false));
+    let bytes = Arc::new(AtomicU64::new(0));
+    let mut tunnels = Vec::new();
+    for i in 0..1000 {
+        let (s, name) = open(addr, "/a/x")
+            .await
+            .unwrap_or_else(|c| panic!("tunnel {i}: {c}"));
+        assert_eq!(name, "A");
+        tunnels.push(tokio::spawn(traffic(s, stop.clone(), bytes.clone())));
+    }
+    // New connections keep arriving across the reload.
+    let churn_stop = Arc::new(AtomicBool::new(false));
+    let churn = {
+        let stop = churn_stop.clone();
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                match open(addr, "/a/new").await {
+                    Ok((mut s, name)) => {
+                        s.write_all(b"ping").await.expect("churn write");
+                        let mut b4 = [0u8; 4];
+                        s.read_exact(&mut b4).await.expect("churn echo");
+                        seen.push(Ok(name));
+                    }
+                    Err(code) => seen.push(Err(code)),
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            seen
+        })
+    };
+    assert_eq!(
+        open(addr, "/b").await.err(),
+        Some(404),
+        "no /b before the reload"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Reload: /a moves to backend B, /b appears.
+    proxy.write_config(&config(&[("/a", b), ("/b", b)], ""));
+    proxy.signal(Signal::SIGHUP);
+    let lines = tokio::task::block_in_place(|| {
+        proxy.expect_line(&["reloaded", "reload failed"], Duration::from_secs(5))
+    });
+    assert_eq!(lines, "reloaded");
+    let (_, name) = open(addr, "/a/after").await.expect("new /a after reload");
+    assert_eq!(name, "B", "new connections follow the new config");
+    assert!(open(addr, "/b").await.is_ok(), "/b exists after the reload");
+
+    // An invalid config changes nothing.
+    proxy.write_config("listen = [\"127.0.0.1:0\"]\n[[route]]\nprefix = \"nope\"\n");
+    proxy.signal(Signal::SIGHUP);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(open(addr, "/b").await.map(|(_, n)| n), Ok("B".to_string()));
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    churn_stop.store(true, Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    let seen = churn.await.expect("churn task");
+    assert!(
+        seen.iter().all(|r| r.is_ok()),
+        "a new connection failed during the reload: {seen:?}"
+    );
+    assert!(
+        seen.iter().any(|r| r.as_deref() == Ok("A"))
+            && seen.iter().any(|r| r.as_deref() == Ok("B"))
+    );
+    let mut records = 0;
+    for (i, t) in tunnels.into_iter().enumerate() {
+        match t.await.expect("tunnel task") {
+            Ok(n) => records += n,
+            Err(e) => panic!("tunnel {i} was disturbed by the reload: {e}"),
+        }
+    }
+    assert_eq!(records * 32, bytes.load(Ordering::Relaxed));
+    assert!(
+        records >= 1000 * 10,
+        "traffic flowed on every tunnel ({records} records)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_tunnels_then_exits_0() {
+    let a = backend("A").await;
+    let mut proxy = start(&config(&[("/", a)], "[timeouts]\ndrain = \"2s\""), "");
+    let addr = proxy.addr;
+    let stop = Arc::new(AtomicBool::new(false));
+    let bytes = Arc::new(AtomicU64::new(0));
+    let mut busy = Vec::new();
+    for _ in 0..20 {
+        let (s, _) = open(addr, "/x").await.expect("tunnel");
+        busy.push(tokio::spawn(traffic(s, stop.clone(), bytes.clone())));
+    }
+    let (mut lingering, _) = open(addr, "/x")
+        .await
+        .expect("tunnel that outlives the drain");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t0 = std::time::Instant::now();
+    proxy.signal(Signal::SIGTERM);
+
+    // No new connections once the listener is gone.
+    let mut refused = false;
+    for _ in 0..50 {
+        if TcpStream::connect(addr).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "the listener still accepts after SIGTERM");
+
+    // Tunnels that finish within the drain time lose nothing.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for (i, t) in busy.into_iter().enumerate() {
+        if let Err(e) = t.await.expect("tunnel task") {
+            panic!("tunnel {i} lost data during the drain: {e}");
+        }
+    }
+    assert!(bytes.load(Ordering::Relaxed) > 0);
+
+    // The one left open is closed by the proxy when the drain time ends, then it exits 0.
+    let mut b = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(5), lingering.read(&mut b))
+        .await
+        .expect("the proxy closes what is left after timeouts.drain")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1900),
+        "closed before the drain time"
+    );
+    let status = tokio::task::block_in_place(|| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(st) = proxy.child.try_wait().expect("wait") {
+                return st;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the proxy did not exit after the drain"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_exactly_what_happened() {
+    let a = backend("A").await;
+    let proxy = start(&config(&[("/ws", a)], ""), "");
+    let addr = proxy.addr;
+    let payload = vec![b'x'; 1000];
+    let mut tunnels = Vec::new();
+    for _ in 0..3 {
+        let (mut s, _) = open(addr, "/ws").await.expect("tunnel");
+        s.write_all(&payload).await.expect("write");
+        let mut back = vec![0u8; 1000];
+        s.read_exact(&mut back).await.expect("echo");
+        tunnels.push(s);
+    }
+    assert_eq!(open(addr, "/nowhere").await.err(), Some(404));
+    for bad in [
+        &b"GET / HTTP/1.1\nHost: x\r\n\r\n"[..],
+        b"CONNECT x:1 HTTP/1.1\r\nHost: x\r\n\r\n",
+    ] {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(bad).await.expect("write");
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await;
+    }
+    for t in &mut tunnels {
+        t.shutdown().await.expect("fin");
+        let mut rest = Vec::new();
+        t.read_to_end(&mut rest).await.expect("backend fin");
+    }
+    drop(tunnels);
+    tokio::task::block_in_place(|| {
+        common::eventually("tunnels to close", Duration::from_secs(5), || {
+            proxy.metric("wsplice_connections_active") == 0
+        });
+        assert_eq!(proxy.metric("wsplice_tunnels_total"), 3);
+        assert_eq!(proxy.metric("wsplice_connections_accepted_total"), 6);
+        assert_eq!(
+            proxy.metric("wsplice_handshake_rejects_total{status=\"404\"}"),
+            1
+        );
+        assert_eq!(
+            proxy.metric("wsplice_handshake_rejects_total{status=\"400\"}"),
+            1
+        );
+        assert_eq!(
+            proxy.metric("wsplice_handshake_rejects_total{status=\"405\"}"),
+            1
+        );
+        assert_eq!(
+            proxy.metric("wsplice_tunnels_closed_total{reason=\"done\"}"),
+            3
+        );
+        assert_eq!(
+            proxy.metric("wsplice_bytes_total{direction=\"client_to_backend\"}"),
+            3000
+        );
+        assert_eq!(
+            proxy.metric("wsplice_bytes_total{direction=\"backend_to_client\"}"),
+            3000
+        );
+        assert_eq!(proxy.scrape("/healthz"), "ok\n");
+        assert!(proxy.scrape("/status").contains("\"tunnels_total\":3"));
+    });
+}
