@@ -144,6 +144,26 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// The admin listener (`/metrics`, `/healthz`, `/status`); off when `None`.
     pub admin: Option<SocketAddr>,
+    /// One line per connection when it ends; off when `None`.
+    pub access_log: Option<AccessLog>,
+}
+
+/// Where and how connection lines are written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLog {
+    /// A file path, or `-` for stdout.
+    pub path: String,
+    pub format: LogFormat,
+}
+
+/// Access log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// `key=value` pairs after the time and client address.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 impl Default for Timeouts {
@@ -331,6 +351,35 @@ impl Config {
             None => None,
         };
 
+        let access_log = match root.table("access_log", ACCESS_LOG_KEYS)? {
+            None => None,
+            Some(t) => {
+                let path = match t.get("path") {
+                    Some(f) => {
+                        let p = f.str()?;
+                        if p.is_empty() {
+                            return Err(f.error("must be a file path, or \"-\" for stdout"));
+                        }
+                        p.to_string()
+                    }
+                    None => "-".to_string(),
+                };
+                let format = match t.get("format") {
+                    None => LogFormat::Text,
+                    Some(f) => match f.str()? {
+                        "text" => LogFormat::Text,
+                        "json" => LogFormat::Json,
+                        other => {
+                            return Err(f.error(format!(
+                                "unknown format \"{other}\" (expected \"text\" or \"json\")"
+                            )))
+                        }
+                    },
+                };
+                Some(AccessLog { path, format })
+            }
+        };
+
         let admin = match root.get("admin") {
             Some(f) => Some(parse_addr(f.str()?).map_err(|m| f.error(m))?),
             None => None,
@@ -423,6 +472,7 @@ impl Config {
             relay,
             routes,
             admin,
+            access_log,
         })
     }
 
@@ -504,6 +554,7 @@ impl Config {
             },
             routes: parsed,
             admin: None,
+            access_log: None,
         })
     }
 }
@@ -518,7 +569,9 @@ const ROOT_KEYS: &[&str] = &[
     "splice",
     "route",
     "admin",
+    "access_log",
 ];
+const ACCESS_LOG_KEYS: &[&str] = &["path", "format"];
 const TIMEOUT_KEYS: &[&str] = &["handshake", "connect", "idle", "half_close", "drain"];
 const LIMIT_KEYS: &[&str] = &[
     "max_connections",
@@ -1127,6 +1180,7 @@ backends = ["127.0.0.1:50003"]
                 },
             ],
             admin: None,
+            access_log: None,
         };
         assert_eq!(cfg, want);
     }
@@ -1417,7 +1471,7 @@ backends = ["127.0.0.1:50003"]
         let e = parse(&format!("listn = []\n{LISTEN}{ROUTE}")).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "t.toml:1: unknown key `listn` (expected one of: listen, workers, relay, timeouts, limits, keepalive, splice, route, admin)"
+            "t.toml:1: unknown key `listn` (expected one of: listen, workers, relay, timeouts, limits, keepalive, splice, route, admin, access_log)"
         );
     }
 

@@ -198,7 +198,9 @@ fn run(mut cfg: Config, args: &Args) -> io::Result<()> {
                 }
             }
             SIGUSR1 => {
-                eprintln!("wsplice: SIGUSR1: no access log is configured; nothing to reopen")
+                if !server.reopen_log() {
+                    eprintln!("wsplice: SIGUSR1: no access log is configured; nothing to reopen");
+                }
             }
             _ => {
                 let grace = cfg.timeouts.drain;

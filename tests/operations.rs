@@ -338,3 +338,117 @@ async fn metrics_count_exactly_what_happened() {
         assert!(proxy.scrape("/status").contains("\"tunnels_total\":3"));
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_lines_parse_and_sigusr1_reopens_the_file() {
+    let a = backend("A").await;
+    let log = std::env::temp_dir().join(format!("wsplice-access-{}.log", std::process::id()));
+    let rotated = log.with_extension("log.1");
+    let _ = std::fs::remove_file(&log);
+    let _ = std::fs::remove_file(&rotated);
+    let extra = format!(
+        "[access_log]\npath = \"{}\"\nformat = \"json\"",
+        log.display()
+    );
+    let mut proxy = start(&config(&[("/ws", a)], &extra), "");
+    let addr = proxy.addr;
+
+    let (mut s, _) = open(addr, "/ws/room").await.expect("tunnel");
+    s.write_all(&[7u8; 1234]).await.expect("write");
+    let mut back = vec![0u8; 1234];
+    s.read_exact(&mut back).await.expect("echo");
+    s.shutdown().await.expect("fin");
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).await.expect("fin back");
+    assert_eq!(open(addr, "/missing").await.err(), Some(404));
+
+    // logrotate: move the file away, SIGUSR1, and the next line lands in a new file.
+    tokio::task::block_in_place(|| {
+        common::eventually("two lines in the log", Duration::from_secs(5), || {
+            std::fs::read_to_string(&log)
+                .map(|t| t.lines().count() == 2)
+                .unwrap_or(false)
+        });
+    });
+    std::fs::rename(&log, &rotated).expect("rotate");
+    proxy.signal(Signal::SIGUSR1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(open(addr, "/missing/again").await.err(), Some(404));
+    proxy.signal(Signal::SIGTERM);
+    tokio::task::block_in_place(|| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while proxy.child.try_wait().expect("wait").is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+
+    let old = std::fs::read_to_string(&rotated).expect("rotated log");
+    let new = std::fs::read_to_string(&log).expect("reopened log");
+    let lines: Vec<serde_json_lite::Obj> = old.lines().map(serde_json_lite::parse).collect();
+    assert_eq!(lines.len(), 2, "{old}");
+    let tunnel = lines
+        .iter()
+        .find(|l| l.get("status") == Some("101"))
+        .expect("tunnel line");
+    assert_eq!(tunnel.get("route"), Some("/ws"));
+    assert_eq!(tunnel.get("backend"), Some(a.to_string().as_str()));
+    assert_eq!(tunnel.get("bytes_up"), Some("1234"));
+    assert_eq!(tunnel.get("bytes_down"), Some("1234"));
+    assert_eq!(tunnel.get("reason"), Some("done"));
+    assert!(tunnel
+        .get("client")
+        .is_some_and(|c| c.starts_with("127.0.0.1:")));
+    assert!(tunnel.get("time").is_some_and(|t| t.ends_with('Z')));
+    let missing = lines
+        .iter()
+        .find(|l| l.get("status") == Some("404"))
+        .expect("404 line");
+    assert_eq!(missing.get("route"), Some("-"));
+    assert_eq!(missing.get("reason"), Some("rejected"));
+    let after: Vec<serde_json_lite::Obj> = new.lines().map(serde_json_lite::parse).collect();
+    assert_eq!(after.len(), 1, "{new}");
+    assert_eq!(after[0].get("status"), Some("404"));
+    let _ = std::fs::remove_file(&log);
+    let _ = std::fs::remove_file(&rotated);
+}
+
+/// Just enough JSON for flat objects of strings and numbers (the access log's shape), so the
+/// test checks the real bytes without another dependency.
+mod serde_json_lite {
+    pub struct Obj(Vec<(String, String)>);
+
+    impl Obj {
+        pub fn get(&self, k: &str) -> Option<&str> {
+            self.0
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        }
+    }
+
+    pub fn parse(line: &str) -> Obj {
+        let body = line
+            .trim()
+            .strip_prefix('{')
+            .and_then(|l| l.strip_suffix('}'))
+            .unwrap_or_else(|| panic!("not a JSON object: {line}"));
+        let mut out = Vec::new();
+        for pair in body.split(',') {
+            let (k, v) = pair
+                .split_once(':')
+                .unwrap_or_else(|| panic!("bad pair {pair}"));
+            let k = k.trim().trim_matches('"').to_string();
+            let v = v.trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(v);
+            out.push((k, v.to_string()));
+        }
+        Obj(out)
+    }
+}

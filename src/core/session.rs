@@ -95,9 +95,13 @@ pub struct Handshake {
     /// Client bytes that arrived after its head, forwarded only after a valid 101.
     held: Vec<u8>,
     route: usize,
+    /// True once a route matched the head.
+    routed: bool,
     first_backend: usize,
     tried: usize,
     last_failure: Option<ConnectFailure>,
+    /// The backend of the current (or last) attempt.
+    backend: Option<SocketAddr>,
     deadline: Instant,
     started: Instant,
 }
@@ -114,9 +118,11 @@ impl Handshake {
             written: 0,
             held: Vec::new(),
             route: 0,
+            routed: false,
             first_backend: 0,
             tried: 0,
             last_failure: None,
+            backend: None,
             deadline: now + s.timeouts.handshake,
             started: now,
         }
@@ -132,6 +138,19 @@ impl Handshake {
         self.started
     }
 
+    /// The backend of the current or last connect attempt.
+    pub fn backend(&self) -> Option<SocketAddr> {
+        self.backend
+    }
+
+    /// The status of a forwarded (non-101) backend answer.
+    pub fn answer_status(&self) -> Option<u16> {
+        let mut h = [httparse::EMPTY_HEADER; 0];
+        let mut r = httparse::Response::new(&mut h);
+        let _ = r.parse(&self.buf);
+        r.code
+    }
+
     /// True while a backend connect is in progress.
     pub fn is_connecting(&self) -> bool {
         self.state == State::Connecting
@@ -144,10 +163,7 @@ impl Handshake {
 
     /// The route chosen, once the head was accepted.
     pub fn route(&self) -> Option<usize> {
-        match self.state {
-            State::ReadHead => None,
-            _ => Some(self.route),
-        }
+        self.routed.then_some(self.route)
     }
 
     /// How many bytes the driver may read from the client now. 0: do not read (the kernel buffers
@@ -244,6 +260,7 @@ impl Handshake {
         let up = validate_request(&req)?;
         let m = s.routes.lookup(up.host, up.path).ok_or(Reject::NoRoute)?;
         self.route = m.route;
+        self.routed = true;
         let route = s.routes.get(m.route);
         if route.backends.is_empty() {
             return Err(Reject::NoRoute);
@@ -273,6 +290,7 @@ impl Handshake {
         }
         let addr = r.backends[(self.first_backend + self.tried) % r.backends.len()];
         self.tried += 1;
+        self.backend = Some(addr);
         self.state = State::Connecting;
         self.deadline = now + s.timeouts.connect;
         Action::Connect(addr)

@@ -24,6 +24,20 @@ pub enum CloseReason {
     Drain,
 }
 
+impl CloseReason {
+    /// The word used in metrics labels and access log lines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Done => "done",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::HalfCloseTimeout => "half_close_timeout",
+            CloseReason::ClientReset => "client_reset",
+            CloseReason::BackendReset => "backend_reset",
+            CloseReason::Drain => "drain",
+        }
+    }
+}
+
 /// Tunnel timeouts in ticks; 0 = never.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {

@@ -6,8 +6,9 @@ use crate::core::session::{Action, ConnectFailure, Handshake, Settings};
 use crate::core::status::Reject;
 use crate::core::timer::{at_or_before, Clock, Tick, Wheel};
 use crate::core::tunnel::{self, Check, CloseReason, Times};
+use crate::driver::access_log::LogSink;
 use crate::driver::limiter::{ConnLimiter, IpLimiter};
-use crate::driver::relay::{Ctx, Dir, Outcome, RelayStats, Tunnel};
+use crate::driver::relay::{ConnLog, Ctx, Dir, Outcome, RelayStats, Tunnel};
 use crate::driver::stats::{Counters, Published};
 use crate::driver::{Control, Params};
 use crate::sys::pipe::PipePool;
@@ -16,7 +17,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,12 +41,13 @@ pub struct WorkerConfig {
     pub control: Receiver<Control>,
     pub limiter: Arc<IpLimiter>,
     pub total: Arc<ConnLimiter>,
+    pub log: Option<LogSink>,
 }
 
-/// Who a connection is, for the per-IP limit.
+/// Who a connection is, for the per-IP limit and the access log.
 #[derive(Debug, Clone, Copy)]
 struct Peer {
-    ip: IpAddr,
+    addr: SocketAddr,
     /// True when the per-IP limiter counted this connection (release it at the end).
     counted: bool,
 }
@@ -66,6 +68,9 @@ struct HsConn {
 struct Closing {
     client: TcpStream,
     peer: Peer,
+    /// For the access log line, when one is written.
+    log: Option<ConnLog>,
+    reason: &'static str,
     out: Vec<u8>,
     pos: usize,
     shut: bool,
@@ -84,7 +89,7 @@ impl Conn {
         match self {
             Conn::Handshake(h) => Some(h.peer),
             Conn::Closing(c) => Some(c.peer),
-            Conn::Tunnel(t) => t.counted_ip.map(|ip| Peer { ip, counted: true }),
+            Conn::Tunnel(_) => None,
         }
     }
 }
@@ -104,6 +109,8 @@ pub struct Worker {
     control: Receiver<Control>,
     limiter: Arc<IpLimiter>,
     total: Arc<ConnLimiter>,
+    log: Option<LogSink>,
+    log_batch: String,
     waker: Arc<Waker>,
     poll: Poll,
     listeners: Vec<Option<(SocketAddr, TcpListener)>>,
@@ -137,6 +144,8 @@ impl Worker {
             control: cfg.control,
             limiter: cfg.limiter,
             total: cfg.total,
+            log: cfg.log,
+            log_batch: String::new(),
             waker,
             poll,
             listeners: Vec::new(),
@@ -251,9 +260,34 @@ impl Worker {
     fn remove_conn(&mut self, key: usize) {
         if let Some(c) = self.conns.try_remove(key) {
             self.total.release();
+            if let Some(sink) = &self.log {
+                let draining = self.draining.is_some();
+                match &c {
+                    Conn::Handshake(h) => {
+                        let log = ConnLog {
+                            client: h.peer.addr,
+                            settings: h.settings.clone(),
+                            route: h.hs.route(),
+                            backend: h.hs.backend(),
+                            status: 0,
+                            started: h.hs.started(),
+                            up: 0,
+                            down: 0,
+                        };
+                        let reason = if draining { "drain" } else { "client_closed" };
+                        log.write(sink, &mut self.log_batch, self.now, reason);
+                    }
+                    Conn::Closing(cl) => {
+                        if let Some(log) = &cl.log {
+                            log.write(sink, &mut self.log_batch, self.now, cl.reason);
+                        }
+                    }
+                    Conn::Tunnel(_) => {}
+                }
+            }
             if let Some(p) = c.peer() {
                 if p.counted {
-                    self.limiter.release(p.ip);
+                    self.limiter.release(p.addr.ip());
                 }
             }
         }
@@ -297,7 +331,10 @@ impl Worker {
                 let key = t / 2;
                 let backend = t % 2 == 1;
                 let hup = ev.is_read_closed() || ev.is_error();
-                self.on_event(key, backend, ev.is_readable() || hup, hup);
+                // EPOLLHUP/EPOLLERR: the peer is gone (reset or both directions closed), not
+                // merely half-closed.
+                let gone = ev.is_error() || ev.is_write_closed();
+                self.on_event(key, backend, ev.is_readable() || hup, hup, gone);
             }
             let deferred = std::mem::take(&mut self.deferred);
             for key in deferred {
@@ -331,6 +368,9 @@ impl Worker {
     }
 
     fn publish(&mut self) {
+        if let Some(sink) = &self.log {
+            sink.flush(&mut self.log_batch);
+        }
         self.counters.connections = self.conns.len() as u64;
         self.counters.relay = self.relay_stats;
         self.counters.pipes = self.pool.stats();
@@ -422,7 +462,7 @@ impl Worker {
                 armed: 0,
                 settings,
                 peer: Peer {
-                    ip: peer.ip(),
+                    addr: peer,
                     counted,
                 },
             })));
@@ -434,12 +474,19 @@ impl Worker {
 
     // ---- events ----------------------------------------------------------------------------
 
-    fn on_event(&mut self, key: usize, backend: bool, readable: bool, hup: bool) {
+    fn on_event(&mut self, key: usize, backend: bool, readable: bool, hup: bool, gone: bool) {
         match self.conns.get_mut(key) {
             None => {}
-            Some(Conn::Handshake(_)) => {
+            Some(Conn::Handshake(h)) => {
                 if backend {
                     self.hs_backend_event(key);
+                } else if gone && h.hs.client_read_limit(&h.settings) == 0 {
+                    // The client reset while we talk to the backend. Edge-triggered: this event
+                    // will not come again, so act now instead of waiting for the backend or the
+                    // handshake timeout. (A FIN alone is not `gone`: a client may half-close
+                    // while it waits for its 101.)
+                    let a = h.hs.handle_client_eof();
+                    self.apply(key, a);
                 } else if readable {
                     self.hs_client_readable(key);
                 }
@@ -640,12 +687,13 @@ impl Worker {
                 }
                 Action::Reject(r) => {
                     self.counters.count_reject(r);
-                    return self.start_closing(key, r.response().to_vec());
+                    return self.start_closing(key, r.response().to_vec(), r.status(), "rejected");
                 }
                 Action::Forward => {
                     self.counters.forwarded += 1;
                     let out = h.hs.client_output().to_vec();
-                    return self.start_closing(key, out);
+                    let status = h.hs.answer_status().unwrap_or(0);
+                    return self.start_closing(key, out, status, "answered");
                 }
                 Action::Close => return self.remove_conn(key),
                 Action::Tunnel => return self.start_tunnel(key),
@@ -679,10 +727,20 @@ impl Worker {
         Ok(())
     }
 
-    fn start_closing(&mut self, key: usize, out: Vec<u8>) {
+    fn start_closing(&mut self, key: usize, out: Vec<u8>, status: u16, reason: &'static str) {
         let Some(Conn::Handshake(h)) = self.conns.try_remove(key) else {
             return;
         };
+        let log = self.log.is_some().then(|| ConnLog {
+            client: h.peer.addr,
+            settings: h.settings.clone(),
+            route: h.hs.route(),
+            backend: h.hs.backend(),
+            status,
+            started: h.hs.started(),
+            up: 0,
+            down: 0,
+        });
         let HsConn {
             client,
             backend,
@@ -697,6 +755,8 @@ impl Worker {
         entry.insert(Conn::Closing(Box::new(Closing {
             client,
             peer,
+            log,
+            reason,
             out,
             pos: 0,
             shut: false,
@@ -762,7 +822,7 @@ impl Worker {
         } = *h;
         let Some(backend) = backend else {
             if peer.counted {
-                self.limiter.release(peer.ip);
+                self.limiter.release(peer.addr.ip());
             }
             self.total.release();
             return;
@@ -770,6 +830,18 @@ impl Worker {
         let t = &settings.timeouts;
         let timeouts = tunnel::Timeouts::new(t.idle, t.half_close);
         self.counters.tunnels += 1;
+        let log = self.log.is_some().then(|| {
+            Box::new(ConnLog {
+                client: peer.addr,
+                settings: settings.clone(),
+                route: hs.route(),
+                backend: hs.backend(),
+                status: 101,
+                started: hs.started(),
+                up: 0,
+                down: 0,
+            })
+        });
         let (to_client, to_backend) = hs.into_tunnel_bytes();
         let t = Tunnel {
             client,
@@ -779,7 +851,8 @@ impl Worker {
             times: Times::new(self.tick),
             armed: 0,
             timeouts,
-            counted_ip: peer.counted.then_some(peer.ip),
+            counted_ip: peer.counted.then_some(peer.addr.ip()),
+            log,
         };
         let entry = self.conns.vacant_entry();
         let k = entry.key();
@@ -828,6 +901,9 @@ impl Worker {
                 self.limiter.release(ip);
             }
             self.total.release();
+            if let (Some(sink), Some(log)) = (&self.log, &t.log) {
+                log.write(sink, &mut self.log_batch, self.now, reason.as_str());
+            }
             self.counters.count_close(reason);
         }
         self.fds_freed();

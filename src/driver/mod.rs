@@ -6,6 +6,7 @@
 //!   worker 0      worker 1   ...  worker N-1        one thread each, nothing shared but
 //!   Poll, Slab<Conn>, Wheel, PipePool, scratch      read-only Settings and published stats
 //! ```
+pub mod access_log;
 pub mod admin;
 pub mod epoll;
 pub mod limiter;
@@ -110,6 +111,8 @@ pub struct Server {
     workers: Vec<WorkerHandle>,
     limiter: Arc<IpLimiter>,
     total: Arc<ConnLimiter>,
+    log: Option<access_log::LogSink>,
+    log_thread: Option<JoinHandle<()>>,
     started: Instant,
 }
 
@@ -187,6 +190,13 @@ impl Server {
                 w.push((want, s));
             }
         }
+        let (log, log_thread) = match &cfg.access_log {
+            Some(a) => {
+                let (sink, thread) = access_log::LogSink::start(a)?;
+                (Some(sink), Some(thread))
+            }
+            None => (None, None),
+        };
         let limiter = Arc::new(IpLimiter::new(cfg.limits.max_connections_per_ip));
         let total = Arc::new(ConnLimiter::new(params.max_connections));
         let mut handles = Vec::new();
@@ -201,6 +211,7 @@ impl Server {
                 control: rx,
                 limiter: limiter.clone(),
                 total: total.clone(),
+                log: log.clone(),
             };
             let worker = epoll::Worker::new(wc)?;
             let waker = worker.waker();
@@ -219,6 +230,8 @@ impl Server {
             workers: handles,
             limiter,
             total,
+            log,
+            log_thread,
             started: Instant::now(),
         })
     }
@@ -319,6 +332,17 @@ impl Server {
         }
     }
 
+    /// Reopens the access log file (SIGUSR1, after logrotate moved it). False: no access log.
+    pub fn reopen_log(&self) -> bool {
+        match &self.log {
+            Some(l) => {
+                l.reopen();
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Blocks until every worker has stopped.
     pub fn join(&mut self) {
         for w in &mut self.workers {
@@ -328,6 +352,12 @@ impl Server {
                 Ok(Err(e)) => eprintln!("wsplice: worker stopped: {e}"),
                 Err(_) => eprintln!("wsplice: worker panicked"),
             }
+        }
+        // Every worker is gone: once our own handle is dropped the logger drains its queue and
+        // ends, so no line of the last connections is lost at exit.
+        self.log = None;
+        if let Some(t) = self.log_thread.take() {
+            let _ = t.join();
         }
     }
 }

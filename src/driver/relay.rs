@@ -7,13 +7,17 @@
 //! bounded by one pipe or one scratch-sized buffer.
 
 use crate::config::RelayMode;
+use crate::core::session::Settings;
 use crate::core::timer::Tick;
 use crate::core::tunnel::{self, CloseReason, Times};
+use crate::driver::access_log::{LogSink, Record};
 use crate::sys::pipe::{Pipe, PipePool};
 use crate::sys::sock::shutdown_write;
 use mio::net::TcpStream;
 use std::io::{self, Read, Write};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
 
 /// The source may have bytes (edge-triggered: remembered until a read says otherwise).
 const READABLE: u8 = 1;
@@ -287,6 +291,44 @@ pub struct Tunnel {
     pub timeouts: tunnel::Timeouts,
     /// The client IP, when the per-IP limiter counted this connection.
     pub counted_ip: Option<IpAddr>,
+    /// Access log facts; allocated only when an access log is configured.
+    pub log: Option<Box<ConnLog>>,
+}
+
+/// What the access log line of a connection says, gathered while it lives.
+#[derive(Debug)]
+pub struct ConnLog {
+    pub client: SocketAddr,
+    pub settings: Arc<Settings>,
+    pub route: Option<usize>,
+    pub backend: Option<SocketAddr>,
+    pub status: u16,
+    pub started: Instant,
+    pub up: u64,
+    pub down: u64,
+}
+
+impl ConnLog {
+    /// Formats this connection's line into a worker's batch.
+    pub fn write(&self, sink: &LogSink, batch: &mut String, now: Instant, reason: &str) {
+        let route = self
+            .route
+            .filter(|&r| r < self.settings.routes.len())
+            .map_or("-", |r| self.settings.routes.get(r).prefix.as_str());
+        sink.format(
+            batch,
+            &Record {
+                client: self.client,
+                route,
+                backend: self.backend,
+                status: self.status,
+                bytes_up: self.up,
+                bytes_down: self.down,
+                duration: now.saturating_duration_since(self.started),
+                reason,
+            },
+        );
+    }
 }
 
 /// What happened to a tunnel in one round of pumping.
@@ -312,6 +354,10 @@ impl Tunnel {
         };
         cx.stats.bytes_up += up_bytes;
         cx.stats.bytes_down += down_bytes;
+        if let Some(l) = &mut self.log {
+            l.up += up_bytes;
+            l.down += down_bytes;
+        }
         if up_bytes + down_bytes > 0 {
             self.times.touch(now);
         }

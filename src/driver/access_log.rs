@@ -1,0 +1,138 @@
+//! The access log: one line per connection when it ends, written by a logger thread so the event
+//! loops never block on a disk.
+//!
+//! Workers format lines into a local batch and hand the batch over once per loop iteration with
+//! a non-blocking `try_send`; if the logger falls behind, batches are dropped and counted rather
+//! than stalling traffic. SIGUSR1 asks the logger to reopen its file (logrotate).
+
+use crate::config::{AccessLog, LogFormat};
+use std::fmt::Write as _;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+enum Msg {
+    Lines(Vec<u8>),
+    Reopen,
+}
+
+/// A handle to the logger thread; cloned into each worker.
+#[derive(Clone)]
+pub struct LogSink {
+    tx: SyncSender<Msg>,
+    format: LogFormat,
+    dropped: Arc<AtomicU64>,
+}
+
+/// What one line says.
+#[derive(Debug, Clone)]
+pub struct Record<'a> {
+    pub client: SocketAddr,
+    pub route: &'a str,
+    pub backend: Option<SocketAddr>,
+    /// 101 for a tunnel, the answer's status otherwise (0 when the client left first).
+    pub status: u16,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub duration: Duration,
+    pub reason: &'a str,
+}
+
+fn open(path: &str) -> io::Result<Box<dyn Write + Send>> {
+    if path == "-" {
+        return Ok(Box::new(io::stdout()));
+    }
+    let f: File = OpenOptions::new().create(true).append(true).open(path)?;
+    Ok(Box::new(f))
+}
+
+impl LogSink {
+    /// Opens the log (failing start-up with a clear error if the file cannot be opened) and
+    /// starts the logger thread.
+    pub fn start(cfg: &AccessLog) -> io::Result<(LogSink, std::thread::JoinHandle<()>)> {
+        let path = cfg.path.clone();
+        let mut out = open(&path).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot open access_log.path {path}: {e}"))
+        })?;
+        let (tx, rx): (SyncSender<Msg>, Receiver<Msg>) = sync_channel(1024);
+        let thread = std::thread::Builder::new()
+            .name("wsplice-log".into())
+            .spawn(move || {
+                for msg in rx {
+                    match msg {
+                        Msg::Lines(b) => {
+                            if out.write_all(&b).and_then(|()| out.flush()).is_err() {
+                                eprintln!("wsplice: access log {path}: write failed; lines lost");
+                            }
+                        }
+                        Msg::Reopen => match open(&path) {
+                            Ok(o) => out = o,
+                            Err(e) => eprintln!(
+                                "wsplice: access log: cannot reopen {path}: {e}; still writing to the old file"
+                            ),
+                        },
+                    }
+                }
+            })?;
+        let sink = LogSink {
+            tx,
+            format: cfg.format,
+            dropped: Arc::new(AtomicU64::new(0)),
+        };
+        Ok((sink, thread))
+    }
+
+    /// Asks the logger to reopen its file (blocking briefly if the queue is full).
+    pub fn reopen(&self) {
+        let _ = self.tx.send(Msg::Reopen);
+    }
+
+    /// Batches lost because the logger fell behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Appends one line for `r` to a worker's batch.
+    pub fn format(&self, batch: &mut String, r: &Record<'_>) {
+        let time = humantime::format_rfc3339_millis(SystemTime::now());
+        let backend = r.backend.map_or_else(|| "-".to_string(), |b| b.to_string());
+        let secs = r.duration.as_secs_f64();
+        match self.format {
+            LogFormat::Text => {
+                let _ = writeln!(
+                    batch,
+                    "{time} {} route={} backend={backend} status={} up={} down={} duration={secs:.3}s reason={}",
+                    r.client, r.route, r.status, r.bytes_up, r.bytes_down, r.reason
+                );
+            }
+            LogFormat::Json => {
+                // Every value is an address, a number or one of our own words: nothing to escape
+                // except the route prefix, which config validation limits to URL-path bytes.
+                let route = r.route.replace('\\', "\\\\").replace('"', "\\\"");
+                let _ = writeln!(
+                    batch,
+                    "{{\"time\":\"{time}\",\"client\":\"{}\",\"route\":\"{route}\",\"backend\":\"{backend}\",\"status\":{},\"bytes_up\":{},\"bytes_down\":{},\"duration\":{secs:.3},\"reason\":\"{}\"}}",
+                    r.client, r.status, r.bytes_up, r.bytes_down, r.reason
+                );
+            }
+        }
+    }
+
+    /// Hands a worker's batch to the logger without blocking.
+    pub fn flush(&self, batch: &mut String) {
+        if batch.is_empty() {
+            return;
+        }
+        let b = std::mem::take(batch).into_bytes();
+        match self.tx.try_send(Msg::Lines(b)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}

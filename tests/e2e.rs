@@ -1,0 +1,675 @@
+//! End-to-end tunnel and rewrite scenarios, each run under every relay mode (copy, splice, auto).
+
+#[macro_use]
+mod support;
+
+use futures_util::{SinkExt, StreamExt};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+
+const SIZES: [usize; 6] = [0, 125, 126, 64 << 10, 1 << 20, 16 << 20];
+
+async fn echo_proxy(relay: Relay) -> (Proxy, EchoBackend) {
+    let backend = EchoBackend::start().await;
+    let proxy = Proxy::builder(relay)
+        .route(route("/echo", &[backend.addr]))
+        .start()
+        .await;
+    (proxy, backend)
+}
+
+/// A proxy with one route `prefix` to a raw (manual) backend.
+async fn raw_proxy(relay: Relay, prefix: &str) -> (Proxy, RawBackend) {
+    let backend = RawBackend::start().await;
+    let proxy = Proxy::builder(relay)
+        .route(route(prefix, &[backend.addr]))
+        .start()
+        .await;
+    (proxy, backend)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tunnel through tokio-tungstenite on both sides
+// ---------------------------------------------------------------------------------------------
+
+e2e!(echo_text, |relay| async move {
+    let (proxy, _backend) = echo_proxy(relay).await;
+    let mut ws = ws_connect(&proxy, "/echo").await;
+    for size in SIZES {
+        let text: String = pattern(size, 3)
+            .iter()
+            .map(|b| char::from(b'a' + b % 26))
+            .collect();
+        ws.send(Message::text(text.clone()))
+            .await
+            .expect("send text");
+        match ws_recv(&mut ws).await {
+            Message::Text(t) => assert!(
+                t.as_str() == text,
+                "text of {size} bytes came back different"
+            ),
+            other => panic!("text of {size} bytes: got {other:?}"),
+        }
+    }
+});
+
+e2e!(echo_binary, |relay| async move {
+    let (proxy, _backend) = echo_proxy(relay).await;
+    let mut ws = ws_connect(&proxy, "/echo").await;
+    for size in SIZES {
+        let data = pattern(size, 9);
+        ws.send(Message::binary(data.clone()))
+            .await
+            .expect("send binary");
+        match ws_recv(&mut ws).await {
+            Message::Binary(b) => assert!(
+                b[..] == data[..],
+                "binary of {size} bytes came back different"
+            ),
+            other => panic!("binary of {size} bytes: got {other:?}"),
+        }
+    }
+});
+
+e2e!(thousand_messages_in_order, |relay| async move {
+    let (proxy, _backend) = echo_proxy(relay).await;
+    let (mut tx, mut rx) = ws_connect(&proxy, "/echo").await.split();
+    let sender = tokio::spawn(async move {
+        for i in 0..1000 {
+            tx.send(Message::text(format!("message {i}")))
+                .await
+                .expect("send");
+        }
+        tx
+    });
+    for i in 0..1000 {
+        match tokio::time::timeout(STEP, rx.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => assert_eq!(t.as_str(), format!("message {i}")),
+            other => panic!("message {i}: got {other:?}"),
+        }
+    }
+    let _tx = sender.await.expect("sender task");
+});
+
+e2e!(ping_pong_both_ways, |relay| async move {
+    let (proxy, backend) = echo_proxy(relay).await;
+    let mut ws = ws_connect(&proxy, "/echo").await;
+    ws.send(Message::Ping(b"from-client".to_vec().into()))
+        .await
+        .expect("send ping");
+    match tokio::time::timeout(STEP, ws.next()).await {
+        Ok(Some(Ok(Message::Pong(p)))) => assert_eq!(&p[..], b"from-client"),
+        other => panic!("expected the pong, got {other:?}"),
+    }
+    // The backend pings; the client's library answers on its next read.
+    ws.send(Message::text("__ping__ from-backend"))
+        .await
+        .expect("ask for a ping");
+    ws_echo_once(&mut ws, "after ping").await;
+    eventually("backend received the pong", || {
+        backend.log().pongs.iter().any(|p| p == b"from-backend")
+    })
+    .await;
+});
+
+e2e!(close_code_from_client, |relay| async move {
+    let (proxy, backend) = echo_proxy(relay).await;
+    let mut ws = ws_connect(&proxy, "/echo").await;
+    ws_echo_once(&mut ws, "hello").await;
+    let frame = CloseFrame {
+        code: CloseCode::from(4001),
+        reason: "bye".into(),
+    };
+    ws.close(Some(frame)).await.expect("send close");
+    // The backend's close reply comes back through the proxy, then the stream ends.
+    loop {
+        match tokio::time::timeout(STEP, ws.next()).await {
+            Err(_) => panic!("no close reply within {STEP:?}"),
+            Ok(None) | Ok(Some(Err(_))) => break,
+            Ok(Some(Ok(Message::Close(f)))) => {
+                assert_eq!(
+                    f.map(|f| u16::from(f.code)),
+                    Some(4001),
+                    "backend's close reply echoes the code"
+                );
+            }
+            Ok(Some(Ok(other))) => panic!("unexpected {other:?} while closing"),
+        }
+    }
+    eventually("backend saw close 4001 \"bye\"", || {
+        backend
+            .log()
+            .closes
+            .contains(&Some((4001, "bye".to_owned())))
+    })
+    .await;
+});
+
+e2e!(close_code_from_backend, |relay| async move {
+    let (proxy, _backend) = echo_proxy(relay).await;
+    let mut ws = ws_connect(&proxy, "/echo").await;
+    ws.send(Message::text("__close__ 4002 backend-bye"))
+        .await
+        .expect("ask for close");
+    match ws_recv(&mut ws).await {
+        Message::Close(Some(f)) => {
+            assert_eq!(u16::from(f.code), 4002);
+            assert_eq!(f.reason.as_str(), "backend-bye");
+        }
+        other => panic!("expected close 4002, got {other:?}"),
+    }
+    // Our library replies to the close; afterwards the stream ends.
+    match tokio::time::timeout(STEP, ws.next()).await {
+        Ok(None) | Ok(Some(Err(_))) => {}
+        other => panic!("expected the end of the stream, got {other:?}"),
+    }
+});
+
+// ---------------------------------------------------------------------------------------------
+// Raw tunnels: half-close, resets, bulk bytes
+// ---------------------------------------------------------------------------------------------
+
+e2e!(bulk_bytes_both_ways_at_once, |relay| async move {
+    let (proxy, backend) = raw_proxy(relay, "/raw").await;
+    let Tunnel {
+        client,
+        backend: server,
+        ..
+    } = raw_tunnel(&proxy, &backend, "/raw").await;
+    let up = pattern(8 << 20, 1);
+    let down = pattern(8 << 20, 2);
+    let (mut cr, mut cw) = client.into_split();
+    let (mut sr, mut sw) = server.into_split();
+    let (a, b, c, d) = tokio::join!(
+        cw.write_all(&up),
+        sw.write_all(&down),
+        async {
+            let mut buf = vec![0u8; up.len()];
+            sr.read_exact(&mut buf).await.map(|_| buf)
+        },
+        async {
+            let mut buf = vec![0u8; down.len()];
+            cr.read_exact(&mut buf).await.map(|_| buf)
+        },
+    );
+    a.expect("client writes 8 MiB");
+    b.expect("backend writes 8 MiB");
+    assert!(
+        c.expect("backend reads 8 MiB") == up,
+        "client -> backend bytes differ"
+    );
+    assert!(
+        d.expect("client reads 8 MiB") == down,
+        "backend -> client bytes differ"
+    );
+});
+
+e2e!(half_close_client_first, |relay| async move {
+    let (proxy, backend) = raw_proxy(relay, "/raw").await;
+    let Tunnel {
+        mut client,
+        backend: mut server,
+        ..
+    } = raw_tunnel(&proxy, &backend, "/raw").await;
+    pump(&mut client, &mut server, b"before", "client -> backend").await;
+    client.shutdown().await.expect("client shutdown(Write)");
+    let (rest, _) = read_to_end(&mut server, STEP).await;
+    assert!(
+        rest.is_empty(),
+        "backend got {} bytes after the client's FIN",
+        rest.len()
+    );
+    // The other direction still runs, with more than one pipe's worth.
+    let late = pattern(1 << 20, 5);
+    pump(
+        &mut server,
+        &mut client,
+        &late,
+        "backend -> half-closed client",
+    )
+    .await;
+    drop(server);
+    let (tail, end) = read_to_end(&mut client, STEP).await;
+    assert!(tail.is_empty(), "client got {} extra bytes", tail.len());
+    assert_eq!(
+        end,
+        End::Eof,
+        "backend closed cleanly, the client should see FIN"
+    );
+});
+
+e2e!(half_close_backend_first, |relay| async move {
+    let (proxy, backend) = raw_proxy(relay, "/raw").await;
+    let Tunnel {
+        mut client,
+        backend: mut server,
+        ..
+    } = raw_tunnel(&proxy, &backend, "/raw").await;
+    pump(&mut server, &mut client, b"before", "backend -> client").await;
+    server.shutdown().await.expect("backend shutdown(Write)");
+    let (rest, _) = read_to_end(&mut client, STEP).await;
+    assert!(
+        rest.is_empty(),
+        "client got {} bytes after the backend's FIN",
+        rest.len()
+    );
+    let late = pattern(1 << 20, 6);
+    pump(
+        &mut client,
+        &mut server,
+        &late,
+        "client -> half-closed backend",
+    )
+    .await;
+    drop(client);
+    let (tail, end) = read_to_end(&mut server, STEP).await;
+    assert!(tail.is_empty(), "backend got {} extra bytes", tail.len());
+    assert_eq!(
+        end,
+        End::Eof,
+        "client closed cleanly, the backend should see FIN"
+    );
+});
+
+e2e!(client_reset_closes_backend, |relay| async move {
+    let (proxy, backend) = raw_proxy(relay, "/raw").await;
+    let Tunnel {
+        mut client,
+        backend: mut server,
+        ..
+    } = raw_tunnel(&proxy, &backend, "/raw").await;
+    pump(&mut client, &mut server, b"ping", "client -> backend").await;
+    client.set_zero_linger().expect("SO_LINGER 0");
+    drop(client);
+    wait_closed(&mut server, "backend after the client's reset").await;
+});
+
+e2e!(backend_reset_closes_client, |relay| async move {
+    let (proxy, backend) = raw_proxy(relay, "/raw").await;
+    let Tunnel {
+        mut client,
+        backend: mut server,
+        ..
+    } = raw_tunnel(&proxy, &backend, "/raw").await;
+    pump(&mut server, &mut client, b"ping", "backend -> client").await;
+    server.set_zero_linger().expect("SO_LINGER 0");
+    drop(server);
+    wait_closed(&mut client, "client after the backend's reset").await;
+});
+
+// ---------------------------------------------------------------------------------------------
+// What the backend sees
+// ---------------------------------------------------------------------------------------------
+
+/// Sends `request` through the proxy, answers 101 at `backend`, returns the head the backend got.
+async fn backend_view(proxy: &Proxy, backend: &RawBackend, request: &[u8]) -> Vec<u8> {
+    let mut client = connect(proxy).await;
+    client
+        .write_all(request)
+        .await
+        .expect("client writes upgrade");
+    let (server, head) = backend.accept_101().await;
+    let (resp, _) = read_head(&mut client).await;
+    drop(server);
+    assert_eq!(
+        status(&resp),
+        Some(101),
+        "client got {:?}",
+        String::from_utf8_lossy(&resp)
+    );
+    assert_crlf_only(&head);
+    head
+}
+
+e2e!(rewrite_strips_prefix, |relay| async move {
+    let (proxy, backend) = raw_proxy(relay, "/notice").await;
+    for (sent, expected) in [
+        ("/notice/a?x=1", "/a?x=1"),
+        ("/notice", "/"),
+        ("/notice?x=1", "/?x=1"),
+        ("/notice/", "/"),
+        ("/notice/a/b/", "/a/b/"),
+    ] {
+        let head = backend_view(&proxy, &backend, &upgrade_request(sent, &[])).await;
+        assert_eq!(
+            first_line(&head),
+            format!("GET {expected} HTTP/1.1"),
+            "client asked for {sent}"
+        );
+    }
+});
+
+e2e!(rewrite_root_prefix_keeps_path, |relay| async move {
+    let (proxy, backend) = raw_proxy(relay, "/").await;
+    for path in ["/", "/x", "/x/y?z=1"] {
+        let head = backend_view(&proxy, &backend, &upgrade_request(path, &[])).await;
+        assert_eq!(
+            first_line(&head),
+            format!("GET {path} HTTP/1.1"),
+            "prefix `/` stripped from {path}"
+        );
+    }
+});
+
+e2e!(rewrite_without_strip_keeps_path, |relay| async move {
+    let backend = RawBackend::start().await;
+    let proxy = Proxy::builder(relay)
+        .route(route("/notice", &[backend.addr]).strip_prefix(false))
+        .start()
+        .await;
+    for path in ["/notice/a?x=1", "/notice", "/notice?x=1"] {
+        let head = backend_view(&proxy, &backend, &upgrade_request(path, &[])).await;
+        assert_eq!(first_line(&head), format!("GET {path} HTTP/1.1"));
+    }
+});
+
+e2e!(prefix_matches_whole_segments, |relay| async move {
+    let notice = RawBackend::start().await;
+    let proxy = Proxy::builder(relay)
+        .route(route("/notice", &[notice.addr]))
+        .start()
+        .await;
+    let (resp, _) = send_and_read_all(&proxy, &upgrade_request("/noticeboard", &[])).await;
+    assert_eq!(
+        status(&resp),
+        Some(404),
+        "{:?}",
+        String::from_utf8_lossy(&resp)
+    );
+    assert_eq!(
+        notice.accepted(),
+        0,
+        "/noticeboard reached the /notice backend"
+    );
+
+    // With a catch-all route as well, /noticeboard goes there, untouched.
+    let other = RawBackend::start().await;
+    let proxy = Proxy::builder(relay)
+        .route(route("/notice", &[notice.addr]))
+        .route(route("/", &[other.addr]))
+        .start()
+        .await;
+    let head = backend_view(&proxy, &other, &upgrade_request("/noticeboard?q=1", &[])).await;
+    assert_eq!(first_line(&head), "GET /noticeboard?q=1 HTTP/1.1");
+    assert_eq!(
+        notice.accepted(),
+        0,
+        "/noticeboard reached the /notice backend"
+    );
+});
+
+/// Asserts the header appears exactly once with `value` (value compared case-insensitively when
+/// `ci`).
+fn assert_once(head: &[u8], name: &str, value: &str, ci: bool) {
+    let all = header_all(head, name);
+    assert_eq!(
+        all.len(),
+        1,
+        "{name} should appear once, got {all:?} in\n{}",
+        String::from_utf8_lossy(head)
+    );
+    let ok = if ci {
+        all[0].eq_ignore_ascii_case(value)
+    } else {
+        all[0] == value
+    };
+    assert!(ok, "{name}: expected {value:?}, got {:?}", all[0]);
+}
+
+fn assert_absent(head: &[u8], name: &str) {
+    let all = header_all(head, name);
+    assert!(
+        all.is_empty(),
+        "{name} should be gone, got {all:?} in\n{}",
+        String::from_utf8_lossy(head)
+    );
+}
+
+e2e!(rewrite_headers, |relay| async move {
+    let (proxy, backend) = raw_proxy(relay, "/notice").await;
+    let request = b"GET /notice/a?x=1 HTTP/1.1\r\n\
+        Host: chat.example.com:8080\r\n\
+        Upgrade: websocket\r\n\
+        Connection: keep-alive, Upgrade, X-Secret\r\n\
+        Keep-Alive: timeout=5\r\n\
+        Proxy-Connection: keep-alive\r\n\
+        Proxy-Authorization: Basic dXNlcjpwYXNz\r\n\
+        TE: trailers\r\n\
+        Trailer: X-Checksum\r\n\
+        X-Secret: hidden\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+        Sec-WebSocket-Version: 13\r\n\
+        Sec-WebSocket-Protocol: chat, superchat\r\n\
+        Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\
+        Origin: http://chat.example.com\r\n\
+        X-Custom: a value,  with spaces\r\n\
+        Cookie: id=42\r\n\
+        X-Forwarded-For: 10.0.0.1\r\n\
+        \r\n";
+    let head = backend_view(&proxy, &backend, request).await;
+    assert_eq!(first_line(&head), "GET /a?x=1 HTTP/1.1");
+    for hop in [
+        "Keep-Alive",
+        "Proxy-Connection",
+        "Proxy-Authorization",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "X-Secret",
+    ] {
+        assert_absent(&head, hop);
+    }
+    assert_once(&head, "Connection", "upgrade", true);
+    assert_once(&head, "Upgrade", "websocket", true);
+    assert_once(&head, "X-Real-IP", "127.0.0.1", false);
+    assert_once(&head, "X-Forwarded-For", "10.0.0.1, 127.0.0.1", false);
+    assert_once(&head, "X-Forwarded-Proto", "http", false);
+    assert_once(&head, "Host", "chat.example.com:8080", false);
+    assert_once(
+        &head,
+        "Sec-WebSocket-Key",
+        "dGhlIHNhbXBsZSBub25jZQ==",
+        false,
+    );
+    assert_once(&head, "Sec-WebSocket-Version", "13", false);
+    assert_once(&head, "Sec-WebSocket-Protocol", "chat, superchat", false);
+    assert_once(
+        &head,
+        "Sec-WebSocket-Extensions",
+        "permessage-deflate; client_max_window_bits",
+        false,
+    );
+    assert_once(&head, "Origin", "http://chat.example.com", false);
+    assert_once(&head, "X-Custom", "a value,  with spaces", false);
+    assert_once(&head, "Cookie", "id=42", false);
+});
+
+e2e!(
+    rewrite_client_named_forwarding_headers_dropped,
+    |relay| async move {
+        let (proxy, backend) = raw_proxy(relay, "/notice").await;
+        let request = upgrade_request(
+            "/notice",
+            &["X-Forwarded-For: 1.2.3.4", "X-Real-IP: 6.6.6.6"],
+        );
+        // Swap in a Connection header naming the forwarding headers.
+        let request = String::from_utf8(request).expect("ascii").replace(
+            "Connection: Upgrade\r\n",
+            "Connection: Upgrade, X-Forwarded-For, X-Real-IP\r\n",
+        );
+        let head = backend_view(&proxy, &backend, request.as_bytes()).await;
+        assert_once(&head, "X-Real-IP", "127.0.0.1", false);
+        assert_once(&head, "X-Forwarded-For", "127.0.0.1", false);
+        assert_once(&head, "X-Forwarded-Proto", "http", false);
+        assert_once(&head, "Connection", "upgrade", true);
+    }
+);
+
+e2e!(rewrite_client_proxy_headers_replaced, |relay| async move {
+    let (proxy, backend) = raw_proxy(relay, "/notice").await;
+    let request = upgrade_request(
+        "/notice",
+        &[
+            "X-Real-IP: 6.6.6.6",
+            "X-Forwarded-Proto: https",
+            "X-Forwarded-For: 1.2.3.4",
+        ],
+    );
+    let head = backend_view(&proxy, &backend, &request).await;
+    assert_once(&head, "X-Real-IP", "127.0.0.1", false);
+    assert_once(&head, "X-Forwarded-Proto", "http", false);
+    assert_once(&head, "X-Forwarded-For", "1.2.3.4, 127.0.0.1", false);
+    assert_once(&head, "Upgrade", "websocket", true);
+});
+
+e2e!(forwarded_for_append_and_replace, |relay| async move {
+    let append = RawBackend::start().await;
+    let replace = RawBackend::start().await;
+    let proxy = Proxy::builder(relay)
+        .route(route("/append", &[append.addr]).forwarded_for("append"))
+        .route(route("/replace", &[replace.addr]).forwarded_for("replace"))
+        .start()
+        .await;
+    let head = backend_view(&proxy, &append, &upgrade_request("/append", &[])).await;
+    assert_once(&head, "X-Forwarded-For", "127.0.0.1", false);
+    let head = backend_view(
+        &proxy,
+        &append,
+        &upgrade_request("/append", &["X-Forwarded-For: 9.9.9.9"]),
+    )
+    .await;
+    assert_once(&head, "X-Forwarded-For", "9.9.9.9, 127.0.0.1", false);
+    let head = backend_view(
+        &proxy,
+        &replace,
+        &upgrade_request("/replace", &["X-Forwarded-For: 9.9.9.9"]),
+    )
+    .await;
+    assert_once(&head, "X-Forwarded-For", "127.0.0.1", false);
+    let head = backend_view(&proxy, &replace, &upgrade_request("/replace", &[])).await;
+    assert_once(&head, "X-Forwarded-For", "127.0.0.1", false);
+});
+
+e2e!(upgrade_token_variants_accepted, |relay| async move {
+    let (proxy, backend) = raw_proxy(relay, "/notice").await;
+    for (upgrade, connection) in [
+        ("websocket", "keep-alive, Upgrade"),
+        ("WebSocket", "Upgrade"),
+        ("WEBSOCKET", "upgrade"),
+        ("websocket", "Upgrade,keep-alive"),
+    ] {
+        let request = format!(
+            "GET /notice HTTP/1.1\r\nHost: localhost\r\nUpgrade: {upgrade}\r\nConnection: {connection}\r\n\
+             Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        let head = backend_view(&proxy, &backend, request.as_bytes()).await;
+        assert_once(&head, "Upgrade", "websocket", true);
+        assert_once(&head, "Connection", "upgrade", true);
+    }
+});
+
+e2e!(route_by_host, |relay| async move {
+    let example = RawBackend::start().await;
+    let proxy = Proxy::builder(relay)
+        .route(route("/", &[example.addr]).host("example.com"))
+        .start()
+        .await;
+    let for_host = |host: &str| {
+        String::from_utf8(upgrade_request("/h", &[]))
+            .expect("ascii")
+            .replace("Host: localhost", &format!("Host: {host}"))
+            .into_bytes()
+    };
+    let head = backend_view(&proxy, &example, &for_host("example.com")).await;
+    assert_once(&head, "Host", "example.com", false);
+    let head = backend_view(&proxy, &example, &for_host("EXAMPLE.com:8080")).await;
+    assert_once(&head, "Host", "EXAMPLE.com:8080", false);
+    let (resp, _) = send_and_read_all(&proxy, &for_host("other.example")).await;
+    assert_eq!(
+        status(&resp),
+        Some(404),
+        "{:?}",
+        String::from_utf8_lossy(&resp)
+    );
+    assert_eq!(
+        example.accepted(),
+        2,
+        "other.example must not reach the example.com backend"
+    );
+});
+
+e2e!(echo_backend_sees_rewritten_request, |relay| async move {
+    let backend = EchoBackend::start().await;
+    let proxy = Proxy::builder(relay)
+        .route(route("/notice", &[backend.addr]))
+        .start()
+        .await;
+    let mut ws = ws_connect(&proxy, "/notice/room?id=7").await;
+    ws_echo_once(&mut ws, "hi").await;
+    let log = backend.log();
+    assert_eq!(log.connections, 1);
+    let req = &log.requests[0];
+    assert_eq!(req.method, "GET");
+    assert_eq!(req.target, "/room?id=7");
+    let get = |name: &str| -> Vec<&str> {
+        req.headers
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
+    assert_eq!(get("x-real-ip"), ["127.0.0.1"]);
+    assert_eq!(get("x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(get("x-forwarded-proto"), ["http"]);
+    assert_eq!(get("host"), [proxy.addr().to_string().as_str()]);
+});
+
+// ---------------------------------------------------------------------------------------------
+// Resumable head parsing, many tunnels at once
+// ---------------------------------------------------------------------------------------------
+
+e2e!(head_in_pieces, |relay| async move {
+    let (proxy, backend) = raw_proxy(relay, "/notice").await;
+    let request = upgrade_request("/notice/p", &["X-Custom: 1"]);
+    let mut client = connect(&proxy).await;
+    // Cut inside the request line, inside a header name, between CR and LF, before the last CRLF.
+    let cr_lf = 1 + request.windows(2).position(|w| w == b"\r\n").expect("CRLF");
+    let cuts = [5, cr_lf, 30, request.len() - 3, request.len() - 1];
+    let mut from = 0;
+    for to in cuts.into_iter().chain([request.len()]) {
+        client
+            .write_all(&request[from..to])
+            .await
+            .expect("client writes a piece");
+        from = to;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (server, head) = backend.accept_101().await;
+    assert_eq!(first_line(&head), "GET /p HTTP/1.1");
+    assert_once(&head, "X-Custom", "1", false);
+    let (resp, _) = read_head(&mut client).await;
+    assert_eq!(status(&resp), Some(101));
+    drop(server);
+});
+
+e2e!(many_concurrent_tunnels, |relay| async move {
+    let (proxy, _backend) = echo_proxy(relay).await;
+    let proxy = std::sync::Arc::new(proxy);
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let proxy = proxy.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ws = ws_connect(&proxy, "/echo").await;
+            for j in 0..10 {
+                ws_echo_once(&mut ws, &format!("conn {i} msg {j}")).await;
+            }
+            ws.close(None).await.expect("close");
+        }));
+    }
+    for t in tasks {
+        t.await.expect("tunnel task");
+    }
+});

@@ -1,0 +1,285 @@
+//! Handshake, connect, idle and half-close timeouts, with short settings.
+
+#[macro_use]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A proxy with `timeouts` set and one route `/t` to a manual raw backend.
+async fn proxy_with(relay: Relay, timeouts: &[(&'static str, &str)]) -> (Proxy, RawBackend) {
+    let backend = RawBackend::start().await;
+    let mut b = Proxy::builder(relay).route(route("/t", &[backend.addr]));
+    for (k, v) in timeouts {
+        b = b.timeout(k, v);
+    }
+    (b.start().await, backend)
+}
+
+/// Closed from the far side within [`STEP`]; returns how long that took.
+async fn both_closed(client: &mut TcpStream, server: &mut TcpStream) -> (Duration, Duration) {
+    tokio::join!(
+        wait_closed(client, "client side"),
+        wait_closed(server, "backend side")
+    )
+}
+
+/// Writes `tick` on `from` every `every` until `total` has passed; `to` must receive each one.
+async fn trickle(from: &mut TcpStream, to: &mut TcpStream, every: Duration, total: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < total {
+        pump(from, to, b"tick", "trickle").await;
+        tokio::time::sleep(every).await;
+    }
+}
+
+e2e!(idle_timeout_closes_both_sides, |relay| async move {
+    let (proxy, backend) = proxy_with(relay, &[("idle", "500ms")]).await;
+    let Tunnel {
+        mut client,
+        backend: mut server,
+        ..
+    } = raw_tunnel(&proxy, &backend, "/t").await;
+    pump(&mut client, &mut server, b"one", "client -> backend").await;
+    let (c, s) = both_closed(&mut client, &mut server).await;
+    assert!(
+        c >= Duration::from_millis(300),
+        "client side closed after only {c:?} of silence"
+    );
+    assert!(
+        s >= Duration::from_millis(300),
+        "backend side closed after only {s:?} of silence"
+    );
+});
+
+e2e!(idle_timeout_reset_by_client_traffic, |relay| async move {
+    let (proxy, backend) = proxy_with(relay, &[("idle", "500ms")]).await;
+    let Tunnel {
+        mut client,
+        backend: mut server,
+        ..
+    } = raw_tunnel(&proxy, &backend, "/t").await;
+    trickle(
+        &mut client,
+        &mut server,
+        Duration::from_millis(200),
+        Duration::from_millis(1500),
+    )
+    .await;
+    pump(
+        &mut server,
+        &mut client,
+        b"still here",
+        "backend -> client after 1.5 s",
+    )
+    .await;
+    both_closed(&mut client, &mut server).await;
+});
+
+e2e!(idle_timeout_reset_by_backend_traffic, |relay| async move {
+    let (proxy, backend) = proxy_with(relay, &[("idle", "500ms")]).await;
+    let Tunnel {
+        mut client,
+        backend: mut server,
+        ..
+    } = raw_tunnel(&proxy, &backend, "/t").await;
+    trickle(
+        &mut server,
+        &mut client,
+        Duration::from_millis(200),
+        Duration::from_millis(1500),
+    )
+    .await;
+    pump(
+        &mut client,
+        &mut server,
+        b"still here",
+        "client -> backend after 1.5 s",
+    )
+    .await;
+    both_closed(&mut client, &mut server).await;
+});
+
+e2e!(idle_zero_means_never, |relay| async move {
+    let (proxy, backend) = proxy_with(relay, &[("idle", "0")]).await;
+    let Tunnel {
+        mut client,
+        backend: mut server,
+        ..
+    } = raw_tunnel(&proxy, &backend, "/t").await;
+    assert_silent(
+        &mut client,
+        Duration::from_millis(800),
+        "client side of an idle tunnel",
+    )
+    .await;
+    pump(&mut client, &mut server, b"alive", "client -> backend").await;
+    pump(&mut server, &mut client, b"alive", "backend -> client").await;
+});
+
+/// After `fin_side` shuts down its write half, the other side keeps sending every 100 ms; the
+/// proxy must end the whole connection about `half_close` later.
+async fn half_close_expires(relay: Relay, client_fin: bool) {
+    let (proxy, backend) = proxy_with(relay, &[("half_close", "500ms")]).await;
+    let Tunnel {
+        client,
+        backend: server,
+        ..
+    } = raw_tunnel(&proxy, &backend, "/t").await;
+    let (mut fin, mut talker) = if client_fin {
+        (client, server)
+    } else {
+        (server, client)
+    };
+    fin.shutdown().await.expect("shutdown(Write)");
+    let (rest, _) = read_to_end(&mut talker, STEP).await;
+    assert!(rest.is_empty(), "unexpected bytes before the FIN");
+    let fin_at = Instant::now();
+
+    let writer = tokio::spawn(async move {
+        // Ends when the proxy has closed this socket (EPIPE / reset).
+        let start = Instant::now();
+        while start.elapsed() < STEP {
+            if talker.write_all(b"tick").await.is_err() {
+                return Some(start.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    });
+    let mut got = 0;
+    let mut chunk = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(STEP, fin.read(&mut chunk)).await {
+            Err(_) => panic!("half-closed connection still open {STEP:?} after the FIN"),
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got += n,
+        }
+    }
+    let closed_after = fin_at.elapsed();
+    assert!(
+        got > 0,
+        "the open direction carried nothing before the timeout"
+    );
+    assert!(
+        closed_after >= Duration::from_millis(300),
+        "closed {closed_after:?} after the FIN"
+    );
+    let writer_end = writer.await.expect("writer task");
+    assert!(writer_end.is_some(), "the talking side was never closed");
+}
+
+e2e!(half_close_timeout_client_fin, |relay| async move {
+    half_close_expires(relay, true).await
+});
+
+e2e!(half_close_timeout_backend_fin, |relay| async move {
+    half_close_expires(relay, false).await
+});
+
+e2e!(half_close_zero_means_never, |relay| async move {
+    let (proxy, backend) = proxy_with(relay, &[("half_close", "0")]).await;
+    let Tunnel {
+        mut client,
+        backend: mut server,
+        ..
+    } = raw_tunnel(&proxy, &backend, "/t").await;
+    client.shutdown().await.expect("client shutdown(Write)");
+    let (rest, _) = read_to_end(&mut server, STEP).await;
+    assert!(rest.is_empty());
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    pump(
+        &mut server,
+        &mut client,
+        b"late",
+        "backend -> half-closed client after 800 ms",
+    )
+    .await;
+});
+
+e2e!(handshake_timeout_counts_whole_head, |relay| async move {
+    // A byte every 50 ms never lets the head complete within 500 ms: 408, not a reset timer.
+    let (proxy, backend) = proxy_with(relay, &[("handshake", "500ms")]).await;
+    let mut client = connect(&proxy).await;
+    let request = upgrade_request("/t", &[]);
+    let start = Instant::now();
+    let mut answer = Vec::new();
+    for &b in &request {
+        if client.write_all(&[b]).await.is_err() {
+            break;
+        }
+        let mut chunk = [0u8; 1024];
+        match tokio::time::timeout(Duration::from_millis(50), client.read(&mut chunk)).await {
+            Err(_) => {}
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => {
+                answer.extend_from_slice(&chunk[..n]);
+                break;
+            }
+        }
+        assert!(start.elapsed() < STEP, "no answer while trickling the head");
+    }
+    let (more, _) = read_to_end(&mut client, STEP).await;
+    answer.extend_from_slice(&more);
+    let took = start.elapsed();
+    assert_eq!(
+        status(&answer),
+        Some(408),
+        "got {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(
+        took >= Duration::from_millis(400),
+        "408 after only {took:?}"
+    );
+    assert_eq!(
+        backend.accepted(),
+        0,
+        "backend contacted before the head was complete"
+    );
+});
+
+e2e!(
+    handshake_timeout_not_applied_to_tunnel,
+    |relay| async move {
+        let (proxy, backend) = proxy_with(relay, &[("handshake", "500ms")]).await;
+        let Tunnel {
+            mut client,
+            backend: mut server,
+            ..
+        } = raw_tunnel(&proxy, &backend, "/t").await;
+        assert_silent(
+            &mut client,
+            Duration::from_millis(900),
+            "client side of a fresh tunnel",
+        )
+        .await;
+        pump(&mut client, &mut server, b"alive", "client -> backend").await;
+        pump(&mut server, &mut client, b"alive", "backend -> client").await;
+    }
+);
+
+e2e!(connect_timeout_is_504, |relay| async move {
+    let blackhole = Blackhole::start().await;
+    let proxy = Proxy::builder(relay)
+        .timeout("connect", "300ms")
+        .route(route("/", &[blackhole.addr]))
+        .start()
+        .await;
+    let start = Instant::now();
+    let (resp, _) = send_and_read_all(&proxy, &upgrade_request("/x", &[])).await;
+    let took = start.elapsed();
+    assert_eq!(
+        status(&resp),
+        Some(504),
+        "got {:?}",
+        String::from_utf8_lossy(&resp)
+    );
+    assert!(
+        took >= Duration::from_millis(250),
+        "504 after only {took:?}"
+    );
+});
