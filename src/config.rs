@@ -129,6 +129,24 @@ pub struct Route {
     pub strip_prefix: bool,
     /// Default Append.
     pub forwarded_for: ForwardedFor,
+    /// Send a PROXY protocol header of this version to the backend first (default: none).
+    pub send_proxy: Option<ProxyVersion>,
+}
+
+/// PROXY protocol version sent to backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyVersion {
+    V1,
+    V2,
+}
+
+/// Listeners that expect a PROXY protocol header from a load balancer in front.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ProxyIn {
+    /// These `listen` addresses require a PROXY v1 or v2 header before the HTTP head.
+    pub listen: Vec<SocketAddr>,
+    /// Peers allowed to send it; a connection from anyone else is answered 400.
+    pub trusted: Vec<ipnet::IpNet>,
 }
 
 /// The whole configuration.
@@ -146,6 +164,11 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     /// One line per connection when it ends; off when `None`.
     pub access_log: Option<AccessLog>,
+    /// Clients in these networks may pass X-Forwarded-For on (appended to); from anyone else it is
+    /// replaced. Empty: each route's `forwarded_for` decides for everyone.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// PROXY protocol on the way in.
+    pub proxy_protocol: ProxyIn,
 }
 
 /// Where and how connection lines are written.
@@ -380,6 +403,38 @@ impl Config {
             }
         };
 
+        let trusted_proxies = match root.get("trusted_proxies") {
+            Some(f) => parse_nets(&f)?,
+            None => Vec::new(),
+        };
+        let mut proxy_protocol = ProxyIn::default();
+        if let Some(t) = root.table("proxy_protocol", PROXY_KEYS)? {
+            if let Some(f) = t.get("listen") {
+                for item in f.array("an array of listen addresses")? {
+                    let item = f.item(item);
+                    let addr = parse_addr(item.str()?).map_err(|m| item.error(m))?;
+                    if !listen.contains(&addr) {
+                        return Err(item.error(format!(
+                            "{addr} is not one of the `listen` addresses; add it there too"
+                        )));
+                    }
+                    proxy_protocol.listen.push(addr);
+                }
+            }
+            if let Some(f) = t.get("trusted") {
+                proxy_protocol.trusted = parse_nets(&f)?;
+            }
+            if !proxy_protocol.listen.is_empty() && proxy_protocol.trusted.is_empty() {
+                let line = t.span.as_ref().map(|s| src.line_of(s.start));
+                return Err(ConfigError::new(
+                    Some(file),
+                    line,
+                    Some("proxy_protocol.trusted"),
+                    "list the load balancers allowed to send PROXY headers, such as [\"10.0.0.0/8\"]",
+                ));
+            }
+        }
+
         let admin = match root.get("admin") {
             Some(f) => Some(parse_addr(f.str()?).map_err(|m| f.error(m))?),
             None => None,
@@ -473,6 +528,8 @@ impl Config {
             routes,
             admin,
             access_log,
+            trusted_proxies,
+            proxy_protocol,
         })
     }
 
@@ -540,6 +597,7 @@ impl Config {
                 backends: addrs,
                 strip_prefix: true,
                 forwarded_for: ForwardedFor::Append,
+                send_proxy: None,
             });
         }
         Ok(Config {
@@ -555,6 +613,8 @@ impl Config {
             routes: parsed,
             admin: None,
             access_log: None,
+            trusted_proxies: Vec::new(),
+            proxy_protocol: ProxyIn::default(),
         })
     }
 }
@@ -570,7 +630,10 @@ const ROOT_KEYS: &[&str] = &[
     "route",
     "admin",
     "access_log",
+    "trusted_proxies",
+    "proxy_protocol",
 ];
+const PROXY_KEYS: &[&str] = &["listen", "trusted"];
 const ACCESS_LOG_KEYS: &[&str] = &["path", "format"];
 const TIMEOUT_KEYS: &[&str] = &["handshake", "connect", "idle", "half_close", "drain"];
 const LIMIT_KEYS: &[&str] = &[
@@ -587,6 +650,7 @@ const ROUTE_KEYS: &[&str] = &[
     "backends",
     "strip_prefix",
     "forwarded_for",
+    "send_proxy",
 ];
 
 const MAX_WORKERS: u64 = 1024;
@@ -916,6 +980,19 @@ fn parse_routes(field: &Field<'_>) -> Result<Vec<Route>, ConfigError> {
             },
             None => ForwardedFor::Append,
         };
+        let send_proxy = match t.get("send_proxy") {
+            None => None,
+            Some(f) => match f.str()? {
+                "v1" => Some(ProxyVersion::V1),
+                "v2" => Some(ProxyVersion::V2),
+                "none" => None,
+                other => {
+                    return Err(f.error(format!(
+                        "invalid value {other:?}: expected \"v1\", \"v2\" or \"none\""
+                    )));
+                }
+            },
+        };
         let line = field.src.line_of(prefix_field.value.span().start);
         if let Some(i) = routes
             .iter()
@@ -936,9 +1013,28 @@ fn parse_routes(field: &Field<'_>) -> Result<Vec<Route>, ConfigError> {
             backends,
             strip_prefix,
             forwarded_for,
+            send_proxy,
         });
     }
     Ok(routes)
+}
+
+fn parse_nets(field: &Field<'_>) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    let mut nets = Vec::new();
+    for item in field.array("an array of networks, such as [\"10.0.0.0/8\", \"127.0.0.1\"]")? {
+        let item = field.item(item);
+        let text = item.str()?;
+        let net = text
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| {
+                item.error(format!(
+                    "invalid network {text:?}: expected an address or CIDR such as 10.0.0.0/8"
+                ))
+            })?;
+        nets.push(net);
+    }
+    Ok(nets)
 }
 
 fn parse_relay_mode(s: &str) -> Result<RelayMode, String> {
@@ -1170,6 +1266,7 @@ backends = ["127.0.0.1:50003"]
                     ],
                     strip_prefix: false,
                     forwarded_for: ForwardedFor::Replace,
+                    send_proxy: None,
                 },
                 Route {
                     prefix: "/".into(),
@@ -1177,10 +1274,13 @@ backends = ["127.0.0.1:50003"]
                     backends: vec!["127.0.0.1:50003".parse().unwrap()],
                     strip_prefix: true,
                     forwarded_for: ForwardedFor::Append,
+                    send_proxy: None,
                 },
             ],
             admin: None,
             access_log: None,
+            trusted_proxies: Vec::new(),
+            proxy_protocol: ProxyIn::default(),
         };
         assert_eq!(cfg, want);
     }
@@ -1471,7 +1571,7 @@ backends = ["127.0.0.1:50003"]
         let e = parse(&format!("listn = []\n{LISTEN}{ROUTE}")).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "t.toml:1: unknown key `listn` (expected one of: listen, workers, relay, timeouts, limits, keepalive, splice, route, admin, access_log)"
+            "t.toml:1: unknown key `listn` (expected one of: listen, workers, relay, timeouts, limits, keepalive, splice, route, admin, access_log, trusted_proxies, proxy_protocol)"
         );
     }
 

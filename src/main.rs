@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::error::ErrorKind;
-use clap::{CommandFactory, Parser, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 use wsplice::config::{Config, RelayMode};
@@ -34,8 +34,11 @@ use wsplice::sys::limits;
 
 /// A WebSocket reverse proxy: strict upgrade handshakes, then a splice(2) relay.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+
     /// Configuration file (TOML).
     #[arg(long, short, value_name = "FILE", conflicts_with_all = ["listen", "route"])]
     config: Option<PathBuf>,
@@ -66,6 +69,17 @@ struct Args {
     check: bool,
 }
 
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Try it: the proxy plus two built-in backends, /notice (a notice every second) and /msg
+    /// (echo), with nothing else to install.
+    Demo {
+        /// Where the proxy listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum RelayArg {
     /// Copy small reads, splice bulk reads.
@@ -88,6 +102,15 @@ impl From<RelayArg> for RelayMode {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Cmd::Demo { listen }) = args.command {
+        return match demo(listen, &args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("wsplice: error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if args.config.is_none() && args.route.is_empty() {
         Args::command()
             .error(
@@ -121,6 +144,23 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `wsplice demo`: the classic setup, self-contained.
+fn demo(listen: SocketAddr, args: &Args) -> io::Result<()> {
+    let (notice, echo) = wsplice::demo::start_demo_backends()?;
+    let routes = [format!("/notice={notice}"), format!("/msg={echo}")];
+    let cfg = Config::from_cli(vec![listen], &routes, None, None)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    eprintln!(
+        "wsplice demo: /notice pushes a notice every second, /msg echoes what you send.\n\
+         Try it from a browser console on any page:\n  \
+         let ws = new WebSocket(\"ws://{listen}/notice\"); ws.onmessage = e => console.log(e.data)\n  \
+         let m = new WebSocket(\"ws://{listen}/msg\"); m.onopen = () => m.send(\"hello\"); m.onmessage = e => console.log(e.data)\n\
+         or with websocat: websocat ws://{listen}/msg\n\
+         Ctrl-C stops it."
+    );
+    run(cfg, args)
 }
 
 /// The configuration from the file or the flags, with `--workers` and `--relay` applied.

@@ -10,6 +10,7 @@
 //! * [`status`]: failures and the HTTP answers they map to.
 pub mod handshake;
 pub mod head;
+pub mod proxy_proto;
 pub mod rewrite;
 pub mod route;
 pub mod session;

@@ -3,7 +3,7 @@
 //! Lookup walks the path's own `/`-boundaries from the longest to `/`, one hash probe each (host
 //! routes first, then host-less ones), so it costs O(path depth) whatever the number of routes.
 
-use crate::config::{ForwardedFor, Route};
+use crate::config::{ForwardedFor, ProxyVersion, Route};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,6 +17,7 @@ pub struct RouteEntry {
     pub backends: Vec<SocketAddr>,
     pub strip_prefix: bool,
     pub forwarded_for: ForwardedFor,
+    pub send_proxy: Option<ProxyVersion>,
     /// Shared round-robin cursor: touched once per handshake, never per relayed byte.
     next: AtomicUsize,
 }
@@ -55,6 +56,7 @@ impl RouteTable {
                 backends: r.backends.clone(),
                 strip_prefix: r.strip_prefix,
                 forwarded_for: r.forwarded_for,
+                send_proxy: r.send_proxy,
                 next: AtomicUsize::new(0),
             });
             match &r.host {
@@ -133,6 +135,7 @@ mod tests {
             backends: vec!["127.0.0.1:1".parse().expect("addr")],
             strip_prefix: strip,
             forwarded_for: ForwardedFor::Append,
+            send_proxy: None,
         }
     }
 

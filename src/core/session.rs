@@ -11,11 +11,13 @@
 //! must carry out. The session never touches a socket or a clock, so whole handshakes are unit
 //! tests with byte scripts and a fake clock (see the tests below).
 
-use crate::config::Timeouts;
+use crate::config::{ForwardedFor, ProxyVersion, Timeouts};
 use crate::core::handshake::{validate_answer, validate_request, Answer, Body};
 use crate::core::head::{find_head_end, overflow_reject, parse_request, precheck};
+use crate::core::proxy_proto::{self, ProxyParse};
 use crate::core::rewrite::write_backend_head;
 use crate::core::route::{rewritten_target, RouteTable};
+use crate::core::status::BadRequest;
 use crate::core::status::{BackendFailure, Reject};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
@@ -30,6 +32,33 @@ pub struct Settings {
     pub timeouts: Timeouts,
     pub max_head_bytes: usize,
     pub max_headers: usize,
+    /// Clients whose X-Forwarded-For is appended to; empty: the route decides for everyone.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Peers allowed to send a PROXY protocol header on listeners that expect one.
+    pub proxy_trusted: Vec<ipnet::IpNet>,
+}
+
+impl Settings {
+    /// Settings with the given routes and timeouts and default limits (for tests and benches).
+    pub fn new(routes: RouteTable, timeouts: Timeouts) -> Settings {
+        Settings {
+            routes,
+            timeouts,
+            max_head_bytes: 16 * 1024,
+            max_headers: 100,
+            trusted_proxies: Vec::new(),
+            proxy_trusted: Vec::new(),
+        }
+    }
+}
+
+fn in_nets(nets: &[ipnet::IpNet], ip: IpAddr) -> bool {
+    // An IPv4 client on a dual-stack socket shows up as ::ffff:a.b.c.d.
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    nets.iter().any(|n| n.contains(&ip))
 }
 
 /// Why a backend connect attempt failed, as the driver saw it.
@@ -67,6 +96,8 @@ pub enum Action {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
+    /// A listener behind a load balancer: the PROXY protocol header comes first.
+    ReadProxy,
     ReadHead,
     Connecting,
     SendHead,
@@ -85,7 +116,12 @@ enum State {
 #[derive(Debug)]
 pub struct Handshake {
     state: State,
-    client_ip: IpAddr,
+    /// The client: the TCP peer, or the address a trusted PROXY header gave.
+    client: SocketAddr,
+    /// The TCP peer (the load balancer when a PROXY header is expected).
+    peer: SocketAddr,
+    /// Where the client connected to (sent on in PROXY headers).
+    local: SocketAddr,
     /// Client head while reading it; the backend's answer after that.
     buf: Vec<u8>,
     searched: usize,
@@ -107,11 +143,30 @@ pub struct Handshake {
 }
 
 impl Handshake {
-    /// A new connection from `client_ip`, accepted at `now`.
+    /// A new connection from `client_ip`, accepted at `now` (no PROXY header expected).
     pub fn new(client_ip: IpAddr, now: Instant, s: &Settings) -> Handshake {
+        let peer = SocketAddr::new(client_ip, 0);
+        Handshake::accept(peer, peer, false, now, s)
+    }
+
+    /// A new connection from `peer` to `local`, accepted at `now`; `expect_proxy`: the listener
+    /// requires a PROXY protocol header before the HTTP head.
+    pub fn accept(
+        peer: SocketAddr,
+        local: SocketAddr,
+        expect_proxy: bool,
+        now: Instant,
+        s: &Settings,
+    ) -> Handshake {
         Handshake {
-            state: State::ReadHead,
-            client_ip,
+            state: if expect_proxy {
+                State::ReadProxy
+            } else {
+                State::ReadHead
+            },
+            client: peer,
+            peer,
+            local,
             buf: Vec::new(),
             searched: 0,
             out: Vec::new(),
@@ -126,6 +181,11 @@ impl Handshake {
             deadline: now + s.timeouts.handshake,
             started: now,
         }
+    }
+
+    /// The client's address (from a trusted PROXY header when one was expected).
+    pub fn client(&self) -> SocketAddr {
+        self.client
     }
 
     /// When [`Handshake::handle_timeout`] must be called.
@@ -170,6 +230,7 @@ impl Handshake {
     /// whatever comes next; that is our backpressure during the handshake).
     pub fn client_read_limit(&self, s: &Settings) -> usize {
         match self.state {
+            State::ReadProxy => proxy_proto::V2_MAX_LEN + s.max_head_bytes,
             State::ReadHead => s.max_head_bytes.saturating_sub(self.buf.len()).max(1),
             _ => 0,
         }
@@ -203,6 +264,9 @@ impl Handshake {
 
     /// Bytes arrived from the client.
     pub fn handle_client_data(&mut self, s: &Settings, now: Instant, data: &[u8]) -> Action {
+        if self.state == State::ReadProxy {
+            return self.on_proxy_data(s, now, data);
+        }
         if self.state != State::ReadHead {
             // The driver reads only in ReadHead; anything else is a driver bug we tolerate by
             // holding the bytes (bounded like the head).
@@ -238,6 +302,40 @@ impl Handshake {
         }
     }
 
+    fn on_proxy_data(&mut self, s: &Settings, now: Instant, data: &[u8]) -> Action {
+        let bad = Reject::BadRequest(BadRequest::ProxyHeader);
+        if !in_nets(&s.proxy_trusted, self.peer.ip()) {
+            // Only a trusted load balancer may tell us who the client is.
+            return self.fail(bad);
+        }
+        self.buf.extend_from_slice(data);
+        match proxy_proto::parse(&self.buf) {
+            Ok(ProxyParse::Incomplete) => Action::Wait,
+            Err(_) => self.fail(bad),
+            Ok(ProxyParse::Done {
+                header_len,
+                source,
+                dest,
+            }) => {
+                // LOCAL / UNKNOWN (health checks): the connection's own addresses stand.
+                if let Some(src) = source {
+                    self.client = src;
+                }
+                if let Some(d) = dest {
+                    self.local = d;
+                }
+                let rest = self.buf.split_off(header_len);
+                self.buf.clear();
+                self.state = State::ReadHead;
+                if rest.is_empty() {
+                    Action::Wait
+                } else {
+                    self.handle_client_data(s, now, &rest)
+                }
+            }
+        }
+    }
+
     fn on_head(&mut self, s: &Settings, now: Instant) -> Action {
         match self.accept_head(s) {
             Ok(out) => {
@@ -267,14 +365,20 @@ impl Handshake {
         }
         let (path, query) = rewritten_target(up.path, m.strip, up.query);
         let mut out = Vec::with_capacity(self.buf.len() + 128);
-        write_backend_head(
-            &mut out,
-            &req,
-            path,
-            query,
-            self.client_ip,
-            route.forwarded_for,
-        );
+        match route.send_proxy {
+            Some(ProxyVersion::V1) => proxy_proto::encode_v1(&mut out, self.client, self.local),
+            Some(ProxyVersion::V2) => proxy_proto::encode_v2(&mut out, self.client, self.local),
+            None => {}
+        }
+        // A client outside `trusted_proxies` cannot extend the chain: its X-Forwarded-For is
+        // replaced, so it cannot pass off a forged address as an earlier hop.
+        let forwarded_for =
+            if s.trusted_proxies.is_empty() || in_nets(&s.trusted_proxies, self.client.ip()) {
+                route.forwarded_for
+            } else {
+                ForwardedFor::Replace
+            };
+        write_backend_head(&mut out, &req, path, query, self.client.ip(), forwarded_for);
         Ok(out)
     }
 
@@ -300,7 +404,11 @@ impl Handshake {
     pub fn handle_client_eof(&mut self) -> Action {
         match self.state {
             // Nothing was sent anywhere yet: just close.
-            State::ReadHead | State::Connecting | State::SendHead | State::ReadAnswer => {
+            State::ReadProxy
+            | State::ReadHead
+            | State::Connecting
+            | State::SendHead
+            | State::ReadAnswer => {
                 self.state = State::Done;
                 Action::Close
             }
@@ -347,7 +455,8 @@ impl Handshake {
                 self.state = State::Done;
                 Action::Forward
             }
-            State::ReadHead | State::Tunnel | State::Done => Action::Wait,
+            // No backend socket exists before the head; after the tunnel the driver owns it.
+            State::ReadProxy | State::ReadHead | State::Tunnel | State::Done => Action::Wait,
         }
     }
 
@@ -448,7 +557,12 @@ impl Handshake {
                 self.state = State::Done;
                 Action::Forward
             }
-            State::ReadHead | State::Connecting | State::Tunnel | State::Done => Action::Wait,
+            // No backend bytes are read in these states.
+            State::ReadProxy
+            | State::ReadHead
+            | State::Connecting
+            | State::Tunnel
+            | State::Done => Action::Wait,
         }
     }
 
@@ -458,7 +572,8 @@ impl Handshake {
             return Action::Wait;
         }
         match self.state {
-            State::ReadHead => self.fail(Reject::HandshakeTimeout),
+            // The whole head, PROXY header included, must arrive within `timeouts.handshake`.
+            State::ReadProxy | State::ReadHead => self.fail(Reject::HandshakeTimeout),
             State::Connecting => {
                 self.last_failure = Some(ConnectFailure::Timeout);
                 self.connect_next(s, now)
@@ -518,6 +633,7 @@ mod tests {
                 backends: backends.iter().map(|b| b.parse().expect("addr")).collect(),
                 strip_prefix: true,
                 forwarded_for: ForwardedFor::Append,
+                send_proxy: None,
             }]),
             timeouts: Timeouts {
                 handshake: Duration::from_secs(10),
@@ -528,6 +644,8 @@ mod tests {
             },
             max_head_bytes: 4096,
             max_headers: 32,
+            trusted_proxies: Vec::new(),
+            proxy_trusted: Vec::new(),
         }
     }
 

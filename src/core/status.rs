@@ -59,6 +59,9 @@ pub enum BadRequest {
     WebSocketKey,
     /// Sec-WebSocket-Version missing, repeated or not a number.
     WebSocketVersion,
+    /// A PROXY protocol header that is missing, malformed, or from a peer not in
+    /// `proxy_protocol.trusted`.
+    ProxyHeader,
 }
 
 /// Why a backend attempt failed.

@@ -265,7 +265,7 @@ impl Worker {
                 match &c {
                     Conn::Handshake(h) => {
                         let log = ConnLog {
-                            client: h.peer.addr,
+                            client: h.hs.client(),
                             settings: h.settings.clone(),
                             route: h.hs.route(),
                             backend: h.hs.backend(),
@@ -397,7 +397,8 @@ impl Worker {
             return;
         }
         loop {
-            let Some((_, listener)) = self.listeners.get(i).and_then(Option::as_ref) else {
+            let Some(&(configured, ref listener)) = self.listeners.get(i).and_then(Option::as_ref)
+            else {
                 return;
             };
             let (stream, peer) = match listener.accept() {
@@ -435,7 +436,13 @@ impl Worker {
             };
             let _ = tune(&stream, &self.params.tuning);
             let settings = self.params.settings.clone();
-            let hs = Handshake::new(peer.ip(), self.now, &settings);
+            let expect_proxy = self.params.proxy_listen.contains(&configured);
+            let local = if self.params.send_proxy {
+                stream.local_addr().unwrap_or(configured)
+            } else {
+                configured
+            };
+            let hs = Handshake::accept(peer, local, expect_proxy, self.now, &settings);
             let entry = self.conns.vacant_entry();
             let key = entry.key();
             let mut stream = stream;
@@ -732,7 +739,7 @@ impl Worker {
             return;
         };
         let log = self.log.is_some().then(|| ConnLog {
-            client: h.peer.addr,
+            client: h.hs.client(),
             settings: h.settings.clone(),
             route: h.hs.route(),
             backend: h.hs.backend(),
@@ -832,7 +839,7 @@ impl Worker {
         self.counters.tunnels += 1;
         let log = self.log.is_some().then(|| {
             Box::new(ConnLog {
-                client: peer.addr,
+                client: hs.client(),
                 settings: settings.clone(),
                 route: hs.route(),
                 backend: hs.backend(),

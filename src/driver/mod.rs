@@ -75,6 +75,10 @@ pub struct Params {
     pub relay: RelayMode,
     pub splice_threshold: usize,
     pub tuning: Tuning,
+    /// Listen addresses (as configured) whose clients must start with a PROXY header.
+    pub proxy_listen: Vec<SocketAddr>,
+    /// Some route sends PROXY headers: the local address of each connection is needed.
+    pub send_proxy: bool,
 }
 
 /// A new configuration for a worker.
@@ -154,7 +158,11 @@ fn params_for(cfg: &Config, workers: usize) -> Params {
             timeouts: cfg.timeouts.clone(),
             max_head_bytes: cfg.limits.max_head_bytes,
             max_headers: cfg.limits.max_headers,
+            trusted_proxies: cfg.trusted_proxies.clone(),
+            proxy_trusted: cfg.proxy_protocol.trusted.clone(),
         }),
+        proxy_listen: cfg.proxy_protocol.listen.clone(),
+        send_proxy: cfg.routes.iter().any(|r| r.send_proxy.is_some()),
         max_connections: cap.max_connections,
         max_pipes: cap.max_pipes.div_ceil(workers),
         pipe_size: cfg.relay.pipe_size,

@@ -1,0 +1,258 @@
+//! PROXY protocol in (from a trusted load balancer) and out (to backends), and
+//! `trusted_proxies`, checked on the real bytes that cross the wire.
+
+mod common;
+
+use common::{read_head, start, upgrade_head, ACCEPT};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+const STEP: Duration = Duration::from_secs(5);
+
+/// What a backend received before the tunnel: the raw PROXY header (if any) and the HTTP head.
+struct Seen {
+    proxy: Vec<u8>,
+    head: String,
+}
+
+/// A backend that reads an optional PROXY header (v1 line or v2 binary), then the head, records
+/// both, answers 101 and echoes.
+fn backend(expect_proxy: Option<u8>) -> (SocketAddr, mpsc::Receiver<Seen>) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            let tx = tx.clone();
+            thread::spawn(move || {
+                s.set_read_timeout(Some(STEP)).expect("timeout");
+                let mut proxy = Vec::new();
+                match expect_proxy {
+                    Some(1) => {
+                        let mut b = [0u8; 1];
+                        while !proxy.ends_with(b"\r\n") {
+                            if s.read(&mut b).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            proxy.push(b[0]);
+                        }
+                    }
+                    Some(2) => {
+                        let mut fixed = [0u8; 16];
+                        if s.read_exact(&mut fixed).is_err() {
+                            return;
+                        }
+                        let len = u16::from_be_bytes([fixed[14], fixed[15]]) as usize;
+                        let mut rest = vec![0u8; len];
+                        if s.read_exact(&mut rest).is_err() {
+                            return;
+                        }
+                        proxy.extend_from_slice(&fixed);
+                        proxy.extend_from_slice(&rest);
+                    }
+                    _ => {}
+                }
+                let Ok(head) = read_head(&mut s) else { return };
+                let _ = tx.send(Seen {
+                    proxy,
+                    head: String::from_utf8_lossy(&head).into_owned(),
+                });
+                let _ = write!(s, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {ACCEPT}\r\n\r\n");
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Vec<&'a str> {
+    head.lines()
+        .filter_map(|l| l.split_once(": "))
+        .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v)
+        .collect()
+}
+
+/// Sends `prefix` + an upgrade head (+ `extra` header lines) and returns the status code.
+fn exchange(proxy: SocketAddr, prefix: &[u8], extra: &str) -> (TcpStream, u16) {
+    let mut s = TcpStream::connect(proxy).expect("connect");
+    let mut req = prefix.to_vec();
+    req.extend_from_slice(
+        upgrade_head("/ws")
+            .replace("\r\n\r\n", &format!("\r\n{extra}\r\n"))
+            .as_bytes(),
+    );
+    s.write_all(&req).expect("send");
+    s.set_read_timeout(Some(STEP)).expect("timeout");
+    let head = read_head(&mut s).expect("answer");
+    let code = std::str::from_utf8(&head[9..12])
+        .expect("ascii")
+        .parse()
+        .expect("code");
+    (s, code)
+}
+
+fn config(backend: SocketAddr, top: &str, route: &str) -> String {
+    format!("listen = [\"127.0.0.1:0\"]\nworkers = 1\n{top}\n[[route]]\nprefix = \"/ws\"\nbackends = [\"{backend}\"]\n{route}\n")
+}
+
+const PROXY_IN: &str = "[proxy_protocol]\nlisten = [\"127.0.0.1:0\"]\ntrusted = [\"127.0.0.1/32\"]";
+
+#[test]
+fn v1_from_a_trusted_balancer_names_the_client() {
+    let (b, seen) = backend(None);
+    let p = start(&config(b, PROXY_IN, ""), "");
+    let (mut s, code) = exchange(
+        p.addr,
+        b"PROXY TCP4 203.0.113.7 127.0.0.1 56324 443\r\n",
+        "",
+    );
+    assert_eq!(code, 101);
+    let seen = seen.recv_timeout(STEP).expect("backend saw the head");
+    assert_eq!(header(&seen.head, "X-Real-IP"), ["203.0.113.7"]);
+    assert_eq!(header(&seen.head, "X-Forwarded-For"), ["203.0.113.7"]);
+    assert!(
+        !seen.head.contains("PROXY"),
+        "the PROXY header is not forwarded: {}",
+        seen.head
+    );
+    s.write_all(b"ping").expect("tunnel");
+    let mut b4 = [0u8; 4];
+    s.read_exact(&mut b4).expect("echo");
+}
+
+#[test]
+fn v2_with_ipv6_from_a_trusted_balancer_names_the_client() {
+    let (b, seen) = backend(None);
+    let p = start(&config(b, PROXY_IN, ""), "");
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    v2.extend_from_slice(&[0x21, 0x21, 0, 36]); // v2 PROXY, AF_INET6 STREAM, 36 bytes
+    v2.extend_from_slice(
+        &"2001:db8::7"
+            .parse::<std::net::Ipv6Addr>()
+            .expect("v6")
+            .octets(),
+    );
+    v2.extend_from_slice(
+        &"2001:db8::1"
+            .parse::<std::net::Ipv6Addr>()
+            .expect("v6")
+            .octets(),
+    );
+    v2.extend_from_slice(&40000u16.to_be_bytes());
+    v2.extend_from_slice(&443u16.to_be_bytes());
+    let (_s, code) = exchange(p.addr, &v2, "");
+    assert_eq!(code, 101);
+    let seen = seen.recv_timeout(STEP).expect("backend saw the head");
+    assert_eq!(header(&seen.head, "X-Real-IP"), ["2001:db8::7"]);
+}
+
+#[test]
+fn proxy_header_refused_from_untrusted_peers_and_required_on_its_listener() {
+    let (b, seen) = backend(None);
+    let untrusted = PROXY_IN.replace("127.0.0.1/32", "10.0.0.0/8");
+    let p = start(&config(b, &untrusted, ""), "");
+    let (_s, code) = exchange(
+        p.addr,
+        b"PROXY TCP4 203.0.113.7 127.0.0.1 56324 443\r\n",
+        "",
+    );
+    assert_eq!(
+        code, 400,
+        "a PROXY header from outside proxy_protocol.trusted"
+    );
+    let p2 = start(&config(b, PROXY_IN, ""), "");
+    let (_s, code) = exchange(p2.addr, b"", "");
+    assert_eq!(code, 400, "no PROXY header on a listener that requires one");
+    let (_s, code) = exchange(
+        p2.addr,
+        b"PROXY TCP4 203.0.113.7 127.0.0.1 99999 443\r\n",
+        "",
+    );
+    assert_eq!(code, 400, "a malformed PROXY header");
+    assert!(
+        seen.recv_timeout(Duration::from_millis(300)).is_err(),
+        "the backend got a connection"
+    );
+    // And a good one still works on the same proxy.
+    let (_s, code) = exchange(
+        p2.addr,
+        b"PROXY TCP4 198.51.100.2 127.0.0.1 1234 443\r\n",
+        "",
+    );
+    assert_eq!(code, 101);
+}
+
+#[test]
+fn send_proxy_v1_to_the_backend() {
+    let (b, seen) = backend(Some(1));
+    let p = start(&config(b, "", "send_proxy = \"v1\""), "");
+    let (s, code) = exchange(p.addr, b"", "");
+    assert_eq!(code, 101);
+    let seen = seen.recv_timeout(STEP).expect("backend saw the head");
+    let client = s.local_addr().expect("client addr");
+    let want = format!(
+        "PROXY TCP4 127.0.0.1 127.0.0.1 {} {}\r\n",
+        client.port(),
+        p.addr.port()
+    );
+    assert_eq!(String::from_utf8_lossy(&seen.proxy), want);
+    assert!(seen.head.starts_with("GET / HTTP/1.1\r\n"), "{}", seen.head);
+}
+
+#[test]
+fn send_proxy_v2_to_the_backend() {
+    let (b, seen) = backend(Some(2));
+    let p = start(&config(b, "", "send_proxy = \"v2\""), "");
+    let (s, code) = exchange(p.addr, b"", "");
+    assert_eq!(code, 101);
+    let seen = seen.recv_timeout(STEP).expect("backend saw the head");
+    let client = s.local_addr().expect("client addr");
+    let mut want = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    want.extend_from_slice(&[0x21, 0x11, 0, 12, 127, 0, 0, 1, 127, 0, 0, 1]);
+    want.extend_from_slice(&client.port().to_be_bytes());
+    want.extend_from_slice(&p.addr.port().to_be_bytes());
+    assert_eq!(seen.proxy, want);
+}
+
+#[test]
+fn trusted_proxies_decide_append_or_replace() {
+    let (b, seen) = backend(None);
+    let outside = start(&config(b, "trusted_proxies = [\"10.0.0.0/8\"]", ""), "");
+    let (_s, code) = exchange(outside.addr, b"", "X-Forwarded-For: 1.2.3.4\r\n");
+    assert_eq!(code, 101);
+    let head = seen.recv_timeout(STEP).expect("head").head;
+    assert_eq!(
+        header(&head, "X-Forwarded-For"),
+        ["127.0.0.1"],
+        "a forged chain is replaced"
+    );
+
+    let inside = start(&config(b, "trusted_proxies = [\"127.0.0.0/8\"]", ""), "");
+    let (_s, code) = exchange(inside.addr, b"", "X-Forwarded-For: 1.2.3.4\r\n");
+    assert_eq!(code, 101);
+    let head = seen.recv_timeout(STEP).expect("head").head;
+    assert_eq!(header(&head, "X-Forwarded-For"), ["1.2.3.4, 127.0.0.1"]);
+
+    // Behind a PROXY-speaking balancer the client it names is what trust is decided on.
+    let both = format!("trusted_proxies = [\"10.0.0.0/8\"]\n{PROXY_IN}");
+    let lb = start(&config(b, &both, ""), "");
+    let (_s, code) = exchange(
+        lb.addr,
+        b"PROXY TCP4 10.1.2.3 127.0.0.1 5000 443\r\n",
+        "X-Forwarded-For: 1.2.3.4\r\n",
+    );
+    assert_eq!(code, 101);
+    let head = seen.recv_timeout(STEP).expect("head").head;
+    assert_eq!(header(&head, "X-Forwarded-For"), ["1.2.3.4, 10.1.2.3"]);
+    assert_eq!(header(&head, "X-Real-IP"), ["10.1.2.3"]);
+}
