@@ -277,8 +277,13 @@ async fn sigterm_drains_tunnels_then_exits_0() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_exactly_what_happened() {
     let a = backend("A").await;
-    let proxy = start(&config(&[("/ws", a)], ""), "");
+    // A second route whose only backend refuses: one failure for that backend.
+    let refused = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead = refused.local_addr().expect("addr");
+    drop(refused);
+    let proxy = start(&config(&[("/ws", a), ("/dead", dead)], ""), "");
     let addr = proxy.addr;
+    assert_eq!(open(addr, "/dead").await.err(), Some(502));
     let payload = vec![b'x'; 1000];
     let mut tunnels = Vec::new();
     for _ in 0..3 {
@@ -309,7 +314,11 @@ async fn metrics_count_exactly_what_happened() {
             proxy.metric("wsplice_connections_active") == 0
         });
         assert_eq!(proxy.metric("wsplice_tunnels_total"), 3);
-        assert_eq!(proxy.metric("wsplice_connections_accepted_total"), 6);
+        assert_eq!(proxy.metric("wsplice_connections_accepted_total"), 7);
+        assert_eq!(
+            proxy.metric("wsplice_handshake_rejects_total{status=\"502\"}"),
+            1
+        );
         assert_eq!(
             proxy.metric("wsplice_handshake_rejects_total{status=\"404\"}"),
             1
@@ -333,6 +342,34 @@ async fn metrics_count_exactly_what_happened() {
         assert_eq!(
             proxy.metric("wsplice_bytes_total{direction=\"backend_to_client\"}"),
             3000
+        );
+        assert_eq!(proxy.metric("wsplice_handshake_seconds_count"), 3);
+        assert_eq!(
+            proxy.metric("wsplice_handshake_seconds_bucket{le=\"+Inf\"}"),
+            3
+        );
+        let backend = format!("{{backend=\"{a}\"}}");
+        common::eventually("per-backend counts", Duration::from_secs(2), || {
+            proxy
+                .scrape("/metrics")
+                .contains(&format!("wsplice_backend_active{backend} 0"))
+        });
+        assert_eq!(
+            proxy.metric(&format!("wsplice_backend_tunnels_total{backend}")),
+            3
+        );
+        assert_eq!(
+            proxy.metric(&format!("wsplice_backend_failures_total{backend}")),
+            0
+        );
+        let dead = format!("{{backend=\"{dead}\"}}");
+        assert_eq!(
+            proxy.metric(&format!("wsplice_backend_failures_total{dead}")),
+            1
+        );
+        assert_eq!(
+            proxy.metric(&format!("wsplice_backend_tunnels_total{dead}")),
+            0
         );
         assert_eq!(proxy.scrape("/healthz"), "ok\n");
         assert!(proxy.scrape("/status").contains("\"tunnels_total\":3"));

@@ -44,7 +44,11 @@ fn serve(s: TcpStream, stats: &StatsReader, started: Instant) -> io::Result<()> 
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let c = stats.read();
     let (status, ctype, body) = match (method, path) {
-        ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", metrics(&c, started)),
+        ("GET", "/metrics") => {
+            let mut m = metrics(&c, started);
+            m.push_str(&stats.backends());
+            ("200 OK", "text/plain; version=0.0.4", m)
+        }
         ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
         ("GET", "/status") => ("200 OK", "application/json", status_json(&c, started)),
         ("GET", _) => (

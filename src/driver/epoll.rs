@@ -9,7 +9,7 @@ use crate::core::tunnel::{self, Check, CloseReason, Times};
 use crate::driver::access_log::LogSink;
 use crate::driver::limiter::{ConnLimiter, IpLimiter};
 use crate::driver::relay::{ConnLog, Ctx, Dir, Outcome, RelayStats, Tunnel};
-use crate::driver::stats::{Counters, Published};
+use crate::driver::stats::{BackendCounts, Counters, Published};
 use crate::driver::{Control, Params};
 use crate::sys::pipe::PipePool;
 use crate::sys::sock::tune;
@@ -19,7 +19,7 @@ use slab::Slab;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::mpsc::Receiver;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Scratch buffer for the copy path and handshake reads: one per worker, never per connection.
@@ -30,6 +30,9 @@ const LINGER: Duration = Duration::from_secs(2);
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 const LISTENER_BASE: usize = usize::MAX - 1024;
 const WAKER: Token = Token(LISTENER_BASE - 1);
+/// How often per-backend counts are copied out for the admin listener (they are read rarely;
+/// copying them on every loop iteration would be waste).
+const BACKEND_PUBLISH: Duration = Duration::from_millis(250);
 
 /// Everything a worker needs, built by [`crate::driver::Server::start`].
 pub struct WorkerConfig {
@@ -42,6 +45,7 @@ pub struct WorkerConfig {
     pub limiter: Arc<IpLimiter>,
     pub total: Arc<ConnLimiter>,
     pub log: Option<LogSink>,
+    pub published_backends: Arc<Mutex<Vec<(SocketAddr, BackendCounts)>>>,
 }
 
 /// Who a connection is, for the per-IP limit and the access log.
@@ -61,6 +65,8 @@ struct HsConn {
     /// in the middle of a handshake.
     settings: Arc<Settings>,
     peer: Peer,
+    /// The backend whose socket `backend` is (for per-backend counts).
+    attempt: Option<SocketAddr>,
 }
 
 /// A connection being refused: its answer is written, then we linger briefly so the client can
@@ -111,6 +117,9 @@ pub struct Worker {
     total: Arc<ConnLimiter>,
     log: Option<LogSink>,
     log_batch: String,
+    backend_stats: Vec<(SocketAddr, BackendCounts)>,
+    published_backends: Arc<Mutex<Vec<(SocketAddr, BackendCounts)>>>,
+    next_backend_publish: Instant,
     waker: Arc<Waker>,
     poll: Poll,
     listeners: Vec<Option<(SocketAddr, TcpListener)>>,
@@ -146,6 +155,9 @@ impl Worker {
             total: cfg.total,
             log: cfg.log,
             log_batch: String::new(),
+            backend_stats: Vec::new(),
+            published_backends: cfg.published_backends,
+            next_backend_publish: now,
             waker,
             poll,
             listeners: Vec::new(),
@@ -367,7 +379,32 @@ impl Worker {
         }
     }
 
+    /// The worker-local index of a backend address (interned; stable for the worker's life).
+    fn backend_id(&mut self, addr: SocketAddr) -> u16 {
+        match self.backend_stats.iter().position(|(a, _)| *a == addr) {
+            Some(i) => i as u16,
+            None => {
+                // u16::MAX means "no backend": more distinct backends than that share the last slot.
+                if self.backend_stats.len() < u16::MAX as usize - 1 {
+                    self.backend_stats.push((addr, BackendCounts::default()));
+                }
+                (self.backend_stats.len() - 1) as u16
+            }
+        }
+    }
+
+    fn backend_counts(&mut self, addr: SocketAddr) -> &mut BackendCounts {
+        let id = self.backend_id(addr) as usize;
+        &mut self.backend_stats[id].1
+    }
+
     fn publish(&mut self) {
+        if self.now >= self.next_backend_publish {
+            self.next_backend_publish = self.now + BACKEND_PUBLISH;
+            if let Ok(mut p) = self.published_backends.lock() {
+                p.clone_from(&self.backend_stats);
+            }
+        }
         if let Some(sink) = &self.log {
             sink.flush(&mut self.log_batch);
         }
@@ -468,6 +505,7 @@ impl Worker {
                 hs,
                 armed: 0,
                 settings,
+                attempt: None,
                 peer: Peer {
                     addr: peer,
                     counted,
@@ -679,12 +717,20 @@ impl Worker {
                 }
                 Action::Connect(addr) => {
                     h.backend = None;
+                    // A new attempt while one was open: the previous backend failed.
+                    if let Some(prev) = h.attempt.take() {
+                        self.backend_counts(prev).failures += 1;
+                    }
                     match self.connect(key, addr) {
                         Ok(()) => {
+                            if let Some(Conn::Handshake(h)) = self.conns.get_mut(key) {
+                                h.attempt = Some(addr);
+                            }
                             self.arm_handshake(key);
                             return;
                         }
                         Err(why) => {
+                            self.backend_counts(addr).failures += 1;
                             let Some(Conn::Handshake(h)) = self.conns.get_mut(key) else {
                                 return;
                             };
@@ -693,6 +739,11 @@ impl Worker {
                     }
                 }
                 Action::Reject(r) => {
+                    if matches!(r, Reject::BackendFailed(_) | Reject::BackendTimeout) {
+                        if let Some(prev) = h.attempt.take() {
+                            self.backend_counts(prev).failures += 1;
+                        }
+                    }
                     self.counters.count_reject(r);
                     return self.start_closing(key, r.response().to_vec(), r.status(), "rejected");
                 }
@@ -825,8 +876,18 @@ impl Worker {
             hs,
             settings,
             peer,
+            attempt,
             ..
         } = *h;
+        self.counters
+            .observe_handshake(self.now.saturating_duration_since(hs.started()));
+        let backend_id = attempt.map_or(u16::MAX, |a| {
+            let id = self.backend_id(a);
+            let c = &mut self.backend_stats[id as usize].1;
+            c.active += 1;
+            c.tunnels += 1;
+            id
+        });
         let Some(backend) = backend else {
             if peer.counted {
                 self.limiter.release(peer.addr.ip());
@@ -859,6 +920,7 @@ impl Worker {
             armed: 0,
             timeouts,
             counted_ip: peer.counted.then_some(peer.addr.ip()),
+            backend_id,
             log,
         };
         let entry = self.conns.vacant_entry();
@@ -906,6 +968,9 @@ impl Worker {
             t.release(&mut cx);
             if let Some(ip) = t.counted_ip {
                 self.limiter.release(ip);
+            }
+            if let Some((_, c)) = self.backend_stats.get_mut(t.backend_id as usize) {
+                c.active -= 1;
             }
             self.total.release();
             if let (Some(sink), Some(log)) = (&self.log, &t.log) {

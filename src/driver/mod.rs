@@ -102,6 +102,7 @@ pub enum Control {
 }
 
 struct WorkerHandle {
+    backends: Arc<std::sync::Mutex<Vec<(SocketAddr, stats::BackendCounts)>>>,
     control: Sender<Control>,
     waker: Arc<Waker>,
     thread: Option<JoinHandle<io::Result<()>>>,
@@ -210,6 +211,7 @@ impl Server {
         let mut handles = Vec::new();
         for (id, listeners) in per_worker.into_iter().enumerate() {
             let published = Arc::new(stats::Published::default());
+            let backends = Arc::new(std::sync::Mutex::new(Vec::new()));
             let (tx, rx) = std::sync::mpsc::channel();
             let wc = epoll::WorkerConfig {
                 id,
@@ -220,6 +222,7 @@ impl Server {
                 limiter: limiter.clone(),
                 total: total.clone(),
                 log: log.clone(),
+                published_backends: backends.clone(),
             };
             let worker = epoll::Worker::new(wc)?;
             let waker = worker.waker();
@@ -227,6 +230,7 @@ impl Server {
                 .name(format!("wsplice-w{id}"))
                 .spawn(move || worker.run())?;
             handles.push(WorkerHandle {
+                backends,
                 control: tx,
                 waker,
                 thread: Some(thread),
@@ -268,6 +272,7 @@ impl Server {
     pub fn stats_reader(&self) -> StatsReader {
         StatsReader {
             published: self.workers.iter().map(|w| w.published.clone()).collect(),
+            backends: self.workers.iter().map(|w| w.backends.clone()).collect(),
         }
     }
 
@@ -374,10 +379,21 @@ impl Server {
 #[derive(Clone)]
 pub struct StatsReader {
     published: Vec<Arc<stats::Published>>,
+    backends: Vec<Arc<std::sync::Mutex<Vec<(SocketAddr, stats::BackendCounts)>>>>,
 }
 
 impl StatsReader {
     pub fn read(&self) -> stats::Counters {
         stats::sum(self.published.iter().map(|p| p.load()))
+    }
+
+    /// Per-backend lines in Prometheus text format (refreshed by workers every 250 ms).
+    pub fn backends(&self) -> String {
+        let all: Vec<_> = self
+            .backends
+            .iter()
+            .map(|b| b.lock().map(|v| v.clone()).unwrap_or_default())
+            .collect();
+        stats::render_backends(&all)
     }
 }

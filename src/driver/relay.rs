@@ -291,6 +291,8 @@ pub struct Tunnel {
     pub timeouts: tunnel::Timeouts,
     /// The client IP, when the per-IP limiter counted this connection.
     pub counted_ip: Option<IpAddr>,
+    /// The worker-local index of the backend (per-backend counts); `u16::MAX`: none.
+    pub backend_id: u16,
     /// Access log facts; allocated only when an access log is configured.
     pub log: Option<Box<ConnLog>>,
 }

@@ -6,6 +6,7 @@ use crate::core::status::Reject;
 use crate::core::tunnel::CloseReason;
 use crate::driver::relay::RelayStats;
 use crate::sys::pipe::PoolStats;
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// One worker's counters, owned by its thread.
@@ -24,6 +25,29 @@ pub struct Counters {
     pub closes: [u64; 6],
     pub relay: RelayStats,
     pub pipes: PoolStats,
+    /// Accept-to-101 time: counts per bucket of [`HANDSHAKE_BUCKETS`] (not cumulative; the last
+    /// is +Inf).
+    pub handshake_buckets: [u64; 14],
+    /// Sum of accept-to-101 times, microseconds.
+    pub handshake_sum_us: u64,
+}
+
+/// Upper bounds of the handshake latency buckets, seconds (Prometheus `le`).
+pub const HANDSHAKE_BUCKETS: [f64; 13] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+impl Counters {
+    /// Records one accept-to-101 time.
+    pub fn observe_handshake(&mut self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        let i = HANDSHAKE_BUCKETS
+            .iter()
+            .position(|&le| secs <= le)
+            .unwrap_or(HANDSHAKE_BUCKETS.len());
+        self.handshake_buckets[i] += 1;
+        self.handshake_sum_us += d.as_micros() as u64;
+    }
 }
 
 const STATUSES: [u16; 11] = [400, 404, 405, 408, 414, 426, 429, 431, 502, 503, 504];
@@ -49,7 +73,7 @@ impl Counters {
 }
 
 /// Field order of the published array.
-const FIELDS: usize = 7 + 11 + 6 + 6 + 4;
+const FIELDS: usize = 7 + 11 + 6 + 6 + 4 + 15;
 
 /// A worker's counters as other threads can read them.
 #[derive(Debug)]
@@ -93,6 +117,8 @@ fn flatten(c: &Counters) -> [u64; FIELDS] {
         c.pipes.created,
         c.pipes.unavailable,
     ]);
+    out[34..48].copy_from_slice(&c.handshake_buckets);
+    out[48] = c.handshake_sum_us;
     out
 }
 
@@ -123,6 +149,8 @@ fn unflatten(v: &[u64; FIELDS]) -> Counters {
         created: v[32],
         unavailable: v[33],
     };
+    c.handshake_buckets.copy_from_slice(&v[34..48]);
+    c.handshake_sum_us = v[48];
     c
 }
 
@@ -155,7 +183,6 @@ pub fn sum(all: impl IntoIterator<Item = Counters>) -> Counters {
 
 /// Prometheus-style `name value` lines, for the `--stats` dump and tests.
 pub fn render(c: &Counters) -> String {
-    use std::fmt::Write as _;
     let mut s = String::new();
     let mut line = |k: &str, v: u64| {
         let _ = writeln!(s, "wsplice_{k} {v}");
@@ -198,5 +225,65 @@ pub fn render(c: &Counters) -> String {
     line("pipes_pooled", c.pipes.pooled as u64);
     line("pipes_created_total", c.pipes.created);
     line("pipes_unavailable_total", c.pipes.unavailable);
+    let mut cumulative = 0;
+    for (le, n) in HANDSHAKE_BUCKETS.iter().zip(c.handshake_buckets) {
+        cumulative += n;
+        line(
+            &format!("handshake_seconds_bucket{{le=\"{le}\"}}"),
+            cumulative,
+        );
+    }
+    cumulative += c.handshake_buckets[13];
+    line("handshake_seconds_bucket{le=\"+Inf\"}", cumulative);
+    line("handshake_seconds_count", cumulative);
+    let _ = writeln!(
+        s,
+        "wsplice_handshake_seconds_sum {:.6}",
+        c.handshake_sum_us as f64 / 1e6
+    );
+    s
+}
+
+/// Per-backend counts, published by each worker every few hundred milliseconds.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BackendCounts {
+    /// Tunnels open to this backend now.
+    pub active: u64,
+    /// Tunnels ever opened to it.
+    pub tunnels: u64,
+    /// Connect attempts or handshakes that failed (refused, reset, timeout, bad answer).
+    pub failures: u64,
+}
+
+/// Renders per-backend lines, summing workers' maps.
+pub fn render_backends(all: &[Vec<(std::net::SocketAddr, BackendCounts)>]) -> String {
+    let mut sum: Vec<(std::net::SocketAddr, BackendCounts)> = Vec::new();
+    for w in all {
+        for &(addr, c) in w {
+            match sum.iter_mut().find(|(a, _)| *a == addr) {
+                Some((_, t)) => {
+                    t.active += c.active;
+                    t.tunnels += c.tunnels;
+                    t.failures += c.failures;
+                }
+                None => sum.push((addr, c)),
+            }
+        }
+    }
+    sum.sort_by_key(|(a, _)| *a);
+    let mut s = String::new();
+    for (a, c) in sum {
+        let _ = writeln!(s, "wsplice_backend_active{{backend=\"{a}\"}} {}", c.active);
+        let _ = writeln!(
+            s,
+            "wsplice_backend_tunnels_total{{backend=\"{a}\"}} {}",
+            c.tunnels
+        );
+        let _ = writeln!(
+            s,
+            "wsplice_backend_failures_total{{backend=\"{a}\"}} {}",
+            c.failures
+        );
+    }
     s
 }
