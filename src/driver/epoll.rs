@@ -9,7 +9,7 @@ use crate::core::tunnel::{self, Check, CloseReason, Times};
 use crate::driver::access_log::LogSink;
 use crate::driver::limiter::{ConnLimiter, IpLimiter};
 use crate::driver::relay::{ConnLog, Ctx, Dir, Outcome, RelayStats, Tunnel};
-use crate::driver::stats::{BackendCounts, Counters, Published};
+use crate::driver::stats::{BackendCounts, BackendSnapshot, Counters, Published};
 use crate::driver::{Control, Params};
 use crate::sys::pipe::PipePool;
 use crate::sys::sock::tune;
@@ -45,7 +45,7 @@ pub struct WorkerConfig {
     pub limiter: Arc<IpLimiter>,
     pub total: Arc<ConnLimiter>,
     pub log: Option<LogSink>,
-    pub published_backends: Arc<Mutex<Vec<(SocketAddr, BackendCounts)>>>,
+    pub published_backends: BackendSnapshot,
 }
 
 /// Who a connection is, for the per-IP limit and the access log.
@@ -118,7 +118,7 @@ pub struct Worker {
     log: Option<LogSink>,
     log_batch: String,
     backend_stats: Vec<(SocketAddr, BackendCounts)>,
-    published_backends: Arc<Mutex<Vec<(SocketAddr, BackendCounts)>>>,
+    published_backends: BackendSnapshot,
     next_backend_publish: Instant,
     waker: Arc<Waker>,
     poll: Poll,

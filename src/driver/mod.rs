@@ -102,7 +102,7 @@ pub enum Control {
 }
 
 struct WorkerHandle {
-    backends: Arc<std::sync::Mutex<Vec<(SocketAddr, stats::BackendCounts)>>>,
+    backends: stats::BackendSnapshot,
     control: Sender<Control>,
     waker: Arc<Waker>,
     thread: Option<JoinHandle<io::Result<()>>>,
@@ -379,7 +379,7 @@ impl Server {
 #[derive(Clone)]
 pub struct StatsReader {
     published: Vec<Arc<stats::Published>>,
-    backends: Vec<Arc<std::sync::Mutex<Vec<(SocketAddr, stats::BackendCounts)>>>>,
+    backends: Vec<stats::BackendSnapshot>,
 }
 
 impl StatsReader {

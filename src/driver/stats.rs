@@ -255,6 +255,10 @@ pub struct BackendCounts {
     pub failures: u64,
 }
 
+/// One worker's per-backend counts as the admin listener reads them.
+pub type BackendSnapshot =
+    std::sync::Arc<std::sync::Mutex<Vec<(std::net::SocketAddr, BackendCounts)>>>;
+
 /// Renders per-backend lines, summing workers' maps.
 pub fn render_backends(all: &[Vec<(std::net::SocketAddr, BackendCounts)>]) -> String {
     let mut sum: Vec<(std::net::SocketAddr, BackendCounts)> = Vec::new();
