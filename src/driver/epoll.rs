@@ -19,7 +19,7 @@ use slab::Slab;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::mpsc::Receiver;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Scratch buffer for the copy path and handshake reads: one per worker, never per connection.
