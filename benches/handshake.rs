@@ -30,6 +30,7 @@ fn settings() -> Settings {
             backends: vec!["127.0.0.1:50001".parse().expect("addr")],
             strip_prefix: true,
             forwarded_for: ForwardedFor::Append,
+            send_proxy: None,
         }]),
         timeouts: Timeouts {
             handshake: Duration::from_secs(10),
@@ -40,6 +41,8 @@ fn settings() -> Settings {
         },
         max_head_bytes: 16384,
         max_headers: 100,
+        trusted_proxies: Vec::new(),
+        proxy_trusted: Vec::new(),
     }
 }
 

@@ -13,6 +13,7 @@ fn table(n: usize) -> RouteTable {
             backends: vec!["127.0.0.1:1".parse().expect("addr")],
             strip_prefix: true,
             forwarded_for: ForwardedFor::Append,
+            send_proxy: None,
         })
         .collect();
     RouteTable::new(&routes)

@@ -117,6 +117,18 @@ fn rows() -> Vec<Row> {
         // Framing.
         row("bare LF line endings", bare_lf, 400),
         row("one bare LF line ending", one_bare_lf, 400),
+        // Regression: a bare LF as the last byte sent used to wait for the handshake timeout
+        // (408) instead of being refused at once; this row's 5 s step limit catches that.
+        row(
+            "head ended by a bare LF blank line",
+            {
+                let mut v = valid.clone();
+                v.truncate(v.len() - 2);
+                v.push(b'\n');
+                v
+            },
+            400,
+        ),
         row("`#` in the target", with_target(b"/rec/x#frag"), 400),
         row(
             "byte 0xC3 in the target",

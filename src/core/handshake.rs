@@ -217,6 +217,11 @@ pub fn validate_answer<'b>(
     headers: &mut [httparse::Header<'b>],
 ) -> Result<Answer, Reject> {
     let broken = Reject::BackendFailed(BackendFailure::BadAnswer);
+    // httparse skips leading empty lines and accepts bare LF; the client gets these bytes as
+    // they are, so hold the backend to the same strict framing as clients.
+    if !head.starts_with(b"HTTP/1.1 ") || crate::core::head::has_bare_line_ending(head) {
+        return Err(broken);
+    }
     let mut resp = httparse::Response::new(headers);
     match resp.parse(head) {
         Ok(s) if s.is_complete() => {}
@@ -434,6 +439,15 @@ mod tests {
         assert_eq!(answer(&ok101.replace("HTTP/1.1", "HTTP/1.0")), broken);
         assert_eq!(answer("HTTP/1.1 100 Continue\r\n\r\n"), broken);
         assert_eq!(answer("garbage\r\n\r\n"), broken);
+        assert_eq!(
+            answer(&format!("\r\n{ok101}")),
+            broken,
+            "leading empty line"
+        );
+        assert_eq!(
+            answer(&ok101.replace("Connection: Upgrade\r\n", "Connection: Upgrade\n")),
+            broken
+        );
         let other = |status, body| Ok(Answer::Other { status, body });
         assert_eq!(
             answer("HTTP/1.1 403 Forbidden\r\nContent-Length: 5\r\n\r\n"),

@@ -30,6 +30,20 @@ pub fn overflow_reject(buf: &[u8]) -> Reject {
     }
 }
 
+/// True if a LF is not preceded by CR, or a CR is not followed by LF.
+pub fn has_bare_line_ending(head: &[u8]) -> bool {
+    let mut prev = 0u8;
+    for (i, &b) in head.iter().enumerate() {
+        match b {
+            b'\n' if prev != b'\r' => return true,
+            b'\r' if head.get(i + 1) != Some(&b'\n') => return true,
+            _ => {}
+        }
+        prev = b;
+    }
+    false
+}
+
 /// Checks the raw head (`head` ends with `\r\n\r\n`) for what httparse lets through but a proxy
 /// must refuse.
 ///

@@ -270,10 +270,16 @@ impl Handshake {
         if self.state != State::ReadHead {
             // The driver reads only in ReadHead; anything else is a driver bug we tolerate by
             // holding the bytes (bounded like the head).
-            if self.held.len() + data.len() > s.max_head_bytes {
+            // Once the head is sent, `out` is what the backend gets after the 101.
+            let hold = if self.state == State::ReadAnswer {
+                &mut self.out
+            } else {
+                &mut self.held
+            };
+            if hold.len() + data.len() > s.max_head_bytes {
                 return self.fail(Reject::HeadTooLarge);
             }
-            self.held.extend_from_slice(data);
+            hold.extend_from_slice(data);
             return Action::Wait;
         }
         let from = self.buf.len();
@@ -596,19 +602,17 @@ impl Handshake {
 /// Checks of an incomplete head that can already fail: bare line endings and NUL before the
 /// last byte (the last byte may be a CR whose LF has not arrived).
 fn precheck_partial(buf: &[u8]) -> Result<(), Reject> {
-    let upto = buf.len().saturating_sub(1);
     let mut prev = 0u8;
-    for (i, &b) in buf[..upto].iter().enumerate() {
+    for (i, &b) in buf.iter().enumerate() {
         let bad = match b {
             b'\n' => prev != b'\r',
-            b'\r' => buf[i + 1] != b'\n',
+            // A CR as the very last byte may still get its LF in the next read.
+            b'\r' => buf.get(i + 1).is_some_and(|&n| n != b'\n'),
             0 => true,
             _ => false,
         };
         if bad {
-            return Err(Reject::BadRequest(
-                crate::core::status::BadRequest::BareLineEnding,
-            ));
+            return Err(Reject::BadRequest(BadRequest::BareLineEnding));
         }
         prev = b;
     }
@@ -777,6 +781,18 @@ mod tests {
                 Action::Wait,
             ),
         ];
+        // A bare LF as the last byte so far is refused at once, not at the handshake timeout.
+        let mut hs = Handshake::new("10.0.0.7".parse().expect("ip"), Instant::now(), &s);
+        assert_eq!(
+            hs.handle_client_data(&s, Instant::now(), b"GET / HTTP/1.1\r\nHost: x\r\n\n"),
+            Action::Reject(Reject::BadRequest(BadRequest::BareLineEnding))
+        );
+        let mut hs = Handshake::new("10.0.0.7".parse().expect("ip"), Instant::now(), &s);
+        assert_eq!(
+            hs.handle_client_data(&s, Instant::now(), b"GET / HTTP/1.1\r"),
+            Action::Wait,
+            "a trailing CR may still get its LF"
+        );
         // The first row: a bare LF is refused as soon as it is seen, before the head completes.
         let mut hs = Handshake::new("10.0.0.7".parse().expect("ip"), Instant::now(), &s);
         assert_eq!(
