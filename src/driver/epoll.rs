@@ -30,9 +30,6 @@ const LINGER: Duration = Duration::from_secs(2);
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 const LISTENER_BASE: usize = usize::MAX - 1024;
 const WAKER: Token = Token(LISTENER_BASE - 1);
-/// How often per-backend counts are copied out for the admin listener (they are read rarely;
-/// copying them on every loop iteration would be waste).
-const BACKEND_PUBLISH: Duration = Duration::from_millis(250);
 
 /// Everything a worker needs, built by [`crate::driver::Server::start`].
 pub struct WorkerConfig {
@@ -119,7 +116,7 @@ pub struct Worker {
     log_batch: String,
     backend_stats: Vec<(SocketAddr, BackendCounts)>,
     published_backends: BackendSnapshot,
-    next_backend_publish: Instant,
+    backends_dirty: bool,
     waker: Arc<Waker>,
     poll: Poll,
     listeners: Vec<Option<(SocketAddr, TcpListener)>>,
@@ -157,7 +154,7 @@ impl Worker {
             log_batch: String::new(),
             backend_stats: Vec::new(),
             published_backends: cfg.published_backends,
-            next_backend_publish: now,
+            backends_dirty: false,
             waker,
             poll,
             listeners: Vec::new(),
@@ -394,13 +391,17 @@ impl Worker {
     }
 
     fn backend_counts(&mut self, addr: SocketAddr) -> &mut BackendCounts {
+        self.backends_dirty = true;
         let id = self.backend_id(addr) as usize;
         &mut self.backend_stats[id].1
     }
 
     fn publish(&mut self) {
-        if self.now >= self.next_backend_publish {
-            self.next_backend_publish = self.now + BACKEND_PUBLISH;
+        // Only when something changed (a worker with nothing to do sleeps without a timeout, so
+        // a timed refresh would leave the last change unpublished). An uncontended lock and a
+        // copy of a few entries, at most once per loop iteration.
+        if self.backends_dirty {
+            self.backends_dirty = false;
             if let Ok(mut p) = self.published_backends.lock() {
                 p.clone_from(&self.backend_stats);
             }
@@ -883,6 +884,7 @@ impl Worker {
             .observe_handshake(self.now.saturating_duration_since(hs.started()));
         let backend_id = attempt.map_or(u16::MAX, |a| {
             let id = self.backend_id(a);
+            self.backends_dirty = true;
             let c = &mut self.backend_stats[id as usize].1;
             c.active += 1;
             c.tunnels += 1;
@@ -971,6 +973,7 @@ impl Worker {
             }
             if let Some((_, c)) = self.backend_stats.get_mut(t.backend_id as usize) {
                 c.active -= 1;
+                self.backends_dirty = true;
             }
             self.total.release();
             if let (Some(sink), Some(log)) = (&self.log, &t.log) {

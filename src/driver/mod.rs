@@ -387,7 +387,7 @@ impl StatsReader {
         stats::sum(self.published.iter().map(|p| p.load()))
     }
 
-    /// Per-backend lines in Prometheus text format (refreshed by workers every 250 ms).
+    /// Per-backend lines in Prometheus text format (published by each worker when they change).
     pub fn backends(&self) -> String {
         let all: Vec<_> = self
             .backends
