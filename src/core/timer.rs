@@ -123,6 +123,13 @@ impl Wheel {
         self.next = now.wrapping_add(1);
     }
 
+    /// Frees slot capacity beyond what the entries held now need.
+    pub fn shrink_to_fit(&mut self) {
+        for slot in &mut self.slots {
+            slot.shrink_to_fit();
+        }
+    }
+
     /// How long until the next tick that may hold a due entry, for the poll timeout: `None` when
     /// the wheel is empty. Coarse on purpose: it never scans slots.
     pub fn next_wait(&self, now: Tick) -> Option<Duration> {

@@ -29,6 +29,8 @@ const LINGER: Duration = Duration::from_secs(2);
 /// How long accepting pauses after EMFILE/ENFILE before trying again.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 const LISTENER_BASE: usize = usize::MAX - 1024;
+/// A worker that held at least this many connections shrinks its tables once it is empty again.
+const SHRINK_AFTER: usize = 256;
 const WAKER: Token = Token(LISTENER_BASE - 1);
 
 /// Everything a worker needs, built by [`crate::driver::Server::start`].
@@ -117,6 +119,8 @@ pub struct Worker {
     backend_stats: Vec<(SocketAddr, BackendCounts)>,
     published_backends: BackendSnapshot,
     backends_dirty: bool,
+    /// Most connections held since the last shrink.
+    peak: usize,
     waker: Arc<Waker>,
     poll: Poll,
     listeners: Vec<Option<(SocketAddr, TcpListener)>>,
@@ -155,6 +159,7 @@ impl Worker {
             backend_stats: Vec::new(),
             published_backends: cfg.published_backends,
             backends_dirty: false,
+            peak: 0,
             waker,
             poll,
             listeners: Vec::new(),
@@ -363,11 +368,28 @@ impl Worker {
                 }
             }
             let done = self.drained();
+            self.shrink_when_idle();
             self.publish();
             if done {
                 return Ok(());
             }
         }
+    }
+
+    /// After a burst, once this worker holds no connection at all, gives back what the burst
+    /// grew: slab capacity, wheel slots, pooled pipes and free heap pages. An embedded box that
+    /// saw 10,000 clients at 9 am should not keep their memory all day.
+    fn shrink_when_idle(&mut self) {
+        self.peak = self.peak.max(self.conns.len());
+        if !self.conns.is_empty() || self.peak < SHRINK_AFTER {
+            return;
+        }
+        self.peak = 0;
+        self.conns.shrink_to_fit();
+        self.wheel.shrink_to_fit();
+        self.deferred.shrink_to_fit();
+        self.pool.release_idle();
+        crate::sys::mem::release_free_memory();
     }
 
     fn accept_all(&mut self) {

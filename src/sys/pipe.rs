@@ -86,6 +86,13 @@ impl PipePool {
         }
     }
 
+    /// Closes the pooled (idle, empty) pipes: two fds and a kernel buffer each.
+    pub fn release_idle(&mut self) {
+        self.free.clear();
+        self.free.shrink_to_fit();
+        self.stats.pooled = 0;
+    }
+
     /// Bytes one pipe holds (as configured).
     pub fn pipe_size(&self) -> usize {
         self.size
