@@ -25,7 +25,9 @@ const READABLE: u8 = 1;
 const EOF: u8 = 2;
 /// We sent FIN to the destination.
 const SHUT: u8 = 4;
-/// Auto mode: the last read was large, so splice the next one.
+/// Auto mode: this source sends in bulk (its last burst reached the splice threshold), so
+/// splice. Decided per burst (everything read between two readiness waits), not per read: the
+/// short tail read of a bulk burst must not flip a bulk flow back to copying.
 const BULK: u8 = 8;
 /// The source's FIN or error was reported (EPOLLRDHUP): read until 0, never trust a short read.
 const HUP: u8 = 16;
@@ -185,6 +187,8 @@ impl Dir {
         moved: &mut u64,
     ) -> Result<Pumped, Fail> {
         let mut budget = 32u32;
+        // Bytes read in this burst: what was waiting, as FIONREAD would say, without the syscall.
+        let mut burst = 0usize;
         loop {
             if !self.flush(dst, cx)? {
                 return Ok(Pumped::Blocked);
@@ -219,15 +223,14 @@ impl Dir {
                         }
                         Ok(n) => {
                             *moved += n as u64;
+                            burst += n;
                             cx.stats.bytes_spliced += n as u64;
-                            if n < cx.threshold {
-                                self.flags &= !BULK;
-                            }
                             self.pending = Pending::Pipe(p, n as u32);
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                             cx.pool.give(p);
                             self.flags &= !READABLE;
+                            self.end_burst(burst, cx.threshold);
                             return Ok(Pumped::Blocked);
                         }
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => cx.pool.give(p),
@@ -244,14 +247,17 @@ impl Dir {
                 Ok(0) => self.flags |= EOF,
                 Ok(n) => {
                     *moved += n as u64;
+                    burst += n;
                     cx.stats.bytes_copied += n as u64;
-                    if n >= cx.threshold {
+                    if burst >= cx.threshold {
+                        // Splice the rest of this burst already.
                         self.flags |= BULK;
                     }
                     // A short read drained the socket: Linux reports new data with a new edge.
                     // Not after EPOLLRDHUP, whose edge may already be spent: then read to 0.
                     if n < cx.scratch.len() && self.flags & HUP == 0 {
                         self.flags &= !READABLE;
+                        self.end_burst(burst, cx.threshold);
                     }
                     let written = match (&*dst).write(&cx.scratch[..n]) {
                         Ok(m) => m,
@@ -265,11 +271,22 @@ impl Dir {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.flags &= !READABLE;
+                    self.end_burst(burst, cx.threshold);
                     return Ok(Pumped::Blocked);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(Fail::Src(e)),
             }
+        }
+    }
+
+    /// The source is drained: a small burst means small messages, which copy more cheaply than
+    /// they splice (bench-results/: tools/splice-threshold).
+    fn end_burst(&mut self, burst: usize, threshold: usize) {
+        if burst < threshold {
+            self.flags &= !BULK;
+        } else {
+            self.flags |= BULK;
         }
     }
 }
