@@ -87,6 +87,10 @@ enum Conn {
     Handshake(Box<HsConn>),
     Tunnel(Tunnel),
     Closing(Box<Closing>),
+    /// Closed during this event batch: its sockets are gone, but its key stays taken until the
+    /// batch is over, so a leftover event of the old sockets in the same batch cannot reach a new
+    /// connection that would otherwise have reused the key.
+    Dead,
 }
 
 impl Conn {
@@ -94,7 +98,7 @@ impl Conn {
         match self {
             Conn::Handshake(h) => Some(h.peer),
             Conn::Closing(c) => Some(c.peer),
-            Conn::Tunnel(_) => None,
+            Conn::Tunnel(_) | Conn::Dead => None,
         }
     }
 }
@@ -121,6 +125,8 @@ pub struct Worker {
     backends_dirty: bool,
     /// Most connections held since the last shrink.
     peak: usize,
+    /// Keys of connections closed in this event batch (see [`Conn::Dead`]).
+    dead: Vec<usize>,
     waker: Arc<Waker>,
     poll: Poll,
     listeners: Vec<Option<(SocketAddr, TcpListener)>>,
@@ -160,6 +166,7 @@ impl Worker {
             published_backends: cfg.published_backends,
             backends_dirty: false,
             peak: 0,
+            dead: Vec::new(),
             waker,
             poll,
             listeners: Vec::new(),
@@ -263,16 +270,35 @@ impl Worker {
         for k in keys {
             match self.conns.get(k) {
                 Some(Conn::Tunnel(_)) => self.close_tunnel(k, CloseReason::Drain),
+                Some(Conn::Dead) | None => {}
                 Some(_) => self.remove_conn(k),
-                None => {}
             }
         }
+        self.reap();
         true
+    }
+
+    /// Takes a connection out of the slab, leaving its key reserved ([`Conn::Dead`]) until
+    /// [`Worker::reap`] at the end of the event batch.
+    fn take_conn(&mut self, key: usize) -> Option<Conn> {
+        let slot = self.conns.get_mut(key)?;
+        if matches!(slot, Conn::Dead) {
+            return None;
+        }
+        self.dead.push(key);
+        Some(std::mem::replace(slot, Conn::Dead))
+    }
+
+    /// Frees the keys of connections closed during this batch.
+    fn reap(&mut self) {
+        for k in self.dead.drain(..) {
+            self.conns.try_remove(k);
+        }
     }
 
     /// Removes a non-tunnel connection (closing its sockets) and forgets it in the per-IP count.
     fn remove_conn(&mut self, key: usize) {
-        if let Some(c) = self.conns.try_remove(key) {
+        if let Some(c) = self.take_conn(key) {
             self.total.release();
             if let Some(sink) = &self.log {
                 let draining = self.draining.is_some();
@@ -296,7 +322,7 @@ impl Worker {
                             log.write(sink, &mut self.log_batch, self.now, cl.reason);
                         }
                     }
-                    Conn::Tunnel(_) => {}
+                    Conn::Tunnel(_) | Conn::Dead => {}
                 }
             }
             if let Some(p) = c.peer() {
@@ -367,6 +393,7 @@ impl Worker {
                     self.accept_all();
                 }
             }
+            self.reap();
             let done = self.drained();
             self.shrink_when_idle();
             self.publish();
@@ -571,6 +598,7 @@ impl Worker {
             }
             Some(Conn::Closing(_)) if !backend => self.progress_closing(key),
             Some(Conn::Closing(_)) => {} // its backend is already closed
+            Some(Conn::Dead) => {}       // a leftover event of sockets closed in this batch
         }
     }
 
@@ -987,22 +1015,28 @@ impl Worker {
     }
 
     fn close_tunnel(&mut self, key: usize, reason: CloseReason) {
-        let (mut cx, conns) = self.ctx();
-        if let Some(Conn::Tunnel(mut t)) = conns.try_remove(key) {
-            t.release(&mut cx);
-            if let Some(ip) = t.counted_ip {
-                self.limiter.release(ip);
-            }
-            if let Some((_, c)) = self.backend_stats.get_mut(t.backend_id as usize) {
-                c.active -= 1;
-                self.backends_dirty = true;
-            }
-            self.total.release();
-            if let (Some(sink), Some(log)) = (&self.log, &t.log) {
-                log.write(sink, &mut self.log_batch, self.now, reason.as_str());
-            }
-            self.counters.count_close(reason);
+        if !matches!(self.conns.get(key), Some(Conn::Tunnel(_))) {
+            return;
         }
+        // Checked above: this is the tunnel.
+        let Some(Conn::Tunnel(mut t)) = self.take_conn(key) else {
+            return;
+        };
+        let (mut cx, _) = self.ctx();
+        t.release(&mut cx);
+        if let Some(ip) = t.counted_ip {
+            self.limiter.release(ip);
+        }
+        if let Some((_, c)) = self.backend_stats.get_mut(t.backend_id as usize) {
+            c.active -= 1;
+            self.backends_dirty = true;
+        }
+        self.total.release();
+        if let (Some(sink), Some(log)) = (&self.log, &t.log) {
+            log.write(sink, &mut self.log_batch, self.now, reason.as_str());
+        }
+        self.counters.count_close(reason);
+        drop(t);
         self.fds_freed();
     }
 
