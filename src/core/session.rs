@@ -232,7 +232,13 @@ impl Handshake {
         match self.state {
             State::ReadProxy => proxy_proto::V2_MAX_LEN + s.max_head_bytes,
             State::ReadHead => s.max_head_bytes.saturating_sub(self.buf.len()).max(1),
-            _ => 0,
+            // Head complete: what the client sends next waits in the kernel until the tunnel.
+            State::Connecting
+            | State::SendHead
+            | State::ReadAnswer
+            | State::ForwardAnswer { .. }
+            | State::Tunnel
+            | State::Done => 0,
         }
     }
 
@@ -243,7 +249,13 @@ impl Handshake {
             State::ForwardAnswer { .. } => (s.max_head_bytes + MAX_FORWARD_BODY)
                 .saturating_sub(self.buf.len())
                 .max(1),
-            _ => 0,
+            // No backend yet, or its head is not sent; after the 101 the relay reads.
+            State::ReadProxy
+            | State::ReadHead
+            | State::Connecting
+            | State::SendHead
+            | State::Tunnel
+            | State::Done => 0,
         }
     }
 
@@ -434,7 +446,15 @@ impl Handshake {
                 self.deadline = now + s.timeouts.handshake;
                 Action::SendHead
             }
-            _ => Action::Wait,
+            // A late completion of an attempt we already gave up on (timeout) or a driver event
+            // after the session ended: nothing to do.
+            State::ReadProxy
+            | State::ReadHead
+            | State::SendHead
+            | State::ReadAnswer
+            | State::ForwardAnswer { .. }
+            | State::Tunnel
+            | State::Done => Action::Wait,
         }
     }
 
@@ -482,7 +502,14 @@ impl Handshake {
                     Action::SendHead
                 }
             }
-            _ => Action::Wait,
+            // Only the head is written through the session; later writes are the relay's.
+            State::ReadProxy
+            | State::ReadHead
+            | State::Connecting
+            | State::ReadAnswer
+            | State::ForwardAnswer { .. }
+            | State::Tunnel
+            | State::Done => Action::Wait,
         }
     }
 
@@ -519,7 +546,13 @@ impl Handshake {
                 self.buf.extend_from_slice(data);
                 self.check_forward_done(s)
             }
-            _ => Action::Wait,
+            // The driver reads the backend only when `backend_read_limit` allows it.
+            State::ReadProxy
+            | State::ReadHead
+            | State::Connecting
+            | State::SendHead
+            | State::Tunnel
+            | State::Done => Action::Wait,
         }
     }
 
