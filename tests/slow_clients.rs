@@ -3,8 +3,8 @@
 //! amount (time, descriptors, memory), give every descriptor back, and leave it serving others.
 //!
 //! Blocking std sockets and threads, as in tests/limits.rs; every read has a timeout so nothing
-//! can hang. The whole file runs in well under 20 s (about 5 s). The last test, ignored, is the
-//! reproduction of a proxy bug found by tools/soak (a stale epoll event on a reused slab key).
+//! can hang. The whole file runs in well under 20 s (about 6 s). The last test is the regression
+//! test of a bug tools/soak found (a leftover epoll event on a reused slab key).
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};

@@ -101,7 +101,20 @@ impl Wheel {
     }
 
     /// Moves time to `now` and calls `fire(key, due)` for every entry due at or before it.
-    pub fn expire(&mut self, now: Tick, mut fire: impl FnMut(u32, Tick)) {
+    pub fn expire(&mut self, now: Tick, fire: impl FnMut(u32, Tick)) {
+        self.expire_or_drop(now, fire, |_, _| true);
+    }
+
+    /// Like [`Wheel::expire`], and also drops not-yet-due entries of the visited slots for which
+    /// `live(key, due)` is false (their owner closed or re-armed). Without it, the entry of a
+    /// closed tunnel would stay until its idle deadline (an hour by default); with it, stale
+    /// entries live at most one revolution.
+    pub fn expire_or_drop(
+        &mut self,
+        now: Tick,
+        mut fire: impl FnMut(u32, Tick),
+        mut live: impl FnMut(u32, Tick) -> bool,
+    ) {
         if !at_or_before(self.next, now) {
             return;
         }
@@ -115,6 +128,9 @@ impl Wheel {
                     slot.swap_remove(j);
                     self.len -= 1;
                     fire(e.key, e.due);
+                } else if !live(e.key, e.due) {
+                    slot.swap_remove(j);
+                    self.len -= 1;
                 } else {
                     j += 1;
                 }
@@ -182,6 +198,21 @@ mod tests {
             assert_eq!(fired(&mut w, now), []);
         }
         assert_eq!(fired(&mut w, due), [(42, due)]);
+    }
+
+    #[test]
+    fn stale_far_entries_are_dropped_when_their_slot_is_passed() {
+        let mut w = Wheel::new(1);
+        let far = 1 + 2 * SLOTS as u32; // two revolutions away
+        w.insert(1, far);
+        w.insert(2, far);
+        let mut fired = Vec::new();
+        // One revolution later both slots were visited once; key 1's owner is gone.
+        w.expire_or_drop(1 + SLOTS as u32, |k, d| fired.push((k, d)), |k, _| k != 1);
+        assert!(fired.is_empty());
+        assert_eq!(w.len(), 1, "the stale entry is gone, the live one stays");
+        w.expire_or_drop(far, |k, d| fired.push((k, d)), |_, _| true);
+        assert_eq!(fired, [(2, far)]);
     }
 
     #[test]

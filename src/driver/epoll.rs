@@ -94,6 +94,16 @@ enum Conn {
 }
 
 impl Conn {
+    /// The due tick of this connection's live wheel entry.
+    fn armed(&self) -> Option<Tick> {
+        match self {
+            Conn::Handshake(h) => Some(h.armed),
+            Conn::Tunnel(t) => Some(t.armed),
+            Conn::Closing(c) => Some(c.armed),
+            Conn::Dead => None,
+        }
+    }
+
     fn peer(&self) -> Option<Peer> {
         match self {
             Conn::Handshake(h) => Some(h.peer),
@@ -383,7 +393,12 @@ impl Worker {
                 }
             }
             fired.clear();
-            self.wheel.expire(self.tick, |k, due| fired.push((k, due)));
+            let conns = &self.conns;
+            self.wheel.expire_or_drop(
+                self.tick,
+                |k, due| fired.push((k, due)),
+                |k, due| conns.get(k as usize).and_then(Conn::armed) == Some(due),
+            );
             for &(key, due) in &fired {
                 self.on_timer(key as usize, due);
             }
