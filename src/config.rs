@@ -112,7 +112,8 @@ pub struct Relay {
     pub max_pipes: Option<usize>,
     /// F_SETPIPE_SZ for pooled pipes, bytes (default 64 KiB).
     pub pipe_size: usize,
-    /// In `auto`, reads at least this large switch a direction to splice (default 16 KiB).
+    /// In `auto`, a burst (bytes waiting at one readiness) at least this large switches a
+    /// direction to splice (default 64 KiB: measured, see bench-results/README.md).
     pub splice_threshold: usize,
 }
 
@@ -228,7 +229,7 @@ impl Default for Relay {
             mode: RelayMode::Auto,
             max_pipes: None,
             pipe_size: 64 * 1024,
-            splice_threshold: 16 * 1024,
+            splice_threshold: 64 * 1024,
         }
     }
 }
@@ -1322,7 +1323,7 @@ backends = ["127.0.0.1:50003"]
                 mode: RelayMode::Auto,
                 max_pipes: None,
                 pipe_size: 65536,
-                splice_threshold: 16384
+                splice_threshold: 65536
             }
         );
         let route = &cfg.routes[0];
