@@ -2,7 +2,7 @@
 //! pre-check + httparse + validation + route + rewrite, per request, for a typical browser head?
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use wsplice::config::{ForwardedFor, Route, Timeouts};
 use wsplice::core::route::RouteTable;
 use wsplice::core::session::{Action, Handshake, Settings};
@@ -23,8 +23,8 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
 Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n";
 
 fn settings() -> Settings {
-    Settings {
-        routes: RouteTable::new(&[Route {
+    Settings::new(
+        RouteTable::new(&[Route {
             prefix: "/notice".into(),
             host: None,
             backends: vec!["127.0.0.1:50001".parse().expect("addr")],
@@ -32,18 +32,8 @@ fn settings() -> Settings {
             forwarded_for: ForwardedFor::Append,
             send_proxy: None,
         }]),
-        timeouts: Timeouts {
-            handshake: Duration::from_secs(10),
-            connect: Duration::from_secs(5),
-            idle: Duration::from_secs(3600),
-            half_close: Duration::from_secs(30),
-            drain: Duration::from_secs(30),
-        },
-        max_head_bytes: 16384,
-        max_headers: 100,
-        trusted_proxies: Vec::new(),
-        proxy_trusted: Vec::new(),
-    }
+        Timeouts::default(),
+    )
 }
 
 fn bench(c: &mut Criterion) {

@@ -52,17 +52,11 @@ pub fn has_bare_line_ending(head: &[u8]) -> bool {
 /// * the request target is 0x21..=0x7E without `#`, at most `max_target` bytes long (else 414).
 pub fn precheck(head: &[u8], max_target: usize) -> Result<(), Reject> {
     let bad = Reject::BadRequest;
-    let mut prev = 0u8;
-    for (i, &b) in head.iter().enumerate() {
-        match b {
-            b'\n' if prev != b'\r' => return Err(bad(BadRequest::BareLineEnding)),
-            b'\r' if head.get(i + 1) != Some(&b'\n') => {
-                return Err(bad(BadRequest::BareLineEnding))
-            }
-            0 => return Err(bad(BadRequest::Syntax)),
-            _ => {}
-        }
-        prev = b;
+    if has_bare_line_ending(head) {
+        return Err(bad(BadRequest::BareLineEnding));
+    }
+    if head.contains(&0) {
+        return Err(bad(BadRequest::Syntax));
     }
     let line_end = head.iter().position(|&b| b == b'\r').unwrap_or(head.len());
     let line = &head[..line_end];

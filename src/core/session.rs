@@ -13,7 +13,9 @@
 
 use crate::config::{ForwardedFor, ProxyVersion, Timeouts};
 use crate::core::handshake::{validate_answer, validate_request, Answer, Body};
-use crate::core::head::{find_head_end, overflow_reject, parse_request, precheck};
+use crate::core::head::{
+    find_head_end, has_bare_line_ending, overflow_reject, parse_request, precheck,
+};
 use crate::core::proxy_proto::{self, ProxyParse};
 use crate::core::rewrite::write_backend_head;
 use crate::core::route::{rewritten_target, RouteTable};
@@ -635,19 +637,10 @@ impl Handshake {
 /// Checks of an incomplete head that can already fail: bare line endings and NUL before the
 /// last byte (the last byte may be a CR whose LF has not arrived).
 fn precheck_partial(buf: &[u8]) -> Result<(), Reject> {
-    let mut prev = 0u8;
-    for (i, &b) in buf.iter().enumerate() {
-        let bad = match b {
-            b'\n' => prev != b'\r',
-            // A CR as the very last byte may still get its LF in the next read.
-            b'\r' => buf.get(i + 1).is_some_and(|&n| n != b'\n'),
-            0 => true,
-            _ => false,
-        };
-        if bad {
-            return Err(Reject::BadRequest(BadRequest::BareLineEnding));
-        }
-        prev = b;
+    // A CR as the very last byte may still get its LF in the next read.
+    let settled = buf.strip_suffix(b"\r").unwrap_or(buf);
+    if has_bare_line_ending(settled) || settled.contains(&0) {
+        return Err(Reject::BadRequest(BadRequest::BareLineEnding));
     }
     Ok(())
 }
@@ -664,6 +657,8 @@ mod tests {
 
     fn settings(backends: &[&str]) -> Settings {
         Settings {
+            max_head_bytes: 4096,
+            max_headers: 32,
             routes: RouteTable::new(&[Route {
                 prefix: "/notice".into(),
                 host: None,
@@ -672,17 +667,8 @@ mod tests {
                 forwarded_for: ForwardedFor::Append,
                 send_proxy: None,
             }]),
-            timeouts: Timeouts {
-                handshake: Duration::from_secs(10),
-                connect: Duration::from_secs(5),
-                idle: Duration::from_secs(3600),
-                half_close: Duration::from_secs(30),
-                drain: Duration::from_secs(30),
-            },
-            max_head_bytes: 4096,
-            max_headers: 32,
-            trusted_proxies: Vec::new(),
-            proxy_trusted: Vec::new(),
+            // The defaults: handshake 10 s, connect 5 s.
+            ..Settings::new(RouteTable::default(), Timeouts::default())
         }
     }
 
