@@ -3,8 +3,7 @@
 //! (EOF within [`STEP`]), that no client byte sent with or after the head reaches the backend
 //! (there is no tunnel), and that the proxy still serves a real WebSocket afterwards.
 
-// Only `copy_and_splice!` below is used: `e2e!` also runs `relay = "auto"`.
-#[allow(unused_macros)]
+#[macro_use]
 mod support;
 
 use std::time::Duration;
@@ -19,27 +18,6 @@ const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 /// backend unless a valid 101 opened the tunnel.
 const PIPELINED: &[u8] = b"\x81\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58";
 const AFTER: &[u8] = b"GET /after HTTP/1.1\r\nHost: localhost\r\n\r\n";
-
-/// `copy_and_splice!(name, |relay| async move { ... })`: module `name` with one test per relay
-/// mode, `name::copy` and `name::splice`.
-macro_rules! copy_and_splice {
-    ($name:ident, $body:expr) => {
-        mod $name {
-            #[allow(unused_imports)]
-            use super::*;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn copy() {
-                crate::support::run(crate::support::Relay::Copy, $body).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn splice() {
-                crate::support::run(crate::support::Relay::Splice, $body).await
-            }
-        }
-    };
-}
 
 /// What the client must receive.
 enum Want {
@@ -155,44 +133,44 @@ async fn tell(relay: Relay, lie: Lie) {
     ws_echo_once(&mut ws, "still serving").await;
 }
 
-copy_and_splice!(switch_without_upgrade_is_502, |relay| async move {
+e2e!(switch_without_upgrade_is_502, |relay| async move {
     let answer = without("Upgrade: websocket\r\n");
     tell(relay, lie(vec![answer], Want::Status(502))).await;
 });
 
-copy_and_splice!(switch_without_connection_is_502, |relay| async move {
+e2e!(switch_without_connection_is_502, |relay| async move {
     let answer = without("Connection: Upgrade\r\n");
     tell(relay, lie(vec![answer], Want::Status(502))).await;
 });
 
-copy_and_splice!(switch_without_accept_is_502, |relay| async move {
+e2e!(switch_without_accept_is_502, |relay| async move {
     let answer = without(&format!("Sec-WebSocket-Accept: {ACCEPT}\r\n"));
     tell(relay, lie(vec![answer], Want::Status(502))).await;
 });
 
-copy_and_splice!(switch_with_empty_accept_is_502, |relay| async move {
+e2e!(switch_with_empty_accept_is_502, |relay| async move {
     let answer = ok_101().replace(ACCEPT, "").into_bytes();
     tell(relay, lie(vec![answer], Want::Status(502))).await;
 });
 
-copy_and_splice!(switch_to_h2c_is_502, |relay| async move {
+e2e!(switch_to_h2c_is_502, |relay| async move {
     let answer = ok_101().replace("websocket", "h2c").into_bytes();
     tell(relay, lie(vec![answer], Want::Status(502))).await;
 });
 
-copy_and_splice!(switch_with_two_upgrades_is_502, |relay| async move {
+e2e!(switch_with_two_upgrades_is_502, |relay| async move {
     let answer = ok_101()
         .replace("\r\n\r\n", "\r\nUpgrade: h2c\r\n\r\n")
         .into_bytes();
     tell(relay, lie(vec![answer], Want::Status(502))).await;
 });
 
-copy_and_splice!(http10_switch_is_502, |relay| async move {
+e2e!(http10_switch_is_502, |relay| async move {
     let answer = ok_101().replace("HTTP/1.1", "HTTP/1.0").into_bytes();
     tell(relay, lie(vec![answer], Want::Status(502))).await;
 });
 
-copy_and_splice!(
+e2e!(
     upgrade_required_relayed_without_tunnel,
     |relay| async move {
         let answer =
@@ -204,7 +182,7 @@ copy_and_splice!(
     }
 );
 
-copy_and_splice!(ok_with_body_relayed_then_closed, |relay| async move {
+e2e!(ok_with_body_relayed_then_closed, |relay| async move {
     // The body ends at Content-Length: what follows is not relayed, and the backend's socket
     // stays open, so the proxy must end the exchange itself.
     let answer =
@@ -214,14 +192,14 @@ copy_and_splice!(ok_with_body_relayed_then_closed, |relay| async move {
     tell(relay, lie(vec![sent], Want::Exact(answer))).await;
 });
 
-copy_and_splice!(ok_until_close_relayed, |relay| async move {
+e2e!(ok_until_close_relayed, |relay| async move {
     let answer = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nbody until close".to_vec();
     let mut l = lie(vec![answer.clone()], Want::Exact(answer));
     l.close = true;
     tell(relay, l).await;
 });
 
-copy_and_splice!(oversized_answer_head_is_502, |relay| async move {
+e2e!(oversized_answer_head_is_502, |relay| async move {
     let mut answer = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nX-Big: ".to_vec();
     answer.extend(std::iter::repeat_n(b'a', MAX_HEAD + 100));
     answer.extend_from_slice(
@@ -230,7 +208,7 @@ copy_and_splice!(oversized_answer_head_is_502, |relay| async move {
     tell(relay, lie(vec![answer], Want::Status(502))).await;
 });
 
-copy_and_splice!(oversized_answer_head_in_pieces_is_502, |relay| async move {
+e2e!(oversized_answer_head_in_pieces_is_502, |relay| async move {
     let mut chunks = vec![b"HTTP/1.1 101 Switching Protocols\r\n".to_vec()];
     for i in 0..(MAX_HEAD / 1000 + 1) {
         chunks.push(format!("X-Pad-{i}: {}\r\n", "p".repeat(1000)).into_bytes());
@@ -238,7 +216,7 @@ copy_and_splice!(oversized_answer_head_in_pieces_is_502, |relay| async move {
     tell(relay, lie(chunks, Want::Status(502))).await;
 });
 
-copy_and_splice!(close_mid_head_is_502, |relay| async move {
+e2e!(close_mid_head_is_502, |relay| async move {
     let mut l = lie(
         vec![b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: webs".to_vec()],
         Want::Status(502),
@@ -247,35 +225,35 @@ copy_and_splice!(close_mid_head_is_502, |relay| async move {
     tell(relay, l).await;
 });
 
-copy_and_splice!(close_without_answer_is_502, |relay| async move {
+e2e!(close_without_answer_is_502, |relay| async move {
     let mut l = lie(vec![], Want::Status(502));
     l.close = true;
     tell(relay, l).await;
 });
 
-copy_and_splice!(garbage_is_502, |relay| async move {
+e2e!(garbage_is_502, |relay| async move {
     let answer = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n".to_vec();
     tell(relay, lie(vec![answer], Want::Status(502))).await;
 });
 
-copy_and_splice!(non_http_banner_is_502, |relay| async move {
+e2e!(non_http_banner_is_502, |relay| async move {
     let answer = b"SSH-2.0-OpenSSH_9.6\r\n\r\n".to_vec();
     tell(relay, lie(vec![answer], Want::Status(502))).await;
 });
 
-copy_and_splice!(garbage_then_close_is_502, |relay| async move {
+e2e!(garbage_then_close_is_502, |relay| async move {
     let mut l = lie(vec![b"\x00\xffnot http at all".to_vec()], Want::Status(502));
     l.close = true;
     tell(relay, l).await;
 });
 
-copy_and_splice!(continue_then_switch_is_502, |relay| async move {
+e2e!(continue_then_switch_is_502, |relay| async move {
     let mut answer = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
     answer.extend_from_slice(ok_101().as_bytes());
     tell(relay, lie(vec![answer], Want::Status(502))).await;
 });
 
-copy_and_splice!(
+e2e!(
     continue_then_switch_in_two_writes_is_502,
     |relay| async move {
         let chunks = vec![

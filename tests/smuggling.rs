@@ -13,8 +13,7 @@
 //! upgrade at all" (426), then the upgrade's own fields (400). Heads larger than the limit are
 //! 431, or 414 while the request line is still incomplete.
 
-// Only `copy_and_splice!` below is used: `e2e!` also runs `relay = "auto"`.
-#[allow(unused_macros)]
+#[macro_use]
 mod support;
 
 use std::collections::BTreeMap;
@@ -31,27 +30,6 @@ const MAX_HEADERS: usize = 32;
 const BATCH: usize = 16;
 /// A real WebSocket echo after this many rows.
 const ECHO_EVERY: usize = 25;
-
-/// `copy_and_splice!(name, |relay| async move { ... })`: module `name` with one test per relay
-/// mode, `name::copy` and `name::splice`.
-macro_rules! copy_and_splice {
-    ($name:ident, $body:expr) => {
-        mod $name {
-            #[allow(unused_imports)]
-            use super::*;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn copy() {
-                crate::support::run(crate::support::Relay::Copy, $body).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn splice() {
-                crate::support::run(crate::support::Relay::Splice, $body).await
-            }
-        }
-    };
-}
 
 // ---------------------------------------------------------------------------------------------
 // Backends
@@ -1264,7 +1242,7 @@ fn check_forwarded(head: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-copy_and_splice!(hostile_heads, |relay| async move {
+e2e!(hostile_heads, |relay| async move {
     let recorder = Recorder::start().await;
     let acceptor = Acceptor::start().await;
     let echo = EchoBackend::start().await;
@@ -1375,7 +1353,7 @@ const SECOND: &[u8] =
     b"GET /admin HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n\
     0\r\n\r\nGET /rec/smuggled HTTP/1.1\r\nHost: localhost\r\n\r\n";
 
-copy_and_splice!(pipelined_request_is_tunnel_data, |relay| async move {
+e2e!(pipelined_request_is_tunnel_data, |relay| async move {
     let backend = RawBackend::start().await;
     let proxy = Proxy::builder(relay)
         .route(route("/pipe", &[backend.addr]))
@@ -1428,7 +1406,7 @@ copy_and_splice!(pipelined_request_is_tunnel_data, |relay| async move {
     pump(&mut server, &mut client, b"down", "backend to client").await;
 });
 
-copy_and_splice!(
+e2e!(
     pipelined_in_a_later_write_waits_for_101,
     |relay| async move {
         let backend = RawBackend::start().await;
@@ -1464,7 +1442,7 @@ copy_and_splice!(
     }
 );
 
-copy_and_splice!(
+e2e!(
     pipelined_request_dropped_when_backend_refuses,
     |relay| async move {
         let backend = RawBackend::start().await;
