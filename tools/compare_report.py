@@ -160,6 +160,14 @@ def main(d):
             for k, v in b["errors"].items():
                 e[k] = e.get(k, 0) + v
     med = {p: {k: statistics.median(v) for k, v in m.items()} for p, m in per.items()}
+    # Memory per connection is only meaningful on the first (cold) repeat: a proxy process keeps
+    # the memory its first hold grew (allocators do not give it back), so later repeats measure
+    # a delta against an already-grown baseline and understate every peer (HAProxy's fell from
+    # 3.9 KiB to 0.03 KiB). Use the first repeat for those columns.
+    for p, m in per.items():
+        for k in ("rss_kb_per_conn_1k", "rss_kb_per_conn_9k", "pss_kb_per_conn_9k"):
+            if m.get(k):
+                med[p][k] = m[k][0]
     for p in med:
         if per[p].get("foreign_pct"):
             med[p]["foreign_pct"] = max(per[p]["foreign_pct"])
@@ -168,7 +176,7 @@ def main(d):
     L = []
     L.append(f"# wsplice vs peers — {meta.get('label', os.path.basename(d))}\n")
     L.append(f"- date: {meta.get('date', '?')}; workers: {meta.get('workers', '?')}; quick: {bool(meta.get('quick'))}; "
-             f"repeats: {meta.get('repeats', '?')} (table values are medians over repeats)")
+             f"repeats: {meta.get('repeats', '?')} (table values are medians over repeats, except memory per connection: first repeat, see below)")
     L.append(f"- command: `{meta.get('command', '')}`")
     L.append(f"- machine: {m.get('nproc', '?')} CPUs ({m.get('cpu', '?')}), {round(m.get('mem_kib', 0) / 1048576, 1)} GiB, "
              f"kernel {m.get('kernel', '?')}")
