@@ -97,11 +97,6 @@ impl Reject {
         }
     }
 
-    /// True when the downstream (client) is at fault, false for upstream or proxy faults.
-    pub fn is_client_error(self) -> bool {
-        self.status() < 500
-    }
-
     /// The complete answer written to the client before closing.
     pub fn response(self) -> &'static [u8] {
         match self {

@@ -79,8 +79,8 @@ struct Closing {
     out: Vec<u8>,
     pos: usize,
     shut: bool,
+    /// End of the linger, and the due tick of its one wheel entry.
     until: Tick,
-    armed: Tick,
 }
 
 enum Conn {
@@ -99,7 +99,7 @@ impl Conn {
         match self {
             Conn::Handshake(h) => Some(h.armed),
             Conn::Tunnel(t) => Some(t.armed),
-            Conn::Closing(c) => Some(c.armed),
+            Conn::Closing(c) => Some(c.until),
             Conn::Dead => None,
         }
     }
@@ -637,7 +637,7 @@ impl Worker {
                     Check::Never => {}
                 }
             }
-            Some(Conn::Closing(c)) if c.armed == due && at_or_before(c.until, tick) => {
+            Some(Conn::Closing(c)) if c.until == due => {
                 self.remove_conn(key);
             }
             _ => {} // stale entry: the connection moved on or the key was reused
@@ -851,8 +851,21 @@ impl Worker {
         Ok(())
     }
 
+    /// Takes the handshake out of its slab entry to turn it into something else in the same
+    /// entry: the key, and so the sockets' registered tokens, stay the same.
+    fn lift_handshake(&mut self, key: usize) -> Option<Box<HsConn>> {
+        let slot = self.conns.get_mut(key)?;
+        if !matches!(slot, Conn::Handshake(_)) {
+            return None;
+        }
+        match std::mem::replace(slot, Conn::Dead) {
+            Conn::Handshake(h) => Some(h),
+            _ => None, // checked above
+        }
+    }
+
     fn start_closing(&mut self, key: usize, out: Vec<u8>, status: u16, reason: &'static str) {
-        let Some(Conn::Handshake(h)) = self.conns.try_remove(key) else {
+        let Some(h) = self.lift_handshake(key) else {
             return;
         };
         let log = self.log.is_some().then(|| ConnLog {
@@ -873,10 +886,7 @@ impl Worker {
         } = *h;
         drop(backend);
         let until = self.tick.wrapping_add(Clock::ticks(LINGER));
-        let entry = self.conns.vacant_entry();
-        debug_assert_eq!(entry.key(), key);
-        let k = entry.key();
-        entry.insert(Conn::Closing(Box::new(Closing {
+        self.conns[key] = Conn::Closing(Box::new(Closing {
             client,
             peer,
             log,
@@ -885,20 +895,9 @@ impl Worker {
             pos: 0,
             shut: false,
             until,
-            armed: until,
-        })));
-        self.wheel.insert(k as u32, until);
-        if k != key {
-            // Keys are reused LIFO, so this does not happen; if it did, re-register the token.
-            if let Some(Conn::Closing(c)) = self.conns.get_mut(k) {
-                let _ = self.poll.registry().reregister(
-                    &mut c.client,
-                    token(k, false),
-                    Interest::READABLE | Interest::WRITABLE,
-                );
-            }
-        }
-        self.progress_closing(k);
+        }));
+        self.wheel.insert(key as u32, until);
+        self.progress_closing(key);
     }
 
     fn progress_closing(&mut self, key: usize) {
@@ -933,18 +932,25 @@ impl Worker {
     // ---- tunnel ----------------------------------------------------------------------------
 
     fn start_tunnel(&mut self, key: usize) {
-        let Some(Conn::Handshake(h)) = self.conns.try_remove(key) else {
+        // The session asks for a tunnel only after the backend answered on its socket.
+        if !matches!(self.conns.get(key), Some(Conn::Handshake(h)) if h.backend.is_some()) {
+            return self.remove_conn(key);
+        }
+        let Some(h) = self.lift_handshake(key) else {
             return;
         };
         let HsConn {
             client,
-            backend,
+            backend: Some(backend),
             hs,
             settings,
             peer,
             attempt,
             ..
-        } = *h;
+        } = *h
+        else {
+            return; // checked above
+        };
         self.counters
             .observe_handshake(self.now.saturating_duration_since(hs.started()));
         let backend_id = attempt.map_or(u16::MAX, |a| {
@@ -955,13 +961,6 @@ impl Worker {
             c.tunnels += 1;
             id
         });
-        let Some(backend) = backend else {
-            if peer.counted {
-                self.limiter.release(peer.addr.ip());
-            }
-            self.total.release();
-            return;
-        };
         let t = &settings.timeouts;
         let timeouts = tunnel::Timeouts::new(t.idle, t.half_close);
         self.counters.tunnels += 1;
@@ -990,18 +989,8 @@ impl Worker {
             backend_id,
             log,
         };
-        let entry = self.conns.vacant_entry();
-        let k = entry.key();
-        entry.insert(Conn::Tunnel(t));
-        if k != key {
-            if let Some(Conn::Tunnel(t)) = self.conns.get_mut(k) {
-                let r = self.poll.registry();
-                let i = Interest::READABLE | Interest::WRITABLE;
-                let _ = r.reregister(&mut t.client, token(k, false), i);
-                let _ = r.reregister(&mut t.backend, token(k, true), i);
-            }
-        }
-        self.pump_tunnel(k);
+        self.conns[key] = Conn::Tunnel(t);
+        self.pump_tunnel(key);
     }
 
     fn pump_tunnel(&mut self, key: usize) {

@@ -113,19 +113,6 @@ impl Dir {
         }
     }
 
-    pub fn is_finished(&self) -> bool {
-        self.flags & SHUT != 0 && matches!(self.pending, Pending::None)
-    }
-
-    /// True when a FIN has been seen from the source.
-    pub fn saw_eof(&self) -> bool {
-        self.flags & EOF != 0
-    }
-
-    pub fn holds_pipe(&self) -> bool {
-        matches!(self.pending, Pending::Pipe(..))
-    }
-
     /// Returns borrowed resources when the tunnel closes.
     pub fn release(&mut self, cx: &mut Ctx<'_>) {
         match std::mem::take(&mut self.pending) {

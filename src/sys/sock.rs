@@ -46,8 +46,3 @@ pub fn tune(fd: impl AsFd, t: &Tuning) -> io::Result<()> {
 pub fn shutdown_write(fd: impl AsFd) -> io::Result<()> {
     SockRef::from(&fd).shutdown(std::net::Shutdown::Write)
 }
-
-/// Makes the next close send RST instead of FIN (SO_LINGER 0): used to pass a reset through.
-pub fn set_abortive_close(fd: impl AsFd) -> io::Result<()> {
-    SockRef::from(&fd).set_linger(Some(Duration::ZERO))
-}
