@@ -170,6 +170,10 @@ pub struct Config {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// PROXY protocol on the way in.
     pub proxy_protocol: ProxyIn,
+    /// Forward client headers whose names contain `_` (default false: they are dropped, as
+    /// nginx does). Backends that map header names to CGI/WSGI variables read `X_Real_IP` as
+    /// `X-Real-IP`, so forwarding them would let a client forge the proxy's own headers.
+    pub underscores_in_headers: bool,
 }
 
 /// Where and how connection lines are written.
@@ -408,6 +412,10 @@ impl Config {
             Some(f) => parse_nets(&f)?,
             None => Vec::new(),
         };
+        let underscores_in_headers = match root.get("underscores_in_headers") {
+            Some(f) => f.bool()?,
+            None => false,
+        };
         let mut proxy_protocol = ProxyIn::default();
         if let Some(t) = root.table("proxy_protocol", PROXY_KEYS)? {
             if let Some(f) = t.get("listen") {
@@ -531,6 +539,7 @@ impl Config {
             access_log,
             trusted_proxies,
             proxy_protocol,
+            underscores_in_headers,
         })
     }
 
@@ -616,6 +625,7 @@ impl Config {
             access_log: None,
             trusted_proxies: Vec::new(),
             proxy_protocol: ProxyIn::default(),
+            underscores_in_headers: false,
         })
     }
 }
@@ -633,6 +643,7 @@ const ROOT_KEYS: &[&str] = &[
     "access_log",
     "trusted_proxies",
     "proxy_protocol",
+    "underscores_in_headers",
 ];
 const PROXY_KEYS: &[&str] = &["listen", "trusted"];
 const ACCESS_LOG_KEYS: &[&str] = &["path", "format"];
@@ -1196,6 +1207,7 @@ mod tests {
 listen = ["127.0.0.1:8080", "[::1]:8081"]
 workers = 2
 relay = "splice"
+underscores_in_headers = true
 [timeouts]
 handshake = "10s"
 connect = "500ms"
@@ -1282,6 +1294,7 @@ backends = ["127.0.0.1:50003"]
             access_log: None,
             trusted_proxies: Vec::new(),
             proxy_protocol: ProxyIn::default(),
+            underscores_in_headers: true,
         };
         assert_eq!(cfg, want);
     }
@@ -1429,6 +1442,7 @@ backends = ["127.0.0.1:50003"]
             (format!("{l}workers = \"2\"\n{r}"), Some(2), "workers", "expected an integer, found string \"2\""),
             (format!("{l}workers = -1\n{r}"), Some(2), "workers", "got -1"),
             (format!("{l}relay = \"fast\"\n{r}"), Some(2), "relay", "expected \"auto\", \"splice\" or \"copy\""),
+            (format!("{l}underscores_in_headers = \"on\"\n{r}"), Some(2), "underscores_in_headers", "expected true or false"),
             // [timeouts]
             (format!("{l}[timeouts]\nidle = \"1x\"\n{r}"), Some(3), "timeouts.idle", "invalid duration \"1x\": expected a number followed by a unit such as 30s, 5m, 1h"),
             (format!("{l}[timeouts]\nidle = 10\n{r}"), Some(3), "timeouts.idle", "a number needs a unit"),
@@ -1572,7 +1586,7 @@ backends = ["127.0.0.1:50003"]
         let e = parse(&format!("listn = []\n{LISTEN}{ROUTE}")).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "t.toml:1: unknown key `listn` (expected one of: listen, workers, relay, timeouts, limits, keepalive, splice, route, admin, access_log, trusted_proxies, proxy_protocol)"
+            "t.toml:1: unknown key `listn` (expected one of: listen, workers, relay, timeouts, limits, keepalive, splice, route, admin, access_log, trusted_proxies, proxy_protocol, underscores_in_headers)"
         );
     }
 

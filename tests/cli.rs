@@ -105,6 +105,37 @@ fn check_example_config() {
     );
 }
 
+/// Every `toml` block in the README is a config an operator may copy: each must load as is.
+#[test]
+fn check_readme_config_blocks() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("read README.md");
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in readme.lines() {
+        match (&mut current, line.trim_end()) {
+            (None, "```toml") => current = Some(String::new()),
+            (Some(_), "```") => blocks.extend(current.take()),
+            (Some(b), l) => {
+                b.push_str(l);
+                b.push('\n');
+            }
+            (None, _) => {}
+        }
+    }
+    assert!(!blocks.is_empty(), "no ```toml block in README.md");
+    for block in &blocks {
+        let file = TempConfig::new(block);
+        let out = wsplice(&["--check", "--config", file.path()]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "README block does not load:\n{block}\nstderr: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
 #[test]
 fn check_with_overrides() {
     let path = example();

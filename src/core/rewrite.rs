@@ -3,7 +3,8 @@
 //! ```text
 //! GET {target, prefix stripped} HTTP/1.1
 //! {client headers in order, minus hop-by-hop, minus every header named in Connection,
-//!  minus X-Real-IP, X-Forwarded-Proto and X-Forwarded-For}
+//!  minus X-Real-IP, X-Forwarded-Proto and X-Forwarded-For,
+//!  minus names with `_` unless `underscores_in_headers`}
 //! Upgrade: websocket
 //! Connection: upgrade
 //! X-Real-IP: {client ip}
@@ -47,9 +48,12 @@ fn named_in_connection(req: &RequestHead<'_, '_>, name: &str) -> bool {
         .any(|h| tokens(h.value).any(|t| t.eq_ignore_ascii_case(name.as_bytes())))
 }
 
-/// True for a client header that is forwarded unchanged.
-pub fn passes_through(req: &RequestHead<'_, '_>, name: &str) -> bool {
+/// True for a client header that is forwarded unchanged. A name with `_` is dropped unless
+/// `underscores` allows it: CGI/WSGI-style backends read `X_Real_IP` as `X-Real-IP`, so it could
+/// forge the proxy's own headers (nginx drops such names by default for the same reason).
+pub fn passes_through(req: &RequestHead<'_, '_>, name: &str, underscores: bool) -> bool {
     !(is_hop_by_hop(name)
+        || (!underscores && name.contains('_'))
         || name.eq_ignore_ascii_case("x-real-ip")
         || name.eq_ignore_ascii_case("x-forwarded-proto")
         || name.eq_ignore_ascii_case("x-forwarded-for")
@@ -64,13 +68,14 @@ pub fn write_backend_head(
     query: &str,
     client_ip: IpAddr,
     forwarded_for: ForwardedFor,
+    underscores: bool,
 ) {
     out.extend_from_slice(b"GET ");
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(query.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for h in req.headers {
-        if passes_through(req, h.name) {
+        if passes_through(req, h.name, underscores) {
             out.extend_from_slice(h.name.as_bytes());
             out.extend_from_slice(b": ");
             out.extend_from_slice(h.value);
@@ -98,6 +103,10 @@ mod tests {
     use crate::core::head::parse_request;
 
     fn rewrite(head: &str, ff: ForwardedFor) -> String {
+        rewrite_with(head, ff, false)
+    }
+
+    fn rewrite_with(head: &str, ff: ForwardedFor, underscores: bool) -> String {
         let mut h = [httparse::EMPTY_HEADER; 32];
         let req = parse_request(head.as_bytes(), &mut h).expect("parses");
         let mut out = Vec::new();
@@ -108,6 +117,7 @@ mod tests {
             "?x=1",
             "10.0.0.7".parse().expect("ip"),
             ff,
+            underscores,
         );
         String::from_utf8(out).expect("ascii")
     }
@@ -144,5 +154,19 @@ mod tests {
         assert!(got.contains("\r\nX-Real-IP: 10.0.0.7\r\n"));
         assert!(got.contains("\r\nX-Forwarded-For: 10.0.0.7\r\n"), "{got}");
         assert!(!got.contains("1.2.3.4") && !got.contains("6.6.6.6"));
+    }
+
+    #[test]
+    fn underscore_names_are_dropped_unless_allowed() {
+        let head = "GET / HTTP/1.1\r\nHost: h\r\nX_Real_IP: 6.6.6.6\r\nX_Forwarded_For: 6.6.6.6\r\nTransfer_Encoding: chunked\r\nMy_App: 1\r\nMy-App: 2\r\n\r\n";
+        let dropped = rewrite(head, ForwardedFor::Append);
+        assert!(!dropped.contains('_'), "{dropped}");
+        assert!(!dropped.contains("6.6.6.6"), "{dropped}");
+        assert!(dropped.contains("\r\nMy-App: 2\r\n"), "{dropped}");
+        let kept = rewrite_with(head, ForwardedFor::Append, true);
+        assert!(kept.contains("\r\nMy_App: 1\r\nMy-App: 2\r\n"), "{kept}");
+        assert!(kept.contains("\r\nX_Real_IP: 6.6.6.6\r\n"), "{kept}");
+        // The proxy's own headers are still written once, with the real address.
+        assert!(kept.contains("\r\nX-Real-IP: 10.0.0.7\r\n"), "{kept}");
     }
 }

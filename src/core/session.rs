@@ -38,6 +38,8 @@ pub struct Settings {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Peers allowed to send a PROXY protocol header on listeners that expect one.
     pub proxy_trusted: Vec<ipnet::IpNet>,
+    /// Forward header names containing `_` (default: dropped).
+    pub underscores_in_headers: bool,
 }
 
 impl Settings {
@@ -50,6 +52,7 @@ impl Settings {
             max_headers: 100,
             trusted_proxies: Vec::new(),
             proxy_trusted: Vec::new(),
+            underscores_in_headers: false,
         }
     }
 }
@@ -398,7 +401,15 @@ impl Handshake {
             } else {
                 ForwardedFor::Replace
             };
-        write_backend_head(&mut out, &req, path, query, self.client.ip(), forwarded_for);
+        write_backend_head(
+            &mut out,
+            &req,
+            path,
+            query,
+            self.client.ip(),
+            forwarded_for,
+            s.underscores_in_headers,
+        );
         Ok(out)
     }
 

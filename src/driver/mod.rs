@@ -161,6 +161,7 @@ fn params_for(cfg: &Config, workers: usize) -> Params {
             max_headers: cfg.limits.max_headers,
             trusted_proxies: cfg.trusted_proxies.clone(),
             proxy_trusted: cfg.proxy_protocol.trusted.clone(),
+            underscores_in_headers: cfg.underscores_in_headers,
         }),
         proxy_listen: cfg.proxy_protocol.listen.clone(),
         send_proxy: cfg.routes.iter().any(|r| r.send_proxy.is_some()),

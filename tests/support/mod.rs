@@ -153,6 +153,8 @@ pub struct ProxyBuilder {
     timeouts: Vec<(&'static str, String)>,
     limits: Vec<(&'static str, usize)>,
     routes: Vec<RouteSpec>,
+    /// Top-level `key = value` lines, written as given.
+    top: Vec<String>,
 }
 
 impl ProxyBuilder {
@@ -174,6 +176,11 @@ impl ProxyBuilder {
         self.routes.push(route);
         self
     }
+    /// A top-level `key = value` line; `value` is TOML as written (quote strings yourself).
+    pub fn top(mut self, key: &str, value: &str) -> Self {
+        self.top.push(format!("{key} = {value}\n"));
+        self
+    }
 
     pub fn toml(&self) -> String {
         let mut s = format!(
@@ -181,6 +188,9 @@ impl ProxyBuilder {
             self.workers,
             self.relay.as_str()
         );
+        for line in &self.top {
+            s.push_str(line);
+        }
         if !self.timeouts.is_empty() {
             s.push_str("\n[timeouts]\n");
             for (k, v) in &self.timeouts {
@@ -300,6 +310,7 @@ impl Proxy {
             timeouts: Vec::new(),
             limits: Vec::new(),
             routes: Vec::new(),
+            top: Vec::new(),
         }
     }
 
