@@ -525,9 +525,9 @@ e2e!(rewrite_client_proxy_headers_replaced, |relay| async move {
     assert_once(&head, "Upgrade", "websocket", true);
 });
 
-/// Names with `_` are dropped by default: a CGI/WSGI-style backend reads `X_Real_IP` as
-/// `X-Real-IP`, so forwarding it would let the client forge its address past the proxy's own
-/// header. `underscores_in_headers = true` forwards them (and the proxy's headers still win).
+// Names with `_` are dropped by default: a CGI/WSGI-style backend reads `X_Real_IP` as
+// `X-Real-IP`, so forwarding it would let the client forge its address past the proxy's own
+// header. `underscores_in_headers = true` forwards them (and the proxy's headers still win).
 e2e!(underscore_header_names, |relay| async move {
     let forged = [
         "X_Real_IP: 6.6.6.6",
