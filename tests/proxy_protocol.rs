@@ -256,3 +256,58 @@ fn trusted_proxies_decide_append_or_replace() {
     assert_eq!(header(&head, "X-Forwarded-For"), ["1.2.3.4, 10.1.2.3"]);
     assert_eq!(header(&head, "X-Real-IP"), ["10.1.2.3"]);
 }
+
+/// Behind a balancer every connection comes from the balancer's address, so the per-IP limit
+/// counts the client each PROXY header names; LOCAL headers (the balancer's health checks) are
+/// not counted at all.
+#[test]
+fn per_ip_limit_counts_the_client_a_proxy_header_names() {
+    let (b, seen) = backend(None);
+    let top = format!("{PROXY_IN}\n[limits]\nmax_connections_per_ip = 2");
+    let p = start(&config(b, &top, ""), "");
+    let v1 = |ip: &str| format!("PROXY TCP4 {ip} 127.0.0.1 56324 443\r\n").into_bytes();
+    let (first, c1) = exchange(p.addr, &v1("203.0.113.7"), "");
+    let (_second, c2) = exchange(p.addr, &v1("203.0.113.7"), "");
+    assert_eq!((c1, c2), (101, 101));
+    let (_, c3) = exchange(p.addr, &v1("203.0.113.7"), "");
+    assert_eq!(
+        c3, 429,
+        "a third connection from one client behind the balancer"
+    );
+    // Other clients through the same balancer have budgets of their own: counted under the
+    // balancer's address, these would all be refused.
+    let mut others = Vec::new();
+    for ip in ["203.0.113.8", "203.0.113.8", "198.51.100.1"] {
+        let (s, code) = exchange(p.addr, &v1(ip), "");
+        assert_eq!(code, 101, "client {ip}");
+        others.push(s);
+    }
+    // Health checks: v2 LOCAL carries no client, and three at once all pass.
+    let local = b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00".to_vec();
+    let checks: Vec<_> = (0..3).map(|_| exchange(p.addr, &local, "")).collect();
+    assert!(checks.iter().all(|(_, c)| *c == 101));
+    // 2 + 3 + 3 heads reached the backend, the refused one did not.
+    for i in 0..8 {
+        seen.recv_timeout(STEP)
+            .unwrap_or_else(|_| panic!("head {i} never reached the backend"));
+    }
+    assert!(
+        seen.recv_timeout(Duration::from_millis(300)).is_err(),
+        "the refused connection reached the backend"
+    );
+    // A closed tunnel frees its client's slot.
+    drop(first);
+    let deadline = std::time::Instant::now() + STEP;
+    loop {
+        let (_, code) = exchange(p.addr, &v1("203.0.113.7"), "");
+        if code == 101 {
+            break;
+        }
+        assert_eq!(code, 429);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the closed connection was never forgotten"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}

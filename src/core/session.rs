@@ -55,6 +55,11 @@ impl Settings {
             underscores_in_headers: false,
         }
     }
+
+    /// True when `peer` may send a PROXY protocol header (on a listener that expects one).
+    pub fn proxy_trusts(&self, peer: IpAddr) -> bool {
+        in_nets(&self.proxy_trusted, peer)
+    }
 }
 
 fn in_nets(nets: &[ipnet::IpNet], ip: IpAddr) -> bool {
@@ -191,6 +196,24 @@ impl Handshake {
     /// The client's address (from a trusted PROXY header when one was expected).
     pub fn client(&self) -> SocketAddr {
         self.client
+    }
+
+    /// True while the PROXY protocol header has yet to arrive: [`Handshake::client`] is still
+    /// the load balancer's address.
+    pub fn awaits_proxy_header(&self) -> bool {
+        self.state == State::ReadProxy
+    }
+
+    /// True when a PROXY header named a source address (not a LOCAL/UNKNOWN health check).
+    pub fn client_from_proxy_header(&self) -> bool {
+        self.state != State::ReadProxy && self.client != self.peer
+    }
+
+    /// Ends the handshake with `r`'s canned answer, for a refusal the driver decides on (the
+    /// per-IP limit once a PROXY header named the client). Call it instead of applying the last
+    /// action: if that was a `Connect`, no backend socket exists yet.
+    pub fn refuse(&mut self, r: Reject) -> Action {
+        self.fail(r)
     }
 
     /// When [`Handshake::handle_timeout`] must be called.
@@ -942,5 +965,37 @@ mod tests {
                 ),
             ]),
         );
+    }
+
+    #[test]
+    fn proxy_header_names_the_client_and_a_refusal_replaces_the_connect() {
+        let mut s = settings(&["127.0.0.1:1"]);
+        s.proxy_trusted = vec!["127.0.0.0/8".parse().expect("net")];
+        assert!(s.proxy_trusts("127.0.0.9".parse().expect("ip")));
+        assert!(!s.proxy_trusts("10.0.0.1".parse().expect("ip")));
+        let lb: SocketAddr = "127.0.0.9:4000".parse().expect("addr");
+        let now = Instant::now();
+
+        // PROXY header and head in one read: the driver sees Connect and may refuse instead.
+        let mut hs = Handshake::accept(lb, lb, true, now, &s);
+        assert!(hs.awaits_proxy_header() && !hs.client_from_proxy_header());
+        let mut bytes = b"PROXY TCP4 203.0.113.7 127.0.0.1 56324 443\r\n".to_vec();
+        bytes.extend_from_slice(HEAD.as_bytes());
+        assert_eq!(hs.handle_client_data(&s, now, &bytes), addr("127.0.0.1:1"));
+        assert!(!hs.awaits_proxy_header() && hs.client_from_proxy_header());
+        assert_eq!(hs.client(), "203.0.113.7:56324".parse().expect("addr"));
+        assert_eq!(
+            hs.refuse(Reject::TooManyFromIp),
+            Action::Reject(Reject::TooManyFromIp)
+        );
+        // Done: nothing more is read from the client.
+        assert_eq!(hs.client_read_limit(&s), 0);
+
+        // A LOCAL header (health check) names no client: the balancer's address stands.
+        let mut hs = Handshake::accept(lb, lb, true, now, &s);
+        let local = b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00";
+        assert_eq!(hs.handle_client_data(&s, now, local), Action::Wait);
+        assert!(!hs.awaits_proxy_header() && !hs.client_from_proxy_header());
+        assert_eq!(hs.client(), lb);
     }
 }

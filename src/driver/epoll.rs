@@ -17,7 +17,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,12 +47,14 @@ pub struct WorkerConfig {
     pub published_backends: BackendSnapshot,
 }
 
-/// Who a connection is, for the per-IP limit and the access log.
+/// What the per-IP limit knows of a connection.
 #[derive(Debug, Clone, Copy)]
 struct Peer {
-    addr: SocketAddr,
-    /// True when the per-IP limiter counted this connection (release it at the end).
-    counted: bool,
+    /// The address the per-IP limiter counted this connection under (release it at the end).
+    counted: Option<IpAddr>,
+    /// A trusted load balancer's connection: counted under the client its PROXY header names,
+    /// once that header has arrived, not under the balancer's own address.
+    deferred: bool,
 }
 
 struct HsConn {
@@ -115,6 +117,25 @@ impl Conn {
 
 fn token(key: usize, backend: bool) -> Token {
     Token(key * 2 + backend as usize)
+}
+
+/// The PROXY header of a trusted balancer's connection has just been read: counts the client it
+/// names against `max_connections_per_ip`, or refuses with 429 instead of `action` (which, if it
+/// was a `Connect`, has not been started). LOCAL/UNKNOWN headers (health checks) are not counted.
+fn count_proxied_client(h: &mut HsConn, limiter: &IpLimiter, action: Action) -> Action {
+    h.peer.deferred = false;
+    if !h.hs.client_from_proxy_header() {
+        return action;
+    }
+    let ip = h.hs.client().ip();
+    match limiter.acquire(ip) {
+        Some(false) => h.hs.refuse(Reject::TooManyFromIp),
+        Some(true) => {
+            h.peer.counted = Some(ip);
+            action
+        }
+        None => action,
+    }
 }
 
 fn is_no_fd(e: &io::Error) -> bool {
@@ -335,10 +356,8 @@ impl Worker {
                     Conn::Tunnel(_) | Conn::Dead => {}
                 }
             }
-            if let Some(p) = c.peer() {
-                if p.counted {
-                    self.limiter.release(p.addr.ip());
-                }
+            if let Some(ip) = c.peer().and_then(|p| p.counted) {
+                self.limiter.release(ip);
             }
         }
         self.fds_freed();
@@ -526,19 +545,26 @@ impl Worker {
                 let _ = (&stream).write(Reject::Overloaded.response());
                 continue;
             }
-            let counted = match self.limiter.acquire(peer.ip()) {
-                Some(false) => {
-                    self.total.release();
-                    self.counters.count_reject(Reject::TooManyFromIp);
-                    let _ = (&stream).write(Reject::TooManyFromIp.response());
-                    continue;
-                }
-                Some(true) => true,
-                None => false,
-            };
-            let _ = tune(&stream, &self.params.tuning);
             let settings = self.params.settings.clone();
             let expect_proxy = self.params.proxy_listen.contains(&configured);
+            // Behind a trusted balancer the TCP peer is the balancer: count the client its
+            // PROXY header names instead (see `count_proxied_client`).
+            let deferred = expect_proxy && settings.proxy_trusts(peer.ip());
+            let counted = if deferred {
+                None
+            } else {
+                match self.limiter.acquire(peer.ip()) {
+                    Some(false) => {
+                        self.total.release();
+                        self.counters.count_reject(Reject::TooManyFromIp);
+                        let _ = (&stream).write(Reject::TooManyFromIp.response());
+                        continue;
+                    }
+                    Some(true) => Some(peer.ip()),
+                    None => None,
+                }
+            };
+            let _ = tune(&stream, &self.params.tuning);
             let local = if self.params.send_proxy {
                 stream.local_addr().unwrap_or(configured)
             } else {
@@ -558,8 +584,8 @@ impl Worker {
                 )
                 .is_err()
             {
-                if counted {
-                    self.limiter.release(peer.ip());
+                if let Some(ip) = counted {
+                    self.limiter.release(ip);
                 }
                 self.total.release();
                 continue;
@@ -571,10 +597,7 @@ impl Worker {
                 armed: 0,
                 settings,
                 attempt: None,
-                peer: Peer {
-                    addr: peer,
-                    counted,
-                },
+                peer: Peer { counted, deferred },
             })));
             self.arm_handshake(key);
             // Edge-triggered: the head may already be waiting.
@@ -665,7 +688,7 @@ impl Worker {
             if limit == 0 {
                 return;
             }
-            let action = match (&h.client).read(&mut self.scratch[..limit]) {
+            let mut action = match (&h.client).read(&mut self.scratch[..limit]) {
                 Ok(0) => h.hs.handle_client_eof(),
                 Ok(n) => {
                     h.hs.handle_client_data(&h.settings, self.now, &self.scratch[..n])
@@ -674,6 +697,9 @@ impl Worker {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => Action::Close,
             };
+            if h.peer.deferred && !h.hs.awaits_proxy_header() && action != Action::Close {
+                action = count_proxied_client(h, &self.limiter, action);
+            }
             if action != Action::Wait {
                 self.apply(key, action);
                 return;
@@ -985,7 +1011,7 @@ impl Worker {
             times: Times::new(self.tick),
             armed: 0,
             timeouts,
-            counted_ip: peer.counted.then_some(peer.addr.ip()),
+            counted_ip: peer.counted,
             backend_id,
             log,
         };
