@@ -1,5 +1,5 @@
 //! Operating the proxy: reload under load without dropping a tunnel, drain on SIGTERM, metrics
-//! that match what the test did.
+//! that match what the test did, the access log. Each runs under every relay mode.
 
 mod common;
 
@@ -71,9 +71,30 @@ async fn open(proxy: SocketAddr, path: &str) -> Result<(TcpStream, String), u16>
     Ok((s, name))
 }
 
-fn config(routes: &[(&str, SocketAddr)], extra: &str) -> String {
-    let mut t =
-        format!("listen = [\"127.0.0.1:0\"]\nworkers = 2\nadmin = \"127.0.0.1:0\"\n{extra}\n");
+/// Runs the async test `$name(relay)` once per relay mode, as `$name::copy` and so on.
+macro_rules! each_relay {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn copy() {
+                super::$name("copy").await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn splice() {
+                super::$name("splice").await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn auto() {
+                super::$name("auto").await
+            }
+        }
+    };
+}
+
+fn config(relay: &str, routes: &[(&str, SocketAddr)], extra: &str) -> String {
+    let mut t = format!(
+        "listen = [\"127.0.0.1:0\"]\nworkers = 2\nrelay = \"{relay}\"\nadmin = \"127.0.0.1:0\"\n{extra}\n"
+    );
     for (prefix, b) in routes {
         t.push_str(&format!(
             "[[route]]\nprefix = \"{prefix}\"\nbackends = [\"{b}\"]\n"
@@ -118,11 +139,13 @@ async fn traffic(
     Ok(n)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_reload_keeps_1000_tunnels_and_routes_new_connections_by_the_new_config() {
+each_relay!(sighup_reload_keeps_1000_tunnels_and_routes_new_connections_by_the_new_config);
+async fn sighup_reload_keeps_1000_tunnels_and_routes_new_connections_by_the_new_config(
+    relay: &str,
+) {
     let a = backend("A").await;
     let b = backend("B").await;
-    let proxy = start(&config(&[("/a", a)], ""), "");
+    let proxy = start(&config(relay, &[("/a", a)], ""), "");
     let addr = proxy.addr;
 
     // 1,000 established tunnels with traffic flowing.
@@ -165,7 +188,7 @@ async fn sighup_reload_keeps_1000_tunnels_and_routes_new_connections_by_the_new_
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // Reload: /a moves to backend B, /b appears.
-    proxy.write_config(&config(&[("/a", b), ("/b", b)], ""));
+    proxy.write_config(&config(relay, &[("/a", b), ("/b", b)], ""));
     proxy.signal(Signal::SIGHUP);
     let lines = tokio::task::block_in_place(|| {
         proxy.expect_line(&["reloaded", "reload failed"], Duration::from_secs(5))
@@ -207,10 +230,13 @@ async fn sighup_reload_keeps_1000_tunnels_and_routes_new_connections_by_the_new_
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_drains_tunnels_then_exits_0() {
+each_relay!(sigterm_drains_tunnels_then_exits_0);
+async fn sigterm_drains_tunnels_then_exits_0(relay: &str) {
     let a = backend("A").await;
-    let mut proxy = start(&config(&[("/", a)], "[timeouts]\ndrain = \"2s\""), "");
+    let mut proxy = start(
+        &config(relay, &[("/", a)], "[timeouts]\ndrain = \"2s\""),
+        "",
+    );
     let addr = proxy.addr;
     let stop = Arc::new(AtomicBool::new(false));
     let bytes = Arc::new(AtomicU64::new(0));
@@ -274,14 +300,21 @@ async fn sigterm_drains_tunnels_then_exits_0() {
     assert_eq!(status.code(), Some(0));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_count_exactly_what_happened() {
+each_relay!(metrics_count_exactly_what_happened);
+async fn metrics_count_exactly_what_happened(relay: &str) {
     let a = backend("A").await;
-    // A second route whose only backend refuses: one failure for that backend.
-    let refused = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let dead = refused.local_addr().expect("addr");
-    drop(refused);
-    let proxy = start(&config(&[("/ws", a), ("/dead", dead)], ""), "");
+    // A second route whose only backend refuses: one failure for that backend. The port stays
+    // bound (never listening) so that no other test's listener can take it meanwhile.
+    let refused =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    refused.bind(&any.into()).expect("bind refused port");
+    let dead = refused
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .expect("inet addr");
+    let proxy = start(&config(relay, &[("/ws", a), ("/dead", dead)], ""), "");
     let addr = proxy.addr;
     assert_eq!(open(addr, "/dead").await.err(), Some(502));
     let payload = vec![b'x'; 1000];
@@ -343,6 +376,15 @@ async fn metrics_count_exactly_what_happened() {
             proxy.metric("wsplice_bytes_total{direction=\"backend_to_client\"}"),
             3000
         );
+        // 6,000 bytes in 1,000-byte bursts: spliced only when told to; auto copies bursts
+        // below its 64 KiB threshold.
+        let (spliced, copied) = if relay == "splice" {
+            (6000, 0)
+        } else {
+            (0, 6000)
+        };
+        assert_eq!(proxy.metric("wsplice_bytes_spliced_total"), spliced);
+        assert_eq!(proxy.metric("wsplice_bytes_copied_total"), copied);
         assert_eq!(proxy.metric("wsplice_handshake_seconds_count"), 3);
         assert_eq!(
             proxy.metric("wsplice_handshake_seconds_bucket{le=\"+Inf\"}"),
@@ -378,10 +420,11 @@ async fn metrics_count_exactly_what_happened() {
     });
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn access_log_lines_parse_and_sigusr1_reopens_the_file() {
+each_relay!(access_log_lines_parse_and_sigusr1_reopens_the_file);
+async fn access_log_lines_parse_and_sigusr1_reopens_the_file(relay: &str) {
     let a = backend("A").await;
-    let log = std::env::temp_dir().join(format!("wsplice-access-{}.log", std::process::id()));
+    let log =
+        std::env::temp_dir().join(format!("wsplice-access-{}-{relay}.log", std::process::id()));
     let rotated = log.with_extension("log.1");
     let _ = std::fs::remove_file(&log);
     let _ = std::fs::remove_file(&rotated);
@@ -389,7 +432,7 @@ async fn access_log_lines_parse_and_sigusr1_reopens_the_file() {
         "[access_log]\npath = \"{}\"\nformat = \"json\"",
         log.display()
     );
-    let mut proxy = start(&config(&[("/ws", a)], &extra), "");
+    let mut proxy = start(&config(relay, &[("/ws", a)], &extra), "");
     let addr = proxy.addr;
 
     let (mut s, _) = open(addr, "/ws/room").await.expect("tunnel");

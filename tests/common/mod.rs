@@ -94,6 +94,7 @@ fn temp_config(toml: &str) -> PathBuf {
 /// Starts `wsplice --config FILE`, through `sh -c "<shell_prefix> exec ..."` when a prefix (such
 /// as `ulimit -n 48 &&`) is given; waits for `ready`.
 pub fn start(toml: &str, shell_prefix: &str) -> Proxy {
+    raise_test_fd_limit();
     let config = temp_config(toml);
     let bin = env!("CARGO_BIN_EXE_wsplice");
     let mut cmd = if shell_prefix.is_empty() {
@@ -213,4 +214,16 @@ pub fn eventually(what: &str, within: Duration, mut cond: impl FnMut() -> bool) 
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The tests hold thousands of sockets at once (1,000-tunnel reloads under three relay modes run
+/// in parallel): take the hard open-file limit, as the proxy itself does, rather than fail on a
+/// machine whose soft limit is the usual 1,024.
+pub fn raise_test_fd_limit() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Err(e) = wsplice::sys::limits::raise_nofile_limit() {
+            eprintln!("could not raise the test process's open-file limit: {e}");
+        }
+    });
 }

@@ -225,6 +225,7 @@ impl ProxyBuilder {
 
     /// Writes the config, spawns `wsplice --config FILE` and waits (10 s at most) for `ready`.
     pub async fn start(self) -> Proxy {
+        raise_test_fd_limit();
         static SEQ: AtomicUsize = AtomicUsize::new(0);
         let toml = self.toml();
         let stem = format!(
@@ -1126,4 +1127,16 @@ pub async fn pump(from: &mut TcpStream, to: &mut TcpStream, data: &[u8], what: &
             data.len()
         ),
     }
+}
+
+/// The tests hold thousands of sockets at once (1,000-tunnel reloads under three relay modes run
+/// in parallel): take the hard open-file limit, as the proxy itself does, rather than fail on a
+/// machine whose soft limit is the usual 1,024.
+pub fn raise_test_fd_limit() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Err(e) = wsplice::sys::limits::raise_nofile_limit() {
+            eprintln!("could not raise the test process's open-file limit: {e}");
+        }
+    });
 }
