@@ -170,9 +170,10 @@ pub struct Config {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// PROXY protocol on the way in.
     pub proxy_protocol: ProxyIn,
-    /// Forward client headers whose names contain `_` (default false: they are dropped, as
-    /// nginx does). Backends that map header names to CGI/WSGI variables read `X_Real_IP` as
-    /// `X-Real-IP`, so forwarding them would let a client forge the proxy's own headers.
+    /// Forward client headers whose names contain `_` (default true). Lookalikes of headers the
+    /// proxy strips or writes (`X_Real_IP`, `Transfer_Encoding`, ...) are dropped either way:
+    /// CGI/WSGI-style backends read them as the `-` spelling. `false` drops every such name, as
+    /// nginx does by default.
     pub underscores_in_headers: bool,
 }
 
@@ -414,7 +415,7 @@ impl Config {
         };
         let underscores_in_headers = match root.get("underscores_in_headers") {
             Some(f) => f.bool()?,
-            None => false,
+            None => true,
         };
         let mut proxy_protocol = ProxyIn::default();
         if let Some(t) = root.table("proxy_protocol", PROXY_KEYS)? {
@@ -625,7 +626,7 @@ impl Config {
             access_log: None,
             trusted_proxies: Vec::new(),
             proxy_protocol: ProxyIn::default(),
-            underscores_in_headers: false,
+            underscores_in_headers: true,
         })
     }
 }
@@ -1207,7 +1208,7 @@ mod tests {
 listen = ["127.0.0.1:8080", "[::1]:8081"]
 workers = 2
 relay = "splice"
-underscores_in_headers = true
+underscores_in_headers = false
 [timeouts]
 handshake = "10s"
 connect = "500ms"
@@ -1294,7 +1295,7 @@ backends = ["127.0.0.1:50003"]
             access_log: None,
             trusted_proxies: Vec::new(),
             proxy_protocol: ProxyIn::default(),
-            underscores_in_headers: true,
+            underscores_in_headers: false,
         };
         assert_eq!(cfg, want);
     }
@@ -1346,6 +1347,7 @@ backends = ["127.0.0.1:50003"]
         assert_eq!(cfg.timeouts, Timeouts::default());
         assert_eq!(cfg.limits, Limits::default());
         assert_eq!(cfg.keepalive, Keepalive::default());
+        assert!(cfg.underscores_in_headers);
         assert_eq!(cfg.relay, Relay::default());
     }
 

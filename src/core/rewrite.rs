@@ -4,7 +4,8 @@
 //! GET {target, prefix stripped} HTTP/1.1
 //! {client headers in order, minus hop-by-hop, minus every header named in Connection,
 //!  minus X-Real-IP, X-Forwarded-Proto and X-Forwarded-For,
-//!  minus names with `_` unless `underscores_in_headers`}
+//!  minus names with `_` that read as one of those with `-`, or all of them when
+//!  `underscores_in_headers = false`}
 //! Upgrade: websocket
 //! Connection: upgrade
 //! X-Real-IP: {client ip}
@@ -48,16 +49,27 @@ fn named_in_connection(req: &RequestHead<'_, '_>, name: &str) -> bool {
         .any(|h| tokens(h.value).any(|t| t.eq_ignore_ascii_case(name.as_bytes())))
 }
 
-/// True for a client header that is forwarded unchanged. A name with `_` is dropped unless
-/// `underscores` allows it: CGI/WSGI-style backends read `X_Real_IP` as `X-Real-IP`, so it could
-/// forge the proxy's own headers (nginx drops such names by default for the same reason).
+/// True for a client header that is forwarded unchanged.
+///
+/// A name with `_` is judged by its `-` spelling as well: CGI/WSGI-style backends read
+/// `X_Real_IP` as `X-Real-IP` and `Transfer_Encoding` as `Transfer-Encoding`, so a lookalike of a
+/// header the proxy strips or writes would forge it. Such lookalikes never pass; other names with
+/// `_` pass unless `underscores` is off (then every one is dropped, as nginx does by default).
 pub fn passes_through(req: &RequestHead<'_, '_>, name: &str, underscores: bool) -> bool {
-    !(is_hop_by_hop(name)
-        || (!underscores && name.contains('_'))
+    if !name.contains('_') {
+        return !stripped(req, name);
+    }
+    underscores && !stripped(req, name) && !stripped(req, &name.replace('_', "-"))
+}
+
+/// True for a name the proxy removes: hop-by-hop, its own forwarding headers (written fresh),
+/// or named in Connection.
+fn stripped(req: &RequestHead<'_, '_>, name: &str) -> bool {
+    is_hop_by_hop(name)
         || name.eq_ignore_ascii_case("x-real-ip")
         || name.eq_ignore_ascii_case("x-forwarded-proto")
         || name.eq_ignore_ascii_case("x-forwarded-for")
-        || named_in_connection(req, name))
+        || named_in_connection(req, name)
 }
 
 /// Appends the backend's request head to `out`.
@@ -157,16 +169,30 @@ mod tests {
     }
 
     #[test]
-    fn underscore_names_are_dropped_unless_allowed() {
-        let head = "GET / HTTP/1.1\r\nHost: h\r\nX_Real_IP: 6.6.6.6\r\nX_Forwarded_For: 6.6.6.6\r\nTransfer_Encoding: chunked\r\nMy_App: 1\r\nMy-App: 2\r\n\r\n";
-        let dropped = rewrite(head, ForwardedFor::Append);
-        assert!(!dropped.contains('_'), "{dropped}");
-        assert!(!dropped.contains("6.6.6.6"), "{dropped}");
-        assert!(dropped.contains("\r\nMy-App: 2\r\n"), "{dropped}");
+    fn underscore_lookalikes_never_pass_and_other_underscore_names_follow_the_setting() {
+        let head = "GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, X-Secret\r\nX_Real_IP: 6.6.6.6\r\nx_forwarded_for: 6.6.6.6\r\nX_Forwarded_Proto: https\r\nTransfer_Encoding: chunked\r\nProxy_Authorization: p\r\nKeep_Alive: 1\r\nX_Secret: s\r\nMy_App: 1\r\nMy-App: 2\r\nContent_Length: 5\r\n\r\n";
         let kept = rewrite_with(head, ForwardedFor::Append, true);
-        assert!(kept.contains("\r\nMy_App: 1\r\nMy-App: 2\r\n"), "{kept}");
-        assert!(kept.contains("\r\nX_Real_IP: 6.6.6.6\r\n"), "{kept}");
-        // The proxy's own headers are still written once, with the real address.
+        for gone in [
+            "X_Real_IP",
+            "x_forwarded_for",
+            "X_Forwarded_Proto",
+            "Transfer_Encoding",
+            "Proxy_Authorization",
+            "Keep_Alive",
+            "X_Secret",
+            "6.6.6.6",
+        ] {
+            assert!(!kept.contains(gone), "{gone} survived: {kept}");
+        }
+        assert!(
+            kept.contains("\r\nMy_App: 1\r\nMy-App: 2\r\nContent_Length: 5\r\n"),
+            "{kept}"
+        );
         assert!(kept.contains("\r\nX-Real-IP: 10.0.0.7\r\n"), "{kept}");
+        assert!(kept.contains("\r\nX-Forwarded-For: 10.0.0.7\r\n"), "{kept}");
+
+        let dropped = rewrite_with(head, ForwardedFor::Append, false);
+        assert!(!dropped.contains('_'), "{dropped}");
+        assert!(dropped.contains("\r\nMy-App: 2\r\n"), "{dropped}");
     }
 }

@@ -38,7 +38,7 @@ pub struct Settings {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Peers allowed to send a PROXY protocol header on listeners that expect one.
     pub proxy_trusted: Vec<ipnet::IpNet>,
-    /// Forward header names containing `_` (default: dropped).
+    /// Forward header names containing `_` (lookalikes of stripped headers never pass).
     pub underscores_in_headers: bool,
 }
 
@@ -52,7 +52,7 @@ impl Settings {
             max_headers: 100,
             trusted_proxies: Vec::new(),
             proxy_trusted: Vec::new(),
-            underscores_in_headers: false,
+            underscores_in_headers: true,
         }
     }
 

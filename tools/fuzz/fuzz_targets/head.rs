@@ -139,6 +139,20 @@ fuzz_target!(|data: &[u8]| {
             underscores || !n.contains(&b'_'),
             "a name with '_' survived with underscores_in_headers off: {text:?}"
         );
+        // A lookalike (`X_Real_IP`) of a field the proxy strips or writes never survives.
+        if n.contains(&b'_') {
+            let dashed: Vec<u8> = n
+                .iter()
+                .map(|&b| if b == b'_' { b'-' } else { b.to_ascii_lowercase() })
+                .collect();
+            assert!(
+                !(PROXY_FIELDS.contains(&dashed.as_slice())
+                    || [&b"transfer-encoding"[..], b"keep-alive", b"te", b"trailer"]
+                        .contains(&dashed.as_slice())
+                    || dashed.starts_with(b"proxy-")),
+                "a lookalike of a stripped field survived: {text:?}"
+            );
+        }
     }
     // Fields the client named in any Connection field are gone (Host and the proxy's own
     // fields excepted: they are written fresh).
