@@ -114,8 +114,9 @@ mod tests {
     use super::*;
     use crate::core::head::parse_request;
 
+    /// With the default `underscores_in_headers = true`.
     fn rewrite(head: &str, ff: ForwardedFor) -> String {
-        rewrite_with(head, ff, false)
+        rewrite_with(head, ff, true)
     }
 
     fn rewrite_with(head: &str, ff: ForwardedFor, underscores: bool) -> String {
