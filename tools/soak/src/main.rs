@@ -160,7 +160,7 @@ fn stop_backend(mut child: Child) -> Value {
 }
 
 async fn soak(cli: Cli) -> Result<bool, String> {
-    let nofile = net::raise_nofile();
+    let (nofile, _) = net::raise_nofile();
     if cli.connections as u64 + 100 > nofile {
         return Err(format!(
             "{} connections need more than the open-file limit of {nofile}",

@@ -29,7 +29,7 @@ pub fn raise_nofile() -> (u64, u64) {
             }
         }
     }
-    (lim.rlim_cur as u64, lim.rlim_max as u64)
+    (lim.rlim_cur, lim.rlim_max)
 }
 
 /// CPU seconds (user + system) this process has used so far.
@@ -100,6 +100,10 @@ impl Sources {
 
     pub fn len(&self) -> usize {
         self.addrs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.addrs.is_empty()
     }
 
     fn pick(&self) -> Option<Ipv4Addr> {

@@ -13,7 +13,8 @@
 
 mod backend;
 mod clients;
-mod common;
+
+use wsbench::common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
