@@ -4,8 +4,8 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use std::hint::black_box;
 use std::time::Instant;
 use wsplice::config::{ForwardedFor, Route, Timeouts};
+use wsplice::core::handshake::{Action, Handshake, Settings};
 use wsplice::core::route::RouteTable;
-use wsplice::core::session::{Action, Handshake, Settings};
 
 const BROWSER_HEAD: &[u8] = b"GET /notice/room/42?token=abcdef0123456789 HTTP/1.1\r\n\
 Host: push.example.com\r\n\

@@ -8,7 +8,7 @@
 //!                                            └─ per-worker counters, published once per loop
 //!
 //!   one connection:
-//!     bytes ──▶ core::session::Handshake (sans-IO: head checks, route, rewrite, 101 check)
+//!     bytes ──▶ core::handshake::Handshake (sans-IO: head checks, route, rewrite, 101 check)
 //!           ◀── Action (Connect, SendHead, Reject, Forward, Tunnel)   ── the driver does the I/O
 //!     then driver::relay::Tunnel: splice(2) through a borrowed pipe, or copy through the
 //!     worker's scratch buffer; an idle tunnel holds two sockets and a 104-byte slab entry
@@ -23,7 +23,7 @@
 //! use std::time::Instant;
 //! use wsplice::config::{ForwardedFor, Route, Timeouts};
 //! use wsplice::core::route::RouteTable;
-//! use wsplice::core::session::{Action, Handshake, Settings};
+//! use wsplice::core::handshake::{Action, Handshake, Settings};
 //!
 //! let routes = RouteTable::new(&[Route {
 //!     prefix: "/notice".into(),
@@ -48,8 +48,12 @@
 //! assert!(rewritten.starts_with("GET /a HTTP/1.1\r\nHost: push.example\r\n"));
 //! assert!(rewritten.contains("X-Forwarded-For: 203.0.113.9\r\n"));
 //! ```
+#![deny(unsafe_code)]
+
 pub mod config;
 pub mod core;
 pub mod demo;
 pub mod driver;
+#[allow(unsafe_code)]
 pub mod sys;
+pub mod transport;

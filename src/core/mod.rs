@@ -1,19 +1,23 @@
-//! The sans-IO core: bytes and `now` in, decisions out. No sockets, no clock reads, no libc.
+//! The sans-IO core: bytes, events and `now` in, decisions out. No sockets, no clock reads, no
+//! libc.
 //!
+//! * [`conn`]: one connection's life, accept to close: upgrade, relay, lingering close.
+//! * [`handshake`]: the upgrade handshake state machine (client head to backend 101).
+//! * [`validate`]: WebSocket upgrade validation; backend answer validation.
 //! * [`head`]: request-head framing, strict pre-checks, httparse parse.
-//! * [`handshake`]: WebSocket upgrade validation; backend answer validation.
 //! * [`rewrite`]: the head the backend receives.
 //! * [`route`]: (host, path) -> route -> backend.
-//! * [`session`]: the per-connection handshake state machine.
-//! * [`tunnel`]: the relay's timers and half-close bookkeeping.
-//! * [`timer`]: the per-worker timer wheel.
+//! * [`relay`]: moving bytes both ways as operations: splice or copy, backpressure, half-close.
+//! * [`proxy_proto`]: PROXY protocol v1/v2, in and out.
+//! * [`timer`]: the per-worker timer wheel and coarse clock.
 //! * [`status`]: failures and the HTTP answers they map to.
+pub mod conn;
 pub mod handshake;
 pub mod head;
 pub mod proxy_proto;
+pub mod relay;
 pub mod rewrite;
 pub mod route;
-pub mod session;
 pub mod status;
 pub mod timer;
-pub mod tunnel;
+pub mod validate;

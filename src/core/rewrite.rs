@@ -16,8 +16,8 @@
 //! `Connection: Upgrade, X-Forwarded-For, X-Real-IP` cannot delete or forge them.
 
 use crate::config::ForwardedFor;
-use crate::core::handshake::tokens;
 use crate::core::head::RequestHead;
+use crate::core::validate::tokens;
 use std::io::Write as _;
 use std::net::IpAddr;
 

@@ -8,14 +8,15 @@
 //! ```
 pub mod access_log;
 pub mod admin;
+pub mod backends;
 pub mod epoll;
 pub mod limiter;
-pub mod relay;
 pub mod stats;
+pub mod worker;
 
 use crate::config::{Config, RelayMode};
+use crate::core::handshake::Settings;
 use crate::core::route::RouteTable;
-use crate::core::session::Settings;
 use crate::sys::sock::{reuseport_listener, Tuning};
 use limiter::{ConnLimiter, IpLimiter};
 use mio::Waker;

@@ -2,9 +2,8 @@
 //! loop iteration with relaxed stores; readers sum the workers on demand. Nothing shared is
 //! touched per relayed byte.
 
+use crate::core::relay::{CloseReason, RelayStats};
 use crate::core::status::Reject;
-use crate::core::tunnel::CloseReason;
-use crate::driver::relay::RelayStats;
 use crate::sys::pipe::PoolStats;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -144,6 +144,27 @@ impl PipePool {
     }
 }
 
+/// The relay borrows pipes through this: it decides when, the pool owns the descriptors.
+impl crate::core::relay::Pipes for PipePool {
+    type Pipe = Pipe;
+
+    fn take(&mut self) -> Option<Pipe> {
+        PipePool::take(self)
+    }
+
+    fn give(&mut self, p: Pipe) {
+        PipePool::give(self, p)
+    }
+
+    fn discard(&mut self, p: Pipe) {
+        PipePool::discard(self, p)
+    }
+
+    fn pipe_size(&self) -> usize {
+        PipePool::pipe_size(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

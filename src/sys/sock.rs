@@ -46,3 +46,29 @@ pub fn tune(fd: impl AsFd, t: &Tuning) -> io::Result<()> {
 pub fn shutdown_write(fd: impl AsFd) -> io::Result<()> {
     SockRef::from(&fd).shutdown(std::net::Shutdown::Write)
 }
+
+/// Accepts one client as a non-blocking, close-on-exec socket in one syscall (accept4).
+pub fn accept_nonblocking(
+    l: &std::net::TcpListener,
+) -> io::Result<(std::net::TcpStream, SocketAddr)> {
+    let (s, addr) = SockRef::from(l).accept4(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)?;
+    let addr = addr
+        .as_socket()
+        .ok_or_else(|| io::Error::other("accepted a socket that is not TCP/IP"))?;
+    Ok((s.into(), addr))
+}
+
+/// Starts a non-blocking connect to `addr`; completion is reported as writability.
+pub fn connect_nonblocking(addr: SocketAddr) -> io::Result<std::net::TcpStream> {
+    let s = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        Some(Protocol::TCP),
+    )?;
+    match s.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(s.into())
+}

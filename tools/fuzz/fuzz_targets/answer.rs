@@ -9,7 +9,7 @@
 mod common;
 
 use libfuzzer_sys::fuzz_target;
-use wsplice::core::handshake::{validate_answer, Answer, Body};
+use wsplice::core::validate::{validate_answer, Answer, Body};
 use wsplice::core::head::find_head_end;
 
 fn check(head: &[u8]) {

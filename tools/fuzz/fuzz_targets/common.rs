@@ -4,7 +4,7 @@
 use std::sync::OnceLock;
 use wsplice::config::Config;
 use wsplice::core::route::RouteTable;
-use wsplice::core::session::Settings;
+use wsplice::core::handshake::Settings;
 
 /// Small limits so the overflow paths are reachable; three backends on `/notice` so fail-over
 /// runs; `/r` replaces X-Forwarded-For, everything else appends.

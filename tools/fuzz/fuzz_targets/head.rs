@@ -12,7 +12,7 @@ mod common;
 
 use libfuzzer_sys::fuzz_target;
 use std::net::IpAddr;
-use wsplice::core::handshake::validate_request;
+use wsplice::core::validate::validate_request;
 use wsplice::core::head::{find_head_end, overflow_reject, parse_request, precheck};
 use wsplice::core::rewrite::write_backend_head;
 use wsplice::core::route::rewritten_target;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use wsplice::config::{ForwardedFor, Route, Timeouts};
 use wsplice::core::proxy_proto::{parse, ProxyParse};
 use wsplice::core::route::RouteTable;
-use wsplice::core::session::{Action, Handshake, Settings};
+use wsplice::core::handshake::{Action, Handshake, Settings};
 
 fuzz_target!(|data: &[u8]| {
     // Prefix stability of the parser itself.

@@ -1,4 +1,4 @@
-//! Arbitrary event sequences driving `wsplice::core::session::Handshake`, the way the epoll
+//! Arbitrary event sequences driving `wsplice::core::handshake::Handshake`, the way the epoll
 //! driver does: client and backend bytes wait in "kernel buffers" and are handed over only up
 //! to the session's read limits; writes report at most what `backend_output()` offered.
 //!
@@ -20,9 +20,9 @@ mod common;
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use std::time::{Duration, Instant};
-use wsplice::core::handshake::{validate_answer, validate_request, Answer};
+use wsplice::core::validate::{validate_answer, validate_request, Answer};
 use wsplice::core::head::{find_head_end, parse_request, precheck};
-use wsplice::core::session::{Action, ConnectFailure, Handshake};
+use wsplice::core::handshake::{Action, ConnectFailure, Handshake};
 
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
@@ -186,7 +186,7 @@ fn check(hs: &Handshake, m: &mut Model, a: Action) {
             ));
             m.phase = Phase::Done;
         }
-        Action::Forward => {
+        Action::Answer => {
             assert_eq!(m.phase, Phase::Answer, "Forward without an answer");
             let end = find_head_end(&m.answer, 0).expect("Forward without an answer head");
             let mut f = vec![httparse::EMPTY_HEADER; s.max_headers];
@@ -201,7 +201,7 @@ fn check(hs: &Handshake, m: &mut Model, a: Action) {
             );
             m.phase = Phase::Done;
         }
-        Action::Tunnel => {
+        Action::Relay => {
             assert_eq!(m.phase, Phase::Answer, "Tunnel without an answer");
             let end = find_head_end(&m.answer, 0).expect("Tunnel without an answer head");
             let mut f = vec![httparse::EMPTY_HEADER; s.max_headers];

@@ -1,0 +1,176 @@
+//! The lingering close of a refused or answered client: write our answer, send FIN, then
+//! discard what the client still sends until it closes or [`LINGER`] is over. Closing with
+//! unread input would send RST, and an RST may destroy the answer before the client reads it.
+
+use super::upgrade::Upgrading;
+use super::{ConnLog, End, EndReason, Event, Note, Step, Time, LINGER};
+use crate::core::relay::{IoOp, Side, Src};
+use crate::core::status::Reject;
+use crate::core::timer::{Clock, Tick};
+use std::collections::VecDeque;
+use std::io;
+use std::net::IpAddr;
+
+#[derive(Debug)]
+pub struct Linger {
+    out: Vec<u8>,
+    pos: usize,
+    shut: bool,
+    /// The end of the linger.
+    until: Tick,
+    /// The due tick of the live wheel entry (0: not armed yet).
+    pub(super) armed: Tick,
+    reason: EndReason,
+    notes: VecDeque<Note>,
+    close_backend: bool,
+    readable: bool,
+    writable: bool,
+    done: bool,
+    holds_slot: bool,
+    counted_ip: Option<IpAddr>,
+    log: Option<Box<ConnLog>>,
+}
+
+impl Linger {
+    fn new(out: Vec<u8>, reason: EndReason, t: &Time) -> Linger {
+        Linger {
+            out,
+            pos: 0,
+            shut: false,
+            until: t.tick.wrapping_add(Clock::ticks(LINGER)).max(1),
+            armed: 0,
+            reason,
+            notes: VecDeque::new(),
+            close_backend: false,
+            readable: true,
+            writable: true,
+            done: false,
+            holds_slot: true,
+            counted_ip: None,
+            log: None,
+        }
+    }
+
+    /// A client refused before its upgrade began (the proxy is full, or its IP has too many
+    /// connections): no access log line, as before any head was read.
+    pub(super) fn refuse_at_accept(
+        r: Reject,
+        notes: &[Note],
+        holds_slot: bool,
+        t: &Time,
+    ) -> Linger {
+        let mut l = Linger::new(r.response().to_vec(), EndReason::Rejected, t);
+        l.notes.extend(notes.iter().copied());
+        l.holds_slot = holds_slot;
+        l
+    }
+
+    /// The upgrade ended with `out` for the client (a refusal, or the backend's non-101 answer
+    /// when `status` is the backend's).
+    pub(super) fn after_upgrade(
+        u: &Upgrading,
+        out: Vec<u8>,
+        status: u16,
+        answered: bool,
+        t: &Time,
+    ) -> Linger {
+        let reason = if answered {
+            EndReason::Answered
+        } else {
+            EndReason::Rejected
+        };
+        let mut l = Linger::new(out, reason, t);
+        l.close_backend = true;
+        l.counted_ip = u.counted_ip;
+        l.log = u.log_facts(status);
+        l
+    }
+
+    pub(super) fn handle(&mut self, ev: Event) {
+        match ev {
+            Event::Ready {
+                side: Side::Client,
+                readable,
+                writable,
+                hup,
+                gone,
+            } => {
+                self.readable |= readable || hup || gone;
+                self.writable |= writable || gone;
+            }
+            // Its backend is already closed.
+            Event::Ready {
+                side: Side::Backend,
+                ..
+            } => {}
+            Event::Timer(due) => self.done |= due == self.armed,
+            Event::Resume => {}
+            Event::Drain => self.done = true,
+        }
+    }
+
+    pub(super) fn poll(&mut self, scratch: usize) -> Step {
+        if let Some(n) = self.notes.pop_front() {
+            return Step::Note(n);
+        }
+        if self.close_backend {
+            self.close_backend = false;
+            return Step::CloseBackend;
+        }
+        if self.armed == 0 {
+            self.armed = self.until;
+            return Step::Arm(self.until);
+        }
+        if self.done {
+            return Step::End(End {
+                reason: self.reason,
+                counted_ip: self.counted_ip.take(),
+                holds_slot: self.holds_slot,
+                backend_id: u16::MAX,
+                log: self.log.take(),
+            });
+        }
+        let op = if self.pos < self.out.len() {
+            if !self.writable {
+                return Step::Wait;
+            }
+            IoOp::Write {
+                side: Side::Client,
+                src: Src::Held,
+            }
+        } else if !self.shut {
+            self.shut = true;
+            IoOp::Shutdown { side: Side::Client }
+        } else if self.readable {
+            // Discard what the client still sends until it closes.
+            IoOp::Read {
+                side: Side::Client,
+                max: scratch,
+            }
+        } else {
+            return Step::Wait;
+        };
+        Step::Io(op)
+    }
+
+    pub(super) fn complete_io(&mut self, op: IoOp, res: io::Result<usize>) {
+        let blocked = |e: &io::Error| e.kind() == io::ErrorKind::WouldBlock;
+        let retry = |e: &io::Error| e.kind() == io::ErrorKind::Interrupted;
+        match (op, res) {
+            (IoOp::Write { .. }, Ok(n)) => self.pos += n,
+            (IoOp::Read { .. }, Ok(0)) => self.done = true,
+            (IoOp::Read { .. }, Ok(_)) => {}
+            (IoOp::Write { .. }, Err(e)) if blocked(&e) => self.writable = false,
+            (IoOp::Read { .. }, Err(e)) if blocked(&e) => self.readable = false,
+            (IoOp::Write { .. } | IoOp::Read { .. }, Err(e)) if retry(&e) => {}
+            (IoOp::Write { .. } | IoOp::Read { .. }, Err(_)) => self.done = true,
+            // FIN sent (or the client is gone, which the read will tell).
+            (IoOp::Shutdown { .. } | IoOp::SpliceIn { .. } | IoOp::SpliceOut { .. }, _) => {}
+        }
+    }
+
+    /// Bytes for the `Write` in flight.
+    pub(super) fn out_bytes(&self) -> &[u8] {
+        &self.out[self.pos.min(self.out.len())..]
+    }
+}

@@ -1,0 +1,454 @@
+//! One connection's whole life, accept to close, as one state machine the driver feeds.
+//!
+//! ```text
+//!   accept ─▶ Upgrade ─(101)─▶ Relay ──(FIN both ways, reset, timeout, drain)──▶ End
+//!     │          │ refused, non-101 answer
+//!     │ full     ▼
+//!     └──────▶ Linger: write the answer, FIN, discard until the client closes ──▶ End
+//! ```
+//!
+//! The driver tells a connection what happened ([`Conn::handle`]: readiness, a timer, a
+//! drain) and then asks what to do until the answer is to wait ([`Conn::poll`]). Every answer
+//! is an operation ([`Step`]): I/O on one of the connection's sockets, a backend connect, a
+//! per-IP admission, a timer to arm, a fact for the counters, or the end. The driver carries
+//! each out and reports its result (`complete_*`); it never asks which stage a connection is
+//! in. Upgrade and Linger are boxed: an idle relay's slab entry holds only [`Relay`] state.
+
+mod linger;
+mod upgrade;
+
+#[cfg(test)]
+mod tests;
+
+use crate::core::handshake::{ConnectFailure, Settings};
+use crate::core::relay::{Check, CloseReason, Ctx, IoOp, Next, Pipes, Relay, Side, Timeouts, Way};
+use crate::core::status::Reject;
+use crate::core::timer::{at_or_before, Clock, Tick};
+use linger::Linger;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use upgrade::Upgrading;
+
+/// How long a refused client gets to read its answer before we close (nginx's lingering close).
+pub const LINGER: Duration = Duration::from_secs(2);
+
+/// The worker's time, read once per loop iteration.
+#[derive(Debug, Clone, Copy)]
+pub struct Time {
+    pub now: Instant,
+    pub tick: Tick,
+    pub clock: Clock,
+}
+
+/// What the worker knows of a connection it just accepted.
+#[derive(Debug, Clone, Copy)]
+pub struct Accept {
+    pub peer: SocketAddr,
+    /// The address the client connected to (sent on in PROXY headers).
+    pub local: SocketAddr,
+    /// The listener requires a PROXY protocol header first.
+    pub expect_proxy: bool,
+    /// The process is at `max_connections`: answer 503 (this connection holds no slot).
+    pub full: bool,
+    /// Keep the facts an access log line needs.
+    pub log: bool,
+    /// Both sockets may splice (plain TCP, not TLS).
+    pub splice_ok: bool,
+}
+
+/// How the per-IP limiter took a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Counted,
+    /// No per-IP limit is configured.
+    Unlimited,
+    Refused,
+}
+
+/// How a backend connect went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Connecting {
+    /// Started and in progress: a readiness event on the backend socket follows.
+    Started,
+    /// Not finished yet (a spurious event).
+    Pending,
+    Connected,
+    Failed(ConnectFailure),
+}
+
+/// A fact for the worker's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Note {
+    /// An attempt to this backend failed (refused, reset, timed out, broken answer).
+    BackendFailed(SocketAddr),
+    /// The client is refused with this answer.
+    Rejected(Reject),
+    /// The process was at `max_connections` when this client came.
+    Full,
+    /// A backend's non-101 answer is relayed to the client.
+    Answered,
+    /// The backend switched protocols: the relay begins. The worker answers with
+    /// [`Conn::set_backend_id`].
+    RelayOpened {
+        backend: Option<SocketAddr>,
+        handshake: Duration,
+    },
+}
+
+/// Why a connection ended, as the access log says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// A relay ended (counted per reason in the metrics).
+    Relay(CloseReason),
+    /// The client left before its upgrade finished.
+    ClientLeft,
+    /// The proxy stopped (drain time over) before the upgrade finished.
+    Drained,
+    /// The client got a refusal and the linger is over.
+    Rejected,
+    /// The client got a backend's non-101 answer and the linger is over.
+    Answered,
+}
+
+impl EndReason {
+    /// The word in access log lines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Relay(r) => r.as_str(),
+            EndReason::ClientLeft => "client_closed",
+            EndReason::Drained => "drain",
+            EndReason::Rejected => "rejected",
+            EndReason::Answered => "answered",
+        }
+    }
+}
+
+/// A connection is over: what the worker must give back and log.
+#[derive(Debug)]
+pub struct End {
+    pub reason: EndReason,
+    /// Release this IP in the per-IP limiter.
+    pub counted_ip: Option<IpAddr>,
+    /// The connection holds a `max_connections` slot.
+    pub holds_slot: bool,
+    /// The worker's id of the relay's backend (per-backend active count), or `u16::MAX`.
+    pub backend_id: u16,
+    pub log: Option<Box<ConnLog>>,
+}
+
+/// The next thing to do for a connection.
+#[must_use]
+#[derive(Debug)]
+pub enum Step {
+    /// Execute on a socket, then [`Conn::complete_io`].
+    Io(IoOp),
+    /// Close the backend socket if any, start a non-blocking connect, [`Conn::complete_connect`].
+    Connect(SocketAddr),
+    /// Ask the backend socket whether its connect finished, [`Conn::complete_connect`].
+    CheckConnect,
+    /// Close the backend socket: the client gets an answer of ours.
+    CloseBackend,
+    /// Count this client against `max_connections_per_ip`, [`Conn::complete_admit`].
+    Admit(IpAddr),
+    /// Call [`Conn::handle`] with [`Event::Timer`] at this tick.
+    Arm(Tick),
+    Note(Note),
+    /// The round's budget ran out: [`Event::Resume`] after other connections had their turn.
+    Yield,
+    /// Nothing until an event.
+    Wait,
+    /// Close both sockets and give back what [`End`] says.
+    End(End),
+}
+
+/// What happened to a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// Readiness on one socket: `hup` when the peer sent FIN or an error came, `gone` when it
+    /// reset or closed both ways.
+    Ready {
+        side: Side,
+        readable: bool,
+        writable: bool,
+        hup: bool,
+        gone: bool,
+    },
+    /// An armed timer fired (stale ones are ignored).
+    Timer(Tick),
+    /// Continue after a [`Step::Yield`].
+    Resume,
+    /// The drain time is over: end now.
+    Drain,
+}
+
+/// What the access log line of a connection says, gathered while it lives.
+#[derive(Debug)]
+pub struct ConnLog {
+    pub client: SocketAddr,
+    pub settings: Arc<Settings>,
+    pub route: Option<usize>,
+    pub backend: Option<SocketAddr>,
+    pub status: u16,
+    pub started: Instant,
+    pub up: u64,
+    pub down: u64,
+}
+
+impl ConnLog {
+    /// The route prefix for the log line, or "-".
+    pub fn route_prefix(&self) -> &str {
+        self.route
+            .filter(|&r| r < self.settings.routes.len())
+            .map_or("-", |r| self.settings.routes.get(r).prefix.as_str())
+    }
+}
+
+/// An established relay with what the worker must know when it ends.
+#[derive(Debug)]
+pub struct Relaying<P> {
+    relay: Relay<P>,
+    /// The due tick of this relay's live wheel entry (0: none).
+    armed: Tick,
+    backend_id: u16,
+    counted_ip: Option<IpAddr>,
+    /// Set by a completion that ended the relay; returned by the next poll.
+    closed: Option<CloseReason>,
+    /// Access log facts; allocated only when an access log is configured.
+    log: Option<Box<ConnLog>>,
+}
+
+impl<P> Relaying<P> {
+    fn handle(&mut self, ev: Event, t: &Time) {
+        match ev {
+            Event::Ready {
+                side,
+                readable,
+                writable,
+                hup,
+                gone: _,
+            } => self
+                .relay
+                .handle_ready(side, readable || hup, writable, hup),
+            Event::Resume => self.relay.resume(),
+            Event::Timer(due) if due == self.armed => {
+                self.armed = 0;
+                match self.relay.times.check(self.relay.timeouts, t.tick) {
+                    Check::Expired(reason) => self.closed = Some(reason),
+                    Check::Rearm(_) | Check::Never => {} // the next poll arms again
+                }
+            }
+            Event::Timer(_) => {} // stale: the relay re-armed since
+            Event::Drain => self.closed = Some(CloseReason::Drain),
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Ctx<'_, impl Pipes<Pipe = P>>, t: &Time) -> Step {
+        if let Some(reason) = self.closed {
+            return self.end(reason, cx);
+        }
+        let next = self.relay.poll_op(cx, t.tick);
+        let waiting = match next {
+            Next::Op(op) => return Step::Io(op),
+            Next::Closed(reason) => return self.end(reason, cx),
+            Next::Wait => Step::Wait,
+            Next::Yield => Step::Yield,
+        };
+        // Arm lazily: only when the deadline moved earlier than the armed entry (a firing entry
+        // re-checks and re-arms), so bytes moving do not touch the wheel.
+        if let Some(due) = self.relay.deadline() {
+            if self.armed == 0 || !at_or_before(self.armed, due) {
+                self.armed = due;
+                return Step::Arm(due);
+            }
+        }
+        waiting
+    }
+
+    fn complete_io(
+        &mut self,
+        op: IoOp,
+        res: io::Result<usize>,
+        cx: &mut Ctx<'_, impl Pipes<Pipe = P>>,
+        t: &Time,
+    ) {
+        match self.relay.complete(op, res, cx, t.tick) {
+            Ok((way, n)) => {
+                if let Some(l) = &mut self.log {
+                    match way {
+                        Way::Up => l.up += n,
+                        Way::Down => l.down += n,
+                    }
+                }
+            }
+            Err(reason) => self.closed = Some(reason),
+        }
+    }
+
+    fn end(&mut self, reason: CloseReason, cx: &mut Ctx<'_, impl Pipes<Pipe = P>>) -> Step {
+        self.relay.release(cx.pipes, cx.stats);
+        Step::End(End {
+            reason: EndReason::Relay(reason),
+            counted_ip: self.counted_ip.take(),
+            holds_slot: true,
+            backend_id: self.backend_id,
+            log: self.log.take(),
+        })
+    }
+}
+
+/// One connection's state, generic over the worker's pipe type.
+#[derive(Debug)]
+pub enum Conn<P> {
+    Upgrade(Box<Upgrading>),
+    Relay(Relaying<P>),
+    Linger(Box<Linger>),
+    /// Over: [`Step::End`] was returned.
+    Ended,
+}
+
+impl<P> Conn<P> {
+    /// A connection the worker just accepted at `t`, under `settings` (kept for its whole
+    /// upgrade: a reload never changes the rules in the middle of a handshake).
+    pub fn accept(a: Accept, t: &Time, settings: Arc<Settings>) -> Conn<P> {
+        if a.full {
+            return Conn::Linger(Box::new(Linger::refuse_at_accept(
+                Reject::Overloaded,
+                &[Note::Full, Note::Rejected(Reject::Overloaded)],
+                false,
+                t,
+            )));
+        }
+        Conn::Upgrade(Box::new(Upgrading::new(a, t, settings)))
+    }
+
+    /// The due tick of this connection's live timer, to tell stale wheel entries.
+    pub fn armed(&self) -> Option<Tick> {
+        match self {
+            Conn::Upgrade(u) => Some(u.armed),
+            Conn::Relay(r) => Some(r.armed),
+            Conn::Linger(l) => Some(l.armed),
+            Conn::Ended => None,
+        }
+    }
+
+    /// Something happened; then call [`Conn::poll`] until it says to wait.
+    pub fn handle(&mut self, ev: Event, t: &Time) {
+        match self {
+            Conn::Upgrade(u) => u.handle(ev, t),
+            Conn::Relay(r) => r.handle(ev, t),
+            Conn::Linger(l) => l.handle(ev),
+            Conn::Ended => {}
+        }
+    }
+
+    /// The next operation.
+    pub fn poll(&mut self, cx: &mut Ctx<'_, impl Pipes<Pipe = P>>, t: &Time) -> Step {
+        let step = match self {
+            Conn::Upgrade(u) => match u.poll(cx.scratch.len(), t) {
+                upgrade::Polled::Step(s) => s,
+                upgrade::Polled::Reject { out, status, note } => {
+                    let answered = note == Note::Answered;
+                    let linger = Linger::after_upgrade(u, out, status, answered, t);
+                    *self = Conn::Linger(Box::new(linger));
+                    return Step::Note(note);
+                }
+                upgrade::Polled::Relay => return self.open_relay(cx, t),
+            },
+            Conn::Relay(r) => r.poll(cx, t),
+            Conn::Linger(l) => l.poll(cx.scratch.len()),
+            Conn::Ended => return Step::Wait,
+        };
+        if let Step::End(_) = step {
+            *self = Conn::Ended;
+        }
+        step
+    }
+
+    fn open_relay(&mut self, cx: &mut Ctx<'_, impl Pipes<Pipe = P>>, t: &Time) -> Step {
+        let Conn::Upgrade(u) = std::mem::replace(self, Conn::Ended) else {
+            return Step::Wait; // only called from the Upgrade arm
+        };
+        let opened = u.into_relay(t);
+        let to = &opened.settings.timeouts;
+        let timeouts = Timeouts::new(to.idle, to.half_close);
+        let relay = Relay::new(
+            opened.to_client,
+            opened.to_backend,
+            opened.splice_ok,
+            timeouts,
+            t.tick,
+            cx.stats,
+        );
+        *self = Conn::Relay(Relaying {
+            relay,
+            armed: 0,
+            backend_id: u16::MAX,
+            counted_ip: opened.counted_ip,
+            closed: None,
+            log: opened.log,
+        });
+        Step::Note(Note::RelayOpened {
+            backend: opened.backend,
+            handshake: t.now.saturating_duration_since(opened.started),
+        })
+    }
+
+    /// The worker's id for the backend of a [`Note::RelayOpened`].
+    pub fn set_backend_id(&mut self, id: u16) {
+        if let Conn::Relay(r) = self {
+            r.backend_id = id;
+        }
+    }
+
+    /// The result of the last [`Step::Io`].
+    pub fn complete_io(
+        &mut self,
+        op: IoOp,
+        res: io::Result<usize>,
+        cx: &mut Ctx<'_, impl Pipes<Pipe = P>>,
+        t: &Time,
+    ) {
+        match self {
+            Conn::Upgrade(u) => u.complete_io(op, res, cx.scratch, t),
+            Conn::Relay(r) => r.complete_io(op, res, cx, t),
+            Conn::Linger(l) => l.complete_io(op, res),
+            Conn::Ended => {}
+        }
+    }
+
+    /// The result of a [`Step::Connect`] or [`Step::CheckConnect`].
+    pub fn complete_connect(&mut self, c: Connecting, t: &Time) {
+        if let Conn::Upgrade(u) = self {
+            u.complete_connect(c, t);
+        }
+    }
+
+    /// The result of a [`Step::Admit`].
+    pub fn complete_admit(&mut self, a: Admission, t: &Time) {
+        if let Conn::Upgrade(u) = self {
+            if let Some(refused) = u.complete_admit(a, t) {
+                *self = Conn::Linger(Box::new(refused));
+            }
+        }
+    }
+
+    /// Bytes for the `Write { src: Held }` in flight.
+    pub fn out_bytes(&self) -> &[u8] {
+        match self {
+            Conn::Upgrade(u) => u.out_bytes(),
+            Conn::Relay(r) => r.relay.held(),
+            Conn::Linger(l) => l.out_bytes(),
+            Conn::Ended => &[],
+        }
+    }
+
+    /// The pipe the splice in flight uses.
+    pub fn pipe(&self) -> Option<&P> {
+        match self {
+            Conn::Relay(r) => r.relay.pipe(),
+            Conn::Upgrade(_) | Conn::Linger(_) | Conn::Ended => None,
+        }
+    }
+}

@@ -1,0 +1,329 @@
+//! Whole connections as scripts: accept to end, every step the worker would carry out.
+
+use super::*;
+use crate::config::RelayMode;
+use crate::config::{ForwardedFor, Route, Timeouts as Configured};
+use crate::core::relay::tests::FakePipes;
+use crate::core::relay::{RelayStats, Src};
+use crate::core::route::RouteTable;
+
+const HEAD: &[u8] = b"GET /notice/a HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+const OK101: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+
+fn settings(backends: &[&str]) -> Arc<Settings> {
+    Arc::new(Settings::new(
+        RouteTable::new(&[Route {
+            prefix: "/notice".into(),
+            host: None,
+            backends: backends.iter().map(|b| b.parse().expect("addr")).collect(),
+            strip_prefix: true,
+            forwarded_for: ForwardedFor::Append,
+            send_proxy: None,
+        }]),
+        Configured::default(),
+    ))
+}
+
+struct Rig {
+    conn: Conn<u32>,
+    base: Instant,
+    t: Time,
+    pipes: FakePipes,
+    stats: RelayStats,
+    scratch: Vec<u8>,
+}
+
+fn accept(full: bool, backends: &[&str]) -> Rig {
+    let base = Instant::now();
+    let clock = Clock::new(base);
+    let t = Time {
+        now: base,
+        tick: clock.tick(base),
+        clock,
+    };
+    let a = Accept {
+        peer: "203.0.113.9:4000".parse().expect("addr"),
+        local: "127.0.0.1:80".parse().expect("addr"),
+        expect_proxy: false,
+        full,
+        log: true,
+        splice_ok: true,
+    };
+    Rig {
+        conn: Conn::accept(a, &t, settings(backends)),
+        base,
+        t,
+        pipes: FakePipes {
+            cap: 4,
+            ..Default::default()
+        },
+        stats: RelayStats::default(),
+        scratch: vec![0u8; 4096],
+    }
+}
+
+impl Rig {
+    fn poll(&mut self) -> Step {
+        let mut cx = Ctx {
+            scratch: &self.scratch,
+            pipes: &mut self.pipes,
+            stats: &mut self.stats,
+            mode: RelayMode::Auto,
+            threshold: 65536,
+        };
+        self.conn.poll(&mut cx, &self.t)
+    }
+
+    /// Polls past timer arming; returns the first other step.
+    fn next(&mut self) -> Step {
+        loop {
+            match self.poll() {
+                Step::Arm(_) => {}
+                s => return s,
+            }
+        }
+    }
+
+    /// Completes `op` as if the socket returned `bytes` (a read) or took `n` bytes (a write).
+    fn io(&mut self, op: IoOp, bytes: &[u8]) {
+        let n = match op {
+            IoOp::Read { .. } => {
+                self.scratch[..bytes.len()].copy_from_slice(bytes);
+                bytes.len()
+            }
+            _ => bytes.len(),
+        };
+        let mut cx = Ctx {
+            scratch: &self.scratch,
+            pipes: &mut self.pipes,
+            stats: &mut self.stats,
+            mode: RelayMode::Auto,
+            threshold: 65536,
+        };
+        self.conn.complete_io(op, Ok(n), &mut cx, &self.t);
+    }
+
+    fn expect_io(&mut self) -> IoOp {
+        match self.next() {
+            Step::Io(op) => op,
+            other => panic!("expected I/O, got {other:?}"),
+        }
+    }
+
+    fn after(&mut self, d: Duration) {
+        self.t.now = self.base + d;
+        self.t.tick = self.t.clock.tick(self.t.now);
+    }
+
+    fn fire_timer(&mut self) {
+        let due = self.conn.armed().expect("armed");
+        self.conn.handle(Event::Timer(due), &self.t);
+    }
+}
+
+fn ready(side: Side, readable: bool, writable: bool) -> Event {
+    Event::Ready {
+        side,
+        readable,
+        writable,
+        hup: false,
+        gone: false,
+    }
+}
+
+#[test]
+fn upgrade_to_relay_step_by_step() {
+    let mut r = accept(false, &["127.0.0.1:9001"]);
+    let ip: IpAddr = "203.0.113.9".parse().expect("ip");
+    assert!(matches!(r.next(), Step::Admit(a) if a == ip));
+    r.conn.complete_admit(Admission::Counted, &r.t);
+    let read = r.expect_io();
+    assert!(matches!(
+        read,
+        IoOp::Read {
+            side: Side::Client,
+            ..
+        }
+    ));
+    r.io(read, HEAD);
+    let backend: SocketAddr = "127.0.0.1:9001".parse().expect("addr");
+    assert!(matches!(r.next(), Step::Connect(a) if a == backend));
+    r.conn.complete_connect(Connecting::Started, &r.t);
+    assert!(
+        matches!(r.next(), Step::Wait),
+        "nothing to do until the connect completes"
+    );
+    r.conn.handle(ready(Side::Backend, false, true), &r.t);
+    assert!(matches!(r.next(), Step::CheckConnect));
+    r.conn.complete_connect(Connecting::Connected, &r.t);
+    let write = r.expect_io();
+    assert_eq!(
+        write,
+        IoOp::Write {
+            side: Side::Backend,
+            src: Src::Held
+        }
+    );
+    let head = r.conn.out_bytes().to_vec();
+    assert!(head.starts_with(b"GET /a HTTP/1.1\r\n"));
+    r.io(write, &head);
+    let read = r.expect_io();
+    assert!(matches!(
+        read,
+        IoOp::Read {
+            side: Side::Backend,
+            ..
+        }
+    ));
+    r.io(read, OK101);
+    match r.next() {
+        Step::Note(Note::RelayOpened { backend: b, .. }) => assert_eq!(b, Some(backend)),
+        other => panic!("expected the relay to open, got {other:?}"),
+    }
+    r.conn.set_backend_id(3);
+    // The relay reads what the client sent meanwhile, then writes the 101 to the client.
+    let read = r.expect_io();
+    assert!(matches!(
+        read,
+        IoOp::Read {
+            side: Side::Client,
+            ..
+        }
+    ));
+    let mut cx = Ctx {
+        scratch: &r.scratch,
+        pipes: &mut r.pipes,
+        stats: &mut r.stats,
+        mode: RelayMode::Auto,
+        threshold: 65536,
+    };
+    let blocked = Err(io::ErrorKind::WouldBlock.into());
+    r.conn.complete_io(read, blocked, &mut cx, &r.t);
+    let w = r.expect_io();
+    assert_eq!(
+        w,
+        IoOp::Write {
+            side: Side::Client,
+            src: Src::Held
+        }
+    );
+    assert_eq!(r.conn.out_bytes(), OK101);
+    // Drain: the relay ends with its reason, its slot, its IP and its backend id.
+    r.conn.handle(Event::Drain, &r.t);
+    match r.next() {
+        Step::End(e) => {
+            assert_eq!(e.reason, EndReason::Relay(CloseReason::Drain));
+            assert_eq!(
+                (e.holds_slot, e.counted_ip, e.backend_id),
+                (true, Some(ip), 3)
+            );
+            assert_eq!(e.log.expect("log").status, 101);
+        }
+        other => panic!("expected the end, got {other:?}"),
+    }
+    assert!(matches!(r.conn, Conn::Ended));
+}
+
+/// Plays a linger to its end: answer, FIN, discard, the client closes.
+fn linger_to_end(r: &mut Rig, answer: &[u8]) -> End {
+    let w = r.expect_io();
+    assert_eq!(r.conn.out_bytes(), answer);
+    r.io(w, answer);
+    assert_eq!(r.expect_io(), IoOp::Shutdown { side: Side::Client });
+    r.io(IoOp::Shutdown { side: Side::Client }, b"");
+    let read = r.expect_io();
+    r.io(read, b"ignored");
+    let read = r.expect_io();
+    r.io(read, b"");
+    match r.next() {
+        Step::End(e) => e,
+        other => panic!("expected the end, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_full_proxy_answers_503_through_a_linger_and_holds_no_slot() {
+    let mut r = accept(true, &["127.0.0.1:9001"]);
+    assert!(matches!(r.next(), Step::Note(Note::Full)));
+    assert!(matches!(
+        r.next(),
+        Step::Note(Note::Rejected(Reject::Overloaded))
+    ));
+    let e = linger_to_end(&mut r, Reject::Overloaded.response());
+    assert_eq!(e.reason, EndReason::Rejected);
+    assert!(!e.holds_slot);
+    assert!(e.log.is_none(), "no head was read: no access log line");
+}
+
+#[test]
+fn a_client_over_its_per_ip_limit_gets_429_and_no_backend_is_tried() {
+    let mut r = accept(false, &["127.0.0.1:9001"]);
+    assert!(matches!(r.next(), Step::Admit(_)));
+    r.conn.complete_admit(Admission::Refused, &r.t);
+    assert!(matches!(
+        r.next(),
+        Step::Note(Note::Rejected(Reject::TooManyFromIp))
+    ));
+    let e = linger_to_end(&mut r, Reject::TooManyFromIp.response());
+    assert!(e.holds_slot && e.counted_ip.is_none());
+}
+
+#[test]
+fn each_failed_backend_is_reported_once_then_the_client_gets_504() {
+    let mut r = accept(false, &["127.0.0.1:9001", "127.0.0.1:9002"]);
+    assert!(matches!(r.next(), Step::Admit(_)));
+    r.conn.complete_admit(Admission::Unlimited, &r.t);
+    let read = r.expect_io();
+    r.io(read, HEAD);
+    let Step::Connect(first) = r.next() else {
+        panic!("expected a connect")
+    };
+    r.conn
+        .complete_connect(Connecting::Failed(ConnectFailure::Refused), &r.t);
+    assert!(matches!(r.next(), Step::Note(Note::BackendFailed(a)) if a == first));
+    let Step::Connect(second) = r.next() else {
+        panic!("expected the next backend")
+    };
+    assert_ne!(first, second);
+    r.conn.complete_connect(Connecting::Started, &r.t);
+    assert!(matches!(r.next(), Step::Wait));
+    // The connect timeout (5 s by default) passes.
+    r.after(Duration::from_secs(6));
+    r.fire_timer();
+    assert!(matches!(r.next(), Step::Note(Note::BackendFailed(a)) if a == second));
+    assert!(matches!(
+        r.next(),
+        Step::Note(Note::Rejected(Reject::BackendTimeout))
+    ));
+    assert!(matches!(r.next(), Step::CloseBackend));
+    let e = linger_to_end(&mut r, Reject::BackendTimeout.response());
+    assert_eq!(e.reason, EndReason::Rejected);
+    assert_eq!(e.log.expect("log").status, 504);
+}
+
+#[test]
+fn a_stale_timer_does_nothing_and_the_drain_ends_an_upgrade() {
+    let mut r = accept(false, &["127.0.0.1:9001"]);
+    assert!(matches!(r.next(), Step::Admit(_)));
+    r.conn.complete_admit(Admission::Unlimited, &r.t);
+    let read = r.expect_io();
+    r.io(read, &HEAD[..10]);
+    let due = r.conn.armed().expect("armed");
+    r.conn.handle(Event::Timer(due.wrapping_sub(1)), &r.t);
+    let read = r.expect_io();
+    assert!(matches!(
+        read,
+        IoOp::Read {
+            side: Side::Client,
+            ..
+        }
+    ));
+    r.conn.handle(Event::Drain, &r.t);
+    match r.next() {
+        Step::End(e) => {
+            assert_eq!(e.reason, EndReason::Drained);
+            assert_eq!(e.reason.as_str(), "drain");
+        }
+        other => panic!("expected the end, got {other:?}"),
+    }
+}

@@ -1,0 +1,410 @@
+//! The upgrade stage: from the first client byte to the backend's 101, around the
+//! [`Handshake`] machine. Here are the decisions the driver used to take: when to read which
+//! socket, when a connect finished, the per-IP limit once a PROXY header named the client.
+
+use super::{Accept, Admission, ConnLog, Connecting, Event, Note, Step, Time};
+use crate::core::handshake::{Action, ConnectFailure, Handshake, Settings};
+use crate::core::relay::{IoOp, Side, Src};
+use crate::core::status::Reject;
+use crate::core::timer::at_or_before;
+use std::collections::VecDeque;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// When the per-IP limiter must hear of this client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admit {
+    /// At once: the TCP peer is the client.
+    Now,
+    /// Behind a trusted balancer: once its PROXY header names the client.
+    AfterProxyHeader,
+    /// Asked at accept; a refusal is answered without a log line, as a full proxy's 503.
+    AskedAtAccept,
+    /// The PROXY header named the client: ask now; the action that follows waits.
+    Proxied,
+    /// Asked after the PROXY header.
+    AskedProxied,
+    Done,
+}
+
+/// A connection whose upgrade is under way.
+#[derive(Debug)]
+pub struct Upgrading {
+    hs: Handshake,
+    /// The settings in force when the connection was accepted.
+    pub(super) settings: Arc<Settings>,
+    /// The due tick of the live wheel entry (0: none).
+    pub(super) armed: u32,
+    /// An action of the handshake not yet carried out.
+    action: Option<Action>,
+    notes: VecDeque<Note>,
+    admit: Admit,
+    pub(super) counted_ip: Option<IpAddr>,
+    /// Readiness remembered (edge-triggered): the socket may have bytes / take bytes.
+    client_readable: bool,
+    backend_readable: bool,
+    backend_writable: bool,
+    /// A backend event came while connecting: ask whether the connect finished.
+    check_connect: bool,
+    /// The drain time ran out.
+    drained: bool,
+    log: bool,
+    splice_ok: bool,
+}
+
+/// What [`Upgrading::poll`] decided.
+pub(super) enum Polled {
+    Step(Step),
+    /// Refuse or answer the client: linger with these bytes.
+    Reject {
+        out: Vec<u8>,
+        status: u16,
+        note: Note,
+    },
+    /// The backend switched protocols.
+    Relay,
+}
+
+/// What the relay starts with.
+pub(super) struct Opened {
+    pub settings: Arc<Settings>,
+    pub to_client: Vec<u8>,
+    pub to_backend: Vec<u8>,
+    pub backend: Option<SocketAddr>,
+    pub started: Instant,
+    pub counted_ip: Option<IpAddr>,
+    pub log: Option<Box<ConnLog>>,
+    pub splice_ok: bool,
+}
+
+impl Upgrading {
+    pub(super) fn new(a: Accept, t: &Time, settings: Arc<Settings>) -> Upgrading {
+        let hs = Handshake::accept(a.peer, a.local, a.expect_proxy, t.now, &settings);
+        // Behind a trusted balancer the TCP peer is the balancer: count the client its PROXY
+        // header names instead.
+        let admit = if a.expect_proxy && settings.proxy_trusts(a.peer.ip()) {
+            Admit::AfterProxyHeader
+        } else {
+            Admit::Now
+        };
+        Upgrading {
+            hs,
+            settings,
+            armed: 0,
+            action: None,
+            notes: VecDeque::new(),
+            admit,
+            counted_ip: None,
+            client_readable: true,
+            backend_readable: false,
+            backend_writable: false,
+            check_connect: false,
+            drained: false,
+            log: a.log,
+            splice_ok: a.splice_ok,
+        }
+    }
+
+    /// The access log facts so far, with `status`.
+    pub(super) fn log_facts(&self, status: u16) -> Option<Box<ConnLog>> {
+        self.log.then(|| {
+            Box::new(ConnLog {
+                client: self.hs.client(),
+                settings: self.settings.clone(),
+                route: self.hs.route(),
+                backend: self.hs.backend(),
+                status,
+                started: self.hs.started(),
+                up: 0,
+                down: 0,
+            })
+        })
+    }
+
+    pub(super) fn handle(&mut self, ev: Event, t: &Time) {
+        match ev {
+            Event::Ready {
+                side: Side::Client,
+                readable,
+                gone,
+                ..
+            } => {
+                if gone && self.hs.client_read_limit(&self.settings) == 0 {
+                    // The client reset while we talk to the backend. Edge-triggered: this event
+                    // will not come again, so act now instead of waiting for the backend or the
+                    // timeout. (A FIN alone is not `gone`: a client may half-close while it
+                    // waits for its 101.)
+                    let a = self.hs.handle_client_eof();
+                    self.act(a);
+                } else if readable {
+                    self.client_readable = true;
+                }
+            }
+            Event::Ready {
+                side: Side::Backend,
+                readable,
+                writable,
+                hup,
+                gone,
+            } => {
+                if self.hs.is_connecting() {
+                    self.check_connect = true;
+                } else {
+                    // An error shows as a failing read or write.
+                    self.backend_readable |= readable || hup || gone;
+                    self.backend_writable |= writable || gone;
+                }
+            }
+            Event::Timer(due) if due == self.armed => {
+                self.armed = 0;
+                let a = self.hs.handle_timeout(&self.settings, t.now);
+                self.act(a);
+            }
+            Event::Timer(_) | Event::Resume => {}
+            // `Polled` turns this into the end.
+            Event::Drain => {
+                self.drained = true;
+                self.action = Some(Action::Close);
+            }
+        }
+    }
+
+    /// Queues the handshake's decision and what it reported.
+    fn act(&mut self, a: Action) {
+        if let Some(b) = self.hs.take_failed() {
+            self.notes.push_back(Note::BackendFailed(b));
+        }
+        if a != Action::Wait {
+            self.action = Some(a);
+        }
+    }
+
+    pub(super) fn poll(&mut self, scratch: usize, t: &Time) -> Polled {
+        if let Some(n) = self.notes.pop_front() {
+            return Polled::Step(Step::Note(n));
+        }
+        match self.admit {
+            Admit::Now => {
+                self.admit = Admit::AskedAtAccept;
+                return Polled::Step(Step::Admit(self.hs.client().ip()));
+            }
+            Admit::Proxied => {
+                self.admit = Admit::AskedProxied;
+                return Polled::Step(Step::Admit(self.hs.client().ip()));
+            }
+            Admit::AskedAtAccept | Admit::AskedProxied => return Polled::Step(Step::Wait),
+            Admit::AfterProxyHeader | Admit::Done => {}
+        }
+        match self.action.take() {
+            None | Some(Action::Wait) | Some(Action::SendHead) => {}
+            Some(Action::Connect(addr)) => {
+                self.backend_readable = false;
+                self.backend_writable = false;
+                self.check_connect = false;
+                return Polled::Step(Step::Connect(addr));
+            }
+            Some(Action::Reject(r)) => {
+                return Polled::Reject {
+                    out: r.response().to_vec(),
+                    status: r.status(),
+                    note: Note::Rejected(r),
+                }
+            }
+            Some(Action::Answer) => {
+                return Polled::Reject {
+                    out: self.hs.client_output().to_vec(),
+                    status: self.hs.answer_status().unwrap_or(0),
+                    note: Note::Answered,
+                }
+            }
+            Some(Action::Close) => return Polled::Step(Step::End(self.end())),
+            Some(Action::Relay) => return Polled::Relay,
+        }
+        let due = t.clock.tick_ceil(self.hs.deadline());
+        if self.armed == 0 || !at_or_before(self.armed, due) {
+            self.armed = due;
+            return Polled::Step(Step::Arm(due));
+        }
+        if self.check_connect {
+            self.check_connect = false;
+            return Polled::Step(Step::CheckConnect);
+        }
+        let s = &self.settings;
+        let op = if self.hs.is_sending() && self.backend_writable {
+            IoOp::Write {
+                side: Side::Backend,
+                src: Src::Held,
+            }
+        } else if self.client_readable && self.hs.client_read_limit(s) > 0 {
+            IoOp::Read {
+                side: Side::Client,
+                max: self.hs.client_read_limit(s).min(scratch),
+            }
+        } else if self.backend_readable && self.hs.backend_read_limit(s) > 0 {
+            IoOp::Read {
+                side: Side::Backend,
+                max: self.hs.backend_read_limit(s).min(scratch),
+            }
+        } else {
+            return Polled::Step(Step::Wait);
+        };
+        Polled::Step(Step::Io(op))
+    }
+
+    fn end(&self) -> super::End {
+        super::End {
+            reason: if self.drained {
+                super::EndReason::Drained
+            } else {
+                super::EndReason::ClientLeft
+            },
+            counted_ip: self.counted_ip,
+            holds_slot: true,
+            backend_id: u16::MAX,
+            log: self.log_facts(0),
+        }
+    }
+
+    pub(super) fn complete_io(
+        &mut self,
+        op: IoOp,
+        res: io::Result<usize>,
+        scratch: &[u8],
+        t: &Time,
+    ) {
+        let s = &self.settings;
+        let retry = |e: &io::Error| e.kind() == io::ErrorKind::Interrupted;
+        let blocked = |e: &io::Error| e.kind() == io::ErrorKind::WouldBlock;
+        let a = match (op, res) {
+            (
+                IoOp::Read {
+                    side: Side::Client, ..
+                },
+                res,
+            ) => match res {
+                Ok(0) => self.hs.handle_client_eof(),
+                Ok(n) => {
+                    let a = self.hs.handle_client_data(s, t.now, &scratch[..n]);
+                    self.admit_proxied_client(a)
+                }
+                Err(e) if blocked(&e) => {
+                    self.client_readable = false;
+                    Action::Wait
+                }
+                Err(e) if retry(&e) => Action::Wait,
+                Err(_) => Action::Close,
+            },
+            (IoOp::Read { .. }, res) => match res {
+                Ok(0) => self.hs.handle_backend_eof(),
+                Ok(n) => self.hs.handle_backend_data(s, &scratch[..n]),
+                Err(e) if blocked(&e) => {
+                    self.backend_readable = false;
+                    Action::Wait
+                }
+                Err(e) if retry(&e) => Action::Wait,
+                Err(_) => self
+                    .hs
+                    .handle_connect_failed(s, t.now, ConnectFailure::Reset),
+            },
+            (IoOp::Write { .. }, res) => match res {
+                Ok(n) => self.hs.handle_backend_written(n),
+                Err(e) if blocked(&e) => {
+                    self.backend_writable = false;
+                    Action::Wait
+                }
+                Err(e) if retry(&e) => Action::Wait,
+                Err(_) => self
+                    .hs
+                    .handle_connect_failed(s, t.now, ConnectFailure::Reset),
+            },
+            // The upgrade asks for no other operation.
+            (IoOp::SpliceIn { .. } | IoOp::SpliceOut { .. } | IoOp::Shutdown { .. }, _) => {
+                Action::Wait
+            }
+        };
+        self.act(a);
+    }
+
+    /// The PROXY header of a trusted balancer's connection has just been read: the client it
+    /// names must be counted before `a` is carried out. LOCAL/UNKNOWN headers (health checks)
+    /// are not counted.
+    fn admit_proxied_client(&mut self, a: Action) -> Action {
+        if self.admit != Admit::AfterProxyHeader || self.hs.awaits_proxy_header() {
+            return a;
+        }
+        if a == Action::Close || !self.hs.client_from_proxy_header() {
+            self.admit = Admit::Done;
+            return a;
+        }
+        self.admit = Admit::Proxied;
+        self.action = Some(a);
+        Action::Wait
+    }
+
+    pub(super) fn complete_connect(&mut self, c: Connecting, t: &Time) {
+        let s = &self.settings;
+        let a = match c {
+            Connecting::Started | Connecting::Pending => Action::Wait,
+            Connecting::Connected => {
+                self.backend_readable = true;
+                self.backend_writable = true;
+                self.hs.handle_connected(s, t.now)
+            }
+            Connecting::Failed(why) => self.hs.handle_connect_failed(s, t.now, why),
+        };
+        self.act(a);
+    }
+
+    /// The per-IP limiter's answer. `Some`: refused at accept, linger with a 429.
+    pub(super) fn complete_admit(
+        &mut self,
+        a: Admission,
+        t: &Time,
+    ) -> Option<super::linger::Linger> {
+        let at_accept = self.admit == Admit::AskedAtAccept;
+        self.admit = Admit::Done;
+        match a {
+            Admission::Counted => self.counted_ip = Some(self.hs.client().ip()),
+            Admission::Unlimited => {}
+            Admission::Refused if at_accept => {
+                return Some(super::linger::Linger::refuse_at_accept(
+                    Reject::TooManyFromIp,
+                    &[Note::Rejected(Reject::TooManyFromIp)],
+                    true,
+                    t,
+                ))
+            }
+            Admission::Refused => {
+                // Instead of the action that waited: if it was a `Connect`, none was started.
+                self.action = None;
+                let r = self.hs.refuse(Reject::TooManyFromIp);
+                self.act(r);
+            }
+        }
+        None
+    }
+
+    /// Bytes for the `Write { src: Held }` in flight: the rewritten head.
+    pub(super) fn out_bytes(&self) -> &[u8] {
+        self.hs.backend_output()
+    }
+
+    pub(super) fn into_relay(self, _t: &Time) -> Opened {
+        let log = self.log_facts(101);
+        let backend = self.hs.backend();
+        let started = self.hs.started();
+        let (to_client, to_backend) = self.hs.into_tunnel_bytes();
+        Opened {
+            settings: self.settings,
+            to_client,
+            to_backend,
+            backend,
+            started,
+            counted_ip: self.counted_ip,
+            log,
+            splice_ok: self.splice_ok,
+        }
+    }
+}

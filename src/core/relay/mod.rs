@@ -1,0 +1,580 @@
+//! The relay: bytes both ways once the upgrade is done, as operations a driver executes.
+//!
+//! The relay decides everything about moving bytes: splice or copy, backpressure, half-close and
+//! why the relay ended. It never touches a socket: it asks for one operation at a time
+//! ([`Relay::poll_op`]) and is told how it went ([`Relay::complete`]). An epoll driver executes
+//! an operation at once with a non-blocking syscall; a completion driver submits it and reports
+//! later. Either way the same decisions are taken here.
+//!
+//! Per direction at most one thing is in flight: a pipe holding bytes, or an overflow buffer
+//! holding what the peer could not take. While something is in flight the source is not read,
+//! so a slow reader stops the writer at the kernel's socket buffers: memory per direction is
+//! bounded by one pipe or one scratch-sized buffer.
+//!
+//! ```text
+//!   readable ─▶ Read (copy) ──▶ Write scratch ──short──▶ overflow buffer ─▶ Write ─▶ …
+//!           └─▶ SpliceIn (bulk) ─▶ pipe holds n ─▶ SpliceOut ─▶ pipe back to the pool
+//!   EOF ─▶ Shutdown(dst) ─▶ direction finished;  both finished ─▶ End(Done)
+//! ```
+
+pub mod timing;
+
+pub use timing::{Check, CloseReason, Timeouts, Times};
+
+use crate::config::RelayMode;
+use crate::core::timer::Tick;
+use std::io;
+
+/// Which socket of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Backend,
+}
+
+/// A direction of a relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Way {
+    /// Client to backend.
+    Up,
+    /// Backend to client.
+    Down,
+}
+
+impl Way {
+    /// The socket this direction reads from.
+    pub fn src(self) -> Side {
+        match self {
+            Way::Up => Side::Client,
+            Way::Down => Side::Backend,
+        }
+    }
+
+    /// The socket this direction writes to.
+    pub fn dst(self) -> Side {
+        match self {
+            Way::Up => Side::Backend,
+            Way::Down => Side::Client,
+        }
+    }
+}
+
+/// Where the bytes of a write come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Src {
+    /// The first `n` bytes of the worker's scratch buffer (what the last read returned).
+    Scratch(usize),
+    /// The connection's own bytes: see [`crate::core::conn::Conn::out_bytes`].
+    Held,
+}
+
+/// One operation on a socket, for the driver to execute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoOp {
+    /// Read at most `max` bytes from `side` into the worker's scratch buffer.
+    Read { side: Side, max: usize },
+    /// Write bytes to `side`.
+    Write { side: Side, src: Src },
+    /// Splice at most `max` bytes from `side` into the connection's pipe.
+    SpliceIn { side: Side, max: usize },
+    /// Splice `len` bytes out of the connection's pipe into `side`.
+    SpliceOut { side: Side, len: usize },
+    /// Send FIN on `side`.
+    Shutdown { side: Side },
+}
+
+/// What a relay lends from its worker for one call.
+pub struct Ctx<'a, P: Pipes> {
+    /// The worker's scratch buffer: what a `Read` returned, for the write that follows it.
+    pub scratch: &'a [u8],
+    pub pipes: &'a mut P,
+    pub stats: &'a mut RelayStats,
+    pub mode: RelayMode,
+    pub threshold: usize,
+}
+
+/// The worker's pipe pool as the relay sees it: pipes lent while bytes are in flight.
+pub trait Pipes {
+    type Pipe;
+    /// A pipe to fill, or None when the pool is at its cap (the relay copies instead).
+    fn take(&mut self) -> Option<Self::Pipe>;
+    /// An empty pipe back to the pool.
+    fn give(&mut self, p: Self::Pipe);
+    /// A pipe that may still hold bytes (its relay ended): never reused.
+    fn discard(&mut self, p: Self::Pipe);
+    /// How many bytes one splice may move into a pipe.
+    fn pipe_size(&self) -> usize;
+}
+
+/// Per-worker relay counters, plain integers: only the owning thread writes them.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RelayStats {
+    /// Bytes read from clients and sent on to backends.
+    pub bytes_up: u64,
+    /// Bytes read from backends and sent on to clients.
+    pub bytes_down: u64,
+    pub bytes_spliced: u64,
+    pub bytes_copied: u64,
+    pub overflow_in_use: u64,
+    pub copy_fallbacks: u64,
+}
+
+/// The source may have bytes (edge-triggered: remembered until a read says otherwise).
+const READABLE: u8 = 1;
+/// The source sent FIN (a read returned 0).
+const EOF: u8 = 2;
+/// We sent FIN to the destination.
+const SHUT: u8 = 4;
+/// Auto mode: this source sends in bulk (its last burst reached the splice threshold), so
+/// splice. Decided per burst (everything read between two readiness waits), not per read: the
+/// short tail read of a bulk burst must not flip a bulk flow back to copying.
+const BULK: u8 = 8;
+/// The source's FIN or error was reported (EPOLLRDHUP): read until 0, never trust a short read.
+const HUP: u8 = 16;
+/// The destination would block: wait for its writable event before writing again.
+const FULL: u8 = 32;
+/// The transports allow splicing this direction (both are plain sockets).
+const SPLICE_OK: u8 = 64;
+
+/// Reads per direction per round before yielding to other connections.
+const BUDGET: u8 = 32;
+
+/// Bytes that could not be written yet.
+#[derive(Debug, Default)]
+enum Pending<P> {
+    #[default]
+    None,
+    /// A borrowed pipe holding this many bytes (0 while a `SpliceIn` fills it).
+    Pipe(P, u32),
+    /// Copied bytes the peer did not take: `(data, written so far)`.
+    Buf(Box<(Vec<u8>, usize)>),
+    /// The last `Read` put this many bytes in the worker's scratch: write them next.
+    Scratch(u32),
+}
+
+/// One direction of a relay.
+#[derive(Debug)]
+pub struct Dir<P> {
+    pending: Pending<P>,
+    flags: u8,
+    /// Reads left in this round.
+    budget: u8,
+    /// Bytes read in the current burst: what was waiting, as FIONREAD would say, without the
+    /// syscall.
+    burst: u32,
+}
+
+/// How far a direction got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pumped {
+    Op(IoOp),
+    /// Waiting for readiness (source empty or destination full).
+    Blocked,
+    /// The round's budget ran out while the source still had bytes: resume soon.
+    MoreLater,
+    /// FIN forwarded and nothing in flight: this direction is over.
+    Finished,
+}
+
+/// Which socket failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fail {
+    Src,
+    Dst,
+}
+
+impl<P> Dir<P> {
+    /// A direction that starts with `initial` bytes to deliver (may be empty).
+    fn new(initial: Vec<u8>, splice_ok: bool, stats: &mut RelayStats) -> Dir<P> {
+        let pending = if initial.is_empty() {
+            Pending::None
+        } else {
+            stats.overflow_in_use += 1;
+            Pending::Buf(Box::new((initial, 0)))
+        };
+        Dir {
+            pending,
+            flags: READABLE | if splice_ok { SPLICE_OK } else { 0 },
+            budget: BUDGET,
+            burst: 0,
+        }
+    }
+
+    fn release(&mut self, pipes: &mut impl Pipes<Pipe = P>, stats: &mut RelayStats) {
+        match std::mem::take(&mut self.pending) {
+            Pending::None | Pending::Scratch(_) => {}
+            Pending::Pipe(p, _) => pipes.discard(p),
+            Pending::Buf(_) => stats.overflow_in_use -= 1,
+        }
+    }
+
+    /// The next operation of this direction, or why there is none.
+    fn next(&mut self, way: Way, cx: &mut Ctx<'_, impl Pipes<Pipe = P>>) -> Pumped {
+        let (src, dst) = (way.src(), way.dst());
+        match &self.pending {
+            Pending::Scratch(n) => {
+                return Pumped::Op(IoOp::Write {
+                    side: dst,
+                    src: Src::Scratch(*n as usize),
+                })
+            }
+            Pending::Pipe(_, len) if self.flags & FULL == 0 => {
+                return Pumped::Op(IoOp::SpliceOut {
+                    side: dst,
+                    len: *len as usize,
+                })
+            }
+            Pending::Buf(_) if self.flags & FULL == 0 => {
+                return Pumped::Op(IoOp::Write {
+                    side: dst,
+                    src: Src::Held,
+                })
+            }
+            Pending::Pipe(..) | Pending::Buf(_) => return Pumped::Blocked,
+            Pending::None => {}
+        }
+        if self.flags & EOF != 0 {
+            if self.flags & SHUT == 0 {
+                self.flags |= SHUT;
+                return Pumped::Op(IoOp::Shutdown { side: dst });
+            }
+            return Pumped::Finished;
+        }
+        if self.flags & READABLE == 0 {
+            return Pumped::Blocked;
+        }
+        if self.budget == 0 {
+            return Pumped::MoreLater;
+        }
+        self.budget -= 1;
+        let splice = self.flags & SPLICE_OK != 0
+            && match cx.mode {
+                RelayMode::Splice => true,
+                RelayMode::Copy => false,
+                RelayMode::Auto => self.flags & BULK != 0,
+            };
+        if splice {
+            if let Some(p) = cx.pipes.take() {
+                self.pending = Pending::Pipe(p, 0);
+                return Pumped::Op(IoOp::SpliceIn {
+                    side: src,
+                    max: cx.pipes.pipe_size(),
+                });
+            }
+            cx.stats.copy_fallbacks += 1;
+        }
+        Pumped::Op(IoOp::Read {
+            side: src,
+            max: cx.scratch.len(),
+        })
+    }
+
+    /// The result of this direction's last operation. Returns the bytes read from the source.
+    fn complete(
+        &mut self,
+        op: IoOp,
+        res: io::Result<usize>,
+        cx: &mut Ctx<'_, impl Pipes<Pipe = P>>,
+    ) -> Result<u64, Fail> {
+        let interrupted = |e: &io::Error| e.kind() == io::ErrorKind::Interrupted;
+        let would_block = |e: &io::Error| e.kind() == io::ErrorKind::WouldBlock;
+        match op {
+            IoOp::Read { .. } => match res {
+                Ok(0) => self.flags |= EOF,
+                Ok(n) => {
+                    self.burst = self.burst.saturating_add(n as u32);
+                    cx.stats.bytes_copied += n as u64;
+                    if self.burst as usize >= cx.threshold {
+                        // Splice the rest of this burst already.
+                        self.flags |= BULK;
+                    }
+                    // A short read drained the socket: Linux reports new data with a new edge.
+                    // Not after EPOLLRDHUP, whose edge may already be spent: then read to 0.
+                    if n < cx.scratch.len() && self.flags & HUP == 0 {
+                        self.flags &= !READABLE;
+                        self.end_burst(cx.threshold);
+                    }
+                    self.pending = Pending::Scratch(n as u32);
+                    return Ok(n as u64);
+                }
+                Err(e) if would_block(&e) => {
+                    self.flags &= !READABLE;
+                    self.end_burst(cx.threshold);
+                }
+                Err(e) if interrupted(&e) => {}
+                Err(_) => return Err(Fail::Src),
+            },
+            IoOp::SpliceIn { .. } => {
+                let Pending::Pipe(p, _) = std::mem::take(&mut self.pending) else {
+                    return Ok(0); // the direction was released meanwhile
+                };
+                match res {
+                    Ok(0) => {
+                        cx.pipes.give(p);
+                        self.flags |= EOF;
+                    }
+                    Ok(n) => {
+                        self.burst = self.burst.saturating_add(n as u32);
+                        cx.stats.bytes_spliced += n as u64;
+                        self.pending = Pending::Pipe(p, n as u32);
+                        return Ok(n as u64);
+                    }
+                    Err(e) if would_block(&e) => {
+                        cx.pipes.give(p);
+                        self.flags &= !READABLE;
+                        self.end_burst(cx.threshold);
+                    }
+                    Err(e) if interrupted(&e) => cx.pipes.give(p),
+                    Err(_) => {
+                        cx.pipes.give(p);
+                        return Err(Fail::Src);
+                    }
+                }
+            }
+            IoOp::Write {
+                src: Src::Scratch(n),
+                ..
+            } => {
+                let written = match res {
+                    Ok(m) => m.min(n),
+                    Err(e) if would_block(&e) || interrupted(&e) => 0,
+                    Err(_) => return Err(Fail::Dst),
+                };
+                self.pending = Pending::None;
+                if written < n {
+                    cx.stats.overflow_in_use += 1;
+                    self.flags |= FULL;
+                    let rest = cx.scratch[written..n].to_vec();
+                    self.pending = Pending::Buf(Box::new((rest, 0)));
+                }
+            }
+            IoOp::Write { src: Src::Held, .. } => match res {
+                Ok(m) => {
+                    if let Pending::Buf(b) = &mut self.pending {
+                        b.1 += m;
+                        if b.1 >= b.0.len() {
+                            self.pending = Pending::None;
+                            cx.stats.overflow_in_use -= 1;
+                        } else {
+                            self.flags |= FULL;
+                        }
+                    }
+                }
+                Err(e) if would_block(&e) => self.flags |= FULL,
+                Err(e) if interrupted(&e) => {}
+                Err(_) => return Err(Fail::Dst),
+            },
+            IoOp::SpliceOut { .. } => match res {
+                Ok(m) => {
+                    if let Pending::Pipe(_, len) = &mut self.pending {
+                        *len = len.saturating_sub(m as u32);
+                        if *len == 0 {
+                            if let Pending::Pipe(p, _) = std::mem::take(&mut self.pending) {
+                                cx.pipes.give(p);
+                            }
+                        } else {
+                            // A short write means the socket buffer is full; EPOLLOUT follows.
+                            self.flags |= FULL;
+                        }
+                    }
+                }
+                Err(e) if would_block(&e) => self.flags |= FULL,
+                Err(e) if interrupted(&e) => {}
+                Err(_) => return Err(Fail::Dst),
+            },
+            // The peer may already be gone; its own read side will report that.
+            IoOp::Shutdown { .. } => {}
+        }
+        Ok(0)
+    }
+
+    /// The source is drained: a small burst means small messages, which copy more cheaply than
+    /// they splice (bench-results/: tools/splice-threshold).
+    fn end_burst(&mut self, threshold: usize) {
+        if (self.burst as usize) < threshold {
+            self.flags &= !BULK;
+        } else {
+            self.flags |= BULK;
+        }
+        self.burst = 0;
+    }
+}
+
+/// What a relay wants next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Execute this, then call [`Relay::complete`].
+    Op(IoOp),
+    /// Nothing until a readiness event (or the timer).
+    Wait,
+    /// The round's budget ran out: resume after other connections had their turn.
+    Yield,
+    /// The relay is over.
+    Closed(CloseReason),
+}
+
+/// An established relay: the whole per-connection state once the upgrade is done.
+#[derive(Debug)]
+pub struct Relay<P> {
+    /// client -> backend
+    up: Dir<P>,
+    /// backend -> client
+    down: Dir<P>,
+    /// The direction of the operation in flight.
+    current: Option<Way>,
+    pub times: Times,
+    /// Idle and half-close timeouts as configured when the relay opened: a reload does not
+    /// change the rules for established relays.
+    pub timeouts: Timeouts,
+}
+
+impl<P> Relay<P> {
+    /// A relay starting with bytes to deliver each way (the backend's 101 and what followed it;
+    /// the client's bytes sent after its head). `splice_ok`: both transports are plain sockets.
+    pub fn new(
+        to_client: Vec<u8>,
+        to_backend: Vec<u8>,
+        splice_ok: bool,
+        timeouts: Timeouts,
+        now: Tick,
+        stats: &mut RelayStats,
+    ) -> Relay<P> {
+        Relay {
+            up: Dir::new(to_backend, splice_ok, stats),
+            down: Dir::new(to_client, splice_ok, stats),
+            current: None,
+            times: Times::new(now),
+            timeouts,
+        }
+    }
+
+    fn dir(&mut self, w: Way) -> &mut Dir<P> {
+        match w {
+            Way::Up => &mut self.up,
+            Way::Down => &mut self.down,
+        }
+    }
+
+    /// A readiness event on `side`: `readable` (with `hup` when FIN or an error came too) and
+    /// `writable`. Starts a new round: each direction gets its budget back.
+    pub fn handle_ready(&mut self, side: Side, readable: bool, writable: bool, hup: bool) {
+        let (src_of, dst_of) = match side {
+            Side::Client => (Way::Up, Way::Down),
+            Side::Backend => (Way::Down, Way::Up),
+        };
+        let d = self.dir(src_of);
+        if readable {
+            d.flags |= READABLE;
+            if hup {
+                d.flags |= HUP;
+            }
+        }
+        if writable {
+            self.dir(dst_of).flags &= !FULL;
+        }
+        self.resume();
+    }
+
+    /// A new round without an event (after [`Next::Yield`]).
+    pub fn resume(&mut self) {
+        self.up.budget = BUDGET;
+        self.down.budget = BUDGET;
+    }
+
+    /// The next operation, or why there is none. Call until it is not [`Next::Op`].
+    pub fn poll_op(&mut self, cx: &mut Ctx<'_, impl Pipes<Pipe = P>>, now: Tick) -> Next {
+        let up = self.up.next(Way::Up, cx);
+        if let Pumped::Op(op) = up {
+            self.current = Some(Way::Up);
+            return Next::Op(op);
+        }
+        let down = self.down.next(Way::Down, cx);
+        if let Pumped::Op(op) = down {
+            self.current = Some(Way::Down);
+            return Next::Op(op);
+        }
+        self.current = None;
+        match (up, down) {
+            (Pumped::Finished, Pumped::Finished) => Next::Closed(CloseReason::Done),
+            (a, b) => {
+                if a == Pumped::Finished || b == Pumped::Finished {
+                    self.times.half_close(now);
+                }
+                if a == Pumped::MoreLater || b == Pumped::MoreLater {
+                    Next::Yield
+                } else {
+                    Next::Wait
+                }
+            }
+        }
+    }
+
+    /// The result of the operation [`Relay::poll_op`] gave last: the direction and the bytes it
+    /// read from its source, or why the relay is over.
+    pub fn complete(
+        &mut self,
+        op: IoOp,
+        res: io::Result<usize>,
+        cx: &mut Ctx<'_, impl Pipes<Pipe = P>>,
+        now: Tick,
+    ) -> Result<(Way, u64), CloseReason> {
+        let Some(way) = self.current.take() else {
+            return Ok((Way::Up, 0)); // no operation was in flight
+        };
+        match self.dir(way).complete(op, res, cx) {
+            Ok(0) => Ok((way, 0)),
+            Ok(n) => {
+                match way {
+                    Way::Up => cx.stats.bytes_up += n,
+                    Way::Down => cx.stats.bytes_down += n,
+                }
+                self.times.touch(now);
+                Ok((way, n))
+            }
+            // The client's socket failed (reading up or writing down), or the backend's.
+            Err(f) => Err(match (way, f) {
+                (Way::Up, Fail::Src) | (Way::Down, Fail::Dst) => CloseReason::ClientReset,
+                (Way::Up, Fail::Dst) | (Way::Down, Fail::Src) => CloseReason::BackendReset,
+            }),
+        }
+    }
+
+    /// The pipe the operation in flight uses.
+    pub fn pipe(&self) -> Option<&P> {
+        let d = match self.current? {
+            Way::Up => &self.up,
+            Way::Down => &self.down,
+        };
+        match &d.pending {
+            Pending::Pipe(p, _) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The overflow bytes the `Write { src: Held }` in flight sends.
+    pub fn held(&self) -> &[u8] {
+        let d = match self.current {
+            Some(Way::Up) => &self.up,
+            Some(Way::Down) => &self.down,
+            None => return &[],
+        };
+        match &d.pending {
+            Pending::Buf(b) => &b.0[b.1.min(b.0.len())..],
+            _ => &[],
+        }
+    }
+
+    /// When the relay must be checked for an idle or half-close timeout.
+    pub fn deadline(&self) -> Option<Tick> {
+        self.times.deadline(self.timeouts)
+    }
+
+    /// Gives back pipes and buffers when the relay ends.
+    pub fn release(&mut self, pipes: &mut impl Pipes<Pipe = P>, stats: &mut RelayStats) {
+        self.up.release(pipes, stats);
+        self.down.release(pipes, stats);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -1,0 +1,313 @@
+//! The relay as a script: operations out, results in, no sockets.
+
+use super::*;
+use crate::core::relay::timing::Timeouts;
+
+/// A pool of numbered pipes.
+#[derive(Default)]
+pub(crate) struct FakePipes {
+    pub cap: usize,
+    pub lent: usize,
+    pub next: u32,
+    pub discarded: usize,
+}
+
+impl Pipes for FakePipes {
+    type Pipe = u32;
+    fn take(&mut self) -> Option<u32> {
+        if self.lent >= self.cap {
+            return None;
+        }
+        self.lent += 1;
+        self.next += 1;
+        Some(self.next)
+    }
+    fn give(&mut self, _: u32) {
+        self.lent -= 1;
+    }
+    fn discard(&mut self, _: u32) {
+        self.lent -= 1;
+        self.discarded += 1;
+    }
+    fn pipe_size(&self) -> usize {
+        65536
+    }
+}
+
+struct Rig {
+    relay: Relay<u32>,
+    pipes: FakePipes,
+    stats: RelayStats,
+    scratch: Vec<u8>,
+    mode: RelayMode,
+}
+
+fn rig(mode: RelayMode, pipes: usize) -> Rig {
+    let mut stats = RelayStats::default();
+    let relay = Relay::new(
+        Vec::new(),
+        Vec::new(),
+        true,
+        Timeouts::new(Default::default(), Default::default()),
+        1,
+        &mut stats,
+    );
+    Rig {
+        relay,
+        pipes: FakePipes {
+            cap: pipes,
+            ..Default::default()
+        },
+        stats,
+        scratch: vec![7u8; 1024],
+        mode,
+    }
+}
+
+fn would_block() -> io::Result<usize> {
+    Err(io::ErrorKind::WouldBlock.into())
+}
+
+impl Rig {
+    fn poll(&mut self) -> Next {
+        let mut cx = Ctx {
+            scratch: &self.scratch,
+            pipes: &mut self.pipes,
+            stats: &mut self.stats,
+            mode: self.mode,
+            threshold: 4096,
+        };
+        self.relay.poll_op(&mut cx, 5)
+    }
+
+    fn complete(&mut self, op: IoOp, res: io::Result<usize>) -> Result<(Way, u64), CloseReason> {
+        let mut cx = Ctx {
+            scratch: &self.scratch,
+            pipes: &mut self.pipes,
+            stats: &mut self.stats,
+            mode: self.mode,
+            threshold: 4096,
+        };
+        self.relay.complete(op, res, &mut cx, 5)
+    }
+
+    /// Expects `want` next and completes it with `res`.
+    fn step(&mut self, want: IoOp, res: io::Result<usize>) {
+        assert_eq!(self.poll(), Next::Op(want));
+        self.complete(want, res).expect("relay still open");
+    }
+
+    /// Drains both sources at the start: both report WouldBlock.
+    fn settle(&mut self) {
+        self.step(read(Side::Client), would_block());
+        self.step(read(Side::Backend), would_block());
+        assert_eq!(self.poll(), Next::Wait);
+    }
+}
+
+fn read(side: Side) -> IoOp {
+    IoOp::Read { side, max: 1024 }
+}
+
+#[test]
+fn small_message_is_copied_through_scratch_and_the_direction_waits_again() {
+    let mut r = rig(RelayMode::Auto, 4);
+    r.settle();
+    r.relay.handle_ready(Side::Client, true, false, false);
+    r.step(read(Side::Client), Ok(10));
+    r.step(
+        IoOp::Write {
+            side: Side::Backend,
+            src: Src::Scratch(10),
+        },
+        Ok(10),
+    );
+    // A short read drained the socket: no read until the next edge.
+    assert_eq!(r.poll(), Next::Wait);
+    assert_eq!((r.stats.bytes_up, r.stats.bytes_copied), (10, 10));
+    assert_eq!(r.stats.overflow_in_use, 0);
+}
+
+#[test]
+fn a_short_write_keeps_the_rest_and_stops_reading_until_the_peer_is_writable() {
+    let mut r = rig(RelayMode::Copy, 0);
+    r.settle();
+    r.relay.handle_ready(Side::Backend, true, false, false);
+    r.step(read(Side::Backend), Ok(1024));
+    r.step(
+        IoOp::Write {
+            side: Side::Client,
+            src: Src::Scratch(1024),
+        },
+        Ok(100),
+    );
+    assert_eq!(r.stats.overflow_in_use, 1);
+    // The source still has bytes (a full read), but nothing more is read while bytes wait.
+    assert_eq!(r.poll(), Next::Wait);
+    r.relay.handle_ready(Side::Client, false, true, false);
+    let op = IoOp::Write {
+        side: Side::Client,
+        src: Src::Held,
+    };
+    assert_eq!(r.poll(), Next::Op(op));
+    assert_eq!(r.relay.held().len(), 924);
+    r.complete(op, Ok(924)).expect("open");
+    assert_eq!(r.stats.overflow_in_use, 0);
+    // Now the source is read again.
+    assert_eq!(r.poll(), Next::Op(read(Side::Backend)));
+}
+
+#[test]
+fn auto_mode_splices_once_a_burst_reaches_the_threshold_and_copies_small_bursts() {
+    let mut r = rig(RelayMode::Auto, 4);
+    r.settle();
+    r.relay.handle_ready(Side::Client, true, false, false);
+    // Full reads: a burst of 4 KiB reaches the 4 KiB threshold.
+    for _ in 0..4 {
+        r.step(read(Side::Client), Ok(1024));
+        r.step(
+            IoOp::Write {
+                side: Side::Backend,
+                src: Src::Scratch(1024),
+            },
+            Ok(1024),
+        );
+    }
+    let splice_in = IoOp::SpliceIn {
+        side: Side::Client,
+        max: 65536,
+    };
+    r.step(splice_in, Ok(30000));
+    assert_eq!(r.pipes.lent, 1);
+    let out = IoOp::SpliceOut {
+        side: Side::Backend,
+        len: 30000,
+    };
+    r.step(out, Ok(30000));
+    assert_eq!(r.pipes.lent, 0, "an emptied pipe goes back at once");
+    r.step(splice_in, would_block());
+    assert_eq!(r.poll(), Next::Wait);
+    // The next burst is small: it was a bulk burst, so it starts spliced, ends small, and the
+    // burst after that is copied.
+    r.relay.handle_ready(Side::Client, true, false, false);
+    r.step(splice_in, Ok(50));
+    r.step(
+        IoOp::SpliceOut {
+            side: Side::Backend,
+            len: 50,
+        },
+        Ok(50),
+    );
+    r.step(splice_in, would_block());
+    r.relay.handle_ready(Side::Client, true, false, false);
+    assert_eq!(r.poll(), Next::Op(read(Side::Client)));
+    assert_eq!(r.stats.bytes_spliced, 30050);
+}
+
+#[test]
+fn without_a_free_pipe_splice_mode_copies_and_counts_the_fallback() {
+    let mut r = rig(RelayMode::Splice, 0);
+    assert_eq!(r.poll(), Next::Op(read(Side::Client)));
+    assert_eq!(r.stats.copy_fallbacks, 1);
+}
+
+#[test]
+fn a_transport_that_cannot_splice_is_always_copied() {
+    let mut stats = RelayStats::default();
+    let mut relay: Relay<u32> = Relay::new(
+        Vec::new(),
+        Vec::new(),
+        false,
+        Timeouts::new(Default::default(), Default::default()),
+        1,
+        &mut stats,
+    );
+    let mut pipes = FakePipes {
+        cap: 4,
+        ..Default::default()
+    };
+    let scratch = vec![0u8; 1024];
+    let mut cx = Ctx {
+        scratch: &scratch,
+        pipes: &mut pipes,
+        stats: &mut stats,
+        mode: RelayMode::Splice,
+        threshold: 1,
+    };
+    assert_eq!(relay.poll_op(&mut cx, 1), Next::Op(read(Side::Client)));
+    assert_eq!(cx.stats.copy_fallbacks, 0);
+}
+
+#[test]
+fn fin_each_way_is_forwarded_then_the_relay_is_done() {
+    let mut r = rig(RelayMode::Copy, 0);
+    r.step(read(Side::Client), Ok(0));
+    r.step(
+        IoOp::Shutdown {
+            side: Side::Backend,
+        },
+        Ok(0),
+    );
+    r.step(read(Side::Backend), would_block());
+    // Half-closed: the relay waits for the backend and stamps the half-close.
+    assert_eq!(r.poll(), Next::Wait);
+    assert_eq!(r.relay.times.half_closed_at, 5);
+    r.relay.handle_ready(Side::Backend, true, false, true);
+    r.step(read(Side::Backend), Ok(0));
+    r.step(IoOp::Shutdown { side: Side::Client }, Ok(0));
+    assert_eq!(r.poll(), Next::Closed(CloseReason::Done));
+}
+
+#[test]
+fn a_failing_socket_names_its_side() {
+    let reset = || Err(io::Error::from(io::ErrorKind::ConnectionReset));
+    let mut r = rig(RelayMode::Copy, 0);
+    let op = read(Side::Client);
+    assert_eq!(r.poll(), Next::Op(op));
+    assert_eq!(r.complete(op, reset()), Err(CloseReason::ClientReset));
+
+    let mut r = rig(RelayMode::Copy, 0);
+    r.step(read(Side::Client), Ok(3));
+    let w = IoOp::Write {
+        side: Side::Backend,
+        src: Src::Scratch(3),
+    };
+    assert_eq!(r.poll(), Next::Op(w));
+    assert_eq!(r.complete(w, reset()), Err(CloseReason::BackendReset));
+}
+
+#[test]
+fn a_busy_source_yields_after_its_budget() {
+    let mut r = rig(RelayMode::Copy, 0);
+    for _ in 0..BUDGET {
+        r.step(read(Side::Client), Ok(1024));
+        r.step(
+            IoOp::Write {
+                side: Side::Backend,
+                src: Src::Scratch(1024),
+            },
+            Ok(1024),
+        );
+    }
+    r.step(read(Side::Backend), would_block());
+    assert_eq!(r.poll(), Next::Yield);
+    r.relay.resume();
+    assert_eq!(r.poll(), Next::Op(read(Side::Client)));
+}
+
+#[test]
+fn a_pipe_holding_bytes_at_the_end_is_discarded_not_reused() {
+    let mut r = rig(RelayMode::Splice, 2);
+    let op = IoOp::SpliceIn {
+        side: Side::Client,
+        max: 65536,
+    };
+    r.step(op, Ok(500));
+    let out = IoOp::SpliceOut {
+        side: Side::Backend,
+        len: 500,
+    };
+    r.step(out, would_block());
+    r.relay.release(&mut r.pipes, &mut r.stats);
+    assert_eq!((r.pipes.lent, r.pipes.discarded), (0, 1));
+}

@@ -1,0 +1,655 @@
+//! What every driver shares: one worker's slab of connections, timer wheel, pipe pool, limits,
+//! counters, access log, reload and drain. No event loop here: a driver ([`super::epoll`])
+//! turns readiness or completions into calls on [`Worker`], and executes the I/O the worker's
+//! connections ask for through [`Driver`].
+//!
+//! The worker never decides a protocol question: each connection's [`Conn`] does. It carries out
+//! the bookkeeping steps itself (timers, admission, counters, the end) and hands the I/O steps to
+//! the driver.
+
+use crate::core::conn::{
+    Accept, Admission, Conn, ConnLog, Connecting, End, EndReason, Event, Note, Step, Time,
+};
+use crate::core::handshake::ConnectFailure;
+use crate::core::relay::{Ctx, IoOp, RelayStats, Side};
+use crate::core::timer::{Clock, Tick, Wheel};
+use crate::driver::access_log::{LogSink, Record};
+use crate::driver::backends::BackendTable;
+use crate::driver::limiter::{ConnLimiter, IpLimiter};
+use crate::driver::stats::{BackendSnapshot, Counters, Published};
+use crate::driver::{Control, Params};
+use crate::sys::pipe::{Pipe, PipePool};
+use crate::sys::sock::tune;
+use crate::transport::Transport;
+use slab::Slab;
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Scratch buffer for the copy path and handshake reads: one per worker, never per connection.
+const SCRATCH: usize = 64 * 1024;
+/// How long accepting pauses after EMFILE/ENFILE before trying again.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// A worker that held at least this many connections shrinks its tables once it is empty again.
+const SHRINK_AFTER: usize = 256;
+
+/// Everything a worker needs, built by [`crate::driver::Server::start`].
+pub struct WorkerConfig {
+    pub id: usize,
+    pub params: Params,
+    /// (configured address, socket)
+    pub listeners: Vec<(SocketAddr, std::net::TcpListener)>,
+    pub published: Arc<Published>,
+    pub control: Receiver<Control>,
+    pub limiter: Arc<IpLimiter>,
+    pub total: Arc<ConnLimiter>,
+    pub log: Option<LogSink>,
+    pub published_backends: BackendSnapshot,
+}
+
+/// What a driver watches: a connection's socket, or a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Watch {
+    Conn(usize, Side),
+    Listener(usize),
+}
+
+/// One I/O operation with the resources it needs, for the driver to execute.
+pub struct IoCall<'a> {
+    pub op: IoOp,
+    /// The socket the operation names (None: the backend socket does not exist).
+    pub sock: Option<&'a mut dyn Transport>,
+    /// The bytes of a `Write { src: Held }`.
+    pub held: &'a [u8],
+    /// The pipe of a splice.
+    pub pipe: Option<&'a Pipe>,
+    /// The worker's scratch buffer: reads land here, `Write { src: Scratch(n) }` sends from it.
+    pub scratch: &'a mut [u8],
+}
+
+/// What a driver does for a worker.
+pub trait Driver {
+    /// Starts watching `fd` (a new socket or listener) under `w`.
+    fn watch(&mut self, fd: BorrowedFd<'_>, w: Watch) -> io::Result<()>;
+    /// Stops watching a listener (closing a socket stops watching it by itself).
+    fn unwatch(&mut self, fd: BorrowedFd<'_>);
+    /// Executes one operation; its result goes back to the connection.
+    fn exec(&mut self, call: IoCall<'_>) -> io::Result<usize>;
+}
+
+/// A connection's sockets and state: one slab entry.
+struct Entry {
+    client: TcpStream,
+    backend: Option<TcpStream>,
+    conn: Conn<Pipe>,
+}
+
+enum Slot {
+    Live(Entry),
+    /// Closed during this event batch: its sockets are gone, but its key stays taken until the
+    /// batch is over, so a leftover event of the old sockets in the same batch cannot reach a new
+    /// connection that would otherwise have reused the key.
+    Dead,
+}
+
+/// One worker's state, whatever drives it.
+pub struct Worker {
+    id: usize,
+    params: Params,
+    published: Arc<Published>,
+    control: Receiver<Control>,
+    limiter: Arc<IpLimiter>,
+    total: Arc<ConnLimiter>,
+    log: Option<LogSink>,
+    log_batch: String,
+    backends: BackendTable,
+    listeners: Vec<Option<(SocketAddr, TcpListener)>>,
+    conns: Slab<Slot>,
+    /// Keys of connections closed in this event batch (see [`Slot::Dead`]).
+    dead: Vec<usize>,
+    /// Connections that yielded: resumed after the batch.
+    deferred: Vec<usize>,
+    /// Most connections held since the last shrink.
+    peak: usize,
+    wheel: Wheel,
+    fired: Vec<(u32, Tick)>,
+    time: Time,
+    scratch: Box<[u8]>,
+    pool: PipePool,
+    relay_stats: RelayStats,
+    counters: Counters,
+    accept_paused_until: Option<Instant>,
+    /// The driver should try every listener again (descriptors were freed, or one was added).
+    accept_wanted: bool,
+    /// Set by a drain request: no more accepting; close what is left at this instant.
+    draining: Option<Instant>,
+}
+
+fn is_no_fd(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
+}
+
+impl Worker {
+    pub fn new(cfg: WorkerConfig) -> Worker {
+        let now = Instant::now();
+        let clock = Clock::new(now);
+        let tick = clock.tick(now);
+        Worker {
+            id: cfg.id,
+            pool: PipePool::new(cfg.params.max_pipes, cfg.params.pipe_size),
+            params: cfg.params,
+            published: cfg.published,
+            control: cfg.control,
+            limiter: cfg.limiter,
+            total: cfg.total,
+            log: cfg.log,
+            log_batch: String::new(),
+            backends: BackendTable::new(cfg.published_backends),
+            listeners: cfg.listeners.into_iter().map(Some).collect(),
+            conns: Slab::new(),
+            dead: Vec::new(),
+            deferred: Vec::new(),
+            peak: 0,
+            wheel: Wheel::new(tick),
+            fired: Vec::new(),
+            time: Time { now, tick, clock },
+            scratch: vec![0u8; SCRATCH].into_boxed_slice(),
+            relay_stats: RelayStats::default(),
+            counters: Counters::default(),
+            accept_paused_until: None,
+            accept_wanted: true,
+            draining: None,
+        }
+    }
+
+    pub fn id(&self) -> usize {
+        self.id
+    }
+
+    /// Starts watching every listener (at start-up).
+    pub fn watch_listeners(&mut self, d: &mut impl Driver) -> io::Result<()> {
+        for (i, l) in self.listeners.iter().enumerate() {
+            if let Some((_, l)) = l {
+                d.watch(l.as_fd(), Watch::Listener(i))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the clock; call once per loop iteration, before handling its events.
+    pub fn set_now(&mut self, now: Instant) {
+        self.time.now = now;
+        self.time.tick = self.time.clock.tick(now);
+    }
+
+    /// How long the driver may wait for events.
+    pub fn timeout(&self) -> Option<Duration> {
+        if !self.deferred.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let wheel = self.wheel.next_wait(self.time.tick);
+        let pause = self
+            .accept_paused_until
+            .map(|t| t.saturating_duration_since(self.time.now));
+        match (wheel, pause) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    // ---- accepting -----------------------------------------------------------------------
+
+    /// The listener the driver should accept from now, if accepting is allowed.
+    pub fn listener(&self, i: usize) -> Option<&TcpListener> {
+        if self.accept_paused_until.is_some() || self.draining.is_some() {
+            return None;
+        }
+        self.listeners.get(i)?.as_ref().map(|(_, l)| l)
+    }
+
+    pub fn listener_count(&self) -> usize {
+        self.listeners.len()
+    }
+
+    /// True once: every listener should be tried (edge-triggered: clients may already wait).
+    pub fn take_accept_wanted(&mut self) -> bool {
+        std::mem::take(&mut self.accept_wanted)
+    }
+
+    /// An accept failed. Returns true when the driver may try the next client.
+    pub fn accept_failed(&mut self, e: &io::Error) -> bool {
+        if is_no_fd(e) {
+            // Out of descriptors: pending clients stay in the backlog. Retrying at once would
+            // spin; wait a little or until one of ours closes.
+            self.counters.accept_emfile += 1;
+            self.accept_paused_until = Some(self.time.now + ACCEPT_PAUSE);
+            return false;
+        }
+        // ECONNABORTED and friends concern one client only.
+        true
+    }
+
+    /// A client was accepted on listener `i`.
+    pub fn accepted(&mut self, i: usize, stream: TcpStream, peer: SocketAddr, d: &mut impl Driver) {
+        self.counters.accepted += 1;
+        let Some(Some((configured, _))) = self.listeners.get(i) else {
+            return;
+        };
+        let configured = *configured;
+        let _ = tune(&stream, &self.params.tuning);
+        let local = if self.params.send_proxy {
+            stream.local_addr().unwrap_or(configured)
+        } else {
+            configured
+        };
+        let full = !self.total.acquire();
+        let accept = Accept {
+            peer,
+            local,
+            expect_proxy: self.params.proxy_listen.contains(&configured),
+            full,
+            log: self.log.is_some(),
+            splice_ok: stream.can_splice(),
+        };
+        let conn = Conn::accept(accept, &self.time, self.params.settings.clone());
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if d.watch(stream.as_fd(), Watch::Conn(key, Side::Client))
+            .is_err()
+        {
+            if !full {
+                self.total.release();
+            }
+            return;
+        }
+        entry.insert(Slot::Live(Entry {
+            client: stream,
+            backend: None,
+            conn,
+        }));
+        self.drive(key, d);
+    }
+
+    // ---- events ----------------------------------------------------------------------------
+
+    /// Readiness on one of connection `key`'s sockets.
+    pub fn ready(&mut self, key: usize, ev: Event, d: &mut impl Driver) {
+        let Some(Slot::Live(e)) = self.conns.get_mut(key) else {
+            return; // a leftover event of sockets closed in this batch
+        };
+        e.conn.handle(ev, &self.time);
+        self.drive(key, d);
+    }
+
+    /// Carries out what connection `key` asks until it waits.
+    fn drive(&mut self, key: usize, d: &mut impl Driver) {
+        loop {
+            let Some(Slot::Live(e)) = self.conns.get_mut(key) else {
+                return;
+            };
+            let mut cx = Ctx {
+                scratch: &self.scratch,
+                pipes: &mut self.pool,
+                stats: &mut self.relay_stats,
+                mode: self.params.relay,
+                threshold: self.params.splice_threshold,
+            };
+            match e.conn.poll(&mut cx, &self.time) {
+                Step::Io(op) => {
+                    let side = match op {
+                        IoOp::Read { side, .. }
+                        | IoOp::Write { side, .. }
+                        | IoOp::SpliceIn { side, .. }
+                        | IoOp::SpliceOut { side, .. }
+                        | IoOp::Shutdown { side } => side,
+                    };
+                    let sock: Option<&mut dyn Transport> = match side {
+                        Side::Client => Some(&mut e.client),
+                        Side::Backend => e.backend.as_mut().map(|b| b as &mut dyn Transport),
+                    };
+                    let res = d.exec(IoCall {
+                        op,
+                        sock,
+                        held: e.conn.out_bytes(),
+                        pipe: e.conn.pipe(),
+                        scratch: &mut self.scratch,
+                    });
+                    let mut cx = Ctx {
+                        scratch: &self.scratch,
+                        pipes: &mut self.pool,
+                        stats: &mut self.relay_stats,
+                        mode: self.params.relay,
+                        threshold: self.params.splice_threshold,
+                    };
+                    e.conn.complete_io(op, res, &mut cx, &self.time);
+                }
+                Step::Connect(addr) => {
+                    e.backend = None;
+                    let r = match self.connect(key, addr, d) {
+                        Ok(s) => {
+                            if let Some(Slot::Live(e)) = self.conns.get_mut(key) {
+                                e.backend = Some(s);
+                            }
+                            Connecting::Started
+                        }
+                        Err(why) => Connecting::Failed(why),
+                    };
+                    if let Some(Slot::Live(e)) = self.conns.get_mut(key) {
+                        e.conn.complete_connect(r, &self.time);
+                    }
+                }
+                Step::CheckConnect => {
+                    let r = check_connect(e.backend.as_ref());
+                    e.conn.complete_connect(r, &self.time);
+                }
+                Step::CloseBackend => e.backend = None,
+                Step::Admit(ip) => {
+                    let a = match self.limiter.acquire(ip) {
+                        Some(true) => Admission::Counted,
+                        Some(false) => Admission::Refused,
+                        None => Admission::Unlimited,
+                    };
+                    e.conn.complete_admit(a, &self.time);
+                }
+                Step::Arm(due) => self.wheel.insert(key as u32, due),
+                Step::Note(n) => self.note(key, n),
+                Step::Yield => {
+                    self.deferred.push(key);
+                    return;
+                }
+                Step::Wait => return,
+                Step::End(end) => return self.end(key, end),
+            }
+        }
+    }
+
+    fn connect(
+        &mut self,
+        key: usize,
+        addr: SocketAddr,
+        d: &mut impl Driver,
+    ) -> Result<TcpStream, ConnectFailure> {
+        let s = crate::sys::sock::connect_nonblocking(addr).map_err(|e| {
+            if is_no_fd(&e) {
+                self.counters.connect_emfile += 1;
+                ConnectFailure::NoDescriptors
+            } else if e.kind() == io::ErrorKind::ConnectionRefused {
+                ConnectFailure::Refused
+            } else {
+                ConnectFailure::Reset
+            }
+        })?;
+        let _ = tune(&s, &self.params.tuning);
+        d.watch(s.as_fd(), Watch::Conn(key, Side::Backend))
+            .map_err(|_| ConnectFailure::Reset)?;
+        Ok(s)
+    }
+
+    /// Counts what a connection reported.
+    fn note(&mut self, key: usize, n: Note) {
+        match n {
+            Note::BackendFailed(addr) => self.backends.counts(addr).failures += 1,
+            Note::Rejected(r) => self.counters.count_reject(r),
+            Note::Full => self.counters.rejected_full += 1,
+            Note::Answered => self.counters.forwarded += 1,
+            Note::RelayOpened { backend, handshake } => {
+                self.counters.observe_handshake(handshake);
+                self.counters.tunnels += 1;
+                let id = backend.map_or(u16::MAX, |a| {
+                    let id = self.backends.id(a);
+                    let c = self.backends.counts(a);
+                    c.active += 1;
+                    c.tunnels += 1;
+                    id
+                });
+                if let Some(Slot::Live(e)) = self.conns.get_mut(key) {
+                    e.conn.set_backend_id(id);
+                }
+            }
+        }
+    }
+
+    /// Closes connection `key`'s sockets and gives back what it held.
+    fn end(&mut self, key: usize, end: End) {
+        let Some(slot) = self.conns.get_mut(key) else {
+            return;
+        };
+        if matches!(slot, Slot::Dead) {
+            return;
+        }
+        *slot = Slot::Dead; // drops both sockets
+        self.dead.push(key);
+        if end.holds_slot {
+            self.total.release();
+        }
+        if let Some(ip) = end.counted_ip {
+            self.limiter.release(ip);
+        }
+        self.backends.closed(end.backend_id);
+        if let EndReason::Relay(r) = end.reason {
+            self.counters.count_close(r);
+        }
+        if let (Some(sink), Some(log)) = (&self.log, &end.log) {
+            write_log(
+                sink,
+                &mut self.log_batch,
+                log,
+                self.time.now,
+                end.reason.as_str(),
+            );
+        }
+        if self.accept_paused_until.take().is_some() {
+            // Descriptors were freed: try the backlog again.
+            self.accept_wanted = true;
+        }
+    }
+
+    // ---- after each batch of events ------------------------------------------------------
+
+    /// Resumes yielded connections, fires timers, applies the accept pause, reaps closed
+    /// connections and publishes counters. Returns true when the worker is done (drained).
+    pub fn after_events(&mut self, d: &mut impl Driver) -> bool {
+        for key in std::mem::take(&mut self.deferred) {
+            self.ready(key, Event::Resume, d);
+        }
+        let mut fired = std::mem::take(&mut self.fired);
+        fired.clear();
+        let conns = &self.conns;
+        self.wheel.expire_or_drop(
+            self.time.tick,
+            |k, due| fired.push((k, due)),
+            |k, due| match conns.get(k as usize) {
+                Some(Slot::Live(e)) => e.conn.armed() == Some(due),
+                _ => false,
+            },
+        );
+        for &(key, due) in &fired {
+            self.ready(key as usize, Event::Timer(due), d);
+        }
+        self.fired = fired;
+        if let Some(until) = self.accept_paused_until {
+            if self.time.now >= until {
+                self.accept_paused_until = None;
+                self.accept_wanted = true;
+            }
+        }
+        self.reap();
+        let done = self.drained(d);
+        self.shrink_when_idle();
+        self.publish();
+        done
+    }
+
+    /// Frees the keys of connections closed during this batch.
+    fn reap(&mut self) {
+        for k in self.dead.drain(..) {
+            self.conns.try_remove(k);
+        }
+    }
+
+    /// While draining: true once nothing is left or the drain time is over (then everything
+    /// left is ended).
+    fn drained(&mut self, d: &mut impl Driver) -> bool {
+        let Some(until) = self.draining else {
+            return false;
+        };
+        if self.conns.is_empty() {
+            return true;
+        }
+        if self.time.now < until {
+            return false;
+        }
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for k in keys {
+            self.ready(k, Event::Drain, d);
+        }
+        self.reap();
+        self.publish();
+        true
+    }
+
+    /// After a burst, once this worker holds no connection at all, gives back what the burst
+    /// grew: slab capacity, wheel slots, pooled pipes and free heap pages. An embedded box that
+    /// saw 10,000 clients at 9 am should not keep their memory all day.
+    fn shrink_when_idle(&mut self) {
+        self.peak = self.peak.max(self.conns.len());
+        if !self.conns.is_empty() || self.peak < SHRINK_AFTER {
+            return;
+        }
+        self.peak = 0;
+        self.conns.shrink_to_fit();
+        self.wheel.shrink_to_fit();
+        self.deferred.shrink_to_fit();
+        self.pool.release_idle();
+        crate::sys::mem::release_free_memory();
+    }
+
+    fn publish(&mut self) {
+        self.backends.publish();
+        if let Some(sink) = &self.log {
+            sink.flush(&mut self.log_batch);
+        }
+        self.counters.connections = self.conns.len() as u64;
+        self.counters.relay = self.relay_stats;
+        self.counters.pipes = self.pool.stats();
+        self.published.store(&self.counters);
+    }
+
+    // ---- control ---------------------------------------------------------------------------
+
+    /// Applies reload and drain requests from the control thread.
+    pub fn on_control(&mut self, d: &mut impl Driver) {
+        while let Ok(msg) = self.control.try_recv() {
+            match msg {
+                Control::Reload(r) => {
+                    let r = *r;
+                    for addr in r.remove {
+                        self.remove_listener(addr, d);
+                    }
+                    self.pool.set_limits(r.params.max_pipes, r.params.pipe_size);
+                    self.params = r.params;
+                    if self.draining.is_none() {
+                        for (addr, l) in r.add {
+                            if let Err(e) = self.add_listener(addr, l, d) {
+                                eprintln!("wsplice: worker {}: cannot watch {addr}: {e}", self.id);
+                            }
+                        }
+                    }
+                    let _ = r.applied.send(self.id);
+                }
+                Control::Drain(until) => {
+                    if self.draining.is_none() {
+                        self.draining = Some(until);
+                        let addrs: Vec<SocketAddr> =
+                            self.listeners.iter().flatten().map(|(a, _)| *a).collect();
+                        for a in addrs {
+                            self.remove_listener(a, d);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn add_listener(
+        &mut self,
+        addr: SocketAddr,
+        l: TcpListener,
+        d: &mut impl Driver,
+    ) -> io::Result<()> {
+        let i = match self.listeners.iter().position(Option::is_none) {
+            Some(i) => i,
+            None => {
+                self.listeners.push(None);
+                self.listeners.len() - 1
+            }
+        };
+        l.set_nonblocking(true)?;
+        d.watch(l.as_fd(), Watch::Listener(i))?;
+        self.listeners[i] = Some((addr, l));
+        // Edge-triggered: clients may already wait in the backlog.
+        self.accept_wanted = true;
+        Ok(())
+    }
+
+    fn remove_listener(&mut self, addr: SocketAddr, d: &mut impl Driver) {
+        for slot in &mut self.listeners {
+            if slot.as_ref().is_some_and(|(a, _)| *a == addr) {
+                if let Some((_, l)) = slot.take() {
+                    d.unwatch(l.as_fd());
+                }
+            }
+        }
+    }
+}
+
+/// Asks a connecting socket whether its connect finished.
+fn check_connect(s: Option<&TcpStream>) -> Connecting {
+    let Some(s) = s else {
+        return Connecting::Failed(ConnectFailure::Reset);
+    };
+    match s.take_error() {
+        Ok(Some(_)) | Err(_) => return Connecting::Failed(ConnectFailure::Refused),
+        Ok(None) => {}
+    }
+    match s.peer_addr() {
+        Ok(_) => Connecting::Connected,
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Connecting::Pending,
+        Err(_) => Connecting::Failed(ConnectFailure::Reset),
+    }
+}
+
+/// Formats a connection's access log line into the worker's batch.
+fn write_log(sink: &LogSink, batch: &mut String, log: &ConnLog, now: Instant, reason: &str) {
+    sink.format(
+        batch,
+        &Record {
+            client: log.client,
+            route: log.route_prefix(),
+            backend: log.backend,
+            status: log.status,
+            bytes_up: log.up,
+            bytes_down: log.down,
+            duration: now.saturating_duration_since(log.started),
+            reason,
+        },
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The slab entry of an idle relay is the whole per-connection cost in user space: keep it
+    /// small. (bench-results/slab-entry.md explains each field.)
+    #[test]
+    fn idle_relay_slab_entry_is_small() {
+        let slot = std::mem::size_of::<Slot>();
+        let conn = std::mem::size_of::<Conn<Pipe>>();
+        eprintln!("Slot {slot} B, Conn {conn} B");
+        assert!(slot <= 128, "slab entry grew to {slot} bytes");
+    }
+}
