@@ -1,7 +1,7 @@
 //! wsplice: a WebSocket reverse proxy for Linux that holds many connections on little memory.
 //!
 //! ```text
-//!   config.rs ──▶ driver::Server::start ──▶ one thread per worker (driver::epoll::Worker)
+//!   config/   ──▶ driver::Server::start ──▶ one thread per worker (driver::epoll::Worker)
 //!                                            ├─ its own SO_REUSEPORT listener per address
 //!                                            ├─ mio Poll (edge-triggered), slab of connections
 //!                                            ├─ timer wheel (core::timer), pipe pool (sys::pipe)

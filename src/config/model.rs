@@ -1,0 +1,288 @@
+//! The typed configuration the driver reads, and its defaults.
+//!
+//! Every field here is what a key in the TOML file (see the section tables in `root`, `sections`
+//! and `route`) or a command-line flag (`cli`) sets; a key left out keeps the default below.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// How X-Forwarded-For is written toward the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForwardedFor {
+    /// Append the client address to the client's own X-Forwarded-For (nginx's
+    /// `$proxy_add_x_forwarded_for`).
+    #[default]
+    Append,
+    /// Replace whatever the client sent with the client address.
+    Replace,
+}
+
+/// How tunnel bytes are moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RelayMode {
+    /// Choose per read: small reads copy through a per-worker scratch buffer, bulk reads splice.
+    #[default]
+    Auto,
+    /// Always splice(2) through a pooled pipe (copy only when no pipe can be had).
+    Splice,
+    /// Always copy through the per-worker scratch buffer.
+    Copy,
+}
+
+/// Timeouts. `Duration::ZERO` for `idle` or `half_close` means "never".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timeouts {
+    /// The whole request head must arrive within this (default 10 s).
+    pub handshake: Duration,
+    /// One backend connect attempt (default 5 s).
+    pub connect: Duration,
+    /// A tunnel with no bytes either way is closed after this (default 1 h; 0 = never).
+    pub idle: Duration,
+    /// After one side sent FIN, the other direction may run this long (default 30 s; 0 = never).
+    pub half_close: Duration,
+    /// On SIGTERM/SIGINT, tunnels may run this long before they are closed (default 30 s).
+    pub drain: Duration,
+}
+
+/// Resource limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Concurrent client connections for the whole process (split evenly across workers).
+    /// `None`: derived from the open-file limit.
+    pub max_connections: Option<usize>,
+    /// Largest request head (default 16 KiB). Also bounds the backend's response head.
+    pub max_head_bytes: usize,
+    /// Most request headers (default 100).
+    pub max_headers: usize,
+    /// Concurrent connections from one client IP (whole process); `None`: unlimited. Beyond it
+    /// new connections get 429.
+    pub max_connections_per_ip: Option<usize>,
+}
+
+/// TCP keepalive applied to both the client and the backend socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keepalive {
+    /// Idle time before the first probe (default 60 s). `Duration::ZERO` disables keepalive.
+    pub idle: Duration,
+    /// Between probes (default 10 s).
+    pub interval: Duration,
+    /// Unanswered probes before the kernel drops the connection (default 6).
+    pub count: u32,
+}
+
+/// Relay tuning (zero-copy path).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relay {
+    pub mode: RelayMode,
+    /// Pipes pooled per process (split across workers). `None`: a quarter of max connections.
+    pub max_pipes: Option<usize>,
+    /// F_SETPIPE_SZ for pooled pipes, bytes (default 64 KiB).
+    pub pipe_size: usize,
+    /// In `auto`, a burst (bytes waiting at one readiness) at least this large switches a
+    /// direction to splice (default 64 KiB: measured, see bench-results/README.md).
+    pub splice_threshold: usize,
+}
+
+/// One route: requests whose path starts with `prefix` (and whose Host matches `host`, if set).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Path prefix, starts with `/`, no trailing slash unless it is `/` itself.
+    pub prefix: String,
+    /// Lower-cased host name without port; `None` matches any Host.
+    pub host: Option<String>,
+    /// At least one.
+    pub backends: Vec<SocketAddr>,
+    /// Default true: `/notice/a?x=1` reaches the backend as `/a?x=1`.
+    pub strip_prefix: bool,
+    /// Default Append.
+    pub forwarded_for: ForwardedFor,
+    /// Send a PROXY protocol header of this version to the backend first (default: none).
+    pub send_proxy: Option<ProxyVersion>,
+}
+
+/// PROXY protocol version sent to backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyVersion {
+    V1,
+    V2,
+}
+
+/// Listeners that expect a PROXY protocol header from a load balancer in front.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ProxyIn {
+    /// These `listen` addresses require a PROXY v1 or v2 header before the HTTP head.
+    pub listen: Vec<SocketAddr>,
+    /// Peers allowed to send it; a connection from anyone else is answered 400.
+    pub trusted: Vec<ipnet::IpNet>,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub listen: Vec<SocketAddr>,
+    /// Worker threads; `None` = one per CPU core.
+    pub workers: Option<usize>,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+    pub keepalive: Keepalive,
+    pub relay: Relay,
+    pub routes: Vec<Route>,
+    /// The admin listener (`/metrics`, `/healthz`, `/status`); off when `None`.
+    pub admin: Option<SocketAddr>,
+    /// One line per connection when it ends; off when `None`.
+    pub access_log: Option<AccessLog>,
+    /// Clients in these networks may pass X-Forwarded-For on (appended to); from anyone else it is
+    /// replaced. Empty: each route's `forwarded_for` decides for everyone.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// PROXY protocol on the way in.
+    pub proxy_protocol: ProxyIn,
+    /// Forward client headers whose names contain `_` (default true). Lookalikes of headers the
+    /// proxy strips or writes (`X_Real_IP`, `Transfer_Encoding`, ...) are dropped either way:
+    /// CGI/WSGI-style backends read them as the `-` spelling. `false` drops every such name, as
+    /// nginx does by default.
+    pub underscores_in_headers: bool,
+}
+
+/// Where and how connection lines are written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLog {
+    /// A file path, or `-` for stdout.
+    pub path: String,
+    pub format: LogFormat,
+}
+
+/// Access log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// `key=value` pairs after the time and client address.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            handshake: Duration::from_secs(10),
+            connect: Duration::from_secs(5),
+            idle: Duration::from_secs(3600),
+            half_close: Duration::from_secs(30),
+            drain: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: None,
+            max_head_bytes: 16 * 1024,
+            max_headers: 100,
+            max_connections_per_ip: None,
+        }
+    }
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Keepalive {
+            idle: Duration::from_secs(60),
+            interval: Duration::from_secs(10),
+            count: 6,
+        }
+    }
+}
+
+impl Default for Relay {
+    fn default() -> Self {
+        Relay {
+            mode: RelayMode::Auto,
+            max_pipes: None,
+            pipe_size: 64 * 1024,
+            splice_threshold: 64 * 1024,
+        }
+    }
+}
+
+impl RelayMode {
+    /// The config spelling: `auto`, `splice` or `copy`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RelayMode::Auto => "auto",
+            RelayMode::Splice => "splice",
+            RelayMode::Copy => "copy",
+        }
+    }
+}
+
+impl ForwardedFor {
+    /// The config spelling: `append` or `replace`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ForwardedFor::Append => "append",
+            ForwardedFor::Replace => "replace",
+        }
+    }
+}
+
+/// `Display` writes the config spelling, `as_str`.
+macro_rules! display_as_str {
+    ($($t:ty),+) => {$(
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    )+};
+}
+
+display_as_str!(RelayMode, ForwardedFor);
+
+impl Config {
+    /// `listen` and `routes` as given, everything else at its default: the starting point for both
+    /// the TOML file and the command line, so the two cannot disagree on a default.
+    pub(super) fn with_defaults(listen: Vec<SocketAddr>, routes: Vec<Route>) -> Config {
+        Config {
+            listen,
+            workers: None,
+            timeouts: Timeouts::default(),
+            limits: Limits::default(),
+            keepalive: Keepalive::default(),
+            relay: Relay::default(),
+            routes,
+            admin: None,
+            access_log: None,
+            trusted_proxies: Vec::new(),
+            proxy_protocol: ProxyIn::default(),
+            underscores_in_headers: true,
+        }
+    }
+}
+
+impl Route {
+    /// A route matching any Host, stripping its prefix, appending to X-Forwarded-For and sending no
+    /// PROXY header: what a `--route` flag builds and what a `[[route]]` starts from.
+    pub(super) fn with_defaults(prefix: String, backends: Vec<SocketAddr>) -> Route {
+        Route {
+            prefix,
+            host: None,
+            backends,
+            strip_prefix: true,
+            forwarded_for: ForwardedFor::Append,
+            send_proxy: None,
+        }
+    }
+}
+
+impl Default for AccessLog {
+    /// Text lines on stdout.
+    fn default() -> Self {
+        AccessLog {
+            path: "-".to_owned(),
+            format: LogFormat::Text,
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! The document's top level: its own keys (`listen`, `workers`, `relay`, `admin`, ...) and the
+//! place of each section in it.
+
+use super::value::parse_addr;
+use super::walk::{key, required, Field, Key, Table};
+use super::{route, sections, Config, ConfigError, RelayMode};
+
+pub(super) const MAX_WORKERS: u64 = 1024;
+
+/// The top-level keys, in the order they are documented and read, one a row: `listen` comes
+/// first because `[proxy_protocol]` checks its addresses against it.
+#[rustfmt::skip]
+const KEYS: &[Key<Config>] = &[
+    required("listen", listen),
+    key("workers", |c, f| f.uint_in(1..=MAX_WORKERS).map(|n| c.workers = Some(n))),
+    key("relay", |c, f| f.choice(&RELAY_MODES, RelayMode::as_str).map(|m| c.relay.mode = m)),
+    key("timeouts", |c, f| f.section(&mut c.timeouts, sections::TIMEOUTS)),
+    key("limits", |c, f| f.section(&mut c.limits, sections::LIMITS)),
+    key("keepalive", |c, f| f.section(&mut c.keepalive, sections::KEEPALIVE)),
+    key("splice", |c, f| f.section(&mut c.relay, sections::SPLICE)),
+    key("route", route::routes),
+    key("admin", |c, f| f.parsed(parse_addr).map(|a| c.admin = Some(a))),
+    key("access_log", sections::access_log),
+    key("trusted_proxies", |c, f| f.nets().map(|nets| c.trusted_proxies = nets)),
+    key("proxy_protocol", sections::proxy_protocol),
+    key("underscores_in_headers", |c, f| f.bool().map(|b| c.underscores_in_headers = b)),
+];
+
+const RELAY_MODES: [RelayMode; 3] = [RelayMode::Auto, RelayMode::Splice, RelayMode::Copy];
+
+/// The whole document.
+pub(super) fn read(root: &Table<'_>) -> Result<Config, ConfigError> {
+    let mut cfg = Config::with_defaults(Vec::new(), Vec::new());
+    root.read(&mut cfg, KEYS)?;
+    if cfg.routes.is_empty() {
+        return Err(root.missing(
+            "route",
+            "at least one [[route]] with a prefix and backends is required",
+        ));
+    }
+    Ok(cfg)
+}
+
+fn listen(cfg: &mut Config, field: &Field<'_>) -> Result<(), ConfigError> {
+    let items = field.items("an array of addresses, such as [\"127.0.0.1:8080\"]")?;
+    if items.is_empty() {
+        return Err(field.error("must list at least one address"));
+    }
+    for item in items {
+        let addr = item.parsed(parse_addr)?;
+        if cfg.listen.contains(&addr) {
+            return Err(item.error(format!("{addr} is listed twice")));
+        }
+        cfg.listen.push(addr);
+    }
+    Ok(())
+}

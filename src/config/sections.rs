@@ -1,0 +1,146 @@
+//! The `[table]` sections: `[timeouts]`, `[limits]`, `[keepalive]`, `[splice]`, `[access_log]`
+//! and `[proxy_protocol]`.
+//!
+//! Each section is one [`Key`] table: the keys it accepts, in the order they are documented,
+//! and how each is read. A key not in the table is rejected with the table's names as the hint.
+
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+use super::value::{one_of, parse_addr};
+use super::walk::{key, Field, Key};
+use super::{AccessLog, Config, ConfigError, Keepalive, Limits, LogFormat, Relay, Timeouts};
+
+const HEAD_BYTES: RangeInclusive<u64> = 1024..=1 << 20;
+const HEADERS: RangeInclusive<u64> = 1..=1000;
+/// Linux caps TCP_KEEPIDLE and TCP_KEEPINTVL at 32767 s (MAX_TCP_KEEPIDLE) and TCP_KEEPCNT at 127.
+const MAX_KEEPALIVE_SECS: u64 = 32767;
+const KEEPALIVE_COUNT: RangeInclusive<u64> = 1..=127;
+/// Up to the default fs.pipe-max-size; larger F_SETPIPE_SZ fails for unprivileged processes.
+const PIPE_SIZE: RangeInclusive<u64> = 4 << 10..=1 << 20;
+
+// The tables keep one key a row, so that a section reads as the list of its keys.
+
+/// `[timeouts]`.
+#[rustfmt::skip]
+pub(super) const TIMEOUTS: &[Key<Timeouts>] = &[
+    key("handshake", |t, f| f.positive_duration().map(|d| t.handshake = d)),
+    key("connect", |t, f| f.positive_duration().map(|d| t.connect = d)),
+    key("idle", |t, f| f.duration().map(|d| t.idle = d)),
+    key("half_close", |t, f| f.duration().map(|d| t.half_close = d)),
+    key("drain", |t, f| f.duration().map(|d| t.drain = d)),
+];
+
+/// `[limits]`.
+#[rustfmt::skip]
+pub(super) const LIMITS: &[Key<Limits>] = &[
+    key("max_connections", |l, f| f.uint_in(1..).map(|n| l.max_connections = Some(n))),
+    key("max_head_bytes", |l, f| f.size_in(HEAD_BYTES).map(|n| l.max_head_bytes = n)),
+    key("max_headers", |l, f| f.uint_in(HEADERS).map(|n| l.max_headers = n)),
+    key("max_connections_per_ip", |l, f| {
+        f.uint_in(1..).map(|n| l.max_connections_per_ip = Some(n))
+    }),
+];
+
+/// `[keepalive]`.
+#[rustfmt::skip]
+pub(super) const KEEPALIVE: &[Key<Keepalive>] = &[
+    key("idle", |k, f| keepalive_secs(f, true).map(|d| k.idle = d)),
+    key("interval", |k, f| keepalive_secs(f, false).map(|d| k.interval = d)),
+    key("count", |k, f| f.uint_in(KEEPALIVE_COUNT).map(|n| k.count = n)),
+];
+
+/// Keepalive socket options take whole seconds, 1..=32767; `zero_ok` allows 0 (disabled).
+fn keepalive_secs(f: &Field<'_>, zero_ok: bool) -> Result<Duration, ConfigError> {
+    let d = f.duration()?;
+    if d.is_zero() && zero_ok {
+        return Ok(d);
+    }
+    if d.subsec_nanos() != 0 || d.as_secs() == 0 || d.as_secs() > MAX_KEEPALIVE_SECS {
+        return Err(f.error(format!(
+            "must be a whole number of seconds from 1s to {MAX_KEEPALIVE_SECS}s{}",
+            if zero_ok {
+                " (or 0 to disable keepalive)"
+            } else {
+                ""
+            }
+        )));
+    }
+    Ok(d)
+}
+
+/// `[splice]`: the relay's pipes. The relay mode is the top-level key `relay`.
+#[rustfmt::skip]
+pub(super) const SPLICE: &[Key<Relay>] = &[
+    key("max_pipes", |r, f| f.uint_in(0..).map(|n| r.max_pipes = Some(n))),
+    key("pipe_size", |r, f| f.size_in(PIPE_SIZE).map(|n| r.pipe_size = n)),
+    key("threshold", |r, f| f.size_in(1..).map(|n| r.splice_threshold = n)),
+];
+
+/// `[access_log]`: present, even empty, it turns the access log on.
+pub(super) fn access_log(cfg: &mut Config, field: &Field<'_>) -> Result<(), ConfigError> {
+    let mut log = AccessLog::default();
+    field.section(&mut log, ACCESS_LOG)?;
+    cfg.access_log = Some(log);
+    Ok(())
+}
+
+#[rustfmt::skip]
+const ACCESS_LOG: &[Key<AccessLog>] = &[
+    key("path", log_path),
+    key("format", |log, f| log_format(f).map(|format| log.format = format)),
+];
+
+fn log_path(log: &mut AccessLog, field: &Field<'_>) -> Result<(), ConfigError> {
+    let path = field.str()?;
+    if path.is_empty() {
+        return Err(field.error("must be a file path, or \"-\" for stdout"));
+    }
+    log.path = path.to_owned();
+    Ok(())
+}
+
+fn log_format(field: &Field<'_>) -> Result<LogFormat, ConfigError> {
+    let s = field.str()?;
+    let spell = |format| match format {
+        LogFormat::Text => "text",
+        LogFormat::Json => "json",
+    };
+    one_of(s, &[LogFormat::Text, LogFormat::Json], spell)
+        .map_err(|expected| field.error(format!("unknown format \"{s}\" (expected {expected})")))
+}
+
+/// `[proxy_protocol]`: which listeners expect a PROXY header, and from whom.
+pub(super) fn proxy_protocol(cfg: &mut Config, field: &Field<'_>) -> Result<(), ConfigError> {
+    let table = field.table()?;
+    table.read(cfg, PROXY_PROTOCOL)?;
+    let proxy = &cfg.proxy_protocol;
+    if !proxy.listen.is_empty() && proxy.trusted.is_empty() {
+        return Err(table.missing(
+            "trusted",
+            "list the load balancers allowed to send PROXY headers, such as [\"10.0.0.0/8\"]",
+        ));
+    }
+    Ok(())
+}
+
+/// Read into the whole `Config`, because `listen` here is checked against the top-level one.
+#[rustfmt::skip]
+const PROXY_PROTOCOL: &[Key<Config>] = &[
+    key("listen", proxy_listen),
+    key("trusted", |c, f| f.nets().map(|nets| c.proxy_protocol.trusted = nets)),
+];
+
+/// Each address must be one of the top-level `listen` addresses, which are read before this.
+fn proxy_listen(cfg: &mut Config, field: &Field<'_>) -> Result<(), ConfigError> {
+    for item in field.items("an array of listen addresses")? {
+        let addr = item.parsed(parse_addr)?;
+        if !cfg.listen.contains(&addr) {
+            return Err(item.error(format!(
+                "{addr} is not one of the `listen` addresses; add it there too"
+            )));
+        }
+        cfg.proxy_protocol.listen.push(addr);
+    }
+    Ok(())
+}

@@ -1,0 +1,631 @@
+//! Loading tests: every key, every default, and the file, line, key and message of each error.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+
+const LISTEN: &str = "listen = [\"127.0.0.1:8080\"]\n";
+const ROUTE: &str = "[[route]]\nprefix = \"/ok\"\nbackends = [\"127.0.0.1:9\"]\n";
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::from_toml_str(text, "t.toml")
+}
+
+/// The error `text` must be rejected with.
+fn error_for(text: &str) -> ConfigError {
+    match parse(text) {
+        Ok(cfg) => panic!("accepted:\n{text}\n=> {cfg:?}"),
+        Err(e) => e,
+    }
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// The shape documented for operators and scripts, with every key present.
+const FULL: &str = r#"
+listen = ["127.0.0.1:8080", "[::1]:8081"]
+workers = 2
+relay = "splice"
+underscores_in_headers = false
+[timeouts]
+handshake = "10s"
+connect = "500ms"
+idle = "1h 30m"
+half_close = "0"
+[limits]
+max_connections = 10000
+max_head_bytes = "64 KiB"
+max_headers = 50
+[keepalive]
+idle = "0"
+interval = "10s"
+count = 6
+[splice]
+max_pipes = 2500
+pipe_size = "128KiB"
+threshold = 8192
+[[route]]
+prefix = "/notice/"
+host = "Example.COM"
+backends = ["127.0.0.1:50001", "127.0.0.1:50002"]
+strip_prefix = false
+forwarded_for = "replace"
+[[route]]
+prefix = "/"
+backends = ["127.0.0.1:50003"]
+"#;
+
+#[test]
+fn full_example() {
+    let cfg = parse(FULL).unwrap();
+    let want = Config {
+        listen: vec![
+            "127.0.0.1:8080".parse().unwrap(),
+            "[::1]:8081".parse().unwrap(),
+        ],
+        workers: Some(2),
+        timeouts: Timeouts {
+            handshake: secs(10),
+            connect: Duration::from_millis(500),
+            idle: secs(5400),
+            half_close: Duration::ZERO,
+            drain: secs(30),
+        },
+        limits: Limits {
+            max_connections: Some(10000),
+            max_head_bytes: 65536,
+            max_headers: 50,
+            max_connections_per_ip: None,
+        },
+        keepalive: Keepalive {
+            idle: Duration::ZERO,
+            interval: secs(10),
+            count: 6,
+        },
+        relay: Relay {
+            mode: RelayMode::Splice,
+            max_pipes: Some(2500),
+            pipe_size: 131072,
+            splice_threshold: 8192,
+        },
+        routes: vec![
+            Route {
+                prefix: "/notice".into(),
+                host: Some("example.com".into()),
+                backends: vec![
+                    "127.0.0.1:50001".parse().unwrap(),
+                    "127.0.0.1:50002".parse().unwrap(),
+                ],
+                strip_prefix: false,
+                forwarded_for: ForwardedFor::Replace,
+                send_proxy: None,
+            },
+            Route {
+                prefix: "/".into(),
+                host: None,
+                backends: vec!["127.0.0.1:50003".parse().unwrap()],
+                strip_prefix: true,
+                forwarded_for: ForwardedFor::Append,
+                send_proxy: None,
+            },
+        ],
+        admin: None,
+        access_log: None,
+        trusted_proxies: Vec::new(),
+        proxy_protocol: ProxyIn::default(),
+        underscores_in_headers: false,
+    };
+    assert_eq!(cfg, want);
+}
+
+#[test]
+fn defaults() {
+    let cfg = parse(&format!("{LISTEN}{ROUTE}")).unwrap();
+    assert_eq!(cfg.workers, None);
+    assert_eq!(
+        cfg.timeouts,
+        Timeouts {
+            handshake: secs(10),
+            connect: secs(5),
+            idle: secs(3600),
+            half_close: secs(30),
+            drain: secs(30)
+        }
+    );
+    assert_eq!(
+        cfg.limits,
+        Limits {
+            max_connections: None,
+            max_head_bytes: 16384,
+            max_headers: 100,
+            max_connections_per_ip: None
+        }
+    );
+    assert_eq!(
+        cfg.keepalive,
+        Keepalive {
+            idle: secs(60),
+            interval: secs(10),
+            count: 6
+        }
+    );
+    assert_eq!(
+        cfg.relay,
+        Relay {
+            mode: RelayMode::Auto,
+            max_pipes: None,
+            pipe_size: 65536,
+            splice_threshold: 65536
+        }
+    );
+    let route = &cfg.routes[0];
+    assert!(route.strip_prefix);
+    assert_eq!(route.forwarded_for, ForwardedFor::Append);
+    assert_eq!(route.host, None);
+    assert_eq!(cfg.timeouts, Timeouts::default());
+    assert_eq!(cfg.limits, Limits::default());
+    assert_eq!(cfg.keepalive, Keepalive::default());
+    assert!(cfg.underscores_in_headers);
+    assert_eq!(cfg.relay, Relay::default());
+}
+
+#[test]
+fn durations() {
+    for (text, want) in [
+        ("\"0\"", Duration::ZERO),
+        ("0", Duration::ZERO),
+        ("\"500ms\"", Duration::from_millis(500)),
+        ("\"1h 30m\"", secs(5400)),
+        ("\"1h30m\"", secs(5400)),
+        ("\"2m\"", secs(120)),
+        ("\" 45s \"", secs(45)),
+    ] {
+        let cfg = parse(&format!("{LISTEN}[timeouts]\nidle = {text}\n{ROUTE}")).unwrap();
+        assert_eq!(cfg.timeouts.idle, want, "idle = {text}");
+    }
+}
+
+#[test]
+fn sizes() {
+    for (text, want) in [
+        ("16384", 16384),
+        ("\"16384\"", 16384),
+        ("\"16KiB\"", 16384),
+        ("\"64 KiB\"", 65536),
+        ("\"32k\"", 32768),
+        ("\"1MiB\"", 1 << 20),
+        ("\"1024 B\"", 1024),
+    ] {
+        let cfg = parse(&format!(
+            "{LISTEN}[limits]\nmax_head_bytes = {text}\n{ROUTE}"
+        ))
+        .unwrap();
+        assert_eq!(cfg.limits.max_head_bytes, want, "max_head_bytes = {text}");
+    }
+}
+
+#[test]
+fn prefix_normalization() {
+    for (given, want) in [
+        ("/", "/"),
+        ("/notice", "/notice"),
+        ("/notice/", "/notice"),
+        ("/notice//", "/notice"),
+        ("//", "/"),
+        ("/a/b/", "/a/b"),
+        ("/%20x", "/%20x"),
+    ] {
+        let text = format!("{LISTEN}[[route]]\nprefix = {given:?}\nbackends = [\"127.0.0.1:9\"]\n");
+        assert_eq!(
+            parse(&text).unwrap().routes[0].prefix,
+            want,
+            "prefix {given:?}"
+        );
+    }
+}
+
+#[test]
+fn hosts() {
+    for (given, want) in [
+        ("example.com", "example.com"),
+        ("WS.Example.COM", "ws.example.com"),
+        ("10.0.0.1", "10.0.0.1"),
+        ("[::1]", "[::1]"),
+        ("my_host", "my_host"),
+    ] {
+        let text = format!(
+            "{LISTEN}[[route]]\nprefix = \"/\"\nhost = {given:?}\nbackends = [\"127.0.0.1:9\"]\n"
+        );
+        assert_eq!(
+            parse(&text).unwrap().routes[0].host.as_deref(),
+            Some(want),
+            "host {given:?}"
+        );
+    }
+}
+
+/// Each case: the document, then the line, key and a piece of the message the error must have.
+#[test]
+fn bad_values() {
+    let r = ROUTE;
+    let l = LISTEN;
+    let cases: Vec<(String, Option<usize>, &str, &str)> = vec![
+        // top level
+        (format!("listen = []\n{r}"), Some(1), "listen", "at least one address"),
+        (format!("listen = \"127.0.0.1:1\"\n{r}"), Some(1), "listen", "expected an array of addresses"),
+        (format!("listen = [\n  \"127.0.0.1:1\",\n  \"nope\"]\n{r}"), Some(3), "listen", "invalid address \"nope\""),
+        (format!("listen = [\"localhost:80\"]\n{r}"), Some(1), "listen", "use an IP address"),
+        (format!("listen = [\"127.0.0.1\"]\n{r}"), Some(1), "listen", "missing port"),
+        (format!("listen = [\"127.0.0.1:1\", \"127.0.0.1:1\"]\n{r}"), Some(1), "listen", "listed twice"),
+        (format!("{l}workers = 0\n{r}"), Some(2), "workers", "between 1 and 1024, got 0"),
+        (format!("{l}workers = 1025\n{r}"), Some(2), "workers", "between 1 and 1024"),
+        (format!("{l}workers = \"2\"\n{r}"), Some(2), "workers", "expected an integer, found string \"2\""),
+        (format!("{l}workers = -1\n{r}"), Some(2), "workers", "got -1"),
+        (format!("{l}relay = \"fast\"\n{r}"), Some(2), "relay", "expected \"auto\", \"splice\" or \"copy\""),
+        (format!("{l}underscores_in_headers = \"on\"\n{r}"), Some(2), "underscores_in_headers", "expected true or false"),
+        // [timeouts]
+        (format!("{l}[timeouts]\nidle = \"1x\"\n{r}"), Some(3), "timeouts.idle", "invalid duration \"1x\": expected a number followed by a unit such as 30s, 5m, 1h"),
+        (format!("{l}[timeouts]\nidle = 10\n{r}"), Some(3), "timeouts.idle", "a number needs a unit"),
+        (format!("{l}[timeouts]\nidle = \"10\"\n{r}"), Some(3), "timeouts.idle", "invalid duration"),
+        (format!("{l}[timeouts]\nidle = true\n{r}"), Some(3), "timeouts.idle", "expected a duration"),
+        (format!("{l}[timeouts]\nidle = \"400days\"\n{r}"), Some(3), "timeouts.idle", "at most 365 days"),
+        (format!("{l}[timeouts]\nhandshake = \"0\"\n{r}"), Some(3), "timeouts.handshake", "greater than 0"),
+        (format!("{l}[timeouts]\nconnect = 0\n{r}"), Some(3), "timeouts.connect", "greater than 0"),
+        (format!("{l}[timeouts]\n\nhalf_close = \"-1s\"\n{r}"), Some(4), "timeouts.half_close", "invalid duration"),
+        (format!("{l}timeouts = 5\n{r}"), Some(2), "timeouts", "expected a table"),
+        // [limits]
+        (format!("{l}[limits]\nmax_connections = 0\n{r}"), Some(3), "limits.max_connections", "at least 1"),
+        (format!("{l}[limits]\nmax_head_bytes = 1023\n{r}"), Some(3), "limits.max_head_bytes", "between 1024 and 1048576"),
+        (format!("{l}[limits]\nmax_head_bytes = \"2MiB\"\n{r}"), Some(3), "limits.max_head_bytes", "between 1024 and 1048576, got 2097152"),
+        (format!("{l}[limits]\nmax_head_bytes = \"16 KB/s\"\n{r}"), Some(3), "limits.max_head_bytes", "invalid size"),
+        (format!("{l}[limits]\nmax_head_bytes = \"KiB\"\n{r}"), Some(3), "limits.max_head_bytes", "invalid size"),
+        (format!("{l}[limits]\nmax_head_bytes = 1.5\n{r}"), Some(3), "limits.max_head_bytes", "found float"),
+        (format!("{l}[limits]\nmax_headers = 0\n{r}"), Some(3), "limits.max_headers", "between 1 and 1000"),
+        (format!("{l}[limits]\nmax_headers = 1001\n{r}"), Some(3), "limits.max_headers", "between 1 and 1000"),
+        // [keepalive]
+        (format!("{l}[keepalive]\ncount = 0\n{r}"), Some(3), "keepalive.count", "between 1 and 127"),
+        (format!("{l}[keepalive]\ncount = 128\n{r}"), Some(3), "keepalive.count", "between 1 and 127"),
+        (format!("{l}[keepalive]\ninterval = \"0\"\n{r}"), Some(3), "keepalive.interval", "whole number of seconds"),
+        (format!("{l}[keepalive]\nidle = \"1500ms\"\n{r}"), Some(3), "keepalive.idle", "whole number of seconds"),
+        (format!("{l}[keepalive]\nidle = \"10h\"\n{r}"), Some(3), "keepalive.idle", "32767s"),
+        // [splice]
+        (format!("{l}[splice]\npipe_size = \"2KiB\"\n{r}"), Some(3), "splice.pipe_size", "between 4096 and 1048576"),
+        (format!("{l}[splice]\npipe_size = \"2MiB\"\n{r}"), Some(3), "splice.pipe_size", "between 4096 and 1048576"),
+        (format!("{l}[splice]\nthreshold = 0\n{r}"), Some(3), "splice.threshold", "at least 1"),
+        (format!("{l}[splice]\nmax_pipes = -1\n{r}"), Some(3), "splice.max_pipes", "at least 0"),
+        // [[route]]
+        (format!("{l}[[route]]\nbackends = [\"127.0.0.1:9\"]\n"), Some(2), "route.prefix", "missing required key"),
+        (format!("{l}[[route]]\nprefix = \"/a\"\n"), Some(2), "route.backends", "missing required key"),
+        (format!("{l}[[route]]\nprefix = \"a\"\nbackends = [\"127.0.0.1:9\"]\n"), Some(3), "route.prefix", "must start with '/'"),
+        (format!("{l}[[route]]\nprefix = \"\"\nbackends = [\"127.0.0.1:9\"]\n"), Some(3), "route.prefix", "must start with '/'"),
+        (format!("{l}[[route]]\nprefix = \"/a?b\"\nbackends = [\"127.0.0.1:9\"]\n"), Some(3), "route.prefix", "'?'"),
+        (format!("{l}[[route]]\nprefix = \"/a#b\"\nbackends = [\"127.0.0.1:9\"]\n"), Some(3), "route.prefix", "'#'"),
+        (format!("{l}[[route]]\nprefix = \"/a b\"\nbackends = [\"127.0.0.1:9\"]\n"), Some(3), "route.prefix", "whitespace"),
+        (format!("{l}[[route]]\nprefix = \"/a\\u0001\"\nbackends = [\"127.0.0.1:9\"]\n"), Some(3), "route.prefix", "control"),
+        (format!("{l}[[route]]\nprefix = \"/é\"\nbackends = [\"127.0.0.1:9\"]\n"), Some(3), "route.prefix", "ASCII"),
+        (format!("{l}[[route]]\nprefix = \"/\"\nhost = \"a.com:80\"\nbackends = [\"127.0.0.1:9\"]\n"), Some(4), "route.host", "port"),
+        (format!("{l}[[route]]\nprefix = \"/\"\nhost = \"a b\"\nbackends = [\"127.0.0.1:9\"]\n"), Some(4), "route.host", "invalid character ' '"),
+        (format!("{l}[[route]]\nprefix = \"/\"\nhost = \"\"\nbackends = [\"127.0.0.1:9\"]\n"), Some(4), "route.host", "must not be empty"),
+        (format!("{l}[[route]]\nprefix = \"/\"\nhost = \"a..b\"\nbackends = [\"127.0.0.1:9\"]\n"), Some(4), "route.host", "empty label"),
+        (format!("{l}[[route]]\nprefix = \"/\"\nhost = \"::1\"\nbackends = [\"127.0.0.1:9\"]\n"), Some(4), "route.host", "brackets"),
+        (format!("{l}[[route]]\nprefix = \"/\"\nbackends = []\n"), Some(4), "route.backends", "at least one backend"),
+        (format!("{l}[[route]]\nprefix = \"/\"\nbackends = [\"backend.local:50001\"]\n"), Some(4), "route.backends", "use an IP address: name resolution is not supported yet"),
+        (format!("{l}[[route]]\nprefix = \"/\"\nbackends = [\"http://127.0.0.1:1/\"]\n"), Some(4), "route.backends", "scheme"),
+        (format!("{l}[[route]]\nprefix = \"/\"\nbackends = [\"127.0.0.1:0\"]\n"), Some(4), "route.backends", "non-zero port"),
+        (format!("{l}[[route]]\nprefix = \"/\"\nbackends = [\"127.0.0.1:9\"]\nstrip_prefix = \"yes\"\n"), Some(5), "route.strip_prefix", "expected true or false"),
+        (format!("{l}[[route]]\nprefix = \"/\"\nbackends = [\"127.0.0.1:9\"]\nforwarded_for = \"set\"\n"), Some(5), "route.forwarded_for", "\"append\" or \"replace\""),
+        (format!("{l}route = 1\n"), Some(2), "route", "expected [[route]] tables"),
+        (format!("{l}route = [1]\n"), Some(2), "route", "expected a table"),
+        // duplicates: the error names the second route, and the message the first one's line
+        (format!("{l}{r}\n{r}"), Some(7), "route.prefix", "duplicate route: prefix \"/ok\" for any host is already defined on line 3"),
+        (
+            format!("{l}[[route]]\nprefix = \"/a/\"\nhost = \"x.com\"\nbackends = [\"127.0.0.1:9\"]\n[[route]]\nprefix = \"/a\"\nhost = \"X.com\"\nbackends = [\"127.0.0.1:8\"]\n"),
+            Some(7),
+            "route.prefix",
+            "for host x.com is already defined on line 3",
+        ),
+        // [access_log], [proxy_protocol] and the keys around them
+        (format!("{l}admin = \"nope\"\n{r}"), Some(2), "admin", "invalid address \"nope\": expected IP:PORT, such as 127.0.0.1:8080 or [::1]:8080"),
+        (format!("{l}trusted_proxies = \"10.0.0.0/8\"\n{r}"), Some(2), "trusted_proxies", "expected an array of networks, such as [\"10.0.0.0/8\", \"127.0.0.1\"], found string \"10.0.0.0/8\""),
+        (format!("{l}trusted_proxies = [\"10.0.0.0/33\"]\n{r}"), Some(2), "trusted_proxies", "invalid network \"10.0.0.0/33\": expected an address or CIDR such as 10.0.0.0/8"),
+        (format!("{l}[access_log]\nformat = \"xml\"\n{r}"), Some(3), "access_log.format", "unknown format \"xml\" (expected \"text\" or \"json\")"),
+        (format!("{l}[access_log]\npath = \"\"\n{r}"), Some(3), "access_log.path", "must be a file path, or \"-\" for stdout"),
+        (format!("{l}[proxy_protocol]\nlisten = [\"127.0.0.1:9090\"]\ntrusted = [\"10.0.0.0/8\"]\n{r}"), Some(3), "proxy_protocol.listen", "127.0.0.1:9090 is not one of the `listen` addresses; add it there too"),
+        (format!("{l}[proxy_protocol]\nlisten = [\"127.0.0.1:8080\"]\n{r}"), Some(2), "proxy_protocol.trusted", "list the load balancers allowed to send PROXY headers, such as [\"10.0.0.0/8\"]"),
+        (format!("{l}[[route]]\nprefix = \"/\"\nbackends = [\"127.0.0.1:9\"]\nsend_proxy = \"v3\"\n"), Some(5), "route.send_proxy", "invalid value \"v3\": expected \"v1\", \"v2\" or \"none\""),
+        (format!("{l}relay = \"fast\"\n{r}"), Some(2), "relay", "invalid value \"fast\": expected \"auto\", \"splice\" or \"copy\""),
+        // missing things with no line to point at
+        (r.to_string(), None, "listen", "missing required key"),
+        (l.to_string(), None, "route", "at least one [[route]]"),
+        (format!("{l}route = []\n"), None, "route", "at least one [[route]]"),
+    ];
+    for (text, line, key, msg) in &cases {
+        let e = error_for(text);
+        assert_eq!(
+            (e.line(), e.key()),
+            (*line, Some(*key)),
+            "error {e} for:\n{text}"
+        );
+        assert!(
+            e.message().contains(msg),
+            "error {e:?} lacks {msg:?} for:\n{text}"
+        );
+        assert_eq!(e.file(), Some("t.toml"));
+    }
+}
+
+/// The sections `FULL` leaves out.
+#[test]
+fn admin_access_log_proxy_protocol_and_send_proxy() {
+    let text = r#"
+listen = ["127.0.0.1:8080", "127.0.0.1:8081"]
+admin = "127.0.0.1:9000"
+trusted_proxies = ["10.0.0.0/8", "192.0.2.1"]
+[access_log]
+format = "json"
+[proxy_protocol]
+listen = ["127.0.0.1:8081"]
+trusted = ["10.1.0.0/16"]
+[[route]]
+prefix = "/a"
+backends = ["127.0.0.1:9"]
+send_proxy = "v2"
+[[route]]
+prefix = "/b"
+backends = ["127.0.0.1:9"]
+send_proxy = "none"
+[[route]]
+prefix = "/c"
+backends = ["127.0.0.1:9"]
+send_proxy = "v1"
+"#;
+    let cfg = parse(text).unwrap();
+    let nets =
+        |list: &[&str]| -> Vec<ipnet::IpNet> { list.iter().map(|n| n.parse().unwrap()).collect() };
+    assert_eq!(cfg.admin, Some("127.0.0.1:9000".parse().unwrap()));
+    assert_eq!(cfg.trusted_proxies, nets(&["10.0.0.0/8", "192.0.2.1/32"]));
+    assert_eq!(
+        cfg.access_log,
+        Some(AccessLog {
+            path: "-".into(),
+            format: LogFormat::Json
+        })
+    );
+    assert_eq!(
+        cfg.proxy_protocol,
+        ProxyIn {
+            listen: vec!["127.0.0.1:8081".parse().unwrap()],
+            trusted: nets(&["10.1.0.0/16"]),
+        }
+    );
+    let send_proxy: Vec<_> = cfg.routes.iter().map(|r| r.send_proxy).collect();
+    assert_eq!(
+        send_proxy,
+        [Some(ProxyVersion::V2), None, Some(ProxyVersion::V1)]
+    );
+
+    let cfg = parse(&format!(
+        "{LISTEN}[access_log]\npath = \"/var/log/ws.log\"\n{ROUTE}"
+    ))
+    .unwrap();
+    assert_eq!(
+        cfg.access_log,
+        Some(AccessLog {
+            path: "/var/log/ws.log".into(),
+            format: LogFormat::Text
+        })
+    );
+    assert_eq!(parse(&format!("{LISTEN}{ROUTE}")).unwrap().access_log, None);
+}
+
+#[test]
+fn duplicate_routes_differ_by_host() {
+    let text = format!(
+        "{LISTEN}[[route]]\nprefix = \"/a\"\nhost = \"x.com\"\nbackends = [\"127.0.0.1:9\"]\n\
+         [[route]]\nprefix = \"/a\"\nbackends = [\"127.0.0.1:9\"]\n"
+    );
+    assert_eq!(parse(&text).unwrap().routes.len(), 2);
+}
+
+#[test]
+fn unknown_keys() {
+    #[rustfmt::skip]
+    let cases = [
+        (format!("listn = []\n{LISTEN}{ROUTE}"), 1, "listn"),
+        (format!("{LISTEN}[timeouts]\nidle = \"1s\"\nidel = \"1s\"\n{ROUTE}"), 4, "timeouts.idel"),
+        (format!("{LISTEN}[limits]\nmax_conns = 1\n{ROUTE}"), 3, "limits.max_conns"),
+        (format!("{LISTEN}[keepalive]\ncnt = 1\n{ROUTE}"), 3, "keepalive.cnt"),
+        (format!("{LISTEN}[splice]\nsize = 1\n{ROUTE}"), 3, "splice.size"),
+        (format!("{LISTEN}{ROUTE}strip = true\n"), 5, "route.strip"),
+        (format!("{LISTEN}timeouts = {{ idle = \"1s\", nope = 1 }}\n{ROUTE}"), 2, "timeouts.nope"),
+        (format!("{LISTEN}[tls]\ncert = \"x\"\n{ROUTE}"), 2, "tls"),
+        // reported in file order, not in the map's alphabetical order
+        (format!("{LISTEN}zzz = 1\naaa = 1\n{ROUTE}"), 2, "zzz"),
+    ];
+    for (text, line, key) in cases {
+        let e = error_for(&text);
+        assert_eq!(
+            (e.line(), e.key()),
+            (Some(line), Some(key)),
+            "{e} for:\n{text}"
+        );
+        assert!(
+            e.to_string().starts_with(&format!(
+                "t.toml:{line}: unknown key `{key}` (expected one of: "
+            )),
+            "{e}"
+        );
+    }
+    let e = parse(&format!("listn = []\n{LISTEN}{ROUTE}")).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "t.toml:1: unknown key `listn` (expected one of: listen, workers, relay, timeouts, limits, keepalive, splice, route, admin, access_log, trusted_proxies, proxy_protocol, underscores_in_headers)"
+    );
+}
+
+/// Each section's hint lists the keys of its table, in the documented order.
+#[test]
+fn unknown_key_hints_name_each_sections_keys() {
+    for (section, keys) in [
+        ("[timeouts]", "handshake, connect, idle, half_close, drain"),
+        (
+            "[limits]",
+            "max_connections, max_head_bytes, max_headers, max_connections_per_ip",
+        ),
+        ("[keepalive]", "idle, interval, count"),
+        ("[splice]", "max_pipes, pipe_size, threshold"),
+        ("[access_log]", "path, format"),
+        ("[proxy_protocol]", "listen, trusted"),
+        (
+            "[[route]]",
+            "prefix, host, backends, strip_prefix, forwarded_for, send_proxy",
+        ),
+    ] {
+        let e = error_for(&format!("{LISTEN}{ROUTE}{section}\nnope = 1\n"));
+        let name = section.trim_matches(['[', ']']);
+        assert_eq!(
+            e.to_string(),
+            format!("t.toml:6: unknown key `{name}.nope` (expected one of: {keys})")
+        );
+    }
+}
+
+#[test]
+fn error_format() {
+    let e = parse(&format!(
+        "{LISTEN}\n\n[timeouts]\n\n\nidle = \"1x\"\n{ROUTE}"
+    ))
+    .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "t.toml:7: timeouts.idle: invalid duration \"1x\": expected a number followed by a unit such as 30s, 5m, 1h"
+    );
+    let e = parse(ROUTE).unwrap_err();
+    assert_eq!(e.to_string(), "t.toml: listen: missing required key");
+}
+
+#[test]
+fn syntax_errors() {
+    let cases = [
+        (format!("{LISTEN}workers = \n{ROUTE}"), 2, "invalid TOML"),
+        (
+            format!("{LISTEN}workers = 1\nworkers = 2\n{ROUTE}"),
+            3,
+            "duplicate key `workers`",
+        ),
+        (
+            format!("{LISTEN}[timeouts]\n[timeouts]\n{ROUTE}"),
+            3,
+            "duplicate key",
+        ),
+        (
+            format!("{LISTEN}{ROUTE}prefix = \"unterminated\n"),
+            5,
+            "invalid TOML",
+        ),
+    ];
+    for (text, line, msg) in cases {
+        let e = error_for(&text);
+        assert_eq!((e.line(), e.key()), (Some(line), None), "{e} for:\n{text}");
+        assert!(e.message().contains(msg), "{e}");
+    }
+}
+
+#[test]
+fn load_reports_path_and_os_error() {
+    let path = "/nonexistent/wsplice.toml";
+    let e = Config::load(Path::new(path)).unwrap_err();
+    assert_eq!((e.file(), e.line(), e.key()), (Some(path), None, None));
+    assert!(e.message().starts_with("cannot read: "), "{e:?}");
+    assert!(e.message().contains("os error 2"), "{e:?}");
+    assert_eq!(e.to_string(), format!("{path}: {}", e.message()));
+}
+
+#[test]
+fn cli() {
+    let listen = vec!["127.0.0.1:0".parse().unwrap()];
+    let routes = [
+        "/notice/=127.0.0.1:50001, 127.0.0.1:50002".to_owned(),
+        "/msg=127.0.0.1:50003".to_owned(),
+    ];
+    let cfg = Config::from_cli(listen.clone(), &routes, Some(3), Some(RelayMode::Copy)).unwrap();
+    assert_eq!(cfg.listen, listen);
+    assert_eq!(cfg.workers, Some(3));
+    assert_eq!(cfg.relay.mode, RelayMode::Copy);
+    assert_eq!(cfg.timeouts, Timeouts::default());
+    assert_eq!(cfg.routes.len(), 2);
+    assert_eq!(cfg.routes[0].prefix, "/notice");
+    assert_eq!(cfg.routes[0].backends.len(), 2);
+    assert!(cfg.routes[0].strip_prefix);
+    assert_eq!(
+        cfg.routes[1].backends,
+        vec!["127.0.0.1:50003".parse::<SocketAddr>().unwrap()]
+    );
+
+    for (listen, routes, workers, key, msg) in [
+        (
+            vec![],
+            vec!["/=127.0.0.1:1"],
+            None,
+            "--listen",
+            "at least one",
+        ),
+        (listen.clone(), vec![], None, "--route", "at least one"),
+        (
+            listen.clone(),
+            vec!["/=127.0.0.1:1"],
+            Some(0),
+            "--workers",
+            "invalid value 0",
+        ),
+        (
+            listen.clone(),
+            vec!["/notice"],
+            None,
+            "--route",
+            "invalid value \"/notice\": expected PREFIX=HOST:PORT",
+        ),
+        (
+            listen.clone(),
+            vec!["notice=127.0.0.1:1"],
+            None,
+            "--route",
+            "must start with '/'",
+        ),
+        (
+            listen.clone(),
+            vec!["/=localhost:1"],
+            None,
+            "--route",
+            "use an IP address",
+        ),
+        (
+            listen.clone(),
+            vec!["/=127.0.0.1:1,"],
+            None,
+            "--route",
+            "backend: invalid address \"\"",
+        ),
+        (
+            listen.clone(),
+            vec!["/a=127.0.0.1:1", "/a/=127.0.0.1:2"],
+            None,
+            "--route",
+            "routed twice",
+        ),
+    ] {
+        let routes: Vec<String> = routes.into_iter().map(str::to_owned).collect();
+        let e = Config::from_cli(listen, &routes, workers, None).unwrap_err();
+        assert_eq!(
+            (e.file(), e.line(), e.key()),
+            (None, None, Some(key)),
+            "{e}"
+        );
+        assert!(e.message().contains(msg), "{e:?} lacks {msg:?}");
+        assert!(e.to_string().starts_with(&format!("{key}: ")), "{e}");
+    }
+}
