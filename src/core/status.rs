@@ -80,8 +80,42 @@ pub enum BackendFailure {
 }
 
 impl Reject {
+    /// One failure of each kind (the payload of `BadRequest` and `BackendFailed` stands for all
+    /// of its values), in the order metrics list them.
+    pub const ALL: [Reject; 11] = [
+        Reject::BadRequest(BadRequest::Syntax),
+        Reject::NoRoute,
+        Reject::Connect,
+        Reject::HandshakeTimeout,
+        Reject::UriTooLong,
+        Reject::NotUpgrade,
+        Reject::TooManyFromIp,
+        Reject::HeadTooLarge,
+        Reject::BackendFailed(BackendFailure::Refused),
+        Reject::Overloaded,
+        Reject::BackendTimeout,
+    ];
+
+    /// The status of each of [`Reject::ALL`], in that order: every status a handshake failure
+    /// is answered with, and the `status` label values of `wsplice_handshake_rejects_total`.
+    pub const STATUSES: [u16; Reject::ALL.len()] = {
+        let mut out = [0; Reject::ALL.len()];
+        let mut i = 0;
+        while i < out.len() {
+            out[i] = Reject::ALL[i].status();
+            let mut j = 0;
+            while j < i {
+                // One metric label per kind: two kinds sharing a status would be counted as one.
+                assert!(out[j] != out[i], "two kinds of Reject share a status");
+                j += 1;
+            }
+            i += 1;
+        }
+        out
+    };
+
     /// The HTTP status code for this failure.
-    pub fn status(self) -> u16 {
+    pub const fn status(self) -> u16 {
         match self {
             Reject::BadRequest(_) => 400,
             Reject::NoRoute => 404,
@@ -141,20 +175,7 @@ mod tests {
 
     #[test]
     fn every_response_starts_with_its_status_and_ends_the_head() {
-        let all = [
-            Reject::BadRequest(BadRequest::Syntax),
-            Reject::NoRoute,
-            Reject::Connect,
-            Reject::HandshakeTimeout,
-            Reject::UriTooLong,
-            Reject::NotUpgrade,
-            Reject::HeadTooLarge,
-            Reject::TooManyFromIp,
-            Reject::BackendFailed(BackendFailure::Refused),
-            Reject::Overloaded,
-            Reject::BackendTimeout,
-        ];
-        for r in all {
+        for r in Reject::ALL {
             let text = std::str::from_utf8(r.response()).expect("ascii");
             assert!(
                 text.starts_with(&format!("HTTP/1.1 {} ", r.status())),

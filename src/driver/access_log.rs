@@ -2,17 +2,17 @@
 //! loops never block on a disk.
 //!
 //! Workers format lines into a local batch and hand the batch over once per loop iteration with
-//! a non-blocking `try_send`; if the logger falls behind, batches are dropped and counted rather
-//! than stalling traffic. SIGUSR1 asks the logger to reopen its file (logrotate).
+//! a non-blocking `try_send` into a queue of [`QUEUE_BATCHES`]; if the logger falls behind, a
+//! batch that finds the queue full is dropped rather than stalling traffic, and its lines are
+//! counted by the worker (`wsplice_access_log_dropped_lines_total`). SIGUSR1 asks the logger to
+//! reopen its file (logrotate).
 
 use crate::config::{AccessLog, LogFormat};
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 enum Msg {
@@ -25,8 +25,10 @@ enum Msg {
 pub struct LogSink {
     tx: SyncSender<Msg>,
     format: LogFormat,
-    dropped: Arc<AtomicU64>,
 }
+
+/// Batches (one per worker loop iteration that ended connections) the logger may lag behind.
+pub const QUEUE_BATCHES: usize = 1024;
 
 /// What one line says.
 #[derive(Debug, Clone)]
@@ -58,7 +60,7 @@ impl LogSink {
         let mut out = open(&path).map_err(|e| {
             io::Error::new(e.kind(), format!("cannot open access_log.path {path}: {e}"))
         })?;
-        let (tx, rx): (SyncSender<Msg>, Receiver<Msg>) = sync_channel(1024);
+        let (tx, rx): (SyncSender<Msg>, Receiver<Msg>) = sync_channel(QUEUE_BATCHES);
         let thread = std::thread::Builder::new()
             .name("wsplice-log".into())
             .spawn(move || {
@@ -81,7 +83,6 @@ impl LogSink {
         let sink = LogSink {
             tx,
             format: cfg.format,
-            dropped: Arc::new(AtomicU64::new(0)),
         };
         Ok((sink, thread))
     }
@@ -89,11 +90,6 @@ impl LogSink {
     /// Asks the logger to reopen its file (blocking briefly if the queue is full).
     pub fn reopen(&self) {
         let _ = self.tx.send(Msg::Reopen);
-    }
-
-    /// Batches lost because the logger fell behind.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
     }
 
     /// Appends one line for `r` to a worker's batch.
@@ -122,17 +118,21 @@ impl LogSink {
         }
     }
 
-    /// Hands a worker's batch to the logger without blocking.
-    pub fn flush(&self, batch: &mut String) {
+    /// Hands a worker's batch to the logger without blocking. Returns the number of lines
+    /// dropped because the queue was full (or the logger gone), for the worker to count.
+    #[must_use = "lines dropped here are counted nowhere else"]
+    pub fn flush(&self, batch: &mut String) -> u64 {
         if batch.is_empty() {
-            return;
+            return 0;
         }
         let b = std::mem::take(batch).into_bytes();
         match self.tx.try_send(Msg::Lines(b)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
+            Ok(()) => 0,
+            // Counting the lines costs a pass over the batch, only when it is lost anyway.
+            Err(TrySendError::Full(Msg::Lines(b)) | TrySendError::Disconnected(Msg::Lines(b))) => {
+                b.iter().filter(|&&c| c == b'\n').count() as u64
             }
+            Err(_) => 0,
         }
     }
 }

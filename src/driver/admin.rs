@@ -3,7 +3,7 @@
 //! One blocking thread, one request per connection, far from the hot path: it only reads the
 //! counters the workers publish.
 
-use crate::driver::stats::{render, Counters};
+use crate::driver::stats::{self, Counters};
 use crate::driver::StatsReader;
 use crate::sys::limits;
 use std::io::{self, BufRead, BufReader, Write};
@@ -67,29 +67,29 @@ fn serve(s: TcpStream, stats: &StatsReader, started: Instant) -> io::Result<()> 
 }
 
 fn metrics(c: &Counters, started: Instant) -> String {
-    let mut s = render(c);
-    let fds = limits::open_fd_count().unwrap_or(0);
-    let (soft, _) = limits::nofile_limit().unwrap_or((0, 0));
-    s.push_str(&format!(
-        "wsplice_open_fds {fds}\nwsplice_fd_limit {soft}\n"
-    ));
-    s.push_str(&format!(
-        "wsplice_uptime_seconds {}\n",
-        started.elapsed().as_secs()
-    ));
+    let mut s = stats::render(c);
+    stats::render_samples(&mut s, &process(started));
     s
 }
 
+/// The samples of the whole process, read now.
+fn process(started: Instant) -> [(stats::Family, u64); 3] {
+    let (soft, _) = limits::nofile_limit().unwrap_or((0, 0));
+    [
+        (stats::OPEN_FDS, limits::open_fd_count().unwrap_or(0) as u64),
+        (stats::FD_LIMIT, soft),
+        (stats::UPTIME, started.elapsed().as_secs()),
+    ]
+}
+
+/// The `/status` keys the metric list marks, then the process's.
 fn status_json(c: &Counters, started: Instant) -> String {
-    format!(
-        "{{\"connections\":{},\"tunnels_total\":{},\"accepted_total\":{},\"bytes_spliced\":{},\"bytes_copied\":{},\"pipes_in_use\":{},\"open_fds\":{},\"uptime_seconds\":{}}}\n",
-        c.connections,
-        c.tunnels,
-        c.accepted,
-        c.relay.bytes_spliced,
-        c.relay.bytes_copied,
-        c.pipes.in_use,
-        limits::open_fd_count().unwrap_or(0),
-        started.elapsed().as_secs()
-    )
+    let mut fields = stats::status_fields(c);
+    fields.extend(
+        process(started)
+            .iter()
+            .filter_map(|(f, v)| Some((f.json?, *v))),
+    );
+    let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+    format!("{{{}}}\n", body.join(","))
 }

@@ -1,81 +1,275 @@
-//! Per-worker counters. The owning thread counts in plain integers and publishes them once per
-//! loop iteration with relaxed stores; readers sum the workers on demand. Nothing shared is
-//! touched per relayed byte.
+//! Per-worker counters, each metric declared once.
+//!
+//! The `metrics!` list below is the only place a worker metric is named: each entry is a field of
+//! [`Counters`] with its Prometheus family (name, type, labels) and its help text (the entry's
+//! doc comment). From it come the storage ([`Counters`]), the flat block other threads read
+//! ([`Published`]), the summing ([`sum`]), the text of `/metrics` ([`render`]) and the keys of
+//! `/status` ([`status_fields`]). A labelled family takes its label values from its enum's own
+//! list ([`Reject::STATUSES`], [`CloseReason::ALL`]), so a new reason is exported by being listed
+//! there.
+//!
+//! ```text
+//! /// Help text.
+//! field = (counter "wsplice_x_total");                    one u64
+//! field = (gauge "wsplice_x" json "x");                   also in /status, as "x"
+//! field = (counter "wsplice_x_total" by label in LIST);   [u64; LIST.len()], labelled LIST[i]
+//! field = (histogram "wsplice_x_seconds" BOUNDS);         a Histogram over BOUNDS (seconds)
+//! field: Type = { sub = (...); ... };                     a struct someone else fills
+//! ```
+//!
+//! The owning thread counts in plain integers and publishes them once per loop iteration with
+//! relaxed stores; readers sum the workers on demand. Nothing shared is touched per relayed byte.
+
+mod expand;
 
 use crate::core::relay::{CloseReason, RelayStats};
 use crate::core::status::Reject;
 use crate::sys::pipe::PoolStats;
-use std::fmt::Write as _;
+use expand::{
+    flatten, metric_kind, metric_label, metric_slots, metric_type, metric_visit, metrics,
+    unflatten, Label, LabelPair, Slot, Text, Visit,
+};
 use std::sync::atomic::{AtomicU64, Ordering};
-
-/// One worker's counters, owned by its thread.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Counters {
-    pub connections: u64,
-    pub accepted: u64,
-    pub accept_emfile: u64,
-    pub connect_emfile: u64,
-    pub rejected_full: u64,
-    pub tunnels: u64,
-    pub forwarded: u64,
-    /// Rejects by status: 400, 404, 405, 408, 414, 426, 429, 431, 502, 503, 504.
-    pub rejects: [u64; 11],
-    /// Tunnel closes by reason: done, idle, half-close, client reset, backend reset, drain.
-    pub closes: [u64; 6],
-    pub relay: RelayStats,
-    pub pipes: PoolStats,
-    /// Accept-to-101 time: counts per bucket of [`HANDSHAKE_BUCKETS`] (not cumulative; the last
-    /// is +Inf).
-    pub handshake_buckets: [u64; 14],
-    /// Sum of accept-to-101 times, microseconds.
-    pub handshake_sum_us: u64,
-}
+use std::time::Duration;
 
 /// Upper bounds of the handshake latency buckets, seconds (Prometheus `le`).
 pub const HANDSHAKE_BUCKETS: [f64; 13] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
-impl Counters {
-    /// Records one accept-to-101 time.
-    pub fn observe_handshake(&mut self, d: std::time::Duration) {
-        let secs = d.as_secs_f64();
-        let i = HANDSHAKE_BUCKETS
-            .iter()
-            .position(|&le| secs <= le)
-            .unwrap_or(HANDSHAKE_BUCKETS.len());
-        self.handshake_buckets[i] += 1;
-        self.handshake_sum_us += d.as_micros() as u64;
+metrics! {
+    /// Client connections open now: handshaking, relaying or lingering.
+    connections = (gauge "wsplice_connections_active" json "connections");
+    /// Client connections accepted.
+    accepted = (counter "wsplice_connections_accepted_total" json "accepted_total");
+    /// Accepts postponed for want of a file descriptor; the clients wait in the backlog. Raise
+    /// the open-file limit (LimitNOFILE) or lower limits.max_connections.
+    accept_emfile = (counter "wsplice_accept_emfile_total");
+    /// Backend connects that failed for want of a file descriptor (answered 503). Raise the
+    /// open-file limit (LimitNOFILE) or lower limits.max_connections.
+    connect_emfile = (counter "wsplice_connect_emfile_total");
+    /// Clients answered 503 at accept because limits.max_connections were open.
+    rejected_full = (counter "wsplice_rejected_full_total");
+    /// Tunnels established (the backend answered 101).
+    tunnels = (counter "wsplice_tunnels_total" json "tunnels_total");
+    /// Backend answers other than 101 passed on to the client.
+    forwarded = (counter "wsplice_answers_forwarded_total");
+    /// Handshakes refused, by the HTTP status the client was answered.
+    rejects = (counter "wsplice_handshake_rejects_total" by status in Reject::STATUSES);
+    /// Tunnels closed, by reason; drain: still open when timeouts.drain ran out at a stop.
+    closes = (counter "wsplice_tunnels_closed_total" by reason in CloseReason::ALL);
+    /// Time from accept to the 101 sent to the client.
+    handshake = (histogram "wsplice_handshake_seconds" HANDSHAKE_BUCKETS);
+    /// The relay's counters, copied in once per loop iteration.
+    relay: RelayStats = {
+        /// Tunnel bytes relayed, by direction.
+        bytes_up = (counter "wsplice_bytes_total" {direction = "client_to_backend"});
+        /// Tunnel bytes relayed, by direction.
+        bytes_down = (counter "wsplice_bytes_total" {direction = "backend_to_client"});
+        /// Tunnel bytes moved by splice(2) through a pipe, never copied into the proxy.
+        bytes_spliced = (counter "wsplice_bytes_spliced_total" json "bytes_spliced");
+        /// Tunnel bytes copied through the worker's buffer.
+        bytes_copied = (counter "wsplice_bytes_copied_total" json "bytes_copied");
+        /// Tunnel directions holding bytes the destination could not take yet.
+        overflow_in_use = (gauge "wsplice_overflow_buffers_in_use");
+        /// Reads that wanted a splice pipe and were copied because none was free (see
+        /// splice.max_pipes).
+        copy_fallbacks = (counter "wsplice_copy_fallbacks_total");
+    };
+    /// The splice pipe pool's counters, copied in once per loop iteration.
+    pipes: PoolStats = {
+        /// Splice pipes lent to tunnels now.
+        in_use = (gauge "wsplice_pipes_in_use" json "pipes_in_use");
+        /// Empty splice pipes waiting in the pool.
+        pooled = (gauge "wsplice_pipes_pooled");
+        /// Splice pipes ever created.
+        created = (counter "wsplice_pipes_created_total");
+        /// Times a splice pipe was wanted but none could be had (splice.max_pipes reached, or
+        /// pipe creation failed).
+        unavailable = (counter "wsplice_pipes_unavailable_total");
+    };
+    /// Access-log lines dropped because the log writer fell behind (a slow disk, or a pipe
+    /// nobody reads at access_log.path).
+    access_log_dropped = (counter "wsplice_access_log_dropped_lines_total");
+}
+
+/// How Prometheus reads a family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+impl Kind {
+    /// The word on the `# TYPE` line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
     }
 }
 
-const STATUSES: [u16; 11] = [400, 404, 405, 408, 414, 426, 429, 431, 502, 503, 504];
+/// A metric family: what `# HELP` and `# TYPE` say about its samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Family {
+    pub kind: Kind,
+    /// The full name, `wsplice_...`.
+    pub name: &'static str,
+    pub help: &'static str,
+    /// The key under which `/status` shows it, if it does.
+    pub json: Option<&'static str>,
+}
+
+impl Family {
+    const fn new(kind: Kind, name: &'static str, help: &'static str) -> Family {
+        Family {
+            kind,
+            name,
+            help,
+            json: None,
+        }
+    }
+
+    const fn json(mut self, key: &'static str) -> Family {
+        self.json = Some(key);
+        self
+    }
+}
+
+/// Descriptors open in the process now; scraped, not counted by workers.
+pub const OPEN_FDS: Family = Family::new(
+    Kind::Gauge,
+    "wsplice_open_fds",
+    "Descriptors open in the process now (sockets, pipes, listeners).",
+)
+.json("open_fds");
+/// The soft open-file limit; scraped, not counted by workers.
+pub const FD_LIMIT: Family = Family::new(
+    Kind::Gauge,
+    "wsplice_fd_limit",
+    "The soft open-file limit (RLIMIT_NOFILE) the process runs with.",
+);
+/// Seconds since start; scraped, not counted by workers.
+pub const UPTIME: Family = Family::new(
+    Kind::Gauge,
+    "wsplice_uptime_seconds",
+    "Seconds since the proxy started.",
+)
+.json("uptime_seconds");
+/// Per-backend families, published by workers as [`BackendCounts`].
+pub const BACKEND_FAMILIES: [Family; 3] = [
+    Family::new(
+        Kind::Gauge,
+        "wsplice_backend_active",
+        "Tunnels open to this backend now.",
+    ),
+    Family::new(
+        Kind::Counter,
+        "wsplice_backend_tunnels_total",
+        "Tunnels ever opened to this backend.",
+    ),
+    Family::new(
+        Kind::Counter,
+        "wsplice_backend_failures_total",
+        "Connects or handshakes to this backend that failed (refused, reset, timeout, bad answer).",
+    ),
+];
+
+/// Every family `/metrics` shows, in order: the workers' list, then the process and per-backend
+/// families.
+pub fn families() -> Vec<Family> {
+    struct Names(Vec<Family>);
+    impl Visit for Names {
+        fn sample(&mut self, f: &Family, _: Option<LabelPair<'_>>, _: &mut impl Slot) {
+            if self.0.last().map(|l| l.name) != Some(f.name) {
+                self.0.push(*f);
+            }
+        }
+        fn histogram<const N: usize>(&mut self, f: &Family, _: &[f64], _: &mut Histogram<N>) {
+            self.0.push(*f);
+        }
+    }
+    let mut n = Names(Vec::new());
+    visit(&mut Counters::default(), &mut n);
+    n.0.extend([OPEN_FDS, FD_LIMIT, UPTIME]);
+    n.0.extend(BACKEND_FAMILIES);
+    n.0
+}
+
+/// Latency counts per bucket (not cumulative; the last is +Inf) and their sum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Histogram<const N: usize> {
+    pub counts: [u64; N],
+    /// Sum of the observations, microseconds.
+    pub sum_us: u64,
+}
+
+impl<const N: usize> Default for Histogram<N> {
+    fn default() -> Self {
+        Histogram {
+            counts: [0; N],
+            sum_us: 0,
+        }
+    }
+}
+
+impl<const N: usize> Histogram<N> {
+    /// Counts `d` in the first bucket whose bound holds it; `bounds` are the `N - 1` finite
+    /// bounds, seconds, ascending.
+    pub fn observe(&mut self, bounds: &[f64], d: Duration) {
+        debug_assert_eq!(bounds.len() + 1, N);
+        let secs = d.as_secs_f64();
+        let i = bounds.iter().position(|&le| secs <= le).unwrap_or(N - 1);
+        self.counts[i] += 1;
+        self.sum_us += d.as_micros() as u64;
+    }
+
+    /// Observations in all buckets.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
 
 impl Counters {
+    /// Records one accept-to-101 time.
+    pub fn observe_handshake(&mut self, d: Duration) {
+        self.handshake.observe(&HANDSHAKE_BUCKETS, d);
+    }
+
+    /// Counts a refused handshake under its status.
     pub fn count_reject(&mut self, r: Reject) {
-        if let Some(i) = STATUSES.iter().position(|&s| s == r.status()) {
+        let i = Reject::STATUSES.iter().position(|&s| s == r.status());
+        debug_assert!(i.is_some(), "{r:?}: its kind is missing from Reject::ALL");
+        if let Some(i) = i {
             self.rejects[i] += 1;
         }
     }
 
+    /// Counts a closed tunnel under its reason.
     pub fn count_close(&mut self, r: CloseReason) {
-        let i = match r {
-            CloseReason::Done => 0,
-            CloseReason::IdleTimeout => 1,
-            CloseReason::HalfCloseTimeout => 2,
-            CloseReason::ClientReset => 3,
-            CloseReason::BackendReset => 4,
-            CloseReason::Drain => 5,
-        };
-        self.closes[i] += 1;
+        let i = CloseReason::ALL.iter().position(|&a| a == r);
+        debug_assert!(i.is_some(), "{r:?} is missing from CloseReason::ALL");
+        if let Some(i) = i {
+            self.closes[i] += 1;
+        }
+    }
+
+    /// The count of one close reason.
+    pub fn closed(&self, r: CloseReason) -> u64 {
+        CloseReason::ALL
+            .iter()
+            .position(|&a| a == r)
+            .map_or(0, |i| self.closes[i])
     }
 }
 
-/// Field order of the published array.
-const FIELDS: usize = 7 + 11 + 6 + 6 + 4 + 15;
-
-/// A worker's counters as other threads can read them.
+/// A worker's counters as other threads read them: one relaxed `AtomicU64` per sample, in list
+/// order. Fixed size, no pointers, so the block may live in memory shared between processes.
 #[derive(Debug)]
+#[repr(C)]
 pub struct Published {
     v: [AtomicU64; FIELDS],
 }
@@ -88,78 +282,16 @@ impl Default for Published {
     }
 }
 
-fn flatten(c: &Counters) -> [u64; FIELDS] {
-    let mut out = [0u64; FIELDS];
-    let head = [
-        c.connections,
-        c.accepted,
-        c.accept_emfile,
-        c.connect_emfile,
-        c.rejected_full,
-        c.tunnels,
-        c.forwarded,
-    ];
-    out[..7].copy_from_slice(&head);
-    out[7..18].copy_from_slice(&c.rejects);
-    out[18..24].copy_from_slice(&c.closes);
-    out[24..30].copy_from_slice(&[
-        c.relay.bytes_up,
-        c.relay.bytes_down,
-        c.relay.bytes_spliced,
-        c.relay.bytes_copied,
-        c.relay.overflow_in_use,
-        c.relay.copy_fallbacks,
-    ]);
-    out[30..34].copy_from_slice(&[
-        c.pipes.in_use as u64,
-        c.pipes.pooled as u64,
-        c.pipes.created,
-        c.pipes.unavailable,
-    ]);
-    out[34..48].copy_from_slice(&c.handshake_buckets);
-    out[48] = c.handshake_sum_us;
-    out
-}
-
-fn unflatten(v: &[u64; FIELDS]) -> Counters {
-    let mut c = Counters {
-        connections: v[0],
-        accepted: v[1],
-        accept_emfile: v[2],
-        connect_emfile: v[3],
-        rejected_full: v[4],
-        tunnels: v[5],
-        forwarded: v[6],
-        ..Counters::default()
-    };
-    c.rejects.copy_from_slice(&v[7..18]);
-    c.closes.copy_from_slice(&v[18..24]);
-    c.relay = RelayStats {
-        bytes_up: v[24],
-        bytes_down: v[25],
-        bytes_spliced: v[26],
-        bytes_copied: v[27],
-        overflow_in_use: v[28],
-        copy_fallbacks: v[29],
-    };
-    c.pipes = PoolStats {
-        in_use: v[30] as usize,
-        pooled: v[31] as usize,
-        created: v[32],
-        unavailable: v[33],
-    };
-    c.handshake_buckets.copy_from_slice(&v[34..48]);
-    c.handshake_sum_us = v[48];
-    c
-}
-
 impl Published {
+    /// Publishes `c` (the owning worker, once per loop iteration).
     pub fn store(&self, c: &Counters) {
         for (slot, val) in self.v.iter().zip(flatten(c)) {
             slot.store(val, Ordering::Relaxed);
         }
     }
 
+    /// The last published counters (any thread). Samples are read one by one: a reader may see
+    /// one of them a loop iteration ahead of another.
     pub fn load(&self) -> Counters {
         let mut v = [0u64; FIELDS];
         for (out, slot) in v.iter_mut().zip(&self.v) {
@@ -180,67 +312,42 @@ pub fn sum(all: impl IntoIterator<Item = Counters>) -> Counters {
     unflatten(&t)
 }
 
-/// Prometheus-style `name value` lines, for the `--stats` dump and tests.
+/// The samples of `c` in Prometheus text format, each family under its `# HELP` and `# TYPE`.
 pub fn render(c: &Counters) -> String {
-    let mut s = String::new();
-    let mut line = |k: &str, v: u64| {
-        let _ = writeln!(s, "wsplice_{k} {v}");
+    let mut t = Text::default();
+    let mut c = *c;
+    visit(&mut c, &mut t);
+    t.out
+}
+
+/// Appends single-sample families (such as [`OPEN_FDS`], [`FD_LIMIT`], [`UPTIME`]) to the
+/// text `out`.
+pub fn render_samples(out: &mut String, samples: &[(Family, u64)]) {
+    let mut t = Text {
+        out: std::mem::take(out),
+        last: "",
     };
-    line("connections_active", c.connections);
-    line("connections_accepted_total", c.accepted);
-    line("accept_emfile_total", c.accept_emfile);
-    line("connect_emfile_total", c.connect_emfile);
-    line("rejected_full_total", c.rejected_full);
-    line("tunnels_total", c.tunnels);
-    line("answers_forwarded_total", c.forwarded);
-    for (st, n) in STATUSES.iter().zip(c.rejects) {
-        line(&format!("handshake_rejects_total{{status=\"{st}\"}}"), n);
+    for (f, v) in samples {
+        t.line(f, "", None, v);
     }
-    for (r, n) in [
-        "done",
-        "idle_timeout",
-        "half_close_timeout",
-        "client_reset",
-        "backend_reset",
-    ]
-    .iter()
-    .zip(c.closes)
-    {
-        line(&format!("tunnels_closed_total{{reason=\"{r}\"}}"), n);
+    *out = t.out;
+}
+
+/// The `/status` keys of the list (`json "key"` entries) with their values, in list order.
+pub fn status_fields(c: &Counters) -> Vec<(&'static str, u64)> {
+    struct Json(Vec<(&'static str, u64)>);
+    impl Visit for Json {
+        fn sample(&mut self, f: &Family, _: Option<LabelPair<'_>>, slot: &mut impl Slot) {
+            if let Some(k) = f.json {
+                self.0.push((k, slot.get()));
+            }
+        }
+        fn histogram<const N: usize>(&mut self, _: &Family, _: &[f64], _: &mut Histogram<N>) {}
     }
-    line(
-        "bytes_total{direction=\"client_to_backend\"}",
-        c.relay.bytes_up,
-    );
-    line(
-        "bytes_total{direction=\"backend_to_client\"}",
-        c.relay.bytes_down,
-    );
-    line("bytes_spliced_total", c.relay.bytes_spliced);
-    line("bytes_copied_total", c.relay.bytes_copied);
-    line("overflow_buffers_in_use", c.relay.overflow_in_use);
-    line("copy_fallbacks_total", c.relay.copy_fallbacks);
-    line("pipes_in_use", c.pipes.in_use as u64);
-    line("pipes_pooled", c.pipes.pooled as u64);
-    line("pipes_created_total", c.pipes.created);
-    line("pipes_unavailable_total", c.pipes.unavailable);
-    let mut cumulative = 0;
-    for (le, n) in HANDSHAKE_BUCKETS.iter().zip(c.handshake_buckets) {
-        cumulative += n;
-        line(
-            &format!("handshake_seconds_bucket{{le=\"{le}\"}}"),
-            cumulative,
-        );
-    }
-    cumulative += c.handshake_buckets[13];
-    line("handshake_seconds_bucket{le=\"+Inf\"}", cumulative);
-    line("handshake_seconds_count", cumulative);
-    let _ = writeln!(
-        s,
-        "wsplice_handshake_seconds_sum {:.6}",
-        c.handshake_sum_us as f64 / 1e6
-    );
-    s
+    let mut j = Json(Vec::new());
+    let mut c = *c;
+    visit(&mut c, &mut j);
+    j.0
 }
 
 /// Per-backend counts, published by each worker every few hundred milliseconds.
@@ -258,7 +365,7 @@ pub struct BackendCounts {
 pub type BackendSnapshot =
     std::sync::Arc<std::sync::Mutex<Vec<(std::net::SocketAddr, BackendCounts)>>>;
 
-/// Renders per-backend lines, summing workers' maps.
+/// Renders the [`BACKEND_FAMILIES`], summing workers' maps; each family's samples together.
 pub fn render_backends(all: &[Vec<(std::net::SocketAddr, BackendCounts)>]) -> String {
     let mut sum: Vec<(std::net::SocketAddr, BackendCounts)> = Vec::new();
     for w in all {
@@ -274,19 +381,93 @@ pub fn render_backends(all: &[Vec<(std::net::SocketAddr, BackendCounts)>]) -> St
         }
     }
     sum.sort_by_key(|(a, _)| *a);
-    let mut s = String::new();
-    for (a, c) in sum {
-        let _ = writeln!(s, "wsplice_backend_active{{backend=\"{a}\"}} {}", c.active);
-        let _ = writeln!(
-            s,
-            "wsplice_backend_tunnels_total{{backend=\"{a}\"}} {}",
-            c.tunnels
-        );
-        let _ = writeln!(
-            s,
-            "wsplice_backend_failures_total{{backend=\"{a}\"}} {}",
-            c.failures
-        );
+    let mut t = Text::default();
+    let fields: [fn(&BackendCounts) -> u64; 3] = [|c| c.active, |c| c.tunnels, |c| c.failures];
+    for (f, get) in BACKEND_FAMILIES.iter().zip(fields) {
+        for (a, c) in &sum {
+            t.line(f, "", Some(("backend", &a.to_string())), get(c));
+        }
     }
-    s
+    t.out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_slot_is_one_field_once() {
+        let want: [u64; FIELDS] = std::array::from_fn(|i| i as u64 + 1);
+        assert_eq!(flatten(&unflatten(&want)), want);
+        // Every field of Counters (and of the structs it embeds) is a 64-bit sample: a field the
+        // list does not name would make Counters larger than its slots.
+        #[cfg(target_pointer_width = "64")]
+        assert_eq!(std::mem::size_of::<Counters>(), FIELDS * 8);
+    }
+
+    #[test]
+    fn sum_adds_every_sample() {
+        let mut a = Counters {
+            accepted: 2,
+            ..Counters::default()
+        };
+        a.pipes.in_use = 3;
+        a.count_close(CloseReason::Drain);
+        a.count_reject(Reject::NoRoute);
+        a.observe_handshake(Duration::from_millis(3));
+        let s = sum([a, a, Counters::default()]);
+        assert_eq!(s.accepted, 4);
+        assert_eq!(s.pipes.in_use, 6);
+        assert_eq!(s.closed(CloseReason::Drain), 2);
+        assert_eq!(s.handshake.count(), 2);
+        assert_eq!(s.handshake.sum_us, 6000);
+        let p = Published::default();
+        p.store(&s);
+        assert_eq!(flatten(&p.load()), flatten(&s));
+    }
+
+    #[test]
+    fn text_groups_each_family_under_one_header() {
+        let mut c = Counters::default();
+        c.count_close(CloseReason::Drain);
+        c.observe_handshake(Duration::from_secs(10));
+        let t = render(&c);
+        assert!(
+            t.contains("\nwsplice_tunnels_closed_total{reason=\"drain\"} 1\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("\nwsplice_handshake_seconds_bucket{le=\"5\"} 0\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("\nwsplice_handshake_seconds_bucket{le=\"+Inf\"} 1\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("\nwsplice_handshake_seconds_sum 10.000000\n"),
+            "{t}"
+        );
+        let mut seen = std::collections::HashSet::new();
+        let mut last = "";
+        for line in t.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let name = rest.split(' ').next().unwrap_or("");
+                assert!(
+                    seen.insert(name.to_string()),
+                    "{name} has two TYPE lines:\n{t}"
+                );
+                last = name;
+            } else if !line.starts_with('#') {
+                assert!(
+                    line.starts_with(last),
+                    "{line} is outside its family {last}:\n{t}"
+                );
+            }
+        }
+        let names: Vec<&str> = families().iter().map(|f| f.name).collect();
+        for s in &seen {
+            assert!(names.contains(&s.as_str()), "{s} is not in families()");
+        }
+    }
 }

@@ -530,7 +530,7 @@ impl Worker {
     fn publish(&mut self) {
         self.backends.publish();
         if let Some(sink) = &self.log {
-            sink.flush(&mut self.log_batch);
+            self.counters.access_log_dropped += sink.flush(&mut self.log_batch);
         }
         self.counters.connections = self.conns.len() as u64;
         self.counters.relay = self.relay_stats;

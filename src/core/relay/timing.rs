@@ -25,6 +25,16 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    /// Every reason: the `reason` label values of `wsplice_tunnels_closed_total`.
+    pub const ALL: [CloseReason; 6] = [
+        Self::Done,
+        Self::IdleTimeout,
+        Self::HalfCloseTimeout,
+        Self::ClientReset,
+        Self::BackendReset,
+        Self::Drain,
+    ];
+
     /// The word used in metrics labels and access log lines.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -1,0 +1,350 @@
+//! `/metrics` exports what the proxy counts: the tunnels a drain closed, every close reason and
+//! every reject status, and the access-log lines dropped when the log writer falls behind.
+//!
+//! The drain test runs the proxy in-process (`driver::Server` plus the admin listener, as
+//! `main.rs` wires them) so the admin listener outlives the workers and shows their final
+//! counters; a stopping binary exits the moment its workers do.
+
+mod common;
+
+use common::{read_head, upgrade_head};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+use wsplice::config::Config;
+use wsplice::core::relay::CloseReason;
+use wsplice::core::status::Reject;
+use wsplice::driver::{admin, stats, Server};
+
+/// A blocking tunnel backend: answers any head with a 101, then echoes until EOF.
+fn echo_backend() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind backend");
+    let addr = l.local_addr().expect("backend addr");
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                if read_head(&mut s).is_err() {
+                    return;
+                }
+                let answer = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+                    common::ACCEPT
+                );
+                if s.write_all(answer.as_bytes()).is_err() {
+                    return;
+                }
+                let mut r = match s.try_clone() {
+                    Ok(r) => r,
+                    Err(_) => return,
+                };
+                let _ = std::io::copy(&mut r, &mut s);
+                let _ = s.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    addr
+}
+
+/// The proxy in-process, with its admin listener, as `main.rs` starts them.
+struct InProcess {
+    server: Server,
+    addr: SocketAddr,
+    admin: SocketAddr,
+}
+
+fn start_in_process(relay: &str, backend: SocketAddr) -> InProcess {
+    common::raise_test_fd_limit();
+    let toml = format!(
+        "listen = [\"127.0.0.1:0\"]\nworkers = 2\nrelay = \"{relay}\"\n\n[[route]]\nprefix = \"/\"\nbackends = [\"{backend}\"]\n"
+    );
+    let cfg = Config::from_toml_str(&toml, "metrics-test.toml").expect("config");
+    let server = Server::start(&cfg).expect("start the proxy");
+    let addr = server.local_addrs()[0];
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let admin = admin::start(any, server.stats_reader(), server.started()).expect("admin");
+    InProcess {
+        server,
+        addr,
+        admin,
+    }
+}
+
+/// The body of an admin GET.
+fn scrape(admin: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(admin).expect("admin connect");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n").expect("admin request");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("admin answer");
+    match resp.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200 ") => body.to_string(),
+        _ => panic!("admin {path} answered {resp:?}"),
+    }
+}
+
+/// One sample's value (`name` includes its labels), from Prometheus text.
+fn sample(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name} in\n{text}"))
+}
+
+fn closed(reason: CloseReason) -> String {
+    format!(
+        "wsplice_tunnels_closed_total{{reason=\"{}\"}}",
+        reason.as_str()
+    )
+}
+
+/// Opens a tunnel through the proxy and checks that it echoes.
+fn tunnel(proxy: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(proxy).expect("connect to the proxy");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s.write_all(upgrade_head("/t").as_bytes()).expect("upgrade");
+    let head = read_head(&mut s).expect("the proxy answers");
+    assert!(
+        head.starts_with(b"HTTP/1.1 101 "),
+        "{:?}",
+        String::from_utf8_lossy(&head)
+    );
+    s.write_all(b"ping").expect("write");
+    let mut back = [0u8; 4];
+    s.read_exact(&mut back).expect("echo");
+    assert_eq!(&back, b"ping");
+    s
+}
+
+/// Reads until EOF or a reset: the proxy closed its side.
+fn assert_closed_by_proxy(s: &mut TcpStream) {
+    let mut b = [0u8; 64];
+    loop {
+        match s.read(&mut b) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return,
+            Err(e) => panic!("the proxy did not close the tunnel: {e}"),
+        }
+    }
+}
+
+#[test]
+fn drain_counts_the_tunnels_it_closed() {
+    for relay in ["copy", "splice", "auto"] {
+        let backend = echo_backend();
+        let InProcess {
+            mut server,
+            addr,
+            admin,
+        } = start_in_process(relay, backend);
+        let mut open: Vec<TcpStream> = (0..4).map(|_| tunnel(addr)).collect();
+
+        // One tunnel finishes before the stop: it is `done`, not drained.
+        let mut finished = open.pop().expect("a tunnel");
+        finished.shutdown(Shutdown::Write).expect("fin");
+        assert_closed_by_proxy(&mut finished);
+        common::eventually(
+            "the finished tunnel to be counted",
+            Duration::from_secs(5),
+            || sample(&scrape(admin, "/metrics"), &closed(CloseReason::Done)) == 1,
+        );
+
+        // What SIGTERM does in main.rs: drain, then wait for the workers.
+        let t0 = Instant::now();
+        server.drain(t0 + Duration::from_millis(300));
+        let (joined, stopped) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            server.join();
+            let _ = joined.send(());
+        });
+        stopped
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("{relay}: the workers did not stop after the drain time"));
+        for s in &mut open {
+            assert_closed_by_proxy(s);
+        }
+
+        let m = scrape(admin, "/metrics");
+        assert_eq!(sample(&m, &closed(CloseReason::Drain)), 3, "{relay}:\n{m}");
+        assert_eq!(sample(&m, &closed(CloseReason::Done)), 1, "{relay}:\n{m}");
+        assert_eq!(sample(&m, "wsplice_tunnels_total"), 4, "{relay}:\n{m}");
+        assert_eq!(sample(&m, "wsplice_connections_active"), 0, "{relay}:\n{m}");
+    }
+}
+
+#[test]
+fn every_close_reason_and_reject_status_is_exported() {
+    let backend = echo_backend();
+    let p = start_in_process("auto", backend);
+    // One tunnel, so that the per-backend families have a sample too.
+    let t = tunnel(p.addr);
+    let m = scrape(p.admin, "/metrics");
+    drop(t);
+
+    // Every variant by name, and the match has no wildcard: a new reason does not compile here
+    // until it is listed, and the test then fails until `CloseReason::ALL` (which the export
+    // iterates) has it.
+    use CloseReason::*;
+    let every = [
+        Done,
+        IdleTimeout,
+        HalfCloseTimeout,
+        ClientReset,
+        BackendReset,
+        Drain,
+    ];
+    for r in every {
+        match r {
+            Done | IdleTimeout | HalfCloseTimeout | ClientReset | BackendReset | Drain => {}
+        }
+        assert_eq!(sample(&m, &closed(r)), 0, "{r:?}");
+    }
+    // The same for the kinds of handshake failure and the statuses they are answered with.
+    let every = [
+        Reject::BadRequest(wsplice::core::status::BadRequest::Syntax),
+        Reject::NoRoute,
+        Reject::Connect,
+        Reject::HandshakeTimeout,
+        Reject::UriTooLong,
+        Reject::NotUpgrade,
+        Reject::HeadTooLarge,
+        Reject::BackendFailed(wsplice::core::status::BackendFailure::Refused),
+        Reject::TooManyFromIp,
+        Reject::Overloaded,
+        Reject::BackendTimeout,
+    ];
+    for r in every {
+        match r {
+            Reject::BadRequest(_)
+            | Reject::NoRoute
+            | Reject::Connect
+            | Reject::HandshakeTimeout
+            | Reject::UriTooLong
+            | Reject::NotUpgrade
+            | Reject::HeadTooLarge
+            | Reject::BackendFailed(_)
+            | Reject::TooManyFromIp
+            | Reject::Overloaded
+            | Reject::BackendTimeout => {}
+        }
+        let name = format!(
+            "wsplice_handshake_rejects_total{{status=\"{}\"}}",
+            r.status()
+        );
+        assert_eq!(sample(&m, &name), 0, "{r:?}");
+    }
+
+    // Every family is introduced once, with help and type, and has samples.
+    for f in stats::families() {
+        let help = format!("# HELP {} ", f.name);
+        let kind = format!("# TYPE {} {}\n", f.name, f.kind.as_str());
+        assert_eq!(m.matches(&help).count(), 1, "{}:\n{m}", f.name);
+        assert_eq!(m.matches(&kind).count(), 1, "{}:\n{m}", f.name);
+        assert!(
+            m.lines()
+                .any(|l| l.starts_with(f.name) && !l.starts_with('#')),
+            "no sample of {}:\n{m}",
+            f.name
+        );
+    }
+    assert_eq!(sample(&m, "wsplice_access_log_dropped_lines_total"), 0);
+    let status = scrape(p.admin, "/status");
+    for key in ["connections", "tunnels_total", "open_fds", "uptime_seconds"] {
+        assert!(status.contains(&format!("\"{key}\":")), "{status}");
+    }
+}
+
+#[test]
+fn readme_names_every_metric() {
+    let readme = include_str!("../README.md");
+    for f in stats::families() {
+        let (bare, labelled) = (format!("`{}`", f.name), format!("`{}{{", f.name));
+        assert!(
+            readme.contains(&bare) || readme.contains(&labelled),
+            "README.md does not mention `{}`",
+            f.name
+        );
+    }
+}
+
+#[test]
+fn access_log_lines_dropped_under_pressure_are_counted() {
+    use nix::fcntl::{fcntl, FcntlArg};
+    use std::os::unix::fs::OpenOptionsExt;
+
+    // The log is a FIFO the test holds open but does not read: the writer thread blocks once
+    // the pipe is full, the queue of batches fills behind it, and then batches are dropped.
+    let fifo = std::env::temp_dir().join(format!("wsplice-dropped-{}.fifo", std::process::id()));
+    let _ = std::fs::remove_file(&fifo);
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    let mut reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .expect("open the FIFO's read end");
+    // A one-page pipe fills after a few dozen lines (only to be quick; the default works too).
+    let _ = fcntl(&reader, FcntlArg::F_SETPIPE_SZ(4096));
+
+    let toml = format!(
+        "listen = [\"127.0.0.1:0\"]\nworkers = 1\nadmin = \"127.0.0.1:0\"\n\n[access_log]\npath = \"{}\"\n\n[[route]]\nprefix = \"/ws\"\nbackends = [\"127.0.0.1:9\"]\n",
+        fifo.display()
+    );
+    let proxy = common::start(&toml, "");
+    let dropped = || proxy.metric("wsplice_access_log_dropped_lines_total");
+
+    // One access-log line each: a plain request, answered 426 and closed.
+    let mut sent = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while dropped() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no line dropped after {sent} connections"
+        );
+        for _ in 0..200 {
+            let mut s = TcpStream::connect(proxy.addr).expect("connect");
+            s.write_all(b"GET /ws HTTP/1.1\r\nHost: t\r\n\r\n")
+                .expect("request");
+            let mut answer = Vec::new();
+            let _ = s.read_to_end(&mut answer);
+            assert!(
+                answer.starts_with(b"HTTP/1.1 426 "),
+                "{:?}",
+                String::from_utf8_lossy(&answer)
+            );
+            sent += 1;
+        }
+    }
+    common::eventually("connections to end", Duration::from_secs(5), || {
+        proxy.metric("wsplice_connections_active") == 0
+    });
+    let lost = dropped();
+    assert!(lost > 0 && lost < sent, "{lost} of {sent} lines dropped");
+
+    // Every line that was not counted as dropped arrives once the log is read.
+    let mut lines = 0u64;
+    let mut buf = vec![0u8; 1 << 16];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lines < sent - lost {
+        assert!(
+            Instant::now() < deadline,
+            "only {lines} of {} lines arrived ({lost} dropped of {sent})",
+            sent - lost
+        );
+        match reader.read(&mut buf) {
+            Ok(n) => lines += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => panic!("reading the FIFO: {e}"),
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    match reader.read(&mut buf) {
+        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+        other => panic!("more lines than sent minus dropped: {other:?}"),
+    }
+    assert_eq!(lines, sent - lost);
+    assert_eq!(dropped(), lost, "lines dropped after the last connection");
+    drop(proxy);
+    let _ = std::fs::remove_file(&fifo);
+}
