@@ -1,23 +1,45 @@
 //! wsplice: a WebSocket reverse proxy for Linux that holds many connections on little memory.
 //!
 //! ```text
-//!   config/   ──▶ driver::Server::start ──▶ one thread per worker (driver::epoll::Worker)
-//!                                            ├─ its own SO_REUSEPORT listener per address
-//!                                            ├─ mio Poll (edge-triggered), slab of connections
-//!                                            ├─ timer wheel (core::timer), pipe pool (sys::pipe)
-//!                                            └─ per-worker counters, published once per loop
+//!   config/ ──▶ driver::Server::start ──▶ one thread per worker: driver::epoll::Worker::run
+//!                                          ├─ driver::worker::Worker (any driver): slab of
+//!                                          │  connections, timer wheel, pipe pool, limits,
+//!                                          │  counters, access log, reload and drain
+//!                                          └─ driver::epoll: mio Poll (edge-triggered), its own
+//!                                             SO_REUSEPORT listeners; executes I/O operations
 //!
-//!   one connection:
-//!     bytes ──▶ core::handshake::Handshake (sans-IO: head checks, route, rewrite, 101 check)
-//!           ◀── Action (Connect, SendHead, Reject, Forward, Tunnel)   ── the driver does the I/O
-//!     then driver::relay::Tunnel: splice(2) through a borrowed pipe, or copy through the
-//!     worker's scratch buffer; an idle tunnel holds two sockets and a 104-byte slab entry
+//!   core/ (sans-IO, decides)            driver/ (executes)                  sys/ (only unsafe)
+//!   conn::Conn ─ upgrade ─▶ relay ─▶ end   worker::Worker ── Driver::exec ──▶ sock, pipe, limits
+//!      └─ linger (refusals, answers)
 //! ```
 //!
-//! Data flows one way: the driver feeds bytes and `now` into the [`core`], which decides; the
-//! driver carries the decision out. The core never touches a socket or reads a clock, so whole
-//! handshakes are unit tests with byte scripts and a fake clock. All raw syscalls live in
-//! [`sys`].
+//! ## One connection, accept to close
+//! 1. `driver::epoll` sees its listener readable and calls `sys::sock::accept_nonblocking`;
+//!    `worker::Worker::accepted` takes a `max_connections` slot (or not: then the connection is
+//!    `full`) and creates [`core::conn::Conn::accept`] in the slab.
+//! 2. From then on the worker only calls [`core::conn::Conn::handle`] with an
+//!    [`core::conn::Event`] (readiness from epoll, a timer from the wheel, resume, drain) and then
+//!    [`core::conn::Conn::poll`] until it returns `Wait`, `Yield` or `End`. Each
+//!    [`core::conn::Step`] is carried out and its result reported back:
+//!    `Admit` (per-IP limiter, `complete_admit`), `Arm` (timer wheel), `Io` (the driver's
+//!    `Driver::exec`: read, write, splice in/out, shutdown; `complete_io`), `Connect` and
+//!    `CheckConnect` (`complete_connect`), `CloseBackend`, `Note` (counters), `End`.
+//! 3. The upgrade stage (`core::conn::upgrade`) wraps [`core::handshake::Handshake`]: it asks to
+//!    read the client head, validates it (`core::head`, `core::validate`), routes it
+//!    (`core::route`), asks for a backend connect, writes the rewritten head
+//!    (`core::rewrite`), reads and checks the 101, and retries the next backend on failure.
+//! 4. A refusal or a non-101 answer becomes the linger stage: our answer, FIN, discard until
+//!    the client closes or 2 s pass. A 101 becomes the relay stage ([`core::relay::Relay`]):
+//!    per direction, read into the worker's scratch and write, or (bulk bursts) splice into a
+//!    pipe borrowed from the pool and out again; backpressure, half-close, idle and half-close
+//!    timeouts and the close reason are decided there.
+//! 5. `End` says what to give back: the worker drops both sockets, releases the slot and the
+//!    per-IP count, counts the close reason and writes the access log line.
+//!
+//! The driver never asks a connection what state it is in: it feeds events and executes
+//! operations. An idle relay holds its two sockets and one small slab entry: no buffer, no pipe.
+//! The core never touches a socket or reads a clock, so whole connections are unit tests with
+//! scripted results and a fake clock. All raw syscalls live in [`sys`].
 //!
 //! ```
 //! use std::time::Instant;

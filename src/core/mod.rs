@@ -10,6 +10,7 @@
 //! * [`relay`]: moving bytes both ways as operations: splice or copy, backpressure, half-close.
 //! * [`proxy_proto`]: PROXY protocol v1/v2, in and out.
 //! * [`timer`]: the per-worker timer wheel and coarse clock.
+//! * [`settings`]: the rules connections are accepted under.
 //! * [`status`]: failures and the HTTP answers they map to.
 pub mod conn;
 pub mod handshake;
@@ -18,6 +19,7 @@ pub mod proxy_proto;
 pub mod relay;
 pub mod rewrite;
 pub mod route;
+pub mod settings;
 pub mod status;
 pub mod timer;
 pub mod validate;

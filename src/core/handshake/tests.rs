@@ -1,0 +1,318 @@
+use super::*;
+use crate::config::{ForwardedFor, Route, Timeouts};
+use crate::core::route::RouteTable;
+use crate::core::status::BadRequest;
+use std::time::Duration;
+
+const HEAD: &str = "GET /notice/a?x=1 HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+const OK101: &str = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+
+fn settings(backends: &[&str]) -> Settings {
+    Settings {
+        max_head_bytes: 4096,
+        max_headers: 32,
+        routes: RouteTable::new(&[Route {
+            prefix: "/notice".into(),
+            host: None,
+            backends: backends.iter().map(|b| b.parse().expect("addr")).collect(),
+            strip_prefix: true,
+            forwarded_for: ForwardedFor::Append,
+            send_proxy: None,
+        }]),
+        // The defaults: handshake 10 s, connect 5 s.
+        ..Settings::new(RouteTable::default(), Timeouts::default())
+    }
+}
+
+/// One step of a byte script and what the session must answer.
+enum Step<'a> {
+    Client(&'a [u8], Action),
+    ClientEof(Action),
+    Connected(Action),
+    ConnectFailed(ConnectFailure, Action),
+    Written(usize, Action),
+    Backend(&'a [u8], Action),
+    BackendEof(Action),
+    /// Advance the fake clock, then deliver a timeout.
+    After(Duration, Action),
+}
+
+fn run(s: &Settings, script: &[Step<'_>]) -> Handshake {
+    let mut now = Instant::now();
+    let mut hs = Handshake::new("10.0.0.7".parse().expect("ip"), now, s);
+    for (i, step) in script.iter().enumerate() {
+        let (got, want) = match step {
+            Step::Client(b, want) => (hs.handle_client_data(s, now, b), want),
+            Step::ClientEof(want) => (hs.handle_client_eof(), want),
+            Step::Connected(want) => (hs.handle_connected(s, now), want),
+            Step::ConnectFailed(f, want) => (hs.handle_connect_failed(s, now, *f), want),
+            Step::Written(n, want) => (hs.handle_backend_written(*n), want),
+            Step::Backend(b, want) => (hs.handle_backend_data(s, b), want),
+            Step::BackendEof(want) => (hs.handle_backend_eof(), want),
+            Step::After(d, want) => {
+                now += *d;
+                (hs.handle_timeout(s, now), want)
+            }
+        };
+        assert_eq!(&got, want, "step {i}");
+    }
+    hs
+}
+
+fn addr(a: &str) -> Action {
+    Action::Connect(a.parse().expect("addr"))
+}
+
+#[test]
+fn whole_handshake_in_small_chunks() {
+    let s = settings(&["127.0.0.1:1"]);
+    let mut steps: Vec<Step<'_>> = Vec::new();
+    let head = HEAD.as_bytes();
+    for chunk in head[..head.len() - 1].chunks(7) {
+        steps.push(Step::Client(chunk, Action::Wait));
+    }
+    steps.push(Step::Client(&head[head.len() - 1..], addr("127.0.0.1:1")));
+    steps.push(Step::Connected(Action::SendHead));
+    let hs = run(&s, &steps);
+    let sent = String::from_utf8(hs.backend_output().to_vec()).expect("ascii");
+    assert!(
+        sent.starts_with("GET /a?x=1 HTTP/1.1\r\nHost: h\r\n"),
+        "{sent}"
+    );
+    assert!(sent.contains("X-Forwarded-For: 10.0.0.7\r\n"));
+}
+
+#[test]
+fn pipelined_frame_is_held_until_101_and_backend_extra_goes_to_client() {
+    let s = settings(&["127.0.0.1:1"]);
+    let mut first = HEAD.as_bytes().to_vec();
+    first.extend_from_slice(b"\x81\x85FRAME");
+    let mut answer = OK101.as_bytes().to_vec();
+    answer.extend_from_slice(b"\x81\x02hi");
+    let mut hs = run(
+        &s,
+        &[
+            Step::Client(&first, addr("127.0.0.1:1")),
+            Step::Connected(Action::SendHead),
+        ],
+    );
+    let n = hs.backend_output().len();
+    assert!(
+        !hs.backend_output().ends_with(b"FRAME"),
+        "held bytes must wait for the 101"
+    );
+    assert_eq!(hs.handle_backend_written(n - 3), Action::SendHead);
+    assert_eq!(hs.handle_backend_written(3), Action::Wait);
+    assert_eq!(hs.handle_backend_data(&s, &answer[..20]), Action::Wait);
+    assert_eq!(hs.handle_backend_data(&s, &answer[20..]), Action::Relay);
+    let (to_client, to_backend) = hs.into_tunnel_bytes();
+    assert_eq!(to_client, answer);
+    assert_eq!(to_backend, b"\x81\x85FRAME");
+}
+
+#[test]
+fn rejects_answer_and_never_connect() {
+    use ConnectFailure as F;
+    let s = settings(&["127.0.0.1:1", "127.0.0.1:2"]);
+    let cases: Vec<(Vec<Step<'_>>, Action)> = vec![
+        (
+            vec![Step::Client(b"GET / HTTP/1.1\nHost: x\r\n", Action::Wait)],
+            Action::Wait,
+        ),
+        (
+            vec![Step::After(
+                Duration::from_secs(10),
+                Action::Reject(Reject::HandshakeTimeout),
+            )],
+            Action::Wait,
+        ),
+        (
+            vec![Step::Client(
+                b"GET /notice HTTP/1.1\r\nHost: h\r\n\r\n",
+                Action::Reject(Reject::NotUpgrade),
+            )],
+            Action::Wait,
+        ),
+        (
+            vec![Step::Client(
+                HEAD.replace("/notice/a", "/other")
+                    .as_bytes()
+                    .to_vec()
+                    .leak(),
+                Action::Reject(Reject::NoRoute),
+            )],
+            Action::Wait,
+        ),
+        (vec![Step::ClientEof(Action::Close)], Action::Wait),
+        (
+            vec![Step::Client(
+                &[b'a'; 4096],
+                Action::Reject(Reject::UriTooLong),
+            )],
+            Action::Wait,
+        ),
+    ];
+    // A bare LF as the last byte so far is refused at once, not at the handshake timeout.
+    let mut hs = Handshake::new("10.0.0.7".parse().expect("ip"), Instant::now(), &s);
+    assert_eq!(
+        hs.handle_client_data(&s, Instant::now(), b"GET / HTTP/1.1\r\nHost: x\r\n\n"),
+        Action::Reject(Reject::BadRequest(BadRequest::BareLineEnding))
+    );
+    let mut hs = Handshake::new("10.0.0.7".parse().expect("ip"), Instant::now(), &s);
+    assert_eq!(
+        hs.handle_client_data(&s, Instant::now(), b"GET / HTTP/1.1\r"),
+        Action::Wait,
+        "a trailing CR may still get its LF"
+    );
+    // The first row: a bare LF is refused as soon as it is seen, before the head completes.
+    let mut hs = Handshake::new("10.0.0.7".parse().expect("ip"), Instant::now(), &s);
+    assert_eq!(
+        hs.handle_client_data(&s, Instant::now(), b"GET / HTTP/1.1\nHost: x\r\n"),
+        Action::Reject(Reject::BadRequest(BadRequest::BareLineEnding))
+    );
+    for (steps, _) in cases.into_iter().skip(1) {
+        run(&s, &steps);
+    }
+    // Fail-over: refused, then timeout => 504 after both were tried once.
+    run(
+        &s,
+        &[
+            Step::Client(HEAD.as_bytes(), addr("127.0.0.1:1")),
+            Step::ConnectFailed(F::Refused, addr("127.0.0.1:2")),
+            Step::After(
+                Duration::from_secs(5),
+                Action::Reject(Reject::BackendTimeout),
+            ),
+        ],
+    );
+    // Round robin: the next connection starts at the second backend.
+    run(
+        &s,
+        &[
+            Step::Client(HEAD.as_bytes(), addr("127.0.0.1:2")),
+            Step::ConnectFailed(F::Reset, addr("127.0.0.1:1")),
+            Step::ConnectFailed(
+                F::Refused,
+                Action::Reject(Reject::BackendFailed(BackendFailure::Refused)),
+            ),
+        ],
+    );
+    run(
+        &s,
+        &[
+            Step::Client(HEAD.as_bytes(), addr("127.0.0.1:1")),
+            Step::ConnectFailed(F::NoDescriptors, Action::Reject(Reject::Overloaded)),
+        ],
+    );
+}
+
+#[test]
+fn backend_answers() {
+    let s = settings(&["127.0.0.1:1"]);
+    let start = [
+        Step::Client(HEAD.as_bytes(), addr("127.0.0.1:1")),
+        Step::Connected(Action::SendHead),
+    ];
+    let n = {
+        let hs = run(&s, &start);
+        hs.backend_output().len()
+    };
+    let with = |rest: Vec<Step<'static>>| {
+        let mut v: Vec<Step<'static>> = vec![
+            Step::Client(HEAD.as_bytes(), addr("127.0.0.1:1")),
+            Step::Connected(Action::SendHead),
+            Step::Written(n, Action::Wait),
+        ];
+        v.extend(rest);
+        v
+    };
+    let bad = Action::Reject(Reject::BackendFailed(BackendFailure::BadAnswer));
+    run(
+        &s,
+        &with(vec![Step::Backend(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+            bad,
+        )]),
+    );
+    run(
+        &s,
+        &with(vec![
+            Step::Backend(b"HTTP/1.1 101 Sw", Action::Wait),
+            Step::BackendEof(Action::Reject(Reject::BackendFailed(
+                BackendFailure::ClosedEarly,
+            ))),
+        ]),
+    );
+    run(
+        &s,
+        &with(vec![Step::After(
+            Duration::from_secs(10),
+            Action::Reject(Reject::BackendTimeout),
+        )]),
+    );
+    let hs = run(
+        &s,
+        &with(vec![
+            Step::Backend(
+                b"HTTP/1.1 403 Forbidden\r\nContent-Length: 4\r\n\r\nno",
+                Action::Wait,
+            ),
+            Step::Backend(b"pe and more", Action::Answer),
+        ]),
+    );
+    assert_eq!(
+        hs.client_output(),
+        b"HTTP/1.1 403 Forbidden\r\nContent-Length: 4\r\n\r\nnope"
+    );
+    let hs = run(
+        &s,
+        &with(vec![
+            Step::Backend(b"HTTP/1.1 500 Oops\r\n\r\nbody", Action::Wait),
+            Step::BackendEof(Action::Answer),
+        ]),
+    );
+    assert_eq!(hs.client_output(), b"HTTP/1.1 500 Oops\r\n\r\nbody");
+    let big = vec![b'x'; 5000];
+    run(
+        &s,
+        &with(vec![
+            Step::Backend(b"HTTP/1.1 101 ", Action::Wait),
+            Step::Backend(
+                big.leak(),
+                Action::Reject(Reject::BackendFailed(BackendFailure::HeadTooLarge)),
+            ),
+        ]),
+    );
+}
+
+#[test]
+fn proxy_header_names_the_client_and_a_refusal_replaces_the_connect() {
+    let mut s = settings(&["127.0.0.1:1"]);
+    s.proxy_trusted = vec!["127.0.0.0/8".parse().expect("net")];
+    assert!(s.proxy_trusts("127.0.0.9".parse().expect("ip")));
+    assert!(!s.proxy_trusts("10.0.0.1".parse().expect("ip")));
+    let lb: SocketAddr = "127.0.0.9:4000".parse().expect("addr");
+    let now = Instant::now();
+
+    // PROXY header and head in one read: the driver sees Connect and may refuse instead.
+    let mut hs = Handshake::accept(lb, lb, true, now, &s);
+    assert!(hs.awaits_proxy_header() && !hs.client_from_proxy_header());
+    let mut bytes = b"PROXY TCP4 203.0.113.7 127.0.0.1 56324 443\r\n".to_vec();
+    bytes.extend_from_slice(HEAD.as_bytes());
+    assert_eq!(hs.handle_client_data(&s, now, &bytes), addr("127.0.0.1:1"));
+    assert!(!hs.awaits_proxy_header() && hs.client_from_proxy_header());
+    assert_eq!(hs.client(), "203.0.113.7:56324".parse().expect("addr"));
+    assert_eq!(
+        hs.refuse(Reject::TooManyFromIp),
+        Action::Reject(Reject::TooManyFromIp)
+    );
+    // Done: nothing more is read from the client.
+    assert_eq!(hs.client_read_limit(&s), 0);
+
+    // A LOCAL header (health check) names no client: the balancer's address stands.
+    let mut hs = Handshake::accept(lb, lb, true, now, &s);
+    let local = b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00";
+    assert_eq!(hs.handle_client_data(&s, now, local), Action::Wait);
+    assert!(!hs.awaits_proxy_header() && !hs.client_from_proxy_header());
+    assert_eq!(hs.client(), lb);
+}
