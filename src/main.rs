@@ -29,6 +29,7 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 use wsplice::config::{Config, RelayMode};
+use wsplice::core::relay::CloseReason;
 use wsplice::driver::{self, admin, Server};
 use wsplice::sys::limits;
 
@@ -256,7 +257,11 @@ fn run(mut cfg: Config, args: &Args) -> io::Result<()> {
                     }
                 });
                 server.join();
+                let closed = server.stats().closed(CloseReason::Drain);
                 eprintln!("wsplice: stopped");
+                // For scripts and tests, as `ready` and `reloaded`: how many tunnels were still
+                // open when timeouts.drain ran out (wsplice_tunnels_closed_total{reason="drain"}).
+                println!("stopped (the drain closed {closed} tunnels)");
                 return Ok(());
             }
         }

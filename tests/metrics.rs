@@ -348,3 +348,57 @@ fn access_log_lines_dropped_under_pressure_are_counted() {
     drop(proxy);
     let _ = std::fs::remove_file(&fifo);
 }
+
+/// SIGTERM with tunnels open: the real binary stops accepting, ends what is still open when
+/// `timeouts.drain` runs out, says how many in its `stopped` line (the drain close reason's
+/// count), and logs each of those tunnels with reason `drain`; a tunnel that finished in time
+/// is logged `done`.
+#[test]
+fn sigterm_drain_reports_the_tunnels_it_closed() {
+    for relay in ["copy", "splice", "auto"] {
+        let backend = echo_backend();
+        let log = std::env::temp_dir().join(format!(
+            "wsplice-sigterm-drain-{}-{relay}.log",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&log);
+        let toml = format!(
+            "listen = [\"127.0.0.1:0\"]\nworkers = 2\nrelay = \"{relay}\"\n\n[timeouts]\ndrain = \"400ms\"\n\n[access_log]\npath = \"{}\"\nformat = \"json\"\n\n[[route]]\nprefix = \"/\"\nbackends = [\"{backend}\"]\n",
+            log.display()
+        );
+        let mut proxy = common::start(&toml, "");
+        let mut open: Vec<TcpStream> = (0..3).map(|_| tunnel(proxy.addr)).collect();
+        let mut finished = tunnel(proxy.addr);
+        finished.shutdown(Shutdown::Write).expect("fin");
+        assert_closed_by_proxy(&mut finished);
+        proxy.signal(nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let stopped = loop {
+            match proxy.lines.recv_timeout(Duration::from_millis(100)) {
+                Ok(l) if l.starts_with("stopped") => break l,
+                Ok(_) => {}
+                Err(_) => assert!(Instant::now() < deadline, "no `stopped` line after SIGTERM"),
+            }
+        };
+        assert_eq!(stopped, "stopped (the drain closed 3 tunnels)", "{relay}");
+        for s in &mut open {
+            assert_closed_by_proxy(s);
+        }
+        let text = std::fs::read_to_string(&log).expect("access log");
+        let reasons: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.split("\"reason\":\"").nth(1)?.split('"').next())
+            .collect();
+        assert_eq!(
+            reasons.iter().filter(|r| **r == "drain").count(),
+            3,
+            "{text}"
+        );
+        assert_eq!(
+            reasons.iter().filter(|r| **r == "done").count(),
+            1,
+            "{text}"
+        );
+        let _ = std::fs::remove_file(&log);
+    }
+}
