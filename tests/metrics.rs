@@ -366,7 +366,7 @@ fn sigterm_drain_reports_the_tunnels_it_closed() {
             "listen = [\"127.0.0.1:0\"]\nworkers = 2\nrelay = \"{relay}\"\n\n[timeouts]\ndrain = \"400ms\"\n\n[access_log]\npath = \"{}\"\nformat = \"json\"\n\n[[route]]\nprefix = \"/\"\nbackends = [\"{backend}\"]\n",
             log.display()
         );
-        let mut proxy = common::start(&toml, "");
+        let proxy = common::start(&toml, "");
         let mut open: Vec<TcpStream> = (0..3).map(|_| tunnel(proxy.addr)).collect();
         let mut finished = tunnel(proxy.addr);
         finished.shutdown(Shutdown::Write).expect("fin");

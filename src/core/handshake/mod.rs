@@ -91,12 +91,15 @@ pub struct Handshake {
     peer: SocketAddr,
     /// Where the client connected to (sent on in PROXY headers).
     local: SocketAddr,
-    /// Client head while reading it; the backend's answer after that.
-    buf: Vec<u8>,
+    /// The client's PROXY header and head, while reading them.
+    head: Vec<u8>,
+    /// How far `head` or `answer` was searched for the blank line.
     searched: usize,
-    /// The rewritten head for the backend, then (once Upgraded) the client's pipelined bytes.
-    out: Vec<u8>,
+    /// The rewritten head for the backend, while sending it.
+    to_backend: Vec<u8>,
     written: usize,
+    /// The backend's answer: its 101 (and what followed), or the non-101 answer relayed.
+    answer: Vec<u8>,
     /// Client bytes that arrived after its head, forwarded only after a valid 101.
     held: Vec<u8>,
     route: usize,
@@ -138,10 +141,11 @@ impl Handshake {
             client: peer,
             peer,
             local,
-            buf: Vec::new(),
+            head: Vec::new(),
             searched: 0,
-            out: Vec::new(),
+            to_backend: Vec::new(),
             written: 0,
+            answer: Vec::new(),
             held: Vec::new(),
             route: 0,
             routed: false,
@@ -202,7 +206,7 @@ impl Handshake {
     pub fn answer_status(&self) -> Option<u16> {
         let mut h = [httparse::EMPTY_HEADER; 0];
         let mut r = httparse::Response::new(&mut h);
-        let _ = r.parse(&self.buf);
+        let _ = r.parse(&self.answer);
         r.code
     }
 
@@ -226,7 +230,7 @@ impl Handshake {
     pub fn client_read_limit(&self, s: &Settings) -> usize {
         match self.state {
             State::ReadProxy => proxy_proto::V2_MAX_LEN + s.max_head_bytes,
-            State::ReadHead => s.max_head_bytes.saturating_sub(self.buf.len()).max(1),
+            State::ReadHead => s.max_head_bytes.saturating_sub(self.head.len()).max(1),
             // Head complete: what the client sends next waits in the kernel until the tunnel.
             State::Connecting
             | State::SendHead
@@ -240,9 +244,9 @@ impl Handshake {
     /// How many bytes the driver may read from the backend now.
     pub fn backend_read_limit(&self, s: &Settings) -> usize {
         match self.state {
-            State::ReadAnswer => s.max_head_bytes.saturating_sub(self.buf.len()).max(1),
+            State::ReadAnswer => s.max_head_bytes.saturating_sub(self.answer.len()).max(1),
             State::ForwardAnswer { .. } => (s.max_head_bytes + MAX_FORWARD_BODY)
-                .saturating_sub(self.buf.len())
+                .saturating_sub(self.answer.len())
                 .max(1),
             // No backend yet, or its head is not sent; after the 101 the relay reads.
             State::ReadProxy
@@ -254,19 +258,19 @@ impl Handshake {
         }
     }
 
-    /// Bytes for the backend: the rewritten head (SendHead), or the held client bytes (Upgraded).
+    /// Bytes for the backend while the rewritten head is sent (SendHead).
     pub fn backend_output(&self) -> &[u8] {
-        &self.out[self.written.min(self.out.len())..]
+        &self.to_backend[self.written.min(self.to_backend.len())..]
     }
 
     /// Bytes for the client: the backend's answer (Answer), or its 101 and what followed (Upgraded).
     pub fn client_output(&self) -> &[u8] {
-        &self.buf
+        &self.answer
     }
 
     /// Hands the buffers over for the tunnel: (to the client, to the backend).
     pub fn into_tunnel_bytes(self) -> (Vec<u8>, Vec<u8>) {
-        (self.buf, self.out)
+        (self.answer, self.held)
     }
 
     /// Bytes arrived from the client.
@@ -276,38 +280,32 @@ impl Handshake {
         }
         if self.state != State::ReadHead {
             // The driver reads only in ReadHead; anything else is a driver bug we tolerate by
-            // holding the bytes (bounded like the head).
-            // Once the head is sent, `out` is what the backend gets after the 101.
-            let hold = if self.state == State::ReadAnswer {
-                &mut self.out
-            } else {
-                &mut self.held
-            };
-            if hold.len() + data.len() > s.max_head_bytes {
+            // holding the bytes (bounded like the head) for the backend, after the 101.
+            if self.held.len() + data.len() > s.max_head_bytes {
                 return self.fail(Reject::HeadTooLarge);
             }
-            hold.extend_from_slice(data);
+            self.held.extend_from_slice(data);
             return Action::Wait;
         }
-        let from = self.buf.len();
-        self.buf.extend_from_slice(data);
-        match find_head_end(&self.buf, from.max(self.searched)) {
+        let from = self.head.len();
+        self.head.extend_from_slice(data);
+        match find_head_end(&self.head, from.max(self.searched)) {
             Some(end) => {
-                let extra = self.buf.split_off(end);
+                let extra = self.head.split_off(end);
                 self.held = extra;
                 self.on_head(s, now)
             }
             None => {
-                self.searched = self.buf.len();
-                if self.buf.len() >= s.max_head_bytes {
+                self.searched = self.head.len();
+                if self.head.len() >= s.max_head_bytes {
                     // The buffer is full and still no blank line.
-                    if let Err(r) = precheck_partial(&self.buf) {
+                    if let Err(r) = precheck_partial(&self.head) {
                         return self.fail(r);
                     }
-                    return self.fail(overflow_reject(&self.buf));
+                    return self.fail(overflow_reject(&self.head));
                 }
                 // Refuse obviously broken framing early rather than waiting for the timeout.
-                match precheck_partial(&self.buf) {
+                match precheck_partial(&self.head) {
                     Err(r) => self.fail(r),
                     Ok(()) => Action::Wait,
                 }
@@ -321,8 +319,8 @@ impl Handshake {
             // Only a trusted load balancer may tell us who the client is.
             return self.fail(bad);
         }
-        self.buf.extend_from_slice(data);
-        match proxy_proto::parse(&self.buf) {
+        self.head.extend_from_slice(data);
+        match proxy_proto::parse(&self.head) {
             Ok(ProxyParse::Incomplete) => Action::Wait,
             Err(_) => self.fail(bad),
             Ok(ProxyParse::Done {
@@ -337,8 +335,8 @@ impl Handshake {
                 if let Some(d) = dest {
                     self.local = d;
                 }
-                let rest = self.buf.split_off(header_len);
-                self.buf.clear();
+                let rest = self.head.split_off(header_len);
+                self.head.clear();
                 self.state = State::ReadHead;
                 if rest.is_empty() {
                     Action::Wait
@@ -352,8 +350,8 @@ impl Handshake {
     fn on_head(&mut self, s: &Settings, now: Instant) -> Action {
         match self.accept_head(s) {
             Ok(out) => {
-                self.out = out;
-                self.buf = Vec::new();
+                self.to_backend = out;
+                self.head = Vec::new();
                 self.state = State::Connecting;
                 let r = s.routes.get(self.route);
                 self.first_backend = r.first_backend();
@@ -365,9 +363,9 @@ impl Handshake {
     }
 
     fn accept_head(&mut self, s: &Settings) -> Result<Vec<u8>, Reject> {
-        precheck(&self.buf, s.max_head_bytes / 2)?;
+        precheck(&self.head, s.max_head_bytes / 2)?;
         let mut headers = vec![httparse::EMPTY_HEADER; s.max_headers];
-        let req = parse_request(&self.buf, &mut headers)?;
+        let req = parse_request(&self.head, &mut headers)?;
         let up = validate_request(&req)?;
         let m = s.routes.lookup(up.host, up.path).ok_or(Reject::NoRoute)?;
         self.route = m.route;
@@ -377,7 +375,7 @@ impl Handshake {
             return Err(Reject::NoRoute);
         }
         let (path, query) = rewritten_target(up.path, m.strip, up.query);
-        let mut out = Vec::with_capacity(self.buf.len() + 128);
+        let mut out = Vec::with_capacity(self.head.len() + 128);
         match route.send_proxy {
             Some(ProxyVersion::V1) => proxy_proto::encode_v1(&mut out, self.client, self.local),
             Some(ProxyVersion::V2) => proxy_proto::encode_v2(&mut out, self.client, self.local),
@@ -495,11 +493,11 @@ impl Handshake {
         match self.state {
             State::SendHead => {
                 self.written += n;
-                if self.written >= self.out.len() {
+                if self.written >= self.to_backend.len() {
                     self.state = State::ReadAnswer;
-                    self.out = std::mem::take(&mut self.held);
+                    self.to_backend = Vec::new();
                     self.written = 0;
-                    self.buf.clear();
+                    self.answer.clear();
                     self.searched = 0;
                     Action::Wait
                 } else {
@@ -521,17 +519,17 @@ impl Handshake {
     pub fn handle_backend_data(&mut self, s: &Settings, data: &[u8]) -> Action {
         match self.state {
             State::ReadAnswer => {
-                let from = self.buf.len();
-                self.buf.extend_from_slice(data);
-                let Some(end) = find_head_end(&self.buf, from.max(self.searched)) else {
-                    self.searched = self.buf.len();
-                    if self.buf.len() >= s.max_head_bytes {
+                let from = self.answer.len();
+                self.answer.extend_from_slice(data);
+                let Some(end) = find_head_end(&self.answer, from.max(self.searched)) else {
+                    self.searched = self.answer.len();
+                    if self.answer.len() >= s.max_head_bytes {
                         return self.fail(Reject::BackendFailed(BackendFailure::HeadTooLarge));
                     }
                     return Action::Wait;
                 };
                 let mut headers = vec![httparse::EMPTY_HEADER; s.max_headers];
-                match validate_answer(&self.buf[..end], &mut headers) {
+                match validate_answer(&self.answer[..end], &mut headers) {
                     Ok(Answer::Switch) => {
                         self.state = State::Upgraded;
                         Action::Relay
@@ -547,7 +545,7 @@ impl Handshake {
                 }
             }
             State::ForwardAnswer { .. } => {
-                self.buf.extend_from_slice(data);
+                self.answer.extend_from_slice(data);
                 self.check_forward_done(s)
             }
             // The driver reads the backend only when `backend_read_limit` allows it.
@@ -564,25 +562,25 @@ impl Handshake {
         let State::ForwardAnswer { body, head_len } = self.state else {
             return Action::Wait;
         };
-        let have = self.buf.len() - head_len;
+        let have = self.answer.len() - head_len;
         let done = match body {
             Body::None => {
-                self.buf.truncate(head_len);
+                self.answer.truncate(head_len);
                 true
             }
             Body::Length(n) => {
                 if have as u64 >= n {
-                    self.buf.truncate(head_len + n as usize);
+                    self.answer.truncate(head_len + n as usize);
                     true
                 } else {
                     false
                 }
             }
-            Body::Chunked => self.buf[head_len..].ends_with(b"0\r\n\r\n"),
+            Body::Chunked => self.answer[head_len..].ends_with(b"0\r\n\r\n"),
             Body::UntilClose => false,
         };
-        if done || self.buf.len() >= s.max_head_bytes + MAX_FORWARD_BODY {
-            self.buf.truncate(s.max_head_bytes + MAX_FORWARD_BODY);
+        if done || self.answer.len() >= s.max_head_bytes + MAX_FORWARD_BODY {
+            self.answer.truncate(s.max_head_bytes + MAX_FORWARD_BODY);
             self.state = State::Done;
             Action::Answer
         } else {
