@@ -50,6 +50,5 @@
 //! ```
 pub mod config;
 pub mod core;
-pub mod demo;
 pub mod driver;
 pub mod sys;
