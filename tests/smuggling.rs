@@ -188,6 +188,30 @@ impl Table {
         self.push(category, name, head.bytes(), want);
     }
 
+    /// [`Table::values`] for field `name`, then the field left out, then the field sent again
+    /// as each of `again` (row name, line): both refused.
+    fn field(
+        &mut self,
+        category: &'static str,
+        name: &str,
+        values: &[(&str, u16)],
+        again: &[(&str, &str)],
+    ) {
+        self.values(category, name, values);
+        let absent = Head::to("/rec/x").remove(name);
+        self.head(category, format!("no {name}"), absent, 400);
+        for &(row, line) in again {
+            self.head(category, row, Head::to("/rec/x").add(line), 400);
+        }
+    }
+
+    /// One row per (name, head, expected status).
+    fn rows<const N: usize>(&mut self, category: &'static str, rows: [(&str, Head, u16); N]) {
+        for (name, head, want) in rows {
+            self.head(category, name, head, want);
+        }
+    }
+
     /// One row per (value, expected status): the valid head with field `name` set to the value.
     fn values(&mut self, category: &'static str, name: &str, values: &[(&str, u16)]) {
         for &(v, want) in values {
@@ -616,17 +640,20 @@ fn host(t: &mut Table) {
         }
         t.head(C, name, h, 400);
     }
-    t.head(
+    t.rows(
         C,
-        "Host : with a space before the colon",
-        Head::to("/rec/x").replace("Host", "Host : localhost"),
-        400,
-    );
-    t.head(
-        C,
-        "no Host, Host_ instead",
-        Head::to("/rec/x").replace("Host", "Host_: localhost"),
-        400,
+        [
+            (
+                "Host : with a space before the colon",
+                Head::to("/rec/x").replace("Host", "Host : localhost"),
+                400,
+            ),
+            (
+                "no Host, Host_ instead",
+                Head::to("/rec/x").replace("Host", "Host_: localhost"),
+                400,
+            ),
+        ],
     );
 }
 
@@ -838,43 +865,43 @@ fn upgrade_and_method(t: &mut Table) {
         (" ,, Upgrade ,", 101),
     ];
     t.values(C, "Connection", connections);
-    t.head(
+    t.rows(
         C,
-        "Connection twice, upgrade in the second",
-        Head::to("/ok/x")
-            .value("Connection", b"keep-alive")
-            .add("Connection: Upgrade"),
-        101,
-    );
-    t.head(
-        C,
-        "no Connection",
-        Head::to("/rec/x").remove("Connection"),
-        426,
-    );
-    t.head(C, "no Upgrade", Head::to("/rec/x").remove("Upgrade"), 426);
-    t.head(
-        C,
-        "neither Upgrade nor Connection",
-        Head::to("/rec/x").remove("Upgrade").remove("Connection"),
-        426,
-    );
-    t.head(
-        C,
-        "Upgrade: h2c without the Connection token",
-        Head::to("/rec/x")
-            .value("Upgrade", b"h2c")
-            .value("Connection", b"keep-alive"),
-        426,
-    );
-    t.head(
-        C,
-        "plain GET with a body length",
-        Head::to("/rec/x")
-            .remove("Upgrade")
-            .remove("Connection")
-            .add("Content-Length: 5"),
-        400,
+        [
+            (
+                "Connection twice, upgrade in the second",
+                Head::to("/ok/x")
+                    .value("Connection", b"keep-alive")
+                    .add("Connection: Upgrade"),
+                101,
+            ),
+            (
+                "no Connection",
+                Head::to("/rec/x").remove("Connection"),
+                426,
+            ),
+            ("no Upgrade", Head::to("/rec/x").remove("Upgrade"), 426),
+            (
+                "neither Upgrade nor Connection",
+                Head::to("/rec/x").remove("Upgrade").remove("Connection"),
+                426,
+            ),
+            (
+                "Upgrade: h2c without the Connection token",
+                Head::to("/rec/x")
+                    .value("Upgrade", b"h2c")
+                    .value("Connection", b"keep-alive"),
+                426,
+            ),
+            (
+                "plain GET with a body length",
+                Head::to("/rec/x")
+                    .remove("Upgrade")
+                    .remove("Connection")
+                    .add("Content-Length: 5"),
+                400,
+            ),
+        ],
     );
 
     const M: &str = "method/target";
@@ -956,25 +983,15 @@ fn websocket_fields(t: &mut Table) {
         ("  dGhlIHNhbXBsZSBub25jZQ==  ", 101),
         ("AAAAAAAAAAAAAAAAAAAAAA==", 101),
     ];
-    t.values(C, "Sec-WebSocket-Key", keys);
-    t.head(
-        C,
-        "no Sec-WebSocket-Key",
-        Head::to("/rec/x").remove("Sec-WebSocket-Key"),
-        400,
-    );
-    t.head(
-        C,
-        "Sec-WebSocket-Key twice (same value)",
-        Head::to("/rec/x").add(format!("Sec-WebSocket-Key: {KEY}")),
-        400,
-    );
-    t.head(
-        C,
-        "Sec-WebSocket-Key twice (other value)",
-        Head::to("/rec/x").add("sec-websocket-key: AAAAAAAAAAAAAAAAAAAAAA=="),
-        400,
-    );
+    let same_key = format!("Sec-WebSocket-Key: {KEY}");
+    let again = [
+        ("Sec-WebSocket-Key twice (same value)", same_key.as_str()),
+        (
+            "Sec-WebSocket-Key twice (other value)",
+            "sec-websocket-key: AAAAAAAAAAAAAAAAAAAAAA==",
+        ),
+    ];
+    t.field(C, "Sec-WebSocket-Key", keys, &again);
     let versions: &[(&str, u16)] = &[
         ("", 400),
         ("thirteen", 400),
@@ -989,19 +1006,8 @@ fn websocket_fields(t: &mut Table) {
         ("8", 101),
         ("013", 101),
     ];
-    t.values(C, "Sec-WebSocket-Version", versions);
-    t.head(
-        C,
-        "no Sec-WebSocket-Version",
-        Head::to("/rec/x").remove("Sec-WebSocket-Version"),
-        400,
-    );
-    t.head(
-        C,
-        "Sec-WebSocket-Version twice",
-        Head::to("/rec/x").add("Sec-WebSocket-Version: 13"),
-        400,
-    );
+    let again = [("Sec-WebSocket-Version twice", "Sec-WebSocket-Version: 13")];
+    t.field(C, "Sec-WebSocket-Version", versions, &again);
 }
 
 /// Header names that are not framing headers to the proxy but are to some backends (CGI-style

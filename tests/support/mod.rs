@@ -2,23 +2,24 @@
 //!
 //! ```text
 //!   test client ──TCP──▶ wsplice child process ──TCP──▶ backend in the test process
-//!   (raw bytes or          (proxy.rs: Proxy, its         (backend.rs: EchoBackend, RawBackend,
-//!    tungstenite)           config from ProxyBuilder)     RecordingBackend, RefusedPort, Blackhole)
+//!   (raw bytes or         (proxy.rs: Proxy, its          (backend.rs: EchoBackend, RawBackend,
+//!    tungstenite)          config from ProxyBuilder)      RecordingBackend, RefusedPort, Blackhole)
+//!
+//!   proxy.rs    the proxy under test: config builder, launcher, `e2e!` (one test per relay
+//!               mode), signals, stdout lines, /metrics, its exit, RSS and descriptors
+//!   head.rs     HTTP heads: the upgrade request and the 101, header lookup, head readers,
+//!               the check of the proxy's own refusals
+//!   io.rs       sockets: connect, read until closed, silence, pumps, raw tunnels
+//!   ws.rs       WebSocket: the tungstenite client and hand-made frames
+//!   backend.rs  the backends the proxy talks to
 //! ```
 //!
-//! | file         | what it holds                                                                  |
-//! |--------------|--------------------------------------------------------------------------------|
-//! | `proxy.rs`   | the proxy under test: config builder, launcher, `e2e!` (one test per relay mode), signals, `/metrics`, `/proc` readings |
-//! | `head.rs`    | HTTP heads: the upgrade request and the 101, header lookup, head readers, refusal checks |
-//! | `io.rs`      | sockets: connect, read until closed, silence, pumps, raw tunnels               |
-//! | `ws.rs`      | WebSocket: the tungstenite client and hand-made frames                         |
-//! | `backend.rs` | backends the proxy talks to                                                    |
-//!
 //! The async helpers (tokio) are at the root: `use support::*`. Their blocking twins, for tests
-//! on std threads, carry the same names in [`blocking`]: `use support::blocking::*`.
+//! on std threads, carry the same names in [`blocking`]: `use support::blocking::*`. The one
+//! launcher serves both: [`ProxyBuilder::start`] and [`ProxyBuilder::blocking_start`].
 //!
 //! Everything binds to 127.0.0.1 only. Every wait has a deadline, so a hung proxy fails a test
-//! instead of hanging the suite.
+//! instead of hanging the suite; the proxy's stderr is printed when a test fails.
 #![allow(dead_code, unused_imports)]
 
 use std::time::Duration;
