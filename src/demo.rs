@@ -1,5 +1,6 @@
 //! Two toy WebSocket backends for `wsplice demo`, so the proxy can be tried without any other
-//! software: a notice pusher and an echo server on 127.0.0.1, plain blocking threads.
+//! software: a notice pusher and an echo server on 127.0.0.1, plain blocking threads. A module
+//! of the binary (declared in `main.rs`), not of the library: only the demo needs tungstenite.
 //!
 //! ```text
 //! client ──▶ wsplice 127.0.0.1:8080 ─┬─ /notice ─▶ notice backend: every second,

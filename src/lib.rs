@@ -74,7 +74,6 @@
 
 pub mod config;
 pub mod core;
-pub mod demo;
 pub mod driver;
 #[allow(unsafe_code)]
 pub mod sys;

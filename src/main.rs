@@ -33,6 +33,10 @@ use wsplice::core::relay::CloseReason;
 use wsplice::driver::{self, admin, Server};
 use wsplice::sys::limits;
 
+// The toy backends of `wsplice demo` live with the binary: the library has no use for a
+// WebSocket implementation of its own.
+mod demo;
+
 /// A WebSocket reverse proxy: strict upgrade handshakes, then a splice(2) relay.
 #[derive(Debug, Parser)]
 #[command(version, about, args_conflicts_with_subcommands = true)]
@@ -104,7 +108,7 @@ impl From<RelayArg> for RelayMode {
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(Cmd::Demo { listen }) = args.command {
-        return match demo(listen, &args) {
+        return match run_demo(listen, &args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("wsplice: error: {e}");
@@ -148,8 +152,8 @@ fn main() -> ExitCode {
 }
 
 /// `wsplice demo`: the classic setup, self-contained.
-fn demo(listen: SocketAddr, args: &Args) -> io::Result<()> {
-    let (notice, echo) = wsplice::demo::start_demo_backends()?;
+fn run_demo(listen: SocketAddr, args: &Args) -> io::Result<()> {
+    let (notice, echo) = demo::start_demo_backends()?;
     let routes = [format!("/notice={notice}"), format!("/msg={echo}")];
     let cfg = Config::from_cli(vec![listen], &routes, None, None)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;

@@ -3,18 +3,22 @@
 #[macro_use]
 mod support;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 async fn one_backend(relay: Relay) -> (Proxy, RawBackend) {
-    let backend = RawBackend::start().await;
-    let proxy = Proxy::builder(relay)
-        .route(route("/b", &[backend.addr]))
-        .start()
-        .await;
-    (proxy, backend)
+    raw_proxy(relay, "/b").await
+}
+
+/// Client sends an upgrade to `/b`; returns (client, backend stream, request head the backend got).
+async fn upgrade_to(proxy: &Proxy, backend: &RawBackend) -> (TcpStream, TcpStream, Vec<u8>) {
+    let client = send(proxy, &upgrade_request("/b", &[])).await;
+    let (server, head, _) = backend.next_head().await;
+    (client, server, head)
 }
 
 /// Client sends an upgrade; the backend reads it and writes `answer` in one write.
@@ -23,18 +27,9 @@ async fn answer_with(
     proxy: &Proxy,
     backend: &RawBackend,
     answer: &[u8],
-) -> (tokio::net::TcpStream, tokio::net::TcpStream, Vec<u8>) {
-    let mut client = connect(proxy).await;
-    client
-        .write_all(&upgrade_request("/b", &[]))
-        .await
-        .expect("client writes upgrade");
-    let (mut server, head, rest) = backend.next_head().await;
-    assert!(
-        rest.is_empty(),
-        "backend got {} bytes after the head",
-        rest.len()
-    );
+) -> (TcpStream, TcpStream, Vec<u8>) {
+    let client = send(proxy, &upgrade_request("/b", &[])).await;
+    let (mut server, head) = backend.next_head_alone().await;
     server
         .write_all(answer)
         .await
@@ -58,19 +53,8 @@ e2e!(non_101_relayed_byte_exact_then_closed, |relay| async move {
     );
     // Anything the client sends now must not reach the backend: there is no tunnel.
     let _ = client.write_all(&client_frame(0x1, b"sneaky")).await;
-    let (tail, _) = read_to_end(&mut client, STEP).await;
-    assert!(
-        tail.is_empty(),
-        "client got {} bytes after the 403",
-        tail.len()
-    );
-    let (leak, _) = read_to_end(&mut server, STEP).await;
-    assert!(
-        leak.is_empty(),
-        "backend received {} bytes after its 403: {:?}",
-        leak.len(),
-        String::from_utf8_lossy(&leak)
-    );
+    assert_closed_without_bytes(&mut client, "client bytes after the 403").await;
+    assert_closed_without_bytes(&mut server, "backend bytes after its 403").await;
 });
 
 e2e!(
@@ -85,12 +69,7 @@ e2e!(
             String::from_utf8_lossy(&got),
             String::from_utf8_lossy(answer)
         );
-        let (leak, _) = read_to_end(&mut server, STEP).await;
-        assert!(
-            leak.is_empty(),
-            "backend received {} bytes after its 426",
-            leak.len()
-        );
+        assert_closed_without_bytes(&mut server, "backend bytes after its 426").await;
     }
 );
 
@@ -113,30 +92,16 @@ e2e!(incomplete_101_is_502, |relay| async move {
         }),
     ];
     for (name, spoil) in variants {
-        let mut client = connect(&proxy).await;
-        client
-            .write_all(&upgrade_request("/b", &[]))
-            .await
-            .expect("client writes upgrade");
-        let (mut server, head, _) = backend.next_head().await;
+        let (mut client, mut server, head) = upgrade_to(&proxy, &backend).await;
         server
             .write_all(spoil(good(&head)).as_bytes())
             .await
             .expect("backend answers");
         let (resp, _) = read_to_end(&mut client, STEP).await;
-        assert_eq!(
-            status(&resp),
-            Some(502),
-            "{name}: client got {:?}",
-            String::from_utf8_lossy(&resp)
-        );
+        assert_status(&resp, 502, name);
         let _ = client.write_all(&client_frame(0x1, b"sneaky")).await;
-        let (leak, _) = read_to_end(&mut server, STEP).await;
-        assert!(
-            leak.is_empty(),
-            "{name}: backend received {} bytes after its bad 101",
-            leak.len()
-        );
+        let what = format!("{name}: backend bytes after its bad 101");
+        assert_closed_without_bytes(&mut server, &what).await;
     }
 });
 
@@ -147,12 +112,7 @@ e2e!(oversized_response_head_is_502, |relay| async move {
         .route(route("/b", &[backend.addr]))
         .start()
         .await;
-    let mut client = connect(&proxy).await;
-    client
-        .write_all(&upgrade_request("/b", &[]))
-        .await
-        .expect("client writes upgrade");
-    let (mut server, head, _) = backend.next_head().await;
+    let (mut client, mut server, head) = upgrade_to(&proxy, &backend).await;
     let mut answer = String::from_utf8(response_101(&head)).expect("ascii");
     answer.truncate(answer.len() - 2);
     for i in 0..40 {
@@ -162,12 +122,7 @@ e2e!(oversized_response_head_is_502, |relay| async move {
     // The proxy may close while we still write: ignore errors.
     let _ = server.write_all(answer.as_bytes()).await;
     let (resp, _) = read_to_end(&mut client, STEP).await;
-    assert_eq!(
-        status(&resp),
-        Some(502),
-        "client got {:?}",
-        String::from_utf8_lossy(&resp[..resp.len().min(300)])
-    );
+    assert_status(&resp, 502, "a 101 larger than max_head_bytes");
 });
 
 e2e!(backend_closes_mid_head_is_502, |relay| async move {
@@ -180,31 +135,16 @@ e2e!(backend_closes_mid_head_is_502, |relay| async move {
     .await;
     drop(server);
     let (resp, _) = read_to_end(&mut client, STEP).await;
-    assert_eq!(
-        status(&resp),
-        Some(502),
-        "client got {:?}",
-        String::from_utf8_lossy(&resp)
-    );
+    assert_status(&resp, 502, "a backend that closed mid-head");
 });
 
 e2e!(backend_reset_before_answer_is_502, |relay| async move {
     let (proxy, backend) = one_backend(relay).await;
-    let mut client = connect(&proxy).await;
-    client
-        .write_all(&upgrade_request("/b", &[]))
-        .await
-        .expect("client writes upgrade");
-    let (server, _, _) = backend.next_head().await;
+    let (mut client, server, _) = upgrade_to(&proxy, &backend).await;
     server.set_zero_linger().expect("SO_LINGER 0");
     drop(server);
     let (resp, _) = read_to_end(&mut client, STEP).await;
-    assert_eq!(
-        status(&resp),
-        Some(502),
-        "client got {:?}",
-        String::from_utf8_lossy(&resp)
-    );
+    assert_status(&resp, 502, "a backend that reset before answering");
 });
 
 e2e!(pipelined_first_frame_held_until_101, |relay| async move {
@@ -212,32 +152,15 @@ e2e!(pipelined_first_frame_held_until_101, |relay| async move {
     let frame = client_frame(0x1, b"early bird");
     let mut first_write = upgrade_request("/b", &[]);
     first_write.extend_from_slice(&frame);
-    let mut client = connect(&proxy).await;
-    client
-        .write_all(&first_write)
-        .await
-        .expect("client writes head + frame at once");
+    let mut client = send(&proxy, &first_write).await;
 
-    let (mut server, head, rest) = backend.next_head().await;
-    assert!(
-        rest.is_empty(),
-        "the frame reached the backend with the head, before any 101"
-    );
-    assert_silent(
-        &mut server,
-        Duration::from_millis(150),
-        "backend before its 101",
-    )
-    .await;
-    server
-        .write_all(&response_101(&head))
-        .await
-        .expect("backend writes 101");
+    let (mut server, head) = backend.next_head_alone().await;
+    answer_101_after_silence(&mut server, &head, Duration::from_millis(150)).await;
     let got = read_exact_n(&mut server, frame.len(), "backend reads the held frame").await;
     assert_eq!(got, frame, "held frame differs");
 
     let (resp, rest) = read_head(&mut client).await;
-    assert_eq!(status(&resp), Some(101));
+    assert_status(&resp, 101, "client");
     assert!(rest.is_empty());
     let reply = server_frame(0x1, b"welcome");
     server
@@ -254,12 +177,7 @@ e2e!(
     backend_101_and_first_frame_in_one_write,
     |relay| async move {
         let (proxy, backend) = one_backend(relay).await;
-        let mut client = connect(&proxy).await;
-        client
-            .write_all(&upgrade_request("/b", &[]))
-            .await
-            .expect("client writes upgrade");
-        let (mut server, head, _) = backend.next_head().await;
+        let (mut client, mut server, head) = upgrade_to(&proxy, &backend).await;
         let frame = server_frame(0x2, &pattern(300, 4));
         let mut answer = response_101(&head);
         answer.extend_from_slice(&frame);
@@ -307,23 +225,19 @@ e2e!(backend_101_through_tungstenite_client, |relay| async move {
 // Backend choice
 // ---------------------------------------------------------------------------------------------
 
-async fn upgrade_ok(proxy: &Proxy, path: &str) {
-    let mut client = connect(proxy).await;
-    client
-        .write_all(&upgrade_request(path, &[]))
-        .await
-        .expect("client writes upgrade");
-    let (resp, _) = read_head(&mut client).await;
-    assert_eq!(
-        status(&resp),
-        Some(101),
-        "client got {:?}",
-        String::from_utf8_lossy(&resp)
-    );
-    // A tunnel to the echoing backend.
-    let frame = client_frame(0x1, b"rr");
-    client.write_all(&frame).await.expect("client writes");
-    assert_eq!(read_exact_n(&mut client, frame.len(), "echo").await, frame);
+/// Four upgrades to `path` through a proxy with route `/` over `backends`, each opening a tunnel
+/// to an echoing backend.
+async fn four_tunnels(relay: Relay, backends: &[SocketAddr], path: &str) {
+    let proxy = Proxy::builder(relay)
+        .route(route("/", backends))
+        .start()
+        .await;
+    for _ in 0..4 {
+        let mut client = open_tunnel(&proxy, path).await;
+        let frame = client_frame(0x1, b"rr");
+        client.write_all(&frame).await.expect("client writes");
+        assert_eq!(read_exact_n(&mut client, frame.len(), "echo").await, frame);
+    }
 }
 
 e2e!(round_robin, |relay| async move {
@@ -331,13 +245,7 @@ e2e!(round_robin, |relay| async move {
     let b = RawBackend::start_with(Behavior::Accept101Echo).await;
     // Two workers (the default): the cursor is per route, shared by the workers, so the split
     // stays even although SO_REUSEPORT spreads the clients over the workers.
-    let proxy = Proxy::builder(relay)
-        .route(route("/", &[a.addr, b.addr]))
-        .start()
-        .await;
-    for _ in 0..4 {
-        upgrade_ok(&proxy, "/rr").await;
-    }
+    four_tunnels(relay, &[a.addr, b.addr], "/rr").await;
     assert_eq!(
         (a.accepted(), b.accepted()),
         (2, 2),
@@ -348,13 +256,7 @@ e2e!(round_robin, |relay| async move {
 e2e!(refused_backend_skipped, |relay| async move {
     let refused = RefusedPort::new();
     let good = RawBackend::start_with(Behavior::Accept101Echo).await;
-    let proxy = Proxy::builder(relay)
-        .route(route("/", &[refused.addr, good.addr]))
-        .start()
-        .await;
-    for _ in 0..4 {
-        upgrade_ok(&proxy, "/x").await;
-    }
+    four_tunnels(relay, &[refused.addr, good.addr], "/x").await;
     assert_eq!(good.accepted(), 4);
 });
 
@@ -365,12 +267,7 @@ e2e!(every_backend_refused_is_502, |relay| async move {
         .start()
         .await;
     let (resp, _) = send_and_read_all(&proxy, &upgrade_request("/x", &[])).await;
-    assert_eq!(
-        status(&resp),
-        Some(502),
-        "client got {:?}",
-        String::from_utf8_lossy(&resp)
-    );
+    assert_status(&resp, 502, "every backend refused");
 });
 
 e2e!(
@@ -383,12 +280,7 @@ e2e!(
             .start()
             .await;
         let (resp, _) = send_and_read_all(&proxy, &upgrade_request("/x", &[])).await;
-        assert_eq!(
-            status(&resp),
-            Some(502),
-            "client got {:?}",
-            String::from_utf8_lossy(&resp)
-        );
+        assert_status(&resp, 502, "every backend reset");
         let (n1, n2) = (r1.accepted(), r2.accepted());
         assert!(
             n1 <= 1 && n2 <= 1 && n1 + n2 >= 1,
@@ -403,12 +295,7 @@ e2e!(
 
 e2e!(backend_101_in_pieces, |relay| async move {
     let (proxy, backend) = one_backend(relay).await;
-    let mut client = connect(&proxy).await;
-    client
-        .write_all(&upgrade_request("/b", &[]))
-        .await
-        .expect("client writes upgrade");
-    let (mut server, head, _) = backend.next_head().await;
+    let (mut client, mut server, head) = upgrade_to(&proxy, &backend).await;
     let answer = response_101(&head);
     for piece in answer.chunks(7) {
         server
@@ -451,22 +338,8 @@ e2e!(pipelined_bulk_held_until_101, |relay| async move {
             .expect("client writes head + 256 KiB");
         client_w
     });
-    let (mut server, head, rest) = backend.next_head().await;
-    assert!(
-        rest.is_empty(),
-        "{} pipelined bytes reached the backend before its 101",
-        rest.len()
-    );
-    assert_silent(
-        &mut server,
-        Duration::from_millis(150),
-        "backend before its 101",
-    )
-    .await;
-    server
-        .write_all(&response_101(&head))
-        .await
-        .expect("backend writes 101");
+    let (mut server, head) = backend.next_head_alone().await;
+    answer_101_after_silence(&mut server, &head, Duration::from_millis(150)).await;
     let got = read_exact_n(&mut server, frame.len(), "backend reads the held bytes").await;
     assert!(got == frame, "held bytes differ");
     let (resp, _) = tokio::time::timeout(STEP, async {
@@ -481,18 +354,13 @@ e2e!(pipelined_bulk_held_until_101, |relay| async move {
     })
     .await
     .expect("101 within STEP");
-    assert_eq!(status(&resp), Some(101));
+    assert_status(&resp, 101, "client");
     let _client_w = writer.await.expect("writer task");
 });
 
 e2e!(backend_101_with_bulk_data, |relay| async move {
     let (proxy, backend) = one_backend(relay).await;
-    let mut client = connect(&proxy).await;
-    client
-        .write_all(&upgrade_request("/b", &[]))
-        .await
-        .expect("client writes upgrade");
-    let (mut server, head, _) = backend.next_head().await;
+    let (mut client, mut server, head) = upgrade_to(&proxy, &backend).await;
     let mut answer = response_101(&head);
     answer.extend_from_slice(&server_frame(0x2, &pattern(1 << 20, 3)));
     let expected = answer.clone();
@@ -510,27 +378,17 @@ e2e!(backend_101_with_bulk_data, |relay| async move {
 
 e2e!(client_reset_before_101_closes_backend, |relay| async move {
     let (proxy, backend) = one_backend(relay).await;
-    let mut client = connect(&proxy).await;
-    client
-        .write_all(&upgrade_request("/b", &[]))
-        .await
-        .expect("client writes upgrade");
-    let (mut server, _, _) = backend.next_head().await;
+    let (client, mut server, _) = upgrade_to(&proxy, &backend).await;
     // A reset, not a FIN: a FIN could be a half-close by a client still waiting for the 101.
     client.set_zero_linger().expect("SO_LINGER 0");
     drop(client);
     wait_closed(&mut server, "backend after the client reset before the 101").await;
     // And the proxy still works.
-    let mut client = connect(&proxy).await;
-    client
-        .write_all(&upgrade_request("/b", &[]))
-        .await
-        .expect("client writes upgrade");
-    let (mut server, head, _) = backend.next_head().await;
+    let (mut client, mut server, head) = upgrade_to(&proxy, &backend).await;
     server
         .write_all(&response_101(&head))
         .await
         .expect("backend writes 101");
     let (resp, _) = read_head(&mut client).await;
-    assert_eq!(status(&resp), Some(101));
+    assert_status(&resp, 101, "the next client");
 });

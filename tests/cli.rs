@@ -1,10 +1,13 @@
 //! The `wsplice` binary's command line: help, version, `--check`, and how errors are reported.
 //! (Running the proxy itself is covered by the driver's end-to-end tests.)
 
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use support::{wait_for_exit, TempFile};
 
 fn wsplice(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_wsplice"))
@@ -17,30 +20,6 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// A config file under the temp dir, unique to this process and call, removed on drop.
-struct TempConfig(PathBuf);
-
-impl TempConfig {
-    fn new(contents: &str) -> TempConfig {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("wsplice-cli-{}-{n}.toml", std::process::id()));
-        std::fs::write(&path, contents).expect("write temp config");
-        TempConfig(path)
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().expect("temp path is UTF-8")
-    }
-}
-
-impl Drop for TempConfig {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 fn example() -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tools/wsplice.toml")
@@ -50,19 +29,17 @@ fn example() -> String {
 
 /// Runs `--check` on `contents`; expects exit 1 and returns (file path, stderr).
 fn check_fails(contents: &str) -> (String, String) {
-    let file = TempConfig::new(contents);
-    let out = wsplice(&["--check", "--config", file.path()]);
+    let file = TempFile::new("toml", contents);
+    let path = file.path().display().to_string();
+    let out = wsplice(&["--check", "--config", &path]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
     assert!(out.stdout.is_empty(), "stdout: {}", text(&out.stdout));
     assert!(
-        stderr.contains(&format!(
-            "wsplice: configuration {} test failed",
-            file.path()
-        )),
+        stderr.contains(&format!("wsplice: configuration {path} test failed")),
         "{stderr}"
     );
-    (file.path().to_owned(), stderr)
+    (path, stderr)
 }
 
 const ROUTE: &str = "[[route]]\nprefix = \"/notice\"\nbackends = [\"127.0.0.1:50001\"]\n";
@@ -125,8 +102,9 @@ fn check_readme_config_blocks() {
     }
     assert!(!blocks.is_empty(), "no ```toml block in README.md");
     for block in &blocks {
-        let file = TempConfig::new(block);
-        let out = wsplice(&["--check", "--config", file.path()]);
+        let file = TempFile::new("toml", block);
+        let path = file.path().display().to_string();
+        let out = wsplice(&["--check", "--config", &path]);
         assert_eq!(
             out.status.code(),
             Some(0),
@@ -295,14 +273,10 @@ fn start_failure_exits_1() {
         .spawn()
         .expect("run wsplice");
     // Should it start after all, fail rather than hang.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("wsplice started on {addr}, which is already taken");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    if wait_for_exit(&mut child, Duration::from_secs(10)).is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("wsplice started on {addr}, which is already taken");
     }
     let out = child.wait_with_output().expect("wait");
     let stderr = text(&out.stderr);

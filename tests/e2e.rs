@@ -21,16 +21,6 @@ async fn echo_proxy(relay: Relay) -> (Proxy, EchoBackend) {
     (proxy, backend)
 }
 
-/// A proxy with one route `prefix` to a raw (manual) backend.
-async fn raw_proxy(relay: Relay, prefix: &str) -> (Proxy, RawBackend) {
-    let backend = RawBackend::start().await;
-    let proxy = Proxy::builder(relay)
-        .route(route(prefix, &[backend.addr]))
-        .start()
-        .await;
-    (proxy, backend)
-}
-
 // ---------------------------------------------------------------------------------------------
 // Tunnel through tokio-tungstenite on both sides
 // ---------------------------------------------------------------------------------------------
@@ -109,7 +99,7 @@ e2e!(ping_pong_both_ways, |relay| async move {
         .await
         .expect("ask for a ping");
     ws_echo_once(&mut ws, "after ping").await;
-    eventually("backend received the pong", || {
+    eventually("backend received the pong", STEP, || {
         backend.log().pongs.iter().any(|p| p == b"from-backend")
     })
     .await;
@@ -139,7 +129,7 @@ e2e!(close_code_from_client, |relay| async move {
             Ok(Some(Ok(other))) => panic!("unexpected {other:?} while closing"),
         }
     }
-    eventually("backend saw close 4001 \"bye\"", || {
+    eventually("backend saw close 4001 \"bye\"", STEP, || {
         backend
             .log()
             .closes
@@ -174,11 +164,7 @@ e2e!(close_code_from_backend, |relay| async move {
 
 e2e!(bulk_bytes_both_ways_at_once, |relay| async move {
     let (proxy, backend) = raw_proxy(relay, "/raw").await;
-    let Tunnel {
-        client,
-        backend: server,
-        ..
-    } = raw_tunnel(&proxy, &backend, "/raw").await;
+    let (client, server) = raw_tunnel(&proxy, &backend, "/raw").await;
     let up = pattern(8 << 20, 1);
     let down = pattern(8 << 20, 2);
     let (mut cr, mut cw) = client.into_split();
@@ -207,97 +193,65 @@ e2e!(bulk_bytes_both_ways_at_once, |relay| async move {
     );
 });
 
-e2e!(half_close_client_first, |relay| async move {
+/// One side (the client when `client_fin`, else the backend) sends, then shuts down its write
+/// half; the other direction still runs, with more than one pipe's worth, and when the other
+/// side closes the FIN side sees a clean FIN.
+async fn half_close(relay: Relay, client_fin: bool) {
     let (proxy, backend) = raw_proxy(relay, "/raw").await;
-    let Tunnel {
-        mut client,
-        backend: mut server,
-        ..
-    } = raw_tunnel(&proxy, &backend, "/raw").await;
-    pump(&mut client, &mut server, b"before", "client -> backend").await;
-    client.shutdown().await.expect("client shutdown(Write)");
-    let (rest, _) = read_to_end(&mut server, STEP).await;
+    let (client, server) = raw_tunnel(&proxy, &backend, "/raw").await;
+    let ((mut fin, f), (mut open, o), seed) = if client_fin {
+        ((client, "client"), (server, "backend"), 5)
+    } else {
+        ((server, "backend"), (client, "client"), 6)
+    };
+    pump(&mut fin, &mut open, b"before", &format!("{f} -> {o}")).await;
+    fin.shutdown().await.expect("shutdown(Write)");
+    let (rest, _) = read_to_end(&mut open, STEP).await;
     assert!(
         rest.is_empty(),
-        "backend got {} bytes after the client's FIN",
+        "{o} got {} bytes after the {f}'s FIN",
         rest.len()
     );
-    // The other direction still runs, with more than one pipe's worth.
-    let late = pattern(1 << 20, 5);
+    let late = pattern(1 << 20, seed);
     pump(
-        &mut server,
-        &mut client,
+        &mut open,
+        &mut fin,
         &late,
-        "backend -> half-closed client",
+        &format!("{o} -> half-closed {f}"),
     )
     .await;
-    drop(server);
-    let (tail, end) = read_to_end(&mut client, STEP).await;
-    assert!(tail.is_empty(), "client got {} extra bytes", tail.len());
-    assert_eq!(
-        end,
-        End::Eof,
-        "backend closed cleanly, the client should see FIN"
-    );
+    drop(open);
+    let (tail, end) = read_to_end(&mut fin, STEP).await;
+    assert!(tail.is_empty(), "{f} got {} extra bytes", tail.len());
+    assert_eq!(end, End::Eof, "{o} closed cleanly, the {f} should see FIN");
+}
+
+e2e!(half_close_client_first, |relay| half_close(relay, true));
+
+e2e!(half_close_backend_first, |relay| half_close(relay, false));
+
+/// After a few bytes from one side (the client when `client_resets`), that side resets: the
+/// proxy closes the other.
+async fn reset_closes_the_other_side(relay: Relay, client_resets: bool) {
+    let (proxy, backend) = raw_proxy(relay, "/raw").await;
+    let (client, server) = raw_tunnel(&proxy, &backend, "/raw").await;
+    let ((mut reset, r), (mut other, o)) = if client_resets {
+        ((client, "client"), (server, "backend"))
+    } else {
+        ((server, "backend"), (client, "client"))
+    };
+    pump(&mut reset, &mut other, b"ping", &format!("{r} -> {o}")).await;
+    reset.set_zero_linger().expect("SO_LINGER 0");
+    drop(reset);
+    wait_closed(&mut other, &format!("{o} after the {r}'s reset")).await;
+}
+
+e2e!(client_reset_closes_backend, |relay| {
+    reset_closes_the_other_side(relay, true)
 });
 
-e2e!(half_close_backend_first, |relay| async move {
-    let (proxy, backend) = raw_proxy(relay, "/raw").await;
-    let Tunnel {
-        mut client,
-        backend: mut server,
-        ..
-    } = raw_tunnel(&proxy, &backend, "/raw").await;
-    pump(&mut server, &mut client, b"before", "backend -> client").await;
-    server.shutdown().await.expect("backend shutdown(Write)");
-    let (rest, _) = read_to_end(&mut client, STEP).await;
-    assert!(
-        rest.is_empty(),
-        "client got {} bytes after the backend's FIN",
-        rest.len()
-    );
-    let late = pattern(1 << 20, 6);
-    pump(
-        &mut client,
-        &mut server,
-        &late,
-        "client -> half-closed backend",
-    )
-    .await;
-    drop(client);
-    let (tail, end) = read_to_end(&mut server, STEP).await;
-    assert!(tail.is_empty(), "backend got {} extra bytes", tail.len());
-    assert_eq!(
-        end,
-        End::Eof,
-        "client closed cleanly, the backend should see FIN"
-    );
-});
-
-e2e!(client_reset_closes_backend, |relay| async move {
-    let (proxy, backend) = raw_proxy(relay, "/raw").await;
-    let Tunnel {
-        mut client,
-        backend: mut server,
-        ..
-    } = raw_tunnel(&proxy, &backend, "/raw").await;
-    pump(&mut client, &mut server, b"ping", "client -> backend").await;
-    client.set_zero_linger().expect("SO_LINGER 0");
-    drop(client);
-    wait_closed(&mut server, "backend after the client's reset").await;
-});
-
-e2e!(backend_reset_closes_client, |relay| async move {
-    let (proxy, backend) = raw_proxy(relay, "/raw").await;
-    let Tunnel {
-        mut client,
-        backend: mut server,
-        ..
-    } = raw_tunnel(&proxy, &backend, "/raw").await;
-    pump(&mut server, &mut client, b"ping", "backend -> client").await;
-    server.set_zero_linger().expect("SO_LINGER 0");
-    drop(server);
-    wait_closed(&mut client, "client after the backend's reset").await;
+e2e!(backend_reset_closes_client, |relay| {
+    reset_closes_the_other_side(relay, false)
 });
 
 // ---------------------------------------------------------------------------------------------
@@ -306,52 +260,44 @@ e2e!(backend_reset_closes_client, |relay| async move {
 
 /// Sends `request` through the proxy, answers 101 at `backend`, returns the head the backend got.
 async fn backend_view(proxy: &Proxy, backend: &RawBackend, request: &[u8]) -> Vec<u8> {
-    let mut client = connect(proxy).await;
-    client
-        .write_all(request)
-        .await
-        .expect("client writes upgrade");
+    let mut client = send(proxy, request).await;
     let (server, head) = backend.accept_101().await;
     let (resp, _) = read_head(&mut client).await;
     drop(server);
-    assert_eq!(
-        status(&resp),
-        Some(101),
-        "client got {:?}",
-        String::from_utf8_lossy(&resp)
-    );
+    assert_status(&resp, 101, "client");
     assert_crlf_only(&head);
     head
 }
 
-e2e!(rewrite_strips_prefix, |relay| async move {
-    let (proxy, backend) = raw_proxy(relay, "/notice").await;
-    for (sent, expected) in [
-        ("/notice/a?x=1", "/a?x=1"),
-        ("/notice", "/"),
-        ("/notice?x=1", "/?x=1"),
-        ("/notice/", "/"),
-        ("/notice/a/b/", "/a/b/"),
-    ] {
-        let head = backend_view(&proxy, &backend, &upgrade_request(sent, &[])).await;
+/// For each (sent, expected): the client's upgrade to `sent` reaches the backend as
+/// `GET expected HTTP/1.1`.
+async fn assert_targets(proxy: &Proxy, backend: &RawBackend, targets: &[(&str, &str)]) {
+    for &(sent, expected) in targets {
+        let head = backend_view(proxy, backend, &upgrade_request(sent, &[])).await;
         assert_eq!(
             first_line(&head),
             format!("GET {expected} HTTP/1.1"),
             "client asked for {sent}"
         );
     }
+}
+
+e2e!(rewrite_strips_prefix, |relay| async move {
+    let (proxy, backend) = raw_proxy(relay, "/notice").await;
+    let targets = [
+        ("/notice/a?x=1", "/a?x=1"),
+        ("/notice", "/"),
+        ("/notice?x=1", "/?x=1"),
+        ("/notice/", "/"),
+        ("/notice/a/b/", "/a/b/"),
+    ];
+    assert_targets(&proxy, &backend, &targets).await;
 });
 
 e2e!(rewrite_root_prefix_keeps_path, |relay| async move {
     let (proxy, backend) = raw_proxy(relay, "/").await;
-    for path in ["/", "/x", "/x/y?z=1"] {
-        let head = backend_view(&proxy, &backend, &upgrade_request(path, &[])).await;
-        assert_eq!(
-            first_line(&head),
-            format!("GET {path} HTTP/1.1"),
-            "prefix `/` stripped from {path}"
-        );
-    }
+    let targets = [("/", "/"), ("/x", "/x"), ("/x/y?z=1", "/x/y?z=1")];
+    assert_targets(&proxy, &backend, &targets).await;
 });
 
 e2e!(rewrite_without_strip_keeps_path, |relay| async move {
@@ -360,10 +306,12 @@ e2e!(rewrite_without_strip_keeps_path, |relay| async move {
         .route(route("/notice", &[backend.addr]).strip_prefix(false))
         .start()
         .await;
-    for path in ["/notice/a?x=1", "/notice", "/notice?x=1"] {
-        let head = backend_view(&proxy, &backend, &upgrade_request(path, &[])).await;
-        assert_eq!(first_line(&head), format!("GET {path} HTTP/1.1"));
-    }
+    let targets = [
+        ("/notice/a?x=1", "/notice/a?x=1"),
+        ("/notice", "/notice"),
+        ("/notice?x=1", "/notice?x=1"),
+    ];
+    assert_targets(&proxy, &backend, &targets).await;
 });
 
 e2e!(prefix_matches_whole_segments, |relay| async move {
@@ -373,12 +321,7 @@ e2e!(prefix_matches_whole_segments, |relay| async move {
         .start()
         .await;
     let (resp, _) = send_and_read_all(&proxy, &upgrade_request("/noticeboard", &[])).await;
-    assert_eq!(
-        status(&resp),
-        Some(404),
-        "{:?}",
-        String::from_utf8_lossy(&resp)
-    );
+    assert_status(&resp, 404, "/noticeboard");
     assert_eq!(
         notice.accepted(),
         0,
@@ -464,27 +407,24 @@ e2e!(rewrite_headers, |relay| async move {
     }
     assert_once(&head, "Connection", "upgrade", true);
     assert_once(&head, "Upgrade", "websocket", true);
-    assert_once(&head, "X-Real-IP", "127.0.0.1", false);
-    assert_once(&head, "X-Forwarded-For", "10.0.0.1, 127.0.0.1", false);
-    assert_once(&head, "X-Forwarded-Proto", "http", false);
-    assert_once(&head, "Host", "chat.example.com:8080", false);
-    assert_once(
-        &head,
-        "Sec-WebSocket-Key",
-        "dGhlIHNhbXBsZSBub25jZQ==",
-        false,
-    );
-    assert_once(&head, "Sec-WebSocket-Version", "13", false);
-    assert_once(&head, "Sec-WebSocket-Protocol", "chat, superchat", false);
-    assert_once(
-        &head,
-        "Sec-WebSocket-Extensions",
-        "permessage-deflate; client_max_window_bits",
-        false,
-    );
-    assert_once(&head, "Origin", "http://chat.example.com", false);
-    assert_once(&head, "X-Custom", "a value,  with spaces", false);
-    assert_once(&head, "Cookie", "id=42", false);
+    for (name, value) in [
+        ("X-Real-IP", "127.0.0.1"),
+        ("X-Forwarded-For", "10.0.0.1, 127.0.0.1"),
+        ("X-Forwarded-Proto", "http"),
+        ("Host", "chat.example.com:8080"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("Sec-WebSocket-Version", "13"),
+        ("Sec-WebSocket-Protocol", "chat, superchat"),
+        (
+            "Sec-WebSocket-Extensions",
+            "permessage-deflate; client_max_window_bits",
+        ),
+        ("Origin", "http://chat.example.com"),
+        ("X-Custom", "a value,  with spaces"),
+        ("Cookie", "id=42"),
+    ] {
+        assert_once(&head, name, value, false);
+    }
 });
 
 e2e!(
@@ -633,12 +573,7 @@ e2e!(route_by_host, |relay| async move {
     let head = backend_view(&proxy, &example, &for_host("EXAMPLE.com:8080")).await;
     assert_once(&head, "Host", "EXAMPLE.com:8080", false);
     let (resp, _) = send_and_read_all(&proxy, &for_host("other.example")).await;
-    assert_eq!(
-        status(&resp),
-        Some(404),
-        "{:?}",
-        String::from_utf8_lossy(&resp)
-    );
+    assert_status(&resp, 404, "Host: other.example");
     assert_eq!(
         example.accepted(),
         2,
@@ -696,7 +631,7 @@ e2e!(head_in_pieces, |relay| async move {
     assert_eq!(first_line(&head), "GET /p HTTP/1.1");
     assert_once(&head, "X-Custom", "1", false);
     let (resp, _) = read_head(&mut client).await;
-    assert_eq!(status(&resp), Some(101));
+    assert_status(&resp, 101, "client");
     drop(server);
 });
 

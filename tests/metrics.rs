@@ -5,12 +5,13 @@
 //! `main.rs` wires them) so the admin listener outlives the workers and shows their final
 //! counters; a stopping binary exits the moment its workers do.
 
-mod common;
+mod support;
 
-use common::{read_head, upgrade_head};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
+use support::blocking::{eventually, try_read_head as read_head};
+use support::{raise_test_fd_limit, route, upgrade_request, ProxyBuilder, Relay, ACCEPT};
 use wsplice::config::Config;
 use wsplice::core::relay::CloseReason;
 use wsplice::core::status::Reject;
@@ -29,7 +30,7 @@ fn echo_backend() -> SocketAddr {
                 }
                 let answer = format!(
                     "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
-                    common::ACCEPT
+                    ACCEPT
                 );
                 if s.write_all(answer.as_bytes()).is_err() {
                     return;
@@ -54,7 +55,7 @@ struct InProcess {
 }
 
 fn start_in_process(relay: &str, backend: SocketAddr) -> InProcess {
-    common::raise_test_fd_limit();
+    raise_test_fd_limit();
     let toml = format!(
         "listen = [\"127.0.0.1:0\"]\nworkers = 2\nrelay = \"{relay}\"\n\n[[route]]\nprefix = \"/\"\nbackends = [\"{backend}\"]\n"
     );
@@ -101,7 +102,7 @@ fn tunnel(proxy: SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(proxy).expect("connect to the proxy");
     s.set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
-    s.write_all(upgrade_head("/t").as_bytes()).expect("upgrade");
+    s.write_all(&upgrade_request("/t", &[])).expect("upgrade");
     let head = read_head(&mut s).expect("the proxy answers");
     assert!(
         head.starts_with(b"HTTP/1.1 101 "),
@@ -143,7 +144,7 @@ fn drain_counts_the_tunnels_it_closed() {
         let mut finished = open.pop().expect("a tunnel");
         finished.shutdown(Shutdown::Write).expect("fin");
         assert_closed_by_proxy(&mut finished);
-        common::eventually(
+        eventually(
             "the finished tunnel to be counted",
             Duration::from_secs(5),
             || sample(&scrape(admin, "/metrics"), &closed(CloseReason::Done)) == 1,
@@ -285,11 +286,13 @@ fn access_log_lines_dropped_under_pressure_are_counted() {
     // A one-page pipe fills after a few dozen lines (only to be quick; the default works too).
     let _ = fcntl(&reader, FcntlArg::F_SETPIPE_SZ(4096));
 
-    let toml = format!(
-        "listen = [\"127.0.0.1:0\"]\nworkers = 1\nadmin = \"127.0.0.1:0\"\n\n[access_log]\npath = \"{}\"\n\n[[route]]\nprefix = \"/ws\"\nbackends = [\"127.0.0.1:9\"]\n",
-        fifo.display()
-    );
-    let proxy = common::start(&toml, "");
+    let nowhere: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+    let proxy = ProxyBuilder::default()
+        .workers(1)
+        .admin()
+        .set("access_log", "path", &format!("\"{}\"", fifo.display()))
+        .route(route("/ws", &[nowhere]))
+        .blocking_start();
     let dropped = || proxy.metric("wsplice_access_log_dropped_lines_total");
 
     // One access-log line each: a plain request, answered 426 and closed.
@@ -301,7 +304,7 @@ fn access_log_lines_dropped_under_pressure_are_counted() {
             "no line dropped after {sent} connections"
         );
         for _ in 0..200 {
-            let mut s = TcpStream::connect(proxy.addr).expect("connect");
+            let mut s = TcpStream::connect(proxy.addr()).expect("connect");
             s.write_all(b"GET /ws HTTP/1.1\r\nHost: t\r\n\r\n")
                 .expect("request");
             let mut answer = Vec::new();
@@ -314,7 +317,7 @@ fn access_log_lines_dropped_under_pressure_are_counted() {
             sent += 1;
         }
     }
-    common::eventually("connections to end", Duration::from_secs(5), || {
+    eventually("connections to end", Duration::from_secs(5), || {
         proxy.metric("wsplice_connections_active") == 0
     });
     let lost = dropped();
@@ -355,32 +358,33 @@ fn access_log_lines_dropped_under_pressure_are_counted() {
 /// is logged `done`.
 #[test]
 fn sigterm_drain_reports_the_tunnels_it_closed() {
-    for relay in ["copy", "splice", "auto"] {
+    for relay in [Relay::Copy, Relay::Splice, Relay::Auto] {
         let backend = echo_backend();
         let log = std::env::temp_dir().join(format!(
-            "wsplice-sigterm-drain-{}-{relay}.log",
-            std::process::id()
+            "wsplice-sigterm-drain-{}-{}.log",
+            std::process::id(),
+            relay.as_str()
         ));
         let _ = std::fs::remove_file(&log);
-        let toml = format!(
-            "listen = [\"127.0.0.1:0\"]\nworkers = 2\nrelay = \"{relay}\"\n\n[timeouts]\ndrain = \"400ms\"\n\n[access_log]\npath = \"{}\"\nformat = \"json\"\n\n[[route]]\nprefix = \"/\"\nbackends = [\"{backend}\"]\n",
-            log.display()
-        );
-        let proxy = common::start(&toml, "");
-        let mut open: Vec<TcpStream> = (0..3).map(|_| tunnel(proxy.addr)).collect();
-        let mut finished = tunnel(proxy.addr);
+        let mut proxy = ProxyBuilder::default()
+            .relay(relay)
+            .workers(2)
+            .timeout("drain", "400ms")
+            .set("access_log", "path", &format!("\"{}\"", log.display()))
+            .set("access_log", "format", "\"json\"")
+            .route(route("/", &[backend]))
+            .blocking_start();
+        let mut open: Vec<TcpStream> = (0..3).map(|_| tunnel(proxy.addr())).collect();
+        let mut finished = tunnel(proxy.addr());
         finished.shutdown(Shutdown::Write).expect("fin");
         assert_closed_by_proxy(&mut finished);
         proxy.signal(nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let stopped = loop {
-            match proxy.lines.recv_timeout(Duration::from_millis(100)) {
-                Ok(l) if l.starts_with("stopped") => break l,
-                Ok(_) => {}
-                Err(_) => assert!(Instant::now() < deadline, "no `stopped` line after SIGTERM"),
-            }
-        };
-        assert_eq!(stopped, "stopped (the drain closed 3 tunnels)", "{relay}");
+        // The count of the drain close reason, as the binary saw it when it stopped.
+        proxy.expect_line(
+            &["stopped (the drain closed 3 tunnels)"],
+            Duration::from_secs(10),
+        );
+        proxy.wait_exit(Duration::from_secs(10));
         for s in &mut open {
             assert_closed_by_proxy(s);
         }

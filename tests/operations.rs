@@ -1,106 +1,51 @@
 //! Operating the proxy: reload under load without dropping a tunnel, drain on SIGTERM, metrics
 //! that match what the test did, the access log. Each runs under every relay mode.
 
-mod common;
+#[macro_use]
+mod support;
 
-use common::{start, upgrade_head, ACCEPT};
 use nix::sys::signal::Signal;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use support::blocking::eventually;
+use support::{
+    header, route, status, try_read_head, upgrade_request, Behavior, Proxy, ProxyBuilder,
+    RawBackend, RefusedPort, Relay,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// A raw tunnel backend: answers the upgrade with a 101 that names the backend
 /// (`X-Backend: NAME`), then echoes bytes.
-async fn backend(name: &'static str) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut b = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if s.read(&mut b).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(b[0]);
-                }
-                let answer = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {ACCEPT}\r\nX-Backend: {name}\r\n\r\n");
-                if s.write_all(answer.as_bytes()).await.is_err() {
-                    return;
-                }
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    addr
+async fn backend(name: &'static str) -> RawBackend {
+    RawBackend::start_with(Behavior::Accept101EchoNamed(name)).await
 }
 
 /// Opens a tunnel through the proxy; returns the stream and the answering backend's name, or
 /// the status code when it was not a 101.
 async fn open(proxy: SocketAddr, path: &str) -> Result<(TcpStream, String), u16> {
     let mut s = TcpStream::connect(proxy).await.map_err(|_| 0u16)?;
-    s.write_all(upgrade_head(path).as_bytes())
+    s.write_all(&upgrade_request(path, &[]))
         .await
         .map_err(|_| 0u16)?;
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if s.read(&mut b).await.unwrap_or(0) == 0 {
-            return Err(0);
-        }
-        head.push(b[0]);
-    }
-    let text = String::from_utf8_lossy(&head).to_string();
-    let code: u16 = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let (head, _) = try_read_head(&mut s, 1 << 20).await.map_err(|_| 0u16)?;
+    let code = status(&head).unwrap_or(0);
     if code != 101 {
         return Err(code);
     }
-    let name = text
-        .lines()
-        .find_map(|l| l.strip_prefix("X-Backend: "))
-        .unwrap_or("?")
-        .to_string();
+    let name = header(&head, "X-Backend").unwrap_or_else(|| "?".to_owned());
     Ok((s, name))
 }
 
-/// Runs the async test `$name(relay)` once per relay mode, as `$name::copy` and so on.
-macro_rules! each_relay {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn copy() {
-                super::$name("copy").await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn splice() {
-                super::$name("splice").await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn auto() {
-                super::$name("auto").await
-            }
-        }
-    };
-}
-
-fn config(relay: &str, routes: &[(&str, SocketAddr)], extra: &str) -> String {
-    let mut t = format!(
-        "listen = [\"127.0.0.1:0\"]\nworkers = 2\nrelay = \"{relay}\"\nadmin = \"127.0.0.1:0\"\n{extra}\n"
-    );
-    for (prefix, b) in routes {
-        t.push_str(&format!(
-            "[[route]]\nprefix = \"{prefix}\"\nbackends = [\"{b}\"]\n"
-        ));
-    }
-    t
+/// Two workers, `relay`, an admin listener, and one route per (prefix, backend).
+fn proxy_config(relay: Relay, routes: &[(&str, SocketAddr)]) -> ProxyBuilder {
+    routes
+        .iter()
+        .fold(Proxy::builder(relay).admin(), |b, (prefix, backend)| {
+            b.route(route(prefix, &[*backend]))
+        })
 }
 
 /// One tunnel's life: send numbered 32-byte records until told to stop, check every echo.
@@ -139,14 +84,17 @@ async fn traffic(
     Ok(n)
 }
 
-each_relay!(sighup_reload_keeps_1000_tunnels_and_routes_new_connections_by_the_new_config);
+e2e!(
+    sighup_reload_keeps_1000_tunnels_and_routes_new_connections_by_the_new_config,
+    super::sighup_reload_keeps_1000_tunnels_and_routes_new_connections_by_the_new_config
+);
 async fn sighup_reload_keeps_1000_tunnels_and_routes_new_connections_by_the_new_config(
-    relay: &str,
+    relay: Relay,
 ) {
-    let a = backend("A").await;
-    let b = backend("B").await;
-    let proxy = start(&config(relay, &[("/a", a)], ""), "");
-    let addr = proxy.addr;
+    let a = backend("A").await.addr;
+    let b = backend("B").await.addr;
+    let proxy = proxy_config(relay, &[("/a", a)]).start().await;
+    let addr = proxy.addr();
 
     // 1,000 established tunnels with traffic flowing.
     let stop = Arc::new(AtomicBool::new(false));
@@ -188,7 +136,7 @@ async fn sighup_reload_keeps_1000_tunnels_and_routes_new_connections_by_the_new_
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // Reload: /a moves to backend B, /b appears.
-    proxy.write_config(&config(relay, &[("/a", b), ("/b", b)], ""));
+    proxy.write_config(&proxy_config(relay, &[("/a", b), ("/b", b)]).toml());
     proxy.signal(Signal::SIGHUP);
     let lines = tokio::task::block_in_place(|| {
         proxy.expect_line(&["reloaded", "reload failed"], Duration::from_secs(5))
@@ -230,14 +178,17 @@ async fn sighup_reload_keeps_1000_tunnels_and_routes_new_connections_by_the_new_
     );
 }
 
-each_relay!(sigterm_drains_tunnels_then_exits_0);
-async fn sigterm_drains_tunnels_then_exits_0(relay: &str) {
-    let a = backend("A").await;
-    let mut proxy = start(
-        &config(relay, &[("/", a)], "[timeouts]\ndrain = \"2s\""),
-        "",
-    );
-    let addr = proxy.addr;
+e2e!(
+    sigterm_drains_tunnels_then_exits_0,
+    super::sigterm_drains_tunnels_then_exits_0
+);
+async fn sigterm_drains_tunnels_then_exits_0(relay: Relay) {
+    let a = backend("A").await.addr;
+    let mut proxy = proxy_config(relay, &[("/", a)])
+        .timeout("drain", "2s")
+        .start()
+        .await;
+    let addr = proxy.addr();
     let stop = Arc::new(AtomicBool::new(false));
     let bytes = Arc::new(AtomicU64::new(0));
     let mut busy = Vec::new();
@@ -284,38 +235,24 @@ async fn sigterm_drains_tunnels_then_exits_0(relay: &str) {
         t0.elapsed() >= Duration::from_millis(1900),
         "closed before the drain time"
     );
-    let status = tokio::task::block_in_place(|| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Some(st) = proxy.child.try_wait().expect("wait") {
-                return st;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the proxy did not exit after the drain"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    });
+    let status = tokio::task::block_in_place(|| proxy.wait_exit(Duration::from_secs(5)));
     assert_eq!(status.code(), Some(0));
 }
 
-each_relay!(metrics_count_exactly_what_happened);
-async fn metrics_count_exactly_what_happened(relay: &str) {
-    let a = backend("A").await;
+e2e!(
+    metrics_count_exactly_what_happened,
+    super::metrics_count_exactly_what_happened
+);
+async fn metrics_count_exactly_what_happened(relay: Relay) {
+    let a = backend("A").await.addr;
     // A second route whose only backend refuses: one failure for that backend. The port stays
     // bound (never listening) so that no other test's listener can take it meanwhile.
-    let refused =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-    refused.bind(&any.into()).expect("bind refused port");
-    let dead = refused
-        .local_addr()
-        .ok()
-        .and_then(|a| a.as_socket())
-        .expect("inet addr");
-    let proxy = start(&config(relay, &[("/ws", a), ("/dead", dead)], ""), "");
-    let addr = proxy.addr;
+    let refused = RefusedPort::new();
+    let dead = refused.addr;
+    let proxy = proxy_config(relay, &[("/ws", a), ("/dead", dead)])
+        .start()
+        .await;
+    let addr = proxy.addr();
     assert_eq!(open(addr, "/dead").await.err(), Some(502));
     let payload = vec![b'x'; 1000];
     let mut tunnels = Vec::new();
@@ -343,7 +280,7 @@ async fn metrics_count_exactly_what_happened(relay: &str) {
     }
     drop(tunnels);
     tokio::task::block_in_place(|| {
-        common::eventually("tunnels to close", Duration::from_secs(5), || {
+        eventually("tunnels to close", Duration::from_secs(5), || {
             proxy.metric("wsplice_connections_active") == 0
         });
         assert_eq!(proxy.metric("wsplice_tunnels_total"), 3);
@@ -378,7 +315,7 @@ async fn metrics_count_exactly_what_happened(relay: &str) {
         );
         // 6,000 bytes in 1,000-byte bursts: spliced only when told to; auto copies bursts
         // below its 64 KiB threshold.
-        let (spliced, copied) = if relay == "splice" {
+        let (spliced, copied) = if relay == Relay::Splice {
             (6000, 0)
         } else {
             (0, 6000)
@@ -420,20 +357,26 @@ async fn metrics_count_exactly_what_happened(relay: &str) {
     });
 }
 
-each_relay!(access_log_lines_parse_and_sigusr1_reopens_the_file);
-async fn access_log_lines_parse_and_sigusr1_reopens_the_file(relay: &str) {
-    let a = backend("A").await;
-    let log =
-        std::env::temp_dir().join(format!("wsplice-access-{}-{relay}.log", std::process::id()));
+e2e!(
+    access_log_lines_parse_and_sigusr1_reopens_the_file,
+    super::access_log_lines_parse_and_sigusr1_reopens_the_file
+);
+async fn access_log_lines_parse_and_sigusr1_reopens_the_file(relay: Relay) {
+    let a = backend("A").await.addr;
+    let log = std::env::temp_dir().join(format!(
+        "wsplice-access-{}-{}.log",
+        std::process::id(),
+        relay.as_str()
+    ));
     let rotated = log.with_extension("log.1");
     let _ = std::fs::remove_file(&log);
     let _ = std::fs::remove_file(&rotated);
-    let extra = format!(
-        "[access_log]\npath = \"{}\"\nformat = \"json\"",
-        log.display()
-    );
-    let mut proxy = start(&config(relay, &[("/ws", a)], &extra), "");
-    let addr = proxy.addr;
+    let mut proxy = proxy_config(relay, &[("/ws", a)])
+        .set("access_log", "path", &format!("\"{}\"", log.display()))
+        .set("access_log", "format", "\"json\"")
+        .start()
+        .await;
+    let addr = proxy.addr();
 
     let (mut s, _) = open(addr, "/ws/room").await.expect("tunnel");
     s.write_all(&[7u8; 1234]).await.expect("write");
@@ -446,7 +389,7 @@ async fn access_log_lines_parse_and_sigusr1_reopens_the_file(relay: &str) {
 
     // logrotate: move the file away, SIGUSR1, and the next line lands in a new file.
     tokio::task::block_in_place(|| {
-        common::eventually("two lines in the log", Duration::from_secs(5), || {
+        eventually("two lines in the log", Duration::from_secs(5), || {
             std::fs::read_to_string(&log)
                 .map(|t| t.lines().count() == 2)
                 .unwrap_or(false)
@@ -457,16 +400,7 @@ async fn access_log_lines_parse_and_sigusr1_reopens_the_file(relay: &str) {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(open(addr, "/missing/again").await.err(), Some(404));
     proxy.signal(Signal::SIGTERM);
-    tokio::task::block_in_place(|| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while proxy.child.try_wait().expect("wait").is_none() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no exit after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    });
+    tokio::task::block_in_place(|| proxy.wait_exit(Duration::from_secs(10)));
 
     let old = std::fs::read_to_string(&rotated).expect("rotated log");
     let new = std::fs::read_to_string(&log).expect("reopened log");

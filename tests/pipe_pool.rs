@@ -4,15 +4,16 @@
 //!
 //! Blocking std sockets with read timeouts: nothing can hang.
 
-mod common;
+mod support;
 
-use common::{read_head, start, upgrade_head, ACCEPT};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::mpsc;
+use std::net::TcpStream;
 use std::thread;
 use std::time::Duration;
+use support::blocking::{echo, eventually, open_tunnel, RawBackend};
+use support::{route, Proxy, Relay};
 
+/// Longer than the suite's step: 16 MiB cross a single pipe here.
 const STEP: Duration = Duration::from_secs(10);
 /// What the stalled tunnel's client pushes: far more than socket buffers plus one pipe hold.
 const PUSH: usize = 16 << 20;
@@ -21,79 +22,48 @@ fn pattern(i: usize) -> u8 {
     (i % 251) as u8
 }
 
-/// In a thread: accepts one connection, answers its upgrade with a 101, hands the socket over.
-fn accept_101(l: &TcpListener) -> mpsc::Receiver<TcpStream> {
-    let l = l.try_clone().expect("clone listener");
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let (mut s, _) = l.accept().expect("backend accept");
-        s.set_read_timeout(Some(STEP)).expect("timeout");
-        read_head(&mut s).expect("backend reads the head");
-        write!(s, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {ACCEPT}\r\n\r\n").expect("101");
-        let _ = tx.send(s);
-    });
-    rx
-}
-
-fn client(proxy: SocketAddr, path: &str) -> TcpStream {
-    let mut s = TcpStream::connect(proxy).expect("connect");
+/// A tunnel through `proxy` to `path`, its client reading with this file's [`STEP`] timeout.
+fn client(proxy: &Proxy, path: &str) -> TcpStream {
+    let s = open_tunnel(proxy.addr(), path);
     s.set_read_timeout(Some(STEP)).expect("timeout");
-    s.write_all(upgrade_head(path).as_bytes())
-        .expect("send head");
-    let head = read_head(&mut s).expect("answer");
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
     s
 }
 
 #[test]
 fn pool_at_its_cap_falls_back_to_copy_and_counts_it() {
-    let stall_l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let echo_l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let toml = format!(
-        "listen = [\"127.0.0.1:0\"]\nworkers = 1\nrelay = \"splice\"\nadmin = \"127.0.0.1:0\"\n\
-         [splice]\nmax_pipes = 1\n\
-         [[route]]\nprefix = \"/stall\"\nbackends = [\"{}\"]\n\
-         [[route]]\nprefix = \"/echo\"\nbackends = [\"{}\"]\n",
-        stall_l.local_addr().expect("addr"),
-        echo_l.local_addr().expect("addr"),
-    );
-    let p = start(&toml, "");
+    let stall = RawBackend::start();
+    let echoing = RawBackend::start();
+    let p = Proxy::builder(Relay::Splice)
+        .workers(1)
+        .admin()
+        .set("splice", "max_pipes", "1")
+        .route(route("/stall", &[stall.addr]))
+        .route(route("/echo", &[echoing.addr]))
+        .blocking_start();
 
     // Tunnel A: the client pushes 16 MiB while its backend reads nothing. The proxy's one pipe
     // fills and stays with A, holding bytes.
-    let a_backend = accept_101(&stall_l);
-    let mut a = client(p.addr, "/stall");
-    let mut a_backend = a_backend.recv_timeout(STEP).expect("A's backend");
+    let a_backend = stall.accept_101();
+    let mut a = client(&p, "/stall");
+    let (mut a_backend, _) = a_backend.recv_timeout(STEP).expect("A's backend");
+    a_backend.set_read_timeout(Some(STEP)).expect("timeout");
     let mut a_writer = a.try_clone().expect("clone");
     let pusher = thread::spawn(move || {
         let data: Vec<u8> = (0..PUSH).map(pattern).collect();
         a_writer.write_all(&data).map_err(|e| e.to_string())
     });
-    common::eventually("tunnel A to hold the only pipe", STEP, || {
+    eventually("tunnel A to hold the only pipe", STEP, || {
         p.metric("wsplice_pipes_in_use") == 1
     });
 
     // Tunnel B needs a pipe too, there is none: it is served by copying, byte-exact.
-    let b_backend = accept_101(&echo_l);
-    let mut b = client(p.addr, "/echo");
-    let mut b_backend = b_backend.recv_timeout(STEP).expect("B's backend");
-    let (done_tx, done_rx) = mpsc::channel();
+    let b_backend = echoing.accept_101();
+    let mut b = client(&p, "/echo");
+    let (mut b_backend, _) = b_backend.recv_timeout(STEP).expect("B's backend");
+    b_backend.set_read_timeout(Some(STEP)).expect("timeout");
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
     thread::spawn(move || {
-        let mut buf = [0u8; 16 << 10];
-        loop {
-            match b_backend.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if b_backend.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
+        echo(&mut b_backend);
         let _ = done_tx.send(());
     });
     let msg: Vec<u8> = (0..256 << 10).map(|i| pattern(i * 7)).collect();
@@ -104,7 +74,7 @@ fn pool_at_its_cap_falls_back_to_copy_and_counts_it() {
     b.read_exact(&mut back).expect("echo through the copy path");
     w.join().expect("writer").expect("write");
     assert!(back == msg, "echo through the copy path is not byte-exact");
-    common::eventually("the counters to be published", STEP, || {
+    eventually("the counters to be published", STEP, || {
         p.metric("wsplice_bytes_copied_total") >= 2 * msg.len() as u64
     });
     assert!(p.metric("wsplice_copy_fallbacks_total") >= 1);
@@ -135,7 +105,7 @@ fn pool_at_its_cap_falls_back_to_copy_and_counts_it() {
         .join()
         .expect("pusher")
         .expect("A's client wrote all");
-    common::eventually("the drained pipe to return to the pool", STEP, || {
+    eventually("the drained pipe to return to the pool", STEP, || {
         p.metric("wsplice_pipes_in_use") == 0 && p.metric("wsplice_pipes_pooled") == 1
     });
     // And the returned pipe serves the next tunnel: nothing more is copied.
@@ -145,7 +115,7 @@ fn pool_at_its_cap_falls_back_to_copy_and_counts_it() {
     let mut four = [0u8; 13];
     a_backend.read_exact(&mut four).expect("read");
     assert_eq!(&four, b"spliced again");
-    common::eventually("the counters to be published", STEP, || {
+    eventually("the counters to be published", STEP, || {
         p.metric("wsplice_bytes_spliced_total") >= spliced + 13
     });
     assert_eq!(p.metric("wsplice_bytes_copied_total"), copied);

@@ -1,16 +1,17 @@
 //! PROXY protocol in (from a trusted load balancer) and out (to backends), and
 //! `trusted_proxies`, checked on the real bytes that cross the wire.
 
-mod common;
+mod support;
 
-use common::{read_head, start, upgrade_head, ACCEPT};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
-
-const STEP: Duration = Duration::from_secs(5);
+use support::blocking::{echo, send, serve_each, try_read_head};
+use support::{
+    header_all, response_101, route, status, upgrade_request, Proxy, ProxyBuilder, STEP,
+};
 
 /// What a backend received before the tunnel: the raw PROXY header (if any) and the HTTP head.
 struct Seen {
@@ -21,100 +22,87 @@ struct Seen {
 /// A backend that reads an optional PROXY header (v1 line or v2 binary), then the head, records
 /// both, answers 101 and echoes.
 fn backend(expect_proxy: Option<u8>) -> (SocketAddr, mpsc::Receiver<Seen>) {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = l.local_addr().expect("addr");
     let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { return };
-            let tx = tx.clone();
-            thread::spawn(move || {
-                s.set_read_timeout(Some(STEP)).expect("timeout");
-                let mut proxy = Vec::new();
-                match expect_proxy {
-                    Some(1) => {
-                        let mut b = [0u8; 1];
-                        while !proxy.ends_with(b"\r\n") {
-                            if s.read(&mut b).unwrap_or(0) == 0 {
-                                return;
-                            }
-                            proxy.push(b[0]);
-                        }
-                    }
-                    Some(2) => {
-                        let mut fixed = [0u8; 16];
-                        if s.read_exact(&mut fixed).is_err() {
-                            return;
-                        }
-                        let len = u16::from_be_bytes([fixed[14], fixed[15]]) as usize;
-                        let mut rest = vec![0u8; len];
-                        if s.read_exact(&mut rest).is_err() {
-                            return;
-                        }
-                        proxy.extend_from_slice(&fixed);
-                        proxy.extend_from_slice(&rest);
-                    }
-                    _ => {}
-                }
-                let Ok(head) = read_head(&mut s) else { return };
-                let _ = tx.send(Seen {
-                    proxy,
-                    head: String::from_utf8_lossy(&head).into_owned(),
-                });
-                let _ = write!(s, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {ACCEPT}\r\n\r\n");
-                let mut buf = [0u8; 1024];
-                while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+    let addr = serve_each(move |mut s| {
+        s.set_read_timeout(Some(STEP)).expect("timeout");
+        let mut proxy = Vec::new();
+        match expect_proxy {
+            Some(1) => {
+                let mut b = [0u8; 1];
+                while !proxy.ends_with(b"\r\n") {
+                    if s.read(&mut b).unwrap_or(0) == 0 {
                         return;
                     }
+                    proxy.push(b[0]);
                 }
-            });
+            }
+            Some(2) => {
+                let mut fixed = [0u8; 16];
+                if s.read_exact(&mut fixed).is_err() {
+                    return;
+                }
+                let len = u16::from_be_bytes([fixed[14], fixed[15]]) as usize;
+                let mut rest = vec![0u8; len];
+                if s.read_exact(&mut rest).is_err() {
+                    return;
+                }
+                proxy.extend_from_slice(&fixed);
+                proxy.extend_from_slice(&rest);
+            }
+            _ => {}
+        }
+        let Ok(head) = try_read_head(&mut s) else {
+            return;
+        };
+        let _ = tx.send(Seen {
+            proxy,
+            head: String::from_utf8_lossy(&head).into_owned(),
+        });
+        if s.write_all(&response_101(&head)).is_ok() {
+            echo(&mut s);
         }
     });
     (addr, rx)
 }
 
-fn header<'a>(head: &'a str, name: &str) -> Vec<&'a str> {
-    head.lines()
-        .filter_map(|l| l.split_once(": "))
-        .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v)
-        .collect()
+fn header(head: &str, name: &str) -> Vec<String> {
+    header_all(head.as_bytes(), name)
 }
 
 /// Sends `prefix` + an upgrade head (+ `extra` header lines) and returns the status code.
-fn exchange(proxy: SocketAddr, prefix: &[u8], extra: &str) -> (TcpStream, u16) {
-    let mut s = TcpStream::connect(proxy).expect("connect");
+fn exchange(proxy: SocketAddr, prefix: &[u8], extra: &[&str]) -> (TcpStream, u16) {
     let mut req = prefix.to_vec();
-    req.extend_from_slice(
-        upgrade_head("/ws")
-            .replace("\r\n\r\n", &format!("\r\n{extra}\r\n"))
-            .as_bytes(),
-    );
-    s.write_all(&req).expect("send");
-    s.set_read_timeout(Some(STEP)).expect("timeout");
-    let head = read_head(&mut s).expect("answer");
-    let code = std::str::from_utf8(&head[9..12])
-        .expect("ascii")
-        .parse()
-        .expect("code");
+    req.extend_from_slice(&upgrade_request("/ws", extra));
+    let mut s = send(proxy, &req);
+    let head = try_read_head(&mut s).expect("answer");
+    let code = status(&head).expect("a status line");
     (s, code)
 }
 
-fn config(backend: SocketAddr, top: &str, route: &str) -> String {
-    format!("listen = [\"127.0.0.1:0\"]\nworkers = 1\n{top}\n[[route]]\nprefix = \"/ws\"\nbackends = [\"{backend}\"]\n{route}\n")
+/// One worker and one route, `/ws` to `backend`.
+fn proxy(backend: SocketAddr) -> ProxyBuilder {
+    ProxyBuilder::default()
+        .workers(1)
+        .route(route("/ws", &[backend]))
 }
 
-const PROXY_IN: &str = "[proxy_protocol]\nlisten = [\"127.0.0.1:0\"]\ntrusted = [\"127.0.0.1/32\"]";
+/// PROXY headers required on the listener, from peers in `trusted` only.
+fn proxy_in(b: ProxyBuilder, trusted: &str) -> ProxyBuilder {
+    b.set("proxy_protocol", "listen", "[\"127.0.0.1:0\"]").set(
+        "proxy_protocol",
+        "trusted",
+        &format!("[\"{trusted}\"]"),
+    )
+}
 
 #[test]
 fn v1_from_a_trusted_balancer_names_the_client() {
     let (b, seen) = backend(None);
-    let p = start(&config(b, PROXY_IN, ""), "");
+    let p = proxy_in(proxy(b), "127.0.0.1/32").blocking_start();
     let (mut s, code) = exchange(
-        p.addr,
+        p.addr(),
         b"PROXY TCP4 203.0.113.7 127.0.0.1 56324 443\r\n",
-        "",
+        &[],
     );
     assert_eq!(code, 101);
     let seen = seen.recv_timeout(STEP).expect("backend saw the head");
@@ -133,7 +121,7 @@ fn v1_from_a_trusted_balancer_names_the_client() {
 #[test]
 fn v2_with_ipv6_from_a_trusted_balancer_names_the_client() {
     let (b, seen) = backend(None);
-    let p = start(&config(b, PROXY_IN, ""), "");
+    let p = proxy_in(proxy(b), "127.0.0.1/32").blocking_start();
     let mut v2 = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
     v2.extend_from_slice(&[0x21, 0x21, 0, 36]); // v2 PROXY, AF_INET6 STREAM, 36 bytes
     v2.extend_from_slice(
@@ -150,7 +138,7 @@ fn v2_with_ipv6_from_a_trusted_balancer_names_the_client() {
     );
     v2.extend_from_slice(&40000u16.to_be_bytes());
     v2.extend_from_slice(&443u16.to_be_bytes());
-    let (_s, code) = exchange(p.addr, &v2, "");
+    let (_s, code) = exchange(p.addr(), &v2, &[]);
     assert_eq!(code, 101);
     let seen = seen.recv_timeout(STEP).expect("backend saw the head");
     assert_eq!(header(&seen.head, "X-Real-IP"), ["2001:db8::7"]);
@@ -159,24 +147,23 @@ fn v2_with_ipv6_from_a_trusted_balancer_names_the_client() {
 #[test]
 fn proxy_header_refused_from_untrusted_peers_and_required_on_its_listener() {
     let (b, seen) = backend(None);
-    let untrusted = PROXY_IN.replace("127.0.0.1/32", "10.0.0.0/8");
-    let p = start(&config(b, &untrusted, ""), "");
+    let p = proxy_in(proxy(b), "10.0.0.0/8").blocking_start();
     let (_s, code) = exchange(
-        p.addr,
+        p.addr(),
         b"PROXY TCP4 203.0.113.7 127.0.0.1 56324 443\r\n",
-        "",
+        &[],
     );
     assert_eq!(
         code, 400,
         "a PROXY header from outside proxy_protocol.trusted"
     );
-    let p2 = start(&config(b, PROXY_IN, ""), "");
-    let (_s, code) = exchange(p2.addr, b"", "");
+    let p2 = proxy_in(proxy(b), "127.0.0.1/32").blocking_start();
+    let (_s, code) = exchange(p2.addr(), b"", &[]);
     assert_eq!(code, 400, "no PROXY header on a listener that requires one");
     let (_s, code) = exchange(
-        p2.addr,
+        p2.addr(),
         b"PROXY TCP4 203.0.113.7 127.0.0.1 99999 443\r\n",
-        "",
+        &[],
     );
     assert_eq!(code, 400, "a malformed PROXY header");
     assert!(
@@ -185,74 +172,85 @@ fn proxy_header_refused_from_untrusted_peers_and_required_on_its_listener() {
     );
     // And a good one still works on the same proxy.
     let (_s, code) = exchange(
-        p2.addr,
+        p2.addr(),
         b"PROXY TCP4 198.51.100.2 127.0.0.1 1234 443\r\n",
-        "",
+        &[],
     );
     assert_eq!(code, 101);
 }
 
-#[test]
-fn send_proxy_v1_to_the_backend() {
-    let (b, seen) = backend(Some(1));
-    let p = start(&config(b, "", "send_proxy = \"v1\""), "");
-    let (s, code) = exchange(p.addr, b"", "");
+/// An upgrade through a proxy whose route sends a PROXY header of `version` (1 or 2) to the
+/// backend: what the backend saw, and the client's and the proxy's ports the header must name.
+fn send_proxy(version: u8) -> (Seen, u16, u16) {
+    let (b, seen) = backend(Some(version));
+    let setting = if version == 1 { "v1" } else { "v2" };
+    let p = ProxyBuilder::default()
+        .workers(1)
+        .route(route("/ws", &[b]).send_proxy(setting))
+        .blocking_start();
+    let (s, code) = exchange(p.addr(), b"", &[]);
     assert_eq!(code, 101);
     let seen = seen.recv_timeout(STEP).expect("backend saw the head");
     let client = s.local_addr().expect("client addr");
-    let want = format!(
-        "PROXY TCP4 127.0.0.1 127.0.0.1 {} {}\r\n",
-        client.port(),
-        p.addr.port()
-    );
+    (seen, client.port(), p.addr().port())
+}
+
+#[test]
+fn send_proxy_v1_to_the_backend() {
+    let (seen, client, proxy) = send_proxy(1);
+    let want = format!("PROXY TCP4 127.0.0.1 127.0.0.1 {client} {proxy}\r\n");
     assert_eq!(String::from_utf8_lossy(&seen.proxy), want);
     assert!(seen.head.starts_with("GET / HTTP/1.1\r\n"), "{}", seen.head);
 }
 
 #[test]
 fn send_proxy_v2_to_the_backend() {
-    let (b, seen) = backend(Some(2));
-    let p = start(&config(b, "", "send_proxy = \"v2\""), "");
-    let (s, code) = exchange(p.addr, b"", "");
-    assert_eq!(code, 101);
-    let seen = seen.recv_timeout(STEP).expect("backend saw the head");
-    let client = s.local_addr().expect("client addr");
+    let (seen, client, proxy) = send_proxy(2);
     let mut want = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
     want.extend_from_slice(&[0x21, 0x11, 0, 12, 127, 0, 0, 1, 127, 0, 0, 1]);
-    want.extend_from_slice(&client.port().to_be_bytes());
-    want.extend_from_slice(&p.addr.port().to_be_bytes());
+    want.extend_from_slice(&client.to_be_bytes());
+    want.extend_from_slice(&proxy.to_be_bytes());
     assert_eq!(seen.proxy, want);
+}
+
+/// Sends `prefix` + an upgrade with `extra` lines to `proxy`, expects a 101, and returns the
+/// head the backend got.
+fn forwarded(proxy: &Proxy, seen: &mpsc::Receiver<Seen>, prefix: &[u8], extra: &[&str]) -> String {
+    let (_s, code) = exchange(proxy.addr(), prefix, extra);
+    assert_eq!(code, 101);
+    seen.recv_timeout(STEP).expect("head").head
 }
 
 #[test]
 fn trusted_proxies_decide_append_or_replace() {
     let (b, seen) = backend(None);
-    let outside = start(&config(b, "trusted_proxies = [\"10.0.0.0/8\"]", ""), "");
-    let (_s, code) = exchange(outside.addr, b"", "X-Forwarded-For: 1.2.3.4\r\n");
-    assert_eq!(code, 101);
-    let head = seen.recv_timeout(STEP).expect("head").head;
+    let forged = ["X-Forwarded-For: 1.2.3.4"];
+    let outside = proxy(b)
+        .top("trusted_proxies", "[\"10.0.0.0/8\"]")
+        .blocking_start();
+    let head = forwarded(&outside, &seen, b"", &forged);
     assert_eq!(
         header(&head, "X-Forwarded-For"),
         ["127.0.0.1"],
         "a forged chain is replaced"
     );
 
-    let inside = start(&config(b, "trusted_proxies = [\"127.0.0.0/8\"]", ""), "");
-    let (_s, code) = exchange(inside.addr, b"", "X-Forwarded-For: 1.2.3.4\r\n");
-    assert_eq!(code, 101);
-    let head = seen.recv_timeout(STEP).expect("head").head;
+    let inside = proxy(b)
+        .top("trusted_proxies", "[\"127.0.0.0/8\"]")
+        .blocking_start();
+    let head = forwarded(&inside, &seen, b"", &forged);
     assert_eq!(header(&head, "X-Forwarded-For"), ["1.2.3.4, 127.0.0.1"]);
 
     // Behind a PROXY-speaking balancer the client it names is what trust is decided on.
-    let both = format!("trusted_proxies = [\"10.0.0.0/8\"]\n{PROXY_IN}");
-    let lb = start(&config(b, &both, ""), "");
-    let (_s, code) = exchange(
-        lb.addr,
+    let lb = proxy_in(proxy(b), "127.0.0.1/32")
+        .top("trusted_proxies", "[\"10.0.0.0/8\"]")
+        .blocking_start();
+    let head = forwarded(
+        &lb,
+        &seen,
         b"PROXY TCP4 10.1.2.3 127.0.0.1 5000 443\r\n",
-        "X-Forwarded-For: 1.2.3.4\r\n",
+        &forged,
     );
-    assert_eq!(code, 101);
-    let head = seen.recv_timeout(STEP).expect("head").head;
     assert_eq!(header(&head, "X-Forwarded-For"), ["1.2.3.4, 10.1.2.3"]);
     assert_eq!(header(&head, "X-Real-IP"), ["10.1.2.3"]);
 }
@@ -263,13 +261,14 @@ fn trusted_proxies_decide_append_or_replace() {
 #[test]
 fn per_ip_limit_counts_the_client_a_proxy_header_names() {
     let (b, seen) = backend(None);
-    let top = format!("{PROXY_IN}\n[limits]\nmax_connections_per_ip = 2");
-    let p = start(&config(b, &top, ""), "");
+    let p = proxy_in(proxy(b), "127.0.0.1/32")
+        .limit("max_connections_per_ip", 2)
+        .blocking_start();
     let v1 = |ip: &str| format!("PROXY TCP4 {ip} 127.0.0.1 56324 443\r\n").into_bytes();
-    let (first, c1) = exchange(p.addr, &v1("203.0.113.7"), "");
-    let (_second, c2) = exchange(p.addr, &v1("203.0.113.7"), "");
+    let (first, c1) = exchange(p.addr(), &v1("203.0.113.7"), &[]);
+    let (_second, c2) = exchange(p.addr(), &v1("203.0.113.7"), &[]);
     assert_eq!((c1, c2), (101, 101));
-    let (_, c3) = exchange(p.addr, &v1("203.0.113.7"), "");
+    let (_, c3) = exchange(p.addr(), &v1("203.0.113.7"), &[]);
     assert_eq!(
         c3, 429,
         "a third connection from one client behind the balancer"
@@ -278,13 +277,13 @@ fn per_ip_limit_counts_the_client_a_proxy_header_names() {
     // balancer's address, these would all be refused.
     let mut others = Vec::new();
     for ip in ["203.0.113.8", "203.0.113.8", "198.51.100.1"] {
-        let (s, code) = exchange(p.addr, &v1(ip), "");
+        let (s, code) = exchange(p.addr(), &v1(ip), &[]);
         assert_eq!(code, 101, "client {ip}");
         others.push(s);
     }
     // Health checks: v2 LOCAL carries no client, and three at once all pass.
     let local = b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00".to_vec();
-    let checks: Vec<_> = (0..3).map(|_| exchange(p.addr, &local, "")).collect();
+    let checks: Vec<_> = (0..3).map(|_| exchange(p.addr(), &local, &[])).collect();
     assert!(checks.iter().all(|(_, c)| *c == 101));
     // 2 + 3 + 3 heads reached the backend, the refused one did not.
     for i in 0..8 {
@@ -299,7 +298,7 @@ fn per_ip_limit_counts_the_client_a_proxy_header_names() {
     drop(first);
     let deadline = std::time::Instant::now() + STEP;
     loop {
-        let (_, code) = exchange(p.addr, &v1("203.0.113.7"), "");
+        let (_, code) = exchange(p.addr(), &v1("203.0.113.7"), &[]);
         if code == 101 {
             break;
         }

@@ -5,7 +5,6 @@
 mod support;
 
 use support::*;
-use tokio::io::AsyncWriteExt;
 
 /// One rejected input.
 struct Row {
@@ -84,34 +83,23 @@ fn rows() -> Vec<Row> {
     let many_headers: Vec<&str> = many_headers.iter().map(String::as_str).collect();
     let big_header = format!("X-Big: {}", "b".repeat(20 << 10));
     let long_target = format!("/rec/{}", "t".repeat(10 << 10));
-
+    // The valid request without its `name` line, then `name: value` as raw bytes.
     let with_ctl = |name: &str, value: &[u8]| {
-        let mut line = name.as_bytes().to_vec();
-        line.extend_from_slice(b": ");
-        line.extend_from_slice(value);
-        line
-    };
-    let ctl_upgrade = {
-        let v = req_with(&[("Upgrade:", None)], &[]);
+        let v = req_with(&[(&format!("{name}:"), None)], &[]);
         let mut v = v[..v.len() - 2].to_vec();
-        v.extend(with_ctl("Upgrade", b"web\x01socket"));
+        v.extend_from_slice(name.as_bytes());
+        v.extend_from_slice(b": ");
+        v.extend_from_slice(value);
         v.extend_from_slice(b"\r\n\r\n");
         v
     };
-    let ctl_connection = {
-        let v = req_with(&[("Connection:", None)], &[]);
-        let mut v = v[..v.len() - 2].to_vec();
-        v.extend(with_ctl("Connection", b"Up\x02grade"));
-        v.extend_from_slice(b"\r\n\r\n");
-        v
-    };
-    let ctl_host = {
-        let v = req_with(&[("Host:", None)], &[]);
-        let mut v = v[..v.len() - 2].to_vec();
-        v.extend(with_ctl("Host", b"local\x03host"));
-        v.extend_from_slice(b"\r\n\r\n");
-        v
-    };
+
+    // The valid request with another request line, or with more header lines.
+    let line = |name, line, status| row(name, req_with(&[("GET ", Some(line))], &[]), status);
+    let extra = |name, lines: &[&str]| row(name, req_with(&[], lines), 400);
+    // Lines of the valid request replaced (`Some`) or removed (`None`).
+    let change =
+        |name, replace: &[(&str, Option<&str>)], status| row(name, req_with(replace, &[]), status);
 
     vec![
         // Framing.
@@ -141,197 +129,115 @@ fn rows() -> Vec<Row> {
             with_target(b"http://localhost/rec/x"),
             400,
         ),
-        row(
-            "CONNECT",
-            req_with(&[("GET ", Some("CONNECT localhost:80 HTTP/1.1"))], &[]),
-            405,
-        ),
-        row(
-            "POST with upgrade headers",
-            req_with(&[("GET ", Some("POST /rec/x HTTP/1.1"))], &[]),
-            400,
-        ),
-        row(
-            "PUT with upgrade headers",
-            req_with(&[("GET ", Some("PUT /rec/x HTTP/1.1"))], &[]),
-            400,
-        ),
-        row(
-            "HTTP/1.0",
-            req_with(&[("GET ", Some("GET /rec/x HTTP/1.0"))], &[]),
-            400,
-        ),
-        row(
+        line("CONNECT", "CONNECT localhost:80 HTTP/1.1", 405),
+        line("POST with upgrade headers", "POST /rec/x HTTP/1.1", 400),
+        line("PUT with upgrade headers", "PUT /rec/x HTTP/1.1", 400),
+        line("HTTP/1.0", "GET /rec/x HTTP/1.0", 400),
+        extra(
             "duplicate Content-Length",
-            req_with(&[], &["Content-Length: 0", "Content-Length: 0"]),
-            400,
+            &["Content-Length: 0", "Content-Length: 0"],
         ),
-        row(
-            "malformed Content-Length",
-            req_with(&[], &["Content-Length: abc"]),
-            400,
-        ),
-        row(
-            "negative Content-Length",
-            req_with(&[], &["Content-Length: -1"]),
-            400,
-        ),
-        row(
-            "list Content-Length",
-            req_with(&[], &["Content-Length: 0, 0"]),
-            400,
-        ),
-        row(
+        extra("malformed Content-Length", &["Content-Length: abc"]),
+        extra("negative Content-Length", &["Content-Length: -1"]),
+        extra("list Content-Length", &["Content-Length: 0, 0"]),
+        extra(
             "Transfer-Encoding: chunked",
-            req_with(&[], &["Transfer-Encoding: chunked"]),
+            &["Transfer-Encoding: chunked"],
+        ),
+        extra(
+            "Transfer-Encoding: identity",
+            &["Transfer-Encoding: identity"],
+        ),
+        change("missing Host", &[("Host:", None)], 400),
+        extra("repeated Host", &["Host: localhost"]),
+        row(
+            "control byte in Upgrade",
+            with_ctl("Upgrade", b"web\x01socket"),
             400,
         ),
         row(
-            "Transfer-Encoding: identity",
-            req_with(&[], &["Transfer-Encoding: identity"]),
+            "control byte in Connection",
+            with_ctl("Connection", b"Up\x02grade"),
             400,
         ),
-        row("missing Host", req_with(&[("Host:", None)], &[]), 400),
-        row("repeated Host", req_with(&[], &["Host: localhost"]), 400),
-        row("control byte in Upgrade", ctl_upgrade, 400),
-        row("control byte in Connection", ctl_connection, 400),
-        row("control byte in Host", ctl_host, 400),
+        row(
+            "control byte in Host",
+            with_ctl("Host", b"local\x03host"),
+            400,
+        ),
         row(
             "control byte in Content-Length",
             with_header_line(b"Content-Length: 0\x01"),
             400,
         ),
         // Upgrade negotiation.
-        row(
+        change(
             "no Upgrade header",
-            req_with(
-                &[
-                    ("Upgrade:", None),
-                    ("Connection:", Some("Connection: keep-alive")),
-                ],
-                &[],
-            ),
+            &[
+                ("Upgrade:", None),
+                ("Connection:", Some("Connection: keep-alive")),
+            ],
             426,
         ),
-        row(
+        change(
             "no Upgrade header, Connection: upgrade",
-            req_with(&[("Upgrade:", None)], &[]),
+            &[("Upgrade:", None)],
             426,
         ),
-        row(
+        change(
             "no upgrade token in Connection",
-            req_with(&[("Connection:", Some("Connection: keep-alive"))], &[]),
+            &[("Connection:", Some("Connection: keep-alive"))],
             426,
         ),
-        row(
-            "no Connection header",
-            req_with(&[("Connection:", None)], &[]),
-            426,
-        ),
-        row(
-            "Upgrade: h2c",
-            req_with(&[("Upgrade:", Some("Upgrade: h2c"))], &[]),
-            400,
-        ),
-        row(
+        change("no Connection header", &[("Connection:", None)], 426),
+        change("Upgrade: h2c", &[("Upgrade:", Some("Upgrade: h2c"))], 400),
+        change(
             "missing Sec-WebSocket-Key",
-            req_with(&[("Sec-WebSocket-Key:", None)], &[]),
+            &[("Sec-WebSocket-Key:", None)],
             400,
         ),
-        row(
+        change(
             "short Sec-WebSocket-Key",
-            req_with(
-                &[(
-                    "Sec-WebSocket-Key:",
-                    Some("Sec-WebSocket-Key: dGhlIHNhbXBsZQ=="),
-                )],
-                &[],
-            ),
+            &[(
+                "Sec-WebSocket-Key:",
+                Some("Sec-WebSocket-Key: dGhlIHNhbXBsZQ=="),
+            )],
             400,
         ),
-        row(
+        change(
             "non-base64 Sec-WebSocket-Key",
-            req_with(
-                &[(
-                    "Sec-WebSocket-Key:",
-                    Some("Sec-WebSocket-Key: !!!!!!!!!!!!!!!!!!!!!!=="),
-                )],
-                &[],
-            ),
+            &[(
+                "Sec-WebSocket-Key:",
+                Some("Sec-WebSocket-Key: !!!!!!!!!!!!!!!!!!!!!!=="),
+            )],
             400,
         ),
-        row(
+        change(
             "missing Sec-WebSocket-Version",
-            req_with(&[("Sec-WebSocket-Version:", None)], &[]),
+            &[("Sec-WebSocket-Version:", None)],
             400,
         ),
         // Routing.
-        row(
-            "no route",
-            req_with(&[("GET ", Some("GET /nothing HTTP/1.1"))], &[]),
-            404,
-        ),
-        row(
-            "prefix is not a path segment",
-            req_with(&[("GET ", Some("GET /record HTTP/1.1"))], &[]),
-            404,
-        ),
+        line("no route", "GET /nothing HTTP/1.1", 404),
+        line("prefix is not a path segment", "GET /record HTTP/1.1", 404),
         // Size limits (max_head_bytes 16384, max_headers 100).
         row("10 KiB target", with_target(long_target.as_bytes()), 414),
         row("20 KiB header", req_with(&[], &[big_header.as_str()]), 431),
         row("101 extra headers", req_with(&[], &many_headers), 431),
         // Backends.
-        row(
-            "refused backend",
-            req_with(&[("GET ", Some("GET /refused HTTP/1.1"))], &[]),
-            502,
-        ),
-        row(
-            "connect timeout",
-            req_with(&[("GET ", Some("GET /blackhole HTTP/1.1"))], &[]),
-            504,
-        ),
+        line("refused backend", "GET /refused HTTP/1.1", 502),
+        line("connect timeout", "GET /blackhole HTTP/1.1", 504),
     ]
 }
 
-/// Checks the answer: `HTTP/1.1 NNN Reason`, `Connection: close`, CRLF framing.
-fn check_answer(resp: &[u8], want: u16) -> Result<(), String> {
-    let text = String::from_utf8_lossy(resp);
-    if status(resp) != Some(want) {
-        return Err(format!("expected {want}, got {text:?}"));
-    }
+/// Checks the answer: [`check_refusal`], and a reason phrase after the status code.
+fn check_reason(resp: &[u8]) -> Result<(), String> {
     let line = first_line(resp);
     let reason = line.splitn(3, ' ').nth(2).unwrap_or("");
     if reason.trim().is_empty() {
         return Err(format!("status line without a reason: {line:?}"));
     }
-    let Some(end) = resp.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return Err(format!("answer head not terminated: {text:?}"));
-    };
-    let head = &resp[..end + 4];
-    if head
-        .iter()
-        .enumerate()
-        .any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
-    {
-        return Err(format!("bare LF in the answer: {text:?}"));
-    }
-    match header(head, "connection") {
-        Some(c) if c.eq_ignore_ascii_case("close") => Ok(()),
-        _ => Err(format!(
-            "no `Connection: close` in {:?}",
-            String::from_utf8_lossy(head)
-        )),
-    }
-}
-
-/// Sends `bytes` on a fresh connection and checks the answer and the close.
-async fn try_row(proxy: &Proxy, bytes: &[u8], want: u16) -> Result<(), String> {
-    let mut s = connect(proxy).await;
-    // The proxy may answer and close before reading everything: ignore write errors.
-    let _ = s.write_all(bytes).await;
-    let (resp, _end) = try_read_to_end(&mut s, STEP).await?;
-    check_answer(&resp, want)
+    Ok(())
 }
 
 e2e!(rejects, |relay| async move {
@@ -366,7 +272,8 @@ e2e!(rejects, |relay| async move {
         status: want,
     } in rows
     {
-        if let Err(e) = try_row(&proxy, &bytes, want).await {
+        let answer = try_refusal(&proxy, &bytes, want).await;
+        if let Err(e) = answer.and_then(|resp| check_reason(&resp)) {
             failures.push(format!("{name}: {e}"));
         }
         let counts = recording.counts();
@@ -376,8 +283,7 @@ e2e!(rejects, |relay| async move {
             ));
         }
         // The proxy still serves a normal WebSocket after each rejection.
-        let mut ws = ws_connect(&proxy, "/echo").await;
-        ws_echo_once(&mut ws, name).await;
+        assert_still_serving(&proxy, "/echo", name).await;
     }
     assert!(
         failures.is_empty(),
@@ -397,18 +303,9 @@ e2e!(max_headers_boundary_accepted, |relay| async move {
         .await;
     let fillers: Vec<String> = (0..94).map(|i| format!("X-Filler-{i}: v")).collect();
     let fillers: Vec<&str> = fillers.iter().map(String::as_str).collect();
-    let mut client = connect(&proxy).await;
-    client
-        .write_all(&req_with(&[], &fillers))
-        .await
-        .expect("write request");
+    let mut client = send(&proxy, &req_with(&[], &fillers)).await;
     let (_server, head) = backend.accept_101().await;
     assert_eq!(header_all(&head, "X-Filler-93"), ["v"]);
     let (resp, _) = read_head(&mut client).await;
-    assert_eq!(
-        status(&resp),
-        Some(101),
-        "{:?}",
-        String::from_utf8_lossy(&resp)
-    );
+    assert_status(&resp, 101, "exactly max_headers headers");
 });

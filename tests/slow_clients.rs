@@ -7,16 +7,17 @@
 //! test of a bug tools/soak found (a leftover epoll event on a reused slab key).
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-mod common;
-use common::{eventually, fd_count, read_head, rss_bytes, start, upgrade_head, Proxy, ACCEPT};
-
-const STEP: Duration = Duration::from_secs(5);
+mod support;
+use support::blocking::{
+    eventually, open_tunnel, roundtrip, send, serve_each, try_read_head, until_stalled,
+};
+use support::{response_101, route, upgrade_request, Proxy, ProxyBuilder, Relay, STEP};
 
 /// What the backend saw, across all its connections.
 #[derive(Default)]
@@ -36,19 +37,13 @@ enum Mode {
     Stream(u64),
 }
 
-/// A raw tunnel backend, one thread per connection.
+/// A raw tunnel backend, one thread per connection, counting what it sees.
 fn backend(mode: Mode) -> (SocketAddr, Arc<Seen>) {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind backend");
-    let addr = l.local_addr().expect("addr");
     let seen = Arc::new(Seen::default());
-    let s2 = seen.clone();
-    thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(s) = s else { return };
-            s2.accepted.fetch_add(1, Ordering::SeqCst);
-            let seen = s2.clone();
-            thread::spawn(move || serve(s, mode, &seen));
-        }
+    let counts = seen.clone();
+    let addr = serve_each(move |s| {
+        counts.accepted.fetch_add(1, Ordering::SeqCst);
+        serve(s, mode, &counts);
     });
     (addr, seen)
 }
@@ -63,8 +58,7 @@ fn serve(mut s: TcpStream, mode: Mode, seen: &Seen) {
         seen.bytes_in.fetch_add(1, Ordering::SeqCst);
         head.push(b[0]);
     }
-    let answer = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {ACCEPT}\r\n\r\n");
-    if s.write_all(answer.as_bytes()).is_err() {
+    if s.write_all(&response_101(&head)).is_err() {
         return;
     }
     match mode {
@@ -100,39 +94,18 @@ fn serve(mut s: TcpStream, mode: Mode, seen: &Seen) {
     }
 }
 
-fn config(backend: SocketAddr, timeouts: &str) -> String {
-    format!(
-        "listen = [\"127.0.0.1:0\"]\nworkers = 2\nadmin = \"127.0.0.1:0\"\n[timeouts]\n{timeouts}\n[[route]]\nprefix = \"/\"\nbackends = [\"{backend}\"]\n"
-    )
-}
-
-/// Opens a tunnel: sends the upgrade and reads the 101.
-fn tunnel(proxy: SocketAddr) -> TcpStream {
-    let mut s = TcpStream::connect(proxy).expect("connect proxy");
-    s.set_read_timeout(Some(STEP)).expect("timeout");
-    s.write_all(upgrade_head("/ws").as_bytes())
-        .expect("send head");
-    let head = read_head(&mut s).expect("an answer to the upgrade");
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    s
-}
-
-fn echo(s: &mut TcpStream, msg: &[u8]) {
-    s.write_all(msg).expect("tunnel write");
-    let mut got = vec![0u8; msg.len()];
-    s.read_exact(&mut got).expect("tunnel echo");
-    assert_eq!(got, msg);
+/// Two workers, an admin listener, one route to `backend`.
+fn proxy_to(backend: SocketAddr) -> ProxyBuilder {
+    ProxyBuilder::default()
+        .admin()
+        .route(route("/", &[backend]))
 }
 
 /// The proxy's descriptors, not counting the empty pipes its pools keep for reuse (two each).
 fn fds_without_pooled_pipes(p: &Proxy) -> usize {
     // Scrape first: the admin connection is closed by the time the answer has been read.
     let pooled = p.metric("wsplice_pipes_pooled") as usize;
-    fd_count(p.pid()).saturating_sub(2 * pooled)
+    p.fd_count().saturating_sub(2 * pooled)
 }
 
 /// Reads until EOF or an error (a reset counts as closed); the bytes read, or `None` if the
@@ -160,8 +133,8 @@ fn read_until_closed(s: &mut TcpStream, deadline: Instant) -> Option<Vec<u8>> {
 #[test]
 fn slowloris_head_gets_408_at_the_handshake_timeout() {
     let (b, seen) = backend(Mode::Echo);
-    let p = start(&config(b, "handshake = \"1s\""), "");
-    let mut s = TcpStream::connect(p.addr).expect("connect");
+    let p = proxy_to(b).timeout("handshake", "1s").blocking_start();
+    let mut s = TcpStream::connect(p.addr()).expect("connect");
     let t0 = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
@@ -169,7 +142,7 @@ fn slowloris_head_gets_408_at_the_handshake_timeout() {
         let stop = stop.clone();
         thread::spawn(move || {
             // A valid head, one byte every 200 ms: complete only after ~30 s.
-            for byte in upgrade_head("/ws").bytes() {
+            for byte in upgrade_request("/ws", &[]) {
                 if stop.load(Ordering::SeqCst) || w.write_all(&[byte]).is_err() {
                     return;
                 }
@@ -179,7 +152,7 @@ fn slowloris_head_gets_408_at_the_handshake_timeout() {
     };
     s.set_read_timeout(Some(Duration::from_secs(3)))
         .expect("timeout");
-    let head = read_head(&mut s);
+    let head = try_read_head(&mut s);
     let answered = t0.elapsed();
     stop.store(true, Ordering::SeqCst);
     let head = head.expect("an answer within 3 s");
@@ -212,8 +185,8 @@ fn slowloris_head_gets_408_at_the_handshake_timeout() {
         1
     );
 
-    let mut t = tunnel(p.addr);
-    echo(&mut t, b"still serving after a slowloris");
+    let mut t = open_tunnel(p.addr(), "/ws");
+    roundtrip(&mut t, b"still serving after a slowloris");
     assert_eq!(seen.accepted.load(Ordering::SeqCst), 1);
 }
 
@@ -221,18 +194,17 @@ fn slowloris_head_gets_408_at_the_handshake_timeout() {
 fn half_open_flood_is_closed_and_every_fd_comes_back() {
     const FLOOD: usize = 500;
     let (b, _) = backend(Mode::Echo);
-    let p = start(&config(b, "handshake = \"1s\""), "");
-    let pid = p.pid();
-    let mut before = tunnel(p.addr);
-    echo(&mut before, b"before the flood");
+    let p = proxy_to(b).timeout("handshake", "1s").blocking_start();
+    let mut before = open_tunnel(p.addr(), "/ws");
+    roundtrip(&mut before, b"before the flood");
     let baseline = fds_without_pooled_pipes(&p);
 
-    let head = upgrade_head("/ws");
-    let half = &head.as_bytes()[..head.len() / 2];
+    let head = upgrade_request("/ws", &[]);
+    let half = &head[..head.len() / 2];
     let t0 = Instant::now();
     let mut flood: Vec<TcpStream> = (0..FLOOD)
         .map(|i| {
-            let mut s = TcpStream::connect(p.addr).expect("flood connect");
+            let mut s = TcpStream::connect(p.addr()).expect("flood connect");
             if i % 2 == 1 {
                 s.write_all(half).expect("half a head");
             }
@@ -242,10 +214,10 @@ fn half_open_flood_is_closed_and_every_fd_comes_back() {
     let opened = t0.elapsed();
 
     // During the flood (all of it held by the proxy): tunnels old and new still work.
-    let mut during = tunnel(p.addr);
-    echo(&mut during, b"during the flood");
-    echo(&mut before, b"old tunnel during the flood");
-    let held = fd_count(pid);
+    let mut during = open_tunnel(p.addr(), "/ws");
+    roundtrip(&mut during, b"during the flood");
+    roundtrip(&mut before, b"old tunnel during the flood");
+    let held = p.fd_count();
     assert!(
         t0.elapsed() < Duration::from_millis(900),
         "the flood took {:?} to open; the check above was not during it",
@@ -287,62 +259,46 @@ fn half_open_flood_is_closed_and_every_fd_comes_back() {
     eventually("the proxy's fds back to baseline", STEP, || {
         fds_without_pooled_pipes(&p) == baseline
     });
-    echo(&mut before, b"old tunnel after the flood");
-    let mut after = tunnel(p.addr);
-    echo(&mut after, b"new tunnel after the flood");
+    roundtrip(&mut before, b"old tunnel after the flood");
+    let mut after = open_tunnel(p.addr(), "/ws");
+    roundtrip(&mut after, b"new tunnel after the flood");
 }
 
 /// 50 tunnels whose clients never read while the backend streams 64 MiB into each: the backend
 /// stalls, the proxy's RSS grows < 16 MiB (per direction it holds at most one pipe, kernel
 /// memory, or one 64 KiB buffer), and closing the clients gives back every descriptor.
-fn fifty_clients_that_never_read(relay: &str) {
+fn fifty_clients_that_never_read(relay: Relay) {
     const CLIENTS: usize = 50;
     const EACH: u64 = 64 << 20;
     let (b, seen) = backend(Mode::Stream(EACH));
-    let p = start(
-        &config(b, "").replace(
-            "workers = 2\n",
-            &format!("workers = 2\nrelay = \"{relay}\"\n"),
-        ),
-        "",
-    );
-    let pid = p.pid();
+    let p = proxy_to(b).relay(relay).blocking_start();
     // Warm the admin thread and the allocator once, so the baseline is not the cold start.
-    let warm = tunnel(p.addr);
+    let warm = open_tunnel(p.addr(), "/ws");
     warm.shutdown(Shutdown::Write).expect("shutdown");
     drop(warm);
     eventually("the warm-up tunnel to close", STEP, || {
         p.metric("wsplice_connections_active") == 0
     });
     let fds_before = fds_without_pooled_pipes(&p);
-    let rss_before = rss_bytes(pid);
+    let rss_before = p.rss_bytes();
     let written_before = seen.written.load(Ordering::SeqCst);
 
-    let clients: Vec<TcpStream> = (0..CLIENTS).map(|_| tunnel(p.addr)).collect();
+    let clients: Vec<TcpStream> = (0..CLIENTS).map(|_| open_tunnel(p.addr(), "/ws")).collect();
     // Never read: wait until the backend's writes make no progress for 500 ms.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut last = u64::MAX;
-    let stalled = loop {
-        thread::sleep(Duration::from_millis(500));
-        let now = seen.written.load(Ordering::SeqCst) - written_before;
-        if now == last {
-            break now;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the backend's writes never stalled ({now} bytes so far)"
-        );
-        last = now;
-    };
+    let stalled = until_stalled(Duration::from_secs(10), || {
+        seen.written.load(Ordering::SeqCst) - written_before
+    })
+    .expect("the backend's writes never stalled");
     assert_eq!(
         seen.finished.load(Ordering::SeqCst),
         0,
         "a stream of {EACH} bytes reached a client that never reads"
     );
-    let rss_stalled = rss_bytes(pid);
+    let rss_stalled = p.rss_bytes();
     let growth = rss_stalled.saturating_sub(rss_before);
     eprintln!(
-        "{relay}: {CLIENTS} stalled readers: backend stalled after {} MiB in all ({} KiB per tunnel); proxy RSS {} KiB -> {} KiB (+{} KiB)",
+        "{}: {CLIENTS} stalled readers: backend stalled after {} MiB in all ({} KiB per tunnel); proxy RSS {} KiB -> {} KiB (+{} KiB)",
+        relay.as_str(),
         stalled >> 20,
         (stalled / CLIENTS as u64) >> 10,
         rss_before >> 10,
@@ -367,7 +323,7 @@ fn fifty_clients_that_never_read(relay: &str) {
         assert!(
             Instant::now() < deadline,
             "5 s after the clients left: {active} connections active, {fds} fds (baseline {fds_before}, {} in all, {} pipes pooled)",
-            fd_count(pid),
+            p.fd_count(),
             p.metric("wsplice_pipes_pooled")
         );
         thread::sleep(Duration::from_millis(50));
@@ -376,12 +332,12 @@ fn fifty_clients_that_never_read(relay: &str) {
 
 #[test]
 fn fifty_clients_that_never_read_stall_the_backend_auto() {
-    fifty_clients_that_never_read("auto");
+    fifty_clients_that_never_read(Relay::Auto);
 }
 
 #[test]
 fn fifty_clients_that_never_read_stall_the_backend_copy() {
-    fifty_clients_that_never_read("copy");
+    fifty_clients_that_never_read(Relay::Copy);
 }
 
 /// Regression test for a proxy bug (not a slow client): events are dispatched by `token = key * 2 +
@@ -395,19 +351,16 @@ fn fifty_clients_that_never_read_stall_the_backend_copy() {
 fn a_reset_tunnel_leftover_event_does_not_close_a_new_handshake() {
     const THREADS: usize = 8;
     let (b, _) = backend(Mode::Echo);
-    let p = start(&config(b, ""), "");
-    let proxy = p.addr;
+    let p = proxy_to(b).blocking_start();
+    let proxy = p.addr();
     let until = Instant::now() + Duration::from_secs(5);
     let workers: Vec<_> = (0..THREADS)
         .map(|_| {
             thread::spawn(move || {
                 let (mut ok, mut silent) = (0u64, 0u64);
                 while Instant::now() < until {
-                    let mut s = TcpStream::connect(proxy).expect("connect");
-                    s.set_read_timeout(Some(STEP)).expect("timeout");
-                    s.write_all(upgrade_head("/ws").as_bytes())
-                        .expect("send head");
-                    match read_head(&mut s) {
+                    let mut s = send(proxy, &upgrade_request("/ws", &[]));
+                    match try_read_head(&mut s) {
                         Ok(h) if h.starts_with(b"HTTP/1.1 101") => ok += 1,
                         Ok(h) => panic!("{}", String::from_utf8_lossy(&h)),
                         Err(_) => {

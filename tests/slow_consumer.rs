@@ -6,15 +6,16 @@
 //! memory, or one 64 KiB overflow buffer; the rest waits in the kernel's socket buffers).
 
 use std::io::{self, Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+mod support;
+use support::blocking::{open_tunnel, until_stalled, RawBackend};
+use support::{route, ProxyBuilder, Relay};
 
 const TOTAL: u64 = 1 << 30;
-mod common;
-use common::{read_head, rss_bytes, start, ACCEPT, KEY};
 
 /// The stream repeats this block. Its odd length (not a divisor of any buffer or pipe size)
 /// makes a dropped, repeated or reordered chunk show up as a mismatch.
@@ -33,15 +34,14 @@ fn expected(b: &[u8], pos: u64, len: usize) -> (&[u8], &[u8]) {
     (&b[start..start + first], &b[..len - first])
 }
 
-fn slow_consumer(relay: &str) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
-    let backend_addr = listener.local_addr().expect("addr");
+fn slow_consumer(relay: Relay) {
+    let raw = RawBackend::start();
+    let accepted = raw.accept_101();
     let written = Arc::new(AtomicU64::new(0));
     let w = written.clone();
     let backend = thread::spawn(move || -> io::Result<()> {
-        let (mut s, _) = listener.accept()?;
-        read_head(&mut s)?;
-        write!(s, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {ACCEPT}\r\n\r\n")?;
+        let (mut s, _) = accepted.recv().map_err(io::Error::other)?;
+        s.set_read_timeout(None)?;
         let b = block();
         let mut pos = 0u64;
         while pos < TOTAL {
@@ -58,45 +58,26 @@ fn slow_consumer(relay: &str) {
         Ok(())
     });
 
-    let proxy = start(
-        &format!(
-            "listen = [\"127.0.0.1:0\"]\nworkers = 1\nrelay = \"{relay}\"\n[[route]]\nprefix = \"/\"\nbackends = [\"{backend_addr}\"]\n"
-        ),
-        "",
-    );
-    let pid = proxy.pid();
-    let mut client = TcpStream::connect(proxy.addr).expect("connect proxy");
-    write!(client, "GET /stream HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n").expect("send head");
-    let head = read_head(&mut client).expect("101 head");
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    let rss_before = rss_bytes(pid);
+    let proxy = ProxyBuilder::default()
+        .workers(1)
+        .relay(relay)
+        .route(route("/", &[raw.addr]))
+        .blocking_start();
+    let mut client = open_tunnel(proxy.addr(), "/stream");
+    let rss_before = proxy.rss_bytes();
 
     // Do not read: wait until the backend's writes stall (no progress for 500 ms).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut last = u64::MAX;
-    let mut stalled_at = None;
-    while Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(500));
-        let now = written.load(Ordering::Relaxed);
-        if now == last {
-            stalled_at = Some(now);
-            break;
-        }
-        last = now;
-    }
-    let stalled_at = stalled_at.expect("the backend's writes never blocked");
+    let stalled_at = until_stalled(Duration::from_secs(20), || written.load(Ordering::Relaxed))
+        .expect("the backend's writes never blocked");
     assert!(
         stalled_at < TOTAL / 4,
         "backend pushed {stalled_at} bytes into a stalled reader"
     );
-    let rss_stalled = rss_bytes(pid);
+    let rss_stalled = proxy.rss_bytes();
     let growth = rss_stalled.saturating_sub(rss_before);
     eprintln!(
-        "{relay}: backend stalled after {} KiB; proxy RSS {} KiB -> {} KiB (+{} KiB)",
+        "{}: backend stalled after {} KiB; proxy RSS {} KiB -> {} KiB (+{} KiB)",
+        relay.as_str(),
         stalled_at / 1024,
         rss_before / 1024,
         rss_stalled / 1024,
@@ -138,15 +119,15 @@ fn slow_consumer(relay: &str) {
 
 #[test]
 fn slow_consumer_copy() {
-    slow_consumer("copy");
+    slow_consumer(Relay::Copy);
 }
 
 #[test]
 fn slow_consumer_splice() {
-    slow_consumer("splice");
+    slow_consumer(Relay::Splice);
 }
 
 #[test]
 fn slow_consumer_auto() {
-    slow_consumer("auto");
+    slow_consumer(Relay::Auto);
 }

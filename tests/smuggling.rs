@@ -2,9 +2,10 @@
 //! smugglers and desync tools use, each row answered by the proxy itself.
 //!
 //! ```text
-//!   raw client ──▶ wsplice ──/rec──▶ Recorder   (must see 0 connections, 0 bytes)
-//!                          ──/ok───▶ Acceptor   (rows that must pass: reads the head, answers 101)
-//!                          ──/echo─▶ EchoBackend (a real WebSocket: "the proxy still serves")
+//!   raw client ──▶ wsplice ──/rec──▶ RecordingBackend (must see 0 connections, 0 bytes)
+//!                          ──/ok───▶ RawBackend       (rows that must pass: it reads the head,
+//!                                                      answers 101)
+//!                          ──/echo─▶ EchoBackend      (a real WebSocket: "the proxy still serves")
 //! ```
 //!
 //! The expected status of each row follows `src/core/head.rs` and `src/core/handshake.rs`:
@@ -17,12 +18,11 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 const MAX_HEAD: usize = 4096;
 const MAX_HEADERS: usize = 32;
@@ -30,103 +30,6 @@ const MAX_HEADERS: usize = 32;
 const BATCH: usize = 16;
 /// A real WebSocket echo after this many rows.
 const ECHO_EVERY: usize = 25;
-
-// ---------------------------------------------------------------------------------------------
-// Backends
-// ---------------------------------------------------------------------------------------------
-
-/// Accepts connections and keeps every byte received, per connection. Never answers.
-struct Recorder {
-    addr: std::net::SocketAddr,
-    conns: Arc<Mutex<Vec<Vec<u8>>>>,
-}
-
-impl Recorder {
-    async fn start() -> Recorder {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let conns = Arc::new(Mutex::new(Vec::new()));
-        let shared = conns.clone();
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = listener.accept().await {
-                let i = {
-                    let mut c = shared.lock().expect("recorder");
-                    c.push(Vec::new());
-                    c.len() - 1
-                };
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 4096];
-                    while let Ok(n) = s.read(&mut buf).await {
-                        if n == 0 {
-                            break;
-                        }
-                        shared.lock().expect("recorder")[i].extend_from_slice(&buf[..n]);
-                    }
-                });
-            }
-        });
-        Recorder { addr, conns }
-    }
-
-    /// (connections, bytes) so far.
-    fn counts(&self) -> (usize, usize) {
-        let c = self.conns.lock().expect("recorder");
-        (c.len(), c.iter().map(Vec::len).sum())
-    }
-
-    /// What each connection received so far, shortened for a failure message.
-    fn describe(&self) -> String {
-        let c = self.conns.lock().expect("recorder");
-        c.iter()
-            .map(|b| format!("{:?}", String::from_utf8_lossy(&b[..b.len().min(200)])))
-            .collect::<Vec<_>>()
-            .join("; ")
-    }
-}
-
-/// Reads a head, records it, answers a valid 101, then discards what follows.
-struct Acceptor {
-    addr: std::net::SocketAddr,
-    heads: Arc<Mutex<Vec<Vec<u8>>>>,
-}
-
-impl Acceptor {
-    async fn start() -> Acceptor {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let heads = Arc::new(Mutex::new(Vec::new()));
-        let shared = heads.clone();
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = listener.accept().await {
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    let Ok(Ok((head, _))) =
-                        tokio::time::timeout(STEP, try_read_head(&mut s, 1 << 20)).await
-                    else {
-                        return;
-                    };
-                    let answer = response_101(&head);
-                    shared.lock().expect("heads").push(head);
-                    if s.write_all(&answer).await.is_err() {
-                        return;
-                    }
-                    let mut buf = [0u8; 4096];
-                    while let Ok(Ok(n)) = tokio::time::timeout(STEP, s.read(&mut buf)).await {
-                        if n == 0 {
-                            break;
-                        }
-                    }
-                });
-            }
-        });
-        Acceptor { addr, heads }
-    }
-
-    fn heads(&self) -> Vec<Vec<u8>> {
-        self.heads.lock().expect("heads").clone()
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Building heads
@@ -137,6 +40,14 @@ impl Acceptor {
 struct Head {
     line: Vec<u8>,
     fields: Vec<Vec<u8>>,
+}
+
+/// `{name}: {value}`, the value as raw bytes.
+fn field_line(name: &str, value: &[u8]) -> Vec<u8> {
+    let mut l = name.as_bytes().to_vec();
+    l.extend_from_slice(b": ");
+    l.extend_from_slice(value);
+    l
 }
 
 fn name_of(field: &[u8]) -> &[u8] {
@@ -177,12 +88,17 @@ impl Head {
         self.line(l)
     }
 
+    /// Where the first field named `name` is.
+    fn position(&self, name: &str) -> Option<usize> {
+        self.fields
+            .iter()
+            .position(|f| name_of(f).eq_ignore_ascii_case(name.as_bytes()))
+    }
+
     /// Replaces the first field named `name` by `line` (the whole line, name included).
     fn replace(mut self, name: &str, line: impl AsRef<[u8]>) -> Head {
         let i = self
-            .fields
-            .iter()
-            .position(|f| name_of(f).eq_ignore_ascii_case(name.as_bytes()))
+            .position(name)
             .unwrap_or_else(|| panic!("no field {name}"));
         self.fields[i] = line.as_ref().to_vec();
         self
@@ -190,10 +106,16 @@ impl Head {
 
     /// Sets the value of field `name` to raw bytes: `{name}: {value}`.
     fn value(self, name: &str, value: &[u8]) -> Head {
-        let mut l = name.as_bytes().to_vec();
-        l.extend_from_slice(b": ");
-        l.extend_from_slice(value);
-        self.replace(name, l)
+        self.replace(name, field_line(name, value))
+    }
+
+    /// Replaces the first field named `name` by `line`, or adds `line` when there is none.
+    fn put(self, name: &str, line: impl AsRef<[u8]>) -> Head {
+        if self.position(name).is_some() {
+            self.replace(name, line)
+        } else {
+            self.add(line)
+        }
     }
 
     fn remove(mut self, name: &str) -> Head {
@@ -265,6 +187,42 @@ impl Table {
     fn head(&mut self, category: &'static str, name: impl Into<String>, head: Head, want: u16) {
         self.push(category, name, head.bytes(), want);
     }
+
+    /// [`Table::values`] for field `name`, then the field left out, then the field sent again
+    /// as each of `again` (row name, line): both refused.
+    fn field(
+        &mut self,
+        category: &'static str,
+        name: &str,
+        values: &[(&str, u16)],
+        again: &[(&str, &str)],
+    ) {
+        self.values(category, name, values);
+        let absent = Head::to("/rec/x").remove(name);
+        self.head(category, format!("no {name}"), absent, 400);
+        for &(row, line) in again {
+            self.head(category, row, Head::to("/rec/x").add(line), 400);
+        }
+    }
+
+    /// One row per (name, head, expected status).
+    fn rows<const N: usize>(&mut self, category: &'static str, rows: [(&str, Head, u16); N]) {
+        for (name, head, want) in rows {
+            self.head(category, name, head, want);
+        }
+    }
+
+    /// One row per (value, expected status): the valid head with field `name` set to the value.
+    fn values(&mut self, category: &'static str, name: &str, values: &[(&str, u16)]) {
+        for &(v, want) in values {
+            self.head(
+                category,
+                format!("{name}: {v:?}"),
+                Head::expecting(want).value(name, v.as_bytes()),
+                want,
+            );
+        }
+    }
 }
 
 /// Control bytes 0x01..=0x1F except TAB, and DEL.
@@ -299,15 +257,7 @@ fn obs_fold(t: &mut Table) {
             let whole = format!("{name}:\r\n{fold}{a}{b}");
             let split = format!("{name}: {a}\r\n{fold}{b}");
             for (form, line) in [("whole", whole), ("split", split)] {
-                let head = Head::to("/rec/x");
-                let head = match name {
-                    "Host"
-                    | "Upgrade"
-                    | "Connection"
-                    | "Sec-WebSocket-Key"
-                    | "Sec-WebSocket-Version" => head.replace(name, line),
-                    _ => head.add(line),
-                };
+                let head = Head::to("/rec/x").put(name, line);
                 t.head(C, format!("{name} folded ({form}, {:?})", fold), head, 400);
             }
         }
@@ -401,8 +351,9 @@ fn line_endings(t: &mut Table) {
     }
 }
 
-fn control_bytes(t: &mut Table) {
-    const C: &str = "control bytes";
+/// Each framing field with byte `b` in the middle of its value: refused.
+fn framing_values_with(t: &mut Table, b: u8) {
+    // (field, value before the byte, value after it)
     let framing: [(&str, &str, &str); 5] = [
         ("Host", "local", "host"),
         ("Upgrade", "web", "socket"),
@@ -410,22 +361,23 @@ fn control_bytes(t: &mut Table) {
         ("Content-Length", "0", "0"),
         ("Transfer-Encoding", "chun", "ked"),
     ];
+    for (name, a, z) in framing {
+        let head = Head::to("/rec/x").put(name, field_line(name, &with_byte(a, b, z)));
+        t.head(
+            "control bytes",
+            format!("{name} value with {b:#04x}"),
+            head,
+            400,
+        );
+    }
+}
+
+fn control_bytes(t: &mut Table) {
+    const C: &str = "control bytes";
     let mut bytes = controls();
     bytes.insert(0, 0);
     for &b in &bytes {
-        for (name, a, z) in framing {
-            let head = Head::to("/rec/x");
-            let value = with_byte(a, b, z);
-            let head = match name {
-                "Content-Length" | "Transfer-Encoding" => {
-                    let mut l = format!("{name}: ").into_bytes();
-                    l.extend_from_slice(&value);
-                    head.add(l)
-                }
-                _ => head.value(name, &value),
-            };
-            t.head(C, format!("{name} value with {b:#04x}"), head, 400);
-        }
+        framing_values_with(t, b);
         // The request line: method, target, version.
         let line = with_byte("GET /rec/x HT", b, "TP/1.1");
         t.head(
@@ -459,19 +411,7 @@ fn control_bytes(t: &mut Table) {
     }
     // obs-text (bytes >= 0x80) where only tokens or framing values belong.
     for b in [0x80u8, 0xa0, 0xc3, 0xff] {
-        for (name, a, z) in framing {
-            let head = Head::to("/rec/x");
-            let value = with_byte(a, b, z);
-            let head = match name {
-                "Content-Length" | "Transfer-Encoding" => {
-                    let mut l = format!("{name}: ").into_bytes();
-                    l.extend_from_slice(&value);
-                    head.add(l)
-                }
-                _ => head.value(name, &value),
-            };
-            t.head(C, format!("{name} value with {b:#04x}"), head, 400);
-        }
+        framing_values_with(t, b);
         let mut field = with_byte("Transfer-Encoding", b, "");
         field.extend_from_slice(b": chunked");
         t.head(
@@ -589,12 +529,10 @@ fn transfer_encoding(t: &mut Table) {
         b"",
     ];
     for v in values {
-        let mut l = b"Transfer-Encoding: ".to_vec();
-        l.extend_from_slice(v);
         t.head(
             C,
             format!("Transfer-Encoding: {}", show(v)),
-            Head::to("/rec/x").add(l),
+            Head::to("/rec/x").add(field_line("Transfer-Encoding", v)),
             400,
         );
     }
@@ -702,17 +640,20 @@ fn host(t: &mut Table) {
         }
         t.head(C, name, h, 400);
     }
-    t.head(
+    t.rows(
         C,
-        "Host : with a space before the colon",
-        Head::to("/rec/x").replace("Host", "Host : localhost"),
-        400,
-    );
-    t.head(
-        C,
-        "no Host, Host_ instead",
-        Head::to("/rec/x").replace("Host", "Host_: localhost"),
-        400,
+        [
+            (
+                "Host : with a space before the colon",
+                Head::to("/rec/x").replace("Host", "Host : localhost"),
+                400,
+            ),
+            (
+                "no Host, Host_ instead",
+                Head::to("/rec/x").replace("Host", "Host_: localhost"),
+                400,
+            ),
+        ],
     );
 }
 
@@ -899,14 +840,7 @@ fn upgrade_and_method(t: &mut Table) {
         ("WEBSOCKET", 101),
         ("  websocket  ", 101),
     ];
-    for &(v, want) in upgrades {
-        t.head(
-            C,
-            format!("Upgrade: {v:?}"),
-            Head::expecting(want).value("Upgrade", v.as_bytes()),
-            want,
-        );
-    }
+    t.values(C, "Upgrade", upgrades);
     let twice: &[(&str, &str)] = &[
         ("Upgrade: websocket", "two Upgrade: websocket"),
         ("Upgrade: h2c", "Upgrade: websocket + Upgrade: h2c"),
@@ -930,51 +864,44 @@ fn upgrade_and_method(t: &mut Table) {
         (",Upgrade,", 101),
         (" ,, Upgrade ,", 101),
     ];
-    for &(v, want) in connections {
-        t.head(
-            C,
-            format!("Connection: {v:?}"),
-            Head::expecting(want).value("Connection", v.as_bytes()),
-            want,
-        );
-    }
-    t.head(
+    t.values(C, "Connection", connections);
+    t.rows(
         C,
-        "Connection twice, upgrade in the second",
-        Head::to("/ok/x")
-            .value("Connection", b"keep-alive")
-            .add("Connection: Upgrade"),
-        101,
-    );
-    t.head(
-        C,
-        "no Connection",
-        Head::to("/rec/x").remove("Connection"),
-        426,
-    );
-    t.head(C, "no Upgrade", Head::to("/rec/x").remove("Upgrade"), 426);
-    t.head(
-        C,
-        "neither Upgrade nor Connection",
-        Head::to("/rec/x").remove("Upgrade").remove("Connection"),
-        426,
-    );
-    t.head(
-        C,
-        "Upgrade: h2c without the Connection token",
-        Head::to("/rec/x")
-            .value("Upgrade", b"h2c")
-            .value("Connection", b"keep-alive"),
-        426,
-    );
-    t.head(
-        C,
-        "plain GET with a body length",
-        Head::to("/rec/x")
-            .remove("Upgrade")
-            .remove("Connection")
-            .add("Content-Length: 5"),
-        400,
+        [
+            (
+                "Connection twice, upgrade in the second",
+                Head::to("/ok/x")
+                    .value("Connection", b"keep-alive")
+                    .add("Connection: Upgrade"),
+                101,
+            ),
+            (
+                "no Connection",
+                Head::to("/rec/x").remove("Connection"),
+                426,
+            ),
+            ("no Upgrade", Head::to("/rec/x").remove("Upgrade"), 426),
+            (
+                "neither Upgrade nor Connection",
+                Head::to("/rec/x").remove("Upgrade").remove("Connection"),
+                426,
+            ),
+            (
+                "Upgrade: h2c without the Connection token",
+                Head::to("/rec/x")
+                    .value("Upgrade", b"h2c")
+                    .value("Connection", b"keep-alive"),
+                426,
+            ),
+            (
+                "plain GET with a body length",
+                Head::to("/rec/x")
+                    .remove("Upgrade")
+                    .remove("Connection")
+                    .add("Content-Length: 5"),
+                400,
+            ),
+        ],
     );
 
     const M: &str = "method/target";
@@ -1056,32 +983,15 @@ fn websocket_fields(t: &mut Table) {
         ("  dGhlIHNhbXBsZSBub25jZQ==  ", 101),
         ("AAAAAAAAAAAAAAAAAAAAAA==", 101),
     ];
-    for &(k, want) in keys {
-        t.head(
-            C,
-            format!("Sec-WebSocket-Key: {k:?}"),
-            Head::expecting(want).value("Sec-WebSocket-Key", k.as_bytes()),
-            want,
-        );
-    }
-    t.head(
-        C,
-        "no Sec-WebSocket-Key",
-        Head::to("/rec/x").remove("Sec-WebSocket-Key"),
-        400,
-    );
-    t.head(
-        C,
-        "Sec-WebSocket-Key twice (same value)",
-        Head::to("/rec/x").add(format!("Sec-WebSocket-Key: {KEY}")),
-        400,
-    );
-    t.head(
-        C,
-        "Sec-WebSocket-Key twice (other value)",
-        Head::to("/rec/x").add("sec-websocket-key: AAAAAAAAAAAAAAAAAAAAAA=="),
-        400,
-    );
+    let same_key = format!("Sec-WebSocket-Key: {KEY}");
+    let again = [
+        ("Sec-WebSocket-Key twice (same value)", same_key.as_str()),
+        (
+            "Sec-WebSocket-Key twice (other value)",
+            "sec-websocket-key: AAAAAAAAAAAAAAAAAAAAAA==",
+        ),
+    ];
+    t.field(C, "Sec-WebSocket-Key", keys, &again);
     let versions: &[(&str, u16)] = &[
         ("", 400),
         ("thirteen", 400),
@@ -1096,26 +1006,8 @@ fn websocket_fields(t: &mut Table) {
         ("8", 101),
         ("013", 101),
     ];
-    for &(v, want) in versions {
-        t.head(
-            C,
-            format!("Sec-WebSocket-Version: {v:?}"),
-            Head::expecting(want).value("Sec-WebSocket-Version", v.as_bytes()),
-            want,
-        );
-    }
-    t.head(
-        C,
-        "no Sec-WebSocket-Version",
-        Head::to("/rec/x").remove("Sec-WebSocket-Version"),
-        400,
-    );
-    t.head(
-        C,
-        "Sec-WebSocket-Version twice",
-        Head::to("/rec/x").add("Sec-WebSocket-Version: 13"),
-        400,
-    );
+    let again = [("Sec-WebSocket-Version twice", "Sec-WebSocket-Version: 13")];
+    t.field(C, "Sec-WebSocket-Version", versions, &again);
 }
 
 /// Header names that are not framing headers to the proxy but are to some backends (CGI-style
@@ -1153,52 +1045,28 @@ fn table() -> Vec<Row> {
 // Running rows
 // ---------------------------------------------------------------------------------------------
 
-/// Checks a refusal: the status, `Connection: close`, CRLF only.
-fn check_refusal(resp: &[u8], want: u16) -> Result<(), String> {
-    let text = String::from_utf8_lossy(resp);
-    if status(resp) != Some(want) {
-        return Err(format!("expected {want}, got {text:?}"));
-    }
-    let Some(end) = resp.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return Err(format!("answer head not terminated: {text:?}"));
-    };
-    let head = &resp[..end + 4];
-    if head
-        .iter()
-        .enumerate()
-        .any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
-    {
-        return Err(format!("bare LF in the answer: {text:?}"));
-    }
-    match header(head, "connection") {
-        Some(c) if c.eq_ignore_ascii_case("close") => Ok(()),
-        _ => Err(format!("no `Connection: close` in {text:?}")),
-    }
-}
-
 async fn run_row(proxy: &Proxy, row: &Row) -> Result<(), String> {
+    if row.want != 101 {
+        return try_refusal(proxy, &row.bytes, row.want).await.map(drop);
+    }
     let mut s = connect(proxy).await;
     // The proxy may answer and close before reading everything: ignore write errors.
     let _ = s.write_all(&row.bytes).await;
-    if row.want == 101 {
-        let head = match tokio::time::timeout(STEP, try_read_head(&mut s, 1 << 16)).await {
-            Err(_) => return Err("no answer head".into()),
-            Ok(Err(e)) => return Err(format!("reading the answer: {e}")),
-            Ok(Ok((head, _))) => head,
-        };
-        return match status(&head) {
-            Some(101) => Ok(()),
-            _ => Err(format!(
-                "expected 101, got {:?}",
-                String::from_utf8_lossy(&head)
-            )),
-        };
+    let head = match tokio::time::timeout(STEP, try_read_head(&mut s, 1 << 16)).await {
+        Err(_) => return Err("no answer head".into()),
+        Ok(Err(e)) => return Err(format!("reading the answer: {e}")),
+        Ok(Ok((head, _))) => head,
+    };
+    match status(&head) {
+        Some(101) => Ok(()),
+        _ => Err(format!(
+            "expected 101, got {:?}",
+            String::from_utf8_lossy(&head)
+        )),
     }
-    let (resp, _end) = try_read_to_end(&mut s, STEP).await?;
-    check_refusal(&resp, row.want)
 }
 
-/// The head the Acceptor got for a passing row is one clean HTTP/1.1 upgrade.
+/// The head the acceptor got for a passing row is one clean HTTP/1.1 upgrade.
 fn check_forwarded(head: &[u8]) -> Result<(), String> {
     let text = String::from_utf8_lossy(head);
     if head
@@ -1244,8 +1112,8 @@ fn check_forwarded(head: &[u8]) -> Result<(), String> {
 }
 
 e2e!(hostile_heads, |relay| async move {
-    let recorder = Recorder::start().await;
-    let acceptor = Acceptor::start().await;
+    let recorder = RecordingBackend::start().await;
+    let acceptor = RawBackend::start_with(Behavior::Accept101Echo).await;
     let echo = EchoBackend::start().await;
     let proxy = Proxy::builder(relay)
         .timeout("handshake", "2s")
@@ -1275,8 +1143,7 @@ e2e!(hostile_heads, |relay| async move {
         let before = done / ECHO_EVERY;
         done += batch.len();
         if done / ECHO_EVERY != before || done == rows.len() {
-            let mut ws = ws_connect(&proxy, "/echo").await;
-            ws_echo_once(&mut ws, &format!("after row {done}")).await;
+            assert_still_serving(&proxy, "/echo", &format!("after row {done}")).await;
             echoes += 1;
         }
     }
@@ -1361,46 +1228,23 @@ const SECOND: &[u8] =
     0\r\n\r\nGET /rec/smuggled HTTP/1.1\r\nHost: localhost\r\n\r\n";
 
 e2e!(pipelined_request_is_tunnel_data, |relay| async move {
-    let backend = RawBackend::start().await;
-    let proxy = Proxy::builder(relay)
-        .route(route("/pipe", &[backend.addr]))
-        .start()
-        .await;
-    let mut client = connect(&proxy).await;
+    let (proxy, backend) = raw_proxy(relay, "/pipe").await;
     let mut both = upgrade_request("/pipe/x", &[]);
     both.extend_from_slice(SECOND);
-    client.write_all(&both).await.expect("client writes");
+    let mut client = send(&proxy, &both).await;
 
-    let (mut server, head, rest) = backend.next_head().await;
+    let (mut server, head) = backend.next_head_alone().await;
     assert!(
         first_line(&head) == "GET /x HTTP/1.1",
         "backend head {:?}",
         String::from_utf8_lossy(&head)
     );
-    assert!(
-        rest.is_empty(),
-        "{} pipelined bytes reached the backend before its 101",
-        rest.len()
-    );
-    assert_silent(
-        &mut server,
-        Duration::from_millis(300),
-        "backend before its 101",
-    )
-    .await;
-    server
-        .write_all(&response_101(&head))
-        .await
-        .expect("backend writes 101");
+    answer_101_after_silence(&mut server, &head, Duration::from_millis(300)).await;
     let (resp, after) = read_head(&mut client).await;
-    assert_eq!(status(&resp), Some(101));
+    assert_status(&resp, 101, "client");
     assert!(after.is_empty(), "client got bytes after the 101");
     // Exactly the raw pipelined bytes: not parsed, not rewritten, no second head.
-    let got = read_exact_n(&mut server, SECOND.len(), "pipelined bytes").await;
-    assert_eq!(
-        String::from_utf8_lossy(&got),
-        String::from_utf8_lossy(SECOND)
-    );
+    assert_pipelined_bytes_arrive(&mut server).await;
     assert_silent(
         &mut server,
         Duration::from_millis(200),
@@ -1413,56 +1257,37 @@ e2e!(pipelined_request_is_tunnel_data, |relay| async move {
     pump(&mut server, &mut client, b"down", "backend to client").await;
 });
 
+/// The backend reads [`SECOND`], byte for byte.
+async fn assert_pipelined_bytes_arrive(server: &mut TcpStream) {
+    let got = read_exact_n(server, SECOND.len(), "pipelined bytes").await;
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        String::from_utf8_lossy(SECOND)
+    );
+}
+
 e2e!(
     pipelined_in_a_later_write_waits_for_101,
     |relay| async move {
-        let backend = RawBackend::start().await;
-        let proxy = Proxy::builder(relay)
-            .route(route("/pipe", &[backend.addr]))
-            .start()
-            .await;
-        let mut client = connect(&proxy).await;
-        client
-            .write_all(&upgrade_request("/pipe/x", &[]))
-            .await
-            .expect("client writes head");
-        let (mut server, head, rest) = backend.next_head().await;
-        assert!(rest.is_empty());
+        let (proxy, backend) = raw_proxy(relay, "/pipe").await;
+        let mut client = send(&proxy, &upgrade_request("/pipe/x", &[])).await;
+        let (mut server, head) = backend.next_head_alone().await;
         client.write_all(SECOND).await.expect("client writes more");
-        assert_silent(
-            &mut server,
-            Duration::from_millis(300),
-            "backend before its 101",
-        )
-        .await;
-        server
-            .write_all(&response_101(&head))
-            .await
-            .expect("backend writes 101");
+        answer_101_after_silence(&mut server, &head, Duration::from_millis(300)).await;
         let (resp, _) = read_head(&mut client).await;
-        assert_eq!(status(&resp), Some(101));
-        let got = read_exact_n(&mut server, SECOND.len(), "pipelined bytes").await;
-        assert_eq!(
-            String::from_utf8_lossy(&got),
-            String::from_utf8_lossy(SECOND)
-        );
+        assert_status(&resp, 101, "client");
+        assert_pipelined_bytes_arrive(&mut server).await;
     }
 );
 
 e2e!(
     pipelined_request_dropped_when_backend_refuses,
     |relay| async move {
-        let backend = RawBackend::start().await;
-        let proxy = Proxy::builder(relay)
-            .route(route("/pipe", &[backend.addr]))
-            .start()
-            .await;
-        let mut client = connect(&proxy).await;
+        let (proxy, backend) = raw_proxy(relay, "/pipe").await;
         let mut both = upgrade_request("/pipe/x", &[]);
         both.extend_from_slice(SECOND);
-        client.write_all(&both).await.expect("client writes");
-        let (mut server, _head, rest) = backend.next_head().await;
-        assert!(rest.is_empty());
+        let mut client = send(&proxy, &both).await;
+        let (mut server, _head) = backend.next_head_alone().await;
         let answer = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n";
         server.write_all(answer).await.expect("backend answers 403");
         let (got, _) = read_to_end(&mut client, STEP).await;
@@ -1470,13 +1295,8 @@ e2e!(
             String::from_utf8_lossy(&got),
             String::from_utf8_lossy(answer)
         );
-        let (leak, _) = read_to_end(&mut server, STEP).await;
-        assert!(
-            leak.is_empty(),
-            "backend got {} pipelined bytes after refusing: {:?}",
-            leak.len(),
-            String::from_utf8_lossy(&leak)
-        );
+        let what = "pipelined bytes at the backend after it refused";
+        assert_closed_without_bytes(&mut server, what).await;
         assert_eq!(backend.accepted(), 1, "no second backend connection");
     }
 );

@@ -38,11 +38,7 @@ async fn trickle(from: &mut TcpStream, to: &mut TcpStream, every: Duration, tota
 
 e2e!(idle_timeout_closes_both_sides, |relay| async move {
     let (proxy, backend) = proxy_with(relay, &[("idle", "500ms")]).await;
-    let Tunnel {
-        mut client,
-        backend: mut server,
-        ..
-    } = raw_tunnel(&proxy, &backend, "/t").await;
+    let (mut client, mut server) = raw_tunnel(&proxy, &backend, "/t").await;
     pump(&mut client, &mut server, b"one", "client -> backend").await;
     let (c, s) = both_closed(&mut client, &mut server).await;
     assert!(
@@ -55,80 +51,63 @@ e2e!(idle_timeout_closes_both_sides, |relay| async move {
     );
 });
 
-e2e!(idle_timeout_reset_by_client_traffic, |relay| async move {
+/// One side (the client when `client_talks`) sends every 200 ms for 1.5 s, three idle timeouts:
+/// the tunnel lives on, carries the other side's bytes, and then closes on the idle timeout.
+async fn idle_timeout_reset_by_traffic(relay: Relay, client_talks: bool) {
     let (proxy, backend) = proxy_with(relay, &[("idle", "500ms")]).await;
-    let Tunnel {
-        mut client,
-        backend: mut server,
-        ..
-    } = raw_tunnel(&proxy, &backend, "/t").await;
+    let (mut client, mut server) = raw_tunnel(&proxy, &backend, "/t").await;
+    let ((talker, t), (listener, l)) = if client_talks {
+        ((&mut client, "client"), (&mut server, "backend"))
+    } else {
+        ((&mut server, "backend"), (&mut client, "client"))
+    };
     trickle(
-        &mut client,
-        &mut server,
+        talker,
+        listener,
         Duration::from_millis(200),
         Duration::from_millis(1500),
     )
     .await;
     pump(
-        &mut server,
-        &mut client,
+        listener,
+        talker,
         b"still here",
-        "backend -> client after 1.5 s",
+        &format!("{l} -> {t} after 1.5 s"),
     )
     .await;
     both_closed(&mut client, &mut server).await;
+}
+
+e2e!(idle_timeout_reset_by_client_traffic, |relay| {
+    idle_timeout_reset_by_traffic(relay, true)
 });
 
-e2e!(idle_timeout_reset_by_backend_traffic, |relay| async move {
-    let (proxy, backend) = proxy_with(relay, &[("idle", "500ms")]).await;
-    let Tunnel {
-        mut client,
-        backend: mut server,
-        ..
-    } = raw_tunnel(&proxy, &backend, "/t").await;
-    trickle(
-        &mut server,
-        &mut client,
-        Duration::from_millis(200),
-        Duration::from_millis(1500),
-    )
-    .await;
-    pump(
-        &mut client,
-        &mut server,
-        b"still here",
-        "client -> backend after 1.5 s",
-    )
-    .await;
-    both_closed(&mut client, &mut server).await;
+e2e!(idle_timeout_reset_by_backend_traffic, |relay| {
+    idle_timeout_reset_by_traffic(relay, false)
 });
 
-e2e!(idle_zero_means_never, |relay| async move {
-    let (proxy, backend) = proxy_with(relay, &[("idle", "0")]).await;
-    let Tunnel {
-        mut client,
-        backend: mut server,
-        ..
-    } = raw_tunnel(&proxy, &backend, "/t").await;
-    assert_silent(
-        &mut client,
-        Duration::from_millis(800),
-        "client side of an idle tunnel",
-    )
-    .await;
+/// A timeout that must not end a quiet tunnel: the setting, how long the tunnel stays silent,
+/// and what the client side is.
+type Quiet = ((&'static str, &'static str), u64, &'static str);
+
+/// A tunnel on a proxy with one timeout set stays open and silent for a while, then carries
+/// bytes both ways.
+async fn stays_open(relay: Relay, (timeout, quiet_ms, what): Quiet) {
+    let (proxy, backend) = proxy_with(relay, &[timeout]).await;
+    let (mut client, mut server) = raw_tunnel(&proxy, &backend, "/t").await;
+    assert_silent(&mut client, Duration::from_millis(quiet_ms), what).await;
     pump(&mut client, &mut server, b"alive", "client -> backend").await;
     pump(&mut server, &mut client, b"alive", "backend -> client").await;
-});
+}
+
+const IDLE_ZERO: Quiet = (("idle", "0"), 800, "client side of an idle tunnel");
+e2e!(idle_zero_means_never, |relay| stays_open(relay, IDLE_ZERO));
 
 /// After `fin_side` shuts down its write half, the other side keeps sending every 100 ms; the
 /// proxy must end the whole connection about `half_close` later.
 async fn half_close_expires(relay: Relay, client_fin: bool) {
     let (proxy, backend) = proxy_with(relay, &[("half_close", "500ms")]).await;
-    let Tunnel {
-        client,
-        backend: server,
-        ..
-    } = raw_tunnel(&proxy, &backend, "/t").await;
+    let (client, server) = raw_tunnel(&proxy, &backend, "/t").await;
     let (mut fin, mut talker) = if client_fin {
         (client, server)
     } else {
@@ -182,11 +161,7 @@ e2e!(half_close_timeout_backend_fin, |relay| async move {
 
 e2e!(half_close_zero_means_never, |relay| async move {
     let (proxy, backend) = proxy_with(relay, &[("half_close", "0")]).await;
-    let Tunnel {
-        mut client,
-        backend: mut server,
-        ..
-    } = raw_tunnel(&proxy, &backend, "/t").await;
+    let (mut client, mut server) = raw_tunnel(&proxy, &backend, "/t").await;
     client.shutdown().await.expect("client shutdown(Write)");
     let (rest, _) = read_to_end(&mut server, STEP).await;
     assert!(rest.is_empty());
@@ -225,11 +200,10 @@ e2e!(handshake_timeout_counts_whole_head, |relay| async move {
     let (more, _) = read_to_end(&mut client, STEP).await;
     answer.extend_from_slice(&more);
     let took = start.elapsed();
-    assert_eq!(
-        status(&answer),
-        Some(408),
-        "got {:?}",
-        String::from_utf8_lossy(&answer)
+    assert_status(
+        &answer,
+        408,
+        "a head trickled for longer than the handshake timeout",
     );
     assert!(
         took >= Duration::from_millis(400),
@@ -242,25 +216,10 @@ e2e!(handshake_timeout_counts_whole_head, |relay| async move {
     );
 });
 
-e2e!(
-    handshake_timeout_not_applied_to_tunnel,
-    |relay| async move {
-        let (proxy, backend) = proxy_with(relay, &[("handshake", "500ms")]).await;
-        let Tunnel {
-            mut client,
-            backend: mut server,
-            ..
-        } = raw_tunnel(&proxy, &backend, "/t").await;
-        assert_silent(
-            &mut client,
-            Duration::from_millis(900),
-            "client side of a fresh tunnel",
-        )
-        .await;
-        pump(&mut client, &mut server, b"alive", "client -> backend").await;
-        pump(&mut server, &mut client, b"alive", "backend -> client").await;
-    }
-);
+const HANDSHAKE: Quiet = (("handshake", "500ms"), 900, "client side of a fresh tunnel");
+e2e!(handshake_timeout_not_applied_to_tunnel, |relay| {
+    stays_open(relay, HANDSHAKE)
+});
 
 e2e!(connect_timeout_is_504, |relay| async move {
     let blackhole = Blackhole::start().await;
@@ -272,12 +231,7 @@ e2e!(connect_timeout_is_504, |relay| async move {
     let start = Instant::now();
     let (resp, _) = send_and_read_all(&proxy, &upgrade_request("/x", &[])).await;
     let took = start.elapsed();
-    assert_eq!(
-        status(&resp),
-        Some(504),
-        "got {:?}",
-        String::from_utf8_lossy(&resp)
-    );
+    assert_status(&resp, 504, "a backend whose connect times out");
     assert!(
         took >= Duration::from_millis(250),
         "504 after only {took:?}"

@@ -1,0 +1,592 @@
+//! The proxy under test: a `wsplice` child process started from a config the test builds, once
+//! per relay mode with `e2e!`, and what the test asks of it afterwards (signals, stdout lines,
+//! `/metrics`, its exit, its memory and descriptors).
+//!
+//! One launcher serves both kinds of test: [`ProxyBuilder::blocking_start`] for std-thread
+//! tests, [`ProxyBuilder::start`] (the same, off the runtime's threads) for async ones.
+
+use std::future::Future;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::TEST_DEADLINE;
+
+/// How long the proxy may take to print `ready`.
+const START_DEADLINE: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------------------------
+// Running a scenario once per relay mode
+// ---------------------------------------------------------------------------------------------
+
+/// The proxy's `relay` setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relay {
+    Copy,
+    Splice,
+    Auto,
+}
+
+impl Relay {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Relay::Copy => "copy",
+            Relay::Splice => "splice",
+            Relay::Auto => "auto",
+        }
+    }
+}
+
+/// Runs `body` under [`TEST_DEADLINE`].
+pub async fn run<F, Fut>(relay: Relay, body: F)
+where
+    F: FnOnce(Relay) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    if tokio::time::timeout(TEST_DEADLINE, body(relay))
+        .await
+        .is_err()
+    {
+        panic!(
+            "scenario did not finish within {TEST_DEADLINE:?} (relay = {})",
+            relay.as_str()
+        );
+    }
+}
+
+/// `e2e!(name, |relay| async move { ... })` expands to module `name` holding one test per relay
+/// mode: `name::copy`, `name::splice`, `name::auto`.
+#[allow(unused_macros)]
+macro_rules! e2e {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn copy() {
+                crate::support::run(crate::support::Relay::Copy, $body).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn splice() {
+                crate::support::run(crate::support::Relay::Splice, $body).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn auto() {
+                crate::support::run(crate::support::Relay::Auto, $body).await
+            }
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------------------------
+// The configuration
+// ---------------------------------------------------------------------------------------------
+
+/// One `[[route]]` table.
+#[derive(Debug, Clone)]
+pub struct RouteSpec {
+    prefix: String,
+    backends: Vec<SocketAddr>,
+    strip_prefix: Option<bool>,
+    forwarded_for: Option<&'static str>,
+    host: Option<String>,
+    send_proxy: Option<&'static str>,
+}
+
+/// A route for `prefix` over `backends`, everything else left at its default.
+pub fn route(prefix: &str, backends: &[SocketAddr]) -> RouteSpec {
+    RouteSpec {
+        prefix: prefix.to_owned(),
+        backends: backends.to_vec(),
+        strip_prefix: None,
+        forwarded_for: None,
+        host: None,
+        send_proxy: None,
+    }
+}
+
+impl RouteSpec {
+    pub fn strip_prefix(mut self, strip: bool) -> Self {
+        self.strip_prefix = Some(strip);
+        self
+    }
+    /// `"append"` or `"replace"`.
+    pub fn forwarded_for(mut self, mode: &'static str) -> Self {
+        self.forwarded_for = Some(mode);
+        self
+    }
+    pub fn host(mut self, host: &str) -> Self {
+        self.host = Some(host.to_owned());
+        self
+    }
+    /// `"v1"` or `"v2"`.
+    pub fn send_proxy(mut self, version: &'static str) -> Self {
+        self.send_proxy = Some(version);
+        self
+    }
+}
+
+/// Builds the TOML for a proxy and starts it.
+#[derive(Debug, Clone)]
+pub struct ProxyBuilder {
+    /// `None` leaves `relay` out (the proxy's default).
+    relay: Option<Relay>,
+    workers: usize,
+    /// Top-level `key = value` lines, written as given.
+    top: Vec<String>,
+    /// `[table]`s in the order first named, each with its `key = value` lines.
+    tables: Vec<(String, Vec<String>)>,
+    routes: Vec<RouteSpec>,
+    /// Run under `ulimit -n` with this many descriptors.
+    open_files: Option<usize>,
+}
+
+impl Default for ProxyBuilder {
+    /// The suite's defaults: 2 workers, the proxy's default relay mode, no routes.
+    fn default() -> Self {
+        ProxyBuilder {
+            relay: None,
+            workers: 2,
+            top: Vec::new(),
+            tables: Vec::new(),
+            routes: Vec::new(),
+            open_files: None,
+        }
+    }
+}
+
+impl ProxyBuilder {
+    pub fn relay(mut self, relay: Relay) -> Self {
+        self.relay = Some(relay);
+        self
+    }
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.workers = workers;
+        self
+    }
+    /// A top-level `key = value` line; `value` is TOML as written (quote strings yourself).
+    pub fn top(mut self, key: &str, value: &str) -> Self {
+        self.top.push(format!("{key} = {value}\n"));
+        self
+    }
+    /// An admin listener on an ephemeral port (for [`Proxy::metric`] and [`Proxy::scrape`]).
+    pub fn admin(self) -> Self {
+        self.top("admin", "\"127.0.0.1:0\"")
+    }
+    /// `key = value` in `[table]`; `value` is TOML as written (quote strings yourself).
+    pub fn set(mut self, table: &str, key: &str, value: &str) -> Self {
+        let line = format!("{key} = {value}\n");
+        match self.tables.iter_mut().find(|(t, _)| t == table) {
+            Some((_, lines)) => lines.push(line),
+            None => self.tables.push((table.to_owned(), vec![line])),
+        }
+        self
+    }
+    /// `key` is one of `handshake`, `connect`, `idle`, `half_close`, `drain`; `value` a
+    /// humantime string.
+    pub fn timeout(self, key: &str, value: &str) -> Self {
+        self.set("timeouts", key, &format!("\"{value}\""))
+    }
+    /// `key` is one of `max_head_bytes`, `max_headers`, `max_connections`, ...
+    pub fn limit(self, key: &str, value: usize) -> Self {
+        self.set("limits", key, &value.to_string())
+    }
+    pub fn route(mut self, route: RouteSpec) -> Self {
+        self.routes.push(route);
+        self
+    }
+    /// Runs the proxy through `sh -c "ulimit -n N && exec wsplice ..."`.
+    pub fn open_file_limit(mut self, n: usize) -> Self {
+        self.open_files = Some(n);
+        self
+    }
+
+    pub fn toml(&self) -> String {
+        let mut s = format!("listen = [\"127.0.0.1:0\"]\nworkers = {}\n", self.workers);
+        if let Some(relay) = self.relay {
+            s.push_str(&format!("relay = \"{}\"\n", relay.as_str()));
+        }
+        for line in &self.top {
+            s.push_str(line);
+        }
+        for (table, lines) in &self.tables {
+            s.push_str(&format!("\n[{table}]\n"));
+            for line in lines {
+                s.push_str(line);
+            }
+        }
+        for r in &self.routes {
+            let backends: Vec<String> = r.backends.iter().map(|b| format!("\"{b}\"")).collect();
+            s.push_str(&format!(
+                "\n[[route]]\nprefix = \"{}\"\nbackends = [{}]\n",
+                r.prefix,
+                backends.join(", ")
+            ));
+            if let Some(strip) = r.strip_prefix {
+                s.push_str(&format!("strip_prefix = {strip}\n"));
+            }
+            if let Some(ff) = r.forwarded_for {
+                s.push_str(&format!("forwarded_for = \"{ff}\"\n"));
+            }
+            if let Some(host) = &r.host {
+                s.push_str(&format!("host = \"{host}\"\n"));
+            }
+            if let Some(v) = r.send_proxy {
+                s.push_str(&format!("send_proxy = \"{v}\"\n"));
+            }
+        }
+        s
+    }
+
+    /// [`ProxyBuilder::blocking_start`] on tokio's blocking pool, so that the runtime's threads
+    /// keep serving the test's backends meanwhile.
+    pub async fn start(self) -> Proxy {
+        match tokio::task::spawn_blocking(move || self.blocking_start()).await {
+            Ok(proxy) => proxy,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+
+    /// Writes the config, spawns `wsplice --config FILE` and waits for `ready`.
+    pub fn blocking_start(self) -> Proxy {
+        let toml = self.toml();
+        let config = TempFile::new("toml", &toml);
+        let bin = env!("CARGO_BIN_EXE_wsplice");
+        let cmd = match self.open_files {
+            None => {
+                let mut c = Command::new(bin);
+                c.arg("--config").arg(config.path());
+                c
+            }
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.arg("-c").arg(format!(
+                    "ulimit -n {n} && exec '{bin}' --config '{}'",
+                    config.path().display()
+                ));
+                c
+            }
+        };
+        Proxy::spawn(cmd, Some(config), toml)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The running proxy
+// ---------------------------------------------------------------------------------------------
+
+/// A running `wsplice` child process; killed on drop. Its stderr goes to a file, printed if the
+/// test panics or the proxy exited without being asked to.
+pub struct Proxy {
+    child: Child,
+    addr: SocketAddr,
+    admin: Option<SocketAddr>,
+    /// Removed on drop; rewritten by [`Proxy::write_config`].
+    config: Option<TempFile>,
+    log: TempFile,
+    /// What the proxy was started with, for failure messages.
+    description: String,
+    /// Stdout lines after `ready` (`reloaded`, ...), read by a background thread. In a mutex
+    /// so that tasks on several threads may share the proxy.
+    lines: Mutex<Receiver<String>>,
+    /// Set by [`Proxy::wait_exit`]: the test saw the exit it asked for.
+    exited: bool,
+}
+
+impl Proxy {
+    /// A builder with the suite's defaults and `relay`.
+    pub fn builder(relay: Relay) -> ProxyBuilder {
+        ProxyBuilder::default().relay(relay)
+    }
+
+    /// `wsplice ARGS` (a subcommand such as `demo` that prints the same start-up lines).
+    pub async fn start_args(args: &[&str]) -> Proxy {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsplice"));
+        cmd.args(args);
+        let description = format!("wsplice {}\n", args.join(" "));
+        match tokio::task::spawn_blocking(move || Proxy::spawn(cmd, None, description)).await {
+            Ok(proxy) => proxy,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+
+    /// Spawns `cmd` and reads its stdout until `ready` (at most [`START_DEADLINE`]), taking the
+    /// first `listen ADDR` line as the proxy's address and `admin ADDR` as the admin listener's.
+    fn spawn(mut cmd: Command, config: Option<TempFile>, description: String) -> Proxy {
+        raise_test_fd_limit();
+        let log = TempFile::new("stderr", "");
+        let stderr = std::fs::File::create(log.path()).expect("create proxy stderr log");
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr))
+            .spawn()
+            .expect("spawn wsplice");
+        let stdout = child.stdout.take().expect("child stdout");
+        // The thread keeps draining stdout, so the proxy never blocks on a full pipe.
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut proxy = Proxy {
+            child,
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            admin: None,
+            config,
+            log,
+            description,
+            lines: Mutex::new(lines),
+            exited: false,
+        };
+
+        let deadline = Instant::now() + START_DEADLINE;
+        let (mut addr, mut seen) = (None, Vec::new());
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let next = proxy.lines.lock().expect("stdout lines").recv_timeout(left);
+            let line = match next {
+                Ok(line) => line,
+                Err(RecvTimeoutError::Timeout) => proxy.fail(&format!(
+                    "no `ready` within {START_DEADLINE:?}; stdout so far: {seen:?}"
+                )),
+                Err(RecvTimeoutError::Disconnected) => {
+                    proxy.fail(&format!("proxy exited before `ready`; stdout: {seen:?}"))
+                }
+            };
+            if let Some(rest) = line.strip_prefix("listen ") {
+                let a = rest.split_whitespace().next().unwrap_or_default();
+                match a.parse() {
+                    Ok(a) => addr = addr.or(Some(a)),
+                    Err(_) => proxy.fail(&format!("unparsable listen line {line:?}")),
+                }
+            }
+            if let Some(rest) = line.strip_prefix("admin ") {
+                match rest.trim().parse() {
+                    Ok(a) => proxy.admin = Some(a),
+                    Err(_) => proxy.fail(&format!("unparsable admin line {line:?}")),
+                }
+            }
+            let ready = line.trim() == "ready";
+            seen.push(line);
+            if ready {
+                break;
+            }
+        }
+        match addr {
+            Some(a) => proxy.addr = a,
+            None => proxy.fail(&format!(
+                "`ready` without a `listen` line; stdout: {seen:?}"
+            )),
+        }
+        proxy
+    }
+
+    /// The first listener's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr(), path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The proxy's stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
+    /// True while the child process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Rewrites the config file (for a reload).
+    pub fn write_config(&self, toml: &str) {
+        let config = self
+            .config
+            .as_ref()
+            .expect("the proxy runs from a config file");
+        std::fs::write(config.path(), toml).expect("rewrite config");
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig)
+            .expect("signal the proxy");
+    }
+
+    /// Waits for a stdout line equal to one of `want`; returns it.
+    pub fn expect_line(&self, want: &[&str], within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        let lines = self.lines.lock().expect("stdout lines");
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(l) if want.contains(&l.as_str()) => return l,
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => panic!("no {want:?} line within {within:?}"),
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("proxy stdout closed before {want:?}")
+                }
+            }
+        }
+    }
+
+    /// Waits up to `within` for the exit the test asked for (a signal); fails the test if the
+    /// proxy is still running then.
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let status = wait_for_exit(&mut self.child, within)
+            .unwrap_or_else(|| panic!("the proxy did not exit within {within:?}"));
+        self.exited = true;
+        status
+    }
+
+    /// One metric's value from `/metrics` (exact name including labels).
+    pub fn metric(&self, name: &str) -> u64 {
+        let body = self.scrape("/metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("no {name} in\n{body}"))
+    }
+
+    /// The body of an admin GET.
+    pub fn scrape(&self, path: &str) -> String {
+        let admin = self.admin.expect("the config has no admin listener");
+        let mut s = TcpStream::connect(admin).expect("admin connect");
+        write!(s, "GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n").expect("admin request");
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).expect("admin answer");
+        resp.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default()
+    }
+
+    /// `VmRSS` of the proxy, bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        let pid = self.pid();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .expect("VmRSS")
+            * 1024
+    }
+
+    /// utime + stime of the proxy, clock ticks.
+    pub fn cpu_ticks(&self) -> u64 {
+        let pid = self.pid();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+        let after = &stat[stat.rfind(')').expect("comm") + 2..];
+        let f: Vec<&str> = after.split_whitespace().collect();
+        f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
+    }
+
+    /// The proxy's open descriptors.
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    fn fail(&mut self, what: &str) -> ! {
+        let _ = self.child.kill();
+        panic!(
+            "wsplice failed to start: {what}\nstarted with:\n{}\nstderr:\n{}",
+            self.description,
+            self.stderr()
+        );
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let crashed = !self.exited && !self.is_running();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() || crashed {
+            eprintln!(
+                "---- wsplice {} (started with below) ----\n{}---- wsplice stderr ----\n{}",
+                if crashed {
+                    "EXITED DURING THE TEST"
+                } else {
+                    "still running"
+                },
+                self.description,
+                self.stderr()
+            );
+        }
+        assert!(
+            std::thread::panicking() || !crashed,
+            "wsplice exited during the test"
+        );
+    }
+}
+
+/// Waits up to `within` for `child` to exit; `None` if it is still running then.
+pub fn wait_for_exit(child: &mut Child, within: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A file under the temp dir, unique to this process and call, removed on drop.
+pub struct TempFile(PathBuf);
+
+impl TempFile {
+    /// `wsplice-test-PID-N.EXT` holding `contents`.
+    pub fn new(ext: &str, contents: &str) -> TempFile {
+        static SEQ: AtomicUsize = AtomicUsize::new(0);
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("wsplice-test-{}-{n}.{ext}", std::process::id()));
+        std::fs::write(&path, contents).expect("write a temp file");
+        TempFile(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The tests hold thousands of sockets at once (1,000-tunnel reloads under three relay modes run
+/// in parallel): take the hard open-file limit, as the proxy itself does, rather than fail on a
+/// machine whose soft limit is the usual 1,024.
+pub fn raise_test_fd_limit() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Err(e) = wsplice::sys::limits::raise_nofile_limit() {
+            eprintln!("could not raise the test process's open-file limit: {e}");
+        }
+    });
+}
