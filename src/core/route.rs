@@ -3,23 +3,26 @@
 //! Lookup walks the path's own `/`-boundaries from the longest to `/`, one hash probe each (host
 //! routes first, then host-less ones), so it costs O(path depth) whatever the number of routes.
 
-use crate::config::{ForwardedFor, ProxyVersion, Route};
+use crate::config::Route;
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// One route as the workers use it.
+/// One route as the workers use it: the configured [`Route`] (its fields read through
+/// `Deref`) and its balancing state.
 #[derive(Debug)]
 pub struct RouteEntry {
-    pub prefix: String,
-    pub host: Option<String>,
-    pub backends: Vec<SocketAddr>,
-    pub strip_prefix: bool,
-    pub forwarded_for: ForwardedFor,
-    pub send_proxy: Option<ProxyVersion>,
+    route: Route,
     /// Shared round-robin cursor: touched once per handshake, never per relayed byte.
     next: AtomicUsize,
+}
+
+impl std::ops::Deref for RouteEntry {
+    type Target = Route;
+
+    fn deref(&self) -> &Route {
+        &self.route
+    }
 }
 
 impl RouteEntry {
@@ -51,12 +54,7 @@ impl RouteTable {
         let mut t = RouteTable::default();
         for (i, r) in routes.iter().enumerate() {
             t.routes.push(RouteEntry {
-                prefix: r.prefix.clone(),
-                host: r.host.clone(),
-                backends: r.backends.clone(),
-                strip_prefix: r.strip_prefix,
-                forwarded_for: r.forwarded_for,
-                send_proxy: r.send_proxy,
+                route: r.clone(),
                 next: AtomicUsize::new(0),
             });
             match &r.host {
@@ -124,9 +122,24 @@ pub fn rewritten_target<'a>(path: &'a str, strip: usize, query: &'a str) -> (&'a
     (if rest.is_empty() { "/" } else { rest }, query)
 }
 
+/// A host-less route to `backends` that strips its prefix and appends X-Forwarded-For: what
+/// the core's unit tests route by.
+#[cfg(test)]
+pub(crate) fn test_route(prefix: &str, backends: &[&str]) -> Route {
+    Route {
+        prefix: prefix.into(),
+        host: None,
+        backends: backends.iter().map(|b| b.parse().expect("addr")).collect(),
+        strip_prefix: true,
+        forwarded_for: crate::config::ForwardedFor::Append,
+        send_proxy: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ForwardedFor;
 
     fn route(prefix: &str, host: Option<&str>, strip: bool) -> Route {
         Route {

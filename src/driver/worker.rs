@@ -290,13 +290,12 @@ impl Worker {
             let Some(Slot::Live(e)) = self.conns.get_mut(key) else {
                 return;
             };
-            let mut cx = Ctx {
-                scratch: &self.scratch,
-                pipes: &mut self.pool,
-                stats: &mut self.relay_stats,
-                mode: self.params.relay,
-                threshold: self.params.splice_threshold,
-            };
+            let mut cx = ctx(
+                &self.scratch,
+                &mut self.pool,
+                &mut self.relay_stats,
+                &self.params,
+            );
             match e.conn.poll(&mut cx, &self.time) {
                 Step::Io(op) => {
                     let side = match op {
@@ -317,13 +316,12 @@ impl Worker {
                         pipe: e.conn.pipe(),
                         scratch: &mut self.scratch,
                     });
-                    let mut cx = Ctx {
-                        scratch: &self.scratch,
-                        pipes: &mut self.pool,
-                        stats: &mut self.relay_stats,
-                        mode: self.params.relay,
-                        threshold: self.params.splice_threshold,
-                    };
+                    let mut cx = ctx(
+                        &self.scratch,
+                        &mut self.pool,
+                        &mut self.relay_stats,
+                        &self.params,
+                    );
                     e.conn.complete_io(op, res, &mut cx, &self.time);
                 }
                 Step::Connect(addr) => {
@@ -603,6 +601,22 @@ impl Worker {
                 }
             }
         }
+    }
+}
+
+/// What the worker lends a connection for one call (split borrows of the worker's fields).
+fn ctx<'a>(
+    scratch: &'a [u8],
+    pool: &'a mut PipePool,
+    stats: &'a mut RelayStats,
+    params: &Params,
+) -> Ctx<'a, PipePool> {
+    Ctx {
+        scratch,
+        pipes: pool,
+        stats,
+        mode: params.relay,
+        threshold: params.splice_threshold,
     }
 }
 

@@ -2,24 +2,17 @@
 
 use super::*;
 use crate::config::RelayMode;
-use crate::config::{ForwardedFor, Route, Timeouts as Configured};
+use crate::config::Timeouts as Configured;
 use crate::core::relay::tests::FakePipes;
 use crate::core::relay::{RelayStats, Src};
-use crate::core::route::RouteTable;
+use crate::core::route::{test_route, RouteTable};
 
 const HEAD: &[u8] = b"GET /notice/a HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
 const OK101: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
 
 fn settings(backends: &[&str]) -> Arc<Settings> {
     Arc::new(Settings::new(
-        RouteTable::new(&[Route {
-            prefix: "/notice".into(),
-            host: None,
-            backends: backends.iter().map(|b| b.parse().expect("addr")).collect(),
-            strip_prefix: true,
-            forwarded_for: ForwardedFor::Append,
-            send_proxy: None,
-        }]),
+        RouteTable::new(&[test_route("/notice", backends)]),
         Configured::default(),
     ))
 }
@@ -63,15 +56,35 @@ fn accept(full: bool, backends: &[&str]) -> Rig {
 }
 
 impl Rig {
-    fn poll(&mut self) -> Step {
-        let mut cx = Ctx {
+    /// The connection and what its worker would lend it.
+    fn parts(&mut self) -> (&mut Conn<u32>, Ctx<'_, FakePipes>, &Time) {
+        let cx = Ctx {
             scratch: &self.scratch,
             pipes: &mut self.pipes,
             stats: &mut self.stats,
             mode: RelayMode::Auto,
             threshold: 65536,
         };
-        self.conn.poll(&mut cx, &self.t)
+        (&mut self.conn, cx, &self.t)
+    }
+
+    fn poll(&mut self) -> Step {
+        let (conn, mut cx, t) = self.parts();
+        conn.poll(&mut cx, t)
+    }
+
+    fn complete(&mut self, op: IoOp, res: io::Result<usize>) {
+        let (conn, mut cx, t) = self.parts();
+        conn.complete_io(op, res, &mut cx, t);
+    }
+
+    /// Expects a read of `side`.
+    fn expect_read(&mut self, side: Side) -> IoOp {
+        let op = self.expect_io();
+        match op {
+            IoOp::Read { side: s, .. } if s == side => op,
+            other => panic!("expected a read of {side:?}, got {other:?}"),
+        }
     }
 
     /// Polls past timer arming; returns the first other step.
@@ -93,14 +106,7 @@ impl Rig {
             }
             _ => bytes.len(),
         };
-        let mut cx = Ctx {
-            scratch: &self.scratch,
-            pipes: &mut self.pipes,
-            stats: &mut self.stats,
-            mode: RelayMode::Auto,
-            threshold: 65536,
-        };
-        self.conn.complete_io(op, Ok(n), &mut cx, &self.t);
+        self.complete(op, Ok(n));
     }
 
     fn expect_io(&mut self) -> IoOp {
@@ -137,14 +143,7 @@ fn upgrade_to_relay_step_by_step() {
     let ip: IpAddr = "203.0.113.9".parse().expect("ip");
     assert!(matches!(r.next(), Step::Admit(a) if a == ip));
     r.conn.complete_admit(Admission::Counted, &r.t);
-    let read = r.expect_io();
-    assert!(matches!(
-        read,
-        IoOp::Read {
-            side: Side::Client,
-            ..
-        }
-    ));
+    let read = r.expect_read(Side::Client);
     r.io(read, HEAD);
     let backend: SocketAddr = "127.0.0.1:9001".parse().expect("addr");
     assert!(matches!(r.next(), Step::Connect(a) if a == backend));
@@ -167,14 +166,7 @@ fn upgrade_to_relay_step_by_step() {
     let head = r.conn.out_bytes().to_vec();
     assert!(head.starts_with(b"GET /a HTTP/1.1\r\n"));
     r.io(write, &head);
-    let read = r.expect_io();
-    assert!(matches!(
-        read,
-        IoOp::Read {
-            side: Side::Backend,
-            ..
-        }
-    ));
+    let read = r.expect_read(Side::Backend);
     r.io(read, OK101);
     match r.next() {
         Step::Note(Note::RelayOpened { backend: b, .. }) => assert_eq!(b, Some(backend)),
@@ -182,23 +174,8 @@ fn upgrade_to_relay_step_by_step() {
     }
     r.conn.set_backend_id(3);
     // The relay reads what the client sent meanwhile, then writes the 101 to the client.
-    let read = r.expect_io();
-    assert!(matches!(
-        read,
-        IoOp::Read {
-            side: Side::Client,
-            ..
-        }
-    ));
-    let mut cx = Ctx {
-        scratch: &r.scratch,
-        pipes: &mut r.pipes,
-        stats: &mut r.stats,
-        mode: RelayMode::Auto,
-        threshold: 65536,
-    };
-    let blocked = Err(io::ErrorKind::WouldBlock.into());
-    r.conn.complete_io(read, blocked, &mut cx, &r.t);
+    let read = r.expect_read(Side::Client);
+    r.complete(read, Err(io::ErrorKind::WouldBlock.into()));
     let w = r.expect_io();
     assert_eq!(
         w,
@@ -310,14 +287,7 @@ fn a_stale_timer_does_nothing_and_the_drain_ends_an_upgrade() {
     r.io(read, &HEAD[..10]);
     let due = r.conn.armed().expect("armed");
     r.conn.handle(Event::Timer(due.wrapping_sub(1)), &r.t);
-    let read = r.expect_io();
-    assert!(matches!(
-        read,
-        IoOp::Read {
-            side: Side::Client,
-            ..
-        }
-    ));
+    r.expect_read(Side::Client);
     r.conn.handle(Event::Drain, &r.t);
     match r.next() {
         Step::End(e) => {

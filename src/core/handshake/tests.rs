@@ -1,6 +1,6 @@
 use super::*;
-use crate::config::{ForwardedFor, Route, Timeouts};
-use crate::core::route::RouteTable;
+use crate::config::Timeouts;
+use crate::core::route::{test_route, RouteTable};
 use crate::core::status::BadRequest;
 use std::time::Duration;
 
@@ -11,14 +11,7 @@ fn settings(backends: &[&str]) -> Settings {
     Settings {
         max_head_bytes: 4096,
         max_headers: 32,
-        routes: RouteTable::new(&[Route {
-            prefix: "/notice".into(),
-            host: None,
-            backends: backends.iter().map(|b| b.parse().expect("addr")).collect(),
-            strip_prefix: true,
-            forwarded_for: ForwardedFor::Append,
-            send_proxy: None,
-        }]),
+        routes: RouteTable::new(&[test_route("/notice", backends)]),
         // The defaults: handshake 10 s, connect 5 s.
         ..Settings::new(RouteTable::default(), Timeouts::default())
     }

@@ -69,26 +69,26 @@ fn would_block() -> io::Result<usize> {
 }
 
 impl Rig {
-    fn poll(&mut self) -> Next {
-        let mut cx = Ctx {
+    /// The relay and what its worker would lend it.
+    fn parts(&mut self) -> (&mut Relay<u32>, Ctx<'_, FakePipes>) {
+        let cx = Ctx {
             scratch: &self.scratch,
             pipes: &mut self.pipes,
             stats: &mut self.stats,
             mode: self.mode,
             threshold: 4096,
         };
-        self.relay.poll_op(&mut cx, 5)
+        (&mut self.relay, cx)
+    }
+
+    fn poll(&mut self) -> Next {
+        let (relay, mut cx) = self.parts();
+        relay.poll_op(&mut cx, 5)
     }
 
     fn complete(&mut self, op: IoOp, res: io::Result<usize>) -> Result<(Way, u64), CloseReason> {
-        let mut cx = Ctx {
-            scratch: &self.scratch,
-            pipes: &mut self.pipes,
-            stats: &mut self.stats,
-            mode: self.mode,
-            threshold: 4096,
-        };
-        self.relay.complete(op, res, &mut cx, 5)
+        let (relay, mut cx) = self.parts();
+        relay.complete(op, res, &mut cx, 5)
     }
 
     /// Expects `want` next and completes it with `res`.
@@ -109,19 +109,28 @@ fn read(side: Side) -> IoOp {
     IoOp::Read { side, max: 1024 }
 }
 
+impl Rig {
+    /// A copy round: `n` bytes read from `from`, and the other side takes `took` of them.
+    fn copy(&mut self, from: Side, n: usize, took: usize) {
+        let to = match from {
+            Side::Client => Side::Backend,
+            Side::Backend => Side::Client,
+        };
+        self.step(read(from), Ok(n));
+        let write = IoOp::Write {
+            side: to,
+            src: Src::Scratch(n),
+        };
+        self.step(write, Ok(took));
+    }
+}
+
 #[test]
 fn small_message_is_copied_through_scratch_and_the_direction_waits_again() {
     let mut r = rig(RelayMode::Auto, 4);
     r.settle();
     r.relay.handle_ready(Side::Client, true, false, false);
-    r.step(read(Side::Client), Ok(10));
-    r.step(
-        IoOp::Write {
-            side: Side::Backend,
-            src: Src::Scratch(10),
-        },
-        Ok(10),
-    );
+    r.copy(Side::Client, 10, 10);
     // A short read drained the socket: no read until the next edge.
     assert_eq!(r.poll(), Next::Wait);
     assert_eq!((r.stats.bytes_up, r.stats.bytes_copied), (10, 10));
@@ -133,14 +142,7 @@ fn a_short_write_keeps_the_rest_and_stops_reading_until_the_peer_is_writable() {
     let mut r = rig(RelayMode::Copy, 0);
     r.settle();
     r.relay.handle_ready(Side::Backend, true, false, false);
-    r.step(read(Side::Backend), Ok(1024));
-    r.step(
-        IoOp::Write {
-            side: Side::Client,
-            src: Src::Scratch(1024),
-        },
-        Ok(100),
-    );
+    r.copy(Side::Backend, 1024, 100);
     assert_eq!(r.stats.overflow_in_use, 1);
     // The source still has bytes (a full read), but nothing more is read while bytes wait.
     assert_eq!(r.poll(), Next::Wait);
@@ -164,14 +166,7 @@ fn auto_mode_splices_once_a_burst_reaches_the_threshold_and_copies_small_bursts(
     r.relay.handle_ready(Side::Client, true, false, false);
     // Full reads: a burst of 4 KiB reaches the 4 KiB threshold.
     for _ in 0..4 {
-        r.step(read(Side::Client), Ok(1024));
-        r.step(
-            IoOp::Write {
-                side: Side::Backend,
-                src: Src::Scratch(1024),
-            },
-            Ok(1024),
-        );
+        r.copy(Side::Client, 1024, 1024);
     }
     let splice_in = IoOp::SpliceIn {
         side: Side::Client,
@@ -280,14 +275,7 @@ fn a_failing_socket_names_its_side() {
 fn a_busy_source_yields_after_its_budget() {
     let mut r = rig(RelayMode::Copy, 0);
     for _ in 0..BUDGET {
-        r.step(read(Side::Client), Ok(1024));
-        r.step(
-            IoOp::Write {
-                side: Side::Backend,
-                src: Src::Scratch(1024),
-            },
-            Ok(1024),
-        );
+        r.copy(Side::Client, 1024, 1024);
     }
     r.step(read(Side::Backend), would_block());
     assert_eq!(r.poll(), Next::Yield);
