@@ -6,12 +6,12 @@
 //! methods here are those parsers for a TOML value, with its file, line and key on the error.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::ops::{Bound, RangeBounds};
+use std::ops::RangeBounds;
 use std::time::Duration;
 
 use toml::de::DeValue;
 
-use super::walk::Field;
+use super::walk::{check_range, Field};
 use super::ConfigError;
 
 /// Deadlines are `Instant + Duration`, which panics on overflow; a year is far beyond any real timeout.
@@ -83,27 +83,6 @@ impl Field<'_> {
             return Err(self.error("must be greater than 0"));
         }
         Ok(d)
-    }
-}
-
-/// `n` in `range`; an open end is `usize::MAX`, what the largest target type holds.
-pub(super) fn check_range(n: i128, range: impl RangeBounds<u64>) -> Result<(), String> {
-    let min = match range.start_bound() {
-        Bound::Included(&min) => min,
-        Bound::Excluded(&min) => min.saturating_add(1),
-        Bound::Unbounded => 0,
-    };
-    let max = match range.end_bound() {
-        Bound::Included(&max) => Some(max),
-        Bound::Excluded(&max) => Some(max.saturating_sub(1)),
-        Bound::Unbounded => None,
-    };
-    let in_range = |max: u64| n >= i128::from(min) && n <= i128::from(max);
-    match max {
-        Some(max) if in_range(max) => Ok(()),
-        Some(max) => Err(format!("must be between {min} and {max}, got {n}")),
-        None if in_range(usize::MAX as u64) => Ok(()),
-        None => Err(format!("must be at least {min}, got {n}")),
     }
 }
 

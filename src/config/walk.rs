@@ -6,12 +6,11 @@
 //! than through `serde` derives is deliberate: serde's errors carry a span but not the key path
 //! (`timeouts.idle`), and the key is what the operator searches the file for.
 
-use std::ops::{Range, RangeBounds};
+use std::ops::{Bound, Range, RangeBounds};
 
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-use super::value::check_range;
 use super::ConfigError;
 
 /// The text being parsed and the name to report it under.
@@ -277,5 +276,26 @@ impl<'a> Field<'a> {
             .ok()
             .and_then(|n| T::try_from(n).ok())
             .ok_or_else(|| self.error(format!("{n} is too large")))
+    }
+}
+
+/// `n` in `range`; an open end is `usize::MAX`, what the largest target type holds.
+pub(super) fn check_range(n: i128, range: impl RangeBounds<u64>) -> Result<(), String> {
+    let min = match range.start_bound() {
+        Bound::Included(&min) => min,
+        Bound::Excluded(&min) => min.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let max = match range.end_bound() {
+        Bound::Included(&max) => Some(max),
+        Bound::Excluded(&max) => Some(max.saturating_sub(1)),
+        Bound::Unbounded => None,
+    };
+    let in_range = |max: u64| n >= i128::from(min) && n <= i128::from(max);
+    match max {
+        Some(max) if in_range(max) => Ok(()),
+        Some(max) => Err(format!("must be between {min} and {max}, got {n}")),
+        None if in_range(usize::MAX as u64) => Ok(()),
+        None => Err(format!("must be at least {min}, got {n}")),
     }
 }

@@ -2,7 +2,6 @@
 //! discard what the client still sends until it closes or [`LINGER`] is over. Closing with
 //! unread input would send RST, and an RST may destroy the answer before the client reads it.
 
-use super::upgrade::Upgrading;
 use super::{ConnLog, End, EndReason, Event, Note, Step, Time, LINGER};
 use crate::core::relay::{IoOp, Side, Src};
 use crate::core::status::Reject;
@@ -66,12 +65,12 @@ impl Linger {
     }
 
     /// The upgrade ended with `out` for the client (a refusal, or the backend's non-101 answer
-    /// when `status` is the backend's).
+    /// when `answered`); the client's per-IP count and log facts carry over.
     pub(super) fn after_upgrade(
-        u: &Upgrading,
         out: Vec<u8>,
-        status: u16,
         answered: bool,
+        counted_ip: Option<IpAddr>,
+        log: Option<Box<ConnLog>>,
         t: &Time,
     ) -> Linger {
         let reason = if answered {
@@ -81,8 +80,8 @@ impl Linger {
         };
         let mut l = Linger::new(out, reason, t);
         l.close_backend = true;
-        l.counted_ip = u.counted_ip;
-        l.log = u.log_facts(status);
+        l.counted_ip = counted_ip;
+        l.log = log;
         l
     }
 

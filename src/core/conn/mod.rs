@@ -350,7 +350,8 @@ impl<P> Conn<P> {
                 upgrade::Polled::Step(s) => s,
                 upgrade::Polled::Reject { out, status, note } => {
                     let answered = note == Note::Answered;
-                    let linger = Linger::after_upgrade(u, out, status, answered, t);
+                    let log = u.log_facts(status);
+                    let linger = Linger::after_upgrade(out, answered, u.counted_ip, log, t);
                     *self = Conn::Linger(Box::new(linger));
                     return Step::Note(note);
                 }
@@ -428,7 +429,9 @@ impl<P> Conn<P> {
     /// The result of a [`Step::Admit`].
     pub fn complete_admit(&mut self, a: Admission, t: &Time) {
         if let Conn::Upgrade(u) = self {
-            if let Some(refused) = u.complete_admit(a, t) {
+            if u.complete_admit(a) {
+                let r = Reject::TooManyFromIp;
+                let refused = Linger::refuse_at_accept(r, &[Note::Rejected(r)], true, t);
                 *self = Conn::Linger(Box::new(refused));
             }
         }

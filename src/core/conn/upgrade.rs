@@ -357,25 +357,14 @@ impl Upgrading {
         self.act(a);
     }
 
-    /// The per-IP limiter's answer. `Some`: refused at accept, linger with a 429.
-    pub(super) fn complete_admit(
-        &mut self,
-        a: Admission,
-        t: &Time,
-    ) -> Option<super::linger::Linger> {
+    /// The per-IP limiter's answer. True: refused at accept, before any head was read.
+    pub(super) fn complete_admit(&mut self, a: Admission) -> bool {
         let at_accept = self.admit == Admit::AskedAtAccept;
         self.admit = Admit::Done;
         match a {
             Admission::Counted => self.counted_ip = Some(self.hs.client().ip()),
             Admission::Unlimited => {}
-            Admission::Refused if at_accept => {
-                return Some(super::linger::Linger::refuse_at_accept(
-                    Reject::TooManyFromIp,
-                    &[Note::Rejected(Reject::TooManyFromIp)],
-                    true,
-                    t,
-                ))
-            }
+            Admission::Refused if at_accept => return true,
             Admission::Refused => {
                 // Instead of the action that waited: if it was a `Connect`, none was started.
                 self.action = None;
@@ -383,7 +372,7 @@ impl Upgrading {
                 self.act(r);
             }
         }
-        None
+        false
     }
 
     /// Bytes for the `Write { src: Held }` in flight: the rewritten head.
