@@ -63,6 +63,41 @@ pub enum RelayMode {
     Copy,
 }
 
+/// How workers run: `worker_model` (or `--worker-model`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WorkerModel {
+    /// Processes when they hold more tunnels than threads would (each process has its own
+    /// open-file limit), threads otherwise; start-up says which and why.
+    #[default]
+    Auto,
+    /// Worker threads in one process: one descriptor table for all of them.
+    Threads,
+    /// One process per worker under a supervisor: a descriptor table each, a crash is local.
+    Processes,
+}
+
+impl WorkerModel {
+    /// The config spelling: `auto`, `threads` or `processes`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerModel::Auto => "auto",
+            WorkerModel::Threads => "threads",
+            WorkerModel::Processes => "processes",
+        }
+    }
+}
+
+fn parse_worker_model(s: &str) -> Result<WorkerModel, String> {
+    match s {
+        "auto" => Ok(WorkerModel::Auto),
+        "threads" => Ok(WorkerModel::Threads),
+        "processes" => Ok(WorkerModel::Processes),
+        _ => Err(format!(
+            "invalid value {s:?}: expected \"auto\", \"threads\" or \"processes\""
+        )),
+    }
+}
+
 /// Timeouts. `Duration::ZERO` for `idle` or `half_close` means "never".
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Timeouts {
@@ -154,8 +189,10 @@ pub struct ProxyIn {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub listen: Vec<SocketAddr>,
-    /// Worker threads; `None` = one per CPU core.
+    /// Workers; `None` = one per CPU core.
     pub workers: Option<usize>,
+    /// Threads in one process or a process each.
+    pub worker_model: WorkerModel,
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub keepalive: Keepalive,
@@ -348,10 +385,17 @@ impl std::error::Error for ConfigError {}
 impl Config {
     /// Reads and validates a TOML file. Errors name `path` as given.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with_text(path).map(|(cfg, _)| cfg)
+    }
+
+    /// Like [`Config::load`], and also the text it parsed (worker processes parse exactly
+    /// the bytes the supervisor validated).
+    pub fn load_with_text(path: &Path) -> Result<(Config, String), ConfigError> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::new(Some(&file), None, None, format!("cannot read: {e}")))?;
-        Config::from_toml_str(&text, &file)
+        let cfg = Config::from_toml_str(&text, &file)?;
+        Ok((cfg, text))
     }
 
     /// Parses and validates TOML text; `file` is only used in error messages.
@@ -378,6 +422,11 @@ impl Config {
         let workers = match root.get("workers") {
             Some(f) => Some(f.uint_in(1, MAX_WORKERS)?),
             None => None,
+        };
+
+        let worker_model = match root.get("worker_model") {
+            Some(f) => parse_worker_model(f.str()?).map_err(|m| f.error(m))?,
+            None => WorkerModel::Auto,
         };
 
         let access_log = match root.table("access_log", ACCESS_LOG_KEYS)? {
@@ -531,6 +580,7 @@ impl Config {
         Ok(Config {
             listen,
             workers,
+            worker_model,
             timeouts,
             limits,
             keepalive,
@@ -614,6 +664,7 @@ impl Config {
         Ok(Config {
             listen,
             workers,
+            worker_model: WorkerModel::Auto,
             timeouts: Timeouts::default(),
             limits: Limits::default(),
             keepalive: Keepalive::default(),
@@ -634,6 +685,7 @@ impl Config {
 const ROOT_KEYS: &[&str] = &[
     "listen",
     "workers",
+    "worker_model",
     "relay",
     "timeouts",
     "limits",
@@ -1246,6 +1298,7 @@ backends = ["127.0.0.1:50003"]
                 "[::1]:8081".parse().unwrap(),
             ],
             workers: Some(2),
+            worker_model: WorkerModel::Auto,
             timeouts: Timeouts {
                 handshake: secs(10),
                 connect: Duration::from_millis(500),
@@ -1588,7 +1641,31 @@ backends = ["127.0.0.1:50003"]
         let e = parse(&format!("listn = []\n{LISTEN}{ROUTE}")).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "t.toml:1: unknown key `listn` (expected one of: listen, workers, relay, timeouts, limits, keepalive, splice, route, admin, access_log, trusted_proxies, proxy_protocol, underscores_in_headers)"
+            "t.toml:1: unknown key `listn` (expected one of: listen, workers, worker_model, relay, timeouts, limits, keepalive, splice, route, admin, access_log, trusted_proxies, proxy_protocol, underscores_in_headers)"
+        );
+    }
+
+    #[test]
+    fn worker_model() {
+        let top = |v: &str| format!("{LISTEN}worker_model = {v}\n{ROUTE}");
+        assert_eq!(
+            parse(&top("\"processes\"")).unwrap().worker_model,
+            WorkerModel::Processes
+        );
+        assert_eq!(
+            parse(&top("\"threads\"")).unwrap().worker_model,
+            WorkerModel::Threads
+        );
+        assert_eq!(
+            parse(&format!("{LISTEN}{ROUTE}")).unwrap().worker_model,
+            WorkerModel::Auto
+        );
+        let e = parse(&top("\"forks\"")).unwrap_err();
+        assert_eq!(e.key(), Some("worker_model"));
+        assert!(
+            e.to_string()
+                .contains("expected \"auto\", \"threads\" or \"processes\""),
+            "{e}"
         );
     }
 

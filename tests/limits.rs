@@ -206,7 +206,7 @@ fn at_the_fd_limit_accept_pauses_and_recovers() {
         .replace("workers = 2\n", ""),
         &format!("ulimit -n {FD_LIMIT} &&"),
     );
-    let pid = p.pid();
+    let pid = p.serving_pid();
     // Which of the two paths the limit is met on depends on the parity of the free descriptor
     // slots: with an even number, tunnels (2 fds each) use them all and the next accept fails
     // outright; with an odd number, the last accept succeeds and its backend socket cannot be

@@ -1,10 +1,11 @@
 //! The admin listener: `GET /metrics` (Prometheus text), `GET /healthz`, `GET /status` (JSON).
 //!
 //! One blocking thread, one request per connection, far from the hot path: it only reads the
-//! counters the workers publish.
+//! counters the workers publish (with worker processes: in shared memory, summed here, together
+//! with the counts of workers that died and were replaced).
 
 use crate::driver::stats::{render, Counters};
-use crate::driver::StatsReader;
+use crate::driver::{StatsReader, WorkerModel};
 use crate::sys::limits;
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -45,12 +46,16 @@ fn serve(s: TcpStream, stats: &StatsReader, started: Instant) -> io::Result<()> 
     let c = stats.read();
     let (status, ctype, body) = match (method, path) {
         ("GET", "/metrics") => {
-            let mut m = metrics(&c, started);
+            let mut m = metrics(&c, stats, started);
             m.push_str(&stats.backends());
             ("200 OK", "text/plain; version=0.0.4", m)
         }
         ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
-        ("GET", "/status") => ("200 OK", "application/json", status_json(&c, started)),
+        ("GET", "/status") => (
+            "200 OK",
+            "application/json",
+            status_json(&c, stats, started),
+        ),
         ("GET", _) => (
             "404 Not Found",
             "text/plain",
@@ -66,13 +71,43 @@ fn serve(s: TcpStream, stats: &StatsReader, started: Instant) -> io::Result<()> 
     )
 }
 
-fn metrics(c: &Counters, started: Instant) -> String {
+/// Open descriptors of every process of the proxy (this one, and each worker process) and the
+/// open-file limit each has: with worker processes, per worker, since each has its own table.
+fn fds(stats: &StatsReader) -> (usize, Vec<(usize, usize)>) {
+    let own = limits::open_fd_count().unwrap_or(0);
+    if stats.model() == WorkerModel::Threads {
+        return (own, Vec::new());
+    }
+    let per: Vec<(usize, usize)> = stats
+        .workers()
+        .iter()
+        .map(|w| (w.id, limits::fd_count_of(w.pid).unwrap_or(0)))
+        .collect();
+    (own + per.iter().map(|(_, n)| n).sum::<usize>(), per)
+}
+
+fn metrics(c: &Counters, stats: &StatsReader, started: Instant) -> String {
     let mut s = render(c);
-    let fds = limits::open_fd_count().unwrap_or(0);
+    let (fds, per_worker) = fds(stats);
     let (soft, _) = limits::nofile_limit().unwrap_or((0, 0));
     s.push_str(&format!(
         "wsplice_open_fds {fds}\nwsplice_fd_limit {soft}\n"
     ));
+    let workers = stats.workers();
+    let restarts: u64 = workers.iter().map(|w| w.restarts).sum();
+    s.push_str(&format!(
+        "wsplice_workers {}\nwsplice_worker_restarts_total {restarts}\n",
+        workers.len()
+    ));
+    for w in &workers {
+        s.push_str(&format!(
+            "wsplice_worker_connections{{worker=\"{}\"}} {}\n",
+            w.id, w.connections
+        ));
+    }
+    for (id, n) in per_worker {
+        s.push_str(&format!("wsplice_worker_open_fds{{worker=\"{id}\"}} {n}\n"));
+    }
     s.push_str(&format!(
         "wsplice_uptime_seconds {}\n",
         started.elapsed().as_secs()
@@ -80,16 +115,28 @@ fn metrics(c: &Counters, started: Instant) -> String {
     s
 }
 
-fn status_json(c: &Counters, started: Instant) -> String {
+fn status_json(c: &Counters, stats: &StatsReader, started: Instant) -> String {
+    let workers: Vec<String> = stats
+        .workers()
+        .iter()
+        .map(|w| {
+            format!(
+                "{{\"id\":{},\"pid\":{},\"connections\":{},\"restarts\":{}}}",
+                w.id, w.pid, w.connections, w.restarts
+            )
+        })
+        .collect();
     format!(
-        "{{\"connections\":{},\"tunnels_total\":{},\"accepted_total\":{},\"bytes_spliced\":{},\"bytes_copied\":{},\"pipes_in_use\":{},\"open_fds\":{},\"uptime_seconds\":{}}}\n",
+        "{{\"connections\":{},\"tunnels_total\":{},\"accepted_total\":{},\"bytes_spliced\":{},\"bytes_copied\":{},\"pipes_in_use\":{},\"open_fds\":{},\"uptime_seconds\":{},\"worker_model\":\"{}\",\"workers\":[{}]}}\n",
         c.connections,
         c.tunnels,
         c.accepted,
         c.relay.bytes_spliced,
         c.relay.bytes_copied,
         c.pipes.in_use,
-        limits::open_fd_count().unwrap_or(0),
-        started.elapsed().as_secs()
+        fds(stats).0,
+        started.elapsed().as_secs(),
+        stats.model().as_str(),
+        workers.join(",")
     )
 }

@@ -6,8 +6,9 @@ use crate::core::status::Reject;
 use crate::core::tunnel::CloseReason;
 use crate::driver::relay::RelayStats;
 use crate::sys::pipe::PoolStats;
+use crate::sys::shm::Cells;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 /// One worker's counters, owned by its thread.
 #[derive(Debug, Default, Clone, Copy)]
@@ -75,17 +76,28 @@ impl Counters {
 /// Field order of the published array.
 const FIELDS: usize = 7 + 11 + 6 + 6 + 4 + 15;
 
-/// A worker's counters as other threads can read them.
+/// Words one [`Published`] block takes (to lay blocks out in shared memory).
+pub const PUBLISHED_WORDS: usize = FIELDS;
+
+/// A worker's counters as other threads (or, in shared memory, other processes) can read them.
 #[derive(Debug)]
 pub struct Published {
-    v: [AtomicU64; FIELDS],
+    v: Cells,
 }
 
 impl Default for Published {
     fn default() -> Self {
         Published {
-            v: std::array::from_fn(|_| AtomicU64::new(0)),
+            v: Cells::heap(FIELDS),
         }
+    }
+}
+
+impl Published {
+    /// A block in memory shared with other processes; `None` unless it has
+    /// [`PUBLISHED_WORDS`] words.
+    pub fn in_cells(v: Cells) -> Option<Published> {
+        (v.len() == FIELDS).then_some(Published { v })
     }
 }
 
@@ -163,7 +175,7 @@ impl Published {
 
     pub fn load(&self) -> Counters {
         let mut v = [0u64; FIELDS];
-        for (out, slot) in v.iter_mut().zip(&self.v) {
+        for (out, slot) in v.iter_mut().zip(self.v.iter()) {
             *out = slot.load(Ordering::Relaxed);
         }
         unflatten(&v)

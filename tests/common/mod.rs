@@ -36,6 +36,15 @@ impl Proxy {
         self.child.id()
     }
 
+    /// The process holding the connections: the proxy itself with worker threads, its one
+    /// worker process with `worker_model = "processes"` (tests that use this run one worker).
+    pub fn serving_pid(&self) -> u32 {
+        match worker_pids(self.pid())[..] {
+            [one] => one,
+            _ => self.pid(),
+        }
+    }
+
     /// Rewrites the config file (for a reload).
     pub fn write_config(&self, toml: &str) {
         std::fs::write(&self.config, toml).expect("rewrite config");
@@ -83,6 +92,34 @@ impl Proxy {
     }
 }
 
+/// `--worker-model MODEL` when `WSPLICE_TEST_WORKER_MODEL` is set (`threads` or `processes`):
+/// the whole suite can be run in either model; by default each config's own choice stands.
+pub fn worker_model_args() -> Vec<String> {
+    match std::env::var("WSPLICE_TEST_WORKER_MODEL") {
+        Ok(m) if !m.is_empty() => vec!["--worker-model".into(), m],
+        _ => Vec::new(),
+    }
+}
+
+/// The worker processes of a supervisor `pid` (none with threads), by /proc's parent links.
+pub fn worker_pids(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(child) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        let after = stat.rfind(')').map(|i| &stat[i + 2..]).unwrap_or("");
+        if after.split_whitespace().nth(1).and_then(|p| p.parse().ok()) == Some(pid) {
+            out.push(child);
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
 fn temp_config(toml: &str) -> PathBuf {
     static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -97,17 +134,19 @@ pub fn start(toml: &str, shell_prefix: &str) -> Proxy {
     raise_test_fd_limit();
     let config = temp_config(toml);
     let bin = env!("CARGO_BIN_EXE_wsplice");
+    let model = worker_model_args();
     let mut cmd = if shell_prefix.is_empty() {
         let mut c = Command::new(bin);
-        c.arg("--config").arg(&config);
+        c.arg("--config").arg(&config).args(&model);
         c
     } else {
         let mut c = Command::new("sh");
         c.args([
             "-c",
             &format!(
-                "{shell_prefix} exec '{bin}' --config '{}'",
-                config.display()
+                "{shell_prefix} exec '{bin}' --config '{}' {}",
+                config.display(),
+                model.join(" ")
             ),
         ]);
         c
@@ -178,8 +217,19 @@ pub fn read_head(s: &mut impl Read) -> std::io::Result<Vec<u8>> {
     Ok(head)
 }
 
-/// `VmRSS` of a process, bytes.
+/// `pid` and its worker processes (with `worker_model = "processes"`): the whole proxy.
+fn tree(pid: u32) -> Vec<u32> {
+    let mut all = vec![pid];
+    all.extend(worker_pids(pid));
+    all
+}
+
+/// `VmRSS` of the proxy (a process and its worker processes), bytes.
 pub fn rss_bytes(pid: u32) -> u64 {
+    tree(pid).into_iter().map(process_rss).sum()
+}
+
+fn process_rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
     status
         .lines()
@@ -190,15 +240,24 @@ pub fn rss_bytes(pid: u32) -> u64 {
         * 1024
 }
 
-/// utime + stime of a process, clock ticks.
+/// utime + stime of the proxy (a process and its worker processes), clock ticks.
 pub fn cpu_ticks(pid: u32) -> u64 {
+    tree(pid).into_iter().map(process_ticks).sum()
+}
+
+fn process_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
     let after = &stat[stat.rfind(')').expect("comm") + 2..];
     let f: Vec<&str> = after.split_whitespace().collect();
     f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
 }
 
+/// Open descriptors of the proxy (a process and its worker processes).
 pub fn fd_count(pid: u32) -> usize {
+    tree(pid).into_iter().map(process_fds).sum()
+}
+
+fn process_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
         .unwrap_or(0)

@@ -241,6 +241,7 @@ impl ProxyBuilder {
         let mut child = Command::new(env!("CARGO_BIN_EXE_wsplice"))
             .arg("--config")
             .arg(&config)
+            .args(worker_model_args())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr))
@@ -290,6 +291,16 @@ impl ProxyBuilder {
         // Keep draining stdout so the proxy never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         proxy
+    }
+}
+
+/// `--worker-model MODEL` when the environment asks the suite to run its proxies in one model
+/// (`WSPLICE_TEST_WORKER_MODEL=threads` or `processes`); by default each config's own choice
+/// stands (`auto`: processes for the suite's 2 workers).
+pub fn worker_model_args() -> Vec<String> {
+    match std::env::var("WSPLICE_TEST_WORKER_MODEL") {
+        Ok(m) if !m.is_empty() => vec!["--worker-model".into(), m],
+        _ => Vec::new(),
     }
 }
 
