@@ -3,6 +3,8 @@
 //! (tests/support/ holds the async helpers of the end-to-end suite.)
 #![allow(dead_code)]
 
+pub mod tunnels;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -21,19 +23,32 @@ pub struct Proxy {
     pub config: PathBuf,
     /// Stdout lines after `ready` (e.g. `reloaded`), read by a background thread.
     pub lines: Receiver<String>,
+    /// Stdout lines up to `ready`.
+    pub startup: Vec<String>,
+    /// Where its stderr goes (printed if the test fails).
+    pub stderr_log: PathBuf,
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- wsplice stderr ----\n{}", self.stderr());
+        }
         let _ = std::fs::remove_file(&self.config);
+        let _ = std::fs::remove_file(&self.stderr_log);
     }
 }
 
 impl Proxy {
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The proxy's stderr so far (its worker processes write there too).
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
     }
 
     /// The process holding the connections: the proxy itself with worker threads, its one
@@ -93,7 +108,8 @@ impl Proxy {
 }
 
 /// `--worker-model MODEL` when `WSPLICE_TEST_WORKER_MODEL` is set (`threads` or `processes`):
-/// the whole suite can be run in either model; by default each config's own choice stands.
+/// the whole suite can be run in either model; by default (and for a config that sets
+/// `worker_model` itself) the config's choice stands.
 pub fn worker_model_args() -> Vec<String> {
     match std::env::var("WSPLICE_TEST_WORKER_MODEL") {
         Ok(m) if !m.is_empty() => vec!["--worker-model".into(), m],
@@ -134,7 +150,12 @@ pub fn start(toml: &str, shell_prefix: &str) -> Proxy {
     raise_test_fd_limit();
     let config = temp_config(toml);
     let bin = env!("CARGO_BIN_EXE_wsplice");
-    let model = worker_model_args();
+    // A test whose config names its model keeps it.
+    let model = if toml.contains("worker_model") {
+        Vec::new()
+    } else {
+        worker_model_args()
+    };
     let mut cmd = if shell_prefix.is_empty() {
         let mut c = Command::new(bin);
         c.arg("--config").arg(&config).args(&model);
@@ -151,25 +172,37 @@ pub fn start(toml: &str, shell_prefix: &str) -> Proxy {
         ]);
         c
     };
+    let stderr_log = config.with_extension("stderr");
+    let stderr = std::fs::File::create(&stderr_log).expect("create the proxy's stderr log");
     let mut child = cmd
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::from(stderr))
         .spawn()
         .expect("spawn wsplice");
     let out = child.stdout.take().expect("stdout");
-    let (addr, admin, lines) = read_startup(out);
+    let (addr, admin, lines, startup) = read_startup(out);
     Proxy {
         child,
         addr: addr.expect("a listen line before ready"),
         admin,
         config,
         lines,
+        startup,
+        stderr_log,
     }
 }
 
-fn read_startup(out: ChildStdout) -> (Option<SocketAddr>, Option<SocketAddr>, Receiver<String>) {
+type Startup = (
+    Option<SocketAddr>,
+    Option<SocketAddr>,
+    Receiver<String>,
+    Vec<String>,
+);
+
+fn read_startup(out: ChildStdout) -> Startup {
     let mut out = BufReader::new(out);
     let (mut addr, mut admin) = (None, None);
+    let mut startup = Vec::new();
     let mut line = String::new();
     loop {
         line.clear();
@@ -183,6 +216,7 @@ fn read_startup(out: ChildStdout) -> (Option<SocketAddr>, Option<SocketAddr>, Re
         if let Some(rest) = l.strip_prefix("admin ") {
             admin = rest.trim().parse().ok();
         }
+        startup.push(l.to_owned());
         if l == "ready" {
             break;
         }
@@ -196,7 +230,7 @@ fn read_startup(out: ChildStdout) -> (Option<SocketAddr>, Option<SocketAddr>, Re
             }
         }
     });
-    (addr, admin, rx)
+    (addr, admin, rx, startup)
 }
 
 /// A WebSocket upgrade head for `path`.
