@@ -1,11 +1,14 @@
 //! wsplice: a WebSocket reverse proxy for Linux that holds many connections on little memory.
 //!
 //! ```text
-//!   config.rs ──▶ driver::Server::start ──▶ one thread per worker (driver::epoll::Worker)
-//!                                            ├─ its own SO_REUSEPORT listener per address
-//!                                            ├─ mio Poll (edge-triggered), slab of connections
-//!                                            ├─ timer wheel (core::timer), pipe pool (sys::pipe)
-//!                                            └─ per-worker counters, published once per loop
+//!   config.rs ──▶ driver::Server (threads)              ──▶ one worker per thread, or
+//!                 driver::supervisor (processes, memfd) ──▶ one worker per process
+//!                   each worker (driver::epoll::Worker):
+//!                     ├─ its own SO_REUSEPORT listener per address
+//!                     ├─ mio Poll (edge-triggered), slab of connections
+//!                     ├─ timer wheel (core::timer), pipe pool (sys::pipe)
+//!                     └─ per-worker counters, published once per loop (driver::shared: in
+//!                        memory the supervisor sums, with exact cross-process limits)
 //!
 //!   one connection:
 //!     bytes ──▶ core::session::Handshake (sans-IO: head checks, route, rewrite, 101 check)
