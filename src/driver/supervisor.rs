@@ -598,9 +598,11 @@ impl Supervisor {
         }
         let mut waiting = Vec::new();
         for id in 0..n {
+            // A worker still starting (spawned with the previous text) gets the reload too: its
+            // control thread reads it right after its setup.
             let (alive, seq, ctl) = {
                 let s = &self.slots[id];
-                (s.alive && s.ready, s.seq, s.ctl.clone())
+                (s.alive, s.seq, s.ctl.clone())
             };
             let Some(ctl) = ctl.filter(|_| alive) else {
                 continue;
@@ -626,6 +628,8 @@ impl Supervisor {
                     } else if let Some(why) = text.strip_prefix(&failed) {
                         waiting.retain(|w| *w != (id, seq));
                         errors.push(format!("worker {id}: {why}"));
+                    } else {
+                        self.on_message(id, seq, &text);
                     }
                 }
                 Ok(Event::Exited { id, seq, status }) => {
