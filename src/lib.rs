@@ -1,12 +1,15 @@
 //! wsplice: a WebSocket reverse proxy for Linux that holds many connections on little memory.
 //!
 //! ```text
-//!   config/ ──▶ driver::Server::start ──▶ one thread per worker: driver::epoll::Worker::run
-//!                                          ├─ driver::worker::Worker (any driver): slab of
-//!                                          │  connections, timer wheel, pipe pool, limits,
-//!                                          │  counters, access log, reload and drain
-//!                                          └─ driver::epoll: mio Poll (edge-triggered), its own
-//!                                             SO_REUSEPORT listeners; executes I/O operations
+//!   config/ ──▶ driver::Server (threads)              ──▶ one worker per thread, or
+//!               driver::supervisor (processes, memfd) ──▶ one worker per process
+//!                 each worker: driver::epoll::Worker::run
+//!                   ├─ driver::worker::Worker (any driver): slab of connections, timer wheel,
+//!                   │  pipe pool, limits, counters, access log, reload and drain
+//!                   ├─ driver::epoll: mio Poll (edge-triggered), its own SO_REUSEPORT
+//!                   │  listeners; executes I/O operations
+//!                   └─ counters published once per loop (driver::shared: in memory the
+//!                      supervisor sums, with exact cross-process limits)
 //!
 //!   core/ (sans-IO, decides)            driver/ (executes)                  sys/ (only unsafe)
 //!   conn::Conn ─ upgrade ─▶ relay ─▶ end   worker::Worker ── Driver::exec ──▶ sock, pipe, limits

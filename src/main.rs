@@ -9,10 +9,11 @@
 //! On start it prints, to stdout and one flushed line at a time (tests and scripts parse these):
 //!
 //! ```text
-//! listen 127.0.0.1:8000 workers=4
+//! listen 127.0.0.1:8000 workers=2
 //! route /notice -> 127.0.0.1:50001 strip_prefix=true
 //! route /msg host=example.com -> 127.0.0.1:50002,127.0.0.1:50003 strip_prefix=true
-//! capacity: 261000 connections, 65000 pipes (open-file limit 1048576)
+//! workers: 2 processes (worker_model = "auto": an open-file limit of 20000 per process holds 9381 tunnels in one process, 18762 in 2 processes of 9381 each)
+//! capacity: 18762 connections, 1172 pipes (open-file limit 20000 per process; per worker 9381 connections, 586 pipes; pipes may pin 73 MiB)
 //! ready
 //! ```
 //!
@@ -23,14 +24,18 @@ use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
-use wsplice::config::{Config, RelayMode};
+use std::ffi::OsString;
+use std::time::{Duration, Instant};
+use wsplice::config::{Config, ConfigError, RelayMode, WorkerModel};
 use wsplice::core::relay::CloseReason;
-use wsplice::driver::{self, admin, Server};
+use wsplice::driver::supervisor::{Event, Spawn, Supervisor};
+use wsplice::driver::{self, admin, process, Server, StatsReader};
 use wsplice::sys::limits;
 
 // The toy backends of `wsplice demo` live with the binary: the library has no use for a
@@ -61,9 +66,19 @@ struct Args {
     )]
     route: Vec<String>,
 
-    /// Worker threads (default: one per CPU). Overrides the configuration file.
+    /// Workers (default: one per CPU). Overrides the configuration file.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     workers: Option<u16>,
+
+    /// Run the workers as threads of one process or as a process each (default auto: whichever
+    /// holds more tunnels; start-up says which and why). Overrides the configuration file.
+    #[arg(long, value_enum, value_name = "MODEL")]
+    worker_model: Option<ModelArg>,
+
+    /// Internal: run as worker process N of a supervisor (which passes the control socket as
+    /// stdin).
+    #[arg(long, value_name = "N", hide = true)]
+    worker_process: Option<usize>,
 
     /// How tunnel bytes are moved. Overrides the configuration file.
     #[arg(long, value_enum, value_name = "MODE")]
@@ -95,6 +110,26 @@ enum RelayArg {
     Copy,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ModelArg {
+    /// Processes when they hold more tunnels than threads would.
+    Auto,
+    /// Threads of one process.
+    Threads,
+    /// One process per worker under a supervisor.
+    Processes,
+}
+
+impl From<ModelArg> for WorkerModel {
+    fn from(arg: ModelArg) -> WorkerModel {
+        match arg {
+            ModelArg::Auto => WorkerModel::Auto,
+            ModelArg::Threads => WorkerModel::Threads,
+            ModelArg::Processes => WorkerModel::Processes,
+        }
+    }
+}
+
 impl From<RelayArg> for RelayMode {
     fn from(arg: RelayArg) -> RelayMode {
         match arg {
@@ -107,6 +142,17 @@ impl From<RelayArg> for RelayMode {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(id) = args.worker_process {
+        let args = Arc::new(args);
+        let loader: process::Loader = Box::new(move |text| load_text(&args, text));
+        return match process::run(id, loader) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("wsplice: worker {id}: error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Some(Cmd::Demo { listen }) = args.command {
         return match run_demo(listen, &args) {
             Ok(()) => ExitCode::SUCCESS,
@@ -128,8 +174,8 @@ fn main() -> ExitCode {
         Some(path) => path.display().to_string(),
         None => "from the command line".to_owned(),
     };
-    let cfg = match load(&args) {
-        Ok(cfg) => cfg,
+    let (cfg, text) = match load(&args) {
+        Ok(x) => x,
         Err(e) => {
             eprintln!("wsplice: error: {e}");
             if args.check {
@@ -142,7 +188,7 @@ fn main() -> ExitCode {
         println!("wsplice: configuration {source} is ok");
         return ExitCode::SUCCESS;
     }
-    match run(cfg, &args) {
+    match run(cfg, text, &args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("wsplice: error: {e}");
@@ -155,8 +201,11 @@ fn main() -> ExitCode {
 fn run_demo(listen: SocketAddr, args: &Args) -> io::Result<()> {
     let (notice, echo) = demo::start_demo_backends()?;
     let routes = [format!("/notice={notice}"), format!("/msg={echo}")];
-    let cfg = Config::from_cli(vec![listen], &routes, None, None)
+    let mut cfg = Config::from_cli(vec![listen], &routes, None, None)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    // The demo backends are threads of this process: worker processes could not reach them
+    // through a re-run of `demo`.
+    cfg.worker_model = WorkerModel::Threads;
     eprintln!(
         "wsplice demo: /notice pushes a notice every second, /msg echoes what you send.\n\
          Try it from a browser console on any page:\n  \
@@ -165,49 +214,122 @@ fn run_demo(listen: SocketAddr, args: &Args) -> io::Result<()> {
          or with websocat: websocat ws://{listen}/msg\n\
          Ctrl-C stops it."
     );
-    run(cfg, args)
+    run(cfg, None, args)
 }
 
-/// The configuration from the file or the flags, with `--workers` and `--relay` applied.
-fn load(args: &Args) -> Result<Config, wsplice::config::ConfigError> {
-    let workers = args.workers.map(usize::from);
-    let relay = args.relay.map(RelayMode::from);
-    let mut cfg = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => return Config::from_cli(args.listen.clone(), &args.route, workers, relay),
+/// The configuration from the file or the flags, with `--workers`, `--relay` and
+/// `--worker-model` applied; and the file's text, which worker processes parse in turn.
+fn load(args: &Args) -> Result<(Config, Option<String>), ConfigError> {
+    match &args.config {
+        Some(path) => {
+            let (mut cfg, text) = Config::load_with_text(path)?;
+            overrides(args, &mut cfg);
+            Ok((cfg, Some(text)))
+        }
+        None => load_text(args, None).map(|cfg| (cfg, None)),
+    }
+}
+
+/// The configuration from `text` (as read by the supervisor) or, without one, from the flags.
+fn load_text(args: &Args, text: Option<&str>) -> Result<Config, ConfigError> {
+    let mut cfg = match (text, &args.config) {
+        (Some(text), path) => {
+            let file = path
+                .as_ref()
+                .map_or_else(|| "configuration".into(), |p| p.display().to_string());
+            Config::from_toml_str(text, &file)?
+        }
+        (None, _) => Config::from_cli(
+            args.listen.clone(),
+            &args.route,
+            args.workers.map(usize::from),
+            args.relay.map(RelayMode::from),
+        )?,
     };
-    if workers.is_some() {
-        cfg.workers = workers;
-    }
-    if let Some(mode) = relay {
-        cfg.relay.mode = mode;
-    }
+    overrides(args, &mut cfg);
     Ok(cfg)
 }
 
-fn run(mut cfg: Config, args: &Args) -> io::Result<()> {
-    let (soft, _hard) = match limits::raise_nofile_limit() {
-        Ok(limit) => limit,
-        Err(e) => {
-            eprintln!("wsplice: warning: cannot raise the open-file limit: {e}");
-            limits::nofile_limit()?
-        }
-    };
-    if cfg.workers.is_none() {
-        cfg.workers = Some(std::thread::available_parallelism().map_or(1, |n| n.get()));
+fn overrides(args: &Args, cfg: &mut Config) {
+    if let Some(n) = args.workers {
+        cfg.workers = Some(usize::from(n));
     }
-    let capacity = driver::capacity(&cfg, soft);
-    // Signals are caught from here on, before `ready`, so a script may signal right after it.
-    let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT, SIGUSR1])?;
-    let mut server = Server::start(&cfg)?;
+    if let Some(mode) = args.relay {
+        cfg.relay.mode = mode.into();
+    }
+    if let Some(model) = args.worker_model {
+        cfg.worker_model = model.into();
+    }
+}
+
+/// What `main` needs of a running proxy, whichever the worker model.
+trait Running {
+    fn workers(&self) -> usize;
+    fn reload(
+        &mut self,
+        cfg: &Config,
+        text: Option<String>,
+    ) -> io::Result<Vec<(SocketAddr, SocketAddr)>>;
+    fn reopen_log(&self) -> bool;
+}
+
+impl Running for Server {
+    fn workers(&self) -> usize {
+        Server::workers(self)
+    }
+    fn reload(
+        &mut self,
+        cfg: &Config,
+        _: Option<String>,
+    ) -> io::Result<Vec<(SocketAddr, SocketAddr)>> {
+        Server::reload(self, cfg)
+    }
+    fn reopen_log(&self) -> bool {
+        Server::reopen_log(self)
+    }
+}
+
+struct Processes {
+    sup: Supervisor,
+    nofile: u64,
+}
+
+impl Running for Processes {
+    fn workers(&self) -> usize {
+        self.sup.workers()
+    }
+    fn reload(
+        &mut self,
+        cfg: &Config,
+        text: Option<String>,
+    ) -> io::Result<Vec<(SocketAddr, SocketAddr)>> {
+        self.sup.reload(cfg, text, self.nofile)
+    }
+    fn reopen_log(&self) -> bool {
+        self.sup.reopen_log()
+    }
+}
+
+fn mib(bytes: u64) -> u64 {
+    bytes.div_ceil(1 << 20)
+}
+
+/// Prints the start-up lines (listen, routes, model, capacity, admin) and `ready`.
+fn announce(
+    cfg: &Config,
+    addrs: &[SocketAddr],
+    stats: StatsReader,
+    choice: &driver::ModelChoice,
+    soft: u64,
+) -> io::Result<()> {
+    let workers = cfg.workers.unwrap_or(1);
     if let Some(addr) = cfg.admin {
-        let bound = admin::start(addr, server.stats_reader(), server.started())?;
+        let bound = admin::start(addr, stats, Instant::now())?;
         say(&format!("admin {bound}"));
     }
-
     let mut lines = Vec::new();
-    for addr in server.local_addrs() {
-        lines.push(format!("listen {addr} workers={}", server.workers()));
+    for addr in addrs {
+        lines.push(format!("listen {addr} workers={workers}"));
     }
     for route in &cfg.routes {
         let host = route
@@ -223,36 +345,132 @@ fn run(mut cfg: Config, args: &Args) -> io::Result<()> {
             route.strip_prefix
         ));
     }
-    lines.push(format!(
-        "capacity: {} connections, {} pipes (open-file limit {soft})",
-        capacity.max_connections, capacity.max_pipes
-    ));
+    let kind = match choice.model {
+        WorkerModel::Processes => "processes",
+        _ => "threads",
+    };
+    lines.push(format!("workers: {workers} {kind} ({})", choice.reason));
+    let pipe = cfg.relay.pipe_size as u64;
+    lines.push(match choice.model {
+        WorkerModel::Processes => {
+            let (per, total) = driver::process_capacity(cfg, soft);
+            format!(
+                "capacity: {} connections, {} pipes (open-file limit {soft} per process; per worker {} connections, {} pipes; pipes may pin {} MiB)",
+                total.max_connections,
+                total.max_pipes,
+                per.max_connections,
+                per.max_pipes,
+                mib(total.max_pipes as u64 * pipe)
+            )
+        }
+        _ => {
+            let c = driver::capacity(cfg, soft);
+            format!(
+                "capacity: {} connections, {} pipes (open-file limit {soft}; per worker {} pipes; pipes may pin {} MiB)",
+                c.max_connections,
+                c.max_pipes,
+                c.max_pipes.div_ceil(workers),
+                mib(c.max_pipes as u64 * pipe)
+            )
+        }
+    });
     lines.push("ready".to_owned());
     let mut out = io::stdout().lock();
     for line in lines {
         // A closed stdout must not stop the proxy; the lines are a courtesy to whoever watches.
         let _ = writeln!(out, "{line}").and_then(|()| out.flush());
     }
-    drop(out);
+    Ok(())
+}
 
+/// The last words: for scripts and tests, as `ready` and `reloaded`, how many tunnels were still
+/// open when timeouts.drain ran out (wsplice_tunnels_closed_total{reason="drain"}).
+fn stopped(drain_closed: u64) {
+    eprintln!("wsplice: stopped");
+    println!("stopped (the drain closed {drain_closed} tunnels)");
+}
+
+fn stopping_message(grace: Duration) {
+    eprintln!(
+        "wsplice: stopping: no new connections; open tunnels may run {grace:?} (timeouts.drain); send the signal again to stop at once"
+    );
+}
+
+fn run(mut cfg: Config, mut text: Option<String>, args: &Args) -> io::Result<()> {
+    let (soft, _hard) = match limits::raise_nofile_limit() {
+        Ok(limit) => limit,
+        Err(e) => {
+            eprintln!("wsplice: warning: cannot raise the open-file limit: {e}");
+            limits::nofile_limit()?
+        }
+    };
+    if cfg.workers.is_none() {
+        cfg.workers = Some(std::thread::available_parallelism().map_or(1, |n| n.get()));
+    }
+    let choice = driver::choose_model(&cfg, soft);
+    // Signals are caught from here on, before `ready`, so a script may signal right after it.
+    let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT, SIGUSR1])?;
+    if choice.model == WorkerModel::Processes {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let forward = tx.clone();
+        std::thread::Builder::new()
+            .name("wsplice-signals".into())
+            .spawn(move || {
+                for sig in signals.forever() {
+                    if forward.send(Event::Signal(sig)).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        // The workers run this binary with the same arguments, so they read the same flags.
+        let worker_args: Vec<OsString> = std::env::args_os().skip(1).collect();
+        let sup = Supervisor::start(
+            &cfg,
+            text.clone(),
+            Spawn::this_binary(worker_args),
+            (tx, rx),
+            soft,
+        )?;
+        announce(&cfg, &sup.local_addrs(), sup.stats_reader(), &choice, soft)?;
+        let mut running = Processes { sup, nofile: soft };
+        let mut stopping = false;
+        while let Some(sig) = running.sup.next_signal() {
+            match sig {
+                SIGHUP => reload(&mut running, args, &mut cfg, &mut text),
+                SIGUSR1 => reopen(&running),
+                _ if stopping => {
+                    eprintln!("wsplice: second stop signal: exiting now");
+                    // The workers see their control socket close and stop at once.
+                    std::process::exit(0);
+                }
+                _ => {
+                    stopping = true;
+                    stopping_message(cfg.timeouts.drain);
+                    running.sup.drain(cfg.timeouts.drain);
+                }
+            }
+        }
+        let closed = running.sup.stats_reader().read().closed(CloseReason::Drain);
+        stopped(closed);
+        return Ok(());
+    }
+
+    let mut server = Server::start(&cfg)?;
+    announce(
+        &cfg,
+        &server.local_addrs(),
+        server.stats_reader(),
+        &choice,
+        soft,
+    )?;
     for sig in signals.forever() {
         match sig {
-            SIGHUP => {
-                if let Some(new) = reload(&mut server, args, &cfg) {
-                    cfg = new;
-                }
-            }
-            SIGUSR1 => {
-                if !server.reopen_log() {
-                    eprintln!("wsplice: SIGUSR1: no access log is configured; nothing to reopen");
-                }
-            }
+            SIGHUP => reload(&mut server, args, &mut cfg, &mut text),
+            SIGUSR1 => reopen(&server),
             _ => {
                 let grace = cfg.timeouts.drain;
-                eprintln!(
-                    "wsplice: stopping: no new connections; open tunnels may run {grace:?} (timeouts.drain); send the signal again to stop at once"
-                );
-                server.drain(std::time::Instant::now() + grace);
+                stopping_message(grace);
+                server.drain(Instant::now() + grace);
                 // A second SIGTERM/SIGINT ends the process without waiting.
                 std::thread::spawn(move || {
                     if signals.forever().any(|s| s == SIGTERM || s == SIGINT) {
@@ -262,16 +480,19 @@ fn run(mut cfg: Config, args: &Args) -> io::Result<()> {
                 });
                 server.join();
                 let closed = server.stats().closed(CloseReason::Drain);
-                eprintln!("wsplice: stopped");
-                // For scripts and tests, as `ready` and `reloaded`: how many tunnels were still
-                // open when timeouts.drain ran out (wsplice_tunnels_closed_total{reason="drain"}).
-                println!("stopped (the drain closed {closed} tunnels)");
+                stopped(closed);
                 return Ok(());
             }
         }
     }
     server.join();
     Ok(())
+}
+
+fn reopen(running: &dyn Running) {
+    if !running.reopen_log() {
+        eprintln!("wsplice: SIGUSR1: no access log is configured; nothing to reopen");
+    }
 }
 
 /// One flushed stdout line (tests and scripts read them); a closed stdout is not an error.
@@ -281,44 +502,49 @@ fn say(line: &str) {
 }
 
 /// SIGHUP: reads the file again and applies it to new connections. A bad file changes nothing.
-fn reload(server: &mut Server, args: &Args, running: &Config) -> Option<Config> {
+fn reload(running: &mut dyn Running, args: &Args, cfg: &mut Config, text: &mut Option<String>) {
     let Some(path) = &args.config else {
         eprintln!("wsplice: SIGHUP: started without --config, nothing to reload");
-        return None;
+        return;
     };
-    let mut cfg = match load(args) {
-        Ok(cfg) => cfg,
+    let (mut new, new_text) = match load(args) {
+        Ok(x) => x,
         Err(e) => {
             eprintln!(
                 "wsplice: reload of {} failed, still serving the previous configuration: {e}",
                 path.display()
             );
             say("reload failed");
-            return None;
+            return;
         }
     };
-    if cfg.workers.is_some() && cfg.workers != running.workers {
+    if new.workers.is_some() && new.workers != cfg.workers {
         eprintln!(
             "wsplice: reload: `workers` changes need a restart; keeping {}",
-            server.workers()
+            running.workers()
         );
     }
-    if cfg.admin != running.admin {
+    if new.admin != cfg.admin {
         eprintln!("wsplice: reload: `admin` changes need a restart");
     }
-    cfg.workers = Some(server.workers());
-    match server.reload(&cfg) {
+    if new.worker_model != cfg.worker_model {
+        eprintln!("wsplice: reload: `worker_model` changes need a restart");
+    }
+    new.workers = Some(running.workers());
+    new.worker_model = cfg.worker_model;
+    match running.reload(&new, new_text.clone()) {
         Ok(listen) => {
             for (_, bound) in listen {
-                say(&format!("listen {bound} workers={}", server.workers()));
+                say(&format!("listen {bound} workers={}", running.workers()));
             }
             eprintln!(
                 "wsplice: reloaded {}: {} routes",
                 path.display(),
-                cfg.routes.len()
+                new.routes.len()
             );
             say("reloaded");
-            Some(cfg)
+            *cfg = new;
+            *text = new_text;
         }
         Err(e) => {
             eprintln!(
@@ -326,7 +552,6 @@ fn reload(server: &mut Server, args: &Args, running: &Config) -> Option<Config> 
                 path.display()
             );
             say("reload failed");
-            None
         }
     }
 }

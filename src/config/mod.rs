@@ -60,17 +60,24 @@ use toml::de::DeTable;
 pub use error::ConfigError;
 pub use model::{
     AccessLog, Config, ForwardedFor, Keepalive, Limits, LogFormat, ProxyIn, ProxyVersion, Relay,
-    RelayMode, Route, Timeouts,
+    RelayMode, Route, Timeouts, WorkerModel,
 };
 use walk::{Source, Table};
 
 impl Config {
     /// Reads and validates a TOML file. Errors name `path` as given.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with_text(path).map(|(cfg, _)| cfg)
+    }
+
+    /// Like [`Config::load`], and also the text it parsed (worker processes parse exactly the
+    /// bytes the supervisor validated).
+    pub fn load_with_text(path: &Path) -> Result<(Config, String), ConfigError> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::new(Some(&file), None, None, format!("cannot read: {e}")))?;
-        Config::from_toml_str(&text, &file)
+        let cfg = Config::from_toml_str(&text, &file)?;
+        Ok((cfg, text))
     }
 
     /// Parses and validates TOML text; `file` is only used in error messages.

@@ -122,8 +122,10 @@ pub struct ProxyIn {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub listen: Vec<SocketAddr>,
-    /// Worker threads; `None` = one per CPU core.
+    /// Workers; `None` = one per CPU core.
     pub workers: Option<usize>,
+    /// Threads in one process or a process each.
+    pub worker_model: WorkerModel,
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub keepalive: Keepalive,
@@ -143,6 +145,37 @@ pub struct Config {
     /// CGI/WSGI-style backends read them as the `-` spelling. `false` drops every such name, as
     /// nginx does by default.
     pub underscores_in_headers: bool,
+}
+
+/// How workers run: `worker_model` (or `--worker-model`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WorkerModel {
+    /// Processes when they hold more tunnels than threads would (each process has its own
+    /// open-file limit), threads otherwise; start-up says which and why.
+    #[default]
+    Auto,
+    /// Worker threads in one process: one descriptor table for all of them.
+    Threads,
+    /// One process per worker under a supervisor: a descriptor table each, a crash is local.
+    Processes,
+}
+
+impl WorkerModel {
+    /// Every model, in the order documented.
+    pub const ALL: [WorkerModel; 3] = [
+        WorkerModel::Auto,
+        WorkerModel::Threads,
+        WorkerModel::Processes,
+    ];
+
+    /// The config spelling: `auto`, `threads` or `processes`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerModel::Auto => "auto",
+            WorkerModel::Threads => "threads",
+            WorkerModel::Processes => "processes",
+        }
+    }
 }
 
 /// Where and how connection lines are written.
@@ -248,6 +281,7 @@ impl Config {
         Config {
             listen,
             workers: None,
+            worker_model: WorkerModel::Auto,
             timeouts: Timeouts::default(),
             limits: Limits::default(),
             keepalive: Keepalive::default(),

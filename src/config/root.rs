@@ -1,9 +1,9 @@
-//! The document's top level: its own keys (`listen`, `workers`, `relay`, `admin`, ...) and the
+//! The document's top level: its own keys (`listen`, `workers`, `worker_model`, `relay`, `admin`, ...) and the
 //! place of each section in it.
 
 use super::value::parse_addr;
 use super::walk::{key, required, Field, Key, Table};
-use super::{route, sections, Config, ConfigError, RelayMode};
+use super::{route, sections, Config, ConfigError, RelayMode, WorkerModel};
 
 pub(super) const MAX_WORKERS: u64 = 1024;
 
@@ -13,6 +13,7 @@ pub(super) const MAX_WORKERS: u64 = 1024;
 const KEYS: &[Key<Config>] = &[
     required("listen", listen),
     key("workers", |c, f| f.uint_in(1..=MAX_WORKERS).map(|n| c.workers = Some(n))),
+    key("worker_model", |c, f| f.choice(&WorkerModel::ALL, WorkerModel::as_str).map(|m| c.worker_model = m)),
     key("relay", |c, f| f.choice(&RELAY_MODES, RelayMode::as_str).map(|m| c.relay.mode = m)),
     key("timeouts", |c, f| f.section(&mut c.timeouts, sections::TIMEOUTS)),
     key("limits", |c, f| f.section(&mut c.limits, sections::LIMITS)),

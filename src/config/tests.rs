@@ -68,6 +68,7 @@ fn full_example() {
             "[::1]:8081".parse().unwrap(),
         ],
         workers: Some(2),
+        worker_model: WorkerModel::Auto,
         timeouts: Timeouts {
             handshake: secs(10),
             connect: Duration::from_millis(500),
@@ -463,7 +464,7 @@ fn unknown_keys() {
     let e = parse(&format!("listn = []\n{LISTEN}{ROUTE}")).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "t.toml:1: unknown key `listn` (expected one of: listen, workers, relay, timeouts, limits, keepalive, splice, route, admin, access_log, trusted_proxies, proxy_protocol, underscores_in_headers)"
+        "t.toml:1: unknown key `listn` (expected one of: listen, workers, worker_model, relay, timeouts, limits, keepalive, splice, route, admin, access_log, trusted_proxies, proxy_protocol, underscores_in_headers)"
     );
 }
 
@@ -628,4 +629,28 @@ fn cli() {
         assert!(e.message().contains(msg), "{e:?} lacks {msg:?}");
         assert!(e.to_string().starts_with(&format!("{key}: ")), "{e}");
     }
+}
+
+#[test]
+fn worker_model() {
+    let top = |v: &str| format!("{LISTEN}worker_model = {v}\n{ROUTE}");
+    assert_eq!(
+        parse(&top("\"processes\"")).unwrap().worker_model,
+        WorkerModel::Processes
+    );
+    assert_eq!(
+        parse(&top("\"threads\"")).unwrap().worker_model,
+        WorkerModel::Threads
+    );
+    assert_eq!(
+        parse(&format!("{LISTEN}{ROUTE}")).unwrap().worker_model,
+        WorkerModel::Auto
+    );
+    let e = parse(&top("\"forks\"")).unwrap_err();
+    assert_eq!(e.key(), Some("worker_model"));
+    assert!(
+        e.to_string()
+            .contains("expected \"auto\", \"threads\" or \"processes\""),
+        "{e}"
+    );
 }

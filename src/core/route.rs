@@ -6,7 +6,8 @@
 use crate::config::Route;
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 /// One route as the workers use it: the configured [`Route`] (its fields read through
 /// `Deref`) and its balancing state.
@@ -15,6 +16,15 @@ pub struct RouteEntry {
     route: Route,
     /// Shared round-robin cursor: touched once per handshake, never per relayed byte.
     next: AtomicUsize,
+    /// With worker processes, the cursor lives in memory they share (word `.1` of `.0`), so
+    /// their choices interleave as one round robin, as worker threads' do.
+    shared: Option<(Arc<dyn SharedWords>, usize)>,
+}
+
+/// Counter words shared with other processes (the driver's shared memory), for cursors.
+pub trait SharedWords: Send + Sync + std::fmt::Debug {
+    /// Word `i`; indices past the end wrap around (routes then share a cursor).
+    fn word(&self, i: usize) -> &AtomicU64;
 }
 
 impl std::ops::Deref for RouteEntry {
@@ -28,7 +38,11 @@ impl std::ops::Deref for RouteEntry {
 impl RouteEntry {
     /// The first backend to try for a new connection; advances the round robin.
     pub fn first_backend(&self) -> usize {
-        self.next.fetch_add(1, Ordering::Relaxed) % self.backends.len().max(1)
+        let n = match &self.shared {
+            Some((words, i)) => words.word(*i).fetch_add(1, Ordering::Relaxed) as usize,
+            None => self.next.fetch_add(1, Ordering::Relaxed),
+        };
+        n % self.backends.len().max(1)
     }
 }
 
@@ -51,11 +65,21 @@ pub struct RouteTable {
 impl RouteTable {
     /// Builds the table. Config validation already refused duplicates; a later duplicate wins.
     pub fn new(routes: &[Route]) -> RouteTable {
+        RouteTable::build(routes, None)
+    }
+
+    /// Like [`RouteTable::new`], the round-robin cursors in `shared` (route `i` uses word `i`).
+    pub fn with_shared_cursors(routes: &[Route], shared: Arc<dyn SharedWords>) -> RouteTable {
+        RouteTable::build(routes, Some(shared))
+    }
+
+    fn build(routes: &[Route], shared: Option<Arc<dyn SharedWords>>) -> RouteTable {
         let mut t = RouteTable::default();
         for (i, r) in routes.iter().enumerate() {
             t.routes.push(RouteEntry {
                 route: r.clone(),
                 next: AtomicUsize::new(0),
+                shared: shared.clone().map(|w| (w, i)),
             });
             match &r.host {
                 Some(h) => {

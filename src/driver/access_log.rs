@@ -6,6 +6,9 @@
 //! batch that finds the queue full is dropped rather than stalling traffic, and its lines are
 //! counted by the worker (`wsplice_access_log_dropped_lines_total`). SIGUSR1 asks the logger to
 //! reopen its file (logrotate).
+//!
+//! With worker processes each process has its own logger appending to the same file (see
+//! `write_lines`): one file, whole lines, in the order each worker ended its connections.
 
 use crate::config::{AccessLog, LogFormat};
 use std::fmt::Write as _;
@@ -52,6 +55,35 @@ fn open(path: &str) -> io::Result<Box<dyn Write + Send>> {
     Ok(Box::new(f))
 }
 
+/// Writes whole lines. Worker processes share the file: each batch of whole lines is one
+/// write(2) on an O_APPEND descriptor, which Linux applies atomically to a regular file, so no
+/// line of one worker lands inside another's. On stdout (`-`, often a pipe) only writes of at
+/// most PIPE_BUF bytes are atomic: batches go out in line-aligned chunks of that size.
+fn write_lines(out: &mut Box<dyn Write + Send>, b: &[u8], pipe: bool) -> io::Result<()> {
+    const PIPE_BUF: usize = 4096;
+    if !pipe {
+        out.write_all(b)?;
+        return out.flush();
+    }
+    let mut rest = b;
+    while !rest.is_empty() {
+        let window = &rest[..rest.len().min(PIPE_BUF)];
+        let cut = match window.iter().rposition(|&c| c == b'\n') {
+            Some(i) if rest.len() > PIPE_BUF => i + 1,
+            // A single line longer than PIPE_BUF goes out alone.
+            None if rest.len() > PIPE_BUF => rest
+                .iter()
+                .position(|&c| c == b'\n')
+                .map_or(rest.len(), |i| i + 1),
+            _ => rest.len(),
+        };
+        out.write_all(&rest[..cut])?;
+        out.flush()?;
+        rest = &rest[cut..];
+    }
+    Ok(())
+}
+
 impl LogSink {
     /// Opens the log (failing start-up with a clear error if the file cannot be opened) and
     /// starts the logger thread.
@@ -67,7 +99,7 @@ impl LogSink {
                 for msg in rx {
                     match msg {
                         Msg::Lines(b) => {
-                            if out.write_all(&b).and_then(|()| out.flush()).is_err() {
+                            if write_lines(&mut out, &b, path == "-").is_err() {
                                 eprintln!("wsplice: access log {path}: write failed; lines lost");
                             }
                         }
@@ -134,5 +166,56 @@ impl LogSink {
             }
             Err(_) => 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// Records every write call (each one a write(2) on a real descriptor).
+    #[derive(Clone, Default)]
+    struct Writes(Arc<Mutex<Vec<Vec<u8>>>>);
+
+    impl Write for Writes {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.lock().expect("lock").push(b.to_vec());
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn pipe_writes_are_whole_lines_of_at_most_pipe_buf() {
+        let line = |i: usize| format!("{i:04} {}\n", "x".repeat(90));
+        let mut batch: String = (0..100).map(line).collect();
+        batch.push_str(&format!("long {}\n", "y".repeat(5000)));
+        batch.push_str(&line(100));
+        let rec = Writes::default();
+        let mut out: Box<dyn Write + Send> = Box::new(rec.clone());
+        write_lines(&mut out, batch.as_bytes(), true).expect("write");
+        let writes = rec.0.lock().expect("lock").clone();
+        assert!(writes.len() > 3, "{} writes", writes.len());
+        for w in &writes {
+            assert!(w.ends_with(b"\n"));
+            assert!(
+                w.len() <= 4096 || w.starts_with(b"long "),
+                "{} bytes",
+                w.len()
+            );
+        }
+        assert_eq!(writes.concat(), batch.as_bytes());
+
+        let rec = Writes::default();
+        let mut out: Box<dyn Write + Send> = Box::new(rec.clone());
+        write_lines(&mut out, batch.as_bytes(), false).expect("write");
+        assert_eq!(
+            rec.0.lock().expect("lock").len(),
+            1,
+            "a file gets one write"
+        );
     }
 }

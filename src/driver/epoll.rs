@@ -25,12 +25,13 @@ fn token(w: Watch) -> Token {
     }
 }
 
-/// Executes a worker's operations on its sockets with mio's registry.
-struct Epoll {
-    registry: Registry,
+/// Executes a worker's operations on its sockets with mio's registry (borrowed, not duplicated:
+/// a worker holds no descriptor it does not need).
+struct Epoll<'a> {
+    registry: &'a Registry,
 }
 
-impl Driver for Epoll {
+impl Driver for Epoll<'_> {
     fn watch(&mut self, fd: BorrowedFd<'_>, w: Watch) -> io::Result<()> {
         let interest = match w {
             Watch::Conn(..) => Interest::READABLE | Interest::WRITABLE,
@@ -91,13 +92,15 @@ impl Worker {
         let Worker {
             mut w, mut poll, ..
         } = self;
-        let mut ep = Epoll {
-            registry: poll.registry().try_clone()?,
-        };
-        w.watch_listeners(&mut ep)?;
+        w.watch_listeners(&mut Epoll {
+            registry: poll.registry(),
+        })?;
         let mut events = Events::with_capacity(1024);
         loop {
             if w.take_accept_wanted() {
+                let mut ep = Epoll {
+                    registry: poll.registry(),
+                };
                 for i in 0..w.listener_count() {
                     accept(&mut w, &mut ep, i);
                 }
@@ -107,6 +110,9 @@ impl Worker {
                     return Err(e);
                 }
             }
+            let mut ep = Epoll {
+                registry: poll.registry(),
+            };
             w.set_now(Instant::now());
             for ev in events.iter() {
                 let t = ev.token().0;
@@ -143,7 +149,7 @@ impl Worker {
 }
 
 /// Accepts from listener `i` until its backlog is empty or the worker stops accepting.
-fn accept(w: &mut worker::Worker, ep: &mut Epoll, i: usize) {
+fn accept(w: &mut worker::Worker, ep: &mut Epoll<'_>, i: usize) {
     loop {
         let Some(l) = w.listener(i) else { return };
         match accept_nonblocking(l) {

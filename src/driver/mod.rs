@@ -3,17 +3,27 @@
 //! ```text
 //!            SO_REUSEPORT: the kernel spreads accepts
 //!      ┌─────────────┬──────────────┬─────────────┐
-//!   worker 0      worker 1   ...  worker N-1        one thread each, nothing shared but
+//!   worker 0      worker 1   ...  worker N-1        nothing shared on the hot path but
 //!   Poll, Slab<Conn>, Wheel, PipePool, scratch      read-only Settings and published stats
 //! ```
+//!
+//! Two ways to run the workers ([`WorkerModel`], chosen by [`choose_model`]):
+//! - **threads** ([`Server`]): one process, one descriptor table for every worker;
+//! - **processes** ([`supervisor`]): the process the operator starts binds the listeners, keeps
+//!   them and supervises one process per worker ([`process`]), each with its own descriptor
+//!   table. Limits, counters and per-backend stats live in [`shared`] memory.
 pub mod access_log;
 pub mod admin;
 pub mod backends;
 pub mod epoll;
 pub mod limiter;
+pub mod process;
+pub mod shared;
 pub mod stats;
+pub mod supervisor;
 pub mod worker;
 
+pub use crate::config::WorkerModel;
 use crate::config::{Config, RelayMode};
 use crate::core::handshake::Settings;
 use crate::core::route::RouteTable;
@@ -62,6 +72,93 @@ pub fn capacity(cfg: &Config, nofile: u64) -> Capacity {
         max_connections,
         max_pipes,
     }
+}
+
+/// The open-file budget of one process running `workers` workers, with no explicit
+/// `max_connections`: what the descriptors alone allow.
+fn fd_capacity(cfg: &Config, workers: usize, nofile: u64) -> Capacity {
+    let mut c = cfg.clone();
+    c.workers = Some(workers);
+    c.limits.max_connections = None;
+    capacity(&c, nofile)
+}
+
+/// What each worker process and all of them together can hold (processes model): every process
+/// has its own open-file limit `nofile` and one socket per listen address.
+///
+/// `max_connections` (if set) stays a limit for the whole proxy; `splice.max_pipes` (if set) is
+/// split across the workers, as with threads.
+pub fn process_capacity(cfg: &Config, nofile: u64) -> (Capacity, Capacity) {
+    let workers = cfg.workers.unwrap_or(1).max(1);
+    let fds = fd_capacity(cfg, 1, nofile);
+    let mut one = cfg.clone();
+    one.workers = Some(1);
+    one.limits.max_connections = Some(
+        cfg.limits
+            .max_connections
+            .map_or(fds.max_connections, |n| n.min(fds.max_connections)),
+    );
+    one.relay.max_pipes = cfg.relay.max_pipes.map(|n| n.div_ceil(workers));
+    let per_worker = capacity(&one, nofile);
+    let total = Capacity {
+        max_connections: cfg
+            .limits
+            .max_connections
+            .unwrap_or(per_worker.max_connections * workers),
+        max_pipes: per_worker.max_pipes * workers,
+    };
+    (per_worker, total)
+}
+
+/// Which worker model runs, and the sentence start-up prints about why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelChoice {
+    /// [`WorkerModel::Threads`] or [`WorkerModel::Processes`], never `Auto`.
+    pub model: WorkerModel,
+    pub reason: String,
+}
+
+/// Resolves `worker_model = "auto"` from the numbers: worker processes whenever they hold more
+/// tunnels than threads in one process would, i.e. when more than one worker runs and the
+/// open-file limit (not `max_connections`) is what caps one process. An explicit choice stands.
+pub fn choose_model(cfg: &Config, nofile: u64) -> ModelChoice {
+    let workers = cfg.workers.unwrap_or(1).max(1);
+    let choice = |model, reason: String| ModelChoice { model, reason };
+    match cfg.worker_model {
+        WorkerModel::Threads | WorkerModel::Processes => {
+            return choice(
+                cfg.worker_model,
+                format!("worker_model = \"{}\"", cfg.worker_model.as_str()),
+            )
+        }
+        WorkerModel::Auto => {}
+    }
+    if workers == 1 {
+        return choice(
+            WorkerModel::Threads,
+            "worker_model = \"auto\": one worker gains no descriptors from a process of its own"
+                .into(),
+        );
+    }
+    let one = fd_capacity(cfg, workers, nofile).max_connections;
+    if let Some(max) = cfg.limits.max_connections {
+        if max <= one {
+            return choice(
+                WorkerModel::Threads,
+                format!(
+                    "worker_model = \"auto\": max_connections = {max} fits one process's open-file limit of {nofile} ({one} tunnels)"
+                ),
+            );
+        }
+    }
+    let (per, total) = process_capacity(cfg, nofile);
+    choice(
+        WorkerModel::Processes,
+        format!(
+            "worker_model = \"auto\": an open-file limit of {nofile} per process holds {one} tunnels in one process, {} in {workers} processes of {} each",
+            total.max_connections, per.max_connections
+        ),
+    )
 }
 
 /// What a worker runs with; replaced as a whole by a reload.
@@ -147,16 +244,43 @@ fn bind_all(
     Ok((actual, all))
 }
 
-fn params_for(cfg: &Config, workers: usize) -> Params {
-    let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+fn nofile_now() -> u64 {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
         .map(|(soft, _)| soft)
-        .unwrap_or(1024);
+        .unwrap_or(1024)
+}
+
+/// Threads: one process's budget split across `workers`.
+fn params_for(cfg: &Config, workers: usize) -> Params {
     let mut sized = cfg.clone();
     sized.workers = Some(workers);
-    let cap = capacity(&sized, nofile);
+    let cap = capacity(&sized, nofile_now());
+    let routes = RouteTable::new(&cfg.routes);
+    params_with(
+        cfg,
+        routes,
+        cap.max_connections,
+        cap.max_pipes.div_ceil(workers),
+    )
+}
+
+/// Processes: each worker has its own process's budget (see [`process_capacity`]); round-robin
+/// cursors live in `shared` memory.
+pub fn process_params(cfg: &Config, shared: Arc<shared::Shared>) -> Params {
+    let (per, total) = process_capacity(cfg, nofile_now());
+    let routes = RouteTable::with_shared_cursors(&cfg.routes, shared);
+    params_with(cfg, routes, total.max_connections, per.max_pipes)
+}
+
+fn params_with(
+    cfg: &Config,
+    routes: RouteTable,
+    max_connections: usize,
+    max_pipes: usize,
+) -> Params {
     Params {
         settings: Arc::new(Settings {
-            routes: RouteTable::new(&cfg.routes),
+            routes,
             timeouts: cfg.timeouts.clone(),
             max_head_bytes: cfg.limits.max_head_bytes,
             max_headers: cfg.limits.max_headers,
@@ -166,8 +290,8 @@ fn params_for(cfg: &Config, workers: usize) -> Params {
         }),
         proxy_listen: cfg.proxy_protocol.listen.clone(),
         send_proxy: cfg.routes.iter().any(|r| r.send_proxy.is_some()),
-        max_connections: cap.max_connections,
-        max_pipes: cap.max_pipes.div_ceil(workers),
+        max_connections,
+        max_pipes,
         pipe_size: cfg.relay.pipe_size,
         relay: cfg.relay.mode,
         splice_threshold: cfg.relay.splice_threshold,
@@ -272,10 +396,10 @@ impl Server {
 
     /// A handle that reads the counters from another thread (the admin listener).
     pub fn stats_reader(&self) -> StatsReader {
-        StatsReader {
+        StatsReader(Source::Threads {
             published: self.workers.iter().map(|w| w.published.clone()).collect(),
             backends: self.workers.iter().map(|w| w.backends.clone()).collect(),
-        }
+        })
     }
 
     fn send(&self, w: &WorkerHandle, msg: Control) {
@@ -377,25 +501,74 @@ impl Server {
     }
 }
 
-/// Reads the workers' published counters from any thread.
+/// One worker as the admin listener reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerInfo {
+    pub id: usize,
+    /// The process it runs in (with threads, the proxy's own).
+    pub pid: u32,
+    /// Connections it holds now (handshakes included).
+    pub connections: u64,
+    /// Times its process was replaced after dying.
+    pub restarts: u64,
+}
+
+/// Reads the workers' published counters from any thread (or, with worker processes, from
+/// shared memory).
 #[derive(Clone)]
-pub struct StatsReader {
-    published: Vec<Arc<stats::Published>>,
-    backends: Vec<stats::BackendSnapshot>,
+pub struct StatsReader(Source);
+
+#[derive(Clone)]
+enum Source {
+    Threads {
+        published: Vec<Arc<stats::Published>>,
+        backends: Vec<stats::BackendSnapshot>,
+    },
+    Processes(Arc<supervisor::Board>),
 }
 
 impl StatsReader {
     pub fn read(&self) -> stats::Counters {
-        stats::sum(self.published.iter().map(|p| p.load()))
+        match &self.0 {
+            Source::Threads { published, .. } => stats::sum(published.iter().map(|p| p.load())),
+            Source::Processes(board) => board.read(),
+        }
     }
 
     /// Per-backend lines in Prometheus text format (published by each worker when they change).
     pub fn backends(&self) -> String {
-        let all: Vec<_> = self
-            .backends
-            .iter()
-            .map(|b| b.lock().map(|v| v.clone()).unwrap_or_default())
-            .collect();
+        let all: Vec<_> = match &self.0 {
+            Source::Threads { backends, .. } => backends
+                .iter()
+                .map(|b| b.lock().map(|v| v.clone()).unwrap_or_default())
+                .collect(),
+            Source::Processes(board) => board.backends(),
+        };
         stats::render_backends(&all)
+    }
+
+    /// `threads` or `processes`.
+    pub fn model(&self) -> WorkerModel {
+        match &self.0 {
+            Source::Threads { .. } => WorkerModel::Threads,
+            Source::Processes(_) => WorkerModel::Processes,
+        }
+    }
+
+    /// Every worker, in id order.
+    pub fn workers(&self) -> Vec<WorkerInfo> {
+        match &self.0 {
+            Source::Threads { published, .. } => published
+                .iter()
+                .enumerate()
+                .map(|(id, p)| WorkerInfo {
+                    id,
+                    pid: std::process::id(),
+                    connections: p.load().connections,
+                    restarts: 0,
+                })
+                .collect(),
+            Source::Processes(board) => board.workers(),
+        }
     }
 }

@@ -25,11 +25,12 @@ mod expand;
 use crate::core::relay::{CloseReason, RelayStats};
 use crate::core::status::Reject;
 use crate::sys::pipe::PoolStats;
+use crate::sys::shm::Cells;
 use expand::{
     flatten, metric_kind, metric_label, metric_slots, metric_type, metric_visit, metrics,
     unflatten, Label, LabelPair, Slot, Text, Visit,
 };
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// Upper bounds of the handshake latency buckets, seconds (Prometheus `le`).
@@ -159,6 +160,26 @@ pub const UPTIME: Family = Family::new(
     "Seconds since the proxy started.",
 )
 .json("uptime_seconds");
+/// Workers running now (threads, or processes under the supervisor); scraped.
+pub const WORKERS: Family = Family::new(Kind::Gauge, "wsplice_workers", "Workers running now.");
+/// Worker processes replaced after they died; counted by the supervisor.
+pub const WORKER_RESTARTS: Family = Family::new(
+    Kind::Counter,
+    "wsplice_worker_restarts_total",
+    "Worker processes that died (a crash, kill -9) and were started again; their connections were lost.",
+);
+/// Connections per worker, labelled `worker`.
+pub const WORKER_CONNECTIONS: Family = Family::new(
+    Kind::Gauge,
+    "wsplice_worker_connections",
+    "Client connections each worker holds now.",
+);
+/// Descriptors of each worker's process, labelled `worker`.
+pub const WORKER_OPEN_FDS: Family = Family::new(
+    Kind::Gauge,
+    "wsplice_worker_open_fds",
+    "Descriptors open in each worker's process now (worker processes: each has its own table and limit; worker threads share the one process's).",
+);
 /// Per-backend families, published by workers as [`BackendCounts`].
 pub const BACKEND_FAMILIES: [Family; 3] = [
     Family::new(
@@ -194,7 +215,8 @@ pub fn families() -> Vec<Family> {
     }
     let mut n = Names(Vec::new());
     visit(&mut Counters::default(), &mut n);
-    n.0.extend([OPEN_FDS, FD_LIMIT, UPTIME]);
+    n.0.extend([OPEN_FDS, FD_LIMIT, UPTIME, WORKERS, WORKER_RESTARTS]);
+    n.0.extend([WORKER_CONNECTIONS, WORKER_OPEN_FDS]);
     n.0.extend(BACKEND_FAMILIES);
     n.0
 }
@@ -266,19 +288,29 @@ impl Counters {
     }
 }
 
-/// A worker's counters as other threads read them: one relaxed `AtomicU64` per sample, in list
-/// order. Fixed size, no pointers, so the block may live in memory shared between processes.
+/// Words one [`Published`] block takes (to lay blocks out in shared memory).
+pub const PUBLISHED_WORDS: usize = FIELDS;
+
+/// A worker's counters as other threads (or, in shared memory, other processes) read them: one
+/// relaxed `AtomicU64` per sample, in list order.
 #[derive(Debug)]
-#[repr(C)]
 pub struct Published {
-    v: [AtomicU64; FIELDS],
+    v: Cells,
 }
 
 impl Default for Published {
     fn default() -> Self {
         Published {
-            v: std::array::from_fn(|_| AtomicU64::new(0)),
+            v: Cells::heap(FIELDS),
         }
+    }
+}
+
+impl Published {
+    /// A block in memory shared with other processes; `None` unless it has
+    /// [`PUBLISHED_WORDS`] words.
+    pub fn in_cells(v: Cells) -> Option<Published> {
+        (v.len() == FIELDS).then_some(Published { v })
     }
 }
 
@@ -294,7 +326,7 @@ impl Published {
     /// one of them a loop iteration ahead of another.
     pub fn load(&self) -> Counters {
         let mut v = [0u64; FIELDS];
-        for (out, slot) in v.iter_mut().zip(&self.v) {
+        for (out, slot) in v.iter_mut().zip(self.v.iter()) {
             *out = slot.load(Ordering::Relaxed);
         }
         unflatten(&v)
@@ -329,6 +361,18 @@ pub fn render_samples(out: &mut String, samples: &[(Family, u64)]) {
     };
     for (f, v) in samples {
         t.line(f, "", None, v);
+    }
+    *out = t.out;
+}
+
+/// Appends a family with one sample per worker (`worker="id"`) to the text `out`.
+pub fn render_by_worker(out: &mut String, f: Family, per_worker: &[(usize, u64)]) {
+    let mut t = Text {
+        out: std::mem::take(out),
+        last: "",
+    };
+    for (id, v) in per_worker {
+        t.line(&f, "", Some(("worker", &id.to_string())), v);
     }
     *out = t.out;
 }

@@ -54,6 +54,11 @@ pub fn open_fd_count() -> io::Result<usize> {
     Ok(n)
 }
 
+/// How many file descriptors process `pid` (of the same user) has open.
+pub fn fd_count_of(pid: u32) -> io::Result<usize> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,8 +1,12 @@
-//! The only place for raw syscalls: splice and pipes, socket options, resource limits.
+//! The only place for raw syscalls: splice and pipes, socket options, resource limits, shared
+//! memory and descriptor passing between the supervisor and its worker processes.
 //!
-//! Everything here is reached through nix and socket2's safe wrappers; should a raw `unsafe`
-//! call be needed, it goes in this module with a `// SAFETY:` line.
+//! Everything here is reached through nix and socket2's safe wrappers where they exist; each
+//! `unsafe` block that remains (mapping shared memory, adopting a received descriptor) carries
+//! a `// SAFETY:` line.
+pub mod ipc;
 pub mod limits;
 pub mod mem;
 pub mod pipe;
+pub mod shm;
 pub mod sock;

@@ -12,6 +12,7 @@
 //!   io.rs       sockets: connect, read until closed, silence, pumps, raw tunnels
 //!   ws.rs       WebSocket: the tungstenite client and hand-made frames
 //!   backend.rs  the backends the proxy talks to
+//!   tunnels.rs  long-lived named tunnels with checked traffic (reload, drain, worker processes)
 //! ```
 //!
 //! The async helpers (tokio) are at the root: `use support::*`. Their blocking twins, for tests
@@ -29,12 +30,14 @@ mod proxy;
 mod backend;
 mod head;
 mod io;
+mod tunnels;
 mod ws;
 
 pub use backend::*;
 pub use head::*;
 pub use io::*;
 pub use proxy::*;
+pub use tunnels::*;
 pub use ws::*;
 
 /// The blocking twins of the async helpers, with the same names.

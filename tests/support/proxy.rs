@@ -260,17 +260,24 @@ impl ProxyBuilder {
         let toml = self.toml();
         let config = TempFile::new("toml", &toml);
         let bin = env!("CARGO_BIN_EXE_wsplice");
+        // A config that names its model keeps it.
+        let model = if toml.contains("worker_model") {
+            Vec::new()
+        } else {
+            worker_model_args()
+        };
         let cmd = match self.open_files {
             None => {
                 let mut c = Command::new(bin);
-                c.arg("--config").arg(config.path());
+                c.arg("--config").arg(config.path()).args(&model);
                 c
             }
             Some(n) => {
                 let mut c = Command::new("sh");
                 c.arg("-c").arg(format!(
-                    "ulimit -n {n} && exec '{bin}' --config '{}'",
-                    config.path().display()
+                    "ulimit -n {n} && exec '{bin}' --config '{}' {}",
+                    config.path().display(),
+                    model.join(" ")
                 ));
                 c
             }
@@ -299,6 +306,8 @@ pub struct Proxy {
     lines: Mutex<Receiver<String>>,
     /// Set by [`Proxy::wait_exit`]: the test saw the exit it asked for.
     exited: bool,
+    /// Stdout lines up to and including `ready` (the start-up report).
+    startup: Vec<String>,
 }
 
 impl Proxy {
@@ -350,6 +359,7 @@ impl Proxy {
             description,
             lines: Mutex::new(lines),
             exited: false,
+            startup: Vec::new(),
         };
 
         let deadline = Instant::now() + START_DEADLINE;
@@ -391,7 +401,40 @@ impl Proxy {
                 "`ready` without a `listen` line; stdout: {seen:?}"
             )),
         }
+        proxy.startup = seen;
         proxy
+    }
+
+    /// `wsplice --config FILE` with `toml` as it is (for configs the builder does not write).
+    pub fn blocking_start_toml(toml: &str) -> Proxy {
+        let config = TempFile::new("toml", toml);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsplice"));
+        cmd.arg("--config").arg(config.path());
+        if !toml.contains("worker_model") {
+            cmd.args(worker_model_args());
+        }
+        Proxy::spawn(cmd, Some(config), toml.to_owned())
+    }
+
+    /// The start-up report: stdout lines up to and including `ready`.
+    pub fn startup(&self) -> &[String] {
+        &self.startup
+    }
+
+    /// The process holding the connections: the proxy itself with worker threads, its one
+    /// worker process with worker processes (tests that use this run one worker).
+    pub fn serving_pid(&self) -> u32 {
+        match worker_pids(self.pid())[..] {
+            [one] => one,
+            _ => self.pid(),
+        }
+    }
+
+    /// The proxy's pid and its worker processes' (none with threads).
+    fn tree(&self) -> Vec<u32> {
+        let mut all = vec![self.pid()];
+        all.extend(worker_pids(self.pid()));
+        all
     }
 
     /// The first listener's address.
@@ -477,33 +520,47 @@ impl Proxy {
             .unwrap_or_default()
     }
 
-    /// `VmRSS` of the proxy, bytes.
+    /// `VmRSS` of the proxy (with worker processes: of the whole process tree), bytes.
     pub fn rss_bytes(&self) -> u64 {
-        let pid = self.pid();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|n| n.parse::<u64>().ok())
-            .expect("VmRSS")
-            * 1024
+        self.tree()
+            .iter()
+            .map(|pid| {
+                let status =
+                    std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.split_whitespace().next())
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .expect("VmRSS")
+                    * 1024
+            })
+            .sum()
     }
 
-    /// utime + stime of the proxy, clock ticks.
+    /// utime + stime of the proxy (and its worker processes), clock ticks.
     pub fn cpu_ticks(&self) -> u64 {
-        let pid = self.pid();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-        let after = &stat[stat.rfind(')').expect("comm") + 2..];
-        let f: Vec<&str> = after.split_whitespace().collect();
-        f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
+        self.tree()
+            .iter()
+            .map(|pid| {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+                let after = &stat[stat.rfind(')').expect("comm") + 2..];
+                let f: Vec<&str> = after.split_whitespace().collect();
+                f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
+            })
+            .sum()
     }
 
-    /// The proxy's open descriptors.
+    /// The proxy's open descriptors (and its worker processes').
     pub fn fd_count(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
-            .map(|d| d.count())
-            .unwrap_or(0)
+        self.tree()
+            .iter()
+            .map(|pid| {
+                std::fs::read_dir(format!("/proc/{pid}/fd"))
+                    .map(|d| d.count())
+                    .unwrap_or(0)
+            })
+            .sum()
     }
 
     fn fail(&mut self, what: &str) -> ! {
@@ -538,6 +595,35 @@ impl Drop for Proxy {
             "wsplice exited during the test"
         );
     }
+}
+
+/// `--worker-model MODEL` when `WSPLICE_TEST_WORKER_MODEL` is set (`threads` or `processes`):
+/// the whole suite can run in either model; by default (and for a config that sets
+/// `worker_model` itself) the config's choice stands.
+pub fn worker_model_args() -> Vec<String> {
+    match std::env::var("WSPLICE_TEST_WORKER_MODEL") {
+        Ok(m) if !m.is_empty() => vec!["--worker-model".into(), m],
+        _ => Vec::new(),
+    }
+}
+
+/// The worker processes of a supervisor `pid` (none with threads), by /proc's parent links.
+pub fn worker_pids(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(child) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        let after = stat.rfind(')').map(|i| &stat[i + 2..]).unwrap_or("");
+        if after.split_whitespace().nth(1).and_then(|p| p.parse().ok()) == Some(pid) {
+            out.push(child);
+        }
+    }
+    out.sort_unstable();
+    out
 }
 
 /// Waits up to `within` for `child` to exit; `None` if it is still running then.

@@ -68,7 +68,27 @@ async fn close_all(conns: Vec<Ws>) -> u64 {
 // ---------------------------------------------------------------------------------------
 // hold
 
-pub async fn hold(c: Common, n: usize, hold_s: f64) -> Outcome {
+/// One message out and its echo back, byte-exact, within 10 s.
+async fn echo_once(ws: &mut Ws, conn: u64) -> Result<(), String> {
+    let mut msg = vec![0u8; 64];
+    fill(&mut msg, conn);
+    ws.send(Message::Binary(Bytes::from(msg.clone()))).await.map_err(|e| ws_reason("echo after hold", &e))?;
+    let got = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Binary(b))) => return Ok(b),
+                Some(Ok(Message::Close(_))) | None => return Err("echo after hold: closed by peer".to_string()),
+                Some(Err(e)) => return Err(ws_reason("echo after hold", &e)),
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+    .map_err(|_| "echo after hold: timeout".to_string())??;
+    if got[..] == msg[..] { Ok(()) } else { Err("echo after hold: differs".into()) }
+}
+
+pub async fn hold(c: Common, n: usize, hold_s: f64, echo_after: bool) -> Outcome {
     let errors = Tally::default();
     let open_deadline = phase_deadline(c.deadline, Duration::from_secs_f64(hold_s + 10.0));
     let (conns, open_s) =
@@ -79,14 +99,24 @@ pub async fn hold(c: Common, n: usize, hold_s: f64) -> Outcome {
 
     let (close_tx, close_rx) = tokio::sync::watch::channel(false);
     let dropped = Tally::default();
+    let echoed = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::with_capacity(opened);
-    for mut ws in conns {
+    for (i, mut ws) in conns.into_iter().enumerate() {
         let mut rx = close_rx.clone();
         let dropped = dropped.clone();
+        let echoed = echoed.clone();
         tasks.push(tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    _ = rx.changed() => return close_clean(ws).await,
+                    _ = rx.changed() => {
+                        if echo_after {
+                            match echo_once(&mut ws, i as u64).await {
+                                Ok(()) => { echoed.fetch_add(1, Ordering::Relaxed); }
+                                Err(e) => { dropped.add(e); return false }
+                            }
+                        }
+                        return close_clean(ws).await
+                    }
                     m = ws.next() => match m {
                         Some(Ok(Message::Close(_))) | None => { dropped.add("closed by peer"); return false }
                         Some(Err(e)) => { dropped.add(ws_reason("hold", &e)); return false }
@@ -116,6 +146,7 @@ pub async fn hold(c: Common, n: usize, hold_s: f64) -> Outcome {
         "dropped_during_hold": dropped_n,
         "alive_at_sample": opened as u64 - dropped_n,
         "closed_clean": clean,
+        "echoed_after_hold": echo_after.then(|| echoed.load(Ordering::Relaxed)),
         "proc": sample,
     });
     for (k, v) in dropped.to_json().as_object().unwrap() {
@@ -126,6 +157,7 @@ pub async fn hold(c: Common, n: usize, hold_s: f64) -> Outcome {
     let mut params = c.params();
     params["n"] = json!(n);
     params["hold_s"] = json!(hold_s);
+    params["echo_after"] = json!(echo_after);
     (params, results, errors)
 }
 

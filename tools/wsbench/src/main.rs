@@ -58,6 +58,10 @@ enum Cmd {
         /// Seconds to hold the connections idle before sampling and closing.
         #[arg(long, default_value_t = 5.0)]
         hold: f64,
+        /// After the hold, every connection sends one message and checks its echo before it
+        /// closes (`echoed_after_hold` in the results; a failure is an error).
+        #[arg(long)]
+        echo_after: bool,
     },
     /// N connections echoing SIZE-byte messages: closed loop, or open loop at --rate.
     Echo {
@@ -201,7 +205,7 @@ async fn run(cmd: Cmd, soft: u64, hard: u64) -> i32 {
     let mk = |rate: f64| Common { target: target.clone(), sources: sources.clone(), connect_rate: rate, deadline, pid: client.pid };
     let fut = async {
         match cmd {
-            Cmd::Hold { n, rate, hold, .. } => clients::hold(mk(rate), n, hold).await,
+            Cmd::Hold { n, rate, hold, echo_after, .. } => clients::hold(mk(rate), n, hold, echo_after).await,
             Cmd::Echo { c, size, duration, rate, connect_rate, .. } => clients::echo(mk(connect_rate), c, size, duration, rate).await,
             Cmd::Fanout { c, control, m, size, gap_ms, connect_rate, .. } => clients::fanout(mk(connect_rate), c, control, m, size, gap_ms).await,
             Cmd::Bulk { c, bytes, msg_size, .. } => clients::bulk(mk(2000.0), c, bytes, msg_size as usize).await,

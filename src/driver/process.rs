@@ -1,0 +1,293 @@
+//! One worker process (started by the [`supervisor`](super::supervisor) as
+//! `wsplice ... --worker-process N`): the same epoll [`Worker`] as a worker thread, on this
+//! process's main thread, plus a control thread that turns the supervisor's messages into
+//! [`Control`]s and mirrors per-backend counts into shared memory.
+//!
+//! Signals meant for the whole process group (Ctrl-C in a terminal, systemd's stop) are
+//! ignored here: the supervisor decides and tells each worker. If the supervisor itself
+//! disappears, the worker closes its connections and exits rather than run unsupervised.
+
+use crate::config::{Config, ConfigError};
+use crate::driver::access_log::LogSink;
+use crate::driver::epoll::{Worker, WorkerConfig};
+use crate::driver::limiter::{ConnLimiter, IpLimiter};
+use crate::driver::shared::Shared;
+use crate::driver::stats::BackendSnapshot;
+use crate::driver::{process_params, Control, Reload};
+use crate::sys::{ipc, shm};
+use mio::Waker;
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Builds the configuration from the supervisor's text (`None`: from this process's own
+/// command line, which is the supervisor's).
+pub type Loader = Box<dyn Fn(Option<&str>) -> Result<Config, ConfigError> + Send>;
+
+/// How often the control thread refreshes the backend mirror unasked (so a crashed worker's
+/// last counts are at most this old).
+const MIRROR_EVERY: Duration = Duration::from_secs(1);
+
+fn protocol(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("control message from the supervisor: {what} (--worker-process is for wsplice's own use)"),
+    )
+}
+
+fn parse_addrs<'a>(words: impl Iterator<Item = &'a str>) -> io::Result<Vec<SocketAddr>> {
+    words
+        .map(|w| {
+            w.parse()
+                .map_err(|_| protocol(&format!("bad address {w:?}")))
+        })
+        .collect()
+}
+
+fn text_of(fd: Option<OwnedFd>) -> io::Result<Option<String>> {
+    fd.map(|fd| {
+        String::from_utf8(shm::read_all(fd)?).map_err(|_| protocol("config text is not UTF-8"))
+    })
+    .transpose()
+}
+
+/// Runs worker `id` until it is drained (or its supervisor is gone).
+pub fn run(id: usize, load: Loader) -> io::Result<()> {
+    for sig in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+        signal_hook::consts::SIGUSR1,
+    ] {
+        signal_hook::flag::register(sig, Arc::new(AtomicBool::new(false)))?;
+    }
+    let ctl = io::stdin().as_fd().try_clone_to_owned()?;
+    let (mut buf, mut fds) = (Vec::new(), Vec::new());
+    let mut listeners = Vec::new();
+    let (workers, generation) = loop {
+        fds.clear();
+        if !ipc::recv(&ctl, &mut buf, &mut fds)? {
+            return Err(protocol("closed before init"));
+        }
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let mut words = text.split_whitespace();
+        match words.next() {
+            Some("listen") => take_listeners(words, &mut fds, &mut listeners)?,
+            Some("init") => {
+                let mut num = || -> io::Result<u64> {
+                    words
+                        .next()
+                        .and_then(|w| w.parse().ok())
+                        .ok_or_else(|| protocol("bad init"))
+                };
+                let (got_id, workers, generation) = (num()?, num()?, num()?);
+                if got_id != id as u64 {
+                    return Err(protocol("init for another worker"));
+                }
+                break (workers as usize, generation);
+            }
+            _ => return Err(protocol(&format!("unexpected {text:?}"))),
+        }
+    };
+    let mut fds = std::mem::take(&mut fds).into_iter();
+    let map = shm::SharedMap::attach(fds.next().ok_or_else(|| protocol("no shared memory"))?)?;
+    let shared = Arc::new(Shared::attach(map)?);
+    if id >= shared.layout().workers || shared.layout().workers != workers {
+        return Err(protocol("worker id outside the shared layout"));
+    }
+    let text = text_of(fds.next())?;
+    let cfg = configure(&load, text.as_deref(), workers)?;
+    let (log, log_thread) = match &cfg.access_log {
+        Some(a) => {
+            let (sink, thread) = LogSink::start(a)?;
+            (Some(sink), Some(thread))
+        }
+        None => (None, None),
+    };
+    let backends: BackendSnapshot = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = channel();
+    let worker = Worker::new(WorkerConfig {
+        id,
+        params: process_params(&cfg, shared.clone()),
+        listeners,
+        published: Arc::new(shared.published(id)),
+        control: rx,
+        limiter: Arc::new(IpLimiter::shared(shared.clone(), id)),
+        total: Arc::new(ConnLimiter::shared(shared.clone(), id)),
+        log: log.clone(),
+        published_backends: backends.clone(),
+    })?;
+    // The control thread's handle on the log is taken back when the worker stops, so the
+    // logger sees every handle gone, writes what is queued and ends.
+    // Listening since Worker::new: clients wait in the backlog until the loop runs, just below.
+    ipc::send(&ctl, b"ready", &[])?;
+    let ctl_log = Arc::new(Mutex::new(log));
+    let control = ControlThread {
+        id,
+        ctl,
+        tx,
+        waker: worker.waker(),
+        log: ctl_log.clone(),
+        shared,
+        backends,
+        load,
+        generation,
+        workers,
+    };
+    std::thread::Builder::new()
+        .name("wsplice-control".into())
+        .spawn(move || control.run())?;
+    let result = worker.run();
+    if let Ok(mut l) = ctl_log.lock() {
+        *l = None;
+    }
+    if let Some(t) = log_thread {
+        let _ = t.join();
+    }
+    result
+}
+
+/// The configuration as the supervisor runs it: its worker count, whatever the text says (a
+/// changed `workers` needs a restart).
+fn configure(load: &Loader, text: Option<&str>, workers: usize) -> io::Result<Config> {
+    let mut cfg = load(text).map_err(|e| io::Error::other(e.to_string()))?;
+    cfg.workers = Some(workers);
+    Ok(cfg)
+}
+
+fn take_listeners<'a>(
+    words: impl Iterator<Item = &'a str>,
+    fds: &mut Vec<OwnedFd>,
+    into: &mut Vec<(SocketAddr, TcpListener)>,
+) -> io::Result<()> {
+    let addrs = parse_addrs(words)?;
+    if addrs.len() != fds.len() {
+        return Err(protocol("listen: addresses and sockets differ in number"));
+    }
+    into.extend(addrs.into_iter().zip(fds.drain(..).map(TcpListener::from)));
+    Ok(())
+}
+
+struct ControlThread {
+    id: usize,
+    ctl: OwnedFd,
+    tx: Sender<Control>,
+    waker: Arc<Waker>,
+    log: Arc<Mutex<Option<LogSink>>>,
+    shared: Arc<Shared>,
+    backends: BackendSnapshot,
+    load: Loader,
+    generation: u64,
+    workers: usize,
+}
+
+impl ControlThread {
+    fn run(self) {
+        let id = self.id;
+        if let Err(e) = ipc::set_timeout(&self.ctl, Some(MIRROR_EVERY)) {
+            eprintln!("wsplice: worker {id}: control socket: {e}");
+        }
+        let (mut buf, mut fds) = (Vec::new(), Vec::new());
+        let mut pending = Vec::new();
+        loop {
+            fds.clear();
+            match ipc::recv(&self.ctl, &mut buf, &mut fds) {
+                Ok(true) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    self.mirror();
+                    continue;
+                }
+                Ok(false) | Err(_) => {
+                    eprintln!("wsplice: worker {id}: the supervisor is gone; closing this worker's connections and exiting");
+                    self.control(Control::Drain(Instant::now()));
+                    return;
+                }
+            }
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            let mut words = text.split_whitespace();
+            let result = match words.next() {
+                Some("listen") => take_listeners(words, &mut fds, &mut pending),
+                Some("reload") => {
+                    let answer = self.reload(words, fds.drain(..).next(), &mut pending);
+                    ipc::send(&self.ctl, answer.as_bytes(), &[])
+                }
+                Some("drain") => {
+                    let ms = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+                    self.control(Control::Drain(Instant::now() + Duration::from_millis(ms)));
+                    Ok(())
+                }
+                Some("reopen") => {
+                    if let Some(l) = self.log.lock().ok().as_ref().and_then(|l| l.as_ref()) {
+                        l.reopen();
+                    }
+                    Ok(())
+                }
+                Some("mirror") => {
+                    self.mirror();
+                    Ok(())
+                }
+                _ => Err(protocol(&format!("unexpected {text:?}"))),
+            };
+            if let Err(e) = result {
+                eprintln!("wsplice: worker {id}: {e}");
+            }
+        }
+    }
+
+    fn control(&self, msg: Control) {
+        if self.tx.send(msg).is_ok() {
+            let _ = self.waker.wake();
+        }
+    }
+
+    fn mirror(&self) {
+        let list = self.backends.lock().map(|b| b.clone()).unwrap_or_default();
+        self.shared.mirror_backends(self.id, &list);
+    }
+
+    /// Applies `reload GENERATION [REMOVED...]`; the answer for the supervisor.
+    fn reload<'a>(
+        &self,
+        mut words: impl Iterator<Item = &'a str>,
+        config: Option<OwnedFd>,
+        pending: &mut Vec<(SocketAddr, TcpListener)>,
+    ) -> String {
+        let generation = words
+            .next()
+            .and_then(|w| w.parse::<u64>().ok())
+            .unwrap_or(self.generation);
+        let cfg = parse_addrs(words).and_then(|remove| {
+            let text = text_of(config)?;
+            let cfg = configure(&self.load, text.as_deref(), self.workers)?;
+            Ok((remove, cfg))
+        });
+        let (remove, cfg) = match cfg {
+            Ok(x) => x,
+            Err(e) => return format!("failed {generation} {e}"),
+        };
+        let (applied, done) = channel();
+        self.control(Control::Reload(Box::new(Reload {
+            params: process_params(&cfg, self.shared.clone()),
+            add: std::mem::take(pending),
+            remove,
+            applied,
+        })));
+        match done.recv_timeout(Duration::from_secs(5)) {
+            Ok(_) => format!("applied {generation}"),
+            Err(_) => format!(
+                "failed {generation} the event loop did not take the new configuration within 5 s"
+            ),
+        }
+    }
+}
