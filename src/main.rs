@@ -3,6 +3,7 @@
 //! ```text
 //! wsplice --config wsplice.toml                      run from a file
 //! wsplice --listen 127.0.0.1:8000 --route /notice=127.0.0.1:50001,127.0.0.1:50002
+//! wsplice --tls-listen 0.0.0.0:443 --cert site.pem --key site.key --route /ws=127.0.0.1:9001
 //! wsplice --check --config wsplice.toml              validate and exit, like `nginx -t`
 //! ```
 //!
@@ -10,6 +11,8 @@
 //!
 //! ```text
 //! listen 127.0.0.1:8000 workers=4
+//! listen 127.0.0.1:8443 workers=4 tls
+//! tls cert /etc/wsplice/site.pem names=example.com,*.example.com
 //! route /notice -> 127.0.0.1:50001 strip_prefix=true
 //! route /msg host=example.com -> 127.0.0.1:50002,127.0.0.1:50003 strip_prefix=true
 //! capacity: 261000 connections, 65000 pipes (open-file limit 1048576)
@@ -28,7 +31,7 @@ use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
-use wsplice::config::{Config, RelayMode};
+use wsplice::config::{Config, RelayMode, TlsFlags};
 use wsplice::driver::{self, admin, Server};
 use wsplice::sys::limits;
 
@@ -40,19 +43,38 @@ struct Args {
     command: Option<Cmd>,
 
     /// Configuration file (TOML).
-    #[arg(long, short, value_name = "FILE", conflicts_with_all = ["listen", "route"])]
+    #[arg(
+        long,
+        short,
+        value_name = "FILE",
+        conflicts_with_all = ["listen", "tls_listen", "cert", "key", "route"]
+    )]
     config: Option<PathBuf>,
 
     /// Address to listen on, such as 127.0.0.1:8000 (repeatable; instead of --config).
-    #[arg(long, value_name = "ADDR", requires = "route")]
+    #[arg(long, value_name = "ADDR", requires = "route", group = "listeners")]
     listen: Vec<SocketAddr>,
+
+    /// Address to listen on for TLS (wss://), such as 0.0.0.0:443 (repeatable; needs --cert and
+    /// --key; instead of --config).
+    #[arg(long, value_name = "ADDR", requires = "route", group = "listeners")]
+    tls_listen: Vec<SocketAddr>,
+
+    /// Certificate chain for --tls-listen, PEM, leaf first (repeatable: pairs with --key, in
+    /// order; the first pair is the default certificate).
+    #[arg(long, value_name = "FILE", requires = "key")]
+    cert: Vec<PathBuf>,
+
+    /// Private key of the --cert before it, PEM (PKCS#8, PKCS#1 or SEC1; RSA or ECDSA).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    key: Vec<PathBuf>,
 
     /// Route PREFIX to one or more backends, such as /notice=127.0.0.1:50001,127.0.0.1:50002
     /// (repeatable; instead of --config).
     #[arg(
         long,
         value_name = "PREFIX=HOST:PORT[,HOST:PORT...]",
-        requires = "listen"
+        requires = "listeners"
     )]
     route: Vec<String>,
 
@@ -115,7 +137,7 @@ fn main() -> ExitCode {
         Args::command()
             .error(
                 ErrorKind::MissingRequiredArgument,
-                "either --config FILE, or --listen ADDR with --route PREFIX=HOST:PORT, is required",
+                "either --config FILE, or --listen ADDR (or --tls-listen ADDR --cert FILE --key FILE) with --route PREFIX=HOST:PORT, is required",
             )
             .exit();
     }
@@ -134,6 +156,19 @@ fn main() -> ExitCode {
         }
     };
     if args.check {
+        // Certificates and keys are files of their own: each pair must load and match.
+        match wsplice::transport::tls::check_files(&cfg.tls) {
+            Ok(warnings) => {
+                for w in warnings {
+                    eprintln!("wsplice: warning: {w}");
+                }
+            }
+            Err(e) => {
+                eprintln!("wsplice: error: {e}");
+                eprintln!("wsplice: configuration {source} test failed");
+                return ExitCode::FAILURE;
+            }
+        }
         println!("wsplice: configuration {source} is ok");
         return ExitCode::SUCCESS;
     }
@@ -169,7 +204,20 @@ fn load(args: &Args) -> Result<Config, wsplice::config::ConfigError> {
     let relay = args.relay.map(RelayMode::from);
     let mut cfg = match &args.config {
         Some(path) => Config::load(path)?,
-        None => return Config::from_cli(args.listen.clone(), &args.route, workers, relay),
+        None => {
+            let tls = TlsFlags {
+                listen: args.tls_listen.clone(),
+                certs: args.cert.clone(),
+                keys: args.key.clone(),
+            };
+            return Config::from_cli_with_tls(
+                args.listen.clone(),
+                tls,
+                &args.route,
+                workers,
+                relay,
+            );
+        }
     };
     if workers.is_some() {
         cfg.workers = workers;
@@ -202,7 +250,10 @@ fn run(mut cfg: Config, args: &Args) -> io::Result<()> {
 
     let mut lines = Vec::new();
     for addr in server.local_addrs() {
-        lines.push(format!("listen {addr} workers={}", server.workers()));
+        lines.push(listen_line(&server, addr));
+    }
+    if let Some(tls) = server.tls() {
+        lines.extend(tls.summary.iter().cloned());
     }
     for route in &cfg.routes {
         let host = route
@@ -265,17 +316,28 @@ fn run(mut cfg: Config, args: &Args) -> io::Result<()> {
     Ok(())
 }
 
+/// `listen ADDR workers=N`, with ` tls` for a TLS listener.
+fn listen_line(server: &Server, addr: SocketAddr) -> String {
+    let tls = if server.is_tls(addr) { " tls" } else { "" };
+    format!("listen {addr} workers={}{tls}", server.workers())
+}
+
 /// One flushed stdout line (tests and scripts read them); a closed stdout is not an error.
 fn say(line: &str) {
     let mut out = io::stdout().lock();
     let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
 
-/// SIGHUP: reads the file again and applies it to new connections. A bad file changes nothing.
+/// SIGHUP: reads the file again (or, started from flags, the certificate files) and applies it
+/// to new connections. A bad file changes nothing.
 fn reload(server: &mut Server, args: &Args, running: &Config) -> Option<Config> {
-    let Some(path) = &args.config else {
-        eprintln!("wsplice: SIGHUP: started without --config, nothing to reload");
-        return None;
+    let path = match &args.config {
+        Some(path) => path.clone(),
+        None if !args.tls_listen.is_empty() => PathBuf::from("the command line's certificates"),
+        None => {
+            eprintln!("wsplice: SIGHUP: started without --config, nothing to reload");
+            return None;
+        }
     };
     let mut cfg = match load(args) {
         Ok(cfg) => cfg,
@@ -301,7 +363,12 @@ fn reload(server: &mut Server, args: &Args, running: &Config) -> Option<Config> 
     match server.reload(&cfg) {
         Ok(listen) => {
             for (_, bound) in listen {
-                say(&format!("listen {bound} workers={}", server.workers()));
+                say(&listen_line(server, bound));
+            }
+            if let Some(tls) = server.tls() {
+                for line in &tls.summary {
+                    say(line);
+                }
             }
             eprintln!(
                 "wsplice: reloaded {}: {} routes",
