@@ -326,7 +326,7 @@ async fn upgrade_ok(proxy: &Proxy, path: &str) {
     assert_eq!(read_exact_n(&mut client, frame.len(), "echo").await, frame);
 }
 
-e2e!(round_robin, |relay| async move {
+e2e_tls!(round_robin, |relay| async move {
     let a = RawBackend::start_with(Behavior::Accept101Echo).await;
     let b = RawBackend::start_with(Behavior::Accept101Echo).await;
     // Two workers (the default): the cursor is per route, shared by the workers, so the split
@@ -345,7 +345,7 @@ e2e!(round_robin, |relay| async move {
     );
 });
 
-e2e!(refused_backend_skipped, |relay| async move {
+e2e_tls!(refused_backend_skipped, |relay| async move {
     let refused = RefusedPort::new();
     let good = RawBackend::start_with(Behavior::Accept101Echo).await;
     let proxy = Proxy::builder(relay)

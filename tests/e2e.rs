@@ -35,7 +35,7 @@ async fn raw_proxy(relay: Relay, prefix: &str) -> (Proxy, RawBackend) {
 // Tunnel through tokio-tungstenite on both sides
 // ---------------------------------------------------------------------------------------------
 
-e2e!(echo_text, |relay| async move {
+e2e_tls!(echo_text, |relay| async move {
     let (proxy, _backend) = echo_proxy(relay).await;
     let mut ws = ws_connect(&proxy, "/echo").await;
     for size in SIZES {
@@ -56,7 +56,7 @@ e2e!(echo_text, |relay| async move {
     }
 });
 
-e2e!(echo_binary, |relay| async move {
+e2e_tls!(echo_binary, |relay| async move {
     let (proxy, _backend) = echo_proxy(relay).await;
     let mut ws = ws_connect(&proxy, "/echo").await;
     for size in SIZES {
@@ -74,7 +74,7 @@ e2e!(echo_binary, |relay| async move {
     }
 });
 
-e2e!(thousand_messages_in_order, |relay| async move {
+e2e_tls!(thousand_messages_in_order, |relay| async move {
     let (proxy, _backend) = echo_proxy(relay).await;
     let (mut tx, mut rx) = ws_connect(&proxy, "/echo").await.split();
     let sender = tokio::spawn(async move {
@@ -94,7 +94,7 @@ e2e!(thousand_messages_in_order, |relay| async move {
     let _tx = sender.await.expect("sender task");
 });
 
-e2e!(ping_pong_both_ways, |relay| async move {
+e2e_tls!(ping_pong_both_ways, |relay| async move {
     let (proxy, backend) = echo_proxy(relay).await;
     let mut ws = ws_connect(&proxy, "/echo").await;
     ws.send(Message::Ping(b"from-client".to_vec().into()))
@@ -115,7 +115,7 @@ e2e!(ping_pong_both_ways, |relay| async move {
     .await;
 });
 
-e2e!(close_code_from_client, |relay| async move {
+e2e_tls!(close_code_from_client, |relay| async move {
     let (proxy, backend) = echo_proxy(relay).await;
     let mut ws = ws_connect(&proxy, "/echo").await;
     ws_echo_once(&mut ws, "hello").await;
@@ -148,7 +148,7 @@ e2e!(close_code_from_client, |relay| async move {
     .await;
 });
 
-e2e!(close_code_from_backend, |relay| async move {
+e2e_tls!(close_code_from_backend, |relay| async move {
     let (proxy, _backend) = echo_proxy(relay).await;
     let mut ws = ws_connect(&proxy, "/echo").await;
     ws.send(Message::text("__close__ 4002 backend-bye"))
@@ -172,7 +172,7 @@ e2e!(close_code_from_backend, |relay| async move {
 // Raw tunnels: half-close, resets, bulk bytes
 // ---------------------------------------------------------------------------------------------
 
-e2e!(bulk_bytes_both_ways_at_once, |relay| async move {
+e2e_tls!(bulk_bytes_both_ways_at_once, |relay| async move {
     let (proxy, backend) = raw_proxy(relay, "/raw").await;
     let Tunnel {
         client,
@@ -207,7 +207,7 @@ e2e!(bulk_bytes_both_ways_at_once, |relay| async move {
     );
 });
 
-e2e!(half_close_client_first, |relay| async move {
+e2e_tls!(half_close_client_first, |relay| async move {
     let (proxy, backend) = raw_proxy(relay, "/raw").await;
     let Tunnel {
         mut client,
@@ -241,7 +241,7 @@ e2e!(half_close_client_first, |relay| async move {
     );
 });
 
-e2e!(half_close_backend_first, |relay| async move {
+e2e_tls!(half_close_backend_first, |relay| async move {
     let (proxy, backend) = raw_proxy(relay, "/raw").await;
     let Tunnel {
         mut client,
@@ -274,7 +274,7 @@ e2e!(half_close_backend_first, |relay| async move {
     );
 });
 
-e2e!(client_reset_closes_backend, |relay| async move {
+e2e_tls!(client_reset_closes_backend, |relay| async move {
     let (proxy, backend) = raw_proxy(relay, "/raw").await;
     let Tunnel {
         mut client,
@@ -287,7 +287,7 @@ e2e!(client_reset_closes_backend, |relay| async move {
     wait_closed(&mut server, "backend after the client's reset").await;
 });
 
-e2e!(backend_reset_closes_client, |relay| async move {
+e2e_tls!(backend_reset_closes_client, |relay| async move {
     let (proxy, backend) = raw_proxy(relay, "/raw").await;
     let Tunnel {
         mut client,
@@ -324,7 +324,7 @@ async fn backend_view(proxy: &Proxy, backend: &RawBackend, request: &[u8]) -> Ve
     head
 }
 
-e2e!(rewrite_strips_prefix, |relay| async move {
+e2e_tls!(rewrite_strips_prefix, |relay| async move {
     let (proxy, backend) = raw_proxy(relay, "/notice").await;
     for (sent, expected) in [
         ("/notice/a?x=1", "/a?x=1"),
@@ -342,7 +342,7 @@ e2e!(rewrite_strips_prefix, |relay| async move {
     }
 });
 
-e2e!(rewrite_root_prefix_keeps_path, |relay| async move {
+e2e_tls!(rewrite_root_prefix_keeps_path, |relay| async move {
     let (proxy, backend) = raw_proxy(relay, "/").await;
     for path in ["/", "/x", "/x/y?z=1"] {
         let head = backend_view(&proxy, &backend, &upgrade_request(path, &[])).await;
@@ -354,7 +354,7 @@ e2e!(rewrite_root_prefix_keeps_path, |relay| async move {
     }
 });
 
-e2e!(rewrite_without_strip_keeps_path, |relay| async move {
+e2e_tls!(rewrite_without_strip_keeps_path, |relay| async move {
     let backend = RawBackend::start().await;
     let proxy = Proxy::builder(relay)
         .route(route("/notice", &[backend.addr]).strip_prefix(false))
@@ -366,7 +366,7 @@ e2e!(rewrite_without_strip_keeps_path, |relay| async move {
     }
 });
 
-e2e!(prefix_matches_whole_segments, |relay| async move {
+e2e_tls!(prefix_matches_whole_segments, |relay| async move {
     let notice = RawBackend::start().await;
     let proxy = Proxy::builder(relay)
         .route(route("/notice", &[notice.addr]))
@@ -428,7 +428,7 @@ fn assert_absent(head: &[u8], name: &str) {
     );
 }
 
-e2e!(rewrite_headers, |relay| async move {
+e2e_tls!(rewrite_headers, |relay| async move {
     let (proxy, backend) = raw_proxy(relay, "/notice").await;
     let request = b"GET /notice/a?x=1 HTTP/1.1\r\n\
         Host: chat.example.com:8080\r\n\
@@ -466,7 +466,7 @@ e2e!(rewrite_headers, |relay| async move {
     assert_once(&head, "Upgrade", "websocket", true);
     assert_once(&head, "X-Real-IP", "127.0.0.1", false);
     assert_once(&head, "X-Forwarded-For", "10.0.0.1, 127.0.0.1", false);
-    assert_once(&head, "X-Forwarded-Proto", "http", false);
+    assert_once(&head, "X-Forwarded-Proto", proto(relay), false);
     assert_once(&head, "Host", "chat.example.com:8080", false);
     assert_once(
         &head,
@@ -487,7 +487,7 @@ e2e!(rewrite_headers, |relay| async move {
     assert_once(&head, "Cookie", "id=42", false);
 });
 
-e2e!(
+e2e_tls!(
     rewrite_client_named_forwarding_headers_dropped,
     |relay| async move {
         let (proxy, backend) = raw_proxy(relay, "/notice").await;
@@ -503,12 +503,12 @@ e2e!(
         let head = backend_view(&proxy, &backend, request.as_bytes()).await;
         assert_once(&head, "X-Real-IP", "127.0.0.1", false);
         assert_once(&head, "X-Forwarded-For", "127.0.0.1", false);
-        assert_once(&head, "X-Forwarded-Proto", "http", false);
+        assert_once(&head, "X-Forwarded-Proto", proto(relay), false);
         assert_once(&head, "Connection", "upgrade", true);
     }
 );
 
-e2e!(rewrite_client_proxy_headers_replaced, |relay| async move {
+e2e_tls!(rewrite_client_proxy_headers_replaced, |relay| async move {
     let (proxy, backend) = raw_proxy(relay, "/notice").await;
     let request = upgrade_request(
         "/notice",
@@ -520,7 +520,7 @@ e2e!(rewrite_client_proxy_headers_replaced, |relay| async move {
     );
     let head = backend_view(&proxy, &backend, &request).await;
     assert_once(&head, "X-Real-IP", "127.0.0.1", false);
-    assert_once(&head, "X-Forwarded-Proto", "http", false);
+    assert_once(&head, "X-Forwarded-Proto", proto(relay), false);
     assert_once(&head, "X-Forwarded-For", "1.2.3.4, 127.0.0.1", false);
     assert_once(&head, "Upgrade", "websocket", true);
 });
@@ -528,7 +528,7 @@ e2e!(rewrite_client_proxy_headers_replaced, |relay| async move {
 // A name with `_` that reads as a header the proxy strips or writes never passes: a
 // CGI/WSGI-style backend reads `X_Real_IP` as `X-Real-IP`, so it would forge the client's address
 // past the proxy's own header. Other names with `_` pass unless `underscores_in_headers = false`.
-e2e!(underscore_header_names, |relay| async move {
+e2e_tls!(underscore_header_names, |relay| async move {
     let sent = [
         "X_Real_IP: 6.6.6.6",
         "X_Forwarded_For: 6.6.6.6",
@@ -570,7 +570,7 @@ e2e!(underscore_header_names, |relay| async move {
     assert_once(&head, "X-Real-IP", "127.0.0.1", false);
 });
 
-e2e!(forwarded_for_append_and_replace, |relay| async move {
+e2e_tls!(forwarded_for_append_and_replace, |relay| async move {
     let append = RawBackend::start().await;
     let replace = RawBackend::start().await;
     let proxy = Proxy::builder(relay)
@@ -598,7 +598,7 @@ e2e!(forwarded_for_append_and_replace, |relay| async move {
     assert_once(&head, "X-Forwarded-For", "127.0.0.1", false);
 });
 
-e2e!(upgrade_token_variants_accepted, |relay| async move {
+e2e_tls!(upgrade_token_variants_accepted, |relay| async move {
     let (proxy, backend) = raw_proxy(relay, "/notice").await;
     for (upgrade, connection) in [
         ("websocket", "keep-alive, Upgrade"),
@@ -616,7 +616,7 @@ e2e!(upgrade_token_variants_accepted, |relay| async move {
     }
 });
 
-e2e!(route_by_host, |relay| async move {
+e2e_tls!(route_by_host, |relay| async move {
     let example = RawBackend::start().await;
     let proxy = Proxy::builder(relay)
         .route(route("/", &[example.addr]).host("example.com"))
@@ -646,7 +646,7 @@ e2e!(route_by_host, |relay| async move {
     );
 });
 
-e2e!(echo_backend_sees_rewritten_request, |relay| async move {
+e2e_tls!(echo_backend_sees_rewritten_request, |relay| async move {
     let backend = EchoBackend::start().await;
     let proxy = Proxy::builder(relay)
         .route(route("/notice", &[backend.addr]))
@@ -668,15 +668,15 @@ e2e!(echo_backend_sees_rewritten_request, |relay| async move {
     };
     assert_eq!(get("x-real-ip"), ["127.0.0.1"]);
     assert_eq!(get("x-forwarded-for"), ["127.0.0.1"]);
-    assert_eq!(get("x-forwarded-proto"), ["http"]);
-    assert_eq!(get("host"), [proxy.addr().to_string().as_str()]);
+    assert_eq!(get("x-forwarded-proto"), [proto(relay)]);
+    assert_eq!(get("host"), [proxy.host().as_str()]);
 });
 
 // ---------------------------------------------------------------------------------------------
 // Resumable head parsing, many tunnels at once
 // ---------------------------------------------------------------------------------------------
 
-e2e!(head_in_pieces, |relay| async move {
+e2e_tls!(head_in_pieces, |relay| async move {
     let (proxy, backend) = raw_proxy(relay, "/notice").await;
     let request = upgrade_request("/notice/p", &["X-Custom: 1"]);
     let mut client = connect(&proxy).await;
@@ -700,7 +700,7 @@ e2e!(head_in_pieces, |relay| async move {
     drop(server);
 });
 
-e2e!(many_concurrent_tunnels, |relay| async move {
+e2e_tls!(many_concurrent_tunnels, |relay| async move {
     let (proxy, _backend) = echo_proxy(relay).await;
     let proxy = std::sync::Arc::new(proxy);
     let mut tasks = Vec::new();

@@ -36,7 +36,7 @@ async fn trickle(from: &mut TcpStream, to: &mut TcpStream, every: Duration, tota
     }
 }
 
-e2e!(idle_timeout_closes_both_sides, |relay| async move {
+e2e_tls!(idle_timeout_closes_both_sides, |relay| async move {
     let (proxy, backend) = proxy_with(relay, &[("idle", "500ms")]).await;
     let Tunnel {
         mut client,
@@ -55,7 +55,7 @@ e2e!(idle_timeout_closes_both_sides, |relay| async move {
     );
 });
 
-e2e!(idle_timeout_reset_by_client_traffic, |relay| async move {
+e2e_tls!(idle_timeout_reset_by_client_traffic, |relay| async move {
     let (proxy, backend) = proxy_with(relay, &[("idle", "500ms")]).await;
     let Tunnel {
         mut client,
@@ -172,11 +172,11 @@ async fn half_close_expires(relay: Relay, client_fin: bool) {
     assert!(writer_end.is_some(), "the talking side was never closed");
 }
 
-e2e!(half_close_timeout_client_fin, |relay| async move {
+e2e_tls!(half_close_timeout_client_fin, |relay| async move {
     half_close_expires(relay, true).await
 });
 
-e2e!(half_close_timeout_backend_fin, |relay| async move {
+e2e_tls!(half_close_timeout_backend_fin, |relay| async move {
     half_close_expires(relay, false).await
 });
 

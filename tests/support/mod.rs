@@ -10,6 +10,8 @@
 //! instead of hanging the suite.
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -43,21 +45,33 @@ pub const MAX_MESSAGE: usize = 64 << 20;
 // Running a scenario once per relay mode
 // ---------------------------------------------------------------------------------------------
 
-/// The proxy's `relay` setting.
+/// The proxy's `relay` setting, or a TLS listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Relay {
     Copy,
     Splice,
     Auto,
+    /// The client speaks `wss://` to a TLS listener (`relay = "auto"`: TLS tunnels copy).
+    Tls,
 }
 
 impl Relay {
+    /// The `relay` setting.
     pub fn as_str(self) -> &'static str {
         match self {
             Relay::Copy => "copy",
             Relay::Splice => "splice",
-            Relay::Auto => "auto",
+            Relay::Auto | Relay::Tls => "auto",
         }
+    }
+}
+
+/// The `X-Forwarded-Proto` the backend hears.
+pub fn proto(relay: Relay) -> &'static str {
+    if relay == Relay::Tls {
+        "https"
+    } else {
+        "http"
     }
 }
 
@@ -71,15 +85,13 @@ where
         .await
         .is_err()
     {
-        panic!(
-            "scenario did not finish within {TEST_DEADLINE:?} (relay = {})",
-            relay.as_str()
-        );
+        panic!("scenario did not finish within {TEST_DEADLINE:?} ({relay:?})");
     }
 }
 
 /// `e2e!(name, |relay| async move { ... })` expands to module `name` holding one test per relay
 /// mode: `name::copy`, `name::splice`, `name::auto`.
+#[allow(unused_macros)]
 macro_rules! e2e {
     ($name:ident, $body:expr) => {
         mod $name {
@@ -99,6 +111,39 @@ macro_rules! e2e {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn auto() {
                 crate::support::run(crate::support::Relay::Auto, $body).await
+            }
+        }
+    };
+}
+
+/// `e2e_tls!(name, body)`: [`e2e!`]'s three tests plus `name::tls`, the same scenario with the
+/// client on `wss://` (WebSocket clients speak TLS themselves, raw sockets go through
+/// [`tls::shim`]).
+#[allow(unused_macros)]
+macro_rules! e2e_tls {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn copy() {
+                crate::support::run(crate::support::Relay::Copy, $body).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn splice() {
+                crate::support::run(crate::support::Relay::Splice, $body).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn auto() {
+                crate::support::run(crate::support::Relay::Auto, $body).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn tls() {
+                crate::support::run(crate::support::Relay::Tls, $body).await
             }
         }
     };
@@ -183,8 +228,13 @@ impl ProxyBuilder {
     }
 
     pub fn toml(&self) -> String {
+        let listen = if self.relay == Relay::Tls {
+            "" // the [tls] section below has the only listener
+        } else {
+            "listen = [\"127.0.0.1:0\"]\n"
+        };
         let mut s = format!(
-            "listen = [\"127.0.0.1:0\"]\nworkers = {}\nrelay = \"{}\"\n",
+            "{listen}workers = {}\nrelay = \"{}\"\n",
             self.workers,
             self.relay.as_str()
         );
@@ -220,6 +270,9 @@ impl ProxyBuilder {
                 s.push_str(&format!("host = \"{host}\"\n"));
             }
         }
+        if self.relay == Relay::Tls {
+            s.push_str(&tls::tls_section(&tls::shared().1, ""));
+        }
         s
     }
 
@@ -251,6 +304,7 @@ impl ProxyBuilder {
         let mut proxy = Proxy {
             child,
             addr: None,
+            tls: None,
             config,
             log,
             toml,
@@ -272,6 +326,7 @@ impl ProxyBuilder {
             if let Some(rest) = line.strip_prefix("listen ") {
                 let addr = rest.split_whitespace().next().unwrap_or_default();
                 match addr.parse() {
+                    Ok(a) if line.ends_with(" tls") => proxy.tls = Some(a),
                     Ok(a) => proxy.addr = Some(a),
                     Err(_) => proxy.fail(&format!("unparsable listen line {line:?}")),
                 }
@@ -281,6 +336,10 @@ impl ProxyBuilder {
             if ready {
                 break;
             }
+        }
+        if let Some(target) = proxy.tls {
+            // Raw-socket scenarios reach the TLS listener through a local shim.
+            proxy.addr = Some(tls::shim(target, tls::shared().0.client()).await);
         }
         if proxy.addr.is_none() {
             proxy.fail(&format!(
@@ -296,7 +355,10 @@ impl ProxyBuilder {
 /// A running `wsplice` child process; killed on drop. Its stderr is printed if the test panics.
 pub struct Proxy {
     child: Child,
+    /// The plain listener, or for a TLS proxy the shim in front of it.
     addr: Option<SocketAddr>,
+    /// The TLS listener, if the proxy has one.
+    tls: Option<SocketAddr>,
     config: PathBuf,
     log: PathBuf,
     toml: String,
@@ -320,7 +382,23 @@ impl Proxy {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("ws://{}{}", self.addr(), path)
+        match self.tls {
+            Some(a) => format!("wss://{}:{}{}", tls::SERVER_NAME, a.port(), path),
+            None => format!("ws://{}{}", self.addr(), path),
+        }
+    }
+
+    /// The Host a WebSocket client of [`ws_connect`] sends.
+    pub fn host(&self) -> String {
+        match self.tls {
+            Some(a) => format!("{}:{}", tls::SERVER_NAME, a.port()),
+            None => self.addr().to_string(),
+        }
+    }
+
+    /// The TLS listener, if the proxy has one.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls
     }
 
     /// The proxy's stderr so far.
@@ -977,11 +1055,21 @@ pub async fn send_and_read_all(proxy: &Proxy, request: &[u8]) -> (Vec<u8>, End) 
 // WebSocket helpers
 // ---------------------------------------------------------------------------------------------
 
-pub type Ws = WebSocketStream<TcpStream>;
+pub type Ws = WebSocketStream<tls::ClientStream>;
 
-/// A tokio-tungstenite client through the proxy to `path`.
+/// A tokio-tungstenite client through the proxy to `path`; over TLS (rustls) to a TLS proxy.
 pub async fn ws_connect(proxy: &Proxy, path: &str) -> Ws {
-    let stream = connect(proxy).await;
+    let stream = match proxy.tls_addr() {
+        Some(addr) => {
+            let config = tls::shared().0.client();
+            match tokio::time::timeout(STEP, tls::connect(addr, config, tls::SERVER_NAME)).await {
+                Ok(Ok(s)) => tls::ClientStream::Tls(Box::new(s)),
+                Ok(Err(e)) => panic!("TLS handshake with the proxy: {e}"),
+                Err(_) => panic!("TLS handshake with the proxy timed out"),
+            }
+        }
+        None => tls::ClientStream::Plain(connect(proxy).await),
+    };
     let url = proxy.url(path);
     match tokio::time::timeout(
         STEP,
