@@ -401,6 +401,24 @@ impl Proxy {
         self.tls
     }
 
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("a running proxy has a pid")
+    }
+
+    /// The child's resident set size, bytes (`VmRSS` of /proc/PID/status).
+    pub fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc/PID/status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS in /proc/PID/status");
+        kib * 1024
+    }
+
     /// The proxy's stderr so far.
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

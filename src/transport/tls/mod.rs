@@ -241,11 +241,6 @@ impl TlsSession {
         self.take_event()
     }
 
-    /// What the session holds beyond its rustls state (0 when idle).
-    pub fn buffered(&self) -> usize {
-        self.rx.capacity() + self.plain.capacity() + self.tx.capacity()
-    }
-
     fn established(&mut self) {
         self.flags |= DONE;
         let version = usize::from(self.conn.protocol_version() == Some(ProtocolVersion::TLSv1_3));
@@ -590,5 +585,22 @@ impl Transport for TlsIo<'_> {
 
     fn flush(&mut self) -> io::Result<()> {
         self.session.flush(self.sock)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a TLS client adds to an idle tunnel before rustls's heap state (keys, the traffic
+    /// state): see the RSS test in tests/tls.rs for the whole.
+    #[test]
+    fn an_idle_session_holds_no_buffer() {
+        let size = std::mem::size_of::<TlsSession>();
+        eprintln!(
+            "TlsSession {size} B, of which UnbufferedServerConnection {} B",
+            std::mem::size_of::<UnbufferedServerConnection>()
+        );
+        assert!(size <= 1280, "TlsSession grew to {size} B");
     }
 }
