@@ -745,3 +745,33 @@ async fn an_idle_wss_tunnel_costs_little_more_than_an_idle_ws_tunnel() {
     // receive or send buffer: a few KiB at most.
     assert!(tls <= 6 * 1024, "an idle wss:// tunnel costs {tls} B");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_notify_with_the_last_bytes_and_no_fin_still_ends_the_direction() {
+    let certs = Certs::new();
+    let pair = certs.ecdsa("site", &[SERVER_NAME]);
+    let backend = RawBackend::start().await;
+    let t = start(&toml(backend.addr, &[&pair], "", ""));
+    let mut tls = connect(t.addr, certs.client(), SERVER_NAME)
+        .await
+        .expect("TLS handshake");
+    tls.write_all(&upgrade_request("/raw", &[]))
+        .await
+        .expect("upgrade");
+    let (mut server, _) = backend.accept_101().await;
+    let mut b = [0u8; 512];
+    let n = tls.read(&mut b).await.expect("the 101");
+    assert_eq!(status(&b[..n]), Some(101));
+    // The last bytes and close_notify in one flight; the TCP connection stays open both ways,
+    // so no FIN (and no new readiness) follows the close_notify.
+    tls.write_all(b"bye").await.expect("write");
+    tls.get_mut().1.send_close_notify();
+    tls.flush().await.expect("flush");
+    let (rest, end) = read_to_end(&mut server, STEP).await;
+    assert_eq!(rest, b"bye");
+    assert_eq!(
+        end,
+        End::Eof,
+        "the backend must see the client's end as FIN"
+    );
+}

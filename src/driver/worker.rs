@@ -379,8 +379,13 @@ impl Worker {
                         pipe: e.conn.pipe(),
                         scratch: &mut self.scratch,
                     });
-                    if let Some(ev) = session.and_then(|s| s.take_event()) {
-                        self.counters.count_tls(ev);
+                    let mut eof_pending = false;
+                    if let Some(s) = session {
+                        if let Some(ev) = s.take_event() {
+                            self.counters.count_tls(ev);
+                        }
+                        eof_pending = s.eof_pending()
+                            && matches!((op, &res), (IoOp::Read { .. }, Ok(n)) if *n > 0);
                     }
                     let mut cx = Ctx {
                         scratch: &self.scratch,
@@ -390,6 +395,18 @@ impl Worker {
                         threshold: self.params.splice_threshold,
                     };
                     e.conn.complete_io(op, res, &mut cx, &self.time);
+                    if eof_pending {
+                        // What EPOLLRDHUP would have said, had the end not already been read
+                        // out of the socket with the bytes before it.
+                        let ev = Event::Ready {
+                            side: Side::Client,
+                            readable: true,
+                            writable: false,
+                            hup: true,
+                            gone: false,
+                        };
+                        e.conn.handle(ev, &self.time);
+                    }
                 }
                 Step::Connect(addr) => {
                     e.backend = None;

@@ -158,6 +158,8 @@ const FIN_SENT: u16 = 128;
 const NOT_TLS: u16 = 256;
 /// The handshake's outcome was reported.
 const REPORTED: u16 = 512;
+/// A read returned the end (0) after `PEER_CLOSED`.
+const EOF_READ: u16 = 1024;
 
 /// One client's TLS session. Boxed and kept beside the slab entry: plain entries do not pay
 /// for it.
@@ -368,6 +370,9 @@ impl TlsSession {
             self.plain = Vec::new();
         }
         if n == out.len() || self.flags & PEER_CLOSED != 0 {
+            if n == 0 {
+                self.flags |= EOF_READ;
+            }
             return Ok(n);
         }
         let mut have = self.rx.len();
@@ -440,7 +445,17 @@ impl TlsSession {
         if have > 0 {
             self.rx = work[..have].to_vec();
         }
+        if matches!(res, Ok(0)) {
+            self.flags |= EOF_READ;
+        }
         res
+    }
+
+    /// The client's close_notify (or FIN) came with the bytes the last read returned, and no
+    /// read has returned the end yet: the kernel will not signal it again, so the caller must
+    /// read once more as if the socket were readable.
+    pub fn eof_pending(&self) -> bool {
+        self.flags & (PEER_CLOSED | EOF_READ | PLAIN) == PEER_CLOSED
     }
 
     /// Gets rustls to a state where it may encrypt, writing out what it queued on the way, and
