@@ -131,7 +131,8 @@ pub struct Worker {
     /// The TLS sessions of connections whose client came through a TLS listener, by key: kept
     /// beside the slab so that plain entries do not grow by a pointer they never use.
     tls: HashMap<usize, Box<TlsSession>>,
-    /// What TLS sessions decrypt and encrypt in; allocated with the first TLS client.
+    /// What TLS sessions decrypt and encrypt in; allocated at the first TLS operation, freed
+    /// with the other tables when the worker is empty.
     tls_bufs: Option<Box<TlsBuffers>>,
 }
 
@@ -295,8 +296,6 @@ impl Worker {
         entry.insert(Slot::Live(e));
         if let Some(s) = session {
             self.tls.insert(key, s);
-            self.tls_bufs
-                .get_or_insert_with(|| Box::new(TlsBuffers::new(SCRATCH)));
         }
         self.drive(key, d);
     }
@@ -359,8 +358,12 @@ impl Worker {
                     let sock: Option<&mut dyn Transport> = match side {
                         Side::Backend => e.backend.as_mut().map(|b| b as &mut dyn Transport),
                         Side::Client => {
-                            match (session.as_deref_mut(), self.tls_bufs.as_deref_mut()) {
-                                (Some(session), Some(bufs)) => {
+                            match session.as_deref_mut() {
+                                Some(session) => {
+                                    // A TLS client never falls back to plain bytes.
+                                    let bufs = self
+                                        .tls_bufs
+                                        .get_or_insert_with(|| Box::new(TlsBuffers::new(SCRATCH)));
                                     tls_io = TlsIo {
                                         sock: &e.client,
                                         session,
@@ -368,7 +371,7 @@ impl Worker {
                                     };
                                     Some(&mut tls_io)
                                 }
-                                _ => Some(&mut e.client),
+                                None => Some(&mut e.client),
                             }
                         }
                     };
