@@ -19,7 +19,9 @@
 //! ## One connection, accept to close
 //! 1. `driver::epoll` sees its listener readable and calls `sys::sock::accept_nonblocking`;
 //!    `worker::Worker::accepted` takes a `max_connections` slot (or not: then the connection is
-//!    `full`) and creates [`core::conn::Conn::accept`] in the slab.
+//!    `full`) and creates [`core::conn::Conn::accept`] in the slab. A client of a TLS listener
+//!    also gets a [`transport::tls::TlsSession`], kept beside the slab: its reads and writes go
+//!    through the session (handshake included), and its tunnel copies instead of splicing.
 //! 2. From then on the worker only calls [`core::conn::Conn::handle`] with an
 //!    [`core::conn::Event`] (readiness from epoll, a timer from the wheel, resume, drain) and then
 //!    [`core::conn::Conn::poll`] until it returns `Wait`, `Yield` or `End`. Each

@@ -3,6 +3,7 @@
 //! ```text
 //! wsplice --config wsplice.toml                      run from a file
 //! wsplice --listen 127.0.0.1:8000 --route /notice=127.0.0.1:50001,127.0.0.1:50002
+//! wsplice --tls-listen 0.0.0.0:443 --cert site.pem --key site.key --route /ws=127.0.0.1:9001
 //! wsplice --check --config wsplice.toml              validate and exit, like `nginx -t`
 //! ```
 //!
@@ -10,6 +11,8 @@
 //!
 //! ```text
 //! listen 127.0.0.1:8000 workers=2
+//! listen 127.0.0.1:8443 workers=2 tls
+//! tls cert /etc/wsplice/site.pem names=example.com,*.example.com
 //! route /notice -> 127.0.0.1:50001 strip_prefix=true
 //! route /msg host=example.com -> 127.0.0.1:50002,127.0.0.1:50003 strip_prefix=true
 //! workers: 2 processes (worker_model = "auto": an open-file limit of 20000 per process holds 9381 tunnels in one process, 18762 in 2 processes of 9381 each)
@@ -32,7 +35,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
-use wsplice::config::{Config, ConfigError, RelayMode, WorkerModel};
+use wsplice::config::{Config, ConfigError, RelayMode, TlsFlags, WorkerModel};
 use wsplice::core::relay::CloseReason;
 use wsplice::driver::supervisor::{Event, Spawn, Supervisor};
 use wsplice::driver::{self, admin, process, Server, StatsReader};
@@ -50,19 +53,38 @@ struct Args {
     command: Option<Cmd>,
 
     /// Configuration file (TOML).
-    #[arg(long, short, value_name = "FILE", conflicts_with_all = ["listen", "route"])]
+    #[arg(
+        long,
+        short,
+        value_name = "FILE",
+        conflicts_with_all = ["listen", "tls_listen", "cert", "key", "route"]
+    )]
     config: Option<PathBuf>,
 
     /// Address to listen on, such as 127.0.0.1:8000 (repeatable; instead of --config).
-    #[arg(long, value_name = "ADDR", requires = "route")]
+    #[arg(long, value_name = "ADDR", requires = "route", group = "listeners")]
     listen: Vec<SocketAddr>,
+
+    /// Address to listen on for TLS (wss://), such as 0.0.0.0:443 (repeatable; needs --cert and
+    /// --key; instead of --config).
+    #[arg(long, value_name = "ADDR", requires = "route", group = "listeners")]
+    tls_listen: Vec<SocketAddr>,
+
+    /// Certificate chain for --tls-listen, PEM, leaf first (repeatable: pairs with --key, in
+    /// order; the first pair is the default certificate).
+    #[arg(long, value_name = "FILE", requires = "key")]
+    cert: Vec<PathBuf>,
+
+    /// Private key of the --cert before it, PEM (PKCS#8, PKCS#1 or SEC1; RSA or ECDSA).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    key: Vec<PathBuf>,
 
     /// Route PREFIX to one or more backends, such as /notice=127.0.0.1:50001,127.0.0.1:50002
     /// (repeatable; instead of --config).
     #[arg(
         long,
         value_name = "PREFIX=HOST:PORT[,HOST:PORT...]",
-        requires = "listen"
+        requires = "listeners"
     )]
     route: Vec<String>,
 
@@ -166,7 +188,7 @@ fn main() -> ExitCode {
         Args::command()
             .error(
                 ErrorKind::MissingRequiredArgument,
-                "either --config FILE, or --listen ADDR with --route PREFIX=HOST:PORT, is required",
+                "either --config FILE, or --listen ADDR (or --tls-listen ADDR --cert FILE --key FILE) with --route PREFIX=HOST:PORT, is required",
             )
             .exit();
     }
@@ -185,6 +207,19 @@ fn main() -> ExitCode {
         }
     };
     if args.check {
+        // Certificates and keys are files of their own: each pair must load and match.
+        match wsplice::transport::tls::check_files(&cfg.tls) {
+            Ok(warnings) => {
+                for w in warnings {
+                    eprintln!("wsplice: warning: {w}");
+                }
+            }
+            Err(e) => {
+                eprintln!("wsplice: error: {e}");
+                eprintln!("wsplice: configuration {source} test failed");
+                return ExitCode::FAILURE;
+            }
+        }
         println!("wsplice: configuration {source} is ok");
         return ExitCode::SUCCESS;
     }
@@ -239,12 +274,20 @@ fn load_text(args: &Args, text: Option<&str>) -> Result<Config, ConfigError> {
                 .map_or_else(|| "configuration".into(), |p| p.display().to_string());
             Config::from_toml_str(text, &file)?
         }
-        (None, _) => Config::from_cli(
-            args.listen.clone(),
-            &args.route,
-            args.workers.map(usize::from),
-            args.relay.map(RelayMode::from),
-        )?,
+        (None, _) => {
+            let tls = TlsFlags {
+                listen: args.tls_listen.clone(),
+                certs: args.cert.clone(),
+                keys: args.key.clone(),
+            };
+            Config::from_cli_with_tls(
+                args.listen.clone(),
+                tls,
+                &args.route,
+                args.workers.map(usize::from),
+                args.relay.map(RelayMode::from),
+            )?
+        }
     };
     overrides(args, &mut cfg);
     Ok(cfg)
@@ -265,6 +308,8 @@ fn overrides(args: &Args, cfg: &mut Config) {
 /// What `main` needs of a running proxy, whichever the worker model.
 trait Running {
     fn workers(&self) -> usize;
+    /// The `tls cert FILE names=...` lines of the certificates `cfg` serves.
+    fn tls_summary(&self, cfg: &Config) -> io::Result<Vec<String>>;
     fn reload(
         &mut self,
         cfg: &Config,
@@ -276,6 +321,9 @@ trait Running {
 impl Running for Server {
     fn workers(&self) -> usize {
         Server::workers(self)
+    }
+    fn tls_summary(&self, _: &Config) -> io::Result<Vec<String>> {
+        Ok(self.tls().map(|t| t.summary.clone()).unwrap_or_default())
     }
     fn reload(
         &mut self,
@@ -298,6 +346,9 @@ impl Running for Processes {
     fn workers(&self) -> usize {
         self.sup.workers()
     }
+    fn tls_summary(&self, cfg: &Config) -> io::Result<Vec<String>> {
+        tls_summary(cfg)
+    }
     fn reload(
         &mut self,
         cfg: &Config,
@@ -310,6 +361,16 @@ impl Running for Processes {
     }
 }
 
+/// Loads `cfg`'s certificates to check them and describe them. Worker processes load them again
+/// themselves, with the ticket key bytes the supervisor shares (none are needed here: this load
+/// never serves a handshake).
+fn tls_summary(cfg: &Config) -> io::Result<Vec<String>> {
+    let unused = std::sync::Arc::new(wsplice::transport::tls::TicketKeys::from_bytes([0; 32]));
+    Ok(driver::tls_for(cfg, &unused)?
+        .map(|t| t.summary.clone())
+        .unwrap_or_default())
+}
+
 fn mib(bytes: u64) -> u64 {
     bytes.div_ceil(1 << 20)
 }
@@ -318,6 +379,7 @@ fn mib(bytes: u64) -> u64 {
 fn announce(
     cfg: &Config,
     addrs: &[SocketAddr],
+    tls_summary: &[String],
     stats: StatsReader,
     choice: &driver::ModelChoice,
     soft: u64,
@@ -328,9 +390,13 @@ fn announce(
         say(&format!("admin {bound}"));
     }
     let mut lines = Vec::new();
-    for addr in addrs {
-        lines.push(format!("listen {addr} workers={workers}"));
+    let tls_listen = cfg.listen.len();
+    for (i, addr) in addrs.iter().enumerate() {
+        // Listeners are bound in `all_listen` order: the plain ones, then the TLS ones.
+        let tls = if i >= tls_listen { " tls" } else { "" };
+        lines.push(format!("listen {addr} workers={workers}{tls}"));
     }
+    lines.extend(tls_summary.iter().cloned());
     for route in &cfg.routes {
         let host = route
             .host
@@ -424,6 +490,9 @@ fn run(mut cfg: Config, mut text: Option<String>, args: &Args) -> io::Result<()>
             })?;
         // The workers run this binary with the same arguments, so they read the same flags.
         let worker_args: Vec<OsString> = std::env::args_os().skip(1).collect();
+        // Certificates are checked before any worker starts: a bad file fails the start here,
+        // named, not in every worker.
+        let certs = tls_summary(&cfg)?;
         let sup = Supervisor::start(
             &cfg,
             text.clone(),
@@ -431,7 +500,14 @@ fn run(mut cfg: Config, mut text: Option<String>, args: &Args) -> io::Result<()>
             (tx, rx),
             soft,
         )?;
-        announce(&cfg, &sup.local_addrs(), sup.stats_reader(), &choice, soft)?;
+        announce(
+            &cfg,
+            &sup.local_addrs(),
+            &certs,
+            sup.stats_reader(),
+            &choice,
+            soft,
+        )?;
         let mut running = Processes { sup, nofile: soft };
         let mut stopping = false;
         while let Some(sig) = running.sup.next_signal() {
@@ -456,9 +532,11 @@ fn run(mut cfg: Config, mut text: Option<String>, args: &Args) -> io::Result<()>
     }
 
     let mut server = Server::start(&cfg)?;
+    let certs = server.tls().map(|t| t.summary.clone()).unwrap_or_default();
     announce(
         &cfg,
         &server.local_addrs(),
+        &certs,
         server.stats_reader(),
         &choice,
         soft,
@@ -501,11 +579,16 @@ fn say(line: &str) {
     let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
 
-/// SIGHUP: reads the file again and applies it to new connections. A bad file changes nothing.
+/// SIGHUP: reads the file again (or, started from flags, the certificate files) and applies it
+/// to new connections. A bad file changes nothing.
 fn reload(running: &mut dyn Running, args: &Args, cfg: &mut Config, text: &mut Option<String>) {
-    let Some(path) = &args.config else {
-        eprintln!("wsplice: SIGHUP: started without --config, nothing to reload");
-        return;
+    let path = match &args.config {
+        Some(path) => path.clone(),
+        None if !args.tls_listen.is_empty() => PathBuf::from("the command line's certificates"),
+        None => {
+            eprintln!("wsplice: SIGHUP: started without --config, nothing to reload");
+            return;
+        }
     };
     let (mut new, new_text) = match load(args) {
         Ok(x) => x,
@@ -534,8 +617,20 @@ fn reload(running: &mut dyn Running, args: &Args, cfg: &mut Config, text: &mut O
     new.worker_model = cfg.worker_model;
     match running.reload(&new, new_text.clone()) {
         Ok(listen) => {
-            for (_, bound) in listen {
-                say(&format!("listen {bound} workers={}", running.workers()));
+            for (want, bound) in listen {
+                let tls = if new.tls.listen.contains(&want) {
+                    " tls"
+                } else {
+                    ""
+                };
+                say(&format!(
+                    "listen {bound} workers={}{tls}",
+                    running.workers()
+                ));
+            }
+            match running.tls_summary(&new) {
+                Ok(lines) => lines.iter().for_each(|l| say(l)),
+                Err(e) => eprintln!("wsplice: reload: {e}"),
             }
             eprintln!(
                 "wsplice: reloaded {}: {} routes",

@@ -25,7 +25,7 @@ async fn echo_proxy(relay: Relay) -> (Proxy, EchoBackend) {
 // Tunnel through tokio-tungstenite on both sides
 // ---------------------------------------------------------------------------------------------
 
-e2e!(echo_text, |relay| async move {
+e2e_tls!(echo_text, |relay| async move {
     let (proxy, _backend) = echo_proxy(relay).await;
     let mut ws = ws_connect(&proxy, "/echo").await;
     for size in SIZES {
@@ -46,7 +46,7 @@ e2e!(echo_text, |relay| async move {
     }
 });
 
-e2e!(echo_binary, |relay| async move {
+e2e_tls!(echo_binary, |relay| async move {
     let (proxy, _backend) = echo_proxy(relay).await;
     let mut ws = ws_connect(&proxy, "/echo").await;
     for size in SIZES {
@@ -64,7 +64,7 @@ e2e!(echo_binary, |relay| async move {
     }
 });
 
-e2e!(thousand_messages_in_order, |relay| async move {
+e2e_tls!(thousand_messages_in_order, |relay| async move {
     let (proxy, _backend) = echo_proxy(relay).await;
     let (mut tx, mut rx) = ws_connect(&proxy, "/echo").await.split();
     let sender = tokio::spawn(async move {
@@ -84,7 +84,7 @@ e2e!(thousand_messages_in_order, |relay| async move {
     let _tx = sender.await.expect("sender task");
 });
 
-e2e!(ping_pong_both_ways, |relay| async move {
+e2e_tls!(ping_pong_both_ways, |relay| async move {
     let (proxy, backend) = echo_proxy(relay).await;
     let mut ws = ws_connect(&proxy, "/echo").await;
     ws.send(Message::Ping(b"from-client".to_vec().into()))
@@ -105,7 +105,7 @@ e2e!(ping_pong_both_ways, |relay| async move {
     .await;
 });
 
-e2e!(close_code_from_client, |relay| async move {
+e2e_tls!(close_code_from_client, |relay| async move {
     let (proxy, backend) = echo_proxy(relay).await;
     let mut ws = ws_connect(&proxy, "/echo").await;
     ws_echo_once(&mut ws, "hello").await;
@@ -138,7 +138,7 @@ e2e!(close_code_from_client, |relay| async move {
     .await;
 });
 
-e2e!(close_code_from_backend, |relay| async move {
+e2e_tls!(close_code_from_backend, |relay| async move {
     let (proxy, _backend) = echo_proxy(relay).await;
     let mut ws = ws_connect(&proxy, "/echo").await;
     ws.send(Message::text("__close__ 4002 backend-bye"))
@@ -162,7 +162,7 @@ e2e!(close_code_from_backend, |relay| async move {
 // Raw tunnels: half-close, resets, bulk bytes
 // ---------------------------------------------------------------------------------------------
 
-e2e!(bulk_bytes_both_ways_at_once, |relay| async move {
+e2e_tls!(bulk_bytes_both_ways_at_once, |relay| async move {
     let (proxy, backend) = raw_proxy(relay, "/raw").await;
     let (client, server) = raw_tunnel(&proxy, &backend, "/raw").await;
     let up = pattern(8 << 20, 1);
@@ -226,9 +226,9 @@ async fn half_close(relay: Relay, client_fin: bool) {
     assert_eq!(end, End::Eof, "{o} closed cleanly, the {f} should see FIN");
 }
 
-e2e!(half_close_client_first, |relay| half_close(relay, true));
+e2e_tls!(half_close_client_first, |relay| half_close(relay, true));
 
-e2e!(half_close_backend_first, |relay| half_close(relay, false));
+e2e_tls!(half_close_backend_first, |relay| half_close(relay, false));
 
 /// After a few bytes from one side (the client when `client_resets`), that side resets: the
 /// proxy closes the other.
@@ -246,11 +246,11 @@ async fn reset_closes_the_other_side(relay: Relay, client_resets: bool) {
     wait_closed(&mut other, &format!("{o} after the {r}'s reset")).await;
 }
 
-e2e!(client_reset_closes_backend, |relay| {
+e2e_tls!(client_reset_closes_backend, |relay| {
     reset_closes_the_other_side(relay, true)
 });
 
-e2e!(backend_reset_closes_client, |relay| {
+e2e_tls!(backend_reset_closes_client, |relay| {
     reset_closes_the_other_side(relay, false)
 });
 
@@ -282,7 +282,7 @@ async fn assert_targets(proxy: &Proxy, backend: &RawBackend, targets: &[(&str, &
     }
 }
 
-e2e!(rewrite_strips_prefix, |relay| async move {
+e2e_tls!(rewrite_strips_prefix, |relay| async move {
     let (proxy, backend) = raw_proxy(relay, "/notice").await;
     let targets = [
         ("/notice/a?x=1", "/a?x=1"),
@@ -294,13 +294,13 @@ e2e!(rewrite_strips_prefix, |relay| async move {
     assert_targets(&proxy, &backend, &targets).await;
 });
 
-e2e!(rewrite_root_prefix_keeps_path, |relay| async move {
+e2e_tls!(rewrite_root_prefix_keeps_path, |relay| async move {
     let (proxy, backend) = raw_proxy(relay, "/").await;
     let targets = [("/", "/"), ("/x", "/x"), ("/x/y?z=1", "/x/y?z=1")];
     assert_targets(&proxy, &backend, &targets).await;
 });
 
-e2e!(rewrite_without_strip_keeps_path, |relay| async move {
+e2e_tls!(rewrite_without_strip_keeps_path, |relay| async move {
     let backend = RawBackend::start().await;
     let proxy = Proxy::builder(relay)
         .route(route("/notice", &[backend.addr]).strip_prefix(false))
@@ -314,7 +314,7 @@ e2e!(rewrite_without_strip_keeps_path, |relay| async move {
     assert_targets(&proxy, &backend, &targets).await;
 });
 
-e2e!(prefix_matches_whole_segments, |relay| async move {
+e2e_tls!(prefix_matches_whole_segments, |relay| async move {
     let notice = RawBackend::start().await;
     let proxy = Proxy::builder(relay)
         .route(route("/notice", &[notice.addr]))
@@ -371,7 +371,7 @@ fn assert_absent(head: &[u8], name: &str) {
     );
 }
 
-e2e!(rewrite_headers, |relay| async move {
+e2e_tls!(rewrite_headers, |relay| async move {
     let (proxy, backend) = raw_proxy(relay, "/notice").await;
     let request = b"GET /notice/a?x=1 HTTP/1.1\r\n\
         Host: chat.example.com:8080\r\n\
@@ -410,7 +410,7 @@ e2e!(rewrite_headers, |relay| async move {
     for (name, value) in [
         ("X-Real-IP", "127.0.0.1"),
         ("X-Forwarded-For", "10.0.0.1, 127.0.0.1"),
-        ("X-Forwarded-Proto", "http"),
+        ("X-Forwarded-Proto", proto(relay)),
         ("Host", "chat.example.com:8080"),
         ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
         ("Sec-WebSocket-Version", "13"),
@@ -427,7 +427,7 @@ e2e!(rewrite_headers, |relay| async move {
     }
 });
 
-e2e!(
+e2e_tls!(
     rewrite_client_named_forwarding_headers_dropped,
     |relay| async move {
         let (proxy, backend) = raw_proxy(relay, "/notice").await;
@@ -443,12 +443,12 @@ e2e!(
         let head = backend_view(&proxy, &backend, request.as_bytes()).await;
         assert_once(&head, "X-Real-IP", "127.0.0.1", false);
         assert_once(&head, "X-Forwarded-For", "127.0.0.1", false);
-        assert_once(&head, "X-Forwarded-Proto", "http", false);
+        assert_once(&head, "X-Forwarded-Proto", proto(relay), false);
         assert_once(&head, "Connection", "upgrade", true);
     }
 );
 
-e2e!(rewrite_client_proxy_headers_replaced, |relay| async move {
+e2e_tls!(rewrite_client_proxy_headers_replaced, |relay| async move {
     let (proxy, backend) = raw_proxy(relay, "/notice").await;
     let request = upgrade_request(
         "/notice",
@@ -460,7 +460,7 @@ e2e!(rewrite_client_proxy_headers_replaced, |relay| async move {
     );
     let head = backend_view(&proxy, &backend, &request).await;
     assert_once(&head, "X-Real-IP", "127.0.0.1", false);
-    assert_once(&head, "X-Forwarded-Proto", "http", false);
+    assert_once(&head, "X-Forwarded-Proto", proto(relay), false);
     assert_once(&head, "X-Forwarded-For", "1.2.3.4, 127.0.0.1", false);
     assert_once(&head, "Upgrade", "websocket", true);
 });
@@ -468,7 +468,7 @@ e2e!(rewrite_client_proxy_headers_replaced, |relay| async move {
 // A name with `_` that reads as a header the proxy strips or writes never passes: a
 // CGI/WSGI-style backend reads `X_Real_IP` as `X-Real-IP`, so it would forge the client's address
 // past the proxy's own header. Other names with `_` pass unless `underscores_in_headers = false`.
-e2e!(underscore_header_names, |relay| async move {
+e2e_tls!(underscore_header_names, |relay| async move {
     let sent = [
         "X_Real_IP: 6.6.6.6",
         "X_Forwarded_For: 6.6.6.6",
@@ -510,7 +510,7 @@ e2e!(underscore_header_names, |relay| async move {
     assert_once(&head, "X-Real-IP", "127.0.0.1", false);
 });
 
-e2e!(forwarded_for_append_and_replace, |relay| async move {
+e2e_tls!(forwarded_for_append_and_replace, |relay| async move {
     let append = RawBackend::start().await;
     let replace = RawBackend::start().await;
     let proxy = Proxy::builder(relay)
@@ -538,7 +538,7 @@ e2e!(forwarded_for_append_and_replace, |relay| async move {
     assert_once(&head, "X-Forwarded-For", "127.0.0.1", false);
 });
 
-e2e!(upgrade_token_variants_accepted, |relay| async move {
+e2e_tls!(upgrade_token_variants_accepted, |relay| async move {
     let (proxy, backend) = raw_proxy(relay, "/notice").await;
     for (upgrade, connection) in [
         ("websocket", "keep-alive, Upgrade"),
@@ -556,7 +556,7 @@ e2e!(upgrade_token_variants_accepted, |relay| async move {
     }
 });
 
-e2e!(route_by_host, |relay| async move {
+e2e_tls!(route_by_host, |relay| async move {
     let example = RawBackend::start().await;
     let proxy = Proxy::builder(relay)
         .route(route("/", &[example.addr]).host("example.com"))
@@ -581,7 +581,7 @@ e2e!(route_by_host, |relay| async move {
     );
 });
 
-e2e!(echo_backend_sees_rewritten_request, |relay| async move {
+e2e_tls!(echo_backend_sees_rewritten_request, |relay| async move {
     let backend = EchoBackend::start().await;
     let proxy = Proxy::builder(relay)
         .route(route("/notice", &[backend.addr]))
@@ -603,15 +603,15 @@ e2e!(echo_backend_sees_rewritten_request, |relay| async move {
     };
     assert_eq!(get("x-real-ip"), ["127.0.0.1"]);
     assert_eq!(get("x-forwarded-for"), ["127.0.0.1"]);
-    assert_eq!(get("x-forwarded-proto"), ["http"]);
-    assert_eq!(get("host"), [proxy.addr().to_string().as_str()]);
+    assert_eq!(get("x-forwarded-proto"), [proto(relay)]);
+    assert_eq!(get("host"), [proxy.host().as_str()]);
 });
 
 // ---------------------------------------------------------------------------------------------
 // Resumable head parsing, many tunnels at once
 // ---------------------------------------------------------------------------------------------
 
-e2e!(head_in_pieces, |relay| async move {
+e2e_tls!(head_in_pieces, |relay| async move {
     let (proxy, backend) = raw_proxy(relay, "/notice").await;
     let request = upgrade_request("/notice/p", &["X-Custom: 1"]);
     let mut client = connect(&proxy).await;
@@ -635,7 +635,7 @@ e2e!(head_in_pieces, |relay| async move {
     drop(server);
 });
 
-e2e!(many_concurrent_tunnels, |relay| async move {
+e2e_tls!(many_concurrent_tunnels, |relay| async move {
     let (proxy, _backend) = echo_proxy(relay).await;
     let proxy = std::sync::Arc::new(proxy);
     let mut tasks = Vec::new();

@@ -1,12 +1,79 @@
-//! A configuration from command-line flags (`--listen`, `--route`, `--workers`, `--relay`).
+//! A configuration from command-line flags (`--listen`, `--route`, `--workers`, `--relay`,
+//! `--tls-listen`, `--cert`, `--key`).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use super::root::MAX_WORKERS;
 use super::value::{normalize_prefix, parse_backend};
-use super::{Config, ConfigError, RelayMode, Route};
+use super::{CertPair, Config, ConfigError, RelayMode, Route};
+
+/// The TLS flags: `--tls-listen ADDR` (repeatable) and `--cert FILE --key FILE`, repeatable as
+/// pairs, matched in order.
+#[derive(Debug, Clone, Default)]
+pub struct TlsFlags {
+    pub listen: Vec<SocketAddr>,
+    pub certs: Vec<PathBuf>,
+    pub keys: Vec<PathBuf>,
+}
 
 impl Config {
+    /// [`Config::from_cli`] with TLS listeners too; `listen` may then be empty.
+    pub fn from_cli_with_tls(
+        listen: Vec<SocketAddr>,
+        tls: TlsFlags,
+        routes: &[String],
+        workers: Option<usize>,
+        relay: Option<RelayMode>,
+    ) -> Result<Config, ConfigError> {
+        if tls.certs.len() != tls.keys.len() {
+            return Err(ConfigError::flag(
+                "--cert",
+                format!(
+                    "{} --cert and {} --key given: each certificate needs its key, as --cert FILE --key FILE pairs",
+                    tls.certs.len(),
+                    tls.keys.len()
+                ),
+            ));
+        }
+        if !tls.listen.is_empty() && tls.certs.is_empty() {
+            return Err(ConfigError::flag(
+                "--tls-listen",
+                "a TLS listener needs --cert FILE --key FILE",
+            ));
+        }
+        if tls.listen.is_empty() && !tls.certs.is_empty() {
+            return Err(ConfigError::flag(
+                "--cert",
+                "certificates need a TLS listener: add --tls-listen ADDR",
+            ));
+        }
+        for (i, addr) in tls.listen.iter().enumerate() {
+            if tls.listen[..i].contains(addr) || listen.contains(addr) {
+                return Err(ConfigError::flag(
+                    "--tls-listen",
+                    format!("{addr} is given twice (a port speaks either TLS or plain HTTP)"),
+                ));
+            }
+        }
+        let plain = if listen.is_empty() && !tls.listen.is_empty() {
+            // Checked below like a plain listener, then put back.
+            tls.listen[..1].to_vec()
+        } else {
+            listen.clone()
+        };
+        let mut cfg = Config::from_cli(plain, routes, workers, relay)?;
+        cfg.listen = listen;
+        cfg.tls.listen = tls.listen;
+        cfg.tls.certs = tls
+            .certs
+            .into_iter()
+            .zip(tls.keys)
+            .map(|(cert, key)| CertPair { cert, key })
+            .collect();
+        Ok(cfg)
+    }
+
     /// Builds a configuration from command-line flags; everything not given takes its default.
     ///
     /// Each route is `PREFIX=HOST:PORT[,HOST:PORT...]`, e.g. `/notice=127.0.0.1:50001`. Routes built

@@ -33,9 +33,9 @@
 //!   walk      the span-aware TOML walker: Table, Field, and the Key tables sections are made of
 //!   value     value parsers: durations, sizes, addresses, networks, prefixes, hosts
 //!   root      the top-level keys; where each section is read
-//!   sections  [timeouts] [limits] [keepalive] [splice] [access_log] [proxy_protocol]
+//!   sections  [timeouts] [limits] [keepalive] [splice] [access_log] [proxy_protocol] [tls]
 //!   route     [[route]]
-//!   cli       Config::from_cli: the --listen/--route flags
+//!   cli       Config::from_cli: the --listen/--route flags; --tls-listen/--cert/--key
 //! ```
 //!
 //! Each section's keys are listed once, in its `Key` table: the table says how each key is read,
@@ -57,15 +57,17 @@ use std::path::Path;
 
 use toml::de::DeTable;
 
+pub use cli::TlsFlags;
 pub use error::ConfigError;
 pub use model::{
-    AccessLog, Config, ForwardedFor, Keepalive, Limits, LogFormat, ProxyIn, ProxyVersion, Relay,
-    RelayMode, Route, Timeouts, WorkerModel,
+    AccessLog, CertPair, Config, ForwardedFor, Keepalive, Limits, LogFormat, ProxyIn, ProxyVersion,
+    Relay, RelayMode, Route, Timeouts, Tls, UnknownSni, WorkerModel,
 };
 use walk::{Source, Table};
 
 impl Config {
-    /// Reads and validates a TOML file. Errors name `path` as given.
+    /// Reads and validates a TOML file. Errors name `path` as given. Relative certificate and
+    /// key paths are taken from the file's directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         Config::load_with_text(path).map(|(cfg, _)| cfg)
     }
@@ -76,7 +78,16 @@ impl Config {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::new(Some(&file), None, None, format!("cannot read: {e}")))?;
-        let cfg = Config::from_toml_str(&text, &file)?;
+        let mut cfg = Config::from_toml_str(&text, &file)?;
+        if let Some(dir) = path.parent() {
+            for pair in &mut cfg.tls.certs {
+                for p in [&mut pair.cert, &mut pair.key] {
+                    if p.is_relative() {
+                        *p = dir.join(&*p);
+                    }
+                }
+            }
+        }
         Ok((cfg, text))
     }
 

@@ -4,6 +4,7 @@
 //! and `route`) or a command-line flag (`cli`) sets; a key left out keeps the default below.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// How X-Forwarded-For is written toward the backend.
@@ -118,6 +119,60 @@ pub struct ProxyIn {
     pub trusted: Vec<ipnet::IpNet>,
 }
 
+/// TLS termination (`wss://`): listeners and certificates. No `listen` address: off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    /// Addresses whose clients speak TLS. Each is distinct from the plain `listen` addresses.
+    pub listen: Vec<SocketAddr>,
+    /// Certificate/key pairs, chosen by the SNI name against each certificate's DNS names
+    /// (exact, or `*.example.com`). The first is the default certificate.
+    pub certs: Vec<CertPair>,
+    /// What a client gets whose SNI no certificate covers, or who sends none.
+    pub unknown_sni: UnknownSni,
+    /// Stateless session tickets, so a reconnecting client resumes without a full handshake
+    /// (default true).
+    pub session_tickets: bool,
+}
+
+/// One certificate chain (PEM, leaf first) and its private key (PEM: PKCS#8, PKCS#1 or SEC1;
+/// RSA or ECDSA).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertPair {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The answer to a client whose SNI name no certificate covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UnknownSni {
+    /// Serve the first certificate (what nginx and HAProxy do).
+    #[default]
+    Default,
+    /// Refuse the handshake with an alert.
+    Refuse,
+}
+
+impl UnknownSni {
+    /// The config spelling: `default` or `refuse`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnknownSni::Default => "default",
+            UnknownSni::Refuse => "refuse",
+        }
+    }
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        Tls {
+            listen: Vec::new(),
+            certs: Vec::new(),
+            unknown_sni: UnknownSni::Default,
+            session_tickets: true,
+        }
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -145,6 +200,8 @@ pub struct Config {
     /// CGI/WSGI-style backends read them as the `-` spelling. `false` drops every such name, as
     /// nginx does by default.
     pub underscores_in_headers: bool,
+    /// TLS listeners and certificates (`[tls]`, or `--tls-listen` with `--cert`/`--key`).
+    pub tls: Tls,
 }
 
 /// How workers run: `worker_model` (or `--worker-model`).
@@ -275,6 +332,11 @@ macro_rules! display_as_str {
 display_as_str!(RelayMode, ForwardedFor);
 
 impl Config {
+    /// Every listen address, plain then TLS.
+    pub fn all_listen(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.listen.iter().chain(&self.tls.listen).copied()
+    }
+
     /// `listen` and `routes` as given, everything else at its default: the starting point for both
     /// the TOML file and the command line, so the two cannot disagree on a default.
     pub(super) fn with_defaults(listen: Vec<SocketAddr>, routes: Vec<Route>) -> Config {
@@ -292,6 +354,7 @@ impl Config {
             trusted_proxies: Vec::new(),
             proxy_protocol: ProxyIn::default(),
             underscores_in_headers: true,
+            tls: Tls::default(),
         }
     }
 }

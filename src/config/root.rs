@@ -2,7 +2,7 @@
 //! place of each section in it.
 
 use super::value::parse_addr;
-use super::walk::{key, required, Field, Key, Table};
+use super::walk::{key, Field, Key, Table};
 use super::{route, sections, Config, ConfigError, RelayMode, WorkerModel};
 
 pub(super) const MAX_WORKERS: u64 = 1024;
@@ -11,7 +11,7 @@ pub(super) const MAX_WORKERS: u64 = 1024;
 /// first because `[proxy_protocol]` checks its addresses against it.
 #[rustfmt::skip]
 const KEYS: &[Key<Config>] = &[
-    required("listen", listen),
+    key("listen", listen),
     key("workers", |c, f| f.uint_in(1..=MAX_WORKERS).map(|n| c.workers = Some(n))),
     key("worker_model", |c, f| f.choice(&WorkerModel::ALL, WorkerModel::as_str).map(|m| c.worker_model = m)),
     key("relay", |c, f| f.choice(&RELAY_MODES, RelayMode::as_str).map(|m| c.relay.mode = m)),
@@ -25,6 +25,7 @@ const KEYS: &[Key<Config>] = &[
     key("trusted_proxies", |c, f| f.nets().map(|nets| c.trusted_proxies = nets)),
     key("proxy_protocol", sections::proxy_protocol),
     key("underscores_in_headers", |c, f| f.bool().map(|b| c.underscores_in_headers = b)),
+    key("tls", sections::tls),
 ];
 
 const RELAY_MODES: [RelayMode; 3] = [RelayMode::Auto, RelayMode::Splice, RelayMode::Copy];
@@ -33,6 +34,12 @@ const RELAY_MODES: [RelayMode; 3] = [RelayMode::Auto, RelayMode::Splice, RelayMo
 pub(super) fn read(root: &Table<'_>) -> Result<Config, ConfigError> {
     let mut cfg = Config::with_defaults(Vec::new(), Vec::new());
     root.read(&mut cfg, KEYS)?;
+    if cfg.listen.is_empty() && cfg.tls.listen.is_empty() {
+        return Err(root.missing(
+            "listen",
+            "missing required key (or a [tls] section with its own `listen`)",
+        ));
+    }
     if cfg.routes.is_empty() {
         return Err(root.missing(
             "route",

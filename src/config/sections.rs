@@ -1,15 +1,19 @@
-//! The `[table]` sections: `[timeouts]`, `[limits]`, `[keepalive]`, `[splice]`, `[access_log]`
-//! and `[proxy_protocol]`.
+//! The `[table]` sections: `[timeouts]`, `[limits]`, `[keepalive]`, `[splice]`, `[access_log]`,
+//! `[proxy_protocol]` and `[tls]`.
 //!
 //! Each section is one [`Key`] table: the keys it accepts, in the order they are documented,
 //! and how each is read. A key not in the table is rejected with the table's names as the hint.
 
 use std::ops::RangeInclusive;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::value::{one_of, parse_addr};
-use super::walk::{key, Field, Key};
-use super::{AccessLog, Config, ConfigError, Keepalive, Limits, LogFormat, Relay, Timeouts};
+use super::walk::{key, required, Field, Key};
+use super::{
+    AccessLog, CertPair, Config, ConfigError, Keepalive, Limits, LogFormat, Relay, Timeouts,
+    UnknownSni,
+};
 
 const HEAD_BYTES: RangeInclusive<u64> = 1024..=1 << 20;
 const HEADERS: RangeInclusive<u64> = 1..=1000;
@@ -143,4 +147,80 @@ fn proxy_listen(cfg: &mut Config, field: &Field<'_>) -> Result<(), ConfigError> 
         cfg.proxy_protocol.listen.push(addr);
     }
     Ok(())
+}
+
+/// `[tls]`: TLS listeners and their certificates. Read into the whole `Config`, because its
+/// `listen` addresses must differ from the plain ones, which are read before it.
+pub(super) fn tls(cfg: &mut Config, field: &Field<'_>) -> Result<(), ConfigError> {
+    let table = field.table()?;
+    table.read(cfg, TLS)?;
+    let tls = &cfg.tls;
+    if !tls.listen.is_empty() && tls.certs.is_empty() {
+        return Err(table.missing(
+            "cert",
+            "a TLS listener needs a certificate: add [[tls.cert]] with cert = \"FILE\" and key = \"FILE\"",
+        ));
+    }
+    if tls.listen.is_empty() && !tls.certs.is_empty() {
+        return Err(table.missing(
+            "listen",
+            "certificates are given but no TLS listener: add listen = [\"0.0.0.0:443\"]",
+        ));
+    }
+    Ok(())
+}
+
+#[rustfmt::skip]
+const TLS: &[Key<Config>] = &[
+    key("listen", tls_listen),
+    key("cert", tls_certs),
+    key("unknown_sni", |c, f| {
+        f.choice(&UNKNOWN_SNI, UnknownSni::as_str).map(|v| c.tls.unknown_sni = v)
+    }),
+    key("session_tickets", |c, f| f.bool().map(|b| c.tls.session_tickets = b)),
+];
+
+const UNKNOWN_SNI: [UnknownSni; 2] = [UnknownSni::Default, UnknownSni::Refuse];
+
+fn tls_listen(cfg: &mut Config, field: &Field<'_>) -> Result<(), ConfigError> {
+    for item in field.items("an array of addresses, such as [\"0.0.0.0:443\"]")? {
+        let addr = item.parsed(parse_addr)?;
+        if cfg.listen.contains(&addr) {
+            return Err(item.error(format!(
+                "{addr} is also a plain `listen` address; one port speaks either TLS or plain HTTP"
+            )));
+        }
+        if cfg.tls.listen.contains(&addr) {
+            return Err(item.error(format!("{addr} is listed twice")));
+        }
+        cfg.tls.listen.push(addr);
+    }
+    Ok(())
+}
+
+/// `[[tls.cert]]`: one table per certificate/key pair.
+fn tls_certs(cfg: &mut Config, field: &Field<'_>) -> Result<(), ConfigError> {
+    for item in field.items("[[tls.cert]] tables with cert and key")? {
+        let mut pair = CertPair {
+            cert: PathBuf::new(),
+            key: PathBuf::new(),
+        };
+        item.section(&mut pair, CERT)?;
+        cfg.tls.certs.push(pair);
+    }
+    Ok(())
+}
+
+#[rustfmt::skip]
+const CERT: &[Key<CertPair>] = &[
+    required("cert", |p, f| file_path(f).map(|path| p.cert = path)),
+    required("key", |p, f| file_path(f).map(|path| p.key = path)),
+];
+
+fn file_path(field: &Field<'_>) -> Result<PathBuf, ConfigError> {
+    let s = field.str()?;
+    if s.is_empty() {
+        return Err(field.error("must be a file path"));
+    }
+    Ok(PathBuf::from(s))
 }

@@ -48,6 +48,16 @@ count = 6
 max_pipes = 2500
 pipe_size = "128KiB"
 threshold = 8192
+[tls]
+listen = ["127.0.0.1:8443"]
+unknown_sni = "refuse"
+session_tickets = false
+[[tls.cert]]
+cert = "/etc/wsplice/rsa.pem"
+key = "/etc/wsplice/rsa.key"
+[[tls.cert]]
+cert = "ecdsa.pem"
+key = "ecdsa.key"
 [[route]]
 prefix = "/notice/"
 host = "Example.COM"
@@ -119,8 +129,73 @@ fn full_example() {
         trusted_proxies: Vec::new(),
         proxy_protocol: ProxyIn::default(),
         underscores_in_headers: false,
+        tls: Tls {
+            listen: vec!["127.0.0.1:8443".parse().unwrap()],
+            certs: vec![
+                CertPair {
+                    cert: "/etc/wsplice/rsa.pem".into(),
+                    key: "/etc/wsplice/rsa.key".into(),
+                },
+                CertPair {
+                    cert: "ecdsa.pem".into(),
+                    key: "ecdsa.key".into(),
+                },
+            ],
+            unknown_sni: UnknownSni::Refuse,
+            session_tickets: false,
+        },
     };
     assert_eq!(cfg, want);
+}
+
+#[test]
+fn tls_errors_name_the_key() {
+    let cert = "[[tls.cert]]\ncert = \"c.pem\"\nkey = \"k.pem\"\n";
+    for (text, line, key, message) in [
+        (format!("{LISTEN}[tls]\nlisten = [\"127.0.0.1:8443\"]\n{ROUTE}"), Some(2), "tls.cert", "needs a certificate"),
+        (format!("{LISTEN}[tls]\n{cert}{ROUTE}"), Some(2), "tls.listen", "no TLS listener"),
+        (format!("{LISTEN}[tls]\nlisten = [\"127.0.0.1:8080\"]\n{cert}{ROUTE}"), Some(3), "tls.listen", "also a plain `listen` address"),
+        (format!("{LISTEN}[tls]\nlisten = [\"127.0.0.1:8443\"]\n[[tls.cert]]\ncert = \"c.pem\"\n{ROUTE}"), Some(4), "tls.cert.key", "missing required key"),
+        (format!("{LISTEN}[tls]\nlisten = [\"127.0.0.1:8443\"]\nunknown_sni = \"drop\"\n{cert}{ROUTE}"), Some(4), "tls.unknown_sni", "expected \"default\" or \"refuse\""),
+        (format!("{LISTEN}[tls]\nlisten = [\"127.0.0.1:8443\"]\nciphers = 1\n{cert}{ROUTE}"), Some(4), "tls.ciphers", "unknown key"),
+    ] {
+        let e = error_for(&text);
+        assert_eq!((e.line(), e.key()), (line, Some(key)), "{text}\n=> {e}");
+        assert!(e.message().contains(message), "{text}\n=> {e}");
+    }
+}
+
+#[test]
+fn a_tls_only_proxy_needs_no_plain_listen() {
+    let text = format!("[tls]\nlisten = [\"127.0.0.1:8443\"]\n[[tls.cert]]\ncert = \"c.pem\"\nkey = \"k.pem\"\n{ROUTE}");
+    let cfg = parse(&text).unwrap();
+    assert!(cfg.listen.is_empty());
+    assert_eq!(cfg.all_listen().count(), 1);
+    assert_eq!(cfg.tls.unknown_sni, UnknownSni::Default);
+    assert!(cfg.tls.session_tickets);
+}
+
+#[test]
+fn tls_flags_pair_certificates_with_keys_in_order() {
+    let routes = ["/ws=127.0.0.1:9001".to_string()];
+    let flags = TlsFlags {
+        listen: vec!["127.0.0.1:8443".parse().unwrap()],
+        certs: vec!["a.pem".into(), "b.pem".into()],
+        keys: vec!["a.key".into(), "b.key".into()],
+    };
+    let cfg = Config::from_cli_with_tls(Vec::new(), flags.clone(), &routes, None, None).unwrap();
+    assert!(cfg.listen.is_empty());
+    assert_eq!(cfg.tls.certs[1].cert, Path::new("b.pem"));
+    assert_eq!(cfg.tls.certs[1].key, Path::new("b.key"));
+    let mut odd = flags.clone();
+    odd.keys.pop();
+    let e = Config::from_cli_with_tls(Vec::new(), odd, &routes, None, None).unwrap_err();
+    assert_eq!(e.key(), Some("--cert"));
+    let mut none = flags;
+    none.certs.clear();
+    none.keys.clear();
+    let e = Config::from_cli_with_tls(Vec::new(), none, &routes, None, None).unwrap_err();
+    assert_eq!(e.key(), Some("--tls-listen"));
 }
 
 #[test]
@@ -443,7 +518,7 @@ fn unknown_keys() {
         (format!("{LISTEN}[splice]\nsize = 1\n{ROUTE}"), 3, "splice.size"),
         (format!("{LISTEN}{ROUTE}strip = true\n"), 5, "route.strip"),
         (format!("{LISTEN}timeouts = {{ idle = \"1s\", nope = 1 }}\n{ROUTE}"), 2, "timeouts.nope"),
-        (format!("{LISTEN}[tls]\ncert = \"x\"\n{ROUTE}"), 2, "tls"),
+        (format!("{LISTEN}[tls]\nciphers = \"x\"\n{ROUTE}"), 3, "tls.ciphers"),
         // reported in file order, not in the map's alphabetical order
         (format!("{LISTEN}zzz = 1\naaa = 1\n{ROUTE}"), 2, "zzz"),
     ];
@@ -464,7 +539,7 @@ fn unknown_keys() {
     let e = parse(&format!("listn = []\n{LISTEN}{ROUTE}")).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "t.toml:1: unknown key `listn` (expected one of: listen, workers, worker_model, relay, timeouts, limits, keepalive, splice, route, admin, access_log, trusted_proxies, proxy_protocol, underscores_in_headers)"
+        "t.toml:1: unknown key `listn` (expected one of: listen, workers, worker_model, relay, timeouts, limits, keepalive, splice, route, admin, access_log, trusted_proxies, proxy_protocol, underscores_in_headers, tls)"
     );
 }
 
@@ -481,6 +556,7 @@ fn unknown_key_hints_name_each_sections_keys() {
         ("[splice]", "max_pipes, pipe_size, threshold"),
         ("[access_log]", "path, format"),
         ("[proxy_protocol]", "listen, trusted"),
+        ("[tls]", "listen, cert, unknown_sni, session_tickets"),
         (
             "[[route]]",
             "prefix, host, backends, strip_prefix, forwarded_for, send_proxy",
@@ -506,7 +582,10 @@ fn error_format() {
         "t.toml:7: timeouts.idle: invalid duration \"1x\": expected a number followed by a unit such as 30s, 5m, 1h"
     );
     let e = parse(ROUTE).unwrap_err();
-    assert_eq!(e.to_string(), "t.toml: listen: missing required key");
+    assert_eq!(
+        e.to_string(),
+        "t.toml: listen: missing required key (or a [tls] section with its own `listen`)"
+    );
 }
 
 #[test]

@@ -10,7 +10,7 @@
 //! Connection: upgrade
 //! X-Real-IP: {client ip}
 //! X-Forwarded-For: [{client's values}, ]{client ip}      (append; replace drops the client's)
-//! X-Forwarded-Proto: http
+//! X-Forwarded-Proto: http                               (https behind a TLS listener)
 //! ```
 //! Headers named in `Connection` are removed *before* the proxy adds its own, so
 //! `Connection: Upgrade, X-Forwarded-For, X-Real-IP` cannot delete or forge them.
@@ -72,16 +72,32 @@ fn stripped(req: &RequestHead<'_, '_>, name: &str) -> bool {
         || named_in_connection(req, name)
 }
 
+/// What the proxy says about the client in the headers it adds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forwarding {
+    pub client_ip: IpAddr,
+    pub forwarded_for: ForwardedFor,
+    /// Forward client header names containing `_` (`underscores_in_headers`).
+    pub underscores: bool,
+    /// The client came over TLS: `X-Forwarded-Proto: https`.
+    pub https: bool,
+}
+
 /// Appends the backend's request head to `out`.
 pub fn write_backend_head(
     out: &mut Vec<u8>,
     req: &RequestHead<'_, '_>,
     path: &str,
     query: &str,
-    client_ip: IpAddr,
-    forwarded_for: ForwardedFor,
-    underscores: bool,
+    f: &Forwarding,
 ) {
+    let Forwarding {
+        client_ip,
+        forwarded_for,
+        underscores,
+        https,
+    } = *f;
+    let proto = if https { "https" } else { "http" };
     out.extend_from_slice(b"GET ");
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(query.as_bytes());
@@ -106,7 +122,7 @@ pub fn write_backend_head(
             }
         }
     }
-    let _ = write!(out, "{client_ip}\r\nX-Forwarded-Proto: http\r\n\r\n");
+    let _ = write!(out, "{client_ip}\r\nX-Forwarded-Proto: {proto}\r\n\r\n");
 }
 
 #[cfg(test)]
@@ -128,9 +144,12 @@ mod tests {
             &req,
             "/a",
             "?x=1",
-            "10.0.0.7".parse().expect("ip"),
-            ff,
-            underscores,
+            &Forwarding {
+                client_ip: "10.0.0.7".parse().expect("ip"),
+                forwarded_for: ff,
+                underscores,
+                https: false,
+            },
         );
         String::from_utf8(out).expect("ascii")
     }

@@ -62,6 +62,9 @@ pub enum BadRequest {
     /// A PROXY protocol header that is missing, malformed, or from a peer not in
     /// `proxy_protocol.trusted`.
     ProxyHeader,
+    /// Plain HTTP sent to a TLS listener: answered in plain text, with a body saying so (as
+    /// nginx does), instead of a TLS alert the client cannot read.
+    PlainHttpOnTls,
 }
 
 /// Why a backend attempt failed.
@@ -134,6 +137,9 @@ impl Reject {
     /// The complete answer written to the client before closing.
     pub fn response(self) -> &'static [u8] {
         match self {
+            Reject::BadRequest(BadRequest::PlainHttpOnTls) => {
+                b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: 52\r\n\r\nThe plain HTTP request was sent to a TLS (wss) port\n"
+            }
             Reject::BadRequest(_) => {
                 b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
             }

@@ -28,6 +28,7 @@ use crate::config::{Config, RelayMode};
 use crate::core::handshake::Settings;
 use crate::core::route::RouteTable;
 use crate::sys::sock::{reuseport_listener, Tuning};
+use crate::transport::tls::{TicketKeys, TlsSettings};
 use limiter::{ConnLimiter, IpLimiter};
 use mio::Waker;
 use std::io;
@@ -56,7 +57,7 @@ pub struct Capacity {
 /// pool is exhausted): with 20,000 fds that is 9,381 connections and 586 pipes.
 pub fn capacity(cfg: &Config, nofile: u64) -> Capacity {
     let workers = cfg.workers.unwrap_or(1).max(1) as u64;
-    let budget = nofile.saturating_sub(FD_RESERVE + cfg.listen.len() as u64 * workers);
+    let budget = nofile.saturating_sub(FD_RESERVE + cfg.all_listen().count() as u64 * workers);
     let max_connections = match cfg.limits.max_connections {
         Some(n) => n,
         None => ((budget * 16) / 34).max(1) as usize,
@@ -177,6 +178,10 @@ pub struct Params {
     pub proxy_listen: Vec<SocketAddr>,
     /// Some route sends PROXY headers: the local address of each connection is needed.
     pub send_proxy: bool,
+    /// Listen addresses (as configured) whose clients speak TLS.
+    pub tls_listen: Vec<SocketAddr>,
+    /// Certificates and rustls settings for them; `None` without TLS listeners.
+    pub tls: Option<Arc<TlsSettings>>,
 }
 
 /// A new configuration for a worker.
@@ -217,6 +222,12 @@ pub struct Server {
     log: Option<access_log::LogSink>,
     log_thread: Option<JoinHandle<()>>,
     started: Instant,
+    /// Session ticket keys: made once at start, kept across reloads, shared by every worker.
+    tickets: Arc<TicketKeys>,
+    /// The TLS settings in force (for the start-up report).
+    tls: Option<Arc<TlsSettings>>,
+    /// The configured TLS listen addresses.
+    tls_addrs: Vec<SocketAddr>,
 }
 
 fn bind_error(addr: SocketAddr, e: io::Error) -> io::Error {
@@ -244,6 +255,20 @@ fn bind_all(
     Ok((actual, all))
 }
 
+/// Loads the certificates of `cfg`'s TLS listeners, with the proxy's ticket keys. Errors name
+/// the file; warnings (an expired certificate) are printed.
+pub fn tls_for(cfg: &Config, tickets: &Arc<TicketKeys>) -> io::Result<Option<Arc<TlsSettings>>> {
+    if cfg.tls.listen.is_empty() {
+        return Ok(None);
+    }
+    let tls = TlsSettings::load(&cfg.tls, tickets)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    for w in &tls.warnings {
+        eprintln!("wsplice: warning: {w}");
+    }
+    Ok(Some(Arc::new(tls)))
+}
+
 fn nofile_now() -> u64 {
     nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
         .map(|(soft, _)| soft)
@@ -251,7 +276,7 @@ fn nofile_now() -> u64 {
 }
 
 /// Threads: one process's budget split across `workers`.
-fn params_for(cfg: &Config, workers: usize) -> Params {
+fn params_for(cfg: &Config, workers: usize, tls: Option<Arc<TlsSettings>>) -> Params {
     let mut sized = cfg.clone();
     sized.workers = Some(workers);
     let cap = capacity(&sized, nofile_now());
@@ -259,6 +284,7 @@ fn params_for(cfg: &Config, workers: usize) -> Params {
     params_with(
         cfg,
         routes,
+        tls,
         cap.max_connections,
         cap.max_pipes.div_ceil(workers),
     )
@@ -266,15 +292,20 @@ fn params_for(cfg: &Config, workers: usize) -> Params {
 
 /// Processes: each worker has its own process's budget (see [`process_capacity`]); round-robin
 /// cursors live in `shared` memory.
-pub fn process_params(cfg: &Config, shared: Arc<shared::Shared>) -> Params {
+pub fn process_params(
+    cfg: &Config,
+    shared: Arc<shared::Shared>,
+    tls: Option<Arc<TlsSettings>>,
+) -> Params {
     let (per, total) = process_capacity(cfg, nofile_now());
     let routes = RouteTable::with_shared_cursors(&cfg.routes, shared);
-    params_with(cfg, routes, total.max_connections, per.max_pipes)
+    params_with(cfg, routes, tls, total.max_connections, per.max_pipes)
 }
 
 fn params_with(
     cfg: &Config,
     routes: RouteTable,
+    tls: Option<Arc<TlsSettings>>,
     max_connections: usize,
     max_pipes: usize,
 ) -> Params {
@@ -290,6 +321,8 @@ fn params_with(
         }),
         proxy_listen: cfg.proxy_protocol.listen.clone(),
         send_proxy: cfg.routes.iter().any(|r| r.send_proxy.is_some()),
+        tls_listen: cfg.tls.listen.clone(),
+        tls,
         max_connections,
         max_pipes,
         pipe_size: cfg.relay.pipe_size,
@@ -309,16 +342,26 @@ impl Server {
     /// Binds every listener (SO_REUSEPORT, one socket per worker; a port of 0 is resolved once and
     /// shared by all workers) and starts the workers. Errors name the address that failed.
     pub fn start(cfg: &Config) -> io::Result<Server> {
+        let (ticket_key, _) = TicketKeys::generate()
+            .map_err(|_| io::Error::other("the system random generator failed (getrandom)"))?;
+        Server::start_with_ticket_key(cfg, ticket_key)
+    }
+
+    /// [`Server::start`] with the 32 bytes session ticket keys derive from: every process
+    /// handed the same bytes accepts the others' tickets.
+    pub fn start_with_ticket_key(cfg: &Config, ticket_key: [u8; 32]) -> io::Result<Server> {
         let workers = cfg
             .workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
             .max(1);
-        let params = params_for(cfg, workers);
+        let tickets = Arc::new(TicketKeys::from_bytes(ticket_key));
+        let tls = tls_for(cfg, &tickets)?;
+        let params = params_for(cfg, workers, tls.clone());
         // Bind every socket first, so a bad address fails start-up before any thread runs.
         let mut per_worker: Vec<Vec<(SocketAddr, std::net::TcpListener)>> =
             (0..workers).map(|_| Vec::new()).collect();
         let mut listen = Vec::new();
-        for &want in &cfg.listen {
+        for want in cfg.all_listen() {
             let (actual, socks) = bind_all(want, workers)?;
             listen.push((want, actual));
             for (w, s) in per_worker.iter_mut().zip(socks) {
@@ -371,7 +414,23 @@ impl Server {
             log,
             log_thread,
             started: Instant::now(),
+            tickets,
+            tls,
+            tls_addrs: cfg.tls.listen.clone(),
         })
+    }
+
+    /// The TLS settings in force, if TLS listeners are configured.
+    pub fn tls(&self) -> Option<&TlsSettings> {
+        self.tls.as_deref()
+    }
+
+    /// True when `bound` (a bound address, as [`Server::local_addrs`] lists it) is a TLS
+    /// listener.
+    pub fn is_tls(&self, bound: SocketAddr) -> bool {
+        self.listen
+            .iter()
+            .any(|(want, got)| *got == bound && self.tls_addrs.contains(want))
     }
 
     /// The bound listener addresses, in config order (port 0 resolved).
@@ -415,7 +474,9 @@ impl Server {
     pub fn reload(&mut self, cfg: &Config) -> io::Result<Vec<(SocketAddr, SocketAddr)>> {
         let n = self.workers.len();
         let mut added: Vec<(SocketAddr, SocketAddr, Vec<std::net::TcpListener>)> = Vec::new();
-        for &want in &cfg.listen {
+        // Certificates first: a bad file changes nothing.
+        let tls = tls_for(cfg, &self.tickets)?;
+        for want in cfg.all_listen() {
             if !self.listen.iter().any(|(w, _)| *w == want) {
                 let (actual, socks) = bind_all(want, n)?;
                 added.push((want, actual, socks));
@@ -425,9 +486,11 @@ impl Server {
             .listen
             .iter()
             .map(|(w, _)| *w)
-            .filter(|w| !cfg.listen.contains(w))
+            .filter(|w| !cfg.all_listen().any(|a| a == *w))
             .collect();
-        let params = params_for(cfg, n);
+        let params = params_for(cfg, n, tls.clone());
+        self.tls = tls;
+        self.tls_addrs = cfg.tls.listen.clone();
         self.limiter.set_limit(cfg.limits.max_connections_per_ip);
         self.total.set_max(params.max_connections);
         let mut per_worker: Vec<Vec<(SocketAddr, std::net::TcpListener)>> =

@@ -13,8 +13,9 @@ use crate::driver::epoll::{Worker, WorkerConfig};
 use crate::driver::limiter::{ConnLimiter, IpLimiter};
 use crate::driver::shared::Shared;
 use crate::driver::stats::BackendSnapshot;
-use crate::driver::{process_params, Control, Reload};
+use crate::driver::{process_params, tls_for, Control, Reload};
 use crate::sys::{ipc, shm};
+use crate::transport::tls::TicketKeys;
 use mio::Waker;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -109,10 +110,14 @@ pub fn run(id: usize, load: Loader) -> io::Result<()> {
         None => (None, None),
     };
     let backends: BackendSnapshot = Arc::new(Mutex::new(Vec::new()));
+    // Every worker derives its ticket keys from the supervisor's bytes: a client resumes its TLS
+    // session on whichever worker it reaches, across reloads and restarts.
+    let tickets = Arc::new(TicketKeys::from_bytes(shared.ticket_key()));
+    let tls = tls_for(&cfg, &tickets)?;
     let (tx, rx) = channel();
     let worker = Worker::new(WorkerConfig {
         id,
-        params: process_params(&cfg, shared.clone()),
+        params: process_params(&cfg, shared.clone(), tls),
         listeners,
         published: Arc::new(shared.published(id)),
         control: rx,
@@ -133,6 +138,7 @@ pub fn run(id: usize, load: Loader) -> io::Result<()> {
         waker: worker.waker(),
         log: ctl_log.clone(),
         shared,
+        tickets,
         backends,
         load,
         generation,
@@ -179,6 +185,7 @@ struct ControlThread {
     waker: Arc<Waker>,
     log: Arc<Mutex<Option<LogSink>>>,
     shared: Arc<Shared>,
+    tickets: Arc<TicketKeys>,
     backends: BackendSnapshot,
     load: Loader,
     generation: u64,
@@ -270,15 +277,16 @@ impl ControlThread {
         let cfg = parse_addrs(words).and_then(|remove| {
             let text = text_of(config)?;
             let cfg = configure(&self.load, text.as_deref(), self.workers)?;
-            Ok((remove, cfg))
+            let tls = tls_for(&cfg, &self.tickets)?;
+            Ok((remove, cfg, tls))
         });
-        let (remove, cfg) = match cfg {
+        let (remove, cfg, tls) = match cfg {
             Ok(x) => x,
             Err(e) => return format!("failed {generation} {e}"),
         };
         let (applied, done) = channel();
         self.control(Control::Reload(Box::new(Reload {
-            params: process_params(&cfg, self.shared.clone()),
+            params: process_params(&cfg, self.shared.clone(), tls),
             add: std::mem::take(pending),
             remove,
             applied,

@@ -37,6 +37,8 @@ const H_MAX: usize = 8;
 const H_ACTIVE: usize = 9;
 const H_IP_LIMIT: usize = 10;
 const H_TRACKED: usize = 11;
+/// Four words: the 32 bytes TLS session ticket keys derive from, the same in every worker.
+const H_TICKET_KEY: usize = 12;
 const HEADER: usize = 16;
 
 const S_ACTIVE: usize = 0;
@@ -339,6 +341,27 @@ impl Shared {
 
     pub fn layout(&self) -> Layout {
         self.layout
+    }
+
+    /// Stores the TLS ticket key bytes every worker derives its ticket keys from (supervisor,
+    /// before any worker starts): a client resumes on whichever worker it reaches.
+    pub fn set_ticket_key(&self, key: [u8; 32]) {
+        let w = self.map.words();
+        for (i, chunk) in key.chunks_exact(8).enumerate() {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(chunk);
+            w[H_TICKET_KEY + i].store(u64::from_le_bytes(b), Ordering::Release);
+        }
+    }
+
+    /// The ticket key bytes the supervisor stored.
+    pub fn ticket_key(&self) -> [u8; 32] {
+        let w = self.map.words();
+        let mut key = [0u8; 32];
+        for (i, chunk) in key.chunks_exact_mut(8).enumerate() {
+            chunk.copy_from_slice(&w[H_TICKET_KEY + i].load(Ordering::Acquire).to_le_bytes());
+        }
+        key
     }
 
     /// The memfd, to hand to a worker process.

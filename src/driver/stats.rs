@@ -5,8 +5,8 @@
 //! doc comment). From it come the storage ([`Counters`]), the flat block other threads read
 //! ([`Published`]), the summing ([`sum`]), the text of `/metrics` ([`render`]) and the keys of
 //! `/status` ([`status_fields`]). A labelled family takes its label values from its enum's own
-//! list ([`Reject::STATUSES`], [`CloseReason::ALL`]), so a new reason is exported by being listed
-//! there.
+//! list ([`Reject::STATUSES`], [`CloseReason::ALL`], [`tls::RESULTS`]), so a new reason is
+//! exported by being listed there.
 //!
 //! ```text
 //! /// Help text.
@@ -26,6 +26,7 @@ use crate::core::relay::{CloseReason, RelayStats};
 use crate::core::status::Reject;
 use crate::sys::pipe::PoolStats;
 use crate::sys::shm::Cells;
+use crate::transport::tls::{self, TlsEvent};
 use expand::{
     flatten, metric_kind, metric_label, metric_slots, metric_type, metric_visit, metrics,
     unflatten, Label, LabelPair, Slot, Text, Visit,
@@ -92,6 +93,14 @@ metrics! {
     /// Access-log lines dropped because the log writer fell behind (a slow disk, or a pipe
     /// nobody reads at access_log.path).
     access_log_dropped = (counter "wsplice_access_log_dropped_lines_total");
+    /// TLS handshakes by result: ok (full), resumed (a session ticket), or why it failed
+    /// (plain_http, not_tls, incompatible, unknown_sni, bad_message, incomplete: closed or timed
+    /// out first).
+    tls_handshakes = (counter "wsplice_tls_handshakes_total" by result in tls::RESULTS);
+    /// TLS sessions established, by protocol version.
+    tls_versions = (counter "wsplice_tls_versions_total" by version in tls::VERSIONS);
+    /// TLS sessions established, by cipher suite.
+    tls_ciphers = (counter "wsplice_tls_ciphers_total" by cipher in tls::CIPHERS);
 }
 
 /// How Prometheus reads a family.
@@ -267,6 +276,20 @@ impl Counters {
         debug_assert!(i.is_some(), "{r:?}: its kind is missing from Reject::ALL");
         if let Some(i) = i {
             self.rejects[i] += 1;
+        }
+    }
+
+    /// Counts how a TLS handshake ended.
+    pub fn count_tls(&mut self, e: TlsEvent) {
+        self.tls_handshakes[e.result()] += 1;
+        if let TlsEvent::Established {
+            version, cipher, ..
+        } = e
+        {
+            self.tls_versions[version] += 1;
+            if let Some(c) = cipher {
+                self.tls_ciphers[c] += 1;
+            }
         }
     }
 

@@ -27,6 +27,7 @@ use crate::driver::shared::{Layout, Shared};
 use crate::driver::stats::{self, BackendCounts, Counters, Published};
 use crate::driver::{bind_all, process_capacity, StatsReader, WorkerInfo};
 use crate::sys::{ipc, shm};
+use crate::transport::tls::TicketKeys;
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::io;
@@ -255,12 +256,15 @@ impl Supervisor {
     ) -> io::Result<Supervisor> {
         let workers = worker_count(cfg);
         let mut listen = Vec::new();
-        for &want in &cfg.listen {
+        for want in cfg.all_listen() {
             let (bound, socks) = bind_all(want, workers)?;
             listen.push(Listen { want, bound, socks });
         }
         let (per, total) = process_capacity(cfg, nofile);
         let shared = Arc::new(Shared::create(Layout::new(workers, per.max_connections))?);
+        let (ticket_key, _) = TicketKeys::generate()
+            .map_err(|_| io::Error::other("the system random generator failed (getrandom)"))?;
+        shared.set_ticket_key(ticket_key);
         shared.set_max_connections(total.max_connections);
         shared.set_ip_limit(cfg.limits.max_connections_per_ip);
         let board = Arc::new(Board {
@@ -401,7 +405,7 @@ impl Supervisor {
                 let _ = tx.send(Event::Exited { id, seq, status });
             })?;
         let setup = self
-            .send_listeners(id, &ctl, &self.cfg.listen)
+            .send_listeners(id, &ctl, &self.cfg.all_listen().collect::<Vec<_>>())
             .and_then(|()| {
                 let config = self
                     .text
@@ -567,7 +571,8 @@ impl Supervisor {
     ) -> io::Result<Vec<(SocketAddr, SocketAddr)>> {
         let n = self.slots.len();
         let mut added = Vec::new();
-        for &want in &cfg.listen {
+        let wanted: Vec<SocketAddr> = cfg.all_listen().collect();
+        for &want in &wanted {
             if !self.listen.iter().any(|l| l.want == want) {
                 let (bound, socks) = bind_all(want, n)?;
                 added.push(Listen { want, bound, socks });
@@ -581,7 +586,7 @@ impl Supervisor {
             .listen
             .iter()
             .map(|l| l.want)
-            .filter(|w| !cfg.listen.contains(w))
+            .filter(|w| !wanted.contains(w))
             .collect();
         let new_addrs: Vec<SocketAddr> = added.iter().map(|l| l.want).collect();
         self.listen.retain(|l| !removed.contains(&l.want));

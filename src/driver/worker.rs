@@ -20,8 +20,10 @@ use crate::driver::stats::{BackendSnapshot, Counters, Published};
 use crate::driver::{Control, Params};
 use crate::sys::pipe::{Pipe, PipePool};
 use crate::sys::sock::tune;
+use crate::transport::tls::{TlsBuffers, TlsIo, TlsSession};
 use crate::transport::Transport;
 use slab::Slab;
+use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -126,6 +128,12 @@ pub struct Worker {
     accept_wanted: bool,
     /// Set by a drain request: no more accepting; close what is left at this instant.
     draining: Option<Instant>,
+    /// The TLS sessions of connections whose client came through a TLS listener, by key: kept
+    /// beside the slab so that plain entries do not grow by a pointer they never use.
+    tls: HashMap<usize, Box<TlsSession>>,
+    /// What TLS sessions decrypt and encrypt in; allocated at the first TLS operation, freed
+    /// with the other tables when the worker is empty.
+    tls_bufs: Option<Box<TlsBuffers>>,
 }
 
 fn is_no_fd(e: &io::Error) -> bool {
@@ -162,6 +170,8 @@ impl Worker {
             accept_paused_until: None,
             accept_wanted: true,
             draining: None,
+            tls: HashMap::new(),
+            tls_bufs: None,
         }
     }
 
@@ -245,6 +255,18 @@ impl Worker {
         } else {
             configured
         };
+        let session = match &self.params.tls {
+            Some(tls) if self.params.tls_listen.contains(&configured) => {
+                match TlsSession::new(tls.server.clone()) {
+                    Ok(s) => Some(Box::new(s)),
+                    Err(e) => {
+                        eprintln!("wsplice: worker {}: TLS session: {e}", self.id);
+                        return;
+                    }
+                }
+            }
+            _ => None,
+        };
         let full = !self.total.acquire();
         let accept = Accept {
             peer,
@@ -252,7 +274,8 @@ impl Worker {
             expect_proxy: self.params.proxy_listen.contains(&configured),
             full,
             log: self.log.is_some(),
-            splice_ok: stream.can_splice(),
+            splice_ok: session.is_none() && stream.can_splice(),
+            tls: session.is_some(),
         };
         let conn = Conn::accept(accept, &self.time, self.params.settings.clone());
         let entry = self.conns.vacant_entry();
@@ -265,11 +288,15 @@ impl Worker {
             }
             return;
         }
-        entry.insert(Slot::Live(Entry {
+        let e = Entry {
             client: stream,
             backend: None,
             conn,
-        }));
+        };
+        entry.insert(Slot::Live(e));
+        if let Some(s) = session {
+            self.tls.insert(key, s);
+        }
         self.drive(key, d);
     }
 
@@ -280,6 +307,20 @@ impl Worker {
         let Some(Slot::Live(e)) = self.conns.get_mut(key) else {
             return; // a leftover event of sockets closed in this batch
         };
+        if let Event::Ready {
+            side: Side::Client,
+            writable: true,
+            ..
+        } = ev
+        {
+            // A TLS session's records the socket did not take go out before anything else; a
+            // failure shows in the connection's next read or write.
+            if !self.tls.is_empty() {
+                if let Some(s) = self.tls.get_mut(&key) {
+                    let _ = s.flush(&e.client);
+                }
+            }
+        }
         e.conn.handle(ev, &self.time);
         self.drive(key, d);
     }
@@ -305,9 +346,33 @@ impl Worker {
                         | IoOp::SpliceOut { side, .. }
                         | IoOp::Shutdown { side } => side,
                     };
+                    let mut session = match side {
+                        // Plain-only workers skip the lookup.
+                        Side::Client if !self.tls.is_empty() => {
+                            self.tls.get_mut(&key).map(|s| &mut **s)
+                        }
+                        _ => None,
+                    };
+                    let mut tls_io;
                     let sock: Option<&mut dyn Transport> = match side {
-                        Side::Client => Some(&mut e.client),
                         Side::Backend => e.backend.as_mut().map(|b| b as &mut dyn Transport),
+                        Side::Client => {
+                            match session.as_deref_mut() {
+                                Some(session) => {
+                                    // A TLS client never falls back to plain bytes.
+                                    let bufs = self
+                                        .tls_bufs
+                                        .get_or_insert_with(|| Box::new(TlsBuffers::new(SCRATCH)));
+                                    tls_io = TlsIo {
+                                        sock: &e.client,
+                                        session,
+                                        bufs,
+                                    };
+                                    Some(&mut tls_io)
+                                }
+                                None => Some(&mut e.client),
+                            }
+                        }
                     };
                     let res = d.exec(IoCall {
                         op,
@@ -316,6 +381,14 @@ impl Worker {
                         pipe: e.conn.pipe(),
                         scratch: &mut self.scratch,
                     });
+                    let mut eof_pending = false;
+                    if let Some(s) = session {
+                        if let Some(ev) = s.take_event() {
+                            self.counters.count_tls(ev);
+                        }
+                        eof_pending = s.eof_pending()
+                            && matches!((op, &res), (IoOp::Read { .. }, Ok(n)) if *n > 0);
+                    }
                     let mut cx = ctx(
                         &self.scratch,
                         &mut self.pool,
@@ -323,6 +396,18 @@ impl Worker {
                         &self.params,
                     );
                     e.conn.complete_io(op, res, &mut cx, &self.time);
+                    if eof_pending {
+                        // What EPOLLRDHUP would have said, had the end not already been read
+                        // out of the socket with the bytes before it.
+                        let ev = Event::Ready {
+                            side: Side::Client,
+                            readable: true,
+                            writable: false,
+                            hup: true,
+                            gone: false,
+                        };
+                        e.conn.handle(ev, &self.time);
+                    }
                 }
                 Step::Connect(addr) => {
                     e.backend = None;
@@ -417,6 +502,11 @@ impl Worker {
         };
         if matches!(slot, Slot::Dead) {
             return;
+        }
+        if !self.tls.is_empty() {
+            if let Some(ev) = self.tls.remove(&key).and_then(|mut s| s.final_event()) {
+                self.counters.count_tls(ev);
+            }
         }
         *slot = Slot::Dead; // drops both sockets
         self.dead.push(key);
@@ -519,6 +609,8 @@ impl Worker {
         }
         self.peak = 0;
         self.conns.shrink_to_fit();
+        self.tls.shrink_to_fit();
+        self.tls_bufs = None;
         self.wheel.shrink_to_fit();
         self.deferred.shrink_to_fit();
         self.pool.release_idle();

@@ -30,6 +30,7 @@ mod proxy;
 mod backend;
 mod head;
 mod io;
+pub mod tls;
 mod tunnels;
 mod ws;
 

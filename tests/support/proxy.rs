@@ -30,15 +30,27 @@ pub enum Relay {
     Copy,
     Splice,
     Auto,
+    /// The client speaks `wss://` to a TLS listener (`relay = "auto"`: TLS tunnels copy).
+    Tls,
 }
 
 impl Relay {
+    /// The `relay` setting.
     pub fn as_str(self) -> &'static str {
         match self {
             Relay::Copy => "copy",
             Relay::Splice => "splice",
-            Relay::Auto => "auto",
+            Relay::Auto | Relay::Tls => "auto",
         }
+    }
+}
+
+/// The `X-Forwarded-Proto` the backend hears.
+pub fn proto(relay: Relay) -> &'static str {
+    if relay == Relay::Tls {
+        "https"
+    } else {
+        "http"
     }
 }
 
@@ -52,10 +64,7 @@ where
         .await
         .is_err()
     {
-        panic!(
-            "scenario did not finish within {TEST_DEADLINE:?} (relay = {})",
-            relay.as_str()
-        );
+        panic!("scenario did not finish within {TEST_DEADLINE:?} ({relay:?})");
     }
 }
 
@@ -81,6 +90,39 @@ macro_rules! e2e {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn auto() {
                 crate::support::run(crate::support::Relay::Auto, $body).await
+            }
+        }
+    };
+}
+
+/// `e2e_tls!(name, body)`: [`e2e!`]'s three tests plus `name::tls`, the same scenario with the
+/// client on `wss://` (WebSocket clients speak TLS themselves, raw sockets go through
+/// [`super::tls::shim`]).
+#[allow(unused_macros)]
+macro_rules! e2e_tls {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn copy() {
+                crate::support::run(crate::support::Relay::Copy, $body).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn splice() {
+                crate::support::run(crate::support::Relay::Splice, $body).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn auto() {
+                crate::support::run(crate::support::Relay::Auto, $body).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn tls() {
+                crate::support::run(crate::support::Relay::Tls, $body).await
             }
         }
     };
@@ -210,7 +252,14 @@ impl ProxyBuilder {
     }
 
     pub fn toml(&self) -> String {
-        let mut s = format!("listen = [\"127.0.0.1:0\"]\nworkers = {}\n", self.workers);
+        let tls = self.relay == Some(Relay::Tls);
+        // A TLS proxy's [tls] section has its only listener.
+        let listen = if tls {
+            ""
+        } else {
+            "listen = [\"127.0.0.1:0\"]\n"
+        };
+        let mut s = format!("{listen}workers = {}\n", self.workers);
         if let Some(relay) = self.relay {
             s.push_str(&format!("relay = \"{}\"\n", relay.as_str()));
         }
@@ -243,16 +292,25 @@ impl ProxyBuilder {
                 s.push_str(&format!("send_proxy = \"{v}\"\n"));
             }
         }
+        if tls {
+            s.push_str(&super::tls::tls_section(&super::tls::shared().1, ""));
+        }
         s
     }
 
     /// [`ProxyBuilder::blocking_start`] on tokio's blocking pool, so that the runtime's threads
-    /// keep serving the test's backends meanwhile.
+    /// keep serving the test's backends meanwhile. A TLS proxy's raw-socket scenarios reach its
+    /// listener through a local TLS shim: [`Proxy::addr`] is the shim's.
     pub async fn start(self) -> Proxy {
-        match tokio::task::spawn_blocking(move || self.blocking_start()).await {
+        let mut proxy = match tokio::task::spawn_blocking(move || self.blocking_start()).await {
             Ok(proxy) => proxy,
             Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
+        if let Some(target) = proxy.tls {
+            let client = super::tls::shared().0.client();
+            proxy.addr = super::tls::shim(target, client).await;
         }
+        proxy
     }
 
     /// Writes the config, spawns `wsplice --config FILE` and waits for `ready`.
@@ -308,6 +366,8 @@ pub struct Proxy {
     exited: bool,
     /// Stdout lines up to and including `ready` (the start-up report).
     startup: Vec<String>,
+    /// The TLS listener, if the proxy has one.
+    tls: Option<SocketAddr>,
 }
 
 impl Proxy {
@@ -360,6 +420,7 @@ impl Proxy {
             lines: Mutex::new(lines),
             exited: false,
             startup: Vec::new(),
+            tls: None,
         };
 
         let deadline = Instant::now() + START_DEADLINE;
@@ -379,6 +440,10 @@ impl Proxy {
             if let Some(rest) = line.strip_prefix("listen ") {
                 let a = rest.split_whitespace().next().unwrap_or_default();
                 match a.parse() {
+                    Ok(a) if line.ends_with(" tls") => {
+                        proxy.tls = proxy.tls.or(Some(a));
+                        addr = addr.or(Some(a));
+                    }
                     Ok(a) => addr = addr.or(Some(a)),
                     Err(_) => proxy.fail(&format!("unparsable listen line {line:?}")),
                 }
@@ -443,7 +508,23 @@ impl Proxy {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("ws://{}{}", self.addr(), path)
+        match self.tls {
+            Some(a) => format!("wss://{}:{}{}", super::tls::SERVER_NAME, a.port(), path),
+            None => format!("ws://{}{}", self.addr(), path),
+        }
+    }
+
+    /// The Host a WebSocket client of [`super::ws_connect`] sends.
+    pub fn host(&self) -> String {
+        match self.tls {
+            Some(a) => format!("{}:{}", super::tls::SERVER_NAME, a.port()),
+            None => self.addr().to_string(),
+        }
+    }
+
+    /// The TLS listener, if the proxy has one.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls
     }
 
     pub fn pid(&self) -> u32 {

@@ -7,7 +7,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use super::{connect, Proxy, STEP};
+use super::{connect, tls, Proxy, STEP};
 
 /// Largest message the tungstenite peers accept (the suite sends up to 16 MiB).
 pub const MAX_MESSAGE: usize = 64 << 20;
@@ -19,11 +19,21 @@ pub fn ws_config() -> WebSocketConfig {
         .max_frame_size(Some(MAX_MESSAGE))
 }
 
-pub type Ws = WebSocketStream<TcpStream>;
+pub type Ws = WebSocketStream<super::tls::ClientStream>;
 
-/// A tokio-tungstenite client through the proxy to `path`.
+/// A tokio-tungstenite client through the proxy to `path`; over TLS (rustls) to a TLS proxy.
 pub async fn ws_connect(proxy: &Proxy, path: &str) -> Ws {
-    let stream = connect(proxy).await;
+    let stream = match proxy.tls_addr() {
+        Some(addr) => {
+            let config = tls::shared().0.client();
+            match tokio::time::timeout(STEP, tls::connect(addr, config, tls::SERVER_NAME)).await {
+                Ok(Ok(s)) => tls::ClientStream::Tls(Box::new(s)),
+                Ok(Err(e)) => panic!("TLS handshake with the proxy: {e}"),
+                Err(_) => panic!("TLS handshake with the proxy timed out"),
+            }
+        }
+        None => tls::ClientStream::Plain(connect(proxy).await),
+    };
     let url = proxy.url(path);
     match tokio::time::timeout(
         STEP,

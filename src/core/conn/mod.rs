@@ -56,6 +56,32 @@ pub struct Accept {
     pub log: bool,
     /// Both sockets may splice (plain TCP, not TLS).
     pub splice_ok: bool,
+    /// The client came through a TLS listener: the backend hears `X-Forwarded-Proto: https`.
+    pub tls: bool,
+}
+
+/// The error a TLS transport's read returns when the client sent plain HTTP to a TLS listener.
+/// The upgrade answers it with a readable 400 ([`BadRequest::PlainHttpOnTls`]), which the
+/// transport passes through unencrypted.
+///
+/// [`BadRequest::PlainHttpOnTls`]: crate::core::status::BadRequest::PlainHttpOnTls
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlainHttpOnTls;
+
+impl std::fmt::Display for PlainHttpOnTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("plain HTTP on a TLS listener")
+    }
+}
+
+impl std::error::Error for PlainHttpOnTls {}
+
+impl PlainHttpOnTls {
+    /// True when `e` is this error.
+    pub fn is(e: &io::Error) -> bool {
+        e.get_ref()
+            .is_some_and(|inner| inner.is::<PlainHttpOnTls>())
+    }
 }
 
 /// How the per-IP limiter took a client.

@@ -41,6 +41,7 @@ fn accept(full: bool, backends: &[&str]) -> Rig {
         full,
         log: true,
         splice_ok: true,
+        tls: false,
     };
     Rig {
         conn: Conn::accept(a, &t, settings(backends)),

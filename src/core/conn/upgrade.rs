@@ -2,10 +2,10 @@
 //! [`Handshake`] machine. Here are the decisions the driver used to take: when to read which
 //! socket, when a connect finished, the per-IP limit once a PROXY header named the client.
 
-use super::{Accept, Admission, ConnLog, Connecting, Event, Note, Step, Time};
+use super::{Accept, Admission, ConnLog, Connecting, Event, Note, PlainHttpOnTls, Step, Time};
 use crate::core::handshake::{Action, ConnectFailure, Handshake, Settings};
 use crate::core::relay::{IoOp, Side, Src};
-use crate::core::status::Reject;
+use crate::core::status::{BadRequest, Reject};
 use crate::core::timer::at_or_before;
 use std::collections::VecDeque;
 use std::io;
@@ -81,7 +81,10 @@ pub(super) struct Opened {
 
 impl Upgrading {
     pub(super) fn new(a: Accept, t: &Time, settings: Arc<Settings>) -> Upgrading {
-        let hs = Handshake::accept(a.peer, a.local, a.expect_proxy, t.now, &settings);
+        let mut hs = Handshake::accept(a.peer, a.local, a.expect_proxy, t.now, &settings);
+        if a.tls {
+            hs.set_https();
+        }
         // Behind a trusted balancer the TCP peer is the balancer: count the client its PROXY
         // header names instead.
         let admit = if a.expect_proxy && settings.proxy_trusts(a.peer.ip()) {
@@ -294,6 +297,9 @@ impl Upgrading {
                     Action::Wait
                 }
                 Err(e) if retry(&e) => Action::Wait,
+                Err(e) if PlainHttpOnTls::is(&e) => self
+                    .hs
+                    .refuse(Reject::BadRequest(BadRequest::PlainHttpOnTls)),
                 Err(_) => Action::Close,
             },
             (IoOp::Read { .. }, res) => match res {

@@ -16,7 +16,7 @@ use crate::core::head::{
     find_head_end, has_bare_line_ending, overflow_reject, parse_request, precheck,
 };
 use crate::core::proxy_proto::{self, ProxyParse};
-use crate::core::rewrite::write_backend_head;
+use crate::core::rewrite::{write_backend_head, Forwarding};
 use crate::core::route::rewritten_target;
 use crate::core::status::BadRequest;
 use crate::core::status::{BackendFailure, Reject};
@@ -114,6 +114,8 @@ pub struct Handshake {
     failed: Option<SocketAddr>,
     deadline: Instant,
     started: Instant,
+    /// The client came over TLS: `X-Forwarded-Proto: https`.
+    https: bool,
 }
 
 impl Handshake {
@@ -156,7 +158,13 @@ impl Handshake {
             failed: None,
             deadline: now + s.timeouts.handshake,
             started: now,
+            https: false,
         }
+    }
+
+    /// The client connected over TLS: the backend is told `X-Forwarded-Proto: https`.
+    pub fn set_https(&mut self) {
+        self.https = true;
     }
 
     /// The client's address (from a trusted PROXY header when one was expected).
@@ -394,9 +402,12 @@ impl Handshake {
             &req,
             path,
             query,
-            self.client.ip(),
-            forwarded_for,
-            s.underscores_in_headers,
+            &Forwarding {
+                client_ip: self.client.ip(),
+                forwarded_for,
+                underscores: s.underscores_in_headers,
+                https: self.https,
+            },
         );
         Ok(out)
     }

@@ -14,7 +14,7 @@ use libfuzzer_sys::fuzz_target;
 use std::net::IpAddr;
 use wsplice::core::validate::validate_request;
 use wsplice::core::head::{find_head_end, overflow_reject, parse_request, precheck};
-use wsplice::core::rewrite::write_backend_head;
+use wsplice::core::rewrite::{write_backend_head, Forwarding};
 use wsplice::core::route::rewritten_target;
 
 /// Written by the proxy itself, after removing the client's copies.
@@ -63,7 +63,13 @@ fuzz_target!(|data: &[u8]| {
     // Both settings of `underscores_in_headers`, chosen by the input.
     let underscores = data.len() % 3 == 0;
     let mut out = Vec::new();
-    write_backend_head(&mut out, &req, path, query, ip, route.forwarded_for, underscores);
+    let f = Forwarding {
+        client_ip: ip,
+        forwarded_for: route.forwarded_for,
+        underscores,
+        https: data.len() % 5 == 0,
+    };
+    write_backend_head(&mut out, &req, path, query, &f);
 
     common::assert_crlf_framing(&out, "rewritten head");
     let text = String::from_utf8_lossy(&out).into_owned();

@@ -1,0 +1,621 @@
+//! TLS termination: one rustls server session per client, driven through its [`Transport`].
+//!
+//! ```text
+//!   socket ──read──▶ worker's rx buffer ──rustls──▶ plaintext into the caller's buffer
+//!   caller's bytes ──rustls──▶ worker's tx buffer ──write──▶ socket
+//!                    what a socket did not take, or what a read left half a record of,
+//!                    stays with the session (tx / rx), and only until it is gone
+//! ```
+//!
+//! Sessions use rustls's *unbuffered* API: rustls keeps no receive or send buffer of its own.
+//! Records are read into and encrypted in the worker's [`TlsBuffers`]; a session holds bytes
+//! only while a record is half received or the socket would not take what was encrypted. An
+//! idle `wss://` tunnel therefore holds its rustls state (keys, sequence numbers) and nothing
+//! else: no buffer, no pipe.
+//!
+//! The handshake happens inside [`TlsIo::read`]: until application bytes arrive a read answers
+//! `WouldBlock` (or an error the core maps: [`PlainHttpOnTls`]), so the upgrade stage and its
+//! handshake timeout cover the whole TLS + HTTP handshake. Records rustls produces on its own
+//! (the server's flight, session tickets, alerts, close_notify) are written at once and the rest
+//! when the worker sees the socket writable ([`Transport::flush`]). `shutdown_write` sends
+//! close_notify, then FIN once it is out; a close_notify or FIN from the client reads as EOF.
+//!
+//! How a handshake ended is reported once ([`TlsSession::take_event`]) for the metrics.
+
+mod certs;
+mod tickets;
+
+pub use certs::{check_files, CertError, CertResolver, TlsSettings};
+pub use tickets::TicketKeys;
+
+use crate::core::conn::PlainHttpOnTls;
+use crate::transport::Transport;
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::unbuffered::{
+    AppDataRecord, ConnectionState, EncodeError, EncodeTlsData, EncryptError, UnbufferedStatus,
+    WriteTraffic,
+};
+use rustls::{HandshakeKind, ProtocolVersion, ServerConfig};
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
+
+/// The largest record on the wire: 16 KiB of plaintext, the expansion TLS 1.2 allows, and the
+/// header.
+const MAX_RECORD: usize = 5 + (1 << 14) + 2048;
+/// Room for the record overhead of one `write` (at most four 16 KiB records of a 64 KiB chunk).
+const TX_SLACK: usize = 1024;
+
+/// The worker's buffers every session borrows for one operation. Allocated when a worker
+/// accepts its first TLS client.
+pub struct TlsBuffers {
+    rx: Box<[u8]>,
+    tx: Box<[u8]>,
+}
+
+impl TlsBuffers {
+    /// Buffers for reads and writes of up to `chunk` application bytes.
+    pub fn new(chunk: usize) -> TlsBuffers {
+        TlsBuffers {
+            rx: vec![0u8; chunk + MAX_RECORD].into_boxed_slice(),
+            tx: vec![0u8; chunk + TX_SLACK].into_boxed_slice(),
+        }
+    }
+}
+
+/// Why a handshake did not finish: the `result` label of `wsplice_tls_handshakes_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The first bytes were a plain HTTP request (answered with a readable 400).
+    PlainHttp,
+    /// The first bytes were neither TLS nor HTTP.
+    NotTls,
+    /// No protocol version, cipher suite, group or signature scheme in common (TLS 1.0/1.1
+    /// only, for instance).
+    Incompatible,
+    /// An SNI name no certificate covers, with `tls.unknown_sni = "refuse"`.
+    UnknownSni,
+    /// A malformed, oversized or unexpected handshake message, or a bad record.
+    BadMessage,
+    /// The client closed or timed out before the handshake finished.
+    Incomplete,
+}
+
+/// How a TLS handshake ended, for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsEvent {
+    Established {
+        /// Index into [`VERSIONS`].
+        version: usize,
+        /// Index into [`CIPHERS`], or `None` for a suite not listed there.
+        cipher: Option<usize>,
+        resumed: bool,
+    },
+    Failed(Failure),
+}
+
+/// The `result` label values of `wsplice_tls_handshakes_total`.
+pub const RESULTS: [&str; 8] = [
+    "ok",
+    "resumed",
+    "plain_http",
+    "not_tls",
+    "incompatible",
+    "unknown_sni",
+    "bad_message",
+    "incomplete",
+];
+/// The `version` label values of `wsplice_tls_versions_total`.
+pub const VERSIONS: [&str; 2] = ["TLSv1.2", "TLSv1.3"];
+/// The `cipher` label values of `wsplice_tls_ciphers_total`: the suites the listeners offer.
+pub const CIPHERS: [&str; 9] = [
+    "TLS13_AES_128_GCM_SHA256",
+    "TLS13_AES_256_GCM_SHA384",
+    "TLS13_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+];
+
+impl TlsEvent {
+    /// Index into [`RESULTS`].
+    pub fn result(self) -> usize {
+        match self {
+            TlsEvent::Established { resumed: false, .. } => 0,
+            TlsEvent::Established { resumed: true, .. } => 1,
+            TlsEvent::Failed(f) => match f {
+                Failure::PlainHttp => 2,
+                Failure::NotTls => 3,
+                Failure::Incompatible => 4,
+                Failure::UnknownSni => 5,
+                Failure::BadMessage => 6,
+                Failure::Incomplete => 7,
+            },
+        }
+    }
+}
+
+/// Some TLS bytes were processed (plain HTTP is told by the very first byte).
+const STARTED: u16 = 1;
+/// The handshake is complete.
+const DONE: u16 = 2;
+/// close_notify or FIN received: reads return 0 once the plaintext is delivered.
+const PEER_CLOSED: u16 = 4;
+/// rustls failed: reads and writes fail (the alert rustls queued is sent first).
+const FAILED: u16 = 8;
+/// The client spoke plain HTTP: our 400 and the lingering close go unencrypted.
+const PLAIN: u16 = 16;
+/// close_notify is queued.
+const CLOSE_SENT: u16 = 32;
+/// FIN is wanted once `tx` is written.
+const WANT_FIN: u16 = 64;
+const FIN_SENT: u16 = 128;
+/// The first byte was not a TLS handshake record.
+const NOT_TLS: u16 = 256;
+/// The handshake's outcome was reported.
+const REPORTED: u16 = 512;
+/// A read returned the end (0) after `PEER_CLOSED`.
+const EOF_READ: u16 = 1024;
+
+/// One client's TLS session. Boxed and kept beside the slab entry: plain entries do not pay
+/// for it.
+pub struct TlsSession {
+    conn: UnbufferedServerConnection,
+    /// Received bytes not processed yet: the start of a record whose rest has not arrived.
+    /// Empty, without an allocation, between records.
+    rx: Vec<u8>,
+    /// Decrypted bytes a read had no room for. Empty, without an allocation, between reads.
+    plain: Vec<u8>,
+    /// Records the socket has not taken yet. Empty, without an allocation, when written.
+    tx: Vec<u8>,
+    flags: u16,
+    event: Option<TlsEvent>,
+}
+
+impl std::fmt::Debug for TlsSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsSession")
+            .field("rx", &self.rx.len())
+            .field("plain", &self.plain.len())
+            .field("tx", &self.tx.len())
+            .field("flags", &self.flags)
+            .finish()
+    }
+}
+
+fn invalid(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+fn not_connected() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        "the TLS session is not established (or failed): nothing can be sent",
+    )
+}
+
+/// Appends the handshake record rustls wants sent to `tx`.
+fn encode(e: &mut EncodeTlsData<'_, ServerConnectionData>, tx: &mut Vec<u8>) {
+    let start = tx.len();
+    tx.resize(start + 4096, 0);
+    let n = match e.encode(&mut tx[start..]) {
+        Ok(n) => n,
+        Err(EncodeError::InsufficientSize(s)) => {
+            tx.resize(start + s.required_size, 0);
+            e.encode(&mut tx[start..]).unwrap_or(0)
+        }
+        Err(EncodeError::AlreadyEncoded) => 0,
+    };
+    tx.truncate(start + n);
+}
+
+impl TlsSession {
+    /// A session for a client just accepted on a TLS listener.
+    pub fn new(config: Arc<ServerConfig>) -> Result<TlsSession, rustls::Error> {
+        Ok(TlsSession {
+            conn: UnbufferedServerConnection::new(config)?,
+            rx: Vec::new(),
+            plain: Vec::new(),
+            tx: Vec::new(),
+            flags: 0,
+            event: None,
+        })
+    }
+
+    /// How the handshake ended, once.
+    pub fn take_event(&mut self) -> Option<TlsEvent> {
+        let e = self.event.take();
+        if e.is_some() {
+            self.flags |= REPORTED;
+        }
+        e
+    }
+
+    /// The connection is over: a handshake that never finished nor failed was cut short.
+    pub fn final_event(&mut self) -> Option<TlsEvent> {
+        if self.event.is_none() && self.flags & (REPORTED | DONE | FAILED) == 0 {
+            self.event = Some(TlsEvent::Failed(Failure::Incomplete));
+        }
+        self.take_event()
+    }
+
+    fn established(&mut self) {
+        self.flags |= DONE;
+        let version = usize::from(self.conn.protocol_version() == Some(ProtocolVersion::TLSv1_3));
+        let cipher = self
+            .conn
+            .negotiated_cipher_suite()
+            .and_then(|s| s.suite().as_str())
+            .and_then(|name| CIPHERS.iter().position(|&c| c == name));
+        let resumed = self.conn.handshake_kind() == Some(HandshakeKind::Resumed);
+        self.event = Some(TlsEvent::Established {
+            version,
+            cipher,
+            resumed,
+        });
+    }
+
+    fn fail(&mut self, e: &rustls::Error) {
+        self.flags |= FAILED;
+        if self.flags & DONE == 0 {
+            let why = if self.flags & NOT_TLS != 0 {
+                Failure::NotTls
+            } else {
+                match e {
+                    rustls::Error::PeerIncompatible(_) => Failure::Incompatible,
+                    // What rustls says when the certificate resolver found nothing.
+                    rustls::Error::General(m) if m.contains("certificate") => Failure::UnknownSni,
+                    _ => Failure::BadMessage,
+                }
+            };
+            self.event = Some(TlsEvent::Failed(why));
+        }
+        // rustls queued a fatal alert; a failed session yields it and then blocks. The bound
+        // only guards against a loop should that ever change.
+        for _ in 0..8 {
+            let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut []);
+            match state {
+                Ok(ConnectionState::EncodeTlsData(mut enc)) => encode(&mut enc, &mut self.tx),
+                Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
+                _ => break,
+            }
+        }
+    }
+
+    /// Runs rustls over `work[..*have]`: plaintext to `out[*n..]` (what does not fit to
+    /// `plain`), records to send to `tx`. Processed bytes leave the front of `work`.
+    fn process(
+        &mut self,
+        work: &mut [u8],
+        have: &mut usize,
+        out: &mut [u8],
+        n: &mut usize,
+    ) -> Result<(), rustls::Error> {
+        let mut at = 0;
+        let result = loop {
+            let UnbufferedStatus { mut discard, state } =
+                self.conn.process_tls_records(&mut work[at..*have]);
+            let state = match state {
+                Ok(s) => s,
+                Err(e) => {
+                    at += discard;
+                    break Err(e);
+                }
+            };
+            let blocked = match state {
+                ConnectionState::ReadTraffic(mut r) => {
+                    while let Some(rec) = r.next_record() {
+                        let AppDataRecord {
+                            discard: d,
+                            payload,
+                        } = rec?;
+                        discard += d;
+                        let room = out.len() - *n;
+                        let k = payload.len().min(room);
+                        out[*n..*n + k].copy_from_slice(&payload[..k]);
+                        *n += k;
+                        self.plain.extend_from_slice(&payload[k..]);
+                    }
+                    false
+                }
+                ConnectionState::EncodeTlsData(mut e) => {
+                    encode(&mut e, &mut self.tx);
+                    false
+                }
+                // Queued in `tx`, which is written in order before anything else.
+                ConnectionState::TransmitTlsData(t) => {
+                    t.done();
+                    false
+                }
+                ConnectionState::PeerClosed | ConnectionState::Closed => {
+                    self.flags |= PEER_CLOSED;
+                    true
+                }
+                // Early data is off (`max_early_data_size` 0): rustls refuses it itself.
+                ConnectionState::ReadEarlyData(_) => {
+                    at += discard;
+                    break Err(rustls::Error::General("unexpected early data".into()));
+                }
+                // Waiting for more bytes, during or after the handshake.
+                _ => true,
+            };
+            at += discard;
+            if blocked {
+                break Ok(());
+            }
+        };
+        work.copy_within(at..*have, 0);
+        *have -= at;
+        if self.flags & (DONE | FAILED) == 0 && !self.conn.is_handshaking() {
+            self.established();
+        }
+        result
+    }
+
+    fn read(&mut self, sock: &TcpStream, out: &mut [u8], work: &mut [u8]) -> io::Result<usize> {
+        if self.flags & PLAIN != 0 {
+            return (&*sock).read(out);
+        }
+        if self.flags & FAILED != 0 {
+            return Err(invalid("the TLS session failed"));
+        }
+        let mut n = self.plain.len().min(out.len());
+        out[..n].copy_from_slice(&self.plain[..n]);
+        self.plain.drain(..n);
+        if self.plain.is_empty() {
+            self.plain = Vec::new();
+        }
+        if n == out.len() || self.flags & PEER_CLOSED != 0 {
+            if n == 0 {
+                self.flags |= EOF_READ;
+            }
+            return Ok(n);
+        }
+        let mut have = self.rx.len();
+        work[..have].copy_from_slice(&self.rx);
+        self.rx = Vec::new();
+        let res = loop {
+            if have > 0 {
+                if self.flags & STARTED == 0 {
+                    self.flags |= STARTED;
+                    // Every HTTP method starts with an upper-case letter; a TLS connection
+                    // with a handshake record (22).
+                    if work[0].is_ascii_uppercase() {
+                        self.flags |= PLAIN | FAILED;
+                        self.event = Some(TlsEvent::Failed(Failure::PlainHttp));
+                        have = 0;
+                        break Err(invalid(PlainHttpOnTls));
+                    }
+                    if work[0] != 22 {
+                        self.flags |= NOT_TLS;
+                    }
+                }
+                if let Err(e) = self.process(work, &mut have, out, &mut n) {
+                    self.fail(&e);
+                    let _ = self.flush(sock);
+                    have = 0;
+                    break Err(invalid(e));
+                }
+                // The server's flight, tickets, a key update answer: out at once if possible.
+                match self.flush(sock) {
+                    Err(e) if e.kind() != io::ErrorKind::WouldBlock => break Err(e),
+                    _ => {}
+                }
+            }
+            if n == out.len() || self.flags & PEER_CLOSED != 0 {
+                break Ok(n);
+            }
+            if have == work.len() {
+                // Cannot happen: the buffer holds a whole record and more.
+                break Err(invalid("TLS record larger than the receive buffer"));
+            }
+            let want = work.len() - have;
+            match (&*sock).read(&mut work[have..]) {
+                Ok(0) => {
+                    // FIN without close_notify is taken as the end too (a truncation attack
+                    // cannot hurt WebSocket, whose frames carry their own lengths).
+                    self.flags |= PEER_CLOSED;
+                    break Ok(n);
+                }
+                Ok(k) => {
+                    have += k;
+                    // A short read drained the socket (Linux); with plaintext in hand the
+                    // caller may stop here. Without any, read on until WouldBlock or EOF: an
+                    // EOF already signalled by EPOLLRDHUP would not be signalled again.
+                    if k < want && n > 0 {
+                        if let Err(e) = self.process(work, &mut have, out, &mut n) {
+                            self.fail(&e);
+                            let _ = self.flush(sock);
+                            have = 0;
+                            break Err(invalid(e));
+                        }
+                        let _ = self.flush(sock);
+                        break Ok(n);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && n > 0 => break Ok(n),
+                Err(e) => break Err(e),
+            }
+        };
+        if have > 0 {
+            self.rx = work[..have].to_vec();
+        }
+        if matches!(res, Ok(0)) {
+            self.flags |= EOF_READ;
+        }
+        res
+    }
+
+    /// The client's close_notify (or FIN) came with the bytes the last read returned, and no
+    /// read has returned the end yet: the kernel will not signal it again, so the caller must
+    /// read once more as if the socket were readable.
+    pub fn eof_pending(&self) -> bool {
+        self.flags & (PEER_CLOSED | EOF_READ | PLAIN) == PEER_CLOSED
+    }
+
+    /// Gets rustls to a state where it may encrypt, writing out what it queued on the way, and
+    /// runs `f` with it and `work`: the bytes `f` put in `work`, or why it could not.
+    fn with_write_traffic(
+        &mut self,
+        work: &mut [u8],
+        mut f: impl FnMut(
+            &mut WriteTraffic<'_, ServerConnectionData>,
+            &mut [u8],
+        ) -> Result<usize, EncryptError>,
+    ) -> io::Result<Result<usize, EncryptError>> {
+        for _ in 0..8 {
+            // `rx` holds at most the start of one record, so nothing is read here.
+            let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut self.rx);
+            match state {
+                Ok(ConnectionState::WriteTraffic(mut w)) => return Ok(f(&mut w, work)),
+                Ok(ConnectionState::EncodeTlsData(mut e)) => encode(&mut e, &mut self.tx),
+                Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
+                Ok(_) => return Err(not_connected()),
+                Err(e) => {
+                    self.fail(&e);
+                    return Err(invalid(e));
+                }
+            }
+        }
+        Err(not_connected())
+    }
+
+    /// Sends `work[..len]` after whatever `tx` holds; what the socket does not take stays in
+    /// `tx`.
+    fn send(&mut self, sock: &TcpStream, work: &[u8]) -> io::Result<()> {
+        if self.tx.is_empty() {
+            let mut at = 0;
+            while at < work.len() {
+                match (&*sock).write(&work[at..]) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(k) => at += k,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            self.tx.extend_from_slice(&work[at..]);
+            return Ok(());
+        }
+        self.tx.extend_from_slice(work);
+        match self.flush(sock) {
+            Err(e) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn write(&mut self, sock: &TcpStream, data: &[u8], work: &mut [u8]) -> io::Result<usize> {
+        if self.flags & PLAIN != 0 {
+            return (&*sock).write(data);
+        }
+        if self.flags & DONE == 0 || self.flags & (FAILED | CLOSE_SENT) != 0 {
+            return Err(not_connected());
+        }
+        // Encrypted bytes the socket did not take come first: the caller keeps its bytes and
+        // waits for writability, as with a full socket.
+        self.flush(sock)?;
+        let mut take = data.len().min(work.len() - TX_SLACK);
+        let len = loop {
+            match self.with_write_traffic(work, |w, out| w.encrypt(&data[..take], out))? {
+                Ok(len) => break len,
+                // More records than TX_SLACK allows for: never with rustls's record sizes.
+                Err(EncryptError::InsufficientSize(_)) if take > 1 => take /= 2,
+                Err(e) => return Err(invalid(e.to_string())),
+            }
+        };
+        self.send(sock, &work[..len])?;
+        Ok(take)
+    }
+
+    fn shutdown_write(&mut self, sock: &TcpStream, work: &mut [u8]) -> io::Result<()> {
+        if self.flags & DONE != 0 && self.flags & (FAILED | CLOSE_SENT | PLAIN) == 0 {
+            self.flags |= CLOSE_SENT;
+            let len = self
+                .with_write_traffic(work, |w, out| w.queue_close_notify(out))?
+                .map_err(|e| invalid(e.to_string()))?;
+            self.send(sock, &work[..len])?;
+        }
+        self.flags |= WANT_FIN;
+        match self.flush(sock) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            r => r,
+        }
+    }
+
+    /// Writes what `tx` holds; then FIN if it was asked for. `WouldBlock` while bytes remain.
+    pub fn flush(&mut self, sock: &TcpStream) -> io::Result<()> {
+        while !self.tx.is_empty() {
+            match (&*sock).write(&self.tx) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(k) => {
+                    self.tx.drain(..k);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.tx = Vec::new();
+        if self.flags & (WANT_FIN | FIN_SENT) == WANT_FIN {
+            self.flags |= FIN_SENT;
+            crate::sys::sock::shutdown_write(sock)?;
+        }
+        Ok(())
+    }
+}
+
+/// A TLS client's socket, session and the worker's buffers, for one operation.
+pub struct TlsIo<'a> {
+    pub sock: &'a TcpStream,
+    pub session: &'a mut TlsSession,
+    pub bufs: &'a mut TlsBuffers,
+}
+
+impl AsFd for TlsIo<'_> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+}
+
+impl Transport for TlsIo<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.session.read(self.sock, buf, &mut self.bufs.rx)
+    }
+
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.session.write(self.sock, buf, &mut self.bufs.tx)
+    }
+
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        self.session.shutdown_write(self.sock, &mut self.bufs.tx)
+    }
+
+    fn can_splice(&self) -> bool {
+        false
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.session.flush(self.sock)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a TLS client adds to an idle tunnel before rustls's heap state (keys, the traffic
+    /// state): see the RSS test in tests/tls.rs for the whole.
+    #[test]
+    fn an_idle_session_holds_no_buffer() {
+        let size = std::mem::size_of::<TlsSession>();
+        eprintln!(
+            "TlsSession {size} B, of which UnbufferedServerConnection {} B",
+            std::mem::size_of::<UnbufferedServerConnection>()
+        );
+        assert!(size <= 1280, "TlsSession grew to {size} B");
+    }
+}
