@@ -202,9 +202,11 @@ fn every_close_reason_and_reject_status_is_exported() {
     // The same for the kinds of handshake failure and the statuses they are answered with.
     let every = [
         Reject::BadRequest(wsplice::core::status::BadRequest::Syntax),
+        Reject::Forbidden,
         Reject::NoRoute,
         Reject::Connect,
         Reject::HandshakeTimeout,
+        Reject::LengthRequired,
         Reject::UriTooLong,
         Reject::NotUpgrade,
         Reject::HeadTooLarge,
@@ -216,9 +218,11 @@ fn every_close_reason_and_reject_status_is_exported() {
     for r in every {
         match r {
             Reject::BadRequest(_)
+            | Reject::Forbidden
             | Reject::NoRoute
             | Reject::Connect
             | Reject::HandshakeTimeout
+            | Reject::LengthRequired
             | Reject::UriTooLong
             | Reject::NotUpgrade
             | Reject::HeadTooLarge
@@ -286,13 +290,14 @@ fn access_log_lines_dropped_under_pressure_are_counted() {
     let _ = fcntl(&reader, FcntlArg::F_SETPIPE_SZ(4096));
 
     let toml = format!(
-        "listen = [\"127.0.0.1:0\"]\nworkers = 1\nadmin = \"127.0.0.1:0\"\n\n[access_log]\npath = \"{}\"\n\n[[route]]\nprefix = \"/ws\"\nbackends = [\"127.0.0.1:9\"]\n",
+        "listen = [\"127.0.0.1:0\"]\nworkers = 1\nadmin = \"127.0.0.1:0\"\n\n[access_log]\npath = \"{}\"\n\n[[route]]\nprefix = \"/ws\"\nbackends = [\"127.0.0.1:9\"]\nhttp = false\n",
         fifo.display()
     );
     let proxy = common::start(&toml, "");
     let dropped = || proxy.metric("wsplice_access_log_dropped_lines_total");
 
-    // One access-log line each: a plain request, answered 426 and closed.
+    // One access-log line each: a plain request on a WebSocket-only route, answered 426 and
+    // closed.
     let mut sent = 0u64;
     let deadline = Instant::now() + Duration::from_secs(20);
     while dropped() == 0 {

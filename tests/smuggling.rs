@@ -10,11 +10,19 @@
 //! The expected status of each row follows `src/core/head.rs` and `src/core/handshake.rs`:
 //! bare CR/LF and NUL first (400), then the request line's shape and the target length (400/414),
 //! the header count (431), CONNECT (405), the target form and framing headers (400), "is this an
-//! upgrade at all" (426), then the upgrade's own fields (400). Heads larger than the limit are
-//! 431, or 414 while the request line is still incomplete.
+//! upgrade at all" (426 on a WebSocket-only route), then the upgrade's own fields (400). Heads
+//! larger than the limit are 431, or 414 while the request line is still incomplete.
+//!
+//! Routes forward plain HTTP by default, so the rows that are not upgrades at all (written
+//! with 426, the answer of a route with `http = false`) run twice: on a WebSocket-only route
+//! for their 426, and on a default route, where they are forwarded (`FORWARDED`): the
+//! Acceptor answers them 200 and their heads are checked as clean plain requests. Framing
+//! attacks on forwarded requests and their bodies are in `tests/smuggling_http.rs`.
 
 #[macro_use]
 mod support;
+#[path = "support/http.rs"]
+mod http;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -85,7 +93,11 @@ impl Recorder {
     }
 }
 
-/// Reads a head, records it, answers a valid 101, then discards what follows.
+/// A row's expected outcome when a default route forwards it as a plain request.
+const FORWARDED: u16 = 200;
+
+/// Reads a head, records it, answers a valid 101 (or 200 to a plain request), then discards
+/// what follows.
 struct Acceptor {
     addr: std::net::SocketAddr,
     heads: Arc<Mutex<Vec<Vec<u8>>>>,
@@ -106,7 +118,17 @@ impl Acceptor {
                     else {
                         return;
                     };
-                    let answer = response_101(&head);
+                    let upgrade = header(&head, "upgrade").is_some()
+                        && header(&head, "connection")
+                            .is_some_and(|c| c.to_ascii_lowercase().contains("upgrade"));
+                    let answer = if upgrade {
+                        response_101(&head)
+                    } else {
+                        // One request per connection: say so, or the proxy would send the next
+                        // one on this connection.
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                            .to_vec()
+                    };
                     shared.lock().expect("heads").push(head);
                     if s.write_all(&answer).await.is_err() {
                         return;
@@ -1176,20 +1198,43 @@ fn check_refusal(resp: &[u8], want: u16) -> Result<(), String> {
     }
 }
 
+/// The rows as a default route sees them: a row that is not an upgrade at all (426 on a
+/// WebSocket-only route) is forwarded there, to the Acceptor instead of the Recorder. So is
+/// the plain GET with a body length: a body is no fault of a plain request (on an upgrade it
+/// is, and those rows keep their 400); the Acceptor answers before the body, and the proxy
+/// closes after that answer.
+fn forwarding(rows: Vec<Row>) -> Vec<Row> {
+    rows.into_iter()
+        .map(|mut r| {
+            if r.want == 426 || r.name == "plain GET with a body length" {
+                r.want = FORWARDED;
+                let at = r
+                    .bytes
+                    .windows(5)
+                    .position(|w| w == b"/rec/")
+                    .expect("a /rec/ target");
+                r.bytes.splice(at..at + 5, b"/ok/".iter().copied());
+            }
+            r
+        })
+        .collect()
+}
+
 async fn run_row(proxy: &Proxy, row: &Row) -> Result<(), String> {
     let mut s = connect(proxy).await;
     // The proxy may answer and close before reading everything: ignore write errors.
     let _ = s.write_all(&row.bytes).await;
-    if row.want == 101 {
+    if row.want == 101 || row.want == FORWARDED {
         let head = match tokio::time::timeout(STEP, try_read_head(&mut s, 1 << 16)).await {
             Err(_) => return Err("no answer head".into()),
             Ok(Err(e)) => return Err(format!("reading the answer: {e}")),
             Ok(Ok((head, _))) => head,
         };
         return match status(&head) {
-            Some(101) => Ok(()),
+            Some(code) if code == row.want => Ok(()),
             _ => Err(format!(
-                "expected 101, got {:?}",
+                "expected {}, got {:?}",
+                row.want,
                 String::from_utf8_lossy(&head)
             )),
         };
@@ -1198,8 +1243,13 @@ async fn run_row(proxy: &Proxy, row: &Row) -> Result<(), String> {
     check_refusal(&resp, row.want)
 }
 
-/// The head the Acceptor got for a passing row is one clean HTTP/1.1 upgrade.
+/// The head the Acceptor got for a passing row is one clean HTTP/1.1 upgrade, or one clean
+/// plain request: no Upgrade or Connection, no Transfer-Encoding, the body length only as
+/// the proxy wrote it.
 fn check_forwarded(head: &[u8]) -> Result<(), String> {
+    if header(head, "upgrade").is_none() {
+        return check_forwarded_plain(head);
+    }
     let text = String::from_utf8_lossy(head);
     if head
         .iter()
@@ -1243,6 +1293,48 @@ fn check_forwarded(head: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+fn check_forwarded_plain(head: &[u8]) -> Result<(), String> {
+    let text = String::from_utf8_lossy(head);
+    if head
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| (b == b'\n' && (i == 0 || head[i - 1] != b'\r')) || b == 0)
+    {
+        return Err(format!("bare LF or NUL in the forwarded head {text:?}"));
+    }
+    let mut fields = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut fields);
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(n)) if n == head.len() => {}
+        other => {
+            return Err(format!(
+                "forwarded head does not parse ({other:?}): {text:?}"
+            ))
+        }
+    }
+    if req.version != Some(1) || !req.path.is_some_and(|p| p.starts_with("/x")) {
+        return Err(format!("forwarded request line: {text:?}"));
+    }
+    let count = |name: &str| {
+        req.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .count()
+    };
+    if count("host") != 1 {
+        return Err(format!("Host {} times in {text:?}", count("host")));
+    }
+    for name in ["upgrade", "connection", "transfer-encoding", "keep-alive"] {
+        if count(name) != 0 {
+            return Err(format!("{name} forwarded in a plain request: {text:?}"));
+        }
+    }
+    if count("content-length") > 1 {
+        return Err(format!("Content-Length repeated: {text:?}"));
+    }
+    Ok(())
+}
+
 e2e!(hostile_heads, |relay| async move {
     let recorder = Recorder::start().await;
     let acceptor = Acceptor::start().await;
@@ -1259,7 +1351,7 @@ e2e!(hostile_heads, |relay| async move {
         .start()
         .await;
 
-    let rows = table();
+    let rows = forwarding(table());
     assert!(rows.len() >= 300, "only {} rows", rows.len());
     let mut failures = Vec::new();
     let mut done = 0;
@@ -1289,7 +1381,10 @@ e2e!(hostile_heads, |relay| async move {
             recorder.describe()
         ));
     }
-    let passing = rows.iter().filter(|r| r.want == 101).count();
+    let passing = rows
+        .iter()
+        .filter(|r| r.want == 101 || r.want == FORWARDED)
+        .count();
     // Rows that got their 101 have had their head read; allow for a straggler.
     for _ in 0..50 {
         if acceptor.heads().len() >= passing {
@@ -1351,6 +1446,47 @@ e2e!(hostile_heads, |relay| async move {
         failures.join("\n  ")
     );
 });
+
+// On a route with `http = false` the rows that are not upgrades keep their 426 (and the plain
+// GET with a body length gets it too: there it is a plain request, refused as such), and the
+// backend gets nothing.
+e2e!(
+    websocket_only_route_refuses_plain_requests,
+    |relay| async move {
+        let recorder = Recorder::start().await;
+        let echo = EchoBackend::start().await;
+        let proxy = http::with_routes(
+            Proxy::builder(relay)
+                .limit("max_head_bytes", MAX_HEAD)
+                .limit("max_headers", MAX_HEADERS),
+            &[
+                http::r("/rec", &[recorder.addr]).key("http", "false"),
+                http::r("/echo", &[echo.addr]).key("http", "false"),
+            ],
+        )
+        .start()
+        .await;
+        let mut rows: Vec<Row> = table().into_iter().filter(|r| r.want == 426).collect();
+        assert_eq!(rows.len(), 14, "the plain rows of the corpus");
+        let mut body = table()
+            .into_iter()
+            .find(|r| r.name == "plain GET with a body length")
+            .expect("row");
+        body.want = 426;
+        rows.push(body);
+        let mut failures = Vec::new();
+        for r in &rows {
+            if let Err(e) = run_row(&proxy, r).await {
+                failures.push(format!("[{}] {}: {e}", r.category, r.name));
+            }
+        }
+        let mut ws = ws_connect(&proxy, "/echo").await;
+        ws_echo_once(&mut ws, "after the plain rows").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(recorder.counts(), (0, 0), "{}", recorder.describe());
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+);
 
 // ---------------------------------------------------------------------------------------------
 // Pipelining: after the head, every byte is tunnel data

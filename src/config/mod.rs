@@ -34,6 +34,7 @@
 //!   value     value parsers: durations, sizes, addresses, networks, prefixes, hosts
 //!   root      the top-level keys; where each section is read
 //!   sections  [timeouts] [limits] [keepalive] [splice] [access_log] [proxy_protocol]
+//!             [backend_pool]
 //!   route     [[route]]
 //!   cli       Config::from_cli: the --listen/--route flags
 //! ```
@@ -59,8 +60,9 @@ use toml::de::DeTable;
 
 pub use error::ConfigError;
 pub use model::{
-    AccessLog, Config, ForwardedFor, Keepalive, Limits, LogFormat, ProxyIn, ProxyVersion, Relay,
-    RelayMode, Route, Timeouts,
+    AccessLog, BackendPool, BackendProtocol, Balance, Config, ForwardedFor, HashKey, Keepalive,
+    Limits, LogFormat, ProxyIn, ProxyVersion, Relay, RelayMode, Route, RouteOptions, SameSite,
+    StickyCookie, Timeouts,
 };
 use walk::{Source, Table};
 

@@ -24,6 +24,7 @@ const KEYS: &[Key<Config>] = &[
     key("trusted_proxies", |c, f| f.nets().map(|nets| c.trusted_proxies = nets)),
     key("proxy_protocol", sections::proxy_protocol),
     key("underscores_in_headers", |c, f| f.bool().map(|b| c.underscores_in_headers = b)),
+    key("backend_pool", |c, f| f.section(&mut c.backend_pool, sections::BACKEND_POOL)),
 ];
 
 const RELAY_MODES: [RelayMode; 3] = [RelayMode::Auto, RelayMode::Splice, RelayMode::Copy];

@@ -3,11 +3,11 @@
 //! Lookup walks the path's own `/`-boundaries from the longest to `/`, one hash probe each (host
 //! routes first, then host-less ones), so it costs O(path depth) whatever the number of routes.
 
-use crate::config::{ForwardedFor, ProxyVersion, Route};
+use crate::config::{ForwardedFor, ProxyVersion, Route, RouteOptions};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 /// One route as the workers use it.
 #[derive(Debug)]
@@ -18,12 +18,19 @@ pub struct RouteEntry {
     pub strip_prefix: bool,
     pub forwarded_for: ForwardedFor,
     pub send_proxy: Option<ProxyVersion>,
+    /// Plain HTTP, balancing, origins, backend protocol.
+    pub options: RouteOptions,
     /// Shared round-robin cursor: touched once per handshake, never per relayed byte.
     next: AtomicUsize,
+    /// Tunnels and requests open per backend, all workers together (`least_conn`).
+    pub(crate) load: Box<[AtomicU32]>,
+    /// Each backend's sticky-cookie value (`balance = "cookie"`): a hash of its address, so it
+    /// stays the same across restarts, reloads and proxies.
+    pub(crate) cookie_ids: Box<[String]>,
 }
 
 impl RouteEntry {
-    /// The first backend to try for a new connection; advances the round robin.
+    /// The next backend in round-robin order; advances the cursor.
     pub fn first_backend(&self) -> usize {
         self.next.fetch_add(1, Ordering::Relaxed) % self.backends.len().max(1)
     }
@@ -57,7 +64,14 @@ impl RouteTable {
                 strip_prefix: r.strip_prefix,
                 forwarded_for: r.forwarded_for,
                 send_proxy: r.send_proxy,
+                options: r.options.clone(),
                 next: AtomicUsize::new(0),
+                load: r.backends.iter().map(|_| AtomicU32::new(0)).collect(),
+                cookie_ids: r
+                    .backends
+                    .iter()
+                    .map(crate::core::balance::cookie_id)
+                    .collect(),
             });
             match &r.host {
                 Some(h) => {
@@ -136,6 +150,7 @@ mod tests {
             strip_prefix: strip,
             forwarded_for: ForwardedFor::Append,
             send_proxy: None,
+            options: Default::default(),
         }
     }
 

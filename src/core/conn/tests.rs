@@ -19,6 +19,7 @@ fn settings(backends: &[&str]) -> Arc<Settings> {
             strip_prefix: true,
             forwarded_for: ForwardedFor::Append,
             send_proxy: None,
+            options: Default::default(),
         }]),
         Configured::default(),
     ))
