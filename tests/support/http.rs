@@ -114,12 +114,17 @@ impl Msg {
     }
 }
 
+/// Where an origin's connection records every byte it reads: (all connections, this one).
+type Tap = (Arc<Mutex<Vec<Vec<u8>>>>, usize);
+
 /// A socket with the bytes read past the last message.
 pub struct Peer {
     pub s: TcpStream,
     pub buf: Vec<u8>,
     /// The peer closed its side.
     pub eof: bool,
+    /// An origin's connection: waits as long as it takes, records what it reads.
+    tap: Option<Tap>,
 }
 
 /// How a message's body ends.
@@ -138,6 +143,7 @@ impl Peer {
             s,
             buf: Vec::new(),
             eof: false,
+            tap: None,
         }
     }
 
@@ -152,6 +158,19 @@ impl Peer {
     /// Reads more; false at EOF or error.
     async fn fill(&mut self, wait: Duration) -> bool {
         let mut b = vec![0u8; 65536];
+        if let Some((all, i)) = &self.tap {
+            return match self.s.read(&mut b).await {
+                Ok(0) | Err(_) => {
+                    self.eof = true;
+                    false
+                }
+                Ok(n) => {
+                    all.lock().expect("raw")[*i].extend_from_slice(&b[..n]);
+                    self.buf.extend_from_slice(&b[..n]);
+                    true
+                }
+            };
+        }
         match tokio::time::timeout(wait, self.s.read(&mut b)).await {
             Ok(Ok(0)) | Ok(Err(_)) => {
                 self.eof = true;
@@ -166,6 +185,14 @@ impl Peer {
                 String::from_utf8_lossy(&self.buf)
             ),
         }
+    }
+
+    /// The next `n` bytes (fails the test after [`STEP`] without them).
+    pub async fn exactly(&mut self, n: usize) -> Vec<u8> {
+        while self.buf.len() < n {
+            assert!(self.fill(STEP).await, "closed with {:?}", self.buf);
+        }
+        self.buf.drain(..n).collect()
     }
 
     /// Waits up to `wait` for bytes; true if some arrived (or are already buffered).
@@ -229,15 +256,20 @@ impl Peer {
 
     /// Reads a body framed as `f` into `m`.
     pub async fn body(&mut self, m: &mut Msg, f: Framing) {
+        if let Err(e) = self.try_body(m, f).await {
+            panic!("{e}");
+        }
+    }
+
+    /// Reads a body framed as `f` into `m`, or says why it could not.
+    pub async fn try_body(&mut self, m: &mut Msg, f: Framing) -> Result<(), String> {
         match f {
             Framing::None => {}
             Framing::Length(n) => {
                 while self.buf.len() < n {
-                    assert!(
-                        self.fill(STEP).await,
-                        "closed with {} of {n} body bytes",
-                        self.buf.len()
-                    );
+                    if !self.fill(STEP).await {
+                        return Err(format!("closed with {} of {n} body bytes", self.buf.len()));
+                    }
                 }
                 m.body = self.buf.drain(..n).collect();
                 m.raw.extend_from_slice(&m.body);
@@ -248,18 +280,18 @@ impl Peer {
                 m.raw.extend_from_slice(&m.body);
             }
             Framing::Chunked => loop {
-                let line = self.line().await;
+                let line = self.line().await?;
                 m.raw.extend_from_slice(&line);
                 let text = String::from_utf8_lossy(&line);
                 let size_text = text.trim_end().split(';').next().unwrap_or("");
                 let size = usize::from_str_radix(size_text, 16)
-                    .unwrap_or_else(|_| panic!("bad chunk size line {text:?}"));
+                    .map_err(|_| format!("bad chunk size line {text:?}"))?;
                 if size == 0 {
                     loop {
-                        let t = self.line().await;
+                        let t = self.line().await?;
                         m.raw.extend_from_slice(&t);
                         if t == b"\r\n" {
-                            return;
+                            return Ok(());
                         }
                         let t = String::from_utf8_lossy(&t).into_owned();
                         if let Some((n, v)) = t.split_once(':') {
@@ -268,22 +300,29 @@ impl Peer {
                     }
                 }
                 while self.buf.len() < size + 2 {
-                    assert!(self.fill(STEP).await, "closed inside a chunk");
+                    if !self.fill(STEP).await {
+                        return Err("closed inside a chunk".into());
+                    }
                 }
                 let chunk: Vec<u8> = self.buf.drain(..size + 2).collect();
-                assert_eq!(&chunk[size..], b"\r\n", "chunk not followed by CRLF");
+                if &chunk[size..] != b"\r\n" {
+                    return Err("chunk not followed by CRLF".into());
+                }
                 m.body.extend_from_slice(&chunk[..size]);
                 m.raw.extend_from_slice(&chunk);
             },
         }
+        Ok(())
     }
 
-    async fn line(&mut self) -> Vec<u8> {
+    async fn line(&mut self) -> Result<Vec<u8>, String> {
         loop {
             if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
-                return self.buf.drain(..i + 2).collect();
+                return Ok(self.buf.drain(..i + 2).collect());
             }
-            assert!(self.fill(STEP).await, "closed inside a chunk line");
+            if !self.fill(STEP).await {
+                return Err("closed inside a chunk line".into());
+            }
         }
     }
 
@@ -456,11 +495,11 @@ impl Origin {
                 let (q, w, h) = (q.clone(), w.clone(), handler.clone());
                 tokio::spawn(async move {
                     let mut p = Peer::new(s);
+                    p.tap = Some((w, i));
                     loop {
                         let Some(mut m) = read_request(&mut p).await else {
                             break;
                         };
-                        w.lock().expect("raw")[i].extend_from_slice(&m.raw);
                         let reply = h(&m);
                         m.raw.clear();
                         q.lock().expect("requests")[i].push(m);
@@ -471,8 +510,6 @@ impl Origin {
                             break;
                         }
                     }
-                    // Whatever else arrived on this connection (a partial request, garbage).
-                    w.lock().expect("raw")[i].extend_from_slice(&p.buf);
                 });
             }
         });
@@ -504,27 +541,17 @@ impl Origin {
     }
 }
 
-/// Reads a request with its body; None when the connection ends (or the request is broken:
-/// then what arrived stays in `p.buf`).
+/// Reads a request with its body; None when the connection ends or the request is broken.
 async fn read_request(p: &mut Peer) -> Option<Msg> {
-    let mut m = loop {
-        if let Some(end) = p.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let _ = end;
-            break p.head().await?;
+    while !p.buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        if !p.fill(STEP).await {
+            return None;
         }
-        let mut b = vec![0u8; 65536];
-        match p.s.read(&mut b).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => p.buf.extend_from_slice(&b[..n]),
-        }
-    };
+    }
+    let mut m = p.head().await?;
     let f = request_framing(&m);
-    // The body reader panics on a broken body; the test sees that as a missing answer.
-    let read = async {
-        p.body(&mut m, f).await;
-        m
-    };
-    tokio::time::timeout(STEP, read).await.ok()
+    p.try_body(&mut m, f).await.ok()?;
+    Some(m)
 }
 
 /// `GET {path}` with `Host: localhost` and `extra` header lines.
