@@ -25,6 +25,7 @@ mod upgrade;
 #[cfg(test)]
 mod tests;
 
+use crate::core::balance::Lease;
 use crate::core::handshake::{ConnectFailure, Settings};
 use crate::core::relay::{Check, CloseReason, Ctx, IoOp, Next, Pipes, Relay, Side, Timeouts, Way};
 use crate::core::status::Reject;
@@ -244,6 +245,9 @@ pub struct Relaying<P> {
     closed: Option<CloseReason>,
     /// Access log facts; allocated only when an access log is configured.
     log: Option<Box<ConnLog>>,
+    /// The tunnel's count for `least_conn` routes (dropped with the relay); boxed, as most
+    /// routes have none and the idle relay's entry must stay small.
+    _lease: Option<Box<Lease>>,
 }
 
 impl<P> Relaying<P> {
@@ -437,6 +441,7 @@ impl<P> Conn<P> {
             counted_ip: opened.counted_ip,
             closed: None,
             log: opened.log,
+            _lease: opened.lease.map(Box::new),
         });
         Step::Note(Note::RelayOpened {
             backend: opened.backend,

@@ -3,6 +3,7 @@
 //! socket, when a connect finished, the per-IP limit once a PROXY header named the client.
 
 use super::{Accept, Admission, ConnLog, Connecting, Event, Note, Step, Time};
+use crate::core::balance::Lease;
 use crate::core::handshake::{Action, ConnectFailure, Handshake, PlainRequest, Settings};
 use crate::core::relay::{IoOp, Side, Src};
 use crate::core::status::Reject;
@@ -79,6 +80,8 @@ pub(super) struct Opened {
     pub counted_ip: Option<IpAddr>,
     pub log: Option<Box<ConnLog>>,
     pub splice_ok: bool,
+    /// The tunnel's count against its backend for `least_conn`.
+    pub lease: Option<Lease>,
 }
 
 impl Upgrading {
@@ -449,8 +452,13 @@ impl Upgrading {
         let log = self.log_facts(101);
         let backend = self.hs.backend();
         let started = self.hs.started();
+        let lease = match (self.hs.route(), self.hs.backend_index(&self.settings)) {
+            (Some(r), Some(i)) => Lease::take(&self.settings, r, i),
+            _ => None,
+        };
         let (to_client, to_backend) = self.hs.into_tunnel_bytes();
         Opened {
+            lease,
             settings: self.settings,
             to_client,
             to_backend,

@@ -268,6 +268,12 @@ impl Handshake {
         self.backend
     }
 
+    /// The index in its route of the backend of the current or last connect attempt.
+    pub fn backend_index(&self, s: &Settings) -> Option<usize> {
+        let n = s.routes.get(self.route).backends.len();
+        (self.routed && self.tried > 0 && n > 0).then(|| (self.first_backend + self.tried - 1) % n)
+    }
+
     /// The backend whose attempt failed since the last call (for per-backend failure counts).
     pub fn take_failed(&mut self) -> Option<SocketAddr> {
         self.failed.take()
