@@ -31,6 +31,7 @@ fn settings() -> Settings {
             strip_prefix: true,
             forwarded_for: ForwardedFor::Append,
             send_proxy: None,
+            options: Default::default(),
         }]),
         Timeouts::default(),
     )

@@ -14,6 +14,7 @@ fn table(n: usize) -> RouteTable {
             strip_prefix: true,
             forwarded_for: ForwardedFor::Append,
             send_proxy: None,
+            options: Default::default(),
         })
         .collect();
     RouteTable::new(&routes)

@@ -59,6 +59,7 @@
 //!     strip_prefix: true,
 //!     forwarded_for: ForwardedFor::Append,
 //!     send_proxy: None,
+//!     options: Default::default(),
 //! }]);
 //! let s = Settings::new(routes, Timeouts::default());
 //! let now = Instant::now();

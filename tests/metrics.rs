@@ -203,9 +203,11 @@ fn every_close_reason_and_reject_status_is_exported() {
     // The same for the kinds of handshake failure and the statuses they are answered with.
     let every = [
         Reject::BadRequest(wsplice::core::status::BadRequest::Syntax),
+        Reject::Forbidden,
         Reject::NoRoute,
         Reject::Connect,
         Reject::HandshakeTimeout,
+        Reject::LengthRequired,
         Reject::UriTooLong,
         Reject::NotUpgrade,
         Reject::HeadTooLarge,
@@ -217,9 +219,11 @@ fn every_close_reason_and_reject_status_is_exported() {
     for r in every {
         match r {
             Reject::BadRequest(_)
+            | Reject::Forbidden
             | Reject::NoRoute
             | Reject::Connect
             | Reject::HandshakeTimeout
+            | Reject::LengthRequired
             | Reject::UriTooLong
             | Reject::NotUpgrade
             | Reject::HeadTooLarge
@@ -291,11 +295,12 @@ fn access_log_lines_dropped_under_pressure_are_counted() {
         .workers(1)
         .admin()
         .set("access_log", "path", &format!("\"{}\"", fifo.display()))
-        .route(route("/ws", &[nowhere]))
+        .route(route("/ws", &[nowhere]).http(false))
         .blocking_start();
     let dropped = || proxy.metric("wsplice_access_log_dropped_lines_total");
 
-    // One access-log line each: a plain request, answered 426 and closed.
+    // One access-log line each: a plain request on a WebSocket-only route, answered 426 and
+    // closed.
     let mut sent = 0u64;
     let deadline = Instant::now() + Duration::from_secs(20);
     while dropped() == 0 {

@@ -3,6 +3,8 @@
 
 #[macro_use]
 mod support;
+#[path = "support/http.rs"]
+mod http;
 
 use support::*;
 
@@ -245,17 +247,24 @@ e2e!(rejects, |relay| async move {
     let echo = EchoBackend::start().await;
     let refused = RefusedPort::new();
     let blackhole = Blackhole::start().await;
-    let proxy = Proxy::builder(relay)
-        .timeout("handshake", "500ms")
-        .timeout("connect", "300ms")
-        .limit("max_head_bytes", 16384)
-        .limit("max_headers", 100)
-        .route(route("/rec", &[recording.addr]))
-        .route(route("/echo", &[echo.addr]))
-        .route(route("/refused", &[refused.addr]))
-        .route(route("/blackhole", &[blackhole.addr]))
-        .start()
-        .await;
+    // WebSocket-only routes: the rows that are not upgrades at all are refused with 426 there
+    // (a default route forwards them; tests/http.rs and tests/smuggling.rs cover that).
+    let ws_only = |prefix, addr| http::r(prefix, &[addr]).key("http", "false");
+    let proxy = http::with_routes(
+        Proxy::builder(relay)
+            .timeout("handshake", "500ms")
+            .timeout("connect", "300ms")
+            .limit("max_head_bytes", 16384)
+            .limit("max_headers", 100),
+        &[
+            ws_only("/rec", recording.addr),
+            ws_only("/echo", echo.addr),
+            ws_only("/refused", refused.addr),
+            ws_only("/blackhole", blackhole.addr),
+        ],
+    )
+    .start()
+    .await;
 
     let mut rows = rows();
     // Half a head, then silence: 408 after the 500 ms handshake timeout.

@@ -11,11 +11,19 @@
 //! The expected status of each row follows `src/core/head.rs` and `src/core/handshake.rs`:
 //! bare CR/LF and NUL first (400), then the request line's shape and the target length (400/414),
 //! the header count (431), CONNECT (405), the target form and framing headers (400), "is this an
-//! upgrade at all" (426), then the upgrade's own fields (400). Heads larger than the limit are
-//! 431, or 414 while the request line is still incomplete.
+//! upgrade at all" (426 on a WebSocket-only route), then the upgrade's own fields (400). Heads
+//! larger than the limit are 431, or 414 while the request line is still incomplete.
+//!
+//! Routes forward plain HTTP by default, so the rows that are not upgrades at all (written
+//! with 426, the answer of a route with `http = false`) run twice: on a WebSocket-only route
+//! for their 426, and on a default route, where they are forwarded (`FORWARDED`): the
+//! Acceptor answers them 200 and their heads are checked as clean plain requests. Framing
+//! attacks on forwarded requests and their bodies are in `tests/smuggling_http.rs`.
 
 #[macro_use]
 mod support;
+#[path = "support/http.rs"]
+mod http;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -1046,7 +1054,7 @@ fn table() -> Vec<Row> {
 // ---------------------------------------------------------------------------------------------
 
 async fn run_row(proxy: &Proxy, row: &Row) -> Result<(), String> {
-    if row.want != 101 {
+    if row.want != 101 && row.want != FORWARDED {
         return try_refusal(proxy, &row.bytes, row.want).await.map(drop);
     }
     let mut s = connect(proxy).await;
@@ -1058,16 +1066,22 @@ async fn run_row(proxy: &Proxy, row: &Row) -> Result<(), String> {
         Ok(Ok((head, _))) => head,
     };
     match status(&head) {
-        Some(101) => Ok(()),
+        Some(code) if code == row.want => Ok(()),
         _ => Err(format!(
-            "expected 101, got {:?}",
+            "expected {}, got {:?}",
+            row.want,
             String::from_utf8_lossy(&head)
         )),
     }
 }
 
-/// The head the acceptor got for a passing row is one clean HTTP/1.1 upgrade.
+/// The head the acceptor got for a passing row is one clean HTTP/1.1 upgrade, or one clean
+/// plain request: no Upgrade or Connection, no Transfer-Encoding, the body length only as the
+/// proxy wrote it.
 fn check_forwarded(head: &[u8]) -> Result<(), String> {
+    if header(head, "upgrade").is_none() {
+        return check_forwarded_plain(head);
+    }
     let text = String::from_utf8_lossy(head);
     if head
         .iter()
@@ -1111,6 +1125,73 @@ fn check_forwarded(head: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+fn check_forwarded_plain(head: &[u8]) -> Result<(), String> {
+    let text = String::from_utf8_lossy(head);
+    if head
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| (b == b'\n' && (i == 0 || head[i - 1] != b'\r')) || b == 0)
+    {
+        return Err(format!("bare LF or NUL in the forwarded head {text:?}"));
+    }
+    let mut fields = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut fields);
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(n)) if n == head.len() => {}
+        other => {
+            return Err(format!(
+                "forwarded head does not parse ({other:?}): {text:?}"
+            ))
+        }
+    }
+    if req.version != Some(1) || !req.path.is_some_and(|p| p.starts_with("/x")) {
+        return Err(format!("forwarded request line: {text:?}"));
+    }
+    let count = |name: &str| {
+        req.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .count()
+    };
+    if count("host") != 1 {
+        return Err(format!("Host {} times in {text:?}", count("host")));
+    }
+    for name in ["upgrade", "connection", "transfer-encoding", "keep-alive"] {
+        if count(name) != 0 {
+            return Err(format!("{name} forwarded in a plain request: {text:?}"));
+        }
+    }
+    if count("content-length") > 1 {
+        return Err(format!("Content-Length repeated: {text:?}"));
+    }
+    Ok(())
+}
+
+/// A row's expected outcome when a default route forwards it as a plain request.
+const FORWARDED: u16 = 200;
+
+/// The rows as a default route sees them: a row that is not an upgrade at all (426 on a
+/// WebSocket-only route) is forwarded there, to the acceptor instead of the recorder. So is
+/// the plain GET with a body length: a body is no fault of a plain request (on an upgrade it
+/// is, and those rows keep their 400); the acceptor answers before the body, and the proxy
+/// closes after that answer.
+fn forwarding(rows: Vec<Row>) -> Vec<Row> {
+    rows.into_iter()
+        .map(|mut r| {
+            if r.want == 426 || r.name == "plain GET with a body length" {
+                r.want = FORWARDED;
+                let at = r
+                    .bytes
+                    .windows(5)
+                    .position(|w| w == b"/rec/")
+                    .expect("a /rec/ target");
+                r.bytes.splice(at..at + 5, b"/ok/".iter().copied());
+            }
+            r
+        })
+        .collect()
+}
+
 e2e!(hostile_heads, |relay| async move {
     let recorder = RecordingBackend::start().await;
     let acceptor = RawBackend::start_with(Behavior::Accept101Echo).await;
@@ -1127,7 +1208,7 @@ e2e!(hostile_heads, |relay| async move {
         .start()
         .await;
 
-    let rows = table();
+    let rows = forwarding(table());
     assert!(rows.len() >= 300, "only {} rows", rows.len());
     let mut failures = Vec::new();
     let mut done = 0;
@@ -1156,7 +1237,10 @@ e2e!(hostile_heads, |relay| async move {
             recorder.describe()
         ));
     }
-    let passing = rows.iter().filter(|r| r.want == 101).count();
+    let passing = rows
+        .iter()
+        .filter(|r| r.want == 101 || r.want == FORWARDED)
+        .count();
     // Rows that got their 101 have had their head read; allow for a straggler.
     for _ in 0..50 {
         if acceptor.heads().len() >= passing {
@@ -1218,6 +1302,47 @@ e2e!(hostile_heads, |relay| async move {
         failures.join("\n  ")
     );
 });
+
+// On a route with `http = false` the rows that are not upgrades keep their 426 (and the plain
+// GET with a body length gets it too: there it is a plain request, refused as such), and the
+// backend gets nothing.
+e2e!(
+    websocket_only_route_refuses_plain_requests,
+    |relay| async move {
+        let recorder = RecordingBackend::start().await;
+        let echo = EchoBackend::start().await;
+        let proxy = http::with_routes(
+            Proxy::builder(relay)
+                .limit("max_head_bytes", MAX_HEAD)
+                .limit("max_headers", MAX_HEADERS),
+            &[
+                http::r("/rec", &[recorder.addr]).key("http", "false"),
+                http::r("/echo", &[echo.addr]).key("http", "false"),
+            ],
+        )
+        .start()
+        .await;
+        let mut rows: Vec<Row> = table().into_iter().filter(|r| r.want == 426).collect();
+        assert_eq!(rows.len(), 14, "the plain rows of the corpus");
+        let mut body = table()
+            .into_iter()
+            .find(|r| r.name == "plain GET with a body length")
+            .expect("row");
+        body.want = 426;
+        rows.push(body);
+        let mut failures = Vec::new();
+        for r in &rows {
+            if let Err(e) = run_row(&proxy, r).await {
+                failures.push(format!("[{}] {}: {e}", r.category, r.name));
+            }
+        }
+        let mut ws = ws_connect(&proxy, "/echo").await;
+        ws_echo_once(&mut ws, "after the plain rows").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(recorder.counts(), (0, 0), "{}", recorder.describe());
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+);
 
 // ---------------------------------------------------------------------------------------------
 // Pipelining: after the head, every byte is tunnel data

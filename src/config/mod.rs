@@ -34,6 +34,7 @@
 //!   value     value parsers: durations, sizes, addresses, networks, prefixes, hosts
 //!   root      the top-level keys; where each section is read
 //!   sections  [timeouts] [limits] [keepalive] [splice] [access_log] [proxy_protocol] [tls]
+//!             [backend_pool]
 //!   route     [[route]]
 //!   cli       Config::from_cli: the --listen/--route flags; --tls-listen/--cert/--key
 //! ```
@@ -60,8 +61,9 @@ use toml::de::DeTable;
 pub use cli::TlsFlags;
 pub use error::ConfigError;
 pub use model::{
-    AccessLog, CertPair, Config, ForwardedFor, Keepalive, Limits, LogFormat, ProxyIn, ProxyVersion,
-    Relay, RelayMode, Route, Timeouts, Tls, UnknownSni, WorkerModel,
+    AccessLog, BackendPool, BackendProtocol, Balance, CertPair, Config, ForwardedFor, HashKey,
+    Keepalive, Limits, LogFormat, ProxyIn, ProxyVersion, Relay, RelayMode, Route, RouteOptions,
+    SameSite, StickyCookie, Timeouts, Tls, UnknownSni, WorkerModel,
 };
 use walk::{Source, Table};
 

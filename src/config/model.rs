@@ -45,6 +45,9 @@ pub struct Timeouts {
     pub half_close: Duration,
     /// On SIGTERM/SIGINT, tunnels may run this long before they are closed (default 30 s).
     pub drain: Duration,
+    /// A keep-alive client connection may wait this long for its next request (default 60 s);
+    /// then it is closed without an answer, as nginx's `keepalive_timeout`.
+    pub client_idle: Duration,
 }
 
 /// Resource limits.
@@ -101,6 +104,142 @@ pub struct Route {
     pub forwarded_for: ForwardedFor,
     /// Send a PROXY protocol header of this version to the backend first (default: none).
     pub send_proxy: Option<ProxyVersion>,
+    /// Plain HTTP forwarding, balancing, origins and the backend protocol.
+    pub options: RouteOptions,
+}
+
+/// What a route does besides WebSocket upgrades; every key has a default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteOptions {
+    /// Forward plain HTTP/1.1 requests (default true); false answers them 426 (a WebSocket-only
+    /// route).
+    pub http: bool,
+    /// How long a forwarded request may wait for the backend: for its answer, and between two
+    /// reads of a streamed answer (default 60 s, above engine.io's 25 s ping + 20 s timeout).
+    pub response_timeout: Duration,
+    /// How a backend is chosen for a new connection or request.
+    pub balance: Balance,
+    /// Origins allowed to upgrade or send requests (`https://example.com`); empty: any. A
+    /// request with another `Origin` is answered 403; one without `Origin` passes.
+    pub origins: Vec<String>,
+    /// How requests are written to the backends.
+    pub protocol: BackendProtocol,
+}
+
+impl Default for RouteOptions {
+    fn default() -> Self {
+        RouteOptions {
+            http: true,
+            response_timeout: Duration::from_secs(60),
+            balance: Balance::default(),
+            origins: Vec::new(),
+            protocol: BackendProtocol::Http,
+        }
+    }
+}
+
+/// The wire protocol spoken to a route's backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendProtocol {
+    /// HTTP/1.1 (WebSocket upgrades and plain requests).
+    #[default]
+    Http,
+    /// uwsgi packets (nginx's `uwsgi_pass`): plain requests only, one per connection.
+    Uwsgi,
+}
+
+/// How a route spreads clients over its backends. The backend tried first is chosen by the
+/// mode; when it fails, the others are tried in list order after it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Balance {
+    /// Each new connection or request takes the next backend.
+    #[default]
+    RoundRobin,
+    /// The backend with the fewest open tunnels and requests.
+    LeastConn,
+    /// The same key always picks the same backend (rendezvous hashing: adding or removing a
+    /// backend moves only the keys of that backend).
+    Hash(HashKey),
+    /// The proxy sets a cookie naming the backend on answers, and routes by it afterwards.
+    Cookie(StickyCookie),
+}
+
+/// What `balance = "hash"` hashes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum HashKey {
+    /// The client address (its IP, without the port), as nginx's `ip_hash`.
+    #[default]
+    ClientIp,
+    /// The value of this cookie; requests without it fall back to the client address.
+    Cookie(String),
+    /// The value of this query parameter; requests without it fall back to the client address.
+    Query(String),
+    /// The value of this request header; requests without it fall back to the client address.
+    Header(String),
+}
+
+/// The cookie of `balance = "cookie"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StickyCookie {
+    /// Default `wsplice_backend`.
+    pub name: String,
+    /// Add `Secure` (default false: set it when clients reach you over HTTPS).
+    pub secure: bool,
+    /// Add `HttpOnly` (default true).
+    pub http_only: bool,
+    /// `SameSite` attribute (default `Lax`).
+    pub same_site: SameSite,
+}
+
+impl Default for StickyCookie {
+    fn default() -> Self {
+        StickyCookie {
+            name: "wsplice_backend".to_owned(),
+            secure: false,
+            http_only: true,
+            same_site: SameSite::Lax,
+        }
+    }
+}
+
+/// A cookie's `SameSite` attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SameSite {
+    #[default]
+    Lax,
+    Strict,
+    /// Requires `Secure` in browsers.
+    None,
+}
+
+impl SameSite {
+    /// The attribute value as written in `Set-Cookie` (and in the config, lower-cased).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SameSite::Lax => "Lax",
+            SameSite::Strict => "Strict",
+            SameSite::None => "None",
+        }
+    }
+}
+
+/// The per-worker pool of idle backend connections kept for plain HTTP requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendPool {
+    /// Idle connections kept per worker, all backends together (default 64; 0 disables reuse).
+    pub max_idle: usize,
+    /// An idle connection is closed after this (default 30 s; keep it below the backends' own
+    /// keep-alive timeout, so that they rarely close a connection the proxy is about to reuse).
+    pub idle_timeout: Duration,
+}
+
+impl Default for BackendPool {
+    fn default() -> Self {
+        BackendPool {
+            max_idle: 64,
+            idle_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 /// PROXY protocol version sent to backends.
@@ -202,6 +341,8 @@ pub struct Config {
     pub underscores_in_headers: bool,
     /// TLS listeners and certificates (`[tls]`, or `--tls-listen` with `--cert`/`--key`).
     pub tls: Tls,
+    /// Idle backend connections kept for reuse by plain HTTP requests.
+    pub backend_pool: BackendPool,
 }
 
 /// How workers run: `worker_model` (or `--worker-model`).
@@ -261,6 +402,7 @@ impl Default for Timeouts {
             idle: Duration::from_secs(3600),
             half_close: Duration::from_secs(30),
             drain: Duration::from_secs(30),
+            client_idle: Duration::from_secs(60),
         }
     }
 }
@@ -355,6 +497,7 @@ impl Config {
             proxy_protocol: ProxyIn::default(),
             underscores_in_headers: true,
             tls: Tls::default(),
+            backend_pool: BackendPool::default(),
         }
     }
 }
@@ -370,6 +513,7 @@ impl Route {
             strip_prefix: true,
             forwarded_for: ForwardedFor::Append,
             send_proxy: None,
+            options: RouteOptions::default(),
         }
     }
 }

@@ -1,8 +1,11 @@
 //! `[[route]]`: one table per route.
 
-use super::value::{normalize_host, normalize_prefix, parse_backend};
+use super::value::{normalize_host, normalize_origin, normalize_prefix, parse_backend};
 use super::walk::{key, required, Field, Key};
-use super::{Config, ConfigError, ForwardedFor, ProxyVersion, Route};
+use super::{
+    BackendProtocol, Balance, Config, ConfigError, ForwardedFor, HashKey, ProxyVersion, Route,
+    SameSite, StickyCookie,
+};
 
 /// The keys of one `[[route]]` table, one a row.
 #[rustfmt::skip]
@@ -15,7 +18,107 @@ const KEYS: &[Key<Route>] = &[
         f.choice(&FORWARDED_FOR, ForwardedFor::as_str).map(|v| r.forwarded_for = v)
     }),
     key("send_proxy", |r, f| f.choice(&SEND_PROXY, send_proxy_spelling).map(|v| r.send_proxy = v)),
+    key("http", |r, f| f.bool().map(|b| r.options.http = b)),
+    key("response_timeout", |r, f| f.positive_duration().map(|d| r.options.response_timeout = d)),
+    key("balance", balance),
+    key("hash_key", hash_key),
+    key("cookie_name", |r, f| cookie(r, f, |c, f| f.parsed(cookie_name).map(|n| c.name = n))),
+    key("cookie_secure", |r, f| cookie(r, f, |c, f| f.bool().map(|b| c.secure = b))),
+    key("cookie_http_only", |r, f| cookie(r, f, |c, f| f.bool().map(|b| c.http_only = b))),
+    key("cookie_same_site", |r, f| {
+        cookie(r, f, |c, f| f.choice(&SAME_SITE, same_site_spelling).map(|s| c.same_site = s))
+    }),
+    key("origins", origins),
+    key("protocol", |r, f| f.choice(&PROTOCOLS, protocol_spelling).map(|p| r.options.protocol = p)),
 ];
+
+const BALANCE: [&str; 4] = ["round_robin", "least_conn", "hash", "cookie"];
+const SAME_SITE: [SameSite; 3] = [SameSite::Lax, SameSite::Strict, SameSite::None];
+const PROTOCOLS: [BackendProtocol; 2] = [BackendProtocol::Http, BackendProtocol::Uwsgi];
+
+fn same_site_spelling(s: SameSite) -> &'static str {
+    match s {
+        SameSite::Lax => "lax",
+        SameSite::Strict => "strict",
+        SameSite::None => "none",
+    }
+}
+
+fn protocol_spelling(p: BackendProtocol) -> &'static str {
+    match p {
+        BackendProtocol::Http => "http",
+        BackendProtocol::Uwsgi => "uwsgi",
+    }
+}
+
+fn balance(route: &mut Route, field: &Field<'_>) -> Result<(), ConfigError> {
+    route.options.balance = match field.choice(&BALANCE, |s| s)? {
+        "least_conn" => Balance::LeastConn,
+        "hash" => Balance::Hash(HashKey::ClientIp),
+        "cookie" => Balance::Cookie(StickyCookie::default()),
+        _ => Balance::RoundRobin,
+    };
+    Ok(())
+}
+
+/// `client_ip`, `cookie:NAME`, `query:NAME` or `header:NAME`; only with `balance = "hash"`
+/// (read after `balance`).
+fn hash_key(route: &mut Route, field: &Field<'_>) -> Result<(), ConfigError> {
+    let Balance::Hash(key) = &mut route.options.balance else {
+        return Err(field.error("hash_key needs balance = \"hash\" in the same [[route]]"));
+    };
+    let s = field.str()?;
+    let named = |kind: &str| {
+        s.strip_prefix(kind)
+            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_graphic() && b != b';'))
+            .map(str::to_owned)
+    };
+    *key = if s == "client_ip" {
+        HashKey::ClientIp
+    } else if let Some(n) = named("cookie:") {
+        HashKey::Cookie(n)
+    } else if let Some(n) = named("query:") {
+        HashKey::Query(n)
+    } else if let Some(n) = named("header:") {
+        HashKey::Header(n)
+    } else {
+        return Err(field.error(format!(
+            "invalid value {s:?}: expected \"client_ip\", \"cookie:NAME\", \"query:NAME\" or \"header:NAME\""
+        )));
+    };
+    Ok(())
+}
+
+/// A `cookie_*` key: only with `balance = "cookie"` (read after `balance`).
+fn cookie(
+    route: &mut Route,
+    field: &Field<'_>,
+    set: fn(&mut StickyCookie, &Field<'_>) -> Result<(), ConfigError>,
+) -> Result<(), ConfigError> {
+    match &mut route.options.balance {
+        Balance::Cookie(c) => set(c, field),
+        _ => Err(field.error("cookie settings need balance = \"cookie\" in the same [[route]]")),
+    }
+}
+
+/// A cookie name is an RFC 6265 token.
+fn cookie_name(s: &str) -> Result<String, String> {
+    let separator = |b: u8| b"()<>@,;:\\\"/[]?={} \t".contains(&b);
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_graphic() && !separator(b)) {
+        return Err(format!(
+            "invalid cookie name {s:?}: letters, digits and !#$%&'*+-.^_`|~ only"
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+fn origins(route: &mut Route, field: &Field<'_>) -> Result<(), ConfigError> {
+    let items = field.items("an array of origins, such as [\"https://example.com\"]")?;
+    for item in items {
+        route.options.origins.push(item.parsed(normalize_origin)?);
+    }
+    Ok(())
+}
 
 const FORWARDED_FOR: [ForwardedFor; 2] = [ForwardedFor::Append, ForwardedFor::Replace];
 const SEND_PROXY: [Option<ProxyVersion>; 3] =
@@ -50,6 +153,10 @@ pub(super) fn routes(cfg: &mut Config, field: &Field<'_>) -> Result<(), ConfigEr
             )));
         }
         lines.push(prefix.line());
+        if route.options.protocol == BackendProtocol::Uwsgi && route.send_proxy.is_some() {
+            let at = table.require("send_proxy")?;
+            return Err(at.error("uwsgi backends take no PROXY header: remove send_proxy"));
+        }
         cfg.routes.push(route);
     }
     Ok(())

@@ -1,5 +1,5 @@
 //! The `[table]` sections: `[timeouts]`, `[limits]`, `[keepalive]`, `[splice]`, `[access_log]`,
-//! `[proxy_protocol]` and `[tls]`.
+//! `[proxy_protocol]`, `[tls]` and `[backend_pool]`.
 //!
 //! Each section is one [`Key`] table: the keys it accepts, in the order they are documented,
 //! and how each is read. A key not in the table is rejected with the table's names as the hint.
@@ -11,8 +11,8 @@ use std::time::Duration;
 use super::value::{one_of, parse_addr};
 use super::walk::{key, required, Field, Key};
 use super::{
-    AccessLog, CertPair, Config, ConfigError, Keepalive, Limits, LogFormat, Relay, Timeouts,
-    UnknownSni,
+    AccessLog, BackendPool, CertPair, Config, ConfigError, Keepalive, Limits, LogFormat, Relay,
+    Timeouts, UnknownSni,
 };
 
 const HEAD_BYTES: RangeInclusive<u64> = 1024..=1 << 20;
@@ -33,6 +33,14 @@ pub(super) const TIMEOUTS: &[Key<Timeouts>] = &[
     key("idle", |t, f| f.duration().map(|d| t.idle = d)),
     key("half_close", |t, f| f.duration().map(|d| t.half_close = d)),
     key("drain", |t, f| f.duration().map(|d| t.drain = d)),
+    key("client_idle", |t, f| f.positive_duration().map(|d| t.client_idle = d)),
+];
+
+/// `[backend_pool]`: idle backend connections kept for plain HTTP requests.
+#[rustfmt::skip]
+pub(super) const BACKEND_POOL: &[Key<BackendPool>] = &[
+    key("max_idle", |p, f| f.uint_in(0..=1 << 20).map(|n| p.max_idle = n)),
+    key("idle_timeout", |p, f| f.positive_duration().map(|d| p.idle_timeout = d)),
 ];
 
 /// `[limits]`.

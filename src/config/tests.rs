@@ -85,6 +85,7 @@ fn full_example() {
             idle: secs(5400),
             half_close: Duration::ZERO,
             drain: secs(30),
+            client_idle: secs(60),
         },
         limits: Limits {
             max_connections: Some(10000),
@@ -114,6 +115,7 @@ fn full_example() {
                 strip_prefix: false,
                 forwarded_for: ForwardedFor::Replace,
                 send_proxy: None,
+                options: Default::default(),
             },
             Route {
                 prefix: "/".into(),
@@ -122,6 +124,7 @@ fn full_example() {
                 strip_prefix: true,
                 forwarded_for: ForwardedFor::Append,
                 send_proxy: None,
+                options: Default::default(),
             },
         ],
         admin: None,
@@ -144,6 +147,7 @@ fn full_example() {
             unknown_sni: UnknownSni::Refuse,
             session_tickets: false,
         },
+        backend_pool: BackendPool::default(),
     };
     assert_eq!(cfg, want);
 }
@@ -209,7 +213,8 @@ fn defaults() {
             connect: secs(5),
             idle: secs(3600),
             half_close: secs(30),
-            drain: secs(30)
+            drain: secs(30),
+            client_idle: secs(60),
         }
     );
     assert_eq!(
@@ -539,7 +544,7 @@ fn unknown_keys() {
     let e = parse(&format!("listn = []\n{LISTEN}{ROUTE}")).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "t.toml:1: unknown key `listn` (expected one of: listen, workers, worker_model, relay, timeouts, limits, keepalive, splice, route, admin, access_log, trusted_proxies, proxy_protocol, underscores_in_headers, tls)"
+        "t.toml:1: unknown key `listn` (expected one of: listen, workers, worker_model, relay, timeouts, limits, keepalive, splice, route, admin, access_log, trusted_proxies, proxy_protocol, underscores_in_headers, tls, backend_pool)"
     );
 }
 
@@ -547,7 +552,10 @@ fn unknown_keys() {
 #[test]
 fn unknown_key_hints_name_each_sections_keys() {
     for (section, keys) in [
-        ("[timeouts]", "handshake, connect, idle, half_close, drain"),
+        (
+            "[timeouts]",
+            "handshake, connect, idle, half_close, drain, client_idle",
+        ),
         (
             "[limits]",
             "max_connections, max_head_bytes, max_headers, max_connections_per_ip",
@@ -557,9 +565,12 @@ fn unknown_key_hints_name_each_sections_keys() {
         ("[access_log]", "path, format"),
         ("[proxy_protocol]", "listen, trusted"),
         ("[tls]", "listen, cert, unknown_sni, session_tickets"),
+        ("[backend_pool]", "max_idle, idle_timeout"),
         (
             "[[route]]",
-            "prefix, host, backends, strip_prefix, forwarded_for, send_proxy",
+            "prefix, host, backends, strip_prefix, forwarded_for, send_proxy, http, \
+             response_timeout, balance, hash_key, cookie_name, cookie_secure, cookie_http_only, \
+             cookie_same_site, origins, protocol",
         ),
     ] {
         let e = error_for(&format!("{LISTEN}{ROUTE}{section}\nnope = 1\n"));

@@ -241,3 +241,31 @@ pub(super) fn normalize_host(s: &str) -> Result<String, String> {
     }
     Ok(host)
 }
+
+/// An origin as browsers send it: `scheme://host[:port]`, lower-cased, without a path; `null`
+/// as is.
+pub(super) fn normalize_origin(s: &str) -> Result<String, String> {
+    if s == "null" {
+        return Ok(s.to_owned());
+    }
+    let lower = s.trim_end_matches('/').to_ascii_lowercase();
+    let Some((scheme, rest)) = lower.split_once("://") else {
+        return Err(format!(
+            "invalid origin {s:?}: expected scheme://host[:port], such as https://example.com"
+        ));
+    };
+    let ok_scheme = !scheme.is_empty()
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
+    let ok_rest = !rest.is_empty()
+        && rest.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':' | b'[' | b']')
+        });
+    if !ok_scheme || !ok_rest {
+        return Err(format!(
+            "invalid origin {s:?}: expected scheme://host[:port] without a path, such as https://example.com"
+        ));
+    }
+    Ok(lower)
+}

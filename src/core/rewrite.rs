@@ -17,7 +17,7 @@
 
 use crate::config::ForwardedFor;
 use crate::core::head::RequestHead;
-use crate::core::validate::tokens;
+use crate::core::validate::{tokens, Body};
 use std::io::Write as _;
 use std::net::IpAddr;
 
@@ -56,23 +56,34 @@ fn named_in_connection(req: &RequestHead<'_, '_>, name: &str) -> bool {
 /// header the proxy strips or writes would forge it. Such lookalikes never pass; other names with
 /// `_` pass unless `underscores` is off (then every one is dropped, as nginx does by default).
 pub fn passes_through(req: &RequestHead<'_, '_>, name: &str, underscores: bool) -> bool {
+    passes(req, name, underscores, false)
+}
+
+/// [`passes_through`] for a plain request, whose Content-Length is written fresh.
+pub fn passes_through_plain(req: &RequestHead<'_, '_>, name: &str, underscores: bool) -> bool {
+    passes(req, name, underscores, true)
+}
+
+fn passes(req: &RequestHead<'_, '_>, name: &str, underscores: bool, plain: bool) -> bool {
     if !name.contains('_') {
-        return !stripped(req, name);
+        return !stripped(req, name, plain);
     }
-    underscores && !stripped(req, name) && !stripped(req, &name.replace('_', "-"))
+    underscores && !stripped(req, name, plain) && !stripped(req, &name.replace('_', "-"), plain)
 }
 
 /// True for a name the proxy removes: hop-by-hop, its own forwarding headers (written fresh),
-/// or named in Connection.
-fn stripped(req: &RequestHead<'_, '_>, name: &str) -> bool {
+/// or named in Connection; for a plain request also Content-Length, which is written fresh from
+/// the validated value.
+fn stripped(req: &RequestHead<'_, '_>, name: &str, plain: bool) -> bool {
     is_hop_by_hop(name)
         || name.eq_ignore_ascii_case("x-real-ip")
         || name.eq_ignore_ascii_case("x-forwarded-proto")
         || name.eq_ignore_ascii_case("x-forwarded-for")
+        || (plain && name.eq_ignore_ascii_case("content-length"))
         || named_in_connection(req, name)
 }
 
-/// What the proxy says about the client in the headers it adds.
+/// What the proxy says about the client in the headers it adds at the end of a backend head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Forwarding {
     pub client_ip: IpAddr,
@@ -83,34 +94,61 @@ pub struct Forwarding {
     pub https: bool,
 }
 
-/// Appends the backend's request head to `out`.
-pub fn write_backend_head(
+/// Appends the backend's head for a plain request to `out`: the client's method, the rewritten
+/// target, the client's end-to-end headers, the body framing written fresh
+/// (`Content-Length: n` or `Transfer-Encoding: chunked`), `Connection: close` unless the
+/// backend connection may be reused, and the proxy's forwarding headers.
+///
+/// ```text
+/// {METHOD} {target, prefix stripped} HTTP/1.1
+/// {client headers in order, minus those the upgrade head drops, minus Content-Length}
+/// Content-Length: {n}            | Transfer-Encoding: chunked     (when there is a body)
+/// Connection: close                                               (when not reusable)
+/// X-Real-IP / X-Forwarded-For / X-Forwarded-Proto                 (as for an upgrade)
+/// ```
+pub fn write_request_head(
     out: &mut Vec<u8>,
     req: &RequestHead<'_, '_>,
     path: &str,
     query: &str,
-    f: &Forwarding,
+    body: Body,
+    reuse: bool,
+    fwd: &Forwarding,
 ) {
-    let Forwarding {
-        client_ip,
-        forwarded_for,
-        underscores,
-        https,
-    } = *f;
-    let proto = if https { "https" } else { "http" };
-    out.extend_from_slice(b"GET ");
+    out.extend_from_slice(req.method.as_bytes());
+    out.push(b' ');
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(query.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for h in req.headers {
-        if passes_through(req, h.name, underscores) {
+        if passes(req, h.name, fwd.underscores, true) {
             out.extend_from_slice(h.name.as_bytes());
             out.extend_from_slice(b": ");
             out.extend_from_slice(h.value);
             out.extend_from_slice(b"\r\n");
         }
     }
-    out.extend_from_slice(b"Upgrade: websocket\r\nConnection: upgrade\r\n");
+    match body {
+        Body::Length(n) => {
+            let _ = write!(out, "Content-Length: {n}\r\n");
+        }
+        Body::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        Body::None | Body::UntilClose => {}
+    }
+    if !reuse {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    write_forwarded(out, req, fwd);
+}
+
+fn write_forwarded(out: &mut Vec<u8>, req: &RequestHead<'_, '_>, fwd: &Forwarding) {
+    let Forwarding {
+        client_ip,
+        forwarded_for,
+        https,
+        ..
+    } = *fwd;
+    let proto = if https { "https" } else { "http" };
     let _ = write!(out, "X-Real-IP: {client_ip}\r\nX-Forwarded-For: ");
     if forwarded_for == ForwardedFor::Append && !named_in_connection(req, "x-forwarded-for") {
         // Several X-Forwarded-For lines are one comma-separated list (RFC 9110 §5.3).
@@ -123,6 +161,30 @@ pub fn write_backend_head(
         }
     }
     let _ = write!(out, "{client_ip}\r\nX-Forwarded-Proto: {proto}\r\n\r\n");
+}
+
+/// Appends the backend's request head to `out`.
+pub fn write_backend_head(
+    out: &mut Vec<u8>,
+    req: &RequestHead<'_, '_>,
+    path: &str,
+    query: &str,
+    fwd: &Forwarding,
+) {
+    out.extend_from_slice(b"GET ");
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(query.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for h in req.headers {
+        if passes_through(req, h.name, fwd.underscores) {
+            out.extend_from_slice(h.name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(h.value);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    out.extend_from_slice(b"Upgrade: websocket\r\nConnection: upgrade\r\n");
+    write_forwarded(out, req, fwd);
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 use crate::config::Route;
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// One route as the workers use it: the configured [`Route`] (its fields read through
@@ -19,6 +19,11 @@ pub struct RouteEntry {
     /// With worker processes, the cursor lives in memory they share (word `.1` of `.0`), so
     /// their choices interleave as one round robin, as worker threads' do.
     shared: Option<(Arc<dyn SharedWords>, usize)>,
+    /// Tunnels and requests open per backend (`least_conn`), this process's workers together.
+    pub(crate) load: Box<[AtomicU32]>,
+    /// Each backend's sticky-cookie value (`balance = "cookie"`): a hash of its address, so it
+    /// stays the same across restarts, reloads and proxies.
+    pub(crate) cookie_ids: Box<[String]>,
 }
 
 /// Counter words shared with other processes (the driver's shared memory), for cursors.
@@ -36,7 +41,7 @@ impl std::ops::Deref for RouteEntry {
 }
 
 impl RouteEntry {
-    /// The first backend to try for a new connection; advances the round robin.
+    /// The next backend in round-robin order; advances the cursor.
     pub fn first_backend(&self) -> usize {
         let n = match &self.shared {
             Some((words, i)) => words.word(*i).fetch_add(1, Ordering::Relaxed) as usize,
@@ -80,6 +85,12 @@ impl RouteTable {
                 route: r.clone(),
                 next: AtomicUsize::new(0),
                 shared: shared.clone().map(|w| (w, i)),
+                load: r.backends.iter().map(|_| AtomicU32::new(0)).collect(),
+                cookie_ids: r
+                    .backends
+                    .iter()
+                    .map(crate::core::balance::cookie_id)
+                    .collect(),
             });
             match &r.host {
                 Some(h) => {
@@ -157,6 +168,7 @@ pub(crate) fn test_route(prefix: &str, backends: &[&str]) -> Route {
         strip_prefix: true,
         forwarded_for: crate::config::ForwardedFor::Append,
         send_proxy: None,
+        options: Default::default(),
     }
 }
 
@@ -173,6 +185,7 @@ mod tests {
             strip_prefix: strip,
             forwarded_for: ForwardedFor::Append,
             send_proxy: None,
+            options: Default::default(),
         }
     }
 

@@ -18,6 +18,9 @@ pub struct Settings {
     pub proxy_trusted: Vec<ipnet::IpNet>,
     /// Forward header names containing `_` (lookalikes of stripped headers never pass).
     pub underscores_in_headers: bool,
+    /// Backend connections of plain requests may be kept for reuse (`backend_pool.max_idle`
+    /// is not 0).
+    pub backend_reuse: bool,
 }
 
 impl Settings {
@@ -31,6 +34,7 @@ impl Settings {
             trusted_proxies: Vec::new(),
             proxy_trusted: Vec::new(),
             underscores_in_headers: true,
+            backend_reuse: true,
         }
     }
 

@@ -12,11 +12,16 @@ pub enum Reject {
     NoRoute,
     /// 405: CONNECT.
     Connect,
-    /// 408: the whole head did not arrive within `timeouts.handshake`.
+    /// 403: the request's `Origin` is not in the route's `origins`.
+    Forbidden,
+    /// 408: the whole head did not arrive within `timeouts.handshake`, or a forwarded request's
+    /// body stalled for the route's `response_timeout`.
     HandshakeTimeout,
+    /// 411: a chunked request body for a uwsgi backend (uwsgi needs the length up front).
+    LengthRequired,
     /// 414: the request target is longer than half of `max_head_bytes`.
     UriTooLong,
-    /// 426: a plain HTTP request (no upgrade): forwarding plain HTTP comes later.
+    /// 426: a plain HTTP request on a route with `http = false` (WebSocket only).
     NotUpgrade,
     /// 431: the head exceeds `max_head_bytes` or has more than `max_headers` headers.
     HeadTooLarge,
@@ -65,6 +70,8 @@ pub enum BadRequest {
     /// Plain HTTP sent to a TLS listener: answered in plain text, with a body saying so (as
     /// nginx does), instead of a TLS alert the client cannot read.
     PlainHttpOnTls,
+    /// A forwarded request's chunked body is malformed (size line, chunk end or trailers).
+    Body,
 }
 
 /// Why a backend attempt failed.
@@ -85,11 +92,13 @@ pub enum BackendFailure {
 impl Reject {
     /// One failure of each kind (the payload of `BadRequest` and `BackendFailed` stands for all
     /// of its values), in the order metrics list them.
-    pub const ALL: [Reject; 11] = [
+    pub const ALL: [Reject; 13] = [
         Reject::BadRequest(BadRequest::Syntax),
+        Reject::Forbidden,
         Reject::NoRoute,
         Reject::Connect,
         Reject::HandshakeTimeout,
+        Reject::LengthRequired,
         Reject::UriTooLong,
         Reject::NotUpgrade,
         Reject::TooManyFromIp,
@@ -121,9 +130,11 @@ impl Reject {
     pub const fn status(self) -> u16 {
         match self {
             Reject::BadRequest(_) => 400,
+            Reject::Forbidden => 403,
             Reject::NoRoute => 404,
             Reject::Connect => 405,
             Reject::HandshakeTimeout => 408,
+            Reject::LengthRequired => 411,
             Reject::UriTooLong => 414,
             Reject::NotUpgrade => 426,
             Reject::HeadTooLarge => 431,
@@ -143,12 +154,16 @@ impl Reject {
             Reject::BadRequest(_) => {
                 b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
             }
+            Reject::Forbidden => b"HTTP/1.1 403 Forbidden\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
             Reject::NoRoute => b"HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
             Reject::Connect => {
                 b"HTTP/1.1 405 Method Not Allowed\r\nAllow: GET\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
             }
             Reject::HandshakeTimeout => {
                 b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+            }
+            Reject::LengthRequired => {
+                b"HTTP/1.1 411 Length Required\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
             }
             Reject::UriTooLong => {
                 b"HTTP/1.1 414 URI Too Long\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
@@ -175,6 +190,49 @@ impl Reject {
     }
 }
 
+impl Reject {
+    /// The answer to a forwarded (plain HTTP) request: [`Reject::response`] with a one-line
+    /// text body a person in a browser can read.
+    pub fn page(self) -> Vec<u8> {
+        let why = match self {
+            Reject::BadRequest(_) => "the request is malformed.",
+            Reject::Forbidden => "requests from this origin are not allowed here.",
+            Reject::NoRoute => "no route matches this host and path.",
+            Reject::Connect => "CONNECT is not served.",
+            Reject::HandshakeTimeout => "the request did not arrive in time.",
+            Reject::LengthRequired => "this backend needs a Content-Length.",
+            Reject::UriTooLong => "the request target is too long.",
+            Reject::NotUpgrade => "this address serves WebSocket upgrades only.",
+            Reject::HeadTooLarge => "the request head is too large.",
+            Reject::TooManyFromIp => "too many connections from this address.",
+            Reject::BackendFailed(_) => "the backend failed or sent a broken answer.",
+            Reject::Overloaded => "the proxy is overloaded; try again shortly.",
+            Reject::BackendTimeout => "the backend did not answer in time.",
+        };
+        let head = self.response();
+        let line_end = head.windows(2).position(|w| w == b"\r\n").unwrap_or(0);
+        let status = String::from_utf8_lossy(&head[9..line_end]);
+        let body = format!("{status}: {why}\n");
+        let mut out = head[..line_end + 2].to_vec();
+        // The canned head ends with `Content-Length: 0`; the page has its own.
+        for line in head[line_end + 2..].split(|&b| b == b'\n') {
+            if line.starts_with(b"Content-Length") || line.is_empty() || line == b"\r" {
+                continue;
+            }
+            out.extend_from_slice(line);
+            out.push(b'\n');
+        }
+        out.extend_from_slice(
+            format!(
+                "Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,6 +250,18 @@ mod tests {
             let mut resp = httparse::Response::new(&mut headers);
             assert!(resp.parse(r.response()).expect("parses").is_complete());
             assert_eq!(resp.code, Some(r.status()));
+            let page = r.page();
+            let mut headers = [httparse::EMPTY_HEADER; 8];
+            let mut resp = httparse::Response::new(&mut headers);
+            let n = match resp.parse(&page) {
+                Ok(httparse::Status::Complete(n)) => n,
+                other => panic!("{other:?}: {}", String::from_utf8_lossy(&page)),
+            };
+            assert_eq!(resp.code, Some(r.status()));
+            let cl = resp.headers.iter().find(|h| h.name == "Content-Length");
+            let body = &page[n..];
+            assert_eq!(cl.map(|h| h.value), Some(body.len().to_string().as_bytes()));
+            assert!(body.starts_with(format!("{} ", r.status()).as_bytes()));
         }
     }
 }

@@ -75,11 +75,47 @@ fn valid_host(value: &[u8]) -> Option<&str> {
     Some(name)
 }
 
-/// Validates a parsed request as a WebSocket upgrade a proxy may forward.
+/// A plain (non-upgrade) request the proxy may forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plain<'b> {
+    /// Host without port, as sent (compare case-insensitively).
+    pub host: &'b str,
+    /// Path part of the target (before `?`), starts with `/`.
+    pub path: &'b str,
+    /// Query including the leading `?`, or empty.
+    pub query: &'b str,
+    /// How the request body is delimited: [`Body::None`], [`Body::Length`] or
+    /// [`Body::Chunked`] (never until close: a request cannot end by closing).
+    pub body: Body,
+}
+
+/// A request head as the proxy takes it: an upgrade to tunnel, or a plain request to forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request<'b> {
+    Upgrade(Upgrade<'b>),
+    Plain(Plain<'b>),
+}
+
+/// Validates a parsed request as a WebSocket upgrade a proxy may forward; a plain request is
+/// [`Reject::NotUpgrade`].
+pub fn validate_request<'b>(req: &RequestHead<'b, '_>) -> Result<Upgrade<'b>, Reject> {
+    match classify_request(req)? {
+        Request::Upgrade(u) => Ok(u),
+        Request::Plain(_) => Err(Reject::NotUpgrade),
+    }
+}
+
+/// Validates a parsed request head: a WebSocket upgrade, or a plain HTTP/1.1 request.
 ///
 /// Order matters only for which answer a request with several faults gets: 405 for CONNECT first,
-/// then framing (400), then "is this an upgrade at all" (426), then the upgrade's own fields (400).
-pub fn validate_request<'b>(req: &RequestHead<'b, '_>) -> Result<Upgrade<'b>, Reject> {
+/// then framing (400), then "is this an upgrade at all", then the upgrade's own fields or the
+/// plain request's body framing (400).
+///
+/// A request is an upgrade when it has an `Upgrade` header and `Connection` names `upgrade`;
+/// only `websocket` is accepted then. Anything else is plain, and must frame its body without
+/// doubt: one `Content-Length` of digits, or one `Transfer-Encoding: chunked` alone (no other
+/// coding, no `Content-Length` beside it), and HTTP/1.1.
+pub fn classify_request<'b>(req: &RequestHead<'b, '_>) -> Result<Request<'b>, Reject> {
     use BadRequest as B;
     let bad = Reject::BadRequest;
     if req.method == "CONNECT" {
@@ -91,6 +127,8 @@ pub fn validate_request<'b>(req: &RequestHead<'b, '_>) -> Result<Upgrade<'b>, Re
     let mut host = None;
     let mut hosts = 0;
     let mut content_length = None;
+    let mut transfer_encoding: Option<&[u8]> = None;
+    let mut transfer_encodings = 0;
     let mut upgrade: Option<&[u8]> = None;
     let mut upgrades = 0;
     let mut connection_upgrade = false;
@@ -122,7 +160,8 @@ pub fn validate_request<'b>(req: &RequestHead<'b, '_>) -> Result<Upgrade<'b>, Re
             }
             content_length = Some(t);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(bad(B::TransferEncoding));
+            transfer_encodings += 1;
+            transfer_encoding = Some(v);
         } else if name.eq_ignore_ascii_case("upgrade") {
             upgrades += 1;
             upgrade = Some(v);
@@ -142,14 +181,43 @@ pub fn validate_request<'b>(req: &RequestHead<'b, '_>) -> Result<Upgrade<'b>, Re
         return Err(bad(B::Host));
     }
     let host = host.and_then(valid_host).ok_or(bad(B::Host))?;
-    // A body on an upgrade would be read by the backend as body and by us as tunnel bytes.
-    if let Some(cl) = content_length {
-        if cl.iter().any(|&b| b != b'0') {
-            return Err(bad(B::ContentLength));
-        }
-    }
+    let (path, query) = match req.target.find('?') {
+        Some(i) => req.target.split_at(i),
+        None => (req.target, ""),
+    };
+    // 19 digits always fit a u64.
+    let length =
+        content_length.map(|cl| cl.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0')));
     if upgrades == 0 || !connection_upgrade {
-        return Err(Reject::NotUpgrade);
+        if req.version != 1 {
+            return Err(bad(B::Version));
+        }
+        let body = match (transfer_encodings, length) {
+            (0, None | Some(0)) => Body::None,
+            (0, Some(n)) => Body::Length(n),
+            // Exactly one coding, chunked, alone: a backend that reads another coding (or the
+            // Content-Length beside it) would see another end of the body than we do.
+            (1, None)
+                if transfer_encoding
+                    .is_some_and(|te| te.trim_ascii().eq_ignore_ascii_case(b"chunked")) =>
+            {
+                Body::Chunked
+            }
+            _ => return Err(bad(B::TransferEncoding)),
+        };
+        return Ok(Request::Plain(Plain {
+            host,
+            path,
+            query,
+            body,
+        }));
+    }
+    if transfer_encodings > 0 {
+        return Err(bad(B::TransferEncoding));
+    }
+    // A body on an upgrade would be read by the backend as body and by us as tunnel bytes.
+    if length.is_some_and(|n| n != 0) {
+        return Err(bad(B::ContentLength));
     }
     let is_websocket =
         upgrades == 1 && upgrade.is_some_and(|u| u.trim_ascii().eq_ignore_ascii_case(b"websocket"));
@@ -179,11 +247,7 @@ pub fn validate_request<'b>(req: &RequestHead<'b, '_>) -> Result<Upgrade<'b>, Re
     if !version_ok {
         return Err(bad(B::WebSocketVersion));
     }
-    let (path, query) = match req.target.find('?') {
-        Some(i) => req.target.split_at(i),
-        None => (req.target, ""),
-    };
-    Ok(Upgrade { host, path, query })
+    Ok(Request::Upgrade(Upgrade { host, path, query }))
 }
 
 /// What the backend answered.

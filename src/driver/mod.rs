@@ -17,6 +17,7 @@ pub mod admin;
 pub mod backends;
 pub mod epoll;
 pub mod limiter;
+pub mod pool;
 pub mod process;
 pub mod shared;
 pub mod stats;
@@ -176,12 +177,17 @@ pub struct Params {
     pub tuning: Tuning,
     /// Listen addresses (as configured) whose clients must start with a PROXY header.
     pub proxy_listen: Vec<SocketAddr>,
-    /// Some route sends PROXY headers: the local address of each connection is needed.
+    /// Some route sends PROXY headers or uwsgi packets: the local address of each connection is
+    /// needed.
     pub send_proxy: bool,
     /// Listen addresses (as configured) whose clients speak TLS.
     pub tls_listen: Vec<SocketAddr>,
     /// Certificates and rustls settings for them; `None` without TLS listeners.
     pub tls: Option<Arc<TlsSettings>>,
+    /// Idle backend connections this worker keeps for plain requests (0: none).
+    pub pool_max_idle: usize,
+    /// An idle pooled backend connection is closed after this.
+    pub pool_idle_timeout: std::time::Duration,
 }
 
 /// A new configuration for a worker.
@@ -318,9 +324,14 @@ fn params_with(
             trusted_proxies: cfg.trusted_proxies.clone(),
             proxy_trusted: cfg.proxy_protocol.trusted.clone(),
             underscores_in_headers: cfg.underscores_in_headers,
+            backend_reuse: cfg.backend_pool.max_idle > 0,
         }),
+        pool_max_idle: cfg.backend_pool.max_idle,
+        pool_idle_timeout: cfg.backend_pool.idle_timeout,
         proxy_listen: cfg.proxy_protocol.listen.clone(),
-        send_proxy: cfg.routes.iter().any(|r| r.send_proxy.is_some()),
+        send_proxy: cfg.routes.iter().any(|r| {
+            r.send_proxy.is_some() || r.options.protocol == crate::config::BackendProtocol::Uwsgi
+        }),
         tls_listen: cfg.tls.listen.clone(),
         tls,
         max_connections,

@@ -101,7 +101,20 @@ metrics! {
     tls_versions = (counter "wsplice_tls_versions_total" by version in tls::VERSIONS);
     /// TLS sessions established, by cipher suite.
     tls_ciphers = (counter "wsplice_tls_ciphers_total" by cipher in tls::CIPHERS);
+    /// Forwarded (plain HTTP) requests, by the class of the status the client got (the
+    /// backend's or ours); "none": the client left before any answer.
+    requests = (counter "wsplice_http_requests_total" by class in STATUS_CLASSES);
+    /// Forwarded requests sent on an idle pooled backend connection instead of a new one.
+    pool_reused = (counter "wsplice_backend_pool_reused_total");
+    /// Idle backend connections kept in the pools now (see backend_pool.max_idle).
+    pool_idle = (gauge "wsplice_backend_pool_idle");
+    /// Forwarded requests sent again on a new connection because a pooled one failed before
+    /// any answer byte (the backend closed it as we picked it up).
+    retries = (counter "wsplice_http_retries_total");
 }
+
+/// The `class` label values of `wsplice_http_requests_total`.
+pub const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
 
 /// How Prometheus reads a family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -291,6 +304,15 @@ impl Counters {
                 self.tls_ciphers[c] += 1;
             }
         }
+    }
+
+    /// Counts a forwarded request under the class of its status (0: no answer).
+    pub fn count_request(&mut self, status: u16) {
+        let i = match status {
+            100..=599 => usize::from(status / 100 - 1),
+            _ => STATUS_CLASSES.len() - 1,
+        };
+        self.requests[i] += 1;
     }
 
     /// Counts a closed tunnel under its reason.

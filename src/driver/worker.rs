@@ -16,6 +16,7 @@ use crate::core::timer::{Clock, Tick, Wheel};
 use crate::driver::access_log::{LogSink, Record};
 use crate::driver::backends::BackendTable;
 use crate::driver::limiter::{ConnLimiter, IpLimiter};
+use crate::driver::pool::BackendPool;
 use crate::driver::stats::{BackendSnapshot, Counters, Published};
 use crate::driver::{Control, Params};
 use crate::sys::pipe::{Pipe, PipePool};
@@ -121,6 +122,8 @@ pub struct Worker {
     time: Time,
     scratch: Box<[u8]>,
     pool: PipePool,
+    /// Idle backend connections for plain HTTP requests.
+    backend_pool: BackendPool,
     relay_stats: RelayStats,
     counters: Counters,
     accept_paused_until: Option<Instant>,
@@ -148,6 +151,7 @@ impl Worker {
         Worker {
             id: cfg.id,
             pool: PipePool::new(cfg.params.max_pipes, cfg.params.pipe_size),
+            backend_pool: BackendPool::new(cfg.params.pool_max_idle, cfg.params.pool_idle_timeout),
             params: cfg.params,
             published: cfg.published,
             control: cfg.control,
@@ -201,13 +205,15 @@ impl Worker {
             return Some(Duration::ZERO);
         }
         let wheel = self.wheel.next_wait(self.time.tick);
-        let pause = self
-            .accept_paused_until
-            .map(|t| t.saturating_duration_since(self.time.now));
-        match (wheel, pause) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let until = |t: Instant| t.saturating_duration_since(self.time.now);
+        [
+            wheel,
+            self.accept_paused_until.map(until),
+            self.backend_pool.next_expiry().map(until),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     // ---- accepting -----------------------------------------------------------------------
@@ -409,6 +415,42 @@ impl Worker {
                         e.conn.handle(ev, &self.time);
                     }
                 }
+                Step::Checkout(addr) => {
+                    e.backend = None;
+                    if let Some(s) = self.backend_pool.checkout(addr, self.time.now) {
+                        if d.watch(s.as_fd(), Watch::Conn(key, Side::Backend)).is_ok() {
+                            e.backend = Some(s);
+                            self.counters.pool_reused += 1;
+                            e.conn.complete_connect(Connecting::Reused, &self.time);
+                            continue;
+                        }
+                    }
+                    let r = match self.connect(key, addr, d) {
+                        Ok(s) => {
+                            if let Some(Slot::Live(e)) = self.conns.get_mut(key) {
+                                e.backend = Some(s);
+                            }
+                            Connecting::Started
+                        }
+                        Err(why) => Connecting::Failed(why),
+                    };
+                    if let Some(Slot::Live(e)) = self.conns.get_mut(key) {
+                        e.conn.complete_connect(r, &self.time);
+                    }
+                }
+                Step::Release(addr) => {
+                    if let Some(b) = e.backend.take() {
+                        d.unwatch(b.as_fd());
+                        if self.draining.is_none() {
+                            self.backend_pool.release(addr, b, self.time.now);
+                        }
+                    }
+                }
+                Step::Log(log, reason) => {
+                    if let Some(sink) = &self.log {
+                        write_log(sink, &mut self.log_batch, &log, self.time.now, reason);
+                    }
+                }
                 Step::Connect(addr) => {
                     e.backend = None;
                     let r = match self.connect(key, addr, d) {
@@ -478,6 +520,14 @@ impl Worker {
             Note::Rejected(r) => self.counters.count_reject(r),
             Note::Full => self.counters.rejected_full += 1,
             Note::Answered => self.counters.forwarded += 1,
+            Note::Request {
+                status,
+                reused: _,
+                retried,
+            } => {
+                self.counters.count_request(status);
+                self.counters.retries += u64::from(retried);
+            }
             Note::RelayOpened { backend, handshake } => {
                 self.counters.observe_handshake(handshake);
                 self.counters.tunnels += 1;
@@ -564,6 +614,7 @@ impl Worker {
                 self.accept_wanted = true;
             }
         }
+        self.backend_pool.expire(self.time.now);
         self.reap();
         let done = self.drained(d);
         self.shrink_when_idle();
@@ -625,6 +676,7 @@ impl Worker {
         self.counters.connections = self.conns.len() as u64;
         self.counters.relay = self.relay_stats;
         self.counters.pipes = self.pool.stats();
+        self.counters.pool_idle = self.backend_pool.len() as u64;
         self.published.store(&self.counters);
     }
 
@@ -640,6 +692,8 @@ impl Worker {
                         self.remove_listener(addr, d);
                     }
                     self.pool.set_limits(r.params.max_pipes, r.params.pipe_size);
+                    self.backend_pool
+                        .set_limits(r.params.pool_max_idle, r.params.pool_idle_timeout);
                     self.params = r.params;
                     if self.draining.is_none() {
                         for (addr, l) in r.add {
@@ -653,6 +707,7 @@ impl Worker {
                 Control::Drain(until) => {
                     if self.draining.is_none() {
                         self.draining = Some(until);
+                        self.backend_pool.clear();
                         let addrs: Vec<SocketAddr> =
                             self.listeners.iter().flatten().map(|(a, _)| *a).collect();
                         for a in addrs {

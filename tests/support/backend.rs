@@ -170,7 +170,7 @@ pub enum Behavior {
     Manual,
     /// Reset it at once (SO_LINGER 0, close) without reading.
     Reset,
-    /// Read the head, answer a valid 101, then echo raw bytes.
+    /// Read the head, answer a valid 101, then echo raw bytes (a plain request: 200 and close).
     Accept101Echo,
     /// [`Behavior::Accept101Echo`], the 101 naming the backend: `X-Backend: NAME`.
     Accept101EchoNamed(&'static str),
@@ -215,7 +215,15 @@ impl RawBackend {
                                 return;
                             };
                             seen.lock().expect("heads").push(head.clone());
+                            let upgrade = super::header(&head, "upgrade").is_some();
                             let answer = match behavior {
+                                // A forwarded plain request: one answer, then this connection
+                                // ends (say so, or the proxy would send its next request here).
+                                _ if !upgrade => {
+                                    let plain = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+                                    let _ = stream.write_all(plain).await;
+                                    return;
+                                }
                                 Behavior::Accept101EchoNamed(name) => {
                                     response_101_with(&head, &[&format!("X-Backend: {name}")])
                                 }

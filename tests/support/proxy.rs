@@ -141,6 +141,7 @@ pub struct RouteSpec {
     forwarded_for: Option<&'static str>,
     host: Option<String>,
     send_proxy: Option<&'static str>,
+    http: Option<bool>,
 }
 
 /// A route for `prefix` over `backends`, everything else left at its default.
@@ -152,6 +153,7 @@ pub fn route(prefix: &str, backends: &[SocketAddr]) -> RouteSpec {
         forwarded_for: None,
         host: None,
         send_proxy: None,
+        http: None,
     }
 }
 
@@ -172,6 +174,11 @@ impl RouteSpec {
     /// `"v1"` or `"v2"`.
     pub fn send_proxy(mut self, version: &'static str) -> Self {
         self.send_proxy = Some(version);
+        self
+    }
+    /// `http = false`: plain requests get 426, as on a WebSocket-only route.
+    pub fn http(mut self, on: bool) -> Self {
+        self.http = Some(on);
         self
     }
 }
@@ -290,6 +297,9 @@ impl ProxyBuilder {
             }
             if let Some(v) = r.send_proxy {
                 s.push_str(&format!("send_proxy = \"{v}\"\n"));
+            }
+            if let Some(on) = r.http {
+                s.push_str(&format!("http = {on}\n"));
             }
         }
         if tls {

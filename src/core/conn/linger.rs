@@ -85,6 +85,25 @@ impl Linger {
         l
     }
 
+    /// A forwarded request ended with `out` for the client: our answer (a refusal), or
+    /// nothing after an answer that said `Connection: close`. Its access log line is written.
+    pub(super) fn after_http(
+        x: &super::http::Exchange,
+        out: Vec<u8>,
+        status: u16,
+        t: &Time,
+    ) -> Linger {
+        let reason = if status == 0 {
+            EndReason::Answered
+        } else {
+            EndReason::Rejected
+        };
+        let mut l = Linger::new(out, reason, t);
+        l.close_backend = true;
+        l.counted_ip = x.counted_ip;
+        l
+    }
+
     pub(super) fn handle(&mut self, ev: Event) {
         match ev {
             Event::Ready {

@@ -2,9 +2,13 @@
 //!
 //! ```text
 //!   accept ─▶ Upgrade ─(101)─▶ Relay ──(FIN both ways, reset, timeout, drain)──▶ End
-//!     │          │ refused, non-101 answer
-//!     │ full     ▼
-//!     └──────▶ Linger: write the answer, FIN, discard until the client closes ──▶ End
+//!     │        │  ▲  │ refused, non-101 answer
+//!     │        │  │  ▼
+//!     │ full   │  │ Linger: write the answer, FIN, discard until the client closes ──▶ End
+//!     └────────┼──┼──▲
+//!   plain request  │  │ our answer (502/504/...), or the answer said Connection: close
+//!              ▼  │  │
+//!              Http ─┘ answer out, keep-alive: the Upgrade stage reads the next head
 //! ```
 //!
 //! The driver tells a connection what happened ([`Conn::handle`]: readiness, a timer, a
@@ -14,16 +18,19 @@
 //! each out and reports its result (`complete_*`); it never asks which stage a connection is
 //! in. Upgrade and Linger are boxed: an idle relay's slab entry holds only [`Relay`] state.
 
+mod http;
 mod linger;
 mod upgrade;
 
 #[cfg(test)]
 mod tests;
 
+use crate::core::balance::Lease;
 use crate::core::handshake::{ConnectFailure, Settings};
 use crate::core::relay::{Check, CloseReason, Ctx, IoOp, Next, Pipes, Relay, Side, Timeouts, Way};
 use crate::core::status::Reject;
 use crate::core::timer::{at_or_before, Clock, Tick};
+use http::Exchange;
 use linger::Linger;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -101,6 +108,9 @@ pub enum Connecting {
     /// Not finished yet (a spurious event).
     Pending,
     Connected,
+    /// An idle pooled connection was handed over ([`Step::Checkout`]): connected, and
+    /// perhaps closed by the backend since (a request on it may be retried).
+    Reused,
     Failed(ConnectFailure),
 }
 
@@ -121,6 +131,13 @@ pub enum Note {
         backend: Option<SocketAddr>,
         handshake: Duration,
     },
+    /// A forwarded request ended with this status (ours or the backend's; 0 when the client
+    /// left before an answer), on a reused backend connection or not, retried or not.
+    Request {
+        status: u16,
+        reused: bool,
+        retried: bool,
+    },
 }
 
 /// Why a connection ended, as the access log says it.
@@ -136,6 +153,8 @@ pub enum EndReason {
     Rejected,
     /// The client got a backend's non-101 answer and the linger is over.
     Answered,
+    /// A forwarded request's answer broke off (the backend closed or timed out mid-answer).
+    Aborted,
 }
 
 impl EndReason {
@@ -147,6 +166,7 @@ impl EndReason {
             EndReason::Drained => "drain",
             EndReason::Rejected => "rejected",
             EndReason::Answered => "answered",
+            EndReason::Aborted => "aborted",
         }
     }
 }
@@ -176,6 +196,14 @@ pub enum Step {
     CheckConnect,
     /// Close the backend socket: the client gets an answer of ours.
     CloseBackend,
+    /// Like [`Step::Connect`], but an idle pooled connection to this backend may serve
+    /// instead ([`Connecting::Reused`]).
+    Checkout(SocketAddr),
+    /// The backend socket (connected to this address) is idle and clean: keep it in the
+    /// worker's pool for another request.
+    Release(SocketAddr),
+    /// Write an access log line for a forwarded request, with this reason.
+    Log(Box<ConnLog>, &'static str),
     /// Count this client against `max_connections_per_ip`, [`Conn::complete_admit`].
     Admit(IpAddr),
     /// Call [`Conn::handle`] with [`Event::Timer`] at this tick.
@@ -243,6 +271,9 @@ pub struct Relaying<P> {
     closed: Option<CloseReason>,
     /// Access log facts; allocated only when an access log is configured.
     log: Option<Box<ConnLog>>,
+    /// The tunnel's count for `least_conn` routes (dropped with the relay); boxed, as most
+    /// routes have none and the idle relay's entry must stay small.
+    _lease: Option<Box<Lease>>,
 }
 
 impl<P> Relaying<P> {
@@ -328,6 +359,7 @@ impl<P> Relaying<P> {
 #[derive(Debug)]
 pub enum Conn<P> {
     Upgrade(Box<Upgrading>),
+    Http(Box<Exchange>),
     Relay(Relaying<P>),
     Linger(Box<Linger>),
     /// Over: [`Step::End`] was returned.
@@ -353,6 +385,7 @@ impl<P> Conn<P> {
     pub fn armed(&self) -> Option<Tick> {
         match self {
             Conn::Upgrade(u) => Some(u.armed),
+            Conn::Http(x) => Some(x.armed),
             Conn::Relay(r) => Some(r.armed),
             Conn::Linger(l) => Some(l.armed),
             Conn::Ended => None,
@@ -363,6 +396,7 @@ impl<P> Conn<P> {
     pub fn handle(&mut self, ev: Event, t: &Time) {
         match self {
             Conn::Upgrade(u) => u.handle(ev, t),
+            Conn::Http(x) => x.handle(ev, t),
             Conn::Relay(r) => r.handle(ev, t),
             Conn::Linger(l) => l.handle(ev),
             Conn::Ended => {}
@@ -382,6 +416,25 @@ impl<P> Conn<P> {
                     return Step::Note(note);
                 }
                 upgrade::Polled::Relay => return self.open_relay(cx, t),
+                upgrade::Polled::Http(p) => {
+                    *self = Conn::Http(Box::new(Exchange::new(u.http_origin(), *p, t)));
+                    return self.poll(cx, t);
+                }
+            },
+            Conn::Http(x) => match x.poll(cx.scratch.len(), t) {
+                http::Polled::Step(s) => s,
+                http::Polled::Answer { out, status } => {
+                    *self = Conn::Linger(Box::new(Linger::after_http(x, out, status, t)));
+                    return self.poll(cx, t);
+                }
+                http::Polled::Close => {
+                    *self = Conn::Linger(Box::new(Linger::after_http(x, Vec::new(), 0, t)));
+                    return self.poll(cx, t);
+                }
+                http::Polled::Next(start) => {
+                    *self = Conn::Upgrade(Box::new(Upgrading::next_request(x, start, t)));
+                    return self.poll(cx, t);
+                }
             },
             Conn::Relay(r) => r.poll(cx, t),
             Conn::Linger(l) => l.poll(cx.scratch.len()),
@@ -415,6 +468,7 @@ impl<P> Conn<P> {
             counted_ip: opened.counted_ip,
             closed: None,
             log: opened.log,
+            _lease: opened.lease.map(Box::new),
         });
         Step::Note(Note::RelayOpened {
             backend: opened.backend,
@@ -439,6 +493,7 @@ impl<P> Conn<P> {
     ) {
         match self {
             Conn::Upgrade(u) => u.complete_io(op, res, cx.scratch, t),
+            Conn::Http(x) => x.complete_io(op, res, cx.scratch, t),
             Conn::Relay(r) => r.complete_io(op, res, cx, t),
             Conn::Linger(l) => l.complete_io(op, res),
             Conn::Ended => {}
@@ -447,8 +502,10 @@ impl<P> Conn<P> {
 
     /// The result of a [`Step::Connect`] or [`Step::CheckConnect`].
     pub fn complete_connect(&mut self, c: Connecting, t: &Time) {
-        if let Conn::Upgrade(u) = self {
-            u.complete_connect(c, t);
+        match self {
+            Conn::Upgrade(u) => u.complete_connect(c, t),
+            Conn::Http(x) => x.complete_connect(c, t),
+            Conn::Relay(_) | Conn::Linger(_) | Conn::Ended => {}
         }
     }
 
@@ -467,6 +524,7 @@ impl<P> Conn<P> {
     pub fn out_bytes(&self) -> &[u8] {
         match self {
             Conn::Upgrade(u) => u.out_bytes(),
+            Conn::Http(x) => x.out_bytes(),
             Conn::Relay(r) => r.relay.held(),
             Conn::Linger(l) => l.out_bytes(),
             Conn::Ended => &[],
@@ -477,7 +535,7 @@ impl<P> Conn<P> {
     pub fn pipe(&self) -> Option<&P> {
         match self {
             Conn::Relay(r) => r.relay.pipe(),
-            Conn::Upgrade(_) | Conn::Linger(_) | Conn::Ended => None,
+            Conn::Upgrade(_) | Conn::Http(_) | Conn::Linger(_) | Conn::Ended => None,
         }
     }
 }

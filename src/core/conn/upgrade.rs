@@ -3,7 +3,8 @@
 //! socket, when a connect finished, the per-IP limit once a PROXY header named the client.
 
 use super::{Accept, Admission, ConnLog, Connecting, Event, Note, PlainHttpOnTls, Step, Time};
-use crate::core::handshake::{Action, ConnectFailure, Handshake, Settings};
+use crate::core::balance::Lease;
+use crate::core::handshake::{Action, ConnectFailure, Handshake, PlainRequest, Settings};
 use crate::core::relay::{IoOp, Side, Src};
 use crate::core::status::{BadRequest, Reject};
 use crate::core::timer::at_or_before;
@@ -65,6 +66,8 @@ pub(super) enum Polled {
     },
     /// The backend switched protocols.
     Relay,
+    /// A plain request to forward.
+    Http(Box<PlainRequest>),
 }
 
 /// What the relay starts with.
@@ -77,9 +80,54 @@ pub(super) struct Opened {
     pub counted_ip: Option<IpAddr>,
     pub log: Option<Box<ConnLog>>,
     pub splice_ok: bool,
+    /// The tunnel's count against its backend for `least_conn`.
+    pub lease: Option<Lease>,
 }
 
 impl Upgrading {
+    /// The next request on a keep-alive connection whose last answer `x` just went out;
+    /// `start` is what the client already sent of it.
+    pub(super) fn next_request(x: &super::http::Exchange, start: Vec<u8>, t: &Time) -> Upgrading {
+        let s = x.settings.clone();
+        let hs = Handshake::next_request(x.client, x.peer, x.local, t.now, &s);
+        let mut u = Upgrading {
+            hs,
+            settings: s,
+            armed: 0,
+            action: None,
+            notes: VecDeque::new(),
+            admit: Admit::Done,
+            counted_ip: x.counted_ip,
+            client_readable: true,
+            backend_readable: false,
+            backend_writable: false,
+            check_connect: false,
+            drained: false,
+            log: x.log,
+            // Plain TCP on both sides is decided at accept; a keep-alive connection is the
+            // same socket.
+            splice_ok: x.splice_ok,
+        };
+        if !start.is_empty() {
+            let a = u.hs.handle_client_data(&u.settings, t.now, &start);
+            u.act(a);
+        }
+        u
+    }
+
+    /// What an HTTP exchange keeps of this connection.
+    pub(super) fn http_origin(&self) -> super::http::Origin {
+        super::http::Origin {
+            settings: self.settings.clone(),
+            client: self.hs.client(),
+            peer: self.hs.peer(),
+            local: self.hs.local(),
+            counted_ip: self.counted_ip,
+            log: self.log,
+            splice_ok: self.splice_ok,
+        }
+    }
+
     pub(super) fn new(a: Accept, t: &Time, settings: Arc<Settings>) -> Upgrading {
         let mut hs = Handshake::accept(a.peer, a.local, a.expect_proxy, t.now, &settings);
         if a.tls {
@@ -224,6 +272,10 @@ impl Upgrading {
             }
             Some(Action::Close) => return Polled::Step(Step::End(self.end())),
             Some(Action::Relay) => return Polled::Relay,
+            Some(Action::Http) => match self.hs.take_plain() {
+                Some(p) => return Polled::Http(p),
+                None => return Polled::Step(Step::End(self.end())),
+            },
         }
         let due = t.clock.tick_ceil(self.hs.deadline());
         if self.armed == 0 || !at_or_before(self.armed, due) {
@@ -266,7 +318,12 @@ impl Upgrading {
             counted_ip: self.counted_ip,
             holds_slot: true,
             backend_id: u16::MAX,
-            log: self.log_facts(0),
+            // A keep-alive connection that sent no next request logged its requests already.
+            log: if self.hs.is_idle() {
+                None
+            } else {
+                self.log_facts(0)
+            },
         }
     }
 
@@ -353,7 +410,7 @@ impl Upgrading {
         let s = &self.settings;
         let a = match c {
             Connecting::Started | Connecting::Pending => Action::Wait,
-            Connecting::Connected => {
+            Connecting::Connected | Connecting::Reused => {
                 self.backend_readable = true;
                 self.backend_writable = true;
                 self.hs.handle_connected(s, t.now)
@@ -390,8 +447,13 @@ impl Upgrading {
         let log = self.log_facts(101);
         let backend = self.hs.backend();
         let started = self.hs.started();
+        let lease = match (self.hs.route(), self.hs.backend_index(&self.settings)) {
+            (Some(r), Some(i)) => Lease::take(&self.settings, r, i),
+            _ => None,
+        };
         let (to_client, to_backend) = self.hs.into_tunnel_bytes();
         Opened {
+            lease,
             settings: self.settings,
             to_client,
             to_backend,

@@ -11,16 +11,18 @@
 //! must carry out. The session never touches a socket or a clock, so whole handshakes are unit
 //! tests with byte scripts and a fake clock (see the tests below).
 
-use crate::config::{ForwardedFor, ProxyVersion};
+use crate::config::{BackendProtocol, ForwardedFor, ProxyVersion};
+use crate::core::balance::Pick;
 use crate::core::head::{
-    find_head_end, has_bare_line_ending, overflow_reject, parse_request, precheck,
+    find_head_end, has_bare_line_ending, overflow_reject, parse_request, precheck, RequestHead,
 };
+use crate::core::http::uwsgi;
 use crate::core::proxy_proto::{self, ProxyParse};
-use crate::core::rewrite::{write_backend_head, Forwarding};
-use crate::core::route::rewritten_target;
+use crate::core::rewrite::{write_backend_head, write_request_head, Forwarding};
+use crate::core::route::{rewritten_target, RouteEntry};
 use crate::core::status::BadRequest;
 use crate::core::status::{BackendFailure, Reject};
-use crate::core::validate::{validate_answer, validate_request, Answer, Body};
+use crate::core::validate::{classify_request, validate_answer, Answer, Body, Request};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
@@ -60,6 +62,35 @@ pub enum Action {
     Relay,
     /// Close both sockets without an answer (the client left before sending a head).
     Close,
+    /// A plain request: take it with [`Handshake::take_plain`] and forward it.
+    Http,
+}
+
+/// A plain (non-upgrade) request, accepted and rewritten, for the HTTP exchange to forward.
+#[derive(Debug)]
+pub struct PlainRequest {
+    /// What the backend gets first: the rewritten head, or the uwsgi packet (without any
+    /// PROXY header: that is written per backend connection).
+    pub head: Vec<u8>,
+    pub body: Body,
+    /// `HEAD`: the answer has no body whatever its head says.
+    pub head_method: bool,
+    /// The method may be repeated on another connection (RFC 9110 §9.2.2).
+    pub idempotent: bool,
+    /// The client's `Connection` names `close`: the connection ends after this answer.
+    pub close: bool,
+    pub route: usize,
+    /// The backend to try first, and what a sticky cookie said.
+    pub pick: Pick,
+    /// Client bytes read after the head: the body's start, perhaps the next request.
+    pub held: Vec<u8>,
+}
+
+/// What an accepted head turns into.
+enum Accepted {
+    /// The upgrade head for the backend.
+    Upgrade(Vec<u8>),
+    Plain(Box<PlainRequest>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +109,8 @@ enum State {
     },
     /// The backend switched protocols: the relay takes over.
     Upgraded,
+    /// A plain request was accepted: the HTTP exchange takes over.
+    Forward,
     Done,
 }
 
@@ -114,6 +147,10 @@ pub struct Handshake {
     failed: Option<SocketAddr>,
     deadline: Instant,
     started: Instant,
+    /// Waiting for the first byte of a keep-alive connection's next request: the deadline is
+    /// `timeouts.client_idle`, and it passing closes the connection without an answer.
+    idle: bool,
+    plain: Option<Box<PlainRequest>>,
     /// The client came over TLS: `X-Forwarded-Proto: https`.
     https: bool,
 }
@@ -158,6 +195,8 @@ impl Handshake {
             failed: None,
             deadline: now + s.timeouts.handshake,
             started: now,
+            idle: false,
+            plain: None,
             https: false,
         }
     }
@@ -165,6 +204,42 @@ impl Handshake {
     /// The client connected over TLS: the backend is told `X-Forwarded-Proto: https`.
     pub fn set_https(&mut self) {
         self.https = true;
+    }
+
+    /// The next request on a keep-alive connection from `client` (the address a PROXY header
+    /// gave, if any) over `peer` to `local`, after the last answer went out at `now`.
+    pub fn next_request(
+        client: SocketAddr,
+        peer: SocketAddr,
+        local: SocketAddr,
+        now: Instant,
+        s: &Settings,
+    ) -> Handshake {
+        let mut hs = Handshake::accept(peer, local, false, now, s);
+        hs.client = client;
+        hs.idle = true;
+        hs.deadline = now + s.timeouts.client_idle;
+        hs
+    }
+
+    /// The TCP peer (the load balancer when a PROXY header was expected).
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// The address the client connected to (or the one a PROXY header named).
+    pub fn local(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// True while a keep-alive connection waits for the first byte of its next request.
+    pub fn is_idle(&self) -> bool {
+        self.idle
+    }
+
+    /// The plain request of the last [`Action::Http`].
+    pub fn take_plain(&mut self) -> Option<Box<PlainRequest>> {
+        self.plain.take()
     }
 
     /// The client's address (from a trusted PROXY header when one was expected).
@@ -203,6 +278,12 @@ impl Handshake {
     /// The backend of the current or last connect attempt.
     pub fn backend(&self) -> Option<SocketAddr> {
         self.backend
+    }
+
+    /// The index in its route of the backend of the current or last connect attempt.
+    pub fn backend_index(&self, s: &Settings) -> Option<usize> {
+        let n = s.routes.get(self.route).backends.len();
+        (self.routed && self.tried > 0 && n > 0).then(|| (self.first_backend + self.tried - 1) % n)
     }
 
     /// The backend whose attempt failed since the last call (for per-backend failure counts).
@@ -245,6 +326,7 @@ impl Handshake {
             | State::ReadAnswer
             | State::ForwardAnswer { .. }
             | State::Upgraded
+            | State::Forward
             | State::Done => 0,
         }
     }
@@ -262,6 +344,7 @@ impl Handshake {
             | State::Connecting
             | State::SendHead
             | State::Upgraded
+            | State::Forward
             | State::Done => 0,
         }
     }
@@ -294,6 +377,11 @@ impl Handshake {
             }
             self.held.extend_from_slice(data);
             return Action::Wait;
+        }
+        if self.idle {
+            // The next request began: it has the handshake timeout, like a first one.
+            self.idle = false;
+            self.deadline = now + s.timeouts.handshake;
         }
         let from = self.head.len();
         self.head.extend_from_slice(data);
@@ -357,59 +445,136 @@ impl Handshake {
 
     fn on_head(&mut self, s: &Settings, now: Instant) -> Action {
         match self.accept_head(s) {
-            Ok(out) => {
+            Ok(Accepted::Upgrade(out)) => {
                 self.to_backend = out;
                 self.head = Vec::new();
                 self.state = State::Connecting;
-                let r = s.routes.get(self.route);
-                self.first_backend = r.first_backend();
                 self.tried = 0;
                 self.connect_next(s, now)
+            }
+            Ok(Accepted::Plain(mut p)) => {
+                p.held = std::mem::take(&mut self.held);
+                self.plain = Some(p);
+                self.head = Vec::new();
+                self.state = State::Forward;
+                Action::Http
             }
             Err(r) => self.fail(r),
         }
     }
 
-    fn accept_head(&mut self, s: &Settings) -> Result<Vec<u8>, Reject> {
+    fn accept_head(&mut self, s: &Settings) -> Result<Accepted, Reject> {
         precheck(&self.head, s.max_head_bytes / 2)?;
         let mut headers = vec![httparse::EMPTY_HEADER; s.max_headers];
         let req = parse_request(&self.head, &mut headers)?;
-        let up = validate_request(&req)?;
-        let m = s.routes.lookup(up.host, up.path).ok_or(Reject::NoRoute)?;
+        let kind = classify_request(&req)?;
+        let (host, path, query) = match kind {
+            Request::Upgrade(u) => (u.host, u.path, u.query),
+            Request::Plain(p) => (p.host, p.path, p.query),
+        };
+        let m = s.routes.lookup(host, path).ok_or(Reject::NoRoute)?;
         self.route = m.route;
         self.routed = true;
         let route = s.routes.get(m.route);
         if route.backends.is_empty() {
             return Err(Reject::NoRoute);
         }
-        let (path, query) = rewritten_target(up.path, m.strip, up.query);
+        check_origin(route, &req)?;
+        let uwsgi = route.options.protocol == BackendProtocol::Uwsgi;
+        let (path, query) = rewritten_target(path, m.strip, query);
+        let fwd = Forwarding {
+            client_ip: self.client.ip(),
+            forwarded_for: self.forwarded_for(s, route.forwarded_for),
+            underscores: s.underscores_in_headers,
+            https: self.https,
+        };
+        let plain = match kind {
+            Request::Plain(p) => p,
+            // uWSGI's own WebSocket support needs its handshake in the app, not a 101 from
+            // a backend we tunnel to.
+            Request::Upgrade(_) if uwsgi => {
+                return Err(Reject::BadRequest(BadRequest::UpgradeToken))
+            }
+            Request::Upgrade(_) => {
+                self.first_backend = route.pick(&req, query, self.client.ip()).first;
+                return Ok(Accepted::Upgrade(
+                    self.upgrade_head(route, &req, path, query, fwd),
+                ));
+            }
+        };
+        if !route.options.http {
+            return Err(Reject::NotUpgrade);
+        }
+        let mut head = Vec::with_capacity(self.head.len() + 128);
+        if uwsgi {
+            if plain.body == Body::Chunked {
+                return Err(Reject::LengthRequired);
+            }
+            let stripped = &plain.path[..m.strip.min(plain.path.len())];
+            let at = uwsgi::Origin {
+                client: self.client,
+                local: self.local,
+                server_name: plain.host,
+                script_name: stripped,
+            };
+            uwsgi::write_packet(
+                &mut head,
+                &req,
+                path,
+                query,
+                plain.body,
+                at,
+                fwd.underscores,
+            )
+            .map_err(|_| Reject::HeadTooLarge)?;
+        } else {
+            let reuse = s.backend_reuse && route.send_proxy.is_none();
+            write_request_head(&mut head, &req, path, query, plain.body, reuse, &fwd);
+        }
+        let pick = route.pick(&req, query, self.client.ip());
+        Ok(Accepted::Plain(Box::new(PlainRequest {
+            head,
+            body: plain.body,
+            head_method: req.method == "HEAD",
+            idempotent: crate::core::http::idempotent(req.method),
+            close: req.headers.iter().any(|h| {
+                h.name.eq_ignore_ascii_case("connection")
+                    && crate::core::validate::tokens(h.value)
+                        .any(|t| t.eq_ignore_ascii_case(b"close"))
+            }),
+            route: m.route,
+            pick,
+            held: Vec::new(),
+        })))
+    }
+
+    /// How X-Forwarded-For is written for this client: a client outside `trusted_proxies`
+    /// cannot extend the chain, so its X-Forwarded-For is replaced and it cannot pass off a
+    /// forged address as an earlier hop.
+    fn forwarded_for(&self, s: &Settings, route: ForwardedFor) -> ForwardedFor {
+        if s.trusted_proxies.is_empty() || in_nets(&s.trusted_proxies, self.client.ip()) {
+            route
+        } else {
+            ForwardedFor::Replace
+        }
+    }
+
+    fn upgrade_head(
+        &self,
+        route: &RouteEntry,
+        req: &RequestHead<'_, '_>,
+        path: &str,
+        query: &str,
+        fwd: Forwarding,
+    ) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.head.len() + 128);
         match route.send_proxy {
             Some(ProxyVersion::V1) => proxy_proto::encode_v1(&mut out, self.client, self.local),
             Some(ProxyVersion::V2) => proxy_proto::encode_v2(&mut out, self.client, self.local),
             None => {}
         }
-        // A client outside `trusted_proxies` cannot extend the chain: its X-Forwarded-For is
-        // replaced, so it cannot pass off a forged address as an earlier hop.
-        let forwarded_for =
-            if s.trusted_proxies.is_empty() || in_nets(&s.trusted_proxies, self.client.ip()) {
-                route.forwarded_for
-            } else {
-                ForwardedFor::Replace
-            };
-        write_backend_head(
-            &mut out,
-            &req,
-            path,
-            query,
-            &Forwarding {
-                client_ip: self.client.ip(),
-                forwarded_for,
-                underscores: s.underscores_in_headers,
-                https: self.https,
-            },
-        );
-        Ok(out)
+        write_backend_head(&mut out, req, path, query, &fwd);
+        out
     }
 
     fn connect_next(&mut self, s: &Settings, now: Instant) -> Action {
@@ -444,7 +609,7 @@ impl Handshake {
             }
             // The answer is relayed regardless; the client may have half-closed only.
             State::ForwardAnswer { .. } => Action::Wait,
-            State::Upgraded | State::Done => Action::Wait,
+            State::Upgraded | State::Forward | State::Done => Action::Wait,
         }
     }
 
@@ -466,6 +631,7 @@ impl Handshake {
             | State::ReadAnswer
             | State::ForwardAnswer { .. }
             | State::Upgraded
+            | State::Forward
             | State::Done => Action::Wait,
         }
     }
@@ -495,7 +661,9 @@ impl Handshake {
                 Action::Answer
             }
             // No backend socket exists before the head; after the tunnel the driver owns it.
-            State::ReadProxy | State::ReadHead | State::Upgraded | State::Done => Action::Wait,
+            State::ReadProxy | State::ReadHead | State::Upgraded | State::Forward | State::Done => {
+                Action::Wait
+            }
         }
     }
 
@@ -522,6 +690,7 @@ impl Handshake {
             | State::ReadAnswer
             | State::ForwardAnswer { .. }
             | State::Upgraded
+            | State::Forward
             | State::Done => Action::Wait,
         }
     }
@@ -565,6 +734,7 @@ impl Handshake {
             | State::Connecting
             | State::SendHead
             | State::Upgraded
+            | State::Forward
             | State::Done => Action::Wait,
         }
     }
@@ -614,6 +784,7 @@ impl Handshake {
             | State::ReadHead
             | State::Connecting
             | State::Upgraded
+            | State::Forward
             | State::Done => Action::Wait,
         }
     }
@@ -624,6 +795,11 @@ impl Handshake {
             return Action::Wait;
         }
         match self.state {
+            // A keep-alive connection that sent nothing more is closed without an answer.
+            State::ReadHead if self.idle && self.head.is_empty() => {
+                self.state = State::Done;
+                Action::Close
+            }
             // The whole head, PROXY header included, must arrive within `timeouts.handshake`.
             State::ReadProxy | State::ReadHead => self.fail(Reject::HandshakeTimeout),
             State::Connecting => {
@@ -636,7 +812,7 @@ impl Handshake {
                 self.state = State::Done;
                 Action::Answer
             }
-            State::Upgraded | State::Done => Action::Wait,
+            State::Upgraded | State::Forward | State::Done => Action::Wait,
         }
     }
 
@@ -654,6 +830,32 @@ impl Handshake {
         }
         self.state = State::Done;
         Action::Reject(r)
+    }
+}
+
+/// A route with `origins` takes requests without `Origin` (not from a browser page, or
+/// same-origin) and from the origins listed, compared case-insensitively.
+fn check_origin(route: &RouteEntry, req: &RequestHead<'_, '_>) -> Result<(), Reject> {
+    let allowed = &route.options.origins;
+    if allowed.is_empty() {
+        return Ok(());
+    }
+    let mut origins = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("origin"));
+    match (origins.next(), origins.next()) {
+        (None, _) => Ok(()),
+        (Some(o), None) => {
+            let v = o.value.trim_ascii();
+            if allowed.iter().any(|a| a.as_bytes().eq_ignore_ascii_case(v)) {
+                Ok(())
+            } else {
+                Err(Reject::Forbidden)
+            }
+        }
+        // Two origins: which one would the backend believe?
+        (Some(_), Some(_)) => Err(Reject::Forbidden),
     }
 }
 

@@ -122,7 +122,7 @@ fn rejects_answer_and_never_connect() {
         (
             vec![Step::Client(
                 b"GET /notice HTTP/1.1\r\nHost: h\r\n\r\n",
-                Action::Reject(Reject::NotUpgrade),
+                Action::Http,
             )],
             Action::Wait,
         ),
@@ -166,6 +166,8 @@ fn rejects_answer_and_never_connect() {
     for (steps, _) in cases.into_iter().skip(1) {
         run(&s, &steps);
     }
+    // The plain request above took a turn of the round robin.
+    let s = settings(&["127.0.0.1:1", "127.0.0.1:2"]);
     // Fail-over: refused, then timeout => 504 after both were tried once.
     run(
         &s,
@@ -308,4 +310,58 @@ fn proxy_header_names_the_client_and_a_refusal_replaces_the_connect() {
     assert_eq!(hs.handle_client_data(&s, now, local), Action::Wait);
     assert!(!hs.awaits_proxy_header() && !hs.client_from_proxy_header());
     assert_eq!(hs.client(), lb);
+}
+
+#[test]
+fn plain_requests_are_handed_over_or_refused_426_on_websocket_only_routes() {
+    let mut s = settings(&["127.0.0.1:1"]);
+    let plain = b"POST /notice/x?q=1 HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nConnection: keep-alive, X-Drop\r\nX-Drop: 1\r\n\r\nabcGET";
+    let mut hs = Handshake::new("10.0.0.7".parse().expect("ip"), Instant::now(), &s);
+    assert_eq!(
+        hs.handle_client_data(&s, Instant::now(), plain),
+        Action::Http
+    );
+    let p = hs.take_plain().expect("plain request");
+    assert_eq!(p.body, Body::Length(3));
+    assert_eq!(p.held, b"abcGET");
+    assert!(!p.head_method && !p.idempotent && !p.close);
+    assert_eq!(
+        String::from_utf8_lossy(&p.head),
+        "POST /x?q=1 HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nX-Real-IP: 10.0.0.7\r\nX-Forwarded-For: 10.0.0.7\r\nX-Forwarded-Proto: http\r\n\r\n"
+    );
+    let mut route = test_route("/notice", &["127.0.0.1:1"]);
+    route.options.http = false;
+    s.routes = RouteTable::new(&[route]);
+    let mut hs = Handshake::new("10.0.0.7".parse().expect("ip"), Instant::now(), &s);
+    assert_eq!(
+        hs.handle_client_data(&s, Instant::now(), plain),
+        Action::Reject(Reject::NotUpgrade)
+    );
+    // An upgrade still passes there.
+    let mut hs = Handshake::new("10.0.0.7".parse().expect("ip"), Instant::now(), &s);
+    assert_eq!(
+        hs.handle_client_data(&s, Instant::now(), HEAD.as_bytes()),
+        addr("127.0.0.1:1")
+    );
+}
+
+#[test]
+fn keep_alive_wait_closes_silently_then_a_started_head_gets_the_handshake_timeout() {
+    let s = settings(&["127.0.0.1:1"]);
+    let c: SocketAddr = "10.0.0.7:5000".parse().expect("addr");
+    let now = Instant::now();
+    let mut hs = Handshake::next_request(c, c, c, now, &s);
+    assert!(hs.is_idle());
+    assert_eq!(hs.deadline(), now + s.timeouts.client_idle);
+    assert_eq!(
+        hs.handle_timeout(&s, now + s.timeouts.client_idle),
+        Action::Close
+    );
+    let mut hs = Handshake::next_request(c, c, c, now, &s);
+    assert_eq!(hs.handle_client_data(&s, now, b"GET /no"), Action::Wait);
+    assert_eq!(hs.deadline(), now + s.timeouts.handshake);
+    assert_eq!(
+        hs.handle_timeout(&s, now + s.timeouts.handshake),
+        Action::Reject(Reject::HandshakeTimeout)
+    );
 }

@@ -1,0 +1,801 @@
+//! The HTTP stage: one forwarded request and its answer, streamed both ways.
+//!
+//! ```text
+//!   plain head accepted (upgrade stage) ─▶ Checkout or Connect ─▶ write head ─▶ body up ─┐
+//!        ┌─────────────────────────────────────────────────────────────────────────────┘
+//!        └▶ answer head (1xx relayed, 101 refused, final rewritten) ─▶ answer body down
+//!             ─▶ Release (pool) or CloseBackend ─▶ next request (upgrade stage) or close
+//! ```
+//!
+//! Both directions stream: a request body goes up while the answer may already come down (an
+//! early answer closes the connection afterwards). At most one read's worth waits in each
+//! direction: a side is read only when what it sent before was written, so a slow reader
+//! stops its writer at the kernel's buffers. Bytes the client sent after this request's body
+//! are kept for the next request and not read further until the answer is out.
+//!
+//! Until the final answer head is queued for the client, any failure is answered by us
+//! (502, 504, 400, 408, with a readable body); after it, a failure ends both connections (the
+//! client sees a short body). A reused backend connection that fails before any answer byte is
+//! retried once on a fresh connection when that is safe: nothing of the body was sent, and the
+//! method is idempotent or not one byte of the head got through.
+
+use super::{ConnLog, Connecting, EndReason, Event, Note, Step, Time};
+use crate::config::BackendProtocol;
+use crate::config::ProxyVersion;
+use crate::core::balance::{Lease, Pick};
+use crate::core::handshake::{ConnectFailure, PlainRequest, Settings};
+use crate::core::head::find_head_end;
+use crate::core::http::{rewrite_response, BodyReader, Extra};
+use crate::core::proxy_proto;
+use crate::core::relay::{IoOp, Side, Src};
+use crate::core::status::{BackendFailure, BadRequest, Reject};
+use crate::core::timer::{at_or_before, Tick};
+use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The backend connection of the exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    /// Ask the worker for a connection to `backend`.
+    Want,
+    Connecting,
+    Ready,
+}
+
+/// Which bytes the `Write { src: Held }` in flight sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Out {
+    Head,
+    Up,
+    Down,
+}
+
+/// How the exchange ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// Nothing of a final answer went out: answer with ours.
+    Refuse(Reject),
+    /// The answer went out whole.
+    Done,
+    /// Stop both sides now.
+    Abort(EndReason),
+}
+
+/// What [`Exchange::poll`] decided.
+#[derive(Debug)]
+pub(super) enum Polled {
+    Step(Step),
+    /// Linger with our answer (any interim answer not yet written comes first).
+    Answer {
+        out: Vec<u8>,
+        status: u16,
+    },
+    /// The answer is out and the connection closes: FIN, then linger.
+    Close,
+    /// The answer is out: read the next request, which starts with these bytes.
+    Next(Vec<u8>),
+}
+
+/// One forwarded request, accept of its head to the end of its answer.
+#[derive(Debug)]
+pub struct Exchange {
+    pub(super) settings: Arc<Settings>,
+    route: usize,
+    pub(super) client: SocketAddr,
+    pub(super) peer: SocketAddr,
+    pub(super) local: SocketAddr,
+    pub(super) counted_ip: Option<IpAddr>,
+    pub(super) log: bool,
+    pub(super) splice_ok: bool,
+    started: Instant,
+    /// The due tick of the live wheel entry (0: none).
+    pub(super) armed: Tick,
+    deadline: Instant,
+    steps: VecDeque<Step>,
+    ending: Option<Ending>,
+    after: Option<Polled>,
+
+    pick: Pick,
+    /// Backends tried so far (the first is `pick.first`, then in list order).
+    tried: usize,
+    backend: SocketAddr,
+    backend_index: usize,
+    lease: Option<Lease>,
+    link: Link,
+    /// The next connection must be a new one (a retry after a reused one failed).
+    fresh: bool,
+    reused: bool,
+    retried: bool,
+    last_failure: Option<ConnectFailure>,
+
+    /// The backend's head as accepted (kept for a retry until the answer begins).
+    template: Vec<u8>,
+    /// What this backend connection gets first: a PROXY header if configured, the head.
+    head: Vec<u8>,
+    head_pos: usize,
+    req: BodyReader,
+    /// Body bytes for the backend, already framed.
+    up: Vec<u8>,
+    up_pos: usize,
+    body_sent: u64,
+    /// Client bytes after this request: the next one's start.
+    next: Vec<u8>,
+    head_method: bool,
+    idempotent: bool,
+    /// The client asked to close after this answer, or closed its side.
+    client_close: bool,
+
+    answer_head: Vec<u8>,
+    searched: usize,
+    /// The final answer's body, once its head is in.
+    answer: Option<BodyReader>,
+    status: u16,
+    response_byte: bool,
+    reusable: bool,
+    close_client: bool,
+    /// Bytes for the client: answer heads and framed body.
+    down: Vec<u8>,
+    down_pos: usize,
+    up_bytes: u64,
+    down_bytes: u64,
+    writing: Out,
+
+    client_readable: bool,
+    client_writable: bool,
+    backend_readable: bool,
+    backend_writable: bool,
+    check_connect: bool,
+}
+
+/// Where the exchange comes from: the connection's facts that outlive each request.
+pub(super) struct Origin {
+    pub settings: Arc<Settings>,
+    pub client: SocketAddr,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub counted_ip: Option<IpAddr>,
+    pub log: bool,
+    pub splice_ok: bool,
+}
+
+impl Exchange {
+    pub(super) fn new(o: Origin, p: PlainRequest, t: &Time) -> Exchange {
+        let route = o.settings.routes.get(p.route);
+        let backend_index = p.pick.first.min(route.backends.len().saturating_sub(1));
+        let backend = route.backends[backend_index];
+        let lease = Lease::take(&o.settings, p.route, backend_index);
+        let mut x = Exchange {
+            route: p.route,
+            client: o.client,
+            peer: o.peer,
+            local: o.local,
+            counted_ip: o.counted_ip,
+            log: o.log,
+            splice_ok: o.splice_ok,
+            started: t.now,
+            armed: 0,
+            deadline: t.now + o.settings.timeouts.connect,
+            steps: VecDeque::new(),
+            ending: None,
+            after: None,
+            pick: p.pick,
+            tried: 0,
+            backend,
+            backend_index,
+            lease,
+            link: Link::Want,
+            fresh: false,
+            reused: false,
+            retried: false,
+            last_failure: None,
+            template: p.head,
+            head: Vec::new(),
+            head_pos: 0,
+            req: BodyReader::new(p.body),
+            up: Vec::new(),
+            up_pos: 0,
+            body_sent: 0,
+            next: Vec::new(),
+            head_method: p.head_method,
+            idempotent: p.idempotent,
+            client_close: p.close,
+            answer_head: Vec::new(),
+            searched: 0,
+            answer: None,
+            status: 0,
+            response_byte: false,
+            reusable: false,
+            close_client: false,
+            down: Vec::new(),
+            down_pos: 0,
+            up_bytes: 0,
+            down_bytes: 0,
+            writing: Out::Down,
+            client_readable: true,
+            client_writable: true,
+            backend_readable: false,
+            backend_writable: false,
+            check_connect: false,
+            settings: o.settings,
+        };
+        x.build_head();
+        if !p.held.is_empty() {
+            x.on_body(&p.held);
+        }
+        x
+    }
+
+    /// The head for a new backend connection: a PROXY header first when the route sends one.
+    fn build_head(&mut self) {
+        let route = self.settings.routes.get(self.route);
+        self.head.clear();
+        match route.send_proxy {
+            Some(ProxyVersion::V1) => {
+                proxy_proto::encode_v1(&mut self.head, self.client, self.local)
+            }
+            Some(ProxyVersion::V2) => {
+                proxy_proto::encode_v2(&mut self.head, self.client, self.local)
+            }
+            None => {}
+        }
+        self.head.extend_from_slice(&self.template);
+        self.head_pos = 0;
+    }
+
+    /// May this connection come from (and go back to) the worker's pool?
+    fn poolable(&self) -> bool {
+        let route = self.settings.routes.get(self.route);
+        self.settings.backend_reuse
+            && route.send_proxy.is_none()
+            && route.options.protocol == BackendProtocol::Http
+    }
+
+    pub(super) fn handle(&mut self, ev: Event, t: &Time) {
+        match ev {
+            Event::Ready {
+                side: Side::Client,
+                readable,
+                writable,
+                hup,
+                gone,
+            } => {
+                if gone && self.ending.is_none() {
+                    // Reset, or closed both ways: no answer can reach it.
+                    self.ending = Some(Ending::Abort(EndReason::ClientLeft));
+                }
+                self.client_readable |= readable || hup;
+                self.client_writable |= writable;
+            }
+            Event::Ready {
+                side: Side::Backend,
+                readable,
+                writable,
+                hup,
+                gone,
+            } => {
+                if self.link == Link::Connecting {
+                    self.check_connect = true;
+                } else {
+                    // An error shows as a failing read or write.
+                    self.backend_readable |= readable || hup || gone;
+                    self.backend_writable |= writable || gone;
+                }
+            }
+            Event::Timer(due) if due == self.armed => {
+                self.armed = 0;
+                if t.now >= self.deadline && self.ending.is_none() {
+                    self.timed_out(t);
+                }
+            }
+            Event::Timer(_) | Event::Resume => {}
+            Event::Drain => {
+                self.ending = Some(Ending::Abort(EndReason::Drained));
+            }
+        }
+    }
+
+    fn timed_out(&mut self, t: &Time) {
+        if self.link == Link::Connecting {
+            self.last_failure = Some(ConnectFailure::Timeout);
+            self.steps
+                .push_back(Step::Note(Note::BackendFailed(self.backend)));
+            self.next_backend(t);
+        } else if self.answer.is_some() {
+            self.ending = Some(Ending::Abort(EndReason::Aborted));
+        } else if !self.req.is_done() && self.up_pos >= self.up.len() && self.head_sent() {
+            // The backend has everything we got: the client's body stalled.
+            self.ending = Some(Ending::Refuse(Reject::HandshakeTimeout));
+        } else {
+            self.steps
+                .push_back(Step::Note(Note::BackendFailed(self.backend)));
+            self.ending = Some(Ending::Refuse(Reject::BackendTimeout));
+        }
+    }
+
+    fn head_sent(&self) -> bool {
+        self.link == Link::Ready && self.head_pos >= self.head.len()
+    }
+
+    /// The next backend of the route after a failed connect, or the answer when all failed.
+    fn next_backend(&mut self, t: &Time) {
+        let route = self.settings.routes.get(self.route);
+        self.tried += 1;
+        if self.tried >= route.backends.len() {
+            self.ending = Some(Ending::Refuse(match self.last_failure {
+                Some(ConnectFailure::Timeout) => Reject::BackendTimeout,
+                Some(ConnectFailure::NoDescriptors) => Reject::Overloaded,
+                Some(ConnectFailure::Reset) => Reject::BackendFailed(BackendFailure::Reset),
+                _ => Reject::BackendFailed(BackendFailure::Refused),
+            }));
+            return;
+        }
+        self.backend_index = (self.pick.first + self.tried) % route.backends.len();
+        self.backend = route.backends[self.backend_index];
+        self.lease = None;
+        self.lease = Lease::take(&self.settings, self.route, self.backend_index);
+        self.link = Link::Want;
+        self.deadline = t.now + self.settings.timeouts.connect;
+        self.build_head();
+    }
+
+    /// Bytes moved: the response timeout starts again.
+    fn touch(&mut self, t: &Time) {
+        let timeout = self
+            .settings
+            .routes
+            .get(self.route)
+            .options
+            .response_timeout;
+        self.deadline = t.now + timeout;
+    }
+
+    pub(super) fn poll(&mut self, scratch: usize, t: &Time) -> Polled {
+        loop {
+            if let Some(s) = self.steps.pop_front() {
+                return Polled::Step(s);
+            }
+            if let Some(a) = self.after.take() {
+                return a;
+            }
+            if let Some(e) = self.ending.take() {
+                self.conclude(e, t);
+                continue;
+            }
+            let answered_whole = self.answer.as_ref().is_some_and(BodyReader::is_done);
+            if answered_whole && self.down_pos >= self.down.len() {
+                self.ending = Some(Ending::Done);
+                continue;
+            }
+            return Polled::Step(self.next_op(scratch, t));
+        }
+    }
+
+    fn next_op(&mut self, scratch: usize, t: &Time) -> Step {
+        if self.link == Link::Want {
+            self.link = Link::Connecting;
+            self.backend_readable = false;
+            self.backend_writable = false;
+            self.check_connect = false;
+            return if self.poolable() && !self.fresh {
+                Step::Checkout(self.backend)
+            } else {
+                Step::Connect(self.backend)
+            };
+        }
+        let due = t.clock.tick_ceil(self.deadline);
+        if self.armed == 0 || !at_or_before(self.armed, due) {
+            self.armed = due;
+            return Step::Arm(due);
+        }
+        if self.check_connect {
+            self.check_connect = false;
+            return Step::CheckConnect;
+        }
+        // The client's side first: what it takes frees the backend's side.
+        if self.down_pos < self.down.len() && self.client_writable {
+            self.writing = Out::Down;
+            return write(Side::Client);
+        }
+        if self.link == Link::Ready {
+            if self.head_pos < self.head.len() {
+                if self.backend_writable {
+                    self.writing = Out::Head;
+                    return write(Side::Backend);
+                }
+            } else {
+                if self.up_pos < self.up.len() && self.backend_writable {
+                    self.writing = Out::Up;
+                    return write(Side::Backend);
+                }
+                let answering = !self.answer.as_ref().is_some_and(BodyReader::is_done);
+                if answering && self.down_pos >= self.down.len() && self.backend_readable {
+                    return Step::Io(IoOp::Read {
+                        side: Side::Backend,
+                        max: self.answer_read_limit(scratch),
+                    });
+                }
+                if !self.req.is_done() && self.up_pos >= self.up.len() && self.client_readable {
+                    let max = self
+                        .req
+                        .read_limit()
+                        .map_or(scratch, |n| (n.min(scratch as u64) as usize).max(1));
+                    return Step::Io(IoOp::Read {
+                        side: Side::Client,
+                        max,
+                    });
+                }
+            }
+        }
+        Step::Wait
+    }
+
+    /// How much to read from the backend: the rest of its head's room, or of a known length
+    /// (so that bytes beyond it stay in the socket, and the pool's check drops that
+    /// connection).
+    fn answer_read_limit(&self, scratch: usize) -> usize {
+        match &self.answer {
+            None => self
+                .settings
+                .max_head_bytes
+                .saturating_sub(self.answer_head.len())
+                .clamp(1, scratch),
+            Some(a) => a
+                .read_limit()
+                .map_or(scratch, |n| (n.min(scratch as u64) as usize).max(1)),
+        }
+    }
+
+    /// Queues the bookkeeping of the end and decides what the connection does next.
+    fn conclude(&mut self, e: Ending, t: &Time) {
+        let status = match e {
+            Ending::Refuse(r) => r.status(),
+            Ending::Done | Ending::Abort(_) => self.status,
+        };
+        self.steps.push_back(Step::Note(Note::Request {
+            status,
+            reused: self.reused,
+            retried: self.retried,
+        }));
+        if self.log {
+            self.steps.push_back(Step::Log(
+                Box::new(ConnLog {
+                    client: self.client,
+                    settings: self.settings.clone(),
+                    route: Some(self.route),
+                    backend: (self.link != Link::Want || self.tried > 0).then_some(self.backend),
+                    status,
+                    started: self.started,
+                    up: self.up_bytes,
+                    down: self.down_bytes,
+                }),
+                match e {
+                    Ending::Done => "http",
+                    Ending::Refuse(_) => "http_refused",
+                    Ending::Abort(r) => r.as_str(),
+                },
+            ));
+        }
+        self.lease = None;
+        self.after = Some(match e {
+            Ending::Refuse(r) => {
+                let mut out = self.down.split_off(self.down_pos.min(self.down.len()));
+                out.extend_from_slice(&r.page());
+                Polled::Answer { out, status }
+            }
+            Ending::Abort(reason) => Polled::Step(Step::End(super::End {
+                reason,
+                counted_ip: self.counted_ip,
+                holds_slot: true,
+                backend_id: u16::MAX,
+                log: None,
+            })),
+            Ending::Done => {
+                let reuse = self.reusable
+                    && self.req.is_done()
+                    && self.link == Link::Ready
+                    && self.poolable();
+                self.steps.push_back(if reuse {
+                    Step::Release(self.backend)
+                } else {
+                    Step::CloseBackend
+                });
+                if self.close_client {
+                    Polled::Close
+                } else {
+                    let _ = t;
+                    Polled::Next(std::mem::take(&mut self.next))
+                }
+            }
+        });
+    }
+
+    pub(super) fn complete_connect(&mut self, c: Connecting, t: &Time) {
+        if self.link != Link::Connecting || self.ending.is_some() {
+            return;
+        }
+        match c {
+            Connecting::Started | Connecting::Pending => {}
+            Connecting::Reused | Connecting::Connected => {
+                self.link = Link::Ready;
+                self.reused = c == Connecting::Reused;
+                self.backend_readable = true;
+                self.backend_writable = true;
+                self.touch(t);
+            }
+            Connecting::Failed(ConnectFailure::NoDescriptors) => {
+                self.ending = Some(Ending::Refuse(Reject::Overloaded));
+            }
+            Connecting::Failed(why) => {
+                self.last_failure = Some(why);
+                self.steps
+                    .push_back(Step::Note(Note::BackendFailed(self.backend)));
+                self.next_backend(t);
+            }
+        }
+    }
+
+    pub(super) fn complete_io(
+        &mut self,
+        op: IoOp,
+        res: io::Result<usize>,
+        scratch: &[u8],
+        t: &Time,
+    ) {
+        if self.ending.is_some() || self.after.is_some() {
+            return;
+        }
+        let blocked = |e: &io::Error| e.kind() == io::ErrorKind::WouldBlock;
+        let retry = |e: &io::Error| e.kind() == io::ErrorKind::Interrupted;
+        match (op, res) {
+            (
+                IoOp::Write {
+                    side: Side::Client, ..
+                },
+                Ok(n),
+            ) => {
+                self.down_pos += n;
+                self.down_bytes += n as u64;
+                if self.down_pos >= self.down.len() {
+                    self.down = Vec::new();
+                    self.down_pos = 0;
+                }
+                self.touch(t);
+            }
+            (
+                IoOp::Write {
+                    side: Side::Backend,
+                    ..
+                },
+                Ok(n),
+            ) => {
+                match self.writing {
+                    Out::Head => self.head_pos += n,
+                    Out::Up | Out::Down => {
+                        self.up_pos += n;
+                        self.body_sent += n as u64;
+                        if self.up_pos >= self.up.len() {
+                            self.up = Vec::new();
+                            self.up_pos = 0;
+                        }
+                    }
+                }
+                self.touch(t);
+            }
+            (IoOp::Write { side, .. }, Err(e)) if blocked(&e) => match side {
+                Side::Client => self.client_writable = false,
+                Side::Backend => self.backend_writable = false,
+            },
+            (IoOp::Read { side, .. }, Err(e)) if blocked(&e) => match side {
+                Side::Client => self.client_readable = false,
+                Side::Backend => self.backend_readable = false,
+            },
+            (IoOp::Write { .. } | IoOp::Read { .. }, Err(e)) if retry(&e) => {}
+            (
+                IoOp::Write {
+                    side: Side::Client, ..
+                }
+                | IoOp::Read {
+                    side: Side::Client, ..
+                },
+                Err(_),
+            ) => {
+                self.ending = Some(Ending::Abort(EndReason::ClientLeft));
+            }
+            (
+                IoOp::Write {
+                    side: Side::Backend,
+                    ..
+                },
+                Err(_),
+            ) => {
+                self.backend_broke(BackendFailure::Reset, t);
+            }
+            (
+                IoOp::Read {
+                    side: Side::Backend,
+                    ..
+                },
+                Err(_),
+            ) => {
+                self.backend_broke(BackendFailure::Reset, t);
+            }
+            (
+                IoOp::Read {
+                    side: Side::Backend,
+                    ..
+                },
+                Ok(0),
+            ) => self.backend_eof(t),
+            (
+                IoOp::Read {
+                    side: Side::Backend,
+                    ..
+                },
+                Ok(n),
+            ) => {
+                self.touch(t);
+                self.on_answer(&scratch[..n.min(scratch.len())]);
+            }
+            (
+                IoOp::Read {
+                    side: Side::Client, ..
+                },
+                Ok(0),
+            ) => {
+                self.client_readable = false;
+                self.client_close = true;
+                if !self.req.is_done() {
+                    // The body can never end: the backend would wait for it in vain.
+                    self.ending = Some(Ending::Abort(EndReason::ClientLeft));
+                }
+            }
+            (
+                IoOp::Read {
+                    side: Side::Client, ..
+                },
+                Ok(n),
+            ) => {
+                self.touch(t);
+                self.on_body(&scratch[..n.min(scratch.len())]);
+            }
+            // The exchange asks for no other operation.
+            (IoOp::SpliceIn { .. } | IoOp::SpliceOut { .. } | IoOp::Shutdown { .. }, _) => {}
+        }
+    }
+
+    /// Client bytes: the request body, and what comes after it.
+    fn on_body(&mut self, data: &[u8]) {
+        match self.req.feed(data, &mut self.up) {
+            Ok(used) => {
+                self.up_bytes += used as u64;
+                if used < data.len() {
+                    self.next.extend_from_slice(&data[used..]);
+                }
+            }
+            Err(_) if self.answer.is_none() => {
+                self.ending = Some(Ending::Refuse(Reject::BadRequest(BadRequest::Body)));
+            }
+            Err(_) => self.ending = Some(Ending::Abort(EndReason::ClientLeft)),
+        }
+    }
+
+    /// The backend's connection failed (reset, or an error writing or reading).
+    fn backend_broke(&mut self, why: BackendFailure, t: &Time) {
+        if self.answer.is_some() {
+            self.ending = Some(Ending::Abort(EndReason::Aborted));
+            return;
+        }
+        // A pooled connection the backend closed while we picked it up: the request never
+        // reached it. Safe to send again on a new one when nothing of the body is gone and
+        // either the method is idempotent or not even the head got through.
+        let replayable = self.body_sent == 0 && (self.idempotent || self.head_pos == 0);
+        if self.reused && !self.response_byte && !self.retried && replayable {
+            self.retried = true;
+            self.fresh = true;
+            self.link = Link::Want;
+            self.deadline = t.now + self.settings.timeouts.connect;
+            self.build_head();
+            return;
+        }
+        self.steps
+            .push_back(Step::Note(Note::BackendFailed(self.backend)));
+        self.ending = Some(Ending::Refuse(Reject::BackendFailed(why)));
+    }
+
+    fn backend_eof(&mut self, t: &Time) {
+        match &mut self.answer {
+            None => self.backend_broke(BackendFailure::ClosedEarly, t),
+            Some(a) => {
+                self.reusable = false;
+                if a.finish().is_err() {
+                    // Shorter than it said: the client sees the body end early.
+                    self.ending = Some(Ending::Abort(EndReason::Aborted));
+                }
+            }
+        }
+    }
+
+    /// Backend bytes: interim heads, the final head, the body.
+    fn on_answer(&mut self, data: &[u8]) {
+        self.response_byte = true;
+        // Once the backend answered, the request cannot be sent again.
+        self.template = Vec::new();
+        let mut pending = Cow::Borrowed(data);
+        loop {
+            if let Some(a) = &mut self.answer {
+                match a.feed(&pending, &mut self.down) {
+                    Ok(used) if used < pending.len() => {
+                        // More than the answer's framing holds: never reuse this connection.
+                        self.reusable = false;
+                    }
+                    Ok(_) => {}
+                    Err(_) => self.ending = Some(Ending::Abort(EndReason::Aborted)),
+                }
+                return;
+            }
+            let from = self.answer_head.len();
+            self.answer_head.extend_from_slice(&pending);
+            let Some(end) = find_head_end(&self.answer_head, from.max(self.searched)) else {
+                self.searched = self.answer_head.len();
+                if self.answer_head.len() >= self.settings.max_head_bytes {
+                    self.bad_answer(BackendFailure::HeadTooLarge);
+                }
+                return;
+            };
+            let rest = self.answer_head.split_off(end);
+            let head = std::mem::take(&mut self.answer_head);
+            self.searched = 0;
+            let route = self.settings.routes.get(self.route);
+            let cookie = route.set_cookie(self.pick, self.backend_index);
+            let close = self.client_close || !self.req.is_done();
+            let extra = Extra {
+                close,
+                set_cookie: cookie.as_deref(),
+            };
+            let max_headers = self.settings.max_headers;
+            match rewrite_response(&head, self.head_method, max_headers, extra, &mut self.down) {
+                Err(_) => {
+                    self.bad_answer(BackendFailure::BadAnswer);
+                    return;
+                }
+                Ok(r) if r.interim => {}
+                Ok(r) => {
+                    self.status = r.status;
+                    self.reusable = r.reusable;
+                    self.close_client = close || r.body == crate::core::validate::Body::UntilClose;
+                    self.answer = Some(BodyReader::new(r.body));
+                }
+            }
+            if rest.is_empty() {
+                return;
+            }
+            pending = Cow::Owned(rest);
+        }
+    }
+
+    fn bad_answer(&mut self, why: BackendFailure) {
+        self.steps
+            .push_back(Step::Note(Note::BackendFailed(self.backend)));
+        self.ending = Some(Ending::Refuse(Reject::BackendFailed(why)));
+    }
+
+    /// Bytes for the `Write { src: Held }` in flight.
+    pub(super) fn out_bytes(&self) -> &[u8] {
+        match self.writing {
+            Out::Head => &self.head[self.head_pos.min(self.head.len())..],
+            Out::Up => &self.up[self.up_pos.min(self.up.len())..],
+            Out::Down => &self.down[self.down_pos.min(self.down.len())..],
+        }
+    }
+}
+
+fn write(side: Side) -> Step {
+    Step::Io(IoOp::Write {
+        side,
+        src: Src::Held,
+    })
+}

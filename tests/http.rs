@@ -1,0 +1,372 @@
+//! Plain HTTP/1.1 forwarding beside the tunnels, over real sockets: bodies by length and
+//! chunked both ways, bodiless answers, 100-continue, streaming answers, keep-alive and
+//! pipelining, an upgrade after plain requests, the backend pool and its retry, timeouts.
+//!
+//! ```text
+//!   raw client (Peer) ──▶ wsplice ──▶ Origin (records every byte) / RawBackend (scripted)
+//! ```
+
+#[macro_use]
+mod support;
+#[path = "support/http.rs"]
+mod http;
+
+use std::time::{Duration, Instant};
+
+use http::*;
+use support::*;
+use tokio::io::AsyncReadExt;
+
+async fn proxy(routes: &[R]) -> Proxy {
+    with_routes(Proxy::builder(Relay::Auto), routes)
+        .start()
+        .await
+}
+
+fn run_auto<F, Fut>(body: F)
+where
+    F: FnOnce(Relay) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(support::run(Relay::Auto, body));
+}
+
+#[test]
+fn get_and_post_by_length_and_chunked() {
+    run_auto(|_| async {
+        let origin = Origin::with(|m| {
+            let r = Reply::ok(format!("{} {} {}", m.method(), m.target(), m.body.len()));
+            if m.target().contains("chunked") {
+                r.chunked()
+            } else {
+                r
+            }
+        })
+        .await;
+        let p = proxy(&[r("/app", &[origin.addr])]).await;
+        let mut c = Peer::connect(p.addr()).await;
+
+        c.send(&get(
+            "/app/a?x=1",
+            &[
+                "Connection: keep-alive, X-Hop",
+                "X-Hop: secret",
+                "Keep-Alive: 5",
+                "TE: trailers",
+                "X-Forwarded-For: 1.2.3.4",
+                "X-Real-IP: 6.6.6.6",
+                "User-Agent: t",
+            ],
+        ))
+        .await;
+        let a = c.answer("GET").await;
+        assert_eq!((a.status, a.text().as_str()), (200, "GET /a?x=1 0"));
+        assert_eq!(a.header("connection"), None, "keep-alive is the default");
+
+        let body = pattern(1 << 20, 7);
+        c.send(&request(
+            "POST",
+            "/app/upload",
+            &["Content-Type: application/octet-stream"],
+            &body,
+        ))
+        .await;
+        let a = c.answer("POST").await;
+        assert_eq!(a.text(), format!("POST /upload {}", body.len()));
+
+        let mut chunked =
+            b"PUT /app/chunked HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
+                .to_vec();
+        chunked.extend_from_slice(b"5;name=val\r\nhello\r\n06\r\n world\r\n0\r\nX-Checksum: 42\r\nContent-Length: 99\r\n\r\n");
+        c.send(&chunked).await;
+        let a = c.answer("PUT").await;
+        assert_eq!(a.header("transfer-encoding"), Some("chunked"));
+        assert_eq!(a.text(), "PUT /chunked 11");
+
+        let seen = origin.requests();
+        assert_eq!(seen.len(), 3);
+        let g = &seen[0];
+        assert_eq!(g.line, "GET /a?x=1 HTTP/1.1");
+        for gone in ["x-hop", "keep-alive", "te", "connection"] {
+            assert_eq!(g.header(gone), None, "{gone} reached the backend: {g:?}");
+        }
+        assert_eq!(g.header("x-forwarded-for"), Some("1.2.3.4, 127.0.0.1"));
+        assert_eq!(g.header("x-real-ip"), Some("127.0.0.1"));
+        assert_eq!(g.header("x-forwarded-proto"), Some("http"));
+        assert_eq!(g.header("user-agent"), Some("t"));
+        assert_eq!(seen[1].body, body, "the 1 MiB body arrived intact");
+        assert_eq!(seen[1].header("content-length"), Some("1048576"));
+        let put = &seen[2];
+        assert_eq!(put.body, b"hello world");
+        assert_eq!(put.all("transfer-encoding"), ["chunked"]);
+        // Size lines written fresh (no extension, no leading zero); trailers kept except
+        // framing fields.
+        let raw = String::from_utf8_lossy(&origin.raw()[0]).into_owned();
+        assert!(
+            raw.ends_with("\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\nX-Checksum: 42\r\n\r\n"),
+            "{raw:?}"
+        );
+        assert_eq!(
+            origin.accepted(),
+            1,
+            "one backend connection served all three"
+        );
+    });
+}
+
+#[test]
+fn bodiless_answers_and_keep_alive_after_them() {
+    run_auto(|_| async {
+        let origin = Origin::with(|m| match m.target() {
+            "/none" => Reply {
+                status: 204,
+                ..Reply::ok("")
+            },
+            "/same" => Reply {
+                status: 304,
+                framing: Framing::None,
+                ..Reply::ok("")
+            }
+            .header("ETag", "\"x\""),
+            _ => Reply::ok("0123456789"),
+        })
+        .await;
+        let p = proxy(&[r("/", &[origin.addr])]).await;
+        let mut c = Peer::connect(p.addr()).await;
+        c.send(&request("HEAD", "/page", &[], b"")).await;
+        let a = c.answer("HEAD").await;
+        assert_eq!((a.status, a.header("content-length")), (200, Some("10")));
+        c.send(&get("/none", &[])).await;
+        let a = c.answer("GET").await;
+        assert_eq!(a.status, 204);
+        c.send(&get("/same", &["If-None-Match: \"x\""])).await;
+        let a = c.answer("GET").await;
+        assert_eq!((a.status, a.header("etag")), (304, Some("\"x\"")));
+        c.send(&get("/page", &[])).await;
+        let a = c.answer("GET").await;
+        assert_eq!(a.text(), "0123456789");
+        assert!(c.buf.is_empty(), "bytes beyond the answers: {:?}", c.buf);
+    });
+}
+
+#[test]
+fn expect_100_continue_and_early_hints_are_relayed() {
+    run_auto(|_| async {
+        let backend = RawBackend::start().await;
+        let p = proxy(&[r("/", &[backend.addr])]).await;
+        let mut c = Peer::connect(p.addr()).await;
+        c.send(b"POST /up HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n")
+            .await;
+        let mut b = Peer::new(backend.next_conn().await);
+        let head = b.head().await.expect("head");
+        assert_eq!(head.header("expect"), Some("100-continue"));
+        // No body yet: the client waits for the 100.
+        assert!(!b.has_bytes_within(Duration::from_millis(200)).await);
+        b.send(b"HTTP/1.1 100 Continue\r\n\r\n").await;
+        let interim = c.answer("POST").await;
+        assert_eq!(interim.status, 100);
+        c.send(b"data").await;
+        let mut m = head;
+        b.body(&mut m, Framing::Length(4)).await;
+        assert_eq!(m.body, b"data");
+        b.send(b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok")
+            .await;
+        let (interim, a) = c.final_answer("POST").await;
+        assert_eq!(interim.len(), 1);
+        assert_eq!(interim[0].header("link"), Some("</s.css>; rel=preload"));
+        assert_eq!((a.status, a.text().as_str()), (201, "ok"));
+    });
+}
+
+#[test]
+fn event_streams_pass_each_event_as_it_comes() {
+    run_auto(|_| async {
+        let backend = RawBackend::start().await;
+        let p = proxy(&[r("/", &[backend.addr])]).await;
+        for chunked in [true, false] {
+            let mut c = Peer::connect(p.addr()).await;
+            c.send(&get("/events", &["Accept: text/event-stream"]))
+                .await;
+            let mut b = Peer::new(backend.next_conn().await);
+            b.head().await.expect("head");
+            let framing = if chunked {
+                "Transfer-Encoding: chunked\r\n"
+            } else {
+                ""
+            };
+            b.send(
+                format!("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n{framing}\r\n")
+                    .as_bytes(),
+            )
+            .await;
+            let a = c.head().await.expect("answer head");
+            assert_eq!(a.status, 200);
+            for i in 0..3 {
+                let event = format!("data: {i}\n\n");
+                let wire = if chunked {
+                    format!("{:x}\r\n{event}\r\n", event.len())
+                } else {
+                    event.clone()
+                };
+                b.send(wire.as_bytes()).await;
+                // Each event arrives before the next is even written: nothing is held back.
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while !String::from_utf8_lossy(&c.buf).contains(&event) {
+                    assert!(
+                        Instant::now() < deadline,
+                        "event {i} held back: {:?}",
+                        c.buf
+                    );
+                    assert!(
+                        c.has_bytes_within(Duration::from_millis(50)).await || !c.buf.is_empty()
+                    );
+                    if !String::from_utf8_lossy(&c.buf).contains(&event) {
+                        let mut more = [0u8; 1024];
+                        if let Ok(Ok(n)) =
+                            tokio::time::timeout(Duration::from_millis(100), c.s.read(&mut more))
+                                .await
+                        {
+                            c.buf.extend_from_slice(&more[..n]);
+                        }
+                    }
+                }
+                c.buf.clear();
+            }
+            if !chunked {
+                assert_eq!(a.header("connection"), Some("close"));
+                drop(b);
+                assert!(
+                    c.closed_within(STEP).await,
+                    "until-close answer: the client is closed"
+                );
+            }
+        }
+    });
+}
+
+#[test]
+fn pipelined_requests_are_served_in_turn() {
+    run_auto(|_| async {
+        let backend = RawBackend::start().await;
+        let p = proxy(&[r("/", &[backend.addr])]).await;
+        let mut c = Peer::connect(p.addr()).await;
+        let mut all = get("/1", &[]);
+        all.extend_from_slice(&request("POST", "/2", &[], b"two"));
+        all.extend_from_slice(&get("/3", &[]));
+        c.send(&all).await;
+        let mut b = Peer::new(backend.next_conn().await);
+        for (i, body) in [(1, ""), (2, "two"), (3, "")] {
+            let mut m = b.head().await.expect("head");
+            assert_eq!(m.target(), format!("/{i}"));
+            let f = request_framing(&m);
+            b.body(&mut m, f).await;
+            assert_eq!(m.text(), body);
+            // The next request waits for this answer.
+            assert!(
+                !b.has_bytes_within(Duration::from_millis(150)).await,
+                "request {} sent before answer {i}: {:?}",
+                i + 1,
+                String::from_utf8_lossy(&b.buf)
+            );
+            b.send(format!("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n{i}").as_bytes())
+                .await;
+            let a = c.answer("GET").await;
+            assert_eq!(a.text(), i.to_string());
+        }
+        assert_eq!(
+            backend.accepted(),
+            1,
+            "one pooled backend connection for all three"
+        );
+    });
+}
+
+e2e!(upgrade_after_plain_requests, |relay| async move {
+    let origin = Origin::start().await;
+    let echo = EchoBackend::start().await;
+    let proxy = with_routes(
+        Proxy::builder(relay),
+        &[r("/ws", &[echo.addr]), r("/", &[origin.addr])],
+    )
+    .start()
+    .await;
+    let mut c = Peer::connect(proxy.addr()).await;
+    for i in 0..2 {
+        c.send(&get(&format!("/page{i}"), &[])).await;
+        let a = c.answer("GET").await;
+        assert_eq!(a.text(), format!("GET /page{i} 0"));
+    }
+    c.send(&upgrade_request("/ws/chat", &[])).await;
+    let a = c.head().await.expect("101");
+    assert_eq!(a.status, 101);
+    let payload = b"hello over the same connection";
+    c.send(&client_frame(0x1, payload)).await;
+    let mut frame = std::mem::take(&mut c.buf);
+    while frame.len() < 2 + payload.len() {
+        let mut b = [0u8; 256];
+        let n = tokio::time::timeout(STEP, c.s.read(&mut b))
+            .await
+            .expect("echo in time")
+            .expect("read");
+        assert!(n > 0, "closed instead of echoing");
+        frame.extend_from_slice(&b[..n]);
+    }
+    assert_eq!(frame, server_frame(0x1, payload));
+    assert_eq!(origin.accepted(), 1);
+    assert_eq!(echo.log().connections, 1);
+});
+
+#[test]
+fn pooled_connection_closed_by_the_backend_is_retried_for_idempotent_requests_only() {
+    run_auto(|_| async {
+        let backend = RawBackend::start().await;
+        let p = with_routes(
+            Proxy::builder(Relay::Auto).top("admin", "\"127.0.0.1:0\""),
+            &[r("/", &[backend.addr])],
+        )
+        .start()
+        .await;
+        // First request: answered, the connection goes to the pool.
+        let mut c = Peer::connect(p.addr()).await;
+        c.send(&get("/a", &[])).await;
+        let mut b1 = Peer::new(backend.next_conn().await);
+        b1.head().await.expect("head");
+        b1.send(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na")
+            .await;
+        assert_eq!(c.answer("GET").await.text(), "a");
+        // Second request goes out on the pooled connection; the backend closes it instead of
+        // answering (it timed the connection out just then). A GET is sent again on a new one.
+        c.send(&get("/b", &[])).await;
+        let head = b1
+            .head()
+            .await
+            .expect("second request on the pooled connection");
+        assert_eq!(head.target(), "/b");
+        drop(b1);
+        let mut b2 = Peer::new(backend.next_conn().await);
+        assert_eq!(b2.head().await.expect("retried").target(), "/b");
+        b2.send(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb")
+            .await;
+        assert_eq!(c.answer("GET").await.text(), "b");
+        // A POST with a body on the pooled connection is not sent twice: 502.
+        c.send(&request("POST", "/c", &[], b"once")).await;
+        let mut m = b2.head().await.expect("POST on the pooled connection");
+        b2.body(&mut m, Framing::Length(4)).await;
+        drop(b2);
+        let a = c.answer("POST").await;
+        assert_eq!(a.status, 502, "{:?}", a.text());
+        assert!(a.text().starts_with("502 Bad Gateway: "), "{:?}", a.text());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), backend.next_conn())
+                .await
+                .is_err(),
+            "the POST was sent again"
+        );
+        assert_eq!(backend.accepted(), 2);
+    });
+}
