@@ -1,7 +1,8 @@
 //! What every driver shares: one worker's slab of connections, timer wheel, pipe pool, limits,
-//! counters, access log, reload and drain. No event loop here: a driver ([`super::epoll`])
-//! turns readiness or completions into calls on [`Worker`], and executes the I/O the worker's
-//! connections ask for through [`Driver`].
+//! counters, access log, reload and drain. No event loop here: a driver ([`super::epoll`],
+//! [`super::uring`]) turns readiness or completions into calls on [`Worker`], and executes the
+//! I/O the worker's connections ask for through [`Driver`]: at once ([`Exec::Done`]), or
+//! submitted and reported later ([`Exec::Submitted`], then [`Worker::completed`]).
 //!
 //! The worker never decides a protocol question: each connection's [`Conn`] does. It carries out
 //! the bookkeeping steps itself (timers, admission, counters, the end) and hands the I/O steps to
@@ -11,7 +12,7 @@ use crate::core::conn::{
     Accept, Admission, Conn, ConnLog, Connecting, End, EndReason, Event, Note, Step, Time,
 };
 use crate::core::handshake::ConnectFailure;
-use crate::core::relay::{Ctx, IoOp, RelayStats, Side};
+use crate::core::relay::{BufId, Ctx, IoOp, RelayStats, Side};
 use crate::core::timer::{Clock, Tick, Wheel};
 use crate::driver::access_log::{LogSink, Record};
 use crate::driver::backends::BackendTable;
@@ -24,7 +25,7 @@ use crate::transport::Transport;
 use slab::Slab;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,6 +60,8 @@ pub enum Watch {
 
 /// One I/O operation with the resources it needs, for the driver to execute.
 pub struct IoCall<'a> {
+    /// The connection asking (a completion driver reports back under this key).
+    pub key: usize,
     pub op: IoOp,
     /// The socket the operation names (None: the backend socket does not exist).
     pub sock: Option<&'a mut dyn Transport>,
@@ -70,14 +73,42 @@ pub struct IoCall<'a> {
     pub scratch: &'a mut [u8],
 }
 
-/// What a driver does for a worker.
+/// How a driver carried out an operation.
+#[derive(Debug)]
+pub enum Exec {
+    /// Done now: the result goes back to the connection at once.
+    Done(io::Result<usize>),
+    /// Submitted: the driver reports the result later, with [`Worker::completed`].
+    Submitted,
+}
+
+/// What a driver does for a worker. The defaults are a readiness driver's (epoll).
 pub trait Driver {
     /// Starts watching `fd` (a new socket or listener) under `w`.
     fn watch(&mut self, fd: BorrowedFd<'_>, w: Watch) -> io::Result<()>;
     /// Stops watching a listener (closing a socket stops watching it by itself).
     fn unwatch(&mut self, fd: BorrowedFd<'_>);
-    /// Executes one operation; its result goes back to the connection.
-    fn exec(&mut self, call: IoCall<'_>) -> io::Result<usize>;
+    /// Executes one operation, or submits it.
+    fn exec(&mut self, call: IoCall<'_>) -> Exec;
+    /// True when reads wait for bytes and writes for room rather than failing with
+    /// `WouldBlock` (see [`Ctx::completion`]).
+    fn completes(&self) -> bool {
+        false
+    }
+    /// Starts connecting a new non-blocking socket to `addr` for connection `key`.
+    /// `Connecting::Started`: readiness follows (then `CheckConnect`), or a completion does
+    /// ([`Worker::connected`]).
+    fn connect(&mut self, key: usize, addr: SocketAddr) -> io::Result<(TcpStream, Connecting)> {
+        let s = crate::sys::sock::connect_nonblocking(addr)?;
+        self.watch(s.as_fd(), Watch::Conn(key, Side::Backend))?;
+        Ok((s, Connecting::Started))
+    }
+    /// Closes a socket that connection `key` is done with (what waits on it is cancelled).
+    fn close(&mut self, _key: usize, _side: Side, sock: OwnedFd) {
+        drop(sock);
+    }
+    /// A buffer of the driver's that a connection is done with.
+    fn give_back(&mut self, _id: BufId) {}
 }
 
 /// A connection's sockets and state: one slab entry.
@@ -118,6 +149,8 @@ pub struct Worker {
     fired: Vec<(u32, Tick)>,
     time: Time,
     scratch: Box<[u8]>,
+    /// Driver buffers connections are done with, handed back to the driver after each call.
+    returned: Vec<BufId>,
     pool: PipePool,
     relay_stats: RelayStats,
     counters: Counters,
@@ -157,6 +190,7 @@ impl Worker {
             fired: Vec::new(),
             time: Time { now, tick, clock },
             scratch: vec![0u8; SCRATCH].into_boxed_slice(),
+            returned: Vec::new(),
             relay_stats: RelayStats::default(),
             counters: Counters::default(),
             accept_paused_until: None,
@@ -284,8 +318,67 @@ impl Worker {
         self.drive(key, d);
     }
 
+    /// A submitted operation of connection `key` completed (a completion driver). `input`: the
+    /// driver buffer a read's bytes landed in, and those bytes.
+    pub fn completed(
+        &mut self,
+        key: usize,
+        op: IoOp,
+        res: io::Result<usize>,
+        input: Option<(BufId, &[u8])>,
+        d: &mut impl Driver,
+    ) {
+        let Some(Slot::Live(e)) = self.conns.get_mut(key) else {
+            if let Some((id, _)) = input {
+                d.give_back(id);
+            }
+            return;
+        };
+        let (scratch, lent) = match input {
+            Some((id, bytes)) => (bytes, Some(id)),
+            None => (&self.scratch[..], None),
+        };
+        let mut cx = ctx(
+            scratch,
+            &mut self.pool,
+            &mut self.relay_stats,
+            &mut self.returned,
+            &self.params,
+            d.completes(),
+        );
+        cx.lent = lent;
+        e.conn.complete_io(op, res, &mut cx, &self.time);
+        if let Some(id) = cx.lent {
+            d.give_back(id); // the connection did not keep the bytes
+        }
+        self.give_back(d);
+        self.drive(key, d);
+    }
+
+    /// The connect a completion driver started for connection `key` finished.
+    pub fn connected(&mut self, key: usize, res: io::Result<()>, d: &mut impl Driver) {
+        let Some(Slot::Live(e)) = self.conns.get_mut(key) else {
+            return;
+        };
+        let c = match res {
+            Ok(()) => Connecting::Connected,
+            // As `check_connect` reads SO_ERROR: any error refuses this backend.
+            Err(_) => Connecting::Failed(ConnectFailure::Refused),
+        };
+        e.conn.complete_connect(c, &self.time);
+        self.drive(key, d);
+    }
+
+    /// Hands the driver buffers connections are done with back to the driver.
+    fn give_back(&mut self, d: &mut impl Driver) {
+        for id in self.returned.drain(..) {
+            d.give_back(id);
+        }
+    }
+
     /// Carries out what connection `key` asks until it waits.
     fn drive(&mut self, key: usize, d: &mut impl Driver) {
+        let completion = d.completes();
         loop {
             let Some(Slot::Live(e)) = self.conns.get_mut(key) else {
                 return;
@@ -294,44 +387,57 @@ impl Worker {
                 &self.scratch,
                 &mut self.pool,
                 &mut self.relay_stats,
+                &mut self.returned,
                 &self.params,
+                completion,
             );
-            match e.conn.poll(&mut cx, &self.time) {
+            let step = e.conn.poll(&mut cx, &self.time);
+            if !self.returned.is_empty() {
+                self.give_back(d);
+            }
+            let Some(Slot::Live(e)) = self.conns.get_mut(key) else {
+                return;
+            };
+            match step {
                 Step::Io(op) => {
-                    let side = match op {
-                        IoOp::Read { side, .. }
-                        | IoOp::Write { side, .. }
-                        | IoOp::SpliceIn { side, .. }
-                        | IoOp::SpliceOut { side, .. }
-                        | IoOp::Shutdown { side } => side,
-                    };
-                    let sock: Option<&mut dyn Transport> = match side {
+                    let sock: Option<&mut dyn Transport> = match op.side() {
                         Side::Client => Some(&mut e.client),
                         Side::Backend => e.backend.as_mut().map(|b| b as &mut dyn Transport),
                     };
-                    let res = d.exec(IoCall {
+                    let done = d.exec(IoCall {
+                        key,
                         op,
                         sock,
                         held: e.conn.out_bytes(),
                         pipe: e.conn.pipe(),
                         scratch: &mut self.scratch,
                     });
+                    let Exec::Done(res) = done else {
+                        continue; // the driver reports it with `completed`
+                    };
                     let mut cx = ctx(
                         &self.scratch,
                         &mut self.pool,
                         &mut self.relay_stats,
+                        &mut self.returned,
                         &self.params,
+                        completion,
                     );
                     e.conn.complete_io(op, res, &mut cx, &self.time);
+                    if !self.returned.is_empty() {
+                        self.give_back(d);
+                    }
                 }
                 Step::Connect(addr) => {
-                    e.backend = None;
+                    if let Some(old) = e.backend.take() {
+                        d.close(key, Side::Backend, old.into());
+                    }
                     let r = match self.connect(key, addr, d) {
                         Ok(s) => {
                             if let Some(Slot::Live(e)) = self.conns.get_mut(key) {
-                                e.backend = Some(s);
+                                e.backend = Some(s.0);
                             }
-                            Connecting::Started
+                            s.1
                         }
                         Err(why) => Connecting::Failed(why),
                     };
@@ -343,7 +449,11 @@ impl Worker {
                     let r = check_connect(e.backend.as_ref());
                     e.conn.complete_connect(r, &self.time);
                 }
-                Step::CloseBackend => e.backend = None,
+                Step::CloseBackend => {
+                    if let Some(old) = e.backend.take() {
+                        d.close(key, Side::Backend, old.into());
+                    }
+                }
                 Step::Admit(ip) => {
                     let a = match self.limiter.acquire(ip) {
                         Some(true) => Admission::Counted,
@@ -359,7 +469,7 @@ impl Worker {
                     return;
                 }
                 Step::Wait => return,
-                Step::End(end) => return self.end(key, end),
+                Step::End(end) => return self.end(key, end, d),
             }
         }
     }
@@ -369,8 +479,8 @@ impl Worker {
         key: usize,
         addr: SocketAddr,
         d: &mut impl Driver,
-    ) -> Result<TcpStream, ConnectFailure> {
-        let s = crate::sys::sock::connect_nonblocking(addr).map_err(|e| {
+    ) -> Result<(TcpStream, Connecting), ConnectFailure> {
+        let (s, how) = d.connect(key, addr).map_err(|e| {
             if is_no_fd(&e) {
                 self.counters.connect_emfile += 1;
                 ConnectFailure::NoDescriptors
@@ -381,9 +491,7 @@ impl Worker {
             }
         })?;
         let _ = tune(&s, &self.params.tuning);
-        d.watch(s.as_fd(), Watch::Conn(key, Side::Backend))
-            .map_err(|_| ConnectFailure::Reset)?;
-        Ok(s)
+        Ok((s, how))
     }
 
     /// Counts what a connection reported.
@@ -411,14 +519,17 @@ impl Worker {
     }
 
     /// Closes connection `key`'s sockets and gives back what it held.
-    fn end(&mut self, key: usize, end: End) {
+    fn end(&mut self, key: usize, end: End, d: &mut impl Driver) {
         let Some(slot) = self.conns.get_mut(key) else {
             return;
         };
-        if matches!(slot, Slot::Dead) {
+        let Slot::Live(e) = std::mem::replace(slot, Slot::Dead) else {
             return;
+        };
+        d.close(key, Side::Client, e.client.into());
+        if let Some(b) = e.backend {
+            d.close(key, Side::Backend, b.into());
         }
-        *slot = Slot::Dead; // drops both sockets
         self.dead.push(key);
         if end.holds_slot {
             self.total.release();
@@ -609,14 +720,19 @@ fn ctx<'a>(
     scratch: &'a [u8],
     pool: &'a mut PipePool,
     stats: &'a mut RelayStats,
+    returned: &'a mut Vec<BufId>,
     params: &Params,
+    completion: bool,
 ) -> Ctx<'a, PipePool> {
     Ctx {
         scratch,
+        lent: None,
+        returned,
         pipes: pool,
         stats,
         mode: params.relay,
         threshold: params.splice_threshold,
+        completion,
     }
 }
 
