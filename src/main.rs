@@ -28,7 +28,7 @@ use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
-use wsplice::config::{Config, RelayMode};
+use wsplice::config::{Config, DriverMode, RelayMode};
 use wsplice::core::relay::CloseReason;
 use wsplice::driver::{self, admin, Server};
 use wsplice::sys::limits;
@@ -69,6 +69,11 @@ struct Args {
     #[arg(long, value_enum, value_name = "MODE")]
     relay: Option<RelayArg>,
 
+    /// The event loop: epoll, io_uring, or io_uring where the kernel allows it. Overrides the
+    /// configuration file.
+    #[arg(long, value_enum, value_name = "DRIVER")]
+    driver: Option<DriverArg>,
+
     /// Check the configuration and exit: 0 if it is valid, 1 with the error otherwise.
     #[arg(long, short = 't')]
     check: bool,
@@ -93,6 +98,26 @@ enum RelayArg {
     Splice,
     /// Always copy through a buffer.
     Copy,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum DriverArg {
+    /// epoll: every Linux.
+    Epoll,
+    /// io_uring: refuse to start where the kernel lacks it or forbids it.
+    Uring,
+    /// io_uring where available, else epoll.
+    Auto,
+}
+
+impl From<DriverArg> for DriverMode {
+    fn from(arg: DriverArg) -> DriverMode {
+        match arg {
+            DriverArg::Epoll => DriverMode::Epoll,
+            DriverArg::Uring => DriverMode::Uring,
+            DriverArg::Auto => DriverMode::Auto,
+        }
+    }
 }
 
 impl From<RelayArg> for RelayMode {
@@ -168,14 +193,18 @@ fn run_demo(listen: SocketAddr, args: &Args) -> io::Result<()> {
     run(cfg, args)
 }
 
-/// The configuration from the file or the flags, with `--workers` and `--relay` applied.
+/// The configuration from the file or the flags, with `--workers`, `--relay` and `--driver`
+/// applied.
 fn load(args: &Args) -> Result<Config, wsplice::config::ConfigError> {
     let workers = args.workers.map(usize::from);
     let relay = args.relay.map(RelayMode::from);
     let mut cfg = match &args.config {
         Some(path) => Config::load(path)?,
-        None => return Config::from_cli(args.listen.clone(), &args.route, workers, relay),
+        None => Config::from_cli(args.listen.clone(), &args.route, workers, relay)?,
     };
+    if let Some(d) = args.driver {
+        cfg.driver = d.into();
+    }
     if workers.is_some() {
         cfg.workers = workers;
     }
@@ -227,6 +256,19 @@ fn run(mut cfg: Config, args: &Args) -> io::Result<()> {
         "capacity: {} connections, {} pipes (open-file limit {soft})",
         capacity.max_connections, capacity.max_pipes
     ));
+    lines.push(match server.driver() {
+        driver::Chosen::Epoll => "driver epoll".to_owned(),
+        driver::Chosen::Uring(setup) => {
+            let u = &cfg.uring;
+            let count = u.buffer_count() as usize;
+            format!(
+                "driver uring ({}): {count} buffers of {} KiB per worker, {} KiB fixed (uring.buffer_memory)",
+                setup.as_str(),
+                u.buffer_size / 1024,
+                count * u.buffer_size / 1024
+            )
+        }
+    });
     lines.push("ready".to_owned());
     let mut out = io::stdout().lock();
     for line in lines {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use support::blocking::eventually;
 use support::{
     header, route, status, try_read_head, upgrade_request, Behavior, Proxy, ProxyBuilder,
-    RawBackend, RefusedPort, Relay,
+    RawBackend, RefusedPort, Relay, RelayMode,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -315,7 +315,7 @@ async fn metrics_count_exactly_what_happened(relay: Relay) {
         );
         // 6,000 bytes in 1,000-byte bursts: spliced only when told to; auto copies bursts
         // below its 64 KiB threshold.
-        let (spliced, copied) = if relay == Relay::Splice {
+        let (spliced, copied) = if relay.mode == RelayMode::Splice {
             (6000, 0)
         } else {
             (0, 6000)

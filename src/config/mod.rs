@@ -33,7 +33,7 @@
 //!   walk      the span-aware TOML walker: Table, Field, and the Key tables sections are made of
 //!   value     value parsers: durations, sizes, addresses, networks, prefixes, hosts
 //!   root      the top-level keys; where each section is read
-//!   sections  [timeouts] [limits] [keepalive] [splice] [access_log] [proxy_protocol]
+//!   sections  [timeouts] [limits] [keepalive] [splice] [uring] [access_log] [proxy_protocol]
 //!   route     [[route]]
 //!   cli       Config::from_cli: the --listen/--route flags
 //! ```
@@ -59,8 +59,8 @@ use toml::de::DeTable;
 
 pub use error::ConfigError;
 pub use model::{
-    AccessLog, Config, ForwardedFor, Keepalive, Limits, LogFormat, ProxyIn, ProxyVersion, Relay,
-    RelayMode, Route, Timeouts,
+    AccessLog, Config, DriverMode, ForwardedFor, Keepalive, Limits, LogFormat, ProxyIn,
+    ProxyVersion, Relay, RelayMode, Route, Timeouts, Uring,
 };
 use walk::{Source, Table};
 

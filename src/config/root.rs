@@ -3,7 +3,7 @@
 
 use super::value::parse_addr;
 use super::walk::{key, required, Field, Key, Table};
-use super::{route, sections, Config, ConfigError, RelayMode};
+use super::{route, sections, Config, ConfigError, DriverMode, RelayMode};
 
 pub(super) const MAX_WORKERS: u64 = 1024;
 
@@ -14,10 +14,12 @@ const KEYS: &[Key<Config>] = &[
     required("listen", listen),
     key("workers", |c, f| f.uint_in(1..=MAX_WORKERS).map(|n| c.workers = Some(n))),
     key("relay", |c, f| f.choice(&RELAY_MODES, RelayMode::as_str).map(|m| c.relay.mode = m)),
+    key("driver", |c, f| f.choice(&DRIVERS, DriverMode::as_str).map(|d| c.driver = d)),
     key("timeouts", |c, f| f.section(&mut c.timeouts, sections::TIMEOUTS)),
     key("limits", |c, f| f.section(&mut c.limits, sections::LIMITS)),
     key("keepalive", |c, f| f.section(&mut c.keepalive, sections::KEEPALIVE)),
     key("splice", |c, f| f.section(&mut c.relay, sections::SPLICE)),
+    key("uring", sections::uring),
     key("route", route::routes),
     key("admin", |c, f| f.parsed(parse_addr).map(|a| c.admin = Some(a))),
     key("access_log", sections::access_log),
@@ -27,6 +29,7 @@ const KEYS: &[Key<Config>] = &[
 ];
 
 const RELAY_MODES: [RelayMode; 3] = [RelayMode::Auto, RelayMode::Splice, RelayMode::Copy];
+const DRIVERS: [DriverMode; 3] = [DriverMode::Epoll, DriverMode::Uring, DriverMode::Auto];
 
 /// The whole document.
 pub(super) fn read(root: &Table<'_>) -> Result<Config, ConfigError> {

@@ -1,10 +1,11 @@
-//! Event loops that turn the core's decisions into syscalls. Epoll (mio) now; io_uring later.
+//! Event loops that turn the core's decisions into syscalls: epoll (mio) or io_uring, chosen by
+//! the `driver` key; both run the same [`worker::Worker`].
 //!
 //! ```text
 //!            SO_REUSEPORT: the kernel spreads accepts
 //!      ┌─────────────┬──────────────┬─────────────┐
 //!   worker 0      worker 1   ...  worker N-1        one thread each, nothing shared but
-//!   Poll, Slab<Conn>, Wheel, PipePool, scratch      read-only Settings and published stats
+//!   Poll or Ring, Slab<Conn>, Wheel, PipePool       read-only Settings and published stats
 //! ```
 pub mod access_log;
 pub mod admin;
@@ -12,9 +13,10 @@ pub mod backends;
 pub mod epoll;
 pub mod limiter;
 pub mod stats;
+pub mod uring;
 pub mod worker;
 
-use crate::config::{Config, RelayMode};
+use crate::config::{Config, DriverMode, RelayMode};
 use crate::core::handshake::Settings;
 use crate::core::route::RouteTable;
 use crate::sys::sock::{reuseport_listener, Tuning};
@@ -102,10 +104,55 @@ pub enum Control {
     Drain(Instant),
 }
 
+/// Wakes a worker's loop from another thread.
+enum Wake {
+    Epoll(Arc<Waker>),
+    Uring(Arc<uring::Waker>),
+}
+
+impl Wake {
+    fn wake(&self) -> io::Result<()> {
+        match self {
+            Wake::Epoll(w) => w.wake(),
+            Wake::Uring(w) => w.wake(),
+        }
+    }
+}
+
+/// The driver the workers run, once `auto` is resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chosen {
+    Epoll,
+    Uring(crate::sys::uring::Setup),
+}
+
+/// Resolves the `driver` key: `uring` refuses to start where io_uring cannot run (the error
+/// says why), `auto` falls back to epoll with one line on stderr saying why.
+pub fn choose_driver(mode: DriverMode) -> io::Result<Chosen> {
+    match mode {
+        DriverMode::Epoll => Ok(Chosen::Epoll),
+        DriverMode::Uring => uring::probe().map(Chosen::Uring).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "driver = \"uring\" cannot run here: {e}; set driver = \"epoll\" (or \"auto\") in the config, or pass --driver epoll"
+                ),
+            )
+        }),
+        DriverMode::Auto => match uring::probe() {
+            Ok(setup) => Ok(Chosen::Uring(setup)),
+            Err(e) => {
+                eprintln!("wsplice: driver auto: io_uring is unavailable ({e}); using epoll");
+                Ok(Chosen::Epoll)
+            }
+        },
+    }
+}
+
 struct WorkerHandle {
     backends: stats::BackendSnapshot,
     control: Sender<Control>,
-    waker: Arc<Waker>,
+    waker: Wake,
     thread: Option<JoinHandle<io::Result<()>>>,
     published: Arc<stats::Published>,
 }
@@ -120,6 +167,7 @@ pub struct Server {
     log: Option<access_log::LogSink>,
     log_thread: Option<JoinHandle<()>>,
     started: Instant,
+    driver: Chosen,
 }
 
 fn bind_error(addr: SocketAddr, e: io::Error) -> io::Error {
@@ -190,6 +238,7 @@ impl Server {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
             .max(1);
         let params = params_for(cfg, workers);
+        let driver = choose_driver(cfg.driver)?;
         // Bind every socket first, so a bad address fails start-up before any thread runs.
         let mut per_worker: Vec<Vec<(SocketAddr, std::net::TcpListener)>> =
             (0..workers).map(|_| Vec::new()).collect();
@@ -226,11 +275,25 @@ impl Server {
                 log: log.clone(),
                 published_backends: backends.clone(),
             };
-            let worker = epoll::Worker::new(wc)?;
-            let waker = worker.waker();
-            let thread = std::thread::Builder::new()
-                .name(format!("wsplice-w{id}"))
-                .spawn(move || worker.run())?;
+            let name = format!("wsplice-w{id}");
+            let (waker, thread) = match driver {
+                Chosen::Epoll => {
+                    let worker = epoll::Worker::new(wc)?;
+                    let waker = Wake::Epoll(worker.waker());
+                    let t = std::thread::Builder::new()
+                        .name(name)
+                        .spawn(move || worker.run())?;
+                    (waker, t)
+                }
+                Chosen::Uring(_) => {
+                    let worker = uring::Worker::new(wc, &cfg.uring)?;
+                    let waker = Wake::Uring(worker.waker());
+                    let t = std::thread::Builder::new()
+                        .name(name)
+                        .spawn(move || worker.run())?;
+                    (waker, t)
+                }
+            };
             handles.push(WorkerHandle {
                 backends,
                 control: tx,
@@ -247,7 +310,13 @@ impl Server {
             log,
             log_thread,
             started: Instant::now(),
+            driver,
         })
+    }
+
+    /// The driver the workers run.
+    pub fn driver(&self) -> Chosen {
+        self.driver
     }
 
     /// The bound listener addresses, in config order (port 0 resolved).

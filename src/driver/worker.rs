@@ -192,7 +192,10 @@ impl Worker {
             scratch: vec![0u8; SCRATCH].into_boxed_slice(),
             returned: Vec::new(),
             relay_stats: RelayStats::default(),
-            counters: Counters::default(),
+            counters: Counters {
+                drivers: [1, 0],
+                ..Counters::default()
+            },
             accept_paused_until: None,
             accept_wanted: true,
             draining: None,
@@ -211,6 +214,13 @@ impl Worker {
             }
         }
         Ok(())
+    }
+
+    /// What an io_uring driver reports of itself, once per loop iteration (a worker counts as
+    /// epoll's until it does).
+    pub fn set_driver_stats(&mut self, uring: crate::driver::uring::UringStats) {
+        self.counters.drivers = [0, 1];
+        self.counters.uring = uring;
     }
 
     /// Reads the clock; call once per loop iteration, before handling its events.
@@ -246,6 +256,18 @@ impl Worker {
 
     pub fn listener_count(&self) -> usize {
         self.listeners.len()
+    }
+
+    /// Connection `key`'s socket on `side`, if it is open (a completion driver re-submits a
+    /// receive that found no buffer).
+    pub fn socket(&self, key: usize, side: Side) -> Option<BorrowedFd<'_>> {
+        let Some(Slot::Live(e)) = self.conns.get(key) else {
+            return None;
+        };
+        match side {
+            Side::Client => Some(e.client.as_fd()),
+            Side::Backend => e.backend.as_ref().map(|b| b.as_fd()),
+        }
     }
 
     /// True once: every listener should be tried (edge-triggered: clients may already wait).

@@ -26,18 +26,74 @@ const START_DEADLINE: Duration = Duration::from_secs(10);
 
 /// The proxy's `relay` setting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Relay {
+pub enum RelayMode {
     Copy,
     Splice,
     Auto,
 }
 
-impl Relay {
+/// The proxy's `driver` setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    Epoll,
+    Uring,
+}
+
+impl Driver {
+    pub const ALL: [Driver; 2] = [Driver::Epoll, Driver::Uring];
+
     pub fn as_str(self) -> &'static str {
         match self {
-            Relay::Copy => "copy",
-            Relay::Splice => "splice",
-            Relay::Auto => "auto",
+            Driver::Epoll => "epoll",
+            Driver::Uring => "uring",
+        }
+    }
+}
+
+/// How a scenario's proxy runs: its `relay` mode under its `driver`. `Relay::Copy`,
+/// `Relay::Splice` and `Relay::Auto` run under epoll; [`Relay::uring`] moves one to io_uring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Relay {
+    pub mode: RelayMode,
+    pub driver: Driver,
+}
+
+// The constants read as the relay modes they were when `Relay` was an enum.
+#[allow(non_upper_case_globals)]
+impl Relay {
+    pub const Copy: Relay = Relay::epoll(RelayMode::Copy);
+    pub const Splice: Relay = Relay::epoll(RelayMode::Splice);
+    pub const Auto: Relay = Relay::epoll(RelayMode::Auto);
+
+    const fn epoll(mode: RelayMode) -> Relay {
+        Relay {
+            mode,
+            driver: Driver::Epoll,
+        }
+    }
+
+    /// The same relay mode under io_uring.
+    pub const fn uring(self) -> Relay {
+        Relay {
+            mode: self.mode,
+            driver: Driver::Uring,
+        }
+    }
+
+    /// The same relay mode under `driver`.
+    pub const fn on(self, driver: Driver) -> Relay {
+        Relay {
+            mode: self.mode,
+            driver,
+        }
+    }
+
+    /// The `relay` value.
+    pub fn as_str(self) -> &'static str {
+        match self.mode {
+            RelayMode::Copy => "copy",
+            RelayMode::Splice => "splice",
+            RelayMode::Auto => "auto",
         }
     }
 }
@@ -53,14 +109,16 @@ where
         .is_err()
     {
         panic!(
-            "scenario did not finish within {TEST_DEADLINE:?} (relay = {})",
-            relay.as_str()
+            "scenario did not finish within {TEST_DEADLINE:?} (relay = {}, driver = {})",
+            relay.as_str(),
+            relay.driver.as_str()
         );
     }
 }
 
 /// `e2e!(name, |relay| async move { ... })` expands to module `name` holding one test per relay
-/// mode: `name::copy`, `name::splice`, `name::auto`.
+/// mode and driver: `name::copy`, `name::splice`, `name::auto` under epoll, and
+/// `name::uring_copy`, `name::uring_splice`, `name::uring_auto` under io_uring.
 #[allow(unused_macros)]
 macro_rules! e2e {
     ($name:ident, $body:expr) => {
@@ -81,6 +139,43 @@ macro_rules! e2e {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn auto() {
                 crate::support::run(crate::support::Relay::Auto, $body).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn uring_copy() {
+                crate::support::run(crate::support::Relay::Copy.uring(), $body).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn uring_splice() {
+                crate::support::run(crate::support::Relay::Splice.uring(), $body).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn uring_auto() {
+                crate::support::run(crate::support::Relay::Auto.uring(), $body).await
+            }
+        }
+    };
+}
+
+/// `drivers!(name, |driver| { ... })` expands to module `name` with one std-thread test per
+/// driver: `name::epoll`, `name::uring`.
+#[allow(unused_macros)]
+macro_rules! drivers {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[test]
+            fn epoll() {
+                ($body)(crate::support::Driver::Epoll)
+            }
+
+            #[test]
+            fn uring() {
+                ($body)(crate::support::Driver::Uring)
             }
         }
     };
@@ -138,7 +233,9 @@ impl RouteSpec {
 #[derive(Debug, Clone)]
 pub struct ProxyBuilder {
     /// `None` leaves `relay` out (the proxy's default).
-    relay: Option<Relay>,
+    relay: Option<RelayMode>,
+    /// `None` leaves `driver` out (the proxy's default, epoll).
+    driver: Option<Driver>,
     workers: usize,
     /// Top-level `key = value` lines, written as given.
     top: Vec<String>,
@@ -154,6 +251,7 @@ impl Default for ProxyBuilder {
     fn default() -> Self {
         ProxyBuilder {
             relay: None,
+            driver: None,
             workers: 2,
             top: Vec::new(),
             tables: Vec::new(),
@@ -164,8 +262,14 @@ impl Default for ProxyBuilder {
 }
 
 impl ProxyBuilder {
+    /// The relay mode and the driver.
     pub fn relay(mut self, relay: Relay) -> Self {
-        self.relay = Some(relay);
+        self.relay = Some(relay.mode);
+        self.driver = Some(relay.driver);
+        self
+    }
+    pub fn driver(mut self, driver: Driver) -> Self {
+        self.driver = Some(driver);
         self
     }
     pub fn workers(mut self, workers: usize) -> Self {
@@ -211,8 +315,15 @@ impl ProxyBuilder {
 
     pub fn toml(&self) -> String {
         let mut s = format!("listen = [\"127.0.0.1:0\"]\nworkers = {}\n", self.workers);
-        if let Some(relay) = self.relay {
+        if let Some(mode) = self.relay {
+            let relay = Relay {
+                mode,
+                driver: Driver::Epoll,
+            };
             s.push_str(&format!("relay = \"{}\"\n", relay.as_str()));
+        }
+        if let Some(driver) = self.driver {
+            s.push_str(&format!("driver = \"{}\"\n", driver.as_str()));
         }
         for line in &self.top {
             s.push_str(line);
