@@ -13,6 +13,7 @@
 //! route /notice -> 127.0.0.1:50001 strip_prefix=true
 //! route /msg host=example.com -> 127.0.0.1:50002,127.0.0.1:50003 strip_prefix=true
 //! capacity: 261000 connections, 65000 pipes (open-file limit 1048576)
+//! driver uring (single_issuer+defer_taskrun): 64 buffers of 16 KiB per worker, 1024 KiB fixed (uring.buffer_memory)
 //! ready
 //! ```
 //!

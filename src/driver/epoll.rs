@@ -106,6 +106,7 @@ impl Worker {
             registry: poll.registry().try_clone()?,
         };
         w.watch_listeners(&mut ep)?;
+        w.set_up();
         let mut events = Events::with_capacity(1024);
         loop {
             if w.take_accept_wanted() {

@@ -264,6 +264,7 @@ impl Server {
             let published = Arc::new(stats::Published::default());
             let backends = Arc::new(std::sync::Mutex::new(Vec::new()));
             let (tx, rx) = std::sync::mpsc::channel();
+            let (started_tx, started) = std::sync::mpsc::sync_channel(1);
             let wc = epoll::WorkerConfig {
                 id,
                 params: params.clone(),
@@ -274,6 +275,7 @@ impl Server {
                 total: total.clone(),
                 log: log.clone(),
                 published_backends: backends.clone(),
+                started: Some(started_tx),
             };
             let name = format!("wsplice-w{id}");
             let (waker, thread) = match driver {
@@ -294,6 +296,19 @@ impl Server {
                     (waker, t)
                 }
             };
+            // `ready` means every worker serves: wait for this one's set-up (a ring that cannot
+            // be built fails the start here, with its error).
+            if started.recv().is_err() {
+                let why = match thread.join() {
+                    Ok(Err(e)) => e,
+                    Ok(Ok(())) => io::Error::other("stopped"),
+                    Err(_) => io::Error::other("panicked"),
+                };
+                return Err(io::Error::new(
+                    why.kind(),
+                    format!("worker {id} could not start: {why}"),
+                ));
+            }
             handles.push(WorkerHandle {
                 backends,
                 control: tx,

@@ -49,6 +49,9 @@ pub struct WorkerConfig {
     pub total: Arc<ConnLimiter>,
     pub log: Option<LogSink>,
     pub published_backends: BackendSnapshot,
+    /// Told once the driver is set up (its loop is about to wait), so that `ready` is printed
+    /// only when every worker can serve.
+    pub started: Option<std::sync::mpsc::SyncSender<()>>,
 }
 
 /// What a driver watches: a connection's socket, or a listener.
@@ -159,6 +162,7 @@ pub struct Worker {
     accept_wanted: bool,
     /// Set by a drain request: no more accepting; close what is left at this instant.
     draining: Option<Instant>,
+    started: Option<std::sync::mpsc::SyncSender<()>>,
 }
 
 fn is_no_fd(e: &io::Error) -> bool {
@@ -170,6 +174,13 @@ impl Worker {
         let now = Instant::now();
         let clock = Clock::new(now);
         let tick = clock.tick(now);
+        let counters = Counters {
+            drivers: [1, 0],
+            ..Counters::default()
+        };
+        // An idle worker may not finish a loop iteration for a long time: what it is shows at
+        // once.
+        cfg.published.store(&counters);
         Worker {
             id: cfg.id,
             pool: PipePool::new(cfg.params.max_pipes, cfg.params.pipe_size),
@@ -192,13 +203,19 @@ impl Worker {
             scratch: vec![0u8; SCRATCH].into_boxed_slice(),
             returned: Vec::new(),
             relay_stats: RelayStats::default(),
-            counters: Counters {
-                drivers: [1, 0],
-                ..Counters::default()
-            },
+            counters,
             accept_paused_until: None,
             accept_wanted: true,
             draining: None,
+            started: cfg.started,
+        }
+    }
+
+    /// The driver is set up (listeners watched, loop about to wait): tells whoever started
+    /// the worker. A driver that fails before returns its error instead.
+    pub fn set_up(&mut self) {
+        if let Some(tx) = self.started.take() {
+            let _ = tx.send(());
         }
     }
 
@@ -219,8 +236,12 @@ impl Worker {
     /// What an io_uring driver reports of itself, once per loop iteration (a worker counts as
     /// epoll's until it does).
     pub fn set_driver_stats(&mut self, uring: crate::driver::uring::UringStats) {
+        let first = self.counters.drivers != [0, 1];
         self.counters.drivers = [0, 1];
         self.counters.uring = uring;
+        if first {
+            self.published.store(&self.counters);
+        }
     }
 
     /// Reads the clock; call once per loop iteration, before handling its events.

@@ -600,22 +600,25 @@ impl BufRing {
         }
     }
 
-    /// Gives the buffers given back since the last flush to the kernel. Call between
-    /// completions, never while a slice from [`BufRing::bytes`] lives.
-    pub fn flush(&self) {
+    /// Gives the buffers given back since the last flush to the kernel; returns how many.
+    /// Call between completions, never while a slice from [`BufRing::bytes`] lives.
+    pub fn flush(&self) -> usize {
         let mut returned = self.returned.borrow_mut();
         if returned.is_empty() {
-            return;
+            return 0;
         }
+        let mut n = 0;
         for id in returned.drain(..) {
             if let Some(s) = self.state.get(id as usize) {
                 if s.get() == RETURNING {
                     s.set(KERNEL);
                     self.publish(id);
+                    n += 1;
                 }
             }
         }
         self.commit();
+        n
     }
 
     /// Buffers the application holds now (taken and not yet back with the kernel).

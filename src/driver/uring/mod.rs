@@ -343,6 +343,8 @@ impl Worker {
         .encode();
         d.ring.poll(waker.0.as_fd(), libc::POLLIN as u32, wake);
         let mut done: Vec<Completion> = Vec::with_capacity(256);
+        w.set_driver_stats(UringStats::default());
+        w.set_up();
         loop {
             if w.take_accept_wanted() {
                 for i in 0..w.listener_count() {
@@ -356,7 +358,7 @@ impl Worker {
             d.ring.submit_and_wait(w.timeout())?;
             w.set_now(Instant::now());
             d.ring.reap(&mut done);
-            let mut returned = false;
+            let mut returned = 0;
             for c in done.drain(..) {
                 let t = Token::decode(c.token);
                 match t.kind {
@@ -366,14 +368,11 @@ impl Worker {
                         w.on_control(&mut d);
                     }
                     kind::ACCEPT => accepted(&mut w, &mut d, t.key, c),
-                    _ => returned |= completed(&mut w, &mut d, t, c),
+                    _ => completed(&mut w, &mut d, t, c),
                 }
                 // Buffers given back during the call go back to the kernel only now that no
                 // slice of them is alive.
-                bufs.flush();
-            }
-            if returned && !d.starved.is_empty() {
-                retry_starved(&w, &mut d);
+                returned += bufs.flush();
             }
             let stats = d.ring.stats();
             w.set_driver_stats(UringStats {
@@ -385,7 +384,10 @@ impl Worker {
             if w.after_events(&mut d) {
                 return Ok(());
             }
-            bufs.flush();
+            returned += bufs.flush();
+            if returned > 0 && !d.starved.is_empty() {
+                retry_starved(&w, &mut d);
+            }
         }
     }
 }
@@ -427,8 +429,8 @@ fn accepted(w: &mut worker::Worker, d: &mut Uring<'_>, i: usize, c: Completion) 
     }
 }
 
-/// A completion of a connection's operation. Returns true when it gave a buffer back.
-fn completed(w: &mut worker::Worker, d: &mut Uring<'_>, t: Token, c: Completion) -> bool {
+/// A completion of a connection's operation.
+fn completed(w: &mut worker::Worker, d: &mut Uring<'_>, t: Token, c: Completion) {
     if t.kind == kind::WRITE_BUF {
         d.bufs.end_send(c.aux as u16);
     }
@@ -438,7 +440,7 @@ fn completed(w: &mut worker::Worker, d: &mut Uring<'_>, t: Token, c: Completion)
         if let Some(id) = filled {
             d.bufs.give_back(id);
         }
-        return filled.is_some() || t.kind == kind::WRITE_BUF;
+        return;
     }
     let side = t.side;
     let mut res = c.result();
@@ -447,7 +449,7 @@ fn completed(w: &mut worker::Worker, d: &mut Uring<'_>, t: Token, c: Completion)
             if c.res == -libc::ENOBUFS {
                 d.bufs.exhausted.set(d.bufs.exhausted.get() + 1);
                 d.starved.push((t, d.bufs.size()));
-                return false;
+                return;
             }
             let n = res.as_ref().map_or(0, |n| *n);
             let input = filled.and_then(|id| Some((id, d.bufs.bytes(id, n)?)));
@@ -463,7 +465,6 @@ fn completed(w: &mut worker::Worker, d: &mut Uring<'_>, t: Token, c: Completion)
             }
             let op = IoOp::Read { side, max: 0 };
             w.completed(t.key, op, res, input, d);
-            true
         }
         kind::WRITE_HELD | kind::WRITE_BUF => {
             let src = if t.kind == kind::WRITE_BUF {
@@ -477,15 +478,11 @@ fn completed(w: &mut worker::Worker, d: &mut Uring<'_>, t: Token, c: Completion)
             };
             let op = IoOp::Write { side, src };
             w.completed(t.key, op, res, None, d);
-            t.kind == kind::WRITE_BUF
         }
-        kind::CONNECT => {
-            w.connected(t.key, res.map(drop), d);
-            false
-        }
+        kind::CONNECT => w.connected(t.key, res.map(drop), d),
         kind::POLL_IN | kind::POLL_OUT | kind::GONE => {
             let Ok(mask) = res else {
-                return false; // cancelled
+                return; // cancelled
             };
             let mask = mask as i16;
             let err = mask & (libc::POLLERR | libc::POLLHUP) != 0;
@@ -514,9 +511,8 @@ fn completed(w: &mut worker::Worker, d: &mut Uring<'_>, t: Token, c: Completion)
                 },
             };
             w.ready(t.key, ev, d);
-            false
         }
-        _ => false,
+        _ => {}
     }
 }
 
