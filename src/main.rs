@@ -17,6 +17,7 @@
 //! route /msg host=example.com -> 127.0.0.1:50002,127.0.0.1:50003 strip_prefix=true
 //! workers: 2 processes (worker_model = "auto": an open-file limit of 20000 per process holds 9381 tunnels in one process, 18762 in 2 processes of 9381 each)
 //! capacity: 18762 connections, 1172 pipes (open-file limit 20000 per process; per worker 9381 connections, 586 pipes; pipes may pin 73 MiB)
+//! driver epoll
 //! ready
 //! ```
 //!
@@ -35,7 +36,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
-use wsplice::config::{Config, ConfigError, RelayMode, TlsFlags, WorkerModel};
+use wsplice::config::{Config, ConfigError, DriverMode, RelayMode, TlsFlags, WorkerModel};
 use wsplice::core::relay::CloseReason;
 use wsplice::driver::supervisor::{Event, Spawn, Supervisor};
 use wsplice::driver::{self, admin, process, Server, StatsReader};
@@ -106,6 +107,11 @@ struct Args {
     #[arg(long, value_enum, value_name = "MODE")]
     relay: Option<RelayArg>,
 
+    /// The event loop: epoll, io_uring, or io_uring where the kernel allows it. Overrides the
+    /// configuration file.
+    #[arg(long, value_enum, value_name = "DRIVER")]
+    driver: Option<DriverArg>,
+
     /// Check the configuration and exit: 0 if it is valid, 1 with the error otherwise.
     #[arg(long, short = 't')]
     check: bool,
@@ -148,6 +154,26 @@ impl From<ModelArg> for WorkerModel {
             ModelArg::Auto => WorkerModel::Auto,
             ModelArg::Threads => WorkerModel::Threads,
             ModelArg::Processes => WorkerModel::Processes,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum DriverArg {
+    /// epoll: every Linux.
+    Epoll,
+    /// io_uring: refuse to start where the kernel lacks it or forbids it.
+    Uring,
+    /// io_uring where available, else epoll.
+    Auto,
+}
+
+impl From<DriverArg> for DriverMode {
+    fn from(arg: DriverArg) -> DriverMode {
+        match arg {
+            DriverArg::Epoll => DriverMode::Epoll,
+            DriverArg::Uring => DriverMode::Uring,
+            DriverArg::Auto => DriverMode::Auto,
         }
     }
 }
@@ -303,6 +329,9 @@ fn overrides(args: &Args, cfg: &mut Config) {
     if let Some(model) = args.worker_model {
         cfg.worker_model = model.into();
     }
+    if let Some(d) = args.driver {
+        cfg.driver = d.into();
+    }
 }
 
 /// What `main` needs of a running proxy, whichever the worker model.
@@ -380,6 +409,7 @@ fn announce(
     cfg: &Config,
     addrs: &[SocketAddr],
     tls_summary: &[String],
+    driver_line: &str,
     stats: StatsReader,
     choice: &driver::ModelChoice,
     soft: u64,
@@ -440,6 +470,7 @@ fn announce(
             )
         }
     });
+    lines.push(driver_line.to_owned());
     lines.push("ready".to_owned());
     let mut out = io::stdout().lock();
     for line in lines {
@@ -474,6 +505,12 @@ fn run(mut cfg: Config, mut text: Option<String>, args: &Args) -> io::Result<()>
         cfg.workers = Some(std::thread::available_parallelism().map_or(1, |n| n.get()));
     }
     let choice = driver::choose_model(&cfg, soft);
+    if choice.model == WorkerModel::Processes && cfg.driver == DriverMode::Uring {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "driver = \"uring\" runs with worker threads only for now: set worker_model = \"threads\" (or driver = \"epoll\")",
+        ));
+    }
     // Signals are caught from here on, before `ready`, so a script may signal right after it.
     let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT, SIGUSR1])?;
     if choice.model == WorkerModel::Processes {
@@ -504,6 +541,7 @@ fn run(mut cfg: Config, mut text: Option<String>, args: &Args) -> io::Result<()>
             &cfg,
             &sup.local_addrs(),
             &certs,
+            "driver epoll (worker processes run epoll; the io_uring driver runs with worker_model = \"threads\")",
             sup.stats_reader(),
             &choice,
             soft,
@@ -533,10 +571,24 @@ fn run(mut cfg: Config, mut text: Option<String>, args: &Args) -> io::Result<()>
 
     let mut server = Server::start(&cfg)?;
     let certs = server.tls().map(|t| t.summary.clone()).unwrap_or_default();
+    let driver_line = match server.driver() {
+        driver::Chosen::Epoll => "driver epoll".to_owned(),
+        driver::Chosen::Uring(setup) => {
+            let u = &cfg.uring;
+            let count = u.buffer_count() as usize;
+            format!(
+                "driver uring ({}): {count} buffers of {} KiB per worker, {} KiB fixed (uring.buffer_memory)",
+                setup.as_str(),
+                u.buffer_size / 1024,
+                count * u.buffer_size / 1024
+            )
+        }
+    };
     announce(
         &cfg,
         &server.local_addrs(),
         &certs,
+        &driver_line,
         server.stats_reader(),
         &choice,
         soft,

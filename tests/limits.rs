@@ -7,12 +7,14 @@
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
+#[macro_use]
 mod support;
 use support::blocking::{echo_101_backend, eventually, roundtrip, try_read_head};
-use support::{route, status, upgrade_request, ProxyBuilder, STEP};
+use support::{route, status, upgrade_request, Driver, ProxyBuilder, STEP};
 
 /// Connects (from `source`, if given), sends an upgrade and returns the socket and the status
 /// line's code, or `None` when no answer came within `wait`.
@@ -39,14 +41,19 @@ fn upgrade(proxy: SocketAddr, source: Option<&str>, wait: Duration) -> (TcpStrea
     (s, status(&head))
 }
 
-/// Two workers, one route to `backend`.
-fn proxy_to(backend: SocketAddr) -> ProxyBuilder {
-    ProxyBuilder::default().route(route("/", &[backend]))
+/// Two workers under `d`, one route to `backend`.
+fn proxy_to(backend: SocketAddr, d: Driver) -> ProxyBuilder {
+    ProxyBuilder::default()
+        .driver(d)
+        .route(route("/", &[backend]))
 }
 
-#[test]
-fn max_connections_is_exact_across_workers_and_503_beyond() {
-    let p = proxy_to(echo_101_backend())
+drivers!(
+    max_connections_is_exact_across_workers_and_503_beyond,
+    super::max_connections_is_exact_across_workers_and_503_beyond
+);
+fn max_connections_is_exact_across_workers_and_503_beyond(d: Driver) {
+    let p = proxy_to(echo_101_backend(), d)
         .admin()
         .limit("max_connections", 5)
         .blocking_start();
@@ -88,9 +95,12 @@ fn max_connections_is_exact_across_workers_and_503_beyond() {
     assert_eq!(p.metric("wsplice_connections_active"), open.len() as u64);
 }
 
-#[test]
-fn per_ip_limit_answers_429_and_counts_each_ip() {
-    let p = proxy_to(echo_101_backend())
+drivers!(
+    per_ip_limit_answers_429_and_counts_each_ip,
+    super::per_ip_limit_answers_429_and_counts_each_ip
+);
+fn per_ip_limit_answers_429_and_counts_each_ip(d: Driver) {
+    let p = proxy_to(echo_101_backend(), d)
         .limit("max_connections_per_ip", 2)
         .blocking_start();
     let (mut a, ca) = upgrade(p.addr(), Some("127.0.0.1"), STEP);
@@ -137,11 +147,18 @@ fn low_fds(pid: u32) -> usize {
         .unwrap_or(0)
 }
 
-#[test]
-fn at_the_fd_limit_accept_pauses_and_recovers() {
+drivers!(
+    at_the_fd_limit_accept_pauses_and_recovers,
+    super::at_the_fd_limit_accept_pauses_and_recovers
+);
+fn at_the_fd_limit_accept_pauses_and_recovers(d: Driver) {
+    // One driver at a time: the test reads answers with short timeouts, and its two runs in
+    // parallel on a small machine make a slow answer look like a full backlog.
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     // FD_LIMIT descriptors: a handful for stdio, epoll, wakers, signal pipe and listeners, the rest
     // for tunnels (2 each). max_connections is set far above what the fds allow on purpose.
-    let p = proxy_to(echo_101_backend())
+    let p = proxy_to(echo_101_backend(), d)
         .workers(1)
         .timeout("handshake", "60s")
         .limit("max_connections", 1000)

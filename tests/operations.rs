@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use support::blocking::eventually;
-use support::{backend, open, route, traffic, Proxy, ProxyBuilder, RefusedPort, Relay};
+use support::{backend, open, route, traffic, Proxy, ProxyBuilder, RefusedPort, Relay, RelayMode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -254,7 +254,7 @@ async fn metrics_count_exactly_what_happened(relay: Relay) {
         );
         // 6,000 bytes in 1,000-byte bursts: spliced only when told to; auto copies bursts
         // below its 64 KiB threshold.
-        let (spliced, copied) = if relay == Relay::Splice {
+        let (spliced, copied) = if relay.mode == RelayMode::Splice {
             (6000, 0)
         } else {
             (0, 6000)

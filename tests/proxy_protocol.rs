@@ -1,6 +1,7 @@
 //! PROXY protocol in (from a trusted load balancer) and out (to backends), and
 //! `trusted_proxies`, checked on the real bytes that cross the wire.
 
+#[macro_use]
 mod support;
 
 use std::io::{Read, Write};
@@ -10,7 +11,7 @@ use std::thread;
 use std::time::Duration;
 use support::blocking::{echo, send, serve_each, try_read_head};
 use support::{
-    header_all, response_101, route, status, upgrade_request, Proxy, ProxyBuilder, STEP,
+    header_all, response_101, route, status, upgrade_request, Driver, Proxy, ProxyBuilder, STEP,
 };
 
 /// What a backend received before the tunnel: the raw PROXY header (if any) and the HTTP head.
@@ -80,8 +81,9 @@ fn exchange(proxy: SocketAddr, prefix: &[u8], extra: &[&str]) -> (TcpStream, u16
 }
 
 /// One worker and one route, `/ws` to `backend`.
-fn proxy(backend: SocketAddr) -> ProxyBuilder {
+fn proxy(backend: SocketAddr, d: Driver) -> ProxyBuilder {
     ProxyBuilder::default()
+        .driver(d)
         .workers(1)
         .route(route("/ws", &[backend]))
 }
@@ -95,10 +97,13 @@ fn proxy_in(b: ProxyBuilder, trusted: &str) -> ProxyBuilder {
     )
 }
 
-#[test]
-fn v1_from_a_trusted_balancer_names_the_client() {
+drivers!(
+    v1_from_a_trusted_balancer_names_the_client,
+    super::v1_from_a_trusted_balancer_names_the_client
+);
+fn v1_from_a_trusted_balancer_names_the_client(d: Driver) {
     let (b, seen) = backend(None);
-    let p = proxy_in(proxy(b), "127.0.0.1/32").blocking_start();
+    let p = proxy_in(proxy(b, d), "127.0.0.1/32").blocking_start();
     let (mut s, code) = exchange(
         p.addr(),
         b"PROXY TCP4 203.0.113.7 127.0.0.1 56324 443\r\n",
@@ -118,10 +123,13 @@ fn v1_from_a_trusted_balancer_names_the_client() {
     s.read_exact(&mut b4).expect("echo");
 }
 
-#[test]
-fn v2_with_ipv6_from_a_trusted_balancer_names_the_client() {
+drivers!(
+    v2_with_ipv6_from_a_trusted_balancer_names_the_client,
+    super::v2_with_ipv6_from_a_trusted_balancer_names_the_client
+);
+fn v2_with_ipv6_from_a_trusted_balancer_names_the_client(d: Driver) {
     let (b, seen) = backend(None);
-    let p = proxy_in(proxy(b), "127.0.0.1/32").blocking_start();
+    let p = proxy_in(proxy(b, d), "127.0.0.1/32").blocking_start();
     let mut v2 = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
     v2.extend_from_slice(&[0x21, 0x21, 0, 36]); // v2 PROXY, AF_INET6 STREAM, 36 bytes
     v2.extend_from_slice(
@@ -144,10 +152,13 @@ fn v2_with_ipv6_from_a_trusted_balancer_names_the_client() {
     assert_eq!(header(&seen.head, "X-Real-IP"), ["2001:db8::7"]);
 }
 
-#[test]
-fn proxy_header_refused_from_untrusted_peers_and_required_on_its_listener() {
+drivers!(
+    proxy_header_refused_from_untrusted_peers_and_required_on_its_listener,
+    super::proxy_header_refused_from_untrusted_peers_and_required_on_its_listener
+);
+fn proxy_header_refused_from_untrusted_peers_and_required_on_its_listener(d: Driver) {
     let (b, seen) = backend(None);
-    let p = proxy_in(proxy(b), "10.0.0.0/8").blocking_start();
+    let p = proxy_in(proxy(b, d), "10.0.0.0/8").blocking_start();
     let (_s, code) = exchange(
         p.addr(),
         b"PROXY TCP4 203.0.113.7 127.0.0.1 56324 443\r\n",
@@ -157,7 +168,7 @@ fn proxy_header_refused_from_untrusted_peers_and_required_on_its_listener() {
         code, 400,
         "a PROXY header from outside proxy_protocol.trusted"
     );
-    let p2 = proxy_in(proxy(b), "127.0.0.1/32").blocking_start();
+    let p2 = proxy_in(proxy(b, d), "127.0.0.1/32").blocking_start();
     let (_s, code) = exchange(p2.addr(), b"", &[]);
     assert_eq!(code, 400, "no PROXY header on a listener that requires one");
     let (_s, code) = exchange(
@@ -181,10 +192,11 @@ fn proxy_header_refused_from_untrusted_peers_and_required_on_its_listener() {
 
 /// An upgrade through a proxy whose route sends a PROXY header of `version` (1 or 2) to the
 /// backend: what the backend saw, and the client's and the proxy's ports the header must name.
-fn send_proxy(version: u8) -> (Seen, u16, u16) {
+fn send_proxy(version: u8, d: Driver) -> (Seen, u16, u16) {
     let (b, seen) = backend(Some(version));
     let setting = if version == 1 { "v1" } else { "v2" };
     let p = ProxyBuilder::default()
+        .driver(d)
         .workers(1)
         .route(route("/ws", &[b]).send_proxy(setting))
         .blocking_start();
@@ -195,17 +207,23 @@ fn send_proxy(version: u8) -> (Seen, u16, u16) {
     (seen, client.port(), p.addr().port())
 }
 
-#[test]
-fn send_proxy_v1_to_the_backend() {
-    let (seen, client, proxy) = send_proxy(1);
+drivers!(
+    send_proxy_v1_to_the_backend,
+    super::send_proxy_v1_to_the_backend
+);
+fn send_proxy_v1_to_the_backend(d: Driver) {
+    let (seen, client, proxy) = send_proxy(1, d);
     let want = format!("PROXY TCP4 127.0.0.1 127.0.0.1 {client} {proxy}\r\n");
     assert_eq!(String::from_utf8_lossy(&seen.proxy), want);
     assert!(seen.head.starts_with("GET / HTTP/1.1\r\n"), "{}", seen.head);
 }
 
-#[test]
-fn send_proxy_v2_to_the_backend() {
-    let (seen, client, proxy) = send_proxy(2);
+drivers!(
+    send_proxy_v2_to_the_backend,
+    super::send_proxy_v2_to_the_backend
+);
+fn send_proxy_v2_to_the_backend(d: Driver) {
+    let (seen, client, proxy) = send_proxy(2, d);
     let mut want = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
     want.extend_from_slice(&[0x21, 0x11, 0, 12, 127, 0, 0, 1, 127, 0, 0, 1]);
     want.extend_from_slice(&client.to_be_bytes());
@@ -221,11 +239,14 @@ fn forwarded(proxy: &Proxy, seen: &mpsc::Receiver<Seen>, prefix: &[u8], extra: &
     seen.recv_timeout(STEP).expect("head").head
 }
 
-#[test]
-fn trusted_proxies_decide_append_or_replace() {
+drivers!(
+    trusted_proxies_decide_append_or_replace,
+    super::trusted_proxies_decide_append_or_replace
+);
+fn trusted_proxies_decide_append_or_replace(d: Driver) {
     let (b, seen) = backend(None);
     let forged = ["X-Forwarded-For: 1.2.3.4"];
-    let outside = proxy(b)
+    let outside = proxy(b, d)
         .top("trusted_proxies", "[\"10.0.0.0/8\"]")
         .blocking_start();
     let head = forwarded(&outside, &seen, b"", &forged);
@@ -235,14 +256,14 @@ fn trusted_proxies_decide_append_or_replace() {
         "a forged chain is replaced"
     );
 
-    let inside = proxy(b)
+    let inside = proxy(b, d)
         .top("trusted_proxies", "[\"127.0.0.0/8\"]")
         .blocking_start();
     let head = forwarded(&inside, &seen, b"", &forged);
     assert_eq!(header(&head, "X-Forwarded-For"), ["1.2.3.4, 127.0.0.1"]);
 
     // Behind a PROXY-speaking balancer the client it names is what trust is decided on.
-    let lb = proxy_in(proxy(b), "127.0.0.1/32")
+    let lb = proxy_in(proxy(b, d), "127.0.0.1/32")
         .top("trusted_proxies", "[\"10.0.0.0/8\"]")
         .blocking_start();
     let head = forwarded(
@@ -255,13 +276,17 @@ fn trusted_proxies_decide_append_or_replace() {
     assert_eq!(header(&head, "X-Real-IP"), ["10.1.2.3"]);
 }
 
+drivers!(
+    per_ip_limit_counts_the_client_a_proxy_header_names,
+    super::per_ip_limit_counts_the_client_a_proxy_header_names
+);
+
 /// Behind a balancer every connection comes from the balancer's address, so the per-IP limit
 /// counts the client each PROXY header names; LOCAL headers (the balancer's health checks) are
 /// not counted at all.
-#[test]
-fn per_ip_limit_counts_the_client_a_proxy_header_names() {
+fn per_ip_limit_counts_the_client_a_proxy_header_names(d: Driver) {
     let (b, seen) = backend(None);
-    let p = proxy_in(proxy(b), "127.0.0.1/32")
+    let p = proxy_in(proxy(b, d), "127.0.0.1/32")
         .limit("max_connections_per_ip", 2)
         .blocking_start();
     let v1 = |ip: &str| format!("PROXY TCP4 {ip} 127.0.0.1 56324 443\r\n").into_bytes();

@@ -13,11 +13,12 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+#[macro_use]
 mod support;
 use support::blocking::{
     eventually, open_tunnel, roundtrip, send, serve_each, try_read_head, until_stalled,
 };
-use support::{response_101, route, upgrade_request, Proxy, ProxyBuilder, Relay, STEP};
+use support::{response_101, route, upgrade_request, Driver, Proxy, ProxyBuilder, Relay, STEP};
 
 /// What the backend saw, across all its connections.
 #[derive(Default)]
@@ -94,9 +95,10 @@ fn serve(mut s: TcpStream, mode: Mode, seen: &Seen) {
     }
 }
 
-/// Two workers, an admin listener, one route to `backend`.
-fn proxy_to(backend: SocketAddr) -> ProxyBuilder {
+/// Two workers under `d`, an admin listener, one route to `backend`.
+fn proxy_to(backend: SocketAddr, d: Driver) -> ProxyBuilder {
     ProxyBuilder::default()
+        .driver(d)
         .admin()
         .route(route("/", &[backend]))
 }
@@ -130,10 +132,13 @@ fn read_until_closed(s: &mut TcpStream, deadline: Instant) -> Option<Vec<u8>> {
     }
 }
 
-#[test]
-fn slowloris_head_gets_408_at_the_handshake_timeout() {
+drivers!(
+    slowloris_head_gets_408_at_the_handshake_timeout,
+    super::slowloris_head_gets_408_at_the_handshake_timeout
+);
+fn slowloris_head_gets_408_at_the_handshake_timeout(d: Driver) {
     let (b, seen) = backend(Mode::Echo);
-    let p = proxy_to(b).timeout("handshake", "1s").blocking_start();
+    let p = proxy_to(b, d).timeout("handshake", "1s").blocking_start();
     let mut s = TcpStream::connect(p.addr()).expect("connect");
     let t0 = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
@@ -190,11 +195,14 @@ fn slowloris_head_gets_408_at_the_handshake_timeout() {
     assert_eq!(seen.accepted.load(Ordering::SeqCst), 1);
 }
 
-#[test]
-fn half_open_flood_is_closed_and_every_fd_comes_back() {
+drivers!(
+    half_open_flood_is_closed_and_every_fd_comes_back,
+    super::half_open_flood_is_closed_and_every_fd_comes_back
+);
+fn half_open_flood_is_closed_and_every_fd_comes_back(d: Driver) {
     const FLOOD: usize = 500;
     let (b, _) = backend(Mode::Echo);
-    let p = proxy_to(b).timeout("handshake", "1s").blocking_start();
+    let p = proxy_to(b, d).timeout("handshake", "1s").blocking_start();
     let mut before = open_tunnel(p.addr(), "/ws");
     roundtrip(&mut before, b"before the flood");
     let baseline = fds_without_pooled_pipes(&p);
@@ -271,7 +279,7 @@ fn fifty_clients_that_never_read(relay: Relay) {
     const CLIENTS: usize = 50;
     const EACH: u64 = 64 << 20;
     let (b, seen) = backend(Mode::Stream(EACH));
-    let p = proxy_to(b).relay(relay).blocking_start();
+    let p = proxy_to(b, relay.driver).relay(relay).blocking_start();
     // Warm the admin thread and the allocator once, so the baseline is not the cold start.
     let warm = open_tunnel(p.addr(), "/ws");
     warm.shutdown(Shutdown::Write).expect("shutdown");
@@ -330,15 +338,17 @@ fn fifty_clients_that_never_read(relay: Relay) {
     }
 }
 
-#[test]
-fn fifty_clients_that_never_read_stall_the_backend_auto() {
-    fifty_clients_that_never_read(Relay::Auto);
-}
+drivers!(fifty_clients_that_never_read_stall_the_backend_auto, |d| {
+    fifty_clients_that_never_read(Relay::Auto.on(d))
+});
+drivers!(fifty_clients_that_never_read_stall_the_backend_copy, |d| {
+    fifty_clients_that_never_read(Relay::Copy.on(d))
+});
 
-#[test]
-fn fifty_clients_that_never_read_stall_the_backend_copy() {
-    fifty_clients_that_never_read(Relay::Copy);
-}
+drivers!(
+    a_reset_tunnel_leftover_event_does_not_close_a_new_handshake,
+    super::a_reset_tunnel_leftover_event_does_not_close_a_new_handshake
+);
 
 /// Regression test for a proxy bug (not a slow client): events are dispatched by `token = key * 2 +
 /// side` and accepts happen in the middle of an event batch, so a connection closed earlier in
@@ -347,11 +357,10 @@ fn fifty_clients_that_never_read_stall_the_backend_copy() {
 /// connection, mid-handshake, look reset: both its sockets are closed without an answer.
 /// Fixed by keeping a closed connection's key reserved until the end of the event batch
 /// (`Conn::Dead` in src/driver/epoll.rs).
-#[test]
-fn a_reset_tunnel_leftover_event_does_not_close_a_new_handshake() {
+fn a_reset_tunnel_leftover_event_does_not_close_a_new_handshake(d: Driver) {
     const THREADS: usize = 8;
     let (b, _) = backend(Mode::Echo);
-    let p = proxy_to(b).blocking_start();
+    let p = proxy_to(b, d).blocking_start();
     let proxy = p.addr();
     let until = Instant::now() + Duration::from_secs(5);
     let workers: Vec<_> = (0..THREADS)

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
+#[macro_use]
 mod support;
 use support::blocking::{open_tunnel, until_stalled, RawBackend};
 use support::{route, ProxyBuilder, Relay};
@@ -117,17 +118,6 @@ fn slow_consumer(relay: Relay) {
     backend.join().expect("backend thread").expect("backend io");
 }
 
-#[test]
-fn slow_consumer_copy() {
-    slow_consumer(Relay::Copy);
-}
-
-#[test]
-fn slow_consumer_splice() {
-    slow_consumer(Relay::Splice);
-}
-
-#[test]
-fn slow_consumer_auto() {
-    slow_consumer(Relay::Auto);
-}
+drivers!(slow_consumer_copy, |d| slow_consumer(Relay::Copy.on(d)));
+drivers!(slow_consumer_splice, |d| slow_consumer(Relay::Splice.on(d)));
+drivers!(slow_consumer_auto, |d| slow_consumer(Relay::Auto.on(d)));

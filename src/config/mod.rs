@@ -33,8 +33,8 @@
 //!   walk      the span-aware TOML walker: Table, Field, and the Key tables sections are made of
 //!   value     value parsers: durations, sizes, addresses, networks, prefixes, hosts
 //!   root      the top-level keys; where each section is read
-//!   sections  [timeouts] [limits] [keepalive] [splice] [access_log] [proxy_protocol] [tls]
-//!             [backend_pool]
+//!   sections  [timeouts] [limits] [keepalive] [splice] [uring] [access_log] [proxy_protocol]
+//!             [tls] [backend_pool]
 //!   route     [[route]]
 //!   cli       Config::from_cli: the --listen/--route flags; --tls-listen/--cert/--key
 //! ```
@@ -61,9 +61,9 @@ use toml::de::DeTable;
 pub use cli::TlsFlags;
 pub use error::ConfigError;
 pub use model::{
-    AccessLog, BackendPool, BackendProtocol, Balance, CertPair, Config, ForwardedFor, HashKey,
-    Keepalive, Limits, LogFormat, ProxyIn, ProxyVersion, Relay, RelayMode, Route, RouteOptions,
-    SameSite, StickyCookie, Timeouts, Tls, UnknownSni, WorkerModel,
+    AccessLog, BackendPool, BackendProtocol, Balance, CertPair, Config, DriverMode, ForwardedFor,
+    HashKey, Keepalive, Limits, LogFormat, ProxyIn, ProxyVersion, Relay, RelayMode, Route,
+    RouteOptions, SameSite, StickyCookie, Timeouts, Tls, UnknownSni, Uring, WorkerModel,
 };
 use walk::{Source, Table};
 

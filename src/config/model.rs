@@ -32,6 +32,29 @@ pub enum RelayMode {
     Copy,
 }
 
+/// Which event loop runs the workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DriverMode {
+    /// epoll (mio), edge-triggered: every Linux.
+    #[default]
+    Epoll,
+    /// io_uring: refuses to start where the kernel lacks it or forbids it.
+    Uring,
+    /// io_uring where the kernel allows it, else epoll (with one log line saying why).
+    Auto,
+}
+
+/// The io_uring driver's ring of provided buffers: reads land there, and the relay sends
+/// straight from them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uring {
+    /// One buffer: the most one receive takes (default 16 KiB).
+    pub buffer_size: usize,
+    /// All of one worker's buffers together, fixed at start-up (default 1 MiB). The count is
+    /// `buffer_memory / buffer_size` rounded down to a power of two.
+    pub buffer_memory: usize,
+}
+
 /// Timeouts. `Duration::ZERO` for `idle` or `half_close` means "never".
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Timeouts {
@@ -320,6 +343,10 @@ pub struct Config {
     pub workers: Option<usize>,
     /// Threads in one process or a process each.
     pub worker_model: WorkerModel,
+    /// The event loop (default epoll).
+    pub driver: DriverMode,
+    /// The io_uring driver's buffers.
+    pub uring: Uring,
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub keepalive: Keepalive,
@@ -439,6 +466,35 @@ impl Default for Relay {
     }
 }
 
+impl Default for Uring {
+    fn default() -> Self {
+        Uring {
+            buffer_size: 16 * 1024,
+            buffer_memory: 1024 * 1024,
+        }
+    }
+}
+
+impl Uring {
+    /// How many buffers `buffer_memory` holds: a power of two, 1 to 32768 (the kernel's cap).
+    pub fn buffer_count(&self) -> u16 {
+        let n = (self.buffer_memory / self.buffer_size.max(1)).clamp(1, 32768);
+        // The largest power of two not above n.
+        (1usize << (usize::BITS - 1 - n.leading_zeros())) as u16
+    }
+}
+
+impl DriverMode {
+    /// The config spelling: `epoll`, `uring` or `auto`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriverMode::Epoll => "epoll",
+            DriverMode::Uring => "uring",
+            DriverMode::Auto => "auto",
+        }
+    }
+}
+
 impl RelayMode {
     /// The config spelling: `auto`, `splice` or `copy`.
     pub fn as_str(self) -> &'static str {
@@ -471,7 +527,7 @@ macro_rules! display_as_str {
     )+};
 }
 
-display_as_str!(RelayMode, ForwardedFor);
+display_as_str!(RelayMode, ForwardedFor, DriverMode);
 
 impl Config {
     /// Every listen address, plain then TLS.
@@ -486,6 +542,8 @@ impl Config {
             listen,
             workers: None,
             worker_model: WorkerModel::Auto,
+            driver: DriverMode::default(),
+            uring: Uring::default(),
             timeouts: Timeouts::default(),
             limits: Limits::default(),
             keepalive: Keepalive::default(),

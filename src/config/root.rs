@@ -3,7 +3,7 @@
 
 use super::value::parse_addr;
 use super::walk::{key, Field, Key, Table};
-use super::{route, sections, Config, ConfigError, RelayMode, WorkerModel};
+use super::{route, sections, Config, ConfigError, DriverMode, RelayMode, WorkerModel};
 
 pub(super) const MAX_WORKERS: u64 = 1024;
 
@@ -15,10 +15,12 @@ const KEYS: &[Key<Config>] = &[
     key("workers", |c, f| f.uint_in(1..=MAX_WORKERS).map(|n| c.workers = Some(n))),
     key("worker_model", |c, f| f.choice(&WorkerModel::ALL, WorkerModel::as_str).map(|m| c.worker_model = m)),
     key("relay", |c, f| f.choice(&RELAY_MODES, RelayMode::as_str).map(|m| c.relay.mode = m)),
+    key("driver", |c, f| f.choice(&DRIVERS, DriverMode::as_str).map(|d| c.driver = d)),
     key("timeouts", |c, f| f.section(&mut c.timeouts, sections::TIMEOUTS)),
     key("limits", |c, f| f.section(&mut c.limits, sections::LIMITS)),
     key("keepalive", |c, f| f.section(&mut c.keepalive, sections::KEEPALIVE)),
     key("splice", |c, f| f.section(&mut c.relay, sections::SPLICE)),
+    key("uring", sections::uring),
     key("route", route::routes),
     key("admin", |c, f| f.parsed(parse_addr).map(|a| c.admin = Some(a))),
     key("access_log", sections::access_log),
@@ -30,6 +32,7 @@ const KEYS: &[Key<Config>] = &[
 ];
 
 const RELAY_MODES: [RelayMode; 3] = [RelayMode::Auto, RelayMode::Splice, RelayMode::Copy];
+const DRIVERS: [DriverMode; 3] = [DriverMode::Epoll, DriverMode::Uring, DriverMode::Auto];
 
 /// The whole document.
 pub(super) fn read(root: &Table<'_>) -> Result<Config, ConfigError> {

@@ -1,5 +1,5 @@
-//! The `[table]` sections: `[timeouts]`, `[limits]`, `[keepalive]`, `[splice]`, `[access_log]`,
-//! `[proxy_protocol]`, `[tls]` and `[backend_pool]`.
+//! The `[table]` sections: `[timeouts]`, `[limits]`, `[keepalive]`, `[splice]`, `[uring]`,
+//! `[access_log]`, `[proxy_protocol]`, `[tls]` and `[backend_pool]`.
 //!
 //! Each section is one [`Key`] table: the keys it accepts, in the order they are documented,
 //! and how each is read. A key not in the table is rejected with the table's names as the hint.
@@ -12,7 +12,7 @@ use super::value::{one_of, parse_addr};
 use super::walk::{key, required, Field, Key};
 use super::{
     AccessLog, BackendPool, CertPair, Config, ConfigError, Keepalive, Limits, LogFormat, Relay,
-    Timeouts, UnknownSni,
+    Timeouts, UnknownSni, Uring,
 };
 
 const HEAD_BYTES: RangeInclusive<u64> = 1024..=1 << 20;
@@ -87,6 +87,30 @@ pub(super) const SPLICE: &[Key<Relay>] = &[
     key("max_pipes", |r, f| f.uint_in(0..).map(|n| r.max_pipes = Some(n))),
     key("pipe_size", |r, f| f.size_in(PIPE_SIZE).map(|n| r.pipe_size = n)),
     key("threshold", |r, f| f.size_in(1..).map(|n| r.splice_threshold = n)),
+];
+
+/// A provided buffer: at least a page; at most what one receive could use.
+const BUFFER_SIZE: RangeInclusive<u64> = 4 << 10..=1 << 20;
+/// A worker's buffers together: up to 1 GiB.
+const BUFFER_MEMORY: RangeInclusive<u64> = 4 << 10..=1 << 30;
+
+/// `[uring]`: the io_uring driver's provided buffers.
+pub(super) fn uring(cfg: &mut Config, field: &Field<'_>) -> Result<(), ConfigError> {
+    field.section(&mut cfg.uring, URING)?;
+    let u = &cfg.uring;
+    if u.buffer_memory < u.buffer_size {
+        return Err(field.error(format!(
+            "buffer_memory ({}) must hold at least one buffer of buffer_size ({})",
+            u.buffer_memory, u.buffer_size
+        )));
+    }
+    Ok(())
+}
+
+#[rustfmt::skip]
+const URING: &[Key<Uring>] = &[
+    key("buffer_size", |u, f| f.size_in(BUFFER_SIZE).map(|n| u.buffer_size = n)),
+    key("buffer_memory", |u, f| f.size_in(BUFFER_MEMORY).map(|n| u.buffer_memory = n)),
 ];
 
 /// `[access_log]`: present, even empty, it turns the access log on.

@@ -30,6 +30,7 @@ const FULL: &str = r#"
 listen = ["127.0.0.1:8080", "[::1]:8081"]
 workers = 2
 relay = "splice"
+driver = "uring"
 underscores_in_headers = false
 [timeouts]
 handshake = "10s"
@@ -48,6 +49,9 @@ count = 6
 max_pipes = 2500
 pipe_size = "128KiB"
 threshold = 8192
+[uring]
+buffer_size = "32KiB"
+buffer_memory = "4MiB"
 [tls]
 listen = ["127.0.0.1:8443"]
 unknown_sni = "refuse"
@@ -79,6 +83,11 @@ fn full_example() {
         ],
         workers: Some(2),
         worker_model: WorkerModel::Auto,
+        driver: DriverMode::Uring,
+        uring: Uring {
+            buffer_size: 32768,
+            buffer_memory: 4 << 20,
+        },
         timeouts: Timeouts {
             handshake: secs(10),
             connect: Duration::from_millis(500),
@@ -252,6 +261,24 @@ fn defaults() {
     assert_eq!(cfg.keepalive, Keepalive::default());
     assert!(cfg.underscores_in_headers);
     assert_eq!(cfg.relay, Relay::default());
+    assert_eq!(cfg.driver, DriverMode::Epoll);
+    assert_eq!(cfg.uring, Uring::default());
+    assert_eq!(cfg.uring.buffer_count(), 64);
+}
+
+#[test]
+fn uring_buffer_count_is_a_power_of_two() {
+    let count = |size, memory| {
+        Uring {
+            buffer_size: size,
+            buffer_memory: memory,
+        }
+        .buffer_count()
+    };
+    assert_eq!(count(16384, 1 << 20), 64);
+    assert_eq!(count(16384, 1_000_000), 32);
+    assert_eq!(count(4096, 4096), 1);
+    assert_eq!(count(4096, 1 << 30), 32768);
 }
 
 #[test]
@@ -347,6 +374,10 @@ fn bad_values() {
         (format!("{l}workers = \"2\"\n{r}"), Some(2), "workers", "expected an integer, found string \"2\""),
         (format!("{l}workers = -1\n{r}"), Some(2), "workers", "got -1"),
         (format!("{l}relay = \"fast\"\n{r}"), Some(2), "relay", "expected \"auto\", \"splice\" or \"copy\""),
+        (format!("{l}driver = \"kqueue\"\n{r}"), Some(2), "driver", "invalid value \"kqueue\": expected \"epoll\", \"uring\" or \"auto\""),
+        // [uring]
+        (format!("{l}[uring]\nbuffer_size = 100\n{r}"), Some(3), "uring.buffer_size", "between 4096 and 1048576"),
+        (format!("{l}[uring]\nbuffer_size = \"64KiB\"\nbuffer_memory = \"32KiB\"\n{r}"), Some(2), "uring", "must hold at least one buffer"),
         (format!("{l}underscores_in_headers = \"on\"\n{r}"), Some(2), "underscores_in_headers", "expected true or false"),
         // [timeouts]
         (format!("{l}[timeouts]\nidle = \"1x\"\n{r}"), Some(3), "timeouts.idle", "invalid duration \"1x\": expected a number followed by a unit such as 30s, 5m, 1h"),
@@ -544,7 +575,7 @@ fn unknown_keys() {
     let e = parse(&format!("listn = []\n{LISTEN}{ROUTE}")).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "t.toml:1: unknown key `listn` (expected one of: listen, workers, worker_model, relay, timeouts, limits, keepalive, splice, route, admin, access_log, trusted_proxies, proxy_protocol, underscores_in_headers, tls, backend_pool)"
+        "t.toml:1: unknown key `listn` (expected one of: listen, workers, worker_model, relay, driver, timeouts, limits, keepalive, splice, uring, route, admin, access_log, trusted_proxies, proxy_protocol, underscores_in_headers, tls, backend_pool)"
     );
 }
 
@@ -562,6 +593,7 @@ fn unknown_key_hints_name_each_sections_keys() {
         ),
         ("[keepalive]", "idle, interval, count"),
         ("[splice]", "max_pipes, pipe_size, threshold"),
+        ("[uring]", "buffer_size, buffer_memory"),
         ("[access_log]", "path, format"),
         ("[proxy_protocol]", "listen, trusted"),
         ("[tls]", "listen, cert, unknown_sni, session_tickets"),

@@ -2,7 +2,7 @@
 //! Readiness becomes [`Event::Ready`]; each operation a connection asks for is executed at once
 //! with a non-blocking syscall and its result handed straight back.
 
-use super::worker::{self, Driver, IoCall, Watch};
+use super::worker::{self, Driver, Exec, IoCall, Watch};
 use crate::core::conn::Event;
 use crate::core::relay::{IoOp, Side, Src};
 use crate::sys::sock::accept_nonblocking;
@@ -45,7 +45,14 @@ impl Driver for Epoll<'_> {
         let _ = self.registry.deregister(&mut SourceFd(&fd.as_raw_fd()));
     }
 
-    fn exec(&mut self, c: IoCall<'_>) -> io::Result<usize> {
+    fn exec(&mut self, c: IoCall<'_>) -> Exec {
+        Exec::Done(Epoll::now(c))
+    }
+}
+
+impl Epoll<'_> {
+    /// Executes one operation with a non-blocking syscall.
+    fn now(c: IoCall<'_>) -> io::Result<usize> {
         let Some(sock) = c.sock else {
             return Err(io::ErrorKind::NotConnected.into());
         };
@@ -57,6 +64,10 @@ impl Driver for Epoll<'_> {
                 ..
             } => sock.write(&c.scratch[..n]),
             IoOp::Write { src: Src::Held, .. } => sock.write(c.held),
+            IoOp::Write {
+                src: Src::Buf { .. },
+                ..
+            } => Err(io::Error::other("no driver buffers")),
             IoOp::SpliceIn { max, .. } => c.pipe.ok_or_else(no_pipe)?.fill(sock.as_fd(), max),
             IoOp::SpliceOut { len, .. } => c.pipe.ok_or_else(no_pipe)?.drain(sock.as_fd(), len),
             IoOp::Shutdown { .. } => sock.shutdown_write().map(|()| 0),
@@ -95,6 +106,7 @@ impl Worker {
         w.watch_listeners(&mut Epoll {
             registry: poll.registry(),
         })?;
+        w.set_up();
         let mut events = Events::with_capacity(1024);
         loop {
             if w.take_accept_wanted() {

@@ -1,10 +1,11 @@
-//! Event loops that turn the core's decisions into syscalls. Epoll (mio) now; io_uring later.
+//! Event loops that turn the core's decisions into syscalls: epoll (mio) or io_uring, chosen by
+//! the `driver` key; both run the same [`worker::Worker`].
 //!
 //! ```text
 //!            SO_REUSEPORT: the kernel spreads accepts
 //!      ┌─────────────┬──────────────┬─────────────┐
 //!   worker 0      worker 1   ...  worker N-1        nothing shared on the hot path but
-//!   Poll, Slab<Conn>, Wheel, PipePool, scratch      read-only Settings and published stats
+//!   Poll or Ring, Slab<Conn>, Wheel, PipePool       read-only Settings and published stats
 //! ```
 //!
 //! Two ways to run the workers ([`WorkerModel`], chosen by [`choose_model`]):
@@ -22,10 +23,11 @@ pub mod process;
 pub mod shared;
 pub mod stats;
 pub mod supervisor;
+pub mod uring;
 pub mod worker;
 
 pub use crate::config::WorkerModel;
-use crate::config::{Config, RelayMode};
+use crate::config::{Config, DriverMode, RelayMode};
 use crate::core::handshake::Settings;
 use crate::core::route::RouteTable;
 use crate::sys::sock::{reuseport_listener, Tuning};
@@ -210,10 +212,66 @@ pub enum Control {
     Drain(Instant),
 }
 
+/// Wakes a worker's loop from another thread.
+enum Wake {
+    Epoll(Arc<Waker>),
+    Uring(Arc<uring::Waker>),
+}
+
+impl Wake {
+    fn wake(&self) -> io::Result<()> {
+        match self {
+            Wake::Epoll(w) => w.wake(),
+            Wake::Uring(w) => w.wake(),
+        }
+    }
+}
+
+/// The driver the workers run, once `auto` is resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chosen {
+    Epoll,
+    Uring(crate::sys::uring::Setup),
+}
+
+/// Resolves the `driver` key: `uring` refuses to start where io_uring cannot run (the error
+/// says why), `auto` falls back to epoll with one line on stderr saying why.
+pub fn choose_driver(cfg: &Config) -> io::Result<Chosen> {
+    // TLS sessions run in the worker's own buffers through the transport; the io_uring driver
+    // moves socket bytes itself, so TLS listeners stay on epoll until it runs them too.
+    let tls = !cfg.tls.listen.is_empty();
+    match cfg.driver {
+        DriverMode::Epoll => Ok(Chosen::Epoll),
+        DriverMode::Uring if tls => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "driver = \"uring\" does not run TLS listeners yet; set driver = \"epoll\" (or \"auto\") while [tls] has listeners",
+        )),
+        DriverMode::Uring => uring::probe().map(Chosen::Uring).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "driver = \"uring\" cannot run here: {e}; set driver = \"epoll\" (or \"auto\") in the config, or pass --driver epoll"
+                ),
+            )
+        }),
+        DriverMode::Auto if tls => {
+            eprintln!("wsplice: driver auto: TLS listeners run on epoll (the io_uring driver does not run TLS yet)");
+            Ok(Chosen::Epoll)
+        }
+        DriverMode::Auto => match uring::probe() {
+            Ok(setup) => Ok(Chosen::Uring(setup)),
+            Err(e) => {
+                eprintln!("wsplice: driver auto: io_uring is unavailable ({e}); using epoll");
+                Ok(Chosen::Epoll)
+            }
+        },
+    }
+}
+
 struct WorkerHandle {
     backends: stats::BackendSnapshot,
     control: Sender<Control>,
-    waker: Arc<Waker>,
+    waker: Wake,
     thread: Option<JoinHandle<io::Result<()>>>,
     published: Arc<stats::Published>,
 }
@@ -234,6 +292,7 @@ pub struct Server {
     tls: Option<Arc<TlsSettings>>,
     /// The configured TLS listen addresses.
     tls_addrs: Vec<SocketAddr>,
+    driver: Chosen,
 }
 
 fn bind_error(addr: SocketAddr, e: io::Error) -> io::Error {
@@ -368,6 +427,7 @@ impl Server {
         let tickets = Arc::new(TicketKeys::from_bytes(ticket_key));
         let tls = tls_for(cfg, &tickets)?;
         let params = params_for(cfg, workers, tls.clone());
+        let driver = choose_driver(cfg)?;
         // Bind every socket first, so a bad address fails start-up before any thread runs.
         let mut per_worker: Vec<Vec<(SocketAddr, std::net::TcpListener)>> =
             (0..workers).map(|_| Vec::new()).collect();
@@ -393,6 +453,7 @@ impl Server {
             let published = Arc::new(stats::Published::default());
             let backends = Arc::new(std::sync::Mutex::new(Vec::new()));
             let (tx, rx) = std::sync::mpsc::channel();
+            let (started_tx, started) = std::sync::mpsc::sync_channel(1);
             let wc = epoll::WorkerConfig {
                 id,
                 params: params.clone(),
@@ -403,12 +464,40 @@ impl Server {
                 total: total.clone(),
                 log: log.clone(),
                 published_backends: backends.clone(),
+                started: Some(started_tx),
             };
-            let worker = epoll::Worker::new(wc)?;
-            let waker = worker.waker();
-            let thread = std::thread::Builder::new()
-                .name(format!("wsplice-w{id}"))
-                .spawn(move || worker.run())?;
+            let name = format!("wsplice-w{id}");
+            let (waker, thread) = match driver {
+                Chosen::Epoll => {
+                    let worker = epoll::Worker::new(wc)?;
+                    let waker = Wake::Epoll(worker.waker());
+                    let t = std::thread::Builder::new()
+                        .name(name)
+                        .spawn(move || worker.run())?;
+                    (waker, t)
+                }
+                Chosen::Uring(_) => {
+                    let worker = uring::Worker::new(wc, &cfg.uring)?;
+                    let waker = Wake::Uring(worker.waker());
+                    let t = std::thread::Builder::new()
+                        .name(name)
+                        .spawn(move || worker.run())?;
+                    (waker, t)
+                }
+            };
+            // `ready` means every worker serves: wait for this one's set-up (a ring that cannot
+            // be built fails the start here, with its error).
+            if started.recv().is_err() {
+                let why = match thread.join() {
+                    Ok(Err(e)) => e,
+                    Ok(Ok(())) => io::Error::other("stopped"),
+                    Err(_) => io::Error::other("panicked"),
+                };
+                return Err(io::Error::new(
+                    why.kind(),
+                    format!("worker {id} could not start: {why}"),
+                ));
+            }
             handles.push(WorkerHandle {
                 backends,
                 control: tx,
@@ -428,7 +517,13 @@ impl Server {
             tickets,
             tls,
             tls_addrs: cfg.tls.listen.clone(),
+            driver,
         })
+    }
+
+    /// The driver the workers run.
+    pub fn driver(&self) -> Chosen {
+        self.driver
     }
 
     /// The TLS settings in force, if TLS listeners are configured.

@@ -125,6 +125,7 @@ pub fn run(id: usize, load: Loader) -> io::Result<()> {
         total: Arc::new(ConnLimiter::shared(shared.clone(), id)),
         log: log.clone(),
         published_backends: backends.clone(),
+        started: None,
     })?;
     // The control thread's handle on the log is taken back when the worker stops, so the
     // logger sees every handle gone, writes what is queued and ends.

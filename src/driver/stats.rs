@@ -24,6 +24,7 @@ mod expand;
 
 use crate::core::relay::{CloseReason, RelayStats};
 use crate::core::status::Reject;
+use crate::driver::uring::UringStats;
 use crate::sys::pipe::PoolStats;
 use crate::sys::shm::Cells;
 use crate::transport::tls::{self, TlsEvent};
@@ -33,6 +34,9 @@ use expand::{
 };
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+
+/// The drivers a worker may run, as `wsplice_workers_by_driver{driver=...}` labels them.
+pub const DRIVERS: [&str; 2] = ["epoll", "uring"];
 
 /// Upper bounds of the handshake latency buckets, seconds (Prometheus `le`).
 pub const HANDSHAKE_BUCKETS: [f64; 13] = [
@@ -111,6 +115,21 @@ metrics! {
     /// Forwarded requests sent again on a new connection because a pooled one failed before
     /// any answer byte (the backend closed it as we picked it up).
     retries = (counter "wsplice_http_retries_total");
+    /// Worker threads, by the driver that runs them (the `driver` key).
+    drivers = (gauge "wsplice_workers_by_driver" by driver in DRIVERS);
+    /// The io_uring driver's counters, copied in once per loop iteration (zero under epoll).
+    uring: UringStats = {
+        /// io_uring submissions the kernel took (operations started).
+        submitted = (counter "wsplice_uring_submissions_total");
+        /// io_uring completions reaped (operations finished, accepts and receives included).
+        completed = (counter "wsplice_uring_completions_total");
+        /// io_uring loop iterations, one waiting io_uring_enter each: submissions and
+        /// completions divided by this are the batch sizes.
+        loops = (counter "wsplice_uring_loops_total");
+        /// Receives that found every provided buffer taken; they wait until one comes back.
+        /// Frequent: raise uring.buffer_memory.
+        buffers_exhausted = (counter "wsplice_uring_buffers_exhausted_total");
+    };
 }
 
 /// The `class` label values of `wsplice_http_requests_total`.

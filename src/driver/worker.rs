@@ -1,7 +1,8 @@
 //! What every driver shares: one worker's slab of connections, timer wheel, pipe pool, limits,
-//! counters, access log, reload and drain. No event loop here: a driver ([`super::epoll`])
-//! turns readiness or completions into calls on [`Worker`], and executes the I/O the worker's
-//! connections ask for through [`Driver`].
+//! counters, access log, reload and drain. No event loop here: a driver ([`super::epoll`],
+//! [`super::uring`]) turns readiness or completions into calls on [`Worker`], and executes the
+//! I/O the worker's connections ask for through [`Driver`]: at once ([`Exec::Done`]), or
+//! submitted and reported later ([`Exec::Submitted`], then [`Worker::completed`]).
 //!
 //! The worker never decides a protocol question: each connection's [`Conn`] does. It carries out
 //! the bookkeeping steps itself (timers, admission, counters, the end) and hands the I/O steps to
@@ -11,7 +12,7 @@ use crate::core::conn::{
     Accept, Admission, Conn, ConnLog, Connecting, End, EndReason, Event, Note, Step, Time,
 };
 use crate::core::handshake::ConnectFailure;
-use crate::core::relay::{Ctx, IoOp, RelayStats, Side};
+use crate::core::relay::{BufId, Ctx, IoOp, RelayStats, Side};
 use crate::core::timer::{Clock, Tick, Wheel};
 use crate::driver::access_log::{LogSink, Record};
 use crate::driver::backends::BackendTable;
@@ -27,7 +28,7 @@ use slab::Slab;
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -51,6 +52,9 @@ pub struct WorkerConfig {
     pub total: Arc<ConnLimiter>,
     pub log: Option<LogSink>,
     pub published_backends: BackendSnapshot,
+    /// Told once the driver is set up (its loop is about to wait), so that `ready` is printed
+    /// only when every worker can serve.
+    pub started: Option<std::sync::mpsc::SyncSender<()>>,
 }
 
 /// What a driver watches: a connection's socket, or a listener.
@@ -62,6 +66,8 @@ pub enum Watch {
 
 /// One I/O operation with the resources it needs, for the driver to execute.
 pub struct IoCall<'a> {
+    /// The connection asking (a completion driver reports back under this key).
+    pub key: usize,
     pub op: IoOp,
     /// The socket the operation names (None: the backend socket does not exist).
     pub sock: Option<&'a mut dyn Transport>,
@@ -73,14 +79,42 @@ pub struct IoCall<'a> {
     pub scratch: &'a mut [u8],
 }
 
-/// What a driver does for a worker.
+/// How a driver carried out an operation.
+#[derive(Debug)]
+pub enum Exec {
+    /// Done now: the result goes back to the connection at once.
+    Done(io::Result<usize>),
+    /// Submitted: the driver reports the result later, with [`Worker::completed`].
+    Submitted,
+}
+
+/// What a driver does for a worker. The defaults are a readiness driver's (epoll).
 pub trait Driver {
     /// Starts watching `fd` (a new socket or listener) under `w`.
     fn watch(&mut self, fd: BorrowedFd<'_>, w: Watch) -> io::Result<()>;
     /// Stops watching a listener (closing a socket stops watching it by itself).
     fn unwatch(&mut self, fd: BorrowedFd<'_>);
-    /// Executes one operation; its result goes back to the connection.
-    fn exec(&mut self, call: IoCall<'_>) -> io::Result<usize>;
+    /// Executes one operation, or submits it.
+    fn exec(&mut self, call: IoCall<'_>) -> Exec;
+    /// True when reads wait for bytes and writes for room rather than failing with
+    /// `WouldBlock` (see [`Ctx::completion`]).
+    fn completes(&self) -> bool {
+        false
+    }
+    /// Starts connecting a new non-blocking socket to `addr` for connection `key`.
+    /// `Connecting::Started`: readiness follows (then `CheckConnect`), or a completion does
+    /// ([`Worker::connected`]).
+    fn connect(&mut self, key: usize, addr: SocketAddr) -> io::Result<(TcpStream, Connecting)> {
+        let s = crate::sys::sock::connect_nonblocking(addr)?;
+        self.watch(s.as_fd(), Watch::Conn(key, Side::Backend))?;
+        Ok((s, Connecting::Started))
+    }
+    /// Closes a socket that connection `key` is done with (what waits on it is cancelled).
+    fn close(&mut self, _key: usize, _side: Side, sock: OwnedFd) {
+        drop(sock);
+    }
+    /// A buffer of the driver's that a connection is done with.
+    fn give_back(&mut self, _id: BufId) {}
 }
 
 /// A connection's sockets and state: one slab entry.
@@ -121,6 +155,8 @@ pub struct Worker {
     fired: Vec<(u32, Tick)>,
     time: Time,
     scratch: Box<[u8]>,
+    /// Driver buffers connections are done with, handed back to the driver after each call.
+    returned: Vec<BufId>,
     pool: PipePool,
     /// Idle backend connections for plain HTTP requests.
     backend_pool: BackendPool,
@@ -137,6 +173,7 @@ pub struct Worker {
     /// What TLS sessions decrypt and encrypt in; allocated at the first TLS operation, freed
     /// with the other tables when the worker is empty.
     tls_bufs: Option<Box<TlsBuffers>>,
+    started: Option<std::sync::mpsc::SyncSender<()>>,
 }
 
 fn is_no_fd(e: &io::Error) -> bool {
@@ -148,6 +185,13 @@ impl Worker {
         let now = Instant::now();
         let clock = Clock::new(now);
         let tick = clock.tick(now);
+        let counters = Counters {
+            drivers: [1, 0],
+            ..Counters::default()
+        };
+        // An idle worker may not finish a loop iteration for a long time: what it is shows at
+        // once.
+        cfg.published.store(&counters);
         Worker {
             id: cfg.id,
             pool: PipePool::new(cfg.params.max_pipes, cfg.params.pipe_size),
@@ -169,13 +213,23 @@ impl Worker {
             fired: Vec::new(),
             time: Time { now, tick, clock },
             scratch: vec![0u8; SCRATCH].into_boxed_slice(),
+            returned: Vec::new(),
             relay_stats: RelayStats::default(),
-            counters: Counters::default(),
+            counters,
             accept_paused_until: None,
             accept_wanted: true,
             draining: None,
             tls: HashMap::new(),
             tls_bufs: None,
+            started: cfg.started,
+        }
+    }
+
+    /// The driver is set up (listeners watched, loop about to wait): tells whoever started
+    /// the worker. A driver that fails before returns its error instead.
+    pub fn set_up(&mut self) {
+        if let Some(tx) = self.started.take() {
+            let _ = tx.send(());
         }
     }
 
@@ -191,6 +245,17 @@ impl Worker {
             }
         }
         Ok(())
+    }
+
+    /// What an io_uring driver reports of itself, once per loop iteration (a worker counts as
+    /// epoll's until it does).
+    pub fn set_driver_stats(&mut self, uring: crate::driver::uring::UringStats) {
+        let first = self.counters.drivers != [0, 1];
+        self.counters.drivers = [0, 1];
+        self.counters.uring = uring;
+        if first {
+            self.published.store(&self.counters);
+        }
     }
 
     /// Reads the clock; call once per loop iteration, before handling its events.
@@ -228,6 +293,18 @@ impl Worker {
 
     pub fn listener_count(&self) -> usize {
         self.listeners.len()
+    }
+
+    /// Connection `key`'s socket on `side`, if it is open (a completion driver re-submits a
+    /// receive that found no buffer).
+    pub fn socket(&self, key: usize, side: Side) -> Option<BorrowedFd<'_>> {
+        let Some(Slot::Live(e)) = self.conns.get(key) else {
+            return None;
+        };
+        match side {
+            Side::Client => Some(e.client.as_fd()),
+            Side::Backend => e.backend.as_ref().map(|b| b.as_fd()),
+        }
     }
 
     /// True once: every listener should be tried (edge-triggered: clients may already wait).
@@ -331,8 +408,67 @@ impl Worker {
         self.drive(key, d);
     }
 
+    /// A submitted operation of connection `key` completed (a completion driver). `input`: the
+    /// driver buffer a read's bytes landed in, and those bytes.
+    pub fn completed(
+        &mut self,
+        key: usize,
+        op: IoOp,
+        res: io::Result<usize>,
+        input: Option<(BufId, &[u8])>,
+        d: &mut impl Driver,
+    ) {
+        let Some(Slot::Live(e)) = self.conns.get_mut(key) else {
+            if let Some((id, _)) = input {
+                d.give_back(id);
+            }
+            return;
+        };
+        let (scratch, lent) = match input {
+            Some((id, bytes)) => (bytes, Some(id)),
+            None => (&self.scratch[..], None),
+        };
+        let mut cx = ctx(
+            scratch,
+            &mut self.pool,
+            &mut self.relay_stats,
+            &mut self.returned,
+            &self.params,
+            d.completes(),
+        );
+        cx.lent = lent;
+        e.conn.complete_io(op, res, &mut cx, &self.time);
+        if let Some(id) = cx.lent {
+            d.give_back(id); // the connection did not keep the bytes
+        }
+        self.give_back(d);
+        self.drive(key, d);
+    }
+
+    /// The connect a completion driver started for connection `key` finished.
+    pub fn connected(&mut self, key: usize, res: io::Result<()>, d: &mut impl Driver) {
+        let Some(Slot::Live(e)) = self.conns.get_mut(key) else {
+            return;
+        };
+        let c = match res {
+            Ok(()) => Connecting::Connected,
+            // As `check_connect` reads SO_ERROR: any error refuses this backend.
+            Err(_) => Connecting::Failed(ConnectFailure::Refused),
+        };
+        e.conn.complete_connect(c, &self.time);
+        self.drive(key, d);
+    }
+
+    /// Hands the driver buffers connections are done with back to the driver.
+    fn give_back(&mut self, d: &mut impl Driver) {
+        for id in self.returned.drain(..) {
+            d.give_back(id);
+        }
+    }
+
     /// Carries out what connection `key` asks until it waits.
     fn drive(&mut self, key: usize, d: &mut impl Driver) {
+        let completion = d.completes();
         loop {
             let Some(Slot::Live(e)) = self.conns.get_mut(key) else {
                 return;
@@ -341,17 +477,20 @@ impl Worker {
                 &self.scratch,
                 &mut self.pool,
                 &mut self.relay_stats,
+                &mut self.returned,
                 &self.params,
+                completion,
             );
-            match e.conn.poll(&mut cx, &self.time) {
+            let step = e.conn.poll(&mut cx, &self.time);
+            if !self.returned.is_empty() {
+                self.give_back(d);
+            }
+            let Some(Slot::Live(e)) = self.conns.get_mut(key) else {
+                return;
+            };
+            match step {
                 Step::Io(op) => {
-                    let side = match op {
-                        IoOp::Read { side, .. }
-                        | IoOp::Write { side, .. }
-                        | IoOp::SpliceIn { side, .. }
-                        | IoOp::SpliceOut { side, .. }
-                        | IoOp::Shutdown { side } => side,
-                    };
+                    let side = op.side();
                     let mut session = match side {
                         // Plain-only workers skip the lookup.
                         Side::Client if !self.tls.is_empty() => {
@@ -380,13 +519,17 @@ impl Worker {
                             }
                         }
                     };
-                    let res = d.exec(IoCall {
+                    let done = d.exec(IoCall {
+                        key,
                         op,
                         sock,
                         held: e.conn.out_bytes(),
                         pipe: e.conn.pipe(),
                         scratch: &mut self.scratch,
                     });
+                    let Exec::Done(res) = done else {
+                        continue; // the driver reports it with `completed`
+                    };
                     let mut eof_pending = false;
                     if let Some(s) = session {
                         if let Some(ev) = s.take_event() {
@@ -399,7 +542,9 @@ impl Worker {
                         &self.scratch,
                         &mut self.pool,
                         &mut self.relay_stats,
+                        &mut self.returned,
                         &self.params,
+                        completion,
                     );
                     e.conn.complete_io(op, res, &mut cx, &self.time);
                     if eof_pending {
@@ -414,9 +559,14 @@ impl Worker {
                         };
                         e.conn.handle(ev, &self.time);
                     }
+                    if !self.returned.is_empty() {
+                        self.give_back(d);
+                    }
                 }
                 Step::Checkout(addr) => {
-                    e.backend = None;
+                    if let Some(old) = e.backend.take() {
+                        d.close(key, Side::Backend, old.into());
+                    }
                     if let Some(s) = self.backend_pool.checkout(addr, self.time.now) {
                         if d.watch(s.as_fd(), Watch::Conn(key, Side::Backend)).is_ok() {
                             e.backend = Some(s);
@@ -425,18 +575,7 @@ impl Worker {
                             continue;
                         }
                     }
-                    let r = match self.connect(key, addr, d) {
-                        Ok(s) => {
-                            if let Some(Slot::Live(e)) = self.conns.get_mut(key) {
-                                e.backend = Some(s);
-                            }
-                            Connecting::Started
-                        }
-                        Err(why) => Connecting::Failed(why),
-                    };
-                    if let Some(Slot::Live(e)) = self.conns.get_mut(key) {
-                        e.conn.complete_connect(r, &self.time);
-                    }
+                    self.connect_step(key, addr, d);
                 }
                 Step::Release(addr) => {
                     if let Some(b) = e.backend.take() {
@@ -452,25 +591,20 @@ impl Worker {
                     }
                 }
                 Step::Connect(addr) => {
-                    e.backend = None;
-                    let r = match self.connect(key, addr, d) {
-                        Ok(s) => {
-                            if let Some(Slot::Live(e)) = self.conns.get_mut(key) {
-                                e.backend = Some(s);
-                            }
-                            Connecting::Started
-                        }
-                        Err(why) => Connecting::Failed(why),
-                    };
-                    if let Some(Slot::Live(e)) = self.conns.get_mut(key) {
-                        e.conn.complete_connect(r, &self.time);
+                    if let Some(old) = e.backend.take() {
+                        d.close(key, Side::Backend, old.into());
                     }
+                    self.connect_step(key, addr, d);
                 }
                 Step::CheckConnect => {
                     let r = check_connect(e.backend.as_ref());
                     e.conn.complete_connect(r, &self.time);
                 }
-                Step::CloseBackend => e.backend = None,
+                Step::CloseBackend => {
+                    if let Some(old) = e.backend.take() {
+                        d.close(key, Side::Backend, old.into());
+                    }
+                }
                 Step::Admit(ip) => {
                     let a = match self.limiter.acquire(ip) {
                         Some(true) => Admission::Counted,
@@ -486,8 +620,24 @@ impl Worker {
                     return;
                 }
                 Step::Wait => return,
-                Step::End(end) => return self.end(key, end),
+                Step::End(end) => return self.end(key, end, d),
             }
+        }
+    }
+
+    /// Starts a backend connect for connection `key` and reports how it went.
+    fn connect_step(&mut self, key: usize, addr: SocketAddr, d: &mut impl Driver) {
+        let r = match self.connect(key, addr, d) {
+            Ok((s, how)) => {
+                if let Some(Slot::Live(e)) = self.conns.get_mut(key) {
+                    e.backend = Some(s);
+                }
+                how
+            }
+            Err(why) => Connecting::Failed(why),
+        };
+        if let Some(Slot::Live(e)) = self.conns.get_mut(key) {
+            e.conn.complete_connect(r, &self.time);
         }
     }
 
@@ -496,8 +646,8 @@ impl Worker {
         key: usize,
         addr: SocketAddr,
         d: &mut impl Driver,
-    ) -> Result<TcpStream, ConnectFailure> {
-        let s = crate::sys::sock::connect_nonblocking(addr).map_err(|e| {
+    ) -> Result<(TcpStream, Connecting), ConnectFailure> {
+        let (s, how) = d.connect(key, addr).map_err(|e| {
             if is_no_fd(&e) {
                 self.counters.connect_emfile += 1;
                 ConnectFailure::NoDescriptors
@@ -508,9 +658,7 @@ impl Worker {
             }
         })?;
         let _ = tune(&s, &self.params.tuning);
-        d.watch(s.as_fd(), Watch::Conn(key, Side::Backend))
-            .map_err(|_| ConnectFailure::Reset)?;
-        Ok(s)
+        Ok((s, how))
     }
 
     /// Counts what a connection reported.
@@ -546,19 +694,22 @@ impl Worker {
     }
 
     /// Closes connection `key`'s sockets and gives back what it held.
-    fn end(&mut self, key: usize, end: End) {
+    fn end(&mut self, key: usize, end: End, d: &mut impl Driver) {
         let Some(slot) = self.conns.get_mut(key) else {
             return;
         };
-        if matches!(slot, Slot::Dead) {
+        let Slot::Live(e) = std::mem::replace(slot, Slot::Dead) else {
             return;
+        };
+        d.close(key, Side::Client, e.client.into());
+        if let Some(b) = e.backend {
+            d.close(key, Side::Backend, b.into());
         }
         if !self.tls.is_empty() {
             if let Some(ev) = self.tls.remove(&key).and_then(|mut s| s.final_event()) {
                 self.counters.count_tls(ev);
             }
         }
-        *slot = Slot::Dead; // drops both sockets
         self.dead.push(key);
         if end.holds_slot {
             self.total.release();
@@ -756,14 +907,19 @@ fn ctx<'a>(
     scratch: &'a [u8],
     pool: &'a mut PipePool,
     stats: &'a mut RelayStats,
+    returned: &'a mut Vec<BufId>,
     params: &Params,
+    completion: bool,
 ) -> Ctx<'a, PipePool> {
     Ctx {
         scratch,
+        lent: None,
+        returned,
         pipes: pool,
         stats,
         mode: params.relay,
         threshold: params.splice_threshold,
+        completion,
     }
 }
 

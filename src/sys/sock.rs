@@ -58,13 +58,19 @@ pub fn accept_nonblocking(
     Ok((s.into(), addr))
 }
 
-/// Starts a non-blocking connect to `addr`; completion is reported as writability.
-pub fn connect_nonblocking(addr: SocketAddr) -> io::Result<std::net::TcpStream> {
+/// A non-blocking, close-on-exec TCP socket for connecting to `addr` (an io_uring connect).
+pub fn stream_socket(addr: SocketAddr) -> io::Result<std::net::TcpStream> {
     let s = Socket::new(
         Domain::for_address(addr),
         Type::STREAM.nonblocking().cloexec(),
         Some(Protocol::TCP),
     )?;
+    Ok(s.into())
+}
+
+/// Starts a non-blocking connect to `addr`; completion is reported as writability.
+pub fn connect_nonblocking(addr: SocketAddr) -> io::Result<std::net::TcpStream> {
+    let s = Socket::from(stream_socket(addr)?);
     match s.connect(&addr.into()) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}

@@ -26,28 +26,97 @@ const START_DEADLINE: Duration = Duration::from_secs(10);
 
 /// The proxy's `relay` setting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Relay {
+pub enum RelayMode {
     Copy,
     Splice,
     Auto,
-    /// The client speaks `wss://` to a TLS listener (`relay = "auto"`: TLS tunnels copy).
-    Tls,
 }
 
-impl Relay {
-    /// The `relay` setting.
+/// The proxy's `driver` setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    Epoll,
+    Uring,
+}
+
+impl Driver {
+    pub const ALL: [Driver; 2] = [Driver::Epoll, Driver::Uring];
+
     pub fn as_str(self) -> &'static str {
         match self {
-            Relay::Copy => "copy",
-            Relay::Splice => "splice",
-            Relay::Auto | Relay::Tls => "auto",
+            Driver::Epoll => "epoll",
+            Driver::Uring => "uring",
+        }
+    }
+}
+
+/// How a scenario's proxy runs: its `relay` mode under its `driver`, the client on `ws://` or
+/// `wss://`. `Relay::Copy`, `Relay::Splice` and `Relay::Auto` run under epoll; [`Relay::uring`]
+/// moves one to io_uring; `Relay::Tls` puts the client on `wss://` to a TLS listener
+/// (`relay = "auto"`: TLS tunnels copy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Relay {
+    pub mode: RelayMode,
+    pub driver: Driver,
+    pub tls: bool,
+}
+
+// The constants read as the relay modes they were when `Relay` was an enum.
+#[allow(non_upper_case_globals)]
+impl Relay {
+    pub const Copy: Relay = Relay::epoll(RelayMode::Copy);
+    pub const Splice: Relay = Relay::epoll(RelayMode::Splice);
+    pub const Auto: Relay = Relay::epoll(RelayMode::Auto);
+    pub const Tls: Relay = Relay {
+        mode: RelayMode::Auto,
+        driver: Driver::Epoll,
+        tls: true,
+    };
+
+    const fn epoll(mode: RelayMode) -> Relay {
+        Relay {
+            mode,
+            driver: Driver::Epoll,
+            tls: false,
+        }
+    }
+
+    /// The same relay mode under io_uring.
+    pub const fn uring(self) -> Relay {
+        self.on(Driver::Uring)
+    }
+
+    /// This relay under `mode`.
+    pub const fn with_mode(self, mode: RelayMode) -> Relay {
+        Relay {
+            mode,
+            driver: self.driver,
+            tls: self.tls,
+        }
+    }
+
+    /// The same relay mode under `driver`.
+    pub const fn on(self, driver: Driver) -> Relay {
+        Relay {
+            mode: self.mode,
+            driver,
+            tls: self.tls,
+        }
+    }
+
+    /// The `relay` value.
+    pub fn as_str(self) -> &'static str {
+        match self.mode {
+            RelayMode::Copy => "copy",
+            RelayMode::Splice => "splice",
+            RelayMode::Auto => "auto",
         }
     }
 }
 
 /// The `X-Forwarded-Proto` the backend hears.
 pub fn proto(relay: Relay) -> &'static str {
-    if relay == Relay::Tls {
+    if relay.tls {
         "https"
     } else {
         "http"
@@ -64,12 +133,17 @@ where
         .await
         .is_err()
     {
-        panic!("scenario did not finish within {TEST_DEADLINE:?} ({relay:?})");
+        panic!(
+            "scenario did not finish within {TEST_DEADLINE:?} (relay = {}, driver = {})",
+            relay.as_str(),
+            relay.driver.as_str()
+        );
     }
 }
 
 /// `e2e!(name, |relay| async move { ... })` expands to module `name` holding one test per relay
-/// mode: `name::copy`, `name::splice`, `name::auto`.
+/// mode and driver: `name::copy`, `name::splice`, `name::auto` under epoll, and
+/// `name::uring_copy`, `name::uring_splice`, `name::uring_auto` under io_uring.
 #[allow(unused_macros)]
 macro_rules! e2e {
     ($name:ident, $body:expr) => {
@@ -91,11 +165,48 @@ macro_rules! e2e {
             async fn auto() {
                 crate::support::run(crate::support::Relay::Auto, $body).await
             }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn uring_copy() {
+                crate::support::run(crate::support::Relay::Copy.uring(), $body).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn uring_splice() {
+                crate::support::run(crate::support::Relay::Splice.uring(), $body).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn uring_auto() {
+                crate::support::run(crate::support::Relay::Auto.uring(), $body).await
+            }
         }
     };
 }
 
-/// `e2e_tls!(name, body)`: [`e2e!`]'s three tests plus `name::tls`, the same scenario with the
+/// `drivers!(name, |driver| { ... })` expands to module `name` with one std-thread test per
+/// driver: `name::epoll`, `name::uring`.
+#[allow(unused_macros)]
+macro_rules! drivers {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[test]
+            fn epoll() {
+                ($body)(crate::support::Driver::Epoll)
+            }
+
+            #[test]
+            fn uring() {
+                ($body)(crate::support::Driver::Uring)
+            }
+        }
+    };
+}
+
+/// `e2e_tls!(name, body)`: [`e2e!`]'s tests (both drivers) plus `name::tls`, the same scenario with the
 /// client on `wss://` (WebSocket clients speak TLS themselves, raw sockets go through
 /// [`super::tls::shim`]).
 #[allow(unused_macros)]
@@ -118,6 +229,21 @@ macro_rules! e2e_tls {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn auto() {
                 crate::support::run(crate::support::Relay::Auto, $body).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn uring_copy() {
+                crate::support::run(crate::support::Relay::Copy.uring(), $body).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn uring_splice() {
+                crate::support::run(crate::support::Relay::Splice.uring(), $body).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn uring_auto() {
+                crate::support::run(crate::support::Relay::Auto.uring(), $body).await
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -187,7 +313,11 @@ impl RouteSpec {
 #[derive(Debug, Clone)]
 pub struct ProxyBuilder {
     /// `None` leaves `relay` out (the proxy's default).
-    relay: Option<Relay>,
+    relay: Option<RelayMode>,
+    /// `None` leaves `driver` out (the proxy's default, epoll).
+    driver: Option<Driver>,
+    /// The client speaks `wss://` to the proxy's only listener, a TLS one.
+    tls: bool,
     workers: usize,
     /// Top-level `key = value` lines, written as given.
     top: Vec<String>,
@@ -203,6 +333,8 @@ impl Default for ProxyBuilder {
     fn default() -> Self {
         ProxyBuilder {
             relay: None,
+            driver: None,
+            tls: false,
             workers: 2,
             top: Vec::new(),
             tables: Vec::new(),
@@ -213,8 +345,15 @@ impl Default for ProxyBuilder {
 }
 
 impl ProxyBuilder {
+    /// The relay mode and the driver.
     pub fn relay(mut self, relay: Relay) -> Self {
-        self.relay = Some(relay);
+        self.relay = Some(relay.mode);
+        self.driver = Some(relay.driver);
+        self.tls = relay.tls;
+        self
+    }
+    pub fn driver(mut self, driver: Driver) -> Self {
+        self.driver = Some(driver);
         self
     }
     pub fn workers(mut self, workers: usize) -> Self {
@@ -259,7 +398,7 @@ impl ProxyBuilder {
     }
 
     pub fn toml(&self) -> String {
-        let tls = self.relay == Some(Relay::Tls);
+        let tls = self.tls;
         // A TLS proxy's [tls] section has its only listener.
         let listen = if tls {
             ""
@@ -267,8 +406,18 @@ impl ProxyBuilder {
             "listen = [\"127.0.0.1:0\"]\n"
         };
         let mut s = format!("{listen}workers = {}\n", self.workers);
-        if let Some(relay) = self.relay {
-            s.push_str(&format!("relay = \"{}\"\n", relay.as_str()));
+        if let Some(mode) = self.relay {
+            s.push_str(&format!(
+                "relay = \"{}\"\n",
+                Relay::Auto.with_mode(mode).as_str()
+            ));
+        }
+        if let Some(driver) = self.driver {
+            s.push_str(&format!("driver = \"{}\"\n", driver.as_str()));
+            if driver == Driver::Uring {
+                // The io_uring driver runs with worker threads.
+                s.push_str("worker_model = \"threads\"\n");
+            }
         }
         for line in &self.top {
             s.push_str(line);

@@ -2,7 +2,7 @@
 //! discard what the client still sends until it closes or [`LINGER`] is over. Closing with
 //! unread input would send RST, and an RST may destroy the answer before the client reads it.
 
-use super::{ConnLog, End, EndReason, Event, Note, Step, Time, LINGER};
+use super::{ConnLog, End, EndReason, Event, Lanes, Note, Step, Time, LINGER};
 use crate::core::relay::{IoOp, Side, Src};
 use crate::core::status::Reject;
 use crate::core::timer::{Clock, Tick};
@@ -28,6 +28,8 @@ pub struct Linger {
     holds_slot: bool,
     counted_ip: Option<IpAddr>,
     log: Option<Box<ConnLog>>,
+    /// Operations in flight (a read of the upgrade may still wait in a completion driver).
+    pub(super) lanes: Lanes,
 }
 
 impl Linger {
@@ -47,6 +49,7 @@ impl Linger {
             holds_slot: true,
             counted_ip: None,
             log: None,
+            lanes: Lanes::default(),
         }
     }
 
@@ -148,8 +151,9 @@ impl Linger {
                 log: self.log.take(),
             });
         }
+        let writing = self.lanes.busy(Side::Client, false);
         let op = if self.pos < self.out.len() {
-            if !self.writable {
+            if !self.writable || writing {
                 return Step::Wait;
             }
             IoOp::Write {
@@ -157,9 +161,12 @@ impl Linger {
                 src: Src::Held,
             }
         } else if !self.shut {
+            if writing {
+                return Step::Wait;
+            }
             self.shut = true;
             IoOp::Shutdown { side: Side::Client }
-        } else if self.readable {
+        } else if self.readable && !self.lanes.busy(Side::Client, true) {
             // Discard what the client still sends until it closes.
             IoOp::Read {
                 side: Side::Client,
@@ -168,10 +175,15 @@ impl Linger {
         } else {
             return Step::Wait;
         };
+        self.lanes.start(op);
         Step::Io(op)
     }
 
     pub(super) fn complete_io(&mut self, op: IoOp, res: io::Result<usize>) {
+        if !self.lanes.busy(op.side(), op.reads()) {
+            return; // abandoned with the backend socket
+        }
+        self.lanes.end(op);
         let blocked = |e: &io::Error| e.kind() == io::ErrorKind::WouldBlock;
         let retry = |e: &io::Error| e.kind() == io::ErrorKind::Interrupted;
         match (op, res) {

@@ -259,6 +259,42 @@ impl ConnLog {
     }
 }
 
+/// The operations a stage has in flight, one per socket and direction at most. An epoll
+/// driver completes each at once; a completion driver (io_uring) reports it later, so a stage
+/// must not ask for a second read of a socket whose first is still waiting.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Lanes(u8);
+
+impl Lanes {
+    fn bit(side: Side, reads: bool) -> u8 {
+        1 << ((side == Side::Backend) as u8 * 2 + reads as u8)
+    }
+
+    /// `op` was handed to the driver.
+    pub(crate) fn start(&mut self, op: IoOp) {
+        self.0 |= Lanes::bit(op.side(), op.reads());
+    }
+
+    /// `op` completed.
+    pub(crate) fn end(&mut self, op: IoOp) {
+        self.0 &= !Lanes::bit(op.side(), op.reads());
+    }
+
+    /// A read (or else a write) of `side` is in flight.
+    pub(crate) fn busy(self, side: Side, reads: bool) -> bool {
+        self.0 & Lanes::bit(side, reads) != 0
+    }
+
+    pub(crate) fn any(self) -> bool {
+        self.0 != 0
+    }
+
+    /// What is in flight on `side` is abandoned (its socket is closed).
+    pub(crate) fn drop_side(&mut self, side: Side) {
+        self.0 &= !(Lanes::bit(side, true) | Lanes::bit(side, false));
+    }
+}
+
 /// An established relay with what the worker must know when it ends.
 #[derive(Debug)]
 pub struct Relaying<P> {
@@ -344,7 +380,7 @@ impl<P> Relaying<P> {
     }
 
     fn end(&mut self, reason: CloseReason, cx: &mut Ctx<'_, impl Pipes<Pipe = P>>) -> Step {
-        self.relay.release(cx.pipes, cx.stats);
+        self.relay.release(cx);
         Step::End(End {
             reason: EndReason::Relay(reason),
             counted_ip: self.counted_ip.take(),
@@ -411,11 +447,28 @@ impl<P> Conn<P> {
                 upgrade::Polled::Reject { out, status, note } => {
                     let answered = note == Note::Answered;
                     let log = u.log_facts(status);
-                    let linger = Linger::after_upgrade(out, answered, u.counted_ip, log, t);
+                    let mut linger = Linger::after_upgrade(out, answered, u.counted_ip, log, t);
+                    // A read of the client head may still wait in a completion driver.
+                    linger.lanes = u.lanes;
+                    linger.lanes.drop_side(Side::Backend);
                     *self = Conn::Linger(Box::new(linger));
                     return Step::Note(note);
                 }
                 upgrade::Polled::Relay => return self.open_relay(cx, t),
+                // The HTTP exchange keeps several operations of a socket going at once (a body
+                // up while an answer comes down), which a completion driver's one-operation
+                // lanes do not carry yet: under io_uring, routes answer plain requests as a
+                // WebSocket-only route does.
+                upgrade::Polled::Http(_) if cx.completion => {
+                    let r = Reject::NotUpgrade;
+                    let log = u.log_facts(r.status());
+                    let out = r.response().to_vec();
+                    let mut linger = Linger::after_upgrade(out, false, u.counted_ip, log, t);
+                    linger.lanes = u.lanes;
+                    linger.lanes.drop_side(Side::Backend);
+                    *self = Conn::Linger(Box::new(linger));
+                    return Step::Note(Note::Rejected(r));
+                }
                 upgrade::Polled::Http(p) => {
                     *self = Conn::Http(Box::new(Exchange::new(u.http_origin(), *p, t)));
                     return self.poll(cx, t);
@@ -483,7 +536,9 @@ impl<P> Conn<P> {
         }
     }
 
-    /// The result of the last [`Step::Io`].
+    /// The result of a [`Step::Io`]. At most one operation per socket and direction is in
+    /// flight, so an epoll driver reports each before the next poll and an io_uring driver
+    /// whenever its completion comes.
     pub fn complete_io(
         &mut self,
         op: IoOp,

@@ -24,6 +24,7 @@ struct Rig {
     pipes: FakePipes,
     stats: RelayStats,
     scratch: Vec<u8>,
+    returned: Vec<crate::core::relay::BufId>,
 }
 
 fn accept(full: bool, backends: &[&str]) -> Rig {
@@ -53,6 +54,7 @@ fn accept(full: bool, backends: &[&str]) -> Rig {
         },
         stats: RelayStats::default(),
         scratch: vec![0u8; 4096],
+        returned: Vec::new(),
     }
 }
 
@@ -61,10 +63,13 @@ impl Rig {
     fn parts(&mut self) -> (&mut Conn<u32>, Ctx<'_, FakePipes>, &Time) {
         let cx = Ctx {
             scratch: &self.scratch,
+            lent: None,
+            returned: &mut self.returned,
             pipes: &mut self.pipes,
             stats: &mut self.stats,
             mode: RelayMode::Auto,
             threshold: 65536,
+            completion: false,
         };
         (&mut self.conn, cx, &self.t)
     }

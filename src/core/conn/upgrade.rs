@@ -2,7 +2,9 @@
 //! [`Handshake`] machine. Here are the decisions the driver used to take: when to read which
 //! socket, when a connect finished, the per-IP limit once a PROXY header named the client.
 
-use super::{Accept, Admission, ConnLog, Connecting, Event, Note, PlainHttpOnTls, Step, Time};
+use super::{
+    Accept, Admission, ConnLog, Connecting, Event, Lanes, Note, PlainHttpOnTls, Step, Time,
+};
 use crate::core::balance::Lease;
 use crate::core::handshake::{Action, ConnectFailure, Handshake, PlainRequest, Settings};
 use crate::core::relay::{IoOp, Side, Src};
@@ -53,6 +55,8 @@ pub struct Upgrading {
     drained: bool,
     log: bool,
     splice_ok: bool,
+    /// The operation in flight, if any: the upgrade does one thing at a time.
+    pub(super) lanes: Lanes,
 }
 
 /// What [`Upgrading::poll`] decided.
@@ -107,6 +111,7 @@ impl Upgrading {
             // Plain TCP on both sides is decided at accept; a keep-alive connection is the
             // same socket.
             splice_ok: x.splice_ok,
+            lanes: Lanes::default(),
         };
         if !start.is_empty() {
             let a = u.hs.handle_client_data(&u.settings, t.now, &start);
@@ -155,6 +160,7 @@ impl Upgrading {
             drained: false,
             log: a.log,
             splice_ok: a.splice_ok,
+            lanes: Lanes::default(),
         }
     }
 
@@ -251,6 +257,8 @@ impl Upgrading {
         match self.action.take() {
             None | Some(Action::Wait) | Some(Action::SendHead) => {}
             Some(Action::Connect(addr)) => {
+                // The old backend socket, and whatever waits on it, is closed.
+                self.lanes.drop_side(Side::Backend);
                 self.backend_readable = false;
                 self.backend_writable = false;
                 self.check_connect = false;
@@ -286,6 +294,9 @@ impl Upgrading {
             self.check_connect = false;
             return Polled::Step(Step::CheckConnect);
         }
+        if self.lanes.any() {
+            return Polled::Step(Step::Wait);
+        }
         let s = &self.settings;
         let op = if self.hs.is_sending() && self.backend_writable {
             IoOp::Write {
@@ -305,6 +316,7 @@ impl Upgrading {
         } else {
             return Polled::Step(Step::Wait);
         };
+        self.lanes.start(op);
         Polled::Step(Step::Io(op))
     }
 
@@ -334,6 +346,10 @@ impl Upgrading {
         scratch: &[u8],
         t: &Time,
     ) {
+        if !self.lanes.busy(op.side(), op.reads()) {
+            return; // abandoned: its backend socket was replaced
+        }
+        self.lanes.end(op);
         let s = &self.settings;
         let retry = |e: &io::Error| e.kind() == io::ErrorKind::Interrupted;
         let blocked = |e: &io::Error| e.kind() == io::ErrorKind::WouldBlock;

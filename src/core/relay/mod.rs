@@ -6,13 +6,16 @@
 //! an operation at once with a non-blocking syscall; a completion driver submits it and reports
 //! later. Either way the same decisions are taken here.
 //!
-//! Per direction at most one thing is in flight: a pipe holding bytes, or an overflow buffer
-//! holding what the peer could not take. While something is in flight the source is not read,
-//! so a slow reader stops the writer at the kernel's socket buffers: memory per direction is
-//! bounded by one pipe or one scratch-sized buffer.
+//! Per direction at most one thing is pending: a pipe holding bytes, an overflow buffer holding
+//! what the peer could not take, or a driver's buffer a completion driver read into. While
+//! something is pending the source is not read, so a slow reader stops the writer at the
+//! kernel's socket buffers: memory per direction is bounded by one pipe or one buffer. And per
+//! direction at most one operation is in flight, so the two directions of a relay may each wait
+//! in a completion driver at once.
 //!
 //! ```text
 //!   readable ─▶ Read (copy) ──▶ Write scratch ──short──▶ overflow buffer ─▶ Write ─▶ …
+//!           │       └─(completion driver)─▶ Write from its buffer ─▶ … ─▶ buffer given back
 //!           └─▶ SpliceIn (bulk) ─▶ pipe holds n ─▶ SpliceOut ─▶ pipe back to the pool
 //!   EOF ─▶ Shutdown(dst) ─▶ direction finished;  both finished ─▶ End(Done)
 //! ```
@@ -59,6 +62,10 @@ impl Way {
     }
 }
 
+/// A buffer of a completion driver (an io_uring provided buffer): reads land there, and the
+/// write that follows sends straight from it.
+pub type BufId = u16;
+
 /// Where the bytes of a write come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Src {
@@ -66,9 +73,15 @@ pub enum Src {
     Scratch(usize),
     /// The connection's own bytes: see [`crate::core::conn::Conn::out_bytes`].
     Held,
+    /// `len` bytes at `from` in the driver's buffer `id`, which a read filled.
+    Buf { id: BufId, from: u32, len: u32 },
 }
 
 /// One operation on a socket, for the driver to execute.
+///
+/// A completion is matched to its operation by kind and side alone: the payloads (`max`,
+/// `len`, `Src`) instruct the driver and are not read back, so a completion driver may report
+/// an operation rebuilt from the few bits it keeps per request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IoOp {
     /// Read at most `max` bytes from `side` into the worker's scratch buffer.
@@ -83,14 +96,51 @@ pub enum IoOp {
     Shutdown { side: Side },
 }
 
+impl IoOp {
+    /// The socket the operation names.
+    pub fn side(self) -> Side {
+        match self {
+            IoOp::Read { side, .. }
+            | IoOp::Write { side, .. }
+            | IoOp::SpliceIn { side, .. }
+            | IoOp::SpliceOut { side, .. }
+            | IoOp::Shutdown { side } => side,
+        }
+    }
+
+    /// True for operations that take bytes from their socket (the others give it bytes or FIN).
+    pub fn reads(self) -> bool {
+        matches!(self, IoOp::Read { .. } | IoOp::SpliceIn { .. })
+    }
+
+    /// The relay direction the operation serves: reads serve the direction that starts at
+    /// their socket, writes the one that ends there.
+    pub fn way(self) -> Way {
+        match (self.reads(), self.side()) {
+            (true, Side::Client) | (false, Side::Backend) => Way::Up,
+            (true, Side::Backend) | (false, Side::Client) => Way::Down,
+        }
+    }
+}
+
 /// What a relay lends from its worker for one call.
 pub struct Ctx<'a, P: Pipes> {
-    /// The worker's scratch buffer: what a `Read` returned, for the write that follows it.
+    /// Where a `Read`'s bytes are when it completes: the worker's scratch buffer, or the
+    /// driver's buffer `lent` names. When polling, its length bounds a `Read`.
     pub scratch: &'a [u8],
+    /// On a `Read`'s completion: the driver buffer that `scratch` is. A relay that keeps the
+    /// bytes takes it (and later puts it in `returned`); the worker gives back what is left.
+    pub lent: Option<BufId>,
+    /// Driver buffers the relay is done with, for the worker to give back.
+    pub returned: &'a mut Vec<BufId>,
     pub pipes: &'a mut P,
     pub stats: &'a mut RelayStats,
     pub mode: RelayMode,
     pub threshold: usize,
+    /// The driver completes operations (io_uring) rather than trying them (epoll): a `Read`
+    /// waits for bytes and a `Write` for room, so a short read does not mean the socket is
+    /// drained nor a short write that it is full. Splices keep readiness rules either way.
+    pub completion: bool,
 }
 
 /// The worker's pipe pool as the relay sees it: pipes lent while bytes are in flight.
@@ -135,6 +185,8 @@ const HUP: u8 = 16;
 const FULL: u8 = 32;
 /// The transports allow splicing this direction (both are plain sockets).
 const SPLICE_OK: u8 = 64;
+/// An operation of this direction is in flight: nothing more until it completes.
+const INFLIGHT: u8 = 128;
 
 /// Reads per direction per round before yielding to other connections.
 const BUDGET: u8 = 32;
@@ -150,6 +202,8 @@ enum Pending<P> {
     Buf(Box<(Vec<u8>, usize)>),
     /// The last `Read` put this many bytes in the worker's scratch: write them next.
     Scratch(u32),
+    /// The last `Read` put `len` bytes in the driver's buffer `id`; `from` are written.
+    Lent { id: BufId, from: u32, len: u32 },
 }
 
 /// One direction of a relay.
@@ -200,16 +254,28 @@ impl<P> Dir<P> {
         }
     }
 
-    fn release(&mut self, pipes: &mut impl Pipes<Pipe = P>, stats: &mut RelayStats) {
+    fn release(&mut self, cx: &mut Ctx<'_, impl Pipes<Pipe = P>>) {
         match std::mem::take(&mut self.pending) {
             Pending::None | Pending::Scratch(_) => {}
-            Pending::Pipe(p, _) => pipes.discard(p),
-            Pending::Buf(_) => stats.overflow_in_use -= 1,
+            Pending::Pipe(p, _) => cx.pipes.discard(p),
+            Pending::Buf(_) => cx.stats.overflow_in_use -= 1,
+            Pending::Lent { id, .. } => cx.returned.push(id),
         }
     }
 
     /// The next operation of this direction, or why there is none.
     fn next(&mut self, way: Way, cx: &mut Ctx<'_, impl Pipes<Pipe = P>>) -> Pumped {
+        if self.flags & INFLIGHT != 0 {
+            return Pumped::Blocked;
+        }
+        let next = self.pick(way, cx);
+        if let Pumped::Op(_) = next {
+            self.flags |= INFLIGHT;
+        }
+        next
+    }
+
+    fn pick(&mut self, way: Way, cx: &mut Ctx<'_, impl Pipes<Pipe = P>>) -> Pumped {
         let (src, dst) = (way.src(), way.dst());
         match &self.pending {
             Pending::Scratch(n) => {
@@ -230,7 +296,17 @@ impl<P> Dir<P> {
                     src: Src::Held,
                 })
             }
-            Pending::Pipe(..) | Pending::Buf(_) => return Pumped::Blocked,
+            &Pending::Lent { id, from, len } if self.flags & FULL == 0 => {
+                return Pumped::Op(IoOp::Write {
+                    side: dst,
+                    src: Src::Buf {
+                        id,
+                        from,
+                        len: len - from,
+                    },
+                })
+            }
+            Pending::Pipe(..) | Pending::Buf(_) | Pending::Lent { .. } => return Pumped::Blocked,
             Pending::None => {}
         }
         if self.flags & EOF != 0 {
@@ -276,8 +352,11 @@ impl<P> Dir<P> {
         res: io::Result<usize>,
         cx: &mut Ctx<'_, impl Pipes<Pipe = P>>,
     ) -> Result<u64, Fail> {
+        self.flags &= !INFLIGHT;
         let interrupted = |e: &io::Error| e.kind() == io::ErrorKind::Interrupted;
         let would_block = |e: &io::Error| e.kind() == io::ErrorKind::WouldBlock;
+        // A short write fills the socket (an edge follows) unless the driver waits for room.
+        let full_after_short = if cx.completion { 0 } else { FULL };
         match op {
             IoOp::Read { .. } => match res {
                 Ok(0) => self.flags |= EOF,
@@ -290,11 +369,21 @@ impl<P> Dir<P> {
                     }
                     // A short read drained the socket: Linux reports new data with a new edge.
                     // Not after EPOLLRDHUP, whose edge may already be spent: then read to 0.
+                    // A completion driver's next read simply waits for the next bytes.
                     if n < cx.scratch.len() && self.flags & HUP == 0 {
-                        self.flags &= !READABLE;
+                        if !cx.completion {
+                            self.flags &= !READABLE;
+                        }
                         self.end_burst(cx.threshold);
                     }
-                    self.pending = Pending::Scratch(n as u32);
+                    self.pending = match cx.lent.take() {
+                        Some(id) => Pending::Lent {
+                            id,
+                            from: 0,
+                            len: n as u32,
+                        },
+                        None => Pending::Scratch(n as u32),
+                    };
                     return Ok(n as u64);
                 }
                 Err(e) if would_block(&e) => {
@@ -332,22 +421,45 @@ impl<P> Dir<P> {
                 }
             }
             IoOp::Write {
-                src: Src::Scratch(n),
+                src: Src::Scratch(_),
                 ..
             } => {
-                let written = match res {
-                    Ok(m) => m.min(n),
-                    Err(e) if would_block(&e) || interrupted(&e) => 0,
+                let Pending::Scratch(n) = self.pending else {
+                    return Ok(0); // the direction was released meanwhile
+                };
+                let n = n as usize;
+                let (written, full) = match res {
+                    Ok(m) => (m.min(n), full_after_short),
+                    Err(e) if would_block(&e) || interrupted(&e) => (0, FULL),
                     Err(_) => return Err(Fail::Dst),
                 };
                 self.pending = Pending::None;
                 if written < n {
                     cx.stats.overflow_in_use += 1;
-                    self.flags |= FULL;
-                    let rest = cx.scratch[written..n].to_vec();
+                    self.flags |= full;
+                    let rest = cx.scratch[written..n.min(cx.scratch.len())].to_vec();
                     self.pending = Pending::Buf(Box::new((rest, 0)));
                 }
             }
+            IoOp::Write {
+                src: Src::Buf { .. },
+                ..
+            } => match res {
+                Ok(m) => {
+                    if let Pending::Lent { id, from, len } = &mut self.pending {
+                        *from = from.saturating_add(m as u32);
+                        if *from >= *len {
+                            cx.returned.push(*id);
+                            self.pending = Pending::None;
+                        } else {
+                            self.flags |= full_after_short;
+                        }
+                    }
+                }
+                Err(e) if would_block(&e) => self.flags |= FULL,
+                Err(e) if interrupted(&e) => {}
+                Err(_) => return Err(Fail::Dst),
+            },
             IoOp::Write { src: Src::Held, .. } => match res {
                 Ok(m) => {
                     if let Pending::Buf(b) = &mut self.pending {
@@ -356,7 +468,7 @@ impl<P> Dir<P> {
                             self.pending = Pending::None;
                             cx.stats.overflow_in_use -= 1;
                         } else {
-                            self.flags |= FULL;
+                            self.flags |= full_after_short;
                         }
                     }
                 }
@@ -420,7 +532,8 @@ pub struct Relay<P> {
     up: Dir<P>,
     /// backend -> client
     down: Dir<P>,
-    /// The direction of the operation in flight.
+    /// The direction of the operation [`Relay::poll_op`] returned last (whose pipe or bytes
+    /// the driver asks for).
     current: Option<Way>,
     pub times: Times,
     /// Idle and half-close timeouts as configured when the relay opened: a reload does not
@@ -509,8 +622,8 @@ impl<P> Relay<P> {
         }
     }
 
-    /// The result of the operation [`Relay::poll_op`] gave last: the direction and the bytes it
-    /// read from its source, or why the relay is over.
+    /// The result of an operation [`Relay::poll_op`] gave (each direction has at most one in
+    /// flight): the direction and the bytes it read from its source, or why the relay is over.
     pub fn complete(
         &mut self,
         op: IoOp,
@@ -518,10 +631,12 @@ impl<P> Relay<P> {
         cx: &mut Ctx<'_, impl Pipes<Pipe = P>>,
         now: Tick,
     ) -> Result<(Way, u64), CloseReason> {
-        let Some(way) = self.current.take() else {
-            return Ok((Way::Up, 0)); // no operation was in flight
-        };
-        match self.dir(way).complete(op, res, cx) {
+        let way = op.way();
+        let d = self.dir(way);
+        if d.flags & INFLIGHT == 0 {
+            return Ok((way, 0)); // no operation of this direction was in flight
+        }
+        match d.complete(op, res, cx) {
             Ok(0) => Ok((way, 0)),
             Ok(n) => {
                 match way {
@@ -539,7 +654,7 @@ impl<P> Relay<P> {
         }
     }
 
-    /// The pipe the operation in flight uses.
+    /// The pipe the operation [`Relay::poll_op`] returned last uses.
     pub fn pipe(&self) -> Option<&P> {
         let d = match self.current? {
             Way::Up => &self.up,
@@ -551,7 +666,7 @@ impl<P> Relay<P> {
         }
     }
 
-    /// The overflow bytes the `Write { src: Held }` in flight sends.
+    /// The overflow bytes the `Write { src: Held }` [`Relay::poll_op`] returned last sends.
     pub fn held(&self) -> &[u8] {
         let d = match self.current {
             Some(Way::Up) => &self.up,
@@ -570,9 +685,9 @@ impl<P> Relay<P> {
     }
 
     /// Gives back pipes and buffers when the relay ends.
-    pub fn release(&mut self, pipes: &mut impl Pipes<Pipe = P>, stats: &mut RelayStats) {
-        self.up.release(pipes, stats);
-        self.down.release(pipes, stats);
+    pub fn release(&mut self, cx: &mut Ctx<'_, impl Pipes<Pipe = P>>) {
+        self.up.release(cx);
+        self.down.release(cx);
     }
 }
 

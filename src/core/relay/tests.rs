@@ -40,6 +40,12 @@ struct Rig {
     stats: RelayStats,
     scratch: Vec<u8>,
     mode: RelayMode,
+    /// Driver buffers the relay gave back.
+    returned: Vec<BufId>,
+    /// Play an io_uring driver: reads land in driver buffers, which the relay keeps.
+    completion: bool,
+    /// The driver buffer the next completed read lands in (completion mode).
+    next_buf: BufId,
 }
 
 fn rig(mode: RelayMode, pipes: usize) -> Rig {
@@ -61,6 +67,9 @@ fn rig(mode: RelayMode, pipes: usize) -> Rig {
         stats,
         scratch: vec![7u8; 1024],
         mode,
+        returned: Vec::new(),
+        completion: false,
+        next_buf: 0,
     }
 }
 
@@ -73,10 +82,13 @@ impl Rig {
     fn parts(&mut self) -> (&mut Relay<u32>, Ctx<'_, FakePipes>) {
         let cx = Ctx {
             scratch: &self.scratch,
+            lent: None,
+            returned: &mut self.returned,
             pipes: &mut self.pipes,
             stats: &mut self.stats,
             mode: self.mode,
             threshold: 4096,
+            completion: self.completion,
         };
         (&mut self.relay, cx)
     }
@@ -87,8 +99,17 @@ impl Rig {
     }
 
     fn complete(&mut self, op: IoOp, res: io::Result<usize>) -> Result<(Way, u64), CloseReason> {
+        let completion = self.completion;
+        let buf = self.next_buf;
         let (relay, mut cx) = self.parts();
-        relay.complete(op, res, &mut cx, 5)
+        if completion && matches!(op, IoOp::Read { .. }) {
+            cx.lent = Some(buf);
+        }
+        let r = relay.complete(op, res, &mut cx, 5);
+        if cx.lent.is_some() {
+            cx.returned.push(buf); // not kept: the worker gives it back
+        }
+        r
     }
 
     /// Expects `want` next and completes it with `res`.
@@ -222,12 +243,16 @@ fn a_transport_that_cannot_splice_is_always_copied() {
         ..Default::default()
     };
     let scratch = vec![0u8; 1024];
+    let mut returned = Vec::new();
     let mut cx = Ctx {
         scratch: &scratch,
+        lent: None,
+        returned: &mut returned,
         pipes: &mut pipes,
         stats: &mut stats,
         mode: RelayMode::Splice,
         threshold: 1,
+        completion: false,
     };
     assert_eq!(relay.poll_op(&mut cx, 1), Next::Op(read(Side::Client)));
     assert_eq!(cx.stats.copy_fallbacks, 0);
@@ -296,6 +321,78 @@ fn a_pipe_holding_bytes_at_the_end_is_discarded_not_reused() {
         len: 500,
     };
     r.step(out, would_block());
-    r.relay.release(&mut r.pipes, &mut r.stats);
+    let (relay, mut cx) = r.parts();
+    relay.release(&mut cx);
     assert_eq!((r.pipes.lent, r.pipes.discarded), (0, 1));
+}
+
+// ---- a completion driver (io_uring) ------------------------------------------------------
+
+fn from_buf(side: Side, id: BufId, from: u32, len: u32) -> IoOp {
+    IoOp::Write {
+        side,
+        src: Src::Buf { id, from, len },
+    }
+}
+
+#[test]
+fn completion_driver_waits_on_both_sources_at_once() {
+    let mut r = rig(RelayMode::Copy, 0);
+    r.completion = true;
+    // Both reads are submitted: each direction has its own operation in flight.
+    assert_eq!(r.poll(), Next::Op(read(Side::Client)));
+    assert_eq!(r.poll(), Next::Op(read(Side::Backend)));
+    assert_eq!(r.poll(), Next::Wait);
+    // The backend's bytes land in driver buffer 3 and are sent from there, in two parts: a
+    // short write is no sign of a full socket when the driver waits for room.
+    r.next_buf = 3;
+    assert_eq!(
+        r.complete(read(Side::Backend), Ok(100)),
+        Ok((Way::Down, 100))
+    );
+    assert!(
+        r.returned.is_empty(),
+        "the relay keeps the buffer it sends from"
+    );
+    assert_eq!(r.poll(), Next::Op(from_buf(Side::Client, 3, 0, 100)));
+    assert_eq!(r.poll(), Next::Wait);
+    r.complete(from_buf(Side::Client, 0, 0, 0), Ok(40))
+        .expect("open");
+    assert_eq!(r.poll(), Next::Op(from_buf(Side::Client, 3, 40, 60)));
+    r.complete(from_buf(Side::Client, 0, 0, 0), Ok(60))
+        .expect("open");
+    assert_eq!(r.returned, vec![3], "sent in full: the buffer goes back");
+    // A short read is no sign of a drained socket either: the next read waits for bytes.
+    assert_eq!(r.poll(), Next::Op(read(Side::Backend)));
+    // The client's read was in flight all along.
+    r.next_buf = 4;
+    assert_eq!(r.complete(read(Side::Client), Ok(0)), Ok((Way::Up, 0)));
+    assert_eq!(
+        r.poll(),
+        Next::Op(IoOp::Shutdown {
+            side: Side::Backend
+        })
+    );
+}
+
+#[test]
+fn completion_driver_gets_its_buffer_back_when_the_relay_ends() {
+    let mut r = rig(RelayMode::Copy, 0);
+    r.completion = true;
+    assert_eq!(r.poll(), Next::Op(read(Side::Client)));
+    r.next_buf = 9;
+    r.complete(read(Side::Client), Ok(10)).expect("open");
+    assert_eq!(r.poll(), Next::Op(from_buf(Side::Backend, 9, 0, 10)));
+    let (relay, mut cx) = r.parts();
+    relay.release(&mut cx);
+    assert_eq!(r.returned, vec![9]);
+}
+
+#[test]
+fn a_completion_for_a_direction_with_nothing_in_flight_is_ignored() {
+    let mut r = rig(RelayMode::Copy, 0);
+    r.completion = true;
+    assert_eq!(r.poll(), Next::Op(read(Side::Client)));
+    assert_eq!(r.complete(read(Side::Backend), Ok(5)), Ok((Way::Down, 0)));
+    assert_eq!(r.returned, vec![0], "the stray buffer is not kept");
 }

@@ -1,0 +1,554 @@
+//! The io_uring driver: one ring per worker thread around one [`worker::Worker`], the same
+//! worker and connection lifecycle as epoll; only the way operations are carried out differs.
+//!
+//! ```text
+//!   listener ── multishot accept ─────────────▶ Worker::accepted
+//!   Read ────── recv, buffer picked from the ─▶ Worker::completed(bytes in that buffer)
+//!               worker's ring when bytes come
+//!   Write ───── send straight from the buffer ▶ Worker::completed ─▶ buffer given back
+//!   connect, close ─ ring operations (close cancels what waits on the socket first)
+//!   SpliceIn/Out, Shutdown ─ syscalls from the loop; a splice that would block ─▶ one-shot
+//!               poll ─▶ Event::Ready
+//!   client socket ─ one-shot poll for errors/hang-up ─▶ Event::Ready (a reset during the upgrade)
+//! ```
+//!
+//! An idle relay has a receive waiting on each socket: kernel memory, but no buffer of ours
+//! (the buffer is picked when bytes arrive) and no slab entry beyond the worker's own. Every
+//! submission of a loop goes to the kernel in the one `io_uring_enter` that also waits, with the
+//! timer wheel's next deadline as its timeout.
+//!
+//! Splices and shutdowns are not submitted: the kernel executes `IORING_OP_SPLICE` and
+//! `IORING_OP_SHUTDOWN` on its io-wq worker threads (a thread hand-off per operation, see
+//! bench-results/ for splice), and an io-wq request looks its descriptor number up only when it
+//! runs: after a close, that number may already be a new connection's socket. A non-blocking
+//! splice(2) or shutdown(2) from the loop acts at once on the socket the connection owns.
+//!
+//! Completions name their operation by a token: connection key, side, kind and the
+//! generation of that side's socket. Closing a socket bumps its generation, so a completion of
+//! an operation on a closed socket (cancelled, or finished just before) is recognised and
+//! dropped, even when the key already serves a new connection.
+
+use super::worker::{self, Driver, Exec, IoCall, Watch};
+use crate::config;
+use crate::core::conn::{Connecting, Event};
+use crate::core::relay::{BufId, IoOp, Side, Src};
+use crate::sys::uring::{BufRing, Completion, Ring, Setup, TOKEN_BITS};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use std::io;
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Instant;
+
+pub use super::worker::WorkerConfig;
+
+/// Submission queue slots per ring (the completion queue has four times as many).
+const ENTRIES: u32 = 1024;
+/// The buffer group of the worker's provided buffers.
+const GROUP: u16 = 0;
+
+/// What a token's operation is.
+mod kind {
+    pub const READ: u8 = 0;
+    pub const WRITE_HELD: u8 = 1;
+    pub const WRITE_BUF: u8 = 2;
+    pub const CONNECT: u8 = 4;
+    pub const POLL_IN: u8 = 5;
+    pub const POLL_OUT: u8 = 6;
+    /// The client socket's error/hang-up watch.
+    pub const GONE: u8 = 7;
+    /// A listener's multishot accept; `key` is the listener's index.
+    pub const ACCEPT: u8 = 8;
+    pub const WAKE: u8 = 9;
+}
+
+/// An operation's identity in its completion's user data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Token {
+    key: usize,
+    side: Side,
+    gen: u8,
+    kind: u8,
+}
+
+impl Token {
+    fn encode(self) -> u64 {
+        let t = ((self.key as u64) << 13)
+            | (((self.side == Side::Backend) as u64) << 12)
+            | ((self.gen as u64) << 4)
+            | self.kind as u64;
+        debug_assert!(t < 1 << TOKEN_BITS);
+        t
+    }
+
+    fn decode(t: u64) -> Token {
+        Token {
+            key: (t >> 13) as usize,
+            side: if t & (1 << 12) != 0 {
+                Side::Backend
+            } else {
+                Side::Client
+            },
+            gen: (t >> 4) as u8,
+            kind: (t & 0xf) as u8,
+        }
+    }
+}
+
+/// Wakes a uring worker's loop from another thread: an eventfd its ring polls.
+pub struct Waker(EventFd);
+
+impl Waker {
+    pub fn wake(&self) -> io::Result<()> {
+        self.0.write(1).map(drop).map_err(io::Error::from)
+    }
+}
+
+/// Counters of the ring, for the worker's metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct UringStats {
+    pub submitted: u64,
+    pub completed: u64,
+    /// Loop iterations (each one `io_uring_enter` that waits).
+    pub loops: u64,
+    /// Receives that found every provided buffer taken (ENOBUFS): they wait for one.
+    pub buffers_exhausted: u64,
+}
+
+/// Executes a worker's operations on its ring.
+struct Uring<'b> {
+    ring: Ring,
+    bufs: &'b BufRing,
+    /// Per connection key: the generation of its client and backend socket.
+    gens: Vec<[u8; 2]>,
+    /// Receives that found no free buffer: (token, length), submitted again when buffers
+    /// come back.
+    starved: Vec<(Token, u32)>,
+    /// Per listener: a multishot accept is armed.
+    accepting: Vec<bool>,
+}
+
+impl Uring<'_> {
+    fn gen(&mut self, key: usize, side: Side) -> u8 {
+        if self.gens.len() <= key {
+            self.gens.resize(key + 1, [0; 2]);
+        }
+        self.gens[key][side as usize]
+    }
+
+    fn token(&mut self, key: usize, side: Side, kind: u8) -> u64 {
+        let gen = self.gen(key, side);
+        Token {
+            key,
+            side,
+            gen,
+            kind,
+        }
+        .encode()
+    }
+
+    /// False for a completion of an operation on a socket closed since.
+    fn current(&self, t: Token) -> bool {
+        self.gens
+            .get(t.key)
+            .is_some_and(|g| g[t.side as usize] == t.gen)
+    }
+
+    fn arm_accept(&mut self, i: usize, fd: BorrowedFd<'_>) {
+        if self.accepting.len() <= i {
+            self.accepting.resize(i + 1, false);
+        }
+        self.accepting[i] = true;
+        let t = Token {
+            key: i,
+            side: Side::Client,
+            gen: 0,
+            kind: kind::ACCEPT,
+        };
+        self.ring.accept_multi(fd, t.encode());
+    }
+
+    /// After a synchronous splice that would block (or came up short): one-shot poll for the
+    /// edge the relay now waits for.
+    fn watch_edge(&mut self, key: usize, fd: BorrowedFd<'_>, side: Side, out: bool) {
+        let (mask, k) = if out {
+            (libc::POLLOUT as u32, kind::POLL_OUT)
+        } else {
+            (libc::POLLIN as u32, kind::POLL_IN)
+        };
+        let t = self.token(key, side, k);
+        self.ring.poll(fd, mask, t);
+    }
+}
+
+impl Driver for Uring<'_> {
+    fn watch(&mut self, fd: BorrowedFd<'_>, w: Watch) -> io::Result<()> {
+        match w {
+            Watch::Listener(i) => self.arm_accept(i, fd),
+            Watch::Conn(key, Side::Client) => {
+                // Errors and hang-ups only (io_uring always includes them): a client that resets
+                // while its upgrade waits on the backend ends the connection at once, as with
+                // epoll's EPOLLERR.
+                let t = self.token(key, Side::Client, kind::GONE);
+                self.ring.poll(fd, 0, t);
+            }
+            Watch::Conn(key, Side::Backend) => {
+                self.gen(key, Side::Backend);
+            }
+        }
+        Ok(())
+    }
+
+    fn unwatch(&mut self, fd: BorrowedFd<'_>) {
+        self.ring.cancel_fd(fd);
+        // The listener is closed right after: cancel its accept before it takes a client.
+        let _ = self.ring.submit();
+    }
+
+    fn exec(&mut self, c: IoCall<'_>) -> Exec {
+        let Some(sock) = c.sock else {
+            return Exec::Done(Err(io::ErrorKind::NotConnected.into()));
+        };
+        let fd = sock.as_fd();
+        let side = c.op.side();
+        let no_pipe = || io::Error::other("splice without a pipe");
+        match c.op {
+            IoOp::Read { max, .. } => {
+                let len = max.min(self.bufs.size() as usize) as u32;
+                let t = self.token(c.key, side, kind::READ);
+                self.ring.recv(fd, len, self.bufs.group(), t);
+            }
+            IoOp::Write { src: Src::Held, .. } => {
+                let t = self.token(c.key, side, kind::WRITE_HELD);
+                self.ring.send_copy(fd, c.held, t);
+            }
+            IoOp::Write {
+                src: Src::Scratch(n),
+                ..
+            } => {
+                let t = self.token(c.key, side, kind::WRITE_HELD);
+                self.ring
+                    .send_copy(fd, &c.scratch[..n.min(c.scratch.len())], t);
+            }
+            IoOp::Write {
+                src: Src::Buf { id, from, len },
+                ..
+            } => {
+                let t = self.token(c.key, side, kind::WRITE_BUF);
+                if !self.ring.send_buf(self.bufs, fd, id, from, len, t) {
+                    return Exec::Done(Err(io::Error::other("send from a buffer not lent")));
+                }
+            }
+            IoOp::SpliceIn { max, .. } => {
+                let Some(pipe) = c.pipe else {
+                    return Exec::Done(Err(no_pipe()));
+                };
+                let r = pipe.fill(fd, max);
+                if matches!(&r, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
+                    self.watch_edge(c.key, fd, side, false);
+                }
+                return Exec::Done(r);
+            }
+            IoOp::SpliceOut { len, .. } => {
+                let Some(pipe) = c.pipe else {
+                    return Exec::Done(Err(no_pipe()));
+                };
+                let r = pipe.drain(fd, len);
+                let full = match &r {
+                    Ok(n) => *n < len,
+                    Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+                };
+                if full {
+                    self.watch_edge(c.key, fd, side, true);
+                }
+                return Exec::Done(r);
+            }
+            // Not IORING_OP_SHUTDOWN: the kernel runs it on an io-wq thread and looks its
+            // descriptor up only there, so it may act on whatever socket took the number after
+            // the connection closed. shutdown(2) is non-blocking and cheap.
+            IoOp::Shutdown { .. } => return Exec::Done(sock.shutdown_write().map(|()| 0)),
+        }
+        Exec::Submitted
+    }
+
+    fn completes(&self) -> bool {
+        true
+    }
+
+    fn connect(&mut self, key: usize, addr: SocketAddr) -> io::Result<(TcpStream, Connecting)> {
+        let s = crate::sys::sock::stream_socket(addr)?;
+        let t = self.token(key, Side::Backend, kind::CONNECT);
+        self.ring.connect(s.as_fd(), addr, t);
+        Ok((s, Connecting::Started))
+    }
+
+    fn close(&mut self, key: usize, side: Side, sock: OwnedFd) {
+        self.gen(key, side);
+        let g = &mut self.gens[key][side as usize];
+        *g = g.wrapping_add(1);
+        self.ring.cancel_and_close(sock);
+    }
+
+    fn give_back(&mut self, id: BufId) {
+        self.bufs.give_back(id);
+    }
+}
+
+/// A worker driven by io_uring, ready to run on its own thread.
+pub struct Worker {
+    w: worker::Worker,
+    waker: Arc<Waker>,
+    buffers: (u16, u32),
+}
+
+impl Worker {
+    pub fn new(cfg: WorkerConfig, uring: &config::Uring) -> io::Result<Worker> {
+        let fd = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
+        Ok(Worker {
+            w: worker::Worker::new(cfg),
+            waker: Arc::new(Waker(fd)),
+            buffers: (uring.buffer_count(), uring.buffer_size as u32),
+        })
+    }
+
+    /// Wakes this worker's loop from another thread (after sending it a `Control`).
+    pub fn waker(&self) -> Arc<Waker> {
+        self.waker.clone()
+    }
+
+    /// Runs the loop until the worker has drained. The ring is built here, on the thread
+    /// that submits to it (`SINGLE_ISSUER`).
+    pub fn run(self) -> io::Result<()> {
+        let Worker {
+            mut w,
+            waker,
+            buffers,
+        } = self;
+        let ring = Ring::new(ENTRIES)?;
+        let bufs = BufRing::new(&ring, GROUP, buffers.0, buffers.1)?;
+        let mut d = Uring {
+            ring,
+            bufs: &bufs,
+            gens: Vec::new(),
+            starved: Vec::new(),
+            accepting: Vec::new(),
+        };
+        w.watch_listeners(&mut d)?;
+        let wake = Token {
+            key: 0,
+            side: Side::Client,
+            gen: 0,
+            kind: kind::WAKE,
+        }
+        .encode();
+        d.ring.poll(waker.0.as_fd(), libc::POLLIN as u32, wake);
+        let mut done: Vec<Completion> = Vec::with_capacity(256);
+        w.set_driver_stats(UringStats::default());
+        w.set_up();
+        loop {
+            if w.take_accept_wanted() {
+                for i in 0..w.listener_count() {
+                    if !d.accepting.get(i).copied().unwrap_or(false) {
+                        if let Some(l) = w.listener(i) {
+                            d.arm_accept(i, l.as_fd());
+                        }
+                    }
+                }
+            }
+            d.ring.submit_and_wait(w.timeout())?;
+            w.set_now(Instant::now());
+            d.ring.reap(&mut done);
+            let mut returned = 0;
+            for c in done.drain(..) {
+                let t = Token::decode(c.token);
+                match t.kind {
+                    kind::WAKE => {
+                        let _ = waker.0.read();
+                        d.ring.poll(waker.0.as_fd(), libc::POLLIN as u32, wake);
+                        w.on_control(&mut d);
+                    }
+                    kind::ACCEPT => accepted(&mut w, &mut d, t.key, c),
+                    _ => completed(&mut w, &mut d, t, c),
+                }
+                // Buffers given back during the call go back to the kernel only now that no
+                // slice of them is alive.
+                returned += bufs.flush();
+            }
+            let stats = d.ring.stats();
+            w.set_driver_stats(UringStats {
+                submitted: stats.submitted,
+                completed: stats.completed,
+                loops: stats.waits,
+                buffers_exhausted: bufs.exhausted.get(),
+            });
+            if w.after_events(&mut d) {
+                return Ok(());
+            }
+            returned += bufs.flush();
+            if returned > 0 && !d.starved.is_empty() {
+                retry_starved(&w, &mut d);
+            }
+        }
+    }
+}
+
+/// The ring's setup and buffers, for the start-up report; an error says why io_uring cannot
+/// run here.
+pub fn probe() -> io::Result<Setup> {
+    crate::sys::uring::probe()
+}
+
+/// A completion of listener `i`'s multishot accept.
+fn accepted(w: &mut worker::Worker, d: &mut Uring<'_>, i: usize, c: Completion) {
+    if !c.more() {
+        if let Some(a) = d.accepting.get_mut(i) {
+            *a = false;
+        }
+    }
+    let more = c.more();
+    let res = c.result();
+    match (c.accepted, res) {
+        (Some(fd), _) => {
+            let s = TcpStream::from(fd);
+            // The client may be gone already (ENOTCONN): nothing to serve.
+            if let (Ok(peer), true) = (s.peer_addr(), w.listener(i).is_some()) {
+                w.accepted(i, s, peer, d);
+            }
+        }
+        (None, Err(e)) if e.raw_os_error() == Some(libc::ECANCELED) => {}
+        (None, Err(e)) => {
+            // EMFILE pauses accepting (the worker re-arms when descriptors are freed or the
+            // pause is over); other errors concern one client.
+            if w.accept_failed(&e) && !more {
+                if let Some(l) = w.listener(i) {
+                    d.arm_accept(i, l.as_fd());
+                }
+            }
+        }
+        (None, Ok(_)) => {}
+    }
+}
+
+/// A completion of a connection's operation.
+fn completed(w: &mut worker::Worker, d: &mut Uring<'_>, t: Token, c: Completion) {
+    if t.kind == kind::WRITE_BUF {
+        d.bufs.end_send(c.aux as u16);
+    }
+    let filled = c.buffer().filter(|&id| d.bufs.taken(id));
+    if !d.current(t) {
+        // The socket was closed: nobody waits for this any more.
+        if let Some(id) = filled {
+            d.bufs.give_back(id);
+        }
+        return;
+    }
+    let side = t.side;
+    let mut res = c.result();
+    match t.kind {
+        kind::READ => {
+            if c.res == -libc::ENOBUFS {
+                d.bufs.exhausted.set(d.bufs.exhausted.get() + 1);
+                d.starved.push((t, d.bufs.size()));
+                return;
+            }
+            let n = res.as_ref().map_or(0, |n| *n);
+            let input = filled.and_then(|id| Some((id, d.bufs.bytes(id, n)?)));
+            if input.is_none() {
+                if let Some(id) = filled {
+                    d.bufs.give_back(id);
+                }
+                if n > 0 {
+                    // Bytes without a buffer to find them in: cannot happen with a provided
+                    // buffer receive; fail the read rather than relay garbage.
+                    res = Err(io::Error::other("a receive reported bytes but no buffer"));
+                }
+            }
+            let op = IoOp::Read { side, max: 0 };
+            w.completed(t.key, op, res, input, d);
+        }
+        kind::WRITE_HELD | kind::WRITE_BUF => {
+            let src = if t.kind == kind::WRITE_BUF {
+                Src::Buf {
+                    id: c.aux as u16,
+                    from: 0,
+                    len: 0,
+                }
+            } else {
+                Src::Held
+            };
+            let op = IoOp::Write { side, src };
+            w.completed(t.key, op, res, None, d);
+        }
+        kind::CONNECT => w.connected(t.key, res.map(drop), d),
+        kind::POLL_IN | kind::POLL_OUT | kind::GONE => {
+            let Ok(mask) = res else {
+                return; // cancelled
+            };
+            let mask = mask as i16;
+            let err = mask & (libc::POLLERR | libc::POLLHUP) != 0;
+            let hup = err || mask & libc::POLLRDHUP != 0;
+            let ev = match t.kind {
+                kind::POLL_IN => Event::Ready {
+                    side,
+                    readable: true,
+                    writable: false,
+                    hup,
+                    gone: err,
+                },
+                kind::POLL_OUT => Event::Ready {
+                    side,
+                    readable: err,
+                    writable: true,
+                    hup,
+                    gone: err,
+                },
+                _ => Event::Ready {
+                    side,
+                    readable: true,
+                    writable: err,
+                    hup,
+                    gone: err,
+                },
+            };
+            w.ready(t.key, ev, d);
+        }
+        _ => {}
+    }
+}
+
+/// Submits again the receives that found no buffer, now that some came back.
+fn retry_starved(w: &worker::Worker, d: &mut Uring<'_>) {
+    for (t, len) in std::mem::take(&mut d.starved) {
+        if !d.current(t) {
+            continue;
+        }
+        if let Some(fd) = w.socket(t.key, t.side) {
+            d.ring.recv(fd, len, d.bufs.group(), t.encode());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip() {
+        for t in [
+            Token {
+                key: 0,
+                side: Side::Client,
+                gen: 0,
+                kind: kind::READ,
+            },
+            Token {
+                key: (1 << 31) - 1,
+                side: Side::Backend,
+                gen: 255,
+                kind: kind::WAKE,
+            },
+        ] {
+            assert_eq!(Token::decode(t.encode()), t);
+        }
+    }
+}

@@ -1,0 +1,718 @@
+//! io_uring: one ring per worker thread, its ring of provided buffers, and the operations
+//! wsplice submits. This is the only place that hands the kernel addresses; the driver above it
+//! ([`crate::driver::uring`]) is safe code that speaks in file descriptors, tokens and buffer
+//! ids.
+//!
+//! Memory the kernel may touch after a call returns is never freed while it might: the
+//! provided buffers are allocated once per worker and never given back (the kernel may still
+//! write into them while a closed ring's requests are torn down, which it does asynchronously),
+//! and bytes or addresses an operation needs live in the ring's own table until its completion
+//! is reaped (or are leaked with the ring if it is dropped with operations in flight).
+//!
+//! ```text
+//!   Ring::recv ─▶ kernel picks a free buffer of the BufRing when bytes come ─▶ CQE (buffer id)
+//!   BufRing::bytes(id) ─▶ the relay sends from it (Ring::send_buf) ─▶ BufRing::give_back(id)
+//!   BufRing::flush ─▶ the buffer is the kernel's again
+//! ```
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use slab::Slab;
+use std::alloc::{alloc_zeroed, Layout};
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Duration;
+
+/// Bits of a completion's user data that belong to the caller's token; the low
+/// [`AUX_BITS`] are the ring's (an owned-memory slot or a buffer id).
+pub const TOKEN_BITS: u32 = 44;
+const AUX_BITS: u32 = 20;
+const AUX_MASK: u64 = (1 << AUX_BITS) - 1;
+/// The aux field names a slot of [`Ring::owned`].
+const AUX_OWNED: u64 = 1 << (AUX_BITS - 1);
+/// The operation is an accept: a non-negative result is a new descriptor of ours.
+const AUX_ACCEPT: u64 = 1 << (AUX_BITS - 2);
+/// User data of operations whose completions nobody reads (cancel, close).
+pub const TOKEN_IGNORED: u64 = (1 << TOKEN_BITS) - 1;
+
+/// How the ring was set up, best first; the worker reports it at start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setup {
+    /// `SINGLE_ISSUER | DEFER_TASKRUN` (6.1): completions are processed only when the worker
+    /// asks for them, on its own thread, without interrupting it.
+    DeferTaskrun,
+    /// `COOP_TASKRUN` (5.19): task work waits for the next kernel entry instead of an IPI.
+    CoopTaskrun,
+    /// Neither.
+    Plain,
+}
+
+impl Setup {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Setup::DeferTaskrun => "single_issuer+defer_taskrun",
+            Setup::CoopTaskrun => "coop_taskrun",
+            Setup::Plain => "plain",
+        }
+    }
+}
+
+/// A completion, with the ring's bookkeeping done.
+#[derive(Debug)]
+pub struct Completion {
+    pub token: u64,
+    /// For [`Ring::send_buf`]: the buffer id sent from.
+    pub aux: u32,
+    pub res: i32,
+    pub flags: u32,
+    /// An accept's new socket (closed with the completion unless taken).
+    pub accepted: Option<OwnedFd>,
+}
+
+impl Completion {
+    /// The provided buffer the kernel filled, if any.
+    pub fn buffer(&self) -> Option<u16> {
+        cqueue::buffer_select(self.flags)
+    }
+
+    /// A multishot request stays armed.
+    pub fn more(&self) -> bool {
+        cqueue::more(self.flags)
+    }
+
+    /// The result as `io::Result`.
+    pub fn result(&self) -> io::Result<usize> {
+        if self.res < 0 {
+            Err(io::Error::from_raw_os_error(-self.res))
+        } else {
+            Ok(self.res as usize)
+        }
+    }
+}
+
+/// Ring counters (per worker).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RingStats {
+    /// Submission queue entries the kernel consumed.
+    pub submitted: u64,
+    /// Completion queue entries reaped.
+    pub completed: u64,
+    /// `io_uring_enter` calls that waited for completions (one per loop iteration).
+    pub waits: u64,
+}
+
+/// What an operation in flight needs to find at its address.
+enum Owned {
+    Bytes(#[allow(dead_code)] Vec<u8>),
+    Addr(#[allow(dead_code)] Box<socket2::SockAddr>),
+}
+
+/// One worker's ring.
+pub struct Ring {
+    ring: IoUring,
+    owned: Slab<Owned>,
+    setup: Setup,
+    stats: RingStats,
+}
+
+/// Opcodes the driver uses: if the kernel lacks one, the driver cannot run.
+const NEEDED: [(u8, &str); 7] = [
+    (opcode::AcceptMulti::CODE, "accept"),
+    (opcode::Recv::CODE, "recv"),
+    (opcode::Send::CODE, "send"),
+    (opcode::Connect::CODE, "connect"),
+    (opcode::Close::CODE, "close"),
+    (opcode::PollAdd::CODE, "poll_add"),
+    (opcode::AsyncCancel::CODE, "async_cancel"),
+];
+
+impl Ring {
+    /// A ring of `entries` submission slots (four times as many completion slots), with the
+    /// best setup the kernel takes. Must be called on the thread that will use it
+    /// (`SINGLE_ISSUER`).
+    pub fn new(entries: u32) -> io::Result<Ring> {
+        let cq = entries.saturating_mul(4);
+        let mut last = None;
+        for setup in [Setup::DeferTaskrun, Setup::CoopTaskrun, Setup::Plain] {
+            let mut b = IoUring::builder();
+            b.setup_cqsize(cq).setup_submit_all();
+            match setup {
+                Setup::DeferTaskrun => {
+                    b.setup_single_issuer().setup_defer_taskrun();
+                }
+                Setup::CoopTaskrun => {
+                    b.setup_coop_taskrun();
+                }
+                Setup::Plain => {}
+            }
+            match b.build(entries) {
+                Ok(ring) => {
+                    let r = Ring {
+                        ring,
+                        owned: Slab::new(),
+                        setup,
+                        stats: RingStats::default(),
+                    };
+                    r.check()?;
+                    return Ok(r);
+                }
+                // EINVAL: an unknown flag (an older kernel); try the next setup. Anything
+                // else (EPERM, ENOSYS, ENOMEM) will not get better.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::other("no ring setup worked")))
+    }
+
+    /// Checks that the kernel has every opcode and feature the driver uses.
+    fn check(&self) -> io::Result<()> {
+        let mut probe = io_uring::Probe::new();
+        self.ring.submitter().register_probe(&mut probe)?;
+        let missing: Vec<&str> = NEEDED
+            .iter()
+            .filter(|(code, _)| !probe.is_supported(*code))
+            .map(|(_, name)| *name)
+            .collect();
+        if !missing.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("the kernel's io_uring lacks {}", missing.join(", ")),
+            ));
+        }
+        let p = self.ring.params();
+        if !p.is_feature_ext_arg() || !p.is_feature_nodrop() || !p.is_feature_fast_poll() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the kernel's io_uring lacks EXT_ARG, NODROP or FAST_POLL (Linux 5.11 or later)",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn setup(&self) -> Setup {
+        self.setup
+    }
+
+    pub fn stats(&self) -> RingStats {
+        self.stats
+    }
+
+    fn push(&mut self, e: squeue::Entry) {
+        // SAFETY: every entry is built by the methods below, whose pointers stay valid until
+        // the completion is reaped: 'static provided buffers, or memory in `self.owned`.
+        let pushed = unsafe { self.ring.submission().push(&e) };
+        if pushed.is_err() {
+            // The queue is full: hand it to the kernel to make room.
+            if let Err(err) = self.submit() {
+                eprintln!("wsplice: io_uring submit failed with a full queue: {err}");
+            }
+            // SAFETY: as above.
+            let again = unsafe { self.ring.submission().push(&e) };
+            if again.is_err() {
+                eprintln!("wsplice: io_uring submission queue still full; an operation is lost");
+            }
+        }
+    }
+
+    fn own(&mut self, o: Owned) -> u64 {
+        let slot = self.owned.insert(o) as u64;
+        debug_assert!(slot < AUX_OWNED, "too many operations with owned memory");
+        AUX_OWNED | slot
+    }
+
+    fn user_data(token: u64, aux: u64) -> u64 {
+        debug_assert!(token <= TOKEN_IGNORED && aux <= AUX_MASK);
+        (token << AUX_BITS) | aux
+    }
+
+    /// Receives up to `len` bytes into a buffer the kernel picks from `group` when they come.
+    pub fn recv(&mut self, fd: BorrowedFd<'_>, len: u32, group: u16, token: u64) {
+        let e = opcode::Recv::new(types::Fd(fd.as_raw_fd()), std::ptr::null_mut(), len)
+            .buf_group(group)
+            .build()
+            .flags(squeue::Flags::BUFFER_SELECT)
+            .user_data(Ring::user_data(token, 0));
+        self.push(e);
+    }
+
+    /// Sends `len` bytes at `from` of buffer `id` (the caller got it from a receive). False when
+    /// the buffer is not the caller's or the range is outside it: nothing is submitted.
+    pub fn send_buf(
+        &mut self,
+        bufs: &BufRing,
+        fd: BorrowedFd<'_>,
+        id: u16,
+        from: u32,
+        len: u32,
+        token: u64,
+    ) -> bool {
+        let Some(ptr) = bufs.begin_send(id, from, len) else {
+            return false;
+        };
+        let e = opcode::Send::new(types::Fd(fd.as_raw_fd()), ptr, len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(Ring::user_data(token, id as u64));
+        self.push(e);
+        true
+    }
+
+    /// Sends a copy of `bytes` (the ring keeps it until the send completes).
+    pub fn send_copy(&mut self, fd: BorrowedFd<'_>, bytes: &[u8], token: u64) {
+        let copy = bytes.to_vec();
+        let (ptr, len) = (copy.as_ptr(), copy.len().min(u32::MAX as usize) as u32);
+        // Moving the Vec into the table does not move its heap bytes.
+        let aux = self.own(Owned::Bytes(copy));
+        let e = opcode::Send::new(types::Fd(fd.as_raw_fd()), ptr, len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(Ring::user_data(token, aux));
+        self.push(e);
+    }
+
+    /// Connects `fd` to `addr`.
+    pub fn connect(&mut self, fd: BorrowedFd<'_>, addr: SocketAddr, token: u64) {
+        let addr = Box::new(socket2::SockAddr::from(addr));
+        let (ptr, len) = (addr.as_ptr().cast::<libc::sockaddr>(), addr.len());
+        let aux = self.own(Owned::Addr(addr));
+        let e = opcode::Connect::new(types::Fd(fd.as_raw_fd()), ptr, len)
+            .build()
+            .user_data(Ring::user_data(token, aux));
+        self.push(e);
+    }
+
+    /// One completion when `fd` has any of `mask` (`POLLIN`, `POLLOUT`; errors and hang-ups
+    /// always count).
+    pub fn poll(&mut self, fd: BorrowedFd<'_>, mask: u32, token: u64) {
+        let e = opcode::PollAdd::new(types::Fd(fd.as_raw_fd()), mask)
+            .build()
+            .user_data(Ring::user_data(token, 0));
+        self.push(e);
+    }
+
+    /// Accepts on listener `fd` until cancelled or an error: one completion per client, whose
+    /// result is its non-blocking, close-on-exec socket.
+    pub fn accept_multi(&mut self, fd: BorrowedFd<'_>, token: u64) {
+        let e = opcode::AcceptMulti::new(types::Fd(fd.as_raw_fd()))
+            .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(Ring::user_data(token, AUX_ACCEPT));
+        self.push(e);
+    }
+
+    /// Cancels every operation in flight on `fd`; then closes it. Both are submitted with the
+    /// next batch, after what was queued before them, so the descriptor number cannot be
+    /// reused by an accept before its queued operations were issued.
+    pub fn cancel_and_close(&mut self, fd: OwnedFd) {
+        let raw = fd.into_raw_fd();
+        let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(raw)).all())
+            .build()
+            .flags(squeue::Flags::SKIP_SUCCESS)
+            .user_data(Ring::user_data(TOKEN_IGNORED, 0));
+        self.push(cancel);
+        let close = opcode::Close::new(types::Fd(raw))
+            .build()
+            .flags(squeue::Flags::SKIP_SUCCESS)
+            .user_data(Ring::user_data(TOKEN_IGNORED, 0));
+        self.push(close);
+    }
+
+    /// Cancels every operation in flight on `fd`, which stays open.
+    pub fn cancel_fd(&mut self, fd: BorrowedFd<'_>) {
+        let cancel =
+            opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd.as_raw_fd())).all())
+                .build()
+                .flags(squeue::Flags::SKIP_SUCCESS)
+                .user_data(Ring::user_data(TOKEN_IGNORED, 0));
+        self.push(cancel);
+    }
+
+    /// Hands the queued entries to the kernel without waiting.
+    pub fn submit(&mut self) -> io::Result<usize> {
+        let n = self.ring.submit()?;
+        self.stats.submitted += n as u64;
+        Ok(n)
+    }
+
+    /// Submits what is queued and waits for at least one completion, at most `timeout`
+    /// (`None`: until one comes).
+    pub fn submit_and_wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.stats.waits += 1;
+        let res = match timeout {
+            None => self.ring.submit_and_wait(1),
+            Some(t) => {
+                let ts = types::Timespec::from(t);
+                let args = types::SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(1, &args)
+            }
+        };
+        match res {
+            Ok(n) => {
+                self.stats.submitted += n as u64;
+                Ok(())
+            }
+            // Timed out, or a signal: the caller's loop goes on either way. (A timeout still
+            // submitted the queue; EBUSY asks us to reap completions first.)
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Moves the completions into `out`, freeing what their operations owned.
+    pub fn reap(&mut self, out: &mut Vec<Completion>) {
+        for cqe in self.ring.completion() {
+            let ud = cqe.user_data();
+            let aux = ud & AUX_MASK;
+            let token = ud >> AUX_BITS;
+            let mut aux_out = 0;
+            let mut accepted = None;
+            if aux & AUX_OWNED != 0 {
+                let slot = (aux & !AUX_OWNED) as usize;
+                self.owned.try_remove(slot);
+            } else if aux & AUX_ACCEPT != 0 {
+                if cqe.result() >= 0 {
+                    // SAFETY: an accept's result is a descriptor the kernel just created in
+                    // this process for us; nothing else owns it.
+                    accepted = Some(unsafe { OwnedFd::from_raw_fd(cqe.result()) });
+                }
+            } else {
+                aux_out = aux as u32;
+            }
+            self.stats.completed += 1;
+            if token == TOKEN_IGNORED {
+                continue;
+            }
+            out.push(Completion {
+                token,
+                aux: aux_out,
+                res: cqe.result(),
+                flags: cqe.flags(),
+                accepted,
+            });
+        }
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        // The kernel tears a closed ring's requests down asynchronously: bytes a send still
+        // points to must outlive it.
+        std::mem::forget(std::mem::take(&mut self.owned));
+    }
+}
+
+/// A buffer's state, in one `Cell<u16>`: the kernel owns it, or the application does (with
+/// the count of sends in flight from it and whether it goes back once they are done).
+const KERNEL: u16 = 0x8000;
+const RETURNING: u16 = 0x4000;
+const SENDS: u16 = 0x3fff;
+
+/// A ring of provided buffers (`IORING_REGISTER_PBUF_RING`): receives take a buffer only when
+/// bytes arrive, so an idle connection's pending receive holds none. Shared by every
+/// connection of one worker; its memory is allocated once and never freed (see the module
+/// docs).
+pub struct BufRing {
+    /// The ring of `count` buffer descriptors the kernel reads (page aligned).
+    entries: *mut types::BufRingEntry,
+    /// `count` buffers of `size` bytes.
+    bufs: *mut u8,
+    count: u16,
+    size: u32,
+    group: u16,
+    /// Our tail: descriptors published so far.
+    tail: Cell<u16>,
+    state: Box<[Cell<u16>]>,
+    /// Buffers given back during the current call, published by [`BufRing::flush`].
+    returned: RefCell<Vec<u16>>,
+    /// Receives that found no free buffer (ENOBUFS).
+    pub exhausted: Cell<u64>,
+}
+
+impl BufRing {
+    /// `count` (a power of two, at most 32768) buffers of `size` bytes, registered with
+    /// `ring` as buffer group `group`.
+    pub fn new(ring: &Ring, group: u16, count: u16, size: u32) -> io::Result<BufRing> {
+        if !count.is_power_of_two() || count > 32768 || size == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the buffer count must be a power of two up to 32768, the size above 0",
+            ));
+        }
+        let page = 4096;
+        let ring_layout = Layout::from_size_align(
+            count as usize * std::mem::size_of::<types::BufRingEntry>(),
+            page,
+        )
+        .map_err(io::Error::other)?;
+        let bufs_layout = Layout::from_size_align(count as usize * size as usize, page)
+            .map_err(io::Error::other)?;
+        // SAFETY: both layouts have a non-zero size (count ≥ 1, size ≥ 1). The memory is never
+        // freed: the kernel may write into the buffers until the ring's teardown is over.
+        let (entries, bufs) = unsafe {
+            (
+                alloc_zeroed(ring_layout).cast::<types::BufRingEntry>(),
+                alloc_zeroed(bufs_layout),
+            )
+        };
+        if entries.is_null() || bufs.is_null() {
+            return Err(io::ErrorKind::OutOfMemory.into());
+        }
+        // SAFETY: `entries` holds `count` descriptors, page aligned, valid forever (leaked).
+        unsafe {
+            ring.ring
+                .submitter()
+                .register_buf_ring_with_flags(entries as u64, count, group, 0)?;
+        }
+        let b = BufRing {
+            entries,
+            bufs,
+            count,
+            size,
+            group,
+            tail: Cell::new(0),
+            state: (0..count).map(|_| Cell::new(KERNEL)).collect(),
+            returned: RefCell::new(Vec::new()),
+            exhausted: Cell::new(0),
+        };
+        for id in 0..count {
+            b.publish(id);
+        }
+        b.commit();
+        Ok(b)
+    }
+
+    pub fn group(&self) -> u16 {
+        self.group
+    }
+
+    pub fn size(&self) -> u32 {
+        self.size
+    }
+
+    pub fn count(&self) -> u16 {
+        self.count
+    }
+
+    /// Writes buffer `id`'s descriptor at the tail (published by [`BufRing::commit`]).
+    fn publish(&self, id: u16) {
+        let tail = self.tail.get();
+        let slot = (tail & (self.count - 1)) as usize;
+        // SAFETY: `slot` < `count`, inside the descriptor ring; the kernel reads descriptors
+        // only up to the published tail, and this one is past it until `commit`.
+        let e = unsafe { &mut *self.entries.add(slot) };
+        // SAFETY: `id` < `count`: the offset stays inside the buffer allocation.
+        e.set_addr(unsafe { self.bufs.add(id as usize * self.size as usize) } as u64);
+        e.set_len(self.size);
+        e.set_bid(id);
+        self.tail.set(tail.wrapping_add(1));
+    }
+
+    /// Makes the descriptors written since the last commit visible to the kernel.
+    fn commit(&self) {
+        // SAFETY: the tail field overlays the first descriptor's reserved field, which the
+        // kernel reads atomically; `entries` is valid and aligned for u16.
+        let tail = unsafe { &*(types::BufRingEntry::tail(self.entries).cast::<AtomicU16>()) };
+        tail.store(self.tail.get(), Ordering::Release);
+    }
+
+    /// A completion reported buffer `id` filled: it is the application's now. False for an id
+    /// the kernel did not own (a bug: the buffer is left alone).
+    pub fn taken(&self, id: u16) -> bool {
+        match self.state.get(id as usize) {
+            Some(s) if s.get() == KERNEL => {
+                s.set(0);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The first `len` bytes of buffer `id`, which must be the application's.
+    pub fn bytes(&self, id: u16, len: usize) -> Option<&[u8]> {
+        let s = self.state.get(id as usize)?;
+        if s.get() & KERNEL != 0 || len > self.size as usize {
+            return None;
+        }
+        // SAFETY: buffer `id` is the application's: not in the kernel's ring, so the kernel
+        // does not write it. It goes back only through `flush`, which the caller must not run
+        // while this slice lives (`give_back` only queues it).
+        Some(unsafe {
+            std::slice::from_raw_parts(self.bufs.add(id as usize * self.size as usize), len)
+        })
+    }
+
+    /// Starts a send from buffer `id`: the address of `len` bytes at `from`.
+    fn begin_send(&self, id: u16, from: u32, len: u32) -> Option<*const u8> {
+        let s = self.state.get(id as usize)?;
+        let v = s.get();
+        if v & KERNEL != 0 || v & SENDS == SENDS || from.checked_add(len)? > self.size {
+            return None;
+        }
+        s.set(v + 1);
+        // SAFETY: `id` < `count` and `from + len` ≤ `size`: inside the allocation.
+        Some(unsafe {
+            self.bufs
+                .add(id as usize * self.size as usize + from as usize)
+        })
+    }
+
+    /// A send from buffer `id` completed.
+    pub fn end_send(&self, id: u16) {
+        let Some(s) = self.state.get(id as usize) else {
+            return;
+        };
+        let v = s.get();
+        if v & KERNEL != 0 || v & SENDS == 0 {
+            return;
+        }
+        let v = v - 1;
+        s.set(v);
+        if v == RETURNING {
+            self.returned.borrow_mut().push(id);
+        }
+    }
+
+    /// The application is done with buffer `id`: it goes back to the kernel at the next
+    /// [`BufRing::flush`], or once the sends from it are over.
+    pub fn give_back(&self, id: u16) {
+        let Some(s) = self.state.get(id as usize) else {
+            return;
+        };
+        let v = s.get();
+        if v & (KERNEL | RETURNING) != 0 {
+            return;
+        }
+        if v & SENDS == 0 {
+            s.set(RETURNING);
+            self.returned.borrow_mut().push(id);
+        } else {
+            s.set(v | RETURNING);
+        }
+    }
+
+    /// Gives the buffers given back since the last flush to the kernel; returns how many.
+    /// Call between completions, never while a slice from [`BufRing::bytes`] lives.
+    pub fn flush(&self) -> usize {
+        let mut returned = self.returned.borrow_mut();
+        if returned.is_empty() {
+            return 0;
+        }
+        let mut n = 0;
+        for id in returned.drain(..) {
+            if let Some(s) = self.state.get(id as usize) {
+                if s.get() == RETURNING {
+                    s.set(KERNEL);
+                    self.publish(id);
+                    n += 1;
+                }
+            }
+        }
+        self.commit();
+        n
+    }
+
+    /// Buffers the application holds now (taken and not yet back with the kernel).
+    pub fn in_use(&self) -> usize {
+        self.state.iter().filter(|s| s.get() & KERNEL == 0).count()
+    }
+}
+
+/// Whether this process may use io_uring here, and how: a throwaway ring with a buffer ring,
+/// as each worker will build. The error says why not (old kernel, `kernel.io_uring_disabled`,
+/// a seccomp profile).
+pub fn probe() -> io::Result<Setup> {
+    let ring = Ring::new(8).map_err(|e| {
+        let hint = match e.raw_os_error() {
+            Some(libc::ENOSYS) => " (no io_uring in this kernel, or a seccomp profile hides it)",
+            Some(libc::EPERM) => {
+                " (kernel.io_uring_disabled forbids it, or a seccomp profile refuses it)"
+            }
+            _ => "",
+        };
+        io::Error::new(e.kind(), format!("io_uring_setup: {e}{hint}"))
+    })?;
+    // Buffer rings (Linux 5.19); this probe leaks one page and a one-byte buffer.
+    BufRing::new(&ring, 0, 1, 1).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("io_uring buffer rings (Linux 5.19) are unavailable: {e}"),
+        )
+    })?;
+    Ok(ring.setup())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsFd;
+
+    fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let a = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+        let (b, _) = l.accept().expect("accept");
+        a.set_nonblocking(true).expect("nb");
+        b.set_nonblocking(true).expect("nb");
+        (a, b)
+    }
+
+    fn wait(ring: &mut Ring) -> Vec<Completion> {
+        let mut out = Vec::new();
+        while out.is_empty() {
+            ring.submit_and_wait(Some(Duration::from_secs(5)))
+                .expect("wait");
+            ring.reap(&mut out);
+        }
+        out
+    }
+
+    /// A receive on a non-blocking socket waits for bytes (io_uring polls for it) and takes a
+    /// provided buffer only then; the send goes straight from that buffer.
+    #[test]
+    fn receive_into_a_provided_buffer_and_send_from_it() {
+        let Ok(mut ring) = Ring::new(8) else {
+            eprintln!("io_uring unavailable here: skipped");
+            return;
+        };
+        let bufs = BufRing::new(&ring, 1, 2, 64).expect("buffer ring");
+        let (mut a, b) = pair();
+        let (c, mut d) = pair();
+        ring.recv(b.as_fd(), 64, bufs.group(), 7);
+        ring.submit().expect("submit");
+        let mut early = Vec::new();
+        ring.reap(&mut early);
+        assert!(early.is_empty(), "the receive waits for bytes: {early:?}");
+        assert_eq!(bufs.in_use(), 0, "a waiting receive holds no buffer");
+        a.write_all(b"hello ring").expect("write");
+        let done = wait(&mut ring);
+        assert_eq!(done.len(), 1);
+        assert_eq!((done[0].token, done[0].res), (7, 10));
+        let id = done[0].buffer().expect("a provided buffer");
+        assert!(bufs.taken(id));
+        assert_eq!(bufs.bytes(id, 10), Some(&b"hello ring"[..]));
+        assert!(ring.send_buf(&bufs, c.as_fd(), id, 6, 4, 8));
+        bufs.give_back(id);
+        bufs.flush();
+        assert_eq!(bufs.in_use(), 1, "not back while the send is in flight");
+        let sent = wait(&mut ring);
+        assert_eq!((sent[0].token, sent[0].res, sent[0].aux), (8, 4, id as u32));
+        bufs.end_send(id);
+        bufs.flush();
+        assert_eq!(bufs.in_use(), 0);
+        let mut got = [0u8; 4];
+        d.set_nonblocking(false).expect("blocking");
+        d.read_exact(&mut got).expect("read");
+        assert_eq!(&got, b"ring");
+    }
+}
