@@ -20,6 +20,10 @@ pub struct RouteEntry {
     pub send_proxy: Option<ProxyVersion>,
     /// Plain HTTP, balancing, origins, backend protocol.
     pub options: RouteOptions,
+    /// How metrics name the route: `host/prefix`, or the prefix for any host.
+    pub label: String,
+    /// A hash of `label`: the same route keeps it across reloads (metrics count by it).
+    pub id: u32,
     /// Shared round-robin cursor: touched once per handshake, never per relayed byte.
     next: AtomicUsize,
     /// Tunnels and requests open per backend, all workers together (`least_conn`).
@@ -65,6 +69,8 @@ impl RouteTable {
                 forwarded_for: r.forwarded_for,
                 send_proxy: r.send_proxy,
                 options: r.options.clone(),
+                label: route_label(r),
+                id: crate::core::balance::route_id(&route_label(r)),
                 next: AtomicUsize::new(0),
                 load: r.backends.iter().map(|_| AtomicU32::new(0)).collect(),
                 cookie_ids: r
@@ -90,6 +96,11 @@ impl RouteTable {
 
     pub fn get(&self, i: usize) -> &RouteEntry {
         &self.routes[i]
+    }
+
+    /// Every route, in config order.
+    pub fn iter(&self) -> impl Iterator<Item = &RouteEntry> {
+        self.routes.iter()
     }
 
     pub fn len(&self) -> usize {
@@ -129,6 +140,14 @@ impl RouteTable {
                 Some(i) => cand = &cand[..i],
             }
         }
+    }
+}
+
+/// `host/prefix`, or `prefix` for a route that matches any Host.
+fn route_label(r: &Route) -> String {
+    match &r.host {
+        Some(h) => format!("{h}{}", r.prefix),
+        None => r.prefix.clone(),
     }
 }
 

@@ -12,6 +12,7 @@ pub mod backends;
 pub mod epoll;
 pub mod limiter;
 pub mod pool;
+pub mod routes;
 pub mod stats;
 pub mod worker;
 
@@ -110,6 +111,7 @@ pub enum Control {
 
 struct WorkerHandle {
     backends: stats::BackendSnapshot,
+    routes: stats::RouteSnapshot,
     control: Sender<Control>,
     waker: Arc<Waker>,
     thread: Option<JoinHandle<io::Result<()>>>,
@@ -225,6 +227,7 @@ impl Server {
         for (id, listeners) in per_worker.into_iter().enumerate() {
             let published = Arc::new(stats::Published::default());
             let backends = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let routes = Arc::new(std::sync::Mutex::new(Vec::new()));
             let (tx, rx) = std::sync::mpsc::channel();
             let wc = epoll::WorkerConfig {
                 id,
@@ -236,6 +239,7 @@ impl Server {
                 total: total.clone(),
                 log: log.clone(),
                 published_backends: backends.clone(),
+                published_routes: routes.clone(),
             };
             let worker = epoll::Worker::new(wc)?;
             let waker = worker.waker();
@@ -244,6 +248,7 @@ impl Server {
                 .spawn(move || worker.run())?;
             handles.push(WorkerHandle {
                 backends,
+                routes,
                 control: tx,
                 waker,
                 thread: Some(thread),
@@ -286,6 +291,7 @@ impl Server {
         StatsReader {
             published: self.workers.iter().map(|w| w.published.clone()).collect(),
             backends: self.workers.iter().map(|w| w.backends.clone()).collect(),
+            routes: self.workers.iter().map(|w| w.routes.clone()).collect(),
         }
     }
 
@@ -393,6 +399,7 @@ impl Server {
 pub struct StatsReader {
     published: Vec<Arc<stats::Published>>,
     backends: Vec<stats::BackendSnapshot>,
+    routes: Vec<stats::RouteSnapshot>,
 }
 
 impl StatsReader {
@@ -408,5 +415,15 @@ impl StatsReader {
             .map(|b| b.lock().map(|v| v.clone()).unwrap_or_default())
             .collect();
         stats::render_backends(&all)
+    }
+
+    /// Per-route request lines in Prometheus text format.
+    pub fn routes(&self) -> String {
+        let all: Vec<_> = self
+            .routes
+            .iter()
+            .map(|r| r.lock().map(|v| v.clone()).unwrap_or_default())
+            .collect();
+        stats::render_routes(&all)
     }
 }

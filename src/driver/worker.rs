@@ -17,7 +17,8 @@ use crate::driver::access_log::{LogSink, Record};
 use crate::driver::backends::BackendTable;
 use crate::driver::limiter::{ConnLimiter, IpLimiter};
 use crate::driver::pool::BackendPool;
-use crate::driver::stats::{BackendSnapshot, Counters, Published};
+use crate::driver::routes::RouteCounts;
+use crate::driver::stats::{BackendSnapshot, Counters, Published, RouteSnapshot};
 use crate::driver::{Control, Params};
 use crate::sys::pipe::{Pipe, PipePool};
 use crate::sys::sock::tune;
@@ -49,6 +50,7 @@ pub struct WorkerConfig {
     pub total: Arc<ConnLimiter>,
     pub log: Option<LogSink>,
     pub published_backends: BackendSnapshot,
+    pub published_routes: RouteSnapshot,
 }
 
 /// What a driver watches: a connection's socket, or a listener.
@@ -107,6 +109,7 @@ pub struct Worker {
     log: Option<LogSink>,
     log_batch: String,
     backends: BackendTable,
+    routes: RouteCounts,
     listeners: Vec<Option<(SocketAddr, TcpListener)>>,
     conns: Slab<Slot>,
     /// Keys of connections closed in this event batch (see [`Slot::Dead`]).
@@ -140,6 +143,8 @@ impl Worker {
         let now = Instant::now();
         let clock = Clock::new(now);
         let tick = clock.tick(now);
+        let mut routes = RouteCounts::new(cfg.published_routes);
+        routes.know(&cfg.params.settings.routes);
         Worker {
             id: cfg.id,
             pool: PipePool::new(cfg.params.max_pipes, cfg.params.pipe_size),
@@ -152,6 +157,7 @@ impl Worker {
             log: cfg.log,
             log_batch: String::new(),
             backends: BackendTable::new(cfg.published_backends),
+            routes,
             listeners: cfg.listeners.into_iter().map(Some).collect(),
             conns: Slab::new(),
             dead: Vec::new(),
@@ -441,9 +447,11 @@ impl Worker {
                 status,
                 reused: _,
                 retried,
+                route,
             } => {
                 self.counters.count_request(status);
                 self.counters.retries += u64::from(retried);
+                self.routes.count(route, status);
             }
             Note::RelayOpened { backend, handshake } => {
                 self.counters.observe_handshake(handshake);
@@ -580,6 +588,7 @@ impl Worker {
 
     fn publish(&mut self) {
         self.backends.publish();
+        self.routes.publish();
         if let Some(sink) = &self.log {
             self.counters.access_log_dropped += sink.flush(&mut self.log_batch);
         }
@@ -605,6 +614,7 @@ impl Worker {
                     self.backend_pool
                         .set_limits(r.params.pool_max_idle, r.params.pool_idle_timeout);
                     self.params = r.params;
+                    self.routes.know(&self.params.settings.routes);
                     if self.draining.is_none() {
                         for (addr, l) in r.add {
                             if let Err(e) = self.add_listener(addr, l, d) {

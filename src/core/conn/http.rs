@@ -459,6 +459,7 @@ impl Exchange {
             status,
             reused: self.reused,
             retried: self.retried,
+            route: self.settings.routes.get(self.route).id,
         }));
         if self.log {
             self.steps.push_back(Step::Log(

@@ -111,6 +111,8 @@ pub enum Note {
         status: u16,
         reused: bool,
         retried: bool,
+        /// The route's [`crate::core::route::RouteEntry::id`].
+        route: u32,
     },
 }
 
