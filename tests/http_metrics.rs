@@ -143,3 +143,43 @@ fn requests_are_counted_by_class_and_route_and_logged_one_line_each() {
     drop(b);
     let _ = std::fs::remove_file(&log);
 }
+
+#[test]
+fn a_stop_closes_idle_keep_alive_connections_at_once() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let origin = rt.block_on(http::Origin::start());
+    let toml = format!(
+        "listen = [\"127.0.0.1:0\"]\nworkers = 2\n[timeouts]\ndrain = \"20s\"\n\
+         [[route]]\nprefix = \"/\"\nbackends = [\"{}\"]\n",
+        origin.addr
+    );
+    let mut p = common::start(&toml, "");
+    let mut idle = Vec::new();
+    for i in 0..4 {
+        let mut s = TcpStream::connect(p.addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        assert_eq!(fetch(&mut s, &http::get(&format!("/{i}"), &[])).0, 200);
+        idle.push(s);
+    }
+    let stopped = std::time::Instant::now();
+    p.signal(nix::sys::signal::Signal::SIGTERM);
+    for s in &mut idle {
+        let mut b = [0u8; 16];
+        assert!(
+            matches!(s.read(&mut b), Ok(0)),
+            "an idle keep-alive connection is closed without an answer"
+        );
+    }
+    while p.child.try_wait().expect("wait").is_none() {
+        assert!(
+            stopped.elapsed() < Duration::from_secs(5),
+            "idle keep-alive connections held the stop for the drain time"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -633,6 +633,10 @@ impl Worker {
                         for a in addrs {
                             self.remove_listener(a, d);
                         }
+                        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+                        for k in keys {
+                            self.ready(k, Event::Draining, d);
+                        }
                     }
                 }
             }

@@ -292,6 +292,8 @@ impl Exchange {
                 }
             }
             Event::Timer(_) | Event::Resume => {}
+            // Finish this request, then close: its answer says so if not sent yet.
+            Event::Draining => self.client_close = true,
             Event::Drain => {
                 self.ending = Some(Ending::Abort(EndReason::Drained));
             }
@@ -504,7 +506,7 @@ impl Exchange {
                 } else {
                     Step::CloseBackend
                 });
-                if self.close_client {
+                if self.close_client || self.client_close {
                     Polled::Close
                 } else {
                     let _ = t;
