@@ -1,12 +1,18 @@
-//! Two toy WebSocket backends for `wsplice demo`, so the proxy can be tried without any other
-//! software: a notice pusher and an echo server on 127.0.0.1, plain blocking threads. A module
-//! of the binary (declared in `main.rs`), not of the library: only the demo needs tungstenite.
+//! The toy backends of `wsplice demo`, so the proxy can be tried without any other software:
+//! a page server, a notice pusher and an echo server on 127.0.0.1, plain blocking threads. A
+//! module of the binary (declared in `main.rs`), not of the library: only the demo needs
+//! tungstenite.
 //!
 //! ```text
-//! client ──▶ wsplice 127.0.0.1:8080 ─┬─ /notice ─▶ notice backend: every second,
+//! browser ─▶ wsplice 127.0.0.1:8080 ─┬─ / ───────▶ page backend: the demo page (HTTP/1.1)
+//!                                    ├─ /notice ─▶ notice backend: every second,
 //!                                    │              {"notice":N,"time":"<unix secs>"}
 //!                                    └─ /msg ────▶ echo backend: text and binary sent back
 //! ```
+//!
+//! The WebSocket backends answer a requested subprotocol with the first one the client named
+//! (a browser asking for `chat, superchat`, as in RFC 6455's example, fails the connection if
+//! none comes back).
 //!
 //! One thread per connection (a demo, not a benchmark peer: `tools/wsbench` is that). Every
 //! connection thread ends when its client leaves; the two accept threads live as long as the
@@ -43,6 +49,89 @@ fn start(live: Arc<AtomicUsize>) -> io::Result<(SocketAddr, SocketAddr)> {
     spawn_acceptor("demo-notice", notice, serve_notice, live.clone())?;
     spawn_acceptor("demo-echo", echo, serve_echo, live)?;
     Ok(addrs)
+}
+
+/// The page `wsplice demo` serves at `/`.
+pub const PAGE: &str = include_str!("demo_page.html");
+
+/// Starts the page backend on an ephemeral 127.0.0.1 port: HTTP/1.1 with keep-alive, the demo
+/// page for `GET` or `HEAD` of `/` or `/index.html`, 404 otherwise.
+pub fn start_demo_page() -> io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    thread::Builder::new()
+        .name("demo-page".into())
+        .spawn(move || loop {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    let spawned =
+                        thread::Builder::new()
+                            .name("demo-page-conn".into())
+                            .spawn(move || {
+                                // Errors only mean the client left or misbehaved.
+                                let _ = serve_page(stream);
+                            });
+                    if let Err(e) = spawned {
+                        eprintln!("wsplice: demo-page: cannot start a connection thread: {e}");
+                    }
+                }
+                Err(e) => {
+                    eprintln!("wsplice: demo-page: accept failed: {e}");
+                    thread::sleep(Duration::from_millis(100));
+                }
+            }
+        })?;
+    Ok(addr)
+}
+
+/// Answers requests on one connection until the client closes or asks to.
+fn serve_page(mut stream: TcpStream) -> io::Result<()> {
+    use std::io::{Read, Write};
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let end = loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+            if buf.len() > 16 * 1024 {
+                return Ok(());
+            }
+            let n = stream.read(&mut chunk)?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        buf.drain(..end);
+        let mut words = head.split_whitespace();
+        let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+        let lower = head.to_ascii_lowercase();
+        let close = lower.contains("\r\nconnection: close");
+        let page = matches!(target, "/" | "/index.html") && matches!(method, "GET" | "HEAD");
+        let (status, body) = if page {
+            ("200 OK", PAGE)
+        } else {
+            ("404 Not Found", "Not found: the demo page is at /\n")
+        };
+        let kind = if page { "text/html" } else { "text/plain" };
+        let mut out = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: {kind}; charset=utf-8\r\nContent-Length: {}\r\nCache-Control: no-store\r\n{}\r\n",
+            body.len(),
+            if close { "Connection: close\r\n" } else { "" }
+        )
+        .into_bytes();
+        if method != "HEAD" {
+            out.extend_from_slice(body.as_bytes());
+        }
+        stream.write_all(&out)?;
+        if close {
+            return Ok(());
+        }
+    }
 }
 
 /// Decrements the live count when a connection thread ends, however it ends.
@@ -89,12 +178,34 @@ fn spawn_acceptor(
     Ok(())
 }
 
+/// Picks the first subprotocol the client asked for, if it asked.
+#[allow(clippy::result_large_err)] // tungstenite's callback signature
+fn first_subprotocol(
+    req: &tungstenite::handshake::server::Request,
+    mut resp: tungstenite::handshake::server::Response,
+) -> Result<tungstenite::handshake::server::Response, tungstenite::handshake::server::ErrorResponse>
+{
+    let first = req
+        .headers()
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .find(|p| !p.is_empty())
+        .and_then(|p| tungstenite::http::HeaderValue::from_str(p).ok());
+    if let Some(p) = first {
+        resp.headers_mut().insert("sec-websocket-protocol", p);
+    }
+    Ok(resp)
+}
+
 fn handshake(stream: TcpStream) -> tungstenite::Result<WebSocket<TcpStream>> {
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
     // A timed-out read surfaces as `HandshakeError::Interrupted`: treated like any failure.
-    let ws = tungstenite::accept(stream).map_err(|e| match e {
+    let ws = tungstenite::accept_hdr(stream, first_subprotocol).map_err(|e| match e {
         tungstenite::HandshakeError::Failure(e) => e,
         tungstenite::HandshakeError::Interrupted(_) => {
             tungstenite::Error::Io(io::ErrorKind::TimedOut.into())
@@ -266,6 +377,48 @@ mod tests {
             thread::sleep(Duration::from_millis(10));
         }
         live.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn backends_answer_the_first_subprotocol_asked_for() {
+        let (_, echo) = start_demo_backends().expect("start");
+        for (asked, want) in [(Some("chat, superchat"), Some("chat")), (None, None)] {
+            let stream = TcpStream::connect(echo).expect("connect");
+            let mut req = tungstenite::client::IntoClientRequest::into_client_request(format!(
+                "ws://{echo}/"
+            ))
+            .expect("request");
+            if let Some(a) = asked {
+                req.headers_mut().insert(
+                    "sec-websocket-protocol",
+                    tungstenite::http::HeaderValue::from_static(a),
+                );
+            }
+            let (_ws, resp) = tungstenite::client(req, stream).expect("handshake");
+            let got = resp
+                .headers()
+                .get("sec-websocket-protocol")
+                .and_then(|v| v.to_str().ok());
+            assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn page_backend_serves_the_page_with_keep_alive() {
+        use std::io::{Read, Write};
+        let addr = start_demo_page().expect("start");
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .expect("write");
+        let mut all = String::new();
+        s.read_to_string(&mut all).expect("read");
+        assert!(all.starts_with("HTTP/1.1 200 OK\r\n"), "{all}");
+        assert!(all.contains(&format!("Content-Length: {}\r\n", PAGE.len())));
+        assert!(all.contains("new WebSocket(url(\"/notice\")"));
+        assert!(all.contains("HTTP/1.1 404 Not Found\r\n"));
+        assert!(all.ends_with("the demo page is at /\n"));
     }
 
     #[test]

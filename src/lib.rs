@@ -13,6 +13,8 @@
 //!
 //!   core/ (sans-IO, decides)            driver/ (executes)                  sys/ (only unsafe)
 //!   conn::Conn ─ upgrade ─▶ relay ─▶ end   worker::Worker ── Driver::exec ──▶ sock, pipe, limits
+//!      │    ▲ └▶ http (plain requests)      (and its idle backend pool)
+//!      │    └──────┘ keep-alive: next head
 //!      └─ linger (refusals, answers)
 //! ```
 //!
@@ -33,6 +35,10 @@
 //!    read the client head, validates it (`core::head`, `core::validate`), routes it
 //!    (`core::route`), asks for a backend connect, writes the rewritten head
 //!    (`core::rewrite`), reads and checks the 101, and retries the next backend on failure.
+//!    A plain (non-upgrade) request becomes the HTTP stage (`core::conn::http`): it asks for a
+//!    pooled backend connection or a new one (`Checkout`), streams the request and its answer
+//!    through `core::http` framing, gives the connection back (`Release`) or closes it, then
+//!    hands the client connection back to the upgrade stage for its next head.
 //! 4. A refusal or a non-101 answer becomes the linger stage: our answer, FIN, discard until
 //!    the client closes or 2 s pass. A 101 becomes the relay stage ([`core::relay::Relay`]):
 //!    per direction, read into the worker's scratch and write, or (bulk bursts) splice into a

@@ -261,7 +261,12 @@ fn main() -> ExitCode {
 /// `wsplice demo`: the classic setup, self-contained.
 fn run_demo(listen: SocketAddr, args: &Args) -> io::Result<()> {
     let (notice, echo) = demo::start_demo_backends()?;
-    let routes = [format!("/notice={notice}"), format!("/msg={echo}")];
+    let page = demo::start_demo_page()?;
+    let routes = [
+        format!("/notice={notice}"),
+        format!("/msg={echo}"),
+        format!("/={page}"),
+    ];
     let mut cfg = Config::from_cli(vec![listen], &routes, None, None)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
     // The demo backends are threads of this process: worker processes could not reach them
@@ -269,7 +274,8 @@ fn run_demo(listen: SocketAddr, args: &Args) -> io::Result<()> {
     cfg.worker_model = WorkerModel::Threads;
     eprintln!(
         "wsplice demo: /notice pushes a notice every second, /msg echoes what you send.\n\
-         Try it from a browser console on any page:\n  \
+         Open http://{listen}/ in a browser: the page shows both, live.\n\
+         Or from a browser console on any page:\n  \
          let ws = new WebSocket(\"ws://{listen}/notice\"); ws.onmessage = e => console.log(e.data)\n  \
          let m = new WebSocket(\"ws://{listen}/msg\"); m.onopen = () => m.send(\"hello\"); m.onmessage = e => console.log(e.data)\n\
          or with websocat: websocat ws://{listen}/msg\n\

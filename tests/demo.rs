@@ -1,5 +1,5 @@
-//! `wsplice demo`, the README's first command: the proxy and its two built-in backends answer
-//! real WebSocket clients.
+//! `wsplice demo`, the README's first command: the proxy and its built-in backends serve the
+//! demo page over HTTP and answer real WebSocket clients, subprotocols included.
 
 mod support;
 
@@ -28,6 +28,46 @@ async fn demo_pushes_notices_and_echoes() {
         msg.send(Message::text("hello")).await.expect("send");
         let back = msg.next().await.expect("echo").expect("frame");
         assert_eq!(back.into_text().expect("text").as_str(), "hello");
+
+        // The page, through the HTTP path, on a keep-alive connection.
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        s.write_all(b"GET / HTTP/1.1\r\nHost: demo\r\n\r\nHEAD / HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("request");
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).await.expect("read");
+        let all = String::from_utf8_lossy(&all);
+        assert!(all.starts_with("HTTP/1.1 200 OK\r\n"), "{all}");
+        assert!(all.contains("Content-Type: text/html"), "{all}");
+        assert!(all.contains("new WebSocket(url(\"/msg\"), [\"chat\", \"superchat\"])"));
+        assert_eq!(
+            all.matches("HTTP/1.1 200 OK").count(),
+            2,
+            "GET then HEAD: {all}"
+        );
+        assert!(all.ends_with("\r\n\r\n"), "the HEAD answer has no body");
+
+        // A browser asking for subprotocols gets the first one back.
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = format!("ws://{addr}/msg")
+            .into_client_request()
+            .expect("request");
+        req.headers_mut().insert(
+            "sec-websocket-protocol",
+            "chat, superchat".parse().expect("header value"),
+        );
+        let (_ws, resp) = tokio_tungstenite::connect_async(req)
+            .await
+            .expect("connect");
+        assert_eq!(
+            resp.headers()
+                .get("sec-websocket-protocol")
+                .map(|v| v.as_bytes()),
+            Some(&b"chat"[..])
+        );
     };
     tokio::time::timeout(Duration::from_secs(10), work)
         .await

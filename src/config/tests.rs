@@ -450,6 +450,21 @@ fn bad_values() {
         (format!("{l}[proxy_protocol]\nlisten = [\"127.0.0.1:8080\"]\n{r}"), Some(2), "proxy_protocol.trusted", "list the load balancers allowed to send PROXY headers, such as [\"10.0.0.0/8\"]"),
         (format!("{l}[[route]]\nprefix = \"/\"\nbackends = [\"127.0.0.1:9\"]\nsend_proxy = \"v3\"\n"), Some(5), "route.send_proxy", "invalid value \"v3\": expected \"v1\", \"v2\" or \"none\""),
         (format!("{l}relay = \"fast\"\n{r}"), Some(2), "relay", "invalid value \"fast\": expected \"auto\", \"splice\" or \"copy\""),
+        // plain HTTP, balancing, origins, protocol, the backend pool
+        (format!("{l}{r}http = 1\n"), Some(5), "route.http", "expected true or false"),
+        (format!("{l}{r}response_timeout = \"0\"\n"), Some(5), "route.response_timeout", "greater than 0"),
+        (format!("{l}{r}balance = \"random\"\n"), Some(5), "route.balance", "expected \"round_robin\", \"least_conn\", \"hash\" or \"cookie\""),
+        (format!("{l}{r}hash_key = \"client_ip\"\n"), Some(5), "route.hash_key", "needs balance = \"hash\""),
+        (format!("{l}{r}balance = \"hash\"\nhash_key = \"path\"\n"), Some(6), "route.hash_key", "\"client_ip\", \"cookie:NAME\", \"query:NAME\" or \"header:NAME\""),
+        (format!("{l}{r}balance = \"hash\"\nhash_key = \"cookie:\"\n"), Some(6), "route.hash_key", "invalid value"),
+        (format!("{l}{r}cookie_name = \"srv\"\n"), Some(5), "route.cookie_name", "need balance = \"cookie\""),
+        (format!("{l}{r}balance = \"cookie\"\ncookie_name = \"a b\"\n"), Some(6), "route.cookie_name", "invalid cookie name"),
+        (format!("{l}{r}origins = [\"example.com\"]\n"), Some(5), "route.origins", "expected scheme://host[:port]"),
+        (format!("{l}{r}origins = [\"https://example.com/app\"]\n"), Some(5), "route.origins", "without a path"),
+        (format!("{l}{r}protocol = \"fastcgi\"\n"), Some(5), "route.protocol", "expected \"http\" or \"uwsgi\""),
+        (format!("{l}{r}protocol = \"uwsgi\"\nsend_proxy = \"v1\"\n"), Some(6), "route.send_proxy", "uwsgi backends take no PROXY header"),
+        (format!("{l}[backend_pool]\nidle_timeout = \"0\"\n{r}"), Some(3), "backend_pool.idle_timeout", "greater than 0"),
+        (format!("{l}[timeouts]\nclient_idle = 0\n{r}"), Some(3), "timeouts.client_idle", "greater than 0"),
         // missing things with no line to point at
         (r.to_string(), None, "listen", "missing required key"),
         (l.to_string(), None, "route", "at least one [[route]]"),
@@ -532,6 +547,51 @@ send_proxy = "v1"
         })
     );
     assert_eq!(parse(&format!("{LISTEN}{ROUTE}")).unwrap().access_log, None);
+}
+
+#[test]
+fn route_options_and_backend_pool() {
+    let cfg = parse(&format!(
+        "{LISTEN}[backend_pool]\nmax_idle = 0\nidle_timeout = \"5s\"\n[timeouts]\nclient_idle = \"75s\"\n\
+         {ROUTE}http = false\nresponse_timeout = \"2m\"\nbalance = \"cookie\"\ncookie_name = \"srv\"\n\
+         cookie_secure = true\ncookie_http_only = false\ncookie_same_site = \"strict\"\n\
+         origins = [\"HTTPS://App.Example/\", \"null\"]\nprotocol = \"uwsgi\"\n\
+         [[route]]\nprefix = \"/h\"\nbackends = [\"127.0.0.1:9\"]\nbalance = \"hash\"\nhash_key = \"query:sid\"\n\
+         [[route]]\nprefix = \"/l\"\nbackends = [\"127.0.0.1:9\"]\nbalance = \"least_conn\"\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        cfg.backend_pool,
+        BackendPool {
+            max_idle: 0,
+            idle_timeout: secs(5)
+        }
+    );
+    assert_eq!(cfg.timeouts.client_idle, secs(75));
+    let o = &cfg.routes[0].options;
+    assert!(!o.http);
+    assert_eq!(o.response_timeout, secs(120));
+    assert_eq!(
+        o.balance,
+        Balance::Cookie(StickyCookie {
+            name: "srv".into(),
+            secure: true,
+            http_only: false,
+            same_site: SameSite::Strict,
+        })
+    );
+    assert_eq!(o.origins, ["https://app.example", "null"]);
+    assert_eq!(o.protocol, BackendProtocol::Uwsgi);
+    assert_eq!(
+        cfg.routes[1].options.balance,
+        Balance::Hash(HashKey::Query("sid".into()))
+    );
+    assert_eq!(cfg.routes[2].options.balance, Balance::LeastConn);
+    let d = parse(&format!("{LISTEN}{ROUTE}")).unwrap();
+    assert_eq!(d.routes[0].options, RouteOptions::default());
+    assert!(d.routes[0].options.http);
+    assert_eq!(d.routes[0].options.response_timeout, secs(60));
+    assert_eq!(d.backend_pool, BackendPool::default());
 }
 
 #[test]

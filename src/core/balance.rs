@@ -37,6 +37,12 @@ pub fn cookie_id(addr: &SocketAddr) -> String {
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A route's stable id for metrics: 32 bits of SHA-1 of its label.
+pub fn route_id(label: &str) -> u32 {
+    let d = Sha1::digest(label.as_bytes());
+    u32::from_be_bytes([d[0], d[1], d[2], d[3]])
+}
+
 fn score(key: &[u8], backend: &str) -> u64 {
     let mut h = Sha1::new();
     h.update(key);

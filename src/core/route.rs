@@ -14,6 +14,10 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub struct RouteEntry {
     route: Route,
+    /// How metrics name the route: `host/prefix`, or the prefix for any host.
+    pub label: String,
+    /// A hash of `label`: the same route keeps it across reloads (metrics count by it).
+    pub id: u32,
     /// Shared round-robin cursor: touched once per handshake, never per relayed byte.
     next: AtomicUsize,
     /// With worker processes, the cursor lives in memory they share (word `.1` of `.0`), so
@@ -83,6 +87,8 @@ impl RouteTable {
         for (i, r) in routes.iter().enumerate() {
             t.routes.push(RouteEntry {
                 route: r.clone(),
+                label: route_label(r),
+                id: crate::core::balance::route_id(&route_label(r)),
                 next: AtomicUsize::new(0),
                 shared: shared.clone().map(|w| (w, i)),
                 load: r.backends.iter().map(|_| AtomicU32::new(0)).collect(),
@@ -109,6 +115,11 @@ impl RouteTable {
 
     pub fn get(&self, i: usize) -> &RouteEntry {
         &self.routes[i]
+    }
+
+    /// Every route, in config order.
+    pub fn iter(&self) -> impl Iterator<Item = &RouteEntry> {
+        self.routes.iter()
     }
 
     pub fn len(&self) -> usize {
@@ -148,6 +159,14 @@ impl RouteTable {
                 Some(i) => cand = &cand[..i],
             }
         }
+    }
+}
+
+/// `host/prefix`, or `prefix` for a route that matches any Host.
+fn route_label(r: &Route) -> String {
+    match &r.host {
+        Some(h) => format!("{h}{}", r.prefix),
+        None => r.prefix.clone(),
     }
 }
 

@@ -48,6 +48,7 @@ fn serve(s: TcpStream, stats: &StatsReader, started: Instant) -> io::Result<()> 
         ("GET", "/metrics") => {
             let mut m = metrics(&c, stats, started);
             m.push_str(&stats.backends());
+            m.push_str(&stats.routes());
             ("200 OK", "text/plain; version=0.0.4", m)
         }
         ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),

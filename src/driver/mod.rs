@@ -20,6 +20,7 @@ pub mod epoll;
 pub mod limiter;
 pub mod pool;
 pub mod process;
+pub mod routes;
 pub mod shared;
 pub mod stats;
 pub mod supervisor;
@@ -270,6 +271,7 @@ pub fn choose_driver(cfg: &Config) -> io::Result<Chosen> {
 
 struct WorkerHandle {
     backends: stats::BackendSnapshot,
+    routes: stats::RouteSnapshot,
     control: Sender<Control>,
     waker: Wake,
     thread: Option<JoinHandle<io::Result<()>>>,
@@ -452,6 +454,7 @@ impl Server {
         for (id, listeners) in per_worker.into_iter().enumerate() {
             let published = Arc::new(stats::Published::default());
             let backends = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let routes = Arc::new(std::sync::Mutex::new(Vec::new()));
             let (tx, rx) = std::sync::mpsc::channel();
             let (started_tx, started) = std::sync::mpsc::sync_channel(1);
             let wc = epoll::WorkerConfig {
@@ -465,6 +468,7 @@ impl Server {
                 log: log.clone(),
                 published_backends: backends.clone(),
                 started: Some(started_tx),
+                published_routes: routes.clone(),
             };
             let name = format!("wsplice-w{id}");
             let (waker, thread) = match driver {
@@ -500,6 +504,7 @@ impl Server {
             }
             handles.push(WorkerHandle {
                 backends,
+                routes,
                 control: tx,
                 waker,
                 thread: Some(thread),
@@ -564,6 +569,7 @@ impl Server {
         StatsReader(Source::Threads {
             published: self.workers.iter().map(|w| w.published.clone()).collect(),
             backends: self.workers.iter().map(|w| w.backends.clone()).collect(),
+            routes: self.workers.iter().map(|w| w.routes.clone()).collect(),
         })
     }
 
@@ -692,6 +698,7 @@ enum Source {
     Threads {
         published: Vec<Arc<stats::Published>>,
         backends: Vec<stats::BackendSnapshot>,
+        routes: Vec<stats::RouteSnapshot>,
     },
     Processes(Arc<supervisor::Board>),
 }
@@ -738,6 +745,21 @@ impl StatsReader {
                 })
                 .collect(),
             Source::Processes(board) => board.workers(),
+        }
+    }
+
+    /// Per-route request lines in Prometheus text format (worker threads; with worker
+    /// processes the per-route counts are not gathered yet, and this is empty).
+    pub fn routes(&self) -> String {
+        match &self.0 {
+            Source::Threads { routes, .. } => {
+                let all: Vec<_> = routes
+                    .iter()
+                    .map(|r| r.lock().map(|v| v.clone()).unwrap_or_default())
+                    .collect();
+                stats::render_routes(&all)
+            }
+            Source::Processes(_) => String::new(),
         }
     }
 }

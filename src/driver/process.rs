@@ -126,6 +126,8 @@ pub fn run(id: usize, load: Loader) -> io::Result<()> {
         log: log.clone(),
         published_backends: backends.clone(),
         started: None,
+        // Per-route counts are not gathered across worker processes yet: kept locally.
+        published_routes: Arc::new(Mutex::new(Vec::new())),
     })?;
     // The control thread's handle on the log is taken back when the worker stops, so the
     // logger sees every handle gone, writes what is queued and ends.

@@ -135,6 +135,14 @@ metrics! {
 /// The `class` label values of `wsplice_http_requests_total`.
 pub const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
 
+/// The index in [`STATUS_CLASSES`] of `status` (0 or out of range: "none").
+pub fn status_class(status: u16) -> usize {
+    match status {
+        100..=599 => usize::from(status / 100 - 1),
+        _ => STATUS_CLASSES.len() - 1,
+    }
+}
+
 /// How Prometheus reads a family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -240,8 +248,15 @@ pub const BACKEND_FAMILIES: [Family; 3] = [
     ),
 ];
 
-/// Every family `/metrics` shows, in order: the workers' list, then the process and per-backend
-/// families.
+/// Forwarded requests per route and status class, published by workers as [`RouteSnapshot`].
+pub const ROUTE_FAMILY: Family = Family::new(
+    Kind::Counter,
+    "wsplice_route_requests_total",
+    "Forwarded (plain HTTP) requests per route (host/prefix) and class of the status answered.",
+);
+
+/// Every family `/metrics` shows, in order: the workers' list, then the process, per-backend
+/// and per-route families.
 pub fn families() -> Vec<Family> {
     struct Names(Vec<Family>);
     impl Visit for Names {
@@ -259,6 +274,7 @@ pub fn families() -> Vec<Family> {
     n.0.extend([OPEN_FDS, FD_LIMIT, UPTIME, WORKERS, WORKER_RESTARTS]);
     n.0.extend([WORKER_CONNECTIONS, WORKER_OPEN_FDS]);
     n.0.extend(BACKEND_FAMILIES);
+    n.0.push(ROUTE_FAMILY);
     n.0
 }
 
@@ -327,11 +343,7 @@ impl Counters {
 
     /// Counts a forwarded request under the class of its status (0: no answer).
     pub fn count_request(&mut self, status: u16) {
-        let i = match status {
-            100..=599 => usize::from(status / 100 - 1),
-            _ => STATUS_CLASSES.len() - 1,
-        };
-        self.requests[i] += 1;
+        self.requests[status_class(status)] += 1;
     }
 
     /// Counts a closed tunnel under its reason.
@@ -499,9 +511,53 @@ pub fn render_backends(all: &[Vec<(std::net::SocketAddr, BackendCounts)>]) -> St
     t.out
 }
 
+/// One worker's request counts per route: (route label, counts by [`STATUS_CLASSES`]).
+pub type RouteSnapshot = std::sync::Arc<std::sync::Mutex<Vec<(String, [u64; 6])>>>;
+
+/// Renders [`ROUTE_FAMILY`], summing workers' lists by route.
+pub fn render_routes(all: &[Vec<(String, [u64; 6])>]) -> String {
+    let mut sum: Vec<(String, [u64; 6])> = Vec::new();
+    for w in all {
+        for (label, c) in w {
+            match sum.iter_mut().find(|(l, _)| l == label) {
+                Some((_, t)) => t.iter_mut().zip(c).for_each(|(a, b)| *a += b),
+                None => sum.push((label.clone(), *c)),
+            }
+        }
+    }
+    sum.sort();
+    let mut t = Text::default();
+    for (label, c) in &sum {
+        // A prefix may hold `"` or `\`: the label value escapes them.
+        let route = label.replace('\\', "\\\\").replace('"', "\\\"");
+        for (class, n) in STATUS_CLASSES.iter().zip(c) {
+            let pair = format!("{route}\",class=\"{class}");
+            t.line(&ROUTE_FAMILY, "", Some(("route", &pair)), n);
+        }
+    }
+    t.out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn route_lines_sum_workers_and_escape_labels() {
+        let a = vec![("/app".to_owned(), [0, 2, 0, 1, 0, 0])];
+        let b = vec![
+            ("/app".to_owned(), [0, 3, 0, 0, 0, 1]),
+            ("h/\"x".to_owned(), [0; 6]),
+        ];
+        let t = render_routes(&[a, b]);
+        assert!(t.starts_with("# HELP wsplice_route_requests_total "), "{t}");
+        assert!(
+            t.contains("\nwsplice_route_requests_total{route=\"/app\",class=\"2xx\"} 5\n"),
+            "{t}"
+        );
+        assert!(t.contains("{route=\"/app\",class=\"none\"} 1\n"), "{t}");
+        assert!(t.contains("{route=\"h/\\\"x\",class=\"5xx\"} 0\n"), "{t}");
+    }
 
     #[test]
     fn every_slot_is_one_field_once() {

@@ -18,7 +18,8 @@ use crate::driver::access_log::{LogSink, Record};
 use crate::driver::backends::BackendTable;
 use crate::driver::limiter::{ConnLimiter, IpLimiter};
 use crate::driver::pool::BackendPool;
-use crate::driver::stats::{BackendSnapshot, Counters, Published};
+use crate::driver::routes::RouteCounts;
+use crate::driver::stats::{BackendSnapshot, Counters, Published, RouteSnapshot};
 use crate::driver::{Control, Params};
 use crate::sys::pipe::{Pipe, PipePool};
 use crate::sys::sock::tune;
@@ -55,6 +56,7 @@ pub struct WorkerConfig {
     /// Told once the driver is set up (its loop is about to wait), so that `ready` is printed
     /// only when every worker can serve.
     pub started: Option<std::sync::mpsc::SyncSender<()>>,
+    pub published_routes: RouteSnapshot,
 }
 
 /// What a driver watches: a connection's socket, or a listener.
@@ -143,6 +145,7 @@ pub struct Worker {
     log: Option<LogSink>,
     log_batch: String,
     backends: BackendTable,
+    routes: RouteCounts,
     listeners: Vec<Option<(SocketAddr, TcpListener)>>,
     conns: Slab<Slot>,
     /// Keys of connections closed in this event batch (see [`Slot::Dead`]).
@@ -185,6 +188,8 @@ impl Worker {
         let now = Instant::now();
         let clock = Clock::new(now);
         let tick = clock.tick(now);
+        let mut routes = RouteCounts::new(cfg.published_routes);
+        routes.know(&cfg.params.settings.routes);
         let counters = Counters {
             drivers: [1, 0],
             ..Counters::default()
@@ -204,6 +209,7 @@ impl Worker {
             log: cfg.log,
             log_batch: String::new(),
             backends: BackendTable::new(cfg.published_backends),
+            routes,
             listeners: cfg.listeners.into_iter().map(Some).collect(),
             conns: Slab::new(),
             dead: Vec::new(),
@@ -672,9 +678,11 @@ impl Worker {
                 status,
                 reused: _,
                 retried,
+                route,
             } => {
                 self.counters.count_request(status);
                 self.counters.retries += u64::from(retried);
+                self.routes.count(route, status);
             }
             Note::RelayOpened { backend, handshake } => {
                 self.counters.observe_handshake(handshake);
@@ -821,6 +829,7 @@ impl Worker {
 
     fn publish(&mut self) {
         self.backends.publish();
+        self.routes.publish();
         if let Some(sink) = &self.log {
             self.counters.access_log_dropped += sink.flush(&mut self.log_batch);
         }
@@ -846,6 +855,7 @@ impl Worker {
                     self.backend_pool
                         .set_limits(r.params.pool_max_idle, r.params.pool_idle_timeout);
                     self.params = r.params;
+                    self.routes.know(&self.params.settings.routes);
                     if self.draining.is_none() {
                         for (addr, l) in r.add {
                             if let Err(e) = self.add_listener(addr, l, d) {
@@ -863,6 +873,10 @@ impl Worker {
                             self.listeners.iter().flatten().map(|(a, _)| *a).collect();
                         for a in addrs {
                             self.remove_listener(a, d);
+                        }
+                        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+                        for k in keys {
+                            self.ready(k, Event::Draining, d);
                         }
                     }
                 }

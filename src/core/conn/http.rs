@@ -292,6 +292,8 @@ impl Exchange {
                 }
             }
             Event::Timer(_) | Event::Resume => {}
+            // Finish this request, then close: its answer says so if not sent yet.
+            Event::Draining => self.client_close = true,
             Event::Drain => {
                 self.ending = Some(Ending::Abort(EndReason::Drained));
             }
@@ -459,6 +461,7 @@ impl Exchange {
             status,
             reused: self.reused,
             retried: self.retried,
+            route: self.settings.routes.get(self.route).id,
         }));
         if self.log {
             self.steps.push_back(Step::Log(
@@ -503,7 +506,7 @@ impl Exchange {
                 } else {
                     Step::CloseBackend
                 });
-                if self.close_client {
+                if self.close_client || self.client_close {
                     Polled::Close
                 } else {
                     let _ = t;
@@ -711,7 +714,7 @@ impl Exchange {
             None => self.backend_broke(BackendFailure::ClosedEarly, t),
             Some(a) => {
                 self.reusable = false;
-                if a.finish().is_err() {
+                if a.finish(&mut self.down).is_err() {
                     // Shorter than it said: the client sees the body end early.
                     self.ending = Some(Ending::Abort(EndReason::Aborted));
                 }
@@ -755,6 +758,7 @@ impl Exchange {
             let extra = Extra {
                 close,
                 set_cookie: cookie.as_deref(),
+                rechunk: true,
             };
             let max_headers = self.settings.max_headers;
             match rewrite_response(&head, self.head_method, max_headers, extra, &mut self.down) {
@@ -766,8 +770,14 @@ impl Exchange {
                 Ok(r) => {
                     self.status = r.status;
                     self.reusable = r.reusable;
-                    self.close_client = close || r.body == crate::core::validate::Body::UntilClose;
-                    self.answer = Some(BodyReader::new(r.body));
+                    self.close_client = close;
+                    // A body that ends when the backend closes goes on chunked: the client's
+                    // connection stays open after it (uwsgi and HTTP/1.0 backends answer so).
+                    self.answer = Some(if r.body == crate::core::validate::Body::UntilClose {
+                        BodyReader::rechunking()
+                    } else {
+                        BodyReader::new(r.body)
+                    });
                 }
             }
             if rest.is_empty() {

@@ -127,6 +127,8 @@ impl Linger {
             Event::Timer(due) => self.done |= due == self.armed,
             Event::Resume => {}
             Event::Drain => self.done = true,
+            // Already closing.
+            Event::Draining => {}
         }
     }
 

@@ -137,6 +137,8 @@ pub enum Note {
         status: u16,
         reused: bool,
         retried: bool,
+        /// The route's [`crate::core::route::RouteEntry::id`].
+        route: u32,
     },
 }
 
@@ -233,6 +235,10 @@ pub enum Event {
     Timer(Tick),
     /// Continue after a [`Step::Yield`].
     Resume,
+    /// The proxy stops (a drain began): finish what is under way, start nothing new. Idle
+    /// keep-alive connections close now; a forwarded request's answer says
+    /// `Connection: close`; tunnels run on until [`Event::Drain`].
+    Draining,
     /// The drain time is over: end now.
     Drain,
 }
@@ -334,6 +340,8 @@ impl<P> Relaying<P> {
             }
             Event::Timer(_) => {} // stale: the relay re-armed since
             Event::Drain => self.closed = Some(CloseReason::Drain),
+            // A tunnel runs until it ends or the drain time is over.
+            Event::Draining => {}
         }
     }
 

@@ -303,3 +303,174 @@ fn a_stale_timer_does_nothing_and_the_drain_ends_an_upgrade() {
         other => panic!("expected the end, got {other:?}"),
     }
 }
+
+// ---- the HTTP stage --------------------------------------------------------------------------
+
+const GET: &[u8] = b"GET /notice/x HTTP/1.1\r\nHost: h\r\n\r\n";
+const OK2: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+/// Accepts a client that sends `head` on a one-backend route; returns the rig at the
+/// backend connection request.
+fn plain(head: &[u8]) -> (Rig, SocketAddr) {
+    let mut r = accept(false, &["127.0.0.1:9001"]);
+    assert!(matches!(r.next(), Step::Admit(_)));
+    r.conn.complete_admit(Admission::Unlimited, &r.t);
+    let read = r.expect_io();
+    r.io(read, head);
+    (r, "127.0.0.1:9001".parse().expect("addr"))
+}
+
+/// Writes the head the exchange asks to write; returns it.
+fn backend_gets_head(r: &mut Rig) -> Vec<u8> {
+    let w = r.expect_io();
+    assert_eq!(
+        w,
+        IoOp::Write {
+            side: Side::Backend,
+            src: Src::Held
+        }
+    );
+    let head = r.conn.out_bytes().to_vec();
+    r.io(w, &head);
+    head
+}
+
+fn expect_request_note(r: &mut Rig, status: u16, reused: bool, retried: bool) {
+    match r.next() {
+        Step::Note(Note::Request {
+            status: s,
+            reused: u,
+            retried: t,
+            ..
+        }) => assert_eq!((s, u, t), (status, reused, retried)),
+        other => panic!("expected the request note, got {other:?}"),
+    }
+    match r.next() {
+        Step::Log(l, _) => assert_eq!(l.status, status),
+        other => panic!("expected the access log line, got {other:?}"),
+    }
+}
+
+#[test]
+fn plain_get_on_a_pooled_connection_then_the_next_head_is_read() {
+    let (mut r, backend) = plain(GET);
+    assert!(matches!(r.next(), Step::Checkout(a) if a == backend));
+    r.conn.complete_connect(Connecting::Reused, &r.t);
+    let head = backend_gets_head(&mut r);
+    assert!(
+        head.starts_with(b"GET /x HTTP/1.1\r\nHost: h\r\n"),
+        "{head:?}"
+    );
+    assert!(!head.windows(6).any(|w| w == b"close\r"), "a reusable head");
+    let read = r.expect_io();
+    assert!(matches!(
+        read,
+        IoOp::Read {
+            side: Side::Backend,
+            ..
+        }
+    ));
+    r.io(read, OK2);
+    let w = r.expect_io();
+    assert_eq!(
+        w,
+        IoOp::Write {
+            side: Side::Client,
+            src: Src::Held
+        }
+    );
+    assert_eq!(r.conn.out_bytes(), OK2);
+    r.io(w, OK2);
+    expect_request_note(&mut r, 200, true, false);
+    assert!(matches!(r.next(), Step::Release(a) if a == backend));
+    // Keep-alive: the upgrade stage reads the next head.
+    let read = r.expect_io();
+    assert!(matches!(
+        read,
+        IoOp::Read {
+            side: Side::Client,
+            ..
+        }
+    ));
+    assert!(matches!(r.conn, Conn::Upgrade(_)));
+}
+
+#[test]
+fn a_reused_connection_closing_unanswered_is_retried_on_a_new_one() {
+    let (mut r, backend) = plain(GET);
+    assert!(matches!(r.next(), Step::Checkout(_)));
+    r.conn.complete_connect(Connecting::Reused, &r.t);
+    backend_gets_head(&mut r);
+    let read = r.expect_io();
+    r.io(read, b"");
+    assert!(
+        matches!(r.next(), Step::Connect(a) if a == backend),
+        "a fresh connect"
+    );
+    r.conn.complete_connect(Connecting::Started, &r.t);
+    r.conn.handle(ready(Side::Backend, false, true), &r.t);
+    assert!(matches!(r.next(), Step::CheckConnect));
+    r.conn.complete_connect(Connecting::Connected, &r.t);
+    backend_gets_head(&mut r);
+    let read = r.expect_io();
+    r.io(read, OK2);
+    let w = r.expect_io();
+    r.io(w, OK2);
+    expect_request_note(&mut r, 200, false, true);
+}
+
+#[test]
+fn a_post_is_not_retried_once_its_body_went_out() {
+    let (mut r, backend) =
+        plain(b"POST /notice/x HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc");
+    assert!(matches!(r.next(), Step::Checkout(_)));
+    r.conn.complete_connect(Connecting::Reused, &r.t);
+    backend_gets_head(&mut r);
+    let w = r.expect_io();
+    assert_eq!(r.conn.out_bytes(), b"abc");
+    r.io(w, b"abc");
+    let read = r.expect_io();
+    r.io(read, b"");
+    assert!(matches!(r.next(), Step::Note(Note::BackendFailed(a)) if a == backend));
+    expect_request_note(&mut r, 502, true, false);
+    assert!(matches!(r.next(), Step::CloseBackend));
+    let w = r.expect_io();
+    assert!(r
+        .conn
+        .out_bytes()
+        .starts_with(b"HTTP/1.1 502 Bad Gateway\r\n"));
+    let _ = w;
+}
+
+#[test]
+fn a_broken_chunked_body_is_a_400_before_any_connect() {
+    let (mut r, _) = plain(b"POST /notice/x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n");
+    expect_request_note(&mut r, 400, false, false);
+    assert!(matches!(r.next(), Step::CloseBackend));
+    let _ = r.expect_io();
+    let out = String::from_utf8_lossy(r.conn.out_bytes()).into_owned();
+    assert!(out.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{out}");
+    assert!(
+        out.ends_with("400 Bad Request: the request is malformed.\n"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_silent_backend_gets_504_after_the_response_timeout() {
+    let (mut r, backend) = plain(GET);
+    assert!(matches!(r.next(), Step::Checkout(_)));
+    r.conn.complete_connect(Connecting::Reused, &r.t);
+    backend_gets_head(&mut r);
+    let read = r.expect_io();
+    r.complete(read, Err(io::ErrorKind::WouldBlock.into()));
+    assert!(matches!(r.next(), Step::Wait));
+    // Not yet: the default response timeout is 60 s.
+    r.after(Duration::from_secs(30));
+    r.fire_timer();
+    assert!(matches!(r.next(), Step::Wait));
+    r.after(Duration::from_secs(61));
+    r.fire_timer();
+    assert!(matches!(r.next(), Step::Note(Note::BackendFailed(a)) if a == backend));
+    expect_request_note(&mut r, 504, true, false);
+}

@@ -220,6 +220,14 @@ impl Upgrading {
                 self.act(a);
             }
             Event::Timer(_) | Event::Resume => {}
+            // A keep-alive connection between requests holds nothing: close it now. A head on
+            // its way is served (its answer will say `Connection: close`).
+            Event::Draining => {
+                if self.hs.is_idle() {
+                    self.drained = true;
+                    self.action = Some(Action::Close);
+                }
+            }
             // `Polled` turns this into the end.
             Event::Drain => {
                 self.drained = true;

@@ -42,6 +42,8 @@ enum State {
     /// This many bytes left.
     Length(u64),
     UntilClose,
+    /// Until close, written out chunked: each piece a chunk, the last chunk at the close.
+    Rechunk,
     /// Reading a chunk-size line into `line`.
     Size,
     /// This many bytes of chunk data left.
@@ -86,9 +88,19 @@ impl BodyReader {
         self.state == State::Done
     }
 
+    /// A body that runs until its sender closes, written out chunked, so that the connection
+    /// it goes on to can carry another message after it.
+    pub fn rechunking() -> BodyReader {
+        BodyReader {
+            state: State::Rechunk,
+            line: Vec::new(),
+            data: 0,
+        }
+    }
+
     /// True for a body that ends only when its sender closes.
     pub fn until_close(&self) -> bool {
-        self.state == State::UntilClose
+        matches!(self.state, State::UntilClose | State::Rechunk)
     }
 
     /// Payload bytes seen so far (chunk data without framing).
@@ -104,6 +116,7 @@ impl BodyReader {
             State::Length(n) => Some(n),
             State::Done => Some(0),
             State::UntilClose
+            | State::Rechunk
             | State::Size
             | State::Data(_)
             | State::DataCr
@@ -134,6 +147,13 @@ impl BodyReader {
                 }
                 State::UntilClose => {
                     out.extend_from_slice(input);
+                    self.data += input.len() as u64;
+                    input = &[];
+                }
+                State::Rechunk => {
+                    let _ = write!(out, "{:x}\r\n", input.len());
+                    out.extend_from_slice(input);
+                    out.extend_from_slice(b"\r\n");
                     self.data += input.len() as u64;
                     input = &[];
                 }
@@ -220,12 +240,17 @@ impl BodyReader {
         Ok(total - input.len())
     }
 
-    /// The sender closed: fine for a body that runs until close (it is done now), an error for
-    /// any other body not done yet.
-    pub fn finish(&mut self) -> Result<(), FramingError> {
+    /// The sender closed: fine for a body that runs until close (it is done now; a rechunked
+    /// one gets its last chunk in `out`), an error for any other body not done yet.
+    pub fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), FramingError> {
         match self.state {
             State::Done => Ok(()),
             State::UntilClose => {
+                self.state = State::Done;
+                Ok(())
+            }
+            State::Rechunk => {
+                out.extend_from_slice(b"0\r\n\r\n");
                 self.state = State::Done;
                 Ok(())
             }
@@ -413,13 +438,21 @@ mod tests {
         let mut r = BodyReader::new(Body::UntilClose);
         let mut out = Vec::new();
         assert_eq!(r.feed(b"abc", &mut out), Ok(3));
-        assert_eq!(r.finish(), Ok(()));
+        assert_eq!(r.finish(&mut out), Ok(()));
         assert!(r.is_done());
         let mut r = BodyReader::new(Body::Length(4));
         assert_eq!(r.feed(b"abc", &mut out), Ok(3));
-        assert_eq!(r.finish(), Err(FramingError::Truncated));
+        assert_eq!(r.finish(&mut out), Err(FramingError::Truncated));
         let mut r = BodyReader::new(Body::Chunked);
         assert_eq!(r.feed(b"3\r\nabc\r\n", &mut out), Ok(8));
-        assert_eq!(r.finish(), Err(FramingError::Truncated));
+        assert_eq!(r.finish(&mut out), Err(FramingError::Truncated));
+        // Until close, rechunked: each piece a chunk, the last at the close.
+        let mut r = BodyReader::rechunking();
+        let mut out = Vec::new();
+        assert_eq!(r.feed(b"data: 1\n\n", &mut out), Ok(9));
+        assert_eq!(r.feed(b"xy", &mut out), Ok(2));
+        assert!(!r.is_done() && r.until_close());
+        assert_eq!(r.finish(&mut out), Ok(()));
+        assert_eq!(out, b"9\r\ndata: 1\n\n\r\n2\r\nxy\r\n0\r\n\r\n");
     }
 }

@@ -26,6 +26,9 @@ pub struct Extra<'a> {
     pub close: bool,
     /// A `Set-Cookie` value to add (sticky balancing).
     pub set_cookie: Option<&'a str>,
+    /// Write a body that runs until the backend closes as chunked (the client connection
+    /// can then stay open after it); otherwise the client is told the connection closes.
+    pub rechunk: bool,
 }
 
 /// Why an answer head is refused (the client gets a 502).
@@ -119,8 +122,12 @@ pub fn rewrite_response(
         }
     }
     if !interim {
+        let rechunk = extra.rechunk && body == Body::UntilClose;
         match (body, length) {
             (Body::Chunked, _) => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+            (Body::UntilClose, _) if rechunk => {
+                out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+            }
             // A HEAD or 304 answer keeps the length of the body it stands for.
             (_, Some(n)) => {
                 let _ = write!(out, "Content-Length: {n}\r\n");
@@ -130,7 +137,7 @@ pub fn rewrite_response(
         if let Some(c) = extra.set_cookie {
             let _ = write!(out, "Set-Cookie: {c}\r\n");
         }
-        if extra.close || body == Body::UntilClose {
+        if extra.close || (body == Body::UntilClose && !rechunk) {
             out.extend_from_slice(b"Connection: close\r\n");
         }
     }
@@ -255,6 +262,7 @@ mod tests {
             Extra {
                 close: true,
                 set_cookie: Some("s=1; Path=/"),
+                rechunk: false,
             },
         )
         .expect("valid");
@@ -271,12 +279,23 @@ mod tests {
         assert_eq!(out, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
         let (_, out) = rw("HTTP/1.1 200 OK\r\n\r\n", false, Extra::default()).expect("valid");
         assert_eq!(out, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
+        let rechunk = Extra {
+            rechunk: true,
+            ..Extra::default()
+        };
+        let (r, out) = rw("HTTP/1.0 200 OK\r\nX: 1\r\n\r\n", false, rechunk).expect("valid");
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nX: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+        assert_eq!((r.body, r.reusable), (Body::UntilClose, false));
         let (_, out) = rw(
             "HTTP/1.1 100 Continue\r\nConnection: close\r\n\r\n",
             false,
             Extra {
                 close: true,
                 set_cookie: Some("s=1"),
+                rechunk: true,
             },
         )
         .expect("valid");

@@ -38,6 +38,7 @@ fuzz_target!(|data: &[u8]| {
             strip_prefix: true,
             forwarded_for: ForwardedFor::Append,
             send_proxy: None,
+            options: Default::default(),
         }]),
         Timeouts {
             handshake: Duration::from_secs(10),
@@ -45,6 +46,7 @@ fuzz_target!(|data: &[u8]| {
             idle: Duration::from_secs(60),
             half_close: Duration::from_secs(30),
             drain: Duration::from_secs(30),
+            client_idle: Duration::from_secs(60),
         },
     );
     s.proxy_trusted = vec!["127.0.0.0/8".parse().unwrap()];

@@ -201,6 +201,14 @@ fn check(hs: &Handshake, m: &mut Model, a: Action) {
             );
             m.phase = Phase::Done;
         }
+        Action::Http => {
+            // A plain request was accepted: the HTTP stage takes the connection from here.
+            let end = find_head_end(&m.client_seen, 0).expect("Http before a complete head");
+            let head = &m.client_seen[..end];
+            precheck(head, s.max_head_bytes / 2).expect("Http after a refused head");
+            assert!(hs.route().is_some(), "Http without a route");
+            m.phase = Phase::Done;
+        }
         Action::Relay => {
             assert_eq!(m.phase, Phase::Answer, "Tunnel without an answer");
             let end = find_head_end(&m.answer, 0).expect("Tunnel without an answer head");
