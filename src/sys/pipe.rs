@@ -5,7 +5,7 @@
 
 use nix::fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags};
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 /// A non-blocking pipe: bytes go in at `w`, come out at `r`.
 #[derive(Debug)]
@@ -34,6 +34,16 @@ impl Pipe {
     pub fn fill(&self, from: impl AsFd, len: usize) -> io::Result<usize> {
         let flags = SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
         Ok(splice(from, None, &self.w, None, len, flags)?)
+    }
+
+    /// The pipe's read end (bytes come out here).
+    pub fn reader(&self) -> BorrowedFd<'_> {
+        self.r.as_fd()
+    }
+
+    /// The pipe's write end (bytes go in here).
+    pub fn writer(&self) -> BorrowedFd<'_> {
+        self.w.as_fd()
     }
 
     /// Moves up to `len` bytes from the pipe into socket `to`. `WouldBlock`: the socket is full.

@@ -303,6 +303,23 @@ impl Ring {
         self.push(e);
     }
 
+    /// Moves up to `len` bytes from `from` to `to` (one of them a pipe) with
+    /// `IORING_OP_SPLICE`. The driver does not use it (the kernel runs it on an io-wq thread);
+    /// `examples/uring_splice.rs` measures it against splice(2).
+    pub fn splice(&mut self, from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: u32, token: u64) {
+        let e = opcode::Splice::new(
+            types::Fd(from.as_raw_fd()),
+            -1,
+            types::Fd(to.as_raw_fd()),
+            -1,
+            len,
+        )
+        .flags(libc::SPLICE_F_MOVE)
+        .build()
+        .user_data(Ring::user_data(token, 0));
+        self.push(e);
+    }
+
     /// Cancels every operation in flight on `fd`; then closes it. Both are submitted with the
     /// next batch, after what was queued before them, so the descriptor number cannot be
     /// reused by an accept before its queued operations were issued.
