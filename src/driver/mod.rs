@@ -245,9 +245,7 @@ fn bind_all(
 }
 
 fn nofile_now() -> u64 {
-    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-        .map(|(soft, _)| soft)
-        .unwrap_or(1024)
+    crate::sys::limits::nofile_limit().map_or(1024, |(soft, _)| soft)
 }
 
 /// Threads: one process's budget split across `workers`.
