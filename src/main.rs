@@ -12,8 +12,10 @@
 //! listen 127.0.0.1:8000 workers=2
 //! route /notice -> 127.0.0.1:50001 strip_prefix=true
 //! route /msg host=example.com -> 127.0.0.1:50002,127.0.0.1:50003 strip_prefix=true
+//! cpus: 2 (affinity: 2 CPUs; no cgroup CPU quota); workers = 2 (one per CPU)
 //! workers: 2 processes (worker_model = "auto": an open-file limit of 20000 per process holds 9381 tunnels in one process, 18762 in 2 processes of 9381 each)
 //! capacity: 18762 connections, 1172 pipes (open-file limit 20000 per process; per worker 9381 connections, 586 pipes; pipes may pin 73 MiB)
+//! memory: limits.max_memory = 64.0 MiB allows 208 tunnels (104 per worker; ...)   (with a budget)
 //! ready
 //! ```
 //!
@@ -36,6 +38,7 @@ use wsplice::config::{Config, ConfigError, RelayMode, WorkerModel};
 use wsplice::core::relay::CloseReason;
 use wsplice::driver::supervisor::{Event, Spawn, Supervisor};
 use wsplice::driver::{self, admin, process, Server, StatsReader};
+use wsplice::sys::cpus::Cpus;
 use wsplice::sys::limits;
 
 // The toy backends of `wsplice demo` live with the binary: the library has no use for a
@@ -66,7 +69,8 @@ struct Args {
     )]
     route: Vec<String>,
 
-    /// Workers (default: one per CPU). Overrides the configuration file.
+    /// Workers (default: one per CPU this process may use: its affinity mask, capped by a cgroup
+    /// CPU quota). Overrides the configuration file.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     workers: Option<u16>,
 
@@ -321,6 +325,7 @@ fn announce(
     stats: StatsReader,
     choice: &driver::ModelChoice,
     soft: u64,
+    cpus_line: &str,
 ) -> io::Result<()> {
     let workers = cfg.workers.unwrap_or(1);
     if let Some(addr) = cfg.admin {
@@ -349,6 +354,7 @@ fn announce(
         WorkerModel::Processes => "processes",
         _ => "threads",
     };
+    lines.push(cpus_line.to_owned());
     lines.push(format!("workers: {workers} {kind} ({})", choice.reason));
     let pipe = cfg.relay.pipe_size as u64;
     lines.push(match choice.model {
@@ -374,6 +380,10 @@ fn announce(
             )
         }
     });
+    let processes = choice.model == WorkerModel::Processes;
+    if let Some(plan) = driver::memory_plan(cfg, workers, processes) {
+        lines.push(plan.describe(workers));
+    }
     lines.push("ready".to_owned());
     let mut out = io::stdout().lock();
     for line in lines {
@@ -404,9 +414,14 @@ fn run(mut cfg: Config, mut text: Option<String>, args: &Args) -> io::Result<()>
             limits::nofile_limit()?
         }
     };
-    if cfg.workers.is_none() {
-        cfg.workers = Some(std::thread::available_parallelism().map_or(1, |n| n.get()));
-    }
+    let cpus = Cpus::of_this_process();
+    let cpus_line = match cfg.workers {
+        Some(n) => format!("cpus: {cpus}; workers = {n} as configured"),
+        None => {
+            cfg.workers = Some(cpus.count());
+            format!("cpus: {cpus}; workers = {} (one per CPU)", cpus.count())
+        }
+    };
     let choice = driver::choose_model(&cfg, soft);
     // Signals are caught from here on, before `ready`, so a script may signal right after it.
     let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT, SIGUSR1])?;
@@ -431,7 +446,14 @@ fn run(mut cfg: Config, mut text: Option<String>, args: &Args) -> io::Result<()>
             (tx, rx),
             soft,
         )?;
-        announce(&cfg, &sup.local_addrs(), sup.stats_reader(), &choice, soft)?;
+        announce(
+            &cfg,
+            &sup.local_addrs(),
+            sup.stats_reader(),
+            &choice,
+            soft,
+            &cpus_line,
+        )?;
         let mut running = Processes { sup, nofile: soft };
         let mut stopping = false;
         while let Some(sig) = running.sup.next_signal() {
@@ -462,6 +484,7 @@ fn run(mut cfg: Config, mut text: Option<String>, args: &Args) -> io::Result<()>
         server.stats_reader(),
         &choice,
         soft,
+        &cpus_line,
     )?;
     for sig in signals.forever() {
         match sig {

@@ -17,6 +17,7 @@ pub mod admin;
 pub mod backends;
 pub mod epoll;
 pub mod limiter;
+pub mod memory;
 pub mod process;
 pub mod shared;
 pub mod stats;
@@ -177,6 +178,8 @@ pub struct Params {
     pub proxy_listen: Vec<SocketAddr>,
     /// Some route sends PROXY headers: the local address of each connection is needed.
     pub send_proxy: bool,
+    /// This worker's share of `limits.max_memory`, if one is set.
+    pub memory: Option<memory::MemoryPlan>,
 }
 
 /// A new configuration for a worker.
@@ -259,7 +262,25 @@ fn params_for(cfg: &Config, workers: usize) -> Params {
         routes,
         cap.max_connections,
         cap.max_pipes.div_ceil(workers),
+        memory_plan(cfg, workers, false),
     )
+}
+
+/// Each worker's share of `limits.max_memory` (None without one); `processes`: one process per
+/// worker. The start-up footprint is this process's when it first asked (see
+/// [`memory::start_rss`]).
+pub fn memory_plan(cfg: &Config, workers: usize, processes: bool) -> Option<memory::MemoryPlan> {
+    cfg.limits.max_memory.map(|max| {
+        memory::MemoryPlan::new(
+            max,
+            workers,
+            processes,
+            memory::start_rss(),
+            memory::SocketBuffers::from_sysctls(),
+            cfg.limits.max_head_bytes,
+            cfg.relay.pipe_size,
+        )
+    })
 }
 
 /// Processes: each worker has its own process's budget (see [`process_capacity`]); round-robin
@@ -267,7 +288,8 @@ fn params_for(cfg: &Config, workers: usize) -> Params {
 pub fn process_params(cfg: &Config, shared: Arc<shared::Shared>) -> Params {
     let (per, total) = process_capacity(cfg, nofile_now());
     let routes = RouteTable::with_shared_cursors(&cfg.routes, shared);
-    params_with(cfg, routes, total.max_connections, per.max_pipes)
+    let memory = memory_plan(cfg, cfg.workers.unwrap_or(1), true);
+    params_with(cfg, routes, total.max_connections, per.max_pipes, memory)
 }
 
 fn params_with(
@@ -275,6 +297,7 @@ fn params_with(
     routes: RouteTable,
     max_connections: usize,
     max_pipes: usize,
+    memory: Option<memory::MemoryPlan>,
 ) -> Params {
     Params {
         settings: Arc::new(Settings {
@@ -299,7 +322,10 @@ fn params_with(
                 cfg.keepalive.interval,
                 cfg.keepalive.count,
             )),
+            // The budget charges each socket its buffers: they must not grow past that.
+            buffers: memory.map(|m| (m.buffers.rcv, m.buffers.snd)),
         },
+        memory,
     }
 }
 

@@ -16,6 +16,7 @@ use crate::core::timer::{Clock, Tick, Wheel};
 use crate::driver::access_log::{LogSink, Record};
 use crate::driver::backends::BackendTable;
 use crate::driver::limiter::{ConnLimiter, IpLimiter};
+use crate::driver::memory::Budgeted;
 use crate::driver::stats::{BackendSnapshot, Counters, Published};
 use crate::driver::{Control, Params};
 use crate::sys::pipe::{Pipe, PipePool};
@@ -118,7 +119,10 @@ pub struct Worker {
     fired: Vec<(u32, Tick)>,
     time: Time,
     scratch: Box<[u8]>,
-    pool: PipePool,
+    /// The pipe pool, behind the worker's share of `limits.max_memory`.
+    pool: Budgeted,
+    /// Set while a client refused for memory is answered, so its 503 is counted as such.
+    refusing_for_memory: bool,
     relay_stats: RelayStats,
     counters: Counters,
     accept_paused_until: Option<Instant>,
@@ -139,7 +143,11 @@ impl Worker {
         let tick = clock.tick(now);
         Worker {
             id: cfg.id,
-            pool: PipePool::new(cfg.params.max_pipes, cfg.params.pipe_size),
+            pool: Budgeted::new(
+                PipePool::new(cfg.params.max_pipes, cfg.params.pipe_size),
+                cfg.params.memory,
+            ),
+            refusing_for_memory: false,
             params: cfg.params,
             published: cfg.published,
             control: cfg.control,
@@ -245,7 +253,13 @@ impl Worker {
         } else {
             configured
         };
-        let full = !self.total.acquire();
+        let mut full = !self.total.acquire();
+        // The memory budget is asked second: a slot taken for nothing is given straight back.
+        if !full && !self.pool.used.admit(self.params.memory.as_ref()) {
+            self.total.release();
+            full = true;
+            self.refusing_for_memory = true;
+        }
         let accept = Accept {
             peer,
             local,
@@ -262,7 +276,9 @@ impl Worker {
         {
             if !full {
                 self.total.release();
+                self.pool.used.ended(false);
             }
+            self.refusing_for_memory = false;
             return;
         }
         entry.insert(Slot::Live(Entry {
@@ -271,6 +287,7 @@ impl Worker {
             conn,
         }));
         self.drive(key, d);
+        self.refusing_for_memory = false;
     }
 
     // ---- events ----------------------------------------------------------------------------
@@ -391,9 +408,11 @@ impl Worker {
         match n {
             Note::BackendFailed(addr) => self.backends.counts(addr).failures += 1,
             Note::Rejected(r) => self.counters.count_reject(r),
+            Note::Full if self.refusing_for_memory => self.counters.rejected_memory += 1,
             Note::Full => self.counters.rejected_full += 1,
             Note::Answered => self.counters.forwarded += 1,
             Note::RelayOpened { backend, handshake } => {
+                self.pool.used.relay_opened();
                 self.counters.observe_handshake(handshake);
                 self.counters.tunnels += 1;
                 let id = backend.map_or(u16::MAX, |a| {
@@ -422,6 +441,9 @@ impl Worker {
         self.dead.push(key);
         if end.holds_slot {
             self.total.release();
+            self.pool
+                .used
+                .ended(matches!(end.reason, EndReason::Relay(_)));
         }
         if let Some(ip) = end.counted_ip {
             self.limiter.release(ip);
@@ -521,7 +543,7 @@ impl Worker {
         self.conns.shrink_to_fit();
         self.wheel.shrink_to_fit();
         self.deferred.shrink_to_fit();
-        self.pool.release_idle();
+        self.pool.pipes.release_idle();
         crate::sys::mem::release_free_memory();
     }
 
@@ -532,7 +554,8 @@ impl Worker {
         }
         self.counters.connections = self.conns.len() as u64;
         self.counters.relay = self.relay_stats;
-        self.counters.pipes = self.pool.stats();
+        self.counters.pipes = self.pool.pipes.stats();
+        self.counters.memory_reserved = self.pool.reserved();
         self.published.store(&self.counters);
     }
 
@@ -547,7 +570,10 @@ impl Worker {
                     for addr in r.remove {
                         self.remove_listener(addr, d);
                     }
-                    self.pool.set_limits(r.params.max_pipes, r.params.pipe_size);
+                    self.pool
+                        .pipes
+                        .set_limits(r.params.max_pipes, r.params.pipe_size);
+                    self.pool.plan = r.params.memory;
                     self.params = r.params;
                     if self.draining.is_none() {
                         for (addr, l) in r.add {
@@ -607,10 +633,10 @@ impl Worker {
 /// What the worker lends a connection for one call (split borrows of the worker's fields).
 fn ctx<'a>(
     scratch: &'a [u8],
-    pool: &'a mut PipePool,
+    pool: &'a mut Budgeted,
     stats: &'a mut RelayStats,
     params: &Params,
-) -> Ctx<'a, PipePool> {
+) -> Ctx<'a, Budgeted> {
     Ctx {
         scratch,
         pipes: pool,
