@@ -15,9 +15,11 @@
 //! tls cert /etc/wsplice/site.pem names=example.com,*.example.com
 //! route /notice -> 127.0.0.1:50001 strip_prefix=true
 //! route /msg host=example.com -> 127.0.0.1:50002,127.0.0.1:50003 strip_prefix=true
+//! cpus: 2 (affinity: 2 CPUs; no cgroup CPU quota); workers = 2 (one per CPU)
 //! workers: 2 processes (worker_model = "auto": an open-file limit of 20000 per process holds 9381 tunnels in one process, 18762 in 2 processes of 9381 each)
 //! capacity: 18762 connections, 1172 pipes (open-file limit 20000 per process; per worker 9381 connections, 586 pipes; pipes may pin 73 MiB)
 //! driver epoll
+//! memory: limits.max_memory = 64.0 MiB allows 208 tunnels (104 per worker; ...)   (with a budget)
 //! ready
 //! ```
 //!
@@ -40,6 +42,7 @@ use wsplice::config::{Config, ConfigError, DriverMode, RelayMode, TlsFlags, Work
 use wsplice::core::relay::CloseReason;
 use wsplice::driver::supervisor::{Event, Spawn, Supervisor};
 use wsplice::driver::{self, admin, process, Server, StatsReader};
+use wsplice::sys::cpus::Cpus;
 use wsplice::sys::limits;
 
 // The toy backends of `wsplice demo` live with the binary: the library has no use for a
@@ -89,7 +92,8 @@ struct Args {
     )]
     route: Vec<String>,
 
-    /// Workers (default: one per CPU). Overrides the configuration file.
+    /// Workers (default: one per CPU this process may use: its affinity mask, capped by a cgroup
+    /// CPU quota). Overrides the configuration file.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     workers: Option<u16>,
 
@@ -411,15 +415,29 @@ fn mib(bytes: u64) -> u64 {
 }
 
 /// Prints the start-up lines (listen, routes, model, capacity, admin) and `ready`.
+/// What start-up found out beside the configuration, for [`announce`].
+struct Found<'a> {
+    /// The `tls cert FILE names=...` lines.
+    tls_summary: &'a [String],
+    /// `driver epoll` or `driver uring (...)`.
+    driver_line: &'a str,
+    /// `cpus: N (...)`: the CPUs the process may use and the worker count it gave.
+    cpus_line: &'a str,
+}
+
 fn announce(
     cfg: &Config,
     addrs: &[SocketAddr],
-    tls_summary: &[String],
-    driver_line: &str,
+    found: Found<'_>,
     stats: StatsReader,
     choice: &driver::ModelChoice,
     soft: u64,
 ) -> io::Result<()> {
+    let Found {
+        tls_summary,
+        driver_line,
+        cpus_line,
+    } = found;
     let workers = cfg.workers.unwrap_or(1);
     if let Some(addr) = cfg.admin {
         let bound = admin::start(addr, stats, Instant::now())?;
@@ -451,6 +469,7 @@ fn announce(
         WorkerModel::Processes => "processes",
         _ => "threads",
     };
+    lines.push(cpus_line.to_owned());
     lines.push(format!("workers: {workers} {kind} ({})", choice.reason));
     let pipe = cfg.relay.pipe_size as u64;
     lines.push(match choice.model {
@@ -477,6 +496,10 @@ fn announce(
         }
     });
     lines.push(driver_line.to_owned());
+    let processes = choice.model == WorkerModel::Processes;
+    if let Some(plan) = driver::memory_plan(cfg, workers, processes) {
+        lines.push(plan.describe(workers));
+    }
     lines.push("ready".to_owned());
     let mut out = io::stdout().lock();
     for line in lines {
@@ -507,9 +530,14 @@ fn run(mut cfg: Config, mut text: Option<String>, args: &Args) -> io::Result<()>
             limits::nofile_limit()?
         }
     };
-    if cfg.workers.is_none() {
-        cfg.workers = Some(std::thread::available_parallelism().map_or(1, |n| n.get()));
-    }
+    let cpus = Cpus::of_this_process();
+    let cpus_line = match cfg.workers {
+        Some(n) => format!("cpus: {cpus}; workers = {n} as configured"),
+        None => {
+            cfg.workers = Some(cpus.count());
+            format!("cpus: {cpus}; workers = {} (one per CPU)", cpus.count())
+        }
+    };
     let choice = driver::choose_model(&cfg, soft);
     if choice.model == WorkerModel::Processes && cfg.driver == DriverMode::Uring {
         return Err(io::Error::new(
@@ -546,8 +574,11 @@ fn run(mut cfg: Config, mut text: Option<String>, args: &Args) -> io::Result<()>
         announce(
             &cfg,
             &sup.local_addrs(),
-            &certs,
-            "driver epoll (worker processes run epoll; the io_uring driver runs with worker_model = \"threads\")",
+            Found {
+                tls_summary: &certs,
+                driver_line: "driver epoll (worker processes run epoll; the io_uring driver runs with worker_model = \"threads\")",
+                cpus_line: &cpus_line,
+            },
             sup.stats_reader(),
             &choice,
             soft,
@@ -593,8 +624,11 @@ fn run(mut cfg: Config, mut text: Option<String>, args: &Args) -> io::Result<()>
     announce(
         &cfg,
         &server.local_addrs(),
-        &certs,
-        &driver_line,
+        Found {
+            tls_summary: &certs,
+            driver_line: &driver_line,
+            cpus_line: &cpus_line,
+        },
         server.stats_reader(),
         &choice,
         soft,

@@ -180,7 +180,9 @@ fn workers_are_counted_by_driver_and_the_ring_reports_its_batches(d: Driver) {
                 submitted >= 80 && completed >= 80,
                 "{submitted} {completed}"
             );
-            assert!(loops > 0 && loops <= completed, "{loops} loops");
+            // Each loop is one waiting io_uring_enter; timer wake-ups count too, so loops may
+            // exceed completions on a busy machine, but some loops did the work.
+            assert!(loops > 0, "{loops} loops");
         }
     }
 }

@@ -86,6 +86,10 @@ pub struct Limits {
     /// Concurrent connections from one client IP (whole process); `None`: unlimited. Beyond it
     /// new connections get 429.
     pub max_connections_per_ip: Option<usize>,
+    /// Memory the proxy may pin, bytes: its heap and the kernel memory of its sockets and pipes
+    /// (see `driver::memory`). Beyond it new connections get 503 and pipes fall back to copying;
+    /// `None`: no budget.
+    pub max_memory: Option<u64>,
 }
 
 /// TCP keepalive applied to both the client and the backend socket.
@@ -441,6 +445,7 @@ impl Default for Limits {
             max_head_bytes: 16 * 1024,
             max_headers: 100,
             max_connections_per_ip: None,
+            max_memory: None,
         }
     }
 }

@@ -17,6 +17,8 @@ use super::{
 
 const HEAD_BYTES: RangeInclusive<u64> = 1024..=1 << 20;
 const HEADERS: RangeInclusive<u64> = 1..=1000;
+/// Less than 4 MiB cannot hold the process itself and a worker.
+const MAX_MEMORY: RangeInclusive<u64> = 4 << 20..=1 << 40;
 /// Linux caps TCP_KEEPIDLE and TCP_KEEPINTVL at 32767 s (MAX_TCP_KEEPIDLE) and TCP_KEEPCNT at 127.
 const MAX_KEEPALIVE_SECS: u64 = 32767;
 const KEEPALIVE_COUNT: RangeInclusive<u64> = 1..=127;
@@ -52,6 +54,7 @@ pub(super) const LIMITS: &[Key<Limits>] = &[
     key("max_connections_per_ip", |l, f| {
         f.uint_in(1..).map(|n| l.max_connections_per_ip = Some(n))
     }),
+    key("max_memory", |l, f| f.size_in(MAX_MEMORY).map(|n| l.max_memory = Some(n as u64))),
 ];
 
 /// `[keepalive]`.

@@ -101,6 +101,7 @@ fn full_example() {
             max_head_bytes: 65536,
             max_headers: 50,
             max_connections_per_ip: None,
+            max_memory: None,
         },
         keepalive: Keepalive {
             idle: Duration::ZERO,
@@ -232,7 +233,8 @@ fn defaults() {
             max_connections: None,
             max_head_bytes: 16384,
             max_headers: 100,
-            max_connections_per_ip: None
+            max_connections_per_ip: None,
+            max_memory: None
         }
     );
     assert_eq!(
@@ -317,6 +319,18 @@ fn sizes() {
 }
 
 #[test]
+fn max_memory_sizes() {
+    for (text, want) in [
+        ("\"64MiB\"", 64 << 20),
+        ("\"4 MiB\"", 4 << 20),
+        ("8388608", 8 << 20),
+    ] {
+        let cfg = parse(&format!("{LISTEN}[limits]\nmax_memory = {text}\n{ROUTE}")).unwrap();
+        assert_eq!(cfg.limits.max_memory, Some(want), "max_memory = {text}");
+    }
+}
+
+#[test]
 fn prefix_normalization() {
     for (given, want) in [
         ("/", "/"),
@@ -396,6 +410,8 @@ fn bad_values() {
         (format!("{l}[limits]\nmax_head_bytes = \"16 KB/s\"\n{r}"), Some(3), "limits.max_head_bytes", "invalid size"),
         (format!("{l}[limits]\nmax_head_bytes = \"KiB\"\n{r}"), Some(3), "limits.max_head_bytes", "invalid size"),
         (format!("{l}[limits]\nmax_head_bytes = 1.5\n{r}"), Some(3), "limits.max_head_bytes", "found float"),
+        (format!("{l}[limits]\nmax_memory = \"1MiB\"\n{r}"), Some(3), "limits.max_memory", "between 4194304 and 1099511627776, got 1048576"),
+        (format!("{l}[limits]\nmax_memory = \"lots\"\n{r}"), Some(3), "limits.max_memory", "invalid size"),
         (format!("{l}[limits]\nmax_headers = 0\n{r}"), Some(3), "limits.max_headers", "between 1 and 1000"),
         (format!("{l}[limits]\nmax_headers = 1001\n{r}"), Some(3), "limits.max_headers", "between 1 and 1000"),
         // [keepalive]
@@ -649,7 +665,7 @@ fn unknown_key_hints_name_each_sections_keys() {
         ),
         (
             "[limits]",
-            "max_connections, max_head_bytes, max_headers, max_connections_per_ip",
+            "max_connections, max_head_bytes, max_headers, max_connections_per_ip, max_memory",
         ),
         ("[keepalive]", "idle, interval, count"),
         ("[splice]", "max_pipes, pipe_size, threshold"),

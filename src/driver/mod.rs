@@ -18,6 +18,7 @@ pub mod admin;
 pub mod backends;
 pub mod epoll;
 pub mod limiter;
+pub mod memory;
 pub mod pool;
 pub mod process;
 pub mod routes;
@@ -191,6 +192,8 @@ pub struct Params {
     pub pool_max_idle: usize,
     /// An idle pooled backend connection is closed after this.
     pub pool_idle_timeout: std::time::Duration,
+    /// This worker's share of `limits.max_memory`, if one is set.
+    pub memory: Option<memory::MemoryPlan>,
 }
 
 /// A new configuration for a worker.
@@ -337,9 +340,7 @@ pub fn tls_for(cfg: &Config, tickets: &Arc<TicketKeys>) -> io::Result<Option<Arc
 }
 
 fn nofile_now() -> u64 {
-    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-        .map(|(soft, _)| soft)
-        .unwrap_or(1024)
+    crate::sys::limits::nofile_limit().map_or(1024, |(soft, _)| soft)
 }
 
 /// Threads: one process's budget split across `workers`.
@@ -354,7 +355,25 @@ fn params_for(cfg: &Config, workers: usize, tls: Option<Arc<TlsSettings>>) -> Pa
         tls,
         cap.max_connections,
         cap.max_pipes.div_ceil(workers),
+        memory_plan(cfg, workers, false),
     )
+}
+
+/// Each worker's share of `limits.max_memory` (None without one); `processes`: one process per
+/// worker. The start-up footprint is this process's when it first asked (see
+/// [`memory::start_rss`]).
+pub fn memory_plan(cfg: &Config, workers: usize, processes: bool) -> Option<memory::MemoryPlan> {
+    cfg.limits.max_memory.map(|max| {
+        memory::MemoryPlan::new(
+            max,
+            workers,
+            processes,
+            memory::start_rss(),
+            memory::SocketBuffers::from_sysctls(),
+            cfg.limits.max_head_bytes,
+            cfg.relay.pipe_size,
+        )
+    })
 }
 
 /// Processes: each worker has its own process's budget (see [`process_capacity`]); round-robin
@@ -366,7 +385,15 @@ pub fn process_params(
 ) -> Params {
     let (per, total) = process_capacity(cfg, nofile_now());
     let routes = RouteTable::with_shared_cursors(&cfg.routes, shared);
-    params_with(cfg, routes, tls, total.max_connections, per.max_pipes)
+    let memory = memory_plan(cfg, cfg.workers.unwrap_or(1), true);
+    params_with(
+        cfg,
+        routes,
+        tls,
+        total.max_connections,
+        per.max_pipes,
+        memory,
+    )
 }
 
 fn params_with(
@@ -375,6 +402,7 @@ fn params_with(
     tls: Option<Arc<TlsSettings>>,
     max_connections: usize,
     max_pipes: usize,
+    memory: Option<memory::MemoryPlan>,
 ) -> Params {
     Params {
         settings: Arc::new(Settings {
@@ -406,7 +434,10 @@ fn params_with(
                 cfg.keepalive.interval,
                 cfg.keepalive.count,
             )),
+            // The budget charges each socket its buffers: they must not grow past that.
+            buffers: memory.map(|m| (m.buffers.rcv, m.buffers.snd)),
         },
+        memory,
     }
 }
 

@@ -56,6 +56,13 @@ metrics! {
     connect_emfile = (counter "wsplice_connect_emfile_total");
     /// Clients answered 503 at accept because limits.max_connections were open.
     rejected_full = (counter "wsplice_rejected_full_total");
+    /// Clients answered 503 at accept because their worker's share of limits.max_memory was
+    /// reserved (established tunnels keep flowing). Raise max_memory, or lower the socket
+    /// buffer sysctls (net.ipv4.tcp_rmem/tcp_wmem) to fit more tunnels in it.
+    rejected_memory = (counter "wsplice_rejected_memory_total");
+    /// Bytes reserved of limits.max_memory by open connections and lent pipes (0 without a
+    /// budget).
+    memory_reserved = (gauge "wsplice_memory_reserved_bytes" json "memory_reserved_bytes");
     /// Tunnels established (the backend answered 101).
     tunnels = (counter "wsplice_tunnels_total" json "tunnels_total");
     /// Backend answers other than 101 passed on to the client.
@@ -90,8 +97,8 @@ metrics! {
         pooled = (gauge "wsplice_pipes_pooled");
         /// Splice pipes ever created.
         created = (counter "wsplice_pipes_created_total");
-        /// Times a splice pipe was wanted but none could be had (splice.max_pipes reached, or
-        /// pipe creation failed).
+        /// Times a splice pipe was wanted but none could be had (splice.max_pipes or
+        /// limits.max_memory reached, or pipe creation failed).
         unavailable = (counter "wsplice_pipes_unavailable_total");
     };
     /// Access-log lines dropped because the log writer fell behind (a slow disk, or a pipe

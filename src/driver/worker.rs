@@ -17,6 +17,7 @@ use crate::core::timer::{Clock, Tick, Wheel};
 use crate::driver::access_log::{LogSink, Record};
 use crate::driver::backends::BackendTable;
 use crate::driver::limiter::{ConnLimiter, IpLimiter};
+use crate::driver::memory::Budgeted;
 use crate::driver::pool::BackendPool;
 use crate::driver::routes::RouteCounts;
 use crate::driver::stats::{BackendSnapshot, Counters, Published, RouteSnapshot};
@@ -160,7 +161,10 @@ pub struct Worker {
     scratch: Box<[u8]>,
     /// Driver buffers connections are done with, handed back to the driver after each call.
     returned: Vec<BufId>,
-    pool: PipePool,
+    /// The pipe pool, behind the worker's share of `limits.max_memory`.
+    pool: Budgeted,
+    /// Set while a client refused for memory is answered, so its 503 is counted as such.
+    refusing_for_memory: bool,
     /// Idle backend connections for plain HTTP requests.
     backend_pool: BackendPool,
     relay_stats: RelayStats,
@@ -199,7 +203,11 @@ impl Worker {
         cfg.published.store(&counters);
         Worker {
             id: cfg.id,
-            pool: PipePool::new(cfg.params.max_pipes, cfg.params.pipe_size),
+            pool: Budgeted::new(
+                PipePool::new(cfg.params.max_pipes, cfg.params.pipe_size),
+                cfg.params.memory,
+            ),
+            refusing_for_memory: false,
             backend_pool: BackendPool::new(cfg.params.pool_max_idle, cfg.params.pool_idle_timeout),
             params: cfg.params,
             published: cfg.published,
@@ -356,7 +364,13 @@ impl Worker {
             }
             _ => None,
         };
-        let full = !self.total.acquire();
+        let mut full = !self.total.acquire();
+        // The memory budget is asked second: a slot taken for nothing is given straight back.
+        if !full && !self.pool.used.admit(self.params.memory.as_ref()) {
+            self.total.release();
+            full = true;
+            self.refusing_for_memory = true;
+        }
         let accept = Accept {
             peer,
             local,
@@ -374,7 +388,9 @@ impl Worker {
         {
             if !full {
                 self.total.release();
+                self.pool.used.ended(false);
             }
+            self.refusing_for_memory = false;
             return;
         }
         let e = Entry {
@@ -387,6 +403,7 @@ impl Worker {
             self.tls.insert(key, s);
         }
         self.drive(key, d);
+        self.refusing_for_memory = false;
     }
 
     // ---- events ----------------------------------------------------------------------------
@@ -672,6 +689,7 @@ impl Worker {
         match n {
             Note::BackendFailed(addr) => self.backends.counts(addr).failures += 1,
             Note::Rejected(r) => self.counters.count_reject(r),
+            Note::Full if self.refusing_for_memory => self.counters.rejected_memory += 1,
             Note::Full => self.counters.rejected_full += 1,
             Note::Answered => self.counters.forwarded += 1,
             Note::Request {
@@ -685,6 +703,7 @@ impl Worker {
                 self.routes.count(route, status);
             }
             Note::RelayOpened { backend, handshake } => {
+                self.pool.used.relay_opened();
                 self.counters.observe_handshake(handshake);
                 self.counters.tunnels += 1;
                 let id = backend.map_or(u16::MAX, |a| {
@@ -721,6 +740,9 @@ impl Worker {
         self.dead.push(key);
         if end.holds_slot {
             self.total.release();
+            self.pool
+                .used
+                .ended(matches!(end.reason, EndReason::Relay(_)));
         }
         if let Some(ip) = end.counted_ip {
             self.limiter.release(ip);
@@ -823,7 +845,7 @@ impl Worker {
         self.tls_bufs = None;
         self.wheel.shrink_to_fit();
         self.deferred.shrink_to_fit();
-        self.pool.release_idle();
+        self.pool.pipes.release_idle();
         crate::sys::mem::release_free_memory();
     }
 
@@ -835,7 +857,8 @@ impl Worker {
         }
         self.counters.connections = self.conns.len() as u64;
         self.counters.relay = self.relay_stats;
-        self.counters.pipes = self.pool.stats();
+        self.counters.pipes = self.pool.pipes.stats();
+        self.counters.memory_reserved = self.pool.reserved();
         self.counters.pool_idle = self.backend_pool.len() as u64;
         self.published.store(&self.counters);
     }
@@ -851,7 +874,10 @@ impl Worker {
                     for addr in r.remove {
                         self.remove_listener(addr, d);
                     }
-                    self.pool.set_limits(r.params.max_pipes, r.params.pipe_size);
+                    self.pool
+                        .pipes
+                        .set_limits(r.params.max_pipes, r.params.pipe_size);
+                    self.pool.plan = r.params.memory;
                     self.backend_pool
                         .set_limits(r.params.pool_max_idle, r.params.pool_idle_timeout);
                     self.params = r.params;
@@ -919,12 +945,12 @@ impl Worker {
 /// What the worker lends a connection for one call (split borrows of the worker's fields).
 fn ctx<'a>(
     scratch: &'a [u8],
-    pool: &'a mut PipePool,
+    pool: &'a mut Budgeted,
     stats: &'a mut RelayStats,
     returned: &'a mut Vec<BufId>,
     params: &Params,
     completion: bool,
-) -> Ctx<'a, PipePool> {
+) -> Ctx<'a, Budgeted> {
     Ctx {
         scratch,
         lent: None,

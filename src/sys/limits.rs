@@ -12,7 +12,13 @@ const DEFAULT_NR_OPEN: u64 = 1 << 20;
 /// The current RLIMIT_NOFILE as (soft, hard).
 pub fn nofile_limit() -> io::Result<(u64, u64)> {
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
-    Ok((soft, hard))
+    Ok((wide(soft), wide(hard)))
+}
+
+/// `rlim_t` is 32 bits wide on 32-bit glibc (armv7-unknown-linux-gnueabihf), 64 elsewhere.
+#[allow(clippy::useless_conversion)]
+fn wide(limit: libc::rlim_t) -> u64 {
+    u64::from(limit)
 }
 
 /// Raises the RLIMIT_NOFILE soft limit to the hard limit and returns (soft, hard) afterwards.
@@ -24,7 +30,7 @@ pub fn nofile_limit() -> io::Result<(u64, u64)> {
 pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
     let target = if hard == RLIM_INFINITY {
-        nr_open().min(hard)
+        libc::rlim_t::try_from(nr_open()).map_or(hard, |n| n.min(hard))
     } else {
         hard
     };
@@ -67,7 +73,7 @@ mod tests {
     fn raise_reaches_hard_limit() {
         let (soft, hard) = raise_nofile_limit().unwrap();
         assert!(soft <= hard);
-        if hard != RLIM_INFINITY {
+        if hard != wide(RLIM_INFINITY) {
             assert_eq!(soft, hard);
         }
         assert_eq!(nofile_limit().unwrap(), (soft, hard));

@@ -4,6 +4,7 @@
 //! Everything here is reached through nix and socket2's safe wrappers where they exist; each
 //! `unsafe` block that remains (mapping shared memory, adopting a received descriptor, io_uring's
 //! submissions and buffer ring in [`uring`]) carries a `// SAFETY:` line.
+pub mod cpus;
 pub mod ipc;
 pub mod limits;
 pub mod mem;

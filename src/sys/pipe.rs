@@ -149,6 +149,11 @@ impl PipePool {
         drop(p);
     }
 
+    /// Counts a pipe the caller would not lend (a memory budget had no room for it).
+    pub fn refused(&mut self) {
+        self.stats.unavailable += 1;
+    }
+
     pub fn stats(&self) -> PoolStats {
         self.stats
     }

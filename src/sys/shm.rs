@@ -46,7 +46,7 @@ impl SharedMap {
         let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)?;
         let bytes = words
             .checked_mul(WORD)
-            .and_then(|b| i64::try_from(b).ok())
+            .and_then(|b| libc::off_t::try_from(b).ok())
             .ok_or_else(|| io::Error::other("shared memory size overflows"))?;
         nix::unistd::ftruncate(&fd, bytes)?;
         fcntl(
@@ -104,14 +104,20 @@ impl SharedMap {
         let end = (start + len).min(self.words);
         let first_page = start.div_ceil(PAGE_WORDS) * PAGE_WORDS;
         let last_page = end / PAGE_WORDS * PAGE_WORDS;
+        // off_t is 32 bits on 32-bit glibc: a range it cannot name is zeroed word by word.
+        let range = libc::off_t::try_from(first_page * WORD)
+            .ok()
+            .zip(libc::off_t::try_from((last_page - first_page) * WORD).ok());
         let punched = first_page < last_page
-            && fallocate(
-                &self.fd,
-                FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
-                (first_page * WORD) as i64,
-                ((last_page - first_page) * WORD) as i64,
-            )
-            .is_ok();
+            && range.is_some_and(|(offset, len)| {
+                fallocate(
+                    &self.fd,
+                    FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+                    offset,
+                    len,
+                )
+                .is_ok()
+            });
         let words = self.words();
         if punched {
             for w in &words[start..first_page] {

@@ -26,6 +26,9 @@ pub fn reuseport_listener(addr: SocketAddr, backlog: i32) -> io::Result<std::net
 pub struct Tuning {
     /// None: keepalive off.
     pub keepalive: Option<(Duration, Duration, u32)>,
+    /// Fixed (receive, send) buffer sizes in bytes as the kernel counts them (`sk_rcvbuf`,
+    /// `sk_sndbuf`), under a memory budget; None: the kernel autotunes them.
+    pub buffers: Option<(u64, u64)>,
 }
 
 /// TCP_NODELAY (frames are small and latency matters) and keepalive.
@@ -38,6 +41,11 @@ pub fn tune(fd: impl AsFd, t: &Tuning) -> io::Result<()> {
             .with_interval(interval)
             .with_retries(count);
         s.set_tcp_keepalive(&ka)?;
+    }
+    if let Some((rcv, snd)) = t.buffers {
+        // The kernel doubles what SO_RCVBUF/SO_SNDBUF ask for (room for its own overhead).
+        s.set_recv_buffer_size((rcv / 2) as usize)?;
+        s.set_send_buffer_size((snd / 2) as usize)?;
     }
     Ok(())
 }

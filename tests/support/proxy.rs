@@ -476,7 +476,6 @@ impl ProxyBuilder {
     pub fn blocking_start(self) -> Proxy {
         let toml = self.toml();
         let config = TempFile::new("toml", &toml);
-        let bin = env!("CARGO_BIN_EXE_wsplice");
         // A config that names its model keeps it.
         let model = if toml.contains("worker_model") {
             Vec::new()
@@ -485,14 +484,16 @@ impl ProxyBuilder {
         };
         let cmd = match self.open_files {
             None => {
-                let mut c = Command::new(bin);
+                let mut c = wsplice_command();
                 c.arg("--config").arg(config.path()).args(&model);
                 c
             }
             Some(n) => {
+                let bin: Vec<String> = wsplice_argv().iter().map(|a| format!("'{a}'")).collect();
                 let mut c = Command::new("sh");
                 c.arg("-c").arg(format!(
-                    "ulimit -n {n} && exec '{bin}' --config '{}' {}",
+                    "ulimit -n {n} && exec {} --config '{}' {}",
+                    bin.join(" "),
                     config.path().display(),
                     model.join(" ")
                 ));
@@ -537,7 +538,7 @@ impl Proxy {
 
     /// `wsplice ARGS` (a subcommand such as `demo` that prints the same start-up lines).
     pub async fn start_args(args: &[&str]) -> Proxy {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsplice"));
+        let mut cmd = wsplice_command();
         cmd.args(args);
         let description = format!("wsplice {}\n", args.join(" "));
         match tokio::task::spawn_blocking(move || Proxy::spawn(cmd, None, description)).await {
@@ -632,7 +633,7 @@ impl Proxy {
     /// `wsplice --config FILE` with `toml` as it is (for configs the builder does not write).
     pub fn blocking_start_toml(toml: &str) -> Proxy {
         let config = TempFile::new("toml", toml);
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsplice"));
+        let mut cmd = wsplice_command();
         cmd.arg("--config").arg(config.path());
         if !toml.contains("worker_model") {
             cmd.args(worker_model_args());
@@ -835,6 +836,32 @@ impl Drop for Proxy {
             "wsplice exited during the test"
         );
     }
+}
+
+/// The program that runs the proxy: this build's `wsplice`, or the binary `WSPLICE_TEST_BIN`
+/// names (a static cross build, see tools/test-emulated), started through the emulator
+/// `WSPLICE_TEST_RUNNER` names (such as `qemu-aarch64-static`) when that is set.
+pub fn wsplice_argv() -> Vec<String> {
+    let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+    let bin = var("WSPLICE_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_wsplice").to_owned());
+    var("WSPLICE_TEST_RUNNER")
+        .into_iter()
+        .chain([bin])
+        .collect()
+}
+
+/// A [`Command`] for [`wsplice_argv`], arguments still to add.
+pub fn wsplice_command() -> Command {
+    let argv = wsplice_argv();
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    cmd
+}
+
+/// True when the proxy runs under an emulator (`WSPLICE_TEST_RUNNER`): a test of what
+/// emulation cannot show (the host process's memory is the emulator's) skips that part.
+pub fn emulated() -> bool {
+    std::env::var("WSPLICE_TEST_RUNNER").is_ok_and(|v| !v.is_empty())
 }
 
 /// `--worker-model MODEL` when `WSPLICE_TEST_WORKER_MODEL` is set (`threads` or `processes`):
