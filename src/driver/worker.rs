@@ -496,14 +496,7 @@ impl Worker {
             let Some(Slot::Live(e)) = self.conns.get_mut(key) else {
                 return;
             };
-            let mut cx = ctx(
-                &self.scratch,
-                &mut self.pool,
-                &mut self.relay_stats,
-                &mut self.returned,
-                &self.params,
-                completion,
-            );
+            let mut cx = lend!(self, completion);
             let step = e.conn.poll(&mut cx, &self.time);
             if !self.returned.is_empty() {
                 self.give_back(d);
@@ -561,14 +554,7 @@ impl Worker {
                         eof_pending = s.eof_pending()
                             && matches!((op, &res), (IoOp::Read { .. }, Ok(n)) if *n > 0);
                     }
-                    let mut cx = ctx(
-                        &self.scratch,
-                        &mut self.pool,
-                        &mut self.relay_stats,
-                        &mut self.returned,
-                        &self.params,
-                        completion,
-                    );
+                    let mut cx = lend!(self, completion);
                     e.conn.complete_io(op, res, &mut cx, &self.time);
                     if eof_pending {
                         // What EPOLLRDHUP would have said, had the end not already been read
@@ -691,6 +677,7 @@ impl Worker {
             Note::Rejected(r) => self.counters.count_reject(r),
             Note::Full if self.refusing_for_memory => self.counters.rejected_memory += 1,
             Note::Full => self.counters.rejected_full += 1,
+            Note::SlotReleased => self.total.release(),
             Note::Answered => self.counters.forwarded += 1,
             Note::Request {
                 status,
@@ -941,6 +928,21 @@ impl Worker {
         }
     }
 }
+
+/// [`ctx`] from the worker's own fields (a macro: the borrows stay split from `self.conns`).
+macro_rules! lend {
+    ($w:expr, $completion:expr) => {
+        ctx(
+            &$w.scratch,
+            &mut $w.pool,
+            &mut $w.relay_stats,
+            &mut $w.returned,
+            &$w.params,
+            $completion,
+        )
+    };
+}
+use lend;
 
 /// What the worker lends a connection for one call (split borrows of the worker's fields).
 fn ctx<'a>(

@@ -147,39 +147,25 @@ where
 #[allow(unused_macros)]
 macro_rules! e2e {
     ($name:ident, $body:expr) => {
+        e2e!($name, $body, [
+            copy => crate::support::Relay::Copy,
+            splice => crate::support::Relay::Splice,
+            auto => crate::support::Relay::Auto,
+            uring_copy => crate::support::Relay::Copy.uring(),
+            uring_splice => crate::support::Relay::Splice.uring(),
+            uring_auto => crate::support::Relay::Auto.uring()
+        ]);
+    };
+    ($name:ident, $body:expr, [$($test:ident => $relay:expr),+]) => {
         mod $name {
             #[allow(unused_imports)]
             use super::*;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn copy() {
-                crate::support::run(crate::support::Relay::Copy, $body).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn splice() {
-                crate::support::run(crate::support::Relay::Splice, $body).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn auto() {
-                crate::support::run(crate::support::Relay::Auto, $body).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn uring_copy() {
-                crate::support::run(crate::support::Relay::Copy.uring(), $body).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn uring_splice() {
-                crate::support::run(crate::support::Relay::Splice.uring(), $body).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn uring_auto() {
-                crate::support::run(crate::support::Relay::Auto.uring(), $body).await
-            }
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    crate::support::run($relay, $body).await
+                }
+            )+
         }
     };
 }
@@ -206,51 +192,21 @@ macro_rules! drivers {
     };
 }
 
-/// `e2e_tls!(name, body)`: [`e2e!`]'s tests (both drivers) plus `name::tls`, the same scenario with the
-/// client on `wss://` (WebSocket clients speak TLS themselves, raw sockets go through
+/// `e2e_tls!(name, body)`: [`e2e!`]'s tests (both drivers) plus `name::tls`, the same scenario with
+/// the client on `wss://` (WebSocket clients speak TLS themselves, raw sockets go through
 /// [`super::tls::shim`]).
 #[allow(unused_macros)]
 macro_rules! e2e_tls {
     ($name:ident, $body:expr) => {
-        mod $name {
-            #[allow(unused_imports)]
-            use super::*;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn copy() {
-                crate::support::run(crate::support::Relay::Copy, $body).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn splice() {
-                crate::support::run(crate::support::Relay::Splice, $body).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn auto() {
-                crate::support::run(crate::support::Relay::Auto, $body).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn uring_copy() {
-                crate::support::run(crate::support::Relay::Copy.uring(), $body).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn uring_splice() {
-                crate::support::run(crate::support::Relay::Splice.uring(), $body).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn uring_auto() {
-                crate::support::run(crate::support::Relay::Auto.uring(), $body).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn tls() {
-                crate::support::run(crate::support::Relay::Tls, $body).await
-            }
-        }
+        e2e!($name, $body, [
+            copy => crate::support::Relay::Copy,
+            splice => crate::support::Relay::Splice,
+            auto => crate::support::Relay::Auto,
+            uring_copy => crate::support::Relay::Copy.uring(),
+            uring_splice => crate::support::Relay::Splice.uring(),
+            uring_auto => crate::support::Relay::Auto.uring(),
+            tls => crate::support::Relay::Tls
+        ]);
     };
 }
 

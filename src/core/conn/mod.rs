@@ -123,6 +123,9 @@ pub enum Note {
     Rejected(Reject),
     /// The process was at `max_connections` when this client came.
     Full,
+    /// The connection gives its `max_connections` slot back now (it is refused and only lingers
+    /// to deliver the answer); its [`End`] then holds none.
+    SlotReleased,
     /// A backend's non-101 answer is relayed to the client.
     Answered,
     /// The backend switched protocols: the relay begins. The worker answers with
@@ -577,7 +580,11 @@ impl<P> Conn<P> {
         if let Conn::Upgrade(u) = self {
             if u.complete_admit(a) {
                 let r = Reject::TooManyFromIp;
-                let refused = Linger::refuse_at_accept(r, &[Note::Rejected(r)], true, t);
+                // Refused before its head: it lingers only to deliver the 429, so its
+                // `max_connections` slot goes back at once (a client retrying at the limit must
+                // not find the slot of its own refusal taken).
+                let notes = [Note::Rejected(r), Note::SlotReleased];
+                let refused = Linger::refuse_at_accept(r, &notes, false, t);
                 *self = Conn::Linger(Box::new(refused));
             }
         }

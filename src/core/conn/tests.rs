@@ -247,8 +247,10 @@ fn a_client_over_its_per_ip_limit_gets_429_and_no_backend_is_tried() {
         r.next(),
         Step::Note(Note::Rejected(Reject::TooManyFromIp))
     ));
+    // Its max_connections slot goes back before the linger, not after it.
+    assert!(matches!(r.next(), Step::Note(Note::SlotReleased)));
     let e = linger_to_end(&mut r, Reject::TooManyFromIp.response());
-    assert!(e.holds_slot && e.counted_ip.is_none());
+    assert!(!e.holds_slot && e.counted_ip.is_none());
 }
 
 #[test]
