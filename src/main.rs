@@ -48,6 +48,9 @@ use wsplice::sys::limits;
 // The toy backends of `wsplice demo` live with the binary: the library has no use for a
 // WebSocket implementation of its own.
 mod demo;
+mod report;
+
+use report::{announce, stopped, stopping_message, tls_summary, Found};
 
 /// A WebSocket reverse proxy: strict upgrade handshakes, then a splice(2) relay.
 #[derive(Debug, Parser)]
@@ -398,128 +401,6 @@ impl Running for Processes {
     fn reopen_log(&self) -> bool {
         self.sup.reopen_log()
     }
-}
-
-/// Loads `cfg`'s certificates to check them and describe them. Worker processes load them again
-/// themselves, with the ticket key bytes the supervisor shares (none are needed here: this load
-/// never serves a handshake).
-fn tls_summary(cfg: &Config) -> io::Result<Vec<String>> {
-    let unused = std::sync::Arc::new(wsplice::transport::tls::TicketKeys::from_bytes([0; 32]));
-    Ok(driver::tls_for(cfg, &unused)?
-        .map(|t| t.summary.clone())
-        .unwrap_or_default())
-}
-
-fn mib(bytes: u64) -> u64 {
-    bytes.div_ceil(1 << 20)
-}
-
-/// Prints the start-up lines (listen, routes, model, capacity, admin) and `ready`.
-/// What start-up found out beside the configuration, for [`announce`].
-struct Found<'a> {
-    /// The `tls cert FILE names=...` lines.
-    tls_summary: &'a [String],
-    /// `driver epoll` or `driver uring (...)`.
-    driver_line: &'a str,
-    /// `cpus: N (...)`: the CPUs the process may use and the worker count it gave.
-    cpus_line: &'a str,
-}
-
-fn announce(
-    cfg: &Config,
-    addrs: &[SocketAddr],
-    found: Found<'_>,
-    stats: StatsReader,
-    choice: &driver::ModelChoice,
-    soft: u64,
-) -> io::Result<()> {
-    let Found {
-        tls_summary,
-        driver_line,
-        cpus_line,
-    } = found;
-    let workers = cfg.workers.unwrap_or(1);
-    if let Some(addr) = cfg.admin {
-        let bound = admin::start(addr, stats, Instant::now())?;
-        say(&format!("admin {bound}"));
-    }
-    let mut lines = Vec::new();
-    let tls_listen = cfg.listen.len();
-    for (i, addr) in addrs.iter().enumerate() {
-        // Listeners are bound in `all_listen` order: the plain ones, then the TLS ones.
-        let tls = if i >= tls_listen { " tls" } else { "" };
-        lines.push(format!("listen {addr} workers={workers}{tls}"));
-    }
-    lines.extend(tls_summary.iter().cloned());
-    for route in &cfg.routes {
-        let host = route
-            .host
-            .as_ref()
-            .map(|h| format!(" host={h}"))
-            .unwrap_or_default();
-        let backends: Vec<String> = route.backends.iter().map(SocketAddr::to_string).collect();
-        lines.push(format!(
-            "route {}{host} -> {} strip_prefix={}",
-            route.prefix,
-            backends.join(","),
-            route.strip_prefix
-        ));
-    }
-    let kind = match choice.model {
-        WorkerModel::Processes => "processes",
-        _ => "threads",
-    };
-    lines.push(cpus_line.to_owned());
-    lines.push(format!("workers: {workers} {kind} ({})", choice.reason));
-    let pipe = cfg.relay.pipe_size as u64;
-    lines.push(match choice.model {
-        WorkerModel::Processes => {
-            let (per, total) = driver::process_capacity(cfg, soft);
-            format!(
-                "capacity: {} connections, {} pipes (open-file limit {soft} per process; per worker {} connections, {} pipes; pipes may pin {} MiB)",
-                total.max_connections,
-                total.max_pipes,
-                per.max_connections,
-                per.max_pipes,
-                mib(total.max_pipes as u64 * pipe)
-            )
-        }
-        _ => {
-            let c = driver::capacity(cfg, soft);
-            format!(
-                "capacity: {} connections, {} pipes (open-file limit {soft}; per worker {} pipes; pipes may pin {} MiB)",
-                c.max_connections,
-                c.max_pipes,
-                c.max_pipes.div_ceil(workers),
-                mib(c.max_pipes as u64 * pipe)
-            )
-        }
-    });
-    lines.push(driver_line.to_owned());
-    let processes = choice.model == WorkerModel::Processes;
-    if let Some(plan) = driver::memory_plan(cfg, workers, processes) {
-        lines.push(plan.describe(workers));
-    }
-    lines.push("ready".to_owned());
-    let mut out = io::stdout().lock();
-    for line in lines {
-        // A closed stdout must not stop the proxy; the lines are a courtesy to whoever watches.
-        let _ = writeln!(out, "{line}").and_then(|()| out.flush());
-    }
-    Ok(())
-}
-
-/// The last words: for scripts and tests, as `ready` and `reloaded`, how many tunnels were still
-/// open when timeouts.drain ran out (wsplice_tunnels_closed_total{reason="drain"}).
-fn stopped(drain_closed: u64) {
-    eprintln!("wsplice: stopped");
-    println!("stopped (the drain closed {drain_closed} tunnels)");
-}
-
-fn stopping_message(grace: Duration) {
-    eprintln!(
-        "wsplice: stopping: no new connections; open tunnels may run {grace:?} (timeouts.drain); send the signal again to stop at once"
-    );
 }
 
 fn run(mut cfg: Config, mut text: Option<String>, args: &Args) -> io::Result<()> {
