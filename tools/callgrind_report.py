@@ -95,6 +95,7 @@ def main(d, bins):
         else:
             x["syscalls"] = parse_perf(os.path.join(d, r["file"]))
             x["nu"] = r["units"] or 0
+            x["user_s"], x["sys_s"] = r.get("user_cpu_s"), r.get("sys_cpu_s")
     L = ["# Instructions, allocations and syscalls per unit of work (callgrind + perf tracepoints)\n"]
     L.append("- binaries: " + "; ".join(f"`{b.split('=', 1)[0]}` = {b.split('=', 1)[1]}" for b in bins)
              + f" (baseline: `{base}`)")
@@ -108,16 +109,17 @@ def main(d, bins):
              "independent of other load on the machine. Allocations = calls into the libc allocator "
              "(malloc/calloc/realloc/...), also from callgrind.")
     L.append("- Syscalls: a second, native run of the same scenarios (no valgrind, whose own syscalls would be "
-             "counted), counted with perf's syscall tracepoints. How many events one epoll wake-up carries depends "
+             "counted), counted with perf's syscall tracepoints; user and system CPU of that run from /proc (10 ms ticks, "
+             "moved by other load on the machine). How many events one epoll wake-up carries depends "
              "on timing, so epoll_wait per message moves with load; the others are per-message work.")
     L.append("- Under callgrind the proxy runs ~50× slower than natively, so more events are ready per wake-up; "
              "compare the binaries with each other, not with native CPU figures.\n")
     relays = sorted({k[0] for k in data}, key=lambda x: ["splice", "copy", "auto"].index(x) if x in ("splice", "copy", "auto") else 9)
     for relay in relays:
         L.append(f"## relay = {relay}\n")
-        L.append("| scenario | binary | units (callgrind / native) | Ir / unit | vs " + base + " | allocs / unit | syscalls / unit | "
-                 "syscalls by name / unit |")
-        L.append("|---|---|---:|---:|---:|---:|---:|---|")
+        L.append("| scenario | binary | units (callgrind / native) | Ir / unit | vs " + base + " | allocs / unit | "
+                 "native user / sys CPU µs per unit | syscalls / unit | syscalls by name / unit |")
+        L.append("|---|---|---:|---:|---:|---:|---:|---:|---|")
         for scen in ("echo64", "echo4096", "churn"):
             b0 = data.get((relay, scen, base))
             for n in names:
@@ -130,8 +132,11 @@ def main(d, bins):
                 tot = sc.get("sys_enter", 0)
                 by = ", ".join(f"{k} {v / nu:.2f}" for k, v in sorted(sc.items(), key=lambda kv: -kv[1])
                                if k != "sys_enter" and v / nu >= 0.01)
+                cpu = "–"
+                if x.get("user_s") is not None:
+                    cpu = f"{x['user_s'] / nu * 1e6:.2f} / {x['sys_s'] / nu * 1e6:.2f}"
                 L.append(f"| {scen} | {n} | {x['u']:,} / {x['nu']:,} | {ipu:,.0f} | {vs} | {x['allocs'] / x['u']:.2f} | "
-                         f"{tot / nu:.2f} | {by} |")
+                         f"{cpu} | {tot / nu:.2f} | {by} |")
         L.append("")
         for scen in ("echo64", "echo4096", "churn"):
             b0 = data.get((relay, scen, base))
