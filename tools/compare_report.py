@@ -21,7 +21,9 @@ METRICS = [
     ("echo_p99_us", "echo p99", "µs", False, 0),
     ("echo_p999_us", "echo p99.9", "µs", False, 0),
     ("echo_cpu_s", "echo CPU", "s", False, 2),
+    ("echo_cpu_us_per_msg", "echo CPU/msg", "µs", False, 2),
     ("echo_max_msgs", "echo closed-loop", "msg/s", True, 0),
+    ("echo_max_cpu_us_per_msg", "closed-loop CPU/msg", "µs", False, 2),
     ("fanout_p50_ms", "fanout p50", "ms", False, 1),
     ("fanout_p99_ms", "fanout p99", "ms", False, 1),
     ("fanout_last_ms", "fanout last", "ms", False, 1),
@@ -60,9 +62,31 @@ def foreign_pct(rec):
     return max(0.0, busy - ours) / (wall * ncpu) * 100
 
 
+def size_metrics(sizes):
+    """Echo metrics for the message sizes after the first (scenarios echo@SIZE, echo_max@SIZE):
+    the same keys as the first size's, suffixed with @SIZE."""
+    extra = []
+    for size in sizes[1:]:
+        for key, title, unit, hib, dec in METRICS:
+            if key.startswith("echo"):
+                extra.append((f"{key}@{size}", f"{title} {size} B", unit, hib, dec))
+    return extra
+
+
+def cpu_per_msg_us(r):
+    """Proxy CPU per echoed message (one round trip: client -> backend -> client), from the
+    CPU the load generator sampled around the message phase only (connection set-up excluded)."""
+    cpu, n = r.get("proxy_cpu_s"), r.get("received")
+    return cpu / n * 1e6 if cpu is not None and n else None
+
+
 def extract(rec):
     """Metrics from one raw.jsonl record (one scenario run)."""
     s, b, out = rec["scenario"], rec.get("bench"), {}
+    if "@" in s:  # echo@SIZE / echo_max@SIZE: the first size's metrics, suffixed
+        base, size = s.split("@", 1)
+        sub = extract(dict(rec, scenario=base))
+        return {(k if k == "foreign_pct" else f"{k}@{size}"): v for k, v in sub.items()}
     fp = foreign_pct(rec)
     if fp is not None:
         out["foreign_pct"] = fp
@@ -88,10 +112,12 @@ def extract(rec):
         out["echo_p999_us"] = g(r, "latency", "p999_us")
         out["echo_msgs"] = r.get("msgs_per_s")
         out["echo_cpu_s"] = cpu_delta(rec)
+        out["echo_cpu_us_per_msg"] = cpu_per_msg_us(r)
         out["echo_actual_p50_us"] = g(r, "latency_from_actual_send", "p50_us")
         out["echo_actual_p99_us"] = g(r, "latency_from_actual_send", "p99_us")
     elif s == "echo_max":
         out["echo_max_msgs"] = r.get("msgs_per_s")
+        out["echo_max_cpu_us_per_msg"] = cpu_per_msg_us(r)
     elif s == "fanout":
         for k, m in (("median_p50_us", "fanout_p50_ms"), ("median_p99_us", "fanout_p99_ms"), ("median_last_us", "fanout_last_ms")):
             if r.get(k) is not None:
@@ -143,8 +169,56 @@ def bar_chart(path, title, unit, rows, higher_better):
     return True
 
 
+def spread_pct(vals):
+    """Noise of one peer's figure: (max - min) of its repeats, in % of their median."""
+    m = statistics.median(vals)
+    return (max(vals) - min(vals)) / abs(m) * 100 if len(vals) > 1 and m else None
+
+
+def versus(meta, per, med, cols):
+    """Tables comparing each --wsplice-bin with the first one (the baseline), per relay mode:
+    medians, difference, and the noise (spread of the repeats) of both."""
+    bins = [b["name"] for b in meta.get("wsplice_bins", [])]
+    if len(bins) < 2:
+        return []
+    L = []
+    for relay in meta.get("wsplice_relays", ["splice"]):
+        sfx = "" if relay == "splice" else "-" + relay
+        base = bins[0] + sfx
+        for other in (b + sfx for b in bins[1:]):
+            if base not in med or other not in med:
+                continue
+            L.append(f"## {other} vs {base} (relay = {relay})\n")
+            L.append("Medians over repeats; noise = (max − min) of the repeats in % of the median, per peer. "
+                     "`beyond noise` when the difference is larger than the larger of the two noises.\n")
+            L.append(f"| figure | {base} | {other} | difference | noise {base} / {other} | verdict |")
+            L.append("|---|---:|---:|---:|---:|---|")
+            for key, title, unit, hib, dec in cols:
+                a, b = med[base].get(key), med[other].get(key)
+                if a is None or b is None or key == "foreign_pct":
+                    continue
+                if unit == "KiB":  # per-connection memory: bytes, so that 130 vs 140 shows
+                    a, b, unit, dec = a * 1024, b * 1024, "B", 0
+                diff = (b - a) / abs(a) * 100 if a else None
+                na, nb = spread_pct(per[base][key]), spread_pct(per[other][key])
+                noise = max(x for x in (na, nb, 0.0) if x is not None)
+                if diff is None or len(per[base][key]) < 2:
+                    verdict = "–"
+                elif abs(diff) <= noise:
+                    verdict = "within noise"
+                else:
+                    verdict = "better, beyond noise" if (diff > 0) == hib else "**WORSE, beyond noise**"
+                L.append(f"| {title} ({unit}) | {fmt(a, dec)} | {fmt(b, dec)} | "
+                         f"{'–' if diff is None else f'{diff:+.1f} %'} | "
+                         f"{'–' if na is None else f'{na:.1f}'} / {'–' if nb is None else f'{nb:.1f}'} % | {verdict} |")
+            L.append("")
+    return L
+
+
 def main(d):
+    global METRICS
     meta = json.load(open(os.path.join(d, "meta.json"))) if os.path.exists(os.path.join(d, "meta.json")) else {}
+    METRICS = METRICS + size_metrics(meta.get("scenarios", {}).get("echo_sizes", []))
     recs = [json.loads(l) for l in open(os.path.join(d, "raw.jsonl")) if l.strip()]
     per = {}  # peer -> metric -> [values over repeats]
     errs = {}  # peer -> {scenario: {reason: count}}
@@ -164,10 +238,12 @@ def main(d):
     # the memory its first hold grew (allocators do not give it back), so later repeats measure
     # a delta against an already-grown baseline and understate every peer (HAProxy's fell from
     # 3.9 KiB to 0.03 KiB). Use the first repeat for those columns.
+    # With --fresh every repeat starts on a fresh process, so the median is cold too.
     for p, m in per.items():
         for k in ("rss_kb_per_conn_1k", "rss_kb_per_conn_9k", "pss_kb_per_conn_9k"):
-            if m.get(k):
+            if m.get(k) and not meta.get("fresh"):
                 med[p][k] = m[k][0]
+                per[p][k] = m[k][:1]
     for p in med:
         if per[p].get("foreign_pct"):
             med[p]["foreign_pct"] = max(per[p]["foreign_pct"])
@@ -176,7 +252,9 @@ def main(d):
     L = []
     L.append(f"# wsplice vs peers — {meta.get('label', os.path.basename(d))}\n")
     L.append(f"- date: {meta.get('date', '?')}; workers: {meta.get('workers', '?')}; quick: {bool(meta.get('quick'))}; "
-             f"repeats: {meta.get('repeats', '?')} (table values are medians over repeats, except memory per connection: first repeat, see below)")
+             f"repeats: {meta.get('repeats', '?')} (table values are medians over repeats, "
+             + ("memory per connection included: every repeat ran on freshly started peers (--fresh))"
+                if meta.get("fresh") else "except memory per connection: first repeat, see below)"))
     L.append(f"- command: `{meta.get('command', '')}`")
     L.append(f"- machine: {m.get('nproc', '?')} CPUs ({m.get('cpu', '?')}), {round(m.get('mem_kib', 0) / 1048576, 1)} GiB, "
              f"kernel {m.get('kernel', '?')}")
@@ -185,6 +263,11 @@ def main(d):
              "proxy process tops out near 9,900 connections; 9,000 is the largest hold/fanout measured.")
     v = meta.get("versions", {})
     L.append(f"- peers: {v.get('nginx', '')}; {v.get('haproxy', '')}; wsplice {v.get('wsplice_git', '')}")
+    for b in meta.get("wsplice_bins", []):
+        L.append(f"- wsplice binary `{b['name']}`: {b['path']} (commit {b.get('rev') or '?'}, sha256 {b.get('sha256', '?')}…, "
+                 f"built {b.get('mtime', '?')})")
+    if meta.get("interleaved"):
+        L.append(f"- order: {meta['interleaved']}")
     L.append(f"- CPU placement: {meta.get('placement', '?')}. Everything runs over loopback on this one machine; "
              "`direct` is the load generator against the backend with no proxy (its CPU/RSS columns are empty).\n")
     L.append("## Peers\n")
@@ -215,6 +298,7 @@ def main(d):
                 cells.append(f"{a / b:.2f}×" if a is not None and b not in (None, 0) else "–")
             L.append(f"| {p} | " + " | ".join(cells) + " |")
         L.append("")
+    L.extend(versus(meta, per, med, cols))
     L.append("## Charts\n")
     for key in CHARTS:
         spec = next(mm for mm in METRICS if mm[0] == key)
@@ -223,7 +307,9 @@ def main(d):
             L.append(f"![{spec[1]}]({fn})")
     L.append("")
     L.append("## Interference: CPU used by other processes during each scenario (% of machine)\n")
-    scen_order = ["hold1k", "hold9k", "echo", "echo_max", "fanout", "bulk", "churn"]
+    sizes = meta.get("scenarios", {}).get("echo_sizes", [])[1:]
+    scen_order = (["hold1k", "hold9k", "echo", "echo_max"] + [f"{e}@{z}" for z in sizes for e in ("echo", "echo_max")]
+                  + ["fanout", "bulk", "churn"])
     fp = {}
     for rec in recs:
         v = foreign_pct(rec)
@@ -259,7 +345,12 @@ def main(d):
              f"for {e.get('secs')} s; round trip measured from the *intended* send time (coordinated-omission corrected; "
              "includes up to ~1 ms of tokio timer lateness on the sender, the same for every peer). **echo CPU**: proxy tree "
              "CPU seconds (user+sys) over that run.")
-    L.append(f"- **echo closed-loop**: 100 connections, one 64 B message in flight each, {e.get('secs')} s: messages/s.")
+    L.append(f"- **echo closed-loop**: 100 connections, one {e.get('size')} B message in flight each, {e.get('secs')} s: messages/s.")
+    L.append("- **CPU/msg** (echo, closed-loop): proxy tree CPU (user+sys, 10 ms ticks) sampled by the load generator "
+             "around the message phase only (connection set-up excluded) ÷ messages echoed; one message is one round "
+             "trip, so the proxy relays it twice.")
+    if sc.get("echo_sizes", [])[1:]:
+        L.append(f"- **… N B** columns: the same echo scenarios with N-byte messages (`echo@N`, `echo_max@N` in raw.jsonl).")
     f = sc.get("fanout", {})
     L.append(f"- **fanout**: {f.get('c')} connections, {f.get('m')} broadcasts of {f.get('size')} B pushed by the backend; per "
              "broadcast the p50/p99 delivery latency and the time until the last client got it (backend stamp → client "
