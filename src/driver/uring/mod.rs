@@ -395,6 +395,14 @@ impl Worker {
 /// The ring's setup and buffers, for the start-up report; an error says why io_uring cannot
 /// run here.
 pub fn probe() -> io::Result<Setup> {
+    // The io-uring crate's prebuilt kernel bindings are generated for 64-bit targets; on 32-bit
+    // ones (armv7 gateways) they are unchecked, so the driver is not offered there.
+    if cfg!(target_pointer_width = "32") {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "the io_uring driver is not built for 32-bit targets",
+        ));
+    }
     crate::sys::uring::probe()
 }
 
