@@ -19,7 +19,7 @@ use crate::core::head::RequestHead;
 use crate::core::route::RouteEntry;
 use crate::core::settings::Settings;
 use sha1::{Digest, Sha1};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -29,18 +29,6 @@ pub struct Pick {
     pub first: usize,
     /// The backend a valid sticky cookie named (`balance = "cookie"`).
     pub cookie: Option<usize>,
-}
-
-/// The sticky-cookie value of a backend: 16 hex digits of SHA-1 of its address.
-pub fn cookie_id(addr: &SocketAddr) -> String {
-    let digest = Sha1::digest(addr.to_string().as_bytes());
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// A route's stable id for metrics: 32 bits of SHA-1 of its label.
-pub fn route_id(label: &str) -> u32 {
-    let d = Sha1::digest(label.as_bytes());
-    u32::from_be_bytes([d[0], d[1], d[2], d[3]])
 }
 
 fn score(key: &[u8], backend: &str) -> u64 {

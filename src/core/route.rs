@@ -4,6 +4,7 @@
 //! routes first, then host-less ones), so it costs O(path depth) whatever the number of routes.
 
 use crate::config::Route;
+use sha1::{Digest, Sha1};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -88,15 +89,11 @@ impl RouteTable {
             t.routes.push(RouteEntry {
                 route: r.clone(),
                 label: route_label(r),
-                id: crate::core::balance::route_id(&route_label(r)),
+                id: route_id(&route_label(r)),
                 next: AtomicUsize::new(0),
                 shared: shared.clone().map(|w| (w, i)),
                 load: r.backends.iter().map(|_| AtomicU32::new(0)).collect(),
-                cookie_ids: r
-                    .backends
-                    .iter()
-                    .map(crate::core::balance::cookie_id)
-                    .collect(),
+                cookie_ids: r.backends.iter().map(cookie_id).collect(),
             });
             match &r.host {
                 Some(h) => {
@@ -160,6 +157,19 @@ impl RouteTable {
             }
         }
     }
+}
+
+/// The sticky-cookie value of a backend (`balance = "cookie"`): 16 hex digits of SHA-1 of its
+/// address, the same across restarts, reloads and proxies.
+pub fn cookie_id(addr: &std::net::SocketAddr) -> String {
+    let digest = Sha1::digest(addr.to_string().as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A route's stable id for metrics: 32 bits of SHA-1 of its label.
+pub fn route_id(label: &str) -> u32 {
+    let d = Sha1::digest(label.as_bytes());
+    u32::from_be_bytes([d[0], d[1], d[2], d[3]])
 }
 
 /// `host/prefix`, or `prefix` for a route that matches any Host.
