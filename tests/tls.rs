@@ -296,12 +296,17 @@ async fn a_corrupted_record_after_the_handshake_closes_the_tunnel() {
         got.len() < 64 && matches!(got.first(), Some(0x15 | 0x17)),
         "expected one alert record, got {got:?}"
     );
-    assert_eq!(
+    // The counters are published a moment after the close; wait for them.
+    let reset = || {
         t.server
             .stats()
-            .closed(wsplice::core::relay::CloseReason::ClientReset),
-        1
-    );
+            .closed(wsplice::core::relay::CloseReason::ClientReset)
+    };
+    eventually("the tunnel counted as a client reset", STEP, || {
+        reset() >= 1
+    })
+    .await;
+    assert_eq!(reset(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
