@@ -258,6 +258,7 @@ impl Budgeted {
 impl Pipes for Budgeted {
     type Pipe = Pipe;
 
+    #[inline]
     fn take(&mut self) -> Option<Pipe> {
         if !self.used.pipe_fits(self.plan.as_ref()) {
             self.pipes.refused();
@@ -268,6 +269,7 @@ impl Pipes for Budgeted {
         Some(p)
     }
 
+    #[inline]
     fn give(&mut self, p: Pipe) {
         self.used.pipes = self.used.pipes.saturating_sub(1);
         self.pipes.give(p)

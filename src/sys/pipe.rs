@@ -109,6 +109,7 @@ impl PipePool {
     }
 
     /// Lends an empty pipe, creating one if under the cap. `None`: use the copy path.
+    #[inline]
     pub fn take(&mut self) -> Option<Pipe> {
         if let Some(p) = self.free.pop() {
             self.stats.in_use += 1;
@@ -134,6 +135,7 @@ impl PipePool {
 
     /// Takes back a pipe the caller has fully drained. Pipes beyond what the pool keeps are
     /// closed, so a burst does not pin descriptors forever.
+    #[inline]
     pub fn give(&mut self, p: Pipe) {
         self.stats.in_use = self.stats.in_use.saturating_sub(1);
         // Keep at most a small reserve of idle pipes: each costs two fds and a kernel buffer.

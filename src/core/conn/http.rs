@@ -281,6 +281,8 @@ impl Exchange {
             } => {
                 if self.link == Link::Connecting {
                     self.check_connect = true;
+                    // A backend that closes at once shares the connect's edge: keep it.
+                    self.backend_readable |= readable || hup || gone;
                 } else {
                     // An error shows as a failing read or write.
                     self.backend_readable |= readable || hup || gone;
@@ -518,7 +520,7 @@ impl Exchange {
         });
     }
 
-    pub(super) fn complete_connect(&mut self, c: Connecting, t: &Time) {
+    pub(super) fn complete_connect(&mut self, c: Connecting, completion: bool, t: &Time) {
         if self.link != Link::Connecting || self.ending.is_some() {
             return;
         }
@@ -527,7 +529,8 @@ impl Exchange {
             Connecting::Reused | Connecting::Connected => {
                 self.link = Link::Ready;
                 self.reused = c == Connecting::Reused;
-                self.backend_readable = true;
+                // As in the upgrade: a readiness driver's edge says when the answer is there.
+                self.backend_readable |= completion;
                 self.backend_writable = true;
                 self.touch(t);
             }

@@ -566,11 +566,12 @@ impl<P> Conn<P> {
         }
     }
 
-    /// The result of a [`Step::Connect`] or [`Step::CheckConnect`].
-    pub fn complete_connect(&mut self, c: Connecting, t: &Time) {
+    /// The result of a [`Step::Connect`] or [`Step::CheckConnect`]. `completion`: the driver
+    /// completes operations (see [`Ctx::completion`]).
+    pub fn complete_connect(&mut self, c: Connecting, completion: bool, t: &Time) {
         match self {
-            Conn::Upgrade(u) => u.complete_connect(c, t),
-            Conn::Http(x) => x.complete_connect(c, t),
+            Conn::Upgrade(u) => u.complete_connect(c, completion, t),
+            Conn::Http(x) => x.complete_connect(c, completion, t),
             Conn::Relay(_) | Conn::Linger(_) | Conn::Ended => {}
         }
     }

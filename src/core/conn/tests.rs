@@ -153,14 +153,14 @@ fn upgrade_to_relay_step_by_step() {
     r.io(read, HEAD);
     let backend: SocketAddr = "127.0.0.1:9001".parse().expect("addr");
     assert!(matches!(r.next(), Step::Connect(a) if a == backend));
-    r.conn.complete_connect(Connecting::Started, &r.t);
+    r.conn.complete_connect(Connecting::Started, false, &r.t);
     assert!(
         matches!(r.next(), Step::Wait),
         "nothing to do until the connect completes"
     );
     r.conn.handle(ready(Side::Backend, false, true), &r.t);
     assert!(matches!(r.next(), Step::CheckConnect));
-    r.conn.complete_connect(Connecting::Connected, &r.t);
+    r.conn.complete_connect(Connecting::Connected, false, &r.t);
     let write = r.expect_io();
     assert_eq!(
         write,
@@ -172,6 +172,12 @@ fn upgrade_to_relay_step_by_step() {
     let head = r.conn.out_bytes().to_vec();
     assert!(head.starts_with(b"GET /a HTTP/1.1\r\n"));
     r.io(write, &head);
+    // The answer's edge: a readiness driver reads only then.
+    assert!(
+        matches!(r.next(), Step::Wait),
+        "no read before the backend's edge"
+    );
+    r.conn.handle(ready(Side::Backend, true, false), &r.t);
     let read = r.expect_read(Side::Backend);
     r.io(read, OK101);
     match r.next() {
@@ -264,13 +270,13 @@ fn each_failed_backend_is_reported_once_then_the_client_gets_504() {
         panic!("expected a connect")
     };
     r.conn
-        .complete_connect(Connecting::Failed(ConnectFailure::Refused), &r.t);
+        .complete_connect(Connecting::Failed(ConnectFailure::Refused), false, &r.t);
     assert!(matches!(r.next(), Step::Note(Note::BackendFailed(a)) if a == first));
     let Step::Connect(second) = r.next() else {
         panic!("expected the next backend")
     };
     assert_ne!(first, second);
-    r.conn.complete_connect(Connecting::Started, &r.t);
+    r.conn.complete_connect(Connecting::Started, false, &r.t);
     assert!(matches!(r.next(), Step::Wait));
     // The connect timeout (5 s by default) passes.
     r.after(Duration::from_secs(6));
@@ -357,13 +363,14 @@ fn expect_request_note(r: &mut Rig, status: u16, reused: bool, retried: bool) {
 fn plain_get_on_a_pooled_connection_then_the_next_head_is_read() {
     let (mut r, backend) = plain(GET);
     assert!(matches!(r.next(), Step::Checkout(a) if a == backend));
-    r.conn.complete_connect(Connecting::Reused, &r.t);
+    r.conn.complete_connect(Connecting::Reused, false, &r.t);
     let head = backend_gets_head(&mut r);
     assert!(
         head.starts_with(b"GET /x HTTP/1.1\r\nHost: h\r\n"),
         "{head:?}"
     );
     assert!(!head.windows(6).any(|w| w == b"close\r"), "a reusable head");
+    r.conn.handle(ready(Side::Backend, true, false), &r.t);
     let read = r.expect_io();
     assert!(matches!(
         read,
@@ -401,19 +408,21 @@ fn plain_get_on_a_pooled_connection_then_the_next_head_is_read() {
 fn a_reused_connection_closing_unanswered_is_retried_on_a_new_one() {
     let (mut r, backend) = plain(GET);
     assert!(matches!(r.next(), Step::Checkout(_)));
-    r.conn.complete_connect(Connecting::Reused, &r.t);
+    r.conn.complete_connect(Connecting::Reused, false, &r.t);
     backend_gets_head(&mut r);
+    r.conn.handle(ready(Side::Backend, true, false), &r.t);
     let read = r.expect_io();
     r.io(read, b"");
     assert!(
         matches!(r.next(), Step::Connect(a) if a == backend),
         "a fresh connect"
     );
-    r.conn.complete_connect(Connecting::Started, &r.t);
+    r.conn.complete_connect(Connecting::Started, false, &r.t);
     r.conn.handle(ready(Side::Backend, false, true), &r.t);
     assert!(matches!(r.next(), Step::CheckConnect));
-    r.conn.complete_connect(Connecting::Connected, &r.t);
+    r.conn.complete_connect(Connecting::Connected, false, &r.t);
     backend_gets_head(&mut r);
+    r.conn.handle(ready(Side::Backend, true, false), &r.t);
     let read = r.expect_io();
     r.io(read, OK2);
     let w = r.expect_io();
@@ -426,11 +435,12 @@ fn a_post_is_not_retried_once_its_body_went_out() {
     let (mut r, backend) =
         plain(b"POST /notice/x HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc");
     assert!(matches!(r.next(), Step::Checkout(_)));
-    r.conn.complete_connect(Connecting::Reused, &r.t);
+    r.conn.complete_connect(Connecting::Reused, false, &r.t);
     backend_gets_head(&mut r);
     let w = r.expect_io();
     assert_eq!(r.conn.out_bytes(), b"abc");
     r.io(w, b"abc");
+    r.conn.handle(ready(Side::Backend, true, false), &r.t);
     let read = r.expect_io();
     r.io(read, b"");
     assert!(matches!(r.next(), Step::Note(Note::BackendFailed(a)) if a == backend));
@@ -462,8 +472,9 @@ fn a_broken_chunked_body_is_a_400_before_any_connect() {
 fn a_silent_backend_gets_504_after_the_response_timeout() {
     let (mut r, backend) = plain(GET);
     assert!(matches!(r.next(), Step::Checkout(_)));
-    r.conn.complete_connect(Connecting::Reused, &r.t);
+    r.conn.complete_connect(Connecting::Reused, false, &r.t);
     backend_gets_head(&mut r);
+    r.conn.handle(ready(Side::Backend, true, false), &r.t);
     let read = r.expect_io();
     r.complete(read, Err(io::ErrorKind::WouldBlock.into()));
     assert!(matches!(r.next(), Step::Wait));
@@ -475,4 +486,24 @@ fn a_silent_backend_gets_504_after_the_response_timeout() {
     r.fire_timer();
     assert!(matches!(r.next(), Step::Note(Note::BackendFailed(a)) if a == backend));
     expect_request_note(&mut r, 504, true, false);
+}
+
+#[test]
+fn a_backend_edge_that_came_with_the_connect_is_not_lost() {
+    let mut r = accept(false, &["127.0.0.1:9001"]);
+    assert!(matches!(r.next(), Step::Admit(_)));
+    r.conn.complete_admit(Admission::Counted, &r.t);
+    let read = r.expect_read(Side::Client);
+    r.io(read, HEAD);
+    assert!(matches!(r.next(), Step::Connect(_)));
+    r.conn.complete_connect(Connecting::Started, false, &r.t);
+    // The backend accepted and closed (or spoke) before the loop woke: one edge says both.
+    r.conn.handle(ready(Side::Backend, true, true), &r.t);
+    assert!(matches!(r.next(), Step::CheckConnect));
+    r.conn.complete_connect(Connecting::Connected, false, &r.t);
+    let write = r.expect_io();
+    let head = r.conn.out_bytes().to_vec();
+    r.io(write, &head);
+    // No further edge will come for what is already there: it is read now.
+    r.expect_read(Side::Backend);
 }

@@ -208,6 +208,9 @@ impl Upgrading {
             } => {
                 if self.hs.is_connecting() {
                     self.check_connect = true;
+                    // A backend that talks (or closes) at once shares the connect's edge: keep
+                    // it, as no other edge may come.
+                    self.backend_readable |= readable || hup || gone;
                 } else {
                     // An error shows as a failing read or write.
                     self.backend_readable |= readable || hup || gone;
@@ -430,12 +433,16 @@ impl Upgrading {
         Action::Wait
     }
 
-    pub(super) fn complete_connect(&mut self, c: Connecting, t: &Time) {
+    pub(super) fn complete_connect(&mut self, c: Connecting, completion: bool, t: &Time) {
         let s = &self.settings;
         let a = match c {
             Connecting::Started | Connecting::Pending => Action::Wait,
             Connecting::Connected | Connecting::Reused => {
-                self.backend_readable = true;
+                // A readiness driver reports the backend's answer with an edge (the socket is
+                // watched from the connect on, and a pooled one is watched anew at checkout);
+                // reading before it would only find nothing. A completion driver's read
+                // waits for the bytes, so it is asked for now.
+                self.backend_readable |= completion;
                 self.backend_writable = true;
                 self.hs.handle_connected(s, t.now)
             }

@@ -46,6 +46,7 @@ pub enum Way {
 
 impl Way {
     /// The socket this direction reads from.
+    #[inline]
     pub fn src(self) -> Side {
         match self {
             Way::Up => Side::Client,
@@ -54,6 +55,7 @@ impl Way {
     }
 
     /// The socket this direction writes to.
+    #[inline]
     pub fn dst(self) -> Side {
         match self {
             Way::Up => Side::Backend,
@@ -98,6 +100,7 @@ pub enum IoOp {
 
 impl IoOp {
     /// The socket the operation names.
+    #[inline]
     pub fn side(self) -> Side {
         match self {
             IoOp::Read { side, .. }
@@ -109,12 +112,14 @@ impl IoOp {
     }
 
     /// True for operations that take bytes from their socket (the others give it bytes or FIN).
+    #[inline]
     pub fn reads(self) -> bool {
         matches!(self, IoOp::Read { .. } | IoOp::SpliceIn { .. })
     }
 
     /// The relay direction the operation serves: reads serve the direction that starts at
     /// their socket, writes the one that ends there.
+    #[inline]
     pub fn way(self) -> Way {
         match (self.reads(), self.side()) {
             (true, Side::Client) | (false, Side::Backend) => Way::Up,

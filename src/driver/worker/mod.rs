@@ -15,7 +15,7 @@ use bookkeeping::write_log;
 
 use crate::core::conn::{Accept, Admission, Conn, Connecting, Event, Step, Time};
 use crate::core::handshake::ConnectFailure;
-use crate::core::relay::{BufId, Ctx, IoOp, RelayStats, Side};
+use crate::core::relay::{BufId, Ctx, IoOp, RelayStats, Side, Src};
 use crate::core::timer::{Clock, Tick, Wheel};
 use crate::driver::access_log::LogSink;
 use crate::driver::backends::BackendTable;
@@ -481,7 +481,7 @@ impl Worker {
             // As `check_connect` reads SO_ERROR: any error refuses this backend.
             Err(_) => Connecting::Failed(ConnectFailure::Refused),
         };
-        e.conn.complete_connect(c, &self.time);
+        e.conn.complete_connect(c, d.completes(), &self.time);
         self.drive(key, d);
     }
 
@@ -501,12 +501,9 @@ impl Worker {
             };
             let mut cx = lend!(self, completion);
             let step = e.conn.poll(&mut cx, &self.time);
-            if !self.returned.is_empty() {
-                self.give_back(d);
+            for id in self.returned.drain(..) {
+                d.give_back(id);
             }
-            let Some(Slot::Live(e)) = self.conns.get_mut(key) else {
-                return;
-            };
             match step {
                 Step::Io(op) => {
                     let side = op.side();
@@ -538,12 +535,21 @@ impl Worker {
                             }
                         }
                     };
+                    // Only what the operation uses is looked up.
+                    let held = match op {
+                        IoOp::Write { src: Src::Held, .. } => e.conn.out_bytes(),
+                        _ => &[],
+                    };
+                    let pipe = match op {
+                        IoOp::SpliceIn { .. } | IoOp::SpliceOut { .. } => e.conn.pipe(),
+                        _ => None,
+                    };
                     let done = d.exec(IoCall {
                         key,
                         op,
                         sock,
-                        held: e.conn.out_bytes(),
-                        pipe: e.conn.pipe(),
+                        held,
+                        pipe,
                         scratch: &mut self.scratch,
                     });
                     let Exec::Done(res) = done else {
@@ -571,8 +577,8 @@ impl Worker {
                         };
                         e.conn.handle(ev, &self.time);
                     }
-                    if !self.returned.is_empty() {
-                        self.give_back(d);
+                    for id in self.returned.drain(..) {
+                        d.give_back(id);
                     }
                 }
                 Step::Checkout(addr) => {
@@ -583,7 +589,8 @@ impl Worker {
                         if d.watch(s.as_fd(), Watch::Conn(key, Side::Backend)).is_ok() {
                             e.backend = Some(s);
                             self.counters.pool_reused += 1;
-                            e.conn.complete_connect(Connecting::Reused, &self.time);
+                            e.conn
+                                .complete_connect(Connecting::Reused, completion, &self.time);
                             continue;
                         }
                     }
@@ -610,7 +617,7 @@ impl Worker {
                 }
                 Step::CheckConnect => {
                     let r = check_connect(e.backend.as_ref());
-                    e.conn.complete_connect(r, &self.time);
+                    e.conn.complete_connect(r, completion, &self.time);
                 }
                 Step::CloseBackend => {
                     if let Some(old) = e.backend.take() {
@@ -649,7 +656,7 @@ impl Worker {
             Err(why) => Connecting::Failed(why),
         };
         if let Some(Slot::Live(e)) = self.conns.get_mut(key) {
-            e.conn.complete_connect(r, &self.time);
+            e.conn.complete_connect(r, d.completes(), &self.time);
         }
     }
 
