@@ -348,6 +348,7 @@ impl<P> Relaying<P> {
         }
     }
 
+    #[inline]
     fn poll(&mut self, cx: &mut Ctx<'_, impl Pipes<Pipe = P>>, t: &Time) -> Step {
         if let Some(reason) = self.closed {
             return self.end(reason, cx);
@@ -370,6 +371,7 @@ impl<P> Relaying<P> {
         waiting
     }
 
+    #[inline]
     fn complete_io(
         &mut self,
         op: IoOp,
@@ -440,6 +442,7 @@ impl<P> Conn<P> {
     }
 
     /// Something happened; then call [`Conn::poll`] until it says to wait.
+    #[inline]
     pub fn handle(&mut self, ev: Event, t: &Time) {
         match self {
             Conn::Upgrade(u) => u.handle(ev, t),
@@ -451,7 +454,22 @@ impl<P> Conn<P> {
     }
 
     /// The next operation.
+    #[inline]
     pub fn poll(&mut self, cx: &mut Ctx<'_, impl Pipes<Pipe = P>>, t: &Time) -> Step {
+        // The relay is where a connection spends its life and its bytes: its steps take the
+        // short way; the stages around it are out of line.
+        if let Conn::Relay(r) = self {
+            let step = r.poll(cx, t);
+            if let Step::End(_) = step {
+                *self = Conn::Ended;
+            }
+            return step;
+        }
+        self.poll_stage(cx, t)
+    }
+
+    #[inline(never)]
+    fn poll_stage(&mut self, cx: &mut Ctx<'_, impl Pipes<Pipe = P>>, t: &Time) -> Step {
         let step = match self {
             Conn::Upgrade(u) => match u.poll(cx.scratch.len(), t) {
                 upgrade::Polled::Step(s) => s,
@@ -550,7 +568,22 @@ impl<P> Conn<P> {
     /// The result of a [`Step::Io`]. At most one operation per socket and direction is in
     /// flight, so an epoll driver reports each before the next poll and an io_uring driver
     /// whenever its completion comes.
+    #[inline]
     pub fn complete_io(
+        &mut self,
+        op: IoOp,
+        res: io::Result<usize>,
+        cx: &mut Ctx<'_, impl Pipes<Pipe = P>>,
+        t: &Time,
+    ) {
+        if let Conn::Relay(r) = self {
+            return r.complete_io(op, res, cx, t);
+        }
+        self.complete_stage(op, res, cx, t)
+    }
+
+    #[inline(never)]
+    fn complete_stage(
         &mut self,
         op: IoOp,
         res: io::Result<usize>,

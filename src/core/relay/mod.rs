@@ -269,6 +269,7 @@ impl<P> Dir<P> {
     }
 
     /// The next operation of this direction, or why there is none.
+    #[inline]
     fn next(&mut self, way: Way, cx: &mut Ctx<'_, impl Pipes<Pipe = P>>) -> Pumped {
         if self.flags & INFLIGHT != 0 {
             return Pumped::Blocked;
@@ -600,6 +601,7 @@ impl<P> Relay<P> {
     }
 
     /// The next operation, or why there is none. Call until it is not [`Next::Op`].
+    #[inline]
     pub fn poll_op(&mut self, cx: &mut Ctx<'_, impl Pipes<Pipe = P>>, now: Tick) -> Next {
         let up = self.up.next(Way::Up, cx);
         if let Pumped::Op(op) = up {
@@ -629,6 +631,7 @@ impl<P> Relay<P> {
 
     /// The result of an operation [`Relay::poll_op`] gave (each direction has at most one in
     /// flight): the direction and the bytes it read from its source, or why the relay is over.
+    #[inline]
     pub fn complete(
         &mut self,
         op: IoOp,
