@@ -392,3 +392,79 @@ fn pooled_connection_closed_by_the_backend_is_retried_for_idempotent_requests_on
         assert_eq!(backend.accepted(), 2);
     });
 }
+
+/// HTTP/1.0 clients (ApacheBench, `curl -0`, old monitoring probes): served as nginx serves
+/// them. The request goes on as HTTP/1.0 with `Connection: close`, a Host-less one takes the
+/// route that names no host, the answer reaches the client without chunked framing or interim
+/// answers, and the connection closes after it.
+#[test]
+fn http_1_0_clients_are_served_and_closed_after_the_answer() {
+    run_auto(|_| async {
+        let origin = Origin::with(|m| Reply::ok(format!("{} {}", m.method(), m.target()))).await;
+        let raw = RawBackend::start().await;
+        let p = proxy(&[r("/app", &[origin.addr]), r("/raw", &[raw.addr])]).await;
+
+        // A GET without Host.
+        let mut c = Peer::connect(p.addr()).await;
+        c.send(b"GET /app/a?x=1 HTTP/1.0\r\n\r\n").await;
+        let a = c.answer("GET").await;
+        assert_eq!((a.status, a.text().as_str()), (200, "GET /a?x=1"));
+        assert_eq!(a.header("transfer-encoding"), None);
+        assert!(
+            c.closed_within(STEP).await,
+            "an HTTP/1.0 connection closes after its answer"
+        );
+        let seen = origin.requests();
+        let m = seen.last().expect("the origin got the request");
+        assert!(m.line.ends_with(" HTTP/1.0"), "{:?}", m.line);
+        assert_eq!(m.header("connection"), Some("close"));
+
+        // A POST by length.
+        let mut c = Peer::connect(p.addr()).await;
+        c.send(b"POST /app/up HTTP/1.0\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello")
+            .await;
+        assert_eq!(c.answer("POST").await.text(), "POST /up");
+        assert!(c.closed_within(STEP).await);
+
+        // A backend answering until it closes: the 1.0 client reads to the close, not chunks.
+        let mut c = Peer::connect(p.addr()).await;
+        c.send(b"GET /raw/a HTTP/1.0\r\n\r\n").await;
+        let mut b = Peer::new(raw.next_conn().await);
+        b.head().await.expect("the backend got the head");
+        b.send(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nX-A: 1\r\n\r\nstreamed")
+            .await;
+        drop(b);
+        let (interim, a) = c.final_answer("GET").await;
+        assert!(
+            interim.is_empty(),
+            "no interim answer for HTTP/1.0: {interim:?}"
+        );
+        assert_eq!((a.status, a.text().as_str()), (200, "streamed"));
+        assert_eq!(a.header("transfer-encoding"), None);
+
+        // A backend that answers a 1.0 request chunked: the client could not read it, 502.
+        let mut c = Peer::connect(p.addr()).await;
+        c.send(b"GET /raw/b HTTP/1.0\r\n\r\n").await;
+        let mut b = Peer::new(raw.next_conn().await);
+        b.head().await.expect("the backend got the head");
+        b.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+            .await;
+        let a = c.answer("GET").await;
+        assert_eq!(a.status, 502, "{:?}", a.text());
+
+        // Chunked framing from a 1.0 client is a framing fault: 400, nothing forwarded.
+        let before = origin.accepted();
+        let mut c = Peer::connect(p.addr()).await;
+        c.send(
+            b"POST /app/x HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        )
+        .await;
+        assert_eq!(c.answer("POST").await.status, 400);
+        assert_eq!(origin.accepted(), before, "the origin got a connection");
+
+        // And the proxy still serves HTTP/1.1.
+        let mut c = Peer::connect(p.addr()).await;
+        c.send(&get("/app/after", &[])).await;
+        assert_eq!(c.answer("GET").await.text(), "GET /after");
+    });
+}

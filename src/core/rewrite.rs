@@ -100,7 +100,7 @@ pub struct Forwarding {
 /// backend connection may be reused, and the proxy's forwarding headers.
 ///
 /// ```text
-/// {METHOD} {target, prefix stripped} HTTP/1.1
+/// {METHOD} {target, prefix stripped} HTTP/1.1                   (HTTP/1.0 for a 1.0 client)
 /// {client headers in order, minus those the upgrade head drops, minus Content-Length}
 /// Content-Length: {n}            | Transfer-Encoding: chunked     (when there is a body)
 /// Connection: close                                               (when not reusable)
@@ -119,7 +119,13 @@ pub fn write_request_head(
     out.push(b' ');
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(query.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
+    // An HTTP/1.0 client's request goes on as HTTP/1.0 (nginx's `proxy_http_version 1.0`):
+    // the backend then answers without chunked framing, which such a client cannot read.
+    out.extend_from_slice(if req.version == 0 {
+        b" HTTP/1.0\r\n"
+    } else {
+        b" HTTP/1.1\r\n"
+    });
     for h in req.headers {
         if passes(req, h.name, fwd.underscores, true) {
             out.extend_from_slice(h.name.as_bytes());

@@ -87,6 +87,9 @@ pub struct Plain<'b> {
     /// How the request body is delimited: [`Body::None`], [`Body::Length`] or
     /// [`Body::Chunked`] (never until close: a request cannot end by closing).
     pub body: Body,
+    /// An HTTP/1.0 client: forwarded as HTTP/1.0 (its backend answers without chunked
+    /// framing, as such a client needs), and its connection closes after the answer.
+    pub http10: bool,
 }
 
 /// A request head as the proxy takes it: an upgrade to tunnel, or a plain request to forward.
@@ -114,7 +117,8 @@ pub fn validate_request<'b>(req: &RequestHead<'b, '_>) -> Result<Upgrade<'b>, Re
 /// A request is an upgrade when it has an `Upgrade` header and `Connection` names `upgrade`;
 /// only `websocket` is accepted then. Anything else is plain, and must frame its body without
 /// doubt: one `Content-Length` of digits, or one `Transfer-Encoding: chunked` alone (no other
-/// coding, no `Content-Length` beside it), and HTTP/1.1.
+/// coding, no `Content-Length` beside it); HTTP/1.1, or HTTP/1.0 (whose Host may be missing and
+/// whose body cannot be chunked).
 pub fn classify_request<'b>(req: &RequestHead<'b, '_>) -> Result<Request<'b>, Reject> {
     use BadRequest as B;
     let bad = Reject::BadRequest;
@@ -177,10 +181,17 @@ pub fn classify_request<'b>(req: &RequestHead<'b, '_>) -> Result<Request<'b>, Re
             version = Some(v);
         }
     }
-    if hosts != 1 {
+    let plain = upgrades == 0 || !connection_upgrade;
+    // HTTP/1.0 predates Host: a plain 1.0 request may come without one (it then takes the
+    // routes that name no host).
+    let hostless = plain && req.version == 0 && hosts == 0;
+    if hosts != 1 && !hostless {
         return Err(bad(B::Host));
     }
-    let host = host.and_then(valid_host).ok_or(bad(B::Host))?;
+    let host = match host {
+        None if hostless => "",
+        h => h.and_then(valid_host).ok_or(bad(B::Host))?,
+    };
     let (path, query) = match req.target.find('?') {
         Some(i) => req.target.split_at(i),
         None => (req.target, ""),
@@ -188,9 +199,11 @@ pub fn classify_request<'b>(req: &RequestHead<'b, '_>) -> Result<Request<'b>, Re
     // 19 digits always fit a u64.
     let length =
         content_length.map(|cl| cl.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0')));
-    if upgrades == 0 || !connection_upgrade {
-        if req.version != 1 {
-            return Err(bad(B::Version));
+    if plain {
+        // RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 request is a framing fault (a 1.0
+        // hop in between would not have understood it).
+        if req.version == 0 && transfer_encodings > 0 {
+            return Err(bad(B::TransferEncoding));
         }
         let body = match (transfer_encodings, length) {
             (0, None | Some(0)) => Body::None,
@@ -210,6 +223,7 @@ pub fn classify_request<'b>(req: &RequestHead<'b, '_>) -> Result<Request<'b>, Re
             path,
             query,
             body,
+            http10: req.version == 0,
         }));
     }
     if transfer_encodings > 0 {
@@ -365,6 +379,49 @@ mod tests {
         format!(
             "GET /chat?x=1 HTTP/1.1\r\nHost: example.com:8080\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
         )
+    }
+
+    fn plain(head: &str) -> Result<(String, Body, bool), Reject> {
+        let mut h = [httparse::EMPTY_HEADER; 32];
+        let req = parse_request(head.as_bytes(), &mut h)?;
+        match classify_request(&req)? {
+            Request::Plain(p) => Ok((p.host.to_string(), p.body, p.http10)),
+            Request::Upgrade(_) => panic!("an upgrade: {head:?}"),
+        }
+    }
+
+    #[test]
+    fn http_1_0_plain_requests() {
+        use BadRequest as B;
+        let bad = |b| Err(Reject::BadRequest(b));
+        // No Host: HTTP/1.0 predates it.
+        assert_eq!(
+            plain("GET /a HTTP/1.0\r\n\r\n"),
+            Ok((String::new(), Body::None, true))
+        );
+        assert_eq!(
+            plain("POST /a HTTP/1.0\r\nHost: h\r\nContent-Length: 3\r\n\r\n"),
+            Ok(("h".into(), Body::Length(3), true))
+        );
+        assert_eq!(
+            plain("GET /a HTTP/1.1\r\nHost: h\r\n\r\n"),
+            Ok(("h".into(), Body::None, false))
+        );
+        // Still refused: chunked framing from a 1.0 client, two Hosts, a 1.1 request without
+        // Host, and a 1.0 upgrade.
+        assert_eq!(
+            plain("POST /a HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            bad(B::TransferEncoding)
+        );
+        assert_eq!(
+            plain("GET /a HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n"),
+            bad(B::Host)
+        );
+        assert_eq!(plain("GET /a HTTP/1.1\r\n\r\n"), bad(B::Host));
+        assert_eq!(
+            check(&upgrade_with("").replace("HTTP/1.1", "HTTP/1.0")),
+            Err(Reject::BadRequest(B::Version))
+        );
     }
 
     #[test]

@@ -130,6 +130,8 @@ pub struct Exchange {
     idempotent: bool,
     /// The client asked to close after this answer, or closed its side.
     client_close: bool,
+    /// An HTTP/1.0 client: it gets no interim answer and no chunked body.
+    http10: bool,
 
     answer_head: Vec<u8>,
     searched: usize,
@@ -205,6 +207,7 @@ impl Exchange {
             head_method: p.head_method,
             idempotent: p.idempotent,
             client_close: p.close,
+            http10: p.http10,
             answer_head: Vec::new(),
             searched: 0,
             answer: None,

@@ -79,8 +79,11 @@ pub struct PlainRequest {
     pub head_method: bool,
     /// The method may be repeated on another connection (RFC 9110 §9.2.2).
     pub idempotent: bool,
-    /// The client's `Connection` names `close`: the connection ends after this answer.
+    /// The client's `Connection` names `close` (or it speaks HTTP/1.0): the connection ends
+    /// after this answer.
     pub close: bool,
+    /// An HTTP/1.0 client: no interim answers, no chunked answer.
+    pub http10: bool,
     pub route: usize,
     /// The backend to try first, and what a sticky cookie said.
     pub pick: Pick,
@@ -530,7 +533,8 @@ impl Handshake {
             )
             .map_err(|_| Reject::HeadTooLarge)?;
         } else {
-            let reuse = s.backend_reuse && route.send_proxy.is_none();
+            // A 1.0 exchange ends with its answer on both sides.
+            let reuse = s.backend_reuse && route.send_proxy.is_none() && !plain.http10;
             write_request_head(&mut head, &req, path, query, plain.body, reuse, &fwd);
         }
         let pick = route.pick(&req, query, self.client.ip());
@@ -539,11 +543,13 @@ impl Handshake {
             body: plain.body,
             head_method: req.method == "HEAD",
             idempotent: crate::core::http::idempotent(req.method),
-            close: req.headers.iter().any(|h| {
-                h.name.eq_ignore_ascii_case("connection")
-                    && crate::core::validate::tokens(h.value)
-                        .any(|t| t.eq_ignore_ascii_case(b"close"))
-            }),
+            http10: plain.http10,
+            close: plain.http10
+                || req.headers.iter().any(|h| {
+                    h.name.eq_ignore_ascii_case("connection")
+                        && crate::core::validate::tokens(h.value)
+                            .any(|t| t.eq_ignore_ascii_case(b"close"))
+                }),
             route: m.route,
             pick,
             held: Vec::new(),

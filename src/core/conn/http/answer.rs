@@ -92,26 +92,38 @@ impl Exchange {
             let extra = Extra {
                 close,
                 set_cookie: cookie.as_deref(),
-                rechunk: true,
+                // An HTTP/1.0 client reads a body that ends with the connection as such.
+                rechunk: !self.http10,
             };
             let max_headers = self.settings.max_headers;
+            let at = self.down.len();
             match rewrite_response(&head, self.head_method, max_headers, extra, &mut self.down) {
                 Err(_) => {
                     self.bad_answer(BackendFailure::BadAnswer);
                     return;
                 }
+                // HTTP/1.0 has no interim answers (RFC 9110 §15.2): not relayed to such a client.
+                Ok(r) if r.interim && self.http10 => self.down.truncate(at),
                 Ok(r) if r.interim => {}
+                // Asked in HTTP/1.0, answered chunked: the client could not read it.
+                Ok(r) if self.http10 && r.body == crate::core::validate::Body::Chunked => {
+                    self.down.truncate(at);
+                    self.bad_answer(BackendFailure::BadAnswer);
+                    return;
+                }
                 Ok(r) => {
                     self.status = r.status;
                     self.reusable = r.reusable;
                     self.close_client = close;
                     // A body that ends when the backend closes goes on chunked: the client's
                     // connection stays open after it (uwsgi and HTTP/1.0 backends answer so).
-                    self.answer = Some(if r.body == crate::core::validate::Body::UntilClose {
-                        BodyReader::rechunking()
-                    } else {
-                        BodyReader::new(r.body)
-                    });
+                    self.answer = Some(
+                        if r.body == crate::core::validate::Body::UntilClose && !self.http10 {
+                            BodyReader::rechunking()
+                        } else {
+                            BodyReader::new(r.body)
+                        },
+                    );
                 }
             }
             if rest.is_empty() {
