@@ -308,7 +308,7 @@ impl Exchange {
         if self.link == Link::Connecting {
             self.last_failure = Some(ConnectFailure::Timeout);
             self.steps
-                .push_back(Step::Note(Note::BackendFailed(self.backend)));
+                .push_back(Step::Note(Note::BackendFailed(self.backend, self.route_id())));
             self.next_backend(t);
         } else if self.answer.is_some() {
             self.ending = Some(Ending::Abort(EndReason::Aborted));
@@ -317,7 +317,7 @@ impl Exchange {
             self.ending = Some(Ending::Refuse(Reject::HandshakeTimeout));
         } else {
             self.steps
-                .push_back(Step::Note(Note::BackendFailed(self.backend)));
+                .push_back(Step::Note(Note::BackendFailed(self.backend, self.route_id())));
             self.ending = Some(Ending::Refuse(Reject::BackendTimeout));
         }
     }
@@ -455,6 +455,11 @@ impl Exchange {
         }
     }
 
+    /// The route's metric id.
+    pub(super) fn route_id(&self) -> u32 {
+        self.settings.routes.get(self.route).id
+    }
+
     /// Queues the bookkeeping of the end and decides what the connection does next.
     fn conclude(&mut self, e: Ending, t: &Time) {
         let status = match e {
@@ -465,7 +470,7 @@ impl Exchange {
             status,
             reused: self.reused,
             retried: self.retried,
-            route: self.settings.routes.get(self.route).id,
+            route: self.route_id(),
         }));
         if self.log {
             self.steps.push_back(Step::Log(
@@ -540,7 +545,7 @@ impl Exchange {
             Connecting::Failed(why) => {
                 self.last_failure = Some(why);
                 self.steps
-                    .push_back(Step::Note(Note::BackendFailed(self.backend)));
+                    .push_back(Step::Note(Note::BackendFailed(self.backend, self.route_id())));
                 self.next_backend(t);
             }
         }

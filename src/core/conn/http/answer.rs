@@ -39,7 +39,7 @@ impl Exchange {
             return;
         }
         self.steps
-            .push_back(Step::Note(Note::BackendFailed(self.backend)));
+            .push_back(Step::Note(Note::BackendFailed(self.backend, self.route_id())));
         self.ending = Some(Ending::Refuse(Reject::BackendFailed(why)));
     }
 
@@ -123,7 +123,7 @@ impl Exchange {
 
     pub(super) fn bad_answer(&mut self, why: BackendFailure) {
         self.steps
-            .push_back(Step::Note(Note::BackendFailed(self.backend)));
+            .push_back(Step::Note(Note::BackendFailed(self.backend, self.route_id())));
         self.ending = Some(Ending::Refuse(Reject::BackendFailed(why)));
     }
 }
