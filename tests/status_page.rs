@@ -411,15 +411,28 @@ fn page_test(model: &str, driver: Driver) {
     assert_eq!(route("/a", "data-tunnels"), A_OPENED);
     assert_eq!(route("/b", "data-active"), B_OPEN);
     assert_eq!(route("/b", "data-tunnels"), B_OPENED);
-    let (ba, bb, dead) = (backend("/a", s.a), backend("/b", s.b), backend("/b", s.dead));
-    assert_eq!((n(&ba, "data-active"), n(&ba, "data-tunnels")), (A_OPEN, A_OPENED));
+    let (ba, bb, dead) = (
+        backend("/a", s.a),
+        backend("/b", s.b),
+        backend("/b", s.dead),
+    );
+    assert_eq!(
+        (n(&ba, "data-active"), n(&ba, "data-tunnels")),
+        (A_OPEN, A_OPENED)
+    );
     assert_eq!(n(&ba, "data-failures"), 0);
     assert_eq!(ba["data-state"], "serving");
-    assert_eq!((n(&bb, "data-active"), n(&bb, "data-tunnels")), (B_OPEN, B_OPENED));
+    assert_eq!(
+        (n(&bb, "data-active"), n(&bb, "data-tunnels")),
+        (B_OPEN, B_OPENED)
+    );
     assert_eq!(bb["data-state"], "serving");
     // Round robin sent some of /b's tunnels to the refused port first: each such connect is a
     // failure, and the tunnel went on to the next backend.
-    let failures = m(&format!("wsplice_backend_failures_total{{backend=\"{}\"}}", s.dead));
+    let failures = m(&format!(
+        "wsplice_backend_failures_total{{backend=\"{}\"}}",
+        s.dead
+    ));
     assert!(failures >= 1, "round robin never tried {}", s.dead);
     assert_eq!(n(&dead, "data-failures"), failures);
     assert_eq!(route("/b", "data-failures"), failures);
@@ -439,7 +452,11 @@ fn page_test(model: &str, driver: Driver) {
         ("half_close_timeout", 0),
         ("drain", 0),
     ] {
-        assert_eq!(dom.num("data-close", reason, "data-value"), want, "{reason}");
+        assert_eq!(
+            dom.num("data-close", reason, "data-value"),
+            want,
+            "{reason}"
+        );
     }
 
     // The handshake histogram: one observation per tunnel, in the buckets /metrics has.
@@ -481,7 +498,9 @@ fn page_test(model: &str, driver: Driver) {
     );
 }
 
-drivers!(page_with_worker_threads, |driver| page_test("threads", driver));
+drivers!(page_with_worker_threads, |driver| page_test(
+    "threads", driver
+));
 
 #[test]
 fn page_with_worker_processes() {
@@ -512,7 +531,10 @@ fn status_json_test(model: &str) {
         .iter()
         .filter_map(|v| v.as_u64())
         .collect();
-    assert_eq!(counts.iter().sum::<u64>(), m("wsplice_handshake_seconds_count"));
+    assert_eq!(
+        counts.iter().sum::<u64>(),
+        m("wsplice_handshake_seconds_count")
+    );
     assert_eq!(
         h["le"].as_array().map(Vec::len),
         Some(counts.len() - 1),
@@ -558,7 +580,10 @@ fn status_json_test(model: &str) {
         .expect("the refused backend is listed");
     assert_eq!(
         dead["failures"],
-        m(&format!("wsplice_backend_failures_total{{backend=\"{}\"}}", s.dead))
+        m(&format!(
+            "wsplice_backend_failures_total{{backend=\"{}\"}}",
+            s.dead
+        ))
     );
     let live = b
         .iter()
@@ -567,7 +592,10 @@ fn status_json_test(model: &str) {
     assert_eq!(live["active"], B_OPEN);
     assert_eq!(
         live["tunnels"],
-        m(&format!("wsplice_backend_tunnels_total{{backend=\"{}\"}}", s.b))
+        m(&format!(
+            "wsplice_backend_tunnels_total{{backend=\"{}\"}}",
+            s.b
+        ))
     );
 
     // Memory: resident bytes of every process of the proxy over its connections.
@@ -628,7 +656,9 @@ fn page_is_self_contained_and_served_at_the_root() {
         );
     }
     assert!(proxy.scrape("/healthz").starts_with("ok"));
-    assert!(proxy.scrape("/metrics").contains("wsplice_connections_active"));
+    assert!(proxy
+        .scrape("/metrics")
+        .contains("wsplice_connections_active"));
 }
 
 /// Writes `bench-results/2026-11-29-status/status-page.png` (the README's picture): the page
@@ -643,6 +673,20 @@ fn screenshot() {
     let out = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("bench-results/2026-11-29-status/status-page.png");
     std::fs::create_dir_all(out.parent().expect("dir")).expect("mkdir");
+    // More tunnels come and go while the page polls, so its history has a shape: the page's
+    // clock runs on virtual time, which waits for each poll's real fetch.
+    let addr = s.proxy.addr();
+    let churn = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for i in 0..120 {
+            held.push(tunnel(addr, if i % 3 == 0 { "/b/t" } else { "/a/t" }));
+            if i % 4 == 3 {
+                held.swap_remove(i % held.len());
+            }
+            std::thread::sleep(Duration::from_millis(15));
+        }
+        held
+    });
     run_chromium(
         &bin,
         &format!("http://{admin}/"),
@@ -652,5 +696,6 @@ fn screenshot() {
             "--window-size=1280,900",
         ],
     );
+    drop(churn.join().expect("churn"));
     assert!(out.is_file(), "no screenshot at {}", out.display());
 }

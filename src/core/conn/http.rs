@@ -307,8 +307,10 @@ impl Exchange {
     fn timed_out(&mut self, t: &Time) {
         if self.link == Link::Connecting {
             self.last_failure = Some(ConnectFailure::Timeout);
-            self.steps
-                .push_back(Step::Note(Note::BackendFailed(self.backend, self.route_id())));
+            self.steps.push_back(Step::Note(Note::BackendFailed(
+                self.backend,
+                self.route_id(),
+            )));
             self.next_backend(t);
         } else if self.answer.is_some() {
             self.ending = Some(Ending::Abort(EndReason::Aborted));
@@ -316,8 +318,10 @@ impl Exchange {
             // The backend has everything we got: the client's body stalled.
             self.ending = Some(Ending::Refuse(Reject::HandshakeTimeout));
         } else {
-            self.steps
-                .push_back(Step::Note(Note::BackendFailed(self.backend, self.route_id())));
+            self.steps.push_back(Step::Note(Note::BackendFailed(
+                self.backend,
+                self.route_id(),
+            )));
             self.ending = Some(Ending::Refuse(Reject::BackendTimeout));
         }
     }
@@ -544,8 +548,10 @@ impl Exchange {
             }
             Connecting::Failed(why) => {
                 self.last_failure = Some(why);
-                self.steps
-                    .push_back(Step::Note(Note::BackendFailed(self.backend, self.route_id())));
+                self.steps.push_back(Step::Note(Note::BackendFailed(
+                    self.backend,
+                    self.route_id(),
+                )));
                 self.next_backend(t);
             }
         }

@@ -474,7 +474,9 @@ impl Upgrading {
 
     /// The metric id of the route the handshake chose (0: none yet).
     fn route_id(&self) -> u32 {
-        self.hs.route().map_or(0, |r| self.settings.routes.get(r).id)
+        self.hs
+            .route()
+            .map_or(0, |r| self.settings.routes.get(r).id)
     }
 
     /// Bytes for the `Write { src: Held }` in flight: the rewritten head.

@@ -38,8 +38,10 @@ impl Exchange {
             self.build_head();
             return;
         }
-        self.steps
-            .push_back(Step::Note(Note::BackendFailed(self.backend, self.route_id())));
+        self.steps.push_back(Step::Note(Note::BackendFailed(
+            self.backend,
+            self.route_id(),
+        )));
         self.ending = Some(Ending::Refuse(Reject::BackendFailed(why)));
     }
 
@@ -122,8 +124,10 @@ impl Exchange {
     }
 
     pub(super) fn bad_answer(&mut self, why: BackendFailure) {
-        self.steps
-            .push_back(Step::Note(Note::BackendFailed(self.backend, self.route_id())));
+        self.steps.push_back(Step::Note(Note::BackendFailed(
+            self.backend,
+            self.route_id(),
+        )));
         self.ending = Some(Ending::Refuse(Reject::BackendFailed(why)));
     }
 }
