@@ -325,7 +325,7 @@ impl Dom {
     fn all(&self, name: &str, value: Option<&str>) -> Vec<&HashMap<String, String>> {
         self.0
             .iter()
-            .filter(|t| t.get(name).is_some_and(|v| value.is_none_or(|w| v == w)))
+            .filter(|t| t.get(name).is_some_and(|v| value.map_or(true, |w| v == w)))
             .collect()
     }
 
