@@ -307,10 +307,7 @@ impl Exchange {
     fn timed_out(&mut self, t: &Time) {
         if self.link == Link::Connecting {
             self.last_failure = Some(ConnectFailure::Timeout);
-            self.steps.push_back(Step::Note(Note::BackendFailed(
-                self.backend,
-                self.route_id(),
-            )));
+            self.steps.push_back(self.backend_failed());
             self.next_backend(t);
         } else if self.answer.is_some() {
             self.ending = Some(Ending::Abort(EndReason::Aborted));
@@ -318,10 +315,7 @@ impl Exchange {
             // The backend has everything we got: the client's body stalled.
             self.ending = Some(Ending::Refuse(Reject::HandshakeTimeout));
         } else {
-            self.steps.push_back(Step::Note(Note::BackendFailed(
-                self.backend,
-                self.route_id(),
-            )));
+            self.steps.push_back(self.backend_failed());
             self.ending = Some(Ending::Refuse(Reject::BackendTimeout));
         }
     }
@@ -460,8 +454,13 @@ impl Exchange {
     }
 
     /// The route's metric id.
-    pub(super) fn route_id(&self) -> u32 {
+    fn route_id(&self) -> u32 {
         self.settings.routes.get(self.route).id
+    }
+
+    /// The note that the current backend failed (counted under this route).
+    pub(super) fn backend_failed(&self) -> Step {
+        Step::Note(Note::BackendFailed(self.backend, self.route_id()))
     }
 
     /// Queues the bookkeeping of the end and decides what the connection does next.
@@ -548,10 +547,7 @@ impl Exchange {
             }
             Connecting::Failed(why) => {
                 self.last_failure = Some(why);
-                self.steps.push_back(Step::Note(Note::BackendFailed(
-                    self.backend,
-                    self.route_id(),
-                )));
+                self.steps.push_back(self.backend_failed());
                 self.next_backend(t);
             }
         }

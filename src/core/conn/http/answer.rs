@@ -38,10 +38,7 @@ impl Exchange {
             self.build_head();
             return;
         }
-        self.steps.push_back(Step::Note(Note::BackendFailed(
-            self.backend,
-            self.route_id(),
-        )));
+        self.steps.push_back(self.backend_failed());
         self.ending = Some(Ending::Refuse(Reject::BackendFailed(why)));
     }
 
@@ -124,10 +121,7 @@ impl Exchange {
     }
 
     pub(super) fn bad_answer(&mut self, why: BackendFailure) {
-        self.steps.push_back(Step::Note(Note::BackendFailed(
-            self.backend,
-            self.route_id(),
-        )));
+        self.steps.push_back(self.backend_failed());
         self.ending = Some(Ending::Refuse(Reject::BackendFailed(why)));
     }
 }
