@@ -439,8 +439,13 @@ fn page_test(model: &str, driver: Driver) {
     assert_eq!((n(&dead, "data-active"), n(&dead, "data-tunnels")), (0, 0));
     assert_eq!(dead["data-state"], "failing");
     if model == "threads" {
-        // Per-route request counts are gathered from worker threads only (so far).
         assert_eq!(route("/a", "data-requests"), s.forwarded);
+    } else {
+        // Per-route request counts are gathered from worker threads only (so far): the page
+        // says it does not know rather than showing zero.
+        let rows = dom.all("data-route", Some("/a"));
+        let row = rows.iter().find(|t| !t.contains_key("data-backend"));
+        assert_eq!(row.map(|t| t["data-requests"].as_str()), Some(""));
     }
 
     // Closes by reason, each as counted.
@@ -516,6 +521,7 @@ fn status_json_test(model: &str) {
     let j: serde_json::Value = serde_json::from_str(&s.proxy.scrape("/status")).expect("json");
     let m = |name: &str| s.proxy.metric(name);
     assert_eq!(j["worker_model"], model);
+    assert_eq!(j["route_requests_gathered"], model == "threads");
     assert_eq!(j["connections"], A_OPEN + B_OPEN);
     assert_eq!(j["tunnels_total"], A_OPENED + B_OPENED);
     let metrics = &j["metrics"];

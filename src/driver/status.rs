@@ -243,6 +243,10 @@ pub fn document(
     body.push(format!("\"workers\":[{}]", list.join(",")));
     let views = route_views(&stats.backend_rows(), &stats.route_rows());
     body.push(format!("\"routes\":{}", routes_json(&views)));
+    // Worker processes do not gather forwarded requests per route yet: their `requests` are
+    // zeros, which the page shows as unknown.
+    let gathered = stats.model() == WorkerModel::Threads;
+    body.push(format!("\"route_requests_gathered\":{gathered}"));
     body.push(format!("\"memory\":{}", memory(stats, c.connections)));
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
