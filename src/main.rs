@@ -610,6 +610,7 @@ fn reload(running: &mut dyn Running, args: &Args, cfg: &mut Config, text: &mut O
                 path.display(),
                 new.routes.len()
             );
+            driver::status::name_routes(&new.routes);
             say("reloaded");
             *cfg = new;
             *text = new_text;

@@ -43,6 +43,7 @@ pub(super) fn announce(
     } = found;
     let workers = cfg.workers.unwrap_or(1);
     if let Some(addr) = cfg.admin {
+        driver::status::name_routes(&cfg.routes);
         let bound = admin::start(addr, stats, Instant::now())?;
         say(&format!("admin {bound}"));
     }

@@ -173,7 +173,7 @@ pub fn route_id(label: &str) -> u32 {
 }
 
 /// `host/prefix`, or `prefix` for a route that matches any Host.
-fn route_label(r: &Route) -> String {
+pub fn route_label(r: &Route) -> String {
     match &r.host {
         Some(h) => format!("{h}{}", r.prefix),
         None => r.prefix.clone(),

@@ -1,14 +1,17 @@
-//! The admin listener: `GET /metrics` (Prometheus text), `GET /healthz`, `GET /status` (JSON).
+//! The admin listener: `GET /` (the status page), `GET /status` (the JSON it polls),
+//! `GET /metrics` (Prometheus text), `GET /healthz`.
 //!
 //! One blocking thread, one request per connection, far from the hot path: it only reads the
 //! counters the workers publish (with worker processes: in shared memory, summed here, together
 //! with the counts of workers that died and were replaced).
 
 use crate::driver::stats::{self, Counters};
-use crate::driver::{StatsReader, WorkerModel};
+use crate::driver::{status, StatsReader, WorkerModel};
 use crate::sys::limits;
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Binds `addr` and serves admin requests on a background thread.
@@ -23,12 +26,33 @@ pub fn start(addr: SocketAddr, stats: StatsReader, started: Instant) -> io::Resu
     std::thread::Builder::new()
         .name("wsplice-admin".into())
         .spawn(move || {
+            let busy = Arc::new(AtomicUsize::new(0));
             for s in l.incoming().flatten() {
-                let _ = serve(s, &stats, started);
+                // A browser opens a spare connection it may never send on: each connection
+                // gets its own short-lived thread, so one idle socket does not hold up the
+                // page's polls (at most MAX_BUSY at once; beyond that, served in turn).
+                if busy.fetch_add(1, Ordering::AcqRel) >= MAX_BUSY {
+                    let _ = serve(s, &stats, started);
+                    busy.fetch_sub(1, Ordering::AcqRel);
+                    continue;
+                }
+                let (stats, busy2) = (stats.clone(), busy.clone());
+                let spawned = std::thread::Builder::new()
+                    .name("wsplice-admin-req".into())
+                    .spawn(move || {
+                        let _ = serve(s, &stats, started);
+                        busy2.fetch_sub(1, Ordering::AcqRel);
+                    });
+                if spawned.is_err() {
+                    busy.fetch_sub(1, Ordering::AcqRel);
+                }
             }
         })?;
     Ok(bound)
 }
+
+/// Admin connections served at once; more wait their turn.
+const MAX_BUSY: usize = 8;
 
 fn serve(s: TcpStream, stats: &StatsReader, started: Instant) -> io::Result<()> {
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
@@ -42,9 +66,14 @@ fn serve(s: TcpStream, stats: &StatsReader, started: Instant) -> io::Result<()> 
         h.clear();
     }
     let mut parts = line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    // A query string (a cache-buster, say) does not change what a path answers.
+    let path = target.split('?').next().unwrap_or("");
+    if (method, path) == ("GET", "/") {
+        return answer(&s, "200 OK", "text/html; charset=utf-8", status::PAGE);
+    }
     let c = stats.read();
-    let (status, ctype, body) = match (method, path) {
+    let (code, ctype, body) = match (method, path) {
         ("GET", "/metrics") => {
             let mut m = metrics(&c, stats, started);
             m.push_str(&stats.backends());
@@ -55,19 +84,23 @@ fn serve(s: TcpStream, stats: &StatsReader, started: Instant) -> io::Result<()> 
         ("GET", "/status") => (
             "200 OK",
             "application/json",
-            status_json(&c, stats, started),
+            status::document(&c, stats, &process(stats, started), &fds(stats).1),
         ),
         ("GET", _) => (
             "404 Not Found",
             "text/plain",
-            "try /metrics, /healthz or /status\n".into(),
+            "try / (the status page), /status, /metrics or /healthz\n".into(),
         ),
         _ => ("405 Method Not Allowed", "text/plain", "GET only\n".into()),
     };
-    let mut w = &s;
+    answer(&s, code, ctype, &body)
+}
+
+fn answer(s: &TcpStream, code: &str, ctype: &str, body: &str) -> io::Result<()> {
+    let mut w = s;
     write!(
         w,
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {code}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
 }
@@ -114,28 +147,4 @@ fn process(stats: &StatsReader, started: Instant) -> [(stats::Family, u64); 3] {
         (stats::FD_LIMIT, soft),
         (stats::UPTIME, started.elapsed().as_secs()),
     ]
-}
-
-/// The `/status` keys the metric list marks, then the process's, the model and the workers.
-fn status_json(c: &Counters, stats: &StatsReader, started: Instant) -> String {
-    let mut fields = stats::status_fields(c);
-    fields.extend(
-        process(stats, started)
-            .iter()
-            .filter_map(|(f, v)| Some((f.json?, *v))),
-    );
-    let mut body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
-    body.push(format!("\"worker_model\":\"{}\"", stats.model().as_str()));
-    let workers: Vec<String> = stats
-        .workers()
-        .iter()
-        .map(|w| {
-            format!(
-                "{{\"id\":{},\"pid\":{},\"connections\":{},\"restarts\":{}}}",
-                w.id, w.pid, w.connections, w.restarts
-            )
-        })
-        .collect();
-    body.push(format!("\"workers\":[{}]", workers.join(",")));
-    format!("{{{}}}\n", body.join(","))
 }

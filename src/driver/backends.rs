@@ -1,12 +1,12 @@
-//! Per-backend counts of one worker: backend addresses interned to small ids (a relay keeps
-//! two bytes, not a socket address), published to the admin thread when they change.
+//! Per-backend counts of one worker: (route, backend address) pairs interned to small ids (a
+//! relay keeps two bytes, not a socket address and a route), published to the admin thread when
+//! they change. A backend two routes share is counted once per route; `/metrics` sums them.
 
-use crate::driver::stats::{BackendCounts, BackendSnapshot};
-use std::net::SocketAddr;
+use crate::driver::stats::{BackendCounts, BackendKey, BackendSnapshot};
 
 /// One worker's per-backend counts.
 pub struct BackendTable {
-    counts: Vec<(SocketAddr, BackendCounts)>,
+    counts: Vec<(BackendKey, BackendCounts)>,
     published: BackendSnapshot,
     dirty: bool,
 }
@@ -20,23 +20,23 @@ impl BackendTable {
         }
     }
 
-    /// The worker-local id of a backend address (interned; stable for the worker's life).
-    pub fn id(&mut self, addr: SocketAddr) -> u16 {
-        match self.counts.iter().position(|(a, _)| *a == addr) {
+    /// The worker-local id of a backend of a route (interned; stable for the worker's life).
+    pub fn id(&mut self, key: BackendKey) -> u16 {
+        match self.counts.iter().position(|(k, _)| *k == key) {
             Some(i) => i as u16,
             None => {
                 // u16::MAX means "no backend": more distinct backends than that share the last slot.
                 if self.counts.len() < u16::MAX as usize - 1 {
-                    self.counts.push((addr, BackendCounts::default()));
+                    self.counts.push((key, BackendCounts::default()));
                 }
                 (self.counts.len() - 1) as u16
             }
         }
     }
 
-    pub fn counts(&mut self, addr: SocketAddr) -> &mut BackendCounts {
+    pub fn counts(&mut self, key: BackendKey) -> &mut BackendCounts {
         self.dirty = true;
-        let id = self.id(addr) as usize;
+        let id = self.id(key) as usize;
         &mut self.counts[id].1
     }
 

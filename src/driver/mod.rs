@@ -25,6 +25,7 @@ pub mod process;
 pub mod routes;
 pub mod shared;
 pub mod stats;
+pub mod status;
 pub mod supervisor;
 pub mod uring;
 pub mod worker;
@@ -622,14 +623,31 @@ impl StatsReader {
 
     /// Per-backend lines in Prometheus text format (published by each worker when they change).
     pub fn backends(&self) -> String {
-        let all: Vec<_> = match &self.0 {
+        stats::render_backends(&self.backend_rows())
+    }
+
+    /// Each worker's per-backend counts, by route and backend (with worker processes, the
+    /// last list holds what replaced workers had counted).
+    pub fn backend_rows(&self) -> Vec<Vec<(stats::BackendKey, stats::BackendCounts)>> {
+        match &self.0 {
             Source::Threads { backends, .. } => backends
                 .iter()
                 .map(|b| b.lock().map(|v| v.clone()).unwrap_or_default())
                 .collect(),
             Source::Processes(board) => board.backends(),
-        };
-        stats::render_backends(&all)
+        }
+    }
+
+    /// Each worker's forwarded-request counts per route label (worker threads only; empty
+    /// with worker processes, which do not gather them yet).
+    pub fn route_rows(&self) -> Vec<Vec<(String, [u64; 6])>> {
+        match &self.0 {
+            Source::Threads { routes, .. } => routes
+                .iter()
+                .map(|r| r.lock().map(|v| v.clone()).unwrap_or_default())
+                .collect(),
+            Source::Processes(_) => Vec::new(),
+        }
     }
 
     /// `threads` or `processes`.
@@ -661,13 +679,7 @@ impl StatsReader {
     /// processes the per-route counts are not gathered yet, and this is empty).
     pub fn routes(&self) -> String {
         match &self.0 {
-            Source::Threads { routes, .. } => {
-                let all: Vec<_> = routes
-                    .iter()
-                    .map(|r| r.lock().map(|v| v.clone()).unwrap_or_default())
-                    .collect();
-                stats::render_routes(&all)
-            }
+            Source::Threads { .. } => stats::render_routes(&self.route_rows()),
             Source::Processes(_) => String::new(),
         }
     }

@@ -18,7 +18,7 @@
 
 mod table;
 
-use crate::driver::stats::{BackendCounts, Published, PUBLISHED_WORDS};
+use crate::driver::stats::{BackendCounts, BackendKey, Published, PUBLISHED_WORDS};
 use crate::sys::shm::{Cells, SharedMap};
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::io;
@@ -54,7 +54,8 @@ const S_BK_WANT: usize = 6;
 const S_BK_HAVE: usize = 7;
 const SLOT: usize = 8;
 
-/// Words per backend entry: address (3), active, tunnels, failures.
+/// Words per backend entry: address (3; the route id in the upper half of the third), active,
+/// tunnels, failures.
 const BK_ENTRY: usize = 6;
 /// Words per IP table entry: address (2), count.
 const IP_ENTRY: usize = 3;
@@ -168,7 +169,7 @@ fn words_addr(w: [u64; 3]) -> SocketAddr {
     o[8..].copy_from_slice(&w[1].to_be_bytes());
     let v6 = std::net::Ipv6Addr::from(o);
     let ip = match v6.to_ipv4_mapped() {
-        Some(v4) if w[2] >> 16 == 0 => IpAddr::V4(v4),
+        Some(v4) if (w[2] >> 16) & 1 == 0 => IpAddr::V4(v4),
         _ => IpAddr::V6(v6),
     };
     SocketAddr::new(ip, (w[2] & 0xffff) as u16)
@@ -524,7 +525,7 @@ impl Shared {
 
     /// Copies `worker`'s per-backend counts into its mirror (worker process); entries beyond
     /// [`Layout::backend_slots`] are left out. Answers a pending [`Shared::request_backends`].
-    pub fn mirror_backends(&self, worker: usize, list: &[(SocketAddr, BackendCounts)]) {
+    pub fn mirror_backends(&self, worker: usize, list: &[(BackendKey, BackendCounts)]) {
         let want = self.slot(worker, S_BK_WANT).load(Ordering::Acquire);
         let seq = self.slot(worker, S_BK_SEQ);
         let s = seq.load(Ordering::Relaxed);
@@ -532,9 +533,10 @@ impl Shared {
         fence(Ordering::Release);
         let base = self.layout.backends(worker);
         let n = list.len().min(self.layout.backend_slots);
-        for (e, (addr, c)) in list[..n].iter().enumerate() {
+        for (e, ((route, addr), c)) in list[..n].iter().enumerate() {
             let a = addr_words(*addr);
-            let vals = [a[0], a[1], a[2], c.active, c.tunnels, c.failures];
+            let a2 = a[2] | u64::from(*route) << 32;
+            let vals = [a[0], a[1], a2, c.active, c.tunnels, c.failures];
             for (j, v) in vals.into_iter().enumerate() {
                 self.w(base + e * BK_ENTRY + j).store(v, Ordering::Relaxed);
             }
@@ -556,7 +558,7 @@ impl Shared {
     }
 
     /// `worker`'s mirrored per-backend counts.
-    pub fn backends(&self, worker: usize) -> Vec<(SocketAddr, BackendCounts)> {
+    pub fn backends(&self, worker: usize) -> Vec<(BackendKey, BackendCounts)> {
         let seq = self.slot(worker, S_BK_SEQ);
         let base = self.layout.backends(worker);
         loop {
@@ -571,7 +573,7 @@ impl Shared {
                 .map(|e| {
                     let v = |j: usize| self.w(base + e * BK_ENTRY + j).load(Ordering::Relaxed);
                     (
-                        words_addr([v(0), v(1), v(2)]),
+                        ((v(2) >> 32) as u32, words_addr([v(0), v(1), v(2)])),
                         BackendCounts {
                             active: v(3),
                             tunnels: v(4),
@@ -676,16 +678,19 @@ mod tests {
         let (sup, w) = two();
         let list = vec![
             (
-                "127.0.0.1:5000".parse().expect("addr"),
+                (7, "127.0.0.1:5000".parse().expect("addr")),
                 BackendCounts {
                     active: 1,
                     tunnels: 2,
                     failures: 3,
                 },
             ),
-            ("[::1]:80".parse().expect("addr"), BackendCounts::default()),
             (
-                "[::ffff:10.0.0.1]:81".parse().expect("addr"),
+                (u32::MAX, "[::1]:80".parse().expect("addr")),
+                BackendCounts::default(),
+            ),
+            (
+                (0, "[::ffff:10.0.0.1]:81".parse().expect("addr")),
                 BackendCounts::default(),
             ),
         ];

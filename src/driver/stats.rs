@@ -21,6 +21,7 @@
 //! relaxed stores; readers sum the workers on demand. Nothing shared is touched per relayed byte.
 
 mod expand;
+pub mod json;
 
 use crate::core::relay::{CloseReason, RelayStats};
 use crate::core::status::Reject;
@@ -488,15 +489,19 @@ pub struct BackendCounts {
     pub failures: u64,
 }
 
-/// One worker's per-backend counts as the admin listener reads them.
-pub type BackendSnapshot =
-    std::sync::Arc<std::sync::Mutex<Vec<(std::net::SocketAddr, BackendCounts)>>>;
+/// A backend as one route uses it: (the route's [`crate::core::route::RouteEntry::id`], 0 for
+/// none; the backend's address).
+pub type BackendKey = (u32, std::net::SocketAddr);
 
-/// Renders the [`BACKEND_FAMILIES`], summing workers' maps; each family's samples together.
-pub fn render_backends(all: &[Vec<(std::net::SocketAddr, BackendCounts)>]) -> String {
+/// One worker's per-backend counts as the admin listener reads them.
+pub type BackendSnapshot = std::sync::Arc<std::sync::Mutex<Vec<(BackendKey, BackendCounts)>>>;
+
+/// Renders the [`BACKEND_FAMILIES`], summing workers' maps (and the routes sharing a backend);
+/// each family's samples together.
+pub fn render_backends(all: &[Vec<(BackendKey, BackendCounts)>]) -> String {
     let mut sum: Vec<(std::net::SocketAddr, BackendCounts)> = Vec::new();
     for w in all {
-        for &(addr, c) in w {
+        for &((_, addr), c) in w {
             match sum.iter_mut().find(|(a, _)| *a == addr) {
                 Some((_, t)) => {
                     t.active += c.active;

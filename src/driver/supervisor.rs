@@ -24,7 +24,7 @@
 
 use crate::config::Config;
 use crate::driver::shared::{Layout, Shared};
-use crate::driver::stats::{self, BackendCounts, Counters, Published};
+use crate::driver::stats::{self, BackendCounts, BackendKey, Counters, Published};
 use crate::driver::{bind_all, process_capacity, StatsReader, WorkerInfo};
 use crate::sys::{ipc, shm};
 use crate::transport::tls::TicketKeys;
@@ -86,7 +86,7 @@ pub enum Event {
 pub struct Board {
     shared: Arc<Shared>,
     published: Vec<Published>,
-    retired: Mutex<(Counters, Vec<(SocketAddr, BackendCounts)>)>,
+    retired: Mutex<(Counters, Vec<(BackendKey, BackendCounts)>)>,
     workers: Mutex<Vec<BoardWorker>>,
 }
 
@@ -111,7 +111,7 @@ impl Board {
 
     /// Every worker's per-backend counts, fresh: each live worker is asked to mirror them and
     /// answers within [`MIRROR_WAIT`] (a worker that does not keeps its last mirror).
-    pub fn backends(&self) -> Vec<Vec<(SocketAddr, BackendCounts)>> {
+    pub fn backends(&self) -> Vec<Vec<(BackendKey, BackendCounts)>> {
         let ctls: Vec<Option<Arc<OwnedFd>>> = self
             .workers
             .lock()
@@ -171,13 +171,13 @@ impl Board {
         c.pipes.pooled = 0;
         retired.0 = stats::sum([retired.0, c]);
         self.published[id].store(&Counters::default());
-        for (addr, b) in self.shared.backends(id) {
-            match retired.1.iter_mut().find(|(a, _)| *a == addr) {
+        for (key, b) in self.shared.backends(id) {
+            match retired.1.iter_mut().find(|(k, _)| *k == key) {
                 Some((_, t)) => {
                     t.tunnels += b.tunnels;
                     t.failures += b.failures;
                 }
-                None => retired.1.push((addr, BackendCounts { active: 0, ..b })),
+                None => retired.1.push((key, BackendCounts { active: 0, ..b })),
             }
         }
         self.shared.clear_backends(id);

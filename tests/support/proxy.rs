@@ -715,6 +715,11 @@ impl Proxy {
             .unwrap_or_else(|| panic!("no {name} in\n{body}"))
     }
 
+    /// The admin listener's address, if the config has one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
     /// The body of an admin GET.
     pub fn scrape(&self, path: &str) -> String {
         let admin = self.admin.expect("the config has no admin listener");

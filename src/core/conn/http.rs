@@ -310,8 +310,7 @@ impl Exchange {
     fn timed_out(&mut self, t: &Time) {
         if self.link == Link::Connecting {
             self.last_failure = Some(ConnectFailure::Timeout);
-            self.steps
-                .push_back(Step::Note(Note::BackendFailed(self.backend)));
+            self.steps.push_back(self.backend_failed());
             self.next_backend(t);
         } else if self.answer.is_some() {
             self.ending = Some(Ending::Abort(EndReason::Aborted));
@@ -319,8 +318,7 @@ impl Exchange {
             // The backend has everything we got: the client's body stalled.
             self.ending = Some(Ending::Refuse(Reject::HandshakeTimeout));
         } else {
-            self.steps
-                .push_back(Step::Note(Note::BackendFailed(self.backend)));
+            self.steps.push_back(self.backend_failed());
             self.ending = Some(Ending::Refuse(Reject::BackendTimeout));
         }
     }
@@ -458,6 +456,16 @@ impl Exchange {
         }
     }
 
+    /// The route's metric id.
+    fn route_id(&self) -> u32 {
+        self.settings.routes.get(self.route).id
+    }
+
+    /// The note that the current backend failed (counted under this route).
+    pub(super) fn backend_failed(&self) -> Step {
+        Step::Note(Note::BackendFailed(self.backend, self.route_id()))
+    }
+
     /// Queues the bookkeeping of the end and decides what the connection does next.
     fn conclude(&mut self, e: Ending, t: &Time) {
         let status = match e {
@@ -468,7 +476,7 @@ impl Exchange {
             status,
             reused: self.reused,
             retried: self.retried,
-            route: self.settings.routes.get(self.route).id,
+            route: self.route_id(),
         }));
         if self.log {
             self.steps.push_back(Step::Log(
@@ -542,8 +550,7 @@ impl Exchange {
             }
             Connecting::Failed(why) => {
                 self.last_failure = Some(why);
-                self.steps
-                    .push_back(Step::Note(Note::BackendFailed(self.backend)));
+                self.steps.push_back(self.backend_failed());
                 self.next_backend(t);
             }
         }

@@ -118,7 +118,9 @@ pub enum Connecting {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Note {
     /// An attempt to this backend failed (refused, reset, timed out, broken answer).
-    BackendFailed(SocketAddr),
+    /// Carries the route's [`crate::core::route::RouteEntry::id`]: a backend is counted per
+    /// route that uses it.
+    BackendFailed(SocketAddr, u32),
     /// The client is refused with this answer.
     Rejected(Reject),
     /// The process was at `max_connections` when this client came.
@@ -132,6 +134,8 @@ pub enum Note {
     /// [`Conn::set_backend_id`].
     RelayOpened {
         backend: Option<SocketAddr>,
+        /// The route's [`crate::core::route::RouteEntry::id`] (0: none).
+        route: u32,
         handshake: Duration,
     },
     /// A forwarded request ended with this status (ours or the backend's; 0 when the client
@@ -554,6 +558,7 @@ impl<P> Conn<P> {
         });
         Step::Note(Note::RelayOpened {
             backend: opened.backend,
+            route: opened.route,
             handshake: t.now.saturating_duration_since(opened.started),
         })
     }

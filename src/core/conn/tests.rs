@@ -271,7 +271,7 @@ fn each_failed_backend_is_reported_once_then_the_client_gets_504() {
     };
     r.conn
         .complete_connect(Connecting::Failed(ConnectFailure::Refused), false, &r.t);
-    assert!(matches!(r.next(), Step::Note(Note::BackendFailed(a)) if a == first));
+    assert!(matches!(r.next(), Step::Note(Note::BackendFailed(a, _)) if a == first));
     let Step::Connect(second) = r.next() else {
         panic!("expected the next backend")
     };
@@ -281,7 +281,7 @@ fn each_failed_backend_is_reported_once_then_the_client_gets_504() {
     // The connect timeout (5 s by default) passes.
     r.after(Duration::from_secs(6));
     r.fire_timer();
-    assert!(matches!(r.next(), Step::Note(Note::BackendFailed(a)) if a == second));
+    assert!(matches!(r.next(), Step::Note(Note::BackendFailed(a, _)) if a == second));
     assert!(matches!(
         r.next(),
         Step::Note(Note::Rejected(Reject::BackendTimeout))
@@ -443,7 +443,7 @@ fn a_post_is_not_retried_once_its_body_went_out() {
     r.conn.handle(ready(Side::Backend, true, false), &r.t);
     let read = r.expect_io();
     r.io(read, b"");
-    assert!(matches!(r.next(), Step::Note(Note::BackendFailed(a)) if a == backend));
+    assert!(matches!(r.next(), Step::Note(Note::BackendFailed(a, _)) if a == backend));
     expect_request_note(&mut r, 502, true, false);
     assert!(matches!(r.next(), Step::CloseBackend));
     let w = r.expect_io();
@@ -484,7 +484,7 @@ fn a_silent_backend_gets_504_after_the_response_timeout() {
     assert!(matches!(r.next(), Step::Wait));
     r.after(Duration::from_secs(61));
     r.fire_timer();
-    assert!(matches!(r.next(), Step::Note(Note::BackendFailed(a)) if a == backend));
+    assert!(matches!(r.next(), Step::Note(Note::BackendFailed(a, _)) if a == backend));
     expect_request_note(&mut r, 504, true, false);
 }
 

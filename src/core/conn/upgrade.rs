@@ -80,6 +80,8 @@ pub(super) struct Opened {
     pub to_client: Vec<u8>,
     pub to_backend: Vec<u8>,
     pub backend: Option<SocketAddr>,
+    /// The route's metric id (0: none).
+    pub route: u32,
     pub started: Instant,
     pub counted_ip: Option<IpAddr>,
     pub log: Option<Box<ConnLog>>,
@@ -242,7 +244,8 @@ impl Upgrading {
     /// Queues the handshake's decision and what it reported.
     fn act(&mut self, a: Action) {
         if let Some(b) = self.hs.take_failed() {
-            self.notes.push_back(Note::BackendFailed(b));
+            let route = self.route_id();
+            self.notes.push_back(Note::BackendFailed(b, route));
         }
         if a != Action::Wait {
             self.action = Some(a);
@@ -469,6 +472,13 @@ impl Upgrading {
         false
     }
 
+    /// The metric id of the route the handshake chose (0: none yet).
+    fn route_id(&self) -> u32 {
+        self.hs
+            .route()
+            .map_or(0, |r| self.settings.routes.get(r).id)
+    }
+
     /// Bytes for the `Write { src: Held }` in flight: the rewritten head.
     pub(super) fn out_bytes(&self) -> &[u8] {
         self.hs.backend_output()
@@ -482,9 +492,11 @@ impl Upgrading {
             (Some(r), Some(i)) => Lease::take(&self.settings, r, i),
             _ => None,
         };
+        let route = self.route_id();
         let (to_client, to_backend) = self.hs.into_tunnel_bytes();
         Opened {
             lease,
+            route,
             settings: self.settings,
             to_client,
             to_backend,

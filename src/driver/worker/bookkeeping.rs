@@ -11,7 +11,7 @@ impl Worker {
     /// Counts what a connection reported.
     pub(super) fn note(&mut self, key: usize, n: Note) {
         match n {
-            Note::BackendFailed(addr) => self.backends.counts(addr).failures += 1,
+            Note::BackendFailed(addr, route) => self.backends.counts((route, addr)).failures += 1,
             Note::Rejected(r) => self.counters.count_reject(r),
             Note::Full if self.refusing_for_memory => self.counters.rejected_memory += 1,
             Note::Full => self.counters.rejected_full += 1,
@@ -27,13 +27,17 @@ impl Worker {
                 self.counters.retries += u64::from(retried);
                 self.routes.count(route, status);
             }
-            Note::RelayOpened { backend, handshake } => {
+            Note::RelayOpened {
+                backend,
+                route,
+                handshake,
+            } => {
                 self.pool.used.relay_opened();
                 self.counters.observe_handshake(handshake);
                 self.counters.tunnels += 1;
                 let id = backend.map_or(u16::MAX, |a| {
-                    let id = self.backends.id(a);
-                    let c = self.backends.counts(a);
+                    let id = self.backends.id((route, a));
+                    let c = self.backends.counts((route, a));
                     c.active += 1;
                     c.tunnels += 1;
                     id

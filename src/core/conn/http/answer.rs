@@ -38,8 +38,7 @@ impl Exchange {
             self.build_head();
             return;
         }
-        self.steps
-            .push_back(Step::Note(Note::BackendFailed(self.backend)));
+        self.steps.push_back(self.backend_failed());
         self.ending = Some(Ending::Refuse(Reject::BackendFailed(why)));
     }
 
@@ -134,8 +133,7 @@ impl Exchange {
     }
 
     pub(super) fn bad_answer(&mut self, why: BackendFailure) {
-        self.steps
-            .push_back(Step::Note(Note::BackendFailed(self.backend)));
+        self.steps.push_back(self.backend_failed());
         self.ending = Some(Ending::Refuse(Reject::BackendFailed(why)));
     }
 }

@@ -1,0 +1,707 @@
+//! The status page at the admin listener's `/`, in a real browser: headless Chromium (the Debian
+//! `chromium` package) loads it while the test holds tunnels open on two routes, runs the
+//! page's script through several polls of `/status`, and the test reads the numbers from the
+//! DOM it dumps and compares them with what it did. Also `/status` itself against `/metrics`,
+//! and the page's promise to fetch nothing but `/status`.
+//!
+//! Without Chromium the browser tests say so and pass, unless `CI` or
+//! `WSPLICE_REQUIRE_BROWSER` is set (`.ci/run` sets it and installs the package): then they
+//! fail. `cargo test --test status_page -- --ignored screenshot` writes the README's
+//! screenshot.
+
+#[macro_use]
+mod support;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use support::blocking::{eventually, try_read_head as read_head};
+use support::{route, upgrade_request, Driver, Proxy, ProxyBuilder, RefusedPort, ACCEPT};
+
+// ---------------------------------------------------------------------------------------------
+// The backend and the scenario
+// ---------------------------------------------------------------------------------------------
+
+/// A blocking backend: an upgrade gets a 101 and an echo (until EOF; `rst` makes it reset the
+/// connection); any other request gets `200 ok` and a close.
+fn backend() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind backend");
+    let addr = l.local_addr().expect("backend addr");
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let Ok(head) = read_head(&mut s) else { return };
+                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                if !head.contains("upgrade: websocket") {
+                    let _ = s.write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                    );
+                    return;
+                }
+                let answer = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {ACCEPT}\r\n\r\n"
+                );
+                if s.write_all(answer.as_bytes()).is_err() {
+                    return;
+                }
+                let mut b = [0u8; 4096];
+                loop {
+                    match s.read(&mut b) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) if &b[..n] == b"rst" => {
+                            let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+                            return;
+                        }
+                        Ok(n) => {
+                            if s.write_all(&b[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = s.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    addr
+}
+
+/// Opens a tunnel on `path` and checks that it echoes.
+fn tunnel(proxy: SocketAddr, path: &str) -> TcpStream {
+    let mut s = TcpStream::connect(proxy).expect("connect to the proxy");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(&upgrade_request(path, &[])).expect("upgrade");
+    let head = read_head(&mut s).expect("the proxy answers");
+    assert!(
+        head.starts_with(b"HTTP/1.1 101 "),
+        "{path}: {:?}",
+        String::from_utf8_lossy(&head)
+    );
+    s.write_all(b"ping").expect("write");
+    let mut back = [0u8; 4];
+    s.read_exact(&mut back).expect("echo");
+    assert_eq!(&back, b"ping");
+    s
+}
+
+/// Reads until the proxy closes (EOF or reset).
+fn until_closed(s: &mut TcpStream) {
+    let mut b = [0u8; 64];
+    while let Ok(n) = s.read(&mut b) {
+        if n == 0 {
+            return;
+        }
+    }
+}
+
+/// What the test did, to compare with what the page shows.
+struct Scene {
+    proxy: Proxy,
+    /// Plain requests forwarded (1), or answered 426 under io_uring (0).
+    forwarded: u64,
+    /// Held open while the browser looks.
+    _open: Vec<TcpStream>,
+    a: SocketAddr,
+    b: SocketAddr,
+    dead: SocketAddr,
+    _refused: RefusedPort,
+}
+
+const A_OPENED: u64 = 5;
+const B_OPENED: u64 = 4;
+/// Left open: /a 3 (one done, one reset by the client), /b 3 (one reset by the backend).
+const A_OPEN: u64 = 3;
+const B_OPEN: u64 = 3;
+
+/// Route `/a` over one backend, `/b` over a backend and a refused port; 9 tunnels opened,
+/// 3 closed with known reasons, one plain request forwarded.
+fn scene(model: &str, driver: Driver) -> Scene {
+    support::raise_test_fd_limit();
+    let (a, b) = (backend(), backend());
+    let refused = RefusedPort::new();
+    let dead = refused.addr;
+    let mut builder = ProxyBuilder::default().workers(2).driver(driver).admin();
+    if driver != Driver::Uring {
+        // (the builder names worker threads for the io_uring driver itself)
+        builder = builder.top("worker_model", &format!("\"{model}\""));
+    }
+    let proxy = builder
+        .route(route("/a", &[a]))
+        .route(route("/b", &[dead, b]))
+        .blocking_start();
+    let addr = proxy.addr();
+    let mut on_a: Vec<TcpStream> = (0..A_OPENED).map(|_| tunnel(addr, "/a/t")).collect();
+    let mut on_b: Vec<TcpStream> = (0..B_OPENED).map(|_| tunnel(addr, "/b/t")).collect();
+
+    // done: the client finishes, the backend finishes.
+    let mut done = on_a.pop().expect("tunnel");
+    done.shutdown(Shutdown::Write).expect("fin");
+    until_closed(&mut done);
+    // client_reset: the client aborts.
+    let reset = on_a.pop().expect("tunnel");
+    socket2::SockRef::from(&reset)
+        .set_linger(Some(Duration::ZERO))
+        .expect("linger");
+    drop(reset);
+    // backend_reset: the backend aborts.
+    let mut by_backend = on_b.pop().expect("tunnel");
+    by_backend.write_all(b"rst").expect("write");
+    until_closed(&mut by_backend);
+
+    // One plain request on /a: forwarded (under io_uring, which forwards none yet: 426).
+    let forwards = driver != Driver::Uring;
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(b"GET /a/plain HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let want: &[u8] = if forwards {
+        b"HTTP/1.1 200 "
+    } else {
+        b"HTTP/1.1 426 "
+    };
+    assert!(
+        answer.starts_with(want),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    let (ok, answered_426) = (u64::from(forwards), u64::from(!forwards));
+
+    eventually(
+        "the closes and the request to be counted",
+        Duration::from_secs(20),
+        || {
+            proxy.metric("wsplice_connections_active ") == A_OPEN + B_OPEN
+                && proxy.metric("wsplice_tunnels_closed_total{reason=\"done\"}") == 1
+                && proxy.metric("wsplice_tunnels_closed_total{reason=\"client_reset\"}") == 1
+                && proxy.metric("wsplice_tunnels_closed_total{reason=\"backend_reset\"}") == 1
+                && proxy.metric("wsplice_http_requests_total{class=\"2xx\"}") == ok
+                && proxy.metric("wsplice_handshake_rejects_total{status=\"426\"}") == answered_426
+        },
+    );
+    let mut open = on_a;
+    open.extend(on_b);
+    Scene {
+        proxy,
+        forwarded: ok,
+        _open: open,
+        a,
+        b,
+        dead,
+        _refused: refused,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The browser
+// ---------------------------------------------------------------------------------------------
+
+/// Chromium's path, or `None` (the test then skips, unless CI requires the browser).
+fn chromium() -> Option<PathBuf> {
+    let found = ["chromium", "chromium-browser"].iter().find_map(|name| {
+        std::env::var_os("PATH")?
+            .to_str()?
+            .split(':')
+            .map(|d| Path::new(d).join(name))
+            .find(|p| p.is_file())
+    });
+    let required = ["CI", "WSPLICE_REQUIRE_BROWSER"]
+        .iter()
+        .any(|v| std::env::var(v).is_ok_and(|v| !v.is_empty()));
+    match found {
+        None if required => panic!(
+            "chromium is not installed and CI (or WSPLICE_REQUIRE_BROWSER) requires the browser tests: apt-get install chromium"
+        ),
+        None => eprintln!(
+            "skipped: no chromium on PATH (apt-get install chromium; CI and WSPLICE_REQUIRE_BROWSER make this a failure)"
+        ),
+        Some(_) => {}
+    }
+    found
+}
+
+/// Runs headless Chromium on `url` with `args`, letting the page's script run for `budget` of
+/// virtual time (its timers and fetches), with a fresh profile; returns its stdout.
+fn run_chromium(bin: &Path, url: &str, budget: Duration, args: &[&str]) -> String {
+    let profile = std::env::temp_dir().join(format!(
+        "wsplice-chromium-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let mut child = Command::new(bin)
+        .args([
+            "--headless",
+            "--disable-gpu",
+            "--no-sandbox",
+            "--no-first-run",
+            "--hide-scrollbars",
+            &format!("--user-data-dir={}", profile.display()),
+            &format!("--virtual-time-budget={}", budget.as_millis()),
+        ])
+        .args(args)
+        .arg(url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start chromium");
+    let mut out = String::new();
+    let mut stdout = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let _ = stdout.read_to_string(&mut out);
+        out
+    });
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if child.try_wait().expect("wait chromium").is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_dir_all(&profile);
+            panic!("chromium did not finish {url} within 90 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = std::fs::remove_dir_all(&profile);
+    reader.join().expect("chromium's stdout")
+}
+
+/// The start tags of a DOM as Chromium serializes it (`<tag a="v" ...>`, values quoted with `"`
+/// and entity-escaped), each as its attributes.
+struct Dom(Vec<HashMap<String, String>>);
+
+impl Dom {
+    fn parse(html: &str) -> Dom {
+        let mut tags = Vec::new();
+        let mut rest = html;
+        while let Some(i) = rest.find('<') {
+            rest = &rest[i + 1..];
+            if !rest.starts_with(|c: char| c.is_ascii_alphabetic()) {
+                continue;
+            }
+            // The tag ends at the first `>` outside quotes.
+            let mut quoted = false;
+            let end = rest
+                .char_indices()
+                .find(|&(_, c)| {
+                    if c == '"' {
+                        quoted = !quoted;
+                    }
+                    c == '>' && !quoted
+                })
+                .map_or(rest.len(), |(j, _)| j);
+            let tag = &rest[..end];
+            let mut attrs = HashMap::new();
+            let mut words = tag.splitn(2, char::is_whitespace);
+            attrs.insert("<tag>".to_owned(), words.next().unwrap_or("").to_owned());
+            let mut a = words.next().unwrap_or("");
+            while let Some(eq) = a.find("=\"") {
+                let name = a[..eq].trim().to_owned();
+                let after = &a[eq + 2..];
+                let close = after.find('"').unwrap_or(after.len());
+                let value = after[..close]
+                    .replace("&quot;", "\"")
+                    .replace("&lt;", "<")
+                    .replace("&gt;", ">")
+                    .replace("&amp;", "&");
+                attrs.insert(name, value);
+                a = after.get(close + 1..).unwrap_or("");
+            }
+            tags.push(attrs);
+            rest = &rest[end..];
+        }
+        Dom(tags)
+    }
+
+    /// Every element with attribute `name` (equal to `value`, if given).
+    fn all(&self, name: &str, value: Option<&str>) -> Vec<&HashMap<String, String>> {
+        self.0
+            .iter()
+            .filter(|t| t.get(name).is_some_and(|v| value.map_or(true, |w| v == w)))
+            .collect()
+    }
+
+    fn one(&self, name: &str, value: &str) -> &HashMap<String, String> {
+        match self.all(name, Some(value))[..] {
+            [t] => t,
+            ref v => panic!("{} elements with {name}={value:?}", v.len()),
+        }
+    }
+
+    /// The number in `attr` of the element with `name="value"`.
+    fn num(&self, name: &str, value: &str, attr: &str) -> u64 {
+        let t = self.one(name, value);
+        let v = t
+            .get(attr)
+            .unwrap_or_else(|| panic!("[{name}={value}] has no {attr}: {t:?}"));
+        v.parse()
+            .unwrap_or_else(|_| panic!("[{name}={value}] {attr}={v:?} is not a count"))
+    }
+
+    /// The `data-value` of the element with this id.
+    fn value(&self, id: &str) -> u64 {
+        self.num("id", id, "data-value")
+    }
+}
+
+/// The text between the element with `id` and its end tag (a leaf element).
+fn text_of(html: &str, id: &str) -> String {
+    let at = html
+        .find(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no #{id}"));
+    let start = at + html[at..].find('>').expect("tag end") + 1;
+    let end = start + html[start..].find('<').expect("end tag");
+    html[start..end].to_owned()
+}
+
+fn page_test(model: &str, driver: Driver) {
+    let Some(bin) = chromium() else { return };
+    let s = scene(model, driver);
+    let admin = s.proxy.admin_addr().expect("admin");
+    let html = run_chromium(
+        &bin,
+        &format!("http://{admin}/"),
+        Duration::from_secs(6),
+        &["--dump-dom"],
+    );
+    let dom = Dom::parse(&html);
+    let m = |name: &str| s.proxy.metric(name);
+
+    // The script ran and polled more than once: the page updates itself.
+    let polls = dom.num("<tag>", "body", "data-polls");
+    assert!(polls >= 2, "{polls} polls of /status:\n{html}");
+    let points = dom.num("id", "history", "data-points");
+    assert!(points >= 2, "{points} points of history");
+    assert_eq!(dom.num("id", "history", "data-last"), A_OPEN + B_OPEN);
+
+    assert_eq!(dom.value("connections"), A_OPEN + B_OPEN, "{model}");
+    assert_eq!(dom.value("tunnels-open"), A_OPEN + B_OPEN);
+    assert_eq!(dom.value("tunnels-total"), A_OPENED + B_OPENED);
+    assert_eq!(dom.value("workers"), 2);
+    assert_eq!(text_of(&html, "worker-model"), model);
+    // Descriptors move with every admin request; the page shows the proxy's, not nothing.
+    assert!(dom.value("open-fds") > A_OPEN + B_OPEN);
+
+    // Routes and their backends.
+    let route = |r: &str, attr: &str| {
+        let rows = dom.all("data-route", Some(r));
+        let row = rows
+            .iter()
+            .find(|t| !t.contains_key("data-backend"))
+            .unwrap_or_else(|| panic!("no row of route {r}"));
+        row[attr].parse::<u64>().expect("count")
+    };
+    let backend = |r: &str, b: SocketAddr| -> HashMap<String, String> {
+        dom.all("data-route", Some(r))
+            .into_iter()
+            .find(|t| t.get("data-backend") == Some(&b.to_string()))
+            .unwrap_or_else(|| panic!("no row of backend {b} under {r}"))
+            .clone()
+    };
+    let n = |t: &HashMap<String, String>, k: &str| t[k].parse::<u64>().expect("count");
+    assert_eq!(route("/a", "data-active"), A_OPEN);
+    assert_eq!(route("/a", "data-tunnels"), A_OPENED);
+    assert_eq!(route("/b", "data-active"), B_OPEN);
+    assert_eq!(route("/b", "data-tunnels"), B_OPENED);
+    let (ba, bb, dead) = (
+        backend("/a", s.a),
+        backend("/b", s.b),
+        backend("/b", s.dead),
+    );
+    assert_eq!(
+        (n(&ba, "data-active"), n(&ba, "data-tunnels")),
+        (A_OPEN, A_OPENED)
+    );
+    assert_eq!(n(&ba, "data-failures"), 0);
+    assert_eq!(ba["data-state"], "serving");
+    assert_eq!(
+        (n(&bb, "data-active"), n(&bb, "data-tunnels")),
+        (B_OPEN, B_OPENED)
+    );
+    assert_eq!(bb["data-state"], "serving");
+    // Round robin sent some of /b's tunnels to the refused port first: each such connect is a
+    // failure, and the tunnel went on to the next backend.
+    let failures = m(&format!(
+        "wsplice_backend_failures_total{{backend=\"{}\"}}",
+        s.dead
+    ));
+    assert!(failures >= 1, "round robin never tried {}", s.dead);
+    assert_eq!(n(&dead, "data-failures"), failures);
+    assert_eq!(route("/b", "data-failures"), failures);
+    assert_eq!((n(&dead, "data-active"), n(&dead, "data-tunnels")), (0, 0));
+    assert_eq!(dead["data-state"], "failing");
+    if model == "threads" {
+        assert_eq!(route("/a", "data-requests"), s.forwarded);
+    } else {
+        // Per-route request counts are gathered from worker threads only (so far): the page
+        // says it does not know rather than showing zero.
+        let rows = dom.all("data-route", Some("/a"));
+        let row = rows.iter().find(|t| !t.contains_key("data-backend"));
+        assert_eq!(row.map(|t| t["data-requests"].as_str()), Some(""));
+    }
+
+    // Closes by reason, each as counted.
+    for (reason, want) in [
+        ("done", 1),
+        ("client_reset", 1),
+        ("backend_reset", 1),
+        ("idle_timeout", 0),
+        ("half_close_timeout", 0),
+        ("drain", 0),
+    ] {
+        assert_eq!(
+            dom.num("data-close", reason, "data-value"),
+            want,
+            "{reason}"
+        );
+    }
+
+    // The handshake histogram: one observation per tunnel, in the buckets /metrics has.
+    assert_eq!(
+        dom.num("id", "handshake", "data-count"),
+        A_OPENED + B_OPENED
+    );
+    let mut cumulative = 0;
+    for bar in dom.all("data-le", None) {
+        cumulative += bar["data-value"].parse::<u64>().expect("count");
+        let le = &bar["data-le"];
+        assert_eq!(
+            cumulative,
+            m(&format!("wsplice_handshake_seconds_bucket{{le=\"{le}\"}}")),
+            "le={le}"
+        );
+    }
+    assert_eq!(cumulative, A_OPENED + B_OPENED);
+
+    // HTTP: the one forwarded request, or its refusal; TLS: none.
+    assert_eq!(dom.num("id", "http", "data-requests"), s.forwarded);
+    if s.forwarded == 1 {
+        assert_eq!(dom.num("data-class", "2xx", "data-value"), 1);
+        assert!(dom.all("data-status", None).is_empty(), "no refusal shown");
+    } else {
+        assert_eq!(dom.num("data-status", "426", "data-value"), 1);
+    }
+    assert_eq!(dom.num("id", "tls", "data-handshakes"), 0);
+
+    // Memory per connection: the resident memory of the proxy's processes over its
+    // connections (resident sets move a little between the page's poll and this read).
+    let per = dom.value("memory-per-connection");
+    let rss = dom.value("rss");
+    assert_eq!(per, rss / (A_OPEN + B_OPEN));
+    let tree = s.proxy.rss_bytes();
+    assert!(
+        rss > tree / 2 && rss < tree * 2,
+        "the page shows {rss} bytes resident, the process tree has {tree}"
+    );
+}
+
+drivers!(page_with_worker_threads, |driver| page_test(
+    "threads", driver
+));
+
+#[test]
+fn page_with_worker_processes() {
+    page_test("processes", Driver::Epoll);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Without the browser
+// ---------------------------------------------------------------------------------------------
+
+fn status_json_test(model: &str) {
+    let s = scene(model, Driver::Epoll);
+    let j: serde_json::Value = serde_json::from_str(&s.proxy.scrape("/status")).expect("json");
+    let m = |name: &str| s.proxy.metric(name);
+    assert_eq!(j["worker_model"], model);
+    assert_eq!(j["route_requests_gathered"], model == "threads");
+    assert_eq!(j["connections"], A_OPEN + B_OPEN);
+    assert_eq!(j["tunnels_total"], A_OPENED + B_OPENED);
+    let metrics = &j["metrics"];
+    assert_eq!(metrics["wsplice_connections_active"], A_OPEN + B_OPEN);
+    assert_eq!(metrics["wsplice_tunnels_closed_total"]["done"], 1);
+    assert_eq!(metrics["wsplice_tunnels_closed_total"]["client_reset"], 1);
+    assert_eq!(metrics["wsplice_tunnels_closed_total"]["backend_reset"], 1);
+    assert_eq!(metrics["wsplice_http_requests_total"]["2xx"], s.forwarded);
+    let h = &metrics["wsplice_handshake_seconds"];
+    let counts: Vec<u64> = h["counts"]
+        .as_array()
+        .expect("counts")
+        .iter()
+        .filter_map(|v| v.as_u64())
+        .collect();
+    assert_eq!(
+        counts.iter().sum::<u64>(),
+        m("wsplice_handshake_seconds_count")
+    );
+    assert_eq!(
+        h["le"].as_array().map(Vec::len),
+        Some(counts.len() - 1),
+        "one bucket per bound and +Inf"
+    );
+    // Every family of the workers' list that /metrics shows is in `metrics`, same name.
+    let text = s.proxy.scrape("/metrics");
+    for family in wsplice::driver::stats::families() {
+        let per_worker = family.name.starts_with("wsplice_worker")
+            || family.name.starts_with("wsplice_backend_")
+            || family.name.starts_with("wsplice_route_")
+            || [
+                "wsplice_open_fds",
+                "wsplice_fd_limit",
+                "wsplice_uptime_seconds",
+                "wsplice_workers",
+            ]
+            .contains(&family.name);
+        if !per_worker && text.contains(&format!("# TYPE {} ", family.name)) {
+            assert!(
+                !metrics[family.name].is_null(),
+                "{} is missing from /status",
+                family.name
+            );
+        }
+    }
+
+    // Routes, with configured backends listed even when unused.
+    let routes = j["routes"].as_array().expect("routes");
+    let r = |label: &str| {
+        routes
+            .iter()
+            .find(|r| r["route"] == label)
+            .unwrap_or_else(|| panic!("no route {label} in {routes:?}"))
+    };
+    assert_eq!(r("/a")["active"], A_OPEN);
+    assert_eq!(r("/a")["tunnels"], A_OPENED);
+    assert_eq!(r("/b")["active"], B_OPEN);
+    let b = r("/b")["backends"].as_array().expect("backends");
+    let dead = b
+        .iter()
+        .find(|x| x["backend"] == s.dead.to_string())
+        .expect("the refused backend is listed");
+    assert_eq!(
+        dead["failures"],
+        m(&format!(
+            "wsplice_backend_failures_total{{backend=\"{}\"}}",
+            s.dead
+        ))
+    );
+    let live = b
+        .iter()
+        .find(|x| x["backend"] == s.b.to_string())
+        .expect("backend b");
+    assert_eq!(live["active"], B_OPEN);
+    assert_eq!(
+        live["tunnels"],
+        m(&format!(
+            "wsplice_backend_tunnels_total{{backend=\"{}\"}}",
+            s.b
+        ))
+    );
+
+    // Memory: resident bytes of every process of the proxy over its connections.
+    let mem = &j["memory"];
+    let rss = mem["rss_bytes"].as_u64().expect("rss");
+    assert_eq!(mem["connections"], A_OPEN + B_OPEN);
+    assert_eq!(mem["per_connection_bytes"], rss / (A_OPEN + B_OPEN));
+    let tree = s.proxy.rss_bytes();
+    assert!(rss > tree / 2 && rss < tree * 2, "{rss} vs {tree}");
+    if model == "processes" {
+        assert_eq!(j["workers"].as_array().map(Vec::len), Some(2));
+    }
+}
+
+#[test]
+fn status_json_with_worker_threads() {
+    status_json_test("threads");
+}
+
+#[test]
+fn status_json_with_worker_processes() {
+    status_json_test("processes");
+}
+
+/// The page fetches nothing but `/status`: no external script, style, font or image (the
+/// proxy runs on machines without internet), and the admin listener's other paths still answer.
+#[test]
+fn page_is_self_contained_and_served_at_the_root() {
+    let a = backend();
+    let proxy = ProxyBuilder::default()
+        .admin()
+        .route(route("/", &[a]))
+        .blocking_start();
+    let admin = proxy.admin_addr().expect("admin");
+    let mut s = TcpStream::connect(admin).expect("admin");
+    write!(s, "GET /?x=1 HTTP/1.1\r\nHost: admin\r\n\r\n").expect("request");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("answer");
+    let (head, page) = resp.split_once("\r\n\r\n").expect("head");
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    assert!(head.contains("Content-Type: text/html"), "{head}");
+    assert!(page.contains("fetch(\"/status\""), "the page polls /status");
+    let lower = page.to_ascii_lowercase();
+    for outside in [
+        "src=\"http",
+        "href=\"http",
+        "src=\"//",
+        "href=\"//",
+        "@import",
+        "url(",
+        "<link",
+        "<script src",
+        "@font-face",
+    ] {
+        assert!(
+            !lower.contains(outside),
+            "the page refers to something outside it: {outside}"
+        );
+    }
+    assert!(proxy.scrape("/healthz").starts_with("ok"));
+    assert!(proxy
+        .scrape("/metrics")
+        .contains("wsplice_connections_active"));
+}
+
+/// Writes `bench-results/2026-11-29-status/status-page.png` (the README's picture): the page
+/// at 1280x900 with the test scene's tunnels open. Run by hand:
+/// `cargo test --test status_page -- --ignored screenshot`.
+#[test]
+#[ignore]
+fn screenshot() {
+    let Some(bin) = chromium() else { return };
+    let s = scene("processes", Driver::Epoll);
+    let admin = s.proxy.admin_addr().expect("admin");
+    let out = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("bench-results/2026-11-29-status/status-page.png");
+    std::fs::create_dir_all(out.parent().expect("dir")).expect("mkdir");
+    // More tunnels come and go while the page polls, so its history has a shape: the page's
+    // clock runs on virtual time, which waits for each poll's real fetch.
+    let addr = s.proxy.addr();
+    let churn = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for i in 0..120 {
+            held.push(tunnel(addr, if i % 3 == 0 { "/b/t" } else { "/a/t" }));
+            if i % 4 == 3 {
+                held.swap_remove(i % held.len());
+            }
+            std::thread::sleep(Duration::from_millis(15));
+        }
+        held
+    });
+    run_chromium(
+        &bin,
+        &format!("http://{admin}/"),
+        Duration::from_secs(20),
+        &[
+            &format!("--screenshot={}", out.display()),
+            "--window-size=1280,900",
+        ],
+    );
+    drop(churn.join().expect("churn"));
+    assert!(out.is_file(), "no screenshot at {}", out.display());
+}
