@@ -87,6 +87,7 @@
 pub mod config;
 pub mod core;
 pub mod driver;
+pub mod import;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod transport;

@@ -133,6 +133,24 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
     },
+    /// Read an nginx or Apache reverse-proxy configuration (includes followed) and print the
+    /// equivalent wsplice TOML on stdout; what has no equivalent is listed as comments.
+    Import {
+        /// Whose configuration FILE is.
+        #[arg(value_enum)]
+        from: ImportFrom,
+        /// The configuration file, such as /etc/nginx/nginx.conf or
+        /// /etc/apache2/sites-enabled/000-default.conf.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ImportFrom {
+    /// nginx: server, listen, location, proxy_pass, upstream, uwsgi_pass, ssl_certificate ...
+    Nginx,
+    /// Apache httpd: VirtualHost, ProxyPass, balancer://, RewriteRule [P], SSLCertificateFile ...
+    Apache,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -204,6 +222,22 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("wsplice: worker {id}: error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Some(Cmd::Import { from, file }) = &args.command {
+        let kind = match from {
+            ImportFrom::Nginx => wsplice::import::Kind::Nginx,
+            ImportFrom::Apache => wsplice::import::Kind::Apache,
+        };
+        return match wsplice::import::import(kind, file) {
+            Ok(toml) => {
+                print!("{toml}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("wsplice: import {}: error: {e}", kind.as_str());
                 ExitCode::FAILURE
             }
         };

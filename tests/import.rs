@@ -1,0 +1,567 @@
+//! `wsplice import nginx|apache FILE` end to end: the classic setups written as their servers'
+//! configuration (with the ports this test's backends listen on), imported by the binary, checked
+//! with `--check`, then run: a real WebSocket client through wsplice must reach the backend the
+//! original would have reached, with the path it would have seen. Then the errors: a syntax error
+//! names file and line (inside an include too), and what has no equivalent is listed as comments.
+//!
+//! The import is about the configuration, not the relay: each runs under the default driver and
+//! relay mode (the relay itself is covered under every driver and mode by the other suites).
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// A directory for one test's configuration files, removed at the end.
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new() -> Dir {
+        static SEQ: AtomicUsize = AtomicUsize::new(0);
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("wsplice-import-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create the config directory");
+        Dir(dir)
+    }
+
+    /// Writes `name` (sub-directories made as needed) and returns its path.
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("create a sub-directory");
+        }
+        std::fs::write(&path, text).expect("write a config file");
+        path
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn wsplice(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wsplice"))
+        .args(args)
+        .output()
+        .expect("run wsplice")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// `wsplice import KIND FILE`, which must succeed, and `wsplice --check` on what it printed,
+/// which must pass too. Returns the TOML.
+fn import(kind: &str, file: &Path) -> String {
+    let out = wsplice(&["import", kind, &file.display().to_string()]);
+    let toml = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "import failed: {}\nstdout:\n{toml}",
+        text(&out.stderr)
+    );
+    let saved = TempFile::new("toml", &toml);
+    let check = wsplice(&["--check", "--config", &saved.path().display().to_string()]);
+    assert!(
+        check.status.success(),
+        "--check refused the import: {}\n{toml}",
+        text(&check.stderr)
+    );
+    toml
+}
+
+/// `wsplice import KIND FILE`, which must fail; returns stderr.
+fn import_fails(kind: &str, file: &Path) -> String {
+    let out = wsplice(&["import", kind, &file.display().to_string()]);
+    assert_eq!(out.status.code(), Some(1), "stdout: {}", text(&out.stdout));
+    assert!(out.stdout.is_empty(), "stdout: {}", text(&out.stdout));
+    text(&out.stderr)
+}
+
+/// The comment the import wrote about `file:line`, which must exist and contain `why`.
+fn assert_noted(toml: &str, file: &Path, line: usize, why: &str) {
+    let at = format!("{}:{line}: ", file.display());
+    let found = toml
+        .lines()
+        .filter(|l| l.starts_with('#') && l.contains(&at))
+        .any(|l| l.contains(why));
+    assert!(found, "no comment on {at} saying {why:?} in:\n{toml}");
+}
+
+/// Starts wsplice on the imported TOML (off the runtime's threads).
+async fn start(toml: String) -> Proxy {
+    match tokio::task::spawn_blocking(move || Proxy::blocking_start_toml(&toml)).await {
+        Ok(p) => p,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// A WebSocket through the proxy to `path` sending `headers` (wss:// with rustls to a TLS
+/// listener), echoing one message; kept open.
+async fn ws(proxy: &Proxy, path: &str, headers: &[(&'static str, &str)]) -> Ws {
+    let stream = match proxy.tls_addr() {
+        Some(addr) => {
+            let config = tls::shared().0.client();
+            let s = tokio::time::timeout(STEP, tls::connect(addr, config, tls::SERVER_NAME))
+                .await
+                .expect("TLS handshake in time")
+                .expect("TLS handshake with the proxy");
+            tls::ClientStream::Tls(Box::new(s))
+        }
+        None => tls::ClientStream::Plain(connect(proxy).await),
+    };
+    let mut req = proxy.url(path).into_client_request().expect("request");
+    for (name, value) in headers {
+        req.headers_mut()
+            .insert(*name, value.parse().expect("header value"));
+    }
+    let (mut ws, _) = tokio::time::timeout(
+        STEP,
+        tokio_tungstenite::client_async_with_config(req, stream, Some(ws_config())),
+    )
+    .await
+    .expect("WebSocket handshake in time")
+    .unwrap_or_else(|e| panic!("WebSocket handshake to {path}: {e}"));
+    ws_echo_once(&mut ws, &format!("hello {path}")).await;
+    ws
+}
+
+/// The one request `backend` saw: its target and its headers.
+fn only_request(backend: &EchoBackend, what: &str) -> SeenRequest {
+    let log = backend.log();
+    assert_eq!(log.requests.len(), 1, "{what}: {:?}", log.requests);
+    log.requests[0].clone()
+}
+
+fn header<'a>(seen: &'a SeenRequest, name: &str) -> Vec<&'a str> {
+    seen.headers
+        .iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
+async fn within<F: std::future::Future<Output = ()>>(body: F) {
+    tokio::time::timeout(TEST_DEADLINE, body)
+        .await
+        .expect("the scenario finished in time");
+}
+
+fn port(addr: SocketAddr) -> u16 {
+    addr.port()
+}
+
+// ---------------------------------------------------------------------------------------------
+// nginx
+// ---------------------------------------------------------------------------------------------
+
+/// The classic two-location config: /notice and /msg, each with the four header lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_two_locations() {
+    within(async {
+        let (notice, msg) = (EchoBackend::start().await, EchoBackend::start().await);
+        let dir = Dir::new();
+        let conf = dir.write(
+            "nginx.conf",
+            &format!(
+                r#"worker_processes 2;
+events {{ worker_connections 1024; }}
+http {{
+    server {{
+        listen 127.0.0.1:0;
+        location /notice {{
+            proxy_pass http://127.0.0.1:{}/;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection "upgrade";
+            proxy_set_header X-Real-IP $remote_addr;
+            proxy_set_header X-Forwarded-For $remote_addr;
+        }}
+        location /msg {{
+            proxy_pass http://127.0.0.1:{}/;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection "upgrade";
+            proxy_set_header X-Real-IP $remote_addr;
+            proxy_set_header X-Forwarded-For $remote_addr;
+        }}
+    }}
+}}
+"#,
+                port(notice.addr),
+                port(msg.addr)
+            ),
+        );
+        let toml = import("nginx", &conf);
+        assert!(toml.contains("workers = 2"), "{toml}");
+        assert!(toml.contains("forwarded_for = \"replace\""), "{toml}");
+        assert_noted(
+            &toml,
+            &conf,
+            8,
+            "proxy_http_version 1.1: wsplice always speaks HTTP/1.1",
+        );
+        assert_noted(&toml, &conf, 9, "always sends Upgrade: websocket");
+        assert_noted(&toml, &conf, 10, "Connection: upgrade");
+        assert_noted(&toml, &conf, 11, "always sends X-Real-IP");
+        assert_noted(&toml, &conf, 2, "events");
+
+        let proxy = start(toml).await;
+        // The client's own X-Forwarded-For is replaced, as `$remote_addr` did.
+        let _a = ws(&proxy, "/notice/a?x=1", &[("x-forwarded-for", "6.6.6.6")]).await;
+        let seen = only_request(&notice, "/notice reaches :notice");
+        assert_eq!(
+            seen.target, "/a?x=1",
+            "the trailing / of proxy_pass strips /notice"
+        );
+        assert_eq!(header(&seen, "x-forwarded-for"), ["127.0.0.1"]);
+        assert_eq!(header(&seen, "x-real-ip"), ["127.0.0.1"]);
+        assert_eq!(msg.log().requests.len(), 0, "/notice must not reach :msg");
+
+        let _b = ws(&proxy, "/msg", &[]).await;
+        assert_eq!(only_request(&msg, "/msg reaches :msg").target, "/");
+        assert_eq!(
+            notice.log().requests.len(),
+            1,
+            "/msg must not reach :notice"
+        );
+    })
+    .await;
+}
+
+/// An upstream with two servers (in an included file, found by a glob), proxy_pass without a
+/// path: both servers take turns and see the whole path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_upstream_two_servers() {
+    within(async {
+        let (a, b) = (EchoBackend::start().await, EchoBackend::start().await);
+        let dir = Dir::new();
+        let upstream = dir.write(
+            "conf.d/chat-upstream.conf",
+            &format!(
+                "upstream chat {{\n    server 127.0.0.1:{} weight=3;\n    server 127.0.0.1:{};\n}}\n",
+                port(a.addr),
+                port(b.addr)
+            ),
+        );
+        let conf = dir.write(
+            "nginx.conf",
+            r#"http {
+    include conf.d/*.conf;
+    proxy_read_timeout 3600s;
+    server {
+        listen 127.0.0.1:0;
+        server_name _;
+        location /chat/ {
+            proxy_pass http://chat;
+            proxy_connect_timeout 2s;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        }
+    }
+}
+"#,
+        );
+        let toml = import("nginx", &conf);
+        assert_noted(&toml, &upstream, 2, "no backend weights");
+        assert!(toml.contains("connect = \"2s\""), "{toml}");
+        assert!(toml.contains("idle = \"1h\""), "{toml}");
+        assert!(toml.contains("forwarded_for = \"append\""), "{toml}");
+
+        let proxy = start(toml).await;
+        let _one = ws(&proxy, "/chat/room/1", &[("x-forwarded-for", "6.6.6.6")]).await;
+        let _two = ws(&proxy, "/chat/room/2", &[]).await;
+        let (sa, sb) = (only_request(&a, "server a"), only_request(&b, "server b"));
+        let mut targets = [sa.target.clone(), sb.target.clone()];
+        targets.sort();
+        assert_eq!(targets, ["/chat/room/1", "/chat/room/2"], "no URI in proxy_pass: the path is kept");
+        let first = if sa.target.ends_with('1') { &sa } else { &sb };
+        assert_eq!(header(first, "x-forwarded-for"), ["6.6.6.6, 127.0.0.1"]);
+    })
+    .await;
+}
+
+/// A server on `listen ... ssl` with its certificate: wss:// through rustls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_tls_server() {
+    within(async {
+        let backend = EchoBackend::start().await;
+        let pair = &tls::shared().1;
+        let dir = Dir::new();
+        let conf = dir.write(
+            "nginx.conf",
+            &format!(
+                r#"http {{
+    server {{
+        listen 127.0.0.1:0 ssl;
+        server_name localhost;
+        ssl_certificate {};
+        ssl_certificate_key "{}";
+        ssl_protocols TLSv1.2 TLSv1.3;
+        location /ws/ {{
+            proxy_pass http://127.0.0.1:{}/;
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-Proto $scheme;
+        }}
+    }}
+}}
+"#,
+                pair.cert.display(),
+                pair.key.display(),
+                port(backend.addr)
+            ),
+        );
+        let toml = import("nginx", &conf);
+        assert!(toml.contains("[tls]"), "{toml}");
+        assert_noted(&toml, &conf, 7, "TLS settings are fixed");
+        assert_noted(&toml, &conf, 10, "passes the client's Host");
+
+        let proxy = start(toml).await;
+        assert!(proxy.tls_addr().is_some(), "the listener speaks TLS");
+        let _ws = ws(&proxy, "/ws/feed", &[]).await;
+        let seen = only_request(&backend, "the TLS location");
+        assert_eq!(seen.target, "/feed");
+        assert_eq!(header(&seen, "x-forwarded-proto"), ["https"]);
+    })
+    .await;
+}
+
+#[test]
+fn nginx_syntax_error_names_file_and_line() {
+    let dir = Dir::new();
+    let bad = dir.write(
+        "sites/bad.conf",
+        "server {\n    listen 80;\n    location / { proxy_pass http://127.0.0.1:1 }\n}\n",
+    );
+    let conf = dir.write("nginx.conf", "http {\n    include sites/*.conf;\n}\n");
+    let err = import_fails("nginx", &conf);
+    assert!(
+        err.contains(&format!("{}:3: unexpected \"}}\"", bad.display())),
+        "{err}"
+    );
+    let missing = dir.write("other.conf", "http {\n    include nowhere.conf;\n}\n");
+    let err = import_fails("nginx", &missing);
+    assert!(
+        err.contains(&format!("{}:2: included file", missing.display()))
+            && err.contains("nowhere.conf does not exist"),
+        "{err}"
+    );
+}
+
+/// What has no wsplice equivalent is a comment naming file:line and why; the rest still runs.
+#[test]
+fn nginx_unmappable_directives_are_comments() {
+    let dir = Dir::new();
+    let conf = dir.write(
+        "nginx.conf",
+        r#"http {
+    gzip on;
+    server {
+        listen 127.0.0.1:0 http2;
+        server_name *.example.com;
+        location ~ \.php$ { proxy_pass http://127.0.0.1:9000; }
+        location /static/ { root /srv; }
+        location /secure/ { proxy_pass https://127.0.0.1:8443/; }
+        location /api/ {
+            proxy_pass http://127.0.0.1:8080/v2/;
+            proxy_set_header X-Custom yes;
+            add_header X-Frame-Options DENY;
+        }
+    }
+}
+"#,
+    );
+    let toml = import("nginx", &conf);
+    assert_noted(&toml, &conf, 2, "compression");
+    assert_noted(&toml, &conf, 4, "HTTP/1.1");
+    assert_noted(&toml, &conf, 5, "wildcard");
+    assert_noted(&toml, &conf, 6, "regular-expression");
+    assert_noted(&toml, &conf, 7, "only proxies");
+    assert_noted(&toml, &conf, 8, "no TLS to backends");
+    assert_noted(&toml, &conf, 10, "in place of /api/");
+    assert_noted(&toml, &conf, 11, "does not add request headers");
+    assert_noted(&toml, &conf, 12, "response headers");
+    assert!(
+        toml.contains("# [[route]]\n# prefix = \"/secure\""),
+        "{toml}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Apache
+// ---------------------------------------------------------------------------------------------
+
+/// `ProxyPass /notice ws://...` with its `ProxyPassReverse`, and /msg the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apache_proxy_pass_pair() {
+    within(async {
+        let (notice, msg) = (EchoBackend::start().await, EchoBackend::start().await);
+        let dir = Dir::new();
+        let conf = dir.write(
+            "site.conf",
+            &format!(
+                r#"<VirtualHost 127.0.0.1:0>
+    ServerName push.example.com
+    ProxyRequests Off
+    ProxyPreserveHost On
+    ProxyPass /notice ws://127.0.0.1:{n}/
+    ProxyPassReverse /notice ws://127.0.0.1:{n}/
+    ProxyPass "/msg" "ws://127.0.0.1:{m}" \
+        timeout=30
+    ProxyPassReverse /msg ws://127.0.0.1:{m}
+    ErrorLog ${{APACHE_LOG_DIR}}/error.log
+</VirtualHost>
+"#,
+                n = port(notice.addr),
+                m = port(msg.addr)
+            ),
+        );
+        let toml = import("apache", &conf);
+        assert_noted(&toml, &conf, 6, "does not rewrite Location headers");
+        assert_noted(&toml, &conf, 10, "stderr");
+        assert_noted(&toml, &conf, 1, "answers every Host");
+        assert!(toml.contains("response_timeout = \"30s\""), "{toml}");
+
+        let proxy = start(toml).await;
+        let _a = ws(&proxy, "/notice/a", &[]).await;
+        assert_eq!(only_request(&notice, "/notice").target, "/a");
+        let _b = ws(&proxy, "/msg/b?c=d", &[]).await;
+        assert_eq!(only_request(&msg, "/msg").target, "/b?c=d");
+        assert_eq!(
+            notice.log().requests.len(),
+            1,
+            "/msg must not reach /notice's backend"
+        );
+    })
+    .await;
+}
+
+/// A balancer:// cluster of three on a TLS virtual host, reached through the WebSocket Upgrade
+/// rewrite; the cluster is defined in an included file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apache_balancer_tls_rewrite() {
+    within(async {
+        let members = [
+            EchoBackend::start().await,
+            EchoBackend::start().await,
+            EchoBackend::start().await,
+        ];
+        let pair = &tls::shared().1;
+        let dir = Dir::new();
+        let cluster = dir.write(
+            "conf.d/cluster.conf",
+            &format!(
+                "<Proxy \"balancer://chat\">\n    BalancerMember \"ws://127.0.0.1:{}\" loadfactor=2\n    BalancerMember \"ws://127.0.0.1:{}\"\n    BalancerMember \"ws://127.0.0.1:{}\"\n    ProxySet lbmethod=byrequests\n</Proxy>\n",
+                port(members[0].addr),
+                port(members[1].addr),
+                port(members[2].addr)
+            ),
+        );
+        let conf = dir.write(
+            "ssl.conf",
+            &format!(
+                r#"<IfModule mod_ssl.c>
+<VirtualHost 127.0.0.1:0>
+    ServerName localhost
+    SSLEngine on
+    SSLCertificateFile {}
+    SSLCertificateKeyFile "{}"
+    Include conf.d/*.conf
+    RewriteEngine On
+    RewriteCond %{{HTTP:Upgrade}} websocket [NC]
+    RewriteCond %{{HTTP:Connection}} upgrade [NC]
+    RewriteRule ^/?(.*) "balancer://chat/$1" [P,L]
+    ProxyTimeout 600
+</VirtualHost>
+</IfModule>
+"#,
+                pair.cert.display(),
+                pair.key.display()
+            ),
+        );
+        let toml = import("apache", &conf);
+        assert_noted(&toml, &cluster, 2, "no backend weights");
+        assert_noted(&toml, &conf, 11, "WebSocket upgrades only");
+        assert!(toml.contains("http = false"), "{toml}");
+        assert!(toml.contains("idle = \"10m\""), "{toml}");
+
+        let proxy = start(toml).await;
+        let mut open = Vec::new();
+        for i in 0..3 {
+            open.push(ws(&proxy, &format!("/room/{i}"), &[]).await);
+        }
+        let mut seen: Vec<String> = members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| only_request(m, &format!("member {i}")).target)
+            .collect();
+        seen.sort();
+        assert_eq!(seen, ["/room/0", "/room/1", "/room/2"], "round robin over the three, path kept");
+
+        // Not an upgrade: Apache's rule did not apply, and wsplice answers 426.
+        let addr = proxy.tls_addr().expect("TLS listener");
+        let mut s = tls::connect(addr, tls::shared().0.client(), tls::SERVER_NAME)
+            .await
+            .expect("TLS connect");
+        s.write_all(b"GET /room/0 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("send");
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(STEP, s.read_to_end(&mut answer)).await;
+        assert!(answer.starts_with(b"HTTP/1.1 426"), "{}", text(&answer));
+        for m in &members {
+            assert_eq!(m.log().requests.len(), 1, "the plain request reached no member");
+        }
+    })
+    .await;
+}
+
+#[test]
+fn apache_syntax_error_names_file_and_line() {
+    let dir = Dir::new();
+    let conf = dir.write(
+        "site.conf",
+        "Listen 80\n<VirtualHost *:80>\n    ProxyPass / http://127.0.0.1:1/\n",
+    );
+    let err = import_fails("apache", &conf);
+    assert!(
+        err.contains(&format!(
+            "{}:2: <VirtualHost> was not closed",
+            conf.display()
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn apache_unmappable_directives_are_comments() {
+    let dir = Dir::new();
+    let conf = dir.write(
+        "site.conf",
+        r#"<VirtualHost *:8080>
+    DocumentRoot /var/www
+    ProxyPassMatch ^/(.*\.php)$ fcgi://127.0.0.1:9000/var/www/$1
+    ProxyPass /static !
+    ProxyPass /tls https://127.0.0.1:8443/
+    ProxyPass / http://127.0.0.1:8081/
+    RewriteRule ^/old$ /new [R=301,L]
+    RequestHeader set X-Forwarded-Proto "https"
+</VirtualHost>
+"#,
+    );
+    let toml = import("apache", &conf);
+    assert_noted(&toml, &conf, 2, "only proxies");
+    assert_noted(&toml, &conf, 3, "regular expressions");
+    assert_noted(&toml, &conf, 4, "no exclusions");
+    assert_noted(&toml, &conf, 5, "no TLS to backends");
+    assert_noted(&toml, &conf, 7, "not a proxy rule");
+    assert_noted(&toml, &conf, 8, "request headers");
+    assert!(toml.contains("listen = [\"0.0.0.0:8080\"]"), "{toml}");
+}
