@@ -5,6 +5,7 @@
 //! wsplice --listen 127.0.0.1:8000 --route /notice=127.0.0.1:50001,127.0.0.1:50002
 //! wsplice --tls-listen 0.0.0.0:443 --cert site.pem --key site.key --route /ws=127.0.0.1:9001
 //! wsplice --check --config wsplice.toml              validate and exit, like `nginx -t`
+//! wsplice import nginx /etc/nginx/nginx.conf         print the equivalent TOML (also `apache`)
 //! ```
 //!
 //! On start it prints, to stdout and one flushed line at a time (tests and scripts parse these):

@@ -565,3 +565,90 @@ fn apache_unmappable_directives_are_comments() {
     assert_noted(&toml, &conf, 8, "request headers");
     assert!(toml.contains("listen = [\"0.0.0.0:8080\"]"), "{toml}");
 }
+
+/// Balancing, uwsgi and name-based servers: the keys they become (each import passes `--check`).
+#[test]
+fn balance_methods_uwsgi_and_hosts() {
+    let dir = Dir::new();
+    let conf = dir.write(
+        "nginx.conf",
+        r#"http {
+    upstream a { ip_hash; server 127.0.0.1:9001; server 127.0.0.1:9002; }
+    upstream b { hash $arg_room consistent; server 127.0.0.1:9003; server 127.0.0.1:9004; }
+    upstream c { least_conn; server 127.0.0.1:9005; server 127.0.0.1:9006 down; }
+    server {
+        listen 8080 default_server;
+        server_name first.example.com;
+        location /a { proxy_pass http://a; }
+        location /app { uwsgi_pass 127.0.0.1:3031; include uwsgi_params; }
+    }
+    server {
+        listen 8080;
+        server_name B.example.com;
+        location /b/ { proxy_pass http://b/; }
+        location /c { proxy_pass http://c; }
+    }
+}
+"#,
+    );
+    dir.write("uwsgi_params", "uwsgi_param QUERY_STRING $query_string;\n");
+    let toml = import("nginx", &conf);
+    let want = [
+        "prefix = \"/a\"\nbackends = [\"127.0.0.1:9001\", \"127.0.0.1:9002\"]\nstrip_prefix = false\nbalance = \"hash\"\nhash_key = \"client_ip\"\n",
+        "prefix = \"/app\"\nbackends = [\"127.0.0.1:3031\"]\nstrip_prefix = false\nprotocol = \"uwsgi\"\n",
+        "prefix = \"/b\"\nhost = \"b.example.com\"\nbackends = [\"127.0.0.1:9003\", \"127.0.0.1:9004\"]\nstrip_prefix = true\nbalance = \"hash\"\nhash_key = \"query:room\"\n",
+        "prefix = \"/c\"\nhost = \"b.example.com\"\nbackends = [\"127.0.0.1:9005\"]\nstrip_prefix = false\nbalance = \"least_conn\"\n",
+    ];
+    for w in want {
+        assert!(toml.contains(w), "missing\n{w}\nin\n{toml}");
+    }
+    assert_noted(&toml, &conf, 4, "marked down");
+    assert_noted(&toml, &dir.0.join("uwsgi_params"), 1, "standard uwsgi variables");
+    assert_noted(&toml, &conf, 5, "answers every Host");
+
+    let site = dir.write(
+        "site.conf",
+        r#"Listen 8081
+<Proxy balancer://busy>
+    BalancerMember http://127.0.0.1:9007 route=one
+    BalancerMember http://127.0.0.1:9008 route=two
+    ProxySet lbmethod=bybusyness
+</Proxy>
+<Proxy balancer://sticky>
+    BalancerMember ws://127.0.0.1:9009
+    BalancerMember ws://127.0.0.1:9010
+    ProxySet stickysession=ROUTEID
+</Proxy>
+ProxyPass /busy balancer://busy/
+ProxyPass /sticky balancer://sticky
+ProxyPass /py uwsgi://127.0.0.1:3032/
+"#,
+    );
+    let toml = import("apache", &site);
+    let want = [
+        "listen = [\"0.0.0.0:8081\"]",
+        "prefix = \"/busy\"\nbackends = [\"127.0.0.1:9007\", \"127.0.0.1:9008\"]\nstrip_prefix = true\nbalance = \"least_conn\"\n",
+        "prefix = \"/sticky\"\nbackends = [\"127.0.0.1:9009\", \"127.0.0.1:9010\"]\nstrip_prefix = true\nbalance = \"cookie\"\ncookie_name = \"ROUTEID\"\n",
+        "prefix = \"/py\"\nbackends = [\"127.0.0.1:3032\"]\nstrip_prefix = false\nprotocol = \"uwsgi\"\n",
+    ];
+    for w in want {
+        assert!(toml.contains(w), "missing\n{w}\nin\n{toml}");
+    }
+    assert_noted(&toml, &site, 3, "route name");
+}
+
+/// A sites-enabled/ file: `server` blocks with no `http` around them.
+#[test]
+fn nginx_sites_snippet_without_http() {
+    let dir = Dir::new();
+    let conf = dir.write(
+        "default",
+        "server {\n    listen [::1]:8090;\n    location /ws { proxy_pass http://[::1]:9011; }\n}\n",
+    );
+    let toml = import("nginx", &conf);
+    assert!(toml.contains("listen = [\"[::1]:8090\"]"), "{toml}");
+    assert!(
+        toml.contains("prefix = \"/ws\"\nbackends = [\"[::1]:9011\"]\nstrip_prefix = false\n"),
+        "{toml}"
+    );
+}

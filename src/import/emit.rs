@@ -71,7 +71,9 @@ pub(crate) fn emit_checked(plan: &Plan, kind: Kind, path: &Path) -> Result<Strin
             note_line(&mut out, "   ", n);
         }
     }
-    out.push('\n');
+    if !r.listen.is_empty() || plan.workers.is_some() {
+        out.push('\n');
+    }
     if !r.listen.is_empty() {
         let _ = writeln!(out, "listen = {}", list(&r.listen));
     }

@@ -72,27 +72,9 @@ pub(crate) fn plan(tree: &[Directive]) -> Result<Plan, ImportError> {
         upstreams: HashMap::new(),
         _tree: std::marker::PhantomData,
     };
-    let root = Inherit::default();
-    for d in tree {
-        match d.name.as_str() {
-            "http" => {
-                let Some(block) = &d.block else {
-                    imp.plan.note(&d.loc, d.text(), "expected a block");
-                    continue;
-                };
-                imp.http(block, &root.child(block))?;
-            }
-            "worker_processes" => match d.args.first().map(|a| a.parse::<u64>()) {
-                Some(Ok(n)) if (1..=1024).contains(&n) => imp.plan.workers = Some(n),
-                _ => imp.plan.note(
-                    &d.loc,
-                    d.text(),
-                    "left out: wsplice runs one worker per CPU by default",
-                ),
-            },
-            _ => imp.other(d),
-        }
-    }
+    // The main file, or a snippet of `server` blocks as sites-enabled/ holds them: the top level
+    // is read as the http block is.
+    imp.http(tree, &Inherit::default().child(tree))?;
     Ok(imp.plan)
 }
 
@@ -146,6 +128,18 @@ impl<'a> Importer<'a> {
         for d in block {
             match d.name.as_str() {
                 "upstream" => {}
+                "http" => match &d.block {
+                    Some(inner) => self.http(inner, &ctx.child(inner))?,
+                    None => self.other(d),
+                },
+                "worker_processes" => match d.args.first().map(|a| a.parse::<u64>()) {
+                    Some(Ok(n)) if (1..=1024).contains(&n) => self.plan.workers = Some(n),
+                    _ => self.plan.note(
+                        &d.loc,
+                        d.text(),
+                        "left out: wsplice runs one worker per CPU by default",
+                    ),
+                },
                 "server" => match &d.block {
                     Some(inner) => self.server(d, inner, &ctx.child(inner))?,
                     None => self.other(d),
