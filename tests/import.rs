@@ -4,9 +4,10 @@
 //! original would have reached, with the path it would have seen. Then the errors: a syntax error
 //! names file and line (inside an include too), and what has no equivalent is listed as comments.
 //!
-//! The import is about the configuration, not the relay: each runs under the default driver and
-//! relay mode (the relay itself is covered under every driver and mode by the other suites).
+//! The import is about the configuration, not the relay: each scenario runs under both drivers
+//! with relay = "auto" (the relay modes themselves are covered by the other suites).
 
+#[macro_use]
 mod support;
 
 use std::net::SocketAddr;
@@ -96,8 +97,19 @@ fn assert_noted(toml: &str, file: &Path, line: usize, why: &str) {
     assert!(found, "no comment on {at} saying {why:?} in:\n{toml}");
 }
 
-/// Starts wsplice on the imported TOML (off the runtime's threads).
-async fn start(toml: String) -> Proxy {
+/// Starts wsplice on the imported TOML (off the runtime's threads), under `relay`'s driver and
+/// relay mode (top-level keys, so they go first, before any table).
+async fn start(toml: String, relay: Relay) -> Proxy {
+    let mut run = format!(
+        "driver = \"{}\"\nrelay = \"{}\"\n",
+        relay.driver.as_str(),
+        relay.as_str()
+    );
+    if relay.driver == Driver::Uring {
+        // The io_uring driver runs with worker threads.
+        run.push_str("worker_model = \"threads\"\n");
+    }
+    let toml = run + &toml;
     match tokio::task::spawn_blocking(move || Proxy::blocking_start_toml(&toml)).await {
         Ok(p) => p,
         Err(e) => std::panic::resume_unwind(e.into_panic()),
@@ -149,12 +161,6 @@ fn header<'a>(seen: &'a SeenRequest, name: &str) -> Vec<&'a str> {
         .collect()
 }
 
-async fn within<F: std::future::Future<Output = ()>>(body: F) {
-    tokio::time::timeout(TEST_DEADLINE, body)
-        .await
-        .expect("the scenario finished in time");
-}
-
 fn port(addr: SocketAddr) -> u16 {
     addr.port()
 }
@@ -164,9 +170,9 @@ fn port(addr: SocketAddr) -> u16 {
 // ---------------------------------------------------------------------------------------------
 
 /// The classic two-location config: /notice and /msg, each with the four header lines.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nginx_two_locations() {
-    within(async {
+e2e!(
+    nginx_two_locations,
+    |relay| async move {
         let (notice, msg) = (EchoBackend::start().await, EchoBackend::start().await);
         let dir = Dir::new();
         let conf = dir.write(
@@ -214,7 +220,7 @@ http {{
         assert_noted(&toml, &conf, 11, "always sends X-Real-IP");
         assert_noted(&toml, &conf, 2, "events");
 
-        let proxy = start(toml).await;
+        let proxy = start(toml, relay).await;
         // The client's own X-Forwarded-For is replaced, as `$remote_addr` did.
         let _a = ws(&proxy, "/notice/a?x=1", &[("x-forwarded-for", "6.6.6.6")]).await;
         let seen = only_request(&notice, "/notice reaches :notice");
@@ -233,15 +239,15 @@ http {{
             1,
             "/msg must not reach :notice"
         );
-    })
-    .await;
-}
+    },
+    [epoll => crate::support::Relay::Auto, uring => crate::support::Relay::Auto.uring()]
+);
 
 /// An upstream with two servers (in an included file, found by a glob), proxy_pass without a
 /// path: both servers take turns and see the whole path.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nginx_upstream_two_servers() {
-    within(async {
+e2e!(
+    nginx_upstream_two_servers,
+    |relay| async move {
         let (a, b) = (EchoBackend::start().await, EchoBackend::start().await);
         let dir = Dir::new();
         let upstream = dir.write(
@@ -275,7 +281,7 @@ async fn nginx_upstream_two_servers() {
         assert!(toml.contains("idle = \"1h\""), "{toml}");
         assert!(toml.contains("forwarded_for = \"append\""), "{toml}");
 
-        let proxy = start(toml).await;
+        let proxy = start(toml, relay).await;
         let _one = ws(&proxy, "/chat/room/1", &[("x-forwarded-for", "6.6.6.6")]).await;
         let _two = ws(&proxy, "/chat/room/2", &[]).await;
         let (sa, sb) = (only_request(&a, "server a"), only_request(&b, "server b"));
@@ -284,14 +290,14 @@ async fn nginx_upstream_two_servers() {
         assert_eq!(targets, ["/chat/room/1", "/chat/room/2"], "no URI in proxy_pass: the path is kept");
         let first = if sa.target.ends_with('1') { &sa } else { &sb };
         assert_eq!(header(first, "x-forwarded-for"), ["6.6.6.6, 127.0.0.1"]);
-    })
-    .await;
-}
+    },
+    [epoll => crate::support::Relay::Auto, uring => crate::support::Relay::Auto.uring()]
+);
 
 /// A server on `listen ... ssl` with its certificate: wss:// through rustls.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nginx_tls_server() {
-    within(async {
+e2e!(
+    nginx_tls_server,
+    |relay| async move {
         let backend = EchoBackend::start().await;
         let pair = &tls::shared().1;
         let dir = Dir::new();
@@ -323,15 +329,16 @@ async fn nginx_tls_server() {
         assert_noted(&toml, &conf, 7, "TLS settings are fixed");
         assert_noted(&toml, &conf, 10, "passes the client's Host");
 
-        let proxy = start(toml).await;
+        let proxy = start(toml, relay).await;
         assert!(proxy.tls_addr().is_some(), "the listener speaks TLS");
         let _ws = ws(&proxy, "/ws/feed", &[]).await;
         let seen = only_request(&backend, "the TLS location");
         assert_eq!(seen.target, "/feed");
         assert_eq!(header(&seen, "x-forwarded-proto"), ["https"]);
-    })
-    .await;
-}
+    },
+    // The io_uring driver does not run TLS listeners yet: epoll only.
+    [epoll => crate::support::Relay::Auto]
+);
 
 #[test]
 fn nginx_syntax_error_names_file_and_line() {
@@ -399,9 +406,9 @@ fn nginx_unmappable_directives_are_comments() {
 // ---------------------------------------------------------------------------------------------
 
 /// `ProxyPass /notice ws://...` with its `ProxyPassReverse`, and /msg the same way.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn apache_proxy_pass_pair() {
-    within(async {
+e2e!(
+    apache_proxy_pass_pair,
+    |relay| async move {
         let (notice, msg) = (EchoBackend::start().await, EchoBackend::start().await);
         let dir = Dir::new();
         let conf = dir.write(
@@ -429,7 +436,7 @@ async fn apache_proxy_pass_pair() {
         assert_noted(&toml, &conf, 1, "answers every Host");
         assert!(toml.contains("response_timeout = \"30s\""), "{toml}");
 
-        let proxy = start(toml).await;
+        let proxy = start(toml, relay).await;
         let _a = ws(&proxy, "/notice/a", &[]).await;
         assert_eq!(only_request(&notice, "/notice").target, "/a");
         let _b = ws(&proxy, "/msg/b?c=d", &[]).await;
@@ -439,15 +446,15 @@ async fn apache_proxy_pass_pair() {
             1,
             "/msg must not reach /notice's backend"
         );
-    })
-    .await;
-}
+    },
+    [epoll => crate::support::Relay::Auto, uring => crate::support::Relay::Auto.uring()]
+);
 
 /// A balancer:// cluster of three on a TLS virtual host, reached through the WebSocket Upgrade
 /// rewrite; the cluster is defined in an included file.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn apache_balancer_tls_rewrite() {
-    within(async {
+e2e!(
+    apache_balancer_tls_rewrite,
+    |relay| async move {
         let members = [
             EchoBackend::start().await,
             EchoBackend::start().await,
@@ -492,7 +499,7 @@ async fn apache_balancer_tls_rewrite() {
         assert!(toml.contains("http = false"), "{toml}");
         assert!(toml.contains("idle = \"10m\""), "{toml}");
 
-        let proxy = start(toml).await;
+        let proxy = start(toml, relay).await;
         let mut open = Vec::new();
         for i in 0..3 {
             open.push(ws(&proxy, &format!("/room/{i}"), &[]).await);
@@ -519,9 +526,10 @@ async fn apache_balancer_tls_rewrite() {
         for m in &members {
             assert_eq!(m.log().requests.len(), 1, "the plain request reached no member");
         }
-    })
-    .await;
-}
+    },
+    // The io_uring driver does not run TLS listeners yet: epoll only.
+    [epoll => crate::support::Relay::Auto]
+);
 
 #[test]
 fn apache_syntax_error_names_file_and_line() {
@@ -603,7 +611,12 @@ fn balance_methods_uwsgi_and_hosts() {
         assert!(toml.contains(w), "missing\n{w}\nin\n{toml}");
     }
     assert_noted(&toml, &conf, 4, "marked down");
-    assert_noted(&toml, &dir.0.join("uwsgi_params"), 1, "standard uwsgi variables");
+    assert_noted(
+        &toml,
+        &dir.0.join("uwsgi_params"),
+        1,
+        "standard uwsgi variables",
+    );
     assert_noted(&toml, &conf, 5, "answers every Host");
 
     let site = dir.write(
