@@ -169,7 +169,7 @@ fn port(addr: SocketAddr) -> u16 {
 // nginx
 // ---------------------------------------------------------------------------------------------
 
-/// The classic two-location config: /notice and /msg, each with the four header lines.
+// The classic two-location config: /notice and /msg, each with the four header lines.
 e2e!(
     nginx_two_locations,
     |relay| async move {
@@ -243,8 +243,8 @@ http {{
     [epoll => crate::support::Relay::Auto, uring => crate::support::Relay::Auto.uring()]
 );
 
-/// An upstream with two servers (in an included file, found by a glob), proxy_pass without a
-/// path: both servers take turns and see the whole path.
+// An upstream with two servers (in an included file, found by a glob), proxy_pass without a
+// path: both servers take turns and see the whole path.
 e2e!(
     nginx_upstream_two_servers,
     |relay| async move {
@@ -294,7 +294,7 @@ e2e!(
     [epoll => crate::support::Relay::Auto, uring => crate::support::Relay::Auto.uring()]
 );
 
-/// A server on `listen ... ssl` with its certificate: wss:// through rustls.
+// A server on `listen ... ssl` with its certificate: wss:// through rustls.
 e2e!(
     nginx_tls_server,
     |relay| async move {
@@ -405,7 +405,7 @@ fn nginx_unmappable_directives_are_comments() {
 // Apache
 // ---------------------------------------------------------------------------------------------
 
-/// `ProxyPass /notice ws://...` with its `ProxyPassReverse`, and /msg the same way.
+// `ProxyPass /notice ws://...` with its `ProxyPassReverse`, and /msg the same way.
 e2e!(
     apache_proxy_pass_pair,
     |relay| async move {
@@ -450,8 +450,8 @@ e2e!(
     [epoll => crate::support::Relay::Auto, uring => crate::support::Relay::Auto.uring()]
 );
 
-/// A balancer:// cluster of three on a TLS virtual host, reached through the WebSocket Upgrade
-/// rewrite; the cluster is defined in an included file.
+// A balancer:// cluster of three on a TLS virtual host, reached through the WebSocket Upgrade
+// rewrite; the cluster is defined in an included file.
 e2e!(
     apache_balancer_tls_rewrite,
     |relay| async move {
