@@ -561,6 +561,7 @@ fn apache_unmappable_directives_are_comments() {
     ProxyPass / http://127.0.0.1:8081/
     RewriteRule ^/old$ /new [R=301,L]
     RequestHeader set X-Forwarded-Proto "https"
+    ProxyPass /late http://127.0.0.1:8082/
 </VirtualHost>
 "#,
     );
@@ -571,6 +572,7 @@ fn apache_unmappable_directives_are_comments() {
     assert_noted(&toml, &conf, 5, "no TLS to backends");
     assert_noted(&toml, &conf, 7, "not a proxy rule");
     assert_noted(&toml, &conf, 8, "request headers");
+    assert_noted(&toml, &conf, 9, "never used");
     assert!(toml.contains("listen = [\"0.0.0.0:8080\"]"), "{toml}");
 }
 

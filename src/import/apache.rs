@@ -616,6 +616,7 @@ impl Importer {
             }
         }
         let timeout = scope.timeout.or(inherited);
+        shadowed(&mut scope.mappings);
         for mut m in scope.mappings {
             m.server = index;
             if let (Some((d, at, text)), None) = (&timeout, m.response_timeout) {
@@ -637,5 +638,26 @@ impl Importer {
             listens: scope.listens,
             cert: if tls { cert } else { None },
         });
+    }
+}
+
+/// Apache takes the first ProxyPass that matches, in the order written; wsplice the longest
+/// prefix. A longer prefix below a shorter one that covers it was never reached in Apache.
+fn shadowed(mappings: &mut [Mapping]) {
+    let proxy_pass = |m: &Mapping| m.source.starts_with("ProxyPass") && m.disabled.is_none();
+    for i in 0..mappings.len() {
+        let earlier = mappings[..i].iter().find(|e| {
+            proxy_pass(e)
+                && e.prefix != mappings[i].prefix
+                && (e.prefix == "/" || mappings[i].prefix.starts_with(&format!("{}/", e.prefix)))
+        });
+        if let (Some(e), true) = (earlier, proxy_pass(&mappings[i])) {
+            let why = format!(
+                "Apache matched the earlier ProxyPass {} at {} first, so this one was never used; wsplice routes by the longest prefix, so here it is (put it first in Apache too, as its documentation asks)",
+                e.prefix, e.loc
+            );
+            let note = Note::new(&mappings[i].loc, mappings[i].source.clone(), why);
+            mappings[i].notes.push(note);
+        }
     }
 }
