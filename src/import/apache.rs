@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::apache_parse::Node;
 use super::plan::{Balance, Listen, Mapping, Note, Only, Plan, Server};
-use super::rules::{path_rule, prefix, rewrite_pattern, seconds, upgrade_cond};
+use super::rules::{path_rule, prefix, rewrite_pattern, seconds, slash_note, upgrade_cond};
 use super::{resolve, split_url, ImportError, Loc};
 
 /// A `balancer://NAME` cluster.
@@ -457,6 +457,9 @@ impl Importer {
                     false
                 }
             };
+            if let Some(why) = slash_note(path, Some(&target), m.strip) {
+                m.notes.push(Note::new(&n.loc, n.text(), why));
+            }
         }
         scope.mappings.push(m);
     }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::nginx_parse::Directive;
 use super::plan::{Balance, Listen, Mapping, Note, Plan, Server};
-use super::rules::{nginx_time, path_rule, prefix};
+use super::rules::{nginx_time, path_rule, prefix, slash_note};
 use super::{resolve, split_url, ImportError, Loc};
 
 /// An `upstream` block: its backends and how it balances.
@@ -553,6 +553,9 @@ impl<'a> Importer<'a> {
                 false
             }
         };
+        if let Some(why) = slash_note(location, path.as_deref(), m.strip) {
+            m.notes.push(Note::new(&x.loc, x.text(), why));
+        }
     }
 
     fn headers(&mut self, m: &mut Mapping, ctx: &Inherit<'a>) {

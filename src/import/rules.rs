@@ -34,6 +34,21 @@ pub(crate) fn path_rule(location: &str, target: Option<&str>) -> Result<bool, St
     ))
 }
 
+/// The case where nginx and Apache send a path wsplice does not: a target path ending in `/`
+/// after a prefix that does not (`location /notice` + `proxy_pass http://b/` sends `/notice/x`
+/// as `//x`; wsplice sends `/x`). The note, if so.
+pub(crate) fn slash_note(location: &str, target: Option<&str>, strip: bool) -> Option<String> {
+    let t = target.filter(|t| t.ends_with('/'))?;
+    if location.ends_with('/') {
+        return None;
+    }
+    let ours = if strip { "" } else { location };
+    Some(format!(
+        "this sends {location}/x to the backend as {t}/x (its path put in place of {location}); wsplice sends {ours}/x{}",
+        if strip { format!(" ({location} alone goes to / in both)") } else { String::new() }
+    ))
+}
+
 /// nginx's time syntax: `60`, `60s`, `500ms`, `1m30s`, `1h`, `2d`.
 pub(crate) fn nginx_time(s: &str) -> Option<Duration> {
     if s.bytes().all(|b| b.is_ascii_digit()) {
