@@ -3,6 +3,8 @@
 //! with `--check`, then run: a real WebSocket client through wsplice must reach the backend the
 //! original would have reached, with the path it would have seen. Then the errors: a syntax error
 //! names file and line (inside an include too), and what has no equivalent is listed as comments.
+//! Last, nginx itself (Debian's package) runs a configuration beside wsplice running its import,
+//! and every path must reach the same backend with the same path through both.
 //!
 //! The import is about the configuration, not the relay: each scenario runs under both drivers
 //! with relay = "auto" (the relay modes themselves are covered by the other suites).
@@ -14,6 +16,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -666,3 +669,182 @@ fn nginx_sites_snippet_without_http() {
         "{toml}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// nginx itself (Debian's package, installed by tools/test)
+// ---------------------------------------------------------------------------------------------
+
+/// nginx running a configuration; killed on drop.
+struct Nginx(std::process::Child);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A port free right now on 127.0.0.1 (nginx does not report the port of `listen ...:0`).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("local address").port()
+}
+
+/// Runs nginx on `conf` (prefix `dir`) and waits until `port` accepts.
+async fn nginx(dir: &Dir, conf: &Path, port: u16) -> Nginx {
+    let bin = Path::new("/usr/sbin/nginx");
+    assert!(
+        bin.exists(),
+        "nginx is not installed: apt-get install nginx (as tools/test does)"
+    );
+    let child = Command::new(bin)
+        .arg("-p")
+        .arg(&dir.0)
+        .arg("-c")
+        .arg(conf)
+        .args(["-e", "stderr"])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("run nginx");
+    let nginx = Nginx(child);
+    let deadline = tokio::time::Instant::now() + STEP;
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nginx did not listen on {port} within {STEP:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    nginx
+}
+
+/// A plain WebSocket client to `addr`, one echo.
+async fn ws_at(addr: SocketAddr, path: &str) -> Ws {
+    let tcp = tokio::time::timeout(STEP, tokio::net::TcpStream::connect(addr))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    let url = format!("ws://{addr}{path}");
+    let (mut ws, _) = tokio::time::timeout(
+        STEP,
+        tokio_tungstenite::client_async_with_config(
+            url.as_str(),
+            tls::ClientStream::Plain(tcp),
+            Some(ws_config()),
+        ),
+    )
+    .await
+    .expect("WebSocket handshake in time")
+    .unwrap_or_else(|e| panic!("WebSocket handshake to {url}: {e}"));
+    ws_echo_once(&mut ws, path).await;
+    ws
+}
+
+/// Which of `backends` (by name) took the one new request since `before`, and its target.
+fn took(backends: &[(&str, &EchoBackend)], before: &[usize]) -> (String, String) {
+    let mut hit = Vec::new();
+    for (i, (name, b)) in backends.iter().enumerate() {
+        let log = b.log();
+        for r in &log.requests[before[i]..] {
+            hit.push((name.to_string(), r.target.clone()));
+        }
+    }
+    assert_eq!(hit.len(), 1, "one backend takes the connection: {hit:?}");
+    hit.remove(0)
+}
+
+fn counts(backends: &[(&str, &EchoBackend)]) -> Vec<usize> {
+    backends
+        .iter()
+        .map(|(_, b)| b.log().requests.len())
+        .collect()
+}
+
+// The same configuration run by nginx itself and, imported, by wsplice: each path reaches the
+// same backend (the same upstream, for round-robin members) with the same path through both.
+e2e!(
+    nginx_itself_agrees,
+    |relay| async move {
+        let notice = EchoBackend::start().await;
+        let msg = EchoBackend::start().await;
+        let (a, b) = (EchoBackend::start().await, EchoBackend::start().await);
+        let port = free_port();
+        let dir = Dir::new();
+        let conf = dir.write(
+            "nginx.conf",
+            &format!(
+                r#"daemon off;
+master_process off;
+pid nginx.pid;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    upstream chat {{ server 127.0.0.1:{a}; server 127.0.0.1:{b}; }}
+    server {{
+        listen 127.0.0.1:{port};
+        proxy_http_version 1.1;
+        proxy_set_header Upgrade $http_upgrade;
+        proxy_set_header Connection "upgrade";
+        proxy_set_header X-Real-IP $remote_addr;
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        location /notice {{ proxy_pass http://127.0.0.1:{n}/; }}
+        location /msg/ {{ proxy_pass http://127.0.0.1:{m}/; }}
+        location /chat/ {{ proxy_pass http://chat; }}
+        location /v1/ {{ proxy_pass http://127.0.0.1:{m}/v1/; }}
+    }}
+}}
+"#,
+                a = a.addr.port(),
+                b = b.addr.port(),
+                n = notice.addr.port(),
+                m = msg.addr.port()
+            ),
+        );
+        let toml = import("nginx", &conf);
+        // The same routes on another port: nginx holds this one.
+        let listen = format!("listen = [\"127.0.0.1:{port}\"]");
+        assert!(toml.contains(&listen), "{toml}");
+        let toml_text = toml.clone();
+        let toml = toml.replace(&listen, "listen = [\"127.0.0.1:0\"]");
+        let _nginx = nginx(&dir, &conf, port).await;
+        let proxy = start(toml, relay).await;
+        let backends = [
+            ("notice", &notice),
+            ("msg", &msg),
+            ("chat", &a),
+            ("chat", &b),
+        ];
+        let nginx_addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let paths = [
+            "/notice",
+            "/notice?x=1",
+            "/msg/",
+            "/msg/a/b?c=d",
+            "/chat/room/1",
+            "/chat/room/2",
+            "/v1/feed",
+        ];
+        let mut open = Vec::new();
+        for path in paths {
+            let before = counts(&backends);
+            open.push(ws_at(nginx_addr, path).await);
+            let by_nginx = took(&backends, &before);
+            let before = counts(&backends);
+            open.push(ws_at(proxy.addr(), path).await);
+            let by_wsplice = took(&backends, &before);
+            assert_eq!(by_wsplice, by_nginx, "{path}: wsplice differs from nginx");
+        }
+        // The one difference, which the import notes: nginx puts "/" in place of "/notice".
+        assert_noted(&toml_text, &conf, 15, "as //x");
+        let before = counts(&backends);
+        open.push(ws_at(nginx_addr, "/notice/a").await);
+        assert_eq!(took(&backends, &before), ("notice".into(), "//a".into()));
+        let before = counts(&backends);
+        open.push(ws_at(proxy.addr(), "/notice/a").await);
+        assert_eq!(took(&backends, &before), ("notice".into(), "/a".into()));
+    },
+    [epoll => crate::support::Relay::Auto, uring => crate::support::Relay::Auto.uring()]
+);
