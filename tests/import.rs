@@ -3,8 +3,8 @@
 //! with `--check`, then run: a real WebSocket client through wsplice must reach the backend the
 //! original would have reached, with the path it would have seen. Then the errors: a syntax error
 //! names file and line (inside an include too), and what has no equivalent is listed as comments.
-//! Last, nginx itself (Debian's package) runs a configuration beside wsplice running its import,
-//! and every path must reach the same backend with the same path through both.
+//! Last, nginx and Apache themselves (Debian's packages) run a configuration beside wsplice
+//! running its import, and every path must reach the same backend with the same path through both.
 //!
 //! The import is about the configuration, not the relay: each scenario runs under both drivers
 //! with relay = "auto" (the relay modes themselves are covered by the other suites).
@@ -674,10 +674,10 @@ fn nginx_sites_snippet_without_http() {
 // nginx itself (Debian's package, installed by tools/test)
 // ---------------------------------------------------------------------------------------------
 
-/// nginx running a configuration; killed on drop.
-struct Nginx(std::process::Child);
+/// nginx or Apache running a configuration in one process; killed on drop.
+struct Server(std::process::Child);
 
-impl Drop for Nginx {
+impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -691,7 +691,7 @@ fn free_port() -> u16 {
 }
 
 /// Runs nginx on `conf` (prefix `dir`) and waits until `port` accepts.
-async fn nginx(dir: &Dir, conf: &Path, port: u16) -> Nginx {
+async fn nginx(dir: &Dir, conf: &Path, port: u16) -> Server {
     let bin = Path::new("/usr/sbin/nginx");
     assert!(
         bin.exists(),
@@ -706,7 +706,7 @@ async fn nginx(dir: &Dir, conf: &Path, port: u16) -> Nginx {
         .stdin(std::process::Stdio::null())
         .spawn()
         .expect("run nginx");
-    let nginx = Nginx(child);
+    let nginx = Server(child);
     let deadline = tokio::time::Instant::now() + STEP;
     while tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -845,6 +845,142 @@ http {{
         let before = counts(&backends);
         open.push(ws_at(proxy.addr(), "/notice/a").await);
         assert_eq!(took(&backends, &before), ("notice".into(), "/a".into()));
+    },
+    [epoll => crate::support::Relay::Auto, uring => crate::support::Relay::Auto.uring()]
+);
+
+// ---------------------------------------------------------------------------------------------
+// Apache httpd itself (Debian's apache2 package, installed by tools/test)
+// ---------------------------------------------------------------------------------------------
+
+/// Apache in one process (`-X`) on `conf`; waits until `port` accepts.
+async fn apache(conf: &Path, port: u16) -> Server {
+    let bin = Path::new("/usr/sbin/apache2");
+    assert!(
+        bin.exists(),
+        "Apache is not installed: apt-get install apache2 (as tools/test does)"
+    );
+    let child = Command::new(bin)
+        .arg("-f")
+        .arg(conf)
+        .args(["-X", "-DFOREGROUND"])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("run apache2");
+    let server = Server(child);
+    let deadline = tokio::time::Instant::now() + STEP;
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "apache2 did not listen on {port} within {STEP:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server
+}
+
+// The same configuration run by Apache itself and, imported, by wsplice: ProxyPass with and
+// without trailing slashes, a ProxyPass inside <Location>, and a balancer:// cluster behind the
+// WebSocket Upgrade rewrite; each path reaches the same backend with the same path through both.
+e2e!(
+    apache_itself_agrees,
+    |relay| async move {
+        let notice = EchoBackend::start().await;
+        let msg = EchoBackend::start().await;
+        let members = [
+            EchoBackend::start().await,
+            EchoBackend::start().await,
+            EchoBackend::start().await,
+        ];
+        let port = free_port();
+        let dir = Dir::new();
+        let modules = "/usr/lib/apache2/modules";
+        let loads: String = [
+            ("mpm_event", "mpm_event"),
+            ("authz_core", "authz_core"),
+            ("proxy", "proxy"),
+            ("proxy_http", "proxy_http"),
+            ("proxy_wstunnel", "proxy_wstunnel"),
+            ("proxy_balancer", "proxy_balancer"),
+            ("slotmem_shm", "slotmem_shm"),
+            ("lbmethod_byrequests", "lbmethod_byrequests"),
+            ("rewrite", "rewrite"),
+        ]
+        .iter()
+        .map(|(name, file)| format!("LoadModule {name}_module {modules}/mod_{file}.so\n"))
+        .collect();
+        let d = dir.0.display();
+        let conf = dir.write(
+            "httpd.conf",
+            &format!(
+                r#"ServerRoot {d}
+DefaultRuntimeDir {d}
+PidFile {d}/httpd.pid
+ErrorLog {d}/error.log
+ServerName localhost
+User www-data
+Group www-data
+{loads}Listen 127.0.0.1:{port}
+<VirtualHost 127.0.0.1:{port}>
+    ProxyPass /notice ws://127.0.0.1:{n}
+    ProxyPassReverse /notice ws://127.0.0.1:{n}
+    ProxyPass /msg/ ws://127.0.0.1:{m}/
+    <Proxy balancer://chat>
+        BalancerMember ws://127.0.0.1:{a}
+        BalancerMember ws://127.0.0.1:{b}
+        BalancerMember ws://127.0.0.1:{c}
+    </Proxy>
+    RewriteEngine On
+    RewriteCond %{{HTTP:Upgrade}} websocket [NC]
+    RewriteRule ^/chat/(.*) balancer://chat/chat/$1 [P,L]
+    <Location /room>
+        ProxyPass ws://127.0.0.1:{m}/room
+    </Location>
+</VirtualHost>
+"#,
+                n = notice.addr.port(),
+                m = msg.addr.port(),
+                a = members[0].addr.port(),
+                b = members[1].addr.port(),
+                c = members[2].addr.port(),
+            ),
+        );
+        let toml = import("apache", &conf);
+        let listen = format!("listen = [\"127.0.0.1:{port}\"]");
+        assert!(toml.contains(&listen), "{toml}");
+        let toml = toml.replace(&listen, "listen = [\"127.0.0.1:0\"]");
+        let _apache = apache(&conf, port).await;
+        let proxy = start(toml, relay).await;
+        let backends = [
+            ("notice", &notice),
+            ("msg", &msg),
+            ("chat", &members[0]),
+            ("chat", &members[1]),
+            ("chat", &members[2]),
+        ];
+        let apache_addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let paths = [
+            "/notice",
+            "/notice/a?x=1",
+            "/msg/",
+            "/msg/a/b?c=d",
+            "/chat/room/1",
+            "/chat/room/2",
+            "/room/7",
+        ];
+        let mut open = Vec::new();
+        for path in paths {
+            let before = counts(&backends);
+            open.push(ws_at(apache_addr, path).await);
+            let by_apache = took(&backends, &before);
+            let before = counts(&backends);
+            open.push(ws_at(proxy.addr(), path).await);
+            let by_wsplice = took(&backends, &before);
+            assert_eq!(by_wsplice, by_apache, "{path}: wsplice differs from Apache");
+        }
     },
     [epoll => crate::support::Relay::Auto, uring => crate::support::Relay::Auto.uring()]
 );
