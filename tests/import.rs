@@ -564,6 +564,10 @@ fn apache_unmappable_directives_are_comments() {
     RewriteRule ^/old$ /new [R=301,L]
     RequestHeader set X-Forwarded-Proto "https"
     ProxyPass /late http://127.0.0.1:8082/
+    RewriteEngine On
+</VirtualHost>
+<VirtualHost *:8081>
+    RewriteRule ^/(.*) ws://127.0.0.1:8083/$1 [P]
 </VirtualHost>
 "#,
     );
@@ -575,7 +579,11 @@ fn apache_unmappable_directives_are_comments() {
     assert_noted(&toml, &conf, 7, "not a proxy rule");
     assert_noted(&toml, &conf, 8, "request headers");
     assert_noted(&toml, &conf, 9, "never used");
-    assert!(toml.contains("listen = [\"0.0.0.0:8080\"]"), "{toml}");
+    assert_noted(&toml, &conf, 13, "RewriteEngine is not on here");
+    assert!(
+        toml.contains("listen = [\"0.0.0.0:8080\", \"0.0.0.0:8081\"]"),
+        "{toml}"
+    );
 }
 
 /// Balancing, uwsgi and name-based servers: the keys they become (each import passes `--check`).

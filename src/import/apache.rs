@@ -30,6 +30,8 @@ struct Scope<'a> {
     mappings: Vec<Mapping>,
     /// RewriteConds waiting for their RewriteRule.
     conds: Vec<&'a Node>,
+    /// `RewriteEngine on` in this scope (Apache does not inherit it into virtual hosts).
+    rewrite: bool,
 }
 
 struct Importer {
@@ -44,7 +46,10 @@ pub(crate) fn plan(tree: &[Node]) -> Result<Plan, ImportError> {
     };
     // Balancers first: a ProxyPass may name one defined further down, or in another host.
     imp.balancers_in(tree);
-    let mut main = Scope::default();
+    let mut main = Scope {
+        rewrite: rewrite_on(tree),
+        ..Scope::default()
+    };
     let mut hosts = Vec::new();
     imp.walk(tree, &mut main, &mut hosts);
     let index = imp.plan.servers.len();
@@ -65,8 +70,11 @@ pub(crate) fn plan(tree: &[Node]) -> Result<Plan, ImportError> {
     }
     for host in hosts {
         let index = imp.plan.servers.len();
-        let mut scope = Scope::default();
         let children = host.children.as_deref().unwrap_or_default();
+        let mut scope = Scope {
+            rewrite: rewrite_on(children),
+            ..Scope::default()
+        };
         imp.virtual_host(host, &mut scope);
         let mut nested = Vec::new();
         imp.walk(children, &mut scope, &mut nested);
@@ -80,6 +88,22 @@ pub(crate) fn plan(tree: &[Node]) -> Result<Plan, ImportError> {
         imp.finish(scope, &host.loc, index, global_timeout.clone());
     }
     Ok(imp.plan)
+}
+
+/// Whether `RewriteEngine on` holds in a scope: wherever it stands in it (the last one wins),
+/// not inherited by virtual hosts.
+fn rewrite_on(nodes: &[Node]) -> bool {
+    let mut on = false;
+    for n in nodes {
+        if n.is("RewriteEngine") && n.children.is_none() {
+            on = n.args.first().is_some_and(|a| a.eq_ignore_ascii_case("on"));
+        } else if n.is("IfModule") || n.is("IfDefine") || n.is("IfVersion") {
+            if let Some(inner) = &n.children {
+                on = rewrite_on(inner) || on;
+            }
+        }
+    }
+    on
 }
 
 /// `balancer://NAME` as the balancers map keys it.
@@ -230,20 +254,14 @@ impl Importer {
                 ("rewritecond", None) => scope.conds.push(n),
                 ("rewriterule", None) => {
                     let conds = std::mem::take(&mut scope.conds);
-                    self.rewrite(n, &conds, scope);
-                }
-                ("rewriteengine", None) => {
-                    if n.args
-                        .first()
-                        .is_some_and(|a| a.eq_ignore_ascii_case("off"))
-                    {
-                        self.plan.note(
-                            &n.loc,
-                            n.text(),
-                            "RewriteEngine off: its RewriteRules are read anyway",
-                        );
+                    if scope.rewrite {
+                        self.rewrite(n, &conds, scope);
+                    } else {
+                        let why = "RewriteEngine is not on here, so Apache ignores this rule: not carried over";
+                        self.plan.note(&n.loc, n.text(), why);
                     }
                 }
+                ("rewriteengine", None) => {}
                 _ => self.other(n),
             }
         }
