@@ -158,7 +158,9 @@ fn route_lines(m: &Mapping, host: Option<&str>, upgrade_only: bool) -> Vec<Strin
     if let Some(h) = host {
         lines.push(format!("host = {}", quote(h)));
     }
-    lines.push(format!("backends = {}", list(&m.backends)));
+    if !m.backends.is_empty() {
+        lines.push(format!("backends = {}", list(&m.backends)));
+    }
     lines.push(format!("strip_prefix = {}", m.strips()));
     if m.uwsgi {
         lines.push("protocol = \"uwsgi\"".into());
