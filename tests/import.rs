@@ -992,3 +992,21 @@ Group www-data
     },
     [epoll => crate::support::Relay::Auto, uring => crate::support::Relay::Auto.uring()]
 );
+
+/// Nothing wsplice could serve: an error saying so, no TOML that would not load.
+#[test]
+fn nothing_to_route_is_an_error() {
+    let dir = Dir::new();
+    let conf = dir.write(
+        "nginx.conf",
+        "http {\n    server {\n        listen 80;\n        location / { root /srv; }\n    }\n}\n",
+    );
+    let err = import_fails("nginx", &conf);
+    assert!(err.contains("nothing to route"), "{err}");
+    let missing = dir.0.join("absent.conf");
+    let err = import_fails("apache", &missing);
+    assert!(
+        err.contains(&format!("{}: cannot read", missing.display())),
+        "{err}"
+    );
+}
