@@ -39,7 +39,9 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
-use wsplice::config::{Config, ConfigError, DriverMode, RelayMode, TlsFlags, WorkerModel};
+use wsplice::config::{
+    Config, ConfigError, DriverMode, RelayMode, Resolved, TlsFlags, WorkerModel,
+};
 use wsplice::core::relay::CloseReason;
 use wsplice::driver::supervisor::{Event, Spawn, Supervisor};
 use wsplice::driver::{self, admin, process, Server, StatsReader};
@@ -49,7 +51,10 @@ use wsplice::sys::limits;
 // The toy backends of `wsplice demo` live with the binary: the library has no use for a
 // WebSocket implementation of its own.
 mod demo;
+mod names;
 mod report;
+
+use names::Names;
 
 use report::{announce, stopped, stopping_message, tls_summary, Found};
 
@@ -387,10 +392,12 @@ trait Running {
     fn workers(&self) -> usize;
     /// The `tls cert FILE names=...` lines of the certificates `cfg` serves.
     fn tls_summary(&self, cfg: &Config) -> io::Result<Vec<String>>;
+    /// Applies `cfg` (its backend names as `resolved` says) to new connections.
     fn reload(
         &mut self,
         cfg: &Config,
         text: Option<String>,
+        resolved: &Resolved,
     ) -> io::Result<Vec<(SocketAddr, SocketAddr)>>;
     fn reopen_log(&self) -> bool;
 }
@@ -406,8 +413,9 @@ impl Running for Server {
         &mut self,
         cfg: &Config,
         _: Option<String>,
+        resolved: &Resolved,
     ) -> io::Result<Vec<(SocketAddr, SocketAddr)>> {
-        Server::reload(self, cfg)
+        Server::reload(self, &cfg.resolved(resolved))
     }
     fn reopen_log(&self) -> bool {
         Server::reopen_log(self)
@@ -430,7 +438,10 @@ impl Running for Processes {
         &mut self,
         cfg: &Config,
         text: Option<String>,
+        resolved: &Resolved,
     ) -> io::Result<Vec<(SocketAddr, SocketAddr)>> {
+        // The worker processes parse the text and fill the names in from this table.
+        self.sup.set_resolved(resolved.clone());
         self.sup.reload(cfg, text, self.nofile)
     }
     fn reopen_log(&self) -> bool {
@@ -465,6 +476,15 @@ fn run(mut cfg: Config, mut text: Option<String>, args: &Args) -> io::Result<()>
     let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT, SIGUSR1])?;
     if choice.model == WorkerModel::Processes {
         let (tx, rx) = std::sync::mpsc::channel();
+        let to_sup = std::sync::Mutex::new(tx.clone());
+        let mut names = Names::start(
+            &cfg,
+            Arc::new(move |t| {
+                if let Ok(tx) = to_sup.lock() {
+                    let _ = tx.send(Event::Resolved(t));
+                }
+            }),
+        )?;
         let forward = tx.clone();
         std::thread::Builder::new()
             .name("wsplice-signals".into())
@@ -486,6 +506,7 @@ fn run(mut cfg: Config, mut text: Option<String>, args: &Args) -> io::Result<()>
             Spawn::this_binary(worker_args),
             (tx, rx),
             soft,
+            names.table.clone(),
         )?;
         announce(
             &cfg,
@@ -503,7 +524,7 @@ fn run(mut cfg: Config, mut text: Option<String>, args: &Args) -> io::Result<()>
         let mut stopping = false;
         while let Some(sig) = running.sup.next_signal() {
             match sig {
-                SIGHUP => reload(&mut running, args, &mut cfg, &mut text),
+                SIGHUP => reload(&mut running, args, &mut cfg, &mut text, &mut names),
                 SIGUSR1 => reopen(&running),
                 _ if stopping => {
                     eprintln!("wsplice: second stop signal: exiting now");
@@ -522,7 +543,27 @@ fn run(mut cfg: Config, mut text: Option<String>, args: &Args) -> io::Result<()>
         return Ok(());
     }
 
-    let mut server = Server::start(&cfg)?;
+    // Signals and new backend addresses, in the order they come.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let to_main = std::sync::Mutex::new(tx.clone());
+    let mut names = Names::start(
+        &cfg,
+        Arc::new(move |t| {
+            if let Ok(tx) = to_main.lock() {
+                let _ = tx.send(Main::Resolved(t));
+            }
+        }),
+    )?;
+    std::thread::Builder::new()
+        .name("wsplice-signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if tx.send(Main::Signal(sig)).is_err() {
+                    return;
+                }
+            }
+        })?;
+    let mut server = Server::start(&cfg.resolved(&names.table))?;
     let certs = server.tls().map(|t| t.summary.clone()).unwrap_or_default();
     let driver_line = match server.driver() {
         driver::Chosen::Epoll => "driver epoll".to_owned(),
@@ -549,17 +590,27 @@ fn run(mut cfg: Config, mut text: Option<String>, args: &Args) -> io::Result<()>
         &choice,
         soft,
     )?;
-    for sig in signals.forever() {
-        match sig {
-            SIGHUP => reload(&mut server, args, &mut cfg, &mut text),
-            SIGUSR1 => reopen(&server),
-            _ => {
+    while let Ok(ev) = rx.recv() {
+        match ev {
+            Main::Signal(SIGHUP) => reload(&mut server, args, &mut cfg, &mut text, &mut names),
+            Main::Signal(SIGUSR1) => reopen(&server),
+            Main::Resolved(table) => {
+                // The same configuration with the new addresses: a reload without the file.
+                match Running::reload(&mut server, &cfg, text.clone(), &table) {
+                    Ok(_) => names.table = table,
+                    Err(e) => eprintln!(
+                        "wsplice: dns: the workers did not take the new backend addresses: {e}"
+                    ),
+                }
+            }
+            Main::Signal(_) => {
                 let grace = cfg.timeouts.drain;
                 stopping_message(grace);
                 server.drain(Instant::now() + grace);
                 // A second SIGTERM/SIGINT ends the process without waiting.
                 std::thread::spawn(move || {
-                    if signals.forever().any(|s| s == SIGTERM || s == SIGINT) {
+                    let stop = |e: &Main| matches!(e, Main::Signal(SIGTERM | SIGINT));
+                    if rx.iter().any(|e| stop(&e)) {
                         eprintln!("wsplice: second stop signal: exiting now");
                         std::process::exit(0);
                     }
@@ -573,6 +624,13 @@ fn run(mut cfg: Config, mut text: Option<String>, args: &Args) -> io::Result<()>
     }
     server.join();
     Ok(())
+}
+
+/// What the main thread of worker threads waits for.
+enum Main {
+    Signal(i32),
+    /// Backend names resolved to new addresses.
+    Resolved(Resolved),
 }
 
 fn reopen(running: &dyn Running) {
@@ -589,7 +647,13 @@ fn say(line: &str) {
 
 /// SIGHUP: reads the file again (or, started from flags, the certificate files) and applies it
 /// to new connections. A bad file changes nothing.
-fn reload(running: &mut dyn Running, args: &Args, cfg: &mut Config, text: &mut Option<String>) {
+fn reload(
+    running: &mut dyn Running,
+    args: &Args,
+    cfg: &mut Config,
+    text: &mut Option<String>,
+    names: &mut Names,
+) {
     let path = match &args.config {
         Some(path) => path.clone(),
         None if !args.tls_listen.is_empty() => PathBuf::from("the command line's certificates"),
@@ -621,9 +685,23 @@ fn reload(running: &mut dyn Running, args: &Args, cfg: &mut Config, text: &mut O
     if new.worker_model != cfg.worker_model {
         eprintln!("wsplice: reload: `worker_model` changes need a restart");
     }
+    if new.dns != cfg.dns && names.running() {
+        eprintln!("wsplice: reload: [dns] changes need a restart; the resolver keeps the previous settings");
+    }
     new.workers = Some(running.workers());
     new.worker_model = cfg.worker_model;
-    match running.reload(&new, new_text.clone()) {
+    let table = match names.update(&new) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!(
+                "wsplice: reload of {} failed, still serving the previous configuration: {e}",
+                path.display()
+            );
+            say("reload failed");
+            return;
+        }
+    };
+    match running.reload(&new, new_text.clone(), &table) {
         Ok(listen) => {
             for (want, bound) in listen {
                 let tls = if new.tls.listen.contains(&want) {
@@ -647,6 +725,7 @@ fn reload(running: &mut dyn Running, args: &Args, cfg: &mut Config, text: &mut O
             );
             driver::status::name_routes(&new.routes);
             say("reloaded");
+            names.table = table;
             *cfg = new;
             *text = new_text;
         }

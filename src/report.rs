@@ -61,7 +61,12 @@ pub(super) fn announce(
             .as_ref()
             .map(|h| format!(" host={h}"))
             .unwrap_or_default();
-        let backends: Vec<String> = route.backends.iter().map(SocketAddr::to_string).collect();
+        let backends: Vec<String> = route
+            .backends
+            .iter()
+            .map(SocketAddr::to_string)
+            .chain(route.options.names.iter().map(|n| format!("{n} (dns)")))
+            .collect();
         lines.push(format!(
             "route {}{host} -> {} strip_prefix={}",
             route.prefix,

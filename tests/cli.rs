@@ -134,11 +134,11 @@ fn check_bad_value_names_line_and_key() {
     );
 
     let (path, stderr) = check_fails(
-        "listen = [\"127.0.0.1:8000\"]\n[[route]]\nprefix = \"/a\"\nbackends = [\"backend.local:80\"]\n"
+        "listen = [\"127.0.0.1:8000\"]\n[[route]]\nprefix = \"/a\"\nbackends = [\"backend.local:0\"]\n"
     );
     assert!(
         stderr.contains(&format!(
-            "{path}:4: route.backends: invalid address \"backend.local:80\": use an IP address: name resolution is not supported yet"
+            "{path}:4: route.backends: invalid backend \"backend.local:0\": a name needs a port from 1 to 65535 (HOST:PORT), or srv:NAME for SRV records"
         )),
         "{stderr}"
     );

@@ -36,6 +36,7 @@
 //!   sections  [timeouts] [limits] [keepalive] [splice] [uring] [access_log] [proxy_protocol]
 //!             [tls] [backend_pool]
 //!   route     [[route]]
+//!   names     backends by DNS name (`app:8080`, `srv:_ws._tcp.app`) and [dns]
 //!   cli       Config::from_cli: the --listen/--route flags; --tls-listen/--cert/--key
 //! ```
 //!
@@ -46,6 +47,7 @@
 mod cli;
 mod error;
 mod model;
+mod names;
 mod root;
 mod route;
 mod sections;
@@ -65,6 +67,7 @@ pub use model::{
     HashKey, Keepalive, Limits, LogFormat, ProxyIn, ProxyVersion, Relay, RelayMode, Route,
     RouteOptions, SameSite, StickyCookie, Timeouts, Tls, UnknownSni, Uring, WorkerModel,
 };
+pub use names::{decode_resolved, encode_resolved, BackendName, Dns, Resolved};
 use walk::{Source, Table};
 
 impl Config {

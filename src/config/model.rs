@@ -123,7 +123,8 @@ pub struct Route {
     pub prefix: String,
     /// Lower-cased host name without port; `None` matches any Host.
     pub host: Option<String>,
-    /// At least one.
+    /// The configured addresses (and, in the configuration the workers run, what the route's
+    /// names resolved to). With names, possibly none: the route answers 502 until one resolves.
     pub backends: Vec<SocketAddr>,
     /// Default true: `/notice/a?x=1` reaches the backend as `/a?x=1`.
     pub strip_prefix: bool,
@@ -151,6 +152,9 @@ pub struct RouteOptions {
     pub origins: Vec<String>,
     /// How requests are written to the backends.
     pub protocol: BackendProtocol,
+    /// Backends given by name in `backends` (looked up by the resolver thread; what they resolve
+    /// to is added to the route's addresses, see [`Config::resolved`]).
+    pub names: Vec<super::BackendName>,
 }
 
 impl Default for RouteOptions {
@@ -161,6 +165,7 @@ impl Default for RouteOptions {
             balance: Balance::default(),
             origins: Vec::new(),
             protocol: BackendProtocol::Http,
+            names: Vec::new(),
         }
     }
 }
@@ -374,6 +379,8 @@ pub struct Config {
     pub tls: Tls,
     /// Idle backend connections kept for reuse by plain HTTP requests.
     pub backend_pool: BackendPool,
+    /// Where backend names are looked up (`[dns]`).
+    pub dns: super::Dns,
 }
 
 /// How workers run: `worker_model` (or `--worker-model`).
@@ -561,6 +568,7 @@ impl Config {
             underscores_in_headers: true,
             tls: Tls::default(),
             backend_pool: BackendPool::default(),
+            dns: super::Dns::default(),
         }
     }
 }

@@ -29,6 +29,7 @@ const KEYS: &[Key<Config>] = &[
     key("underscores_in_headers", |c, f| f.bool().map(|b| c.underscores_in_headers = b)),
     key("tls", sections::tls),
     key("backend_pool", |c, f| f.section(&mut c.backend_pool, sections::BACKEND_POOL)),
+    key("dns", |c, f| f.section(&mut c.dns, super::names::DNS)),
 ];
 
 const RELAY_MODES: [RelayMode; 3] = [RelayMode::Auto, RelayMode::Splice, RelayMode::Copy];

@@ -1,5 +1,6 @@
 //! `[[route]]`: one table per route.
 
+use super::names::parse_name;
 use super::value::{normalize_host, normalize_origin, normalize_prefix, parse_backend};
 use super::walk::{key, required, Field, Key};
 use super::{
@@ -163,13 +164,22 @@ pub(super) fn routes(cfg: &mut Config, field: &Field<'_>) -> Result<(), ConfigEr
 }
 
 fn backends(route: &mut Route, field: &Field<'_>) -> Result<(), ConfigError> {
-    let items = field.items("an array of backend addresses, such as [\"127.0.0.1:50001\"]")?;
+    let items = field.items(
+        "an array of backends, such as [\"127.0.0.1:50001\"], [\"app:8080\"] or [\"srv:_ws._tcp.app\"]",
+    )?;
     if items.is_empty() {
         return Err(field.error("must list at least one backend"));
     }
-    route.backends = items
-        .iter()
-        .map(|item| item.parsed(parse_backend))
-        .collect::<Result<_, _>>()?;
+    for item in items {
+        match parse_name(item.str()?) {
+            Some(name) => {
+                let name = name.map_err(|e| item.error(e))?;
+                if !route.options.names.contains(&name) {
+                    route.options.names.push(name);
+                }
+            }
+            None => route.backends.push(item.parsed(parse_backend)?),
+        }
+    }
     Ok(())
 }

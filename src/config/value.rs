@@ -160,7 +160,7 @@ pub(super) fn parse_addr(s: &str) -> Result<SocketAddr, String> {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
     }) {
-        "use an IP address: name resolution is not supported yet".to_owned()
+        "use an IP address here (host names are for `backends` only)".to_owned()
     } else {
         "expected IP:PORT, such as 127.0.0.1:8080 or [::1]:8080".to_owned()
     };

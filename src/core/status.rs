@@ -87,6 +87,8 @@ pub enum BackendFailure {
     BadAnswer,
     /// The backend closed before its head was complete.
     ClosedEarly,
+    /// The route has no backend address to try: its backend names resolve to nothing (yet).
+    NoBackends,
 }
 
 impl Reject {

@@ -17,6 +17,7 @@ pub mod access_log;
 pub mod admin;
 pub mod backends;
 mod capacity;
+pub mod dns;
 pub mod epoll;
 pub mod limiter;
 pub mod memory;

@@ -7,7 +7,7 @@
 //! ignored here: the supervisor decides and tells each worker. If the supervisor itself
 //! disappears, the worker closes its connections and exits rather than run unsupervised.
 
-use crate::config::{Config, ConfigError};
+use crate::config::{decode_resolved, Config, ConfigError, Resolved};
 use crate::driver::access_log::LogSink;
 use crate::driver::epoll::{Worker, WorkerConfig};
 use crate::driver::limiter::{ConnLimiter, IpLimiter};
@@ -69,6 +69,7 @@ pub fn run(id: usize, load: Loader) -> io::Result<()> {
     let ctl = io::stdin().as_fd().try_clone_to_owned()?;
     let (mut buf, mut fds) = (Vec::new(), Vec::new());
     let mut listeners = Vec::new();
+    let mut resolved = Resolved::new();
     let (workers, generation) = loop {
         fds.clear();
         if !ipc::recv(&ctl, &mut buf, &mut fds)? {
@@ -78,6 +79,7 @@ pub fn run(id: usize, load: Loader) -> io::Result<()> {
         let mut words = text.split_whitespace();
         match words.next() {
             Some("listen") => take_listeners(words, &mut fds, &mut listeners)?,
+            Some("dns") => resolved = read_resolved(fds.drain(..).next())?,
             Some("init") => {
                 let mut num = || -> io::Result<u64> {
                     words
@@ -101,7 +103,7 @@ pub fn run(id: usize, load: Loader) -> io::Result<()> {
         return Err(protocol("worker id outside the shared layout"));
     }
     let text = text_of(fds.next())?;
-    let cfg = configure(&load, text.as_deref(), workers)?;
+    let cfg = configure(&load, text.as_deref(), workers, &resolved)?;
     let (log, log_thread) = match &cfg.access_log {
         Some(a) => {
             let (sink, thread) = LogSink::start(a)?;
@@ -146,6 +148,7 @@ pub fn run(id: usize, load: Loader) -> io::Result<()> {
         load,
         generation,
         workers,
+        resolved,
     };
     std::thread::Builder::new()
         .name("wsplice-control".into())
@@ -161,11 +164,23 @@ pub fn run(id: usize, load: Loader) -> io::Result<()> {
 }
 
 /// The configuration as the supervisor runs it: its worker count, whatever the text says (a
-/// changed `workers` needs a restart).
-fn configure(load: &Loader, text: Option<&str>, workers: usize) -> io::Result<Config> {
+/// changed `workers` needs a restart), and its backend names resolved as the supervisor's
+/// resolver last found them.
+fn configure(
+    load: &Loader,
+    text: Option<&str>,
+    workers: usize,
+    resolved: &Resolved,
+) -> io::Result<Config> {
     let mut cfg = load(text).map_err(|e| io::Error::other(e.to_string()))?;
     cfg.workers = Some(workers);
-    Ok(cfg)
+    Ok(cfg.resolved(resolved))
+}
+
+/// The table of a `dns` message.
+fn read_resolved(fd: Option<OwnedFd>) -> io::Result<Resolved> {
+    let text = text_of(fd)?.ok_or_else(|| protocol("dns without its table"))?;
+    Ok(decode_resolved(&text))
 }
 
 fn take_listeners<'a>(
@@ -193,10 +208,12 @@ struct ControlThread {
     load: Loader,
     generation: u64,
     workers: usize,
+    /// What backend names resolve to (the supervisor's last `dns`).
+    resolved: Resolved,
 }
 
 impl ControlThread {
-    fn run(self) {
+    fn run(mut self) {
         let id = self.id;
         if let Err(e) = ipc::set_timeout(&self.ctl, Some(MIRROR_EVERY)) {
             eprintln!("wsplice: worker {id}: control socket: {e}");
@@ -228,6 +245,7 @@ impl ControlThread {
             let mut words = text.split_whitespace();
             let result = match words.next() {
                 Some("listen") => take_listeners(words, &mut fds, &mut pending),
+                Some("dns") => read_resolved(fds.drain(..).next()).map(|r| self.resolved = r),
                 Some("reload") => {
                     let answer = self.reload(words, fds.drain(..).next(), &mut pending);
                     ipc::send(&self.ctl, answer.as_bytes(), &[])
@@ -279,7 +297,7 @@ impl ControlThread {
             .unwrap_or(self.generation);
         let cfg = parse_addrs(words).and_then(|remove| {
             let text = text_of(config)?;
-            let cfg = configure(&self.load, text.as_deref(), self.workers)?;
+            let cfg = configure(&self.load, text.as_deref(), self.workers, &self.resolved)?;
             let tls = tls_for(&cfg, &self.tickets)?;
             Ok((remove, cfg, tls))
         });

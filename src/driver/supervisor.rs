@@ -19,10 +19,11 @@
 //!
 //! Control messages are one line of text each: `listen ADDR...` (with one listener per address),
 //! `init ID WORKERS GENERATION` (shared memory, then the config text if any), `reload GENERATION
-//! [ADDR...]` (addresses to stop listening on; the config text attached), `drain MILLIS`,
+//! [ADDR...]` (addresses to stop listening on; the config text attached), `dns` (before `init`
+//! and `reload`: what backend names resolved to, as a sealed memfd), `drain MILLIS`,
 //! `reopen`, `mirror`; answers `ready`, `applied GENERATION`, `failed GENERATION WHY`.
 
-use crate::config::Config;
+use crate::config::{encode_resolved, Config, Resolved};
 use crate::driver::shared::{Layout, Shared};
 use crate::driver::stats::{self, BackendCounts, BackendKey, Counters, Published};
 use crate::driver::{bind_all, process_capacity, StatsReader, WorkerInfo};
@@ -79,6 +80,9 @@ pub enum Event {
         seq: u64,
         status: io::Result<ExitStatus>,
     },
+    /// Backend names resolved to new addresses (from the resolver thread): applied like a
+    /// reload of the same configuration.
+    Resolved(Resolved),
 }
 
 /// What the admin listener reads: the workers' shared counters, plus what dead workers had
@@ -210,6 +214,10 @@ struct Slot {
 pub struct Supervisor {
     cfg: Config,
     text: Option<String>,
+    /// What the configuration's backend names resolve to (sent to every worker process).
+    resolved: Resolved,
+    /// The open-file limit, for capacity on reloads.
+    nofile: u64,
     generation: u64,
     listen: Vec<Listen>,
     shared: Arc<Shared>,
@@ -253,6 +261,7 @@ impl Supervisor {
         spawn: Spawn,
         events: (Sender<Event>, Receiver<Event>),
         nofile: u64,
+        resolved: Resolved,
     ) -> io::Result<Supervisor> {
         let workers = worker_count(cfg);
         let mut listen = Vec::new();
@@ -278,6 +287,8 @@ impl Supervisor {
         let mut sup = Supervisor {
             cfg: cfg.clone(),
             text,
+            resolved,
+            nofile,
             generation: 1,
             listen,
             shared,
@@ -412,6 +423,7 @@ impl Supervisor {
                     .as_ref()
                     .map(|t| shm::sealed_bytes("wsplice-config", t.as_bytes()))
                     .transpose()?;
+                self.send_resolved(&ctl)?;
                 let mut fds = vec![self.shared.fd()];
                 fds.extend(config.as_ref().map(|c| c.as_fd()));
                 let msg = format!("init {id} {} {}", self.slots.len(), self.generation);
@@ -442,6 +454,30 @@ impl Supervisor {
             ipc::send(ctl, msg.as_bytes(), &fds)?;
         }
         Ok(())
+    }
+
+    /// Sends what backend names resolve to (nothing without names).
+    fn send_resolved(&self, ctl: &OwnedFd) -> io::Result<()> {
+        if self.cfg.backend_names().is_empty() {
+            return Ok(());
+        }
+        let table = shm::sealed_bytes("wsplice-dns", encode_resolved(&self.resolved).as_bytes())?;
+        ipc::send(ctl, b"dns", &[table.as_fd()])
+    }
+
+    /// New addresses for backend names: the workers run the same configuration with them (a
+    /// reload: established tunnels stay, new connections use the new set).
+    fn apply_resolved(&mut self, resolved: Resolved) {
+        self.resolved = resolved;
+        let (cfg, text) = (self.cfg.clone(), self.text.clone());
+        if let Err(e) = self.reload(&cfg, text, self.nofile) {
+            eprintln!("wsplice: dns: the workers did not take the new backend addresses: {e}");
+        }
+    }
+
+    /// Sets what backend names resolve to, for the next [`Supervisor::reload`].
+    pub fn set_resolved(&mut self, resolved: Resolved) {
+        self.resolved = resolved;
     }
 
     fn send_all(&self, msg: &str) {
@@ -487,6 +523,8 @@ impl Supervisor {
                 Event::Signal(sig) => return Some(sig),
                 Event::Exited { id, seq, status } => self.on_exit(id, seq, &status),
                 Event::Message { id, seq, text } => self.on_message(id, seq, &text),
+                Event::Resolved(r) if !self.stopping => self.apply_resolved(r),
+                Event::Resolved(_) => {}
             }
         }
     }
@@ -615,6 +653,7 @@ impl Supervisor {
             let fds: Vec<_> = config_fd.iter().map(|f| f.as_fd()).collect();
             let sent = self
                 .send_listeners(id, &ctl, &new_addrs)
+                .and_then(|()| self.send_resolved(&ctl))
                 .and_then(|()| ipc::send(&*ctl, msg.as_bytes(), &fds));
             if sent.is_ok() {
                 waiting.push((id, seq));

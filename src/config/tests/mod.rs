@@ -70,9 +70,14 @@ host = "Example.COM"
 backends = ["127.0.0.1:50001", "127.0.0.1:50002"]
 strip_prefix = false
 forwarded_for = "replace"
+[dns]
+servers = ["127.0.0.1:5353", "[::1]:53"]
+min_ttl = "2s"
+max_ttl = "1m"
+timeout = "500ms"
 [[route]]
 prefix = "/"
-backends = ["127.0.0.1:50003"]
+backends = ["127.0.0.1:50003", "App.Internal:8080", "srv:_ws._tcp.app", "app.internal.:8080"]
 "#;
 
 #[test]
@@ -136,7 +141,17 @@ fn full_example() {
                 strip_prefix: true,
                 forwarded_for: ForwardedFor::Append,
                 send_proxy: None,
-                options: Default::default(),
+                // Names are kept apart from addresses, each once (case and the root dot aside).
+                options: RouteOptions {
+                    names: vec![
+                        BackendName::Host {
+                            host: "app.internal".into(),
+                            port: 8080,
+                        },
+                        BackendName::Srv("_ws._tcp.app".into()),
+                    ],
+                    ..Default::default()
+                },
             },
         ],
         admin: None,
@@ -160,6 +175,15 @@ fn full_example() {
             session_tickets: false,
         },
         backend_pool: BackendPool::default(),
+        dns: Dns {
+            servers: vec![
+                "127.0.0.1:5353".parse().unwrap(),
+                "[::1]:53".parse().unwrap(),
+            ],
+            min_ttl: secs(2),
+            max_ttl: secs(60),
+            timeout: Duration::from_millis(500),
+        },
     };
     assert_eq!(cfg, want);
 }
@@ -443,7 +467,11 @@ fn bad_values() {
         (format!("{l}[[route]]\nprefix = \"/\"\nhost = \"a..b\"\nbackends = [\"127.0.0.1:9\"]\n"), Some(4), "route.host", "empty label"),
         (format!("{l}[[route]]\nprefix = \"/\"\nhost = \"::1\"\nbackends = [\"127.0.0.1:9\"]\n"), Some(4), "route.host", "brackets"),
         (format!("{l}[[route]]\nprefix = \"/\"\nbackends = []\n"), Some(4), "route.backends", "at least one backend"),
-        (format!("{l}[[route]]\nprefix = \"/\"\nbackends = [\"backend.local:50001\"]\n"), Some(4), "route.backends", "use an IP address: name resolution is not supported yet"),
+        (format!("{l}[[route]]\nprefix = \"/\"\nbackends = [\"backend.local:0\"]\n"), Some(4), "route.backends", "a name needs a port from 1 to 65535"),
+        (format!("{l}[[route]]\nprefix = \"/\"\nbackends = [\"srv:a b\"]\n"), Some(4), "route.backends", "invalid SRV name"),
+        (format!("listen = [\"localhost:80\"]\n[[route]]\nprefix = \"/\"\nbackends = [\"127.0.0.1:9\"]\n"), Some(1), "listen", "use an IP address here (host names are for `backends` only)"),
+        (format!("{l}[dns]\nmin_ttl = \"10s\"\nmax_ttl = \"5s\"\n[[route]]\nprefix = \"/\"\nbackends = [\"app:80\"]\n"), Some(4), "dns.max_ttl", "must not be below min_ttl (10s)"),
+        (format!("{l}[dns]\nservers = [\"dns.local:53\"]\n[[route]]\nprefix = \"/\"\nbackends = [\"app:80\"]\n"), Some(3), "dns.servers", "use an IP address"),
         (format!("{l}[[route]]\nprefix = \"/\"\nbackends = [\"http://127.0.0.1:1/\"]\n"), Some(4), "route.backends", "scheme"),
         (format!("{l}[[route]]\nprefix = \"/\"\nbackends = [\"127.0.0.1:0\"]\n"), Some(4), "route.backends", "non-zero port"),
         (format!("{l}[[route]]\nprefix = \"/\"\nbackends = [\"127.0.0.1:9\"]\nstrip_prefix = \"yes\"\n"), Some(5), "route.strip_prefix", "expected true or false"),

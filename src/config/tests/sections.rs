@@ -133,6 +133,7 @@ fn unknown_keys() {
         (format!("{LISTEN}{ROUTE}strip = true\n"), 5, "route.strip"),
         (format!("{LISTEN}timeouts = {{ idle = \"1s\", nope = 1 }}\n{ROUTE}"), 2, "timeouts.nope"),
         (format!("{LISTEN}[tls]\nciphers = \"x\"\n{ROUTE}"), 3, "tls.ciphers"),
+        (format!("{LISTEN}[dns]\nserver = \"x\"\n{ROUTE}"), 3, "dns.server"),
         // reported in file order, not in the map's alphabetical order
         (format!("{LISTEN}zzz = 1\naaa = 1\n{ROUTE}"), 2, "zzz"),
     ];
@@ -153,7 +154,7 @@ fn unknown_keys() {
     let e = parse(&format!("listn = []\n{LISTEN}{ROUTE}")).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "t.toml:1: unknown key `listn` (expected one of: listen, workers, worker_model, relay, driver, timeouts, limits, keepalive, splice, uring, route, admin, access_log, trusted_proxies, proxy_protocol, underscores_in_headers, tls, backend_pool)"
+        "t.toml:1: unknown key `listn` (expected one of: listen, workers, worker_model, relay, driver, timeouts, limits, keepalive, splice, uring, route, admin, access_log, trusted_proxies, proxy_protocol, underscores_in_headers, tls, backend_pool, dns)"
     );
 }
 

@@ -482,7 +482,8 @@ impl Handshake {
         self.routed = true;
         let route = s.routes.get(m.route);
         if route.backends.is_empty() {
-            return Err(Reject::NoRoute);
+            // Its names resolved to nothing (yet): the route exists, its backends do not.
+            return Err(Reject::BackendFailed(BackendFailure::NoBackends));
         }
         check_origin(route, &req)?;
         let uwsgi = route.options.protocol == BackendProtocol::Uwsgi;
