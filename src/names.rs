@@ -34,7 +34,9 @@ impl Names {
     pub fn update(&mut self, cfg: &Config) -> io::Result<Resolved> {
         let wanted = cfg.backend_names();
         let table = match &self.resolver {
-            Some(r) => r.update(wanted.clone()).unwrap_or_else(|| self.table.clone()),
+            Some(r) => r
+                .update(wanted.clone())
+                .unwrap_or_else(|| self.table.clone()),
             None if wanted.is_empty() => return Ok(Resolved::new()),
             None => {
                 let notify = self.notify.clone();

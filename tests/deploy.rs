@@ -69,7 +69,10 @@ fn configmap_config_passes_check() {
     let toml = block(&read("deploy/k8s/configmap.yaml"), "wsplice.toml");
     assert!(toml.contains("[[route]]"), "extracted:\n{toml}");
     let (ok, out) = check(&toml);
-    assert!(ok && out.contains("is ok"), "wsplice --check failed:\n{out}\n---\n{toml}");
+    assert!(
+        ok && out.contains("is ok"),
+        "wsplice --check failed:\n{out}\n---\n{toml}"
+    );
     // The extraction is what --check saw: a broken line in it fails the check.
     let (ok, out) = check(&toml.replace("drain = \"25s\"", "drain = \"25 parsecs\""));
     assert!(!ok && out.contains("timeouts.drain"), "{out}");
@@ -84,7 +87,10 @@ fn deployment_matches_the_config() {
     let admin = cfg.admin.expect("the config has an admin listener");
     assert_eq!(scalar(&deploy, "path"), "/healthz");
     assert!(
-        deploy.contains(&format!("name: admin\n              containerPort: {}", admin.port())),
+        deploy.contains(&format!(
+            "name: admin\n              containerPort: {}",
+            admin.port()
+        )),
         "the admin containerPort is not {}",
         admin.port()
     );
@@ -112,7 +118,9 @@ fn deployment_matches_the_config() {
     let svc = scalar(&headless, "name");
     let names = cfg.backend_names();
     assert!(
-        names.iter().any(|n| n.to_string().starts_with(&format!("{svc}."))),
+        names
+            .iter()
+            .any(|n| n.to_string().starts_with(&format!("{svc}."))),
         "no backend of the config names the headless Service {svc}: {names:?}"
     );
 }

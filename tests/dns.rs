@@ -53,15 +53,16 @@ impl Dnsmasq {
         }
         let dir = std::env::temp_dir();
         let tag = format!("wsplice-dns-{}-{:?}", std::process::id(), Instant::now());
-        let tag: String = tag.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+        let tag: String = tag
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .collect();
         let hosts = dir.join(format!("{tag}.hosts"));
         let log = dir.join(format!("{tag}.log"));
         write_hosts(&hosts, ips);
         // dnsmasq drops root for `nobody` before it reads the hosts file again.
-        let _ = std::fs::set_permissions(
-            &hosts,
-            std::os::unix::fs::PermissionsExt::from_mode(0o644),
-        );
+        let _ =
+            std::fs::set_permissions(&hosts, std::os::unix::fs::PermissionsExt::from_mode(0o644));
         for _ in 0..5 {
             // A free port (a race with other tests is retried).
             let port = std::net::UdpSocket::bind("127.0.0.1:0")
@@ -161,7 +162,9 @@ async fn serve(listener: TcpListener, ip: &'static str) {
 async fn backends() -> u16 {
     const IPS: [&str; 3] = ["127.0.0.2", "127.0.0.3", "127.0.0.4"];
     for _ in 0..10 {
-        let first = TcpListener::bind("127.0.0.2:0").await.expect("bind 127.0.0.2");
+        let first = TcpListener::bind("127.0.0.2:0")
+            .await
+            .expect("bind 127.0.0.2");
         let port = first.local_addr().expect("addr").port();
         let mut all = vec![first];
         for ip in &IPS[1..] {
@@ -278,7 +281,10 @@ fn run_scenario<F: std::future::Future<Output = ()>>(f: F) {
         .build()
         .expect("runtime")
         .block_on(async {
-            if tokio::time::timeout(Duration::from_secs(150), f).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(150), f)
+                .await
+                .is_err()
+            {
                 panic!("scenario did not finish within 150 s");
             }
         });
@@ -303,7 +309,11 @@ fn records_change(relay: Relay, model: &'static str) {
         dns.set(&["127.0.0.2", "127.0.0.3", "127.0.0.4"]);
         let deadline = Instant::now() + FOLLOW;
         while !kept.iter().any(|(_, n)| n == "127.0.0.4") {
-            assert!(Instant::now() < deadline, "127.0.0.4 never joined:\n{}", proxy.stderr());
+            assert!(
+                Instant::now() < deadline,
+                "127.0.0.4 never joined:\n{}",
+                proxy.stderr()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
             kept.push(tunnel(&proxy).await);
         }
@@ -320,7 +330,9 @@ fn records_change(relay: Relay, model: &'static str) {
         all_echo(&mut kept).await;
         wait_stderr(
             &proxy,
-            &[&format!("removed 127.0.0.2:{port}, 127.0.0.3:{port}: no new connections, open tunnels stay")],
+            &[&format!(
+                "removed 127.0.0.2:{port}, 127.0.0.3:{port}: no new connections, open tunnels stay"
+            )],
         )
         .await;
 
@@ -373,15 +385,42 @@ fn name_missing_at_start_answers_502_until_it_resolves() {
         .await;
         match open(proxy.addr(), "/app").await {
             Err(502) => {}
-            other => panic!("expected 502 while the name does not resolve, got {:?}", other.map(|(_, n)| n)),
+            other => panic!(
+                "expected 502 while the name does not resolve, got {:?}",
+                other.map(|(_, n)| n)
+            ),
         }
         // The proxy keeps serving other requests meanwhile: a route without a backend is
         // not a dead proxy.
         match open(proxy.addr(), "/nothing-here").await {
             Err(404) => {}
-            other => panic!("expected 404 off the route, got {:?}", other.map(|(_, n)| n)),
+            other => panic!(
+                "expected 404 off the route, got {:?}",
+                other.map(|(_, n)| n)
+            ),
         }
         dns.set(&["127.0.0.3"]);
+        // 502 until the retry (1 s, then 2 s, ...) finds the record.
+        let deadline = Instant::now() + FOLLOW;
+        loop {
+            match open(proxy.addr(), "/app").await {
+                Ok(_) => break,
+                Err(502) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(code) => panic!(
+                    "answered {code} after the name appeared:\n{}",
+                    proxy.stderr()
+                ),
+            }
+        }
+        wait_stderr(
+            &proxy,
+            &[&format!(
+                "wsplice: dns: {NAME}:{port} resolves to 127.0.0.3:{port}"
+            )],
+        )
+        .await;
         let mut kept = Vec::new();
         follow(&proxy, &["127.0.0.3"], 3, &mut kept).await;
         all_echo(&mut kept).await;

@@ -98,7 +98,9 @@ fn max_ttl(dns: &mut Dns, field: &Field<'_>) -> Result<(), ConfigError> {
 pub(super) fn parse_name(s: &str) -> Option<Result<BackendName, String>> {
     if let Some(name) = s.strip_prefix("srv:") {
         return Some(if is_dns_name(name) {
-            Ok(BackendName::Srv(name.trim_end_matches('.').to_ascii_lowercase()))
+            Ok(BackendName::Srv(
+                name.trim_end_matches('.').to_ascii_lowercase(),
+            ))
         } else {
             Err(format!(
                 "invalid SRV name {name:?}: expected a DNS name such as _ws._tcp.app.default.svc.cluster.local"
@@ -215,13 +217,22 @@ mod tests {
                 port,
             }))
         };
-        assert_eq!(parse_name("App.default.svc:8080"), host("app.default.svc", 8080));
+        assert_eq!(
+            parse_name("App.default.svc:8080"),
+            host("app.default.svc", 8080)
+        );
         assert_eq!(parse_name("app:80"), host("app", 80));
         assert_eq!(
             parse_name("srv:_ws._tcp.app."),
             Some(Ok(BackendName::Srv("_ws._tcp.app".into())))
         );
-        for not_a_name in ["127.0.0.1:80", "[::1]:80", "1.2.3.999:80", "a b:80", "noport"] {
+        for not_a_name in [
+            "127.0.0.1:80",
+            "[::1]:80",
+            "1.2.3.999:80",
+            "a b:80",
+            "noport",
+        ] {
             assert_eq!(parse_name(not_a_name), None, "{not_a_name}");
         }
         assert!(matches!(parse_name("app:0"), Some(Err(_))));
@@ -237,7 +248,13 @@ mod tests {
         };
         let srv = BackendName::Srv("_ws._tcp.app".into());
         let mut r = Resolved::new();
-        r.insert(app.clone(), vec!["127.0.0.2:80".parse().expect("addr"), "[::1]:80".parse().expect("addr")]);
+        r.insert(
+            app.clone(),
+            vec![
+                "127.0.0.2:80".parse().expect("addr"),
+                "[::1]:80".parse().expect("addr"),
+            ],
+        );
         r.insert(srv.clone(), vec![]);
         assert_eq!(decode_resolved(&encode_resolved(&r)), r);
         let cfg = Config::from_toml_str(
@@ -247,7 +264,10 @@ mod tests {
         .expect("valid");
         assert_eq!(cfg.backend_names(), vec![app, srv]);
         let run = cfg.resolved(&r);
-        let want: Vec<SocketAddr> = vec!["127.0.0.2:80".parse().expect("addr"), "[::1]:80".parse().expect("addr")];
+        let want: Vec<SocketAddr> = vec![
+            "127.0.0.2:80".parse().expect("addr"),
+            "[::1]:80".parse().expect("addr"),
+        ];
         assert_eq!(run.routes[0].backends, want);
         assert!(cfg.resolved(&Resolved::new()).routes[0].backends.len() == 1);
     }

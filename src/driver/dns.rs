@@ -248,12 +248,16 @@ impl State {
                     e.due = Instant::now() + ttl.clamp(min, max);
                     e.failures = 0;
                     if e.addrs.as_ref() != Some(&addrs) {
-                        eprintln!("wsplice: dns: {name} {}", change(e.addrs.as_deref(), &addrs));
+                        eprintln!(
+                            "wsplice: dns: {name} {}",
+                            change(e.addrs.as_deref(), &addrs)
+                        );
                         e.addrs = Some(addrs);
                     }
                 }
                 Err(why) => {
-                    let wait = (min * 2u32.saturating_pow(e.failures.min(16))).min(max.min(RETRY_CAP).max(min));
+                    let wait = (min * 2u32.saturating_pow(e.failures.min(16)))
+                        .min(max.min(RETRY_CAP).max(min));
                     e.failures += 1;
                     e.due = Instant::now() + wait;
                     let keeps = match &e.addrs {
@@ -336,8 +340,16 @@ fn list(addrs: &[SocketAddr]) -> String {
 fn change(before: Option<&[SocketAddr]>, after: &[SocketAddr]) -> String {
     let mut s = format!("resolves to {}", list(after));
     if let Some(before) = before {
-        let added: Vec<SocketAddr> = after.iter().filter(|a| !before.contains(a)).copied().collect();
-        let removed: Vec<SocketAddr> = before.iter().filter(|a| !after.contains(a)).copied().collect();
+        let added: Vec<SocketAddr> = after
+            .iter()
+            .filter(|a| !before.contains(a))
+            .copied()
+            .collect();
+        let removed: Vec<SocketAddr> = before
+            .iter()
+            .filter(|a| !after.contains(a))
+            .copied()
+            .collect();
         let mut parts = Vec::new();
         if !added.is_empty() {
             parts.push(format!("added {}", list(&added)));

@@ -469,7 +469,7 @@ fn bad_values() {
         (format!("{l}[[route]]\nprefix = \"/\"\nbackends = []\n"), Some(4), "route.backends", "at least one backend"),
         (format!("{l}[[route]]\nprefix = \"/\"\nbackends = [\"backend.local:0\"]\n"), Some(4), "route.backends", "a name needs a port from 1 to 65535"),
         (format!("{l}[[route]]\nprefix = \"/\"\nbackends = [\"srv:a b\"]\n"), Some(4), "route.backends", "invalid SRV name"),
-        (format!("listen = [\"localhost:80\"]\n[[route]]\nprefix = \"/\"\nbackends = [\"127.0.0.1:9\"]\n"), Some(1), "listen", "use an IP address here (host names are for `backends` only)"),
+        (format!("listen = [\"localhost:80\"]\n{r}"), Some(1), "listen", "use an IP address here (host names are for `backends` only)"),
         (format!("{l}[dns]\nmin_ttl = \"10s\"\nmax_ttl = \"5s\"\n[[route]]\nprefix = \"/\"\nbackends = [\"app:80\"]\n"), Some(4), "dns.max_ttl", "must not be below min_ttl (10s)"),
         (format!("{l}[dns]\nservers = [\"dns.local:53\"]\n[[route]]\nprefix = \"/\"\nbackends = [\"app:80\"]\n"), Some(3), "dns.servers", "use an IP address"),
         (format!("{l}[[route]]\nprefix = \"/\"\nbackends = [\"http://127.0.0.1:1/\"]\n"), Some(4), "route.backends", "scheme"),
