@@ -47,6 +47,11 @@ fn dnsmasq() -> &'static str {
 
 impl Dnsmasq {
     fn start(ips: &[&str]) -> Dnsmasq {
+        Dnsmasq::start_with(ips, &[])
+    }
+
+    /// With more dnsmasq options (`--srv-host=...`).
+    fn start_with(ips: &[&str], extra: &[String]) -> Dnsmasq {
         let which = Command::new(dnsmasq()).arg("--version").output();
         if !which.is_ok_and(|o| o.status.success()) {
             panic!("dnsmasq is missing: apt-get install dnsmasq-base (tools/test installs it)");
@@ -84,6 +89,7 @@ impl Dnsmasq {
                 ])
                 .arg(format!("--port={port}"))
                 .arg(format!("--addn-hosts={}", hosts.display()))
+                .args(extra)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::from(err))
@@ -423,6 +429,66 @@ fn name_missing_at_start_answers_502_until_it_resolves() {
         .await;
         let mut kept = Vec::new();
         follow(&proxy, &["127.0.0.3"], 3, &mut kept).await;
+        all_echo(&mut kept).await;
+    });
+}
+
+/// `srv:` backends: the SRV record names the target and the port; the target's addresses are
+/// followed as they change.
+#[test]
+fn srv_record_gives_target_and_port() {
+    run_scenario(async {
+        let port = backends().await;
+        let srv = format!("--srv-host=_ws._tcp.{NAME},{NAME},{port},0,0");
+        let dns = Dnsmasq::start_with(&["127.0.0.2", "127.0.0.3"], &[srv]);
+        let toml = config(Relay::Auto, "threads", dns.port, port).replace(
+            &format!("backends = [\"{NAME}:{port}\"]"),
+            &format!("backends = [\"srv:_ws._tcp.{NAME}\"]"),
+        );
+        let proxy = start(toml).await;
+        let mut kept = Vec::new();
+        let seen = follow(&proxy, &["127.0.0.2", "127.0.0.3"], 6, &mut kept).await;
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        dns.set(&["127.0.0.4"]);
+        follow(&proxy, &["127.0.0.4"], 4, &mut kept).await;
+        all_echo(&mut kept).await;
+        wait_stderr(
+            &proxy,
+            &[&format!(
+                "wsplice: dns: srv:_ws._tcp.{NAME} resolves to 127.0.0.4:{port}"
+            )],
+        )
+        .await;
+    });
+}
+
+/// A reload that brings the first name: the resolver starts then, and the name is looked up
+/// before `reloaded`, so the very next connection goes to its addresses; the tunnel opened
+/// before the reload stays.
+#[test]
+fn reload_to_a_name_applies_its_addresses_at_once() {
+    run_scenario(async {
+        let port = backends().await;
+        let dns = Dnsmasq::start(&["127.0.0.3"]);
+        let named = config(Relay::Auto, "threads", dns.port, port);
+        let fixed = named.replace(
+            &format!("backends = [\"{NAME}:{port}\"]"),
+            &format!("backends = [\"127.0.0.2:{port}\"]"),
+        );
+        let proxy = start(fixed).await;
+        let mut kept = vec![tunnel(&proxy).await];
+        assert_eq!(kept[0].1, "127.0.0.2");
+        proxy.write_config(&named);
+        proxy.signal(nix::sys::signal::Signal::SIGHUP);
+        let line = tokio::task::block_in_place(|| {
+            proxy.expect_line(&["reloaded", "reload failed"], Duration::from_secs(20))
+        });
+        assert_eq!(line, "reloaded", "{}", proxy.stderr());
+        for _ in 0..4 {
+            let t = tunnel(&proxy).await;
+            assert_eq!(t.1, "127.0.0.3", "right after the reload");
+            kept.push(t);
+        }
         all_echo(&mut kept).await;
     });
 }
