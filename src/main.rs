@@ -54,7 +54,7 @@ mod demo;
 mod names;
 mod report;
 
-use names::Names;
+use names::{Events, Main, Names};
 
 use report::{announce, stopped, stopping_message, tls_summary, Found};
 
@@ -544,25 +544,8 @@ fn run(mut cfg: Config, mut text: Option<String>, args: &Args) -> io::Result<()>
     }
 
     // Signals and new backend addresses, in the order they come.
-    let (tx, rx) = std::sync::mpsc::channel();
-    let to_main = std::sync::Mutex::new(tx.clone());
-    let mut names = Names::start(
-        &cfg,
-        Arc::new(move |t| {
-            if let Ok(tx) = to_main.lock() {
-                let _ = tx.send(Main::Resolved(t));
-            }
-        }),
-    )?;
-    std::thread::Builder::new()
-        .name("wsplice-signals".into())
-        .spawn(move || {
-            for sig in signals.forever() {
-                if tx.send(Main::Signal(sig)).is_err() {
-                    return;
-                }
-            }
-        })?;
+    let mut events = Events::new(signals);
+    let mut names = Names::start(&cfg, events.notify())?;
     let mut server = Server::start(&cfg.resolved(&names.table))?;
     let certs = server.tls().map(|t| t.summary.clone()).unwrap_or_default();
     let driver_line = match server.driver() {
@@ -590,7 +573,7 @@ fn run(mut cfg: Config, mut text: Option<String>, args: &Args) -> io::Result<()>
         &choice,
         soft,
     )?;
-    while let Ok(ev) = rx.recv() {
+    while let Some(ev) = events.next(names.running()) {
         match ev {
             Main::Signal(SIGHUP) => reload(&mut server, args, &mut cfg, &mut text, &mut names),
             Main::Signal(SIGUSR1) => reopen(&server),
@@ -610,7 +593,8 @@ fn run(mut cfg: Config, mut text: Option<String>, args: &Args) -> io::Result<()>
                 // A second SIGTERM/SIGINT ends the process without waiting.
                 std::thread::spawn(move || {
                     let stop = |e: &Main| matches!(e, Main::Signal(SIGTERM | SIGINT));
-                    if rx.iter().any(|e| stop(&e)) {
+                    let merged = names.running();
+                    if std::iter::from_fn(|| events.next(merged)).any(|e| stop(&e)) {
                         eprintln!("wsplice: second stop signal: exiting now");
                         std::process::exit(0);
                     }
@@ -624,13 +608,6 @@ fn run(mut cfg: Config, mut text: Option<String>, args: &Args) -> io::Result<()>
     }
     server.join();
     Ok(())
-}
-
-/// What the main thread of worker threads waits for.
-enum Main {
-    Signal(i32),
-    /// Backend names resolved to new addresses.
-    Resolved(Resolved),
 }
 
 fn reopen(running: &dyn Running) {

@@ -2,7 +2,10 @@
 //! has names, and gives each reload the addresses they resolve to.
 
 use std::io;
-use std::sync::Arc;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+
+use signal_hook::iterator::Signals;
 
 use wsplice::config::{Config, Resolved};
 use wsplice::driver::dns::Resolver;
@@ -64,5 +67,67 @@ impl Names {
     /// True once a resolver runs ([dns] is read once, at its start).
     pub fn running(&self) -> bool {
         self.resolver.is_some()
+    }
+}
+
+/// What the main thread of worker threads waits for.
+pub enum Main {
+    Signal(i32),
+    /// Backend names resolved to new addresses.
+    Resolved(Resolved),
+}
+
+/// Signals, and new backend addresses once a resolver runs. Without backend names the main
+/// thread waits on the signals itself (no thread more than the workers); with them a small
+/// thread forwards the signals into the channel the resolver also sends to.
+pub struct Events {
+    signals: Option<Signals>,
+    tx: Sender<Main>,
+    rx: Receiver<Main>,
+}
+
+impl Events {
+    pub fn new(signals: Signals) -> Events {
+        let (tx, rx) = channel();
+        Events {
+            signals: Some(signals),
+            tx,
+            rx,
+        }
+    }
+
+    /// Where the resolver reports changes.
+    pub fn notify(&self) -> Notify {
+        let tx = Mutex::new(self.tx.clone());
+        Arc::new(move |t| {
+            if let Ok(tx) = tx.lock() {
+                let _ = tx.send(Main::Resolved(t));
+            }
+        })
+    }
+
+    /// The next event; `merged`: a resolver runs, so signals go through the channel from now on.
+    pub fn next(&mut self, merged: bool) -> Option<Main> {
+        if merged {
+            if let Some(mut signals) = self.signals.take() {
+                let tx = self.tx.clone();
+                let forward = std::thread::Builder::new()
+                    .name("wsplice-signals".into())
+                    .spawn(move || {
+                        for sig in signals.forever() {
+                            if tx.send(Main::Signal(sig)).is_err() {
+                                return;
+                            }
+                        }
+                    });
+                if let Err(e) = forward {
+                    eprintln!("wsplice: cannot start the signal thread: {e}");
+                }
+            }
+        }
+        match &mut self.signals {
+            Some(s) => s.forever().next().map(Main::Signal),
+            None => self.rx.recv().ok(),
+        }
     }
 }
