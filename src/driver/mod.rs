@@ -17,6 +17,10 @@ pub mod access_log;
 pub mod admin;
 pub mod backends;
 mod capacity;
+#[cfg(feature = "dns")]
+pub mod dns;
+#[cfg(not(feature = "dns"))]
+#[path = "dns_off.rs"]
 pub mod dns;
 pub mod epoll;
 pub mod limiter;
