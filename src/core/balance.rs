@@ -10,6 +10,9 @@
 //!   cookie       the backend named by the route's cookie; without a valid one, round robin,
 //!                and the answer sets the cookie
 //! ```
+//! Weights (`{ addr, weight }`) count in each: round robin walks nginx's smooth weighted
+//! cycle, least_conn compares connections per unit of weight, hash is weighted rendezvous.
+//! A backend that is down, ejected or drained ([`crate::core::health`]) is not chosen.
 //! When the first choice fails, the others are tried in list order after it. SockJS and
 //! socket.io need `hash` or `cookie`: their polling requests and the WebSocket upgrade that
 //! follows must reach the backend that holds the session.
@@ -38,6 +41,13 @@ fn score(key: &[u8], backend: &str) -> u64 {
     h.update(backend.as_bytes());
     let d = h.finalize();
     u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+}
+
+/// Weighted rendezvous hashing: `weight / -ln(u)` for the score taken as a uniform `u` in
+/// (0, 1), so that a backend wins a share of keys proportional to its weight.
+fn weighted(score: u64, weight: u32) -> f64 {
+    let u = ((score >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    f64::from(weight) / -u.ln()
 }
 
 /// The value of cookie `name` in the request's Cookie headers.
@@ -83,9 +93,14 @@ impl RouteEntry {
             Balance::RoundRobin => rr,
             Balance::LeastConn => {
                 let start = rr.first;
+                // Open connections per unit of weight; ties in round-robin order.
                 let first = (0..n)
                     .map(|k| (start + k) % n)
-                    .min_by_key(|&i| self.load[i].load(Ordering::Relaxed))
+                    .filter(|&i| self.available(i))
+                    .min_by_key(|&i| {
+                        u64::from(self.load[i].load(Ordering::Relaxed)) * 1024
+                            / u64::from(self.weight(i))
+                    })
                     .unwrap_or(start);
                 Pick {
                     first,
@@ -106,12 +121,20 @@ impl RouteEntry {
                 }
                 .filter(|v| !v.is_empty())
                 .unwrap_or(ip.as_bytes());
-                let first = self
-                    .cookie_ids
-                    .iter()
-                    .enumerate()
-                    .max_by_key(|(_, id)| score(value, id))
-                    .map_or(0, |(i, _)| i);
+                // Rendezvous over the available backends: one going down moves only its own
+                // keys, which come back when it does.
+                let best = |only_up: bool| {
+                    let all = self.cookie_ids.iter().enumerate();
+                    let cand = all.filter(|&(i, _)| !only_up || self.available(i));
+                    if self.weights.is_empty() {
+                        cand.max_by_key(|(_, id)| score(value, id)).map(|(i, _)| i)
+                    } else {
+                        cand.map(|(i, id)| (i, weighted(score(value, id), self.weight(i))))
+                            .max_by(|a, b| a.1.total_cmp(&b.1))
+                            .map(|(i, _)| i)
+                    }
+                };
+                let first = best(true).or_else(|| best(false)).unwrap_or(0);
                 Pick {
                     first,
                     cookie: None,
@@ -119,7 +142,8 @@ impl RouteEntry {
             }
             Balance::Cookie(c) => {
                 let named = cookie(req, &c.name)
-                    .and_then(|v| self.cookie_ids.iter().position(|id| id.as_bytes() == v));
+                    .and_then(|v| self.cookie_ids.iter().position(|id| id.as_bytes() == v))
+                    .filter(|&i| self.available(i));
                 match named {
                     Some(i) => Pick {
                         first: i,

@@ -102,10 +102,12 @@ impl Handshake {
                 let mut headers = vec![httparse::EMPTY_HEADER; s.max_headers];
                 match validate_answer(&self.answer[..end], &mut headers) {
                     Ok(Answer::Switch) => {
+                        s.routes.get(self.route).note_backend(self.current, true);
                         self.state = State::Upgraded;
                         Action::Relay
                     }
                     Ok(Answer::Other { body, .. }) => {
+                        s.routes.get(self.route).note_backend(self.current, true);
                         self.state = State::ForwardAnswer {
                             body,
                             head_len: end,
