@@ -64,8 +64,9 @@ pub use cli::TlsFlags;
 pub use error::ConfigError;
 pub use model::{
     AccessLog, BackendPool, BackendProtocol, Balance, CertPair, CheckKind, Config, DriverMode,
-    ForwardedFor, HashKey, Health, HealthCheck, Keepalive, Limits, LogFormat, ProxyIn, ProxyVersion, Relay, RelayMode, Route,
-    RouteOptions, SameSite, StickyCookie, Timeouts, Tls, UnknownSni, Uring, WorkerModel,
+    ForwardedFor, HashKey, Health, HealthCheck, Keepalive, Limits, LogFormat, ProxyIn,
+    ProxyVersion, Relay, RelayMode, Route, RouteOptions, SameSite, StickyCookie, Timeouts, Tls,
+    UnknownSni, Uring, WorkerModel,
 };
 use walk::{Source, Table};
 

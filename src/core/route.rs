@@ -4,10 +4,10 @@
 //! routes first, then host-less ones), so it costs O(path depth) whatever the number of routes.
 
 use crate::config::Route;
+use crate::core::health::{self, HealthWords};
 use sha1::{Digest, Sha1};
 use std::borrow::Cow;
 use std::collections::HashMap;
-use crate::core::health::{self, HealthWords};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 

@@ -231,7 +231,9 @@ impl Exchange {
             settings: o.settings,
         };
         if start.is_none() {
-            x.ending = Some(Ending::Refuse(Reject::BackendFailed(BackendFailure::Refused)));
+            x.ending = Some(Ending::Refuse(Reject::BackendFailed(
+                BackendFailure::Refused,
+            )));
         }
         x.build_head();
         if !p.held.is_empty() {
