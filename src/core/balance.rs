@@ -335,4 +335,59 @@ mod tests {
         drop(leases);
         assert_eq!((load(0), load(1), load(2)), (0, 0, 0));
     }
+
+    #[test]
+    fn unavailable_backends_are_skipped_and_hash_moves_only_their_keys() {
+        use crate::core::health::{state_word, HealthWords, LocalHealth, DRAINED};
+        let words = Arc::new(LocalHealth::new());
+        let rr = table(3, Balance::RoundRobin).with_health(words.clone());
+        let hash = table(3, Balance::Hash(HashKey::ClientIp));
+        let hash_words = Arc::new(LocalHealth::new());
+        let hash = hash.with_health(hash_words.clone());
+        let head = "GET / HTTP/1.1\r\nHost: h\r\n\r\n";
+        let before: Vec<usize> = (0..300)
+            .map(|i| pick(&hash, head, &format!("10.0.{}.{}", i / 200, i % 200)).first)
+            .collect();
+        for w in [&words, &hash_words] {
+            let hw: &dyn HealthWords = w.as_ref();
+            state_word(hw, 1)
+                .expect("slot")
+                .store(DRAINED, Ordering::Relaxed);
+        }
+        // Round robin alternates over the two left, evenly.
+        let mut per = [0usize; 3];
+        for _ in 0..100 {
+            per[pick(&rr, head, "10.0.0.1").first] += 1;
+        }
+        assert_eq!(per, [50, 0, 50]);
+        assert_eq!(rr.get(0).next_to_try(1, 0), Some((1, 2)));
+        for (i, &was) in before.iter().enumerate() {
+            let now = pick(&hash, head, &format!("10.0.{}.{}", i / 200, i % 200)).first;
+            if was == 1 {
+                assert_ne!(now, 1);
+            } else {
+                assert_eq!(now, was, "a key of a backend still up moved");
+            }
+        }
+    }
+
+    #[test]
+    fn weighted_round_robin_and_hash_follow_the_weights() {
+        let mut r = table(2, Balance::RoundRobin);
+        let mut routes: Vec<crate::config::Route> = r.iter().map(|e| (**e).clone()).collect();
+        routes[0].options.weights = vec![1, 3];
+        r = RouteTable::new(&routes);
+        let head = "GET / HTTP/1.1\r\nHost: h\r\n\r\n";
+        let picks: Vec<usize> = (0..8).map(|_| pick(&r, head, "10.0.0.1").first).collect();
+        assert_eq!(picks, [1, 0, 1, 1, 1, 0, 1, 1]);
+        routes[0].options.balance = Balance::Hash(HashKey::ClientIp);
+        let h = RouteTable::new(&routes);
+        let on_1 = (0..4000)
+            .filter(|i| pick(&h, head, &format!("10.1.{}.{}", i / 200, i % 200)).first == 1)
+            .count();
+        assert!(
+            (2800..3200).contains(&on_1),
+            "{on_1} of 4000 on the weight-3 backend"
+        );
+    }
 }

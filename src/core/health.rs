@@ -147,7 +147,7 @@ impl Tracker {
     /// An active check's result; a change of the DOWN bit when `fall` or `rise` is reached.
     pub fn probe(&mut self, ok: bool, h: &Health) -> Option<Reason> {
         let down = self.state & DOWN != 0;
-        if ok == !down {
+        if ok != down {
             self.run = 0;
             return None;
         }

@@ -300,7 +300,7 @@ impl Board {
                     if h.and_then(|h| h.check.as_ref()).is_none() {
                         k.t.state &= !DOWN;
                     }
-                    if h.is_none_or(|h| h.eject_after == 0) {
+                    if !h.is_some_and(|h| h.eject_after > 0) {
                         k.t.state &= !EJECTED;
                         k.t.ejected_until = None;
                     }
