@@ -297,16 +297,23 @@ fn config(model: &str, driver: Driver, backends: &str, route_extra: &str, health
 
 /// Kills backend b: it is taken out (no new connection is even tried on it), while a tunnel
 /// opened to it before stays; started again on the same port, it takes connections again.
-fn killed_backend_goes_out_and_comes_back(model: &str, driver: Driver) {
+fn killed_backend_goes_out_and_comes_back(model: &str, driver: Driver, kind: &str) {
     let a = Backend::start("a", Mode::Serve);
     let mut b = Backend::start("b", Mode::Serve);
-    let health = "kind = \"websocket\"\npath = \"/ws\"\ninterval = \"200ms\"\ntimeout = \"500ms\"\nrise = 2\nfall = 2";
+    let path = if kind == "tcp" {
+        ""
+    } else {
+        "path = \"/ws\"\n"
+    };
+    let health = format!(
+        "kind = \"{kind}\"\n{path}interval = \"200ms\"\ntimeout = \"500ms\"\nrise = 2\nfall = 2"
+    );
     let p = Proxy::blocking_start_toml(&config(
         model,
         driver,
         &backends_line(&[quoted(&a), quoted(&b)]),
         "",
-        health,
+        &health,
     ));
     // Both serve at first.
     let mut to_b = None;
@@ -318,7 +325,9 @@ fn killed_backend_goes_out_and_comes_back(model: &str, driver: Driver) {
         _ => false,
     });
     let mut to_b = to_b.expect("tunnel to b");
-    eventually("b checked", WAIT, || b.checks.load(Ordering::Relaxed) > 0);
+    if kind != "tcp" {
+        eventually("b checked", WAIT, || b.checks.load(Ordering::Relaxed) > 0);
+    }
 
     let killed = Instant::now();
     b.kill();
@@ -381,11 +390,12 @@ fn metric_or_zero(p: &Proxy, name: &str) -> u64 {
 
 #[test]
 fn killed_backend_goes_out_and_comes_back_with_processes() {
-    killed_backend_goes_out_and_comes_back("processes", Driver::Epoll);
+    // A plain TCP connect as the check, here.
+    killed_backend_goes_out_and_comes_back("processes", Driver::Epoll, "tcp");
 }
 
 drivers!(killed_backend_threads, |driver| {
-    killed_backend_goes_out_and_comes_back("threads", driver)
+    killed_backend_goes_out_and_comes_back("threads", driver, "websocket")
 });
 
 /// An HTTP check answered 503 while the port still accepts: no client reaches the backend
@@ -618,13 +628,24 @@ drivers!(weights_threads, |driver| weights("threads", driver));
 fn drain(model: &str) {
     let a = Backend::start("a", Mode::Serve);
     let b = Backend::start("b", Mode::Serve);
-    let p = Proxy::blocking_start_toml(&config(
+    let log_path =
+        std::env::temp_dir().join(format!("wsplice-health-{}-{model}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log_path);
+    let toml = config(
         model,
         Driver::Epoll,
         &backends_line(&[quoted(&a), quoted(&b)]),
         "",
         "",
-    ));
+    )
+    .replace(
+        "\n[[route]]",
+        &format!(
+            "\n[access_log]\npath = \"{}\"\nformat = \"json\"\n\n[[route]]",
+            log_path.display()
+        ),
+    );
+    let p = Proxy::blocking_start_toml(&toml);
     let mut to_b = None;
     eventually("a tunnel to b", WAIT, || match upgrade(&p) {
         Ok((s, name)) if name == "b" => {
@@ -695,6 +716,31 @@ fn drain(model: &str) {
         b.addr
     );
     assert_eq!(p.metric(&changes), 1);
+    // The access log has both changes, as lines of their own kind.
+    let events = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["event"] == "backend_state")
+            .collect()
+    };
+    eventually("state changes in the access log", WAIT, || {
+        events().len() == 2
+    });
+    let ev = events();
+    assert_eq!(ev[0]["backend"], b.addr.to_string().as_str());
+    assert_eq!(
+        (&ev[0]["state"], &ev[0]["reason"]),
+        (&"drained".into(), &"drained".into())
+    );
+    assert_eq!(
+        (&ev[1]["state"], &ev[1]["reason"]),
+        (&"up".into(), &"undrained".into())
+    );
+    assert_eq!(ev[1]["route"], "/");
+    drop(p);
+    let _ = std::fs::remove_file(&log_path);
 }
 
 #[test]

@@ -367,6 +367,7 @@ impl Server {
             }
             None => (None, None),
         };
+        health.set_log(log.clone());
         let limiter = Arc::new(IpLimiter::new(cfg.limits.max_connections_per_ip));
         let total = Arc::new(ConnLimiter::new(params.max_connections));
         let mut handles = Vec::new();

@@ -279,6 +279,10 @@ impl Supervisor {
         let now = Instant::now();
         let (tx, rx) = events;
         let health = Health::start(cfg, shared.clone())?;
+        // State changes go to the access log too, written from here (O_APPEND, whole lines).
+        if let Some(a) = &cfg.access_log {
+            health.set_log(Some(crate::driver::access_log::LogSink::start(a)?.0));
+        }
         let mut sup = Supervisor {
             health,
             cfg: cfg.clone(),
@@ -685,6 +689,7 @@ impl Supervisor {
             return false;
         }
         self.send_all("reopen");
+        self.health.reopen_log();
         true
     }
 }

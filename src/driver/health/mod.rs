@@ -16,6 +16,7 @@ mod probe;
 use crate::config::{Config, Health as HealthConfig};
 use crate::core::health::{self, HealthWords, Reason, Tracker, DOWN, DRAINED, EJECTED};
 use crate::core::route::RouteTable;
+use crate::driver::access_log::LogSink;
 use crate::driver::stats;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -40,6 +41,8 @@ struct Inner {
 
 struct Board {
     routes: Vec<RouteState>,
+    /// The access log, which also gets each state change.
+    log: Option<LogSink>,
     /// Slots the current layout uses (cleared when a reload shrinks it).
     used: usize,
 }
@@ -73,6 +76,7 @@ impl Health {
         let inner = Arc::new(Inner {
             board: Mutex::new(Board {
                 routes: Vec::new(),
+                log: None,
                 used: 0,
             }),
             words,
@@ -84,6 +88,18 @@ impl Health {
             .name("wsplice-health".into())
             .spawn(move || run.run(&rx))?;
         Ok(Health { inner })
+    }
+
+    /// Writes state changes to the access log too (`None`: stderr only).
+    pub fn set_log(&self, log: Option<LogSink>) {
+        self.inner.lock().log = log;
+    }
+
+    /// Reopens the access log this thread writes (SIGUSR1), when it has its own.
+    pub fn reopen_log(&self) {
+        if let Some(l) = &self.inner.lock().log {
+            l.reopen();
+        }
     }
 
     /// The table the workers' route tables read.
@@ -107,6 +123,7 @@ impl Health {
         on: bool,
     ) -> Result<Vec<(String, bool)>, String> {
         let mut b = self.inner.lock();
+        let log = b.log.clone();
         let mut out = Vec::new();
         for r in &mut b.routes {
             if route.is_some_and(|want| want != r.label) {
@@ -122,7 +139,7 @@ impl Health {
                 };
                 let changed = k.t.drain(on);
                 if let Some(reason) = changed {
-                    k.change(&r.label, reason, "through the admin listener");
+                    k.change(&r.label, reason, "through the admin listener", log.as_ref());
                 }
                 publish(&self.inner.words, slot, k.t.state);
                 out.push((r.label.clone(), changed.is_some()));
@@ -381,7 +398,7 @@ impl Board {
                 (_, Err(e)) => format!("{kind} check: {e}; {} in a row", h.fall),
                 _ => format!("{kind} check passed {} times in a row", h.rise),
             };
-            k.change(&r.label, reason, &detail);
+            k.change(&r.label, reason, &detail, self.log.as_ref());
             if let Some(slot) = k.slot {
                 publish(words, slot, k.t.state);
             }
@@ -393,6 +410,7 @@ impl Board {
     fn passive(&mut self, now: Instant, words: &Arc<dyn HealthWords>) -> Option<Duration> {
         let mut wait: Option<Duration> = None;
         let mut sooner = |d: Duration| wait = Some(wait.map_or(d, |w| w.min(d)));
+        let log = self.log.clone();
         for r in &mut self.routes {
             let Some(h) = &r.health else { continue };
             if let Some(next) = r.backends.iter().map(|k| k.next_check).min() {
@@ -406,7 +424,7 @@ impl Board {
             sooner(PASSIVE_TICK);
             for k in &mut r.backends {
                 if let Some(reason) = k.t.tick(now) {
-                    k.change(&r.label, reason, "its ejection time ran out");
+                    k.change(&r.label, reason, "its ejection time ran out", log.as_ref());
                     if let Some(slot) = k.slot {
                         publish(words, slot, k.t.state);
                     }
@@ -432,7 +450,7 @@ impl Board {
                     ejected += 1;
                     k.ejections += 1;
                     let detail = format!("{n} failed connects or answers in a row; for {time:?}");
-                    k.change(&r.label, Reason::Ejected, &detail);
+                    k.change(&r.label, Reason::Ejected, &detail, log.as_ref());
                     publish(words, slot, k.t.state);
                 } else if n >= u64::from(h.eject_after) && k.t.state & EJECTED == 0 {
                     held = true;
@@ -455,17 +473,20 @@ impl Board {
 
 impl Backend {
     /// Counts and logs a state change.
-    fn change(&mut self, route: &str, reason: Reason, detail: &str) {
+    fn change(&mut self, route: &str, reason: Reason, detail: &str, log: Option<&LogSink>) {
         if let Some(i) = Reason::ALL.iter().position(|&r| r == reason) {
             self.changes[i] += 1;
         }
         self.last = format!("{}: {detail}", reason.as_str());
+        let state = state_name(self.t.state);
         eprintln!(
-            "wsplice: backend {} of route {route} is {}: {} ({detail})",
+            "wsplice: backend {} of route {route} is {state}: {} ({detail})",
             self.addr,
-            state_name(self.t.state),
             reason.as_str()
         );
+        if let Some(log) = log {
+            log.backend_event(route, self.addr, state, reason.as_str(), detail);
+        }
     }
 }
 
