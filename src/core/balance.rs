@@ -339,10 +339,10 @@ mod tests {
     #[test]
     fn unavailable_backends_are_skipped_and_hash_moves_only_their_keys() {
         use crate::core::health::{state_word, HealthWords, LocalHealth, DRAINED};
-        let words = Arc::new(LocalHealth::new());
+        let words = Arc::new(LocalHealth::new(16));
         let rr = table(3, Balance::RoundRobin).with_health(words.clone());
         let hash = table(3, Balance::Hash(HashKey::ClientIp));
-        let hash_words = Arc::new(LocalHealth::new());
+        let hash_words = Arc::new(LocalHealth::new(16));
         let hash = hash.with_health(hash_words.clone());
         let head = "GET / HTTP/1.1\r\nHost: h\r\n\r\n";
         let before: Vec<usize> = (0..300)

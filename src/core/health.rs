@@ -23,36 +23,47 @@ pub const EJECTED: u64 = 2;
 /// An operator drained it through the admin listener.
 pub const DRAINED: u64 = 4;
 
-/// (route, backend) slots: backends past this many (all routes together) are always up.
+/// (route, backend) slots at most: backends past a table's slots (all routes together) are
+/// always available.
 pub const HEALTH_SLOTS: usize = 4096;
 /// Words of the health table: a state and a failure count per slot.
 pub const HEALTH_WORDS: usize = 2 * HEALTH_SLOTS;
 
 /// The health table's words, wherever they live.
 pub trait HealthWords: Send + Sync + std::fmt::Debug {
-    /// Word `i` (< [`HEALTH_WORDS`]).
+    /// Word `i` (< 2 × [`HealthWords::slots`]).
     fn health_word(&self, i: usize) -> Option<&AtomicU64>;
+    /// The (route, backend) slots the table holds (at most [`HEALTH_SLOTS`]).
+    fn slots(&self) -> usize {
+        HEALTH_SLOTS
+    }
 }
 
-/// The health table in this process's memory (worker threads).
+/// The health table in this process's memory (worker threads), sized at start: its words are
+/// written, so unlike the shared mapping's untouched pages they cost memory.
 #[derive(Debug)]
 pub struct LocalHealth(Box<[AtomicU64]>);
 
 impl LocalHealth {
-    pub fn new() -> LocalHealth {
-        LocalHealth((0..HEALTH_WORDS).map(|_| AtomicU64::new(0)).collect())
+    /// Room for `slots` (route, backend) pairs (capped at [`HEALTH_SLOTS`]).
+    pub fn new(slots: usize) -> LocalHealth {
+        let words = 2 * slots.min(HEALTH_SLOTS);
+        LocalHealth((0..words).map(|_| AtomicU64::new(0)).collect())
     }
-}
 
-impl Default for LocalHealth {
-    fn default() -> Self {
-        LocalHealth::new()
+    /// Room for `backends` pairs and for reloads that add some: four times as many, at least
+    /// 256 (4 KiB).
+    pub fn for_backends(backends: usize) -> LocalHealth {
+        LocalHealth::new(backends.saturating_mul(4).max(256))
     }
 }
 
 impl HealthWords for LocalHealth {
     fn health_word(&self, i: usize) -> Option<&AtomicU64> {
         self.0.get(i)
+    }
+    fn slots(&self) -> usize {
+        self.0.len() / 2
     }
 }
 

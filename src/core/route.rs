@@ -101,8 +101,8 @@ impl RouteEntry {
 
     /// Backend `i`'s slot in the health table, if it has one.
     pub fn health_slot(&self, i: usize) -> Option<usize> {
-        let (_, base) = self.health.as_ref()?;
-        (base + i < health::HEALTH_SLOTS && i < self.backends.len()).then_some(base + i)
+        let (words, base) = self.health.as_ref()?;
+        (base + i < words.slots() && i < self.backends.len()).then_some(base + i)
     }
 
     /// Backend `i`'s state bits ([`health::DOWN`], [`health::EJECTED`], [`health::DRAINED`]).
@@ -197,11 +197,11 @@ impl RouteTable {
     }
 
     /// Gives every route its slots in the health table `words`, in route order (backends past
-    /// [`health::HEALTH_SLOTS`] have none and are always available).
+    /// the table's slots have none and are always available).
     pub fn with_health(mut self, words: Arc<dyn HealthWords>) -> RouteTable {
         let mut base = 0;
         for r in &mut self.routes {
-            if base < health::HEALTH_SLOTS {
+            if base < words.slots() {
                 r.health = Some((words.clone(), base));
             }
             base += r.backends.len();

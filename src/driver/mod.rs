@@ -346,7 +346,9 @@ impl Server {
             .max(1);
         let tickets = Arc::new(TicketKeys::from_bytes(ticket_key));
         let tls = tls_for(cfg, &tickets)?;
-        let health = health::Health::start(cfg, Arc::new(crate::core::health::LocalHealth::new()))?;
+        let pairs = cfg.routes.iter().map(|r| r.backends.len()).sum();
+        let table = crate::core::health::LocalHealth::for_backends(pairs);
+        let health = health::Health::start(cfg, Arc::new(table))?;
         let params = params_for(cfg, workers, tls.clone(), &health);
         let driver = choose_driver(cfg)?;
         // Bind every socket first, so a bad address fails start-up before any thread runs.
@@ -584,6 +586,7 @@ impl Server {
 
     /// Blocks until every worker has stopped.
     pub fn join(&mut self) {
+        self.health.stop();
         for w in &mut self.workers {
             let Some(t) = w.thread.take() else { continue };
             match t.join() {

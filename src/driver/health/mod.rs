@@ -36,7 +36,8 @@ pub struct Health {
 struct Inner {
     board: Mutex<Board>,
     words: Arc<dyn HealthWords>,
-    control: Mutex<Sender<Config>>,
+    /// A new configuration, or `None`: stop.
+    control: Mutex<Sender<Option<Config>>>,
 }
 
 struct Board {
@@ -110,7 +111,14 @@ impl Health {
     /// Takes a new configuration: backends kept (same route, same address) keep their state.
     pub fn reload(&self, cfg: &Config) {
         if let Ok(tx) = self.inner.control.lock() {
-            let _ = tx.send(cfg.clone());
+            let _ = tx.send(Some(cfg.clone()));
+        }
+    }
+
+    /// Ends the checking thread (the proxy is stopping).
+    pub fn stop(&self) {
+        if let Ok(tx) = self.inner.control.lock() {
+            let _ = tx.send(None);
         }
     }
 
@@ -132,9 +140,9 @@ impl Health {
             for k in r.backends.iter_mut().filter(|k| k.addr == backend) {
                 let Some(slot) = k.slot else {
                     return Err(format!(
-                        "backend {backend} of route {} is past the {} backends the health table holds",
+                        "backend {backend} of route {} is past the {} backends the health table holds (restart to grow it)",
                         r.label,
-                        health::HEALTH_SLOTS
+                        self.inner.words.slots()
                     ));
                 };
                 let changed = k.t.drain(on);
@@ -227,7 +235,7 @@ impl Inner {
         self.board.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn run(&self, rx: &Receiver<Config>) {
+    fn run(&self, rx: &Receiver<Option<Config>>) {
         loop {
             let now = Instant::now();
             let due = self.lock().due(now);
@@ -261,9 +269,9 @@ impl Inner {
                 None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
             match got {
-                Ok(cfg) => self.lock().reload(&cfg, &self.words, Instant::now()),
+                Ok(Some(cfg)) => self.lock().reload(&cfg, &self.words, Instant::now()),
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
+                Ok(None) | Err(RecvTimeoutError::Disconnected) => return,
             }
         }
     }
@@ -331,6 +339,23 @@ impl Board {
                 backends,
                 held: false,
             });
+        }
+        let homeless: Vec<String> = self
+            .routes
+            .iter()
+            .flat_map(|r| {
+                r.backends
+                    .iter()
+                    .filter(|k| k.slot.is_none())
+                    .map(move |k| format!("{} of route {}", k.addr, r.label))
+            })
+            .collect();
+        if !homeless.is_empty() {
+            eprintln!(
+                "wsplice: warning: the health table holds {} backends (restart to grow it): {} are never checked, ejected or drained",
+                words.slots(),
+                homeless.join(", ")
+            );
         }
         for slot in 0..self.used.max(used) {
             publish(words, slot, 0);
