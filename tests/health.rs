@@ -528,6 +528,50 @@ drivers!(passive_ejection_threads, |driver| passive_ejection(
     "threads", driver
 ));
 
+/// A backend nothing listens on: every connect is refused and clients are failed over to the
+/// other one; after eject_after refusals it is ejected and no longer tried at all.
+fn refused_connects_eject(model: &str) {
+    let good = Backend::start("good", Mode::Serve);
+    let mut dead = Backend::start("dead", Mode::Serve);
+    dead.kill();
+    let health = "eject_after = 3\neject_time = \"60s\"\nmax_ejected_percent = 50";
+    let p = Proxy::blocking_start_toml(&config(
+        model,
+        Driver::Epoll,
+        &backends_line(&[quoted(&good), quoted(&dead)]),
+        "",
+        health,
+    ));
+    eventually("the dead backend ejected", WAIT, || {
+        assert_eq!(upgrade(&p).expect("failed over").1, "good");
+        state(&p, dead.addr) == "ejected"
+    });
+    let failures = format!(
+        "wsplice_backend_failures_total{{backend=\"{}\"}}",
+        dead.addr
+    );
+    let before = metric_or_zero(&p, &failures);
+    assert!(before >= 3, "{before} refusals counted");
+    for _ in 0..20 {
+        assert_eq!(upgrade(&p).expect("serves").1, "good");
+    }
+    assert_eq!(
+        metric_or_zero(&p, &failures),
+        before,
+        "an ejected backend was tried"
+    );
+}
+
+#[test]
+fn refused_connects_eject_threads() {
+    refused_connects_eject("threads");
+}
+
+#[test]
+fn refused_connects_eject_processes() {
+    refused_connects_eject("processes");
+}
+
 /// An ejection ends after eject_time: the backend is tried again (and ejected again, for
 /// twice as long, if it still fails).
 #[test]

@@ -37,7 +37,7 @@ impl Handshake {
         match self.state {
             State::Connecting => {
                 self.last_failure = Some(why);
-                self.failed = self.backend;
+                self.mark_failed();
                 if why == ConnectFailure::NoDescriptors {
                     return self.fail(Reject::Overloaded);
                 }

@@ -150,8 +150,10 @@ pub struct Handshake {
     backend: Option<SocketAddr>,
     /// A backend attempt that just failed, until [`Handshake::take_failed`] reports it.
     failed: Option<SocketAddr>,
-    /// The index in its route of the current attempt's backend (for passive ejection).
+    /// The index in its route of the current attempt's backend, and of the failed one's
+    /// (for passive ejection).
     current: usize,
+    failed_index: usize,
     deadline: Instant,
     started: Instant,
     /// Waiting for the first byte of a keep-alive connection's next request: the deadline is
@@ -201,6 +203,7 @@ impl Handshake {
             backend: None,
             failed: None,
             current: 0,
+            failed_index: 0,
             deadline: now + s.timeouts.handshake,
             started: now,
             idle: false,
@@ -303,10 +306,16 @@ impl Handshake {
     pub fn take_failed_noted(&mut self, s: &Settings) -> Option<SocketAddr> {
         let b = self.failed.take()?;
         let route = s.routes.get(self.route);
-        if route.backends.get(self.current) == Some(&b) {
-            route.note_backend(self.current, false);
+        if route.backends.get(self.failed_index) == Some(&b) {
+            route.note_backend(self.failed_index, false);
         }
         Some(b)
+    }
+
+    /// The current attempt failed.
+    fn mark_failed(&mut self) {
+        self.failed = self.backend;
+        self.failed_index = self.current;
     }
 
     /// The status of a forwarded (non-101) backend answer.
@@ -655,7 +664,7 @@ impl Handshake {
             State::ReadProxy | State::ReadHead => self.fail(Reject::HandshakeTimeout),
             State::Connecting => {
                 self.last_failure = Some(ConnectFailure::Timeout);
-                self.failed = self.backend;
+                self.mark_failed();
                 self.connect_next(s, now)
             }
             State::SendHead | State::ReadAnswer => self.fail(Reject::BackendTimeout),
@@ -677,7 +686,7 @@ impl Handshake {
             && self.failed.is_none()
             && matches!(r, Reject::BackendFailed(_) | Reject::BackendTimeout)
         {
-            self.failed = self.backend;
+            self.mark_failed();
         }
         self.state = State::Done;
         Action::Reject(r)
