@@ -315,6 +315,12 @@ fn killed_backend_goes_out_and_comes_back(model: &str, driver: Driver, kind: &st
         "",
         &health,
     ));
+    let said = format!("health: {kind} check every 200ms, eject after 5 failures");
+    assert!(
+        p.startup().iter().any(|l| l.contains(&said)),
+        "{:?}",
+        p.startup()
+    );
     // Both serve at first.
     let mut to_b = None;
     eventually("a tunnel to b", WAIT, || match upgrade(&p) {
@@ -629,6 +635,12 @@ fn weights(model: &str, driver: Driver) {
             &format!("balance = \"{balance}\"\n{extra}"),
             "",
         ));
+        let weighted = format!("{} weight=3", b.addr);
+        assert!(
+            p.startup().iter().any(|l| l.contains(&weighted)),
+            "{:?}",
+            p.startup()
+        );
         let mut on_b = 0;
         for i in 0..300 {
             let user = format!("X-User: user-{i}");

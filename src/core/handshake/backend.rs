@@ -4,6 +4,22 @@
 use super::*;
 
 impl Handshake {
+    /// Like [`Handshake::take_failed`], and counts the failure for passive ejection.
+    pub fn take_failed_noted(&mut self, s: &Settings) -> Option<SocketAddr> {
+        let b = self.failed.take()?;
+        let route = s.routes.get(self.route);
+        if route.backends.get(self.failed_index) == Some(&b) {
+            route.note_backend(self.failed_index, false);
+        }
+        Some(b)
+    }
+
+    /// The current attempt failed.
+    pub(super) fn mark_failed(&mut self) {
+        self.failed = self.backend;
+        self.failed_index = self.current;
+    }
+
     /// The backend connect completed.
     pub fn handle_connected(&mut self, s: &Settings, now: Instant) -> Action {
         match self.state {

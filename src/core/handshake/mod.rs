@@ -302,22 +302,6 @@ impl Handshake {
         self.failed.take()
     }
 
-    /// Like [`Handshake::take_failed`], and counts the failure for passive ejection.
-    pub fn take_failed_noted(&mut self, s: &Settings) -> Option<SocketAddr> {
-        let b = self.failed.take()?;
-        let route = s.routes.get(self.route);
-        if route.backends.get(self.failed_index) == Some(&b) {
-            route.note_backend(self.failed_index, false);
-        }
-        Some(b)
-    }
-
-    /// The current attempt failed.
-    fn mark_failed(&mut self) {
-        self.failed = self.backend;
-        self.failed_index = self.current;
-    }
-
     /// The status of a forwarded (non-101) backend answer.
     pub fn answer_status(&self) -> Option<u16> {
         let mut h = [httparse::EMPTY_HEADER; 0];
