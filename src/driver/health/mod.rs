@@ -245,18 +245,25 @@ impl Inner {
                         let running: Vec<_> = due
                             .iter()
                             .map(|d| {
-                                let h = scope.spawn(move || {
-                                    probe::check(d.addr, &d.check, &d.host, d.timeout)
-                                });
+                                let check =
+                                    move || probe::check(d.addr, &d.check, &d.host, d.timeout);
+                                // Out of threads: this one checks, the others wait their turn.
+                                let h = std::thread::Builder::new()
+                                    .name("wsplice-check".into())
+                                    .spawn_scoped(scope, check)
+                                    .map_err(|_| check());
                                 (d.route, d.backend, h)
                             })
                             .collect();
                         running
                             .into_iter()
                             .map(|(r, k, h)| {
-                                let res = h
-                                    .join()
-                                    .unwrap_or_else(|_| Err("the check panicked".into()));
+                                let res = match h {
+                                    Ok(h) => h
+                                        .join()
+                                        .unwrap_or_else(|_| Err("the check panicked".into())),
+                                    Err(done) => done,
+                                };
                                 (r, k, res)
                             })
                             .collect()
