@@ -840,3 +840,29 @@ fn drain_survives_a_reload() {
     }
     assert_eq!(b.clients(), seen);
 }
+
+/// A proxy started without `[route.health]` gets checks from a reload that adds them.
+#[test]
+fn checks_start_with_a_reload() {
+    let a = Backend::start("a", Mode::Serve);
+    let b = Backend::start("b", Mode::Serve);
+    b.healthy.store(false, Ordering::Relaxed);
+    let list = backends_line(&[quoted(&a), quoted(&b)]);
+    let toml = config("threads", Driver::Epoll, &list, "", "");
+    let p = Proxy::blocking_start_toml(&toml);
+    eventually("b serves (nothing checks it yet)", WAIT, || {
+        get(&p, "/", "").1 == "b"
+    });
+    assert_eq!(b.checks.load(Ordering::Relaxed), 0);
+    let health = "kind = \"http\"\npath = \"/healthz\"\ninterval = \"200ms\"\nfall = 2";
+    p.write_config(&config("threads", Driver::Epoll, &list, "", health));
+    p.signal(Signal::SIGHUP);
+    eventually("b down after the reload", WAIT, || {
+        state(&p, b.addr) == "down"
+    });
+    let seen = b.clients();
+    for _ in 0..10 {
+        assert_eq!(get(&p, "/", "").1, "a");
+    }
+    assert_eq!(b.clients(), seen);
+}

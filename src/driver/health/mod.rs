@@ -38,6 +38,9 @@ struct Inner {
     words: Arc<dyn HealthWords>,
     /// A new configuration, or `None`: stop.
     control: Mutex<Sender<Option<Config>>>,
+    /// The checking thread's end of `control` until it starts: only a configuration with
+    /// `[route.health]` needs the thread (drain alone is applied by the admin listener).
+    idle: Mutex<Option<Receiver<Option<Config>>>>,
 }
 
 struct Board {
@@ -82,13 +85,28 @@ impl Health {
             }),
             words,
             control: Mutex::new(tx),
+            idle: Mutex::new(Some(rx)),
         });
         inner.lock().reload(cfg, &inner.words, Instant::now());
-        let run = inner.clone();
-        std::thread::Builder::new()
+        let h = Health { inner };
+        h.spawn_if_needed(cfg)?;
+        Ok(h)
+    }
+
+    /// Starts the checking thread once a route has `[route.health]`.
+    fn spawn_if_needed(&self, cfg: &Config) -> std::io::Result<()> {
+        if !cfg.routes.iter().any(|r| r.options.health.is_some()) {
+            return Ok(());
+        }
+        let mut idle = self.inner.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(rx) = idle.take() else {
+            return Ok(());
+        };
+        let run = self.inner.clone();
+        let started = std::thread::Builder::new()
             .name("wsplice-health".into())
-            .spawn(move || run.run(&rx))?;
-        Ok(Health { inner })
+            .spawn(move || run.run(&rx));
+        started.map(|_| ())
     }
 
     /// Writes state changes to the access log too (`None`: stderr only).
@@ -110,8 +128,18 @@ impl Health {
 
     /// Takes a new configuration: backends kept (same route, same address) keep their state.
     pub fn reload(&self, cfg: &Config) {
-        if let Ok(tx) = self.inner.control.lock() {
-            let _ = tx.send(Some(cfg.clone()));
+        let running = self.inner.idle.lock().map_or(true, |idle| idle.is_none());
+        if running {
+            if let Ok(tx) = self.inner.control.lock() {
+                let _ = tx.send(Some(cfg.clone()));
+            }
+            return;
+        }
+        self.inner
+            .lock()
+            .reload(cfg, &self.inner.words, Instant::now());
+        if let Err(e) = self.spawn_if_needed(cfg) {
+            eprintln!("wsplice: reload: cannot start the health-check thread: {e}; backends are not checked");
         }
     }
 
