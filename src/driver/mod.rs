@@ -598,6 +598,8 @@ impl Server {
         // Every worker is gone: once our own handle is dropped the logger drains its queue and
         // ends, so no line of the last connections is lost at exit.
         self.log = None;
+        // The health board's handle on the log goes too, or the logger never ends.
+        self.health.set_log(None);
         if let Some(t) = self.log_thread.take() {
             let _ = t.join();
         }
