@@ -109,14 +109,12 @@ fn serve(s: TcpStream, stats: &StatsReader, started: Instant) -> io::Result<()> 
         ("GET", _) => (
             "404 Not Found",
             "text/plain",
-            "try / (the status page), /status, /metrics, /healthz or /backends
-".into(),
+            "try / (the status page), /status, /metrics, /healthz or /backends\n".into(),
         ),
         _ => (
             "405 Method Not Allowed",
             "text/plain",
-            "GET, or POST /backends/drain and /backends/undrain
-".into(),
+            "GET, or POST /backends/drain and /backends/undrain\n".into(),
         ),
     };
     answer(&s, code, ctype, &body)
