@@ -61,9 +61,28 @@ pub(super) fn announce(
             .as_ref()
             .map(|h| format!(" host={h}"))
             .unwrap_or_default();
-        let backends: Vec<String> = route.backends.iter().map(SocketAddr::to_string).collect();
+        let backends: Vec<String> = route
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| match route.options.weights.get(i) {
+                Some(w) if *w != 1 => format!("{b} weight={w}"),
+                _ => b.to_string(),
+            })
+            .collect();
+        let health = route.options.health.as_ref().map_or(String::new(), |h| {
+            let check = h.check.as_ref().map_or("passive only".to_owned(), |c| {
+                format!("{} check every {:?}", c.kind.as_str(), h.interval)
+            });
+            let eject = if h.eject_after > 0 {
+                format!(", eject after {} failures", h.eject_after)
+            } else {
+                String::new()
+            };
+            format!(" health: {check}{eject}")
+        });
         lines.push(format!(
-            "route {}{host} -> {} strip_prefix={}",
+            "route {}{host} -> {} strip_prefix={}{health}",
             route.prefix,
             backends.join(","),
             route.strip_prefix

@@ -36,6 +36,7 @@
 //!   sections  [timeouts] [limits] [keepalive] [splice] [uring] [access_log] [proxy_protocol]
 //!             [tls] [backend_pool]
 //!   route     [[route]]
+//!   health    [route.health], and backends with weights
 //!   cli       Config::from_cli: the --listen/--route flags; --tls-listen/--cert/--key
 //! ```
 //!
@@ -45,6 +46,7 @@
 
 mod cli;
 mod error;
+mod health;
 mod model;
 mod root;
 mod route;
@@ -61,9 +63,10 @@ use toml::de::DeTable;
 pub use cli::TlsFlags;
 pub use error::ConfigError;
 pub use model::{
-    AccessLog, BackendPool, BackendProtocol, Balance, CertPair, Config, DriverMode, ForwardedFor,
-    HashKey, Keepalive, Limits, LogFormat, ProxyIn, ProxyVersion, Relay, RelayMode, Route,
-    RouteOptions, SameSite, StickyCookie, Timeouts, Tls, UnknownSni, Uring, WorkerModel,
+    AccessLog, BackendPool, BackendProtocol, Balance, CertPair, CheckKind, Config, DriverMode,
+    ForwardedFor, HashKey, Health, HealthCheck, Keepalive, Limits, LogFormat, ProxyIn,
+    ProxyVersion, Relay, RelayMode, Route, RouteOptions, SameSite, StickyCookie, Timeouts, Tls,
+    UnknownSni, Uring, WorkerModel,
 };
 use walk::{Source, Table};
 

@@ -151,6 +151,88 @@ pub struct RouteOptions {
     pub origins: Vec<String>,
     /// How requests are written to the backends.
     pub protocol: BackendProtocol,
+    /// Each backend's weight, in `backends` order (`{ addr = "...", weight = 3 }`); empty when
+    /// every backend has weight 1.
+    pub weights: Vec<u32>,
+    /// `[route.health]`: active checks and passive ejection; `None`: neither (a backend is
+    /// only skipped while an operator drains it).
+    pub health: Option<Health>,
+}
+
+/// `[route.health]`: how a route learns that a backend is down, and for how long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// The active check, if any (`kind`); `None`: passive ejection only.
+    pub check: Option<HealthCheck>,
+    /// Between two checks of one backend (default 2 s).
+    pub interval: Duration,
+    /// A check not answered within this failed (default 1 s).
+    pub timeout: Duration,
+    /// Consecutive good checks that bring a down backend back (default 2).
+    pub rise: u32,
+    /// Consecutive failed checks that take a backend down (default 3).
+    pub fall: u32,
+    /// Consecutive connect failures or bad answers seen by the workers that eject a backend
+    /// (default 5; 0 turns passive ejection off).
+    pub eject_after: u32,
+    /// How long the first ejection lasts; each ejection that follows another doubles it
+    /// (default 10 s).
+    pub eject_time: Duration,
+    /// The longest ejection (default 5 min).
+    pub eject_max_time: Duration,
+    /// At most this share of the route's backends is ejected at once (default 50).
+    pub max_ejected_percent: u8,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            check: None,
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+            eject_after: 5,
+            eject_time: Duration::from_secs(10),
+            eject_max_time: Duration::from_secs(300),
+            max_ejected_percent: 50,
+        }
+    }
+}
+
+/// The active check of `[route.health]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub kind: CheckKind,
+    /// The path `http` and `websocket` checks request (default `/`).
+    pub path: String,
+    /// The status an `http` check expects (default 200; `websocket` expects 101).
+    pub expect_status: u16,
+    /// The Host header of `http` and `websocket` checks (default: the route's host, or the
+    /// backend's address).
+    pub host: Option<String>,
+}
+
+/// What an active check does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckKind {
+    /// A TCP connect.
+    Tcp,
+    /// `GET path` expecting `expect_status`.
+    Http,
+    /// A WebSocket upgrade of `path` expecting `101 Switching Protocols`.
+    WebSocket,
+}
+
+impl CheckKind {
+    /// As written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckKind::Tcp => "tcp",
+            CheckKind::Http => "http",
+            CheckKind::WebSocket => "websocket",
+        }
+    }
 }
 
 impl Default for RouteOptions {
@@ -161,6 +243,8 @@ impl Default for RouteOptions {
             balance: Balance::default(),
             origins: Vec::new(),
             protocol: BackendProtocol::Http,
+            weights: Vec::new(),
+            health: None,
         }
     }
 }

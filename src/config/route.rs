@@ -1,6 +1,6 @@
 //! `[[route]]`: one table per route.
 
-use super::value::{normalize_host, normalize_origin, normalize_prefix, parse_backend};
+use super::value::{normalize_host, normalize_origin, normalize_prefix};
 use super::walk::{key, required, Field, Key};
 use super::{
     BackendProtocol, Balance, Config, ConfigError, ForwardedFor, HashKey, ProxyVersion, Route,
@@ -12,7 +12,7 @@ use super::{
 const KEYS: &[Key<Route>] = &[
     required("prefix", |r, f| f.parsed(normalize_prefix).map(|p| r.prefix = p)),
     key("host", |r, f| f.parsed(normalize_host).map(|h| r.host = Some(h))),
-    required("backends", backends),
+    required("backends", super::health::backends),
     key("strip_prefix", |r, f| f.bool().map(|b| r.strip_prefix = b)),
     key("forwarded_for", |r, f| {
         f.choice(&FORWARDED_FOR, ForwardedFor::as_str).map(|v| r.forwarded_for = v)
@@ -30,6 +30,7 @@ const KEYS: &[Key<Route>] = &[
     }),
     key("origins", origins),
     key("protocol", |r, f| f.choice(&PROTOCOLS, protocol_spelling).map(|p| r.options.protocol = p)),
+    key("health", super::health::health),
 ];
 
 const BALANCE: [&str; 4] = ["round_robin", "least_conn", "hash", "cookie"];
@@ -159,17 +160,5 @@ pub(super) fn routes(cfg: &mut Config, field: &Field<'_>) -> Result<(), ConfigEr
         }
         cfg.routes.push(route);
     }
-    Ok(())
-}
-
-fn backends(route: &mut Route, field: &Field<'_>) -> Result<(), ConfigError> {
-    let items = field.items("an array of backend addresses, such as [\"127.0.0.1:50001\"]")?;
-    if items.is_empty() {
-        return Err(field.error("must list at least one backend"));
-    }
-    route.backends = items
-        .iter()
-        .map(|item| item.parsed(parse_backend))
-        .collect::<Result<_, _>>()?;
     Ok(())
 }

@@ -18,6 +18,7 @@ pub mod balance;
 pub mod conn;
 pub mod handshake;
 pub mod head;
+pub mod health;
 pub mod http;
 pub mod proxy_proto;
 pub mod relay;

@@ -18,6 +18,7 @@ pub mod admin;
 pub mod backends;
 mod capacity;
 pub mod epoll;
+pub mod health;
 pub mod limiter;
 pub mod memory;
 pub mod pool;
@@ -177,6 +178,8 @@ pub struct Server {
     /// The configured TLS listen addresses.
     tls_addrs: Vec<SocketAddr>,
     driver: Chosen,
+    /// Backend checks, ejections and drains.
+    health: health::Health,
 }
 
 fn bind_error(addr: SocketAddr, e: io::Error) -> io::Error {
@@ -223,11 +226,16 @@ fn nofile_now() -> u64 {
 }
 
 /// Threads: one process's budget split across `workers`.
-fn params_for(cfg: &Config, workers: usize, tls: Option<Arc<TlsSettings>>) -> Params {
+fn params_for(
+    cfg: &Config,
+    workers: usize,
+    tls: Option<Arc<TlsSettings>>,
+    health: &health::Health,
+) -> Params {
     let mut sized = cfg.clone();
     sized.workers = Some(workers);
     let cap = capacity(&sized, nofile_now());
-    let routes = RouteTable::new(&cfg.routes);
+    let routes = RouteTable::new(&cfg.routes).with_health(health.words());
     params_with(
         cfg,
         routes,
@@ -263,7 +271,7 @@ pub fn process_params(
     tls: Option<Arc<TlsSettings>>,
 ) -> Params {
     let (per, total) = process_capacity(cfg, nofile_now());
-    let routes = RouteTable::with_shared_cursors(&cfg.routes, shared);
+    let routes = RouteTable::with_shared_cursors(&cfg.routes, shared.clone()).with_health(shared);
     let memory = memory_plan(cfg, cfg.workers.unwrap_or(1), true);
     params_with(
         cfg,
@@ -338,7 +346,10 @@ impl Server {
             .max(1);
         let tickets = Arc::new(TicketKeys::from_bytes(ticket_key));
         let tls = tls_for(cfg, &tickets)?;
-        let params = params_for(cfg, workers, tls.clone());
+        let pairs = cfg.routes.iter().map(|r| r.backends.len()).sum();
+        let table = crate::core::health::LocalHealth::for_backends(pairs);
+        let health = health::Health::start(cfg, Arc::new(table))?;
+        let params = params_for(cfg, workers, tls.clone(), &health);
         let driver = choose_driver(cfg)?;
         // Bind every socket first, so a bad address fails start-up before any thread runs.
         let mut per_worker: Vec<Vec<(SocketAddr, std::net::TcpListener)>> =
@@ -358,6 +369,7 @@ impl Server {
             }
             None => (None, None),
         };
+        health.set_log(log.clone());
         let limiter = Arc::new(IpLimiter::new(cfg.limits.max_connections_per_ip));
         let total = Arc::new(ConnLimiter::new(params.max_connections));
         let mut handles = Vec::new();
@@ -433,6 +445,7 @@ impl Server {
             tls,
             tls_addrs: cfg.tls.listen.clone(),
             driver,
+            health,
         })
     }
 
@@ -476,11 +489,14 @@ impl Server {
 
     /// A handle that reads the counters from another thread (the admin listener).
     pub fn stats_reader(&self) -> StatsReader {
-        StatsReader(Source::Threads {
-            published: self.workers.iter().map(|w| w.published.clone()).collect(),
-            backends: self.workers.iter().map(|w| w.backends.clone()).collect(),
-            routes: self.workers.iter().map(|w| w.routes.clone()).collect(),
-        })
+        StatsReader(
+            Source::Threads {
+                published: self.workers.iter().map(|w| w.published.clone()).collect(),
+                backends: self.workers.iter().map(|w| w.backends.clone()).collect(),
+                routes: self.workers.iter().map(|w| w.routes.clone()).collect(),
+            },
+            Some(self.health.clone()),
+        )
     }
 
     fn send(&self, w: &WorkerHandle, msg: Control) {
@@ -510,7 +526,8 @@ impl Server {
             .map(|(w, _)| *w)
             .filter(|w| !cfg.all_listen().any(|a| a == *w))
             .collect();
-        let params = params_for(cfg, n, tls.clone());
+        let params = params_for(cfg, n, tls.clone(), &self.health);
+        self.health.reload(cfg);
         self.tls = tls;
         self.tls_addrs = cfg.tls.listen.clone();
         self.limiter.set_limit(cfg.limits.max_connections_per_ip);
@@ -569,6 +586,7 @@ impl Server {
 
     /// Blocks until every worker has stopped.
     pub fn join(&mut self) {
+        self.health.stop();
         for w in &mut self.workers {
             let Some(t) = w.thread.take() else { continue };
             match t.join() {
@@ -580,6 +598,8 @@ impl Server {
         // Every worker is gone: once our own handle is dropped the logger drains its queue and
         // ends, so no line of the last connections is lost at exit.
         self.log = None;
+        // The health board's handle on the log goes too, or the logger never ends.
+        self.health.set_log(None);
         if let Some(t) = self.log_thread.take() {
             let _ = t.join();
         }
@@ -601,7 +621,7 @@ pub struct WorkerInfo {
 /// Reads the workers' published counters from any thread (or, with worker processes, from
 /// shared memory).
 #[derive(Clone)]
-pub struct StatsReader(Source);
+pub struct StatsReader(Source, Option<health::Health>);
 
 #[derive(Clone)]
 enum Source {
@@ -614,6 +634,11 @@ enum Source {
 }
 
 impl StatsReader {
+    /// Backend health and drain, when the proxy checks (the admin listener's `/backends`).
+    pub fn health(&self) -> Option<&health::Health> {
+        self.1.as_ref()
+    }
+
     pub fn read(&self) -> stats::Counters {
         match &self.0 {
             Source::Threads { published, .. } => stats::sum(published.iter().map(|p| p.load())),

@@ -256,6 +256,25 @@ pub const BACKEND_FAMILIES: [Family; 3] = [
     ),
 ];
 
+/// Per-backend health (`[route.health]`, drain), from the checking thread's board.
+pub const BACKEND_UP: Family = Family::new(
+    Kind::Gauge,
+    "wsplice_backend_up",
+    "1 while this backend of this route takes new connections; 0 while it is down (active checks), ejected (passive) or drained.",
+);
+/// State changes of a backend, by reason.
+pub const BACKEND_STATE_CHANGES: Family = Family::new(
+    Kind::Counter,
+    "wsplice_backend_state_changes_total",
+    "Changes of a backend's state, by reason: check_failed, check_passed, ejected, ejection_over, drained, undrained.",
+);
+/// Passive ejections of a backend.
+pub const BACKEND_EJECTIONS: Family = Family::new(
+    Kind::Counter,
+    "wsplice_backend_ejections_total",
+    "Times a backend was ejected after [route.health] eject_after failed connects or answers in a row.",
+);
+
 /// Forwarded requests per route and status class, published by workers as [`RouteSnapshot`].
 pub const ROUTE_FAMILY: Family = Family::new(
     Kind::Counter,
@@ -283,6 +302,7 @@ pub fn families() -> Vec<Family> {
     n.0.extend([WORKER_CONNECTIONS, WORKER_OPEN_FDS]);
     n.0.extend(BACKEND_FAMILIES);
     n.0.push(ROUTE_FAMILY);
+    n.0.extend([BACKEND_UP, BACKEND_STATE_CHANGES, BACKEND_EJECTIONS]);
     n.0
 }
 
@@ -457,6 +477,19 @@ pub fn render_by_worker(out: &mut String, f: Family, per_worker: &[(usize, u64)]
     };
     for (id, v) in per_worker {
         t.line(&f, "", Some(("worker", &id.to_string())), v);
+    }
+    *out = t.out;
+}
+
+/// Appends family `f` with one sample per entry, labelled `label="value"` (a value may carry
+/// further pairs: `a\",b=\"c`).
+pub fn render_labelled(out: &mut String, f: Family, label: &str, samples: &[(String, u64)]) {
+    let mut t = Text {
+        out: std::mem::take(out),
+        last: "",
+    };
+    for (v, n) in samples {
+        t.line(&f, "", Some((label, v)), n);
     }
     *out = t.out;
 }

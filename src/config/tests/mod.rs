@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::*;
 
+mod health;
 mod sections;
 
 const LISTEN: &str = "listen = [\"127.0.0.1:8080\"]\n";

@@ -180,7 +180,7 @@ fn unknown_key_hints_name_each_sections_keys() {
             "[[route]]",
             "prefix, host, backends, strip_prefix, forwarded_for, send_proxy, http, \
              response_timeout, balance, hash_key, cookie_name, cookie_secure, cookie_http_only, \
-             cookie_same_site, origins, protocol",
+             cookie_same_site, origins, protocol, health",
         ),
     ] {
         let e = error_for(&format!("{LISTEN}{ROUTE}{section}\nnope = 1\n"));

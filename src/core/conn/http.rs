@@ -169,7 +169,10 @@ pub(super) struct Origin {
 impl Exchange {
     pub(super) fn new(o: Origin, p: PlainRequest, t: &Time) -> Exchange {
         let route = o.settings.routes.get(p.route);
-        let backend_index = p.pick.first.min(route.backends.len().saturating_sub(1));
+        let first = p.pick.first.min(route.backends.len().saturating_sub(1));
+        // Down, ejected and drained backends are skipped; with none left, a 502 at once.
+        let start = route.next_to_try(first, 0);
+        let (tried, backend_index) = start.unwrap_or((0, first));
         let backend = route.backends[backend_index];
         let lease = Lease::take(&o.settings, p.route, backend_index);
         let mut x = Exchange {
@@ -187,7 +190,7 @@ impl Exchange {
             ending: None,
             after: None,
             pick: p.pick,
-            tried: 0,
+            tried,
             backend,
             backend_index,
             lease,
@@ -227,6 +230,11 @@ impl Exchange {
             check_connect: false,
             settings: o.settings,
         };
+        if start.is_none() {
+            x.ending = Some(Ending::Refuse(Reject::BackendFailed(
+                BackendFailure::Refused,
+            )));
+        }
         x.build_head();
         if !p.held.is_empty() {
             x.on_body(&p.held);
@@ -310,7 +318,7 @@ impl Exchange {
     fn timed_out(&mut self, t: &Time) {
         if self.link == Link::Connecting {
             self.last_failure = Some(ConnectFailure::Timeout);
-            self.steps.push_back(self.backend_failed());
+            self.backend_failed();
             self.next_backend(t);
         } else if self.answer.is_some() {
             self.ending = Some(Ending::Abort(EndReason::Aborted));
@@ -318,9 +326,18 @@ impl Exchange {
             // The backend has everything we got: the client's body stalled.
             self.ending = Some(Ending::Refuse(Reject::HandshakeTimeout));
         } else {
-            self.steps.push_back(self.backend_failed());
+            self.backend_failed();
             self.ending = Some(Ending::Refuse(Reject::BackendTimeout));
         }
+    }
+
+    /// The current backend's connect or answer failed: counted per backend, and for passive
+    /// ejection.
+    pub(super) fn backend_failed(&mut self) {
+        let note = Note::BackendFailed(self.backend, self.route_id());
+        self.steps.push_back(Step::Note(note));
+        let route = self.settings.routes.get(self.route);
+        route.note_backend(self.backend_index, false);
     }
 
     fn head_sent(&self) -> bool {
@@ -331,6 +348,11 @@ impl Exchange {
     fn next_backend(&mut self, t: &Time) {
         let route = self.settings.routes.get(self.route);
         self.tried += 1;
+        if let Some((k, _)) = route.next_to_try(self.pick.first, self.tried) {
+            self.tried = k;
+        } else {
+            self.tried = route.backends.len();
+        }
         if self.tried >= route.backends.len() {
             self.ending = Some(Ending::Refuse(match self.last_failure {
                 Some(ConnectFailure::Timeout) => Reject::BackendTimeout,
@@ -461,11 +483,6 @@ impl Exchange {
         self.settings.routes.get(self.route).id
     }
 
-    /// The note that the current backend failed (counted under this route).
-    pub(super) fn backend_failed(&self) -> Step {
-        Step::Note(Note::BackendFailed(self.backend, self.route_id()))
-    }
-
     /// Queues the bookkeeping of the end and decides what the connection does next.
     fn conclude(&mut self, e: Ending, t: &Time) {
         let status = match e {
@@ -550,7 +567,7 @@ impl Exchange {
             }
             Connecting::Failed(why) => {
                 self.last_failure = Some(why);
-                self.steps.push_back(self.backend_failed());
+                self.backend_failed();
                 self.next_backend(t);
             }
         }

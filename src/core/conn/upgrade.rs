@@ -243,7 +243,7 @@ impl Upgrading {
 
     /// Queues the handshake's decision and what it reported.
     fn act(&mut self, a: Action) {
-        if let Some(b) = self.hs.take_failed() {
+        if let Some(b) = self.hs.take_failed_noted(&self.settings) {
             let route = self.route_id();
             self.notes.push_back(Note::BackendFailed(b, route));
         }

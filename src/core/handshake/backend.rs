@@ -4,6 +4,22 @@
 use super::*;
 
 impl Handshake {
+    /// Like [`Handshake::take_failed`], and counts the failure for passive ejection.
+    pub fn take_failed_noted(&mut self, s: &Settings) -> Option<SocketAddr> {
+        let b = self.failed.take()?;
+        let route = s.routes.get(self.route);
+        if route.backends.get(self.failed_index) == Some(&b) {
+            route.note_backend(self.failed_index, false);
+        }
+        Some(b)
+    }
+
+    /// The current attempt failed.
+    pub(super) fn mark_failed(&mut self) {
+        self.failed = self.backend;
+        self.failed_index = self.current;
+    }
+
     /// The backend connect completed.
     pub fn handle_connected(&mut self, s: &Settings, now: Instant) -> Action {
         match self.state {
@@ -37,7 +53,7 @@ impl Handshake {
         match self.state {
             State::Connecting => {
                 self.last_failure = Some(why);
-                self.failed = self.backend;
+                self.mark_failed();
                 if why == ConnectFailure::NoDescriptors {
                     return self.fail(Reject::Overloaded);
                 }
@@ -102,10 +118,12 @@ impl Handshake {
                 let mut headers = vec![httparse::EMPTY_HEADER; s.max_headers];
                 match validate_answer(&self.answer[..end], &mut headers) {
                     Ok(Answer::Switch) => {
+                        s.routes.get(self.route).note_backend(self.current, true);
                         self.state = State::Upgraded;
                         Action::Relay
                     }
                     Ok(Answer::Other { body, .. }) => {
+                        s.routes.get(self.route).note_backend(self.current, true);
                         self.state = State::ForwardAnswer {
                             body,
                             head_len: end,

@@ -150,6 +150,10 @@ pub struct Handshake {
     backend: Option<SocketAddr>,
     /// A backend attempt that just failed, until [`Handshake::take_failed`] reports it.
     failed: Option<SocketAddr>,
+    /// The index in its route of the current attempt's backend, and of the failed one's
+    /// (for passive ejection).
+    current: usize,
+    failed_index: usize,
     deadline: Instant,
     started: Instant,
     /// Waiting for the first byte of a keep-alive connection's next request: the deadline is
@@ -198,6 +202,8 @@ impl Handshake {
             last_failure: None,
             backend: None,
             failed: None,
+            current: 0,
+            failed_index: 0,
             deadline: now + s.timeouts.handshake,
             started: now,
             idle: false,
@@ -288,7 +294,7 @@ impl Handshake {
     /// The index in its route of the backend of the current or last connect attempt.
     pub fn backend_index(&self, s: &Settings) -> Option<usize> {
         let n = s.routes.get(self.route).backends.len();
-        (self.routed && self.tried > 0 && n > 0).then(|| (self.first_backend + self.tried - 1) % n)
+        (self.routed && self.backend.is_some() && n > 0).then_some(self.current)
     }
 
     /// The backend whose attempt failed since the last call (for per-backend failure counts).
@@ -595,8 +601,14 @@ impl Handshake {
                 _ => Reject::BackendFailed(BackendFailure::Refused),
             });
         }
-        let addr = r.backends[(self.first_backend + self.tried) % r.backends.len()];
-        self.tried += 1;
+        // Down, ejected and drained backends are skipped; with none left, a 502.
+        let Some((k, i)) = r.next_to_try(self.first_backend, self.tried) else {
+            self.tried = r.backends.len();
+            return self.connect_next(s, now);
+        };
+        let addr = r.backends[i];
+        self.current = i;
+        self.tried = k + 1;
         self.backend = Some(addr);
         self.state = State::Connecting;
         self.deadline = now + s.timeouts.connect;
@@ -636,7 +648,7 @@ impl Handshake {
             State::ReadProxy | State::ReadHead => self.fail(Reject::HandshakeTimeout),
             State::Connecting => {
                 self.last_failure = Some(ConnectFailure::Timeout);
-                self.failed = self.backend;
+                self.mark_failed();
                 self.connect_next(s, now)
             }
             State::SendHead | State::ReadAnswer => self.fail(Reject::BackendTimeout),
@@ -658,7 +670,7 @@ impl Handshake {
             && self.failed.is_none()
             && matches!(r, Reject::BackendFailed(_) | Reject::BackendTimeout)
         {
-            self.failed = self.backend;
+            self.mark_failed();
         }
         self.state = State::Done;
         Action::Reject(r)
