@@ -1,7 +1,8 @@
 //! `[[route]]`: one table per route.
 
-use super::value::{normalize_host, normalize_origin, normalize_prefix, parse_backend};
+use super::value::{normalize_host, normalize_origin, normalize_prefix, parse_backend_url};
 use super::walk::{key, required, Field, Key};
+use super::model::BackendTls;
 use super::{
     BackendProtocol, Balance, Config, ConfigError, ForwardedFor, HashKey, ProxyVersion, Route,
     SameSite, StickyCookie,
@@ -30,6 +31,11 @@ const KEYS: &[Key<Route>] = &[
     }),
     key("origins", origins),
     key("protocol", |r, f| f.choice(&PROTOCOLS, protocol_spelling).map(|p| r.options.protocol = p)),
+    key("backend_tls", backend_tls),
+    key("backend_ca", |r, f| tls_option(r, f, |t, f| f.str().map(|p| t.ca = Some(p.into())))),
+    key("backend_server_name", |r, f| {
+        tls_option(r, f, |t, f| f.parsed(server_name).map(|n| t.server_name = Some(n)))
+    }),
 ];
 
 const BALANCE: [&str; 4] = ["round_robin", "least_conn", "hash", "cookie"];
@@ -162,14 +168,58 @@ pub(super) fn routes(cfg: &mut Config, field: &Field<'_>) -> Result<(), ConfigEr
     Ok(())
 }
 
+/// `ADDR`, or `wss://ADDR` / `https://ADDR` for a TLS backend (`ws://` and `http://` say plain
+/// explicitly). One route's backends all speak TLS or none does.
 fn backends(route: &mut Route, field: &Field<'_>) -> Result<(), ConfigError> {
     let items = field.items("an array of backend addresses, such as [\"127.0.0.1:50001\"]")?;
     if items.is_empty() {
         return Err(field.error("must list at least one backend"));
     }
-    route.backends = items
-        .iter()
-        .map(|item| item.parsed(parse_backend))
-        .collect::<Result<_, _>>()?;
+    let mut tls = None;
+    for item in &items {
+        let (this_tls, addr) = parse_backend_url(item.str()?).map_err(|e| item.error(e))?;
+        route.backends.push(addr);
+        if *tls.get_or_insert(this_tls) != this_tls {
+            return Err(item.error(
+                "one route's backends are all TLS (wss://, https://) or all plain: split them into two routes",
+            ));
+        }
+    }
+    if tls == Some(true) {
+        route.options.backend_tls = Some(BackendTls::default());
+    }
     Ok(())
+}
+
+/// `backend_tls = true`: the backends speak TLS (read after `backends`).
+fn backend_tls(route: &mut Route, field: &Field<'_>) -> Result<(), ConfigError> {
+    if field.bool()? {
+        route.options.backend_tls.get_or_insert_with(BackendTls::default);
+    } else if route.options.backend_tls.is_some() {
+        return Err(field.error(
+            "backend_tls = false contradicts the wss:// or https:// backends of this route",
+        ));
+    }
+    Ok(())
+}
+
+/// A `backend_*` TLS key: only with TLS backends (read after `backend_tls`).
+fn tls_option(
+    route: &mut Route,
+    field: &Field<'_>,
+    set: fn(&mut BackendTls, &Field<'_>) -> Result<(), ConfigError>,
+) -> Result<(), ConfigError> {
+    match &mut route.options.backend_tls {
+        Some(t) => set(t, field),
+        None => Err(field.error(
+            "TLS settings need TLS backends: add backend_tls = true (or write the backends as wss://ADDR) in the same [[route]]",
+        )),
+    }
+}
+
+/// A DNS name or an IP address, as rustls checks it against the certificate.
+fn server_name(s: &str) -> Result<String, String> {
+    rustls::pki_types::ServerName::try_from(s)
+        .map(|_| s.to_owned())
+        .map_err(|_| format!("invalid server name {s:?}: expected a DNS name such as \"backend.example.com\" or an IP address"))
 }

@@ -20,6 +20,7 @@ pub mod handshake;
 pub mod head;
 pub mod http;
 pub mod proxy_proto;
+pub mod redirect;
 pub mod relay;
 pub mod rewrite;
 pub mod route;

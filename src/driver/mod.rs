@@ -35,7 +35,7 @@ use crate::config::{Config, DriverMode, RelayMode};
 use crate::core::handshake::Settings;
 use crate::core::route::RouteTable;
 use crate::sys::sock::{reuseport_listener, Tuning};
-use crate::transport::tls::{TicketKeys, TlsSettings};
+use crate::transport::tls::{BackendTlsTable, TicketKeys, TlsSettings};
 pub use capacity::{capacity, choose_model, process_capacity, Capacity, ModelChoice};
 use limiter::{ConnLimiter, IpLimiter};
 use mio::Waker;
@@ -65,8 +65,14 @@ pub struct Params {
     pub send_proxy: bool,
     /// Listen addresses (as configured) whose clients speak TLS.
     pub tls_listen: Vec<SocketAddr>,
+    /// Listen addresses (as configured) that answer with redirects to https.
+    pub redirect_listen: Vec<SocketAddr>,
+    /// `[tls] redirect_port`; without it, the first TLS listener's bound port.
+    pub redirect_port: Option<u16>,
     /// Certificates and rustls settings for them; `None` without TLS listeners.
     pub tls: Option<Arc<TlsSettings>>,
+    /// The rustls client settings of routes whose backends speak TLS, by route id.
+    pub backend_tls: Arc<BackendTlsTable>,
     /// Idle backend connections this worker keeps for plain requests (0: none).
     pub pool_max_idle: usize,
     /// An idle pooled backend connection is closed after this.
@@ -122,12 +128,13 @@ pub enum Chosen {
 pub fn choose_driver(cfg: &Config) -> io::Result<Chosen> {
     // TLS sessions run in the worker's own buffers through the transport; the io_uring driver
     // moves socket bytes itself, so TLS listeners stay on epoll until it runs them too.
-    let tls = !cfg.tls.listen.is_empty();
+    let tls = !cfg.tls.listen.is_empty()
+        || cfg.routes.iter().any(|r| r.options.backend_tls.is_some());
     match cfg.driver {
         DriverMode::Epoll => Ok(Chosen::Epoll),
         DriverMode::Uring if tls => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            "driver = \"uring\" does not run TLS listeners yet; set driver = \"epoll\" (or \"auto\") while [tls] has listeners",
+            "driver = \"uring\" does not run TLS yet; set driver = \"epoll\" (or \"auto\") while [tls] has listeners or a [[route]] has TLS backends",
         )),
         DriverMode::Uring => uring::probe().map(Chosen::Uring).map_err(|e| {
             io::Error::new(
@@ -138,7 +145,7 @@ pub fn choose_driver(cfg: &Config) -> io::Result<Chosen> {
             )
         }),
         DriverMode::Auto if tls => {
-            eprintln!("wsplice: driver auto: TLS listeners run on epoll (the io_uring driver does not run TLS yet)");
+            eprintln!("wsplice: driver auto: TLS (listeners or backends) runs on epoll (the io_uring driver does not run TLS yet)");
             Ok(Chosen::Epoll)
         }
         DriverMode::Auto => match uring::probe() {
@@ -218,12 +225,25 @@ pub fn tls_for(cfg: &Config, tickets: &Arc<TicketKeys>) -> io::Result<Option<Arc
     Ok(Some(Arc::new(tls)))
 }
 
+/// Builds the TLS settings of routes whose backends speak TLS (their CA files read now).
+/// Errors name the route and the file.
+pub fn backend_tls_for(cfg: &Config) -> io::Result<Arc<BackendTlsTable>> {
+    BackendTlsTable::load(&cfg.routes)
+        .map(Arc::new)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+}
+
 fn nofile_now() -> u64 {
     crate::sys::limits::nofile_limit().map_or(1024, |(soft, _)| soft)
 }
 
 /// Threads: one process's budget split across `workers`.
-fn params_for(cfg: &Config, workers: usize, tls: Option<Arc<TlsSettings>>) -> Params {
+fn params_for(
+    cfg: &Config,
+    workers: usize,
+    tls: Option<Arc<TlsSettings>>,
+    backend_tls: Arc<BackendTlsTable>,
+) -> Params {
     let mut sized = cfg.clone();
     sized.workers = Some(workers);
     let cap = capacity(&sized, nofile_now());
@@ -231,7 +251,7 @@ fn params_for(cfg: &Config, workers: usize, tls: Option<Arc<TlsSettings>>) -> Pa
     params_with(
         cfg,
         routes,
-        tls,
+        (tls, backend_tls),
         cap.max_connections,
         cap.max_pipes.div_ceil(workers),
         memory_plan(cfg, workers, false),
@@ -261,6 +281,7 @@ pub fn process_params(
     cfg: &Config,
     shared: Arc<shared::Shared>,
     tls: Option<Arc<TlsSettings>>,
+    backend_tls: Arc<BackendTlsTable>,
 ) -> Params {
     let (per, total) = process_capacity(cfg, nofile_now());
     let routes = RouteTable::with_shared_cursors(&cfg.routes, shared);
@@ -268,7 +289,7 @@ pub fn process_params(
     params_with(
         cfg,
         routes,
-        tls,
+        (tls, backend_tls),
         total.max_connections,
         per.max_pipes,
         memory,
@@ -278,7 +299,7 @@ pub fn process_params(
 fn params_with(
     cfg: &Config,
     routes: RouteTable,
-    tls: Option<Arc<TlsSettings>>,
+    (tls, backend_tls): (Option<Arc<TlsSettings>>, Arc<BackendTlsTable>),
     max_connections: usize,
     max_pipes: usize,
     memory: Option<memory::MemoryPlan>,
@@ -301,7 +322,10 @@ fn params_with(
             r.send_proxy.is_some() || r.options.protocol == crate::config::BackendProtocol::Uwsgi
         }),
         tls_listen: cfg.tls.listen.clone(),
+        redirect_listen: cfg.tls.redirect_listen.clone(),
+        redirect_port: cfg.tls.redirect_port,
         tls,
+        backend_tls,
         max_connections,
         max_pipes,
         pipe_size: cfg.relay.pipe_size,
@@ -338,7 +362,7 @@ impl Server {
             .max(1);
         let tickets = Arc::new(TicketKeys::from_bytes(ticket_key));
         let tls = tls_for(cfg, &tickets)?;
-        let params = params_for(cfg, workers, tls.clone());
+        let params = params_for(cfg, workers, tls.clone(), backend_tls_for(cfg)?);
         let driver = choose_driver(cfg)?;
         // Bind every socket first, so a bad address fails start-up before any thread runs.
         let mut per_worker: Vec<Vec<(SocketAddr, std::net::TcpListener)>> =
@@ -498,6 +522,7 @@ impl Server {
         let mut added: Vec<(SocketAddr, SocketAddr, Vec<std::net::TcpListener>)> = Vec::new();
         // Certificates first: a bad file changes nothing.
         let tls = tls_for(cfg, &self.tickets)?;
+        let backend_tls = backend_tls_for(cfg)?;
         for want in cfg.all_listen() {
             if !self.listen.iter().any(|(w, _)| *w == want) {
                 let (actual, socks) = bind_all(want, n)?;
@@ -510,7 +535,7 @@ impl Server {
             .map(|(w, _)| *w)
             .filter(|w| !cfg.all_listen().any(|a| a == *w))
             .collect();
-        let params = params_for(cfg, n, tls.clone());
+        let params = params_for(cfg, n, tls.clone(), backend_tls);
         self.tls = tls;
         self.tls_addrs = cfg.tls.listen.clone();
         self.limiter.set_limit(cfg.limits.max_connections_per_ip);

@@ -158,6 +158,8 @@ fn full_example() {
             ],
             unknown_sni: UnknownSni::Refuse,
             session_tickets: false,
+            redirect_listen: Vec::new(),
+            redirect_port: None,
         },
         backend_pool: BackendPool::default(),
     };
@@ -198,6 +200,7 @@ fn tls_flags_pair_certificates_with_keys_in_order() {
         listen: vec!["127.0.0.1:8443".parse().unwrap()],
         certs: vec!["a.pem".into(), "b.pem".into()],
         keys: vec!["a.key".into(), "b.key".into()],
+        redirect: Vec::new(),
     };
     let cfg = Config::from_cli_with_tls(Vec::new(), flags.clone(), &routes, None, None).unwrap();
     assert!(cfg.listen.is_empty());

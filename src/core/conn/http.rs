@@ -21,7 +21,7 @@
 
 mod answer;
 
-use super::{ConnLog, Connecting, EndReason, Event, Note, Step, Time};
+use super::{BackendTlsFailed, ConnLog, Connecting, EndReason, Event, Note, Step, Time};
 use crate::config::BackendProtocol;
 use crate::config::ProxyVersion;
 use crate::core::balance::{Lease, Pick};
@@ -254,9 +254,11 @@ impl Exchange {
     /// May this connection come from (and go back to) the worker's pool?
     fn poolable(&self) -> bool {
         let route = self.settings.routes.get(self.route);
+        // A TLS backend connection would have to keep its session in the pool: not yet.
         self.settings.backend_reuse
             && route.send_proxy.is_none()
             && route.options.protocol == BackendProtocol::Http
+            && route.options.backend_tls.is_none()
     }
 
     pub(super) fn handle(&mut self, ev: Event, t: &Time) {
@@ -335,7 +337,9 @@ impl Exchange {
             self.ending = Some(Ending::Refuse(match self.last_failure {
                 Some(ConnectFailure::Timeout) => Reject::BackendTimeout,
                 Some(ConnectFailure::NoDescriptors) => Reject::Overloaded,
-                Some(ConnectFailure::Reset) => Reject::BackendFailed(BackendFailure::Reset),
+                Some(ConnectFailure::Reset | ConnectFailure::Tls) => {
+                    Reject::BackendFailed(BackendFailure::Reset)
+                }
                 _ => Reject::BackendFailed(BackendFailure::Refused),
             }));
             return;
@@ -538,6 +542,13 @@ impl Exchange {
         match c {
             Connecting::Started | Connecting::Pending => {}
             Connecting::Reused | Connecting::Connected => {
+                let route = self.settings.routes.get(self.route);
+                if route.options.backend_tls.is_some() {
+                    self.steps.push_back(Step::StartTls {
+                        route: route.id,
+                        backend: self.backend,
+                    });
+                }
                 self.link = Link::Ready;
                 self.reused = c == Connecting::Reused;
                 // As in the upgrade: a readiness driver's edge says when the answer is there.
@@ -622,6 +633,18 @@ impl Exchange {
                 Err(_),
             ) => {
                 self.ending = Some(Ending::Abort(EndReason::ClientLeft));
+            }
+            (
+                IoOp::Write {
+                    side: Side::Backend,
+                    ..
+                },
+                Err(e),
+            ) if BackendTlsFailed::is(&e) => {
+                // Nothing of the request went out: the next backend may serve.
+                self.last_failure = Some(ConnectFailure::Tls);
+                self.steps.push_back(self.backend_failed());
+                self.next_backend(t);
             }
             (
                 IoOp::Write {

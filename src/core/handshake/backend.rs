@@ -43,6 +43,13 @@ impl Handshake {
                 }
                 self.connect_next(s, now)
             }
+            // A TLS backend that failed its handshake got nothing of the request: like a
+            // refused connect, the next backend may serve.
+            State::SendHead if why == ConnectFailure::Tls && self.written == 0 => {
+                self.last_failure = Some(why);
+                self.failed = self.backend;
+                self.connect_next(s, now)
+            }
             // After the connect, a socket error is a reset of an established backend.
             State::SendHead | State::ReadAnswer => {
                 self.fail(Reject::BackendFailed(BackendFailure::Reset))

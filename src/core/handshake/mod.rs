@@ -41,6 +41,8 @@ pub enum ConnectFailure {
     Timeout,
     /// The proxy could not get a descriptor (EMFILE/ENFILE): no point trying another backend.
     NoDescriptors,
+    /// The TLS handshake with a TLS backend failed before any byte of the request went out.
+    Tls,
 }
 
 /// What the driver must do next.
@@ -158,6 +160,9 @@ pub struct Handshake {
     plain: Option<Box<PlainRequest>>,
     /// The client came over TLS: `X-Forwarded-Proto: https`.
     https: bool,
+    /// The client came to a redirect listener: every head is answered with a redirect to
+    /// https on this port ([`crate::core::redirect`]).
+    redirect: Option<u16>,
 }
 
 impl Handshake {
@@ -203,7 +208,19 @@ impl Handshake {
             idle: false,
             plain: None,
             https: false,
+            redirect: None,
         }
+    }
+
+    /// The client came to a redirect listener: its head is answered with a redirect to https
+    /// on `port`.
+    pub fn set_redirect(&mut self, port: u16) {
+        self.redirect = Some(port);
+    }
+
+    /// True for a redirect listener's client.
+    pub fn is_redirect(&self) -> bool {
+        self.redirect.is_some()
     }
 
     /// The client connected over TLS: the backend is told `X-Forwarded-Proto: https`.
@@ -449,6 +466,17 @@ impl Handshake {
     }
 
     fn on_head(&mut self, s: &Settings, now: Instant) -> Action {
+        if let Some(port) = self.redirect {
+            return match crate::core::redirect::answer(&self.head, s, port) {
+                Ok((_, out)) => {
+                    self.answer = out;
+                    self.head = Vec::new();
+                    self.state = State::Done;
+                    Action::Answer
+                }
+                Err(r) => self.fail(r),
+            };
+        }
         match self.accept_head(s) {
             Ok(Accepted::Upgrade(out)) => {
                 self.to_backend = out;
@@ -591,7 +619,9 @@ impl Handshake {
             return self.fail(match self.last_failure {
                 Some(ConnectFailure::Timeout) => Reject::BackendTimeout,
                 Some(ConnectFailure::NoDescriptors) => Reject::Overloaded,
-                Some(ConnectFailure::Reset) => Reject::BackendFailed(BackendFailure::Reset),
+                Some(ConnectFailure::Reset | ConnectFailure::Tls) => {
+                    Reject::BackendFailed(BackendFailure::Reset)
+                }
                 _ => Reject::BackendFailed(BackendFailure::Refused),
             });
         }

@@ -10,6 +10,7 @@
 
 mod bookkeeping;
 mod control;
+mod tls;
 
 use bookkeeping::write_log;
 
@@ -183,6 +184,8 @@ pub struct Worker {
     /// What TLS sessions decrypt and encrypt in; allocated at the first TLS operation, freed
     /// with the other tables when the worker is empty.
     tls_bufs: Option<Box<TlsBuffers>>,
+    /// The TLS sessions of backend connections whose route speaks TLS to its backends, by key.
+    backend_tls: tls::BackendSessions,
     started: Option<std::sync::mpsc::SyncSender<()>>,
 }
 
@@ -238,6 +241,7 @@ impl Worker {
             draining: None,
             tls: HashMap::new(),
             tls_bufs: None,
+            backend_tls: HashMap::new(),
             started: cfg.started,
         }
     }
@@ -382,6 +386,11 @@ impl Worker {
             log: self.log.is_some(),
             splice_ok: session.is_none() && stream.can_splice(),
             tls: session.is_some(),
+            redirect: self
+                .params
+                .redirect_listen
+                .contains(&configured)
+                .then(|| self.https_port()),
         };
         let conn = Conn::accept(accept, &self.time, self.params.settings.clone());
         let entry = self.conns.vacant_entry();
@@ -409,6 +418,20 @@ impl Worker {
         self.refusing_for_memory = false;
     }
 
+    /// The port redirect listeners send clients to: `[tls] redirect_port`, else the bound
+    /// port of the first TLS listener (its configured one may be 0), else 443.
+    fn https_port(&self) -> u16 {
+        let tls = &self.params.tls_listen;
+        self.params.redirect_port.unwrap_or_else(|| {
+            self.listeners
+                .iter()
+                .flatten()
+                .find(|(configured, _)| tls.contains(configured))
+                .and_then(|(_, l)| l.local_addr().ok())
+                .map_or(443, |a| a.port())
+        })
+    }
+
     // ---- events ----------------------------------------------------------------------------
 
     /// Readiness on one of connection `key`'s sockets.
@@ -427,6 +450,25 @@ impl Worker {
             if !self.tls.is_empty() {
                 if let Some(s) = self.tls.get_mut(&key) {
                     let _ = s.flush(&e.client);
+                }
+            }
+        }
+        let mut ev = ev;
+        if let Event::Ready {
+            side: Side::Backend,
+            readable,
+            writable,
+            ..
+        } = &mut ev
+        {
+            if let (Some(b), Some(sock)) = (self.backend_tls.get_mut(&key), e.backend.as_ref()) {
+                if *writable {
+                    let _ = b.session.flush(sock);
+                }
+                // The head's write waits for the backend's handshake flight: what arrived
+                // lets it go on.
+                if *readable && b.session.handshaking() {
+                    *writable = true;
                 }
             }
         }
@@ -514,9 +556,29 @@ impl Worker {
                         }
                         _ => None,
                     };
+                    let mut backend_session = match side {
+                        Side::Backend if !self.backend_tls.is_empty() => {
+                            self.backend_tls.get_mut(&key).map(|s| &mut **s)
+                        }
+                        _ => None,
+                    };
                     let mut tls_io;
+                    let mut backend_io;
                     let sock: Option<&mut dyn Transport> = match side {
-                        Side::Backend => e.backend.as_mut().map(|b| b as &mut dyn Transport),
+                        Side::Backend => match (backend_session.as_deref_mut(), &e.backend) {
+                            (Some(b), Some(sock)) => {
+                                let bufs = self
+                                    .tls_bufs
+                                    .get_or_insert_with(|| Box::new(TlsBuffers::new(SCRATCH)));
+                                backend_io = TlsIo {
+                                    sock,
+                                    session: &mut b.session,
+                                    bufs,
+                                };
+                                Some(&mut backend_io)
+                            }
+                            _ => e.backend.as_mut().map(|b| b as &mut dyn Transport),
+                        },
                         Side::Client => {
                             match session.as_deref_mut() {
                                 Some(session) => {
@@ -556,12 +618,16 @@ impl Worker {
                         continue; // the driver reports it with `completed`
                     };
                     let mut eof_pending = false;
+                    let read_some = matches!((op, &res), (IoOp::Read { .. }, Ok(n)) if *n > 0);
                     if let Some(s) = session {
                         if let Some(ev) = s.take_event() {
                             self.counters.count_tls(ev);
                         }
-                        eof_pending = s.eof_pending()
-                            && matches!((op, &res), (IoOp::Read { .. }, Ok(n)) if *n > 0);
+                        eof_pending = s.eof_pending() && read_some;
+                    }
+                    if let Some(b) = backend_session {
+                        tls::report(b, &mut self.counters, &res);
+                        eof_pending = b.session.eof_pending() && read_some;
                     }
                     let mut cx = lend!(self, completion);
                     e.conn.complete_io(op, res, &mut cx, &self.time);
@@ -569,7 +635,7 @@ impl Worker {
                         // What EPOLLRDHUP would have said, had the end not already been read
                         // out of the socket with the bytes before it.
                         let ev = Event::Ready {
-                            side: Side::Client,
+                            side,
                             readable: true,
                             writable: false,
                             hup: true,
@@ -585,6 +651,7 @@ impl Worker {
                     if let Some(old) = e.backend.take() {
                         d.close(key, Side::Backend, old.into());
                     }
+                    tls::drop_session(&mut self.backend_tls, &mut self.counters, key);
                     if let Some(s) = self.backend_pool.checkout(addr, self.time.now) {
                         if d.watch(s.as_fd(), Watch::Conn(key, Side::Backend)).is_ok() {
                             e.backend = Some(s);
@@ -599,7 +666,8 @@ impl Worker {
                 Step::Release(addr) => {
                     if let Some(b) = e.backend.take() {
                         d.unwatch(b.as_fd());
-                        if self.draining.is_none() {
+                        // Only plain connections are pooled (a TLS one's session is not kept).
+                        if self.draining.is_none() && !self.backend_tls.contains_key(&key) {
                             self.backend_pool.release(addr, b, self.time.now);
                         }
                     }
@@ -613,6 +681,7 @@ impl Worker {
                     if let Some(old) = e.backend.take() {
                         d.close(key, Side::Backend, old.into());
                     }
+                    tls::drop_session(&mut self.backend_tls, &mut self.counters, key);
                     self.connect_step(key, addr, d);
                 }
                 Step::CheckConnect => {
@@ -623,6 +692,10 @@ impl Worker {
                     if let Some(old) = e.backend.take() {
                         d.close(key, Side::Backend, old.into());
                     }
+                    tls::drop_session(&mut self.backend_tls, &mut self.counters, key);
+                }
+                Step::StartTls { route, backend } => {
+                    self.start_backend_tls(key, route, backend, d);
                 }
                 Step::Admit(ip) => {
                     let a = match self.limiter.acquire(ip) {

@@ -22,20 +22,27 @@
 //!
 //! How a handshake ended is reported once ([`TlsSession::take_event`]) for the metrics.
 
+mod backend;
 mod certs;
+mod role;
 mod tickets;
+
+pub use backend::{BackendTls, BackendTlsTable, BACKEND_RESULTS};
+pub use role::Role;
 
 pub use certs::{check_files, CertError, CertResolver, TlsSettings};
 pub use tickets::TicketKeys;
 
-use crate::core::conn::PlainHttpOnTls;
+use crate::core::conn::{BackendTlsFailed, PlainHttpOnTls};
 use crate::transport::Transport;
-use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::client::UnbufferedClientConnection;
+use rustls::pki_types::ServerName;
+use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{
     AppDataRecord, ConnectionState, EncodeError, EncodeTlsData, EncryptError, UnbufferedStatus,
     WriteTraffic,
 };
-use rustls::{HandshakeKind, ProtocolVersion, ServerConfig};
+use rustls::{ClientConfig, HandshakeKind, ProtocolVersion, ServerConfig};
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -80,6 +87,13 @@ pub enum Failure {
     BadMessage,
     /// The client closed or timed out before the handshake finished.
     Incomplete,
+    /// A backend's certificate does not chain to the trusted roots (`backend_ca`, or the
+    /// system's), or is otherwise unacceptable.
+    Untrusted,
+    /// A backend's certificate is not valid for the name we asked (`backend_server_name`).
+    NameMismatch,
+    /// A backend's certificate is expired or not valid yet.
+    Expired,
 }
 
 /// How a TLS handshake ended, for the metrics.
@@ -132,8 +146,26 @@ impl TlsEvent {
                 Failure::NotTls => 3,
                 Failure::Incompatible => 4,
                 Failure::UnknownSni => 5,
-                Failure::BadMessage => 6,
+                // Only a backend's certificate is verified.
+                Failure::BadMessage | Failure::Untrusted | Failure::NameMismatch | Failure::Expired => 6,
                 Failure::Incomplete => 7,
+            },
+        }
+    }
+
+    /// Index into [`BACKEND_RESULTS`].
+    pub fn backend_result(self) -> usize {
+        match self {
+            TlsEvent::Established { resumed: false, .. } => 0,
+            TlsEvent::Established { resumed: true, .. } => 1,
+            TlsEvent::Failed(f) => match f {
+                Failure::Untrusted => 2,
+                Failure::NameMismatch => 3,
+                Failure::Expired => 4,
+                Failure::Incompatible => 5,
+                Failure::Incomplete => 7,
+                // A backend is never a client speaking plain HTTP or asking by SNI.
+                Failure::BadMessage | Failure::PlainHttp | Failure::NotTls | Failure::UnknownSni => 6,
             },
         }
     }
@@ -163,8 +195,8 @@ const EOF_READ: u16 = 1024;
 
 /// One client's TLS session. Boxed and kept beside the slab entry: plain entries do not pay
 /// for it.
-pub struct TlsSession {
-    conn: UnbufferedServerConnection,
+pub struct TlsSession<C: Role = UnbufferedServerConnection> {
+    conn: C,
     /// Received bytes not processed yet: the start of a record whose rest has not arrived.
     /// Empty, without an allocation, between records.
     rx: Vec<u8>,
@@ -176,7 +208,7 @@ pub struct TlsSession {
     event: Option<TlsEvent>,
 }
 
-impl std::fmt::Debug for TlsSession {
+impl<C: Role> std::fmt::Debug for TlsSession<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsSession")
             .field("rx", &self.rx.len())
@@ -199,7 +231,7 @@ fn not_connected() -> io::Error {
 }
 
 /// Appends the handshake record rustls wants sent to `tx`.
-fn encode(e: &mut EncodeTlsData<'_, ServerConnectionData>, tx: &mut Vec<u8>) {
+fn encode<D>(e: &mut EncodeTlsData<'_, D>, tx: &mut Vec<u8>) {
     let start = tx.len();
     tx.resize(start + 4096, 0);
     let n = match e.encode(&mut tx[start..]) {
@@ -213,9 +245,9 @@ fn encode(e: &mut EncodeTlsData<'_, ServerConnectionData>, tx: &mut Vec<u8>) {
     tx.truncate(start + n);
 }
 
-impl TlsSession {
+impl TlsSession<UnbufferedServerConnection> {
     /// A session for a client just accepted on a TLS listener.
-    pub fn new(config: Arc<ServerConfig>) -> Result<TlsSession, rustls::Error> {
+    pub fn new(config: Arc<ServerConfig>) -> Result<Self, rustls::Error> {
         Ok(TlsSession {
             conn: UnbufferedServerConnection::new(config)?,
             rx: Vec::new(),
@@ -225,6 +257,26 @@ impl TlsSession {
             event: None,
         })
     }
+}
+
+impl TlsSession<UnbufferedClientConnection> {
+    /// A session toward a TLS backend whose TCP connect just completed, verifying its
+    /// certificate for `name`. The handshake runs inside the first write (the request head),
+    /// so nothing of the head leaves before the backend proved who it is.
+    pub fn client(config: Arc<ClientConfig>, name: ServerName<'static>) -> Result<Self, rustls::Error> {
+        Ok(TlsSession {
+            conn: UnbufferedClientConnection::new(config, name)?,
+            rx: Vec::new(),
+            plain: Vec::new(),
+            tx: Vec::new(),
+            // A backend's bytes are never taken for a plain HTTP client.
+            flags: STARTED,
+            event: None,
+        })
+    }
+}
+
+impl<C: Role> TlsSession<C> {
 
     /// How the handshake ended, once.
     pub fn take_event(&mut self) -> Option<TlsEvent> {
@@ -245,13 +297,14 @@ impl TlsSession {
 
     fn established(&mut self) {
         self.flags |= DONE;
-        let version = usize::from(self.conn.protocol_version() == Some(ProtocolVersion::TLSv1_3));
+        let version = usize::from(self.conn.common().protocol_version() == Some(ProtocolVersion::TLSv1_3));
         let cipher = self
             .conn
+            .common()
             .negotiated_cipher_suite()
             .and_then(|s| s.suite().as_str())
             .and_then(|name| CIPHERS.iter().position(|&c| c == name));
-        let resumed = self.conn.handshake_kind() == Some(HandshakeKind::Resumed);
+        let resumed = self.conn.common().handshake_kind() == Some(HandshakeKind::Resumed);
         self.event = Some(TlsEvent::Established {
             version,
             cipher,
@@ -259,10 +312,14 @@ impl TlsSession {
         });
     }
 
-    fn fail(&mut self, e: &rustls::Error) {
+    /// rustls failed with `e`; `rest` is what the failing call left unprocessed (its ranges
+    /// refer to those bytes, so the calls that yield the alert get them again).
+    fn fail(&mut self, e: &rustls::Error, rest: &mut [u8]) {
         self.flags |= FAILED;
         if self.flags & DONE == 0 {
-            let why = if self.flags & NOT_TLS != 0 {
+            let why = if C::CLIENT {
+                backend::classify(e)
+            } else if self.flags & NOT_TLS != 0 {
                 Failure::NotTls
             } else {
                 match e {
@@ -277,7 +334,7 @@ impl TlsSession {
         // rustls queued a fatal alert; a failed session yields it and then blocks. The bound
         // only guards against a loop should that ever change.
         for _ in 0..8 {
-            let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut []);
+            let UnbufferedStatus { state, .. } = self.conn.process(rest);
             match state {
                 Ok(ConnectionState::EncodeTlsData(mut enc)) => encode(&mut enc, &mut self.tx),
                 Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
@@ -298,7 +355,7 @@ impl TlsSession {
         let mut at = 0;
         let result = loop {
             let UnbufferedStatus { mut discard, state } =
-                self.conn.process_tls_records(&mut work[at..*have]);
+                self.conn.process(&mut work[at..*have]);
             let state = match state {
                 Ok(s) => s,
                 Err(e) => {
@@ -350,7 +407,7 @@ impl TlsSession {
         };
         work.copy_within(at..*have, 0);
         *have -= at;
-        if self.flags & (DONE | FAILED) == 0 && !self.conn.is_handshaking() {
+        if self.flags & (DONE | FAILED) == 0 && !self.conn.common().is_handshaking() {
             self.established();
         }
         result
@@ -395,7 +452,7 @@ impl TlsSession {
                     }
                 }
                 if let Err(e) = self.process(work, &mut have, out, &mut n) {
-                    self.fail(&e);
+                    self.fail(&e, &mut work[..have]);
                     let _ = self.flush(sock);
                     have = 0;
                     break Err(invalid(e));
@@ -428,7 +485,7 @@ impl TlsSession {
                     // EOF already signalled by EPOLLRDHUP would not be signalled again.
                     if k < want && n > 0 {
                         if let Err(e) = self.process(work, &mut have, out, &mut n) {
-                            self.fail(&e);
+                            self.fail(&e, &mut work[..have]);
                             let _ = self.flush(sock);
                             have = 0;
                             break Err(invalid(e));
@@ -464,20 +521,21 @@ impl TlsSession {
         &mut self,
         work: &mut [u8],
         mut f: impl FnMut(
-            &mut WriteTraffic<'_, ServerConnectionData>,
+            &mut WriteTraffic<'_, C::Data>,
             &mut [u8],
         ) -> Result<usize, EncryptError>,
     ) -> io::Result<Result<usize, EncryptError>> {
         for _ in 0..8 {
             // `rx` holds at most the start of one record, so nothing is read here.
-            let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut self.rx);
+            let UnbufferedStatus { state, .. } = self.conn.process(&mut self.rx);
             match state {
                 Ok(ConnectionState::WriteTraffic(mut w)) => return Ok(f(&mut w, work)),
                 Ok(ConnectionState::EncodeTlsData(mut e)) => encode(&mut e, &mut self.tx),
                 Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
                 Ok(_) => return Err(not_connected()),
                 Err(e) => {
-                    self.fail(&e);
+                    let mut rest = std::mem::take(&mut self.rx);
+                    self.fail(&e, &mut rest);
                     return Err(invalid(e));
                 }
             }
@@ -513,6 +571,16 @@ impl TlsSession {
         if self.flags & PLAIN != 0 {
             return (&*sock).write(data);
         }
+        if C::CLIENT && self.flags & (DONE | FAILED | CLOSE_SENT) == 0 {
+            // Toward a backend: the first write runs the handshake; `WouldBlock` until done.
+            self.handshake(sock, work).map_err(|e| {
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    e
+                } else {
+                    io::Error::new(e.kind(), BackendTlsFailed(e.to_string()))
+                }
+            })?;
+        }
         if self.flags & DONE == 0 || self.flags & (FAILED | CLOSE_SENT) != 0 {
             return Err(not_connected());
         }
@@ -530,6 +598,56 @@ impl TlsSession {
         };
         self.send(sock, &work[..len])?;
         Ok(take)
+    }
+
+    /// Runs a client handshake as far as the socket allows: Ok once it is complete,
+    /// `WouldBlock` while it waits for the backend, an error when it failed (the alert is sent).
+    fn handshake(&mut self, sock: &TcpStream, work: &mut [u8]) -> io::Result<()> {
+        let mut have = self.rx.len();
+        work[..have].copy_from_slice(&self.rx);
+        self.rx = Vec::new();
+        // Application bytes the backend sends with its last flight wait in `plain`.
+        let mut n = 0;
+        let res = loop {
+            if let Err(e) = self.process(work, &mut have, &mut [], &mut n) {
+                self.fail(&e, &mut work[..have]);
+                let _ = self.flush(sock);
+                have = 0;
+                break Err(invalid(e));
+            }
+            match self.flush(sock) {
+                Err(e) if e.kind() != io::ErrorKind::WouldBlock => break Err(e),
+                _ => {}
+            }
+            if self.flags & DONE != 0 {
+                break Ok(());
+            }
+            if self.flags & PEER_CLOSED != 0 {
+                break Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the backend closed during the TLS handshake",
+                ));
+            }
+            if have == work.len() {
+                break Err(invalid("TLS record larger than the receive buffer"));
+            }
+            match (&*sock).read(&mut work[have..]) {
+                Ok(0) => self.flags |= PEER_CLOSED,
+                Ok(k) => have += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        if have > 0 {
+            self.rx = work[..have].to_vec();
+        }
+        res
+    }
+
+    /// True while a client session's handshake is under way (a readable backend socket then
+    /// lets the write that waits for it go on).
+    pub fn handshaking(&self) -> bool {
+        C::CLIENT && self.flags & (DONE | FAILED) == 0
     }
 
     fn shutdown_write(&mut self, sock: &TcpStream, work: &mut [u8]) -> io::Result<()> {
@@ -569,19 +687,19 @@ impl TlsSession {
 }
 
 /// A TLS client's socket, session and the worker's buffers, for one operation.
-pub struct TlsIo<'a> {
+pub struct TlsIo<'a, C: Role = UnbufferedServerConnection> {
     pub sock: &'a TcpStream,
-    pub session: &'a mut TlsSession,
+    pub session: &'a mut TlsSession<C>,
     pub bufs: &'a mut TlsBuffers,
 }
 
-impl AsFd for TlsIo<'_> {
+impl<C: Role> AsFd for TlsIo<'_, C> {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.sock.as_fd()
     }
 }
 
-impl Transport for TlsIo<'_> {
+impl<C: Role> Transport for TlsIo<'_, C> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.session.read(self.sock, buf, &mut self.bufs.rx)
     }
