@@ -312,9 +312,7 @@ impl<C: Role> TlsSession<C> {
         });
     }
 
-    /// rustls failed with `e`; `rest` is what the failing call left unprocessed (its ranges
-    /// refer to those bytes, so the calls that yield the alert get them again).
-    fn fail(&mut self, e: &rustls::Error, rest: &mut [u8]) {
+    fn fail(&mut self, e: &rustls::Error) {
         self.flags |= FAILED;
         if self.flags & DONE == 0 {
             let why = if C::CLIENT {
@@ -331,13 +329,17 @@ impl<C: Role> TlsSession<C> {
             };
             self.event = Some(TlsEvent::Failed(why));
         }
-        // rustls queued a fatal alert; a failed session yields it and then blocks. The bound
-        // only guards against a loop should that ever change.
+        // rustls queued a fatal alert: take what it queued, and only that. A call with nothing
+        // queued would go on to deframe, and the handshake messages it still holds point into
+        // bytes already given up (a client session fails in the middle of the server's flight).
+        // The bound only guards against a loop should that ever change.
         for _ in 0..8 {
-            let UnbufferedStatus { state, .. } = self.conn.process(rest);
+            if !self.conn.common().wants_write() {
+                break;
+            }
+            let UnbufferedStatus { state, .. } = self.conn.process(&mut []);
             match state {
                 Ok(ConnectionState::EncodeTlsData(mut enc)) => encode(&mut enc, &mut self.tx),
-                Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
                 _ => break,
             }
         }
@@ -452,7 +454,7 @@ impl<C: Role> TlsSession<C> {
                     }
                 }
                 if let Err(e) = self.process(work, &mut have, out, &mut n) {
-                    self.fail(&e, &mut work[..have]);
+                    self.fail(&e);
                     let _ = self.flush(sock);
                     have = 0;
                     break Err(invalid(e));
@@ -485,7 +487,7 @@ impl<C: Role> TlsSession<C> {
                     // EOF already signalled by EPOLLRDHUP would not be signalled again.
                     if k < want && n > 0 {
                         if let Err(e) = self.process(work, &mut have, out, &mut n) {
-                            self.fail(&e, &mut work[..have]);
+                            self.fail(&e);
                             let _ = self.flush(sock);
                             have = 0;
                             break Err(invalid(e));
@@ -534,8 +536,7 @@ impl<C: Role> TlsSession<C> {
                 Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
                 Ok(_) => return Err(not_connected()),
                 Err(e) => {
-                    let mut rest = std::mem::take(&mut self.rx);
-                    self.fail(&e, &mut rest);
+                    self.fail(&e);
                     return Err(invalid(e));
                 }
             }
@@ -610,7 +611,7 @@ impl<C: Role> TlsSession<C> {
         let mut n = 0;
         let res = loop {
             if let Err(e) = self.process(work, &mut have, &mut [], &mut n) {
-                self.fail(&e, &mut work[..have]);
+                self.fail(&e);
                 let _ = self.flush(sock);
                 have = 0;
                 break Err(invalid(e));
