@@ -20,7 +20,9 @@ use tokio::net::{TcpListener, TcpStream};
 /// Listens on 127.0.0.1 and forwards each connection to `target`, keeping every byte sent
 /// toward `target`.
 async fn tap(target: SocketAddr) -> (SocketAddr, Arc<Mutex<Vec<u8>>>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind the tap");
+    let l = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the tap");
     let addr = l.local_addr().expect("tap address");
     let seen = Arc::new(Mutex::new(Vec::new()));
     let kept = seen.clone();
@@ -108,14 +110,21 @@ async fn untrusted_backend_certificate_is_502_and_no_plaintext_reaches_it() {
     let (bad, seen) = tap(terminator(recorder.addr, evil).await).await;
     let echo = EchoBackend::start().await;
     let good = terminator(echo.addr, shared().1.clone()).await;
-    let mut toml =
-        "listen = [\"127.0.0.1:0\"]\nworkers = 1\nadmin = \"127.0.0.1:0\"\n".to_owned();
-    toml.push_str(&tls_route("/bad", &[format!("wss://{bad}")], Some(SERVER_NAME)));
+    let mut toml = "listen = [\"127.0.0.1:0\"]\nworkers = 1\nadmin = \"127.0.0.1:0\"\n".to_owned();
+    toml.push_str(&tls_route(
+        "/bad",
+        &[format!("wss://{bad}")],
+        Some(SERVER_NAME),
+    ));
     toml.push_str(&tls_route("/good", &[good.to_string()], Some(SERVER_NAME)));
     let proxy = start(toml).await;
 
     let answer = exchange(&proxy, &upgrade_request("/bad/chat", &[])).await;
-    assert_status(&answer, 502, "upgrade to a backend with an untrusted certificate");
+    assert_status(
+        &answer,
+        502,
+        "upgrade to a backend with an untrusted certificate",
+    );
     eventually("the untrusted handshake is counted", STEP, || {
         backend_tls(&proxy, "untrusted") == 1
     })
@@ -149,8 +158,16 @@ async fn untrusted_backend_certificate_is_502_and_no_plaintext_reaches_it() {
     })
     .await;
     // An HTTP request to it is refused the same way.
-    let answer = exchange(&proxy, b"GET /bad/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n").await;
-    assert_status(&answer, 502, "request to a backend with an untrusted certificate");
+    let answer = exchange(
+        &proxy,
+        b"GET /bad/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_status(
+        &answer,
+        502,
+        "request to a backend with an untrusted certificate",
+    );
     still_serves(&proxy, "/good").await;
     eventually("the good backend's handshake is counted", STEP, || {
         backend_tls(&proxy, "ok") == 1
@@ -162,13 +179,20 @@ async fn untrusted_backend_certificate_is_502_and_no_plaintext_reaches_it() {
 async fn backend_name_mismatch_is_502() {
     let echo = EchoBackend::start().await;
     let good = terminator(echo.addr, shared().1.clone()).await;
-    let mut toml =
-        "listen = [\"127.0.0.1:0\"]\nworkers = 1\nadmin = \"127.0.0.1:0\"\n".to_owned();
+    let mut toml = "listen = [\"127.0.0.1:0\"]\nworkers = 1\nadmin = \"127.0.0.1:0\"\n".to_owned();
     // The certificate names localhost and *.example.com.
-    toml.push_str(&tls_route("/other", &[good.to_string()], Some("other.test")));
+    toml.push_str(&tls_route(
+        "/other",
+        &[good.to_string()],
+        Some("other.test"),
+    ));
     // Without a name the backend's IP is checked, which the certificate does not name.
     toml.push_str(&tls_route("/ip", &[good.to_string()], None));
-    toml.push_str(&tls_route("/wild", &[good.to_string()], Some("a.example.com")));
+    toml.push_str(&tls_route(
+        "/wild",
+        &[good.to_string()],
+        Some("a.example.com"),
+    ));
     let proxy = start(toml).await;
 
     for path in ["/other/x", "/ip/x"] {
@@ -193,8 +217,7 @@ async fn bad_certificate_fails_over_to_the_next_backend() {
     let bad = terminator(recorder.addr, evil).await;
     let echo = EchoBackend::start().await;
     let good = terminator(echo.addr, shared().1.clone()).await;
-    let mut toml =
-        "listen = [\"127.0.0.1:0\"]\nworkers = 1\nadmin = \"127.0.0.1:0\"\n".to_owned();
+    let mut toml = "listen = [\"127.0.0.1:0\"]\nworkers = 1\nadmin = \"127.0.0.1:0\"\n".to_owned();
     toml.push_str(&tls_route(
         "/ws",
         &[format!("wss://{bad}"), format!("wss://{good}")],
@@ -210,7 +233,11 @@ async fn bad_certificate_fails_over_to_the_next_backend() {
         backend_tls(&proxy, "untrusted") == 1
     })
     .await;
-    assert_eq!(recorder.counts().1, 0, "nothing decrypted at the bad backend");
+    assert_eq!(
+        recorder.counts().1,
+        0,
+        "nothing decrypted at the bad backend"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -292,7 +319,10 @@ async fn redirecting(echo: &EchoBackend, extra_route: &str) -> (Proxy, SocketAdd
         .and_then(|a| a.parse().ok())
         .expect("the redirect listener's address");
     let tls_port = proxy.tls_addr().expect("TLS listener").port();
-    assert!(line.ends_with(&format!("redirect-to-https:{tls_port}")), "{line}");
+    assert!(
+        line.ends_with(&format!("redirect-to-https:{tls_port}")),
+        "{line}"
+    );
     (proxy, addr, tls_port)
 }
 

@@ -66,7 +66,10 @@ impl Config {
             listen.clone()
         };
         for (i, addr) in tls.redirect.iter().enumerate() {
-            if tls.redirect[..i].contains(addr) || listen.contains(addr) || tls.listen.contains(addr) {
+            if tls.redirect[..i].contains(addr)
+                || listen.contains(addr)
+                || tls.listen.contains(addr)
+            {
                 return Err(ConfigError::flag(
                     "--redirect-listen",
                     format!("{addr} is given twice (a redirect listener needs a port of its own)"),

@@ -1,8 +1,8 @@
 //! `[[route]]`: one table per route.
 
+use super::model::BackendTls;
 use super::value::{normalize_host, normalize_origin, normalize_prefix, parse_backend_url};
 use super::walk::{key, required, Field, Key};
-use super::model::BackendTls;
 use super::{
     BackendProtocol, Balance, Config, ConfigError, ForwardedFor, HashKey, ProxyVersion, Route,
     SameSite, StickyCookie,
@@ -194,7 +194,10 @@ fn backends(route: &mut Route, field: &Field<'_>) -> Result<(), ConfigError> {
 /// `backend_tls = true`: the backends speak TLS (read after `backends`).
 fn backend_tls(route: &mut Route, field: &Field<'_>) -> Result<(), ConfigError> {
     if field.bool()? {
-        route.options.backend_tls.get_or_insert_with(BackendTls::default);
+        route
+            .options
+            .backend_tls
+            .get_or_insert_with(BackendTls::default);
     } else if route.options.backend_tls.is_some() {
         return Err(field.error(
             "backend_tls = false contradicts the wss:// or https:// backends of this route",

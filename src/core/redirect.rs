@@ -40,7 +40,10 @@ pub fn answer(head: &[u8], s: &Settings, https_port: u16) -> Result<(u16, Vec<u8
     } else {
         return Err(bad(BadRequest::TargetForm));
     };
-    let mut hosts = req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("host"));
+    let mut hosts = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("host"));
     let asked = match (hosts.next(), hosts.next()) {
         (Some(h), None) => std::str::from_utf8(h.value).ok().and_then(valid_host),
         (None, _) => None,
@@ -88,7 +91,11 @@ fn valid_host(value: &str) -> Option<String> {
         }
     };
     let name = name.strip_suffix('.').unwrap_or(name);
-    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    {
         return None;
     }
     ServerName::try_from(name).ok()?;

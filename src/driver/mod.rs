@@ -128,8 +128,8 @@ pub enum Chosen {
 pub fn choose_driver(cfg: &Config) -> io::Result<Chosen> {
     // TLS sessions run in the worker's own buffers through the transport; the io_uring driver
     // moves socket bytes itself, so TLS listeners stay on epoll until it runs them too.
-    let tls = !cfg.tls.listen.is_empty()
-        || cfg.routes.iter().any(|r| r.options.backend_tls.is_some());
+    let tls =
+        !cfg.tls.listen.is_empty() || cfg.routes.iter().any(|r| r.options.backend_tls.is_some());
     match cfg.driver {
         DriverMode::Epoll => Ok(Chosen::Epoll),
         DriverMode::Uring if tls => Err(io::Error::new(

@@ -522,12 +522,19 @@ fn tls_backends_by_scheme_or_key() {
     let a = &cfg.routes[0];
     assert_eq!(
         a.backends,
-        vec!["127.0.0.1:9443".parse::<SocketAddr>().unwrap(), "127.0.0.1:9444".parse().unwrap()]
+        vec![
+            "127.0.0.1:9443".parse::<SocketAddr>().unwrap(),
+            "127.0.0.1:9444".parse().unwrap()
+        ]
     );
     let tls = a.options.backend_tls.as_ref().expect("TLS backends");
     assert_eq!(tls.ca.as_deref(), Some(Path::new("ca.pem")));
     assert_eq!(tls.server_name.as_deref(), Some("backend.example"));
-    let b = cfg.routes[1].options.backend_tls.as_ref().expect("backend_tls = true");
+    let b = cfg.routes[1]
+        .options
+        .backend_tls
+        .as_ref()
+        .expect("backend_tls = true");
     assert_eq!((b.ca.as_ref(), b.server_name.as_ref()), (None, None));
     assert_eq!(cfg.routes[2].options.backend_tls, None);
 }
@@ -538,9 +545,15 @@ fn redirect_listen_and_port() {
         "{LISTEN}{ROUTE}[tls]\nlisten = [\"127.0.0.1:8443\"]\nredirect_listen = [\"127.0.0.1:8081\"]\n[[tls.cert]]\ncert = \"c.pem\"\nkey = \"k.pem\"\n"
     ))
     .expect("config");
-    assert_eq!(cfg.tls.redirect_listen, vec!["127.0.0.1:8081".parse::<SocketAddr>().unwrap()]);
+    assert_eq!(
+        cfg.tls.redirect_listen,
+        vec!["127.0.0.1:8081".parse::<SocketAddr>().unwrap()]
+    );
     assert_eq!(cfg.https_port(), 8443);
     assert_eq!(cfg.all_listen().count(), 3);
-    let cfg = parse(&format!("{LISTEN}{ROUTE}[tls]\nredirect_listen = [\"127.0.0.1:8081\"]\nredirect_port = 4443\n")).expect("config");
+    let cfg = parse(&format!(
+        "{LISTEN}{ROUTE}[tls]\nredirect_listen = [\"127.0.0.1:8081\"]\nredirect_port = 4443\n"
+    ))
+    .expect("config");
     assert_eq!(cfg.https_port(), 4443);
 }

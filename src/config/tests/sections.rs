@@ -174,7 +174,10 @@ fn unknown_key_hints_name_each_sections_keys() {
         ("[uring]", "buffer_size, buffer_memory"),
         ("[access_log]", "path, format"),
         ("[proxy_protocol]", "listen, trusted"),
-        ("[tls]", "listen, cert, unknown_sni, session_tickets, redirect_listen, redirect_port"),
+        (
+            "[tls]",
+            "listen, cert, unknown_sni, session_tickets, redirect_listen, redirect_port",
+        ),
         ("[backend_pool]", "max_idle, idle_timeout"),
         (
             "[[route]]",

@@ -235,7 +235,10 @@ pub enum Step {
     /// the route's TLS settings before any byte goes out. The handshake runs inside the first
     /// write; a failure shows as that write's error (answered 502). A worker that cannot
     /// start the session closes the backend socket, so nothing goes out in plaintext.
-    StartTls { route: u32, backend: SocketAddr },
+    StartTls {
+        route: u32,
+        backend: SocketAddr,
+    },
     /// Close the backend socket: the client gets an answer of ours.
     CloseBackend,
     /// Like [`Step::Connect`], but an idle pooled connection to this backend may serve

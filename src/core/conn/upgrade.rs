@@ -425,8 +425,7 @@ impl Upgrading {
                 }
                 Err(e) if retry(&e) => Action::Wait,
                 Err(e) if BackendTlsFailed::is(&e) => {
-                    self.hs
-                        .handle_connect_failed(s, t.now, ConnectFailure::Tls)
+                    self.hs.handle_connect_failed(s, t.now, ConnectFailure::Tls)
                 }
                 Err(_) => self
                     .hs
@@ -472,7 +471,10 @@ impl Upgrading {
                     if r.options.backend_tls.is_some() && self.hs.is_connecting() {
                         // TLS records cannot splice: the tunnel copies.
                         self.splice_ok = false;
-                        self.start_tls = Some(Step::StartTls { route: r.id, backend });
+                        self.start_tls = Some(Step::StartTls {
+                            route: r.id,
+                            backend,
+                        });
                     }
                 }
                 self.hs.handle_connected(s, t.now)

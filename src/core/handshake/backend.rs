@@ -4,6 +4,45 @@
 use super::*;
 
 impl Handshake {
+    /// How many bytes the driver may read from the backend now.
+    pub fn backend_read_limit(&self, s: &Settings) -> usize {
+        match self.state {
+            State::ReadAnswer => s.max_head_bytes.saturating_sub(self.answer.len()).max(1),
+            State::ForwardAnswer { .. } => (s.max_head_bytes + MAX_FORWARD_BODY)
+                .saturating_sub(self.answer.len())
+                .max(1),
+            // No backend yet, or its head is not sent; after the 101 the relay reads.
+            State::ReadProxy
+            | State::ReadHead
+            | State::Connecting
+            | State::SendHead
+            | State::Upgraded
+            | State::Forward
+            | State::Done => 0,
+        }
+    }
+
+    /// The next backend of the route, or the answer once each was tried.
+    pub(super) fn connect_next(&mut self, s: &Settings, now: Instant) -> Action {
+        let r = s.routes.get(self.route);
+        if self.tried >= r.backends.len() {
+            return self.fail(match self.last_failure {
+                Some(ConnectFailure::Timeout) => Reject::BackendTimeout,
+                Some(ConnectFailure::NoDescriptors) => Reject::Overloaded,
+                Some(ConnectFailure::Reset | ConnectFailure::Tls) => {
+                    Reject::BackendFailed(BackendFailure::Reset)
+                }
+                _ => Reject::BackendFailed(BackendFailure::Refused),
+            });
+        }
+        let addr = r.backends[(self.first_backend + self.tried) % r.backends.len()];
+        self.tried += 1;
+        self.backend = Some(addr);
+        self.state = State::Connecting;
+        self.deadline = now + s.timeouts.connect;
+        Action::Connect(addr)
+    }
+
     /// The backend connect completed.
     pub fn handle_connected(&mut self, s: &Settings, now: Instant) -> Action {
         match self.state {

@@ -353,24 +353,6 @@ impl Handshake {
         }
     }
 
-    /// How many bytes the driver may read from the backend now.
-    pub fn backend_read_limit(&self, s: &Settings) -> usize {
-        match self.state {
-            State::ReadAnswer => s.max_head_bytes.saturating_sub(self.answer.len()).max(1),
-            State::ForwardAnswer { .. } => (s.max_head_bytes + MAX_FORWARD_BODY)
-                .saturating_sub(self.answer.len())
-                .max(1),
-            // No backend yet, or its head is not sent; after the 101 the relay reads.
-            State::ReadProxy
-            | State::ReadHead
-            | State::Connecting
-            | State::SendHead
-            | State::Upgraded
-            | State::Forward
-            | State::Done => 0,
-        }
-    }
-
     /// Bytes for the backend while the rewritten head is sent (SendHead).
     pub fn backend_output(&self) -> &[u8] {
         &self.to_backend[self.written.min(self.to_backend.len())..]
@@ -611,26 +593,6 @@ impl Handshake {
         }
         write_backend_head(&mut out, req, path, query, &fwd);
         out
-    }
-
-    fn connect_next(&mut self, s: &Settings, now: Instant) -> Action {
-        let r = s.routes.get(self.route);
-        if self.tried >= r.backends.len() {
-            return self.fail(match self.last_failure {
-                Some(ConnectFailure::Timeout) => Reject::BackendTimeout,
-                Some(ConnectFailure::NoDescriptors) => Reject::Overloaded,
-                Some(ConnectFailure::Reset | ConnectFailure::Tls) => {
-                    Reject::BackendFailed(BackendFailure::Reset)
-                }
-                _ => Reject::BackendFailed(BackendFailure::Refused),
-            });
-        }
-        let addr = r.backends[(self.first_backend + self.tried) % r.backends.len()];
-        self.tried += 1;
-        self.backend = Some(addr);
-        self.state = State::Connecting;
-        self.deadline = now + s.timeouts.connect;
-        Action::Connect(addr)
     }
 
     /// The client closed before the handshake finished.

@@ -68,9 +68,13 @@ impl BackendTlsTable {
             let roots = match &tls.ca {
                 Some(path) => {
                     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-                        .map_err(|e| format!("{at}: backend_ca {}: cannot read: {e}", path.display()))?
+                        .map_err(|e| {
+                            format!("{at}: backend_ca {}: cannot read: {e}", path.display())
+                        })?
                         .collect::<Result<_, _>>()
-                        .map_err(|e| format!("{at}: backend_ca {}: bad PEM: {e}", path.display()))?;
+                        .map_err(|e| {
+                            format!("{at}: backend_ca {}: bad PEM: {e}", path.display())
+                        })?;
                     let mut store = RootCertStore::empty();
                     let (_, bad) = store.add_parsable_certificates(certs);
                     if store.is_empty() {
