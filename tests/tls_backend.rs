@@ -483,3 +483,22 @@ async fn redirect_listen_flag() {
         Some(format!("https://localhost:{port}/q"))
     );
 }
+
+#[test]
+fn a_reload_under_io_uring_refuses_tls_backends() {
+    if emulated() {
+        eprintln!("skipped under emulation: the io_uring driver");
+        return;
+    }
+    raise_test_fd_limit();
+    let plain = "listen = [\"127.0.0.1:0\"]\nworkers = 1\ndriver = \"uring\"\n\n[[route]]\nprefix = \"/\"\nbackends = [\"127.0.0.1:9\"]\n";
+    let cfg = wsplice::config::Config::from_toml_str(plain, "t.toml").expect("config");
+    let mut server = wsplice::driver::Server::start(&cfg).expect("start under io_uring");
+    let tls = plain.replace("127.0.0.1:9", "wss://127.0.0.1:9");
+    let cfg = wsplice::config::Config::from_toml_str(&tls, "t.toml").expect("config");
+    let err = server.reload(&cfg).expect_err("TLS backends under io_uring");
+    assert!(err.to_string().contains("io_uring"), "{err}");
+    // The running configuration stays: a plain reload still applies.
+    let cfg = wsplice::config::Config::from_toml_str(plain, "t.toml").expect("config");
+    server.reload(&cfg).expect("plain reload");
+}

@@ -17,6 +17,7 @@ pub mod access_log;
 pub mod admin;
 pub mod backends;
 mod capacity;
+mod choice;
 pub mod epoll;
 pub mod limiter;
 pub mod memory;
@@ -31,12 +32,13 @@ pub mod uring;
 pub mod worker;
 
 pub use crate::config::WorkerModel;
-use crate::config::{Config, DriverMode, RelayMode};
+use crate::config::{Config, RelayMode};
 use crate::core::handshake::Settings;
 use crate::core::route::RouteTable;
 use crate::sys::sock::{reuseport_listener, Tuning};
 use crate::transport::tls::{BackendTlsTable, TicketKeys, TlsSettings};
 pub use capacity::{capacity, choose_model, process_capacity, Capacity, ModelChoice};
+pub use choice::{choose_driver, runs_tls, Chosen};
 use limiter::{ConnLimiter, IpLimiter};
 use mio::Waker;
 use std::io;
@@ -113,48 +115,6 @@ impl Wake {
             Wake::Epoll(w) => w.wake(),
             Wake::Uring(w) => w.wake(),
         }
-    }
-}
-
-/// The driver the workers run, once `auto` is resolved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Chosen {
-    Epoll,
-    Uring(crate::sys::uring::Setup),
-}
-
-/// Resolves the `driver` key: `uring` refuses to start where io_uring cannot run (the error
-/// says why), `auto` falls back to epoll with one line on stderr saying why.
-pub fn choose_driver(cfg: &Config) -> io::Result<Chosen> {
-    // TLS sessions run in the worker's own buffers through the transport; the io_uring driver
-    // moves socket bytes itself, so TLS listeners stay on epoll until it runs them too.
-    let tls =
-        !cfg.tls.listen.is_empty() || cfg.routes.iter().any(|r| r.options.backend_tls.is_some());
-    match cfg.driver {
-        DriverMode::Epoll => Ok(Chosen::Epoll),
-        DriverMode::Uring if tls => Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "driver = \"uring\" does not run TLS yet; set driver = \"epoll\" (or \"auto\") while [tls] has listeners or a [[route]] has TLS backends",
-        )),
-        DriverMode::Uring => uring::probe().map(Chosen::Uring).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!(
-                    "driver = \"uring\" cannot run here: {e}; set driver = \"epoll\" (or \"auto\") in the config, or pass --driver epoll"
-                ),
-            )
-        }),
-        DriverMode::Auto if tls => {
-            eprintln!("wsplice: driver auto: TLS (listeners or backends) runs on epoll (the io_uring driver does not run TLS yet)");
-            Ok(Chosen::Epoll)
-        }
-        DriverMode::Auto => match uring::probe() {
-            Ok(setup) => Ok(Chosen::Uring(setup)),
-            Err(e) => {
-                eprintln!("wsplice: driver auto: io_uring is unavailable ({e}); using epoll");
-                Ok(Chosen::Epoll)
-            }
-        },
     }
 }
 
@@ -520,6 +480,12 @@ impl Server {
     pub fn reload(&mut self, cfg: &Config) -> io::Result<Vec<(SocketAddr, SocketAddr)>> {
         let n = self.workers.len();
         let mut added: Vec<(SocketAddr, SocketAddr, Vec<std::net::TcpListener>)> = Vec::new();
+        if matches!(self.driver, Chosen::Uring(_)) && runs_tls(cfg) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the io_uring driver in use does not run TLS: TLS listeners and TLS backends need a restart with driver = \"epoll\"",
+            ));
+        }
         // Certificates first: a bad file changes nothing.
         let tls = tls_for(cfg, &self.tickets)?;
         let backend_tls = backend_tls_for(cfg)?;
