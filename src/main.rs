@@ -65,7 +65,7 @@ struct Args {
         long,
         short,
         value_name = "FILE",
-        conflicts_with_all = ["listen", "tls_listen", "cert", "key", "route"]
+        conflicts_with_all = ["listen", "tls_listen", "cert", "key", "route", "redirect_listen"]
     )]
     config: Option<PathBuf>,
 
@@ -86,6 +86,11 @@ struct Args {
     /// Private key of the --cert before it, PEM (PKCS#8, PKCS#1 or SEC1; RSA or ECDSA).
     #[arg(long, value_name = "FILE", requires = "cert")]
     key: Vec<PathBuf>,
+
+    /// Plain address that answers every request with a redirect to https on the first
+    /// --tls-listen port (repeatable), such as 0.0.0.0:80.
+    #[arg(long, value_name = "ADDR", requires = "route")]
+    redirect_listen: Vec<SocketAddr>,
 
     /// Route PREFIX to one or more backends, such as /notice=127.0.0.1:50001,127.0.0.1:50002
     /// (repeatable; instead of --config).
@@ -288,6 +293,12 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         }
+        // So is each route's backend_ca.
+        if let Err(e) = wsplice::transport::tls::BackendTlsTable::load(&cfg.routes) {
+            eprintln!("wsplice: error: {e}");
+            eprintln!("wsplice: configuration {source} test failed");
+            return ExitCode::FAILURE;
+        }
         println!("wsplice: configuration {source} is ok");
         return ExitCode::SUCCESS;
     }
@@ -353,6 +364,7 @@ fn load_text(args: &Args, text: Option<&str>) -> Result<Config, ConfigError> {
                 listen: args.tls_listen.clone(),
                 certs: args.cert.clone(),
                 keys: args.key.clone(),
+                redirect: args.redirect_listen.clone(),
             };
             Config::from_cli_with_tls(
                 args.listen.clone(),

@@ -49,10 +49,23 @@ pub(super) fn announce(
     }
     let mut lines = Vec::new();
     let tls_listen = cfg.listen.len();
+    let redirect_listen = tls_listen + cfg.tls.listen.len();
+    // The first TLS listener's bound port, unless `redirect_port` says otherwise.
+    let https_port = match (cfg.tls.redirect_port, addrs.get(tls_listen)) {
+        (None, Some(a)) if !cfg.tls.listen.is_empty() => a.port(),
+        _ => cfg.https_port(),
+    };
     for (i, addr) in addrs.iter().enumerate() {
-        // Listeners are bound in `all_listen` order: the plain ones, then the TLS ones.
-        let tls = if i >= tls_listen { " tls" } else { "" };
-        lines.push(format!("listen {addr} workers={workers}{tls}"));
+        // Listeners are bound in `all_listen` order: the plain ones, the TLS ones, then the
+        // redirect ones.
+        let kind = if i >= redirect_listen {
+            format!(" redirect-to-https:{https_port}")
+        } else if i >= tls_listen {
+            " tls".to_owned()
+        } else {
+            String::new()
+        };
+        lines.push(format!("listen {addr} workers={workers}{kind}"));
     }
     lines.extend(tls_summary.iter().cloned());
     for route in &cfg.routes {

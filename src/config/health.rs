@@ -19,7 +19,7 @@
 //! max_ejected_percent = 50
 //! ```
 
-use super::value::{normalize_host, normalize_prefix, parse_backend};
+use super::value::{normalize_host, normalize_prefix, parse_backend_url};
 use super::walk::{key, Field, Key};
 use super::{CheckKind, ConfigError, Health, HealthCheck, Route};
 use std::net::SocketAddr;
@@ -117,10 +117,19 @@ pub(super) fn backends(route: &mut Route, field: &Field<'_>) -> Result<(), Confi
     }
     let mut addrs = Vec::with_capacity(items.len());
     let mut weights = Vec::with_capacity(items.len());
+    let mut tls = None;
     for item in &items {
-        let (addr, weight) = backend(item)?;
+        let (addr, weight, this_tls) = backend(item)?;
         addrs.push(addr);
         weights.push(weight);
+        if *tls.get_or_insert(this_tls) != this_tls {
+            return Err(item.error(
+                "one route's backends are all TLS (wss://, https://) or all plain: split them into two routes",
+            ));
+        }
+    }
+    if tls == Some(true) {
+        route.options.backend_tls = Some(super::model::BackendTls::default());
     }
     let sum: u32 = weights.iter().sum();
     if sum > MAX_WEIGHT_SUM {
@@ -137,18 +146,20 @@ pub(super) fn backends(route: &mut Route, field: &Field<'_>) -> Result<(), Confi
     Ok(())
 }
 
-/// One backend: an address string, or a table with `addr` and `weight`.
-fn backend(item: &Field<'_>) -> Result<(SocketAddr, u32), ConfigError> {
+/// One backend: an address string (`ADDR`, or `wss://ADDR` / `https://ADDR` for a TLS
+/// backend), or a table with `addr` and `weight`. Returns (address, weight, TLS).
+fn backend(item: &Field<'_>) -> Result<(SocketAddr, u32, bool), ConfigError> {
     if !matches!(item.value(), DeValue::Table(_)) {
-        return Ok((item.parsed(parse_backend)?, 1));
+        let (tls, addr) = item.parsed(parse_backend_url)?;
+        return Ok((addr, 1, tls));
     }
     struct One {
-        addr: Option<SocketAddr>,
+        addr: Option<(bool, SocketAddr)>,
         weight: u32,
     }
     #[rustfmt::skip]
     const ONE: &[Key<One>] = &[
-        super::walk::required("addr", |b, f| f.parsed(parse_backend).map(|a| b.addr = Some(a))),
+        super::walk::required("addr", |b, f| f.parsed(parse_backend_url).map(|a| b.addr = Some(a))),
         key("weight", |b, f| f.uint_in(1..=u64::from(MAX_WEIGHT)).map(|w| b.weight = w)),
     ];
     let mut one = One {
@@ -156,8 +167,8 @@ fn backend(item: &Field<'_>) -> Result<(SocketAddr, u32), ConfigError> {
         weight: 1,
     };
     item.table()?.read(&mut one, ONE)?;
-    let addr = one
+    let (tls, addr) = one
         .addr
         .ok_or_else(|| item.error("a backend table needs addr = \"host:port\""))?;
-    Ok((addr, one.weight))
+    Ok((addr, one.weight, tls))
 }

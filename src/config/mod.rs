@@ -71,8 +71,8 @@ pub use model::{
 use walk::{Source, Table};
 
 impl Config {
-    /// Reads and validates a TOML file. Errors name `path` as given. Relative certificate and
-    /// key paths are taken from the file's directory.
+    /// Reads and validates a TOML file. Errors name `path` as given. Relative certificate,
+    /// key and `backend_ca` paths are taken from the file's directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         Config::load_with_text(path).map(|(cfg, _)| cfg)
     }
@@ -90,6 +90,12 @@ impl Config {
                     if p.is_relative() {
                         *p = dir.join(&*p);
                     }
+                }
+            }
+            let cas = cfg.routes.iter_mut();
+            for ca in cas.filter_map(|r| r.options.backend_tls.as_mut()?.ca.as_mut()) {
+                if ca.is_relative() {
+                    *ca = dir.join(&*ca);
                 }
             }
         }

@@ -151,6 +151,8 @@ pub struct RouteOptions {
     pub origins: Vec<String>,
     /// How requests are written to the backends.
     pub protocol: BackendProtocol,
+    /// Speak TLS to the backends (`backend_tls = true`, or `wss://`/`https://` backends).
+    pub backend_tls: Option<BackendTls>,
     /// Each backend's weight, in `backends` order (`{ addr = "...", weight = 3 }`); empty when
     /// every backend has weight 1.
     pub weights: Vec<u32>,
@@ -235,6 +237,18 @@ impl CheckKind {
     }
 }
 
+/// How a route's backends are verified when it speaks TLS to them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BackendTls {
+    /// PEM file of the certificate authorities to trust (`backend_ca`); without one, the
+    /// system's roots (the OpenSSL store: /etc/ssl/certs, or `SSL_CERT_FILE`).
+    pub ca: Option<PathBuf>,
+    /// The name sent as SNI and checked against the backend's certificate
+    /// (`backend_server_name`); without one, the backend's IP address (its certificate must
+    /// then name the IP).
+    pub server_name: Option<String>,
+}
+
 impl Default for RouteOptions {
     fn default() -> Self {
         RouteOptions {
@@ -245,6 +259,7 @@ impl Default for RouteOptions {
             protocol: BackendProtocol::Http,
             weights: Vec::new(),
             health: None,
+            backend_tls: None,
         }
     }
 }
@@ -382,6 +397,12 @@ pub struct Tls {
     /// Stateless session tickets, so a reconnecting client resumes without a full handshake
     /// (default true).
     pub session_tickets: bool,
+    /// Plain listeners that answer every request with a redirect to https (the 80 -> 443
+    /// setup). Distinct from `listen` and the TLS listeners.
+    pub redirect_listen: Vec<SocketAddr>,
+    /// The port of the https URL redirects point to; default: the first TLS listener's port
+    /// (443 when there is none).
+    pub redirect_port: Option<u16>,
 }
 
 /// One certificate chain (PEM, leaf first) and its private key (PEM: PKCS#8, PKCS#1 or SEC1;
@@ -419,6 +440,8 @@ impl Default for Tls {
             certs: Vec::new(),
             unknown_sni: UnknownSni::Default,
             session_tickets: true,
+            redirect_listen: Vec::new(),
+            redirect_port: None,
         }
     }
 }
@@ -621,7 +644,19 @@ display_as_str!(RelayMode, ForwardedFor, DriverMode);
 impl Config {
     /// Every listen address, plain then TLS.
     pub fn all_listen(&self) -> impl Iterator<Item = SocketAddr> + '_ {
-        self.listen.iter().chain(&self.tls.listen).copied()
+        self.listen
+            .iter()
+            .chain(&self.tls.listen)
+            .chain(&self.tls.redirect_listen)
+            .copied()
+    }
+
+    /// The port redirect listeners send clients to.
+    pub fn https_port(&self) -> u16 {
+        self.tls
+            .redirect_port
+            .or(self.tls.listen.first().map(|a| a.port()))
+            .unwrap_or(443)
     }
 
     /// `listen` and `routes` as given, everything else at its default: the starting point for both

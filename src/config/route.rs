@@ -1,5 +1,6 @@
 //! `[[route]]`: one table per route.
 
+use super::model::BackendTls;
 use super::value::{normalize_host, normalize_origin, normalize_prefix};
 use super::walk::{key, required, Field, Key};
 use super::{
@@ -31,6 +32,11 @@ const KEYS: &[Key<Route>] = &[
     key("origins", origins),
     key("protocol", |r, f| f.choice(&PROTOCOLS, protocol_spelling).map(|p| r.options.protocol = p)),
     key("health", super::health::health),
+    key("backend_tls", backend_tls),
+    key("backend_ca", |r, f| tls_option(r, f, |t, f| f.str().map(|p| t.ca = Some(p.into())))),
+    key("backend_server_name", |r, f| {
+        tls_option(r, f, |t, f| f.parsed(server_name).map(|n| t.server_name = Some(n)))
+    }),
 ];
 
 const BALANCE: [&str; 4] = ["round_robin", "least_conn", "hash", "cookie"];
@@ -161,4 +167,39 @@ pub(super) fn routes(cfg: &mut Config, field: &Field<'_>) -> Result<(), ConfigEr
         cfg.routes.push(route);
     }
     Ok(())
+}
+/// `backend_tls = true`: the backends speak TLS (read after `backends`).
+fn backend_tls(route: &mut Route, field: &Field<'_>) -> Result<(), ConfigError> {
+    if field.bool()? {
+        route
+            .options
+            .backend_tls
+            .get_or_insert_with(BackendTls::default);
+    } else if route.options.backend_tls.is_some() {
+        return Err(field.error(
+            "backend_tls = false contradicts the wss:// or https:// backends of this route",
+        ));
+    }
+    Ok(())
+}
+
+/// A `backend_*` TLS key: only with TLS backends (read after `backend_tls`).
+fn tls_option(
+    route: &mut Route,
+    field: &Field<'_>,
+    set: fn(&mut BackendTls, &Field<'_>) -> Result<(), ConfigError>,
+) -> Result<(), ConfigError> {
+    match &mut route.options.backend_tls {
+        Some(t) => set(t, field),
+        None => Err(field.error(
+            "TLS settings need TLS backends: add backend_tls = true (or write the backends as wss://ADDR) in the same [[route]]",
+        )),
+    }
+}
+
+/// A DNS name or an IP address, as rustls checks it against the certificate.
+fn server_name(s: &str) -> Result<String, String> {
+    rustls::pki_types::ServerName::try_from(s)
+        .map(|_| s.to_owned())
+        .map_err(|_| format!("invalid server name {s:?}: expected a DNS name such as \"backend.example.com\" or an IP address"))
 }

@@ -21,6 +21,7 @@ pub mod head;
 pub mod health;
 pub mod http;
 pub mod proxy_proto;
+pub mod redirect;
 pub mod relay;
 pub mod rewrite;
 pub mod route;

@@ -271,6 +271,11 @@ pub fn route_id(label: &str) -> u32 {
     u32::from_be_bytes([d[0], d[1], d[2], d[3]])
 }
 
+/// The [`RouteEntry::id`] the route table gives `r`.
+pub fn id_of(r: &Route) -> u32 {
+    route_id(&route_label(r))
+}
+
 /// `host/prefix`, or `prefix` for a route that matches any Host.
 pub fn route_label(r: &Route) -> String {
     match &r.host {

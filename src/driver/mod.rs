@@ -17,6 +17,7 @@ pub mod access_log;
 pub mod admin;
 pub mod backends;
 mod capacity;
+mod choice;
 pub mod epoll;
 pub mod health;
 pub mod limiter;
@@ -32,12 +33,13 @@ pub mod uring;
 pub mod worker;
 
 pub use crate::config::WorkerModel;
-use crate::config::{Config, DriverMode, RelayMode};
+use crate::config::{Config, RelayMode};
 use crate::core::handshake::Settings;
 use crate::core::route::RouteTable;
 use crate::sys::sock::{reuseport_listener, Tuning};
-use crate::transport::tls::{TicketKeys, TlsSettings};
+use crate::transport::tls::{BackendTlsTable, TicketKeys, TlsSettings};
 pub use capacity::{capacity, choose_model, process_capacity, Capacity, ModelChoice};
+pub use choice::{choose_driver, runs_tls, Chosen};
 use limiter::{ConnLimiter, IpLimiter};
 use mio::Waker;
 use std::io;
@@ -66,8 +68,14 @@ pub struct Params {
     pub send_proxy: bool,
     /// Listen addresses (as configured) whose clients speak TLS.
     pub tls_listen: Vec<SocketAddr>,
+    /// Listen addresses (as configured) that answer with redirects to https.
+    pub redirect_listen: Vec<SocketAddr>,
+    /// `[tls] redirect_port`; without it, the first TLS listener's bound port.
+    pub redirect_port: Option<u16>,
     /// Certificates and rustls settings for them; `None` without TLS listeners.
     pub tls: Option<Arc<TlsSettings>>,
+    /// The rustls client settings of routes whose backends speak TLS, by route id.
+    pub backend_tls: Arc<BackendTlsTable>,
     /// Idle backend connections this worker keeps for plain requests (0: none).
     pub pool_max_idle: usize,
     /// An idle pooled backend connection is closed after this.
@@ -108,47 +116,6 @@ impl Wake {
             Wake::Epoll(w) => w.wake(),
             Wake::Uring(w) => w.wake(),
         }
-    }
-}
-
-/// The driver the workers run, once `auto` is resolved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Chosen {
-    Epoll,
-    Uring(crate::sys::uring::Setup),
-}
-
-/// Resolves the `driver` key: `uring` refuses to start where io_uring cannot run (the error
-/// says why), `auto` falls back to epoll with one line on stderr saying why.
-pub fn choose_driver(cfg: &Config) -> io::Result<Chosen> {
-    // TLS sessions run in the worker's own buffers through the transport; the io_uring driver
-    // moves socket bytes itself, so TLS listeners stay on epoll until it runs them too.
-    let tls = !cfg.tls.listen.is_empty();
-    match cfg.driver {
-        DriverMode::Epoll => Ok(Chosen::Epoll),
-        DriverMode::Uring if tls => Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "driver = \"uring\" does not run TLS listeners yet; set driver = \"epoll\" (or \"auto\") while [tls] has listeners",
-        )),
-        DriverMode::Uring => uring::probe().map(Chosen::Uring).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!(
-                    "driver = \"uring\" cannot run here: {e}; set driver = \"epoll\" (or \"auto\") in the config, or pass --driver epoll"
-                ),
-            )
-        }),
-        DriverMode::Auto if tls => {
-            eprintln!("wsplice: driver auto: TLS listeners run on epoll (the io_uring driver does not run TLS yet)");
-            Ok(Chosen::Epoll)
-        }
-        DriverMode::Auto => match uring::probe() {
-            Ok(setup) => Ok(Chosen::Uring(setup)),
-            Err(e) => {
-                eprintln!("wsplice: driver auto: io_uring is unavailable ({e}); using epoll");
-                Ok(Chosen::Epoll)
-            }
-        },
     }
 }
 
@@ -221,6 +188,14 @@ pub fn tls_for(cfg: &Config, tickets: &Arc<TicketKeys>) -> io::Result<Option<Arc
     Ok(Some(Arc::new(tls)))
 }
 
+/// Builds the TLS settings of routes whose backends speak TLS (their CA files read now).
+/// Errors name the route and the file.
+pub fn backend_tls_for(cfg: &Config) -> io::Result<Arc<BackendTlsTable>> {
+    BackendTlsTable::load(&cfg.routes)
+        .map(Arc::new)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+}
+
 fn nofile_now() -> u64 {
     crate::sys::limits::nofile_limit().map_or(1024, |(soft, _)| soft)
 }
@@ -231,6 +206,7 @@ fn params_for(
     workers: usize,
     tls: Option<Arc<TlsSettings>>,
     health: &health::Health,
+    backend_tls: Arc<BackendTlsTable>,
 ) -> Params {
     let mut sized = cfg.clone();
     sized.workers = Some(workers);
@@ -239,7 +215,7 @@ fn params_for(
     params_with(
         cfg,
         routes,
-        tls,
+        (tls, backend_tls),
         cap.max_connections,
         cap.max_pipes.div_ceil(workers),
         memory_plan(cfg, workers, false),
@@ -269,6 +245,7 @@ pub fn process_params(
     cfg: &Config,
     shared: Arc<shared::Shared>,
     tls: Option<Arc<TlsSettings>>,
+    backend_tls: Arc<BackendTlsTable>,
 ) -> Params {
     let (per, total) = process_capacity(cfg, nofile_now());
     let routes = RouteTable::with_shared_cursors(&cfg.routes, shared.clone()).with_health(shared);
@@ -276,7 +253,7 @@ pub fn process_params(
     params_with(
         cfg,
         routes,
-        tls,
+        (tls, backend_tls),
         total.max_connections,
         per.max_pipes,
         memory,
@@ -286,7 +263,7 @@ pub fn process_params(
 fn params_with(
     cfg: &Config,
     routes: RouteTable,
-    tls: Option<Arc<TlsSettings>>,
+    (tls, backend_tls): (Option<Arc<TlsSettings>>, Arc<BackendTlsTable>),
     max_connections: usize,
     max_pipes: usize,
     memory: Option<memory::MemoryPlan>,
@@ -309,7 +286,10 @@ fn params_with(
             r.send_proxy.is_some() || r.options.protocol == crate::config::BackendProtocol::Uwsgi
         }),
         tls_listen: cfg.tls.listen.clone(),
+        redirect_listen: cfg.tls.redirect_listen.clone(),
+        redirect_port: cfg.tls.redirect_port,
         tls,
+        backend_tls,
         max_connections,
         max_pipes,
         pipe_size: cfg.relay.pipe_size,
@@ -349,7 +329,7 @@ impl Server {
         let pairs = cfg.routes.iter().map(|r| r.backends.len()).sum();
         let table = crate::core::health::LocalHealth::for_backends(pairs);
         let health = health::Health::start(cfg, Arc::new(table))?;
-        let params = params_for(cfg, workers, tls.clone(), &health);
+        let params = params_for(cfg, workers, tls.clone(), &health, backend_tls_for(cfg)?);
         let driver = choose_driver(cfg)?;
         // Bind every socket first, so a bad address fails start-up before any thread runs.
         let mut per_worker: Vec<Vec<(SocketAddr, std::net::TcpListener)>> =
@@ -512,8 +492,15 @@ impl Server {
     pub fn reload(&mut self, cfg: &Config) -> io::Result<Vec<(SocketAddr, SocketAddr)>> {
         let n = self.workers.len();
         let mut added: Vec<(SocketAddr, SocketAddr, Vec<std::net::TcpListener>)> = Vec::new();
+        if matches!(self.driver, Chosen::Uring(_)) && runs_tls(cfg) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the io_uring driver in use does not run TLS: TLS listeners and TLS backends need a restart with driver = \"epoll\"",
+            ));
+        }
         // Certificates first: a bad file changes nothing.
         let tls = tls_for(cfg, &self.tickets)?;
+        let backend_tls = backend_tls_for(cfg)?;
         for want in cfg.all_listen() {
             if !self.listen.iter().any(|(w, _)| *w == want) {
                 let (actual, socks) = bind_all(want, n)?;
@@ -526,7 +513,7 @@ impl Server {
             .map(|(w, _)| *w)
             .filter(|w| !cfg.all_listen().any(|a| a == *w))
             .collect();
-        let params = params_for(cfg, n, tls.clone(), &self.health);
+        let params = params_for(cfg, n, tls.clone(), &self.health, backend_tls);
         self.health.reload(cfg);
         self.tls = tls;
         self.tls_addrs = cfg.tls.listen.clone();

@@ -113,6 +113,13 @@ metrics! {
     tls_versions = (counter "wsplice_tls_versions_total" by version in tls::VERSIONS);
     /// TLS sessions established, by cipher suite.
     tls_ciphers = (counter "wsplice_tls_ciphers_total" by cipher in tls::CIPHERS);
+    /// Requests a redirect listener ([tls] redirect_listen) answered with a redirect to https.
+    redirects = (counter "wsplice_redirects_total");
+    /// TLS handshakes with backends (routes with `backend_tls`), by result: ok, resumed, or
+    /// why it failed (untrusted: the certificate does not chain to backend_ca or the system
+    /// roots; name_mismatch: not valid for backend_server_name; expired; incompatible;
+    /// bad_message; incomplete: closed or timed out first). Each failure is answered 502.
+    backend_tls_handshakes = (counter "wsplice_backend_tls_handshakes_total" by result in tls::BACKEND_RESULTS);
     /// Forwarded (plain HTTP) requests, by the class of the status the client got (the
     /// backend's or ours); "none": the client left before any answer.
     requests = (counter "wsplice_http_requests_total" by class in STATUS_CLASSES);
@@ -353,6 +360,11 @@ impl Counters {
         if let Some(i) = i {
             self.rejects[i] += 1;
         }
+    }
+
+    /// Counts how a TLS handshake with a backend ended.
+    pub fn count_backend_tls(&mut self, e: TlsEvent) {
+        self.backend_tls_handshakes[e.backend_result()] += 1;
     }
 
     /// Counts how a TLS handshake ended.

@@ -20,8 +20,9 @@
 //! method is idempotent or not one byte of the head got through.
 
 mod answer;
+mod link;
 
-use super::{ConnLog, Connecting, EndReason, Event, Note, Step, Time};
+use super::{BackendTlsFailed, ConnLog, Connecting, EndReason, Event, Note, Step, Time};
 use crate::config::BackendProtocol;
 use crate::config::ProxyVersion;
 use crate::core::balance::{Lease, Pick};
@@ -259,14 +260,6 @@ impl Exchange {
         self.head_pos = 0;
     }
 
-    /// May this connection come from (and go back to) the worker's pool?
-    fn poolable(&self) -> bool {
-        let route = self.settings.routes.get(self.route);
-        self.settings.backend_reuse
-            && route.send_proxy.is_none()
-            && route.options.protocol == BackendProtocol::Http
-    }
-
     pub(super) fn handle(&mut self, ev: Event, t: &Time) {
         match ev {
             Event::Ready {
@@ -342,33 +335,6 @@ impl Exchange {
 
     fn head_sent(&self) -> bool {
         self.link == Link::Ready && self.head_pos >= self.head.len()
-    }
-
-    /// The next backend of the route after a failed connect, or the answer when all failed.
-    fn next_backend(&mut self, t: &Time) {
-        let route = self.settings.routes.get(self.route);
-        self.tried += 1;
-        if let Some((k, _)) = route.next_to_try(self.pick.first, self.tried) {
-            self.tried = k;
-        } else {
-            self.tried = route.backends.len();
-        }
-        if self.tried >= route.backends.len() {
-            self.ending = Some(Ending::Refuse(match self.last_failure {
-                Some(ConnectFailure::Timeout) => Reject::BackendTimeout,
-                Some(ConnectFailure::NoDescriptors) => Reject::Overloaded,
-                Some(ConnectFailure::Reset) => Reject::BackendFailed(BackendFailure::Reset),
-                _ => Reject::BackendFailed(BackendFailure::Refused),
-            }));
-            return;
-        }
-        self.backend_index = (self.pick.first + self.tried) % route.backends.len();
-        self.backend = route.backends[self.backend_index];
-        self.lease = None;
-        self.lease = Lease::take(&self.settings, self.route, self.backend_index);
-        self.link = Link::Want;
-        self.deadline = t.now + self.settings.timeouts.connect;
-        self.build_head();
     }
 
     /// Bytes moved: the response timeout starts again.
@@ -548,31 +514,6 @@ impl Exchange {
         });
     }
 
-    pub(super) fn complete_connect(&mut self, c: Connecting, completion: bool, t: &Time) {
-        if self.link != Link::Connecting || self.ending.is_some() {
-            return;
-        }
-        match c {
-            Connecting::Started | Connecting::Pending => {}
-            Connecting::Reused | Connecting::Connected => {
-                self.link = Link::Ready;
-                self.reused = c == Connecting::Reused;
-                // As in the upgrade: a readiness driver's edge says when the answer is there.
-                self.backend_readable |= completion;
-                self.backend_writable = true;
-                self.touch(t);
-            }
-            Connecting::Failed(ConnectFailure::NoDescriptors) => {
-                self.ending = Some(Ending::Refuse(Reject::Overloaded));
-            }
-            Connecting::Failed(why) => {
-                self.last_failure = Some(why);
-                self.backend_failed();
-                self.next_backend(t);
-            }
-        }
-    }
-
     pub(super) fn complete_io(
         &mut self,
         op: IoOp,
@@ -639,6 +580,18 @@ impl Exchange {
                 Err(_),
             ) => {
                 self.ending = Some(Ending::Abort(EndReason::ClientLeft));
+            }
+            (
+                IoOp::Write {
+                    side: Side::Backend,
+                    ..
+                },
+                Err(e),
+            ) if BackendTlsFailed::is(&e) => {
+                // Nothing of the request went out: the next backend may serve.
+                self.last_failure = Some(ConnectFailure::Tls);
+                self.backend_failed();
+                self.next_backend(t);
             }
             (
                 IoOp::Write {

@@ -20,6 +20,51 @@ impl Handshake {
         self.failed_index = self.current;
     }
 
+    /// How many bytes the driver may read from the backend now.
+    pub fn backend_read_limit(&self, s: &Settings) -> usize {
+        match self.state {
+            State::ReadAnswer => s.max_head_bytes.saturating_sub(self.answer.len()).max(1),
+            State::ForwardAnswer { .. } => (s.max_head_bytes + MAX_FORWARD_BODY)
+                .saturating_sub(self.answer.len())
+                .max(1),
+            // No backend yet, or its head is not sent; after the 101 the relay reads.
+            State::ReadProxy
+            | State::ReadHead
+            | State::Connecting
+            | State::SendHead
+            | State::Upgraded
+            | State::Forward
+            | State::Done => 0,
+        }
+    }
+
+    /// The next backend of the route, or the answer once each was tried.
+    pub(super) fn connect_next(&mut self, s: &Settings, now: Instant) -> Action {
+        let r = s.routes.get(self.route);
+        if self.tried >= r.backends.len() {
+            return self.fail(match self.last_failure {
+                Some(ConnectFailure::Timeout) => Reject::BackendTimeout,
+                Some(ConnectFailure::NoDescriptors) => Reject::Overloaded,
+                Some(ConnectFailure::Reset | ConnectFailure::Tls) => {
+                    Reject::BackendFailed(BackendFailure::Reset)
+                }
+                _ => Reject::BackendFailed(BackendFailure::Refused),
+            });
+        }
+        // Down, ejected and drained backends are skipped; with none left, a 502.
+        let Some((k, i)) = r.next_to_try(self.first_backend, self.tried) else {
+            self.tried = r.backends.len();
+            return self.connect_next(s, now);
+        };
+        let addr = r.backends[i];
+        self.current = i;
+        self.tried = k + 1;
+        self.backend = Some(addr);
+        self.state = State::Connecting;
+        self.deadline = now + s.timeouts.connect;
+        Action::Connect(addr)
+    }
+
     /// The backend connect completed.
     pub fn handle_connected(&mut self, s: &Settings, now: Instant) -> Action {
         match self.state {
@@ -57,6 +102,13 @@ impl Handshake {
                 if why == ConnectFailure::NoDescriptors {
                     return self.fail(Reject::Overloaded);
                 }
+                self.connect_next(s, now)
+            }
+            // A TLS backend that failed its handshake got nothing of the request: like a
+            // refused connect, the next backend may serve.
+            State::SendHead if why == ConnectFailure::Tls && self.written == 0 => {
+                self.last_failure = Some(why);
+                self.failed = self.backend;
                 self.connect_next(s, now)
             }
             // After the connect, a socket error is a reset of an established backend.

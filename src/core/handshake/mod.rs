@@ -41,6 +41,8 @@ pub enum ConnectFailure {
     Timeout,
     /// The proxy could not get a descriptor (EMFILE/ENFILE): no point trying another backend.
     NoDescriptors,
+    /// The TLS handshake with a TLS backend failed before any byte of the request went out.
+    Tls,
 }
 
 /// What the driver must do next.
@@ -162,6 +164,9 @@ pub struct Handshake {
     plain: Option<Box<PlainRequest>>,
     /// The client came over TLS: `X-Forwarded-Proto: https`.
     https: bool,
+    /// The client came to a redirect listener: every head is answered with a redirect to
+    /// https on this port ([`crate::core::redirect`]).
+    redirect: Option<u16>,
 }
 
 impl Handshake {
@@ -209,7 +214,19 @@ impl Handshake {
             idle: false,
             plain: None,
             https: false,
+            redirect: None,
         }
+    }
+
+    /// The client came to a redirect listener: its head is answered with a redirect to https
+    /// on `port`.
+    pub fn set_redirect(&mut self, port: u16) {
+        self.redirect = Some(port);
+    }
+
+    /// True for a redirect listener's client.
+    pub fn is_redirect(&self) -> bool {
+        self.redirect.is_some()
     }
 
     /// The client connected over TLS: the backend is told `X-Forwarded-Proto: https`.
@@ -342,24 +359,6 @@ impl Handshake {
         }
     }
 
-    /// How many bytes the driver may read from the backend now.
-    pub fn backend_read_limit(&self, s: &Settings) -> usize {
-        match self.state {
-            State::ReadAnswer => s.max_head_bytes.saturating_sub(self.answer.len()).max(1),
-            State::ForwardAnswer { .. } => (s.max_head_bytes + MAX_FORWARD_BODY)
-                .saturating_sub(self.answer.len())
-                .max(1),
-            // No backend yet, or its head is not sent; after the 101 the relay reads.
-            State::ReadProxy
-            | State::ReadHead
-            | State::Connecting
-            | State::SendHead
-            | State::Upgraded
-            | State::Forward
-            | State::Done => 0,
-        }
-    }
-
     /// Bytes for the backend while the rewritten head is sent (SendHead).
     pub fn backend_output(&self) -> &[u8] {
         &self.to_backend[self.written.min(self.to_backend.len())..]
@@ -455,6 +454,17 @@ impl Handshake {
     }
 
     fn on_head(&mut self, s: &Settings, now: Instant) -> Action {
+        if let Some(port) = self.redirect {
+            return match crate::core::redirect::answer(&self.head, s, port) {
+                Ok((_, out)) => {
+                    self.answer = out;
+                    self.head = Vec::new();
+                    self.state = State::Done;
+                    Action::Answer
+                }
+                Err(r) => self.fail(r),
+            };
+        }
         match self.accept_head(s) {
             Ok(Accepted::Upgrade(out)) => {
                 self.to_backend = out;
@@ -589,30 +599,6 @@ impl Handshake {
         }
         write_backend_head(&mut out, req, path, query, &fwd);
         out
-    }
-
-    fn connect_next(&mut self, s: &Settings, now: Instant) -> Action {
-        let r = s.routes.get(self.route);
-        if self.tried >= r.backends.len() {
-            return self.fail(match self.last_failure {
-                Some(ConnectFailure::Timeout) => Reject::BackendTimeout,
-                Some(ConnectFailure::NoDescriptors) => Reject::Overloaded,
-                Some(ConnectFailure::Reset) => Reject::BackendFailed(BackendFailure::Reset),
-                _ => Reject::BackendFailed(BackendFailure::Refused),
-            });
-        }
-        // Down, ejected and drained backends are skipped; with none left, a 502.
-        let Some((k, i)) = r.next_to_try(self.first_backend, self.tried) else {
-            self.tried = r.backends.len();
-            return self.connect_next(s, now);
-        };
-        let addr = r.backends[i];
-        self.current = i;
-        self.tried = k + 1;
-        self.backend = Some(addr);
-        self.state = State::Connecting;
-        self.deadline = now + s.timeouts.connect;
-        Action::Connect(addr)
     }
 
     /// The client closed before the handshake finished.

@@ -408,3 +408,32 @@ fn unavailable_backends_are_not_connected_to_and_failures_are_counted() {
     );
     assert_eq!(hs.take_failed(), None);
 }
+
+#[test]
+fn tls_handshake_failure_tries_the_next_backend_then_502() {
+    use ConnectFailure as F;
+    let s = settings(&["127.0.0.1:1", "127.0.0.1:2"]);
+    let bad = Action::Reject(Reject::BackendFailed(BackendFailure::Reset));
+    // The TLS handshake runs in the head's first write: nothing of the head went out.
+    run(
+        &s,
+        &[
+            Step::Client(HEAD.as_bytes(), addr("127.0.0.1:1")),
+            Step::Connected(Action::SendHead),
+            Step::ConnectFailed(F::Tls, addr("127.0.0.1:2")),
+            Step::Connected(Action::SendHead),
+            Step::ConnectFailed(F::Tls, bad),
+        ],
+    );
+    // Once some of the head went out, a failure is a reset of that backend, not retried.
+    let s = settings(&["127.0.0.1:1", "127.0.0.1:2"]);
+    run(
+        &s,
+        &[
+            Step::Client(HEAD.as_bytes(), addr("127.0.0.1:1")),
+            Step::Connected(Action::SendHead),
+            Step::Written(3, Action::SendHead),
+            Step::ConnectFailed(F::Tls, bad),
+        ],
+    );
+}
