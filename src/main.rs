@@ -24,8 +24,14 @@
 //! ready
 //! ```
 //!
-//! Exit status: 0 after a clean stop or a passing `--check`, 1 for a bad configuration or a failed
-//! start, 2 for a usage error.
+//! Exit status: 0 after a clean stop, a passing `--check` or a finished binary upgrade, 1 for a
+//! bad configuration or a failed start, 2 for a usage error.
+//!
+//! `SIGUSR2` upgrades the binary without dropping a tunnel: the file at the path this process
+//! was started from is started with the same arguments, takes the listening sockets and every
+//! established tunnel, and this process exits (see `wsplice::driver::upgrade`). On stdout the
+//! old process says `upgraded pid=NEW` once the new one serves (the new one prints its own
+//! start-up lines and `ready`), or `upgrade failed` (stderr says why; nothing changed).
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -35,13 +41,14 @@ use std::sync::Arc;
 
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook::iterator::Signals;
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
 use wsplice::config::{Config, ConfigError, DriverMode, RelayMode, TlsFlags, WorkerModel};
 use wsplice::core::relay::CloseReason;
 use wsplice::driver::supervisor::{Event, Spawn, Supervisor};
+use wsplice::driver::upgrade::{self, Inherited};
 use wsplice::driver::{self, admin, process, Server, StatsReader};
 use wsplice::sys::cpus::Cpus;
 use wsplice::sys::limits;
@@ -215,6 +222,15 @@ impl From<RelayArg> for RelayMode {
 }
 
 fn main() -> ExitCode {
+    // First, while this is the only thread: the socket of a binary upgrade, if we are the new
+    // binary, and our own path, for the next upgrade.
+    let inherited = match Inherited::from_env() {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("wsplice: error: {} is set but unusable: {e}", upgrade::ENV);
+            return ExitCode::FAILURE;
+        }
+    };
     let args = Args::parse();
     if let Some(id) = args.worker_process {
         let args = Arc::new(args);
@@ -268,6 +284,7 @@ fn main() -> ExitCode {
         Ok(x) => x,
         Err(e) => {
             eprintln!("wsplice: error: {e}");
+            upgrade::report_failure(&e.to_string());
             if args.check {
                 eprintln!("wsplice: configuration {source} test failed");
             }
@@ -291,10 +308,11 @@ fn main() -> ExitCode {
         println!("wsplice: configuration {source} is ok");
         return ExitCode::SUCCESS;
     }
-    match run(cfg, text, &args) {
+    match run(cfg, text, &args, inherited) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("wsplice: error: {e}");
+            upgrade::report_failure(&e.to_string());
             ExitCode::FAILURE
         }
     }
@@ -323,7 +341,7 @@ fn run_demo(listen: SocketAddr, args: &Args) -> io::Result<()> {
          or with websocat: websocat ws://{listen}/msg\n\
          Ctrl-C stops it."
     );
-    run(cfg, None, args)
+    run(cfg, None, args, None)
 }
 
 /// The configuration from the file or the flags, with `--workers`, `--relay` and
@@ -438,7 +456,13 @@ impl Running for Processes {
     }
 }
 
-fn run(mut cfg: Config, mut text: Option<String>, args: &Args) -> io::Result<()> {
+fn run(
+    mut cfg: Config,
+    mut text: Option<String>,
+    args: &Args,
+    inherited: Option<Inherited>,
+) -> io::Result<()> {
+    let exe = upgrade::exe_path();
     let (soft, _hard) = match limits::raise_nofile_limit() {
         Ok(limit) => limit,
         Err(e) => {
@@ -462,7 +486,13 @@ fn run(mut cfg: Config, mut text: Option<String>, args: &Args) -> io::Result<()>
         ));
     }
     // Signals are caught from here on, before `ready`, so a script may signal right after it.
-    let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT, SIGUSR1])?;
+    let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT, SIGUSR1, SIGUSR2])?;
+    if choice.model == WorkerModel::Processes && inherited.is_some() {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this configuration runs worker processes, which cannot take over tunnels yet (set worker_model = \"threads\")",
+        ));
+    }
     if choice.model == WorkerModel::Processes {
         let (tx, rx) = std::sync::mpsc::channel();
         let forward = tx.clone();
@@ -505,6 +535,10 @@ fn run(mut cfg: Config, mut text: Option<String>, args: &Args) -> io::Result<()>
             match sig {
                 SIGHUP => reload(&mut running, args, &mut cfg, &mut text),
                 SIGUSR1 => reopen(&running),
+                SIGUSR2 => {
+                    eprintln!("wsplice: SIGUSR2: binary upgrade runs with worker_model = \"threads\" only for now; nothing changed (restart, or run with worker threads)");
+                    say("upgrade failed");
+                }
                 _ if stopping => {
                     eprintln!("wsplice: second stop signal: exiting now");
                     // The workers see their control socket close and stop at once.
@@ -522,7 +556,15 @@ fn run(mut cfg: Config, mut text: Option<String>, args: &Args) -> io::Result<()>
         return Ok(());
     }
 
-    let mut server = Server::start(&cfg)?;
+    let mut server = match &inherited {
+        Some(i) => {
+            let listeners = i.listeners()?;
+            let (key, _) = wsplice::transport::tls::TicketKeys::generate()
+                .map_err(|_| io::Error::other("the system random generator failed (getrandom)"))?;
+            Server::start_inherited(&cfg, key, listeners)?
+        }
+        None => Server::start(&cfg)?,
+    };
     let certs = server.tls().map(|t| t.summary.clone()).unwrap_or_default();
     let driver_line = match server.driver() {
         driver::Chosen::Epoll => "driver epoll".to_owned(),
@@ -549,10 +591,30 @@ fn run(mut cfg: Config, mut text: Option<String>, args: &Args) -> io::Result<()>
         &choice,
         soft,
     )?;
+    if let Some(i) = inherited {
+        // Serving: the old process may stop accepting and send its tunnels.
+        let receiving = i.ready()?;
+        let mut adopter = server.adopter();
+        std::thread::Builder::new()
+            .name("wsplice-upgrade".into())
+            .spawn(move || {
+                let started = Instant::now();
+                let n = receiving.run(|batch| adopter.deliver(batch));
+                eprintln!(
+                    "wsplice: upgrade: took over {n} tunnels in {:.1} ms",
+                    started.elapsed().as_secs_f64() * 1e3
+                );
+            })?;
+    }
     for sig in signals.forever() {
         match sig {
             SIGHUP => reload(&mut server, args, &mut cfg, &mut text),
             SIGUSR1 => reopen(&server),
+            SIGUSR2 => {
+                if binary_upgrade(&mut server, &exe, &cfg) {
+                    return Ok(());
+                }
+            }
             _ => {
                 let grace = cfg.timeouts.drain;
                 stopping_message(grace);
@@ -573,6 +635,55 @@ fn run(mut cfg: Config, mut text: Option<String>, args: &Args) -> io::Result<()>
     }
     server.join();
     Ok(())
+}
+
+/// SIGUSR2 with worker threads: starts the binary at `exe` and hands it everything. True once
+/// this process is done (every tunnel handed over or finished); false when the upgrade failed
+/// and this process serves on, unchanged.
+fn binary_upgrade(server: &mut Server, exe: &io::Result<PathBuf>, cfg: &Config) -> bool {
+    let fail = |why: &str| {
+        eprintln!(
+            "wsplice: upgrade failed, still serving (pid {}): {why}",
+            std::process::id()
+        );
+        say("upgrade failed");
+        false
+    };
+    let exe = match exe {
+        Ok(p) => p,
+        Err(e) => return fail(&format!("cannot tell which binary this is: {e}")),
+    };
+    if server.driver() != driver::Chosen::Epoll {
+        return fail("binary upgrade runs with the epoll driver only for now (driver = \"epoll\")");
+    }
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    eprintln!(
+        "wsplice: SIGUSR2: starting {} to take over the listeners and tunnels",
+        exe.display()
+    );
+    let mut launched =
+        match upgrade::launch(exe, &args, &server.listener_fds(), upgrade::CONFIRM_WITHIN) {
+            Ok(l) => l,
+            Err(why) => return fail(&why),
+        };
+    say(&format!("upgraded pid={}", launched.pid));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let abort: upgrade::Abort = Arc::default();
+    let started = Instant::now();
+    server.hand_over(tx, &abort, started + cfg.timeouts.drain);
+    let done = upgrade::hand_over(&mut launched, rx, &abort, started);
+    server.join();
+    let ms = done.took.as_secs_f64() * 1e3;
+    let per_1000 = if done.tunnels > 0 {
+        ms * 1000.0 / done.tunnels as f64
+    } else {
+        0.0
+    };
+    eprintln!(
+        "wsplice: upgrade: handed {} tunnels to pid {} in {ms:.1} ms ({per_1000:.1} ms per 1,000 tunnels); {} lost; every connection left here has finished: exiting",
+        done.tunnels, launched.pid, done.lost
+    );
+    true
 }
 
 fn reopen(running: &dyn Running) {

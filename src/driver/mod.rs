@@ -28,6 +28,7 @@ pub mod shared;
 pub mod stats;
 pub mod status;
 pub mod supervisor;
+pub mod upgrade;
 pub mod uring;
 pub mod worker;
 
@@ -94,9 +95,25 @@ pub enum Control {
     Reload(Box<Reload>),
     /// Stop accepting; close whatever is still open at this instant; then stop.
     Drain(Instant),
+    /// A binary upgrade: stop accepting and hand established tunnels over ([`upgrade`]).
+    HandOver(HandOver),
+    /// Tunnels handed over by the process this one upgraded from.
+    Adopt(Vec<upgrade::Tunnel>),
+}
+
+/// A worker's orders for a binary upgrade.
+#[derive(Debug)]
+pub struct HandOver {
+    /// Batches of tunnels go here (the control thread sends them to the new process).
+    pub out: Sender<Vec<upgrade::Tunnel>>,
+    /// Set when the new process stopped taking tunnels: keep the rest.
+    pub abort: upgrade::Abort,
+    /// What cannot be handed over (TLS tunnels, HTTP exchanges) is closed at this instant.
+    pub until: Instant,
 }
 
 /// Wakes a worker's loop from another thread.
+#[derive(Clone)]
 enum Wake {
     Epoll(Arc<Waker>),
     Uring(Arc<uring::Waker>),
@@ -180,6 +197,29 @@ pub struct Server {
     driver: Chosen,
     /// Backend checks, ejections and drains.
     health: health::Health,
+    /// A copy of every worker's listening socket, (configured address, socket): what a binary
+    /// upgrade passes to the new process.
+    sockets: Vec<(SocketAddr, std::net::TcpListener)>,
+}
+
+/// Hands tunnels that arrive from an upgrade to the workers, in turn (any thread).
+pub struct Adopter {
+    workers: Vec<(Sender<Control>, Wake)>,
+    next: usize,
+}
+
+impl Adopter {
+    /// Gives `batch` to the next worker.
+    pub fn deliver(&mut self, batch: Vec<upgrade::Tunnel>) {
+        if self.workers.is_empty() {
+            return;
+        }
+        let (tx, wake) = &self.workers[self.next % self.workers.len()];
+        self.next = self.next.wrapping_add(1);
+        if tx.send(Control::Adopt(batch)).is_ok() {
+            let _ = wake.wake();
+        }
+    }
 }
 
 fn bind_error(addr: SocketAddr, e: io::Error) -> io::Error {
@@ -340,6 +380,18 @@ impl Server {
     /// [`Server::start`] with the 32 bytes session ticket keys derive from: every process
     /// handed the same bytes accepts the others' tickets.
     pub fn start_with_ticket_key(cfg: &Config, ticket_key: [u8; 32]) -> io::Result<Server> {
+        Server::start_inherited(cfg, ticket_key, Vec::new())
+    }
+
+    /// [`Server::start_with_ticket_key`] on listening sockets a binary upgrade passed
+    /// (configured address, socket): each configured address takes the sockets passed for it
+    /// (the same accept queues as the old process's), spread over the workers; more are bound
+    /// with SO_REUSEPORT if there are more workers than sockets.
+    pub fn start_inherited(
+        cfg: &Config,
+        ticket_key: [u8; 32],
+        mut inherited: Vec<(SocketAddr, std::net::TcpListener)>,
+    ) -> io::Result<Server> {
         let workers = cfg
             .workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
@@ -355,12 +407,35 @@ impl Server {
         let mut per_worker: Vec<Vec<(SocketAddr, std::net::TcpListener)>> =
             (0..workers).map(|_| Vec::new()).collect();
         let mut listen = Vec::new();
+        let mut sockets = Vec::new();
         for want in cfg.all_listen() {
-            let (actual, socks) = bind_all(want, workers)?;
+            let (passed, rest): (Vec<_>, Vec<_>) =
+                inherited.into_iter().partition(|(a, _)| *a == want);
+            inherited = rest;
+            let mut passed: Vec<std::net::TcpListener> =
+                passed.into_iter().map(|(_, l)| l).collect();
+            let (actual, socks) = match passed.first() {
+                Some(first) => {
+                    let actual = first.local_addr()?;
+                    while passed.len() < workers {
+                        let more =
+                            reuseport_listener(actual, 4096).map_err(|e| bind_error(actual, e))?;
+                        passed.push(more);
+                    }
+                    (actual, passed)
+                }
+                None => bind_all(want, workers)?,
+            };
             listen.push((want, actual));
-            for (w, s) in per_worker.iter_mut().zip(socks) {
-                w.push((want, s));
+            for (i, s) in socks.into_iter().enumerate() {
+                sockets.push((want, s.try_clone()?));
+                per_worker[i % workers].push((want, s));
             }
+        }
+        for (want, _) in &inherited {
+            eprintln!(
+                "wsplice: upgrade: the old process listened on {want}, which this configuration does not: closed"
+            );
         }
         let (log, log_thread) = match &cfg.access_log {
             Some(a) => {
@@ -446,7 +521,47 @@ impl Server {
             tls_addrs: cfg.tls.listen.clone(),
             driver,
             health,
+            sockets,
         })
+    }
+
+    /// Every listening socket, (configured address, socket), for a binary upgrade.
+    pub fn listener_fds(&self) -> Vec<(SocketAddr, std::os::fd::BorrowedFd<'_>)> {
+        use std::os::fd::AsFd;
+        self.sockets.iter().map(|(a, l)| (*a, l.as_fd())).collect()
+    }
+
+    /// A binary upgrade confirmed: every worker stops accepting and hands its tunnels over
+    /// to `out`; what cannot go ends by `until`. The workers stop once they hold nothing
+    /// ([`Server::join`] returns).
+    pub fn hand_over(
+        &mut self,
+        out: Sender<Vec<upgrade::Tunnel>>,
+        abort: &upgrade::Abort,
+        until: Instant,
+    ) {
+        for w in &self.workers {
+            let h = HandOver {
+                out: out.clone(),
+                abort: abort.clone(),
+                until,
+            };
+            self.send(w, Control::HandOver(h));
+        }
+        // The new process holds the sockets now; our copies go.
+        self.sockets.clear();
+    }
+
+    /// Hands tunnels arriving from the process this one upgraded from to the workers.
+    pub fn adopter(&self) -> Adopter {
+        Adopter {
+            workers: self
+                .workers
+                .iter()
+                .map(|w| (w.control.clone(), w.waker.clone()))
+                .collect(),
+            next: 0,
+        }
     }
 
     /// The driver the workers run.
@@ -537,10 +652,13 @@ impl Server {
         for (want, actual, socks) in added {
             self.listen.push((want, actual));
             for (w, s) in per_worker.iter_mut().zip(socks) {
+                self.sockets.push((want, s.try_clone()?));
                 w.push((want, s));
             }
         }
         self.listen.retain(|(w, _)| !removed.contains(w));
+        // A socket nobody accepts from must not stay open: its queue would hold clients.
+        self.sockets.retain(|(w, _)| !removed.contains(w));
         let (applied, acks) = std::sync::mpsc::channel();
         for (w, add) in self.workers.iter().zip(per_worker) {
             let msg = Control::Reload(Box::new(Reload {

@@ -10,6 +10,7 @@
 
 mod bookkeeping;
 mod control;
+mod handover;
 
 use bookkeeping::write_log;
 
@@ -184,6 +185,8 @@ pub struct Worker {
     /// with the other tables when the worker is empty.
     tls_bufs: Option<Box<TlsBuffers>>,
     started: Option<std::sync::mpsc::SyncSender<()>>,
+    /// Set by a binary upgrade: established tunnels go to the new process.
+    handing: Option<crate::driver::HandOver>,
 }
 
 fn is_no_fd(e: &io::Error) -> bool {
@@ -239,6 +242,7 @@ impl Worker {
             tls: HashMap::new(),
             tls_bufs: None,
             started: cfg.started,
+            handing: None,
         }
     }
 
