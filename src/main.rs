@@ -661,8 +661,14 @@ fn binary_upgrade(server: &mut Server, exe: &io::Result<PathBuf>, cfg: &Config) 
         "wsplice: SIGUSR2: starting {} to take over the listeners and tunnels",
         exe.display()
     );
+    let admin = admin::socket_for_upgrade();
+    let admin_fd = admin.as_ref().map(|(a, l)| {
+        use std::os::fd::AsFd;
+        (*a, l.as_fd())
+    });
+    let listeners = server.listener_fds();
     let mut launched =
-        match upgrade::launch(exe, &args, &server.listener_fds(), upgrade::CONFIRM_WITHIN) {
+        match upgrade::launch(exe, &args, &listeners, admin_fd, upgrade::CONFIRM_WITHIN) {
             Ok(l) => l,
             Err(why) => return fail(&why),
         };
@@ -673,15 +679,20 @@ fn binary_upgrade(server: &mut Server, exe: &io::Result<PathBuf>, cfg: &Config) 
     server.hand_over(tx, &abort, started + cfg.timeouts.drain);
     let done = upgrade::hand_over(&mut launched, rx, &abort, started);
     server.join();
-    let ms = done.took.as_secs_f64() * 1e3;
-    let per_1000 = if done.tunnels > 0 {
-        ms * 1000.0 / done.tunnels as f64
+    let sweep = done.sweep.as_secs_f64() * 1e3;
+    let per_1000 = if done.established > 0 {
+        sweep * 1000.0 / done.established as f64
     } else {
         0.0
     };
     eprintln!(
-        "wsplice: upgrade: handed {} tunnels to pid {} in {ms:.1} ms ({per_1000:.1} ms per 1,000 tunnels); {} lost; every connection left here has finished: exiting",
-        done.tunnels, launched.pid, done.lost
+        "wsplice: upgrade: handed {} tunnels to pid {}: the {} established at the signal in {sweep:.1} ms ({per_1000:.1} ms per 1,000 tunnels), the rest as their handshakes finished, {:.1} ms in all; {} bytes in flight went along; {} lost; every connection left here has finished: exiting",
+        done.tunnels,
+        launched.pid,
+        done.established,
+        done.took.as_secs_f64() * 1e3,
+        done.bytes,
+        done.lost
     );
     true
 }

@@ -131,11 +131,21 @@ async fn flow(s: TcpStream, stop: Arc<AtomicBool>, every: Duration) -> Result<u6
     Ok(got)
 }
 
-/// A bulk tunnel: 64 KiB chunks of consecutive little-endian u64 counters as fast as the
-/// echo comes back (pipes and overflow buffers hold bytes whenever the upgrade takes it),
-/// every word checked. Returns the bytes that made the round trip.
-async fn bulk(s: TcpStream, stop: Arc<AtomicBool>) -> Result<u64, String> {
+/// A bulk tunnel: 64 KiB chunks of consecutive little-endian u64 counters, every word of the
+/// echo checked; the reader starts when `read_from` is set (if given). Returns the bytes
+/// that made the round trip.
+async fn bulk(
+    s: TcpStream,
+    stop: Arc<AtomicBool>,
+    read_from: Option<Arc<AtomicBool>>,
+) -> Result<u64, String> {
     let (mut r, mut w) = s.into_split();
+    // The stalled tunnel writes flat out, to fill every buffer before the upgrade.
+    let pause = if read_from.is_some() {
+        Duration::ZERO
+    } else {
+        Duration::from_millis(5)
+    };
     let writer = tokio::spawn(async move {
         let mut next = 0u64;
         let mut chunk = vec![0u8; 64 * 1024];
@@ -147,11 +157,18 @@ async fn bulk(s: TcpStream, stop: Arc<AtomicBool>) -> Result<u64, String> {
             w.write_all(&chunk)
                 .await
                 .map_err(|e| format!("bulk write at word {next}: {e}"))?;
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(pause).await;
         }
         w.shutdown().await.map_err(|e| format!("shutdown: {e}"))?;
         Ok::<u64, String>(next * 8)
     });
+    // A stalled reader: the echo fills every buffer on its way back, so the proxy holds bytes
+    // it could not write (an overflow buffer, or a full pipe) when the upgrade takes the tunnel.
+    if let Some(gate) = read_from {
+        while !gate.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
     let mut word = 0u64;
     let mut buf = vec![0u8; 64 * 1024];
     let mut carry: Vec<u8> = Vec::new();
@@ -252,7 +269,7 @@ async fn sigusr2_hands_1000_tunnels_and_50_handshakes_to_the_new_binary_without_
     relay: Relay,
 ) {
     let echo = backend("A").await.addr;
-    let mut proxy = config(relay, echo).start().await;
+    let mut proxy = config(relay, echo).admin().start().await;
     let addr = proxy.addr();
     let old = proxy.pid();
 
@@ -273,10 +290,13 @@ async fn sigusr2_hands_1000_tunnels_and_50_handshakes_to_the_new_binary_without_
         let (s, _) = open(addr, "/a/bulk")
             .await
             .unwrap_or_else(|c| panic!("bulk tunnel {i}: {c}"));
-        bulks.push(tokio::spawn(bulk(s, stop.clone())));
+        bulks.push(tokio::spawn(bulk(s, stop.clone(), None)));
     }
-    // 50 clients mid-handshake: connected, part of the head sent.
+    // One tunnel whose client reads nothing until after the upgrade.
     let go = Arc::new(AtomicBool::new(false));
+    let (s, _) = open(addr, "/a/stalled").await.expect("stalled tunnel");
+    bulks.push(tokio::spawn(bulk(s, stop.clone(), Some(go.clone()))));
+    // 50 clients mid-handshake: connected, part of the head sent.
     let mut slow = Vec::new();
     for i in 0..50 {
         slow.push(tokio::spawn(slow_handshake(
@@ -330,10 +350,26 @@ async fn sigusr2_hands_1000_tunnels_and_50_handshakes_to_the_new_binary_without_
     let stderr = proxy.stderr();
     let (handed, per_1000, summary) =
         handed_line(&stderr).unwrap_or_else(|| panic!("no hand-over summary in\n{stderr}"));
-    // Every tunnel went: the 1,004 established ones and the 50 handshakes that finished in
+    // Every tunnel went: the 1,005 established ones and the 50 handshakes that finished in
     // the old process (a churn client may have been caught mid-life too).
-    assert!(handed >= 1054, "{summary}");
-    assert!(summary.contains("0 lost"), "{summary}");
+    assert!(handed >= 1055, "{summary}");
+    assert!(summary.contains("; 0 lost"), "{summary}");
+    let carried: u64 = summary
+        .split(" bytes in flight went along")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no byte count in {summary}"));
+    assert!(
+        carried > 0,
+        "the stalled tunnel's bytes held in the proxy travelled along: {summary}"
+    );
+    // The admin listener moved too: the new process answers on it, and counts what it took.
+    tokio::task::block_in_place(|| {
+        support::blocking::eventually("the new process counts every tunnel", WAIT, || {
+            proxy.metric("wsplice_upgrade_tunnels_adopted_total") == handed
+        })
+    });
 
     // Traffic goes on through the new process for a while.
     let before = churned.load(Ordering::Relaxed);
@@ -372,6 +408,7 @@ async fn sigusr2_hands_1000_tunnels_and_50_handshakes_to_the_new_binary_without_
     }
     assert!(records >= 1000 * 10, "traffic flowed ({records} records)");
     assert!(bulk_bytes > 0);
+    let stderr = proxy.stderr();
     let took = stderr
         .lines()
         .find(|l| l.contains("took over"))

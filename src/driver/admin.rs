@@ -19,14 +19,46 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Binds `addr` and serves admin requests on a background thread.
+/// The admin socket, (configured address, socket): passed by the process this one upgraded
+/// from (taken by [`start`]), then a copy kept for the next upgrade.
+static SOCKET: std::sync::Mutex<Option<(SocketAddr, TcpListener)>> = std::sync::Mutex::new(None);
+
+/// The admin socket a binary upgrade passed, for [`start`] to serve on.
+pub fn inherit(configured: SocketAddr, l: TcpListener) {
+    if let Ok(mut s) = SOCKET.lock() {
+        *s = Some((configured, l));
+    }
+}
+
+/// A copy of the admin socket, (configured address, socket), for a binary upgrade.
+pub fn socket_for_upgrade() -> Option<(SocketAddr, TcpListener)> {
+    let s = SOCKET.lock().ok()?;
+    let (a, l) = s.as_ref()?;
+    Some((*a, l.try_clone().ok()?))
+}
+
+/// Binds `addr` (or takes the socket a binary upgrade passed for it) and serves admin
+/// requests on a background thread.
 pub fn start(addr: SocketAddr, stats: StatsReader, started: Instant) -> io::Result<SocketAddr> {
-    let l = TcpListener::bind(addr).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("cannot listen on admin address {addr}: {e} (change `admin`)"),
-        )
-    })?;
+    let passed = SOCKET
+        .lock()
+        .ok()
+        .and_then(|mut s| s.take_if(|(a, _)| *a == addr).map(|(_, l)| l));
+    let l = match passed {
+        Some(l) => {
+            l.set_nonblocking(false)?;
+            l
+        }
+        None => TcpListener::bind(addr).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot listen on admin address {addr}: {e} (change `admin`)"),
+            )
+        })?,
+    };
+    if let (Ok(mut s), Ok(copy)) = (SOCKET.lock(), l.try_clone()) {
+        *s = Some((addr, copy));
+    }
     let bound = l.local_addr()?;
     std::thread::Builder::new()
         .name("wsplice-admin".into())

@@ -105,7 +105,7 @@ pub enum Control {
 #[derive(Debug)]
 pub struct HandOver {
     /// Batches of tunnels go here (the control thread sends them to the new process).
-    pub out: Sender<Vec<upgrade::Tunnel>>,
+    pub out: Sender<upgrade::Batch>,
     /// Set when the new process stopped taking tunnels: keep the rest.
     pub abort: upgrade::Abort,
     /// What cannot be handed over (TLS tunnels, HTTP exchanges) is closed at this instant.
@@ -536,7 +536,7 @@ impl Server {
     /// ([`Server::join`] returns).
     pub fn hand_over(
         &mut self,
-        out: Sender<Vec<upgrade::Tunnel>>,
+        out: Sender<upgrade::Batch>,
         abort: &upgrade::Abort,
         until: Instant,
     ) {

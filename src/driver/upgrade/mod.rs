@@ -67,6 +67,15 @@ pub struct Tunnel {
     pub state: TunnelState,
 }
 
+/// Tunnels a worker hands over at once.
+#[derive(Debug)]
+pub struct Batch {
+    pub tunnels: Vec<Tunnel>,
+    /// Part of the sweep at the start of the hand-over (the tunnels established at the signal);
+    /// later batches are handshakes that finished since.
+    pub first: bool,
+}
+
 impl Tunnel {
     /// Bytes in user space that travel with it.
     pub fn pending(&self) -> usize {
@@ -96,12 +105,14 @@ pub struct Launched {
     child: Child,
 }
 
-/// Starts `exe args` with the upgrade socket, passes `listeners` (configured address, socket)
-/// and waits until it confirms. The error says why it did not, for the operator.
+/// Starts `exe args` with the upgrade socket, passes `listeners` and the `admin` listener
+/// (configured address, socket) and waits until it confirms. The error says why it did not,
+/// for the operator.
 pub fn launch(
     exe: &Path,
     args: &[OsString],
     listeners: &[(SocketAddr, BorrowedFd<'_>)],
+    admin: Option<(SocketAddr, BorrowedFd<'_>)>,
     within: Duration,
 ) -> Result<Launched, String> {
     let name = exe.display();
@@ -123,10 +134,12 @@ pub fn launch(
         why
     };
     let addrs: Vec<SocketAddr> = listeners.iter().map(|(a, _)| *a).collect();
-    let fds: Vec<BorrowedFd<'_>> = listeners.iter().map(|(_, f)| *f).collect();
+    let mut fds: Vec<BorrowedFd<'_>> = listeners.iter().map(|(_, f)| *f).collect();
+    fds.extend(admin.map(|(_, f)| f));
+    let admin = admin.map(|(a, _)| a);
     // A failed send means it is gone already: what it said before (a refusal), or its exit
     // status, is read below.
-    let _ = ipc::send_large(&ours, &wire::encode(&Msg::Listeners(addrs)), &fds);
+    let _ = ipc::send_large(&ours, &wire::encode(&Msg::Listeners { addrs, admin }), &fds);
     let deadline = Instant::now() + within;
     let (mut buf, mut fds) = (Vec::new(), Vec::new());
     let _ = ipc::set_timeout(&ours, Some(Duration::from_millis(200)));
@@ -201,6 +214,12 @@ pub fn launch(
 #[derive(Debug, Default, Clone, Copy)]
 pub struct HandedOver {
     pub tunnels: u64,
+    /// Of which established when the hand-over started (the workers' first sweep).
+    pub established: u64,
+    /// From the start of the hand-over to the last tunnel of the first sweep sent.
+    pub sweep: Duration,
+    /// Bytes in user space (overflow buffers, pipes) that travelled with the tunnels.
+    pub bytes: u64,
     /// From the start of the hand-over to the last tunnel sent.
     pub took: Duration,
     /// Tunnels whose message could not be sent (the new process died): they were closed.
@@ -211,14 +230,15 @@ pub struct HandedOver {
 /// sender) to the new process; on a failed send sets `abort` (the workers keep the rest).
 pub fn hand_over(
     l: &mut Launched,
-    batches: Receiver<Vec<Tunnel>>,
+    batches: Receiver<Batch>,
     abort: &AtomicBool,
     started: Instant,
 ) -> HandedOver {
     let mut done = HandedOver::default();
     let mut last = started;
-    for batch in batches {
+    for Batch { tunnels: batch, first } in batches {
         let n = batch.len() as u64;
+        let bytes: usize = batch.iter().map(Tunnel::pending).sum();
         if abort.load(Ordering::Relaxed) {
             done.lost += n;
             continue;
@@ -233,7 +253,12 @@ pub fn hand_over(
         match ipc::send_large(&l.sock, &wire::encode(&Msg::Tunnels(states)), &fds) {
             Ok(()) => {
                 done.tunnels += n;
+                done.bytes += bytes as u64;
                 last = Instant::now();
+                if first {
+                    done.established += n;
+                    done.sweep = last.saturating_duration_since(started);
+                }
             }
             Err(e) => {
                 eprintln!(
@@ -285,7 +310,8 @@ impl Inherited {
         Ok(Some(Inherited { sock }))
     }
 
-    /// The listeners the old process passes: (configured address, socket), in its order.
+    /// The listeners the old process passes: (configured address, socket), in its order. The
+    /// admin listener's goes to [`crate::driver::admin::inherit`].
     pub fn listeners(&self) -> io::Result<Vec<(SocketAddr, TcpListener)>> {
         ipc::set_timeout(&self.sock, Some(Duration::from_secs(10)))?;
         let (mut buf, mut fds) = (Vec::new(), Vec::new());
@@ -295,15 +321,20 @@ impl Inherited {
             ));
         }
         ipc::set_timeout(&self.sock, None)?;
-        let Msg::Listeners(addrs) = wire::decode(&buf)? else {
+        let Msg::Listeners { addrs, admin } = wire::decode(&buf)? else {
             return Err(io::Error::other("the old process sent no listeners first"));
         };
-        if addrs.len() != fds.len() {
+        if addrs.len() + admin.is_some() as usize != fds.len() {
             return Err(io::Error::other(format!(
                 "{} listener addresses but {} sockets",
-                addrs.len(),
+                addrs.len() + admin.is_some() as usize,
                 fds.len()
             )));
+        }
+        if let Some(a) = admin {
+            if let Some(fd) = fds.pop() {
+                crate::driver::admin::inherit(a, TcpListener::from(fd));
+            }
         }
         let mut out = Vec::with_capacity(addrs.len());
         for (a, fd) in addrs.into_iter().zip(fds) {

@@ -22,8 +22,12 @@ pub const VERSION: u8 = 1;
 /// One message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Msg {
-    /// The listening sockets follow as descriptors, one per configured address listed.
-    Listeners(Vec<SocketAddr>),
+    /// The listening sockets follow as descriptors, one per configured address listed, then
+    /// the admin listener's if there is one.
+    Listeners {
+        addrs: Vec<SocketAddr>,
+        admin: Option<SocketAddr>,
+    },
     /// The new process serves; its pid.
     Ready(u32),
     /// The new process could not start.
@@ -55,12 +59,13 @@ fn bad(what: &str) -> io::Error {
 pub fn encode(m: &Msg) -> Vec<u8> {
     let mut w = Vec::with_capacity(64);
     match m {
-        Msg::Listeners(addrs) => {
+        Msg::Listeners { addrs, admin } => {
             w.extend([b'L', VERSION]);
             w.extend((addrs.len() as u32).to_le_bytes());
             for a in addrs {
                 put_addr(&mut w, Some(*a));
             }
+            put_addr(&mut w, *admin);
         }
         Msg::Ready(pid) => {
             w.extend([b'R', VERSION]);
@@ -105,7 +110,10 @@ pub fn decode(b: &[u8]) -> io::Result<Msg> {
                         .ok_or_else(|| bad("listener without an address"))?,
                 );
             }
-            Msg::Listeners(addrs)
+            Msg::Listeners {
+                addrs,
+                admin: r.addr()?,
+            }
         }
         b'R' => Msg::Ready(r.u32()?),
         b'F' => Msg::Failed(String::from_utf8_lossy(&b[2..]).into_owned()),
@@ -337,10 +345,14 @@ mod tests {
     #[test]
     fn every_message_reads_back_as_written() {
         let all = [
-            Msg::Listeners(vec![
-                "127.0.0.1:0".parse().expect("a"),
-                "[::]:443".parse().expect("a"),
-            ]),
+            Msg::Listeners {
+                addrs: vec!["127.0.0.1:0".parse().expect("a"), "[::]:443".parse().expect("a")],
+                admin: Some("127.0.0.1:9090".parse().expect("a")),
+            },
+            Msg::Listeners {
+                addrs: Vec::new(),
+                admin: None,
+            },
             Msg::Ready(4242),
             Msg::Failed("cannot listen: no".into()),
             Msg::Tunnels(vec![tunnel(1), tunnel(2)]),

@@ -4,7 +4,7 @@
 use super::{ctx, lend, Driver, Slot, Watch, Worker};
 use crate::core::conn::Conn;
 use crate::core::relay::{Pipes, Side};
-use crate::driver::upgrade::{wire::TunnelState, Tunnel, BATCH, BATCH_BYTES};
+use crate::driver::upgrade::{wire::TunnelState, Batch, Tunnel, BATCH, BATCH_BYTES};
 use crate::driver::HandOver;
 use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
@@ -21,11 +21,15 @@ impl Worker {
         let until = h.until;
         self.handing = Some(h);
         self.drain_from(until, d);
-        self.hand_over_ready(d);
+        self.hand_over_sweep(d, true);
     }
 
     /// Hands over every tunnel that can go now, in batches. Called after each batch of events.
     pub(super) fn hand_over_ready(&mut self, d: &mut impl Driver) {
+        self.hand_over_sweep(d, false);
+    }
+
+    fn hand_over_sweep(&mut self, d: &mut impl Driver, first: bool) {
         let Some(h) = &self.handing else { return };
         if h.abort.load(Ordering::Relaxed) {
             eprintln!(
@@ -56,20 +60,20 @@ impl Worker {
             bytes += t.pending();
             batch.push(t);
             if batch.len() >= BATCH || bytes >= BATCH_BYTES {
-                self.send_batch(std::mem::take(&mut batch));
+                self.send_batch(std::mem::take(&mut batch), first);
                 bytes = 0;
             }
         }
         if !batch.is_empty() {
-            self.send_batch(batch);
+            self.send_batch(batch, first);
         }
     }
 
-    fn send_batch(&mut self, batch: Vec<Tunnel>) {
-        self.counters.upgrade_handed += batch.len() as u64;
+    fn send_batch(&mut self, tunnels: Vec<Tunnel>, first: bool) {
+        self.counters.upgrade_handed += tunnels.len() as u64;
         if let Some(h) = &self.handing {
             // The receiver lives until every worker is done.
-            let _ = h.out.send(batch);
+            let _ = h.out.send(Batch { tunnels, first });
         }
     }
 
