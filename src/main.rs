@@ -561,7 +561,14 @@ fn run(
             let listeners = i.listeners()?;
             let (key, _) = wsplice::transport::tls::TicketKeys::generate()
                 .map_err(|_| io::Error::other("the system random generator failed (getrandom)"))?;
-            Server::start_inherited(&cfg, key, listeners)?
+            let server = Server::start_inherited(&cfg, key, listeners)?;
+            if server.driver() != driver::Chosen::Epoll {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "this configuration runs the io_uring driver, which cannot take over tunnels yet (set driver = \"epoll\")",
+                ));
+            }
+            server
         }
         None => Server::start(&cfg)?,
     };

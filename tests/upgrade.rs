@@ -571,3 +571,47 @@ async fn a_failing_new_binary_leaves_the_old_one_serving_then_a_good_one_takes_o
     s.write_all(b"ping").await.expect("write");
     s.read_exact(&mut b4).await.expect("echo");
 }
+
+/// Worker processes do not hand tunnels over yet: `SIGUSR2` says so, changes nothing, and the
+/// proxy keeps serving its tunnels and new clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr2_with_worker_processes_says_it_cannot_and_changes_nothing() {
+    within(DEADLINE, async {
+        let echo = backend("A").await.addr;
+        let mut proxy = Proxy::builder(Relay::Copy)
+            .top("worker_model", "\"processes\"")
+            .workers(2)
+            .route(route("/a", &[echo]))
+            .start()
+            .await;
+        let addr = proxy.addr();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, _) = open(addr, "/a/x").await.expect("tunnel");
+        let f = tokio::spawn(flow(s, stop.clone(), Duration::from_millis(20)));
+        proxy.signal(Signal::SIGUSR2);
+        let line = tokio::task::block_in_place(|| {
+            proxy.expect_line_starting(&["upgraded pid=", "upgrade failed"], WAIT)
+        });
+        assert_eq!(line, "upgrade failed");
+        assert!(
+            proxy
+                .stderr()
+                .contains("binary upgrade runs with worker_model = \"threads\" only for now"),
+            "{}",
+            proxy.stderr()
+        );
+        assert!(proxy.is_running());
+        let (mut s, _) = open(addr, "/a/after").await.expect("still accepting");
+        s.write_all(b"ping").await.expect("write");
+        let mut b4 = [0u8; 4];
+        s.read_exact(&mut b4).await.expect("echo");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.store(true, Ordering::Relaxed);
+        let n = f
+            .await
+            .expect("flow")
+            .unwrap_or_else(|e| panic!("tunnel: {e}"));
+        assert!(n > 0);
+    })
+    .await
+}

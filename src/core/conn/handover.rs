@@ -119,3 +119,95 @@ impl<P> Conn<P> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RelayMode;
+    use crate::core::conn::Step;
+    use crate::core::relay::tests::FakePipes;
+    use crate::core::relay::{IoOp, RelayStats, Side, Src, Timeouts};
+    use crate::core::timer::Clock;
+    use std::time::Instant;
+
+    fn time(now: Instant, clock: Clock) -> Time {
+        Time {
+            now,
+            tick: clock.tick(now),
+            clock,
+        }
+    }
+
+    #[test]
+    fn a_relay_goes_with_its_pending_bytes_and_resumes_writing_them_first() {
+        let start = Instant::now();
+        let t = time(start, Clock::new(start));
+        let mut stats = RelayStats::default();
+        let timeouts = Timeouts::new(Duration::from_secs(60), Duration::from_secs(5));
+        let ip: IpAddr = "10.0.0.7".parse().expect("ip");
+        let mut conn: Conn<u32> = Conn::Relay(Relaying {
+            relay: Relay::new(
+                b"101 and more".to_vec(),
+                Vec::new(),
+                true,
+                timeouts,
+                t.tick,
+                &mut stats,
+            ),
+            armed: 0,
+            backend_id: 3,
+            counted_ip: Some(ip),
+            closed: None,
+            log: None,
+            _lease: None,
+        });
+        let (scratch, mut returned, mut pipes) = (vec![0u8; 64], Vec::new(), FakePipes::default());
+        let mut cx = Ctx {
+            scratch: &scratch,
+            lent: None,
+            returned: &mut returned,
+            pipes: &mut pipes,
+            stats: &mut stats,
+            mode: RelayMode::Copy,
+            threshold: 4096,
+            completion: false,
+        };
+        assert!(conn.can_hand_over());
+        let (handed, held, released) = conn.hand_over(&mut cx, &t).expect("a relay goes");
+        assert!(matches!(conn, Conn::Ended) && !conn.can_hand_over());
+        assert!(held.iter().all(Option::is_none));
+        assert_eq!((released.backend_id, released.counted_ip), (3, Some(ip)));
+        assert_eq!(handed.counted_ip, Some(ip));
+        assert_eq!(handed.relay.down.pending, b"101 and more");
+        assert_eq!(handed.relay.timeouts, timeouts);
+
+        // The other side: another clock, later.
+        let later = start + Duration::from_secs(3);
+        let t2 = time(later, Clock::new(later));
+        let mut conn2: Conn<u32> = Conn::taken_over(handed, true, None, None, &mut cx, &t2);
+        // The client side is read as for any relay; the backend is not read before the
+        // pending bytes are out to the client.
+        let mut step = conn2.poll(&mut cx, &t2);
+        if let Step::Io(
+            op @ IoOp::Read {
+                side: Side::Client, ..
+            },
+        ) = step
+        {
+            let would_block = std::io::Error::from(std::io::ErrorKind::WouldBlock);
+            conn2.complete_io(op, Err(would_block), &mut cx, &t2);
+            step = conn2.poll(&mut cx, &t2);
+        }
+        assert!(
+            matches!(
+                step,
+                Step::Io(IoOp::Write {
+                    side: Side::Client,
+                    src: Src::Held
+                })
+            ),
+            "{step:?}"
+        );
+        assert_eq!(conn2.out_bytes(), b"101 and more");
+    }
+}

@@ -236,7 +236,11 @@ pub fn hand_over(
 ) -> HandedOver {
     let mut done = HandedOver::default();
     let mut last = started;
-    for Batch { tunnels: batch, first } in batches {
+    for Batch {
+        tunnels: batch,
+        first,
+    } in batches
+    {
         let n = batch.len() as u64;
         let bytes: usize = batch.iter().map(Tunnel::pending).sum();
         if abort.load(Ordering::Relaxed) {

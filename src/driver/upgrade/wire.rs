@@ -346,7 +346,10 @@ mod tests {
     fn every_message_reads_back_as_written() {
         let all = [
             Msg::Listeners {
-                addrs: vec!["127.0.0.1:0".parse().expect("a"), "[::]:443".parse().expect("a")],
+                addrs: vec![
+                    "127.0.0.1:0".parse().expect("a"),
+                    "[::]:443".parse().expect("a"),
+                ],
                 admin: Some("127.0.0.1:9090".parse().expect("a")),
             },
             Msg::Listeners {
