@@ -57,6 +57,7 @@ use wsplice::sys::limits;
 // WebSocket implementation of its own.
 mod demo;
 mod report;
+mod upgrading;
 
 use report::{announce, stopped, stopping_message, tls_summary, Found};
 
@@ -556,22 +557,7 @@ fn run(
         return Ok(());
     }
 
-    let mut server = match &inherited {
-        Some(i) => {
-            let listeners = i.listeners()?;
-            let (key, _) = wsplice::transport::tls::TicketKeys::generate()
-                .map_err(|_| io::Error::other("the system random generator failed (getrandom)"))?;
-            let server = Server::start_inherited(&cfg, key, listeners)?;
-            if server.driver() != driver::Chosen::Epoll {
-                return Err(io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    "this configuration runs the io_uring driver, which cannot take over tunnels yet (set driver = \"epoll\")",
-                ));
-            }
-            server
-        }
-        None => Server::start(&cfg)?,
-    };
+    let mut server = upgrading::start_threads(&cfg, inherited.as_ref())?;
     let certs = server.tls().map(|t| t.summary.clone()).unwrap_or_default();
     let driver_line = match server.driver() {
         driver::Chosen::Epoll => "driver epoll".to_owned(),
@@ -599,26 +585,14 @@ fn run(
         soft,
     )?;
     if let Some(i) = inherited {
-        // Serving: the old process may stop accepting and send its tunnels.
-        let receiving = i.ready()?;
-        let mut adopter = server.adopter();
-        std::thread::Builder::new()
-            .name("wsplice-upgrade".into())
-            .spawn(move || {
-                let started = Instant::now();
-                let n = receiving.run(|batch| adopter.deliver(batch));
-                eprintln!(
-                    "wsplice: upgrade: took over {n} tunnels in {:.1} ms",
-                    started.elapsed().as_secs_f64() * 1e3
-                );
-            })?;
+        upgrading::receive(i, &server)?;
     }
     for sig in signals.forever() {
         match sig {
             SIGHUP => reload(&mut server, args, &mut cfg, &mut text),
             SIGUSR1 => reopen(&server),
             SIGUSR2 => {
-                if binary_upgrade(&mut server, &exe, &cfg) {
+                if upgrading::binary_upgrade(&mut server, &exe, &cfg) {
                     return Ok(());
                 }
             }
@@ -642,66 +616,6 @@ fn run(
     }
     server.join();
     Ok(())
-}
-
-/// SIGUSR2 with worker threads: starts the binary at `exe` and hands it everything. True once
-/// this process is done (every tunnel handed over or finished); false when the upgrade failed
-/// and this process serves on, unchanged.
-fn binary_upgrade(server: &mut Server, exe: &io::Result<PathBuf>, cfg: &Config) -> bool {
-    let fail = |why: &str| {
-        eprintln!(
-            "wsplice: upgrade failed, still serving (pid {}): {why}",
-            std::process::id()
-        );
-        say("upgrade failed");
-        false
-    };
-    let exe = match exe {
-        Ok(p) => p,
-        Err(e) => return fail(&format!("cannot tell which binary this is: {e}")),
-    };
-    if server.driver() != driver::Chosen::Epoll {
-        return fail("binary upgrade runs with the epoll driver only for now (driver = \"epoll\")");
-    }
-    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    eprintln!(
-        "wsplice: SIGUSR2: starting {} to take over the listeners and tunnels",
-        exe.display()
-    );
-    let admin = admin::socket_for_upgrade();
-    let admin_fd = admin.as_ref().map(|(a, l)| {
-        use std::os::fd::AsFd;
-        (*a, l.as_fd())
-    });
-    let listeners = server.listener_fds();
-    let mut launched =
-        match upgrade::launch(exe, &args, &listeners, admin_fd, upgrade::CONFIRM_WITHIN) {
-            Ok(l) => l,
-            Err(why) => return fail(&why),
-        };
-    say(&format!("upgraded pid={}", launched.pid));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let abort: upgrade::Abort = Arc::default();
-    let started = Instant::now();
-    server.hand_over(tx, &abort, started + cfg.timeouts.drain);
-    let done = upgrade::hand_over(&mut launched, rx, &abort, started);
-    server.join();
-    let sweep = done.sweep.as_secs_f64() * 1e3;
-    let per_1000 = if done.established > 0 {
-        sweep * 1000.0 / done.established as f64
-    } else {
-        0.0
-    };
-    eprintln!(
-        "wsplice: upgrade: handed {} tunnels to pid {}: the {} established at the signal in {sweep:.1} ms ({per_1000:.1} ms per 1,000 tunnels), the rest as their handshakes finished, {:.1} ms in all; {} bytes in flight went along; {} lost; every connection left here has finished: exiting",
-        done.tunnels,
-        launched.pid,
-        done.established,
-        done.took.as_secs_f64() * 1e3,
-        done.bytes,
-        done.lost
-    );
-    true
 }
 
 fn reopen(running: &dyn Running) {

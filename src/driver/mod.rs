@@ -202,27 +202,7 @@ pub struct Server {
     sockets: Vec<(SocketAddr, std::net::TcpListener)>,
 }
 
-/// Hands tunnels that arrive from an upgrade to the workers, in turn (any thread).
-pub struct Adopter {
-    workers: Vec<(Sender<Control>, Wake)>,
-    next: usize,
-}
-
-impl Adopter {
-    /// Gives `batch` to the next worker.
-    pub fn deliver(&mut self, batch: Vec<upgrade::Tunnel>) {
-        if self.workers.is_empty() {
-            return;
-        }
-        let (tx, wake) = &self.workers[self.next % self.workers.len()];
-        self.next = self.next.wrapping_add(1);
-        if tx.send(Control::Adopt(batch)).is_ok() {
-            let _ = wake.wake();
-        }
-    }
-}
-
-fn bind_error(addr: SocketAddr, e: io::Error) -> io::Error {
+pub(crate) fn bind_error(addr: SocketAddr, e: io::Error) -> io::Error {
     let hint = match e.kind() {
         io::ErrorKind::AddrInUse => " (another process listens there: stop it or change `listen`)",
         io::ErrorKind::PermissionDenied => " (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
@@ -409,21 +389,8 @@ impl Server {
         let mut listen = Vec::new();
         let mut sockets = Vec::new();
         for want in cfg.all_listen() {
-            let (passed, rest): (Vec<_>, Vec<_>) =
-                inherited.into_iter().partition(|(a, _)| *a == want);
-            inherited = rest;
-            let mut passed: Vec<std::net::TcpListener> =
-                passed.into_iter().map(|(_, l)| l).collect();
-            let (actual, socks) = match passed.first() {
-                Some(first) => {
-                    let actual = first.local_addr()?;
-                    while passed.len() < workers {
-                        let more =
-                            reuseport_listener(actual, 4096).map_err(|e| bind_error(actual, e))?;
-                        passed.push(more);
-                    }
-                    (actual, passed)
-                }
+            let (actual, socks) = match upgrade::take_passed(&mut inherited, want, workers)? {
+                Some(passed) => passed,
                 None => bind_all(want, workers)?,
             };
             listen.push((want, actual));
@@ -523,45 +490,6 @@ impl Server {
             health,
             sockets,
         })
-    }
-
-    /// Every listening socket, (configured address, socket), for a binary upgrade.
-    pub fn listener_fds(&self) -> Vec<(SocketAddr, std::os::fd::BorrowedFd<'_>)> {
-        use std::os::fd::AsFd;
-        self.sockets.iter().map(|(a, l)| (*a, l.as_fd())).collect()
-    }
-
-    /// A binary upgrade confirmed: every worker stops accepting and hands its tunnels over
-    /// to `out`; what cannot go ends by `until`. The workers stop once they hold nothing
-    /// ([`Server::join`] returns).
-    pub fn hand_over(
-        &mut self,
-        out: Sender<upgrade::Batch>,
-        abort: &upgrade::Abort,
-        until: Instant,
-    ) {
-        for w in &self.workers {
-            let h = HandOver {
-                out: out.clone(),
-                abort: abort.clone(),
-                until,
-            };
-            self.send(w, Control::HandOver(h));
-        }
-        // The new process holds the sockets now; our copies go.
-        self.sockets.clear();
-    }
-
-    /// Hands tunnels arriving from the process this one upgraded from to the workers.
-    pub fn adopter(&self) -> Adopter {
-        Adopter {
-            workers: self
-                .workers
-                .iter()
-                .map(|w| (w.control.clone(), w.waker.clone()))
-                .collect(),
-            next: 0,
-        }
     }
 
     /// The driver the workers run.

@@ -31,7 +31,11 @@
 //! with a line saying so), the io_uring driver (operations in flight in the ring), TLS tunnels
 //! (their session keys stay in the old process: they finish there, up to `timeouts.drain`).
 
+mod server;
 pub mod wire;
+
+pub(crate) use server::take_passed;
+pub use server::Adopter;
 
 use crate::sys::ipc;
 use std::ffi::OsString;
