@@ -138,6 +138,7 @@ async fn bulk(
     s: TcpStream,
     stop: Arc<AtomicBool>,
     read_from: Option<Arc<AtomicBool>>,
+    written: Arc<AtomicU64>,
 ) -> Result<u64, String> {
     let (mut r, mut w) = s.into_split();
     // The stalled tunnel writes flat out, to fill every buffer before the upgrade.
@@ -157,6 +158,7 @@ async fn bulk(
             w.write_all(&chunk)
                 .await
                 .map_err(|e| format!("bulk write at word {next}: {e}"))?;
+            written.fetch_add(chunk.len() as u64, Ordering::Relaxed);
             tokio::time::sleep(pause).await;
         }
         w.shutdown().await.map_err(|e| format!("shutdown: {e}"))?;
@@ -290,22 +292,18 @@ async fn sigusr2_hands_1000_tunnels_and_50_handshakes_to_the_new_binary_without_
         let (s, _) = open(addr, "/a/bulk")
             .await
             .unwrap_or_else(|c| panic!("bulk tunnel {i}: {c}"));
-        bulks.push(tokio::spawn(bulk(s, stop.clone(), None)));
+        bulks.push(tokio::spawn(bulk(s, stop.clone(), None, Arc::default())));
     }
     // One tunnel whose client reads nothing until after the upgrade.
     let go = Arc::new(AtomicBool::new(false));
     let (s, _) = open(addr, "/a/stalled").await.expect("stalled tunnel");
-    bulks.push(tokio::spawn(bulk(s, stop.clone(), Some(go.clone()))));
-    // 50 clients mid-handshake: connected, part of the head sent.
-    let mut slow = Vec::new();
-    for i in 0..50 {
-        slow.push(tokio::spawn(slow_handshake(
-            addr,
-            10 + i,
-            go.clone(),
-            stop.clone(),
-        )));
-    }
+    let stalled_written = Arc::new(AtomicU64::new(0));
+    bulks.push(tokio::spawn(bulk(
+        s,
+        stop.clone(),
+        Some(go.clone()),
+        stalled_written.clone(),
+    )));
     // New clients keep coming across the switch: every one must be answered.
     let churn_stop = Arc::new(AtomicBool::new(false));
     let churned = Arc::new(AtomicU64::new(0));
@@ -325,8 +323,40 @@ async fn sigusr2_hands_1000_tunnels_and_50_handshakes_to_the_new_binary_without_
             Ok::<(), String>(())
         })
     };
-    // Let traffic run, and the slow clients be accepted by the old process.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Let traffic run, and the slow clients be accepted by the old process; the stalled
+    // tunnel's writer blocks once every buffer on the way is full (then the proxy holds bytes
+    // it cannot write).
+    let mut last = u64::MAX;
+    let filled_by = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = stalled_written.load(Ordering::Relaxed);
+        if now == last && now > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < filled_by,
+            "the stalled tunnel never filled ({now} bytes written)"
+        );
+        last = now;
+    }
+    // 50 clients mid-handshake (connected, part of the head sent), accepted by the old
+    // process: its descriptors show them. (Their head timeout runs from here.)
+    let fds_before = fds_of(old);
+    let mut slow = Vec::new();
+    for i in 0..50 {
+        slow.push(tokio::spawn(slow_handshake(
+            addr,
+            10 + i,
+            go.clone(),
+            stop.clone(),
+        )));
+    }
+    tokio::task::block_in_place(|| {
+        support::blocking::eventually("the old process accepts the 50 slow clients", WAIT, || {
+            fds_of(old) >= fds_before + 50
+        })
+    });
     let old_fds = fds_of(old);
     let old_rss = rss_kib_of(old);
 
@@ -373,11 +403,21 @@ async fn sigusr2_hands_1000_tunnels_and_50_handshakes_to_the_new_binary_without_
 
     // Traffic goes on through the new process for a while.
     let before = churned.load(Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(
-        churned.load(Ordering::Relaxed) > before,
-        "new clients are served after the old process left"
-    );
+    let served_by = std::time::Instant::now() + WAIT;
+    while churned.load(Ordering::Relaxed) < before + 10 {
+        if churn.is_finished() {
+            let why = churn.await.expect("churn task");
+            panic!(
+                "a new client failed across the upgrade: {why:?}\n{}",
+                proxy.stderr()
+            );
+        }
+        assert!(
+            std::time::Instant::now() < served_by,
+            "new clients are served after the old process left"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let new_fds = fds_of(new);
     let new_rss = rss_kib_of(new);
 

@@ -192,9 +192,10 @@ pub fn launch(
                 }
                 Err(e) => return Err(fail(&mut child, format!("{name} (pid {pid}): {e}"))),
             },
-            // A reset: it left our listeners unread.
             Ok(false) => return Err(exited(&mut child)),
-            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Err(exited(&mut child)),
+            // It closed its end with our listeners unread. The kernel reports that once,
+            // before what it sent (a refusal) and the end, which the next rounds read.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => continue,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(fail(&mut child, format!("upgrade socket: {e}"))),
