@@ -19,20 +19,22 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The admin socket, (configured address, socket): passed by the process this one upgraded
-/// from (taken by [`start`]), then a copy kept for the next upgrade.
-static SOCKET: std::sync::Mutex<Option<(SocketAddr, TcpListener)>> = std::sync::Mutex::new(None);
+/// The admin socket a binary upgrade passed, (configured address, socket), until [`start`]
+/// takes it.
+static PASSED: std::sync::Mutex<Option<(SocketAddr, TcpListener)>> = std::sync::Mutex::new(None);
+/// A copy of the admin socket [`start`] serves on, for the next binary upgrade.
+static KEPT: std::sync::Mutex<Option<(SocketAddr, TcpListener)>> = std::sync::Mutex::new(None);
 
 /// The admin socket a binary upgrade passed, for [`start`] to serve on.
 pub fn inherit(configured: SocketAddr, l: TcpListener) {
-    if let Ok(mut s) = SOCKET.lock() {
+    if let Ok(mut s) = PASSED.lock() {
         *s = Some((configured, l));
     }
 }
 
 /// A copy of the admin socket, (configured address, socket), for a binary upgrade.
 pub fn socket_for_upgrade() -> Option<(SocketAddr, TcpListener)> {
-    let s = SOCKET.lock().ok()?;
+    let s = KEPT.lock().ok()?;
     let (a, l) = s.as_ref()?;
     Some((*a, l.try_clone().ok()?))
 }
@@ -40,7 +42,7 @@ pub fn socket_for_upgrade() -> Option<(SocketAddr, TcpListener)> {
 /// Binds `addr` (or takes the socket a binary upgrade passed for it) and serves admin
 /// requests on a background thread.
 pub fn start(addr: SocketAddr, stats: StatsReader, started: Instant) -> io::Result<SocketAddr> {
-    let passed = SOCKET
+    let passed = PASSED
         .lock()
         .ok()
         .and_then(|mut s| s.take_if(|(a, _)| *a == addr).map(|(_, l)| l));
@@ -56,7 +58,7 @@ pub fn start(addr: SocketAddr, stats: StatsReader, started: Instant) -> io::Resu
             )
         })?,
     };
-    if let (Ok(mut s), Ok(copy)) = (SOCKET.lock(), l.try_clone()) {
+    if let (Ok(mut s), Ok(copy)) = (KEPT.lock(), l.try_clone()) {
         *s = Some((addr, copy));
     }
     let bound = l.local_addr()?;
