@@ -78,7 +78,11 @@ pub fn binary_upgrade(server: &mut Server, exe: &io::Result<PathBuf>, cfg: &Conf
         use std::os::fd::AsFd;
         (*a, l.as_fd())
     });
-    let listeners = server.listener_fds();
+    let owned = server.listener_fds();
+    let listeners: Vec<_> = {
+        use std::os::fd::AsFd;
+        owned.iter().map(|(a, fd)| (*a, fd.as_fd())).collect()
+    };
     let mut launched =
         match upgrade::launch(exe, &args, &listeners, admin_fd, upgrade::CONFIRM_WITHIN) {
             Ok(l) => l,

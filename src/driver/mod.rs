@@ -199,7 +199,8 @@ pub struct Server {
     health: health::Health,
     /// A copy of every worker's listening socket, (configured address, socket): what a binary
     /// upgrade passes to the new process.
-    sockets: Vec<(SocketAddr, std::net::TcpListener)>,
+    /// Dropped at a drain: a socket nobody accepts from must not stay open.
+    sockets: std::sync::Mutex<Vec<(SocketAddr, std::net::TcpListener)>>,
 }
 
 pub(crate) fn bind_error(addr: SocketAddr, e: io::Error) -> io::Error {
@@ -488,7 +489,7 @@ impl Server {
             tls_addrs: cfg.tls.listen.clone(),
             driver,
             health,
-            sockets,
+            sockets: std::sync::Mutex::new(sockets),
         })
     }
 
@@ -580,13 +581,17 @@ impl Server {
         for (want, actual, socks) in added {
             self.listen.push((want, actual));
             for (w, s) in per_worker.iter_mut().zip(socks) {
-                self.sockets.push((want, s.try_clone()?));
+                if let Ok(mut kept) = self.sockets.lock() {
+                    kept.push((want, s.try_clone()?));
+                }
                 w.push((want, s));
             }
         }
         self.listen.retain(|(w, _)| !removed.contains(w));
         // A socket nobody accepts from must not stay open: its queue would hold clients.
-        self.sockets.retain(|(w, _)| !removed.contains(w));
+        if let Ok(mut kept) = self.sockets.lock() {
+            kept.retain(|(w, _)| !removed.contains(w));
+        }
         let (applied, acks) = std::sync::mpsc::channel();
         for (w, add) in self.workers.iter().zip(per_worker) {
             let msg = Control::Reload(Box::new(Reload {
@@ -614,6 +619,10 @@ impl Server {
     /// Stops accepting now; tunnels may finish until `deadline`, then the rest are closed and
     /// the workers stop ([`Server::join`] returns).
     pub fn drain(&self, deadline: Instant) {
+        // Closed at once: the workers stop accepting, and connects must be refused.
+        if let Ok(mut kept) = self.sockets.lock() {
+            kept.clear();
+        }
         for w in &self.workers {
             self.send(w, Control::Drain(deadline));
         }

@@ -6,7 +6,7 @@ use crate::driver::{bind_error, Control, HandOver, Server, Wake};
 use crate::sys::sock::reuseport_listener;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::mpsc::Sender;
 use std::time::Instant;
 
@@ -54,8 +54,13 @@ impl Adopter {
 
 impl Server {
     /// Every listening socket, (configured address, socket), for a binary upgrade.
-    pub fn listener_fds(&self) -> Vec<(SocketAddr, BorrowedFd<'_>)> {
-        self.sockets.iter().map(|(a, l)| (*a, l.as_fd())).collect()
+    pub fn listener_fds(&self) -> Vec<(SocketAddr, OwnedFd)> {
+        let Ok(kept) = self.sockets.lock() else {
+            return Vec::new();
+        };
+        kept.iter()
+            .filter_map(|(a, l)| Some((*a, l.as_fd().try_clone_to_owned().ok()?)))
+            .collect()
     }
 
     /// A binary upgrade confirmed: every worker stops accepting and hands its tunnels over
@@ -71,7 +76,9 @@ impl Server {
             self.send(w, Control::HandOver(h));
         }
         // The new process holds the sockets now; our copies go.
-        self.sockets.clear();
+        if let Ok(mut kept) = self.sockets.lock() {
+            kept.clear();
+        }
     }
 
     /// Hands tunnels arriving from the process this one upgraded from to the workers.
