@@ -24,8 +24,14 @@
 //! ready
 //! ```
 //!
-//! Exit status: 0 after a clean stop or a passing `--check`, 1 for a bad configuration or a failed
-//! start, 2 for a usage error.
+//! Exit status: 0 after a clean stop, a passing `--check` or a finished binary upgrade, 1 for a
+//! bad configuration or a failed start, 2 for a usage error.
+//!
+//! `SIGUSR2` upgrades the binary without dropping a tunnel: the file at the path this process
+//! was started from is started with the same arguments, takes the listening sockets and every
+//! established tunnel, and this process exits (see `wsplice::driver::upgrade`). On stdout the
+//! old process says `upgraded pid=NEW` once the new one serves (the new one prints its own
+//! start-up lines and `ready`), or `upgrade failed` (stderr says why; nothing changed).
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -35,13 +41,14 @@ use std::sync::Arc;
 
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook::iterator::Signals;
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
 use wsplice::config::{Config, ConfigError, DriverMode, RelayMode, TlsFlags, WorkerModel};
 use wsplice::core::relay::CloseReason;
 use wsplice::driver::supervisor::{Event, Spawn, Supervisor};
+use wsplice::driver::upgrade::{self, Inherited};
 use wsplice::driver::{self, admin, process, Server, StatsReader};
 use wsplice::sys::cpus::Cpus;
 use wsplice::sys::limits;
@@ -50,6 +57,7 @@ use wsplice::sys::limits;
 // WebSocket implementation of its own.
 mod demo;
 mod report;
+mod upgrading;
 
 use report::{announce, stopped, stopping_message, tls_summary, Found};
 
@@ -220,6 +228,15 @@ impl From<RelayArg> for RelayMode {
 }
 
 fn main() -> ExitCode {
+    // First, while this is the only thread: the socket of a binary upgrade, if we are the new
+    // binary, and our own path, for the next upgrade.
+    let inherited = match Inherited::from_env() {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("wsplice: error: {} is set but unusable: {e}", upgrade::ENV);
+            return ExitCode::FAILURE;
+        }
+    };
     let args = Args::parse();
     if let Some(id) = args.worker_process {
         let args = Arc::new(args);
@@ -273,6 +290,7 @@ fn main() -> ExitCode {
         Ok(x) => x,
         Err(e) => {
             eprintln!("wsplice: error: {e}");
+            upgrade::report_failure(&e.to_string());
             if args.check {
                 eprintln!("wsplice: configuration {source} test failed");
             }
@@ -302,10 +320,11 @@ fn main() -> ExitCode {
         println!("wsplice: configuration {source} is ok");
         return ExitCode::SUCCESS;
     }
-    match run(cfg, text, &args) {
+    match run(cfg, text, &args, inherited) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("wsplice: error: {e}");
+            upgrade::report_failure(&e.to_string());
             ExitCode::FAILURE
         }
     }
@@ -334,7 +353,7 @@ fn run_demo(listen: SocketAddr, args: &Args) -> io::Result<()> {
          or with websocat: websocat ws://{listen}/msg\n\
          Ctrl-C stops it."
     );
-    run(cfg, None, args)
+    run(cfg, None, args, None)
 }
 
 /// The configuration from the file or the flags, with `--workers`, `--relay` and
@@ -450,7 +469,13 @@ impl Running for Processes {
     }
 }
 
-fn run(mut cfg: Config, mut text: Option<String>, args: &Args) -> io::Result<()> {
+fn run(
+    mut cfg: Config,
+    mut text: Option<String>,
+    args: &Args,
+    inherited: Option<Inherited>,
+) -> io::Result<()> {
+    let exe = upgrade::exe_path();
     let (soft, _hard) = match limits::raise_nofile_limit() {
         Ok(limit) => limit,
         Err(e) => {
@@ -474,7 +499,13 @@ fn run(mut cfg: Config, mut text: Option<String>, args: &Args) -> io::Result<()>
         ));
     }
     // Signals are caught from here on, before `ready`, so a script may signal right after it.
-    let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT, SIGUSR1])?;
+    let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT, SIGUSR1, SIGUSR2])?;
+    if choice.model == WorkerModel::Processes && inherited.is_some() {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this configuration runs worker processes, which cannot take over tunnels yet (set worker_model = \"threads\")",
+        ));
+    }
     if choice.model == WorkerModel::Processes {
         let (tx, rx) = std::sync::mpsc::channel();
         let forward = tx.clone();
@@ -517,6 +548,10 @@ fn run(mut cfg: Config, mut text: Option<String>, args: &Args) -> io::Result<()>
             match sig {
                 SIGHUP => reload(&mut running, args, &mut cfg, &mut text),
                 SIGUSR1 => reopen(&running),
+                SIGUSR2 => {
+                    eprintln!("wsplice: SIGUSR2: binary upgrade runs with worker_model = \"threads\" only for now; nothing changed (restart, or run with worker threads)");
+                    say("upgrade failed");
+                }
                 _ if stopping => {
                     eprintln!("wsplice: second stop signal: exiting now");
                     // The workers see their control socket close and stop at once.
@@ -534,7 +569,7 @@ fn run(mut cfg: Config, mut text: Option<String>, args: &Args) -> io::Result<()>
         return Ok(());
     }
 
-    let mut server = Server::start(&cfg)?;
+    let mut server = upgrading::start_threads(&cfg, inherited.as_ref())?;
     let certs = server.tls().map(|t| t.summary.clone()).unwrap_or_default();
     let driver_line = match server.driver() {
         driver::Chosen::Epoll => "driver epoll".to_owned(),
@@ -561,10 +596,18 @@ fn run(mut cfg: Config, mut text: Option<String>, args: &Args) -> io::Result<()>
         &choice,
         soft,
     )?;
+    if let Some(i) = inherited {
+        upgrading::receive(i, &server)?;
+    }
     for sig in signals.forever() {
         match sig {
             SIGHUP => reload(&mut server, args, &mut cfg, &mut text),
             SIGUSR1 => reopen(&server),
+            SIGUSR2 => {
+                if upgrading::binary_upgrade(&mut server, &exe, &cfg) {
+                    return Ok(());
+                }
+            }
             _ => {
                 let grace = cfg.timeouts.drain;
                 stopping_message(grace);

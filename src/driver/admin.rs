@@ -19,14 +19,48 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Binds `addr` and serves admin requests on a background thread.
+/// The admin socket a binary upgrade passed, (configured address, socket), until [`start`]
+/// takes it.
+static PASSED: std::sync::Mutex<Option<(SocketAddr, TcpListener)>> = std::sync::Mutex::new(None);
+/// A copy of the admin socket [`start`] serves on, for the next binary upgrade.
+static KEPT: std::sync::Mutex<Option<(SocketAddr, TcpListener)>> = std::sync::Mutex::new(None);
+
+/// The admin socket a binary upgrade passed, for [`start`] to serve on.
+pub fn inherit(configured: SocketAddr, l: TcpListener) {
+    if let Ok(mut s) = PASSED.lock() {
+        *s = Some((configured, l));
+    }
+}
+
+/// A copy of the admin socket, (configured address, socket), for a binary upgrade.
+pub fn socket_for_upgrade() -> Option<(SocketAddr, TcpListener)> {
+    let s = KEPT.lock().ok()?;
+    let (a, l) = s.as_ref()?;
+    Some((*a, l.try_clone().ok()?))
+}
+
+/// Binds `addr` (or takes the socket a binary upgrade passed for it) and serves admin
+/// requests on a background thread.
 pub fn start(addr: SocketAddr, stats: StatsReader, started: Instant) -> io::Result<SocketAddr> {
-    let l = TcpListener::bind(addr).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("cannot listen on admin address {addr}: {e} (change `admin`)"),
-        )
-    })?;
+    let passed = PASSED
+        .lock()
+        .ok()
+        .and_then(|mut s| s.take_if(|(a, _)| *a == addr).map(|(_, l)| l));
+    let l = match passed {
+        Some(l) => {
+            l.set_nonblocking(false)?;
+            l
+        }
+        None => TcpListener::bind(addr).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot listen on admin address {addr}: {e} (change `admin`)"),
+            )
+        })?,
+    };
+    if let (Ok(mut s), Ok(copy)) = (KEPT.lock(), l.try_clone()) {
+        *s = Some((addr, copy));
+    }
     let bound = l.local_addr()?;
     std::thread::Builder::new()
         .name("wsplice-admin".into())

@@ -29,6 +29,7 @@ pub mod shared;
 pub mod stats;
 pub mod status;
 pub mod supervisor;
+pub mod upgrade;
 pub mod uring;
 pub mod worker;
 
@@ -102,9 +103,25 @@ pub enum Control {
     Reload(Box<Reload>),
     /// Stop accepting; close whatever is still open at this instant; then stop.
     Drain(Instant),
+    /// A binary upgrade: stop accepting and hand established tunnels over ([`upgrade`]).
+    HandOver(HandOver),
+    /// Tunnels handed over by the process this one upgraded from.
+    Adopt(Vec<upgrade::Tunnel>),
+}
+
+/// A worker's orders for a binary upgrade.
+#[derive(Debug)]
+pub struct HandOver {
+    /// Batches of tunnels go here (the control thread sends them to the new process).
+    pub out: Sender<upgrade::Batch>,
+    /// Set when the new process stopped taking tunnels: keep the rest.
+    pub abort: upgrade::Abort,
+    /// What cannot be handed over (TLS tunnels, HTTP exchanges) is closed at this instant.
+    pub until: Instant,
 }
 
 /// Wakes a worker's loop from another thread.
+#[derive(Clone)]
 enum Wake {
     Epoll(Arc<Waker>),
     Uring(Arc<uring::Waker>),
@@ -147,9 +164,13 @@ pub struct Server {
     driver: Chosen,
     /// Backend checks, ejections and drains.
     health: health::Health,
+    /// A copy of every worker's listening socket, (configured address, socket): what a binary
+    /// upgrade passes to the new process.
+    /// Dropped at a drain: a socket nobody accepts from must not stay open.
+    sockets: std::sync::Mutex<Vec<(SocketAddr, std::net::TcpListener)>>,
 }
 
-fn bind_error(addr: SocketAddr, e: io::Error) -> io::Error {
+pub(crate) fn bind_error(addr: SocketAddr, e: io::Error) -> io::Error {
     let hint = match e.kind() {
         io::ErrorKind::AddrInUse => " (another process listens there: stop it or change `listen`)",
         io::ErrorKind::PermissionDenied => " (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
@@ -320,6 +341,18 @@ impl Server {
     /// [`Server::start`] with the 32 bytes session ticket keys derive from: every process
     /// handed the same bytes accepts the others' tickets.
     pub fn start_with_ticket_key(cfg: &Config, ticket_key: [u8; 32]) -> io::Result<Server> {
+        Server::start_inherited(cfg, ticket_key, Vec::new())
+    }
+
+    /// [`Server::start_with_ticket_key`] on listening sockets a binary upgrade passed
+    /// (configured address, socket): each configured address takes the sockets passed for it
+    /// (the same accept queues as the old process's), spread over the workers; more are bound
+    /// with SO_REUSEPORT if there are more workers than sockets.
+    pub fn start_inherited(
+        cfg: &Config,
+        ticket_key: [u8; 32],
+        mut inherited: Vec<(SocketAddr, std::net::TcpListener)>,
+    ) -> io::Result<Server> {
         let workers = cfg
             .workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
@@ -335,12 +368,22 @@ impl Server {
         let mut per_worker: Vec<Vec<(SocketAddr, std::net::TcpListener)>> =
             (0..workers).map(|_| Vec::new()).collect();
         let mut listen = Vec::new();
+        let mut sockets = Vec::new();
         for want in cfg.all_listen() {
-            let (actual, socks) = bind_all(want, workers)?;
+            let (actual, socks) = match upgrade::take_passed(&mut inherited, want, workers)? {
+                Some(passed) => passed,
+                None => bind_all(want, workers)?,
+            };
             listen.push((want, actual));
-            for (w, s) in per_worker.iter_mut().zip(socks) {
-                w.push((want, s));
+            for (i, s) in socks.into_iter().enumerate() {
+                sockets.push((want, s.try_clone()?));
+                per_worker[i % workers].push((want, s));
             }
+        }
+        for (want, _) in &inherited {
+            eprintln!(
+                "wsplice: upgrade: the old process listened on {want}, which this configuration does not: closed"
+            );
         }
         let (log, log_thread) = match &cfg.access_log {
             Some(a) => {
@@ -426,6 +469,7 @@ impl Server {
             tls_addrs: cfg.tls.listen.clone(),
             driver,
             health,
+            sockets: std::sync::Mutex::new(sockets),
         })
     }
 
@@ -524,10 +568,17 @@ impl Server {
         for (want, actual, socks) in added {
             self.listen.push((want, actual));
             for (w, s) in per_worker.iter_mut().zip(socks) {
+                if let Ok(mut kept) = self.sockets.lock() {
+                    kept.push((want, s.try_clone()?));
+                }
                 w.push((want, s));
             }
         }
         self.listen.retain(|(w, _)| !removed.contains(w));
+        // A socket nobody accepts from must not stay open: its queue would hold clients.
+        if let Ok(mut kept) = self.sockets.lock() {
+            kept.retain(|(w, _)| !removed.contains(w));
+        }
         let (applied, acks) = std::sync::mpsc::channel();
         for (w, add) in self.workers.iter().zip(per_worker) {
             let msg = Control::Reload(Box::new(Reload {
@@ -555,6 +606,10 @@ impl Server {
     /// Stops accepting now; tunnels may finish until `deadline`, then the rest are closed and
     /// the workers stop ([`Server::join`] returns).
     pub fn drain(&self, deadline: Instant) {
+        // Closed at once: the workers stop accepting, and connects must be refused.
+        if let Ok(mut kept) = self.sockets.lock() {
+            kept.clear();
+        }
         for w in &self.workers {
             self.send(w, Control::Drain(deadline));
         }

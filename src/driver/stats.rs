@@ -130,6 +130,10 @@ metrics! {
     /// Forwarded requests sent again on a new connection because a pooled one failed before
     /// any answer byte (the backend closed it as we picked it up).
     retries = (counter "wsplice_http_retries_total");
+    /// Tunnels this process handed to a new binary at an upgrade (SIGUSR2).
+    upgrade_handed = (counter "wsplice_upgrade_tunnels_handed_total");
+    /// Tunnels this process took over from the process it upgraded from.
+    upgrade_adopted = (counter "wsplice_upgrade_tunnels_adopted_total");
     /// Worker threads, by the driver that runs them (the `driver` key).
     drivers = (gauge "wsplice_workers_by_driver" by driver in DRIVERS);
     /// The io_uring driver's counters, copied in once per loop iteration (zero under epoll).

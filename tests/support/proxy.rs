@@ -499,6 +499,16 @@ impl ProxyBuilder {
         proxy
     }
 
+    /// [`ProxyBuilder::blocking_start`] with the binary at `program` (a copy the test may
+    /// replace, for binary upgrades).
+    pub fn blocking_start_from(self, program: &Path) -> Proxy {
+        let toml = self.toml();
+        let config = TempFile::new("toml", &toml);
+        let mut cmd = Command::new(program);
+        cmd.arg("--config").arg(config.path());
+        Proxy::spawn(cmd, Some(config), toml)
+    }
+
     /// Writes the config, spawns `wsplice --config FILE` and waits for `ready`.
     pub fn blocking_start(self) -> Proxy {
         let toml = self.toml();
@@ -740,6 +750,26 @@ impl Proxy {
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig)
             .expect("signal the proxy");
+    }
+
+    /// Waits for a stdout line that starts with one of `prefixes`; returns it. (After a binary
+    /// upgrade the new process writes to the same stdout.)
+    pub fn expect_line_starting(&self, prefixes: &[&str], within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        let lines = self.lines.lock().expect("stdout lines");
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(l) if prefixes.iter().any(|p| l.starts_with(p)) => return l,
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("no line starting with {prefixes:?} within {within:?}")
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("proxy stdout closed before {prefixes:?}")
+                }
+            }
+        }
     }
 
     /// Waits for a stdout line equal to one of `want`; returns it.

@@ -18,6 +18,7 @@
 //! each out and reports its result (`complete_*`); it never asks which stage a connection is
 //! in. Upgrade and Linger are boxed: an idle relay's slab entry holds only [`Relay`] state.
 
+mod handover;
 mod http;
 mod linger;
 mod upgrade;
@@ -30,6 +31,7 @@ use crate::core::handshake::{ConnectFailure, Settings};
 use crate::core::relay::{Check, CloseReason, Ctx, IoOp, Next, Pipes, Relay, Side, Timeouts, Way};
 use crate::core::status::Reject;
 use crate::core::timer::{at_or_before, Clock, Tick};
+pub use handover::{Handed, LogFacts, Released};
 use http::Exchange;
 use linger::Linger;
 use std::io;

@@ -127,6 +127,9 @@ impl Worker {
             }
         }
         self.backend_pool.expire(self.time.now);
+        if self.handing.is_some() {
+            self.hand_over_ready(d);
+        }
         self.reap();
         let done = self.drained(d);
         self.shrink_when_idle();

@@ -11,6 +11,7 @@
 mod accept;
 mod bookkeeping;
 mod control;
+mod handover;
 mod tls;
 
 use bookkeeping::write_log;
@@ -188,6 +189,8 @@ pub struct Worker {
     /// The TLS sessions of backend connections whose route speaks TLS to its backends, by key.
     backend_tls: tls::BackendSessions,
     started: Option<std::sync::mpsc::SyncSender<()>>,
+    /// Set by a binary upgrade: established tunnels go to the new process.
+    handing: Option<crate::driver::HandOver>,
 }
 
 fn is_no_fd(e: &io::Error) -> bool {
@@ -244,6 +247,7 @@ impl Worker {
             tls_bufs: None,
             backend_tls: HashMap::new(),
             started: cfg.started,
+            handing: None,
         }
     }
 
