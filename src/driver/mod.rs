@@ -28,6 +28,11 @@ pub mod shared;
 pub mod stats;
 pub mod status;
 pub mod supervisor;
+#[cfg(feature = "uring")]
+pub mod uring;
+/// Without the `uring` feature (gateway builds): no io_uring driver, and `probe` says so.
+#[cfg(not(feature = "uring"))]
+#[path = "uring/off.rs"]
 pub mod uring;
 pub mod worker;
 
@@ -115,7 +120,7 @@ impl Wake {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Chosen {
     Epoll,
-    Uring(crate::sys::uring::Setup),
+    Uring(uring::Setup),
 }
 
 /// Resolves the `driver` key: `uring` refuses to start where io_uring cannot run (the error

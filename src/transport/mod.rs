@@ -11,6 +11,11 @@
 //! spoke plain HTTP to it. kTLS, which would let TLS tunnels splice, would be one more
 //! transport behind this seam.
 
+#[cfg(feature = "tls")]
+pub mod tls;
+/// Without the `tls` feature: TLS listeners refuse to start, saying why.
+#[cfg(not(feature = "tls"))]
+#[path = "tls/off.rs"]
 pub mod tls;
 
 use std::io::{self, Read, Write};
