@@ -54,7 +54,8 @@ use wsplice::sys::cpus::Cpus;
 use wsplice::sys::limits;
 
 // The toy backends of `wsplice demo` live with the binary: the library has no use for a
-// WebSocket implementation of its own.
+// WebSocket implementation of its own. Gateway builds leave it out (cargo feature `demo`).
+#[cfg(feature = "demo")]
 mod demo;
 mod report;
 mod upgrading;
@@ -330,7 +331,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// `wsplice demo` in a build without it (the gateway builds): says so.
+#[cfg(not(feature = "demo"))]
+fn run_demo(_listen: SocketAddr, _args: &Args) -> io::Result<()> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "this binary is built without `wsplice demo` (cargo feature `demo`, left out of the gateway builds); run the demo from a default build (cargo run --release -- demo)",
+    ))
+}
+
 /// `wsplice demo`: the classic setup, self-contained.
+#[cfg(feature = "demo")]
 fn run_demo(listen: SocketAddr, args: &Args) -> io::Result<()> {
     let (notice, echo) = demo::start_demo_backends()?;
     let page = demo::start_demo_page()?;

@@ -9,7 +9,7 @@ use std::io;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Chosen {
     Epoll,
-    Uring(crate::sys::uring::Setup),
+    Uring(uring::Setup),
 }
 
 /// True when `cfg` has TLS listeners or TLS backends, which only the epoll driver runs.

@@ -30,6 +30,11 @@ pub mod stats;
 pub mod status;
 pub mod supervisor;
 pub mod upgrade;
+#[cfg(feature = "uring")]
+pub mod uring;
+/// Without the `uring` feature (gateway builds): no io_uring driver, and `probe` says so.
+#[cfg(not(feature = "uring"))]
+#[path = "uring/off.rs"]
 pub mod uring;
 pub mod worker;
 

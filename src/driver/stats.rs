@@ -25,7 +25,6 @@ pub mod json;
 
 use crate::core::relay::{CloseReason, RelayStats};
 use crate::core::status::Reject;
-use crate::driver::uring::UringStats;
 use crate::sys::pipe::PoolStats;
 use crate::sys::shm::Cells;
 use crate::transport::tls::{self, TlsEvent};
@@ -149,6 +148,18 @@ metrics! {
         /// Frequent: raise uring.buffer_memory.
         buffers_exhausted = (counter "wsplice_uring_buffers_exhausted_total");
     };
+}
+
+/// Counters of an io_uring worker's ring, for its metrics (zero under epoll, and in builds
+/// without the `uring` feature).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct UringStats {
+    pub submitted: u64,
+    pub completed: u64,
+    /// Loop iterations (each one `io_uring_enter` that waits).
+    pub loops: u64,
+    /// Receives that found every provided buffer taken (ENOBUFS): they wait for one.
+    pub buffers_exhausted: u64,
 }
 
 /// The `class` label values of `wsplice_http_requests_total`.
