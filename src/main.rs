@@ -341,6 +341,8 @@ fn run_demo(listen: SocketAddr, args: &Args) -> io::Result<()> {
     ];
     let mut cfg = Config::from_cli(vec![listen], &routes, None, None)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    // `wsplice --driver uring --relay copy demo` tries the demo under another driver/relay.
+    overrides(args, &mut cfg);
     // The demo backends are threads of this process: worker processes could not reach them
     // through a re-run of `demo`.
     cfg.worker_model = WorkerModel::Threads;

@@ -13,6 +13,7 @@
 //!   ws.rs       WebSocket: the tungstenite client and hand-made frames
 //!   backend.rs  the backends the proxy talks to
 //!   tunnels.rs  long-lived named tunnels with checked traffic (reload, drain, worker processes)
+//!   browser.rs  headless Chromium: a page dumped once, or kept open and read over DevTools
 //! ```
 //!
 //! The async helpers (tokio) are at the root: `use support::*`. Their blocking twins, for tests
@@ -30,6 +31,7 @@ mod proxy;
 mod backend;
 mod head;
 mod io;
+pub mod browser;
 pub mod tls;
 mod tunnels;
 mod ws;

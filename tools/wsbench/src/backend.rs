@@ -1,6 +1,8 @@
 //! `backend`: the WebSocket server behind the proxy under test.
 //!
-//! Every accepted connection (any path) echoes text and binary messages back unchanged.
+//! Every accepted connection (any path) echoes text and binary messages back unchanged; a
+//! connection whose first request is not an upgrade is served plain HTTP/1.1 with keep-alive
+//! instead (`GET /bytes/N`, see `http.rs`).
 //! A line-based TCP control port triggers notification pushes:
 //!
 //! ```text
@@ -30,6 +32,8 @@ struct Counters {
     accepted: AtomicU64,
     handshake_failed: AtomicU64,
     lagged: AtomicU64,
+    /// Connections that carried plain HTTP requests instead of an upgrade.
+    http: AtomicU64,
 }
 
 pub async fn run(listen: Vec<SocketAddr>, control: Option<SocketAddr>) -> Result<(), String> {
@@ -56,8 +60,9 @@ pub async fn run(listen: Vec<SocketAddr>, control: Option<SocketAddr>) -> Result
     eprintln!("backend: ready on {bound:?}, control {ctl_addr:?}");
     wait_for_signal().await;
     eprintln!(
-        "backend: exiting; accepted {} handshake_failed {} lagged {}",
+        "backend: exiting; accepted {} (plain HTTP {}) handshake_failed {} lagged {}",
         counters.accepted.load(Ordering::Relaxed),
+        counters.http.load(Ordering::Relaxed),
         counters.handshake_failed.load(Ordering::Relaxed),
         counters.lagged.load(Ordering::Relaxed)
     );
@@ -92,6 +97,10 @@ async fn accept_loop(l: TcpListener, tx: broadcast::Sender<Bytes>, counters: Arc
 
 async fn serve(s: TcpStream, mut rx: broadcast::Receiver<Bytes>, counters: Arc<Counters>) {
     let _ = s.set_nodelay(true);
+    if !crate::http::peek_is_upgrade(&s).await {
+        counters.http.fetch_add(1, Ordering::Relaxed);
+        return crate::http::serve(s).await;
+    }
     let config = WebSocketConfig::default()
         .read_buffer_size(32 * 1024)
         .write_buffer_size(0)
