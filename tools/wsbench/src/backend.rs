@@ -23,7 +23,8 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 
 #[derive(Default)]
@@ -97,20 +98,32 @@ async fn accept_loop(l: TcpListener, tx: broadcast::Sender<Bytes>, counters: Arc
 
 async fn serve(s: TcpStream, mut rx: broadcast::Receiver<Bytes>, counters: Arc<Counters>) {
     let _ = s.set_nodelay(true);
-    if !crate::http::peek_is_upgrade(&s).await {
-        counters.http.fetch_add(1, Ordering::Relaxed);
-        return crate::http::serve(s).await;
-    }
     let config = WebSocketConfig::default()
         .read_buffer_size(32 * 1024)
         .write_buffer_size(0)
         .max_message_size(Some(64 << 20));
-    let mut ws = match tokio_tungstenite::accept_async_with_config(s, Some(config)).await {
-        Ok(ws) => ws,
-        Err(_) => {
+    let mut ws = if crate::http::peek_is_upgrade(&s).await {
+        match tokio_tungstenite::accept_async_with_config(s, Some(config)).await {
+            Ok(ws) => ws,
+            Err(_) => {
+                counters.handshake_failed.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+    } else {
+        counters.http.fetch_add(1, Ordering::Relaxed);
+        // Plain requests; an upgrade after them (a reused pooled connection) is answered here.
+        let Some(up) = crate::http::serve(s).await else { return };
+        let mut stream = up.stream;
+        let answer = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+            derive_accept_key(up.key.as_bytes())
+        );
+        if stream.write_all(answer.as_bytes()).await.is_err() {
             counters.handshake_failed.fetch_add(1, Ordering::Relaxed);
             return;
         }
+        tokio_tungstenite::WebSocketStream::from_partially_read(stream, up.read_ahead, Role::Server, Some(config)).await
     };
     counters.connected.fetch_add(1, Ordering::Relaxed);
     loop {

@@ -69,8 +69,18 @@ pub async fn peek_is_upgrade(s: &TcpStream) -> bool {
     }
 }
 
-/// Serves plain requests on one connection until the client closes or asks to.
-pub async fn serve(s: TcpStream) {
+/// An upgrade request met on a connection that carried plain requests before (a proxy
+/// reusing a pooled backend connection, as nginx with `keepalive` does): the connection, the
+/// bytes read past the request head, and the request's `Sec-WebSocket-Key`.
+pub struct Upgrade {
+    pub stream: TcpStream,
+    pub read_ahead: Vec<u8>,
+    pub key: String,
+}
+
+/// Serves plain requests on one connection until the client closes or asks to, or until it
+/// sends an upgrade request, which is handed back to the WebSocket side.
+pub async fn serve(s: TcpStream) -> Option<Upgrade> {
     let (r, mut w) = s.into_split();
     let mut r = BufReader::with_capacity(16 * 1024, r);
     let mut line = String::new();
@@ -78,7 +88,7 @@ pub async fn serve(s: TcpStream) {
         // Request line and headers.
         line.clear();
         match r.read_line(&mut line).await {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => return None,
             Ok(_) => {}
         }
         let mut words = line.split_whitespace();
@@ -89,23 +99,28 @@ pub async fn serve(s: TcpStream) {
         );
         let mut close = version != "HTTP/1.1";
         let mut length = 0usize;
+        let (mut upgrade, mut key) = (false, None);
         let mut head_len = line.len();
         loop {
             line.clear();
             match r.read_line(&mut line).await {
-                Ok(0) | Err(_) => return,
+                Ok(0) | Err(_) => return None,
                 Ok(n) => head_len += n,
             }
             if head_len > MAX_HEAD {
-                return;
+                return None;
             }
             let l = line.trim_end();
             if l.is_empty() {
                 break;
             }
             if let Some((k, v)) = l.split_once(':') {
+                if k.trim().eq_ignore_ascii_case("sec-websocket-key") {
+                    key = Some(v.trim().to_owned());
+                }
                 let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_ascii_lowercase());
                 match k.as_str() {
+                    "upgrade" if v == "websocket" => upgrade = true,
                     "connection" if v.split(',').any(|t| t.trim() == "close") => close = true,
                     "connection" if v.split(',').any(|t| t.trim() == "keep-alive") => close = false,
                     "content-length" => length = v.parse().unwrap_or(0),
@@ -115,9 +130,14 @@ pub async fn serve(s: TcpStream) {
                 }
             }
         }
+        if let (true, Some(key)) = (upgrade, key) {
+            let read_ahead = r.buffer().to_vec();
+            let stream = r.into_inner().reunite(w).ok()?;
+            return Some(Upgrade { stream, read_ahead, key });
+        }
         // A request body (none is expected) is read and dropped.
         if length > 0 && tokio::io::copy(&mut (&mut r).take(length as u64), &mut tokio::io::sink()).await.is_err() {
-            return;
+            return None;
         }
         let size = target.strip_prefix("/bytes/").and_then(|n| n.parse::<usize>().ok());
         let conn = if close { "Connection: close\r\n" } else { "" };
@@ -144,7 +164,7 @@ pub async fn serve(s: TcpStream) {
         };
         if !ok || close {
             let _ = w.shutdown().await;
-            return;
+            return None;
         }
     }
 }
