@@ -146,6 +146,12 @@ enum Cmd {
         /// Where the proxy listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// The event loop, as for the proxy (default epoll).
+        #[arg(long, value_enum, value_name = "DRIVER")]
+        driver: Option<DriverArg>,
+        /// How tunnel bytes are moved, as for the proxy (default auto).
+        #[arg(long, value_enum, value_name = "MODE")]
+        relay: Option<RelayArg>,
     },
     /// Read an nginx or Apache reverse-proxy configuration (includes followed) and print the
     /// equivalent wsplice TOML on stdout; what has no equivalent is listed as comments.
@@ -265,8 +271,13 @@ fn main() -> ExitCode {
             }
         };
     }
-    if let Some(Cmd::Demo { listen }) = args.command {
-        return match run_demo(listen, &args) {
+    if let Some(Cmd::Demo {
+        listen,
+        driver,
+        relay,
+    }) = args.command
+    {
+        return match run_demo(listen, driver, relay, &args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("wsplice: error: {e}");
@@ -331,7 +342,12 @@ fn main() -> ExitCode {
 }
 
 /// `wsplice demo`: the classic setup, self-contained.
-fn run_demo(listen: SocketAddr, args: &Args) -> io::Result<()> {
+fn run_demo(
+    listen: SocketAddr,
+    driver: Option<DriverArg>,
+    relay: Option<RelayArg>,
+    args: &Args,
+) -> io::Result<()> {
     let (notice, echo) = demo::start_demo_backends()?;
     let page = demo::start_demo_page()?;
     let routes = [
@@ -341,8 +357,13 @@ fn run_demo(listen: SocketAddr, args: &Args) -> io::Result<()> {
     ];
     let mut cfg = Config::from_cli(vec![listen], &routes, None, None)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-    // `wsplice --driver uring --relay copy demo` tries the demo under another driver/relay.
-    overrides(args, &mut cfg);
+    // `wsplice demo --driver uring --relay copy` tries the demo under another driver/relay.
+    if let Some(d) = driver {
+        cfg.driver = d.into();
+    }
+    if let Some(r) = relay {
+        cfg.relay.mode = r.into();
+    }
     // The demo backends are threads of this process: worker processes could not reach them
     // through a re-run of `demo`.
     cfg.worker_model = WorkerModel::Threads;

@@ -67,11 +67,11 @@ fn status_of_root(proxy: SocketAddr) -> String {
 fn demo_in_browser(driver: Driver) {
     let Some(bin) = chromium() else { return };
     let demo = Proxy::blocking_start_args(&[
-        "--driver",
-        driver.as_str(),
         "demo",
         "--listen",
         "127.0.0.1:0",
+        "--driver",
+        driver.as_str(),
     ]);
     let proxy = demo.addr();
     let token = format!("hello-{}-{}", std::process::id(), driver.as_str());

@@ -182,7 +182,6 @@ pub fn text_of(html: &str, id: &str) -> String {
     html[start..end].to_owned()
 }
 
-
 /// A page kept open in headless Chromium and read over the DevTools protocol (a WebSocket to
 /// the browser, spoken with tungstenite): the page runs in real time, as long as the test
 /// needs. The browser and its profile go away on drop.
@@ -257,23 +256,49 @@ impl LivePage {
         s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
         std::io::Write::write_all(
             &mut s,
-            format!("GET /json/list HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
+            format!(
+                "GET /json/list HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
         )
         .ok()?;
-        let mut answer = String::new();
-        s.read_to_string(&mut answer).ok()?;
-        let (_, body) = answer.split_once("\r\n\r\n")?;
-        let list: serde_json::Value = serde_json::from_str(body).ok()?;
-        list.as_array()?
-            .iter()
-            .find(|t| t["type"] == "page")?["webSocketDebuggerUrl"]
+        // Chromium keeps the connection open: read by Content-Length.
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 8192];
+        let body = loop {
+            let n = s.read(&mut buf).ok()?;
+            if n == 0 {
+                return None;
+            }
+            answer.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&answer);
+            let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                continue;
+            };
+            let length: usize = head.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })?;
+            if body.len() >= length {
+                break body.to_owned();
+            }
+        };
+        let list: serde_json::Value = serde_json::from_str(&body).ok()?;
+        list.as_array()?.iter().find(|t| t["type"] == "page")?["webSocketDebuggerUrl"]
             .as_str()
             .map(str::to_owned)
     }
 
-    /// Evaluates `expression` in the page and returns its value (JSON).
+    /// Evaluates `expression` in the page and returns its value (JSON); panics if it throws.
     pub fn eval(&mut self, expression: &str) -> serde_json::Value {
+        self.try_eval(expression)
+            .unwrap_or_else(|e| panic!("{expression} threw: {e}"))
+    }
+
+    /// Evaluates `expression` in the page: its value (JSON), or what it threw (the page may be
+    /// between two documents while it loads).
+    pub fn try_eval(&mut self, expression: &str) -> Result<serde_json::Value, String> {
         self.next_id += 1;
         let id = self.next_id;
         let ws = self.devtools.as_mut().expect("connected");
@@ -290,34 +315,36 @@ impl LivePage {
             let Ok(v) = serde_json::from_str::<serde_json::Value>(text) else {
                 continue;
             };
-            if v["id"] == id {
-                if let Some(e) = v.get("exceptionDetails").or(v["result"].get("exceptionDetails")) {
-                    panic!("{expression} threw: {e}");
-                }
-                return v["result"]["result"]["value"].clone();
+            if v["id"] != id {
+                continue; // an event
             }
+            if let Some(e) = v.get("error").or(v["result"].get("exceptionDetails")) {
+                return Err(e.to_string());
+            }
+            return Ok(v["result"]["result"]["value"].clone());
         }
     }
 
-    /// The page's DOM as Chromium serializes it.
-    pub fn dom(&mut self) -> String {
-        self.eval("document.documentElement.outerHTML")
-            .as_str()
-            .unwrap_or("")
-            .to_owned()
-    }
-
-    /// Reads the DOM every 200 ms until `done` holds for it (at most `within`); returns it.
-    pub fn wait_for(&mut self, what: &str, within: Duration, done: impl Fn(&Dom) -> bool) -> String {
+    /// Reads the DOM (as Chromium serializes it) every 200 ms until `done` holds for it (at
+    /// most `within`); returns it.
+    pub fn wait_for(
+        &mut self,
+        what: &str,
+        within: Duration,
+        done: impl Fn(&Dom) -> bool,
+    ) -> String {
         let deadline = Instant::now() + within;
         loop {
-            let html = self.dom();
-            if done(&Dom::parse(&html)) {
-                return html;
+            let read = self.try_eval("document.documentElement.outerHTML");
+            if let Ok(html) = &read {
+                let html = html.as_str().unwrap_or("").to_owned();
+                if done(&Dom::parse(&html)) {
+                    return html;
+                }
             }
             assert!(
                 Instant::now() < deadline,
-                "the page did not show {what} within {within:?}; its DOM:\n{html}"
+                "the page did not show {what} within {within:?}; its DOM: {read:?}"
             );
             std::thread::sleep(Duration::from_millis(200));
         }

@@ -29,9 +29,9 @@ use std::time::Duration;
 #[macro_use]
 mod proxy;
 mod backend;
+pub mod browser;
 mod head;
 mod io;
-pub mod browser;
 pub mod tls;
 mod tunnels;
 mod ws;
