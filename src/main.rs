@@ -147,6 +147,12 @@ enum Cmd {
         /// Where the proxy listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// The event loop, as for the proxy (default epoll).
+        #[arg(long, value_enum, value_name = "DRIVER")]
+        driver: Option<DriverArg>,
+        /// How tunnel bytes are moved, as for the proxy (default auto).
+        #[arg(long, value_enum, value_name = "MODE")]
+        relay: Option<RelayArg>,
     },
     /// Read an nginx or Apache reverse-proxy configuration (includes followed) and print the
     /// equivalent wsplice TOML on stdout; what has no equivalent is listed as comments.
@@ -266,8 +272,13 @@ fn main() -> ExitCode {
             }
         };
     }
-    if let Some(Cmd::Demo { listen }) = args.command {
-        return match run_demo(listen, &args) {
+    if let Some(Cmd::Demo {
+        listen,
+        driver,
+        relay,
+    }) = args.command
+    {
+        return match run_demo(listen, driver, relay, &args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("wsplice: error: {e}");
@@ -333,7 +344,12 @@ fn main() -> ExitCode {
 
 /// `wsplice demo` in a build without it (the gateway builds): says so.
 #[cfg(not(feature = "demo"))]
-fn run_demo(_listen: SocketAddr, _args: &Args) -> io::Result<()> {
+fn run_demo(
+    _listen: SocketAddr,
+    _driver: Option<DriverArg>,
+    _relay: Option<RelayArg>,
+    _args: &Args,
+) -> io::Result<()> {
     Err(io::Error::new(
         io::ErrorKind::Unsupported,
         "this binary is built without `wsplice demo` (cargo feature `demo`, left out of the gateway builds); run the demo from a default build (cargo run --release -- demo)",
@@ -342,7 +358,12 @@ fn run_demo(_listen: SocketAddr, _args: &Args) -> io::Result<()> {
 
 /// `wsplice demo`: the classic setup, self-contained.
 #[cfg(feature = "demo")]
-fn run_demo(listen: SocketAddr, args: &Args) -> io::Result<()> {
+fn run_demo(
+    listen: SocketAddr,
+    driver: Option<DriverArg>,
+    relay: Option<RelayArg>,
+    args: &Args,
+) -> io::Result<()> {
     let (notice, echo) = demo::start_demo_backends()?;
     let page = demo::start_demo_page()?;
     let routes = [
@@ -352,6 +373,13 @@ fn run_demo(listen: SocketAddr, args: &Args) -> io::Result<()> {
     ];
     let mut cfg = Config::from_cli(vec![listen], &routes, None, None)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    // `wsplice demo --driver uring --relay copy` tries the demo under another driver/relay.
+    if let Some(d) = driver {
+        cfg.driver = d.into();
+    }
+    if let Some(r) = relay {
+        cfg.relay.mode = r.into();
+    }
     // The demo backends are threads of this process: worker processes could not reach them
     // through a re-run of `demo`.
     cfg.worker_model = WorkerModel::Threads;

@@ -585,6 +585,13 @@ impl Proxy {
         }
     }
 
+    /// [`Proxy::start_args`] for tests on std threads.
+    pub fn blocking_start_args(args: &[&str]) -> Proxy {
+        let mut cmd = wsplice_command();
+        cmd.args(args);
+        Proxy::spawn(cmd, None, format!("wsplice {}\n", args.join(" ")))
+    }
+
     /// Spawns `cmd` and reads its stdout until `ready` (at most [`START_DEADLINE`]), taking the
     /// first `listen ADDR` line as the proxy's address and `admin ADDR` as the admin listener's.
     fn spawn(mut cmd: Command, config: Option<TempFile>, description: String) -> Proxy {
