@@ -55,7 +55,7 @@ fn start(live: Arc<AtomicUsize>) -> io::Result<(SocketAddr, SocketAddr)> {
 pub const PAGE: &str = include_str!("demo_page.html");
 
 /// Starts the page backend on an ephemeral 127.0.0.1 port: HTTP/1.1 with keep-alive, the demo
-/// page for `GET` or `HEAD` of `/` or `/index.html`, 404 otherwise.
+/// page for `GET` or `HEAD` of `/` or `/index.html` (with any query), 404 otherwise.
 pub fn start_demo_page() -> io::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
@@ -111,7 +111,9 @@ fn serve_page(mut stream: TcpStream) -> io::Result<()> {
         let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
         let lower = head.to_ascii_lowercase();
         let close = lower.contains("\r\nconnection: close");
-        let page = matches!(target, "/" | "/index.html") && matches!(method, "GET" | "HEAD");
+        // The page reads its query (`?send=`, `?ws=`) itself.
+        let path = target.split('?').next().unwrap_or("");
+        let page = matches!(path, "/" | "/index.html") && matches!(method, "GET" | "HEAD");
         let (status, body) = if page {
             ("200 OK", PAGE)
         } else {
@@ -410,11 +412,16 @@ mod tests {
         let mut s = TcpStream::connect(addr).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(5)))
             .expect("timeout");
-        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /?send=hi HTTP/1.1\r\nHost: x\r\n\r\nGET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             .expect("write");
         let mut all = String::new();
         s.read_to_string(&mut all).expect("read");
         assert!(all.starts_with("HTTP/1.1 200 OK\r\n"), "{all}");
+        assert_eq!(
+            all.matches("HTTP/1.1 200 OK\r\n").count(),
+            2,
+            "with a query too"
+        );
         assert!(all.contains(&format!("Content-Length: {}\r\n", PAGE.len())));
         assert!(all.contains("new WebSocket(url(\"/notice\")"));
         assert!(all.contains("HTTP/1.1 404 Not Found\r\n"));

@@ -47,6 +47,16 @@
 //! 5. `End` says what to give back: the worker drops both sockets, releases the slot and the
 //!    per-IP count, counts the close reason and writes the access log line.
 //!
+//! ## Binary upgrade (`SIGUSR2`)
+//! [`driver::upgrade`]: the running process starts the binary now at its path with the same
+//! arguments and an inherited `SOCK_SEQPACKET` socket; passes the listening sockets (the new
+//! process serves on the same accept queues, then confirms); then each worker hands every
+//! established relay over between two operations, with `SCM_RIGHTS`: both sockets plus
+//! [`core::conn::Handed`] (the relay's [`core::relay::RelayState`]: pending bytes, half-close,
+//! timer ages; the per-IP count; access log facts). The new worker rebuilds it with
+//! [`core::conn::Conn::taken_over`]. Handshakes finish in the old process first; the old process
+//! exits when it holds nothing. A new binary that fails leaves the old one as it was.
+//!
 //! The driver never asks a connection what state it is in: it feeds events and executes
 //! operations. An idle relay holds its two sockets and one small slab entry: no buffer, no pipe.
 //! The core never touches a socket or reads a clock, so whole connections are unit tests with

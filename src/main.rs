@@ -24,8 +24,14 @@
 //! ready
 //! ```
 //!
-//! Exit status: 0 after a clean stop or a passing `--check`, 1 for a bad configuration or a failed
-//! start, 2 for a usage error.
+//! Exit status: 0 after a clean stop, a passing `--check` or a finished binary upgrade, 1 for a
+//! bad configuration or a failed start, 2 for a usage error.
+//!
+//! `SIGUSR2` upgrades the binary without dropping a tunnel: the file at the path this process
+//! was started from is started with the same arguments, takes the listening sockets and every
+//! established tunnel, and this process exits (see `wsplice::driver::upgrade`). On stdout the
+//! old process says `upgraded pid=NEW` once the new one serves (the new one prints its own
+//! start-up lines and `ready`), or `upgrade failed` (stderr says why; nothing changed).
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -35,7 +41,7 @@ use std::sync::Arc;
 
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook::iterator::Signals;
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
@@ -44,16 +50,19 @@ use wsplice::config::{
 };
 use wsplice::core::relay::CloseReason;
 use wsplice::driver::supervisor::{Event, Spawn, Supervisor};
+use wsplice::driver::upgrade::{self, Inherited};
 use wsplice::driver::{self, admin, process, Server, StatsReader};
 use wsplice::sys::cpus::Cpus;
 use wsplice::sys::limits;
 
 // The toy backends of `wsplice demo` live with the binary: the library has no use for a
-// WebSocket implementation of its own.
+// WebSocket implementation of its own. Gateway builds leave it out (cargo feature `demo`).
+#[cfg(feature = "demo")]
 mod demo;
 mod names;
 mod reload;
 mod report;
+mod upgrading;
 
 use names::{Events, Main, Names};
 use reload::reload;
@@ -72,7 +81,7 @@ struct Args {
         long,
         short,
         value_name = "FILE",
-        conflicts_with_all = ["listen", "tls_listen", "cert", "key", "route"]
+        conflicts_with_all = ["listen", "tls_listen", "cert", "key", "route", "redirect_listen"]
     )]
     config: Option<PathBuf>,
 
@@ -93,6 +102,11 @@ struct Args {
     /// Private key of the --cert before it, PEM (PKCS#8, PKCS#1 or SEC1; RSA or ECDSA).
     #[arg(long, value_name = "FILE", requires = "cert")]
     key: Vec<PathBuf>,
+
+    /// Plain address that answers every request with a redirect to https on the first
+    /// --tls-listen port (repeatable), such as 0.0.0.0:80.
+    #[arg(long, value_name = "ADDR", requires = "route")]
+    redirect_listen: Vec<SocketAddr>,
 
     /// Route PREFIX to one or more backends, such as /notice=127.0.0.1:50001,127.0.0.1:50002
     /// (repeatable; instead of --config).
@@ -140,6 +154,12 @@ enum Cmd {
         /// Where the proxy listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// The event loop, as for the proxy (default epoll).
+        #[arg(long, value_enum, value_name = "DRIVER")]
+        driver: Option<DriverArg>,
+        /// How tunnel bytes are moved, as for the proxy (default auto).
+        #[arg(long, value_enum, value_name = "MODE")]
+        relay: Option<RelayArg>,
     },
     /// Read an nginx or Apache reverse-proxy configuration (includes followed) and print the
     /// equivalent wsplice TOML on stdout; what has no equivalent is listed as comments.
@@ -222,6 +242,15 @@ impl From<RelayArg> for RelayMode {
 }
 
 fn main() -> ExitCode {
+    // First, while this is the only thread: the socket of a binary upgrade, if we are the new
+    // binary, and our own path, for the next upgrade.
+    let inherited = match Inherited::from_env() {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("wsplice: error: {} is set but unusable: {e}", upgrade::ENV);
+            return ExitCode::FAILURE;
+        }
+    };
     let args = Args::parse();
     if let Some(id) = args.worker_process {
         let args = Arc::new(args);
@@ -250,8 +279,13 @@ fn main() -> ExitCode {
             }
         };
     }
-    if let Some(Cmd::Demo { listen }) = args.command {
-        return match run_demo(listen, &args) {
+    if let Some(Cmd::Demo {
+        listen,
+        driver,
+        relay,
+    }) = args.command
+    {
+        return match run_demo(listen, driver, relay, &args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("wsplice: error: {e}");
@@ -275,6 +309,7 @@ fn main() -> ExitCode {
         Ok(x) => x,
         Err(e) => {
             eprintln!("wsplice: error: {e}");
+            upgrade::report_failure(&e.to_string());
             if args.check {
                 eprintln!("wsplice: configuration {source} test failed");
             }
@@ -295,20 +330,47 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         }
+        // So is each route's backend_ca.
+        if let Err(e) = wsplice::transport::tls::BackendTlsTable::load(&cfg.routes) {
+            eprintln!("wsplice: error: {e}");
+            eprintln!("wsplice: configuration {source} test failed");
+            return ExitCode::FAILURE;
+        }
         println!("wsplice: configuration {source} is ok");
         return ExitCode::SUCCESS;
     }
-    match run(cfg, text, &args) {
+    match run(cfg, text, &args, inherited) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("wsplice: error: {e}");
+            upgrade::report_failure(&e.to_string());
             ExitCode::FAILURE
         }
     }
 }
 
+/// `wsplice demo` in a build without it (the gateway builds): says so.
+#[cfg(not(feature = "demo"))]
+fn run_demo(
+    _listen: SocketAddr,
+    _driver: Option<DriverArg>,
+    _relay: Option<RelayArg>,
+    _args: &Args,
+) -> io::Result<()> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "this binary is built without `wsplice demo` (cargo feature `demo`, left out of the gateway builds); run the demo from a default build (cargo run --release -- demo)",
+    ))
+}
+
 /// `wsplice demo`: the classic setup, self-contained.
-fn run_demo(listen: SocketAddr, args: &Args) -> io::Result<()> {
+#[cfg(feature = "demo")]
+fn run_demo(
+    listen: SocketAddr,
+    driver: Option<DriverArg>,
+    relay: Option<RelayArg>,
+    args: &Args,
+) -> io::Result<()> {
     let (notice, echo) = demo::start_demo_backends()?;
     let page = demo::start_demo_page()?;
     let routes = [
@@ -318,6 +380,13 @@ fn run_demo(listen: SocketAddr, args: &Args) -> io::Result<()> {
     ];
     let mut cfg = Config::from_cli(vec![listen], &routes, None, None)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    // `wsplice demo --driver uring --relay copy` tries the demo under another driver/relay.
+    if let Some(d) = driver {
+        cfg.driver = d.into();
+    }
+    if let Some(r) = relay {
+        cfg.relay.mode = r.into();
+    }
     // The demo backends are threads of this process: worker processes could not reach them
     // through a re-run of `demo`.
     cfg.worker_model = WorkerModel::Threads;
@@ -330,7 +399,7 @@ fn run_demo(listen: SocketAddr, args: &Args) -> io::Result<()> {
          or with websocat: websocat ws://{listen}/msg\n\
          Ctrl-C stops it."
     );
-    run(cfg, None, args)
+    run(cfg, None, args, None)
 }
 
 /// The configuration from the file or the flags, with `--workers`, `--relay` and
@@ -360,6 +429,7 @@ fn load_text(args: &Args, text: Option<&str>) -> Result<Config, ConfigError> {
                 listen: args.tls_listen.clone(),
                 certs: args.cert.clone(),
                 keys: args.key.clone(),
+                redirect: args.redirect_listen.clone(),
             };
             Config::from_cli_with_tls(
                 args.listen.clone(),
@@ -451,7 +521,13 @@ impl Running for Processes {
     }
 }
 
-fn run(mut cfg: Config, mut text: Option<String>, args: &Args) -> io::Result<()> {
+fn run(
+    mut cfg: Config,
+    mut text: Option<String>,
+    args: &Args,
+    inherited: Option<Inherited>,
+) -> io::Result<()> {
+    let exe = upgrade::exe_path();
     let (soft, _hard) = match limits::raise_nofile_limit() {
         Ok(limit) => limit,
         Err(e) => {
@@ -475,7 +551,13 @@ fn run(mut cfg: Config, mut text: Option<String>, args: &Args) -> io::Result<()>
         ));
     }
     // Signals are caught from here on, before `ready`, so a script may signal right after it.
-    let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT, SIGUSR1])?;
+    let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT, SIGUSR1, SIGUSR2])?;
+    if choice.model == WorkerModel::Processes && inherited.is_some() {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this configuration runs worker processes, which cannot take over tunnels yet (set worker_model = \"threads\")",
+        ));
+    }
     if choice.model == WorkerModel::Processes {
         let (tx, rx) = std::sync::mpsc::channel();
         let to_sup = std::sync::Mutex::new(tx.clone());
@@ -528,6 +610,10 @@ fn run(mut cfg: Config, mut text: Option<String>, args: &Args) -> io::Result<()>
             match sig {
                 SIGHUP => reload(&mut running, args, &mut cfg, &mut text, &mut names),
                 SIGUSR1 => reopen(&running),
+                SIGUSR2 => {
+                    eprintln!("wsplice: SIGUSR2: binary upgrade runs with worker_model = \"threads\" only for now; nothing changed (restart, or run with worker threads)");
+                    say("upgrade failed");
+                }
                 _ if stopping => {
                     eprintln!("wsplice: second stop signal: exiting now");
                     // The workers see their control socket close and stop at once.
@@ -548,7 +634,7 @@ fn run(mut cfg: Config, mut text: Option<String>, args: &Args) -> io::Result<()>
     // Signals and new backend addresses, in the order they come.
     let mut events = Events::new(signals);
     let mut names = Names::start(&cfg, events.notify())?;
-    let mut server = Server::start(&cfg.resolved(&names.table))?;
+    let mut server = upgrading::start_threads(&cfg.resolved(&names.table), inherited.as_ref())?;
     let certs = server.tls().map(|t| t.summary.clone()).unwrap_or_default();
     let driver_line = match server.driver() {
         driver::Chosen::Epoll => "driver epoll".to_owned(),
@@ -575,10 +661,18 @@ fn run(mut cfg: Config, mut text: Option<String>, args: &Args) -> io::Result<()>
         &choice,
         soft,
     )?;
+    if let Some(i) = inherited {
+        upgrading::receive(i, &server)?;
+    }
     while let Some(ev) = events.next(names.running()) {
         match ev {
             Main::Signal(SIGHUP) => reload(&mut server, args, &mut cfg, &mut text, &mut names),
             Main::Signal(SIGUSR1) => reopen(&server),
+            Main::Signal(SIGUSR2) => {
+                if upgrading::binary_upgrade(&mut server, &exe, &cfg) {
+                    return Ok(());
+                }
+            }
             Main::Resolved(table) => {
                 // The same configuration with the new addresses: a reload without the file.
                 match Running::reload(&mut server, &cfg, text.clone(), &table) {

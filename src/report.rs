@@ -49,10 +49,23 @@ pub(super) fn announce(
     }
     let mut lines = Vec::new();
     let tls_listen = cfg.listen.len();
+    let redirect_listen = tls_listen + cfg.tls.listen.len();
+    // The first TLS listener's bound port, unless `redirect_port` says otherwise.
+    let https_port = match (cfg.tls.redirect_port, addrs.get(tls_listen)) {
+        (None, Some(a)) if !cfg.tls.listen.is_empty() => a.port(),
+        _ => cfg.https_port(),
+    };
     for (i, addr) in addrs.iter().enumerate() {
-        // Listeners are bound in `all_listen` order: the plain ones, then the TLS ones.
-        let tls = if i >= tls_listen { " tls" } else { "" };
-        lines.push(format!("listen {addr} workers={workers}{tls}"));
+        // Listeners are bound in `all_listen` order: the plain ones, the TLS ones, then the
+        // redirect ones.
+        let kind = if i >= redirect_listen {
+            format!(" redirect-to-https:{https_port}")
+        } else if i >= tls_listen {
+            " tls".to_owned()
+        } else {
+            String::new()
+        };
+        lines.push(format!("listen {addr} workers={workers}{kind}"));
     }
     lines.extend(tls_summary.iter().cloned());
     for route in &cfg.routes {
@@ -64,11 +77,26 @@ pub(super) fn announce(
         let backends: Vec<String> = route
             .backends
             .iter()
-            .map(SocketAddr::to_string)
+            .enumerate()
+            .map(|(i, b)| match route.options.weights.get(i) {
+                Some(w) if *w != 1 => format!("{b} weight={w}"),
+                _ => b.to_string(),
+            })
             .chain(route.options.names.iter().map(|n| format!("{n} (dns)")))
             .collect();
+        let health = route.options.health.as_ref().map_or(String::new(), |h| {
+            let check = h.check.as_ref().map_or("passive only".to_owned(), |c| {
+                format!("{} check every {:?}", c.kind.as_str(), h.interval)
+            });
+            let eject = if h.eject_after > 0 {
+                format!(", eject after {} failures", h.eject_after)
+            } else {
+                String::new()
+            };
+            format!(" health: {check}{eject}")
+        });
         lines.push(format!(
-            "route {}{host} -> {} strip_prefix={}",
+            "route {}{host} -> {} strip_prefix={}{health}",
             route.prefix,
             backends.join(","),
             route.strip_prefix

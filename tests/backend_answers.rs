@@ -240,7 +240,7 @@ async fn four_tunnels(relay: Relay, backends: &[SocketAddr], path: &str) {
     }
 }
 
-e2e_tls!(round_robin, |relay| async move {
+e2e_tls_backend!(round_robin, |relay| async move {
     let a = RawBackend::start_with(Behavior::Accept101Echo).await;
     let b = RawBackend::start_with(Behavior::Accept101Echo).await;
     // Two workers (the default): the cursor is per route, shared by the workers, so the split
@@ -253,7 +253,7 @@ e2e_tls!(round_robin, |relay| async move {
     );
 });
 
-e2e_tls!(refused_backend_skipped, |relay| async move {
+e2e_tls_backend!(refused_backend_skipped, |relay| async move {
     let refused = RefusedPort::new();
     let good = RawBackend::start_with(Behavior::Accept101Echo).await;
     four_tunnels(relay, &[refused.addr, good.addr], "/x").await;

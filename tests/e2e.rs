@@ -25,7 +25,7 @@ async fn echo_proxy(relay: Relay) -> (Proxy, EchoBackend) {
 // Tunnel through tokio-tungstenite on both sides
 // ---------------------------------------------------------------------------------------------
 
-e2e_tls!(echo_text, |relay| async move {
+e2e_tls_backend!(echo_text, |relay| async move {
     let (proxy, _backend) = echo_proxy(relay).await;
     let mut ws = ws_connect(&proxy, "/echo").await;
     for size in SIZES {
@@ -46,7 +46,7 @@ e2e_tls!(echo_text, |relay| async move {
     }
 });
 
-e2e_tls!(echo_binary, |relay| async move {
+e2e_tls_backend!(echo_binary, |relay| async move {
     let (proxy, _backend) = echo_proxy(relay).await;
     let mut ws = ws_connect(&proxy, "/echo").await;
     for size in SIZES {
@@ -64,7 +64,7 @@ e2e_tls!(echo_binary, |relay| async move {
     }
 });
 
-e2e_tls!(thousand_messages_in_order, |relay| async move {
+e2e_tls_backend!(thousand_messages_in_order, |relay| async move {
     let (proxy, _backend) = echo_proxy(relay).await;
     let (mut tx, mut rx) = ws_connect(&proxy, "/echo").await.split();
     let sender = tokio::spawn(async move {
@@ -84,7 +84,7 @@ e2e_tls!(thousand_messages_in_order, |relay| async move {
     let _tx = sender.await.expect("sender task");
 });
 
-e2e_tls!(ping_pong_both_ways, |relay| async move {
+e2e_tls_backend!(ping_pong_both_ways, |relay| async move {
     let (proxy, backend) = echo_proxy(relay).await;
     let mut ws = ws_connect(&proxy, "/echo").await;
     ws.send(Message::Ping(b"from-client".to_vec().into()))
@@ -105,7 +105,7 @@ e2e_tls!(ping_pong_both_ways, |relay| async move {
     .await;
 });
 
-e2e_tls!(close_code_from_client, |relay| async move {
+e2e_tls_backend!(close_code_from_client, |relay| async move {
     let (proxy, backend) = echo_proxy(relay).await;
     let mut ws = ws_connect(&proxy, "/echo").await;
     ws_echo_once(&mut ws, "hello").await;
@@ -138,7 +138,7 @@ e2e_tls!(close_code_from_client, |relay| async move {
     .await;
 });
 
-e2e_tls!(close_code_from_backend, |relay| async move {
+e2e_tls_backend!(close_code_from_backend, |relay| async move {
     let (proxy, _backend) = echo_proxy(relay).await;
     let mut ws = ws_connect(&proxy, "/echo").await;
     ws.send(Message::text("__close__ 4002 backend-bye"))
@@ -162,7 +162,7 @@ e2e_tls!(close_code_from_backend, |relay| async move {
 // Raw tunnels: half-close, resets, bulk bytes
 // ---------------------------------------------------------------------------------------------
 
-e2e_tls!(bulk_bytes_both_ways_at_once, |relay| async move {
+e2e_tls_backend!(bulk_bytes_both_ways_at_once, |relay| async move {
     let (proxy, backend) = raw_proxy(relay, "/raw").await;
     let (client, server) = raw_tunnel(&proxy, &backend, "/raw").await;
     let up = pattern(8 << 20, 1);
@@ -226,9 +226,9 @@ async fn half_close(relay: Relay, client_fin: bool) {
     assert_eq!(end, End::Eof, "{o} closed cleanly, the {f} should see FIN");
 }
 
-e2e_tls!(half_close_client_first, |relay| half_close(relay, true));
+e2e_tls_backend!(half_close_client_first, |relay| half_close(relay, true));
 
-e2e_tls!(half_close_backend_first, |relay| half_close(relay, false));
+e2e_tls_backend!(half_close_backend_first, |relay| half_close(relay, false));
 
 /// After a few bytes from one side (the client when `client_resets`), that side resets: the
 /// proxy closes the other.
@@ -371,7 +371,7 @@ fn assert_absent(head: &[u8], name: &str) {
     );
 }
 
-e2e_tls!(rewrite_headers, |relay| async move {
+e2e_tls_backend!(rewrite_headers, |relay| async move {
     let (proxy, backend) = raw_proxy(relay, "/notice").await;
     let request = b"GET /notice/a?x=1 HTTP/1.1\r\n\
         Host: chat.example.com:8080\r\n\

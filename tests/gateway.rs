@@ -234,17 +234,19 @@ fn starts_small_with_only_the_threads_switched_on() {
     let plain = one(ProxyBuilder::default());
     let names = threads(plain.pid());
     assert_eq!(names.len(), 2, "main and one worker only: {names:?}");
-    // The footprint target holds for the static release build (tools/test-emulated runs this
+    // The footprint is bounded for the static gateway build (tools/test-emulated runs this
     // file against it natively); this build's debug binary is reported only.
     let rss = plain.rss_bytes();
     eprintln!("RSS at start with one worker: {rss} B");
     let static_build = std::env::var("WSPLICE_TEST_BIN").is_ok_and(|b| !b.is_empty());
     if static_build && !emulated() {
-        // Issue 16 asks for <= 2 MiB. The static binary measured 1.71-1.90 MB before TLS, HTTP
-        // forwarding and io_uring were merged (3.1 MB binary now, 2.45 MB at start): the target
-        // is missed and recorded in bench-results/2026-11-29-embedded; this bound keeps the
-        // footprint from growing further unnoticed.
-        assert!(rss <= 2560 << 10, "RSS at start {rss} B > 2.5 MiB");
+        // Issue 16 asks for <= 2 MiB. Most of the RSS is the binary's own pages (the kernel
+        // maps its text in 64 KiB windows around each page touched), so it follows the binary:
+        // the gateway build (opt-level "s", no demo, no io_uring, non-PIE) and a 2048-slot timer
+        // wheel brought it from 2.15 to 1.83 MiB, and main's growth since (HTTP/1.0, health
+        // checks, status page: a 2.55 MB binary) back to 2.09 MiB (bench-results/
+        // 2026-11-29-embedded). This bound keeps it from growing further unnoticed.
+        assert!(rss <= 2304 << 10, "RSS at start {rss} B > 2.25 MiB");
     }
     let mut open = open_tunnel(plain.addr(), "/ws");
     roundtrip(&mut open, b"one worker serves");
@@ -311,4 +313,80 @@ fn workers_default_to_the_cpus_of_the_affinity_mask() {
             && cpus.ends_with("workers = 1 (one per CPU)"),
         "{cpus}"
     );
+}
+
+/// A gateway build (tools/build-static: no `demo`, no `uring`) says what it lacks instead of
+/// failing obscurely, and `driver = "auto"` still serves on epoll. Runs against the static
+/// binary tools/test-emulated marks with WSPLICE_TEST_GATEWAY=1 (natively and emulated); a
+/// default build has both features and skips it.
+#[test]
+fn a_gateway_build_names_what_it_leaves_out() {
+    if std::env::var("WSPLICE_TEST_GATEWAY").as_deref() != Ok("1") {
+        eprintln!("skipped: not a gateway build (tools/test-emulated sets WSPLICE_TEST_GATEWAY=1)");
+        return;
+    }
+    let out = exits_within(support::wsplice_command().args(["demo", "--listen", "127.0.0.1:0"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "demo ran: {err}");
+    assert!(
+        err.contains("built without `wsplice demo` (cargo feature `demo`"),
+        "{err}"
+    );
+
+    let backend = echo_101_backend();
+    let route_arg = format!("/={backend}");
+    let out = exits_within(
+        support::wsplice_command()
+            .args(["--listen", "127.0.0.1:0", "--route", &route_arg])
+            .args([
+                "--workers",
+                "1",
+                "--worker-model",
+                "threads",
+                "--driver",
+                "uring",
+            ])
+            .stdout(Stdio::null()),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "driver uring started: {err}");
+    assert!(
+        err.contains("driver = \"uring\" cannot run here: this binary is built without the io_uring driver (cargo feature `uring`"),
+        "{err}"
+    );
+
+    // auto: epoll, and it serves.
+    let p = ProxyBuilder::default()
+        .workers(1)
+        .top("worker_model", "\"threads\"")
+        .top("driver", "\"auto\"")
+        .route(route("/", &[backend]))
+        .blocking_start();
+    assert!(
+        p.startup().iter().any(|l| l == "driver epoll"),
+        "{:?}",
+        p.startup()
+    );
+    let mut open = open_tunnel(p.addr(), "/ws");
+    roundtrip(&mut open, b"epoll serves a gateway build");
+}
+
+/// Runs `cmd` to its end, which must come within a deadline (a build that has what it should
+/// refuse would keep serving): its stderr and status.
+fn exits_within(cmd: &mut Command) -> std::process::Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn wsplice");
+    let deadline = Instant::now() + STEP;
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("wsplice kept running: the binary has what a gateway build leaves out");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("collect output")
 }

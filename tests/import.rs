@@ -393,14 +393,14 @@ fn nginx_unmappable_directives_are_comments() {
     assert_noted(&toml, &conf, 5, "wildcard");
     assert_noted(&toml, &conf, 6, "regular-expression");
     assert_noted(&toml, &conf, 7, "only proxies");
-    assert_noted(&toml, &conf, 8, "no TLS to backends");
+    assert_noted(&toml, &conf, 8, "verifies its certificate");
+    assert!(
+        toml.contains("backends = [\"127.0.0.1:8443\"]\nstrip_prefix = true\nbackend_tls = true\n"),
+        "the https backend is a TLS route: {toml}"
+    );
     assert_noted(&toml, &conf, 10, "in place of /api/");
     assert_noted(&toml, &conf, 11, "does not add request headers");
     assert_noted(&toml, &conf, 12, "response headers");
-    assert!(
-        toml.contains("# [[route]]\n# prefix = \"/secure\""),
-        "{toml}"
-    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -575,7 +575,11 @@ fn apache_unmappable_directives_are_comments() {
     assert_noted(&toml, &conf, 2, "only proxies");
     assert_noted(&toml, &conf, 3, "regular expressions");
     assert_noted(&toml, &conf, 4, "no exclusions");
-    assert_noted(&toml, &conf, 5, "no TLS to backends");
+    assert_noted(&toml, &conf, 5, "verifies its certificate");
+    assert!(
+        toml.contains("backends = [\"127.0.0.1:8443\"]\nstrip_prefix = true\nbackend_tls = true\n"),
+        "the https backend is a TLS route: {toml}"
+    );
     assert_noted(&toml, &conf, 7, "not a proxy rule");
     assert_noted(&toml, &conf, 8, "request headers");
     assert_noted(&toml, &conf, 9, "never used");

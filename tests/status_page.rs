@@ -15,10 +15,10 @@ mod support;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 use support::blocking::{eventually, try_read_head as read_head};
+use support::browser::{chromium, run_chromium, text_of, Dom};
 use support::{route, upgrade_request, Driver, Proxy, ProxyBuilder, RefusedPort, ACCEPT};
 
 // ---------------------------------------------------------------------------------------------
@@ -200,167 +200,8 @@ fn scene(model: &str, driver: Driver) -> Scene {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The browser
+// The browser (support/browser.rs)
 // ---------------------------------------------------------------------------------------------
-
-/// Chromium's path, or `None` (the test then skips, unless CI requires the browser).
-fn chromium() -> Option<PathBuf> {
-    let found = ["chromium", "chromium-browser"].iter().find_map(|name| {
-        std::env::var_os("PATH")?
-            .to_str()?
-            .split(':')
-            .map(|d| Path::new(d).join(name))
-            .find(|p| p.is_file())
-    });
-    let required = ["CI", "WSPLICE_REQUIRE_BROWSER"]
-        .iter()
-        .any(|v| std::env::var(v).is_ok_and(|v| !v.is_empty()));
-    match found {
-        None if required => panic!(
-            "chromium is not installed and CI (or WSPLICE_REQUIRE_BROWSER) requires the browser tests: apt-get install chromium"
-        ),
-        None => eprintln!(
-            "skipped: no chromium on PATH (apt-get install chromium; CI and WSPLICE_REQUIRE_BROWSER make this a failure)"
-        ),
-        Some(_) => {}
-    }
-    found
-}
-
-/// Runs headless Chromium on `url` with `args`, letting the page's script run for `budget` of
-/// virtual time (its timers and fetches), with a fresh profile; returns its stdout.
-fn run_chromium(bin: &Path, url: &str, budget: Duration, args: &[&str]) -> String {
-    let profile = std::env::temp_dir().join(format!(
-        "wsplice-chromium-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    let mut child = Command::new(bin)
-        .args([
-            "--headless",
-            "--disable-gpu",
-            "--no-sandbox",
-            "--no-first-run",
-            "--hide-scrollbars",
-            &format!("--user-data-dir={}", profile.display()),
-            &format!("--virtual-time-budget={}", budget.as_millis()),
-        ])
-        .args(args)
-        .arg(url)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start chromium");
-    let mut out = String::new();
-    let mut stdout = child.stdout.take().expect("stdout");
-    let reader = std::thread::spawn(move || {
-        let _ = stdout.read_to_string(&mut out);
-        out
-    });
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        if child.try_wait().expect("wait chromium").is_some() {
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            let _ = std::fs::remove_dir_all(&profile);
-            panic!("chromium did not finish {url} within 90 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = std::fs::remove_dir_all(&profile);
-    reader.join().expect("chromium's stdout")
-}
-
-/// The start tags of a DOM as Chromium serializes it (`<tag a="v" ...>`, values quoted with `"`
-/// and entity-escaped), each as its attributes.
-struct Dom(Vec<HashMap<String, String>>);
-
-impl Dom {
-    fn parse(html: &str) -> Dom {
-        let mut tags = Vec::new();
-        let mut rest = html;
-        while let Some(i) = rest.find('<') {
-            rest = &rest[i + 1..];
-            if !rest.starts_with(|c: char| c.is_ascii_alphabetic()) {
-                continue;
-            }
-            // The tag ends at the first `>` outside quotes.
-            let mut quoted = false;
-            let end = rest
-                .char_indices()
-                .find(|&(_, c)| {
-                    if c == '"' {
-                        quoted = !quoted;
-                    }
-                    c == '>' && !quoted
-                })
-                .map_or(rest.len(), |(j, _)| j);
-            let tag = &rest[..end];
-            let mut attrs = HashMap::new();
-            let mut words = tag.splitn(2, char::is_whitespace);
-            attrs.insert("<tag>".to_owned(), words.next().unwrap_or("").to_owned());
-            let mut a = words.next().unwrap_or("");
-            while let Some(eq) = a.find("=\"") {
-                let name = a[..eq].trim().to_owned();
-                let after = &a[eq + 2..];
-                let close = after.find('"').unwrap_or(after.len());
-                let value = after[..close]
-                    .replace("&quot;", "\"")
-                    .replace("&lt;", "<")
-                    .replace("&gt;", ">")
-                    .replace("&amp;", "&");
-                attrs.insert(name, value);
-                a = after.get(close + 1..).unwrap_or("");
-            }
-            tags.push(attrs);
-            rest = &rest[end..];
-        }
-        Dom(tags)
-    }
-
-    /// Every element with attribute `name` (equal to `value`, if given).
-    fn all(&self, name: &str, value: Option<&str>) -> Vec<&HashMap<String, String>> {
-        self.0
-            .iter()
-            .filter(|t| t.get(name).is_some_and(|v| value.map_or(true, |w| v == w)))
-            .collect()
-    }
-
-    fn one(&self, name: &str, value: &str) -> &HashMap<String, String> {
-        match self.all(name, Some(value))[..] {
-            [t] => t,
-            ref v => panic!("{} elements with {name}={value:?}", v.len()),
-        }
-    }
-
-    /// The number in `attr` of the element with `name="value"`.
-    fn num(&self, name: &str, value: &str, attr: &str) -> u64 {
-        let t = self.one(name, value);
-        let v = t
-            .get(attr)
-            .unwrap_or_else(|| panic!("[{name}={value}] has no {attr}: {t:?}"));
-        v.parse()
-            .unwrap_or_else(|_| panic!("[{name}={value}] {attr}={v:?} is not a count"))
-    }
-
-    /// The `data-value` of the element with this id.
-    fn value(&self, id: &str) -> u64 {
-        self.num("id", id, "data-value")
-    }
-}
-
-/// The text between the element with `id` and its end tag (a leaf element).
-fn text_of(html: &str, id: &str) -> String {
-    let at = html
-        .find(&format!("id=\"{id}\""))
-        .unwrap_or_else(|| panic!("no #{id}"));
-    let start = at + html[at..].find('>').expect("tag end") + 1;
-    let end = start + html[start..].find('<').expect("end tag");
-    html[start..end].to_owned()
-}
 
 fn page_test(model: &str, driver: Driver) {
     let Some(bin) = chromium() else { return };

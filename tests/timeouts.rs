@@ -36,7 +36,7 @@ async fn trickle(from: &mut TcpStream, to: &mut TcpStream, every: Duration, tota
     }
 }
 
-e2e_tls!(idle_timeout_closes_both_sides, |relay| async move {
+e2e_tls_backend!(idle_timeout_closes_both_sides, |relay| async move {
     let (proxy, backend) = proxy_with(relay, &[("idle", "500ms")]).await;
     let (mut client, mut server) = raw_tunnel(&proxy, &backend, "/t").await;
     pump(&mut client, &mut server, b"one", "client -> backend").await;
@@ -151,11 +151,11 @@ async fn half_close_expires(relay: Relay, client_fin: bool) {
     assert!(writer_end.is_some(), "the talking side was never closed");
 }
 
-e2e_tls!(half_close_timeout_client_fin, |relay| async move {
+e2e_tls_backend!(half_close_timeout_client_fin, |relay| async move {
     half_close_expires(relay, true).await
 });
 
-e2e_tls!(half_close_timeout_backend_fin, |relay| async move {
+e2e_tls_backend!(half_close_timeout_backend_fin, |relay| async move {
     half_close_expires(relay, false).await
 });
 

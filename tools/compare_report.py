@@ -31,9 +31,16 @@ METRICS = [
     ("bulk_cpu_s_per_gb", "bulk CPU", "s/GB", False, 3),
     ("churn_hs", "churn", "hs/s", True, 0),
     ("churn_cpu_ms_per_hs", "churn CPU", "ms/hs", False, 3),
+    ("http_small_rps", "HTTP 64 B", "req/s", True, 0),
+    ("http_small_cpu_us_per_req", "HTTP 64 B CPU/req", "µs", False, 1),
+    ("http_small_p99_us", "HTTP 64 B p99", "µs", False, 0),
+    ("http_1m_rps", "HTTP 1 MiB", "req/s", True, 0),
+    ("http_1m_cpu_us_per_req", "HTTP 1 MiB CPU/req", "µs", False, 0),
+    ("http_1m_p99_us", "HTTP 1 MiB p99", "µs", False, 0),
     ("foreign_pct", "others' CPU (max)", "%", False, 0),
 ]
-CHARTS = ["rss_kb_per_conn_9k", "echo_p99_us", "fanout_last_ms", "bulk_mib_s", "bulk_cpu_s_per_gb", "churn_hs"]
+CHARTS = ["rss_kb_per_conn_9k", "echo_p99_us", "fanout_last_ms", "bulk_mib_s", "bulk_cpu_s_per_gb", "churn_hs",
+          "http_small_rps", "http_small_cpu_us_per_req", "http_1m_rps", "http_1m_cpu_us_per_req"]
 PEER_ORDER = ["direct", "nginx", "haproxy", "haproxy-splice", "wsplice", "wsplice-copy"]
 
 
@@ -134,6 +141,13 @@ def extract(rec):
         cpu, ok = cpu_delta(rec), r.get("cycles_ok")
         if cpu is not None and ok:
             out["churn_cpu_ms_per_hs"] = cpu * 1000 / ok
+    elif s in ("http_small", "http_1m"):
+        out[s + "_rps"] = r.get("requests_per_s")
+        out[s + "_p99_us"] = g(r, "latency", "p99_us")
+        # CPU sampled by the load generator around the request phase only.
+        cpu, n = r.get("proxy_cpu_s"), r.get("requests")
+        if cpu is not None and n:
+            out[s + "_cpu_us_per_req"] = cpu / n * 1e6
     return {k: v for k, v in out.items() if v is not None}
 
 
@@ -309,7 +323,10 @@ def main(d):
     L.append("## Interference: CPU used by other processes during each scenario (% of machine)\n")
     sizes = meta.get("scenarios", {}).get("echo_sizes", [])[1:]
     scen_order = (["hold1k", "hold9k", "echo", "echo_max"] + [f"{e}@{z}" for z in sizes for e in ("echo", "echo_max")]
-                  + ["fanout", "bulk", "churn"])
+                  + ["fanout", "bulk", "churn", "http_small", "http_1m"])
+    ran = meta.get("scenarios", {}).get("run")
+    if ran:
+        scen_order = [x for x in scen_order if x in ran]
     fp = {}
     for rec in recs:
         v = foreign_pct(rec)
@@ -362,6 +379,13 @@ def main(d):
     c = sc.get("churn", {})
     L.append(f"- **churn**: {c.get('c')} workers for {c.get('secs')} s doing connect → handshake → one echo → close: "
              "handshakes/s; CPU ms per handshake for the proxy tree.")
+    hp = sc.get("http", {})
+    if hp:
+        L.append(f"- **HTTP 64 B / 1 MiB**: plain HTTP/1.1, {hp.get('c')} keep-alive connections each sending GET and reading "
+                 f"the whole response before the next (closed loop) for {hp.get('secs')} s, a {hp.get('small_bytes')}-byte or "
+                 f"{hp.get('big_bytes')}-byte body from the backend, every body compared byte for byte: requests/s, "
+                 "p99 latency, and **CPU/req** = proxy tree CPU (user+sys, sampled by the load generator around the request "
+                 "phase) ÷ requests. nginx runs with an upstream keepalive pool (64) and its default response buffering.")
     with open(os.path.join(d, "summary.md"), "w") as fh:
         fh.write("\n".join(L) + "\n")
     print(os.path.join(d, "summary.md"))

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use super::root::MAX_WORKERS;
-use super::value::{normalize_prefix, parse_backend};
+use super::value::{normalize_prefix, parse_backend_url};
 use super::{CertPair, Config, ConfigError, RelayMode, Route};
 
 /// The TLS flags: `--tls-listen ADDR` (repeatable) and `--cert FILE --key FILE`, repeatable as
@@ -15,6 +15,9 @@ pub struct TlsFlags {
     pub listen: Vec<SocketAddr>,
     pub certs: Vec<PathBuf>,
     pub keys: Vec<PathBuf>,
+    /// `--redirect-listen ADDR` (repeatable): plain listeners answering with redirects to the
+    /// first TLS listener's port.
+    pub redirect: Vec<SocketAddr>,
 }
 
 impl Config {
@@ -62,8 +65,20 @@ impl Config {
         } else {
             listen.clone()
         };
+        for (i, addr) in tls.redirect.iter().enumerate() {
+            if tls.redirect[..i].contains(addr)
+                || listen.contains(addr)
+                || tls.listen.contains(addr)
+            {
+                return Err(ConfigError::flag(
+                    "--redirect-listen",
+                    format!("{addr} is given twice (a redirect listener needs a port of its own)"),
+                ));
+            }
+        }
         let mut cfg = Config::from_cli(plain, routes, workers, relay)?;
         cfg.listen = listen;
+        cfg.tls.redirect_listen = tls.redirect;
         cfg.tls.listen = tls.listen;
         cfg.tls.certs = tls
             .certs
@@ -130,7 +145,7 @@ impl Config {
     }
 }
 
-/// `PREFIX=HOST:PORT[,HOST:PORT...]`.
+/// `PREFIX=HOST:PORT[,HOST:PORT...]`; each backend may be written `wss://HOST:PORT` (TLS).
 fn parse_route(raw: &str) -> Result<Route, String> {
     let Some((prefix, backends)) = raw.split_once('=') else {
         return Err(
@@ -138,9 +153,20 @@ fn parse_route(raw: &str) -> Result<Route, String> {
         );
     };
     let prefix = normalize_prefix(prefix).map_err(|m| format!("prefix: {m}"))?;
-    let backends = backends
-        .split(',')
-        .map(|backend| parse_backend(backend.trim()).map_err(|m| format!("backend: {m}")))
-        .collect::<Result<_, _>>()?;
-    Ok(Route::with_defaults(prefix, backends))
+    let mut tls = None;
+    let mut addrs = Vec::new();
+    for backend in backends.split(',') {
+        let (this_tls, addr) =
+            parse_backend_url(backend.trim()).map_err(|m| format!("backend: {m}"))?;
+        if *tls.get_or_insert(this_tls) != this_tls {
+            return Err("one route's backends are all TLS (wss://) or all plain".into());
+        }
+        addrs.push(addr);
+    }
+    let mut route = Route::with_defaults(prefix, addrs);
+    if tls == Some(true) {
+        // The system's roots, each backend's IP address as its name.
+        route.options.backend_tls = Some(super::model::BackendTls::default());
+    }
+    Ok(route)
 }

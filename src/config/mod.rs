@@ -37,6 +37,7 @@
 //!             [tls] [backend_pool]
 //!   route     [[route]]
 //!   names     backends by DNS name (`app:8080`, `srv:_ws._tcp.app`) and [dns]
+//!   health    [route.health], and backends with weights
 //!   cli       Config::from_cli: the --listen/--route flags; --tls-listen/--cert/--key
 //! ```
 //!
@@ -46,6 +47,7 @@
 
 mod cli;
 mod error;
+mod health;
 mod model;
 mod names;
 mod root;
@@ -63,16 +65,17 @@ use toml::de::DeTable;
 pub use cli::TlsFlags;
 pub use error::ConfigError;
 pub use model::{
-    AccessLog, BackendPool, BackendProtocol, Balance, CertPair, Config, DriverMode, ForwardedFor,
-    HashKey, Keepalive, Limits, LogFormat, ProxyIn, ProxyVersion, Relay, RelayMode, Route,
-    RouteOptions, SameSite, StickyCookie, Timeouts, Tls, UnknownSni, Uring, WorkerModel,
+    AccessLog, BackendPool, BackendProtocol, Balance, CertPair, CheckKind, Config, DriverMode,
+    ForwardedFor, HashKey, Health, HealthCheck, Keepalive, Limits, LogFormat, ProxyIn,
+    ProxyVersion, Relay, RelayMode, Route, RouteOptions, SameSite, StickyCookie, Timeouts, Tls,
+    UnknownSni, Uring, WorkerModel,
 };
 pub use names::{decode_resolved, encode_resolved, BackendName, Dns, Resolved};
 use walk::{Source, Table};
 
 impl Config {
-    /// Reads and validates a TOML file. Errors name `path` as given. Relative certificate and
-    /// key paths are taken from the file's directory.
+    /// Reads and validates a TOML file. Errors name `path` as given. Relative certificate,
+    /// key and `backend_ca` paths are taken from the file's directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         Config::load_with_text(path).map(|(cfg, _)| cfg)
     }
@@ -90,6 +93,12 @@ impl Config {
                     if p.is_relative() {
                         *p = dir.join(&*p);
                     }
+                }
+            }
+            let cas = cfg.routes.iter_mut();
+            for ca in cas.filter_map(|r| r.options.backend_tls.as_mut()?.ca.as_mut()) {
+                if ca.is_relative() {
+                    *ca = dir.join(&*ca);
                 }
             }
         }

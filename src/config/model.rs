@@ -155,6 +155,102 @@ pub struct RouteOptions {
     /// Backends given by name in `backends` (looked up by the resolver thread; what they resolve
     /// to is added to the route's addresses, see [`Config::resolved`]).
     pub names: Vec<super::BackendName>,
+    /// Speak TLS to the backends (`backend_tls = true`, or `wss://`/`https://` backends).
+    pub backend_tls: Option<BackendTls>,
+    /// Each backend's weight, in `backends` order (`{ addr = "...", weight = 3 }`); empty when
+    /// every backend has weight 1.
+    pub weights: Vec<u32>,
+    /// `[route.health]`: active checks and passive ejection; `None`: neither (a backend is
+    /// only skipped while an operator drains it).
+    pub health: Option<Health>,
+}
+
+/// `[route.health]`: how a route learns that a backend is down, and for how long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// The active check, if any (`kind`); `None`: passive ejection only.
+    pub check: Option<HealthCheck>,
+    /// Between two checks of one backend (default 2 s).
+    pub interval: Duration,
+    /// A check not answered within this failed (default 1 s).
+    pub timeout: Duration,
+    /// Consecutive good checks that bring a down backend back (default 2).
+    pub rise: u32,
+    /// Consecutive failed checks that take a backend down (default 3).
+    pub fall: u32,
+    /// Consecutive connect failures or bad answers seen by the workers that eject a backend
+    /// (default 5; 0 turns passive ejection off).
+    pub eject_after: u32,
+    /// How long the first ejection lasts; each ejection that follows another doubles it
+    /// (default 10 s).
+    pub eject_time: Duration,
+    /// The longest ejection (default 5 min).
+    pub eject_max_time: Duration,
+    /// At most this share of the route's backends is ejected at once (default 50).
+    pub max_ejected_percent: u8,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            check: None,
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+            eject_after: 5,
+            eject_time: Duration::from_secs(10),
+            eject_max_time: Duration::from_secs(300),
+            max_ejected_percent: 50,
+        }
+    }
+}
+
+/// The active check of `[route.health]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub kind: CheckKind,
+    /// The path `http` and `websocket` checks request (default `/`).
+    pub path: String,
+    /// The status an `http` check expects (default 200; `websocket` expects 101).
+    pub expect_status: u16,
+    /// The Host header of `http` and `websocket` checks (default: the route's host, or the
+    /// backend's address).
+    pub host: Option<String>,
+}
+
+/// What an active check does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckKind {
+    /// A TCP connect.
+    Tcp,
+    /// `GET path` expecting `expect_status`.
+    Http,
+    /// A WebSocket upgrade of `path` expecting `101 Switching Protocols`.
+    WebSocket,
+}
+
+impl CheckKind {
+    /// As written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckKind::Tcp => "tcp",
+            CheckKind::Http => "http",
+            CheckKind::WebSocket => "websocket",
+        }
+    }
+}
+
+/// How a route's backends are verified when it speaks TLS to them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BackendTls {
+    /// PEM file of the certificate authorities to trust (`backend_ca`); without one, the
+    /// system's roots (the OpenSSL store: /etc/ssl/certs, or `SSL_CERT_FILE`).
+    pub ca: Option<PathBuf>,
+    /// The name sent as SNI and checked against the backend's certificate
+    /// (`backend_server_name`); without one, the backend's IP address (its certificate must
+    /// then name the IP).
+    pub server_name: Option<String>,
 }
 
 impl Default for RouteOptions {
@@ -166,6 +262,9 @@ impl Default for RouteOptions {
             origins: Vec::new(),
             protocol: BackendProtocol::Http,
             names: Vec::new(),
+            weights: Vec::new(),
+            health: None,
+            backend_tls: None,
         }
     }
 }
@@ -303,6 +402,12 @@ pub struct Tls {
     /// Stateless session tickets, so a reconnecting client resumes without a full handshake
     /// (default true).
     pub session_tickets: bool,
+    /// Plain listeners that answer every request with a redirect to https (the 80 -> 443
+    /// setup). Distinct from `listen` and the TLS listeners.
+    pub redirect_listen: Vec<SocketAddr>,
+    /// The port of the https URL redirects point to; default: the first TLS listener's port
+    /// (443 when there is none).
+    pub redirect_port: Option<u16>,
 }
 
 /// One certificate chain (PEM, leaf first) and its private key (PEM: PKCS#8, PKCS#1 or SEC1;
@@ -340,6 +445,8 @@ impl Default for Tls {
             certs: Vec::new(),
             unknown_sni: UnknownSni::Default,
             session_tickets: true,
+            redirect_listen: Vec::new(),
+            redirect_port: None,
         }
     }
 }
@@ -544,7 +651,19 @@ display_as_str!(RelayMode, ForwardedFor, DriverMode);
 impl Config {
     /// Every listen address, plain then TLS.
     pub fn all_listen(&self) -> impl Iterator<Item = SocketAddr> + '_ {
-        self.listen.iter().chain(&self.tls.listen).copied()
+        self.listen
+            .iter()
+            .chain(&self.tls.listen)
+            .chain(&self.tls.redirect_listen)
+            .copied()
+    }
+
+    /// The port redirect listeners send clients to.
+    pub fn https_port(&self) -> u16 {
+        self.tls
+            .redirect_port
+            .or(self.tls.listen.first().map(|a| a.port()))
+            .unwrap_or(443)
     }
 
     /// `listen` and `routes` as given, everything else at its default: the starting point for both

@@ -197,6 +197,10 @@ impl Config {
                 for a in resolved.get(name).into_iter().flatten() {
                     if !r.backends.contains(a) {
                         r.backends.push(*a);
+                        // Weights stay parallel to the addresses: a name's addresses weigh 1.
+                        if !r.options.weights.is_empty() {
+                            r.options.weights.push(1);
+                        }
                     }
                 }
             }

@@ -1,7 +1,7 @@
 //! `[[route]]`: one table per route.
 
-use super::names::parse_name;
-use super::value::{normalize_host, normalize_origin, normalize_prefix, parse_backend};
+use super::model::BackendTls;
+use super::value::{normalize_host, normalize_origin, normalize_prefix};
 use super::walk::{key, required, Field, Key};
 use super::{
     BackendProtocol, Balance, Config, ConfigError, ForwardedFor, HashKey, ProxyVersion, Route,
@@ -13,7 +13,7 @@ use super::{
 const KEYS: &[Key<Route>] = &[
     required("prefix", |r, f| f.parsed(normalize_prefix).map(|p| r.prefix = p)),
     key("host", |r, f| f.parsed(normalize_host).map(|h| r.host = Some(h))),
-    required("backends", backends),
+    required("backends", super::health::backends),
     key("strip_prefix", |r, f| f.bool().map(|b| r.strip_prefix = b)),
     key("forwarded_for", |r, f| {
         f.choice(&FORWARDED_FOR, ForwardedFor::as_str).map(|v| r.forwarded_for = v)
@@ -31,6 +31,12 @@ const KEYS: &[Key<Route>] = &[
     }),
     key("origins", origins),
     key("protocol", |r, f| f.choice(&PROTOCOLS, protocol_spelling).map(|p| r.options.protocol = p)),
+    key("health", super::health::health),
+    key("backend_tls", backend_tls),
+    key("backend_ca", |r, f| tls_option(r, f, |t, f| f.str().map(|p| t.ca = Some(p.into())))),
+    key("backend_server_name", |r, f| {
+        tls_option(r, f, |t, f| f.parsed(server_name).map(|n| t.server_name = Some(n)))
+    }),
 ];
 
 const BALANCE: [&str; 4] = ["round_robin", "least_conn", "hash", "cookie"];
@@ -162,24 +168,38 @@ pub(super) fn routes(cfg: &mut Config, field: &Field<'_>) -> Result<(), ConfigEr
     }
     Ok(())
 }
-
-fn backends(route: &mut Route, field: &Field<'_>) -> Result<(), ConfigError> {
-    let items = field.items(
-        "an array of backends, such as [\"127.0.0.1:50001\"], [\"app:8080\"] or [\"srv:_ws._tcp.app\"]",
-    )?;
-    if items.is_empty() {
-        return Err(field.error("must list at least one backend"));
-    }
-    for item in items {
-        match parse_name(item.str()?) {
-            Some(name) => {
-                let name = name.map_err(|e| item.error(e))?;
-                if !route.options.names.contains(&name) {
-                    route.options.names.push(name);
-                }
-            }
-            None => route.backends.push(item.parsed(parse_backend)?),
-        }
+/// `backend_tls = true`: the backends speak TLS (read after `backends`).
+fn backend_tls(route: &mut Route, field: &Field<'_>) -> Result<(), ConfigError> {
+    if field.bool()? {
+        route
+            .options
+            .backend_tls
+            .get_or_insert_with(BackendTls::default);
+    } else if route.options.backend_tls.is_some() {
+        return Err(field.error(
+            "backend_tls = false contradicts the wss:// or https:// backends of this route",
+        ));
     }
     Ok(())
+}
+
+/// A `backend_*` TLS key: only with TLS backends (read after `backend_tls`).
+fn tls_option(
+    route: &mut Route,
+    field: &Field<'_>,
+    set: fn(&mut BackendTls, &Field<'_>) -> Result<(), ConfigError>,
+) -> Result<(), ConfigError> {
+    match &mut route.options.backend_tls {
+        Some(t) => set(t, field),
+        None => Err(field.error(
+            "TLS settings need TLS backends: add backend_tls = true (or write the backends as wss://ADDR) in the same [[route]]",
+        )),
+    }
+}
+
+/// A DNS name or an IP address, as rustls checks it against the certificate.
+fn server_name(s: &str) -> Result<String, String> {
+    rustls::pki_types::ServerName::try_from(s)
+        .map(|_| s.to_owned())
+        .map_err(|_| format!("invalid server name {s:?}: expected a DNS name such as \"backend.example.com\" or an IP address"))
 }

@@ -213,7 +213,24 @@ const TLS: &[Key<Config>] = &[
         f.choice(&UNKNOWN_SNI, UnknownSni::as_str).map(|v| c.tls.unknown_sni = v)
     }),
     key("session_tickets", |c, f| f.bool().map(|b| c.tls.session_tickets = b)),
+    key("redirect_listen", redirect_listen),
+    key("redirect_port", |c, f| f.uint_in::<u16>(1..=65535).map(|p| c.tls.redirect_port = Some(p))),
 ];
+
+/// `redirect_listen`: plain listeners answering with redirects to https; read after the plain
+/// and TLS `listen`, from which they must differ.
+fn redirect_listen(cfg: &mut Config, field: &Field<'_>) -> Result<(), ConfigError> {
+    for item in field.items("an array of addresses, such as [\"0.0.0.0:80\"]")? {
+        let addr = item.parsed(parse_addr)?;
+        if cfg.all_listen().any(|a| a == addr) {
+            return Err(item.error(format!(
+                "{addr} is already a listen address; a redirect listener needs a port of its own"
+            )));
+        }
+        cfg.tls.redirect_listen.push(addr);
+    }
+    Ok(())
+}
 
 const UNKNOWN_SNI: [UnknownSni; 2] = [UnknownSni::Default, UnknownSni::Refuse];
 

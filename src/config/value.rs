@@ -168,6 +168,23 @@ pub(super) fn parse_addr(s: &str) -> Result<SocketAddr, String> {
 }
 
 /// A backend address: `IP:PORT` with a port to connect to.
+/// `ADDR`, or `wss://ADDR` / `https://ADDR` (TLS, the `true`), or `ws://ADDR` / `http://ADDR`;
+/// a trailing `/` is allowed.
+pub(super) fn parse_backend_url(s: &str) -> Result<(bool, SocketAddr), String> {
+    let (tls, addr) = match s.split_once("://") {
+        Some(("wss" | "https", rest)) => (true, rest),
+        Some(("ws" | "http", rest)) => (false, rest),
+        Some((scheme, _)) => {
+            return Err(format!(
+                "unknown scheme {scheme:?} in {s:?}: use ws:// or http:// (plain), wss:// or https:// (TLS), or just ADDR:PORT"
+            ))
+        }
+        None => (false, s),
+    };
+    let addr = addr.strip_suffix('/').unwrap_or(addr);
+    Ok((tls, parse_backend(addr)?))
+}
+
 pub(super) fn parse_backend(s: &str) -> Result<SocketAddr, String> {
     let addr = parse_addr(s)?;
     if addr.port() == 0 {

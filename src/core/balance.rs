@@ -10,6 +10,9 @@
 //!   cookie       the backend named by the route's cookie; without a valid one, round robin,
 //!                and the answer sets the cookie
 //! ```
+//! Weights (`{ addr, weight }`) count in each: round robin walks nginx's smooth weighted
+//! cycle, least_conn compares connections per unit of weight, hash is weighted rendezvous.
+//! A backend that is down, ejected or drained ([`crate::core::health`]) is not chosen.
 //! When the first choice fails, the others are tried in list order after it. SockJS and
 //! socket.io need `hash` or `cookie`: their polling requests and the WebSocket upgrade that
 //! follows must reach the backend that holds the session.
@@ -38,6 +41,13 @@ fn score(key: &[u8], backend: &str) -> u64 {
     h.update(backend.as_bytes());
     let d = h.finalize();
     u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+}
+
+/// Weighted rendezvous hashing: `weight / -ln(u)` for the score taken as a uniform `u` in
+/// (0, 1), so that a backend wins a share of keys proportional to its weight.
+fn weighted(score: u64, weight: u32) -> f64 {
+    let u = ((score >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    f64::from(weight) / -u.ln()
 }
 
 /// The value of cookie `name` in the request's Cookie headers.
@@ -83,9 +93,14 @@ impl RouteEntry {
             Balance::RoundRobin => rr,
             Balance::LeastConn => {
                 let start = rr.first;
+                // Open connections per unit of weight; ties in round-robin order.
                 let first = (0..n)
                     .map(|k| (start + k) % n)
-                    .min_by_key(|&i| self.load[i].load(Ordering::Relaxed))
+                    .filter(|&i| self.available(i))
+                    .min_by_key(|&i| {
+                        u64::from(self.load[i].load(Ordering::Relaxed)) * 1024
+                            / u64::from(self.weight(i))
+                    })
                     .unwrap_or(start);
                 Pick {
                     first,
@@ -106,12 +121,20 @@ impl RouteEntry {
                 }
                 .filter(|v| !v.is_empty())
                 .unwrap_or(ip.as_bytes());
-                let first = self
-                    .cookie_ids
-                    .iter()
-                    .enumerate()
-                    .max_by_key(|(_, id)| score(value, id))
-                    .map_or(0, |(i, _)| i);
+                // Rendezvous over the available backends: one going down moves only its own
+                // keys, which come back when it does.
+                let best = |only_up: bool| {
+                    let all = self.cookie_ids.iter().enumerate();
+                    let cand = all.filter(|&(i, _)| !only_up || self.available(i));
+                    if self.weights.is_empty() {
+                        cand.max_by_key(|(_, id)| score(value, id)).map(|(i, _)| i)
+                    } else {
+                        cand.map(|(i, id)| (i, weighted(score(value, id), self.weight(i))))
+                            .max_by(|a, b| a.1.total_cmp(&b.1))
+                            .map(|(i, _)| i)
+                    }
+                };
+                let first = best(true).or_else(|| best(false)).unwrap_or(0);
                 Pick {
                     first,
                     cookie: None,
@@ -119,7 +142,8 @@ impl RouteEntry {
             }
             Balance::Cookie(c) => {
                 let named = cookie(req, &c.name)
-                    .and_then(|v| self.cookie_ids.iter().position(|id| id.as_bytes() == v));
+                    .and_then(|v| self.cookie_ids.iter().position(|id| id.as_bytes() == v))
+                    .filter(|&i| self.available(i));
                 match named {
                     Some(i) => Pick {
                         first: i,
@@ -310,5 +334,60 @@ mod tests {
         assert_eq!(pick(&s.routes, head, "10.0.0.1").first, 1);
         drop(leases);
         assert_eq!((load(0), load(1), load(2)), (0, 0, 0));
+    }
+
+    #[test]
+    fn unavailable_backends_are_skipped_and_hash_moves_only_their_keys() {
+        use crate::core::health::{state_word, HealthWords, LocalHealth, DRAINED};
+        let words = Arc::new(LocalHealth::new(16));
+        let rr = table(3, Balance::RoundRobin).with_health(words.clone());
+        let hash = table(3, Balance::Hash(HashKey::ClientIp));
+        let hash_words = Arc::new(LocalHealth::new(16));
+        let hash = hash.with_health(hash_words.clone());
+        let head = "GET / HTTP/1.1\r\nHost: h\r\n\r\n";
+        let before: Vec<usize> = (0..300)
+            .map(|i| pick(&hash, head, &format!("10.0.{}.{}", i / 200, i % 200)).first)
+            .collect();
+        for w in [&words, &hash_words] {
+            let hw: &dyn HealthWords = w.as_ref();
+            state_word(hw, 1)
+                .expect("slot")
+                .store(DRAINED, Ordering::Relaxed);
+        }
+        // Round robin alternates over the two left, evenly.
+        let mut per = [0usize; 3];
+        for _ in 0..100 {
+            per[pick(&rr, head, "10.0.0.1").first] += 1;
+        }
+        assert_eq!(per, [50, 0, 50]);
+        assert_eq!(rr.get(0).next_to_try(1, 0), Some((1, 2)));
+        for (i, &was) in before.iter().enumerate() {
+            let now = pick(&hash, head, &format!("10.0.{}.{}", i / 200, i % 200)).first;
+            if was == 1 {
+                assert_ne!(now, 1);
+            } else {
+                assert_eq!(now, was, "a key of a backend still up moved");
+            }
+        }
+    }
+
+    #[test]
+    fn weighted_round_robin_and_hash_follow_the_weights() {
+        let mut r = table(2, Balance::RoundRobin);
+        let mut routes: Vec<crate::config::Route> = r.iter().map(|e| (**e).clone()).collect();
+        routes[0].options.weights = vec![1, 3];
+        r = RouteTable::new(&routes);
+        let head = "GET / HTTP/1.1\r\nHost: h\r\n\r\n";
+        let picks: Vec<usize> = (0..8).map(|_| pick(&r, head, "10.0.0.1").first).collect();
+        assert_eq!(picks, [1, 0, 1, 1, 1, 0, 1, 1]);
+        routes[0].options.balance = Balance::Hash(HashKey::ClientIp);
+        let h = RouteTable::new(&routes);
+        let on_1 = (0..4000)
+            .filter(|i| pick(&h, head, &format!("10.1.{}.{}", i / 200, i % 200)).first == 1)
+            .count();
+        assert!(
+            (2800..3200).contains(&on_1),
+            "{on_1} of 4000 on the weight-3 backend"
+        );
     }
 }

@@ -4,6 +4,7 @@
 //! routes first, then host-less ones), so it costs O(path depth) whatever the number of routes.
 
 use crate::config::Route;
+use crate::core::health::{self, HealthWords};
 use sha1::{Digest, Sha1};
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -29,6 +30,13 @@ pub struct RouteEntry {
     /// Each backend's sticky-cookie value (`balance = "cookie"`): a hash of its address, so it
     /// stays the same across restarts, reloads and proxies.
     pub(crate) cookie_ids: Box<[String]>,
+    /// Each backend's weight (empty: all 1) and, when they differ, one cycle of the smooth
+    /// weighted round robin the cursor walks.
+    pub(crate) weights: Box<[u32]>,
+    cycle: Box<[u16]>,
+    /// The health table and this route's first slot in it (backend `i` is slot `.1 + i`);
+    /// `None`: every backend is always available.
+    health: Option<(Arc<dyn HealthWords>, usize)>,
 }
 
 /// Counter words shared with other processes (the driver's shared memory), for cursors.
@@ -46,13 +54,84 @@ impl std::ops::Deref for RouteEntry {
 }
 
 impl RouteEntry {
-    /// The next backend in round-robin order; advances the cursor.
+    /// The next available backend in (weighted) round-robin order; advances the cursor. When
+    /// none is available, the one the cursor names (the connect then finds none to try).
     pub fn first_backend(&self) -> usize {
-        let n = match &self.shared {
+        let c = match &self.shared {
             Some((words, i)) => words.word(*i).fetch_add(1, Ordering::Relaxed) as usize,
             None => self.next.fetch_add(1, Ordering::Relaxed),
         };
-        n % self.backends.len().max(1)
+        let n = self.backends.len().max(1);
+        if !self.cycle.is_empty() {
+            // The cycle spreads each backend's turns out: skipping an unavailable one hands
+            // its turn to whichever comes next in the cycle.
+            let len = self.cycle.len();
+            return (0..len)
+                .map(|k| usize::from(self.cycle[(c + k) % len]))
+                .find(|&i| self.available(i))
+                .unwrap_or(usize::from(self.cycle[c % len]));
+        }
+        if self.health.is_none() || (0..n).all(|i| self.available(i)) {
+            return c % n;
+        }
+        // Round robin over the available ones, so that none takes a down backend's turns.
+        let up = (0..n).filter(|&i| self.available(i)).count();
+        if up == 0 {
+            return c % n;
+        }
+        (0..n)
+            .filter(|&i| self.available(i))
+            .nth(c % up)
+            .unwrap_or(c % n)
+    }
+
+    /// The backends are tried from `first` on in list order; the first available one at or
+    /// after position `tried` of that order, as (its position, its index).
+    pub fn next_to_try(&self, first: usize, tried: usize) -> Option<(usize, usize)> {
+        let n = self.backends.len();
+        (tried..n)
+            .map(|k| (k, (first + k) % n))
+            .find(|&(_, i)| self.available(i))
+    }
+
+    /// Backend `i`'s weight (1 unless configured).
+    pub fn weight(&self, i: usize) -> u32 {
+        self.weights.get(i).copied().unwrap_or(1).max(1)
+    }
+
+    /// Backend `i`'s slot in the health table, if it has one.
+    pub fn health_slot(&self, i: usize) -> Option<usize> {
+        let (words, base) = self.health.as_ref()?;
+        (base + i < words.slots() && i < self.backends.len()).then_some(base + i)
+    }
+
+    /// Backend `i`'s state bits ([`health::DOWN`], [`health::EJECTED`], [`health::DRAINED`]).
+    pub fn backend_state(&self, i: usize) -> u64 {
+        let (Some((words, _)), Some(slot)) = (&self.health, self.health_slot(i)) else {
+            return 0;
+        };
+        health::state_word(words.as_ref(), slot).map_or(0, |w| w.load(Ordering::Relaxed))
+    }
+
+    /// Backend `i` may take a new connection: not down, ejected or drained.
+    pub fn available(&self, i: usize) -> bool {
+        self.backend_state(i) == 0
+    }
+
+    /// A connect to backend `i` (or its answer) succeeded (`ok`) or failed: counted for passive
+    /// ejection when the route has it (`[route.health]` with `eject_after` above 0).
+    pub fn note_backend(&self, i: usize, ok: bool) {
+        if !self
+            .options
+            .health
+            .as_ref()
+            .is_some_and(|h| h.eject_after > 0)
+        {
+            return;
+        }
+        if let (Some((words, _)), Some(slot)) = (&self.health, self.health_slot(i)) {
+            health::note(words.as_ref(), slot, ok);
+        }
     }
 }
 
@@ -94,6 +173,13 @@ impl RouteTable {
                 shared: shared.clone().map(|w| (w, i)),
                 load: r.backends.iter().map(|_| AtomicU32::new(0)).collect(),
                 cookie_ids: r.backends.iter().map(cookie_id).collect(),
+                weights: r.options.weights.clone().into_boxed_slice(),
+                cycle: if r.options.weights.iter().any(|&w| w != 1) {
+                    health::smooth_cycle(&r.options.weights).into_boxed_slice()
+                } else {
+                    Box::new([])
+                },
+                health: None,
             });
             match &r.host {
                 Some(h) => {
@@ -108,6 +194,19 @@ impl RouteTable {
             }
         }
         t
+    }
+
+    /// Gives every route its slots in the health table `words`, in route order (backends past
+    /// the table's slots have none and are always available).
+    pub fn with_health(mut self, words: Arc<dyn HealthWords>) -> RouteTable {
+        let mut base = 0;
+        for r in &mut self.routes {
+            if base < words.slots() {
+                r.health = Some((words.clone(), base));
+            }
+            base += r.backends.len();
+        }
+        self
     }
 
     pub fn get(&self, i: usize) -> &RouteEntry {
@@ -170,6 +269,11 @@ pub fn cookie_id(addr: &std::net::SocketAddr) -> String {
 pub fn route_id(label: &str) -> u32 {
     let d = Sha1::digest(label.as_bytes());
     u32::from_be_bytes([d[0], d[1], d[2], d[3]])
+}
+
+/// The [`RouteEntry::id`] the route table gives `r`.
+pub fn id_of(r: &Route) -> u32 {
+    route_id(&route_label(r))
 }
 
 /// `host/prefix`, or `prefix` for a route that matches any Host.

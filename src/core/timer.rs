@@ -7,13 +7,16 @@
 //! early entry fires, the owner sees its real deadline is later, and arms again.
 //!
 //! Deadlines further away than one revolution stay in their slot and are skipped on each pass
-//! until due: with 8 ms ticks and 8192 slots a 1 h idle timer is looked at ~55 times an hour.
+//! until due: with 8 ms ticks and 2048 slots (a 16 s revolution) a 1 h idle timer is looked at
+//! ~220 times an hour. The slots are a fixed cost per worker, paid at start (24 B each: 48 KiB;
+//! 8192 slots cost a gateway's one worker 192 KiB of its start-up RSS), and fewer slots hold
+//! their entries with less spare capacity (bench-results/2026-11-29-embedded).
 
 use std::time::{Duration, Instant};
 
 /// Wheel resolution.
 pub const TICK: Duration = Duration::from_millis(8);
-const SLOTS: usize = 8192;
+const SLOTS: usize = 2048;
 
 /// A point in wheel time: ticks since the worker's clock base. Never 0 (0 means "none").
 pub type Tick = u32;

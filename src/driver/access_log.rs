@@ -150,6 +150,37 @@ impl LogSink {
         }
     }
 
+    /// Logs a backend's state change (`state` after it, `reason` the metric's word, `detail`
+    /// what was seen) as one line of its own kind (`event=backend_state`), without blocking.
+    pub fn backend_event(
+        &self,
+        route: &str,
+        backend: SocketAddr,
+        state: &str,
+        reason: &str,
+        detail: &str,
+    ) {
+        let time = humantime::format_rfc3339_millis(SystemTime::now());
+        let mut line = String::new();
+        match self.format {
+            LogFormat::Text => {
+                let _ = writeln!(
+                    line,
+                    "{time} event=backend_state route={route} backend={backend} state={state} reason={reason} detail={detail:?}"
+                );
+            }
+            LogFormat::Json => {
+                let _ = writeln!(
+                    line,
+                    "{{\"time\":\"{time}\",\"event\":\"backend_state\",\"route\":{},\"backend\":\"{backend}\",\"state\":\"{state}\",\"reason\":\"{reason}\",\"detail\":{}}}",
+                    crate::driver::health::json_str(route),
+                    crate::driver::health::json_str(detail)
+                );
+            }
+        }
+        let _ = self.flush(&mut line);
+    }
+
     /// Hands a worker's batch to the logger without blocking. Returns the number of lines
     /// dropped because the queue was full (or the logger gone), for the worker to count.
     #[must_use = "lines dropped here are counted nowhere else"]

@@ -34,6 +34,11 @@ impl BackendTable {
         }
     }
 
+    /// The (route, address) of backend `id`, if it has one.
+    pub fn key(&self, id: u16) -> Option<BackendKey> {
+        self.counts.get(id as usize).map(|(k, _)| *k)
+    }
+
     pub fn counts(&mut self, key: BackendKey) -> &mut BackendCounts {
         self.dirty = true;
         let id = self.id(key) as usize;

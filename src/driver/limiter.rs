@@ -74,6 +74,20 @@ impl ConnLimiter {
         }
     }
 
+    /// Counts a connection that exists already (a tunnel handed over at an upgrade), even
+    /// past the limit: it is released as any other.
+    pub fn force_acquire(&self) {
+        match &self.inner {
+            ConnInner::Local { active, .. } => {
+                active.fetch_add(1, Ordering::AcqRel);
+            }
+            ConnInner::Shared { shared, worker } => {
+                // Worker processes take no handed-over tunnels yet; counted if room remains.
+                let _ = shared.conn_acquire(*worker);
+            }
+        }
+    }
+
     pub fn release(&self) {
         match &self.inner {
             ConnInner::Local { active, .. } => {

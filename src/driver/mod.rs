@@ -17,12 +17,14 @@ pub mod access_log;
 pub mod admin;
 pub mod backends;
 mod capacity;
+mod choice;
 #[cfg(feature = "dns")]
 pub mod dns;
 #[cfg(not(feature = "dns"))]
 #[path = "dns_off.rs"]
 pub mod dns;
 pub mod epoll;
+pub mod health;
 pub mod limiter;
 pub mod memory;
 pub mod pool;
@@ -32,16 +34,23 @@ pub mod shared;
 pub mod stats;
 pub mod status;
 pub mod supervisor;
+pub mod upgrade;
+#[cfg(feature = "uring")]
+pub mod uring;
+/// Without the `uring` feature (gateway builds): no io_uring driver, and `probe` says so.
+#[cfg(not(feature = "uring"))]
+#[path = "uring/off.rs"]
 pub mod uring;
 pub mod worker;
 
 pub use crate::config::WorkerModel;
-use crate::config::{Config, DriverMode, RelayMode};
+use crate::config::{Config, RelayMode};
 use crate::core::handshake::Settings;
 use crate::core::route::RouteTable;
 use crate::sys::sock::{reuseport_listener, Tuning};
-use crate::transport::tls::{TicketKeys, TlsSettings};
+use crate::transport::tls::{BackendTlsTable, TicketKeys, TlsSettings};
 pub use capacity::{capacity, choose_model, process_capacity, Capacity, ModelChoice};
+pub use choice::{choose_driver, runs_tls, Chosen};
 use limiter::{ConnLimiter, IpLimiter};
 use mio::Waker;
 use std::io;
@@ -70,8 +79,14 @@ pub struct Params {
     pub send_proxy: bool,
     /// Listen addresses (as configured) whose clients speak TLS.
     pub tls_listen: Vec<SocketAddr>,
+    /// Listen addresses (as configured) that answer with redirects to https.
+    pub redirect_listen: Vec<SocketAddr>,
+    /// `[tls] redirect_port`; without it, the first TLS listener's bound port.
+    pub redirect_port: Option<u16>,
     /// Certificates and rustls settings for them; `None` without TLS listeners.
     pub tls: Option<Arc<TlsSettings>>,
+    /// The rustls client settings of routes whose backends speak TLS, by route id.
+    pub backend_tls: Arc<BackendTlsTable>,
     /// Idle backend connections this worker keeps for plain requests (0: none).
     pub pool_max_idle: usize,
     /// An idle pooled backend connection is closed after this.
@@ -98,9 +113,25 @@ pub enum Control {
     Reload(Box<Reload>),
     /// Stop accepting; close whatever is still open at this instant; then stop.
     Drain(Instant),
+    /// A binary upgrade: stop accepting and hand established tunnels over ([`upgrade`]).
+    HandOver(HandOver),
+    /// Tunnels handed over by the process this one upgraded from.
+    Adopt(Vec<upgrade::Tunnel>),
+}
+
+/// A worker's orders for a binary upgrade.
+#[derive(Debug)]
+pub struct HandOver {
+    /// Batches of tunnels go here (the control thread sends them to the new process).
+    pub out: Sender<upgrade::Batch>,
+    /// Set when the new process stopped taking tunnels: keep the rest.
+    pub abort: upgrade::Abort,
+    /// What cannot be handed over (TLS tunnels, HTTP exchanges) is closed at this instant.
+    pub until: Instant,
 }
 
 /// Wakes a worker's loop from another thread.
+#[derive(Clone)]
 enum Wake {
     Epoll(Arc<Waker>),
     Uring(Arc<uring::Waker>),
@@ -112,47 +143,6 @@ impl Wake {
             Wake::Epoll(w) => w.wake(),
             Wake::Uring(w) => w.wake(),
         }
-    }
-}
-
-/// The driver the workers run, once `auto` is resolved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Chosen {
-    Epoll,
-    Uring(crate::sys::uring::Setup),
-}
-
-/// Resolves the `driver` key: `uring` refuses to start where io_uring cannot run (the error
-/// says why), `auto` falls back to epoll with one line on stderr saying why.
-pub fn choose_driver(cfg: &Config) -> io::Result<Chosen> {
-    // TLS sessions run in the worker's own buffers through the transport; the io_uring driver
-    // moves socket bytes itself, so TLS listeners stay on epoll until it runs them too.
-    let tls = !cfg.tls.listen.is_empty();
-    match cfg.driver {
-        DriverMode::Epoll => Ok(Chosen::Epoll),
-        DriverMode::Uring if tls => Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "driver = \"uring\" does not run TLS listeners yet; set driver = \"epoll\" (or \"auto\") while [tls] has listeners",
-        )),
-        DriverMode::Uring => uring::probe().map(Chosen::Uring).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!(
-                    "driver = \"uring\" cannot run here: {e}; set driver = \"epoll\" (or \"auto\") in the config, or pass --driver epoll"
-                ),
-            )
-        }),
-        DriverMode::Auto if tls => {
-            eprintln!("wsplice: driver auto: TLS listeners run on epoll (the io_uring driver does not run TLS yet)");
-            Ok(Chosen::Epoll)
-        }
-        DriverMode::Auto => match uring::probe() {
-            Ok(setup) => Ok(Chosen::Uring(setup)),
-            Err(e) => {
-                eprintln!("wsplice: driver auto: io_uring is unavailable ({e}); using epoll");
-                Ok(Chosen::Epoll)
-            }
-        },
     }
 }
 
@@ -182,9 +172,15 @@ pub struct Server {
     /// The configured TLS listen addresses.
     tls_addrs: Vec<SocketAddr>,
     driver: Chosen,
+    /// Backend checks, ejections and drains.
+    health: health::Health,
+    /// A copy of every worker's listening socket, (configured address, socket): what a binary
+    /// upgrade passes to the new process.
+    /// Dropped at a drain: a socket nobody accepts from must not stay open.
+    sockets: std::sync::Mutex<Vec<(SocketAddr, std::net::TcpListener)>>,
 }
 
-fn bind_error(addr: SocketAddr, e: io::Error) -> io::Error {
+pub(crate) fn bind_error(addr: SocketAddr, e: io::Error) -> io::Error {
     let hint = match e.kind() {
         io::ErrorKind::AddrInUse => " (another process listens there: stop it or change `listen`)",
         io::ErrorKind::PermissionDenied => " (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
@@ -223,20 +219,34 @@ pub fn tls_for(cfg: &Config, tickets: &Arc<TicketKeys>) -> io::Result<Option<Arc
     Ok(Some(Arc::new(tls)))
 }
 
+/// Builds the TLS settings of routes whose backends speak TLS (their CA files read now).
+/// Errors name the route and the file.
+pub fn backend_tls_for(cfg: &Config) -> io::Result<Arc<BackendTlsTable>> {
+    BackendTlsTable::load(&cfg.routes)
+        .map(Arc::new)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+}
+
 fn nofile_now() -> u64 {
     crate::sys::limits::nofile_limit().map_or(1024, |(soft, _)| soft)
 }
 
 /// Threads: one process's budget split across `workers`.
-fn params_for(cfg: &Config, workers: usize, tls: Option<Arc<TlsSettings>>) -> Params {
+fn params_for(
+    cfg: &Config,
+    workers: usize,
+    tls: Option<Arc<TlsSettings>>,
+    health: &health::Health,
+    backend_tls: Arc<BackendTlsTable>,
+) -> Params {
     let mut sized = cfg.clone();
     sized.workers = Some(workers);
     let cap = capacity(&sized, nofile_now());
-    let routes = RouteTable::new(&cfg.routes);
+    let routes = RouteTable::new(&cfg.routes).with_health(health.words());
     params_with(
         cfg,
         routes,
-        tls,
+        (tls, backend_tls),
         cap.max_connections,
         cap.max_pipes.div_ceil(workers),
         memory_plan(cfg, workers, false),
@@ -266,14 +276,15 @@ pub fn process_params(
     cfg: &Config,
     shared: Arc<shared::Shared>,
     tls: Option<Arc<TlsSettings>>,
+    backend_tls: Arc<BackendTlsTable>,
 ) -> Params {
     let (per, total) = process_capacity(cfg, nofile_now());
-    let routes = RouteTable::with_shared_cursors(&cfg.routes, shared);
+    let routes = RouteTable::with_shared_cursors(&cfg.routes, shared.clone()).with_health(shared);
     let memory = memory_plan(cfg, cfg.workers.unwrap_or(1), true);
     params_with(
         cfg,
         routes,
-        tls,
+        (tls, backend_tls),
         total.max_connections,
         per.max_pipes,
         memory,
@@ -283,7 +294,7 @@ pub fn process_params(
 fn params_with(
     cfg: &Config,
     routes: RouteTable,
-    tls: Option<Arc<TlsSettings>>,
+    (tls, backend_tls): (Option<Arc<TlsSettings>>, Arc<BackendTlsTable>),
     max_connections: usize,
     max_pipes: usize,
     memory: Option<memory::MemoryPlan>,
@@ -306,7 +317,10 @@ fn params_with(
             r.send_proxy.is_some() || r.options.protocol == crate::config::BackendProtocol::Uwsgi
         }),
         tls_listen: cfg.tls.listen.clone(),
+        redirect_listen: cfg.tls.redirect_listen.clone(),
+        redirect_port: cfg.tls.redirect_port,
         tls,
+        backend_tls,
         max_connections,
         max_pipes,
         pipe_size: cfg.relay.pipe_size,
@@ -337,24 +351,49 @@ impl Server {
     /// [`Server::start`] with the 32 bytes session ticket keys derive from: every process
     /// handed the same bytes accepts the others' tickets.
     pub fn start_with_ticket_key(cfg: &Config, ticket_key: [u8; 32]) -> io::Result<Server> {
+        Server::start_inherited(cfg, ticket_key, Vec::new())
+    }
+
+    /// [`Server::start_with_ticket_key`] on listening sockets a binary upgrade passed
+    /// (configured address, socket): each configured address takes the sockets passed for it
+    /// (the same accept queues as the old process's), spread over the workers; more are bound
+    /// with SO_REUSEPORT if there are more workers than sockets.
+    pub fn start_inherited(
+        cfg: &Config,
+        ticket_key: [u8; 32],
+        mut inherited: Vec<(SocketAddr, std::net::TcpListener)>,
+    ) -> io::Result<Server> {
         let workers = cfg
             .workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
             .max(1);
         let tickets = Arc::new(TicketKeys::from_bytes(ticket_key));
         let tls = tls_for(cfg, &tickets)?;
-        let params = params_for(cfg, workers, tls.clone());
+        let pairs = cfg.routes.iter().map(|r| r.backends.len()).sum();
+        let table = crate::core::health::LocalHealth::for_backends(pairs);
+        let health = health::Health::start(cfg, Arc::new(table))?;
+        let params = params_for(cfg, workers, tls.clone(), &health, backend_tls_for(cfg)?);
         let driver = choose_driver(cfg)?;
         // Bind every socket first, so a bad address fails start-up before any thread runs.
         let mut per_worker: Vec<Vec<(SocketAddr, std::net::TcpListener)>> =
             (0..workers).map(|_| Vec::new()).collect();
         let mut listen = Vec::new();
+        let mut sockets = Vec::new();
         for want in cfg.all_listen() {
-            let (actual, socks) = bind_all(want, workers)?;
+            let (actual, socks) = match upgrade::take_passed(&mut inherited, want, workers)? {
+                Some(passed) => passed,
+                None => bind_all(want, workers)?,
+            };
             listen.push((want, actual));
-            for (w, s) in per_worker.iter_mut().zip(socks) {
-                w.push((want, s));
+            for (i, s) in socks.into_iter().enumerate() {
+                sockets.push((want, s.try_clone()?));
+                per_worker[i % workers].push((want, s));
             }
+        }
+        for (want, _) in &inherited {
+            eprintln!(
+                "wsplice: upgrade: the old process listened on {want}, which this configuration does not: closed"
+            );
         }
         let (log, log_thread) = match &cfg.access_log {
             Some(a) => {
@@ -363,6 +402,7 @@ impl Server {
             }
             None => (None, None),
         };
+        health.set_log(log.clone());
         let limiter = Arc::new(IpLimiter::new(cfg.limits.max_connections_per_ip));
         let total = Arc::new(ConnLimiter::new(params.max_connections));
         let mut handles = Vec::new();
@@ -438,6 +478,8 @@ impl Server {
             tls,
             tls_addrs: cfg.tls.listen.clone(),
             driver,
+            health,
+            sockets: std::sync::Mutex::new(sockets),
         })
     }
 
@@ -481,11 +523,14 @@ impl Server {
 
     /// A handle that reads the counters from another thread (the admin listener).
     pub fn stats_reader(&self) -> StatsReader {
-        StatsReader(Source::Threads {
-            published: self.workers.iter().map(|w| w.published.clone()).collect(),
-            backends: self.workers.iter().map(|w| w.backends.clone()).collect(),
-            routes: self.workers.iter().map(|w| w.routes.clone()).collect(),
-        })
+        StatsReader(
+            Source::Threads {
+                published: self.workers.iter().map(|w| w.published.clone()).collect(),
+                backends: self.workers.iter().map(|w| w.backends.clone()).collect(),
+                routes: self.workers.iter().map(|w| w.routes.clone()).collect(),
+            },
+            Some(self.health.clone()),
+        )
     }
 
     fn send(&self, w: &WorkerHandle, msg: Control) {
@@ -501,8 +546,15 @@ impl Server {
     pub fn reload(&mut self, cfg: &Config) -> io::Result<Vec<(SocketAddr, SocketAddr)>> {
         let n = self.workers.len();
         let mut added: Vec<(SocketAddr, SocketAddr, Vec<std::net::TcpListener>)> = Vec::new();
+        if matches!(self.driver, Chosen::Uring(_)) && runs_tls(cfg) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the io_uring driver in use does not run TLS: TLS listeners and TLS backends need a restart with driver = \"epoll\"",
+            ));
+        }
         // Certificates first: a bad file changes nothing.
         let tls = tls_for(cfg, &self.tickets)?;
+        let backend_tls = backend_tls_for(cfg)?;
         for want in cfg.all_listen() {
             if !self.listen.iter().any(|(w, _)| *w == want) {
                 let (actual, socks) = bind_all(want, n)?;
@@ -515,7 +567,8 @@ impl Server {
             .map(|(w, _)| *w)
             .filter(|w| !cfg.all_listen().any(|a| a == *w))
             .collect();
-        let params = params_for(cfg, n, tls.clone());
+        let params = params_for(cfg, n, tls.clone(), &self.health, backend_tls);
+        self.health.reload(cfg);
         self.tls = tls;
         self.tls_addrs = cfg.tls.listen.clone();
         self.limiter.set_limit(cfg.limits.max_connections_per_ip);
@@ -525,10 +578,17 @@ impl Server {
         for (want, actual, socks) in added {
             self.listen.push((want, actual));
             for (w, s) in per_worker.iter_mut().zip(socks) {
+                if let Ok(mut kept) = self.sockets.lock() {
+                    kept.push((want, s.try_clone()?));
+                }
                 w.push((want, s));
             }
         }
         self.listen.retain(|(w, _)| !removed.contains(w));
+        // A socket nobody accepts from must not stay open: its queue would hold clients.
+        if let Ok(mut kept) = self.sockets.lock() {
+            kept.retain(|(w, _)| !removed.contains(w));
+        }
         let (applied, acks) = std::sync::mpsc::channel();
         for (w, add) in self.workers.iter().zip(per_worker) {
             let msg = Control::Reload(Box::new(Reload {
@@ -556,6 +616,10 @@ impl Server {
     /// Stops accepting now; tunnels may finish until `deadline`, then the rest are closed and
     /// the workers stop ([`Server::join`] returns).
     pub fn drain(&self, deadline: Instant) {
+        // Closed at once: the workers stop accepting, and connects must be refused.
+        if let Ok(mut kept) = self.sockets.lock() {
+            kept.clear();
+        }
         for w in &self.workers {
             self.send(w, Control::Drain(deadline));
         }
@@ -574,6 +638,7 @@ impl Server {
 
     /// Blocks until every worker has stopped.
     pub fn join(&mut self) {
+        self.health.stop();
         for w in &mut self.workers {
             let Some(t) = w.thread.take() else { continue };
             match t.join() {
@@ -585,6 +650,8 @@ impl Server {
         // Every worker is gone: once our own handle is dropped the logger drains its queue and
         // ends, so no line of the last connections is lost at exit.
         self.log = None;
+        // The health board's handle on the log goes too, or the logger never ends.
+        self.health.set_log(None);
         if let Some(t) = self.log_thread.take() {
             let _ = t.join();
         }
@@ -606,7 +673,7 @@ pub struct WorkerInfo {
 /// Reads the workers' published counters from any thread (or, with worker processes, from
 /// shared memory).
 #[derive(Clone)]
-pub struct StatsReader(Source);
+pub struct StatsReader(Source, Option<health::Health>);
 
 #[derive(Clone)]
 enum Source {
@@ -619,6 +686,11 @@ enum Source {
 }
 
 impl StatsReader {
+    /// Backend health and drain, when the proxy checks (the admin listener's `/backends`).
+    pub fn health(&self) -> Option<&health::Health> {
+        self.1.as_ref()
+    }
+
     pub fn read(&self) -> stats::Counters {
         match &self.0 {
             Source::Threads { published, .. } => stats::sum(published.iter().map(|p| p.load())),

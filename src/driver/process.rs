@@ -13,7 +13,7 @@ use crate::driver::epoll::{Worker, WorkerConfig};
 use crate::driver::limiter::{ConnLimiter, IpLimiter};
 use crate::driver::shared::Shared;
 use crate::driver::stats::BackendSnapshot;
-use crate::driver::{process_params, tls_for, Control, Reload};
+use crate::driver::{backend_tls_for, process_params, tls_for, Control, Reload};
 use crate::sys::{ipc, shm};
 use crate::transport::tls::TicketKeys;
 use mio::Waker;
@@ -119,7 +119,7 @@ pub fn run(id: usize, load: Loader) -> io::Result<()> {
     let (tx, rx) = channel();
     let worker = Worker::new(WorkerConfig {
         id,
-        params: process_params(&cfg, shared.clone(), tls),
+        params: process_params(&cfg, shared.clone(), tls, backend_tls_for(&cfg)?),
         listeners,
         published: Arc::new(shared.published(id)),
         control: rx,
@@ -298,16 +298,16 @@ impl ControlThread {
         let cfg = parse_addrs(words).and_then(|remove| {
             let text = text_of(config)?;
             let cfg = configure(&self.load, text.as_deref(), self.workers, &self.resolved)?;
-            let tls = tls_for(&cfg, &self.tickets)?;
+            let tls = (tls_for(&cfg, &self.tickets)?, backend_tls_for(&cfg)?);
             Ok((remove, cfg, tls))
         });
-        let (remove, cfg, tls) = match cfg {
+        let (remove, cfg, (tls, backend_tls)) = match cfg {
             Ok(x) => x,
             Err(e) => return format!("failed {generation} {e}"),
         };
         let (applied, done) = channel();
         self.control(Control::Reload(Box::new(Reload {
-            params: process_params(&cfg, self.shared.clone(), tls),
+            params: process_params(&cfg, self.shared.clone(), tls, backend_tls),
             add: std::mem::take(pending),
             remove,
             applied,

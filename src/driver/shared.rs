@@ -8,6 +8,7 @@
 //!   backends per worker: a seqlocked copy of its per-backend counts (mirrored on request)
 //!   ip table global: IP -> connections counted, for the per-IP limit across workers
 //!   ip table per worker: IP -> connections this worker counted
+//!   health   per (route, backend): state word and failure count (core::health)
 //! ```
 //!
 //! Connection and per-IP counts change only under one lock word, taken once when a connection
@@ -18,6 +19,7 @@
 
 mod table;
 
+use crate::core::health::HEALTH_WORDS;
 use crate::driver::stats::{BackendCounts, BackendKey, Published, PUBLISHED_WORDS};
 use crate::sys::shm::{Cells, SharedMap};
 use std::hash::{BuildHasher, Hash, Hasher};
@@ -116,9 +118,13 @@ impl Layout {
         (self.global() + self.global_slots * IP_ENTRY).next_multiple_of(PAGE_WORDS)
             + w * self.local_stride()
     }
+    /// The backend health table ([`crate::core::health`]), after everything else.
+    fn health(&self) -> usize {
+        self.local(self.workers)
+    }
     /// Words the whole mapping takes (pages that are never touched cost no memory).
     pub fn words(&self) -> usize {
-        self.local(self.workers)
+        self.health() + HEALTH_WORDS
     }
 }
 
@@ -178,6 +184,12 @@ fn words_addr(w: [u64; 3]) -> SocketAddr {
 impl crate::core::route::SharedWords for Shared {
     fn word(&self, i: usize) -> &AtomicU64 {
         self.w(self.layout.cursors() + i % CURSORS)
+    }
+}
+
+impl crate::core::health::HealthWords for Shared {
+    fn health_word(&self, i: usize) -> Option<&AtomicU64> {
+        (i < HEALTH_WORDS).then(|| self.w(self.layout.health() + i))
     }
 }
 

@@ -25,7 +25,6 @@ pub mod json;
 
 use crate::core::relay::{CloseReason, RelayStats};
 use crate::core::status::Reject;
-use crate::driver::uring::UringStats;
 use crate::sys::pipe::PoolStats;
 use crate::sys::shm::Cells;
 use crate::transport::tls::{self, TlsEvent};
@@ -113,6 +112,13 @@ metrics! {
     tls_versions = (counter "wsplice_tls_versions_total" by version in tls::VERSIONS);
     /// TLS sessions established, by cipher suite.
     tls_ciphers = (counter "wsplice_tls_ciphers_total" by cipher in tls::CIPHERS);
+    /// Requests a redirect listener ([tls] redirect_listen) answered with a redirect to https.
+    redirects = (counter "wsplice_redirects_total");
+    /// TLS handshakes with backends (routes with `backend_tls`), by result: ok, resumed, or
+    /// why it failed (untrusted: the certificate does not chain to backend_ca or the system
+    /// roots; name_mismatch: not valid for backend_server_name; expired; incompatible;
+    /// bad_message; incomplete: closed or timed out first). Each failure is answered 502.
+    backend_tls_handshakes = (counter "wsplice_backend_tls_handshakes_total" by result in tls::BACKEND_RESULTS);
     /// Forwarded (plain HTTP) requests, by the class of the status the client got (the
     /// backend's or ours); "none": the client left before any answer.
     requests = (counter "wsplice_http_requests_total" by class in STATUS_CLASSES);
@@ -123,6 +129,10 @@ metrics! {
     /// Forwarded requests sent again on a new connection because a pooled one failed before
     /// any answer byte (the backend closed it as we picked it up).
     retries = (counter "wsplice_http_retries_total");
+    /// Tunnels this process handed to a new binary at an upgrade (SIGUSR2).
+    upgrade_handed = (counter "wsplice_upgrade_tunnels_handed_total");
+    /// Tunnels this process took over from the process it upgraded from.
+    upgrade_adopted = (counter "wsplice_upgrade_tunnels_adopted_total");
     /// Worker threads, by the driver that runs them (the `driver` key).
     drivers = (gauge "wsplice_workers_by_driver" by driver in DRIVERS);
     /// The io_uring driver's counters, copied in once per loop iteration (zero under epoll).
@@ -138,6 +148,18 @@ metrics! {
         /// Frequent: raise uring.buffer_memory.
         buffers_exhausted = (counter "wsplice_uring_buffers_exhausted_total");
     };
+}
+
+/// Counters of an io_uring worker's ring, for its metrics (zero under epoll, and in builds
+/// without the `uring` feature).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct UringStats {
+    pub submitted: u64,
+    pub completed: u64,
+    /// Loop iterations (each one `io_uring_enter` that waits).
+    pub loops: u64,
+    /// Receives that found every provided buffer taken (ENOBUFS): they wait for one.
+    pub buffers_exhausted: u64,
 }
 
 /// The `class` label values of `wsplice_http_requests_total`.
@@ -256,6 +278,25 @@ pub const BACKEND_FAMILIES: [Family; 3] = [
     ),
 ];
 
+/// Per-backend health (`[route.health]`, drain), from the checking thread's board.
+pub const BACKEND_UP: Family = Family::new(
+    Kind::Gauge,
+    "wsplice_backend_up",
+    "1 while this backend of this route takes new connections; 0 while it is down (active checks), ejected (passive) or drained.",
+);
+/// State changes of a backend, by reason.
+pub const BACKEND_STATE_CHANGES: Family = Family::new(
+    Kind::Counter,
+    "wsplice_backend_state_changes_total",
+    "Changes of a backend's state, by reason: check_failed, check_passed, ejected, ejection_over, drained, undrained.",
+);
+/// Passive ejections of a backend.
+pub const BACKEND_EJECTIONS: Family = Family::new(
+    Kind::Counter,
+    "wsplice_backend_ejections_total",
+    "Times a backend was ejected after [route.health] eject_after failed connects or answers in a row.",
+);
+
 /// Forwarded requests per route and status class, published by workers as [`RouteSnapshot`].
 pub const ROUTE_FAMILY: Family = Family::new(
     Kind::Counter,
@@ -283,6 +324,7 @@ pub fn families() -> Vec<Family> {
     n.0.extend([WORKER_CONNECTIONS, WORKER_OPEN_FDS]);
     n.0.extend(BACKEND_FAMILIES);
     n.0.push(ROUTE_FAMILY);
+    n.0.extend([BACKEND_UP, BACKEND_STATE_CHANGES, BACKEND_EJECTIONS]);
     n.0
 }
 
@@ -333,6 +375,11 @@ impl Counters {
         if let Some(i) = i {
             self.rejects[i] += 1;
         }
+    }
+
+    /// Counts how a TLS handshake with a backend ended.
+    pub fn count_backend_tls(&mut self, e: TlsEvent) {
+        self.backend_tls_handshakes[e.backend_result()] += 1;
     }
 
     /// Counts how a TLS handshake ended.
@@ -457,6 +504,19 @@ pub fn render_by_worker(out: &mut String, f: Family, per_worker: &[(usize, u64)]
     };
     for (id, v) in per_worker {
         t.line(&f, "", Some(("worker", &id.to_string())), v);
+    }
+    *out = t.out;
+}
+
+/// Appends family `f` with one sample per entry, labelled `label="value"` (a value may carry
+/// further pairs: `a\",b=\"c`).
+pub fn render_labelled(out: &mut String, f: Family, label: &str, samples: &[(String, u64)]) {
+    let mut t = Text {
+        out: std::mem::take(out),
+        last: "",
+    };
+    for (v, n) in samples {
+        t.line(&f, "", Some((label, v)), n);
     }
     *out = t.out;
 }

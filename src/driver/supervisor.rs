@@ -24,6 +24,7 @@
 //! `reopen`, `mirror`; answers `ready`, `applied GENERATION`, `failed GENERATION WHY`.
 
 use crate::config::{encode_resolved, Config, Resolved};
+use crate::driver::health::Health;
 use crate::driver::shared::{Layout, Shared};
 use crate::driver::stats::{self, BackendCounts, BackendKey, Counters, Published};
 use crate::driver::{bind_all, process_capacity, StatsReader, WorkerInfo};
@@ -212,6 +213,8 @@ struct Slot {
 
 /// The running supervisor.
 pub struct Supervisor {
+    /// Backend checks, ejections and drains (the workers read the shared health table).
+    health: Health,
     cfg: Config,
     text: Option<String>,
     /// What the configuration's backend names resolve to (sent to every worker process).
@@ -284,7 +287,13 @@ impl Supervisor {
         });
         let now = Instant::now();
         let (tx, rx) = events;
+        let health = Health::start(cfg, shared.clone())?;
+        // State changes go to the access log too, written from here (O_APPEND, whole lines).
+        if let Some(a) = &cfg.access_log {
+            health.set_log(Some(crate::driver::access_log::LogSink::start(a)?.0));
+        }
         let mut sup = Supervisor {
+            health,
             cfg: cfg.clone(),
             text,
             resolved,
@@ -359,7 +368,10 @@ impl Supervisor {
 
     /// The admin listener's view.
     pub fn stats_reader(&self) -> StatsReader {
-        StatsReader(super::Source::Processes(self.board.clone()))
+        StatsReader(
+            super::Source::Processes(self.board.clone()),
+            Some(self.health.clone()),
+        )
     }
 
     fn kill_all(&mut self) {
@@ -633,6 +645,7 @@ impl Supervisor {
         self.shared.set_max_connections(total.max_connections);
         self.shared.set_ip_limit(cfg.limits.max_connections_per_ip);
         self.generation += 1;
+        self.health.reload(cfg);
         self.cfg = cfg.clone();
         self.text = text;
         let mut msg = format!("reload {}", self.generation);
@@ -715,6 +728,7 @@ impl Supervisor {
             return false;
         }
         self.send_all("reopen");
+        self.health.reopen_log();
         true
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::apache_parse::Node;
 use super::plan::{Balance, Listen, Mapping, Note, Only, Plan, Server};
 use super::rules::{path_rule, prefix, rewrite_pattern, seconds, slash_note, upgrade_cond};
-use super::{resolve, split_url, ImportError, Loc};
+use super::{resolve, split_url, tls_name, ImportError, Loc, TLS_BACKEND_NOTE};
 
 /// A `balancer://NAME` cluster.
 #[derive(Debug, Default)]
@@ -280,7 +280,7 @@ impl Importer {
             "sslcertificatechainfile" => {
                 "put the chain after the certificate in the SSLCertificateFile file: wsplice reads the chain from there"
             }
-            "sslproxyengine" => "wsplice speaks plain TCP to backends (no TLS to backends)",
+            "sslproxyengine" => "wsplice speaks TLS to https:// and wss:// backends by their scheme",
             "requestheader" => "wsplice does not add or change request headers: not carried over",
             "header" => "wsplice does not add response headers",
             "documentroot" | "directory" | "directorymatch" | "files" | "filesmatch"
@@ -507,12 +507,26 @@ impl Importer {
                     m.backends = b.backends.clone();
                     m.balance = b.balance.clone();
                 }
-                _ => disable(m, &format!("balancer://{} has no member wsplice can use", u.authority)),
+                _ => disable(
+                    m,
+                    &format!("balancer://{} has no member wsplice can use", u.authority),
+                ),
             },
-            "wss" | "https" => {
-                disable(m, "wsplice speaks plain TCP to backends (no TLS to backends): point it at the backend's plain port")
-            }
-            other => disable(m, &format!("{other}:// backends have no wsplice equivalent")),
+            "wss" | "https" => match resolve(&u.authority, 443) {
+                Ok((addrs, note)) => {
+                    if let Some(why) = note {
+                        m.notes.push(Note::new(&n.loc, n.text(), why));
+                    }
+                    m.notes.push(Note::new(&n.loc, n.text(), TLS_BACKEND_NOTE));
+                    m.backends = addrs;
+                    m.tls = Some(tls_name(&u.authority));
+                }
+                Err(why) => disable(m, &why),
+            },
+            other => disable(
+                m,
+                &format!("{other}:// backends have no wsplice equivalent"),
+            ),
         }
     }
 

@@ -165,6 +165,12 @@ fn route_lines(m: &Mapping, host: Option<&str>, upgrade_only: bool) -> Vec<Strin
     if m.uwsgi {
         lines.push("protocol = \"uwsgi\"".into());
     }
+    if let Some(name) = &m.tls {
+        lines.push("backend_tls = true".into());
+        if let Some(n) = name {
+            lines.push(format!("backend_server_name = {}", quote(n)));
+        }
+    }
     match m.forwarded_replace {
         Some(true) => lines.push("forwarded_for = \"replace\"".into()),
         Some(false) => lines.push("forwarded_for = \"append\"".into()),

@@ -204,6 +204,17 @@ pub(crate) fn resolve(
     Ok((addrs, Some(note)))
 }
 
+/// The name a TLS backend at `hostport` is asked for and checked against: its host, unless
+/// that is an IP address (then the certificate must name the IP, wsplice's default).
+pub(crate) fn tls_name(hostport: &str) -> Option<String> {
+    let (host, _) = split_host_port(hostport, 443).ok()?;
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    (!host.is_empty() && bare.parse::<IpAddr>().is_err()).then_some(host)
+}
+
+/// The note of every TLS backend: Apache and nginx do not verify by default; wsplice does.
+pub(crate) const TLS_BACKEND_NOTE: &str = "TLS to this backend: wsplice verifies its certificate (Apache and nginx do not by default), against the system's roots; if a private CA signed it, add backend_ca = \"FILE\" to the route";
+
 fn split_host_port(s: &str, default_port: u16) -> Result<(String, u16), String> {
     let bad_port = |p: &str| format!("invalid port {p:?} in {s:?}");
     if let Some(rest) = s.strip_prefix('[') {

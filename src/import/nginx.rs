@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use super::nginx_parse::Directive;
 use super::plan::{Balance, Listen, Mapping, Note, Plan, Server};
 use super::rules::{nginx_time, path_rule, prefix, slash_note};
-use super::{resolve, split_url, ImportError, Loc};
+use super::{resolve, split_url, tls_name, ImportError, Loc, TLS_BACKEND_NOTE};
 
 /// An `upstream` block: its backends and how it balances.
 #[derive(Debug, Default)]
@@ -511,9 +511,18 @@ impl<'a> Importer<'a> {
             (false, "https") | (true, "suwsgi") => true,
             _ => return note(m, format!("unknown scheme {scheme}://")),
         };
-        if tls {
-            let why = "wsplice speaks plain TCP to backends (no TLS to backends): point it at the backend's plain port";
+        if tls && m.uwsgi {
+            let why =
+                "wsplice speaks uwsgi over plain TCP only: point it at the backend's plain port";
             return note(m, why.into());
+        }
+        if tls {
+            m.notes.push(Note::new(&x.loc, x.text(), TLS_BACKEND_NOTE));
+            m.tls = Some(if self.upstreams.contains_key(&authority) {
+                None
+            } else {
+                tls_name(&authority)
+            });
         }
         if authority.starts_with("unix:") {
             return note(m, "wsplice connects to backends over TCP only".into());
@@ -528,7 +537,11 @@ impl<'a> Importer<'a> {
             m.backends = up.backends.clone();
             m.balance = up.balance.clone();
         } else {
-            let default_port = if m.uwsgi { 0 } else { 80 };
+            let default_port = match (m.uwsgi, tls) {
+                (true, _) => 0,
+                (false, true) => 443,
+                (false, false) => 80,
+            };
             match resolve(&authority, default_port) {
                 Ok((addrs, _)) if addrs.iter().any(|a| a.port() == 0) => {
                     return note(m, "a uwsgi address needs a port".into())

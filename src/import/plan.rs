@@ -84,6 +84,9 @@ pub(crate) struct Mapping {
     pub forwarded_replace: Option<bool>,
     pub balance: Balance,
     pub uwsgi: bool,
+    /// The backends speak TLS (`https://`, `wss://`): `Some(name)` to check, or `Some(None)`
+    /// for an IP address.
+    pub tls: Option<Option<String>>,
     pub response_timeout: Option<Duration>,
     /// Notes printed above the route.
     pub notes: Vec<Note>,
@@ -104,6 +107,7 @@ impl Mapping {
             forwarded_replace: None,
             balance: Balance::RoundRobin,
             uwsgi: false,
+            tls: None,
             response_timeout: None,
             notes: Vec::new(),
             disabled: None,

@@ -1,6 +1,7 @@
 //! The supervisor's line to each worker process: a `SOCK_SEQPACKET` socket pair (message
 //! boundaries kept) that also carries descriptors (`SCM_RIGHTS`): listeners, the shared memory,
-//! a configuration text.
+//! a configuration text. The same kind of pair carries a binary upgrade's listeners and
+//! tunnels to the new process ([`crate::driver::upgrade`]), whose end is inherited across exec.
 
 use nix::sys::socket::{
     recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
@@ -47,10 +48,90 @@ pub fn send(sock: impl AsFd, msg: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<(
     Ok(())
 }
 
+/// [`send`] without the size limit of control messages: up to what the socket's send buffer
+/// holds (see [`set_send_buffer`]; `EMSGSIZE` beyond).
+pub fn send_large(sock: impl AsFd, msg: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    if msg.is_empty() || fds.len() > MAX_FDS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "message empty or too many descriptors",
+        ));
+    }
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let cmsg = [ControlMessage::ScmRights(&raw)];
+    let cmsgs: &[ControlMessage] = if raw.is_empty() { &[] } else { &cmsg };
+    sendmsg::<()>(
+        sock.as_fd().as_raw_fd(),
+        &[IoSlice::new(msg)],
+        cmsgs,
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )?;
+    Ok(())
+}
+
+/// Asks for a send buffer of `bytes` (the kernel caps it at `net.core.wmem_max`, doubled); a
+/// `SOCK_SEQPACKET` message may be about that large. Returns what the kernel granted.
+pub fn set_send_buffer(sock: impl AsFd, bytes: usize) -> io::Result<usize> {
+    let s = socket2::SockRef::from(&sock);
+    s.set_send_buffer_size(bytes)?;
+    s.send_buffer_size()
+}
+
+/// Lets a child process started after this call inherit `sock` (clears close-on-exec on this
+/// descriptor; the parent closes its copy once the child runs).
+pub fn inheritable(sock: &OwnedFd) -> io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    fcntl(sock, FcntlArg::F_SETFD(FdFlag::empty()))?;
+    Ok(())
+}
+
+/// Takes ownership of descriptor `raw`, inherited from the parent process that named it (a
+/// binary upgrade's socket), after checking that it is a `SOCK_SEQPACKET` socket; marks it
+/// close-on-exec again. Call once, at start, before any other thread opens descriptors.
+pub fn adopt_inherited(raw: RawFd) -> io::Result<OwnedFd> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    if raw < 3 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("descriptor {raw} is a standard stream, not an upgrade socket"),
+        ));
+    }
+    // Borrowed first: a number that names nothing, or something else, is refused untouched.
+    // SAFETY: `raw` is only read through (F_GETFD) while this borrow lives; the parent left it
+    // open for us, and F_GETFD fails cleanly (EBADF) if it is not open.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(raw) };
+    fcntl(borrowed, FcntlArg::F_GETFD)?;
+    let kind = nix::sys::socket::getsockopt(&borrowed, nix::sys::socket::sockopt::SockType)?;
+    if kind != SockType::SeqPacket {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("descriptor {raw} is not the upgrade socket (not a SOCK_SEQPACKET socket)"),
+        ));
+    }
+    // SAFETY: `raw` is open (checked above) and is the upgrade socket our parent passed across
+    // exec for this process alone; nothing else in the process holds or closes that number, so
+    // the new `OwnedFd` is its only owner.
+    let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+    fcntl(&owned, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+    Ok(owned)
+}
+
 /// Receives one message into `buf` (resized to it) and the descriptors that came with it.
 /// `Ok(false)`: the peer is gone. A read timeout set with [`set_timeout`] shows as `WouldBlock`.
 pub fn recv(sock: impl AsFd, buf: &mut Vec<u8>, fds: &mut Vec<OwnedFd>) -> io::Result<bool> {
-    buf.resize(MAX_MESSAGE, 0);
+    recv_up_to(sock, buf, fds, MAX_MESSAGE)
+}
+
+/// [`recv`] of a message of up to `max` bytes (a longer one is cut: size `max` to what the
+/// sender sends, see [`send_large`]).
+pub fn recv_up_to(
+    sock: impl AsFd,
+    buf: &mut Vec<u8>,
+    fds: &mut Vec<OwnedFd>,
+    max: usize,
+) -> io::Result<bool> {
+    buf.resize(max, 0);
     let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
     let (n, got) = {
         let mut iov = [IoSliceMut::new(buf)];

@@ -11,4 +11,5 @@ pub mod mem;
 pub mod pipe;
 pub mod shm;
 pub mod sock;
+#[cfg(feature = "uring")]
 pub mod uring;

@@ -46,6 +46,23 @@ impl Pipe {
         self.w.as_fd()
     }
 
+    /// Reads the `len` bytes the pipe holds out into memory (a tunnel handed to another process
+    /// takes them along). Fewer come back only if the pipe held fewer.
+    pub fn read_out(&self, len: usize) -> io::Result<Vec<u8>> {
+        let mut out = vec![0u8; len];
+        let mut got = 0;
+        while got < len {
+            match nix::unistd::read(&self.r, &mut out[got..]) {
+                Ok(0) | Err(nix::errno::Errno::EAGAIN) => break,
+                Ok(n) => got += n,
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        out.truncate(got);
+        Ok(out)
+    }
+
     /// Moves up to `len` bytes from the pipe into socket `to`. `WouldBlock`: the socket is full.
     pub fn drain(&self, to: impl AsFd, len: usize) -> io::Result<usize> {
         let flags = SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;

@@ -13,6 +13,7 @@
 //!   ws.rs       WebSocket: the tungstenite client and hand-made frames
 //!   backend.rs  the backends the proxy talks to
 //!   tunnels.rs  long-lived named tunnels with checked traffic (reload, drain, worker processes)
+//!   browser.rs  headless Chromium: a page dumped once, or kept open and read over DevTools
 //! ```
 //!
 //! The async helpers (tokio) are at the root: `use support::*`. Their blocking twins, for tests
@@ -28,6 +29,7 @@ use std::time::Duration;
 #[macro_use]
 mod proxy;
 mod backend;
+pub mod browser;
 mod head;
 mod io;
 pub mod tls;

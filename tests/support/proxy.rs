@@ -59,6 +59,9 @@ pub struct Relay {
     pub mode: RelayMode,
     pub driver: Driver,
     pub tls: bool,
+    /// The backends speak TLS: each is reached through a local TLS terminator
+    /// ([`super::tls::terminator`]) and the routes say `backend_tls = true`.
+    pub backend_tls: bool,
 }
 
 // The constants read as the relay modes they were when `Relay` was an enum.
@@ -71,6 +74,21 @@ impl Relay {
         mode: RelayMode::Auto,
         driver: Driver::Epoll,
         tls: true,
+        backend_tls: false,
+    };
+    /// A `ws://` client, `wss://` backends.
+    pub const TlsBackend: Relay = Relay {
+        mode: RelayMode::Auto,
+        driver: Driver::Epoll,
+        tls: false,
+        backend_tls: true,
+    };
+    /// A `wss://` client, `wss://` backends.
+    pub const TlsBoth: Relay = Relay {
+        mode: RelayMode::Auto,
+        driver: Driver::Epoll,
+        tls: true,
+        backend_tls: true,
     };
 
     const fn epoll(mode: RelayMode) -> Relay {
@@ -78,6 +96,7 @@ impl Relay {
             mode,
             driver: Driver::Epoll,
             tls: false,
+            backend_tls: false,
         }
     }
 
@@ -92,6 +111,7 @@ impl Relay {
             mode,
             driver: self.driver,
             tls: self.tls,
+            backend_tls: self.backend_tls,
         }
     }
 
@@ -101,6 +121,7 @@ impl Relay {
             mode: self.mode,
             driver,
             tls: self.tls,
+            backend_tls: self.backend_tls,
         }
     }
 
@@ -130,7 +151,8 @@ where
     Fut: Future<Output = ()>,
 {
     if relay.driver == Driver::Uring && emulated() {
-        // qemu-user does not emulate io_uring; only this variant is skipped.
+        // qemu-user does not emulate io_uring (and the gateway builds leave the driver out);
+        // only this variant is skipped.
         eprintln!("skipped under emulation: the io_uring driver ({relay:?})");
         return;
     }
@@ -220,6 +242,25 @@ macro_rules! e2e_tls {
     };
 }
 
+/// `e2e_tls_backend!(name, body)`: [`e2e_tls!`]'s tests plus `name::tls_backend` (a `ws://`
+/// client, TLS backends) and `name::tls_both` (`wss://` client, TLS backends).
+#[allow(unused_macros)]
+macro_rules! e2e_tls_backend {
+    ($name:ident, $body:expr) => {
+        e2e!($name, $body, [
+            copy => crate::support::Relay::Copy,
+            splice => crate::support::Relay::Splice,
+            auto => crate::support::Relay::Auto,
+            uring_copy => crate::support::Relay::Copy.uring(),
+            uring_splice => crate::support::Relay::Splice.uring(),
+            uring_auto => crate::support::Relay::Auto.uring(),
+            tls => crate::support::Relay::Tls,
+            tls_backend => crate::support::Relay::TlsBackend,
+            tls_both => crate::support::Relay::TlsBoth
+        ]);
+    };
+}
+
 // ---------------------------------------------------------------------------------------------
 // The configuration
 // ---------------------------------------------------------------------------------------------
@@ -284,6 +325,8 @@ pub struct ProxyBuilder {
     driver: Option<Driver>,
     /// The client speaks `wss://` to the proxy's only listener, a TLS one.
     tls: bool,
+    /// The backends speak TLS (through terminators started by [`ProxyBuilder::start`]).
+    backend_tls: bool,
     workers: usize,
     /// Top-level `key = value` lines, written as given.
     top: Vec<String>,
@@ -301,6 +344,7 @@ impl Default for ProxyBuilder {
             relay: None,
             driver: None,
             tls: false,
+            backend_tls: false,
             workers: 2,
             top: Vec::new(),
             tables: Vec::new(),
@@ -316,6 +360,7 @@ impl ProxyBuilder {
         self.relay = Some(relay.mode);
         self.driver = Some(relay.driver);
         self.tls = relay.tls;
+        self.backend_tls = relay.backend_tls;
         self
     }
     pub fn driver(mut self, driver: Driver) -> Self {
@@ -416,6 +461,13 @@ impl ProxyBuilder {
             if let Some(on) = r.http {
                 s.push_str(&format!("http = {on}\n"));
             }
+            if self.backend_tls {
+                s.push_str(&format!(
+                    "backend_tls = true\nbackend_ca = \"{}\"\nbackend_server_name = \"{}\"\n",
+                    super::tls::shared().0.ca_file.display(),
+                    super::tls::SERVER_NAME
+                ));
+            }
         }
         if tls {
             s.push_str(&super::tls::tls_section(&super::tls::shared().1, ""));
@@ -426,7 +478,17 @@ impl ProxyBuilder {
     /// [`ProxyBuilder::blocking_start`] on tokio's blocking pool, so that the runtime's threads
     /// keep serving the test's backends meanwhile. A TLS proxy's raw-socket scenarios reach its
     /// listener through a local TLS shim: [`Proxy::addr`] is the shim's.
-    pub async fn start(self) -> Proxy {
+    pub async fn start(mut self) -> Proxy {
+        if self.backend_tls {
+            // Each backend behind its own TLS terminator (a refused port stays refused: the
+            // terminator closes before its handshake when it cannot reach the backend).
+            let pair = super::tls::shared().1.clone();
+            for r in &mut self.routes {
+                for b in &mut r.backends {
+                    *b = super::tls::terminator(*b, pair.clone()).await;
+                }
+            }
+        }
         let mut proxy = match tokio::task::spawn_blocking(move || self.blocking_start()).await {
             Ok(proxy) => proxy,
             Err(e) => std::panic::resume_unwind(e.into_panic()),
@@ -436,6 +498,16 @@ impl ProxyBuilder {
             proxy.addr = super::tls::shim(target, client).await;
         }
         proxy
+    }
+
+    /// [`ProxyBuilder::blocking_start`] with the binary at `program` (a copy the test may
+    /// replace, for binary upgrades).
+    pub fn blocking_start_from(self, program: &Path) -> Proxy {
+        let toml = self.toml();
+        let config = TempFile::new("toml", &toml);
+        let mut cmd = Command::new(program);
+        cmd.arg("--config").arg(config.path());
+        Proxy::spawn(cmd, Some(config), toml)
     }
 
     /// Writes the config, spawns `wsplice --config FILE` and waits for `ready`.
@@ -511,6 +583,13 @@ impl Proxy {
             Ok(proxy) => proxy,
             Err(e) => std::panic::resume_unwind(e.into_panic()),
         }
+    }
+
+    /// [`Proxy::start_args`] for tests on std threads.
+    pub fn blocking_start_args(args: &[&str]) -> Proxy {
+        let mut cmd = wsplice_command();
+        cmd.args(args);
+        Proxy::spawn(cmd, None, format!("wsplice {}\n", args.join(" ")))
     }
 
     /// Spawns `cmd` and reads its stdout until `ready` (at most [`START_DEADLINE`]), taking the
@@ -679,6 +758,26 @@ impl Proxy {
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig)
             .expect("signal the proxy");
+    }
+
+    /// Waits for a stdout line that starts with one of `prefixes`; returns it. (After a binary
+    /// upgrade the new process writes to the same stdout.)
+    pub fn expect_line_starting(&self, prefixes: &[&str], within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        let lines = self.lines.lock().expect("stdout lines");
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(l) if prefixes.iter().any(|p| l.starts_with(p)) => return l,
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("no line starting with {prefixes:?} within {within:?}")
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("proxy stdout closed before {prefixes:?}")
+                }
+            }
+        }
     }
 
     /// Waits for a stdout line equal to one of `want`; returns it.

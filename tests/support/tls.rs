@@ -29,6 +29,8 @@ pub const SERVER_NAME: &str = "localhost";
 pub struct Certs {
     pub dir: PathBuf,
     pub ca: CertificateDer<'static>,
+    /// The CA certificate as a PEM file (for `backend_ca`).
+    pub ca_file: PathBuf,
     issuer: Issuer<'static, KeyPair>,
 }
 
@@ -57,9 +59,12 @@ impl Certs {
             .distinguished_name
             .push(DnType::CommonName, "wsplice test CA");
         let ca = params.self_signed(&key).expect("CA certificate");
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, ca.pem()).expect("write the CA certificate");
         Certs {
             dir,
             ca: ca.der().clone(),
+            ca_file,
             issuer: Issuer::new(params, key),
         }
     }
@@ -242,7 +247,54 @@ pub async fn shim(target: SocketAddr, config: Arc<rustls::ClientConfig>) -> Sock
     addr
 }
 
-async fn carry(mut plain: TcpStream, mut tls: tokio_rustls::client::TlsStream<TcpStream>) {
+/// A TLS server for `pair` on 127.0.0.1 in front of the plain `target`: a TLS backend for the
+/// proxy. Each connection first connects to `target` (if that fails the TLS connection is
+/// closed before its handshake, so a refused backend stays a failed one), then completes the
+/// handshake and carries the bytes (close_notify or FIN becomes FIN, and back).
+pub async fn terminator(target: SocketAddr, pair: Pair) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the TLS terminator");
+    let addr = l.local_addr().expect("terminator address");
+    let acceptor = tokio_rustls::TlsAcceptor::from(server_config(&pair));
+    tokio::spawn(async move {
+        while let Ok((tls, _)) = l.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let _ = tls.set_nodelay(true);
+                let Ok(plain) = TcpStream::connect(target).await else {
+                    return;
+                };
+                let _ = plain.set_nodelay(true);
+                if let Ok(tls) = acceptor.accept(tls).await {
+                    carry(plain, tls).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// rustls server settings serving `pair` (ALPN `http/1.1`).
+pub fn server_config(pair: &Pair) -> Arc<rustls::ServerConfig> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::PrivateKeyDer;
+    let key = PrivateKeyDer::from_pem_file(&pair.key).expect("read the test key");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut c = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![pair.der.clone()], key)
+        .expect("the test certificate and key");
+    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(c)
+}
+
+async fn carry<S>(mut plain: TcpStream, mut tls: S)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut up = vec![0u8; 64 << 10];
     let mut down = vec![0u8; 64 << 10];
     let (mut up_open, mut down_open) = (true, true);

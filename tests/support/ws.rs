@@ -47,11 +47,13 @@ pub async fn ws_connect(proxy: &Proxy, path: &str) -> Ws {
     }
 }
 
-/// The next message that is not a ping/pong, within [`STEP`].
+/// The next message that is not a ping/pong, within [`STEP`] (six times that under an
+/// emulator, where a 16 MiB message through TLS takes seconds of emulated crypto).
 pub async fn ws_recv(ws: &mut Ws) -> Message {
+    let wait = if super::emulated() { STEP * 6 } else { STEP };
     loop {
-        match tokio::time::timeout(STEP, ws.next()).await {
-            Err(_) => panic!("no message within {STEP:?}"),
+        match tokio::time::timeout(wait, ws.next()).await {
+            Err(_) => panic!("no message within {wait:?}"),
             Ok(None) => panic!("stream ended"),
             Ok(Some(Err(e))) => panic!("receive error: {e}"),
             Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::*;
 
+mod health;
 mod sections;
 
 const LISTEN: &str = "listen = [\"127.0.0.1:8080\"]\n";
@@ -173,6 +174,8 @@ fn full_example() {
             ],
             unknown_sni: UnknownSni::Refuse,
             session_tickets: false,
+            redirect_listen: Vec::new(),
+            redirect_port: None,
         },
         backend_pool: BackendPool::default(),
         dns: Dns {
@@ -222,6 +225,7 @@ fn tls_flags_pair_certificates_with_keys_in_order() {
         listen: vec!["127.0.0.1:8443".parse().unwrap()],
         certs: vec!["a.pem".into(), "b.pem".into()],
         keys: vec!["a.key".into(), "b.key".into()],
+        redirect: Vec::new(),
     };
     let cfg = Config::from_cli_with_tls(Vec::new(), flags.clone(), &routes, None, None).unwrap();
     assert!(cfg.listen.is_empty());
@@ -467,12 +471,19 @@ fn bad_values() {
         (format!("{l}[[route]]\nprefix = \"/\"\nhost = \"a..b\"\nbackends = [\"127.0.0.1:9\"]\n"), Some(4), "route.host", "empty label"),
         (format!("{l}[[route]]\nprefix = \"/\"\nhost = \"::1\"\nbackends = [\"127.0.0.1:9\"]\n"), Some(4), "route.host", "brackets"),
         (format!("{l}[[route]]\nprefix = \"/\"\nbackends = []\n"), Some(4), "route.backends", "at least one backend"),
+        (format!("{l}[[route]]\nprefix = \"/\"\nbackends = [\"ftp://127.0.0.1:1/\"]\n"), Some(4), "route.backends", "unknown scheme"),
+        (format!("{l}[[route]]\nprefix = \"/\"\nbackends = [\"wss://127.0.0.1:1\", \"127.0.0.1:2\"]\n"), Some(4), "route.backends", "all TLS"),
+        (format!("{l}[[route]]\nprefix = \"/\"\nbackends = [\"127.0.0.1:9\"]\nbackend_ca = \"ca.pem\"\n"), Some(5), "route.backend_ca", "backend_tls = true"),
+        (format!("{l}[[route]]\nprefix = \"/\"\nbackends = [\"127.0.0.1:9\"]\nbackend_server_name = \"a.example\"\n"), Some(5), "route.backend_server_name", "backend_tls = true"),
+        (format!("{l}[[route]]\nprefix = \"/\"\nbackends = [\"127.0.0.1:9\"]\nbackend_tls = true\nbackend_server_name = \"a b\"\n"), Some(6), "route.backend_server_name", "invalid server name"),
+        (format!("{l}[[route]]\nprefix = \"/\"\nbackends = [\"wss://127.0.0.1:9\"]\nbackend_tls = false\n"), Some(5), "route.backend_tls", "contradicts"),
+        (format!("{l}{r}[tls]\nredirect_listen = [\"127.0.0.1:8080\"]\n"), Some(6), "tls.redirect_listen", "already a listen address"),
+        (format!("{l}{r}[tls]\nredirect_port = 0\n"), Some(6), "tls.redirect_port", "between 1 and 65535"),
         (format!("{l}[[route]]\nprefix = \"/\"\nbackends = [\"backend.local:0\"]\n"), Some(4), "route.backends", "a name needs a port from 1 to 65535"),
         (format!("{l}[[route]]\nprefix = \"/\"\nbackends = [\"srv:a b\"]\n"), Some(4), "route.backends", "invalid SRV name"),
         (format!("listen = [\"localhost:80\"]\n{r}"), Some(1), "listen", "use an IP address here (host names are for `backends` only)"),
         (format!("{l}[dns]\nmin_ttl = \"10s\"\nmax_ttl = \"5s\"\n[[route]]\nprefix = \"/\"\nbackends = [\"app:80\"]\n"), Some(4), "dns.max_ttl", "must not be below min_ttl (10s)"),
         (format!("{l}[dns]\nservers = [\"dns.local:53\"]\n[[route]]\nprefix = \"/\"\nbackends = [\"app:80\"]\n"), Some(3), "dns.servers", "use an IP address"),
-        (format!("{l}[[route]]\nprefix = \"/\"\nbackends = [\"http://127.0.0.1:1/\"]\n"), Some(4), "route.backends", "scheme"),
         (format!("{l}[[route]]\nprefix = \"/\"\nbackends = [\"127.0.0.1:0\"]\n"), Some(4), "route.backends", "non-zero port"),
         (format!("{l}[[route]]\nprefix = \"/\"\nbackends = [\"127.0.0.1:9\"]\nstrip_prefix = \"yes\"\n"), Some(5), "route.strip_prefix", "expected true or false"),
         (format!("{l}[[route]]\nprefix = \"/\"\nbackends = [\"127.0.0.1:9\"]\nforwarded_for = \"set\"\n"), Some(5), "route.forwarded_for", "\"append\" or \"replace\""),
@@ -529,4 +540,49 @@ fn bad_values() {
         );
         assert_eq!(e.file(), Some("t.toml"));
     }
+}
+
+#[test]
+fn tls_backends_by_scheme_or_key() {
+    let cfg = parse(&format!(
+        "{LISTEN}[[route]]\nprefix = \"/a\"\nbackends = [\"wss://127.0.0.1:9443/\", \"https://127.0.0.1:9444\"]\nbackend_ca = \"ca.pem\"\nbackend_server_name = \"backend.example\"\n\n[[route]]\nprefix = \"/b\"\nbackends = [\"127.0.0.1:9\"]\nbackend_tls = true\n\n[[route]]\nprefix = \"/c\"\nbackends = [\"ws://127.0.0.1:9\"]\n"
+    ))
+    .expect("config");
+    let a = &cfg.routes[0];
+    assert_eq!(
+        a.backends,
+        vec![
+            "127.0.0.1:9443".parse::<SocketAddr>().unwrap(),
+            "127.0.0.1:9444".parse().unwrap()
+        ]
+    );
+    let tls = a.options.backend_tls.as_ref().expect("TLS backends");
+    assert_eq!(tls.ca.as_deref(), Some(Path::new("ca.pem")));
+    assert_eq!(tls.server_name.as_deref(), Some("backend.example"));
+    let b = cfg.routes[1]
+        .options
+        .backend_tls
+        .as_ref()
+        .expect("backend_tls = true");
+    assert_eq!((b.ca.as_ref(), b.server_name.as_ref()), (None, None));
+    assert_eq!(cfg.routes[2].options.backend_tls, None);
+}
+
+#[test]
+fn redirect_listen_and_port() {
+    let cfg = parse(&format!(
+        "{LISTEN}{ROUTE}[tls]\nlisten = [\"127.0.0.1:8443\"]\nredirect_listen = [\"127.0.0.1:8081\"]\n[[tls.cert]]\ncert = \"c.pem\"\nkey = \"k.pem\"\n"
+    ))
+    .expect("config");
+    assert_eq!(
+        cfg.tls.redirect_listen,
+        vec!["127.0.0.1:8081".parse::<SocketAddr>().unwrap()]
+    );
+    assert_eq!(cfg.https_port(), 8443);
+    assert_eq!(cfg.all_listen().count(), 3);
+    let cfg = parse(&format!(
+        "{LISTEN}{ROUTE}[tls]\nredirect_listen = [\"127.0.0.1:8081\"]\nredirect_port = 4443\n"
+    ))
+    .expect("config");
+    assert_eq!(cfg.https_port(), 4443);
 }

@@ -175,13 +175,16 @@ fn unknown_key_hints_name_each_sections_keys() {
         ("[uring]", "buffer_size, buffer_memory"),
         ("[access_log]", "path, format"),
         ("[proxy_protocol]", "listen, trusted"),
-        ("[tls]", "listen, cert, unknown_sni, session_tickets"),
+        (
+            "[tls]",
+            "listen, cert, unknown_sni, session_tickets, redirect_listen, redirect_port",
+        ),
         ("[backend_pool]", "max_idle, idle_timeout"),
         (
             "[[route]]",
             "prefix, host, backends, strip_prefix, forwarded_for, send_proxy, http, \
              response_timeout, balance, hash_key, cookie_name, cookie_secure, cookie_http_only, \
-             cookie_same_site, origins, protocol",
+             cookie_same_site, origins, protocol, health, backend_tls, backend_ca, backend_server_name",
         ),
     ] {
         let e = error_for(&format!("{LISTEN}{ROUTE}{section}\nnope = 1\n"));

@@ -20,8 +20,9 @@
 //! method is idempotent or not one byte of the head got through.
 
 mod answer;
+mod link;
 
-use super::{ConnLog, Connecting, EndReason, Event, Note, Step, Time};
+use super::{BackendTlsFailed, ConnLog, Connecting, EndReason, Event, Note, Step, Time};
 use crate::config::BackendProtocol;
 use crate::config::ProxyVersion;
 use crate::core::balance::{Lease, Pick};
@@ -169,7 +170,10 @@ pub(super) struct Origin {
 impl Exchange {
     pub(super) fn new(o: Origin, p: PlainRequest, t: &Time) -> Exchange {
         let route = o.settings.routes.get(p.route);
-        let backend_index = p.pick.first.min(route.backends.len().saturating_sub(1));
+        let first = p.pick.first.min(route.backends.len().saturating_sub(1));
+        // Down, ejected and drained backends are skipped; with none left, a 502 at once.
+        let start = route.next_to_try(first, 0);
+        let (tried, backend_index) = start.unwrap_or((0, first));
         let backend = route.backends[backend_index];
         let lease = Lease::take(&o.settings, p.route, backend_index);
         let mut x = Exchange {
@@ -187,7 +191,7 @@ impl Exchange {
             ending: None,
             after: None,
             pick: p.pick,
-            tried: 0,
+            tried,
             backend,
             backend_index,
             lease,
@@ -227,6 +231,11 @@ impl Exchange {
             check_connect: false,
             settings: o.settings,
         };
+        if start.is_none() {
+            x.ending = Some(Ending::Refuse(Reject::BackendFailed(
+                BackendFailure::Refused,
+            )));
+        }
         x.build_head();
         if !p.held.is_empty() {
             x.on_body(&p.held);
@@ -249,14 +258,6 @@ impl Exchange {
         }
         self.head.extend_from_slice(&self.template);
         self.head_pos = 0;
-    }
-
-    /// May this connection come from (and go back to) the worker's pool?
-    fn poolable(&self) -> bool {
-        let route = self.settings.routes.get(self.route);
-        self.settings.backend_reuse
-            && route.send_proxy.is_none()
-            && route.options.protocol == BackendProtocol::Http
     }
 
     pub(super) fn handle(&mut self, ev: Event, t: &Time) {
@@ -310,7 +311,7 @@ impl Exchange {
     fn timed_out(&mut self, t: &Time) {
         if self.link == Link::Connecting {
             self.last_failure = Some(ConnectFailure::Timeout);
-            self.steps.push_back(self.backend_failed());
+            self.backend_failed();
             self.next_backend(t);
         } else if self.answer.is_some() {
             self.ending = Some(Ending::Abort(EndReason::Aborted));
@@ -318,35 +319,22 @@ impl Exchange {
             // The backend has everything we got: the client's body stalled.
             self.ending = Some(Ending::Refuse(Reject::HandshakeTimeout));
         } else {
-            self.steps.push_back(self.backend_failed());
+            self.backend_failed();
             self.ending = Some(Ending::Refuse(Reject::BackendTimeout));
         }
     }
 
-    fn head_sent(&self) -> bool {
-        self.link == Link::Ready && self.head_pos >= self.head.len()
+    /// The current backend's connect or answer failed: counted per backend, and for passive
+    /// ejection.
+    pub(super) fn backend_failed(&mut self) {
+        let note = Note::BackendFailed(self.backend, self.route_id());
+        self.steps.push_back(Step::Note(note));
+        let route = self.settings.routes.get(self.route);
+        route.note_backend(self.backend_index, false);
     }
 
-    /// The next backend of the route after a failed connect, or the answer when all failed.
-    fn next_backend(&mut self, t: &Time) {
-        let route = self.settings.routes.get(self.route);
-        self.tried += 1;
-        if self.tried >= route.backends.len() {
-            self.ending = Some(Ending::Refuse(match self.last_failure {
-                Some(ConnectFailure::Timeout) => Reject::BackendTimeout,
-                Some(ConnectFailure::NoDescriptors) => Reject::Overloaded,
-                Some(ConnectFailure::Reset) => Reject::BackendFailed(BackendFailure::Reset),
-                _ => Reject::BackendFailed(BackendFailure::Refused),
-            }));
-            return;
-        }
-        self.backend_index = (self.pick.first + self.tried) % route.backends.len();
-        self.backend = route.backends[self.backend_index];
-        self.lease = None;
-        self.lease = Lease::take(&self.settings, self.route, self.backend_index);
-        self.link = Link::Want;
-        self.deadline = t.now + self.settings.timeouts.connect;
-        self.build_head();
+    fn head_sent(&self) -> bool {
+        self.link == Link::Ready && self.head_pos >= self.head.len()
     }
 
     /// Bytes moved: the response timeout starts again.
@@ -461,11 +449,6 @@ impl Exchange {
         self.settings.routes.get(self.route).id
     }
 
-    /// The note that the current backend failed (counted under this route).
-    pub(super) fn backend_failed(&self) -> Step {
-        Step::Note(Note::BackendFailed(self.backend, self.route_id()))
-    }
-
     /// Queues the bookkeeping of the end and decides what the connection does next.
     fn conclude(&mut self, e: Ending, t: &Time) {
         let status = match e {
@@ -529,31 +512,6 @@ impl Exchange {
                 }
             }
         });
-    }
-
-    pub(super) fn complete_connect(&mut self, c: Connecting, completion: bool, t: &Time) {
-        if self.link != Link::Connecting || self.ending.is_some() {
-            return;
-        }
-        match c {
-            Connecting::Started | Connecting::Pending => {}
-            Connecting::Reused | Connecting::Connected => {
-                self.link = Link::Ready;
-                self.reused = c == Connecting::Reused;
-                // As in the upgrade: a readiness driver's edge says when the answer is there.
-                self.backend_readable |= completion;
-                self.backend_writable = true;
-                self.touch(t);
-            }
-            Connecting::Failed(ConnectFailure::NoDescriptors) => {
-                self.ending = Some(Ending::Refuse(Reject::Overloaded));
-            }
-            Connecting::Failed(why) => {
-                self.last_failure = Some(why);
-                self.steps.push_back(self.backend_failed());
-                self.next_backend(t);
-            }
-        }
     }
 
     pub(super) fn complete_io(
@@ -622,6 +580,18 @@ impl Exchange {
                 Err(_),
             ) => {
                 self.ending = Some(Ending::Abort(EndReason::ClientLeft));
+            }
+            (
+                IoOp::Write {
+                    side: Side::Backend,
+                    ..
+                },
+                Err(e),
+            ) if BackendTlsFailed::is(&e) => {
+                // Nothing of the request went out: the next backend may serve.
+                self.last_failure = Some(ConnectFailure::Tls);
+                self.backend_failed();
+                self.next_backend(t);
             }
             (
                 IoOp::Write {

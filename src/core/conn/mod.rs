@@ -18,6 +18,7 @@
 //! each out and reports its result (`complete_*`); it never asks which stage a connection is
 //! in. Upgrade and Linger are boxed: an idle relay's slab entry holds only [`Relay`] state.
 
+mod handover;
 mod http;
 mod linger;
 mod upgrade;
@@ -30,6 +31,7 @@ use crate::core::handshake::{ConnectFailure, Settings};
 use crate::core::relay::{Check, CloseReason, Ctx, IoOp, Next, Pipes, Relay, Side, Timeouts, Way};
 use crate::core::status::Reject;
 use crate::core::timer::{at_or_before, Clock, Tick};
+pub use handover::{Handed, LogFacts, Released};
 use http::Exchange;
 use linger::Linger;
 use std::io;
@@ -65,6 +67,9 @@ pub struct Accept {
     pub splice_ok: bool,
     /// The client came through a TLS listener: the backend hears `X-Forwarded-Proto: https`.
     pub tls: bool,
+    /// The client came to a redirect listener: every request is answered with a redirect to
+    /// https on this port.
+    pub redirect: Option<u16>,
 }
 
 /// The error a TLS transport's read returns when the client sent plain HTTP to a TLS listener.
@@ -88,6 +93,28 @@ impl PlainHttpOnTls {
     pub fn is(e: &io::Error) -> bool {
         e.get_ref()
             .is_some_and(|inner| inner.is::<PlainHttpOnTls>())
+    }
+}
+
+/// The error a TLS backend's transport returns when the handshake with the backend failed
+/// (a certificate it does not trust, a name mismatch, a reset): nothing of the request went
+/// out, so the next backend is tried, as after a refused connect; with none left, 502.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendTlsFailed(pub String);
+
+impl std::fmt::Display for BackendTlsFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TLS handshake with the backend failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for BackendTlsFailed {}
+
+impl BackendTlsFailed {
+    /// True when `e` is this error.
+    pub fn is(e: &io::Error) -> bool {
+        e.get_ref()
+            .is_some_and(|inner| inner.is::<BackendTlsFailed>())
     }
 }
 
@@ -130,6 +157,8 @@ pub enum Note {
     SlotReleased,
     /// A backend's non-101 answer is relayed to the client.
     Answered,
+    /// A redirect listener answered a request with a redirect to https.
+    Redirected,
     /// The backend switched protocols: the relay begins. The worker answers with
     /// [`Conn::set_backend_id`].
     RelayOpened {
@@ -203,6 +232,15 @@ pub enum Step {
     Connect(SocketAddr),
     /// Ask the backend socket whether its connect finished, [`Conn::complete_connect`].
     CheckConnect,
+    /// The backend socket just connected to this backend of the route with this
+    /// [`crate::core::route::RouteEntry::id`] speaks TLS: wrap it in a client session under
+    /// the route's TLS settings before any byte goes out. The handshake runs inside the first
+    /// write; a failure shows as that write's error (answered 502). A worker that cannot
+    /// start the session closes the backend socket, so nothing goes out in plaintext.
+    StartTls {
+        route: u32,
+        backend: SocketAddr,
+    },
     /// Close the backend socket: the client gets an answer of ours.
     CloseBackend,
     /// Like [`Step::Connect`], but an idle pooled connection to this backend may serve
@@ -478,7 +516,7 @@ impl<P> Conn<P> {
             Conn::Upgrade(u) => match u.poll(cx.scratch.len(), t) {
                 upgrade::Polled::Step(s) => s,
                 upgrade::Polled::Reject { out, status, note } => {
-                    let answered = note == Note::Answered;
+                    let answered = matches!(note, Note::Answered | Note::Redirected);
                     let log = u.log_facts(status);
                     let mut linger = Linger::after_upgrade(out, answered, u.counted_ip, log, t);
                     // A read of the client head may still wait in a completion driver.

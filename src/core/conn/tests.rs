@@ -36,6 +36,7 @@ fn accept(full: bool, backends: &[&str]) -> Rig {
         clock,
     };
     let a = Accept {
+        redirect: None,
         peer: "203.0.113.9:4000".parse().expect("addr"),
         local: "127.0.0.1:80".parse().expect("addr"),
         expect_proxy: false,

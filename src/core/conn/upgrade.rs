@@ -3,7 +3,8 @@
 //! socket, when a connect finished, the per-IP limit once a PROXY header named the client.
 
 use super::{
-    Accept, Admission, ConnLog, Connecting, Event, Lanes, Note, PlainHttpOnTls, Step, Time,
+    Accept, Admission, BackendTlsFailed, ConnLog, Connecting, Event, Lanes, Note, PlainHttpOnTls,
+    Step, Time,
 };
 use crate::core::balance::Lease;
 use crate::core::handshake::{Action, ConnectFailure, Handshake, PlainRequest, Settings};
@@ -55,6 +56,8 @@ pub struct Upgrading {
     drained: bool,
     log: bool,
     splice_ok: bool,
+    /// A [`Step::StartTls`] for the backend just connected, not yet asked for.
+    start_tls: Option<Step>,
     /// The operation in flight, if any: the upgrade does one thing at a time.
     pub(super) lanes: Lanes,
 }
@@ -113,6 +116,7 @@ impl Upgrading {
             // Plain TCP on both sides is decided at accept; a keep-alive connection is the
             // same socket.
             splice_ok: x.splice_ok,
+            start_tls: None,
             lanes: Lanes::default(),
         };
         if !start.is_empty() {
@@ -140,6 +144,9 @@ impl Upgrading {
         if a.tls {
             hs.set_https();
         }
+        if let Some(port) = a.redirect {
+            hs.set_redirect(port);
+        }
         // Behind a trusted balancer the TCP peer is the balancer: count the client its PROXY
         // header names instead.
         let admit = if a.expect_proxy && settings.proxy_trusts(a.peer.ip()) {
@@ -162,6 +169,7 @@ impl Upgrading {
             drained: false,
             log: a.log,
             splice_ok: a.splice_ok,
+            start_tls: None,
             lanes: Lanes::default(),
         }
     }
@@ -243,7 +251,7 @@ impl Upgrading {
 
     /// Queues the handshake's decision and what it reported.
     fn act(&mut self, a: Action) {
-        if let Some(b) = self.hs.take_failed() {
+        if let Some(b) = self.hs.take_failed_noted(&self.settings) {
             let route = self.route_id();
             self.notes.push_back(Note::BackendFailed(b, route));
         }
@@ -255,6 +263,9 @@ impl Upgrading {
     pub(super) fn poll(&mut self, scratch: usize, t: &Time) -> Polled {
         if let Some(n) = self.notes.pop_front() {
             return Polled::Step(Step::Note(n));
+        }
+        if let Some(s) = self.start_tls.take() {
+            return Polled::Step(s);
         }
         match self.admit {
             Admit::Now => {
@@ -272,6 +283,7 @@ impl Upgrading {
             None | Some(Action::Wait) | Some(Action::SendHead) => {}
             Some(Action::Connect(addr)) => {
                 // The old backend socket, and whatever waits on it, is closed.
+                self.start_tls = None;
                 self.lanes.drop_side(Side::Backend);
                 self.backend_readable = false;
                 self.backend_writable = false;
@@ -289,7 +301,11 @@ impl Upgrading {
                 return Polled::Reject {
                     out: self.hs.client_output().to_vec(),
                     status: self.hs.answer_status().unwrap_or(0),
-                    note: Note::Answered,
+                    note: if self.hs.is_redirect() {
+                        Note::Redirected
+                    } else {
+                        Note::Answered
+                    },
                 }
             }
             Some(Action::Close) => return Polled::Step(Step::End(self.end())),
@@ -408,6 +424,9 @@ impl Upgrading {
                     Action::Wait
                 }
                 Err(e) if retry(&e) => Action::Wait,
+                Err(e) if BackendTlsFailed::is(&e) => {
+                    self.hs.handle_connect_failed(s, t.now, ConnectFailure::Tls)
+                }
                 Err(_) => self
                     .hs
                     .handle_connect_failed(s, t.now, ConnectFailure::Reset),
@@ -447,6 +466,17 @@ impl Upgrading {
                 // waits for the bytes, so it is asked for now.
                 self.backend_readable |= completion;
                 self.backend_writable = true;
+                let route = self.hs.route().map(|r| s.routes.get(r));
+                if let (Some(r), Some(backend)) = (route, self.hs.backend()) {
+                    if r.options.backend_tls.is_some() && self.hs.is_connecting() {
+                        // TLS records cannot splice: the tunnel copies.
+                        self.splice_ok = false;
+                        self.start_tls = Some(Step::StartTls {
+                            route: r.id,
+                            backend,
+                        });
+                    }
+                }
                 self.hs.handle_connected(s, t.now)
             }
             Connecting::Failed(why) => self.hs.handle_connect_failed(s, t.now, why),

@@ -4,6 +4,67 @@
 use super::*;
 
 impl Handshake {
+    /// Like [`Handshake::take_failed`], and counts the failure for passive ejection.
+    pub fn take_failed_noted(&mut self, s: &Settings) -> Option<SocketAddr> {
+        let b = self.failed.take()?;
+        let route = s.routes.get(self.route);
+        if route.backends.get(self.failed_index) == Some(&b) {
+            route.note_backend(self.failed_index, false);
+        }
+        Some(b)
+    }
+
+    /// The current attempt failed.
+    pub(super) fn mark_failed(&mut self) {
+        self.failed = self.backend;
+        self.failed_index = self.current;
+    }
+
+    /// How many bytes the driver may read from the backend now.
+    pub fn backend_read_limit(&self, s: &Settings) -> usize {
+        match self.state {
+            State::ReadAnswer => s.max_head_bytes.saturating_sub(self.answer.len()).max(1),
+            State::ForwardAnswer { .. } => (s.max_head_bytes + MAX_FORWARD_BODY)
+                .saturating_sub(self.answer.len())
+                .max(1),
+            // No backend yet, or its head is not sent; after the 101 the relay reads.
+            State::ReadProxy
+            | State::ReadHead
+            | State::Connecting
+            | State::SendHead
+            | State::Upgraded
+            | State::Forward
+            | State::Done => 0,
+        }
+    }
+
+    /// The next backend of the route, or the answer once each was tried.
+    pub(super) fn connect_next(&mut self, s: &Settings, now: Instant) -> Action {
+        let r = s.routes.get(self.route);
+        if self.tried >= r.backends.len() {
+            return self.fail(match self.last_failure {
+                Some(ConnectFailure::Timeout) => Reject::BackendTimeout,
+                Some(ConnectFailure::NoDescriptors) => Reject::Overloaded,
+                Some(ConnectFailure::Reset | ConnectFailure::Tls) => {
+                    Reject::BackendFailed(BackendFailure::Reset)
+                }
+                _ => Reject::BackendFailed(BackendFailure::Refused),
+            });
+        }
+        // Down, ejected and drained backends are skipped; with none left, a 502.
+        let Some((k, i)) = r.next_to_try(self.first_backend, self.tried) else {
+            self.tried = r.backends.len();
+            return self.connect_next(s, now);
+        };
+        let addr = r.backends[i];
+        self.current = i;
+        self.tried = k + 1;
+        self.backend = Some(addr);
+        self.state = State::Connecting;
+        self.deadline = now + s.timeouts.connect;
+        Action::Connect(addr)
+    }
+
     /// The backend connect completed.
     pub fn handle_connected(&mut self, s: &Settings, now: Instant) -> Action {
         match self.state {
@@ -37,10 +98,17 @@ impl Handshake {
         match self.state {
             State::Connecting => {
                 self.last_failure = Some(why);
-                self.failed = self.backend;
+                self.mark_failed();
                 if why == ConnectFailure::NoDescriptors {
                     return self.fail(Reject::Overloaded);
                 }
+                self.connect_next(s, now)
+            }
+            // A TLS backend that failed its handshake got nothing of the request: like a
+            // refused connect, the next backend may serve.
+            State::SendHead if why == ConnectFailure::Tls && self.written == 0 => {
+                self.last_failure = Some(why);
+                self.failed = self.backend;
                 self.connect_next(s, now)
             }
             // After the connect, a socket error is a reset of an established backend.
@@ -102,10 +170,12 @@ impl Handshake {
                 let mut headers = vec![httparse::EMPTY_HEADER; s.max_headers];
                 match validate_answer(&self.answer[..end], &mut headers) {
                     Ok(Answer::Switch) => {
+                        s.routes.get(self.route).note_backend(self.current, true);
                         self.state = State::Upgraded;
                         Action::Relay
                     }
                     Ok(Answer::Other { body, .. }) => {
+                        s.routes.get(self.route).note_backend(self.current, true);
                         self.state = State::ForwardAnswer {
                             body,
                             head_len: end,

@@ -41,6 +41,8 @@ pub enum ConnectFailure {
     Timeout,
     /// The proxy could not get a descriptor (EMFILE/ENFILE): no point trying another backend.
     NoDescriptors,
+    /// The TLS handshake with a TLS backend failed before any byte of the request went out.
+    Tls,
 }
 
 /// What the driver must do next.
@@ -150,6 +152,10 @@ pub struct Handshake {
     backend: Option<SocketAddr>,
     /// A backend attempt that just failed, until [`Handshake::take_failed`] reports it.
     failed: Option<SocketAddr>,
+    /// The index in its route of the current attempt's backend, and of the failed one's
+    /// (for passive ejection).
+    current: usize,
+    failed_index: usize,
     deadline: Instant,
     started: Instant,
     /// Waiting for the first byte of a keep-alive connection's next request: the deadline is
@@ -158,6 +164,9 @@ pub struct Handshake {
     plain: Option<Box<PlainRequest>>,
     /// The client came over TLS: `X-Forwarded-Proto: https`.
     https: bool,
+    /// The client came to a redirect listener: every head is answered with a redirect to
+    /// https on this port ([`crate::core::redirect`]).
+    redirect: Option<u16>,
 }
 
 impl Handshake {
@@ -198,12 +207,26 @@ impl Handshake {
             last_failure: None,
             backend: None,
             failed: None,
+            current: 0,
+            failed_index: 0,
             deadline: now + s.timeouts.handshake,
             started: now,
             idle: false,
             plain: None,
             https: false,
+            redirect: None,
         }
+    }
+
+    /// The client came to a redirect listener: its head is answered with a redirect to https
+    /// on `port`.
+    pub fn set_redirect(&mut self, port: u16) {
+        self.redirect = Some(port);
+    }
+
+    /// True for a redirect listener's client.
+    pub fn is_redirect(&self) -> bool {
+        self.redirect.is_some()
     }
 
     /// The client connected over TLS: the backend is told `X-Forwarded-Proto: https`.
@@ -288,7 +311,7 @@ impl Handshake {
     /// The index in its route of the backend of the current or last connect attempt.
     pub fn backend_index(&self, s: &Settings) -> Option<usize> {
         let n = s.routes.get(self.route).backends.len();
-        (self.routed && self.tried > 0 && n > 0).then(|| (self.first_backend + self.tried - 1) % n)
+        (self.routed && self.backend.is_some() && n > 0).then_some(self.current)
     }
 
     /// The backend whose attempt failed since the last call (for per-backend failure counts).
@@ -330,24 +353,6 @@ impl Handshake {
             | State::SendHead
             | State::ReadAnswer
             | State::ForwardAnswer { .. }
-            | State::Upgraded
-            | State::Forward
-            | State::Done => 0,
-        }
-    }
-
-    /// How many bytes the driver may read from the backend now.
-    pub fn backend_read_limit(&self, s: &Settings) -> usize {
-        match self.state {
-            State::ReadAnswer => s.max_head_bytes.saturating_sub(self.answer.len()).max(1),
-            State::ForwardAnswer { .. } => (s.max_head_bytes + MAX_FORWARD_BODY)
-                .saturating_sub(self.answer.len())
-                .max(1),
-            // No backend yet, or its head is not sent; after the 101 the relay reads.
-            State::ReadProxy
-            | State::ReadHead
-            | State::Connecting
-            | State::SendHead
             | State::Upgraded
             | State::Forward
             | State::Done => 0,
@@ -449,6 +454,17 @@ impl Handshake {
     }
 
     fn on_head(&mut self, s: &Settings, now: Instant) -> Action {
+        if let Some(port) = self.redirect {
+            return match crate::core::redirect::answer(&self.head, s, port) {
+                Ok((_, out)) => {
+                    self.answer = out;
+                    self.head = Vec::new();
+                    self.state = State::Done;
+                    Action::Answer
+                }
+                Err(r) => self.fail(r),
+            };
+        }
         match self.accept_head(s) {
             Ok(Accepted::Upgrade(out)) => {
                 self.to_backend = out;
@@ -586,24 +602,6 @@ impl Handshake {
         out
     }
 
-    fn connect_next(&mut self, s: &Settings, now: Instant) -> Action {
-        let r = s.routes.get(self.route);
-        if self.tried >= r.backends.len() {
-            return self.fail(match self.last_failure {
-                Some(ConnectFailure::Timeout) => Reject::BackendTimeout,
-                Some(ConnectFailure::NoDescriptors) => Reject::Overloaded,
-                Some(ConnectFailure::Reset) => Reject::BackendFailed(BackendFailure::Reset),
-                _ => Reject::BackendFailed(BackendFailure::Refused),
-            });
-        }
-        let addr = r.backends[(self.first_backend + self.tried) % r.backends.len()];
-        self.tried += 1;
-        self.backend = Some(addr);
-        self.state = State::Connecting;
-        self.deadline = now + s.timeouts.connect;
-        Action::Connect(addr)
-    }
-
     /// The client closed before the handshake finished.
     pub fn handle_client_eof(&mut self) -> Action {
         match self.state {
@@ -637,7 +635,7 @@ impl Handshake {
             State::ReadProxy | State::ReadHead => self.fail(Reject::HandshakeTimeout),
             State::Connecting => {
                 self.last_failure = Some(ConnectFailure::Timeout);
-                self.failed = self.backend;
+                self.mark_failed();
                 self.connect_next(s, now)
             }
             State::SendHead | State::ReadAnswer => self.fail(Reject::BackendTimeout),
@@ -659,7 +657,7 @@ impl Handshake {
             && self.failed.is_none()
             && matches!(r, Reject::BackendFailed(_) | Reject::BackendTimeout)
         {
-            self.failed = self.backend;
+            self.mark_failed();
         }
         self.state = State::Done;
         Action::Reject(r)

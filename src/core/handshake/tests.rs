@@ -365,3 +365,75 @@ fn keep_alive_wait_closes_silently_then_a_started_head_gets_the_handshake_timeou
         Action::Reject(Reject::HandshakeTimeout)
     );
 }
+
+#[test]
+fn unavailable_backends_are_not_connected_to_and_failures_are_counted() {
+    use crate::core::health::{failure_word, state_word, HealthWords, LocalHealth, DOWN, DRAINED};
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    let words = Arc::new(LocalHealth::new(8));
+    let hw: &dyn HealthWords = words.as_ref();
+    let mut route = test_route("/notice", &["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]);
+    route.options.health = Some(crate::config::Health::default());
+    let mut s = settings(&[]);
+    s.routes = RouteTable::new(&[route]).with_health(words.clone());
+    state_word(hw, 0)
+        .expect("slot")
+        .store(DRAINED, Ordering::Relaxed);
+    // Round robin starts at the first available one, fails over past the drained one, and
+    // counts the refused connects for passive ejection; a good answer clears the count.
+    for _ in 0..4 {
+        let mut hs = Handshake::new("10.0.0.7".parse().expect("ip"), Instant::now(), &s);
+        let first = hs.handle_client_data(&s, Instant::now(), HEAD.as_bytes());
+        assert_ne!(first, addr("127.0.0.1:1"));
+        let second = hs.handle_connect_failed(&s, Instant::now(), ConnectFailure::Refused);
+        assert_ne!(second, addr("127.0.0.1:1"));
+        assert_ne!(second, first);
+        assert!(hs.take_failed_noted(&s).is_some());
+        assert_eq!(hs.handle_connected(&s, Instant::now()), Action::SendHead);
+    }
+    let fails = |i: usize| failure_word(hw, i).expect("slot").load(Ordering::Relaxed);
+    assert_eq!((fails(0), fails(1) + fails(2)), (0, 4));
+    // Every backend down or drained: a 502 without a connect.
+    state_word(hw, 1)
+        .expect("slot")
+        .store(DOWN, Ordering::Relaxed);
+    state_word(hw, 2)
+        .expect("slot")
+        .store(DOWN, Ordering::Relaxed);
+    let mut hs = Handshake::new("10.0.0.7".parse().expect("ip"), Instant::now(), &s);
+    assert_eq!(
+        hs.handle_client_data(&s, Instant::now(), HEAD.as_bytes()),
+        Action::Reject(Reject::BackendFailed(BackendFailure::Refused))
+    );
+    assert_eq!(hs.take_failed(), None);
+}
+
+#[test]
+fn tls_handshake_failure_tries_the_next_backend_then_502() {
+    use ConnectFailure as F;
+    let s = settings(&["127.0.0.1:1", "127.0.0.1:2"]);
+    let bad = Action::Reject(Reject::BackendFailed(BackendFailure::Reset));
+    // The TLS handshake runs in the head's first write: nothing of the head went out.
+    run(
+        &s,
+        &[
+            Step::Client(HEAD.as_bytes(), addr("127.0.0.1:1")),
+            Step::Connected(Action::SendHead),
+            Step::ConnectFailed(F::Tls, addr("127.0.0.1:2")),
+            Step::Connected(Action::SendHead),
+            Step::ConnectFailed(F::Tls, bad),
+        ],
+    );
+    // Once some of the head went out, a failure is a reset of that backend, not retried.
+    let s = settings(&["127.0.0.1:1", "127.0.0.1:2"]);
+    run(
+        &s,
+        &[
+            Step::Client(HEAD.as_bytes(), addr("127.0.0.1:1")),
+            Step::Connected(Action::SendHead),
+            Step::Written(3, Action::SendHead),
+            Step::ConnectFailed(F::Tls, bad),
+        ],
+    );
+}

@@ -20,8 +20,10 @@
 //!   EOF ─▶ Shutdown(dst) ─▶ direction finished;  both finished ─▶ End(Done)
 //! ```
 
+pub mod handover;
 pub mod timing;
 
+pub use handover::{DirState, HeldPipes, RelayState};
 pub use timing::{Check, CloseReason, Timeouts, Times};
 
 use crate::config::RelayMode;

@@ -32,7 +32,7 @@ use super::worker::{self, Driver, Exec, IoCall, Watch};
 use crate::config;
 use crate::core::conn::{Connecting, Event};
 use crate::core::relay::{BufId, IoOp, Side, Src};
-use crate::sys::uring::{BufRing, Completion, Ring, Setup, TOKEN_BITS};
+use crate::sys::uring::{BufRing, Completion, Ring, TOKEN_BITS};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use std::io;
 use std::net::{SocketAddr, TcpStream};
@@ -40,7 +40,9 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Instant;
 
+pub use super::stats::UringStats;
 pub use super::worker::WorkerConfig;
+pub use crate::sys::uring::Setup;
 
 /// Submission queue slots per ring (the completion queue has four times as many).
 const ENTRIES: u32 = 1024;
@@ -102,17 +104,6 @@ impl Waker {
     pub fn wake(&self) -> io::Result<()> {
         self.0.write(1).map(drop).map_err(io::Error::from)
     }
-}
-
-/// Counters of the ring, for the worker's metrics.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct UringStats {
-    pub submitted: u64,
-    pub completed: u64,
-    /// Loop iterations (each one `io_uring_enter` that waits).
-    pub loops: u64,
-    /// Receives that found every provided buffer taken (ENOBUFS): they wait for one.
-    pub buffers_exhausted: u64,
 }
 
 /// Executes a worker's operations on its ring.

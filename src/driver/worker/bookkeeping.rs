@@ -17,6 +17,7 @@ impl Worker {
             Note::Full => self.counters.rejected_full += 1,
             Note::SlotReleased => self.total.release(),
             Note::Answered => self.counters.forwarded += 1,
+            Note::Redirected => self.counters.redirects += 1,
             Note::Request {
                 status,
                 reused: _,
@@ -66,6 +67,7 @@ impl Worker {
                 self.counters.count_tls(ev);
             }
         }
+        super::tls::drop_session(&mut self.backend_tls, &mut self.counters, key);
         self.dead.push(key);
         if end.holds_slot {
             self.total.release();
@@ -125,6 +127,9 @@ impl Worker {
             }
         }
         self.backend_pool.expire(self.time.now);
+        if self.handing.is_some() {
+            self.hand_over_ready(d);
+        }
         self.reap();
         let done = self.drained(d);
         self.shrink_when_idle();
@@ -172,6 +177,7 @@ impl Worker {
         self.conns.shrink_to_fit();
         self.tls.shrink_to_fit();
         self.tls_bufs = None;
+        self.backend_tls.shrink_to_fit();
         self.wheel.shrink_to_fit();
         self.deferred.shrink_to_fit();
         self.pool.pipes.release_idle();

@@ -35,21 +35,26 @@ impl Worker {
                     }
                     let _ = r.applied.send(self.id);
                 }
-                Control::Drain(until) => {
-                    if self.draining.is_none() {
-                        self.draining = Some(until);
-                        self.backend_pool.clear();
-                        let addrs: Vec<SocketAddr> =
-                            self.listeners.iter().flatten().map(|(a, _)| *a).collect();
-                        for a in addrs {
-                            self.remove_listener(a, d);
-                        }
-                        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-                        for k in keys {
-                            self.ready(k, Event::Draining, d);
-                        }
-                    }
-                }
+                Control::Drain(until) => self.drain_from(until, d),
+                Control::HandOver(h) => self.start_hand_over(h, d),
+                Control::Adopt(tunnels) => self.adopt(tunnels, d),
+            }
+        }
+    }
+
+    /// Stops accepting and tells every connection the proxy stops; what is left at `until`
+    /// is closed.
+    pub(super) fn drain_from(&mut self, until: std::time::Instant, d: &mut impl Driver) {
+        if self.draining.is_none() {
+            self.draining = Some(until);
+            self.backend_pool.clear();
+            let addrs: Vec<SocketAddr> = self.listeners.iter().flatten().map(|(a, _)| *a).collect();
+            for a in addrs {
+                self.remove_listener(a, d);
+            }
+            let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+            for k in keys {
+                self.ready(k, Event::Draining, d);
             }
         }
     }

@@ -8,8 +8,11 @@
 //! the bookkeeping steps itself (timers, admission, counters, the end) and hands the I/O steps to
 //! the driver.
 
+mod accept;
 mod bookkeeping;
 mod control;
+mod handover;
+mod tls;
 
 use bookkeeping::write_log;
 
@@ -183,7 +186,11 @@ pub struct Worker {
     /// What TLS sessions decrypt and encrypt in; allocated at the first TLS operation, freed
     /// with the other tables when the worker is empty.
     tls_bufs: Option<Box<TlsBuffers>>,
+    /// The TLS sessions of backend connections whose route speaks TLS to its backends, by key.
+    backend_tls: tls::BackendSessions,
     started: Option<std::sync::mpsc::SyncSender<()>>,
+    /// Set by a binary upgrade: established tunnels go to the new process.
+    handing: Option<crate::driver::HandOver>,
 }
 
 fn is_no_fd(e: &io::Error) -> bool {
@@ -238,7 +245,9 @@ impl Worker {
             draining: None,
             tls: HashMap::new(),
             tls_bufs: None,
+            backend_tls: HashMap::new(),
             started: cfg.started,
+            handing: None,
         }
     }
 
@@ -298,117 +307,6 @@ impl Worker {
         .min()
     }
 
-    // ---- accepting -----------------------------------------------------------------------
-
-    /// The listener the driver should accept from now, if accepting is allowed.
-    pub fn listener(&self, i: usize) -> Option<&TcpListener> {
-        if self.accept_paused_until.is_some() || self.draining.is_some() {
-            return None;
-        }
-        self.listeners.get(i)?.as_ref().map(|(_, l)| l)
-    }
-
-    pub fn listener_count(&self) -> usize {
-        self.listeners.len()
-    }
-
-    /// Connection `key`'s socket on `side`, if it is open (a completion driver re-submits a
-    /// receive that found no buffer).
-    pub fn socket(&self, key: usize, side: Side) -> Option<BorrowedFd<'_>> {
-        let Some(Slot::Live(e)) = self.conns.get(key) else {
-            return None;
-        };
-        match side {
-            Side::Client => Some(e.client.as_fd()),
-            Side::Backend => e.backend.as_ref().map(|b| b.as_fd()),
-        }
-    }
-
-    /// True once: every listener should be tried (edge-triggered: clients may already wait).
-    pub fn take_accept_wanted(&mut self) -> bool {
-        std::mem::take(&mut self.accept_wanted)
-    }
-
-    /// An accept failed. Returns true when the driver may try the next client.
-    pub fn accept_failed(&mut self, e: &io::Error) -> bool {
-        if is_no_fd(e) {
-            // Out of descriptors: pending clients stay in the backlog. Retrying at once would
-            // spin; wait a little or until one of ours closes.
-            self.counters.accept_emfile += 1;
-            self.accept_paused_until = Some(self.time.now + ACCEPT_PAUSE);
-            return false;
-        }
-        // ECONNABORTED and friends concern one client only.
-        true
-    }
-
-    /// A client was accepted on listener `i`.
-    pub fn accepted(&mut self, i: usize, stream: TcpStream, peer: SocketAddr, d: &mut impl Driver) {
-        self.counters.accepted += 1;
-        let Some(Some((configured, _))) = self.listeners.get(i) else {
-            return;
-        };
-        let configured = *configured;
-        let _ = tune(&stream, &self.params.tuning);
-        let local = if self.params.send_proxy {
-            stream.local_addr().unwrap_or(configured)
-        } else {
-            configured
-        };
-        let session = match &self.params.tls {
-            Some(tls) if self.params.tls_listen.contains(&configured) => {
-                match TlsSession::new(tls.server.clone()) {
-                    Ok(s) => Some(Box::new(s)),
-                    Err(e) => {
-                        eprintln!("wsplice: worker {}: TLS session: {e}", self.id);
-                        return;
-                    }
-                }
-            }
-            _ => None,
-        };
-        let mut full = !self.total.acquire();
-        // The memory budget is asked second: a slot taken for nothing is given straight back.
-        if !full && !self.pool.used.admit(self.params.memory.as_ref()) {
-            self.total.release();
-            full = true;
-            self.refusing_for_memory = true;
-        }
-        let accept = Accept {
-            peer,
-            local,
-            expect_proxy: self.params.proxy_listen.contains(&configured),
-            full,
-            log: self.log.is_some(),
-            splice_ok: session.is_none() && stream.can_splice(),
-            tls: session.is_some(),
-        };
-        let conn = Conn::accept(accept, &self.time, self.params.settings.clone());
-        let entry = self.conns.vacant_entry();
-        let key = entry.key();
-        if d.watch(stream.as_fd(), Watch::Conn(key, Side::Client))
-            .is_err()
-        {
-            if !full {
-                self.total.release();
-                self.pool.used.ended(false);
-            }
-            self.refusing_for_memory = false;
-            return;
-        }
-        let e = Entry {
-            client: stream,
-            backend: None,
-            conn,
-        };
-        entry.insert(Slot::Live(e));
-        if let Some(s) = session {
-            self.tls.insert(key, s);
-        }
-        self.drive(key, d);
-        self.refusing_for_memory = false;
-    }
-
     // ---- events ----------------------------------------------------------------------------
 
     /// Readiness on one of connection `key`'s sockets.
@@ -427,6 +325,25 @@ impl Worker {
             if !self.tls.is_empty() {
                 if let Some(s) = self.tls.get_mut(&key) {
                     let _ = s.flush(&e.client);
+                }
+            }
+        }
+        let mut ev = ev;
+        if let Event::Ready {
+            side: Side::Backend,
+            readable,
+            writable,
+            ..
+        } = &mut ev
+        {
+            if let (Some(b), Some(sock)) = (self.backend_tls.get_mut(&key), e.backend.as_ref()) {
+                if *writable {
+                    let _ = b.session.flush(sock);
+                }
+                // The head's write waits for the backend's handshake flight: what arrived
+                // lets it go on.
+                if *readable && b.session.handshaking() {
+                    *writable = true;
                 }
             }
         }
@@ -514,9 +431,29 @@ impl Worker {
                         }
                         _ => None,
                     };
+                    let mut backend_session = match side {
+                        Side::Backend if !self.backend_tls.is_empty() => {
+                            self.backend_tls.get_mut(&key).map(|s| &mut **s)
+                        }
+                        _ => None,
+                    };
                     let mut tls_io;
+                    let mut backend_io;
                     let sock: Option<&mut dyn Transport> = match side {
-                        Side::Backend => e.backend.as_mut().map(|b| b as &mut dyn Transport),
+                        Side::Backend => match (backend_session.as_deref_mut(), &e.backend) {
+                            (Some(b), Some(sock)) => {
+                                let bufs = self
+                                    .tls_bufs
+                                    .get_or_insert_with(|| Box::new(TlsBuffers::new(SCRATCH)));
+                                backend_io = TlsIo {
+                                    sock,
+                                    session: &mut b.session,
+                                    bufs,
+                                };
+                                Some(&mut backend_io)
+                            }
+                            _ => e.backend.as_mut().map(|b| b as &mut dyn Transport),
+                        },
                         Side::Client => {
                             match session.as_deref_mut() {
                                 Some(session) => {
@@ -556,12 +493,16 @@ impl Worker {
                         continue; // the driver reports it with `completed`
                     };
                     let mut eof_pending = false;
+                    let read_some = matches!((op, &res), (IoOp::Read { .. }, Ok(n)) if *n > 0);
                     if let Some(s) = session {
                         if let Some(ev) = s.take_event() {
                             self.counters.count_tls(ev);
                         }
-                        eof_pending = s.eof_pending()
-                            && matches!((op, &res), (IoOp::Read { .. }, Ok(n)) if *n > 0);
+                        eof_pending = s.eof_pending() && read_some;
+                    }
+                    if let Some(b) = backend_session {
+                        tls::report(b, &mut self.counters, &res);
+                        eof_pending = b.session.eof_pending() && read_some;
                     }
                     let mut cx = lend!(self, completion);
                     e.conn.complete_io(op, res, &mut cx, &self.time);
@@ -569,7 +510,7 @@ impl Worker {
                         // What EPOLLRDHUP would have said, had the end not already been read
                         // out of the socket with the bytes before it.
                         let ev = Event::Ready {
-                            side: Side::Client,
+                            side,
                             readable: true,
                             writable: false,
                             hup: true,
@@ -585,6 +526,7 @@ impl Worker {
                     if let Some(old) = e.backend.take() {
                         d.close(key, Side::Backend, old.into());
                     }
+                    tls::drop_session(&mut self.backend_tls, &mut self.counters, key);
                     if let Some(s) = self.backend_pool.checkout(addr, self.time.now) {
                         if d.watch(s.as_fd(), Watch::Conn(key, Side::Backend)).is_ok() {
                             e.backend = Some(s);
@@ -599,7 +541,8 @@ impl Worker {
                 Step::Release(addr) => {
                     if let Some(b) = e.backend.take() {
                         d.unwatch(b.as_fd());
-                        if self.draining.is_none() {
+                        // Only plain connections are pooled (a TLS one's session is not kept).
+                        if self.draining.is_none() && !self.backend_tls.contains_key(&key) {
                             self.backend_pool.release(addr, b, self.time.now);
                         }
                     }
@@ -613,6 +556,7 @@ impl Worker {
                     if let Some(old) = e.backend.take() {
                         d.close(key, Side::Backend, old.into());
                     }
+                    tls::drop_session(&mut self.backend_tls, &mut self.counters, key);
                     self.connect_step(key, addr, d);
                 }
                 Step::CheckConnect => {
@@ -623,6 +567,10 @@ impl Worker {
                     if let Some(old) = e.backend.take() {
                         d.close(key, Side::Backend, old.into());
                     }
+                    tls::drop_session(&mut self.backend_tls, &mut self.counters, key);
+                }
+                Step::StartTls { route, backend } => {
+                    self.start_backend_tls(key, route, backend, d);
                 }
                 Step::Admit(ip) => {
                     let a = match self.limiter.acquire(ip) {

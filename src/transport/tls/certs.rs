@@ -49,7 +49,7 @@ struct Loaded {
 }
 
 /// The crypto the listeners use: *ring*, its default (AEAD-only) suites, TLS 1.2 and 1.3.
-fn provider() -> Arc<CryptoProvider> {
+pub(super) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 

@@ -22,20 +22,30 @@
 //!
 //! How a handshake ended is reported once ([`TlsSession::take_event`]) for the metrics.
 
+mod backend;
 mod certs;
+mod events;
+mod role;
 mod tickets;
+
+pub use events::{Failure, TlsEvent, CIPHERS, RESULTS, VERSIONS};
+
+pub use backend::{BackendTls, BackendTlsTable, BACKEND_RESULTS};
+pub use role::Role;
 
 pub use certs::{check_files, CertError, CertResolver, TlsSettings};
 pub use tickets::TicketKeys;
 
-use crate::core::conn::PlainHttpOnTls;
+use crate::core::conn::{BackendTlsFailed, PlainHttpOnTls};
 use crate::transport::Transport;
-use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::client::UnbufferedClientConnection;
+use rustls::pki_types::ServerName;
+use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{
     AppDataRecord, ConnectionState, EncodeError, EncodeTlsData, EncryptError, UnbufferedStatus,
     WriteTraffic,
 };
-use rustls::{HandshakeKind, ProtocolVersion, ServerConfig};
+use rustls::{ClientConfig, HandshakeKind, ProtocolVersion, ServerConfig};
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -64,81 +74,6 @@ impl TlsBuffers {
     }
 }
 
-/// Why a handshake did not finish: the `result` label of `wsplice_tls_handshakes_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
-    /// The first bytes were a plain HTTP request (answered with a readable 400).
-    PlainHttp,
-    /// The first bytes were neither TLS nor HTTP.
-    NotTls,
-    /// No protocol version, cipher suite, group or signature scheme in common (TLS 1.0/1.1
-    /// only, for instance).
-    Incompatible,
-    /// An SNI name no certificate covers, with `tls.unknown_sni = "refuse"`.
-    UnknownSni,
-    /// A malformed, oversized or unexpected handshake message, or a bad record.
-    BadMessage,
-    /// The client closed or timed out before the handshake finished.
-    Incomplete,
-}
-
-/// How a TLS handshake ended, for the metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TlsEvent {
-    Established {
-        /// Index into [`VERSIONS`].
-        version: usize,
-        /// Index into [`CIPHERS`], or `None` for a suite not listed there.
-        cipher: Option<usize>,
-        resumed: bool,
-    },
-    Failed(Failure),
-}
-
-/// The `result` label values of `wsplice_tls_handshakes_total`.
-pub const RESULTS: [&str; 8] = [
-    "ok",
-    "resumed",
-    "plain_http",
-    "not_tls",
-    "incompatible",
-    "unknown_sni",
-    "bad_message",
-    "incomplete",
-];
-/// The `version` label values of `wsplice_tls_versions_total`.
-pub const VERSIONS: [&str; 2] = ["TLSv1.2", "TLSv1.3"];
-/// The `cipher` label values of `wsplice_tls_ciphers_total`: the suites the listeners offer.
-pub const CIPHERS: [&str; 9] = [
-    "TLS13_AES_128_GCM_SHA256",
-    "TLS13_AES_256_GCM_SHA384",
-    "TLS13_CHACHA20_POLY1305_SHA256",
-    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
-    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
-    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
-    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
-    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
-    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
-];
-
-impl TlsEvent {
-    /// Index into [`RESULTS`].
-    pub fn result(self) -> usize {
-        match self {
-            TlsEvent::Established { resumed: false, .. } => 0,
-            TlsEvent::Established { resumed: true, .. } => 1,
-            TlsEvent::Failed(f) => match f {
-                Failure::PlainHttp => 2,
-                Failure::NotTls => 3,
-                Failure::Incompatible => 4,
-                Failure::UnknownSni => 5,
-                Failure::BadMessage => 6,
-                Failure::Incomplete => 7,
-            },
-        }
-    }
-}
-
 /// Some TLS bytes were processed (plain HTTP is told by the very first byte).
 const STARTED: u16 = 1;
 /// The handshake is complete.
@@ -163,8 +98,8 @@ const EOF_READ: u16 = 1024;
 
 /// One client's TLS session. Boxed and kept beside the slab entry: plain entries do not pay
 /// for it.
-pub struct TlsSession {
-    conn: UnbufferedServerConnection,
+pub struct TlsSession<C: Role = UnbufferedServerConnection> {
+    conn: C,
     /// Received bytes not processed yet: the start of a record whose rest has not arrived.
     /// Empty, without an allocation, between records.
     rx: Vec<u8>,
@@ -176,7 +111,7 @@ pub struct TlsSession {
     event: Option<TlsEvent>,
 }
 
-impl std::fmt::Debug for TlsSession {
+impl<C: Role> std::fmt::Debug for TlsSession<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsSession")
             .field("rx", &self.rx.len())
@@ -199,7 +134,7 @@ fn not_connected() -> io::Error {
 }
 
 /// Appends the handshake record rustls wants sent to `tx`.
-fn encode(e: &mut EncodeTlsData<'_, ServerConnectionData>, tx: &mut Vec<u8>) {
+fn encode<D>(e: &mut EncodeTlsData<'_, D>, tx: &mut Vec<u8>) {
     let start = tx.len();
     tx.resize(start + 4096, 0);
     let n = match e.encode(&mut tx[start..]) {
@@ -213,9 +148,9 @@ fn encode(e: &mut EncodeTlsData<'_, ServerConnectionData>, tx: &mut Vec<u8>) {
     tx.truncate(start + n);
 }
 
-impl TlsSession {
+impl TlsSession<UnbufferedServerConnection> {
     /// A session for a client just accepted on a TLS listener.
-    pub fn new(config: Arc<ServerConfig>) -> Result<TlsSession, rustls::Error> {
+    pub fn new(config: Arc<ServerConfig>) -> Result<Self, rustls::Error> {
         Ok(TlsSession {
             conn: UnbufferedServerConnection::new(config)?,
             rx: Vec::new(),
@@ -225,7 +160,29 @@ impl TlsSession {
             event: None,
         })
     }
+}
 
+impl TlsSession<UnbufferedClientConnection> {
+    /// A session toward a TLS backend whose TCP connect just completed, verifying its
+    /// certificate for `name`. The handshake runs inside the first write (the request head),
+    /// so nothing of the head leaves before the backend proved who it is.
+    pub fn client(
+        config: Arc<ClientConfig>,
+        name: ServerName<'static>,
+    ) -> Result<Self, rustls::Error> {
+        Ok(TlsSession {
+            conn: UnbufferedClientConnection::new(config, name)?,
+            rx: Vec::new(),
+            plain: Vec::new(),
+            tx: Vec::new(),
+            // A backend's bytes are never taken for a plain HTTP client.
+            flags: STARTED,
+            event: None,
+        })
+    }
+}
+
+impl<C: Role> TlsSession<C> {
     /// How the handshake ended, once.
     pub fn take_event(&mut self) -> Option<TlsEvent> {
         let e = self.event.take();
@@ -245,13 +202,15 @@ impl TlsSession {
 
     fn established(&mut self) {
         self.flags |= DONE;
-        let version = usize::from(self.conn.protocol_version() == Some(ProtocolVersion::TLSv1_3));
+        let version =
+            usize::from(self.conn.common().protocol_version() == Some(ProtocolVersion::TLSv1_3));
         let cipher = self
             .conn
+            .common()
             .negotiated_cipher_suite()
             .and_then(|s| s.suite().as_str())
             .and_then(|name| CIPHERS.iter().position(|&c| c == name));
-        let resumed = self.conn.handshake_kind() == Some(HandshakeKind::Resumed);
+        let resumed = self.conn.common().handshake_kind() == Some(HandshakeKind::Resumed);
         self.event = Some(TlsEvent::Established {
             version,
             cipher,
@@ -262,7 +221,9 @@ impl TlsSession {
     fn fail(&mut self, e: &rustls::Error) {
         self.flags |= FAILED;
         if self.flags & DONE == 0 {
-            let why = if self.flags & NOT_TLS != 0 {
+            let why = if C::CLIENT {
+                backend::classify(e)
+            } else if self.flags & NOT_TLS != 0 {
                 Failure::NotTls
             } else {
                 match e {
@@ -274,13 +235,17 @@ impl TlsSession {
             };
             self.event = Some(TlsEvent::Failed(why));
         }
-        // rustls queued a fatal alert; a failed session yields it and then blocks. The bound
-        // only guards against a loop should that ever change.
+        // rustls queued a fatal alert: take what it queued, and only that. A call with nothing
+        // queued would go on to deframe, and the handshake messages it still holds point into
+        // bytes already given up (a client session fails in the middle of the server's flight).
+        // The bound only guards against a loop should that ever change.
         for _ in 0..8 {
-            let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut []);
+            if !self.conn.common().wants_write() {
+                break;
+            }
+            let UnbufferedStatus { state, .. } = self.conn.process(&mut []);
             match state {
                 Ok(ConnectionState::EncodeTlsData(mut enc)) => encode(&mut enc, &mut self.tx),
-                Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
                 _ => break,
             }
         }
@@ -297,8 +262,7 @@ impl TlsSession {
     ) -> Result<(), rustls::Error> {
         let mut at = 0;
         let result = loop {
-            let UnbufferedStatus { mut discard, state } =
-                self.conn.process_tls_records(&mut work[at..*have]);
+            let UnbufferedStatus { mut discard, state } = self.conn.process(&mut work[at..*have]);
             let state = match state {
                 Ok(s) => s,
                 Err(e) => {
@@ -350,7 +314,7 @@ impl TlsSession {
         };
         work.copy_within(at..*have, 0);
         *have -= at;
-        if self.flags & (DONE | FAILED) == 0 && !self.conn.is_handshaking() {
+        if self.flags & (DONE | FAILED) == 0 && !self.conn.common().is_handshaking() {
             self.established();
         }
         result
@@ -463,14 +427,11 @@ impl TlsSession {
     fn with_write_traffic(
         &mut self,
         work: &mut [u8],
-        mut f: impl FnMut(
-            &mut WriteTraffic<'_, ServerConnectionData>,
-            &mut [u8],
-        ) -> Result<usize, EncryptError>,
+        mut f: impl FnMut(&mut WriteTraffic<'_, C::Data>, &mut [u8]) -> Result<usize, EncryptError>,
     ) -> io::Result<Result<usize, EncryptError>> {
         for _ in 0..8 {
             // `rx` holds at most the start of one record, so nothing is read here.
-            let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut self.rx);
+            let UnbufferedStatus { state, .. } = self.conn.process(&mut self.rx);
             match state {
                 Ok(ConnectionState::WriteTraffic(mut w)) => return Ok(f(&mut w, work)),
                 Ok(ConnectionState::EncodeTlsData(mut e)) => encode(&mut e, &mut self.tx),
@@ -513,6 +474,16 @@ impl TlsSession {
         if self.flags & PLAIN != 0 {
             return (&*sock).write(data);
         }
+        if C::CLIENT && self.flags & (DONE | FAILED | CLOSE_SENT) == 0 {
+            // Toward a backend: the first write runs the handshake; `WouldBlock` until done.
+            self.handshake(sock, work).map_err(|e| {
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    e
+                } else {
+                    io::Error::new(e.kind(), BackendTlsFailed(e.to_string()))
+                }
+            })?;
+        }
         if self.flags & DONE == 0 || self.flags & (FAILED | CLOSE_SENT) != 0 {
             return Err(not_connected());
         }
@@ -530,6 +501,56 @@ impl TlsSession {
         };
         self.send(sock, &work[..len])?;
         Ok(take)
+    }
+
+    /// Runs a client handshake as far as the socket allows: Ok once it is complete,
+    /// `WouldBlock` while it waits for the backend, an error when it failed (the alert is sent).
+    fn handshake(&mut self, sock: &TcpStream, work: &mut [u8]) -> io::Result<()> {
+        let mut have = self.rx.len();
+        work[..have].copy_from_slice(&self.rx);
+        self.rx = Vec::new();
+        // Application bytes the backend sends with its last flight wait in `plain`.
+        let mut n = 0;
+        let res = loop {
+            if let Err(e) = self.process(work, &mut have, &mut [], &mut n) {
+                self.fail(&e);
+                let _ = self.flush(sock);
+                have = 0;
+                break Err(invalid(e));
+            }
+            match self.flush(sock) {
+                Err(e) if e.kind() != io::ErrorKind::WouldBlock => break Err(e),
+                _ => {}
+            }
+            if self.flags & DONE != 0 {
+                break Ok(());
+            }
+            if self.flags & PEER_CLOSED != 0 {
+                break Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the backend closed during the TLS handshake",
+                ));
+            }
+            if have == work.len() {
+                break Err(invalid("TLS record larger than the receive buffer"));
+            }
+            match (&*sock).read(&mut work[have..]) {
+                Ok(0) => self.flags |= PEER_CLOSED,
+                Ok(k) => have += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        if have > 0 {
+            self.rx = work[..have].to_vec();
+        }
+        res
+    }
+
+    /// True while a client session's handshake is under way (a readable backend socket then
+    /// lets the write that waits for it go on).
+    pub fn handshaking(&self) -> bool {
+        C::CLIENT && self.flags & (DONE | FAILED) == 0
     }
 
     fn shutdown_write(&mut self, sock: &TcpStream, work: &mut [u8]) -> io::Result<()> {
@@ -569,19 +590,19 @@ impl TlsSession {
 }
 
 /// A TLS client's socket, session and the worker's buffers, for one operation.
-pub struct TlsIo<'a> {
+pub struct TlsIo<'a, C: Role = UnbufferedServerConnection> {
     pub sock: &'a TcpStream,
-    pub session: &'a mut TlsSession,
+    pub session: &'a mut TlsSession<C>,
     pub bufs: &'a mut TlsBuffers,
 }
 
-impl AsFd for TlsIo<'_> {
+impl<C: Role> AsFd for TlsIo<'_, C> {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.sock.as_fd()
     }
 }
 
-impl Transport for TlsIo<'_> {
+impl<C: Role> Transport for TlsIo<'_, C> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.session.read(self.sock, buf, &mut self.bufs.rx)
     }

@@ -1,6 +1,8 @@
 //! `backend`: the WebSocket server behind the proxy under test.
 //!
-//! Every accepted connection (any path) echoes text and binary messages back unchanged.
+//! Every accepted connection (any path) echoes text and binary messages back unchanged; a
+//! connection whose first request is not an upgrade is served plain HTTP/1.1 with keep-alive
+//! instead (`GET /bytes/N`, see `http.rs`).
 //! A line-based TCP control port triggers notification pushes:
 //!
 //! ```text
@@ -21,7 +23,8 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 
 #[derive(Default)]
@@ -30,6 +33,8 @@ struct Counters {
     accepted: AtomicU64,
     handshake_failed: AtomicU64,
     lagged: AtomicU64,
+    /// Connections that carried plain HTTP requests instead of an upgrade.
+    http: AtomicU64,
 }
 
 pub async fn run(listen: Vec<SocketAddr>, control: Option<SocketAddr>) -> Result<(), String> {
@@ -56,8 +61,9 @@ pub async fn run(listen: Vec<SocketAddr>, control: Option<SocketAddr>) -> Result
     eprintln!("backend: ready on {bound:?}, control {ctl_addr:?}");
     wait_for_signal().await;
     eprintln!(
-        "backend: exiting; accepted {} handshake_failed {} lagged {}",
+        "backend: exiting; accepted {} (plain HTTP {}) handshake_failed {} lagged {}",
         counters.accepted.load(Ordering::Relaxed),
+        counters.http.load(Ordering::Relaxed),
         counters.handshake_failed.load(Ordering::Relaxed),
         counters.lagged.load(Ordering::Relaxed)
     );
@@ -96,12 +102,28 @@ async fn serve(s: TcpStream, mut rx: broadcast::Receiver<Bytes>, counters: Arc<C
         .read_buffer_size(32 * 1024)
         .write_buffer_size(0)
         .max_message_size(Some(64 << 20));
-    let mut ws = match tokio_tungstenite::accept_async_with_config(s, Some(config)).await {
-        Ok(ws) => ws,
-        Err(_) => {
+    let mut ws = if crate::http::peek_is_upgrade(&s).await {
+        match tokio_tungstenite::accept_async_with_config(s, Some(config)).await {
+            Ok(ws) => ws,
+            Err(_) => {
+                counters.handshake_failed.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+    } else {
+        counters.http.fetch_add(1, Ordering::Relaxed);
+        // Plain requests; an upgrade after them (a reused pooled connection) is answered here.
+        let Some(up) = crate::http::serve(s).await else { return };
+        let mut stream = up.stream;
+        let answer = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+            derive_accept_key(up.key.as_bytes())
+        );
+        if stream.write_all(answer.as_bytes()).await.is_err() {
             counters.handshake_failed.fetch_add(1, Ordering::Relaxed);
             return;
         }
+        tokio_tungstenite::WebSocketStream::from_partially_read(stream, up.read_ahead, Role::Server, Some(config)).await
     };
     counters.connected.fetch_add(1, Ordering::Relaxed);
     loop {

@@ -250,7 +250,7 @@ pub async fn echo(c: Common, conns_n: usize, size: usize, duration_s: f64, rate:
     (params, results, errors)
 }
 
-fn cpu_delta(before: &Option<Value>, after: &Option<Value>) -> Value {
+pub fn cpu_delta(before: &Option<Value>, after: &Option<Value>) -> Value {
     match (before, after) {
         (Some(b), Some(a)) => json!(a["cpu_s"].as_f64().unwrap_or(0.0) - b["cpu_s"].as_f64().unwrap_or(0.0)),
         _ => Value::Null,

@@ -60,7 +60,8 @@ impl Target {
     pub fn parse(url: &str) -> Result<Target, String> {
         let rest = url
             .strip_prefix("ws://")
-            .ok_or_else(|| format!("target {url:?}: only ws:// URLs are supported"))?;
+            .or_else(|| url.strip_prefix("http://"))
+            .ok_or_else(|| format!("target {url:?}: only ws:// (and http:// for `http`) URLs are supported"))?;
         let authority = rest.split('/').next().unwrap_or("");
         let addr: SocketAddr = authority
             .parse()
@@ -133,6 +134,16 @@ pub async fn connect(
     sources: &Sources,
     config: WebSocketConfig,
 ) -> Result<Ws, String> {
+    let stream = tcp_connect(target, sources).await?;
+    let (ws, _resp) =
+        tokio_tungstenite::client_async_with_config(target.url.as_str(), stream, Some(config))
+            .await
+            .map_err(|e| ws_reason("handshake", &e))?;
+    Ok(ws)
+}
+
+/// One TCP connection (TCP_NODELAY) from the next source address to the target.
+pub async fn tcp_connect(target: &Target, sources: &Sources) -> Result<TcpStream, String> {
     let sock = TcpSocket::new_v4().map_err(|e| io_reason("socket", &e))?;
     if let Some(src) = sources.pick() {
         // Defer port choice to connect() so that the 4-tuple, not the (addr, port) pair,
@@ -142,11 +153,7 @@ pub async fn connect(
     }
     let stream = sock.connect(target.addr).await.map_err(|e| io_reason("connect", &e))?;
     let _ = stream.set_nodelay(true);
-    let (ws, _resp) =
-        tokio_tungstenite::client_async_with_config(target.url.as_str(), stream, Some(config))
-            .await
-            .map_err(|e| ws_reason("handshake", &e))?;
-    Ok(ws)
+    Ok(stream)
 }
 
 fn set_bind_no_port(sock: &TcpSocket) {

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //!  wsbench hold/echo/fanout/bulk/churn ──ws──> proxy under test ──ws──> wsbench backend
+//!  wsbench http ─────── HTTP/1.1 keep-alive ──>       "        ──────> (GET /bytes/N)
 //!                 │                                                        ▲
 //!                 └──────────── control port: "broadcast SIZE ID" ────────┘ (fanout)
 //! ```
@@ -13,6 +14,7 @@
 
 mod backend;
 mod clients;
+mod http;
 
 use wsbench::common;
 
@@ -119,6 +121,16 @@ enum Cmd {
         #[arg(long, default_value_t = 10.0)]
         duration: f64,
     },
+    /// C keep-alive connections GETting the target (http://IP:PORT/bytes/N) in a closed
+    /// loop, every body checked byte for byte; requests/s and the --pid tree's CPU.
+    Http {
+        #[command(flatten)]
+        common: ClientArgs,
+        #[arg(short = 'c', long, default_value_t = 50)]
+        c: usize,
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+    },
     /// Print the resource use of a process tree (RSS, PSS, fds, CPU seconds) as JSON.
     Proc {
         #[arg(long)]
@@ -187,6 +199,7 @@ async fn run(cmd: Cmd, soft: u64, hard: u64) -> i32 {
         Cmd::Fanout { common, c, m, connect_rate, .. } => ("fanout", common, *c as f64 / connect_rate.max(1.0) + *m as f64 * 11.0 + 60.0),
         Cmd::Bulk { common, .. } => ("bulk", common, 300.0),
         Cmd::Churn { common, duration, .. } => ("churn", common, duration + 30.0),
+        Cmd::Http { common, duration, .. } => ("http", common, duration + 30.0),
     };
     let timeout = client.timeout.unwrap_or(default_timeout);
     let fail = |msg: String| {
@@ -210,6 +223,7 @@ async fn run(cmd: Cmd, soft: u64, hard: u64) -> i32 {
             Cmd::Fanout { c, control, m, size, gap_ms, connect_rate, .. } => clients::fanout(mk(connect_rate), c, control, m, size, gap_ms).await,
             Cmd::Bulk { c, bytes, msg_size, .. } => clients::bulk(mk(2000.0), c, bytes, msg_size as usize).await,
             Cmd::Churn { c, duration, .. } => clients::churn(mk(0.0), c, duration).await,
+            Cmd::Http { c, duration, .. } => http::http(mk(0.0), c, duration).await,
             Cmd::Backend { .. } | Cmd::Proc { .. } => unreachable!("handled above"),
         }
     };

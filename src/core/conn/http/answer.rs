@@ -38,7 +38,7 @@ impl Exchange {
             self.build_head();
             return;
         }
-        self.steps.push_back(self.backend_failed());
+        self.backend_failed();
         self.ending = Some(Ending::Refuse(Reject::BackendFailed(why)));
     }
 
@@ -111,6 +111,7 @@ impl Exchange {
                     return;
                 }
                 Ok(r) => {
+                    route.note_backend(self.backend_index, true);
                     self.status = r.status;
                     self.reusable = r.reusable;
                     self.close_client = close;
@@ -133,7 +134,7 @@ impl Exchange {
     }
 
     pub(super) fn bad_answer(&mut self, why: BackendFailure) {
-        self.steps.push_back(self.backend_failed());
+        self.backend_failed();
         self.ending = Some(Ending::Refuse(Reject::BackendFailed(why)));
     }
 }

@@ -1,0 +1,114 @@
+//! `SIGUSR2` in the binary: the old process's side (start the new binary, hand everything
+//! over, report) and the new process's (start on the passed sockets, confirm, take tunnels in).
+//! The mechanism is `wsplice::driver::upgrade`.
+
+use std::ffi::OsString;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+use wsplice::config::Config;
+use wsplice::driver::upgrade::{self, Inherited};
+use wsplice::driver::{self, admin, Server};
+
+use crate::say;
+
+/// Starts the worker threads: on the sockets a binary upgrade passed (`inherited`), or bound
+/// anew.
+pub fn start_threads(cfg: &Config, inherited: Option<&Inherited>) -> io::Result<Server> {
+    let Some(i) = inherited else {
+        return Server::start(cfg);
+    };
+    let listeners = i.listeners()?;
+    let (key, _) = wsplice::transport::tls::TicketKeys::generate()
+        .map_err(|_| io::Error::other("the system random generator failed (getrandom)"))?;
+    let server = Server::start_inherited(cfg, key, listeners)?;
+    if server.driver() != driver::Chosen::Epoll {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this configuration runs the io_uring driver, which cannot take over tunnels yet (set driver = \"epoll\")",
+        ));
+    }
+    Ok(server)
+}
+
+/// Serving (after `ready`): tells the old process, and takes in its tunnels on a thread.
+pub fn receive(i: Inherited, server: &Server) -> io::Result<()> {
+    let receiving = i.ready()?;
+    let mut adopter = server.adopter();
+    std::thread::Builder::new()
+        .name("wsplice-upgrade".into())
+        .spawn(move || {
+            let started = Instant::now();
+            let n = receiving.run(|batch| adopter.deliver(batch));
+            eprintln!(
+                "wsplice: upgrade: took over {n} tunnels in {:.1} ms",
+                started.elapsed().as_secs_f64() * 1e3
+            );
+        })?;
+    Ok(())
+}
+
+/// SIGUSR2 with worker threads: starts the binary at `exe` and hands it everything. True once
+/// this process is done (every tunnel handed over or finished); false when the upgrade failed
+/// and this process serves on, unchanged.
+pub fn binary_upgrade(server: &mut Server, exe: &io::Result<PathBuf>, cfg: &Config) -> bool {
+    let fail = |why: &str| {
+        eprintln!(
+            "wsplice: upgrade failed, still serving (pid {}): {why}",
+            std::process::id()
+        );
+        say("upgrade failed");
+        false
+    };
+    let exe = match exe {
+        Ok(p) => p,
+        Err(e) => return fail(&format!("cannot tell which binary this is: {e}")),
+    };
+    if server.driver() != driver::Chosen::Epoll {
+        return fail("binary upgrade runs with the epoll driver only for now (driver = \"epoll\")");
+    }
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    eprintln!(
+        "wsplice: SIGUSR2: starting {} to take over the listeners and tunnels",
+        exe.display()
+    );
+    let admin = admin::socket_for_upgrade();
+    let admin_fd = admin.as_ref().map(|(a, l)| {
+        use std::os::fd::AsFd;
+        (*a, l.as_fd())
+    });
+    let owned = server.listener_fds();
+    let listeners: Vec<_> = {
+        use std::os::fd::AsFd;
+        owned.iter().map(|(a, fd)| (*a, fd.as_fd())).collect()
+    };
+    let mut launched =
+        match upgrade::launch(exe, &args, &listeners, admin_fd, upgrade::CONFIRM_WITHIN) {
+            Ok(l) => l,
+            Err(why) => return fail(&why),
+        };
+    say(&format!("upgraded pid={}", launched.pid));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let abort: upgrade::Abort = Arc::default();
+    let started = Instant::now();
+    server.hand_over(tx, &abort, started + cfg.timeouts.drain);
+    let done = upgrade::hand_over(&mut launched, rx, &abort, started);
+    server.join();
+    let sweep = done.sweep.as_secs_f64() * 1e3;
+    let per_1000 = if done.established > 0 {
+        sweep * 1000.0 / done.established as f64
+    } else {
+        0.0
+    };
+    eprintln!(
+        "wsplice: upgrade: handed {} tunnels to pid {}: the {} established at the signal in {sweep:.1} ms ({per_1000:.1} ms per 1,000 tunnels), the rest as their handshakes finished, {:.1} ms in all; {} bytes in flight went along; {} lost; every connection left here has finished: exiting",
+        done.tunnels,
+        launched.pid,
+        done.established,
+        done.took.as_secs_f64() * 1e3,
+        done.bytes,
+        done.lost
+    );
+    true
+}

@@ -1,0 +1,507 @@
+//! TLS toward backends (`backend_tls`, `wss://`/`https://` backends) and redirect listeners
+//! (`[tls] redirect_listen`), over real sockets with the real binary.
+//!
+//! The end-to-end behaviours over TLS backends (echo sizes, ordering, ping/pong, close codes,
+//! half-close, fail-over, header rewrite) run in tests/e2e.rs and tests/backend_answers.rs as
+//! their `tls_backend` (ws:// client) and `tls_both` (wss:// client) variants. Here: a backend
+//! whose certificate is not trusted or not valid for the name, an HTTP request to an https
+//! backend, fail-over past a bad certificate, and the redirect listener's answers.
+
+#[macro_use]
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use support::tls::{shared, terminator, Certs, SERVER_NAME};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Listens on 127.0.0.1 and forwards each connection to `target`, keeping every byte sent
+/// toward `target`.
+async fn tap(target: SocketAddr) -> (SocketAddr, Arc<Mutex<Vec<u8>>>) {
+    let l = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the tap");
+    let addr = l.local_addr().expect("tap address");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let kept = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut a, _)) = l.accept().await {
+            let seen = kept.clone();
+            tokio::spawn(async move {
+                let Ok(mut b) = TcpStream::connect(target).await else {
+                    return;
+                };
+                let (mut ar, mut aw) = a.split();
+                let (mut br, mut bw) = b.split();
+                let up = async {
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        match ar.read(&mut buf).await {
+                            Ok(0) | Err(_) => {
+                                let _ = bw.shutdown().await;
+                                break;
+                            }
+                            Ok(n) => {
+                                seen.lock().expect("tap").extend_from_slice(&buf[..n]);
+                                if bw.write_all(&buf[..n]).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                };
+                let down = async {
+                    let _ = tokio::io::copy(&mut br, &mut aw).await;
+                    let _ = aw.shutdown().await;
+                };
+                tokio::join!(up, down);
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// `[[route]]` to TLS backends, verified against the suite's CA.
+fn tls_route(prefix: &str, backends: &[String], name: Option<&str>) -> String {
+    let list: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
+    let mut s = format!(
+        "\n[[route]]\nprefix = \"{prefix}\"\nbackends = [{}]\nbackend_tls = true\nbackend_ca = \"{}\"\n",
+        list.join(", "),
+        shared().0.ca_file.display()
+    );
+    if let Some(n) = name {
+        s.push_str(&format!("backend_server_name = \"{n}\"\n"));
+    }
+    s
+}
+
+async fn start(toml: String) -> Proxy {
+    match tokio::task::spawn_blocking(move || Proxy::blocking_start_toml(&toml)).await {
+        Ok(p) => p,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+fn backend_tls(proxy: &Proxy, result: &str) -> u64 {
+    proxy.metric(&format!(
+        "wsplice_backend_tls_handshakes_total{{result=\"{result}\"}}"
+    ))
+}
+
+/// Sends `request` on a new plain connection and reads the answer to its end.
+async fn exchange(proxy: &Proxy, request: &[u8]) -> Vec<u8> {
+    let (answer, _) = send_and_read_all(proxy, request).await;
+    answer
+}
+
+async fn still_serves(proxy: &Proxy, path: &str) {
+    let mut ws = ws_connect(proxy, path).await;
+    ws_echo_once(&mut ws, "still serving").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untrusted_backend_certificate_is_502_and_no_plaintext_reaches_it() {
+    // A TLS backend whose certificate another CA signed, behind a tap that keeps the bytes.
+    let other = Certs::new();
+    let evil = other.ecdsa("evil", &[SERVER_NAME]);
+    let recorder = RecordingBackend::start().await;
+    let (bad, seen) = tap(terminator(recorder.addr, evil).await).await;
+    let echo = EchoBackend::start().await;
+    let good = terminator(echo.addr, shared().1.clone()).await;
+    let mut toml = "listen = [\"127.0.0.1:0\"]\nworkers = 1\nadmin = \"127.0.0.1:0\"\n".to_owned();
+    toml.push_str(&tls_route(
+        "/bad",
+        &[format!("wss://{bad}")],
+        Some(SERVER_NAME),
+    ));
+    toml.push_str(&tls_route("/good", &[good.to_string()], Some(SERVER_NAME)));
+    let proxy = start(toml).await;
+
+    let answer = exchange(&proxy, &upgrade_request("/bad/chat", &[])).await;
+    assert_status(
+        &answer,
+        502,
+        "upgrade to a backend with an untrusted certificate",
+    );
+    eventually("the untrusted handshake is counted", STEP, || {
+        backend_tls(&proxy, "untrusted") == 1
+    })
+    .await;
+    let raw = seen.lock().expect("tap").clone();
+    assert!(
+        raw.first() == Some(&0x16),
+        "the backend's first bytes are a TLS handshake record: {:?}",
+        &raw[..raw.len().min(16)]
+    );
+    for needle in [&b"/chat"[..], b"GET ", b"websocket", b"Sec-WebSocket-Key"] {
+        assert!(
+            !raw.windows(needle.len()).any(|w| w == needle),
+            "{:?} reached the backend in plaintext",
+            String::from_utf8_lossy(needle)
+        );
+    }
+    assert_eq!(
+        recorder.counts().1,
+        0,
+        "the backend decrypted nothing: {}",
+        recorder.describe()
+    );
+    // The operator's line names the backend and the reason.
+    let log_line = format!("backend {bad}");
+    eventually("the log line", STEP, || {
+        let log = proxy.stderr();
+        log.contains(&log_line)
+            && log.contains("invalid peer certificate")
+            && log.contains("backend_ca")
+    })
+    .await;
+    // An HTTP request to it is refused the same way.
+    let answer = exchange(
+        &proxy,
+        b"GET /bad/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_status(
+        &answer,
+        502,
+        "request to a backend with an untrusted certificate",
+    );
+    still_serves(&proxy, "/good").await;
+    eventually("the good backend's handshake is counted", STEP, || {
+        backend_tls(&proxy, "ok") == 1
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_name_mismatch_is_502() {
+    let echo = EchoBackend::start().await;
+    let good = terminator(echo.addr, shared().1.clone()).await;
+    let mut toml = "listen = [\"127.0.0.1:0\"]\nworkers = 1\nadmin = \"127.0.0.1:0\"\n".to_owned();
+    // The certificate names localhost and *.example.com.
+    toml.push_str(&tls_route(
+        "/other",
+        &[good.to_string()],
+        Some("other.test"),
+    ));
+    // Without a name the backend's IP is checked, which the certificate does not name.
+    toml.push_str(&tls_route("/ip", &[good.to_string()], None));
+    toml.push_str(&tls_route(
+        "/wild",
+        &[good.to_string()],
+        Some("a.example.com"),
+    ));
+    let proxy = start(toml).await;
+
+    for path in ["/other/x", "/ip/x"] {
+        let answer = exchange(&proxy, &upgrade_request(path, &[])).await;
+        assert_status(&answer, 502, path);
+    }
+    eventually("both mismatches counted", STEP, || {
+        backend_tls(&proxy, "name_mismatch") == 2
+    })
+    .await;
+    assert!(proxy.stderr().contains("backend_server_name"));
+    assert!(echo.log().requests.is_empty(), "the backend got no upgrade");
+    // A name the certificate covers (by its wildcard) passes.
+    still_serves(&proxy, "/wild").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_certificate_fails_over_to_the_next_backend() {
+    let other = Certs::new();
+    let evil = other.ecdsa("evil", &[SERVER_NAME]);
+    let recorder = RecordingBackend::start().await;
+    let bad = terminator(recorder.addr, evil).await;
+    let echo = EchoBackend::start().await;
+    let good = terminator(echo.addr, shared().1.clone()).await;
+    let mut toml = "listen = [\"127.0.0.1:0\"]\nworkers = 1\nadmin = \"127.0.0.1:0\"\n".to_owned();
+    toml.push_str(&tls_route(
+        "/ws",
+        &[format!("wss://{bad}"), format!("wss://{good}")],
+        Some(SERVER_NAME),
+    ));
+    let proxy = start(toml).await;
+    // Round robin: of two clients, one starts at the bad backend and goes on to the good one.
+    for _ in 0..2 {
+        still_serves(&proxy, "/ws").await;
+    }
+    assert_eq!(echo.log().requests.len(), 2);
+    eventually("one untrusted handshake", STEP, || {
+        backend_tls(&proxy, "untrusted") == 1
+    })
+    .await;
+    assert_eq!(
+        recorder.counts().1,
+        0,
+        "nothing decrypted at the bad backend"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_request_to_an_https_backend() {
+    let origin = serve_each("http origin", |mut s: TcpStream| async move {
+        let (head, _) = read_head(&mut s).await;
+        let body = format!("saw {}", first_line(&head));
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = s.write_all(answer.as_bytes()).await;
+    })
+    .await;
+    let https = terminator(origin, shared().1.clone()).await;
+    let toml = format!(
+        "listen = [\"127.0.0.1:0\"]\nworkers = 1\nadmin = \"127.0.0.1:0\"\n\n[[route]]\nprefix = \"/api\"\nbackends = [\"https://{https}\"]\nbackend_ca = \"{}\"\nbackend_server_name = \"{SERVER_NAME}\"\n",
+        shared().0.ca_file.display()
+    );
+    let proxy = start(toml).await;
+    for _ in 0..2 {
+        let answer = exchange(
+            &proxy,
+            b"GET /api/items?id=7 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_status(&answer, 200, "GET through an https backend");
+        let text = String::from_utf8_lossy(&answer);
+        assert!(
+            text.ends_with("saw GET /items?id=7 HTTP/1.1"),
+            "the backend's answer: {text:?}"
+        );
+    }
+    // TLS backend connections are not pooled: one handshake per request; the second resumes
+    // the session of the first (rustls's cache in the route's client settings).
+    eventually("a full handshake, then a resumed one", STEP, || {
+        (backend_tls(&proxy, "ok"), backend_tls(&proxy, "resumed")) == (1, 1)
+    })
+    .await;
+}
+
+#[test]
+fn uring_driver_refuses_tls_backends() {
+    let toml = "listen = [\"127.0.0.1:0\"]\ndriver = \"uring\"\n\n[[route]]\nprefix = \"/\"\nbackends = [\"wss://127.0.0.1:9443\"]\n";
+    let cfg = wsplice::config::Config::from_toml_str(toml, "t.toml").expect("config");
+    let err = wsplice::driver::choose_driver(&cfg).expect_err("uring with TLS backends");
+    assert!(err.to_string().contains("TLS backends"), "{err}");
+    let auto = toml.replace("\"uring\"", "\"auto\"");
+    let cfg = wsplice::config::Config::from_toml_str(&auto, "t.toml").expect("config");
+    assert_eq!(
+        wsplice::driver::choose_driver(&cfg).expect("auto"),
+        wsplice::driver::Chosen::Epoll
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redirect listener
+// ---------------------------------------------------------------------------------------------
+
+/// A proxy with a TLS listener and a redirect listener (on 127.0.0.2: configured addresses
+/// must differ); `extra_route` is TOML for the route.
+async fn redirecting(echo: &EchoBackend, extra_route: &str) -> (Proxy, SocketAddr, u16) {
+    let pair = &shared().1;
+    let toml = format!(
+        "workers = 1\nadmin = \"127.0.0.1:0\"\n\n[[route]]\nprefix = \"/\"\nbackends = [\"{}\"]\n{extra_route}\n[tls]\nlisten = [\"127.0.0.1:0\"]\nredirect_listen = [\"127.0.0.2:0\"]\n[[tls.cert]]\ncert = \"{}\"\nkey = \"{}\"\n",
+        echo.addr,
+        pair.cert.display(),
+        pair.key.display()
+    );
+    let proxy = start(toml).await;
+    let line = proxy
+        .startup()
+        .iter()
+        .find(|l| l.contains("redirect-to-https"))
+        .unwrap_or_else(|| panic!("no redirect listener in {:?}", proxy.startup()))
+        .clone();
+    let addr: SocketAddr = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .expect("the redirect listener's address");
+    let tls_port = proxy.tls_addr().expect("TLS listener").port();
+    assert!(
+        line.ends_with(&format!("redirect-to-https:{tls_port}")),
+        "{line}"
+    );
+    (proxy, addr, tls_port)
+}
+
+async fn ask(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request).await.expect("send");
+    // Fails the test unless the proxy closes after its answer.
+    let (answer, _) = read_to_end(&mut s, STEP).await;
+    answer
+}
+
+/// The answer's body, checked against its Content-Length.
+fn body(answer: &[u8]) -> Vec<u8> {
+    let at = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head")
+        + 4;
+    let len: usize = header(answer, "Content-Length")
+        .expect("Content-Length")
+        .parse()
+        .expect("a number");
+    assert_eq!(answer.len() - at, len, "Content-Length matches the body");
+    answer[at..].to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirect_listener_answers_every_request_with_https() {
+    let echo = EchoBackend::start().await;
+    let (proxy, addr, port) = redirecting(&echo, "").await;
+    let answer = ask(
+        addr,
+        b"GET /a/b?x=1&y=%20 HTTP/1.1\r\nHost: www.example.com\r\n\r\n",
+    )
+    .await;
+    assert_status(&answer, 301, "GET on the redirect listener");
+    let want = format!("https://www.example.com:{port}/a/b?x=1&y=%20");
+    assert_eq!(header(&answer, "Location").as_deref(), Some(want.as_str()));
+    assert_eq!(header(&answer, "Connection").as_deref(), Some("close"));
+    assert!(String::from_utf8_lossy(&body(&answer)).contains(&want));
+    // A port in Host is replaced by the TLS port; HEAD has no body.
+    let answer = ask(addr, b"HEAD / HTTP/1.1\r\nHost: WWW.Example.com:80\r\n\r\n").await;
+    assert_status(&answer, 301, "HEAD");
+    assert_eq!(
+        header(&answer, "Location"),
+        Some(format!("https://www.example.com:{port}/"))
+    );
+    assert!(answer.ends_with(b"\r\n\r\n"), "HEAD: no body");
+    // Other methods must be repeated as they were: 308.
+    let answer = ask(
+        addr,
+        b"POST /form HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 3\r\n\r\nabc",
+    )
+    .await;
+    assert_status(&answer, 308, "POST");
+    assert_eq!(
+        header(&answer, "Location"),
+        Some(format!("https://127.0.0.1:{port}/form"))
+    );
+    // Upgrades too, as nginx's `return 301`.
+    let answer = ask(addr, &upgrade_request("/chat", &[])).await;
+    assert_status(&answer, 301, "upgrade on the redirect listener");
+    assert_eq!(echo.log().connections, 0, "the backend saw nothing");
+    eventually("four redirects counted", STEP, || {
+        proxy.metric("wsplice_redirects_total") == 4
+    })
+    .await;
+    // The TLS listener serves meanwhile.
+    still_serves(&proxy, "/").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirect_listener_refuses_hostile_hosts() {
+    let echo = EchoBackend::start().await;
+    let (proxy, addr, _) = redirecting(&echo, "").await;
+    for host in [
+        "Host: evil.com/x",
+        "Host: evil.com@good.com",
+        "Host: a b",
+        "Host: evil.com\\@x",
+        "Host: [::1",
+        "Host: x.com:8o",
+        "Host: \"evil\"",
+        "Host: a.com\r\nHost: b.com",
+        "X-No-Host: 1",
+    ] {
+        let request = format!("GET /p HTTP/1.1\r\n{host}\r\n\r\n");
+        let answer = ask(addr, request.as_bytes()).await;
+        assert_status(&answer, 400, host);
+        assert_eq!(header(&answer, "Location"), None, "{host}");
+    }
+    // A target that is not a path never makes the Location either.
+    let answer = ask(addr, b"GET evil.com HTTP/1.1\r\nHost: a.com\r\n\r\n").await;
+    assert_status(&answer, 400, "a target without a leading slash");
+    assert_eq!(echo.log().connections, 0);
+    still_serves(&proxy, "/").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirect_listener_keeps_to_the_configured_hosts() {
+    let echo = EchoBackend::start().await;
+    let route = format!(
+        "\n[[route]]\nprefix = \"/\"\nhost = \"chat.example.com\"\nbackends = [\"{}\"]\n",
+        echo.addr
+    );
+    let (proxy, addr, port) = redirecting(&echo, &route).await;
+    let answer = ask(addr, b"GET /x HTTP/1.1\r\nHost: chat.example.com\r\n\r\n").await;
+    assert_eq!(
+        header(&answer, "Location"),
+        Some(format!("https://chat.example.com:{port}/x"))
+    );
+    // Another (well-formed) host is not echoed back: the configured name is used.
+    let answer = ask(addr, b"GET /x HTTP/1.1\r\nHost: evil.example.net\r\n\r\n").await;
+    assert_status(&answer, 301, "unknown host");
+    assert_eq!(
+        header(&answer, "Location"),
+        Some(format!("https://chat.example.com:{port}/x"))
+    );
+    assert_eq!(echo.log().connections, 0);
+    still_serves(&proxy, "/").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirect_listen_flag() {
+    let (_, pair) = shared();
+    let echo = EchoBackend::start().await;
+    let route = format!("/={}", echo.addr);
+    let cert = pair.cert.display().to_string();
+    let key = pair.key.display().to_string();
+    let proxy = Proxy::start_args(&[
+        "--tls-listen",
+        "127.0.0.1:0",
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        "--redirect-listen",
+        "127.0.0.2:0",
+        "--route",
+        &route,
+    ])
+    .await;
+    let line = proxy
+        .startup()
+        .iter()
+        .find(|l| l.contains("redirect-to-https"))
+        .expect("a redirect listener")
+        .clone();
+    let addr: SocketAddr = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .expect("address");
+    let port = proxy.tls_addr().expect("TLS listener").port();
+    let answer = ask(addr, b"GET /q HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    assert_eq!(
+        header(&answer, "Location"),
+        Some(format!("https://localhost:{port}/q"))
+    );
+}
+
+#[test]
+fn a_reload_under_io_uring_refuses_tls_backends() {
+    if emulated() {
+        eprintln!("skipped under emulation: the io_uring driver");
+        return;
+    }
+    raise_test_fd_limit();
+    let plain = "listen = [\"127.0.0.1:0\"]\nworkers = 1\ndriver = \"uring\"\n\n[[route]]\nprefix = \"/\"\nbackends = [\"127.0.0.1:9\"]\n";
+    let cfg = wsplice::config::Config::from_toml_str(plain, "t.toml").expect("config");
+    let mut server = wsplice::driver::Server::start(&cfg).expect("start under io_uring");
+    let tls = plain.replace("127.0.0.1:9", "wss://127.0.0.1:9");
+    let cfg = wsplice::config::Config::from_toml_str(&tls, "t.toml").expect("config");
+    let err = server
+        .reload(&cfg)
+        .expect_err("TLS backends under io_uring");
+    assert!(err.to_string().contains("io_uring"), "{err}");
+    // The running configuration stays: a plain reload still applies.
+    let cfg = wsplice::config::Config::from_toml_str(plain, "t.toml").expect("config");
+    server.reload(&cfg).expect("plain reload");
+}

@@ -1,0 +1,657 @@
+//! Binary upgrade (`SIGUSR2`): the real binary upgraded to itself under load. 1,000 tunnels
+//! with traffic both ways, a few bulk tunnels (bytes in pipes and overflow buffers at the
+//! moment they move), 50 handshakes in progress and new clients arriving throughout: the old
+//! process exits, every byte arrives in order, nothing is reset. And a new binary that fails
+//! (exits, or refuses its configuration) leaves the old one serving.
+//!
+//! Worker threads under epoll, in the copy and splice relay modes: the models the upgrade
+//! covers (worker processes and io_uring refuse `SIGUSR2` with a line saying so).
+
+#[macro_use]
+mod support;
+
+use nix::sys::signal::Signal;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use support::{
+    backend, open, route, status, try_read_head, upgrade_request, wsplice_argv, Proxy,
+    ProxyBuilder, Relay,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The whole scenario's deadline: 1,000 tunnels on a loaded two-core machine take a while.
+const DEADLINE: Duration = Duration::from_secs(240);
+/// Any single wait for bytes.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// `upgrade!(name, body)`: `name::copy` and `name::splice`, under epoll with worker threads.
+macro_rules! upgrade {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn copy() {
+                within(DEADLINE, $body(Relay::Copy)).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn splice() {
+                within(DEADLINE, $body(Relay::Splice)).await
+            }
+        }
+    };
+}
+
+async fn within(d: Duration, f: impl std::future::Future<Output = ()>) {
+    if tokio::time::timeout(d, f).await.is_err() {
+        panic!("scenario did not finish within {d:?}");
+    }
+}
+
+fn config(relay: Relay, backend: SocketAddr) -> ProxyBuilder {
+    Proxy::builder(relay)
+        .top("worker_model", "\"threads\"")
+        .workers(2)
+        .route(route("/a", &[backend]))
+}
+
+/// Kills the process the upgrade started (not our child) when the test ends.
+struct Reaper(u32);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0 as i32), Signal::SIGKILL);
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn fds_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+fn rss_kib_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// One tunnel's traffic: a writer sends numbered 32-byte records every `every` without
+/// waiting for their echo (bytes are in flight both ways at any instant), a reader checks
+/// every echo in order. On `stop`: our FIN, the rest of the echoes, the backend's FIN.
+/// Returns the records sent and echoed (equal), or what went wrong.
+async fn flow(s: TcpStream, stop: Arc<AtomicBool>, every: Duration) -> Result<u64, String> {
+    let (mut r, mut w) = s.into_split();
+    let writer = tokio::spawn(async move {
+        let mut n = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let rec = format!("{n:031}\n");
+            w.write_all(rec.as_bytes())
+                .await
+                .map_err(|e| format!("write #{n}: {e}"))?;
+            n += 1;
+            tokio::time::sleep(every).await;
+        }
+        w.shutdown().await.map_err(|e| format!("shutdown: {e}"))?;
+        Ok::<u64, String>(n)
+    });
+    let mut got = 0u64;
+    let mut buf = [0u8; 32];
+    loop {
+        match tokio::time::timeout(WAIT, r.read_exact(&mut buf)).await {
+            Err(_) => return Err(format!("echo #{got} timed out")),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Ok(Err(e)) => return Err(format!("echo #{got}: {e}")),
+            Ok(Ok(_)) => {
+                if buf != format!("{got:031}\n").as_bytes() {
+                    return Err(format!(
+                        "echo #{got} differs: {:?}",
+                        String::from_utf8_lossy(&buf)
+                    ));
+                }
+                got += 1;
+            }
+        }
+    }
+    let sent = writer.await.map_err(|e| format!("writer: {e}"))??;
+    if sent != got {
+        return Err(format!("sent {sent} records, {got} came back"));
+    }
+    Ok(got)
+}
+
+/// A bulk tunnel: 64 KiB chunks of consecutive little-endian u64 counters, every word of the
+/// echo checked; the reader starts when `read_from` is set (if given). Returns the bytes
+/// that made the round trip.
+async fn bulk(
+    s: TcpStream,
+    stop: Arc<AtomicBool>,
+    read_from: Option<Arc<AtomicBool>>,
+    written: Arc<AtomicU64>,
+) -> Result<u64, String> {
+    let (mut r, mut w) = s.into_split();
+    // The stalled tunnel writes flat out, to fill every buffer before the upgrade.
+    let pause = if read_from.is_some() {
+        Duration::ZERO
+    } else {
+        Duration::from_millis(5)
+    };
+    let writer = tokio::spawn(async move {
+        let mut next = 0u64;
+        let mut chunk = vec![0u8; 64 * 1024];
+        while !stop.load(Ordering::Relaxed) {
+            for word in chunk.chunks_exact_mut(8) {
+                word.copy_from_slice(&next.to_le_bytes());
+                next += 1;
+            }
+            w.write_all(&chunk)
+                .await
+                .map_err(|e| format!("bulk write at word {next}: {e}"))?;
+            written.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            tokio::time::sleep(pause).await;
+        }
+        w.shutdown().await.map_err(|e| format!("shutdown: {e}"))?;
+        Ok::<u64, String>(next * 8)
+    });
+    // A stalled reader: the echo fills every buffer on its way back, so the proxy holds bytes
+    // it could not write (an overflow buffer, or a full pipe) when the upgrade takes the tunnel.
+    if let Some(gate) = read_from {
+        while !gate.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let mut word = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut carry: Vec<u8> = Vec::new();
+    loop {
+        let n = match tokio::time::timeout(WAIT, r.read(&mut buf)).await {
+            Err(_) => return Err(format!("bulk echo stalled at word {word}")),
+            Ok(Err(e)) => return Err(format!("bulk read at word {word}: {e}")),
+            Ok(Ok(0)) => break,
+            Ok(Ok(n)) => n,
+        };
+        carry.extend_from_slice(&buf[..n]);
+        let whole = carry.len() / 8 * 8;
+        for w8 in carry[..whole].chunks_exact(8) {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(w8);
+            if u64::from_le_bytes(a) != word {
+                return Err(format!(
+                    "bulk word {word} came back as {}",
+                    u64::from_le_bytes(a)
+                ));
+            }
+            word += 1;
+        }
+        carry.drain(..whole);
+    }
+    let sent = writer.await.map_err(|e| format!("writer: {e}"))??;
+    if !carry.is_empty() || sent != word * 8 {
+        return Err(format!(
+            "bulk: sent {sent} bytes, {} came back",
+            word * 8 + carry.len() as u64
+        ));
+    }
+    Ok(sent)
+}
+
+/// A client that connected and sends its head slowly: `first` bytes now, the rest (a few
+/// bytes at a time) once `go` is set; then a 101 and some echoed traffic.
+async fn slow_handshake(
+    addr: SocketAddr,
+    first: usize,
+    go: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+) -> Result<u64, String> {
+    let head = upgrade_request("/a/slow", &[]);
+    let mut s = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    s.write_all(&head[..first])
+        .await
+        .map_err(|e| format!("first bytes: {e}"))?;
+    while !go.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for part in head[first..].chunks(8) {
+        s.write_all(part)
+            .await
+            .map_err(|e| format!("head bytes: {e}"))?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (answer, rest) = tokio::time::timeout(WAIT, try_read_head(&mut s, 1 << 16))
+        .await
+        .map_err(|_| "no answer to the slow head".to_string())?
+        .map_err(|e| format!("answer: {e}"))?;
+    if status(&answer) != Some(101) || !rest.is_empty() {
+        return Err(format!(
+            "slow head answered {:?}",
+            String::from_utf8_lossy(&answer)
+        ));
+    }
+    flow(s, stop, Duration::from_millis(100)).await
+}
+
+/// The old process's summary line: (tunnels handed over, ms per 1,000).
+fn handed_line(stderr: &str) -> Option<(u64, f64, String)> {
+    let line = stderr.lines().find(|l| l.contains("upgrade: handed "))?;
+    let n = line
+        .split("handed ")
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let per = line
+        .split('(')
+        .nth(1)?
+        .split(" ms per 1,000")
+        .next()?
+        .parse()
+        .ok()?;
+    Some((n, per, line.to_owned()))
+}
+
+upgrade!(
+    sigusr2_hands_1000_tunnels_and_50_handshakes_to_the_new_binary_without_losing_a_byte,
+    super::sigusr2_hands_1000_tunnels_and_50_handshakes_to_the_new_binary_without_losing_a_byte
+);
+async fn sigusr2_hands_1000_tunnels_and_50_handshakes_to_the_new_binary_without_losing_a_byte(
+    relay: Relay,
+) {
+    let echo = backend("A").await.addr;
+    let mut proxy = config(relay, echo).admin().start().await;
+    let addr = proxy.addr();
+    let old = proxy.pid();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut flows = Vec::new();
+    for i in 0..1000 {
+        let (s, _) = open(addr, "/a/x")
+            .await
+            .unwrap_or_else(|c| panic!("tunnel {i}: {c}"));
+        flows.push(tokio::spawn(flow(
+            s,
+            stop.clone(),
+            Duration::from_millis(200),
+        )));
+    }
+    let mut bulks = Vec::new();
+    for i in 0..4 {
+        let (s, _) = open(addr, "/a/bulk")
+            .await
+            .unwrap_or_else(|c| panic!("bulk tunnel {i}: {c}"));
+        bulks.push(tokio::spawn(bulk(s, stop.clone(), None, Arc::default())));
+    }
+    // One tunnel whose client reads nothing until after the upgrade.
+    let go = Arc::new(AtomicBool::new(false));
+    let (s, _) = open(addr, "/a/stalled").await.expect("stalled tunnel");
+    let stalled_written = Arc::new(AtomicU64::new(0));
+    bulks.push(tokio::spawn(bulk(
+        s,
+        stop.clone(),
+        Some(go.clone()),
+        stalled_written.clone(),
+    )));
+    // New clients keep coming across the switch: every one must be answered.
+    let churn_stop = Arc::new(AtomicBool::new(false));
+    let churned = Arc::new(AtomicU64::new(0));
+    let churn = {
+        let (stop, churned) = (churn_stop.clone(), churned.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let (mut s, _) = open(addr, "/a/new")
+                    .await
+                    .map_err(|c| format!("new client answered {c}"))?;
+                s.write_all(b"ping").await.map_err(|e| e.to_string())?;
+                let mut b4 = [0u8; 4];
+                s.read_exact(&mut b4).await.map_err(|e| e.to_string())?;
+                churned.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok::<(), String>(())
+        })
+    };
+    // Let traffic run, and the slow clients be accepted by the old process; the stalled
+    // tunnel's writer blocks once every buffer on the way is full (then the proxy holds bytes
+    // it cannot write).
+    let mut last = u64::MAX;
+    let filled_by = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = stalled_written.load(Ordering::Relaxed);
+        if now == last && now > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < filled_by,
+            "the stalled tunnel never filled ({now} bytes written)"
+        );
+        last = now;
+    }
+    // 50 clients mid-handshake (connected, part of the head sent), accepted by the old
+    // process: its descriptors show them. (Their head timeout runs from here.)
+    let fds_before = fds_of(old);
+    let mut slow = Vec::new();
+    for i in 0..50 {
+        slow.push(tokio::spawn(slow_handshake(
+            addr,
+            10 + i,
+            go.clone(),
+            stop.clone(),
+        )));
+    }
+    tokio::task::block_in_place(|| {
+        support::blocking::eventually("the old process accepts the 50 slow clients", WAIT, || {
+            fds_of(old) >= fds_before + 50
+        })
+    });
+    let old_fds = fds_of(old);
+    let old_rss = rss_kib_of(old);
+
+    proxy.signal(Signal::SIGUSR2);
+    let line = tokio::task::block_in_place(|| {
+        proxy.expect_line_starting(&["upgraded pid=", "upgrade failed"], WAIT)
+    });
+    let new: u32 = line
+        .strip_prefix("upgraded pid=")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("the upgrade failed: {line}\n{}", proxy.stderr()));
+    let _reaper = Reaper(new);
+    assert_ne!(new, old);
+    // The slow clients finish their heads now: in the old process, which then hands them on.
+    go.store(true, Ordering::Relaxed);
+
+    let status = tokio::task::block_in_place(|| proxy.wait_exit(Duration::from_secs(60)));
+    assert!(status.success(), "old process exit: {status}");
+    assert!(!alive(old), "the old process {old} is gone");
+    assert!(alive(new), "the new process {new} serves");
+    let stderr = proxy.stderr();
+    let (handed, per_1000, summary) =
+        handed_line(&stderr).unwrap_or_else(|| panic!("no hand-over summary in\n{stderr}"));
+    // Every tunnel went: the 1,005 established ones and the 50 handshakes that finished in
+    // the old process (a churn client may have been caught mid-life too).
+    assert!(handed >= 1055, "{summary}");
+    assert!(summary.contains("; 0 lost"), "{summary}");
+    let carried: u64 = summary
+        .split(" bytes in flight went along")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no byte count in {summary}"));
+    assert!(
+        carried > 0,
+        "the stalled tunnel's bytes held in the proxy travelled along: {summary}"
+    );
+    // The admin listener moved too: the new process answers on it, and counts what it took.
+    tokio::task::block_in_place(|| {
+        support::blocking::eventually("the new process counts every tunnel", WAIT, || {
+            proxy.metric("wsplice_upgrade_tunnels_adopted_total") == handed
+        })
+    });
+
+    // Traffic goes on through the new process for a while.
+    let before = churned.load(Ordering::Relaxed);
+    let served_by = std::time::Instant::now() + WAIT;
+    while churned.load(Ordering::Relaxed) < before + 10 {
+        if churn.is_finished() {
+            let why = churn.await.expect("churn task");
+            panic!(
+                "a new client failed across the upgrade: {why:?}\n{}",
+                proxy.stderr()
+            );
+        }
+        assert!(
+            std::time::Instant::now() < served_by,
+            "new clients are served after the old process left"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let new_fds = fds_of(new);
+    let new_rss = rss_kib_of(new);
+
+    churn_stop.store(true, Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    churn
+        .await
+        .expect("churn task")
+        .unwrap_or_else(|e| panic!("a new client failed across the upgrade: {e}"));
+    let mut records = 0;
+    for (i, f) in flows.into_iter().enumerate() {
+        match f.await.expect("flow task") {
+            Ok(n) => records += n,
+            Err(e) => panic!("tunnel {i} lost bytes or was reset across the upgrade: {e}"),
+        }
+    }
+    for (i, f) in slow.into_iter().enumerate() {
+        if let Err(e) = f.await.expect("slow task") {
+            panic!("handshake {i} in progress at the upgrade failed: {e}");
+        }
+    }
+    let mut bulk_bytes = 0;
+    for (i, b) in bulks.into_iter().enumerate() {
+        match b.await.expect("bulk task") {
+            Ok(n) => bulk_bytes += n,
+            Err(e) => panic!("bulk tunnel {i} across the upgrade: {e}"),
+        }
+    }
+    assert!(records >= 1000 * 10, "traffic flowed ({records} records)");
+    assert!(bulk_bytes > 0);
+    let stderr = proxy.stderr();
+    let took = stderr
+        .lines()
+        .find(|l| l.contains("took over"))
+        .unwrap_or("");
+    eprintln!(
+        "upgrade-bench relay={} tunnels_handed={handed} per_1000_ms={per_1000:.1} \
+         old_before: fds={old_fds} rss_kib={old_rss}; new_after: fds={new_fds} rss_kib={new_rss}; \
+         records={records} bulk_bytes={bulk_bytes}\n  old: {summary}\n  new: {took}",
+        relay.as_str()
+    );
+}
+
+/// A copy of the binary in a directory of its own, which the test may replace.
+struct Copy {
+    dir: PathBuf,
+    exe: PathBuf,
+}
+
+impl Copy {
+    fn new() -> Copy {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "wsplice-upgrade-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let exe = dir.join("wsplice");
+        let c = Copy { dir, exe };
+        c.put_binary();
+        c
+    }
+
+    /// Replaces the file at the path (rename over it, as a package manager does: the running
+    /// binary keeps its own inode).
+    fn replace(&self, write: impl FnOnce(&Path)) {
+        let tmp = self.dir.join("wsplice.new");
+        write(&tmp);
+        std::fs::rename(&tmp, &self.exe).expect("rename over the binary");
+    }
+
+    fn put_binary(&self) {
+        let real = wsplice_argv().pop().expect("binary");
+        self.replace(|tmp| {
+            std::fs::copy(&real, tmp).expect("copy the binary");
+        });
+    }
+
+    fn put_script(&self, text: &str) {
+        self.replace(|tmp| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::write(tmp, text).expect("write the script");
+            std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        });
+    }
+}
+
+impl Drop for Copy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+upgrade!(
+    a_failing_new_binary_leaves_the_old_one_serving_then_a_good_one_takes_over,
+    super::a_failing_new_binary_leaves_the_old_one_serving_then_a_good_one_takes_over
+);
+async fn a_failing_new_binary_leaves_the_old_one_serving_then_a_good_one_takes_over(relay: Relay) {
+    if support::emulated() {
+        eprintln!("skipped under emulation: the test runs a copy of the binary itself");
+        return;
+    }
+    let echo = backend("A").await.addr;
+    let copy = Copy::new();
+    let exe = copy.exe.clone();
+    let cfg = config(relay, echo);
+    let good_toml = cfg.toml();
+    let mut proxy = tokio::task::spawn_blocking(move || cfg.blocking_start_from(&exe))
+        .await
+        .expect("start");
+    let addr = proxy.addr();
+    let old = proxy.pid();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut flows = Vec::new();
+    for i in 0..50 {
+        let (s, _) = open(addr, "/a/x")
+            .await
+            .unwrap_or_else(|c| panic!("tunnel {i}: {c}"));
+        flows.push(tokio::spawn(flow(
+            s,
+            stop.clone(),
+            Duration::from_millis(50),
+        )));
+    }
+
+    // 1. The file at the binary's path now is a script that fails.
+    copy.put_script("#!/bin/sh\necho 'upgrade-test: this binary refuses to run' >&2\nexit 1\n");
+    proxy.signal(Signal::SIGUSR2);
+    let line = tokio::task::block_in_place(|| {
+        proxy.expect_line_starting(&["upgraded pid=", "upgrade failed"], WAIT)
+    });
+    assert_eq!(line, "upgrade failed");
+    let stderr = proxy.stderr();
+    assert!(
+        stderr.contains(&format!("{} (pid", copy.exe.display()))
+            && stderr.contains("exited before confirming: exit status: 1"),
+        "the log names the binary and its exit status:\n{stderr}"
+    );
+    assert!(stderr.contains("this binary refuses to run"), "{stderr}");
+    assert!(proxy.is_running() && alive(old));
+    let (mut s, _) = open(addr, "/a/after-failure")
+        .await
+        .expect("the old process still accepts");
+    s.write_all(b"ping").await.expect("write");
+    let mut b4 = [0u8; 4];
+    s.read_exact(&mut b4).await.expect("echo");
+
+    // 2. The real binary again, but the configuration no longer loads: the new process says
+    //    why before it exits, and the old one logs it.
+    copy.put_binary();
+    proxy.write_config("listen = [\"127.0.0.1:0\"]\n[[route]]\nprefix = \"no-slash\"\n");
+    proxy.signal(Signal::SIGUSR2);
+    let line = tokio::task::block_in_place(|| {
+        proxy.expect_line_starting(&["upgraded pid=", "upgrade failed"], WAIT)
+    });
+    assert_eq!(line, "upgrade failed");
+    let stderr = proxy.stderr();
+    assert!(stderr.contains(") refused: "), "{stderr}");
+    assert!(proxy.is_running());
+    let (mut s, _) = open(addr, "/a/after-refusal")
+        .await
+        .expect("the old process still accepts");
+    s.write_all(b"ping").await.expect("write");
+    s.read_exact(&mut b4).await.expect("echo");
+
+    // 3. A good binary and configuration: it takes over, the old process exits.
+    proxy.write_config(&good_toml);
+    proxy.signal(Signal::SIGUSR2);
+    let line = tokio::task::block_in_place(|| {
+        proxy.expect_line_starting(&["upgraded pid=", "upgrade failed"], WAIT)
+    });
+    let new: u32 = line
+        .strip_prefix("upgraded pid=")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("the upgrade failed: {line}\n{}", proxy.stderr()));
+    let _reaper = Reaper(new);
+    let status = tokio::task::block_in_place(|| proxy.wait_exit(Duration::from_secs(60)));
+    assert!(status.success(), "{status}");
+    assert!(!alive(old) && alive(new));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for (i, f) in flows.into_iter().enumerate() {
+        if let Err(e) = f.await.expect("flow task") {
+            panic!("tunnel {i} across two failed upgrades and a good one: {e}");
+        }
+    }
+    let (mut s, _) = open(addr, "/a/new-process")
+        .await
+        .expect("new process serves");
+    s.write_all(b"ping").await.expect("write");
+    s.read_exact(&mut b4).await.expect("echo");
+}
+
+/// Worker processes do not hand tunnels over yet: `SIGUSR2` says so, changes nothing, and the
+/// proxy keeps serving its tunnels and new clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr2_with_worker_processes_says_it_cannot_and_changes_nothing() {
+    within(DEADLINE, async {
+        let echo = backend("A").await.addr;
+        let mut proxy = Proxy::builder(Relay::Copy)
+            .top("worker_model", "\"processes\"")
+            .workers(2)
+            .route(route("/a", &[echo]))
+            .start()
+            .await;
+        let addr = proxy.addr();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, _) = open(addr, "/a/x").await.expect("tunnel");
+        let f = tokio::spawn(flow(s, stop.clone(), Duration::from_millis(20)));
+        proxy.signal(Signal::SIGUSR2);
+        let line = tokio::task::block_in_place(|| {
+            proxy.expect_line_starting(&["upgraded pid=", "upgrade failed"], WAIT)
+        });
+        assert_eq!(line, "upgrade failed");
+        assert!(
+            proxy
+                .stderr()
+                .contains("binary upgrade runs with worker_model = \"threads\" only for now"),
+            "{}",
+            proxy.stderr()
+        );
+        assert!(proxy.is_running());
+        let (mut s, _) = open(addr, "/a/after").await.expect("still accepting");
+        s.write_all(b"ping").await.expect("write");
+        let mut b4 = [0u8; 4];
+        s.read_exact(&mut b4).await.expect("echo");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.store(true, Ordering::Relaxed);
+        let n = f
+            .await
+            .expect("flow")
+            .unwrap_or_else(|e| panic!("tunnel: {e}"));
+        assert!(n > 0);
+    })
+    .await
+}
