@@ -17,15 +17,6 @@ use std::time::{Duration, Instant};
 use http::*;
 use support::*;
 
-fn run<F: std::future::Future<Output = ()>>(f: impl FnOnce(Relay) -> F) {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(support::run(Relay::Auto, f));
-}
-
 async fn proxy_to(backend: &RawBackend, keys: &[(&str, &str)]) -> Proxy {
     let mut route = r("/", &[backend.addr]);
     for (k, v) in keys {
@@ -62,7 +53,7 @@ async fn next_request_uses_a_new_connection(p: &Proxy, backend: &RawBackend, old
 
 #[test]
 fn content_length_shorter_than_the_body_sent() {
-    run(|_| async {
+    run_auto(|_| async {
         let backend = RawBackend::start().await;
         let p = proxy_to(&backend, &[]).await;
         let (mut c, mut b, _) = exchange(&p, &backend, &get("/", &[])).await;
@@ -83,7 +74,7 @@ fn content_length_shorter_than_the_body_sent() {
 
 #[test]
 fn content_length_longer_than_the_body_sent() {
-    run(|_| async {
+    run_auto(|_| async {
         let backend = RawBackend::start().await;
         let p = proxy_to(&backend, &[]).await;
         let (mut c, b, _) = exchange(&p, &backend, &get("/", &[])).await;
@@ -101,7 +92,7 @@ fn content_length_longer_than_the_body_sent() {
 
 #[test]
 fn broken_chunked_answer_cuts_the_client_off() {
-    run(|_| async {
+    run_auto(|_| async {
         let backend = RawBackend::start().await;
         let p = proxy_to(&backend, &[]).await;
         for garbage in [
@@ -133,7 +124,7 @@ fn broken_chunked_answer_cuts_the_client_off() {
 
 #[test]
 fn switching_protocols_to_a_plain_request_is_a_502() {
-    run(|_| async {
+    run_auto(|_| async {
         let backend = RawBackend::start().await;
         let p = proxy_to(&backend, &[]).await;
         let (mut c, mut b, _) = exchange(&p, &backend, &get("/", &[])).await;
@@ -149,7 +140,7 @@ fn switching_protocols_to_a_plain_request_is_a_502() {
 
 #[test]
 fn early_answer_before_the_body_closes_after_it() {
-    run(|_| async {
+    run_auto(|_| async {
         let backend = RawBackend::start().await;
         let p = proxy_to(&backend, &[]).await;
         let mut req =
@@ -176,7 +167,7 @@ fn early_answer_before_the_body_closes_after_it() {
 
 #[test]
 fn backend_that_closes_before_answering_is_a_502_and_one_that_stalls_a_504() {
-    run(|_| async {
+    run_auto(|_| async {
         let backend = RawBackend::start().await;
         let p = proxy_to(&backend, &[("response_timeout", "\"500ms\"")]).await;
         let (mut c, b, _) = exchange(&p, &backend, &request("POST", "/", &[], b"x")).await;
@@ -204,7 +195,7 @@ fn backend_that_closes_before_answering_is_a_502_and_one_that_stalls_a_504() {
 
 #[test]
 fn refused_backend_is_a_readable_502() {
-    run(|_| async {
+    run_auto(|_| async {
         let refused = RefusedPort::new();
         let p = with_routes(Proxy::builder(Relay::Auto), &[r("/", &[refused.addr])])
             .start()
@@ -220,7 +211,7 @@ fn refused_backend_is_a_readable_502() {
 
 #[test]
 fn slow_body_gets_408_and_idle_keep_alive_is_closed_quietly() {
-    run(|_| async {
+    run_auto(|_| async {
         let backend = RawBackend::start().await;
         let p = with_routes(
             Proxy::builder(Relay::Auto).timeout("client_idle", "400ms"),
@@ -265,7 +256,7 @@ fn slow_body_gets_408_and_idle_keep_alive_is_closed_quietly() {
 
 #[test]
 fn client_gone_mid_body_never_returns_the_backend_connection_to_the_pool() {
-    run(|_| async {
+    run_auto(|_| async {
         let backend = RawBackend::start().await;
         let p = proxy_to(&backend, &[]).await;
         let (c, mut b, mut head) = exchange(
@@ -295,7 +286,7 @@ fn client_gone_mid_body_never_returns_the_backend_connection_to_the_pool() {
 
 #[test]
 fn chunked_request_breaking_midway_reaches_the_backend_cut_off() {
-    run(|_| async {
+    run_auto(|_| async {
         let backend = RawBackend::start().await;
         let p = proxy_to(&backend, &[]).await;
         let (mut c, mut b, _) = exchange(
@@ -323,7 +314,7 @@ fn chunked_request_breaking_midway_reaches_the_backend_cut_off() {
 
 #[test]
 fn websocket_only_route_answers_426() {
-    run(|_| async {
+    run_auto(|_| async {
         let backend = RawBackend::start().await;
         let p = proxy_to(&backend, &[("http", "false")]).await;
         let mut c = Peer::connect(p.addr()).await;

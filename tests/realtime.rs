@@ -201,11 +201,7 @@ async fn sockjs_xhr_transports_stick_by_hash_and_not_without_stickiness(relay: R
 /// they would only slow each other down.
 #[test]
 fn socketio_and_sockjs_through_two_backends() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = support::runtime(2);
     rt.block_on(async {
         let all = async {
             // 200 sessions under the default relay mode, 50 under each of the others.

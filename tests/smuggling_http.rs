@@ -419,11 +419,7 @@ async fn run_row(proxy: &Proxy, origin: &Origin, r: &Row) -> Result<(), String> 
 
 #[test]
 fn forwarded_request_smuggling() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = support::runtime(2);
     rt.block_on(async {
         let origin = Origin::start().await;
         let proxy = with_routes(Proxy::builder(Relay::Auto), &[r("/", &[origin.addr])])

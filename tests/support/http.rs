@@ -561,6 +561,16 @@ pub fn get(path: &str, extra: &[&str]) -> Vec<u8> {
 
 /// `{method} {path}` with `Host: localhost`, `extra` lines, and `body` with its
 /// Content-Length when not empty.
+/// `POST {path}` with `body` as `application/octet-stream`.
+pub fn post_octets(path: &str, body: &[u8]) -> Vec<u8> {
+    request(
+        "POST",
+        path,
+        &["Content-Type: application/octet-stream"],
+        body,
+    )
+}
+
 pub fn request(method: &str, path: &str, extra: &[&str], body: &[u8]) -> Vec<u8> {
     let mut s = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n");
     for l in extra {
