@@ -173,6 +173,13 @@ fn drain_counts_the_tunnels_it_closed() {
     }
 }
 
+/// `all` holds each of the `n` variants of its type exactly once, as `number` tells them apart.
+fn assert_each_once<T: Copy + std::fmt::Debug>(all: &[T], n: usize, number: impl Fn(T) -> usize) {
+    let mut numbers: Vec<usize> = all.iter().map(|&v| number(v)).collect();
+    numbers.sort_unstable();
+    assert_eq!(numbers, (0..n).collect::<Vec<_>>(), "{all:?}");
+}
+
 #[test]
 fn every_close_reason_and_reject_status_is_exported() {
     let backend = echo_backend();
@@ -182,56 +189,40 @@ fn every_close_reason_and_reject_status_is_exported() {
     let m = scrape(p.admin, "/metrics");
     drop(t);
 
-    // Every variant by name, and the match has no wildcard: a new reason does not compile here
-    // until it is listed, and the test then fails until `CloseReason::ALL` (which the export
-    // iterates) has it.
+    // Every variant has a number by a match without wildcard: a new reason does not compile
+    // here until it is numbered, and the test then fails until `CloseReason::ALL` (which the
+    // export iterates) has it.
     use CloseReason::*;
-    let every = [
-        Done,
-        IdleTimeout,
-        HalfCloseTimeout,
-        ClientReset,
-        BackendReset,
-        Drain,
-    ];
-    for r in every {
-        match r {
-            Done | IdleTimeout | HalfCloseTimeout | ClientReset | BackendReset | Drain => {}
-        }
+    let numbered = |r: CloseReason| match r {
+        Done => 0,
+        IdleTimeout => 1,
+        HalfCloseTimeout => 2,
+        ClientReset => 3,
+        BackendReset => 4,
+        Drain => 5,
+    };
+    assert_each_once(&CloseReason::ALL, 6, numbered);
+    for r in CloseReason::ALL {
         assert_eq!(sample(&m, &closed(r)), 0, "{r:?}");
     }
     // The same for the kinds of handshake failure and the statuses they are answered with.
-    let every = [
-        Reject::BadRequest(wsplice::core::status::BadRequest::Syntax),
-        Reject::Forbidden,
-        Reject::NoRoute,
-        Reject::Connect,
-        Reject::HandshakeTimeout,
-        Reject::LengthRequired,
-        Reject::UriTooLong,
-        Reject::NotUpgrade,
-        Reject::HeadTooLarge,
-        Reject::BackendFailed(wsplice::core::status::BackendFailure::Refused),
-        Reject::TooManyFromIp,
-        Reject::Overloaded,
-        Reject::BackendTimeout,
-    ];
-    for r in every {
-        match r {
-            Reject::BadRequest(_)
-            | Reject::Forbidden
-            | Reject::NoRoute
-            | Reject::Connect
-            | Reject::HandshakeTimeout
-            | Reject::LengthRequired
-            | Reject::UriTooLong
-            | Reject::NotUpgrade
-            | Reject::HeadTooLarge
-            | Reject::BackendFailed(_)
-            | Reject::TooManyFromIp
-            | Reject::Overloaded
-            | Reject::BackendTimeout => {}
-        }
+    let numbered = |r: Reject| match r {
+        Reject::BadRequest(_) => 0,
+        Reject::Forbidden => 1,
+        Reject::NoRoute => 2,
+        Reject::Connect => 3,
+        Reject::HandshakeTimeout => 4,
+        Reject::LengthRequired => 5,
+        Reject::UriTooLong => 6,
+        Reject::NotUpgrade => 7,
+        Reject::HeadTooLarge => 8,
+        Reject::BackendFailed(_) => 9,
+        Reject::TooManyFromIp => 10,
+        Reject::Overloaded => 11,
+        Reject::BackendTimeout => 12,
+    };
+    assert_each_once(&Reject::ALL, 13, numbered);
+    for r in Reject::ALL {
         let name = format!(
             "wsplice_handshake_rejects_total{{status=\"{}\"}}",
             r.status()
