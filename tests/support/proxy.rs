@@ -828,6 +828,13 @@ impl Proxy {
         self.admin
     }
 
+    /// Each `(sample, value)` as [`Proxy::metric`] reads it; a mismatch names the sample.
+    pub fn assert_metrics(&self, want: &[(&str, u64)]) {
+        for &(name, value) in want {
+            assert_eq!(self.metric(name), value, "{name}");
+        }
+    }
+
     /// The body of an admin GET.
     pub fn scrape(&self, path: &str) -> String {
         let admin = self.admin.expect("the config has no admin listener");
