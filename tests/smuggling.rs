@@ -1298,13 +1298,7 @@ e2e!(hostile_heads, |relay| async move {
         let total: usize = by.values().sum();
         println!("  {c:<20} {total:>4}  {by:?}");
     }
-    assert!(
-        failures.is_empty(),
-        "{} of {} rows failed:\n  {}",
-        failures.len(),
-        rows.len(),
-        failures.join("\n  ")
-    );
+    assert_rows_passed(&failures, rows.len());
 });
 
 // On a route with `http = false` the rows that are not upgrades keep their 426 (and the plain
@@ -1382,8 +1376,7 @@ e2e!(pipelined_request_is_tunnel_data, |relay| async move {
     .await;
     assert_eq!(backend.accepted(), 1, "one backend connection");
     // And the tunnel still works both ways.
-    pump(&mut client, &mut server, b"up", "client to backend").await;
-    pump(&mut server, &mut client, b"down", "backend to client").await;
+    pump_both_ways(&mut client, &mut server, b"up", b"down").await;
 });
 
 /// The backend reads [`SECOND`], byte for byte.
