@@ -8,43 +8,18 @@
 mod support;
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
-use support::blocking::{eventually, try_read_head as read_head};
-use support::{raise_test_fd_limit, route, upgrade_request, ProxyBuilder, Relay, ACCEPT};
+use support::blocking::{echo_101_backend, echoing_tunnel, eventually};
+use support::{raise_test_fd_limit, route, ProxyBuilder, Relay};
 use wsplice::config::Config;
 use wsplice::core::relay::CloseReason;
 use wsplice::core::status::Reject;
 use wsplice::driver::{admin, stats, Server};
 
-/// A blocking tunnel backend: answers any head with a 101, then echoes until EOF.
+/// A blocking tunnel backend: answers any upgrade with a 101, then echoes until EOF.
 fn echo_backend() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind backend");
-    let addr = l.local_addr().expect("backend addr");
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            std::thread::spawn(move || {
-                if read_head(&mut s).is_err() {
-                    return;
-                }
-                let answer = format!(
-                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
-                    ACCEPT
-                );
-                if s.write_all(answer.as_bytes()).is_err() {
-                    return;
-                }
-                let mut r = match s.try_clone() {
-                    Ok(r) => r,
-                    Err(_) => return,
-                };
-                let _ = std::io::copy(&mut r, &mut s);
-                let _ = s.shutdown(Shutdown::Write);
-            });
-        }
-    });
-    addr
+    echo_101_backend()
 }
 
 /// The proxy in-process, with its admin listener, as `main.rs` starts them.
@@ -99,21 +74,7 @@ fn closed(reason: CloseReason) -> String {
 
 /// Opens a tunnel through the proxy and checks that it echoes.
 fn tunnel(proxy: SocketAddr) -> TcpStream {
-    let mut s = TcpStream::connect(proxy).expect("connect to the proxy");
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    s.write_all(&upgrade_request("/t", &[])).expect("upgrade");
-    let head = read_head(&mut s).expect("the proxy answers");
-    assert!(
-        head.starts_with(b"HTTP/1.1 101 "),
-        "{:?}",
-        String::from_utf8_lossy(&head)
-    );
-    s.write_all(b"ping").expect("write");
-    let mut back = [0u8; 4];
-    s.read_exact(&mut back).expect("echo");
-    assert_eq!(&back, b"ping");
-    s
+    echoing_tunnel(proxy, "/t", Duration::from_secs(5))
 }
 
 /// Reads until EOF or a reset: the proxy closed its side.

@@ -273,6 +273,22 @@ pub mod blocking {
         s
     }
 
+    /// A tunnel on `path` to an echoing backend, checked with one echo; its reads time out
+    /// after `wait`.
+    pub fn echoing_tunnel(proxy: SocketAddr, path: &str, wait: Duration) -> TcpStream {
+        let mut s = TcpStream::connect(proxy).expect("connect to the proxy");
+        s.set_read_timeout(Some(wait)).expect("timeout");
+        s.write_all(&upgrade_request(path, &[])).expect("upgrade");
+        let head = try_read_head(&mut s).expect("the proxy answers");
+        assert!(
+            head.starts_with(b"HTTP/1.1 101 "),
+            "{path}: {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        roundtrip(&mut s, b"ping");
+        s
+    }
+
     /// Writes `msg` into a tunnel to an echoing backend and expects it back.
     pub fn roundtrip(s: &mut TcpStream, msg: &[u8]) {
         s.write_all(msg).expect("tunnel write");
