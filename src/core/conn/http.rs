@@ -512,12 +512,8 @@ impl Exchange {
                 },
                 Ok(n),
             ) => {
-                self.down_pos += n;
+                sent(&mut self.down, &mut self.down_pos, n);
                 self.down_bytes += n as u64;
-                if self.down_pos >= self.down.len() {
-                    self.down = Vec::new();
-                    self.down_pos = 0;
-                }
                 self.touch(t);
             }
             (
@@ -530,12 +526,8 @@ impl Exchange {
                 match self.writing {
                     Out::Head => self.head_pos += n,
                     Out::Up | Out::Down => {
-                        self.up_pos += n;
+                        sent(&mut self.up, &mut self.up_pos, n);
                         self.body_sent += n as u64;
-                        if self.up_pos >= self.up.len() {
-                            self.up = Vec::new();
-                            self.up_pos = 0;
-                        }
                     }
                 }
                 self.touch(t);
@@ -643,4 +635,13 @@ fn write(side: Side) -> Step {
         side,
         src: Src::Held,
     })
+}
+
+/// `n` more bytes of `buf` went out, from `*pos` on; a buffer written to its end is freed.
+fn sent(buf: &mut Vec<u8>, pos: &mut usize, n: usize) {
+    *pos += n;
+    if *pos >= buf.len() {
+        *buf = Vec::new();
+        *pos = 0;
+    }
 }
