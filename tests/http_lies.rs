@@ -17,14 +17,17 @@ use std::time::{Duration, Instant};
 use http::*;
 use support::*;
 
-async fn proxy_to(backend: &RawBackend, keys: &[(&str, &str)]) -> Proxy {
+/// A proxy with one route to a new raw backend, `keys` set on the route.
+async fn proxy_to_raw(keys: &[(&str, &str)]) -> (Proxy, RawBackend) {
+    let backend = RawBackend::start().await;
     let mut route = r("/", &[backend.addr]);
     for (k, v) in keys {
         route = route.key(k, v);
     }
-    with_routes(Proxy::builder(Relay::Auto), &[route])
+    let p = with_routes(Proxy::builder(Relay::Auto), &[route])
         .start()
-        .await
+        .await;
+    (p, backend)
 }
 
 /// A request on a new client connection; the backend's side of it, head read.
@@ -34,6 +37,14 @@ async fn exchange(p: &Proxy, backend: &RawBackend, req: &[u8]) -> (Peer, Peer, M
     let mut b = Peer::new(backend.next_conn().await);
     let head = b.head().await.expect("request head at the backend");
     (c, b, head)
+}
+
+/// `GET /` through a proxy to a new raw backend: the proxy, the backend, the client's end and
+/// the backend's end (its head read).
+async fn a_get() -> (Proxy, RawBackend, Peer, Peer) {
+    let (p, backend) = proxy_to_raw(&[]).await;
+    let (c, b, _) = exchange(&p, &backend, &get("/", &[])).await;
+    (p, backend, c, b)
 }
 
 /// The next request of the proxy goes to a new backend connection, not `old`.
@@ -54,9 +65,7 @@ async fn next_request_uses_a_new_connection(p: &Proxy, backend: &RawBackend, old
 #[test]
 fn content_length_shorter_than_the_body_sent() {
     run_auto(|_| async {
-        let backend = RawBackend::start().await;
-        let p = proxy_to(&backend, &[]).await;
-        let (mut c, mut b, _) = exchange(&p, &backend, &get("/", &[])).await;
+        let (p, backend, mut c, mut b) = a_get().await;
         // Says 5, sends 11: the extra bytes must neither reach the client as a next answer nor
         // stay in a pooled connection.
         b.send(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloHTTP/1.1")
@@ -75,9 +84,7 @@ fn content_length_shorter_than_the_body_sent() {
 #[test]
 fn content_length_longer_than_the_body_sent() {
     run_auto(|_| async {
-        let backend = RawBackend::start().await;
-        let p = proxy_to(&backend, &[]).await;
-        let (mut c, b, _) = exchange(&p, &backend, &get("/", &[])).await;
+        let (p, backend, mut c, b) = a_get().await;
         let mut b = b;
         b.send(b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\nshort")
             .await;
@@ -93,8 +100,7 @@ fn content_length_longer_than_the_body_sent() {
 #[test]
 fn broken_chunked_answer_cuts_the_client_off() {
     run_auto(|_| async {
-        let backend = RawBackend::start().await;
-        let p = proxy_to(&backend, &[]).await;
+        let (p, backend) = proxy_to_raw(&[]).await;
         for garbage in [
             &b"zz\r\nhello\r\n"[..],
             b"5\r\nhelloXX",
@@ -125,9 +131,7 @@ fn broken_chunked_answer_cuts_the_client_off() {
 #[test]
 fn switching_protocols_to_a_plain_request_is_a_502() {
     run_auto(|_| async {
-        let backend = RawBackend::start().await;
-        let p = proxy_to(&backend, &[]).await;
-        let (mut c, mut b, _) = exchange(&p, &backend, &get("/", &[])).await;
+        let (p, backend, mut c, mut b) = a_get().await;
         b.send(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x05hello")
             .await;
         let a = c.answer("GET").await;
@@ -141,8 +145,7 @@ fn switching_protocols_to_a_plain_request_is_a_502() {
 #[test]
 fn early_answer_before_the_body_closes_after_it() {
     run_auto(|_| async {
-        let backend = RawBackend::start().await;
-        let p = proxy_to(&backend, &[]).await;
+        let (p, backend) = proxy_to_raw(&[]).await;
         let mut req =
             b"POST /up HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\r\n".to_vec();
         req.extend_from_slice(&[b'a'; 1000]);
@@ -168,8 +171,7 @@ fn early_answer_before_the_body_closes_after_it() {
 #[test]
 fn backend_that_closes_before_answering_is_a_502_and_one_that_stalls_a_504() {
     run_auto(|_| async {
-        let backend = RawBackend::start().await;
-        let p = proxy_to(&backend, &[("response_timeout", "\"500ms\"")]).await;
+        let (p, backend) = proxy_to_raw(&[("response_timeout", "\"500ms\"")]).await;
         let (mut c, b, _) = exchange(&p, &backend, &request("POST", "/", &[], b"x")).await;
         drop(b);
         let a = c.answer("POST").await;
@@ -257,8 +259,7 @@ fn slow_body_gets_408_and_idle_keep_alive_is_closed_quietly() {
 #[test]
 fn client_gone_mid_body_never_returns_the_backend_connection_to_the_pool() {
     run_auto(|_| async {
-        let backend = RawBackend::start().await;
-        let p = proxy_to(&backend, &[]).await;
+        let (p, backend) = proxy_to_raw(&[]).await;
         let (c, mut b, mut head) = exchange(
             &p,
             &backend,
@@ -287,8 +288,7 @@ fn client_gone_mid_body_never_returns_the_backend_connection_to_the_pool() {
 #[test]
 fn chunked_request_breaking_midway_reaches_the_backend_cut_off() {
     run_auto(|_| async {
-        let backend = RawBackend::start().await;
-        let p = proxy_to(&backend, &[]).await;
+        let (p, backend) = proxy_to_raw(&[]).await;
         let (mut c, mut b, _) = exchange(
             &p,
             &backend,
@@ -315,8 +315,7 @@ fn chunked_request_breaking_midway_reaches_the_backend_cut_off() {
 #[test]
 fn websocket_only_route_answers_426() {
     run_auto(|_| async {
-        let backend = RawBackend::start().await;
-        let p = proxy_to(&backend, &[("http", "false")]).await;
+        let (p, backend) = proxy_to_raw(&[("http", "false")]).await;
         let mut c = Peer::connect(p.addr()).await;
         c.send(&get("/", &[])).await;
         let a = c.answer("GET").await;
