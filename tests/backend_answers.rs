@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 async fn one_backend(relay: Relay) -> (Proxy, RawBackend) {
@@ -318,7 +318,7 @@ e2e!(pipelined_bulk_held_until_101, |relay| async move {
     let mut first_write = upgrade_request("/b", &[]);
     first_write.extend_from_slice(&frame);
     let client = connect(&proxy).await;
-    let (mut client_r, mut client_w) = client.into_split();
+    let (mut client_r, client_w) = client.into_split();
     let writer = write_in_background(client_w, first_write, "client writes head + 256 KiB");
     let (mut server, head) = backend.next_head_alone().await;
     answer_101_after_silence(&mut server, &head, Duration::from_millis(150)).await;
@@ -331,7 +331,7 @@ e2e!(pipelined_bulk_held_until_101, |relay| async move {
 
 e2e!(backend_101_with_bulk_data, |relay| async move {
     let (proxy, backend) = one_backend(relay).await;
-    let (mut client, mut server, head) = upgrade_to(&proxy, &backend).await;
+    let (mut client, server, head) = upgrade_to(&proxy, &backend).await;
     let mut answer = response_101(&head);
     answer.extend_from_slice(&server_frame(0x2, &pattern(1 << 20, 3)));
     let expected = answer.clone();

@@ -84,7 +84,7 @@ fn content_length_shorter_than_the_body_sent() {
 #[test]
 fn content_length_longer_than_the_body_sent() {
     run_auto(|_| async {
-        let (p, backend, mut c, b) = a_get().await;
+        let (_p, _backend, mut c, b) = a_get().await;
         let mut b = b;
         b.send(b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\nshort")
             .await;
@@ -131,7 +131,7 @@ fn broken_chunked_answer_cuts_the_client_off() {
 #[test]
 fn switching_protocols_to_a_plain_request_is_a_502() {
     run_auto(|_| async {
-        let (p, backend, mut c, mut b) = a_get().await;
+        let (_p, _backend, mut c, mut b) = a_get().await;
         b.send(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x05hello")
             .await;
         let a = c.answer("GET").await;

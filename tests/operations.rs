@@ -6,7 +6,7 @@ mod support;
 
 use nix::sys::signal::Signal;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use support::blocking::eventually;

@@ -162,7 +162,8 @@ drivers!(
     super::proxy_header_refused_from_untrusted_peers_and_required_on_its_listener
 );
 fn proxy_header_refused_from_untrusted_peers_and_required_on_its_listener(d: Driver) {
-    let (p, seen) = behind_balancer(d, "10.0.0.0/8");
+    let (b, seen) = backend(None);
+    let p = proxy_in(proxy(b, d), "10.0.0.0/8").blocking_start();
     let (_s, code) = exchange(
         p.addr(),
         b"PROXY TCP4 203.0.113.7 127.0.0.1 56324 443\r\n",

@@ -8,8 +8,6 @@ mod support;
 
 use nix::sys::signal::Signal;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::blocking::eventually;
 use support::{

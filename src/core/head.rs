@@ -132,7 +132,8 @@ mod tests {
     fn precheck_table() {
         let bad = |r| Err(Reject::BadRequest(r));
         // Each outcome with the heads that must get it.
-        let cases: &[(Result<(), Reject>, &[&[u8]])] = &[
+        type Case = (Result<(), Reject>, &'static [&'static [u8]]);
+        let cases: &[Case] = &[
             (Ok(()), &[b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"]),
             (
                 bad(BadRequest::BareLineEnding),

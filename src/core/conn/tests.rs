@@ -175,7 +175,7 @@ fn upgrade_to_relay_step_by_step() {
     // The relay reads what the client sent meanwhile, then writes the 101 to the client.
     let read = r.expect_read(Side::Client);
     r.complete(read, Err(io::ErrorKind::WouldBlock.into()));
-    let w = r.expect_held_write(Side::Client);
+    r.expect_held_write(Side::Client);
     assert_eq!(r.conn.out_bytes(), OK101);
     // Drain: the relay ends with its reason, its slot, its IP and its backend id.
     r.conn.handle(Event::Drain, &r.t);
