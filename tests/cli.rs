@@ -4,21 +4,10 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{wait_for_exit, TempFile};
-
-fn wsplice(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wsplice"))
-        .args(args)
-        .output()
-        .expect("run wsplice")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use support::{text, wait_for_exit, wsplice, TempFile};
 
 fn example() -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))

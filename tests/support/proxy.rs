@@ -9,7 +9,7 @@ use std::future::Future;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::Mutex;
@@ -166,6 +166,19 @@ where
             relay.driver.as_str()
         );
     }
+}
+
+/// Runs the wsplice binary with `args` to its end (a command such as `--check` or `import`).
+pub fn wsplice(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wsplice"))
+        .args(args)
+        .output()
+        .expect("run wsplice")
+}
+
+/// Bytes of a child's output as text.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// A tokio runtime with `workers` threads, for a `#[test]` that drives its own async steps.
