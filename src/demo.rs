@@ -59,28 +59,12 @@ pub const PAGE: &str = include_str!("demo_page.html");
 pub fn start_demo_page() -> io::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
-    thread::Builder::new()
-        .name("demo-page".into())
-        .spawn(move || loop {
-            match listener.accept() {
-                Ok((stream, _)) => {
-                    let spawned =
-                        thread::Builder::new()
-                            .name("demo-page-conn".into())
-                            .spawn(move || {
-                                // Errors only mean the client left or misbehaved.
-                                let _ = serve_page(stream);
-                            });
-                    if let Err(e) = spawned {
-                        eprintln!("wsplice: demo-page: cannot start a connection thread: {e}");
-                    }
-                }
-                Err(e) => {
-                    eprintln!("wsplice: demo-page: accept failed: {e}");
-                    thread::sleep(Duration::from_millis(100));
-                }
-            }
-        })?;
+    accept_each("demo-page", listener, |stream| {
+        move || {
+            // Errors only mean the client left or misbehaved.
+            let _ = serve_page(stream);
+        }
+    })?;
     Ok(addr)
 }
 
@@ -151,21 +135,33 @@ fn spawn_acceptor(
     serve: fn(WebSocket<TcpStream>) -> tungstenite::Result<()>,
     live: Arc<AtomicUsize>,
 ) -> io::Result<()> {
+    accept_each(name, listener, move |stream| {
+        live.fetch_add(1, Ordering::Relaxed);
+        let guard = Live(live.clone());
+        move || {
+            let _guard = guard;
+            // Errors only mean the client left or misbehaved: nothing to report.
+            let _ = handshake(stream).map(serve);
+        }
+    })
+}
+
+/// Accepts on `listener` in a thread named `name`; each connection is handed to `conn` there,
+/// and what it returns runs in a thread of its own (`{name}-conn`).
+fn accept_each<F, G>(name: &'static str, listener: TcpListener, conn: F) -> io::Result<()>
+where
+    F: Fn(TcpStream) -> G + Send + 'static,
+    G: FnOnce() + Send + 'static,
+{
     thread::Builder::new()
         .name(name.into())
         .spawn(move || loop {
             match listener.accept() {
                 Ok((stream, _)) => {
-                    live.fetch_add(1, Ordering::Relaxed);
-                    let guard = Live(live.clone());
-                    let spawned =
-                        thread::Builder::new()
-                            .name(format!("{name}-conn"))
-                            .spawn(move || {
-                                let _guard = guard;
-                                // Errors only mean the client left or misbehaved: nothing to report.
-                                let _ = handshake(stream).map(serve);
-                            });
+                    let job = conn(stream);
+                    let spawned = thread::Builder::new()
+                        .name(format!("{name}-conn"))
+                        .spawn(job);
                     if let Err(e) = spawned {
                         eprintln!("wsplice: {name}: cannot start a connection thread: {e}");
                     }

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 async fn one_backend(relay: Relay) -> (Proxy, RawBackend) {
@@ -260,14 +260,19 @@ e2e_tls_backend!(refused_backend_skipped, |relay| async move {
     assert_eq!(good.accepted(), 4);
 });
 
-e2e!(every_backend_refused_is_502, |relay| async move {
-    let (r1, r2) = (RefusedPort::new(), RefusedPort::new());
+/// An upgrade on a route whose every backend fails (`what`: how) is answered 502.
+async fn every_backend_failing_is_502(relay: Relay, backends: &[SocketAddr], what: &str) {
     let proxy = Proxy::builder(relay)
-        .route(route("/", &[r1.addr, r2.addr]))
+        .route(route("/", backends))
         .start()
         .await;
     let (resp, _) = send_and_read_all(&proxy, &upgrade_request("/x", &[])).await;
-    assert_status(&resp, 502, "every backend refused");
+    assert_status(&resp, 502, what);
+}
+
+e2e!(every_backend_refused_is_502, |relay| async move {
+    let (r1, r2) = (RefusedPort::new(), RefusedPort::new());
+    every_backend_failing_is_502(relay, &[r1.addr, r2.addr], "every backend refused").await;
 });
 
 e2e!(
@@ -275,12 +280,7 @@ e2e!(
     |relay| async move {
         let r1 = RawBackend::start_with(Behavior::Reset).await;
         let r2 = RawBackend::start_with(Behavior::Reset).await;
-        let proxy = Proxy::builder(relay)
-            .route(route("/", &[r1.addr, r2.addr]))
-            .start()
-            .await;
-        let (resp, _) = send_and_read_all(&proxy, &upgrade_request("/x", &[])).await;
-        assert_status(&resp, 502, "every backend reset");
+        every_backend_failing_is_502(relay, &[r1.addr, r2.addr], "every backend reset").await;
         let (n1, n2) = (r1.accepted(), r2.accepted());
         assert!(
             n1 <= 1 && n2 <= 1 && n1 + n2 >= 1,
@@ -307,20 +307,8 @@ e2e!(backend_101_in_pieces, |relay| async move {
     let (resp, rest) = read_head(&mut client).await;
     assert_eq!(resp, answer, "the 101 should arrive unchanged");
     assert!(rest.is_empty());
-    pump(
-        &mut client,
-        &mut server,
-        &client_frame(0x1, b"up"),
-        "client -> backend",
-    )
-    .await;
-    pump(
-        &mut server,
-        &mut client,
-        &server_frame(0x1, b"down"),
-        "backend -> client",
-    )
-    .await;
+    let (up, down) = (client_frame(0x1, b"up"), server_frame(0x1, b"down"));
+    pump_both_ways(&mut client, &mut server, &up, &down).await;
 });
 
 e2e!(pipelined_bulk_held_until_101, |relay| async move {
@@ -330,47 +318,24 @@ e2e!(pipelined_bulk_held_until_101, |relay| async move {
     let mut first_write = upgrade_request("/b", &[]);
     first_write.extend_from_slice(&frame);
     let client = connect(&proxy).await;
-    let (mut client_r, mut client_w) = client.into_split();
-    let writer = tokio::spawn(async move {
-        client_w
-            .write_all(&first_write)
-            .await
-            .expect("client writes head + 256 KiB");
-        client_w
-    });
+    let (mut client_r, client_w) = client.into_split();
+    let writer = write_in_background(client_w, first_write, "client writes head + 256 KiB");
     let (mut server, head) = backend.next_head_alone().await;
     answer_101_after_silence(&mut server, &head, Duration::from_millis(150)).await;
     let got = read_exact_n(&mut server, frame.len(), "backend reads the held bytes").await;
     assert!(got == frame, "held bytes differ");
-    let (resp, _) = tokio::time::timeout(STEP, async {
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 1024];
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = client_r.read(&mut chunk).await.expect("client reads");
-            assert!(n > 0, "EOF before the 101");
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        (buf, ())
-    })
-    .await
-    .expect("101 within STEP");
+    let (resp, _) = read_head(&mut client_r).await;
     assert_status(&resp, 101, "client");
     let _client_w = writer.await.expect("writer task");
 });
 
 e2e!(backend_101_with_bulk_data, |relay| async move {
     let (proxy, backend) = one_backend(relay).await;
-    let (mut client, mut server, head) = upgrade_to(&proxy, &backend).await;
+    let (mut client, server, head) = upgrade_to(&proxy, &backend).await;
     let mut answer = response_101(&head);
     answer.extend_from_slice(&server_frame(0x2, &pattern(1 << 20, 3)));
     let expected = answer.clone();
-    let writer = tokio::spawn(async move {
-        server
-            .write_all(&answer)
-            .await
-            .expect("backend writes 101 + 1 MiB");
-        server
-    });
+    let writer = write_in_background(server, answer, "backend writes 101 + 1 MiB");
     let got = read_exact_n(&mut client, expected.len(), "client reads 101 + 1 MiB").await;
     assert!(got == expected, "101 + 1 MiB arrived different");
     let _server = writer.await.expect("writer task");

@@ -11,15 +11,6 @@ mod http;
 use http::*;
 use support::*;
 
-fn run<F: std::future::Future<Output = ()>>(f: impl FnOnce(Relay) -> F) {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(support::run(Relay::Auto, f));
-}
-
 /// Two origins that answer with their name.
 async fn named_pair() -> (Origin, Origin) {
     (
@@ -36,7 +27,7 @@ async fn fetch(p: &Proxy, path: &str, extra: &[&str]) -> Msg {
 
 #[test]
 fn sticky_cookie_is_set_once_with_its_attributes_and_followed() {
-    run(|_| async {
+    run_auto(|_| async {
         let (a, b) = named_pair().await;
         let p = with_routes(
             Proxy::builder(Relay::Auto),
@@ -82,7 +73,7 @@ fn sticky_cookie_is_set_once_with_its_attributes_and_followed() {
 
 #[test]
 fn hash_by_header_keeps_each_key_on_one_backend() {
-    run(|_| async {
+    run_auto(|_| async {
         let (a, b) = named_pair().await;
         let p = with_routes(
             Proxy::builder(Relay::Auto),
@@ -108,7 +99,7 @@ fn hash_by_header_keeps_each_key_on_one_backend() {
 
 #[test]
 fn least_conn_sends_new_tunnels_to_the_emptiest_backend() {
-    run(|_| async {
+    run_auto(|_| async {
         let a = EchoBackend::start().await;
         let b = EchoBackend::start().await;
         // least_conn counts the connections of one process: with worker processes each

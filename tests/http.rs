@@ -23,19 +23,6 @@ async fn proxy(routes: &[R]) -> Proxy {
         .await
 }
 
-fn run_auto<F, Fut>(body: F)
-where
-    F: FnOnce(Relay) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(support::run(Relay::Auto, body));
-}
-
 #[test]
 fn get_and_post_by_length_and_chunked() {
     run_auto(|_| async {
@@ -69,13 +56,7 @@ fn get_and_post_by_length_and_chunked() {
         assert_eq!(a.header("connection"), None, "keep-alive is the default");
 
         let body = pattern(1 << 20, 7);
-        c.send(&request(
-            "POST",
-            "/app/upload",
-            &["Content-Type: application/octet-stream"],
-            &body,
-        ))
-        .await;
+        c.send(&post_octets("/app/upload", &body)).await;
         let a = c.answer("POST").await;
         assert_eq!(a.text(), format!("POST /upload {}", body.len()));
 

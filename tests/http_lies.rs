@@ -17,23 +17,17 @@ use std::time::{Duration, Instant};
 use http::*;
 use support::*;
 
-fn run<F: std::future::Future<Output = ()>>(f: impl FnOnce(Relay) -> F) {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(support::run(Relay::Auto, f));
-}
-
-async fn proxy_to(backend: &RawBackend, keys: &[(&str, &str)]) -> Proxy {
+/// A proxy with one route to a new raw backend, `keys` set on the route.
+async fn proxy_to_raw(keys: &[(&str, &str)]) -> (Proxy, RawBackend) {
+    let backend = RawBackend::start().await;
     let mut route = r("/", &[backend.addr]);
     for (k, v) in keys {
         route = route.key(k, v);
     }
-    with_routes(Proxy::builder(Relay::Auto), &[route])
+    let p = with_routes(Proxy::builder(Relay::Auto), &[route])
         .start()
-        .await
+        .await;
+    (p, backend)
 }
 
 /// A request on a new client connection; the backend's side of it, head read.
@@ -43,6 +37,14 @@ async fn exchange(p: &Proxy, backend: &RawBackend, req: &[u8]) -> (Peer, Peer, M
     let mut b = Peer::new(backend.next_conn().await);
     let head = b.head().await.expect("request head at the backend");
     (c, b, head)
+}
+
+/// `GET /` through a proxy to a new raw backend: the proxy, the backend, the client's end and
+/// the backend's end (its head read).
+async fn a_get() -> (Proxy, RawBackend, Peer, Peer) {
+    let (p, backend) = proxy_to_raw(&[]).await;
+    let (c, b, _) = exchange(&p, &backend, &get("/", &[])).await;
+    (p, backend, c, b)
 }
 
 /// The next request of the proxy goes to a new backend connection, not `old`.
@@ -62,10 +64,8 @@ async fn next_request_uses_a_new_connection(p: &Proxy, backend: &RawBackend, old
 
 #[test]
 fn content_length_shorter_than_the_body_sent() {
-    run(|_| async {
-        let backend = RawBackend::start().await;
-        let p = proxy_to(&backend, &[]).await;
-        let (mut c, mut b, _) = exchange(&p, &backend, &get("/", &[])).await;
+    run_auto(|_| async {
+        let (p, backend, mut c, mut b) = a_get().await;
         // Says 5, sends 11: the extra bytes must neither reach the client as a next answer nor
         // stay in a pooled connection.
         b.send(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloHTTP/1.1")
@@ -83,10 +83,8 @@ fn content_length_shorter_than_the_body_sent() {
 
 #[test]
 fn content_length_longer_than_the_body_sent() {
-    run(|_| async {
-        let backend = RawBackend::start().await;
-        let p = proxy_to(&backend, &[]).await;
-        let (mut c, b, _) = exchange(&p, &backend, &get("/", &[])).await;
+    run_auto(|_| async {
+        let (_p, _backend, mut c, b) = a_get().await;
         let mut b = b;
         b.send(b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\nshort")
             .await;
@@ -101,9 +99,8 @@ fn content_length_longer_than_the_body_sent() {
 
 #[test]
 fn broken_chunked_answer_cuts_the_client_off() {
-    run(|_| async {
-        let backend = RawBackend::start().await;
-        let p = proxy_to(&backend, &[]).await;
+    run_auto(|_| async {
+        let (p, backend) = proxy_to_raw(&[]).await;
         for garbage in [
             &b"zz\r\nhello\r\n"[..],
             b"5\r\nhelloXX",
@@ -133,10 +130,8 @@ fn broken_chunked_answer_cuts_the_client_off() {
 
 #[test]
 fn switching_protocols_to_a_plain_request_is_a_502() {
-    run(|_| async {
-        let backend = RawBackend::start().await;
-        let p = proxy_to(&backend, &[]).await;
-        let (mut c, mut b, _) = exchange(&p, &backend, &get("/", &[])).await;
+    run_auto(|_| async {
+        let (_p, _backend, mut c, mut b) = a_get().await;
         b.send(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x05hello")
             .await;
         let a = c.answer("GET").await;
@@ -149,9 +144,8 @@ fn switching_protocols_to_a_plain_request_is_a_502() {
 
 #[test]
 fn early_answer_before_the_body_closes_after_it() {
-    run(|_| async {
-        let backend = RawBackend::start().await;
-        let p = proxy_to(&backend, &[]).await;
+    run_auto(|_| async {
+        let (p, backend) = proxy_to_raw(&[]).await;
         let mut req =
             b"POST /up HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\r\n".to_vec();
         req.extend_from_slice(&[b'a'; 1000]);
@@ -176,9 +170,8 @@ fn early_answer_before_the_body_closes_after_it() {
 
 #[test]
 fn backend_that_closes_before_answering_is_a_502_and_one_that_stalls_a_504() {
-    run(|_| async {
-        let backend = RawBackend::start().await;
-        let p = proxy_to(&backend, &[("response_timeout", "\"500ms\"")]).await;
+    run_auto(|_| async {
+        let (p, backend) = proxy_to_raw(&[("response_timeout", "\"500ms\"")]).await;
         let (mut c, b, _) = exchange(&p, &backend, &request("POST", "/", &[], b"x")).await;
         drop(b);
         let a = c.answer("POST").await;
@@ -204,7 +197,7 @@ fn backend_that_closes_before_answering_is_a_502_and_one_that_stalls_a_504() {
 
 #[test]
 fn refused_backend_is_a_readable_502() {
-    run(|_| async {
+    run_auto(|_| async {
         let refused = RefusedPort::new();
         let p = with_routes(Proxy::builder(Relay::Auto), &[r("/", &[refused.addr])])
             .start()
@@ -220,7 +213,7 @@ fn refused_backend_is_a_readable_502() {
 
 #[test]
 fn slow_body_gets_408_and_idle_keep_alive_is_closed_quietly() {
-    run(|_| async {
+    run_auto(|_| async {
         let backend = RawBackend::start().await;
         let p = with_routes(
             Proxy::builder(Relay::Auto).timeout("client_idle", "400ms"),
@@ -265,9 +258,8 @@ fn slow_body_gets_408_and_idle_keep_alive_is_closed_quietly() {
 
 #[test]
 fn client_gone_mid_body_never_returns_the_backend_connection_to_the_pool() {
-    run(|_| async {
-        let backend = RawBackend::start().await;
-        let p = proxy_to(&backend, &[]).await;
+    run_auto(|_| async {
+        let (p, backend) = proxy_to_raw(&[]).await;
         let (c, mut b, mut head) = exchange(
             &p,
             &backend,
@@ -295,9 +287,8 @@ fn client_gone_mid_body_never_returns_the_backend_connection_to_the_pool() {
 
 #[test]
 fn chunked_request_breaking_midway_reaches_the_backend_cut_off() {
-    run(|_| async {
-        let backend = RawBackend::start().await;
-        let p = proxy_to(&backend, &[]).await;
+    run_auto(|_| async {
+        let (p, backend) = proxy_to_raw(&[]).await;
         let (mut c, mut b, _) = exchange(
             &p,
             &backend,
@@ -323,9 +314,8 @@ fn chunked_request_breaking_midway_reaches_the_backend_cut_off() {
 
 #[test]
 fn websocket_only_route_answers_426() {
-    run(|_| async {
-        let backend = RawBackend::start().await;
-        let p = proxy_to(&backend, &[("http", "false")]).await;
+    run_auto(|_| async {
+        let (p, backend) = proxy_to_raw(&[("http", "false")]).await;
         let mut c = Peer::connect(p.addr()).await;
         c.send(&get("/", &[])).await;
         let a = c.answer("GET").await;

@@ -40,11 +40,7 @@ fn fetch(s: &mut TcpStream, req: &[u8]) -> (u16, String) {
 
 #[test]
 fn requests_are_counted_by_class_and_route_and_logged_one_line_each() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = support::runtime(1);
     let origin = rt.block_on(http::Origin::start());
     let refused = support::RefusedPort::new();
     let log = std::env::temp_dir().join(format!("wsplice-http-log-{}.jsonl", std::process::id()));
@@ -145,11 +141,7 @@ fn requests_are_counted_by_class_and_route_and_logged_one_line_each() {
 
 #[test]
 fn a_stop_closes_idle_keep_alive_connections_at_once() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = support::runtime(1);
     let origin = rt.block_on(http::Origin::start());
     let toml = format!(
         "listen = [\"127.0.0.1:0\"]\nworkers = 2\n[timeouts]\ndrain = \"20s\"\n\

@@ -14,7 +14,7 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -49,17 +49,6 @@ impl Drop for Dir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-fn wsplice(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wsplice"))
-        .args(args)
-        .output()
-        .expect("run wsplice")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// `wsplice import KIND FILE`, which must succeed, and `wsplice --check` on what it printed,

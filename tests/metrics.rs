@@ -8,43 +8,18 @@
 mod support;
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
-use support::blocking::{eventually, try_read_head as read_head};
-use support::{raise_test_fd_limit, route, upgrade_request, ProxyBuilder, Relay, ACCEPT};
+use support::blocking::{echo_101_backend, echoing_tunnel, eventually};
+use support::{raise_test_fd_limit, route, ProxyBuilder, Relay};
 use wsplice::config::Config;
 use wsplice::core::relay::CloseReason;
 use wsplice::core::status::Reject;
 use wsplice::driver::{admin, stats, Server};
 
-/// A blocking tunnel backend: answers any head with a 101, then echoes until EOF.
+/// A blocking tunnel backend: answers any upgrade with a 101, then echoes until EOF.
 fn echo_backend() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind backend");
-    let addr = l.local_addr().expect("backend addr");
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            std::thread::spawn(move || {
-                if read_head(&mut s).is_err() {
-                    return;
-                }
-                let answer = format!(
-                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
-                    ACCEPT
-                );
-                if s.write_all(answer.as_bytes()).is_err() {
-                    return;
-                }
-                let mut r = match s.try_clone() {
-                    Ok(r) => r,
-                    Err(_) => return,
-                };
-                let _ = std::io::copy(&mut r, &mut s);
-                let _ = s.shutdown(Shutdown::Write);
-            });
-        }
-    });
-    addr
+    echo_101_backend()
 }
 
 /// The proxy in-process, with its admin listener, as `main.rs` starts them.
@@ -99,21 +74,7 @@ fn closed(reason: CloseReason) -> String {
 
 /// Opens a tunnel through the proxy and checks that it echoes.
 fn tunnel(proxy: SocketAddr) -> TcpStream {
-    let mut s = TcpStream::connect(proxy).expect("connect to the proxy");
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    s.write_all(&upgrade_request("/t", &[])).expect("upgrade");
-    let head = read_head(&mut s).expect("the proxy answers");
-    assert!(
-        head.starts_with(b"HTTP/1.1 101 "),
-        "{:?}",
-        String::from_utf8_lossy(&head)
-    );
-    s.write_all(b"ping").expect("write");
-    let mut back = [0u8; 4];
-    s.read_exact(&mut back).expect("echo");
-    assert_eq!(&back, b"ping");
-    s
+    echoing_tunnel(proxy, "/t", Duration::from_secs(5))
 }
 
 /// Reads until EOF or a reset: the proxy closed its side.
@@ -173,6 +134,13 @@ fn drain_counts_the_tunnels_it_closed() {
     }
 }
 
+/// `all` holds each of the `n` variants of its type exactly once, as `number` tells them apart.
+fn assert_each_once<T: Copy + std::fmt::Debug>(all: &[T], n: usize, number: impl Fn(T) -> usize) {
+    let mut numbers: Vec<usize> = all.iter().map(|&v| number(v)).collect();
+    numbers.sort_unstable();
+    assert_eq!(numbers, (0..n).collect::<Vec<_>>(), "{all:?}");
+}
+
 #[test]
 fn every_close_reason_and_reject_status_is_exported() {
     let backend = echo_backend();
@@ -182,56 +150,40 @@ fn every_close_reason_and_reject_status_is_exported() {
     let m = scrape(p.admin, "/metrics");
     drop(t);
 
-    // Every variant by name, and the match has no wildcard: a new reason does not compile here
-    // until it is listed, and the test then fails until `CloseReason::ALL` (which the export
-    // iterates) has it.
+    // Every variant has a number by a match without wildcard: a new reason does not compile
+    // here until it is numbered, and the test then fails until `CloseReason::ALL` (which the
+    // export iterates) has it.
     use CloseReason::*;
-    let every = [
-        Done,
-        IdleTimeout,
-        HalfCloseTimeout,
-        ClientReset,
-        BackendReset,
-        Drain,
-    ];
-    for r in every {
-        match r {
-            Done | IdleTimeout | HalfCloseTimeout | ClientReset | BackendReset | Drain => {}
-        }
+    let numbered = |r: CloseReason| match r {
+        Done => 0,
+        IdleTimeout => 1,
+        HalfCloseTimeout => 2,
+        ClientReset => 3,
+        BackendReset => 4,
+        Drain => 5,
+    };
+    assert_each_once(&CloseReason::ALL, 6, numbered);
+    for r in CloseReason::ALL {
         assert_eq!(sample(&m, &closed(r)), 0, "{r:?}");
     }
     // The same for the kinds of handshake failure and the statuses they are answered with.
-    let every = [
-        Reject::BadRequest(wsplice::core::status::BadRequest::Syntax),
-        Reject::Forbidden,
-        Reject::NoRoute,
-        Reject::Connect,
-        Reject::HandshakeTimeout,
-        Reject::LengthRequired,
-        Reject::UriTooLong,
-        Reject::NotUpgrade,
-        Reject::HeadTooLarge,
-        Reject::BackendFailed(wsplice::core::status::BackendFailure::Refused),
-        Reject::TooManyFromIp,
-        Reject::Overloaded,
-        Reject::BackendTimeout,
-    ];
-    for r in every {
-        match r {
-            Reject::BadRequest(_)
-            | Reject::Forbidden
-            | Reject::NoRoute
-            | Reject::Connect
-            | Reject::HandshakeTimeout
-            | Reject::LengthRequired
-            | Reject::UriTooLong
-            | Reject::NotUpgrade
-            | Reject::HeadTooLarge
-            | Reject::BackendFailed(_)
-            | Reject::TooManyFromIp
-            | Reject::Overloaded
-            | Reject::BackendTimeout => {}
-        }
+    let numbered = |r: Reject| match r {
+        Reject::BadRequest(_) => 0,
+        Reject::Forbidden => 1,
+        Reject::NoRoute => 2,
+        Reject::Connect => 3,
+        Reject::HandshakeTimeout => 4,
+        Reject::LengthRequired => 5,
+        Reject::UriTooLong => 6,
+        Reject::NotUpgrade => 7,
+        Reject::HeadTooLarge => 8,
+        Reject::BackendFailed(_) => 9,
+        Reject::TooManyFromIp => 10,
+        Reject::Overloaded => 11,
+        Reject::BackendTimeout => 12,
+    };
+    assert_each_once(&Reject::ALL, 13, numbered);
+    for r in Reject::ALL {
         let name = format!(
             "wsplice_handshake_rejects_total{{status=\"{}\"}}",
             r.status()

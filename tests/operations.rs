@@ -6,11 +6,14 @@ mod support;
 
 use nix::sys::signal::Signal;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use support::blocking::eventually;
-use support::{backend, open, route, traffic, Proxy, ProxyBuilder, RefusedPort, Relay, RelayMode};
+use support::{
+    assert_closed_at_drain_end, assert_listener_closes, backend, open, route, Busy, Proxy,
+    ProxyBuilder, RefusedPort, Relay, RelayMode,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -36,15 +39,13 @@ async fn sighup_reload_keeps_1000_tunnels_and_routes_new_connections_by_the_new_
     let addr = proxy.addr();
 
     // 1,000 established tunnels with traffic flowing.
-    let stop = Arc::new(AtomicBool::new(false));
-    let bytes = Arc::new(AtomicU64::new(0));
-    let mut tunnels = Vec::new();
+    let mut tunnels = Busy::new();
     for i in 0..1000 {
         let (s, name) = open(addr, "/a/x")
             .await
             .unwrap_or_else(|c| panic!("tunnel {i}: {c}"));
         assert_eq!(name, "A");
-        tunnels.push(tokio::spawn(traffic(s, stop.clone(), bytes.clone())));
+        tunnels.add(s);
     }
     // New connections keep arriving across the reload.
     let churn_stop = Arc::new(AtomicBool::new(false));
@@ -93,7 +94,7 @@ async fn sighup_reload_keeps_1000_tunnels_and_routes_new_connections_by_the_new_
 
     tokio::time::sleep(Duration::from_millis(500)).await;
     churn_stop.store(true, Ordering::Relaxed);
-    stop.store(true, Ordering::Relaxed);
+    let (records, bytes) = tunnels.stop("was disturbed by the reload").await;
     let seen = churn.await.expect("churn task");
     assert!(
         seen.iter().all(|r| r.is_ok()),
@@ -103,14 +104,7 @@ async fn sighup_reload_keeps_1000_tunnels_and_routes_new_connections_by_the_new_
         seen.iter().any(|r| r.as_deref() == Ok("A"))
             && seen.iter().any(|r| r.as_deref() == Ok("B"))
     );
-    let mut records = 0;
-    for (i, t) in tunnels.into_iter().enumerate() {
-        match t.await.expect("tunnel task") {
-            Ok(n) => records += n,
-            Err(e) => panic!("tunnel {i} was disturbed by the reload: {e}"),
-        }
-    }
-    assert_eq!(records * 32, bytes.load(Ordering::Relaxed));
+    assert_eq!(records * 32, bytes);
     assert!(
         records >= 1000 * 10,
         "traffic flowed on every tunnel ({records} records)"
@@ -128,14 +122,12 @@ async fn sigterm_drains_tunnels_then_exits_0(relay: Relay) {
         .start()
         .await;
     let addr = proxy.addr();
-    let stop = Arc::new(AtomicBool::new(false));
-    let bytes = Arc::new(AtomicU64::new(0));
-    let mut busy = Vec::new();
+    let mut busy = Busy::new();
     for _ in 0..20 {
         let (s, _) = open(addr, "/x").await.expect("tunnel");
-        busy.push(tokio::spawn(traffic(s, stop.clone(), bytes.clone())));
+        busy.add(s);
     }
-    let (mut lingering, _) = open(addr, "/x")
+    let (lingering, _) = open(addr, "/x")
         .await
         .expect("tunnel that outlives the drain");
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -143,37 +135,15 @@ async fn sigterm_drains_tunnels_then_exits_0(relay: Relay) {
     proxy.signal(Signal::SIGTERM);
 
     // No new connections once the listener is gone.
-    let mut refused = false;
-    for _ in 0..50 {
-        if TcpStream::connect(addr).await.is_err() {
-            refused = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(refused, "the listener still accepts after SIGTERM");
+    assert_listener_closes(addr, "the listener").await;
 
     // Tunnels that finish within the drain time lose nothing.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::Relaxed);
-    for (i, t) in busy.into_iter().enumerate() {
-        if let Err(e) = t.await.expect("tunnel task") {
-            panic!("tunnel {i} lost data during the drain: {e}");
-        }
-    }
-    assert!(bytes.load(Ordering::Relaxed) > 0);
+    let (_, bytes) = busy.stop("lost data during the drain").await;
+    assert!(bytes > 0);
 
     // The one left open is closed by the proxy when the drain time ends, then it exits 0.
-    let mut b = [0u8; 1];
-    let n = tokio::time::timeout(Duration::from_secs(5), lingering.read(&mut b))
-        .await
-        .expect("the proxy closes what is left after timeouts.drain")
-        .unwrap_or(0);
-    assert_eq!(n, 0);
-    assert!(
-        t0.elapsed() >= Duration::from_millis(1900),
-        "closed before the drain time"
-    );
+    assert_closed_at_drain_end(vec![lingering], t0).await;
     let status = tokio::task::block_in_place(|| proxy.wait_exit(Duration::from_secs(5)));
     assert_eq!(status.code(), Some(0));
 }
@@ -222,36 +192,17 @@ async fn metrics_count_exactly_what_happened(relay: Relay) {
         eventually("tunnels to close", Duration::from_secs(5), || {
             proxy.metric("wsplice_connections_active") == 0
         });
-        assert_eq!(proxy.metric("wsplice_tunnels_total"), 3);
-        assert_eq!(proxy.metric("wsplice_connections_accepted_total"), 7);
-        assert_eq!(
-            proxy.metric("wsplice_handshake_rejects_total{status=\"502\"}"),
-            1
-        );
-        assert_eq!(
-            proxy.metric("wsplice_handshake_rejects_total{status=\"404\"}"),
-            1
-        );
-        assert_eq!(
-            proxy.metric("wsplice_handshake_rejects_total{status=\"400\"}"),
-            1
-        );
-        assert_eq!(
-            proxy.metric("wsplice_handshake_rejects_total{status=\"405\"}"),
-            1
-        );
-        assert_eq!(
-            proxy.metric("wsplice_tunnels_closed_total{reason=\"done\"}"),
-            3
-        );
-        assert_eq!(
-            proxy.metric("wsplice_bytes_total{direction=\"client_to_backend\"}"),
-            3000
-        );
-        assert_eq!(
-            proxy.metric("wsplice_bytes_total{direction=\"backend_to_client\"}"),
-            3000
-        );
+        proxy.assert_metrics(&[
+            ("wsplice_tunnels_total", 3),
+            ("wsplice_connections_accepted_total", 7),
+            ("wsplice_handshake_rejects_total{status=\"502\"}", 1),
+            ("wsplice_handshake_rejects_total{status=\"404\"}", 1),
+            ("wsplice_handshake_rejects_total{status=\"400\"}", 1),
+            ("wsplice_handshake_rejects_total{status=\"405\"}", 1),
+            ("wsplice_tunnels_closed_total{reason=\"done\"}", 3),
+            ("wsplice_bytes_total{direction=\"client_to_backend\"}", 3000),
+            ("wsplice_bytes_total{direction=\"backend_to_client\"}", 3000),
+        ]);
         // 6,000 bytes in 1,000-byte bursts: spliced only when told to; auto copies bursts
         // below its 64 KiB threshold.
         let (spliced, copied) = if relay.mode == RelayMode::Splice {

@@ -97,13 +97,19 @@ fn proxy_in(b: ProxyBuilder, trusted: &str) -> ProxyBuilder {
     )
 }
 
+/// A proxy that expects PROXY headers from `trusted`, in front of a backend that reports what
+/// it saw.
+fn behind_balancer(d: Driver, trusted: &str) -> (Proxy, mpsc::Receiver<Seen>) {
+    let (b, seen) = backend(None);
+    (proxy_in(proxy(b, d), trusted).blocking_start(), seen)
+}
+
 drivers!(
     v1_from_a_trusted_balancer_names_the_client,
     super::v1_from_a_trusted_balancer_names_the_client
 );
 fn v1_from_a_trusted_balancer_names_the_client(d: Driver) {
-    let (b, seen) = backend(None);
-    let p = proxy_in(proxy(b, d), "127.0.0.1/32").blocking_start();
+    let (p, seen) = behind_balancer(d, "127.0.0.1/32");
     let (mut s, code) = exchange(
         p.addr(),
         b"PROXY TCP4 203.0.113.7 127.0.0.1 56324 443\r\n",
@@ -128,8 +134,7 @@ drivers!(
     super::v2_with_ipv6_from_a_trusted_balancer_names_the_client
 );
 fn v2_with_ipv6_from_a_trusted_balancer_names_the_client(d: Driver) {
-    let (b, seen) = backend(None);
-    let p = proxy_in(proxy(b, d), "127.0.0.1/32").blocking_start();
+    let (p, seen) = behind_balancer(d, "127.0.0.1/32");
     let mut v2 = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
     v2.extend_from_slice(&[0x21, 0x21, 0, 36]); // v2 PROXY, AF_INET6 STREAM, 36 bytes
     v2.extend_from_slice(

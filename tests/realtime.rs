@@ -116,6 +116,13 @@ async fn proxy(relay: Relay, route: R) -> Proxy {
     with_routes(Proxy::builder(relay), &[route]).start().await
 }
 
+/// Hash balancing on the `affinity` query parameter the clients add to every request.
+fn by_affinity(route: R) -> R {
+    route
+        .key("balance", "\"hash\"")
+        .key("hash_key", "\"query:affinity\"")
+}
+
 const SOCKETIO_CLIENTS: &str = "200";
 
 /// Under every relay mode: the sessions upgrade to WebSocket, which the relay carries.
@@ -138,13 +145,7 @@ async fn socketio_sessions_stick_by_cookie(relay: Relay, n: u64) {
 async fn socketio_sessions_stick_by_hash_and_not_without_stickiness(relay: Relay) {
     let (_a, s1) = server("socketio_server.js", "s1").await;
     let (_b, s2) = server("socketio_server.js", "s2").await;
-    let hashed = proxy(
-        relay,
-        r("/", &[s1, s2])
-            .key("balance", "\"hash\"")
-            .key("hash_key", "\"query:affinity\""),
-    )
-    .await;
+    let hashed = proxy(relay, by_affinity(r("/", &[s1, s2]))).await;
     let url = format!("http://{}", hashed.addr());
     let o = clients("socketio_clients.js", &[&url, SOCKETIO_CLIENTS, "affinity"]).await;
     assert_eq!((o.ok, o.failed), (200, 0), "hash: {}", o.raw);
@@ -172,14 +173,8 @@ async fn socketio_sessions_stick_by_hash_and_not_without_stickiness(relay: Relay
 async fn sockjs_xhr_transports_stick_by_hash_and_not_without_stickiness(relay: Relay) {
     let (_a, s1) = server("sockjs_server.js", "a").await;
     let (_b, s2) = server("sockjs_server.js", "b").await;
-    let hashed = proxy(
-        relay,
-        r("/", &[s1, s2])
-            .key("strip_prefix", "false")
-            .key("balance", "\"hash\"")
-            .key("hash_key", "\"query:affinity\""),
-    )
-    .await;
+    let route = r("/", &[s1, s2]).key("strip_prefix", "false");
+    let hashed = proxy(relay, by_affinity(route)).await;
     let url = format!("http://{}/echo", hashed.addr());
     for transport in ["xhr-streaming", "xhr-polling"] {
         let o = clients("sockjs_clients.js", &[&url, "50", transport]).await;
@@ -201,11 +196,7 @@ async fn sockjs_xhr_transports_stick_by_hash_and_not_without_stickiness(relay: R
 /// they would only slow each other down.
 #[test]
 fn socketio_and_sockjs_through_two_backends() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = support::runtime(2);
     rt.block_on(async {
         let all = async {
             // 200 sessions under the default relay mode, 50 under each of the others.

@@ -294,12 +294,7 @@ e2e!(rejects, |relay| async move {
         // The proxy still serves a normal WebSocket after each rejection.
         assert_still_serving(&proxy, "/echo", name).await;
     }
-    assert!(
-        failures.is_empty(),
-        "{} of {total} rows failed:\n  {}",
-        failures.len(),
-        failures.join("\n  ")
-    );
+    assert_rows_passed(&failures, total);
 });
 
 e2e!(max_headers_boundary_accepted, |relay| async move {

@@ -31,26 +31,30 @@ const PROXY_LINES: &str =
 /// The head the backend gets: `line`, Host, `fields` (as the proxy writes them), the proxy's
 /// lines; then `body` (as framed on the wire).
 fn fwd(line: &str, fields: &[&str], body: &[u8]) -> Vec<u8> {
+    message(line, fields, PROXY_LINES, body)
+}
+
+/// `POST / HTTP/1.1`, Host, `fields`, blank line: a head for body rows.
+fn post(fields: &[&str]) -> Vec<u8> {
+    post_with(fields, b"")
+}
+
+/// [`post`] with `bytes` after the head, in the same write.
+fn post_with(fields: &[&str], bytes: &[u8]) -> Vec<u8> {
+    message("POST / HTTP/1.1", fields, "\r\n", bytes)
+}
+
+/// `line`, Host, `fields`, `end` (the lines that end the head), then `body`.
+fn message(line: &str, fields: &[&str], end: &str, body: &[u8]) -> Vec<u8> {
     let mut s = format!("{line}\r\nHost: localhost\r\n");
     for f in fields {
         s.push_str(f);
         s.push_str("\r\n");
     }
-    s.push_str(PROXY_LINES);
+    s.push_str(end);
     let mut v = s.into_bytes();
     v.extend_from_slice(body);
     v
-}
-
-/// `POST / HTTP/1.1`, Host, `fields`, blank line: a head for body rows.
-fn post(fields: &[&str]) -> Vec<u8> {
-    let mut s = "POST / HTTP/1.1\r\nHost: localhost\r\n".to_owned();
-    for f in fields {
-        s.push_str(f);
-        s.push_str("\r\n");
-    }
-    s.push_str("\r\n");
-    s.into_bytes()
 }
 
 struct Row {
@@ -88,9 +92,7 @@ fn row(
 
 /// Refused at the head: 400, the backend gets nothing.
 fn refused(name: impl Into<String>, fields: &[&str], body: &[u8]) -> Row {
-    let mut head = post(fields);
-    head.extend_from_slice(body);
-    row(name, head, b"", &[400], Vec::new())
+    row(name, post_with(fields, body), b"", &[400], Vec::new())
 }
 
 fn table() -> Vec<Row> {
@@ -146,11 +148,9 @@ fn table() -> Vec<Row> {
         "transfer-encoding:chunked",
         "TRANSFER-ENCODING: \tCHUNKED\t",
     ] {
-        let mut head = post(&[te]);
-        head.extend_from_slice(chunked_body);
         t.push(row(
             format!("valid TE {te:?}"),
-            head,
+            post_with(&[te], chunked_body),
             b"",
             &[200],
             fwd(
@@ -162,20 +162,16 @@ fn table() -> Vec<Row> {
     }
     // A lookalike name is no framing: the request has no body, and what was meant as its body
     // is read as the next request and refused.
-    let mut head = post(&["Transfer_Encoding: chunked"]);
-    head.extend_from_slice(chunked_body);
     t.push(row(
         "Transfer_Encoding lookalike",
-        head,
+        post_with(&["Transfer_Encoding: chunked"], chunked_body),
         b"",
         &[200, 400],
         fwd("POST / HTTP/1.1", &[], b""),
     ));
-    let mut head = post(&["Content_Length: 5"]);
-    head.extend_from_slice(b"hello\r\n\r\n");
     t.push(row(
         "Content_Length lookalike",
-        head,
+        post_with(&["Content_Length: 5"], b"hello\r\n\r\n"),
         b"",
         &[200, 400],
         fwd("POST / HTTP/1.1", &[], b""),
@@ -205,11 +201,9 @@ fn table() -> Vec<Row> {
         "Content-Length:  5  ",
         "Content-Length: 005",
     ] {
-        let mut head = post(&[cl]);
-        head.extend_from_slice(b"hello");
         t.push(row(
             format!("valid CL {cl:?}"),
-            head,
+            post_with(&[cl], b"hello"),
             b"",
             &[200],
             fwd("POST / HTTP/1.1", &["Content-Length: 5"], b"hello"),
@@ -276,11 +270,9 @@ fn table() -> Vec<Row> {
         ),
     ];
     for &(name, body, canonical) in valid {
-        let mut head = post(&[te]);
-        head.extend_from_slice(body);
         t.push(row(
             format!("chunked: {name}"),
-            head,
+            post_with(&[te], body),
             b"",
             &[200],
             fwd("POST / HTTP/1.1", &[te], canonical),
@@ -288,8 +280,10 @@ fn table() -> Vec<Row> {
     }
 
     // A body longer than its Content-Length: the rest is the next request, checked like any.
-    let mut head = post(&["Content-Length: 5"]);
-    head.extend_from_slice(b"helloGET /second HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    let head = post_with(
+        &["Content-Length: 5"],
+        b"helloGET /second HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    );
     let mut both = fwd("POST / HTTP/1.1", &["Content-Length: 5"], b"hello");
     both.extend_from_slice(&fwd("GET /second HTTP/1.1", &[], b""));
     t.push(row(
@@ -299,17 +293,20 @@ fn table() -> Vec<Row> {
         &[200, 200],
         both,
     ));
-    let mut head = post(&["Content-Length: 5"]);
-    head.extend_from_slice(b"helloGET /x HTTP/1.1\nHost: localhost\r\n\r\n");
     t.push(row(
         "body longer than CL: a malformed rest",
-        head,
+        post_with(
+            &["Content-Length: 5"],
+            b"helloGET /x HTTP/1.1\nHost: localhost\r\n\r\n",
+        ),
         b"",
         &[200, 400],
         fwd("POST / HTTP/1.1", &["Content-Length: 5"], b"hello"),
     ));
-    let mut head = post(&[te]);
-    head.extend_from_slice(b"0\r\n\r\nGET /second HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    let head = post_with(
+        &[te],
+        b"0\r\n\r\nGET /second HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    );
     let mut both = fwd("POST / HTTP/1.1", &[te], b"0\r\n\r\n");
     both.extend_from_slice(&fwd("GET /second HTTP/1.1", &[], b""));
     t.push(row(
@@ -323,11 +320,9 @@ fn table() -> Vec<Row> {
     // A request hidden in a body stays body.
     let hidden = b"GET /admin HTTP/1.1\r\nHost: localhost\r\n\r\n";
     let cl = format!("Content-Length: {}", hidden.len());
-    let mut head = post(&[&cl]);
-    head.extend_from_slice(hidden);
     t.push(row(
         "request hidden in a CL body",
-        head,
+        post_with(&[&cl], hidden),
         b"",
         &[200],
         fwd("POST / HTTP/1.1", &[&cl], hidden),
@@ -335,11 +330,9 @@ fn table() -> Vec<Row> {
     let mut chunked = format!("{:x}\r\n", hidden.len()).into_bytes();
     chunked.extend_from_slice(hidden);
     chunked.extend_from_slice(b"\r\n0\r\n\r\n");
-    let mut head = post(&[te]);
-    head.extend_from_slice(&chunked);
     t.push(row(
         "request hidden in a chunk",
-        head,
+        post_with(&[te], &chunked),
         b"",
         &[200],
         fwd("POST / HTTP/1.1", &[te], &chunked),
@@ -419,11 +412,7 @@ async fn run_row(proxy: &Proxy, origin: &Origin, r: &Row) -> Result<(), String> 
 
 #[test]
 fn forwarded_request_smuggling() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = support::runtime(2);
     rt.block_on(async {
         let origin = Origin::start().await;
         let proxy = with_routes(Proxy::builder(Relay::Auto), &[r("/", &[origin.addr])])
@@ -444,12 +433,6 @@ fn forwarded_request_smuggling() {
             }
         }
         println!("{} forwarded-request smuggling rows", rows.len());
-        assert!(
-            failures.is_empty(),
-            "{} of {} rows failed:\n  {}",
-            failures.len(),
-            rows.len(),
-            failures.join("\n  ")
-        );
+        assert_rows_passed(&failures, rows.len());
     });
 }

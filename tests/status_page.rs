@@ -14,12 +14,12 @@ mod support;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::Duration;
-use support::blocking::{eventually, try_read_head as read_head};
+use support::blocking::{echoing_tunnel, eventually, serve_each, try_read_head as read_head};
 use support::browser::{chromium, run_chromium, text_of, Dom};
-use support::{route, upgrade_request, Driver, Proxy, ProxyBuilder, RefusedPort, ACCEPT};
+use support::{route, Driver, Proxy, ProxyBuilder, RefusedPort, ACCEPT};
 
 // ---------------------------------------------------------------------------------------------
 // The backend and the scenario
@@ -28,65 +28,42 @@ use support::{route, upgrade_request, Driver, Proxy, ProxyBuilder, RefusedPort, 
 /// A blocking backend: an upgrade gets a 101 and an echo (until EOF; `rst` makes it reset the
 /// connection); any other request gets `200 ok` and a close.
 fn backend() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind backend");
-    let addr = l.local_addr().expect("backend addr");
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            std::thread::spawn(move || {
-                let Ok(head) = read_head(&mut s) else { return };
-                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
-                if !head.contains("upgrade: websocket") {
-                    let _ = s.write_all(
-                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
-                    );
-                    return;
-                }
-                let answer = format!(
+    serve_each(|mut s| {
+        let Ok(head) = read_head(&mut s) else { return };
+        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        if !head.contains("upgrade: websocket") {
+            let _ =
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+            return;
+        }
+        let answer = format!(
                     "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {ACCEPT}\r\n\r\n"
                 );
-                if s.write_all(answer.as_bytes()).is_err() {
+        if s.write_all(answer.as_bytes()).is_err() {
+            return;
+        }
+        let mut b = [0u8; 4096];
+        loop {
+            match s.read(&mut b) {
+                Ok(0) | Err(_) => break,
+                Ok(n) if &b[..n] == b"rst" => {
+                    let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
                     return;
                 }
-                let mut b = [0u8; 4096];
-                loop {
-                    match s.read(&mut b) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) if &b[..n] == b"rst" => {
-                            let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
-                            return;
-                        }
-                        Ok(n) => {
-                            if s.write_all(&b[..n]).is_err() {
-                                return;
-                            }
-                        }
+                Ok(n) => {
+                    if s.write_all(&b[..n]).is_err() {
+                        return;
                     }
                 }
-                let _ = s.shutdown(Shutdown::Write);
-            });
+            }
         }
-    });
-    addr
+        let _ = s.shutdown(Shutdown::Write);
+    })
 }
 
 /// Opens a tunnel on `path` and checks that it echoes.
 fn tunnel(proxy: SocketAddr, path: &str) -> TcpStream {
-    let mut s = TcpStream::connect(proxy).expect("connect to the proxy");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    s.write_all(&upgrade_request(path, &[])).expect("upgrade");
-    let head = read_head(&mut s).expect("the proxy answers");
-    assert!(
-        head.starts_with(b"HTTP/1.1 101 "),
-        "{path}: {:?}",
-        String::from_utf8_lossy(&head)
-    );
-    s.write_all(b"ping").expect("write");
-    let mut back = [0u8; 4];
-    s.read_exact(&mut back).expect("echo");
-    assert_eq!(&back, b"ping");
-    s
+    echoing_tunnel(proxy, path, Duration::from_secs(10))
 }
 
 /// Reads until the proxy closes (EOF or reset).

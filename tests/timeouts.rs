@@ -96,8 +96,7 @@ async fn stays_open(relay: Relay, (timeout, quiet_ms, what): Quiet) {
     let (proxy, backend) = proxy_with(relay, &[timeout]).await;
     let (mut client, mut server) = raw_tunnel(&proxy, &backend, "/t").await;
     assert_silent(&mut client, Duration::from_millis(quiet_ms), what).await;
-    pump(&mut client, &mut server, b"alive", "client -> backend").await;
-    pump(&mut server, &mut client, b"alive", "backend -> client").await;
+    pump_both_ways(&mut client, &mut server, b"alive", b"alive").await;
 }
 
 const IDLE_ZERO: Quiet = (("idle", "0"), 800, "client side of an idle tunnel");

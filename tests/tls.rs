@@ -101,6 +101,55 @@ async fn still_serves(t: &Tls, certs: &Certs) {
     ws_echo_once(&mut ws, "still serving").await;
 }
 
+/// A wss:// proxy in front of a raw backend, and one client whose upgrade the backend accepted.
+struct RawTunnel {
+    t: Tls,
+    /// The client's end; the 101 is not read yet.
+    tls: tokio_rustls::client::TlsStream<TcpStream>,
+    /// The backend's end.
+    server: TcpStream,
+    certs: Certs,
+    backend: RawBackend,
+}
+
+async fn raw_wss_tunnel() -> RawTunnel {
+    let certs = Certs::new();
+    let pair = certs.ecdsa("site", &[SERVER_NAME]);
+    let backend = RawBackend::start().await;
+    let t = start(&toml(backend.addr, &[&pair], "", ""));
+    let mut tls = connect(t.addr, certs.client(), SERVER_NAME)
+        .await
+        .expect("TLS handshake");
+    tls.write_all(&upgrade_request("/raw", &[]))
+        .await
+        .expect("upgrade");
+    let (server, _) = backend.accept_101().await;
+    RawTunnel {
+        t,
+        tls,
+        server,
+        certs,
+        backend,
+    }
+}
+
+/// One client refused, counted as handshake `result`: nothing reached the backend, and the proxy
+/// still serves.
+async fn refused(t: &Tls, certs: &Certs, backend: &EchoBackend, result: &str) {
+    t.expect_handshakes(result, 1).await;
+    nothing_passed(t, certs, backend).await;
+}
+
+/// After a refused client: nothing reached the backend, and the proxy still serves.
+async fn nothing_passed(t: &Tls, certs: &Certs, backend: &EchoBackend) {
+    assert_eq!(
+        backend.log().connections,
+        0,
+        "a refused client reached the backend"
+    );
+    still_serves(t, certs).await;
+}
+
 /// Reads until the proxy closes; returns what came.
 async fn answer(s: &mut TcpStream) -> Vec<u8> {
     read_to_end(s, STEP).await.0
@@ -159,9 +208,7 @@ async fn garbage_instead_of_a_client_hello_gets_an_alert() {
         .expect("write garbage");
     let got = answer(&mut s).await;
     assert!(alert(&got).is_some(), "expected a TLS alert, got {got:?}");
-    t.expect_handshakes("not_tls", 1).await;
-    assert_eq!(backend.log().connections, 0, "garbage reached the backend");
-    still_serves(&t, &certs).await;
+    refused(&t, &certs, &backend, "not_tls").await;
     t.expect_handshakes("ok", 1).await;
 }
 
@@ -178,9 +225,7 @@ async fn plain_http_on_the_tls_port_gets_a_readable_400() {
         got.contains("plain HTTP request was sent to a TLS"),
         "{got}"
     );
-    t.expect_handshakes("plain_http", 1).await;
-    assert_eq!(backend.log().connections, 0);
-    still_serves(&t, &certs).await;
+    refused(&t, &certs, &backend, "plain_http").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,9 +255,7 @@ async fn a_dribbled_client_hello_is_closed_at_the_handshake_timeout() {
         took >= Duration::from_millis(900) && took < Duration::from_secs(3),
         "closed after {took:?}, handshake timeout is 1 s"
     );
-    t.expect_handshakes("incomplete", 1).await;
-    assert_eq!(backend.log().connections, 0);
-    still_serves(&t, &certs).await;
+    refused(&t, &certs, &backend, "incomplete").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,8 +270,7 @@ async fn tls_1_0_and_1_1_only_get_a_protocol_version_alert() {
         assert_eq!(alert(&got), Some(70), "TLS 1.{}: {got:?}", version - 1);
         t.expect_handshakes("incompatible", n).await;
     }
-    assert_eq!(backend.log().connections, 0);
-    still_serves(&t, &certs).await;
+    nothing_passed(&t, &certs, &backend).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -247,33 +289,19 @@ async fn oversized_and_malformed_client_hellos_get_alerts() {
         );
         t.expect_handshakes("bad_message", i as u64 + 1).await;
     }
-    assert_eq!(backend.log().connections, 0);
-    still_serves(&t, &certs).await;
+    nothing_passed(&t, &certs, &backend).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupted_record_after_the_handshake_closes_the_tunnel() {
-    let certs = Certs::new();
-    let pair = certs.ecdsa("site", &[SERVER_NAME]);
-    let backend = RawBackend::start().await;
-    let t = start(&toml(backend.addr, &[&pair], "", ""));
-    let mut tls = connect(t.addr, certs.client(), SERVER_NAME)
-        .await
-        .expect("TLS handshake");
-    tls.write_all(&upgrade_request("/raw", &[]))
-        .await
-        .expect("upgrade");
-    let (mut server, _) = backend.accept_101().await;
-    let (resp, _) = {
-        let mut head = Vec::new();
-        let mut b = [0u8; 1024];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = tls.read(&mut b).await.expect("read the 101");
-            assert!(n > 0, "closed before the 101");
-            head.extend_from_slice(&b[..n]);
-        }
-        (head, ())
-    };
+    let RawTunnel {
+        t,
+        mut tls,
+        mut server,
+        certs: _certs,
+        backend: _backend,
+    } = raw_wss_tunnel().await;
+    let (resp, _) = read_head(&mut tls).await;
     assert_eq!(status(&resp), Some(101));
     tls.write_all(b"hello").await.expect("write");
     assert_eq!(read_exact_n(&mut server, 5, "first bytes").await, b"hello");
@@ -477,8 +505,7 @@ async fn unknown_sni_is_refused_when_configured() {
         .await
         .expect("a known name is served");
     assert!(got == pair.der);
-    assert_eq!(backend.log().connections, 0);
-    still_serves(&t, &certs).await;
+    nothing_passed(&t, &certs, &backend).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -753,17 +780,13 @@ async fn an_idle_wss_tunnel_costs_little_more_than_an_idle_ws_tunnel() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_notify_with_the_last_bytes_and_no_fin_still_ends_the_direction() {
-    let certs = Certs::new();
-    let pair = certs.ecdsa("site", &[SERVER_NAME]);
-    let backend = RawBackend::start().await;
-    let t = start(&toml(backend.addr, &[&pair], "", ""));
-    let mut tls = connect(t.addr, certs.client(), SERVER_NAME)
-        .await
-        .expect("TLS handshake");
-    tls.write_all(&upgrade_request("/raw", &[]))
-        .await
-        .expect("upgrade");
-    let (mut server, _) = backend.accept_101().await;
+    let RawTunnel {
+        t: _t,
+        mut tls,
+        mut server,
+        certs: _certs,
+        backend: _backend,
+    } = raw_wss_tunnel().await;
     let mut b = [0u8; 512];
     let n = tls.read(&mut b).await.expect("the 101");
     assert_eq!(status(&b[..n]), Some(101));

@@ -32,6 +32,16 @@ fn spawn(args: &[&str], forbid_uring: bool) -> Child {
     cmd.spawn().expect("spawn wsplice")
 }
 
+/// wsplice with `--driver {driver}` where io_uring is forbidden; None (skipped, said so) where
+/// this architecture has no seccomp filter to forbid it.
+fn spawn_forbidden(driver: &str) -> Option<Child> {
+    if !forbid::SUPPORTED {
+        eprintln!("no seccomp filter for this architecture: skipped");
+        return None;
+    }
+    Some(spawn(&with_driver(driver), true))
+}
+
 /// Stdout lines until `ready` (or the end of output), at most [`STEP`].
 fn lines_until_ready(child: &mut Child) -> Vec<String> {
     let out = child.stdout.take().expect("stdout");
@@ -105,11 +115,9 @@ fn the_driver_flag_picks_the_driver_and_the_start_up_report_names_it() {
 
 #[test]
 fn explicit_uring_refuses_to_start_where_io_uring_is_forbidden() {
-    if !forbid::SUPPORTED {
-        eprintln!("no seccomp filter for this architecture: skipped");
+    let Some(mut child) = spawn_forbidden("uring") else {
         return;
-    }
-    let mut child = spawn(&with_driver("uring"), true);
+    };
     let status = wait_for_exit(&mut child, STEP).expect("wsplice must exit");
     let err = stderr_of(child);
     assert_eq!(status.code(), Some(1), "{err}");
@@ -123,11 +131,9 @@ fn explicit_uring_refuses_to_start_where_io_uring_is_forbidden() {
 
 #[test]
 fn auto_falls_back_to_epoll_with_one_line_saying_why() {
-    if !forbid::SUPPORTED {
-        eprintln!("no seccomp filter for this architecture: skipped");
+    let Some(mut child) = spawn_forbidden("auto") else {
         return;
-    }
-    let mut child = spawn(&with_driver("auto"), true);
+    };
     let lines = lines_until_ready(&mut child);
     let err = stderr_of(child);
     assert!(lines.iter().any(|l| l == "driver epoll"), "{lines:?} {err}");

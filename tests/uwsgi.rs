@@ -78,74 +78,80 @@ fn vars(m: &Msg) -> serde_json::Value {
 
 #[test]
 fn uwsgi_backend_gets_cgi_variables_and_a_streamed_body() {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(support::run(Relay::Auto, |_| async {
-            let (_uwsgi, addr) = uwsgi().await;
-            let p = with_routes(
-                Proxy::builder(Relay::Auto),
-                &[r("/app", &[addr]).key("protocol", "\"uwsgi\"")],
-            )
-            .start()
-            .await;
-            let mut c = Peer::connect(p.addr()).await;
-            let client_port = c.s.local_addr().expect("local").port().to_string();
+    run_auto(|_| async {
+        let (_uwsgi, addr) = uwsgi().await;
+        let p = with_routes(
+            Proxy::builder(Relay::Auto),
+            &[r("/app", &[addr]).key("protocol", "\"uwsgi\"")],
+        )
+        .start()
+        .await;
+        let mut c = Peer::connect(p.addr()).await;
+        let client_port = c.s.local_addr().expect("local").port().to_string();
 
-            // GET with a query, headers as HTTP_* variables, the client address.
-            c.send(&get(
-                "/app/hello/w%20x?a=1&b=two",
-                &["X-Custom: yes", "Cookie: a=1", "Cookie: b=2", "X_Real_IP: 6.6.6.6"],
-            ))
-            .await;
-            let a = c.answer("GET").await;
-            assert_eq!(a.status, 200, "{:?}", a.text());
-            let v = vars(&a);
-            let proxy_port = p.addr().port().to_string();
-            for (k, want) in [
-                ("REQUEST_METHOD", "GET"),
-                ("REQUEST_URI", "/hello/w%20x?a=1&b=two"),
-                ("PATH_INFO", "/hello/w x"),
-                ("SCRIPT_NAME", "/app"),
-                ("QUERY_STRING", "a=1&b=two"),
-                ("SERVER_PROTOCOL", "HTTP/1.1"),
-                ("REMOTE_ADDR", "127.0.0.1"),
-                ("REMOTE_PORT", client_port.as_str()),
-                ("SERVER_NAME", "localhost"),
-                ("SERVER_PORT", proxy_port.as_str()),
-                ("HTTPS", "off"),
-                ("HTTP_HOST", "localhost"),
-                ("HTTP_X_CUSTOM", "yes"),
-                ("HTTP_COOKIE", "a=1; b=2"),
-                ("wsgi.url_scheme", "http"),
-            ] {
-                assert_eq!(v[k].as_str(), Some(want), "{k} in {v}");
-            }
-            assert_eq!(v["HTTP_X_REAL_IP"], serde_json::Value::Null, "a forged client address");
-            assert_eq!(v["body_len"], 0);
+        // GET with a query, headers as HTTP_* variables, the client address.
+        c.send(&get(
+            "/app/hello/w%20x?a=1&b=two",
+            &[
+                "X-Custom: yes",
+                "Cookie: a=1",
+                "Cookie: b=2",
+                "X_Real_IP: 6.6.6.6",
+            ],
+        ))
+        .await;
+        let a = c.answer("GET").await;
+        assert_eq!(a.status, 200, "{:?}", a.text());
+        let v = vars(&a);
+        let proxy_port = p.addr().port().to_string();
+        for (k, want) in [
+            ("REQUEST_METHOD", "GET"),
+            ("REQUEST_URI", "/hello/w%20x?a=1&b=two"),
+            ("PATH_INFO", "/hello/w x"),
+            ("SCRIPT_NAME", "/app"),
+            ("QUERY_STRING", "a=1&b=two"),
+            ("SERVER_PROTOCOL", "HTTP/1.1"),
+            ("REMOTE_ADDR", "127.0.0.1"),
+            ("REMOTE_PORT", client_port.as_str()),
+            ("SERVER_NAME", "localhost"),
+            ("SERVER_PORT", proxy_port.as_str()),
+            ("HTTPS", "off"),
+            ("HTTP_HOST", "localhost"),
+            ("HTTP_X_CUSTOM", "yes"),
+            ("HTTP_COOKIE", "a=1; b=2"),
+            ("wsgi.url_scheme", "http"),
+        ] {
+            assert_eq!(v[k].as_str(), Some(want), "{k} in {v}");
+        }
+        assert_eq!(
+            v["HTTP_X_REAL_IP"],
+            serde_json::Value::Null,
+            "a forged client address"
+        );
+        assert_eq!(v["body_len"], 0);
 
-            // A 5 MiB POST on the same client connection, streamed to the app.
-            let body = pattern(5 << 20, 3);
-            c.send(&request("POST", "/app/upload", &["Content-Type: application/octet-stream"], &body))
+        // A 5 MiB POST on the same client connection, streamed to the app.
+        let body = pattern(5 << 20, 3);
+        c.send(&post_octets("/app/upload", &body)).await;
+        let a = c.answer("POST").await;
+        let v = vars(&a);
+        assert_eq!(v["body_len"], body.len());
+        assert_eq!(v["CONTENT_LENGTH"].as_str(), Some("5242880"));
+        assert_eq!(v["CONTENT_TYPE"].as_str(), Some("application/octet-stream"));
+        use sha1::Digest as _;
+        let want: String = sha1::Sha1::digest(&body)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(v["body_sha1"].as_str(), Some(want.as_str()));
+
+        // uwsgi takes no chunked body (411) and no upgrade (400).
+        c.send(b"POST /app/x HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
                 .await;
-            let a = c.answer("POST").await;
-            let v = vars(&a);
-            assert_eq!(v["body_len"], body.len());
-            assert_eq!(v["CONTENT_LENGTH"].as_str(), Some("5242880"));
-            assert_eq!(v["CONTENT_TYPE"].as_str(), Some("application/octet-stream"));
-            use sha1::Digest as _;
-            let want: String = sha1::Sha1::digest(&body).iter().map(|b| format!("{b:02x}")).collect();
-            assert_eq!(v["body_sha1"].as_str(), Some(want.as_str()));
-
-            // uwsgi takes no chunked body (411) and no upgrade (400).
-            c.send(b"POST /app/x HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
-                .await;
-            let a = c.answer("POST").await;
-            assert_eq!(a.status, 411);
-            let mut ws = Peer::connect(p.addr()).await;
-            ws.send(&upgrade_request("/app/ws", &[])).await;
-            assert_eq!(ws.answer("GET").await.status, 400);
-        }));
+        let a = c.answer("POST").await;
+        assert_eq!(a.status, 411);
+        let mut ws = Peer::connect(p.addr()).await;
+        ws.send(&upgrade_request("/app/ws", &[])).await;
+        assert_eq!(ws.answer("GET").await.status, 400);
+    });
 }

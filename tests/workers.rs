@@ -8,12 +8,11 @@ mod support;
 
 use nix::sys::signal::Signal;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::blocking::eventually;
 use support::{
-    backend, open, open_from, traffic, upgrade_request, worker_model_args, worker_pids, Proxy,
+    assert_closed_at_drain_end, assert_listener_closes, backend, open, open_from, upgrade_request,
+    worker_model_args, worker_pids, Busy, Proxy,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -102,33 +101,20 @@ async fn metrics_are_summed_exactly_across_worker_processes() {
         eventually("every tunnel to close", STEP, || {
             p.metric("wsplice_connections_active") == 0
         });
-        assert_eq!(p.metric("wsplice_tunnels_total"), 40);
-        assert_eq!(p.metric("wsplice_connections_accepted_total"), 45);
-        assert_eq!(
-            p.metric("wsplice_handshake_rejects_total{status=\"404\"}"),
-            5
-        );
-        assert_eq!(
-            p.metric("wsplice_tunnels_closed_total{reason=\"done\"}"),
-            40
-        );
-        assert_eq!(
-            p.metric("wsplice_bytes_total{direction=\"client_to_backend\"}"),
-            up
-        );
-        assert_eq!(
-            p.metric("wsplice_bytes_total{direction=\"backend_to_client\"}"),
-            up
-        );
-        assert_eq!(p.metric("wsplice_handshake_seconds_count"), 40);
         let backend = format!("{{backend=\"{a}\"}}");
-        assert_eq!(
-            p.metric(&format!("wsplice_backend_tunnels_total{backend}")),
-            40
-        );
-        assert_eq!(p.metric(&format!("wsplice_backend_active{backend}")), 0);
-        assert_eq!(p.metric("wsplice_workers"), 2);
-        assert_eq!(p.metric("wsplice_worker_restarts_total"), 0);
+        p.assert_metrics(&[
+            ("wsplice_tunnels_total", 40),
+            ("wsplice_connections_accepted_total", 45),
+            ("wsplice_handshake_rejects_total{status=\"404\"}", 5),
+            ("wsplice_tunnels_closed_total{reason=\"done\"}", 40),
+            ("wsplice_bytes_total{direction=\"client_to_backend\"}", up),
+            ("wsplice_bytes_total{direction=\"backend_to_client\"}", up),
+            ("wsplice_handshake_seconds_count", 40),
+            (&format!("wsplice_backend_tunnels_total{backend}"), 40),
+            (&format!("wsplice_backend_active{backend}"), 0),
+            ("wsplice_workers", 2),
+            ("wsplice_worker_restarts_total", 0),
+        ]);
         assert!(p
             .scrape("/status")
             .contains("\"worker_model\":\"processes\""));
@@ -192,15 +178,13 @@ async fn reload_keeps_1000_tunnels_spread_over_worker_processes() {
     let a = backend("A").await.addr;
     let b = backend("B").await.addr;
     let p = Proxy::blocking_start_toml(&config(&[("/a", a)], ""));
-    let stop = Arc::new(AtomicBool::new(false));
-    let bytes = Arc::new(AtomicU64::new(0));
-    let mut tunnels = Vec::new();
+    let mut tunnels = Busy::new();
     for i in 0..1000 {
         let (s, name) = open(p.addr(), "/a/x")
             .await
             .unwrap_or_else(|c| panic!("tunnel {i}: {c}"));
         assert_eq!(name, "A");
-        tunnels.push(tokio::spawn(traffic(s, stop.clone(), bytes.clone())));
+        tunnels.add(s);
     }
     let spread = blocking(|| per_worker(&p));
     assert!(
@@ -222,15 +206,8 @@ async fn reload_keeps_1000_tunnels_spread_over_worker_processes() {
     }
     assert!(open(p.addr(), "/b").await.is_ok());
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut records = 0;
-    for (i, t) in tunnels.into_iter().enumerate() {
-        match t.await.expect("tunnel task") {
-            Ok(n) => records += n,
-            Err(e) => panic!("tunnel {i} was disturbed by the reload: {e}"),
-        }
-    }
-    assert_eq!(records * 32, bytes.load(Ordering::Relaxed));
+    let (records, bytes) = tunnels.stop("was disturbed by the reload").await;
+    assert_eq!(records * 32, bytes);
     assert!(
         records >= 1000 * 5,
         "traffic on every tunnel ({records} records)"
@@ -243,12 +220,10 @@ async fn sigterm_drains_every_worker_process() {
     let mut p = Proxy::blocking_start_toml(&config(&[("/", a)], "[timeouts]\ndrain = \"2s\""));
     let workers = worker_pids(p.pid());
     assert_eq!(workers.len(), 2, "two worker processes");
-    let stop = Arc::new(AtomicBool::new(false));
-    let bytes = Arc::new(AtomicU64::new(0));
-    let mut busy = Vec::new();
+    let mut busy = Busy::new();
     for _ in 0..30 {
         let (s, _) = open(p.addr(), "/x").await.expect("tunnel");
-        busy.push(tokio::spawn(traffic(s, stop.clone(), bytes.clone())));
+        busy.add(s);
     }
     let mut lingering = Vec::new();
     for _ in 0..10 {
@@ -261,34 +236,10 @@ async fn sigterm_drains_every_worker_process() {
     );
     let t0 = Instant::now();
     p.signal(Signal::SIGTERM);
-    let mut refused = false;
-    for _ in 0..50 {
-        if TcpStream::connect(p.addr()).await.is_err() {
-            refused = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(refused, "a listener still accepts after SIGTERM");
+    assert_listener_closes(p.addr(), "a listener").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::Relaxed);
-    for (i, t) in busy.into_iter().enumerate() {
-        if let Err(e) = t.await.expect("tunnel task") {
-            panic!("tunnel {i} lost data during the drain: {e}");
-        }
-    }
-    for mut s in lingering {
-        let mut b = [0u8; 1];
-        let n = tokio::time::timeout(STEP, s.read(&mut b))
-            .await
-            .expect("closed when the drain time ends")
-            .unwrap_or(0);
-        assert_eq!(n, 0);
-    }
-    assert!(
-        t0.elapsed() >= Duration::from_millis(1900),
-        "closed before the drain time"
-    );
+    busy.stop("lost data during the drain").await;
+    assert_closed_at_drain_end(lingering, t0).await;
     let status = blocking(|| p.wait_exit(STEP));
     assert_eq!(status.code(), Some(0));
     for pid in workers {

@@ -570,35 +570,31 @@ mod tests {
             broken
         );
         let other = |status, body| Ok(Answer::Other { status, body });
-        assert_eq!(
-            answer("HTTP/1.1 403 Forbidden\r\nContent-Length: 5\r\n\r\n"),
-            other(403, Body::Length(5))
-        );
-        assert_eq!(
-            answer(
-                "HTTP/1.1 426 Upgrade Required\r\nUpgrade: websocket\r\nContent-Length: 0\r\n\r\n"
+        for (head, want) in [
+            (
+                "HTTP/1.1 403 Forbidden\r\nContent-Length: 5\r\n\r\n",
+                other(403, Body::Length(5)),
             ),
-            other(426, Body::None)
-        );
-        assert_eq!(
-            answer("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"),
-            other(200, Body::Chunked)
-        );
-        assert_eq!(
-            answer("HTTP/1.1 200 OK\r\n\r\n"),
-            other(200, Body::UntilClose)
-        );
-        assert_eq!(
-            answer("HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n"),
-            other(304, Body::None)
-        );
-        assert_eq!(
-            answer("HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n"),
-            broken
-        );
-        assert_eq!(
-            answer("HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"),
-            broken
-        );
+            (
+                "HTTP/1.1 426 Upgrade Required\r\nUpgrade: websocket\r\nContent-Length: 0\r\n\r\n",
+                other(426, Body::None),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                other(200, Body::Chunked),
+            ),
+            ("HTTP/1.1 200 OK\r\n\r\n", other(200, Body::UntilClose)),
+            (
+                "HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+                other(304, Body::None),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+                broken,
+            ),
+            ("HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", broken),
+        ] {
+            assert_eq!(answer(head), want, "{head:?}");
+        }
     }
 }

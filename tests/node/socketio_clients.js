@@ -4,29 +4,15 @@
 // once, upgrades to WebSocket, echoes again, and must have stayed on one server throughout.
 // With `affinity`, each client adds `?affinity=cN` to every request (for hash balancing by
 // query parameter). Cookies are kept per client (`withCredentials`), as a browser would.
-// Prints one JSON line: {"ok":N,"failed":N,"errors":{reason:count},"servers":{name:count}}.
+// Prints one JSON line (tally.js): {"ok":N,"failed":N,"errors":{reason:count},"servers":{name:count}}.
 "use strict";
 const { io } = require("socket.io-client");
+const { tally } = require("./tally");
 
 const [url, countArg, mode, timeoutArg] = process.argv.slice(2);
 const count = Number(countArg || 1);
 const wait = Number(timeoutArg || 10000);
-const result = { ok: 0, failed: 0, errors: {}, servers: {} };
-let pending = count;
-
-function done(err, server) {
-  if (err) {
-    result.failed++;
-    result.errors[err] = (result.errors[err] || 0) + 1;
-  } else {
-    result.ok++;
-    result.servers[server] = (result.servers[server] || 0) + 1;
-  }
-  if (--pending === 0) {
-    console.log(JSON.stringify(result));
-    process.exit(0);
-  }
-}
+const done = tally(count, 60000);
 
 function client(i) {
   let finished = false;
@@ -75,9 +61,3 @@ function client(i) {
 }
 
 for (let i = 0; i < count; i++) client(i);
-setTimeout(() => {
-  result.failed += pending;
-  result.errors.timeout = pending;
-  console.log(JSON.stringify(result));
-  process.exit(0);
-}, 60000).unref();

@@ -2,29 +2,15 @@
 // TRANSPORT is xhr-streaming or xhr-polling. Each client opens a session on that transport
 // only (with `?affinity=cN` on every request, for hash balancing by query parameter), sends
 // three messages, and must get each echoed by one and the same server.
-// Prints one JSON line: {"ok":N,"failed":N,"errors":{reason:count},"servers":{name:count}}.
+// Prints one JSON line (tally.js): {"ok":N,"failed":N,"errors":{reason:count},"servers":{name:count}}.
 "use strict";
 const SockJS = require("sockjs-client");
+const { tally } = require("./tally");
 
 const [url, countArg, transport] = process.argv.slice(2);
 const count = Number(countArg || 1);
-const result = { ok: 0, failed: 0, errors: {}, servers: {} };
-let pending = count;
+const done = tally(count);
 const MESSAGES = 3;
-
-function done(err, server) {
-  if (err) {
-    result.failed++;
-    result.errors[err] = (result.errors[err] || 0) + 1;
-  } else {
-    result.ok++;
-    result.servers[server] = (result.servers[server] || 0) + 1;
-  }
-  if (--pending === 0) {
-    console.log(JSON.stringify(result));
-    process.exit(0);
-  }
-}
 
 function client(i) {
   let finished = false;

@@ -3,7 +3,7 @@
 
 use std::io;
 
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
@@ -167,7 +167,10 @@ fn find_head_end(buf: &[u8]) -> Option<usize> {
 // ---------------------------------------------------------------------------------------------
 
 /// Reads until CRLF CRLF; returns (head including the blank line, bytes already read past it).
-pub async fn try_read_head(stream: &mut TcpStream, limit: usize) -> io::Result<(Vec<u8>, Vec<u8>)> {
+pub async fn try_read_head(
+    stream: &mut (impl AsyncRead + Unpin),
+    limit: usize,
+) -> io::Result<(Vec<u8>, Vec<u8>)> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -194,7 +197,7 @@ pub async fn try_read_head(stream: &mut TcpStream, limit: usize) -> io::Result<(
 }
 
 /// [`try_read_head`] with a [`STEP`] deadline; fails the test on error.
-pub async fn read_head(stream: &mut TcpStream) -> (Vec<u8>, Vec<u8>) {
+pub async fn read_head(stream: &mut (impl AsyncRead + Unpin)) -> (Vec<u8>, Vec<u8>) {
     match tokio::time::timeout(STEP, try_read_head(stream, 1 << 20)).await {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => panic!("reading a head: {e}"),

@@ -155,32 +155,41 @@ impl Peer {
         self.s.write_all(bytes).await.expect("send");
     }
 
-    /// Reads more; false at EOF or error.
-    async fn fill(&mut self, wait: Duration) -> bool {
+    /// One read into the buffer, within `wait` when given: how many bytes came (0 at EOF or
+    /// error), or None when nothing came in time.
+    async fn read_some(&mut self, wait: Option<Duration>) -> Option<usize> {
         let mut b = vec![0u8; 65536];
-        if let Some((all, i)) = &self.tap {
-            return match self.s.read(&mut b).await {
-                Ok(0) | Err(_) => {
-                    self.eof = true;
-                    false
-                }
-                Ok(n) => {
-                    all.lock().expect("raw")[*i].extend_from_slice(&b[..n]);
-                    self.buf.extend_from_slice(&b[..n]);
-                    true
-                }
-            };
-        }
-        match tokio::time::timeout(wait, self.s.read(&mut b)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => {
+        let read = self.s.read(&mut b);
+        let res = match wait {
+            Some(wait) => tokio::time::timeout(wait, read).await.ok()?,
+            None => read.await,
+        };
+        match res {
+            Ok(0) | Err(_) => {
                 self.eof = true;
-                false
+                Some(0)
             }
-            Ok(Ok(n)) => {
+            Ok(n) => {
                 self.buf.extend_from_slice(&b[..n]);
+                Some(n)
+            }
+        }
+    }
+
+    /// Reads more; false at EOF or error. A tapped peer waits as long as it takes and records
+    /// what it reads; others fail the test when nothing comes within `wait`.
+    async fn fill(&mut self, wait: Duration) -> bool {
+        let limit = if self.tap.is_some() { None } else { Some(wait) };
+        match self.read_some(limit).await {
+            Some(0) => false,
+            Some(n) => {
+                if let Some((all, i)) = &self.tap {
+                    let new = &self.buf[self.buf.len() - n..];
+                    all.lock().expect("raw")[*i].extend_from_slice(new);
+                }
                 true
             }
-            Err(_) => panic!(
+            None => panic!(
                 "nothing arrived within {wait:?}; have {:?}",
                 String::from_utf8_lossy(&self.buf)
             ),
@@ -200,18 +209,7 @@ impl Peer {
         if !self.buf.is_empty() {
             return true;
         }
-        let mut b = vec![0u8; 65536];
-        match tokio::time::timeout(wait, self.s.read(&mut b)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => {
-                self.eof = true;
-                false
-            }
-            Ok(Ok(n)) => {
-                self.buf.extend_from_slice(&b[..n]);
-                true
-            }
-            Err(_) => false,
-        }
+        self.read_some(Some(wait)).await.is_some_and(|n| n > 0)
     }
 
     /// Reads a head (request or answer). None at a clean EOF before any byte.
@@ -367,19 +365,16 @@ pub fn answer_framing(m: &Msg, method: &str) -> Framing {
     if method == "HEAD" || m.status < 200 || m.status == 204 || m.status == 304 {
         return Framing::None;
     }
-    if m.header("transfer-encoding")
-        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
-    {
-        return Framing::Chunked;
-    }
-    match m.header("content-length") {
-        Some(n) => Framing::Length(n.parse().expect("content-length")),
-        None => Framing::Close,
-    }
+    framing(m, Framing::Close)
 }
 
 /// How a request delimits its body.
 pub fn request_framing(m: &Msg) -> Framing {
+    framing(m, Framing::None)
+}
+
+/// Chunked, else by length, else `otherwise`.
+fn framing(m: &Msg, otherwise: Framing) -> Framing {
     if m.header("transfer-encoding")
         .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
     {
@@ -387,7 +382,7 @@ pub fn request_framing(m: &Msg) -> Framing {
     }
     match m.header("content-length") {
         Some(n) => Framing::Length(n.parse().expect("content-length")),
-        None => Framing::None,
+        None => otherwise,
     }
 }
 
@@ -561,6 +556,16 @@ pub fn get(path: &str, extra: &[&str]) -> Vec<u8> {
 
 /// `{method} {path}` with `Host: localhost`, `extra` lines, and `body` with its
 /// Content-Length when not empty.
+/// `POST {path}` with `body` as `application/octet-stream`.
+pub fn post_octets(path: &str, body: &[u8]) -> Vec<u8> {
+    request(
+        "POST",
+        path,
+        &["Content-Type: application/octet-stream"],
+        body,
+    )
+}
+
 pub fn request(method: &str, path: &str, extra: &[&str], body: &[u8]) -> Vec<u8> {
     let mut s = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n");
     for l in extra {

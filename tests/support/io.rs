@@ -4,8 +4,9 @@
 use std::io;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
 
 use super::{assert_status, check_refusal, read_head, upgrade_request, Proxy, RawBackend, STEP};
 
@@ -154,6 +155,29 @@ pub async fn eventually(what: &str, within: Duration, mut cond: impl FnMut() -> 
     }
 }
 
+/// Writes `data` to `s` on a task of its own, so that the test can read meanwhile (a large
+/// write would block on a peer that is not read); the task gives the stream back.
+pub fn write_in_background<W>(mut s: W, data: Vec<u8>, what: &'static str) -> JoinHandle<W>
+where
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        s.write_all(&data).await.expect(what);
+        s
+    })
+}
+
+/// The tunnel carries `up` from the client to the backend, then `down` back.
+pub async fn pump_both_ways(
+    client: &mut TcpStream,
+    server: &mut TcpStream,
+    up: &[u8],
+    down: &[u8],
+) {
+    pump(client, server, up, "client -> backend").await;
+    pump(server, client, down, "backend -> client").await;
+}
+
 /// Writes `data` on `from` while reading the same number of bytes on `to`; asserts equality.
 pub async fn pump(from: &mut TcpStream, to: &mut TcpStream, data: &[u8], what: &str) {
     let (got, wrote) = tokio::join!(
@@ -246,6 +270,22 @@ pub mod blocking {
             "{}",
             String::from_utf8_lossy(&head)
         );
+        s
+    }
+
+    /// A tunnel on `path` to an echoing backend, checked with one echo; its reads time out
+    /// after `wait`.
+    pub fn echoing_tunnel(proxy: SocketAddr, path: &str, wait: Duration) -> TcpStream {
+        let mut s = TcpStream::connect(proxy).expect("connect to the proxy");
+        s.set_read_timeout(Some(wait)).expect("timeout");
+        s.write_all(&upgrade_request(path, &[])).expect("upgrade");
+        let head = try_read_head(&mut s).expect("the proxy answers");
+        assert!(
+            head.starts_with(b"HTTP/1.1 101 "),
+            "{path}: {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        roundtrip(&mut s, b"ping");
         s
     }
 

@@ -50,6 +50,16 @@ pub mod blocking {
     pub use super::io::blocking::*;
 }
 
+/// Fails the test with every failure of a table run, one a line, when there is any.
+pub fn assert_rows_passed(failures: &[String], rows: usize) {
+    assert!(
+        failures.is_empty(),
+        "{} of {rows} rows failed:\n  {}",
+        failures.len(),
+        failures.join("\n  ")
+    );
+}
+
 /// How long any single network step may take before the test fails.
 pub const STEP: Duration = Duration::from_secs(5);
 /// Whole-test deadline applied by [`run`].

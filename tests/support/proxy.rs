@@ -9,7 +9,7 @@ use std::future::Future;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::Mutex;
@@ -168,12 +168,48 @@ where
     }
 }
 
+/// Runs the wsplice binary with `args` to its end (a command such as `--check` or `import`).
+pub fn wsplice(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wsplice"))
+        .args(args)
+        .output()
+        .expect("run wsplice")
+}
+
+/// Bytes of a child's output as text.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A tokio runtime with `workers` threads, for a `#[test]` that drives its own async steps.
+pub fn runtime(workers: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Runs `body` once under [`run`], relay mode `auto` and epoll, on its own runtime: for the
+/// scenarios that do not depend on the relay mode.
+pub fn run_auto<F, Fut>(body: F)
+where
+    F: FnOnce(Relay) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    runtime(2).block_on(run(Relay::Auto, body));
+}
+
 /// `e2e!(name, |relay| async move { ... })` expands to module `name` holding one test per relay
 /// mode and driver: `name::copy`, `name::splice`, `name::auto` under epoll, and
 /// `name::uring_copy`, `name::uring_splice`, `name::uring_auto` under io_uring.
 #[allow(unused_macros)]
 macro_rules! e2e {
     ($name:ident, $body:expr) => {
+        e2e!($name, $body, plus []);
+    };
+    // Every relay mode under both drivers, and the `extra` variants after them.
+    ($name:ident, $body:expr, plus [$($extra:ident => $extra_relay:expr),*]) => {
         e2e!($name, $body, [
             copy => crate::support::Relay::Copy,
             splice => crate::support::Relay::Splice,
@@ -181,6 +217,7 @@ macro_rules! e2e {
             uring_copy => crate::support::Relay::Copy.uring(),
             uring_splice => crate::support::Relay::Splice.uring(),
             uring_auto => crate::support::Relay::Auto.uring()
+            $(, $extra => $extra_relay)*
         ]);
     };
     ($name:ident, $body:expr, [$($test:ident => $relay:expr),+]) => {
@@ -230,15 +267,7 @@ macro_rules! drivers {
 #[allow(unused_macros)]
 macro_rules! e2e_tls {
     ($name:ident, $body:expr) => {
-        e2e!($name, $body, [
-            copy => crate::support::Relay::Copy,
-            splice => crate::support::Relay::Splice,
-            auto => crate::support::Relay::Auto,
-            uring_copy => crate::support::Relay::Copy.uring(),
-            uring_splice => crate::support::Relay::Splice.uring(),
-            uring_auto => crate::support::Relay::Auto.uring(),
-            tls => crate::support::Relay::Tls
-        ]);
+        e2e!($name, $body, plus [tls => crate::support::Relay::Tls]);
     };
 }
 
@@ -817,6 +846,13 @@ impl Proxy {
     /// The admin listener's address, if the config has one.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin
+    }
+
+    /// Each `(sample, value)` as [`Proxy::metric`] reads it; a mismatch names the sample.
+    pub fn assert_metrics(&self, want: &[(&str, u64)]) {
+        for &(name, value) in want {
+            assert_eq!(self.metric(name), value, "{name}");
+        }
     }
 
     /// The body of an admin GET.

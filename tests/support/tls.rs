@@ -291,44 +291,32 @@ pub fn server_config(pair: &Pair) -> Arc<rustls::ServerConfig> {
     Arc::new(c)
 }
 
-async fn carry<S>(mut plain: TcpStream, mut tls: S)
+async fn carry<S>(plain: TcpStream, tls: S)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut up = vec![0u8; 64 << 10];
-    let mut down = vec![0u8; 64 << 10];
-    let (mut up_open, mut down_open) = (true, true);
-    while up_open || down_open {
-        // Both reads are cancel-safe (tokio-rustls keeps what it decrypted).
-        tokio::select! {
-            r = plain.read(&mut up), if up_open => match r {
-                Ok(0) => {
-                    up_open = false;
-                    if tls.shutdown().await.is_err() {
-                        return;
-                    }
-                }
-                Ok(n) => {
-                    if tls.write_all(&up[..n]).await.is_err() || tls.flush().await.is_err() {
-                        return;
-                    }
-                }
-                Err(_) => return,
-            },
-            r = tls.read(&mut down), if down_open => match r {
-                Ok(0) => {
-                    down_open = false;
-                    if plain.shutdown().await.is_err() {
-                        return;
-                    }
-                }
-                Ok(n) => {
-                    if plain.write_all(&down[..n]).await.is_err() {
-                        return;
-                    }
-                }
-                Err(_) => return,
-            },
+    let (mut plain_in, mut plain_out) = tokio::io::split(plain);
+    let (mut tls_in, mut tls_out) = tokio::io::split(tls);
+    // The first error ends both directions (both streams are dropped, so both close).
+    let _ = tokio::try_join!(
+        pump(&mut plain_in, &mut tls_out),
+        pump(&mut tls_in, &mut plain_out)
+    );
+}
+
+/// Copies `from` to `to` (each write flushed: a TLS record goes out at once) until `from`
+/// ends, then shuts `to` down.
+async fn pump(
+    from: &mut (impl AsyncRead + Unpin),
+    to: &mut (impl AsyncWrite + Unpin),
+) -> io::Result<()> {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return to.shutdown().await;
         }
+        to.write_all(&buf[..n]).await?;
+        to.flush().await?;
     }
 }

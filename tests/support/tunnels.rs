@@ -45,6 +45,72 @@ pub async fn open_from(
     Ok((s, name))
 }
 
+/// Tunnels each running [`traffic`] until [`Busy::stop`].
+pub struct Busy {
+    stop: Arc<AtomicBool>,
+    bytes: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<Result<u64, String>>>,
+}
+
+impl Busy {
+    pub fn new() -> Busy {
+        Busy {
+            stop: Arc::new(AtomicBool::new(false)),
+            bytes: Arc::new(AtomicU64::new(0)),
+            tasks: Vec::new(),
+        }
+    }
+
+    /// Starts [`traffic`] on the tunnel `s`.
+    pub fn add(&mut self, s: TcpStream) {
+        let task = traffic(s, self.stop.clone(), self.bytes.clone());
+        self.tasks.push(tokio::spawn(task));
+    }
+
+    /// Stops the traffic and waits for every tunnel's clean close; a tunnel that failed fails
+    /// the test as `tunnel {i} {what}: {error}`. Returns the records echoed and the bytes.
+    pub async fn stop(self, what: &str) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut records = 0;
+        for (i, t) in self.tasks.into_iter().enumerate() {
+            match t.await.expect("tunnel task") {
+                Ok(n) => records += n,
+                Err(e) => panic!("tunnel {i} {what}: {e}"),
+            }
+        }
+        (records, self.bytes.load(Ordering::Relaxed))
+    }
+}
+
+/// After a SIGTERM: new connections to `addr` are refused within a second (the listener is
+/// closed).
+pub async fn assert_listener_closes(addr: SocketAddr, what: &str) {
+    for _ in 0..50 {
+        if TcpStream::connect(addr).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{what} still accepts after SIGTERM");
+}
+
+/// The tunnels left open across a SIGTERM with a 2 s drain time (`sigterm`: when it was sent)
+/// are closed by the proxy when the drain time ends, not before.
+pub async fn assert_closed_at_drain_end(lingering: Vec<TcpStream>, sigterm: std::time::Instant) {
+    for mut s in lingering {
+        let mut b = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b))
+            .await
+            .expect("the proxy closes what is left after timeouts.drain")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+    }
+    assert!(
+        sigterm.elapsed() >= Duration::from_millis(1900),
+        "closed before the drain time"
+    );
+}
+
 /// One tunnel's life: send numbered 32-byte records until told to stop, check every echo.
 pub async fn traffic(
     mut s: TcpStream,

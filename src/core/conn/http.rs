@@ -22,6 +22,7 @@
 mod answer;
 mod link;
 
+use super::ready::Readiness;
 use super::{BackendTlsFailed, ConnLog, Connecting, EndReason, Event, Note, Step, Time};
 use crate::config::BackendProtocol;
 use crate::config::ProxyVersion;
@@ -149,11 +150,7 @@ pub struct Exchange {
     down_bytes: u64,
     writing: Out,
 
-    client_readable: bool,
-    client_writable: bool,
-    backend_readable: bool,
-    backend_writable: bool,
-    check_connect: bool,
+    ready: Readiness,
 }
 
 /// Where the exchange comes from: the connection's facts that outlive each request.
@@ -224,11 +221,7 @@ impl Exchange {
             up_bytes: 0,
             down_bytes: 0,
             writing: Out::Down,
-            client_readable: true,
-            client_writable: true,
-            backend_readable: false,
-            backend_writable: false,
-            check_connect: false,
+            ready: Readiness::new(),
             settings: o.settings,
         };
         if start.is_none() {
@@ -273,26 +266,13 @@ impl Exchange {
                     // Reset, or closed both ways: no answer can reach it.
                     self.ending = Some(Ending::Abort(EndReason::ClientLeft));
                 }
-                self.client_readable |= readable || hup;
-                self.client_writable |= writable;
+                self.ready.client_readable |= readable || hup;
+                self.ready.client_writable |= writable;
             }
             Event::Ready {
                 side: Side::Backend,
-                readable,
-                writable,
-                hup,
-                gone,
-            } => {
-                if self.link == Link::Connecting {
-                    self.check_connect = true;
-                    // A backend that closes at once shares the connect's edge: keep it.
-                    self.backend_readable |= readable || hup || gone;
-                } else {
-                    // An error shows as a failing read or write.
-                    self.backend_readable |= readable || hup || gone;
-                    self.backend_writable |= writable || gone;
-                }
-            }
+                ..
+            } => self.ready.edge(ev, self.link == Link::Connecting),
             Event::Timer(due) if due == self.armed => {
                 self.armed = 0;
                 if t.now >= self.deadline && self.ending.is_none() {
@@ -372,9 +352,7 @@ impl Exchange {
     fn next_op(&mut self, scratch: usize, t: &Time) -> Step {
         if self.link == Link::Want {
             self.link = Link::Connecting;
-            self.backend_readable = false;
-            self.backend_writable = false;
-            self.check_connect = false;
+            self.ready.new_backend();
             return if self.poolable() && !self.fresh {
                 Step::Checkout(self.backend)
             } else {
@@ -386,34 +364,35 @@ impl Exchange {
             self.armed = due;
             return Step::Arm(due);
         }
-        if self.check_connect {
-            self.check_connect = false;
+        if self.ready.check_connect {
+            self.ready.check_connect = false;
             return Step::CheckConnect;
         }
         // The client's side first: what it takes frees the backend's side.
-        if self.down_pos < self.down.len() && self.client_writable {
+        if self.down_pos < self.down.len() && self.ready.client_writable {
             self.writing = Out::Down;
             return write(Side::Client);
         }
         if self.link == Link::Ready {
             if self.head_pos < self.head.len() {
-                if self.backend_writable {
+                if self.ready.backend_writable {
                     self.writing = Out::Head;
                     return write(Side::Backend);
                 }
             } else {
-                if self.up_pos < self.up.len() && self.backend_writable {
+                if self.up_pos < self.up.len() && self.ready.backend_writable {
                     self.writing = Out::Up;
                     return write(Side::Backend);
                 }
                 let answering = !self.answer.as_ref().is_some_and(BodyReader::is_done);
-                if answering && self.down_pos >= self.down.len() && self.backend_readable {
+                if answering && self.down_pos >= self.down.len() && self.ready.backend_readable {
                     return Step::Io(IoOp::Read {
                         side: Side::Backend,
                         max: self.answer_read_limit(scratch),
                     });
                 }
-                if !self.req.is_done() && self.up_pos >= self.up.len() && self.client_readable {
+                if !self.req.is_done() && self.up_pos >= self.up.len() && self.ready.client_readable
+                {
                     let max = self
                         .req
                         .read_limit()
@@ -533,12 +512,8 @@ impl Exchange {
                 },
                 Ok(n),
             ) => {
-                self.down_pos += n;
+                sent(&mut self.down, &mut self.down_pos, n);
                 self.down_bytes += n as u64;
-                if self.down_pos >= self.down.len() {
-                    self.down = Vec::new();
-                    self.down_pos = 0;
-                }
                 self.touch(t);
             }
             (
@@ -551,24 +526,15 @@ impl Exchange {
                 match self.writing {
                     Out::Head => self.head_pos += n,
                     Out::Up | Out::Down => {
-                        self.up_pos += n;
+                        sent(&mut self.up, &mut self.up_pos, n);
                         self.body_sent += n as u64;
-                        if self.up_pos >= self.up.len() {
-                            self.up = Vec::new();
-                            self.up_pos = 0;
-                        }
                     }
                 }
                 self.touch(t);
             }
-            (IoOp::Write { side, .. }, Err(e)) if blocked(&e) => match side {
-                Side::Client => self.client_writable = false,
-                Side::Backend => self.backend_writable = false,
-            },
-            (IoOp::Read { side, .. }, Err(e)) if blocked(&e) => match side {
-                Side::Client => self.client_readable = false,
-                Side::Backend => self.backend_readable = false,
-            },
+            (IoOp::Write { .. } | IoOp::Read { .. }, Err(e)) if blocked(&e) => {
+                self.ready.blocked(&op)
+            }
             (IoOp::Write { .. } | IoOp::Read { .. }, Err(e)) if retry(&e) => {}
             (
                 IoOp::Write {
@@ -634,7 +600,7 @@ impl Exchange {
                 },
                 Ok(0),
             ) => {
-                self.client_readable = false;
+                self.ready.client_readable = false;
                 self.client_close = true;
                 if !self.req.is_done() {
                     // The body can never end: the backend would wait for it in vain.
@@ -669,4 +635,13 @@ fn write(side: Side) -> Step {
         side,
         src: Src::Held,
     })
+}
+
+/// `n` more bytes of `buf` went out, from `*pos` on; a buffer written to its end is freed.
+fn sent(buf: &mut Vec<u8>, pos: &mut usize, n: usize) {
+    *pos += n;
+    if *pos >= buf.len() {
+        *buf = Vec::new();
+        *pos = 0;
+    }
 }

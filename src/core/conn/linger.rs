@@ -2,6 +2,7 @@
 //! discard what the client still sends until it closes or [`LINGER`] is over. Closing with
 //! unread input would send RST, and an RST may destroy the answer before the client reads it.
 
+use super::ready::Readiness;
 use super::{ConnLog, End, EndReason, Event, Lanes, Note, Step, Time, LINGER};
 use crate::core::relay::{IoOp, Side, Src};
 use crate::core::status::Reject;
@@ -22,8 +23,7 @@ pub struct Linger {
     reason: EndReason,
     notes: VecDeque<Note>,
     close_backend: bool,
-    readable: bool,
-    writable: bool,
+    ready: Readiness,
     done: bool,
     holds_slot: bool,
     counted_ip: Option<IpAddr>,
@@ -43,8 +43,7 @@ impl Linger {
             reason,
             notes: VecDeque::new(),
             close_backend: false,
-            readable: true,
-            writable: true,
+            ready: Readiness::new(),
             done: false,
             holds_slot: true,
             counted_ip: None,
@@ -110,15 +109,8 @@ impl Linger {
     pub(super) fn handle(&mut self, ev: Event) {
         match ev {
             Event::Ready {
-                side: Side::Client,
-                readable,
-                writable,
-                hup,
-                gone,
-            } => {
-                self.readable |= readable || hup || gone;
-                self.writable |= writable || gone;
-            }
+                side: Side::Client, ..
+            } => self.ready.edge(ev, false),
             // Its backend is already closed.
             Event::Ready {
                 side: Side::Backend,
@@ -155,7 +147,7 @@ impl Linger {
         }
         let writing = self.lanes.busy(Side::Client, false);
         let op = if self.pos < self.out.len() {
-            if !self.writable || writing {
+            if !self.ready.client_writable || writing {
                 return Step::Wait;
             }
             IoOp::Write {
@@ -168,7 +160,7 @@ impl Linger {
             }
             self.shut = true;
             IoOp::Shutdown { side: Side::Client }
-        } else if self.readable && !self.lanes.busy(Side::Client, true) {
+        } else if self.ready.client_readable && !self.lanes.busy(Side::Client, true) {
             // Discard what the client still sends until it closes.
             IoOp::Read {
                 side: Side::Client,
@@ -192,8 +184,9 @@ impl Linger {
             (IoOp::Write { .. }, Ok(n)) => self.pos += n,
             (IoOp::Read { .. }, Ok(0)) => self.done = true,
             (IoOp::Read { .. }, Ok(_)) => {}
-            (IoOp::Write { .. }, Err(e)) if blocked(&e) => self.writable = false,
-            (IoOp::Read { .. }, Err(e)) if blocked(&e) => self.readable = false,
+            (IoOp::Write { .. } | IoOp::Read { .. }, Err(e)) if blocked(&e) => {
+                self.ready.blocked(&op)
+            }
             (IoOp::Write { .. } | IoOp::Read { .. }, Err(e)) if retry(&e) => {}
             (IoOp::Write { .. } | IoOp::Read { .. }, Err(_)) => self.done = true,
             // FIN sent (or the client is gone, which the read will tell).

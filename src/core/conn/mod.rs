@@ -21,6 +21,7 @@
 mod handover;
 mod http;
 mod linger;
+mod ready;
 mod upgrade;
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 use super::*;
 use crate::config::RelayMode;
 use crate::config::Timeouts as Configured;
-use crate::core::relay::tests::FakePipes;
+use crate::core::relay::tests::{FakePipes, Loan};
 use crate::core::relay::{RelayStats, Src};
 use crate::core::route::{test_route, RouteTable};
 
@@ -21,10 +21,7 @@ struct Rig {
     conn: Conn<u32>,
     base: Instant,
     t: Time,
-    pipes: FakePipes,
-    stats: RelayStats,
-    scratch: Vec<u8>,
-    returned: Vec<crate::core::relay::BufId>,
+    loan: Loan,
 }
 
 fn accept(full: bool, backends: &[&str]) -> Rig {
@@ -49,29 +46,14 @@ fn accept(full: bool, backends: &[&str]) -> Rig {
         conn: Conn::accept(a, &t, settings(backends)),
         base,
         t,
-        pipes: FakePipes {
-            cap: 4,
-            ..Default::default()
-        },
-        stats: RelayStats::default(),
-        scratch: vec![0u8; 4096],
-        returned: Vec::new(),
+        loan: Loan::new(4, vec![0u8; 4096], RelayStats::default()),
     }
 }
 
 impl Rig {
     /// The connection and what its worker would lend it.
     fn parts(&mut self) -> (&mut Conn<u32>, Ctx<'_, FakePipes>, &Time) {
-        let cx = Ctx {
-            scratch: &self.scratch,
-            lent: None,
-            returned: &mut self.returned,
-            pipes: &mut self.pipes,
-            stats: &mut self.stats,
-            mode: RelayMode::Auto,
-            threshold: 65536,
-            completion: false,
-        };
+        let cx = self.loan.ctx(RelayMode::Auto, 65536, false);
         (&mut self.conn, cx, &self.t)
     }
 
@@ -94,6 +76,17 @@ impl Rig {
         }
     }
 
+    /// Expects a write of the held bytes ([`Conn::out_bytes`]) to `side`.
+    fn expect_held_write(&mut self, side: Side) -> IoOp {
+        let op = self.expect_io();
+        let want = IoOp::Write {
+            side,
+            src: Src::Held,
+        };
+        assert_eq!(op, want);
+        op
+    }
+
     /// Polls past timer arming; returns the first other step.
     fn next(&mut self) -> Step {
         loop {
@@ -108,7 +101,7 @@ impl Rig {
     fn io(&mut self, op: IoOp, bytes: &[u8]) {
         let n = match op {
             IoOp::Read { .. } => {
-                self.scratch[..bytes.len()].copy_from_slice(bytes);
+                self.loan.scratch[..bytes.len()].copy_from_slice(bytes);
                 bytes.len()
             }
             _ => bytes.len(),
@@ -162,14 +155,7 @@ fn upgrade_to_relay_step_by_step() {
     r.conn.handle(ready(Side::Backend, false, true), &r.t);
     assert!(matches!(r.next(), Step::CheckConnect));
     r.conn.complete_connect(Connecting::Connected, false, &r.t);
-    let write = r.expect_io();
-    assert_eq!(
-        write,
-        IoOp::Write {
-            side: Side::Backend,
-            src: Src::Held
-        }
-    );
+    let write = r.expect_held_write(Side::Backend);
     let head = r.conn.out_bytes().to_vec();
     assert!(head.starts_with(b"GET /a HTTP/1.1\r\n"));
     r.io(write, &head);
@@ -189,14 +175,7 @@ fn upgrade_to_relay_step_by_step() {
     // The relay reads what the client sent meanwhile, then writes the 101 to the client.
     let read = r.expect_read(Side::Client);
     r.complete(read, Err(io::ErrorKind::WouldBlock.into()));
-    let w = r.expect_io();
-    assert_eq!(
-        w,
-        IoOp::Write {
-            side: Side::Client,
-            src: Src::Held
-        }
-    );
+    r.expect_held_write(Side::Client);
     assert_eq!(r.conn.out_bytes(), OK101);
     // Drain: the relay ends with its reason, its slot, its IP and its backend id.
     r.conn.handle(Event::Drain, &r.t);
@@ -331,17 +310,20 @@ fn plain(head: &[u8]) -> (Rig, SocketAddr) {
 
 /// Writes the head the exchange asks to write; returns it.
 fn backend_gets_head(r: &mut Rig) -> Vec<u8> {
-    let w = r.expect_io();
-    assert_eq!(
-        w,
-        IoOp::Write {
-            side: Side::Backend,
-            src: Src::Held
-        }
-    );
+    let w = r.expect_held_write(Side::Backend);
     let head = r.conn.out_bytes().to_vec();
     r.io(w, &head);
     head
+}
+
+/// `req` on a pooled (reused) backend connection, up to the head the backend got: the rig, the
+/// backend and that head.
+fn on_a_pooled_connection(req: &[u8]) -> (Rig, SocketAddr, Vec<u8>) {
+    let (mut r, backend) = plain(req);
+    assert!(matches!(r.next(), Step::Checkout(a) if a == backend));
+    r.conn.complete_connect(Connecting::Reused, false, &r.t);
+    let head = backend_gets_head(&mut r);
+    (r, backend, head)
 }
 
 fn expect_request_note(r: &mut Rig, status: u16, reused: bool, retried: bool) {
@@ -362,10 +344,7 @@ fn expect_request_note(r: &mut Rig, status: u16, reused: bool, retried: bool) {
 
 #[test]
 fn plain_get_on_a_pooled_connection_then_the_next_head_is_read() {
-    let (mut r, backend) = plain(GET);
-    assert!(matches!(r.next(), Step::Checkout(a) if a == backend));
-    r.conn.complete_connect(Connecting::Reused, false, &r.t);
-    let head = backend_gets_head(&mut r);
+    let (mut r, backend, head) = on_a_pooled_connection(GET);
     assert!(
         head.starts_with(b"GET /x HTTP/1.1\r\nHost: h\r\n"),
         "{head:?}"
@@ -381,14 +360,7 @@ fn plain_get_on_a_pooled_connection_then_the_next_head_is_read() {
         }
     ));
     r.io(read, OK2);
-    let w = r.expect_io();
-    assert_eq!(
-        w,
-        IoOp::Write {
-            side: Side::Client,
-            src: Src::Held
-        }
-    );
+    let w = r.expect_held_write(Side::Client);
     assert_eq!(r.conn.out_bytes(), OK2);
     r.io(w, OK2);
     expect_request_note(&mut r, 200, true, false);
@@ -407,10 +379,7 @@ fn plain_get_on_a_pooled_connection_then_the_next_head_is_read() {
 
 #[test]
 fn a_reused_connection_closing_unanswered_is_retried_on_a_new_one() {
-    let (mut r, backend) = plain(GET);
-    assert!(matches!(r.next(), Step::Checkout(_)));
-    r.conn.complete_connect(Connecting::Reused, false, &r.t);
-    backend_gets_head(&mut r);
+    let (mut r, backend, _) = on_a_pooled_connection(GET);
     r.conn.handle(ready(Side::Backend, true, false), &r.t);
     let read = r.expect_io();
     r.io(read, b"");
@@ -433,11 +402,9 @@ fn a_reused_connection_closing_unanswered_is_retried_on_a_new_one() {
 
 #[test]
 fn a_post_is_not_retried_once_its_body_went_out() {
-    let (mut r, backend) =
-        plain(b"POST /notice/x HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc");
-    assert!(matches!(r.next(), Step::Checkout(_)));
-    r.conn.complete_connect(Connecting::Reused, false, &r.t);
-    backend_gets_head(&mut r);
+    let (mut r, backend, _) = on_a_pooled_connection(
+        b"POST /notice/x HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc",
+    );
     let w = r.expect_io();
     assert_eq!(r.conn.out_bytes(), b"abc");
     r.io(w, b"abc");
@@ -471,10 +438,7 @@ fn a_broken_chunked_body_is_a_400_before_any_connect() {
 
 #[test]
 fn a_silent_backend_gets_504_after_the_response_timeout() {
-    let (mut r, backend) = plain(GET);
-    assert!(matches!(r.next(), Step::Checkout(_)));
-    r.conn.complete_connect(Connecting::Reused, false, &r.t);
-    backend_gets_head(&mut r);
+    let (mut r, backend, _) = on_a_pooled_connection(GET);
     r.conn.handle(ready(Side::Backend, true, false), &r.t);
     let read = r.expect_io();
     r.complete(read, Err(io::ErrorKind::WouldBlock.into()));

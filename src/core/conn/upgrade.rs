@@ -2,6 +2,7 @@
 //! [`Handshake`] machine. Here are the decisions the driver used to take: when to read which
 //! socket, when a connect finished, the per-IP limit once a PROXY header named the client.
 
+use super::ready::Readiness;
 use super::{
     Accept, Admission, BackendTlsFailed, ConnLog, Connecting, Event, Lanes, Note, PlainHttpOnTls,
     Step, Time,
@@ -46,12 +47,7 @@ pub struct Upgrading {
     notes: VecDeque<Note>,
     admit: Admit,
     pub(super) counted_ip: Option<IpAddr>,
-    /// Readiness remembered (edge-triggered): the socket may have bytes / take bytes.
-    client_readable: bool,
-    backend_readable: bool,
-    backend_writable: bool,
-    /// A backend event came while connecting: ask whether the connect finished.
-    check_connect: bool,
+    ready: Readiness,
     /// The drain time ran out.
     drained: bool,
     log: bool,
@@ -107,10 +103,7 @@ impl Upgrading {
             notes: VecDeque::new(),
             admit: Admit::Done,
             counted_ip: x.counted_ip,
-            client_readable: true,
-            backend_readable: false,
-            backend_writable: false,
-            check_connect: false,
+            ready: Readiness::new(),
             drained: false,
             log: x.log,
             // Plain TCP on both sides is decided at accept; a keep-alive connection is the
@@ -162,10 +155,7 @@ impl Upgrading {
             notes: VecDeque::new(),
             admit,
             counted_ip: None,
-            client_readable: true,
-            backend_readable: false,
-            backend_writable: false,
-            check_connect: false,
+            ready: Readiness::new(),
             drained: false,
             log: a.log,
             splice_ok: a.splice_ok,
@@ -206,27 +196,13 @@ impl Upgrading {
                     let a = self.hs.handle_client_eof();
                     self.act(a);
                 } else if readable {
-                    self.client_readable = true;
+                    self.ready.client_readable = true;
                 }
             }
             Event::Ready {
                 side: Side::Backend,
-                readable,
-                writable,
-                hup,
-                gone,
-            } => {
-                if self.hs.is_connecting() {
-                    self.check_connect = true;
-                    // A backend that talks (or closes) at once shares the connect's edge: keep
-                    // it, as no other edge may come.
-                    self.backend_readable |= readable || hup || gone;
-                } else {
-                    // An error shows as a failing read or write.
-                    self.backend_readable |= readable || hup || gone;
-                    self.backend_writable |= writable || gone;
-                }
-            }
+                ..
+            } => self.ready.edge(ev, self.hs.is_connecting()),
             Event::Timer(due) if due == self.armed => {
                 self.armed = 0;
                 let a = self.hs.handle_timeout(&self.settings, t.now);
@@ -285,9 +261,7 @@ impl Upgrading {
                 // The old backend socket, and whatever waits on it, is closed.
                 self.start_tls = None;
                 self.lanes.drop_side(Side::Backend);
-                self.backend_readable = false;
-                self.backend_writable = false;
-                self.check_connect = false;
+                self.ready.new_backend();
                 return Polled::Step(Step::Connect(addr));
             }
             Some(Action::Reject(r)) => {
@@ -320,25 +294,25 @@ impl Upgrading {
             self.armed = due;
             return Polled::Step(Step::Arm(due));
         }
-        if self.check_connect {
-            self.check_connect = false;
+        if self.ready.check_connect {
+            self.ready.check_connect = false;
             return Polled::Step(Step::CheckConnect);
         }
         if self.lanes.any() {
             return Polled::Step(Step::Wait);
         }
         let s = &self.settings;
-        let op = if self.hs.is_sending() && self.backend_writable {
+        let op = if self.hs.is_sending() && self.ready.backend_writable {
             IoOp::Write {
                 side: Side::Backend,
                 src: Src::Held,
             }
-        } else if self.client_readable && self.hs.client_read_limit(s) > 0 {
+        } else if self.ready.client_readable && self.hs.client_read_limit(s) > 0 {
             IoOp::Read {
                 side: Side::Client,
                 max: self.hs.client_read_limit(s).min(scratch),
             }
-        } else if self.backend_readable && self.hs.backend_read_limit(s) > 0 {
+        } else if self.ready.backend_readable && self.hs.backend_read_limit(s) > 0 {
             IoOp::Read {
                 side: Side::Backend,
                 max: self.hs.backend_read_limit(s).min(scratch),
@@ -396,7 +370,7 @@ impl Upgrading {
                     self.admit_proxied_client(a)
                 }
                 Err(e) if blocked(&e) => {
-                    self.client_readable = false;
+                    self.ready.blocked(&op);
                     Action::Wait
                 }
                 Err(e) if retry(&e) => Action::Wait,
@@ -409,7 +383,7 @@ impl Upgrading {
                 Ok(0) => self.hs.handle_backend_eof(),
                 Ok(n) => self.hs.handle_backend_data(s, &scratch[..n]),
                 Err(e) if blocked(&e) => {
-                    self.backend_readable = false;
+                    self.ready.blocked(&op);
                     Action::Wait
                 }
                 Err(e) if retry(&e) => Action::Wait,
@@ -420,7 +394,7 @@ impl Upgrading {
             (IoOp::Write { .. }, res) => match res {
                 Ok(n) => self.hs.handle_backend_written(n),
                 Err(e) if blocked(&e) => {
-                    self.backend_writable = false;
+                    self.ready.blocked(&op);
                     Action::Wait
                 }
                 Err(e) if retry(&e) => Action::Wait,
@@ -460,12 +434,7 @@ impl Upgrading {
         let a = match c {
             Connecting::Started | Connecting::Pending => Action::Wait,
             Connecting::Connected | Connecting::Reused => {
-                // A readiness driver reports the backend's answer with an edge (the socket is
-                // watched from the connect on, and a pooled one is watched anew at checkout);
-                // reading before it would only find nothing. A completion driver's read
-                // waits for the bytes, so it is asked for now.
-                self.backend_readable |= completion;
-                self.backend_writable = true;
+                self.ready.backend_connected(completion);
                 let route = self.hs.route().map(|r| s.routes.get(r));
                 if let (Some(r), Some(backend)) = (route, self.hs.backend()) {
                     if r.options.backend_tls.is_some() && self.hs.is_connecting() {

@@ -189,14 +189,9 @@ impl Handshake {
                 self.answer.extend_from_slice(data);
                 self.check_forward_done(s)
             }
-            // The driver reads the backend only when `backend_read_limit` allows it.
-            State::ReadProxy
-            | State::ReadHead
-            | State::Connecting
-            | State::SendHead
-            | State::Upgraded
-            | State::Forward
-            | State::Done => Action::Wait,
+            // The driver reads the backend only when `backend_read_limit` allows it, and that
+            // match names every state: in the others no backend bytes come.
+            _ => Action::Wait,
         }
     }
 

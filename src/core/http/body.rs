@@ -125,6 +125,17 @@ impl BodyReader {
         }
     }
 
+    /// Passes up to `n` body bytes from the front of `input` to `out` unchanged (a length body,
+    /// a chunk's data) and returns how many of the `n` are still to come.
+    fn pass(&mut self, n: u64, input: &mut &[u8], out: &mut Vec<u8>) -> u64 {
+        let k = input.len().min(usize::try_from(n).unwrap_or(usize::MAX));
+        let (now, rest) = std::mem::take(input).split_at(k);
+        out.extend_from_slice(now);
+        *input = rest;
+        self.data += k as u64;
+        n - k as u64
+    }
+
     /// Takes body bytes from `input`, appends what the next hop gets to `out`, and returns how
     /// many bytes of `input` belonged to the body. Fewer than `input.len()` only once the body
     /// is done: the rest is the next message.
@@ -134,15 +145,9 @@ impl BodyReader {
             match self.state {
                 State::Done => break,
                 State::Length(n) => {
-                    let k = input.len().min(usize::try_from(n).unwrap_or(usize::MAX));
-                    out.extend_from_slice(&input[..k]);
-                    input = &input[k..];
-                    self.data += k as u64;
-                    let left = n - k as u64;
-                    self.state = if left == 0 {
-                        State::Done
-                    } else {
-                        State::Length(left)
+                    self.state = match self.pass(n, &mut input, out) {
+                        0 => State::Done,
+                        left => State::Length(left),
                     };
                 }
                 State::UntilClose => {
@@ -188,15 +193,9 @@ impl BodyReader {
                     }
                 }
                 State::Data(n) => {
-                    let k = input.len().min(usize::try_from(n).unwrap_or(usize::MAX));
-                    out.extend_from_slice(&input[..k]);
-                    input = &input[k..];
-                    self.data += k as u64;
-                    let left = n - k as u64;
-                    self.state = if left == 0 {
-                        State::DataCr
-                    } else {
-                        State::Data(left)
+                    self.state = match self.pass(n, &mut input, out) {
+                        0 => State::DataCr,
+                        left => State::Data(left),
                     };
                 }
                 State::DataCr => {

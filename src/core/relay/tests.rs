@@ -34,14 +34,53 @@ impl Pipes for FakePipes {
     }
 }
 
+/// What a worker lends a connection with each call: its scratch buffer, pipe pool and
+/// counters, and where driver buffers given back go.
+pub(crate) struct Loan {
+    pub pipes: FakePipes,
+    pub stats: RelayStats,
+    pub scratch: Vec<u8>,
+    pub returned: Vec<BufId>,
+}
+
+impl Loan {
+    /// `pipes` pipes, and a scratch buffer of `scratch`.
+    pub(crate) fn new(pipes: usize, scratch: Vec<u8>, stats: RelayStats) -> Loan {
+        Loan {
+            pipes: FakePipes {
+                cap: pipes,
+                ..Default::default()
+            },
+            stats,
+            scratch,
+            returned: Vec::new(),
+        }
+    }
+
+    /// The context the worker passes.
+    pub(crate) fn ctx(
+        &mut self,
+        mode: RelayMode,
+        threshold: usize,
+        completion: bool,
+    ) -> Ctx<'_, FakePipes> {
+        Ctx {
+            scratch: &self.scratch,
+            lent: None,
+            returned: &mut self.returned,
+            pipes: &mut self.pipes,
+            stats: &mut self.stats,
+            mode,
+            threshold,
+            completion,
+        }
+    }
+}
+
 struct Rig {
     relay: Relay<u32>,
-    pipes: FakePipes,
-    stats: RelayStats,
-    scratch: Vec<u8>,
+    loan: Loan,
     mode: RelayMode,
-    /// Driver buffers the relay gave back.
-    returned: Vec<BufId>,
     /// Play an io_uring driver: reads land in driver buffers, which the relay keeps.
     completion: bool,
     /// The driver buffer the next completed read lands in (completion mode).
@@ -60,14 +99,8 @@ fn rig(mode: RelayMode, pipes: usize) -> Rig {
     );
     Rig {
         relay,
-        pipes: FakePipes {
-            cap: pipes,
-            ..Default::default()
-        },
-        stats,
-        scratch: vec![7u8; 1024],
+        loan: Loan::new(pipes, vec![7u8; 1024], stats),
         mode,
-        returned: Vec::new(),
         completion: false,
         next_buf: 0,
     }
@@ -80,16 +113,7 @@ fn would_block() -> io::Result<usize> {
 impl Rig {
     /// The relay and what its worker would lend it.
     fn parts(&mut self) -> (&mut Relay<u32>, Ctx<'_, FakePipes>) {
-        let cx = Ctx {
-            scratch: &self.scratch,
-            lent: None,
-            returned: &mut self.returned,
-            pipes: &mut self.pipes,
-            stats: &mut self.stats,
-            mode: self.mode,
-            threshold: 4096,
-            completion: self.completion,
-        };
+        let cx = self.loan.ctx(self.mode, 4096, self.completion);
         (&mut self.relay, cx)
     }
 
@@ -154,8 +178,8 @@ fn small_message_is_copied_through_scratch_and_the_direction_waits_again() {
     r.copy(Side::Client, 10, 10);
     // A short read drained the socket: no read until the next edge.
     assert_eq!(r.poll(), Next::Wait);
-    assert_eq!((r.stats.bytes_up, r.stats.bytes_copied), (10, 10));
-    assert_eq!(r.stats.overflow_in_use, 0);
+    assert_eq!((r.loan.stats.bytes_up, r.loan.stats.bytes_copied), (10, 10));
+    assert_eq!(r.loan.stats.overflow_in_use, 0);
 }
 
 #[test]
@@ -164,7 +188,7 @@ fn a_short_write_keeps_the_rest_and_stops_reading_until_the_peer_is_writable() {
     r.settle();
     r.relay.handle_ready(Side::Backend, true, false, false);
     r.copy(Side::Backend, 1024, 100);
-    assert_eq!(r.stats.overflow_in_use, 1);
+    assert_eq!(r.loan.stats.overflow_in_use, 1);
     // The source still has bytes (a full read), but nothing more is read while bytes wait.
     assert_eq!(r.poll(), Next::Wait);
     r.relay.handle_ready(Side::Client, false, true, false);
@@ -175,7 +199,7 @@ fn a_short_write_keeps_the_rest_and_stops_reading_until_the_peer_is_writable() {
     assert_eq!(r.poll(), Next::Op(op));
     assert_eq!(r.relay.held().len(), 924);
     r.complete(op, Ok(924)).expect("open");
-    assert_eq!(r.stats.overflow_in_use, 0);
+    assert_eq!(r.loan.stats.overflow_in_use, 0);
     // Now the source is read again.
     assert_eq!(r.poll(), Next::Op(read(Side::Backend)));
 }
@@ -194,13 +218,13 @@ fn auto_mode_splices_once_a_burst_reaches_the_threshold_and_copies_small_bursts(
         max: 65536,
     };
     r.step(splice_in, Ok(30000));
-    assert_eq!(r.pipes.lent, 1);
+    assert_eq!(r.loan.pipes.lent, 1);
     let out = IoOp::SpliceOut {
         side: Side::Backend,
         len: 30000,
     };
     r.step(out, Ok(30000));
-    assert_eq!(r.pipes.lent, 0, "an emptied pipe goes back at once");
+    assert_eq!(r.loan.pipes.lent, 0, "an emptied pipe goes back at once");
     r.step(splice_in, would_block());
     assert_eq!(r.poll(), Next::Wait);
     // The next burst is small: it was a bulk burst, so it starts spliced, ends small, and the
@@ -217,14 +241,14 @@ fn auto_mode_splices_once_a_burst_reaches_the_threshold_and_copies_small_bursts(
     r.step(splice_in, would_block());
     r.relay.handle_ready(Side::Client, true, false, false);
     assert_eq!(r.poll(), Next::Op(read(Side::Client)));
-    assert_eq!(r.stats.bytes_spliced, 30050);
+    assert_eq!(r.loan.stats.bytes_spliced, 30050);
 }
 
 #[test]
 fn without_a_free_pipe_splice_mode_copies_and_counts_the_fallback() {
     let mut r = rig(RelayMode::Splice, 0);
     assert_eq!(r.poll(), Next::Op(read(Side::Client)));
-    assert_eq!(r.stats.copy_fallbacks, 1);
+    assert_eq!(r.loan.stats.copy_fallbacks, 1);
 }
 
 #[test]
@@ -323,7 +347,7 @@ fn a_pipe_holding_bytes_at_the_end_is_discarded_not_reused() {
     r.step(out, would_block());
     let (relay, mut cx) = r.parts();
     relay.release(&mut cx);
-    assert_eq!((r.pipes.lent, r.pipes.discarded), (0, 1));
+    assert_eq!((r.loan.pipes.lent, r.loan.pipes.discarded), (0, 1));
 }
 
 // ---- a completion driver (io_uring) ------------------------------------------------------
@@ -351,7 +375,7 @@ fn completion_driver_waits_on_both_sources_at_once() {
         Ok((Way::Down, 100))
     );
     assert!(
-        r.returned.is_empty(),
+        r.loan.returned.is_empty(),
         "the relay keeps the buffer it sends from"
     );
     assert_eq!(r.poll(), Next::Op(from_buf(Side::Client, 3, 0, 100)));
@@ -361,7 +385,11 @@ fn completion_driver_waits_on_both_sources_at_once() {
     assert_eq!(r.poll(), Next::Op(from_buf(Side::Client, 3, 40, 60)));
     r.complete(from_buf(Side::Client, 0, 0, 0), Ok(60))
         .expect("open");
-    assert_eq!(r.returned, vec![3], "sent in full: the buffer goes back");
+    assert_eq!(
+        r.loan.returned,
+        vec![3],
+        "sent in full: the buffer goes back"
+    );
     // A short read is no sign of a drained socket either: the next read waits for bytes.
     assert_eq!(r.poll(), Next::Op(read(Side::Backend)));
     // The client's read was in flight all along.
@@ -385,7 +413,7 @@ fn completion_driver_gets_its_buffer_back_when_the_relay_ends() {
     assert_eq!(r.poll(), Next::Op(from_buf(Side::Backend, 9, 0, 10)));
     let (relay, mut cx) = r.parts();
     relay.release(&mut cx);
-    assert_eq!(r.returned, vec![9]);
+    assert_eq!(r.loan.returned, vec![9]);
 }
 
 #[test]
@@ -394,5 +422,5 @@ fn a_completion_for_a_direction_with_nothing_in_flight_is_ignored() {
     r.completion = true;
     assert_eq!(r.poll(), Next::Op(read(Side::Client)));
     assert_eq!(r.complete(read(Side::Backend), Ok(5)), Ok((Way::Down, 0)));
-    assert_eq!(r.returned, vec![0], "the stray buffer is not kept");
+    assert_eq!(r.loan.returned, vec![0], "the stray buffer is not kept");
 }

@@ -144,12 +144,14 @@ impl Times {
 mod tests {
     use super::*;
 
+    /// Timeouts in ticks.
+    fn ticks(idle: u32, half_close: u32) -> Timeouts {
+        Timeouts { idle, half_close }
+    }
+
     #[test]
     fn idle_moves_with_activity() {
-        let t = Timeouts {
-            idle: 100,
-            half_close: 0,
-        };
+        let t = ticks(100, 0);
         let mut x = Times::new(10);
         assert_eq!(x.check(t, 50), Check::Rearm(110));
         x.touch(90);
@@ -159,10 +161,7 @@ mod tests {
 
     #[test]
     fn half_close_is_measured_from_first_fin() {
-        let t = Timeouts {
-            idle: 1000,
-            half_close: 30,
-        };
+        let t = ticks(1000, 30);
         let mut x = Times::new(10);
         x.half_close(20);
         x.half_close(40);

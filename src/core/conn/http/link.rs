@@ -65,9 +65,7 @@ impl Exchange {
                 }
                 self.link = Link::Ready;
                 self.reused = c == Connecting::Reused;
-                // As in the upgrade: a readiness driver's edge says when the answer is there.
-                self.backend_readable |= completion;
-                self.backend_writable = true;
+                self.ready.backend_connected(completion);
                 self.touch(t);
             }
             Connecting::Failed(ConnectFailure::NoDescriptors) => {
