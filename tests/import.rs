@@ -267,20 +267,27 @@ e2e!(
 "#,
         );
         let toml = import("nginx", &conf);
-        assert_noted(&toml, &upstream, 2, "no backend weights");
+        let _ = &upstream;
+        // `weight=3` is a wsplice weight.
+        let weighted = format!("{{ addr = \"127.0.0.1:{}\", weight = 3 }}", port(a.addr));
+        assert!(toml.contains(&weighted), "{toml}");
         assert!(toml.contains("connect = \"2s\""), "{toml}");
         assert!(toml.contains("idle = \"1h\""), "{toml}");
         assert!(toml.contains("forwarded_for = \"append\""), "{toml}");
 
         let proxy = start(toml, relay).await;
-        let _one = ws(&proxy, "/chat/room/1", &[("x-forwarded-for", "6.6.6.6")]).await;
-        let _two = ws(&proxy, "/chat/room/2", &[]).await;
-        let (sa, sb) = (only_request(&a, "server a"), only_request(&b, "server b"));
-        let mut targets = [sa.target.clone(), sb.target.clone()];
-        targets.sort();
-        assert_eq!(targets, ["/chat/room/1", "/chat/room/2"], "no URI in proxy_pass: the path is kept");
-        let first = if sa.target.ends_with('1') { &sa } else { &sb };
-        assert_eq!(header(first, "x-forwarded-for"), ["6.6.6.6, 127.0.0.1"]);
+        let mut open = vec![ws(&proxy, "/chat/room/1", &[("x-forwarded-for", "6.6.6.6")]).await];
+        for i in 2..=4 {
+            open.push(ws(&proxy, &format!("/chat/room/{i}"), &[]).await);
+        }
+        // One cycle of the smooth weighted round robin: three for a, one for b.
+        let (la, lb) = (a.log().requests, b.log().requests);
+        assert_eq!((la.len(), lb.len()), (3, 1), "weights 3:1 over four tunnels");
+        let mut seen: Vec<SeenRequest> = la.into_iter().chain(lb).collect();
+        seen.sort_by(|x, y| x.target.cmp(&y.target));
+        let targets: Vec<&str> = seen.iter().map(|r| r.target.as_str()).collect();
+        assert_eq!(targets, ["/chat/room/1", "/chat/room/2", "/chat/room/3", "/chat/room/4"], "no URI in proxy_pass: the path is kept");
+        assert_eq!(header(&seen[0], "x-forwarded-for"), ["6.6.6.6, 127.0.0.1"]);
     },
     [epoll => crate::support::Relay::Auto, uring => crate::support::Relay::Auto.uring()]
 );
@@ -485,23 +492,28 @@ e2e!(
             ),
         );
         let toml = import("apache", &conf);
-        assert_noted(&toml, &cluster, 2, "no backend weights");
+        let _ = &cluster;
+        // `loadfactor=2` is a wsplice weight.
+        let weighted = format!("{{ addr = \"127.0.0.1:{}\", weight = 2 }}", port(members[0].addr));
+        assert!(toml.contains(&weighted), "{toml}");
         assert_noted(&toml, &conf, 11, "WebSocket upgrades only");
         assert!(toml.contains("http = false"), "{toml}");
         assert!(toml.contains("idle = \"10m\""), "{toml}");
 
         let proxy = start(toml, relay).await;
         let mut open = Vec::new();
-        for i in 0..3 {
+        for i in 0..4 {
             open.push(ws(&proxy, &format!("/room/{i}"), &[]).await);
         }
+        // One weighted cycle: two for the member of loadfactor 2, one for each other.
+        let counts: Vec<usize> = members.iter().map(|m| m.log().requests.len()).collect();
+        assert_eq!(counts, [2, 1, 1], "loadfactor 2:1:1 over four tunnels");
         let mut seen: Vec<String> = members
             .iter()
-            .enumerate()
-            .map(|(i, m)| only_request(m, &format!("member {i}")).target)
+            .flat_map(|m| m.log().requests.into_iter().map(|r| r.target))
             .collect();
         seen.sort();
-        assert_eq!(seen, ["/room/0", "/room/1", "/room/2"], "round robin over the three, path kept");
+        assert_eq!(seen, ["/room/0", "/room/1", "/room/2", "/room/3"], "path kept");
 
         // Not an upgrade: Apache's rule did not apply, and wsplice answers 426.
         let addr = proxy.tls_addr().expect("TLS listener");
@@ -514,9 +526,8 @@ e2e!(
         let mut answer = Vec::new();
         let _ = tokio::time::timeout(STEP, s.read_to_end(&mut answer)).await;
         assert!(answer.starts_with(b"HTTP/1.1 426"), "{}", text(&answer));
-        for m in &members {
-            assert_eq!(m.log().requests.len(), 1, "the plain request reached no member");
-        }
+        let after: Vec<usize> = members.iter().map(|m| m.log().requests.len()).collect();
+        assert_eq!(after, counts, "the plain request reached no member");
     },
     // The io_uring driver does not run TLS listeners yet: epoll only.
     [epoll => crate::support::Relay::Auto]

@@ -15,6 +15,8 @@ use super::{resolve, split_url, tls_name, ImportError, Loc, TLS_BACKEND_NOTE};
 #[derive(Debug, Default)]
 struct Balancer {
     backends: Vec<SocketAddr>,
+    /// Parallel to `backends` (`loadfactor`).
+    weights: Vec<u32>,
     balance: Balance,
 }
 
@@ -142,11 +144,18 @@ impl Importer {
             self.plan.note(&n.loc, n.text(), "expected a URL");
             return;
         };
+        let mut weight = 1;
         for p in &args[1..] {
             let (key, value) = p.split_once('=').unwrap_or((p.as_str(), ""));
             let why = match key.to_ascii_lowercase().as_str() {
-                "loadfactor" if value == "1" => continue,
-                "loadfactor" => "wsplice has no backend weights: this member gets an equal share",
+                // Apache's loadfactor is 1 to 100: a weight as wsplice reads it.
+                "loadfactor" => match value.parse::<u32>() {
+                    Ok(w @ 1..=256) => {
+                        weight = w;
+                        continue;
+                    }
+                    _ => "a weight wsplice takes is 1 to 256: this member weighs 1",
+                },
                 "route" => "the route name belongs to Apache's stickysession; wsplice's cookie names each backend itself",
                 "status" if value.contains('H') || value.contains('h') => {
                     "a hot standby: wsplice has no standby backends, left out"
@@ -182,6 +191,7 @@ impl Importer {
                 for a in addrs {
                     if !b.backends.contains(&a) {
                         b.backends.push(a);
+                        b.weights.push(weight);
                     }
                 }
             }
@@ -505,6 +515,7 @@ impl Importer {
             "balancer" => match self.balancers.get(&u.authority.to_ascii_lowercase()) {
                 Some(b) if !b.backends.is_empty() => {
                     m.backends = b.backends.clone();
+                    m.weights = b.weights.clone();
                     m.balance = b.balance.clone();
                 }
                 _ => disable(

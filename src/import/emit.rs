@@ -40,7 +40,19 @@ fn note_line(out: &mut String, indent: &str, n: &Note) {
 }
 
 fn list(addrs: &[std::net::SocketAddr]) -> String {
-    let items: Vec<String> = addrs.iter().map(|a| quote(&a.to_string())).collect();
+    weighted(addrs, &[])
+}
+
+/// `["a", { addr = "b", weight = 3 }]`: a backend of weight 1 is written as its address.
+fn weighted(addrs: &[std::net::SocketAddr], weights: &[u32]) -> String {
+    let items: Vec<String> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| match weights.get(i) {
+            Some(&w) if w != 1 => format!("{{ addr = {}, weight = {w} }}", quote(&a.to_string())),
+            _ => quote(&a.to_string()),
+        })
+        .collect();
     format!("[{}]", items.join(", "))
 }
 
@@ -159,7 +171,7 @@ fn route_lines(m: &Mapping, host: Option<&str>, upgrade_only: bool) -> Vec<Strin
         lines.push(format!("host = {}", quote(h)));
     }
     if !m.backends.is_empty() {
-        lines.push(format!("backends = {}", list(&m.backends)));
+        lines.push(format!("backends = {}", weighted(&m.backends, &m.weights)));
     }
     lines.push(format!("strip_prefix = {}", m.strips()));
     if m.uwsgi {

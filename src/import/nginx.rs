@@ -14,6 +14,8 @@ use super::{resolve, split_url, tls_name, ImportError, Loc, TLS_BACKEND_NOTE};
 #[derive(Debug, Default)]
 struct Upstream {
     backends: Vec<SocketAddr>,
+    /// Parallel to `backends`.
+    weights: Vec<u32>,
     balance: Balance,
 }
 
@@ -204,11 +206,17 @@ impl<'a> Importer<'a> {
             self.plan.note(loc, s.text(), why);
             return;
         }
+        let mut weight = 1;
         for p in params {
             let (key, value) = p.split_once('=').unwrap_or((p.as_str(), ""));
             let why = match key {
-                "weight" if value == "1" => continue,
-                "weight" => "wsplice has no backend weights: this server gets an equal share",
+                "weight" => match value.parse::<u32>() {
+                    Ok(w @ 1..=256) => {
+                        weight = w;
+                        continue;
+                    }
+                    _ => "a weight wsplice takes is 1 to 256: this server weighs 1",
+                },
                 "max_fails" | "fail_timeout" => {
                     "no failure accounting: wsplice tries the next backend when a connect fails"
                 }
@@ -231,6 +239,7 @@ impl<'a> Importer<'a> {
                 for a in addrs {
                     if !up.backends.contains(&a) {
                         up.backends.push(a);
+                        up.weights.push(weight);
                     }
                 }
             }
@@ -535,6 +544,7 @@ impl<'a> Importer<'a> {
                 );
             }
             m.backends = up.backends.clone();
+            m.weights = up.weights.clone();
             m.balance = up.balance.clone();
         } else {
             let default_port = match (m.uwsgi, tls) {

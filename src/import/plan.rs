@@ -78,6 +78,8 @@ pub(crate) struct Mapping {
     pub source: String,
     pub prefix: String,
     pub backends: Vec<SocketAddr>,
+    /// Each backend's weight, parallel to `backends` (empty: all weigh 1).
+    pub weights: Vec<u32>,
     pub strip: bool,
     pub only: Only,
     /// `Some(true)`: replace; `Some(false)`: append; `None`: wsplice's default (append).
@@ -102,6 +104,7 @@ impl Mapping {
             source,
             prefix,
             backends: Vec::new(),
+            weights: Vec::new(),
             strip: false,
             only: Only::Both,
             forwarded_replace: None,
@@ -117,6 +120,7 @@ impl Mapping {
     /// Same backends, path and protocol: two rules that send a request to the same place.
     fn same_target(&self, other: &Mapping) -> bool {
         self.backends == other.backends
+            && self.weights == other.weights
             && self.strips() == other.strips()
             && self.uwsgi == other.uwsgi
     }
