@@ -704,21 +704,31 @@ fn free_port() -> u16 {
 
 /// Runs nginx on `conf` (prefix `dir`) and waits until `port` accepts.
 async fn nginx(dir: &Dir, conf: &Path, port: u16) -> Server {
-    let bin = Path::new("/usr/sbin/nginx");
-    assert!(
-        bin.exists(),
-        "nginx is not installed: apt-get install nginx (as tools/test does)"
-    );
-    let child = Command::new(bin)
-        .arg("-p")
+    let mut cmd = installed("/usr/sbin/nginx", "nginx");
+    cmd.arg("-p")
         .arg(&dir.0)
         .arg("-c")
         .arg(conf)
-        .args(["-e", "stderr"])
+        .args(["-e", "stderr"]);
+    listening(cmd, "nginx", port).await
+}
+
+/// A command of Debian's `package`, which tools/test installs.
+fn installed(bin: &str, package: &str) -> Command {
+    assert!(
+        Path::new(bin).exists(),
+        "{package} is not installed: apt-get install {package} (as tools/test does)"
+    );
+    Command::new(bin)
+}
+
+/// Starts `cmd` (a peer server) and waits until `port` accepts.
+async fn listening(mut cmd: Command, what: &str, port: u16) -> Server {
+    let child = cmd
         .stdin(std::process::Stdio::null())
         .spawn()
-        .expect("run nginx");
-    let nginx = Server(child);
+        .unwrap_or_else(|e| panic!("run {what}: {e}"));
+    let server = Server(child);
     let deadline = tokio::time::Instant::now() + STEP;
     while tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -726,11 +736,11 @@ async fn nginx(dir: &Dir, conf: &Path, port: u16) -> Server {
     {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "nginx did not listen on {port} within {STEP:?}"
+            "{what} did not listen on {port} within {STEP:?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    nginx
+    server
 }
 
 /// A plain WebSocket client to `addr`, one echo.
@@ -867,31 +877,9 @@ http {{
 
 /// Apache in one process (`-X`) on `conf`; waits until `port` accepts.
 async fn apache(conf: &Path, port: u16) -> Server {
-    let bin = Path::new("/usr/sbin/apache2");
-    assert!(
-        bin.exists(),
-        "Apache is not installed: apt-get install apache2 (as tools/test does)"
-    );
-    let child = Command::new(bin)
-        .arg("-f")
-        .arg(conf)
-        .args(["-X", "-DFOREGROUND"])
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .expect("run apache2");
-    let server = Server(child);
-    let deadline = tokio::time::Instant::now() + STEP;
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "apache2 did not listen on {port} within {STEP:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    server
+    let mut cmd = installed("/usr/sbin/apache2", "apache2");
+    cmd.arg("-f").arg(conf).args(["-X", "-DFOREGROUND"]);
+    listening(cmd, "apache2", port).await
 }
 
 // The same configuration run by Apache itself and, imported, by wsplice: ProxyPass with and
