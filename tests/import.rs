@@ -778,6 +778,28 @@ fn took(backends: &[(&str, &EchoBackend)], before: &[usize]) -> (String, String)
     hit.remove(0)
 }
 
+/// Each path through `peer` and then through wsplice: both reach the same backend with the same
+/// path. Returns the tunnels (kept open, so that round robin keeps its turn).
+async fn agree(
+    peer: &str,
+    peer_addr: SocketAddr,
+    wsplice: SocketAddr,
+    backends: &[(&str, &EchoBackend)],
+    paths: &[&str],
+) -> Vec<Ws> {
+    let mut open = Vec::new();
+    for &path in paths {
+        let before = counts(backends);
+        open.push(ws_at(peer_addr, path).await);
+        let by_peer = took(backends, &before);
+        let before = counts(backends);
+        open.push(ws_at(wsplice, path).await);
+        let by_wsplice = took(backends, &before);
+        assert_eq!(by_wsplice, by_peer, "{path}: wsplice differs from {peer}");
+    }
+    open
+}
+
 fn counts(backends: &[(&str, &EchoBackend)]) -> Vec<usize> {
     backends
         .iter()
@@ -849,16 +871,7 @@ http {{
             "/chat/room/2",
             "/v1/feed",
         ];
-        let mut open = Vec::new();
-        for path in paths {
-            let before = counts(&backends);
-            open.push(ws_at(nginx_addr, path).await);
-            let by_nginx = took(&backends, &before);
-            let before = counts(&backends);
-            open.push(ws_at(proxy.addr(), path).await);
-            let by_wsplice = took(&backends, &before);
-            assert_eq!(by_wsplice, by_nginx, "{path}: wsplice differs from nginx");
-        }
+        let mut open = agree("nginx", nginx_addr, proxy.addr(), &backends, &paths).await;
         // The one difference, which the import notes: nginx puts "/" in place of "/notice".
         assert_noted(&toml_text, &conf, 15, "as //x");
         let before = counts(&backends);
@@ -971,16 +984,7 @@ Group www-data
             "/chat/room/2",
             "/room/7",
         ];
-        let mut open = Vec::new();
-        for path in paths {
-            let before = counts(&backends);
-            open.push(ws_at(apache_addr, path).await);
-            let by_apache = took(&backends, &before);
-            let before = counts(&backends);
-            open.push(ws_at(proxy.addr(), path).await);
-            let by_wsplice = took(&backends, &before);
-            assert_eq!(by_wsplice, by_apache, "{path}: wsplice differs from Apache");
-        }
+        let _open = agree("Apache", apache_addr, proxy.addr(), &backends, &paths).await;
     },
     [epoll => crate::support::Relay::Auto, uring => crate::support::Relay::Auto.uring()]
 );
