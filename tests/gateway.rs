@@ -244,9 +244,11 @@ fn starts_small_with_only_the_threads_switched_on() {
         // maps its text in 64 KiB windows around each page touched), so it follows the binary:
         // the gateway build (opt-level "s", no demo, no io_uring, non-PIE) and a 2048-slot timer
         // wheel brought it from 2.15 to 1.83 MiB, and main's growth since (HTTP/1.0, health
-        // checks, status page: a 2.55 MB binary) back to 2.09 MiB (bench-results/
-        // 2026-11-29-embedded). This bound keeps it from growing further unnoticed.
-        assert!(rss <= 2304 << 10, "RSS at start {rss} B > 2.25 MiB");
+        // checks, status page: a 2.55 MB binary) back to 2.09 MiB, and the merges of TLS to
+        // backends, the binary upgrade and the importers to 2.37 MiB (bench-results/
+        // 2026-11-29-embedded). Over the target: this bound only keeps it from growing further
+        // unnoticed.
+        assert!(rss <= 2560 << 10, "RSS at start {rss} B > 2.5 MiB");
     }
     let mut open = open_tunnel(plain.addr(), "/ws");
     roundtrip(&mut open, b"one worker serves");
