@@ -29,23 +29,13 @@ pub fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
 
 /// Sends one message with `fds` attached. Never raises SIGPIPE: a dead peer is an error.
 pub fn send(sock: impl AsFd, msg: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
-    if msg.is_empty() || msg.len() > MAX_MESSAGE || fds.len() > MAX_FDS {
+    if msg.len() > MAX_MESSAGE {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            "control message empty or too large",
+            "control message too large",
         ));
     }
-    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
-    let cmsg = [ControlMessage::ScmRights(&raw)];
-    let cmsgs: &[ControlMessage] = if raw.is_empty() { &[] } else { &cmsg };
-    sendmsg::<()>(
-        sock.as_fd().as_raw_fd(),
-        &[IoSlice::new(msg)],
-        cmsgs,
-        MsgFlags::MSG_NOSIGNAL,
-        None,
-    )?;
-    Ok(())
+    send_large(sock, msg, fds)
 }
 
 /// [`send`] without the size limit of control messages: up to what the socket's send buffer
