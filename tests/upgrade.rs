@@ -87,6 +87,23 @@ fn rss_kib_of(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Opens `n` tunnels through `addr`, each running a [`flow`] until `stop`.
+async fn start_flows(
+    addr: SocketAddr,
+    n: usize,
+    stop: &Arc<AtomicBool>,
+    period: Duration,
+) -> Vec<tokio::task::JoinHandle<Result<u64, String>>> {
+    let mut flows = Vec::new();
+    for i in 0..n {
+        let (s, _) = open(addr, "/a/x")
+            .await
+            .unwrap_or_else(|c| panic!("tunnel {i}: {c}"));
+        flows.push(tokio::spawn(flow(s, stop.clone(), period)));
+    }
+    flows
+}
+
 /// One tunnel's traffic: a writer sends numbered 32-byte records every `every` without
 /// waiting for their echo (bytes are in flight both ways at any instant), a reader checks
 /// every echo in order. On `stop`: our FIN, the rest of the echoes, the backend's FIN.
@@ -276,17 +293,7 @@ async fn sigusr2_hands_1000_tunnels_and_50_handshakes_to_the_new_binary_without_
     let old = proxy.pid();
 
     let stop = Arc::new(AtomicBool::new(false));
-    let mut flows = Vec::new();
-    for i in 0..1000 {
-        let (s, _) = open(addr, "/a/x")
-            .await
-            .unwrap_or_else(|c| panic!("tunnel {i}: {c}"));
-        flows.push(tokio::spawn(flow(
-            s,
-            stop.clone(),
-            Duration::from_millis(200),
-        )));
-    }
+    let flows = start_flows(addr, 1000, &stop, Duration::from_millis(200)).await;
     let mut bulks = Vec::new();
     for i in 0..4 {
         let (s, _) = open(addr, "/a/bulk")
@@ -532,17 +539,7 @@ async fn a_failing_new_binary_leaves_the_old_one_serving_then_a_good_one_takes_o
     let addr = proxy.addr();
     let old = proxy.pid();
     let stop = Arc::new(AtomicBool::new(false));
-    let mut flows = Vec::new();
-    for i in 0..50 {
-        let (s, _) = open(addr, "/a/x")
-            .await
-            .unwrap_or_else(|c| panic!("tunnel {i}: {c}"));
-        flows.push(tokio::spawn(flow(
-            s,
-            stop.clone(),
-            Duration::from_millis(50),
-        )));
-    }
+    let flows = start_flows(addr, 50, &stop, Duration::from_millis(50)).await;
 
     // 1. The file at the binary's path now is a script that fails.
     copy.put_script("#!/bin/sh\necho 'upgrade-test: this binary refuses to run' >&2\nexit 1\n");
