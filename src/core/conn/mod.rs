@@ -21,6 +21,7 @@
 mod handover;
 mod http;
 mod linger;
+mod pump;
 mod ready;
 mod upgrade;
 
@@ -35,6 +36,7 @@ use crate::core::timer::{at_or_before, Clock, Tick};
 pub use handover::{Handed, LogFacts, Released};
 use http::Exchange;
 use linger::Linger;
+pub use pump::Executor;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -396,10 +398,17 @@ impl<P> Relaying<P> {
         if let Some(reason) = self.closed {
             return self.end(reason, cx);
         }
-        let next = self.relay.poll_op(cx, t.tick);
+        match self.relay.poll_op(cx, t.tick) {
+            Next::Op(op) => Step::Io(op),
+            next => self.waiting(next, cx),
+        }
+    }
+
+    /// What a relay that asks for no operation (`next`) wants of the worker.
+    fn waiting(&mut self, next: Next, cx: &mut Ctx<'_, impl Pipes<Pipe = P>>) -> Step {
         let waiting = match next {
-            Next::Op(op) => return Step::Io(op),
             Next::Closed(reason) => return self.end(reason, cx),
+            Next::Op(op) => return Step::Io(op),
             Next::Wait => Step::Wait,
             Next::Yield => Step::Yield,
         };
@@ -422,7 +431,21 @@ impl<P> Relaying<P> {
         cx: &mut Ctx<'_, impl Pipes<Pipe = P>>,
         t: &Time,
     ) {
-        match self.relay.complete(op, res, cx, t.tick) {
+        let scratch = cx.scratch;
+        self.complete_in(op, res, cx, scratch, t);
+    }
+
+    /// [`Relaying::complete_io`] for an operation on `scratch` rather than `cx.scratch`.
+    #[inline]
+    fn complete_in(
+        &mut self,
+        op: IoOp,
+        res: io::Result<usize>,
+        cx: &mut Ctx<'_, impl Pipes<Pipe = P>>,
+        scratch: &[u8],
+        t: &Time,
+    ) {
+        match self.relay.complete_in(op, res, cx, scratch, t.tick) {
             Ok((way, n)) => {
                 if let Some(l) = &mut self.log {
                     match way {

@@ -21,114 +21,16 @@
 //! ```
 
 pub mod handover;
+mod op;
 pub mod timing;
 
 pub use handover::{DirState, HeldPipes, RelayState};
+pub use op::{BufId, IoOp, Side, Src, Way};
 pub use timing::{Check, CloseReason, Timeouts, Times};
 
 use crate::config::RelayMode;
 use crate::core::timer::Tick;
 use std::io;
-
-/// Which socket of a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    Client,
-    Backend,
-}
-
-/// A direction of a relay.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Way {
-    /// Client to backend.
-    Up,
-    /// Backend to client.
-    Down,
-}
-
-impl Way {
-    /// The socket this direction reads from.
-    #[inline]
-    pub fn src(self) -> Side {
-        match self {
-            Way::Up => Side::Client,
-            Way::Down => Side::Backend,
-        }
-    }
-
-    /// The socket this direction writes to.
-    #[inline]
-    pub fn dst(self) -> Side {
-        match self {
-            Way::Up => Side::Backend,
-            Way::Down => Side::Client,
-        }
-    }
-}
-
-/// A buffer of a completion driver (an io_uring provided buffer): reads land there, and the
-/// write that follows sends straight from it.
-pub type BufId = u16;
-
-/// Where the bytes of a write come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Src {
-    /// The first `n` bytes of the worker's scratch buffer (what the last read returned).
-    Scratch(usize),
-    /// The connection's own bytes: see [`crate::core::conn::Conn::out_bytes`].
-    Held,
-    /// `len` bytes at `from` in the driver's buffer `id`, which a read filled.
-    Buf { id: BufId, from: u32, len: u32 },
-}
-
-/// One operation on a socket, for the driver to execute.
-///
-/// A completion is matched to its operation by kind and side alone: the payloads (`max`,
-/// `len`, `Src`) instruct the driver and are not read back, so a completion driver may report
-/// an operation rebuilt from the few bits it keeps per request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IoOp {
-    /// Read at most `max` bytes from `side` into the worker's scratch buffer.
-    Read { side: Side, max: usize },
-    /// Write bytes to `side`.
-    Write { side: Side, src: Src },
-    /// Splice at most `max` bytes from `side` into the connection's pipe.
-    SpliceIn { side: Side, max: usize },
-    /// Splice `len` bytes out of the connection's pipe into `side`.
-    SpliceOut { side: Side, len: usize },
-    /// Send FIN on `side`.
-    Shutdown { side: Side },
-}
-
-impl IoOp {
-    /// The socket the operation names.
-    #[inline]
-    pub fn side(self) -> Side {
-        match self {
-            IoOp::Read { side, .. }
-            | IoOp::Write { side, .. }
-            | IoOp::SpliceIn { side, .. }
-            | IoOp::SpliceOut { side, .. }
-            | IoOp::Shutdown { side } => side,
-        }
-    }
-
-    /// True for operations that take bytes from their socket (the others give it bytes or FIN).
-    #[inline]
-    pub fn reads(self) -> bool {
-        matches!(self, IoOp::Read { .. } | IoOp::SpliceIn { .. })
-    }
-
-    /// The relay direction the operation serves: reads serve the direction that starts at
-    /// their socket, writes the one that ends there.
-    #[inline]
-    pub fn way(self) -> Way {
-        match (self.reads(), self.side()) {
-            (true, Side::Client) | (false, Side::Backend) => Way::Up,
-            (true, Side::Backend) | (false, Side::Client) => Way::Down,
-        }
-    }
-}
 
 /// What a relay lends from its worker for one call.
 pub struct Ctx<'a, P: Pipes> {
@@ -148,6 +50,23 @@ pub struct Ctx<'a, P: Pipes> {
     /// waits for bytes and a `Write` for room, so a short read does not mean the socket is
     /// drained nor a short write that it is full. Splices keep readiness rules either way.
     pub completion: bool,
+}
+
+impl<P: Pipes> Ctx<'_, P> {
+    /// The same loan with `scratch` as the buffer reads land in.
+    #[inline]
+    pub fn with_scratch<'b>(&'b mut self, scratch: &'b [u8]) -> Ctx<'b, P> {
+        Ctx {
+            scratch,
+            lent: self.lent,
+            returned: self.returned,
+            pipes: self.pipes,
+            stats: self.stats,
+            mode: self.mode,
+            threshold: self.threshold,
+            completion: self.completion,
+        }
+    }
 }
 
 /// The worker's pipe pool as the relay sees it: pipes lent while bytes are in flight.
@@ -272,18 +191,19 @@ impl<P> Dir<P> {
 
     /// The next operation of this direction, or why there is none.
     #[inline]
-    fn next(&mut self, way: Way, cx: &mut Ctx<'_, impl Pipes<Pipe = P>>) -> Pumped {
+    fn next(&mut self, way: Way, cx: &mut Ctx<'_, impl Pipes<Pipe = P>>, room: usize) -> Pumped {
         if self.flags & INFLIGHT != 0 {
             return Pumped::Blocked;
         }
-        let next = self.pick(way, cx);
+        let next = self.pick(way, cx, room);
         if let Pumped::Op(_) = next {
             self.flags |= INFLIGHT;
         }
         next
     }
 
-    fn pick(&mut self, way: Way, cx: &mut Ctx<'_, impl Pipes<Pipe = P>>) -> Pumped {
+    /// `room`: how many bytes a `Read` may bring (the size of the buffer it reads into).
+    fn pick(&mut self, way: Way, cx: &mut Ctx<'_, impl Pipes<Pipe = P>>, room: usize) -> Pumped {
         let (src, dst) = (way.src(), way.dst());
         match &self.pending {
             Pending::Scratch(n) => {
@@ -349,16 +269,18 @@ impl<P> Dir<P> {
         }
         Pumped::Op(IoOp::Read {
             side: src,
-            max: cx.scratch.len(),
+            max: room,
         })
     }
 
-    /// The result of this direction's last operation. Returns the bytes read from the source.
+    /// The result of this direction's last operation. `scratch`: the buffer a `Read` read into
+    /// and a `Write { src: Scratch }` wrote from. Returns the bytes read from the source.
     fn complete(
         &mut self,
         op: IoOp,
         res: io::Result<usize>,
         cx: &mut Ctx<'_, impl Pipes<Pipe = P>>,
+        scratch: &[u8],
     ) -> Result<u64, Fail> {
         self.flags &= !INFLIGHT;
         let interrupted = |e: &io::Error| e.kind() == io::ErrorKind::Interrupted;
@@ -378,7 +300,7 @@ impl<P> Dir<P> {
                     // A short read drained the socket: Linux reports new data with a new edge.
                     // Not after EPOLLRDHUP, whose edge may already be spent: then read to 0.
                     // A completion driver's next read simply waits for the next bytes.
-                    if n < cx.scratch.len() && self.flags & HUP == 0 {
+                    if n < scratch.len() && self.flags & HUP == 0 {
                         if !cx.completion {
                             self.flags &= !READABLE;
                         }
@@ -445,7 +367,7 @@ impl<P> Dir<P> {
                 if written < n {
                     cx.stats.overflow_in_use += 1;
                     self.flags |= full;
-                    let rest = cx.scratch[written..n.min(cx.scratch.len())].to_vec();
+                    let rest = scratch[written..n.min(scratch.len())].to_vec();
                     self.pending = Pending::Buf(Box::new((rest, 0)));
                 }
             }
@@ -605,12 +527,24 @@ impl<P> Relay<P> {
     /// The next operation, or why there is none. Call until it is not [`Next::Op`].
     #[inline]
     pub fn poll_op(&mut self, cx: &mut Ctx<'_, impl Pipes<Pipe = P>>, now: Tick) -> Next {
-        let up = self.up.next(Way::Up, cx);
+        let room = cx.scratch.len();
+        self.poll_op_in(cx, now, room)
+    }
+
+    /// [`Relay::poll_op`] with reads into a buffer of `room` bytes rather than `cx.scratch`.
+    #[inline]
+    pub fn poll_op_in(
+        &mut self,
+        cx: &mut Ctx<'_, impl Pipes<Pipe = P>>,
+        now: Tick,
+        room: usize,
+    ) -> Next {
+        let up = self.up.next(Way::Up, cx, room);
         if let Pumped::Op(op) = up {
             self.current = Some(Way::Up);
             return Next::Op(op);
         }
-        let down = self.down.next(Way::Down, cx);
+        let down = self.down.next(Way::Down, cx, room);
         if let Pumped::Op(op) = down {
             self.current = Some(Way::Down);
             return Next::Op(op);
@@ -641,12 +575,27 @@ impl<P> Relay<P> {
         cx: &mut Ctx<'_, impl Pipes<Pipe = P>>,
         now: Tick,
     ) -> Result<(Way, u64), CloseReason> {
+        let scratch = cx.scratch;
+        self.complete_in(op, res, cx, scratch, now)
+    }
+
+    /// [`Relay::complete`] for an operation that read into or wrote from `scratch` rather than
+    /// `cx.scratch`.
+    #[inline]
+    pub fn complete_in(
+        &mut self,
+        op: IoOp,
+        res: io::Result<usize>,
+        cx: &mut Ctx<'_, impl Pipes<Pipe = P>>,
+        scratch: &[u8],
+        now: Tick,
+    ) -> Result<(Way, u64), CloseReason> {
         let way = op.way();
         let d = self.dir(way);
         if d.flags & INFLIGHT == 0 {
             return Ok((way, 0)); // no operation of this direction was in flight
         }
-        match d.complete(op, res, cx) {
+        match d.complete(op, res, cx, scratch) {
             Ok(0) => Ok((way, 0)),
             Ok(n) => {
                 match way {
@@ -664,29 +613,30 @@ impl<P> Relay<P> {
         }
     }
 
-    /// The pipe the operation [`Relay::poll_op`] returned last uses.
-    pub fn pipe(&self) -> Option<&P> {
-        let d = match self.current? {
-            Way::Up => &self.up,
-            Way::Down => &self.down,
+    /// What the operation [`Relay::poll_op`] returned last uses: the bytes of a
+    /// `Write { src: Held }` and the pipe of a splice.
+    #[inline]
+    pub fn lent(&self) -> (&[u8], Option<&P>) {
+        let d = match self.current {
+            Some(Way::Up) => &self.up,
+            Some(Way::Down) => &self.down,
+            None => return (&[], None),
         };
         match &d.pending {
-            Pending::Pipe(p, _) => Some(p),
-            _ => None,
+            Pending::Buf(b) => (&b.0[b.1.min(b.0.len())..], None),
+            Pending::Pipe(p, _) => (&[], Some(p)),
+            _ => (&[], None),
         }
+    }
+
+    /// The pipe the operation [`Relay::poll_op`] returned last uses.
+    pub fn pipe(&self) -> Option<&P> {
+        self.lent().1
     }
 
     /// The overflow bytes the `Write { src: Held }` [`Relay::poll_op`] returned last sends.
     pub fn held(&self) -> &[u8] {
-        let d = match self.current {
-            Some(Way::Up) => &self.up,
-            Some(Way::Down) => &self.down,
-            None => return &[],
-        };
-        match &d.pending {
-            Pending::Buf(b) => &b.0[b.1.min(b.0.len())..],
-            _ => &[],
-        }
+        self.lent().0
     }
 
     /// When the relay must be checked for an idle or half-close timeout.

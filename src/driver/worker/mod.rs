@@ -11,14 +11,13 @@
 mod accept;
 mod bookkeeping;
 mod control;
+mod drive;
 mod handover;
 mod tls;
 
-use bookkeeping::write_log;
-
-use crate::core::conn::{Accept, Admission, Conn, Connecting, Event, Step, Time};
+use crate::core::conn::{Accept, Conn, Connecting, Event, Time};
 use crate::core::handshake::ConnectFailure;
-use crate::core::relay::{BufId, Ctx, IoOp, RelayStats, Side, Src};
+use crate::core::relay::{BufId, Ctx, IoOp, RelayStats, Side};
 use crate::core::timer::{Clock, Tick, Wheel};
 use crate::driver::access_log::LogSink;
 use crate::driver::backends::BackendTable;
@@ -30,7 +29,7 @@ use crate::driver::stats::{BackendSnapshot, Counters, Published, RouteSnapshot};
 use crate::driver::{Control, Params};
 use crate::sys::pipe::{Pipe, PipePool};
 use crate::sys::sock::tune;
-use crate::transport::tls::{TlsBuffers, TlsIo, TlsSession};
+use crate::transport::tls::{TlsBuffers, TlsSession};
 use crate::transport::Transport;
 use slab::Slab;
 use std::collections::HashMap;
@@ -406,189 +405,6 @@ impl Worker {
     fn give_back(&mut self, d: &mut impl Driver) {
         for id in self.returned.drain(..) {
             d.give_back(id);
-        }
-    }
-
-    /// Carries out what connection `key` asks until it waits.
-    fn drive(&mut self, key: usize, d: &mut impl Driver) {
-        let completion = d.completes();
-        loop {
-            let Some(Slot::Live(e)) = self.conns.get_mut(key) else {
-                return;
-            };
-            let mut cx = lend!(self, completion);
-            let step = e.conn.poll(&mut cx, &self.time);
-            for id in self.returned.drain(..) {
-                d.give_back(id);
-            }
-            match step {
-                Step::Io(op) => {
-                    let side = op.side();
-                    let mut session = match side {
-                        // Plain-only workers skip the lookup.
-                        Side::Client if !self.tls.is_empty() => {
-                            self.tls.get_mut(&key).map(|s| &mut **s)
-                        }
-                        _ => None,
-                    };
-                    let mut backend_session = match side {
-                        Side::Backend if !self.backend_tls.is_empty() => {
-                            self.backend_tls.get_mut(&key).map(|s| &mut **s)
-                        }
-                        _ => None,
-                    };
-                    let mut tls_io;
-                    let mut backend_io;
-                    let sock: Option<&mut dyn Transport> = match side {
-                        Side::Backend => match (backend_session.as_deref_mut(), &e.backend) {
-                            (Some(b), Some(sock)) => {
-                                let bufs = self
-                                    .tls_bufs
-                                    .get_or_insert_with(|| Box::new(TlsBuffers::new(SCRATCH)));
-                                backend_io = TlsIo {
-                                    sock,
-                                    session: &mut b.session,
-                                    bufs,
-                                };
-                                Some(&mut backend_io)
-                            }
-                            _ => e.backend.as_mut().map(|b| b as &mut dyn Transport),
-                        },
-                        Side::Client => {
-                            match session.as_deref_mut() {
-                                Some(session) => {
-                                    // A TLS client never falls back to plain bytes.
-                                    let bufs = self
-                                        .tls_bufs
-                                        .get_or_insert_with(|| Box::new(TlsBuffers::new(SCRATCH)));
-                                    tls_io = TlsIo {
-                                        sock: &e.client,
-                                        session,
-                                        bufs,
-                                    };
-                                    Some(&mut tls_io)
-                                }
-                                None => Some(&mut e.client),
-                            }
-                        }
-                    };
-                    // Only what the operation uses is looked up.
-                    let held = match op {
-                        IoOp::Write { src: Src::Held, .. } => e.conn.out_bytes(),
-                        _ => &[],
-                    };
-                    let pipe = match op {
-                        IoOp::SpliceIn { .. } | IoOp::SpliceOut { .. } => e.conn.pipe(),
-                        _ => None,
-                    };
-                    let done = d.exec(IoCall {
-                        key,
-                        op,
-                        sock,
-                        held,
-                        pipe,
-                        scratch: &mut self.scratch,
-                    });
-                    let Exec::Done(res) = done else {
-                        continue; // the driver reports it with `completed`
-                    };
-                    let mut eof_pending = false;
-                    let read_some = matches!((op, &res), (IoOp::Read { .. }, Ok(n)) if *n > 0);
-                    if let Some(s) = session {
-                        if let Some(ev) = s.take_event() {
-                            self.counters.count_tls(ev);
-                        }
-                        eof_pending = s.eof_pending() && read_some;
-                    }
-                    if let Some(b) = backend_session {
-                        tls::report(b, &mut self.counters, &res);
-                        eof_pending = b.session.eof_pending() && read_some;
-                    }
-                    let mut cx = lend!(self, completion);
-                    e.conn.complete_io(op, res, &mut cx, &self.time);
-                    if eof_pending {
-                        // What EPOLLRDHUP would have said, had the end not already been read
-                        // out of the socket with the bytes before it.
-                        let ev = Event::Ready {
-                            side,
-                            readable: true,
-                            writable: false,
-                            hup: true,
-                            gone: false,
-                        };
-                        e.conn.handle(ev, &self.time);
-                    }
-                    for id in self.returned.drain(..) {
-                        d.give_back(id);
-                    }
-                }
-                Step::Checkout(addr) => {
-                    if let Some(old) = e.backend.take() {
-                        d.close(key, Side::Backend, old.into());
-                    }
-                    tls::drop_session(&mut self.backend_tls, &mut self.counters, key);
-                    if let Some(s) = self.backend_pool.checkout(addr, self.time.now) {
-                        if d.watch(s.as_fd(), Watch::Conn(key, Side::Backend)).is_ok() {
-                            e.backend = Some(s);
-                            self.counters.pool_reused += 1;
-                            e.conn
-                                .complete_connect(Connecting::Reused, completion, &self.time);
-                            continue;
-                        }
-                    }
-                    self.connect_step(key, addr, d);
-                }
-                Step::Release(addr) => {
-                    if let Some(b) = e.backend.take() {
-                        d.unwatch(b.as_fd());
-                        // Only plain connections are pooled (a TLS one's session is not kept).
-                        if self.draining.is_none() && !self.backend_tls.contains_key(&key) {
-                            self.backend_pool.release(addr, b, self.time.now);
-                        }
-                    }
-                }
-                Step::Log(log, reason) => {
-                    if let Some(sink) = &self.log {
-                        write_log(sink, &mut self.log_batch, &log, self.time.now, reason);
-                    }
-                }
-                Step::Connect(addr) => {
-                    if let Some(old) = e.backend.take() {
-                        d.close(key, Side::Backend, old.into());
-                    }
-                    tls::drop_session(&mut self.backend_tls, &mut self.counters, key);
-                    self.connect_step(key, addr, d);
-                }
-                Step::CheckConnect => {
-                    let r = check_connect(e.backend.as_ref());
-                    e.conn.complete_connect(r, completion, &self.time);
-                }
-                Step::CloseBackend => {
-                    if let Some(old) = e.backend.take() {
-                        d.close(key, Side::Backend, old.into());
-                    }
-                    tls::drop_session(&mut self.backend_tls, &mut self.counters, key);
-                }
-                Step::StartTls { route, backend } => {
-                    self.start_backend_tls(key, route, backend, d);
-                }
-                Step::Admit(ip) => {
-                    let a = match self.limiter.acquire(ip) {
-                        Some(true) => Admission::Counted,
-                        Some(false) => Admission::Refused,
-                        None => Admission::Unlimited,
-                    };
-                    e.conn.complete_admit(a, &self.time);
-                }
-                Step::Arm(due) => self.wheel.insert(key as u32, due),
-                Step::Note(n) => self.note(key, n),
-                Step::Yield => {
-                    self.deferred.push(key);
-                    return;
-                }
-                Step::Wait => return,
-                Step::End(end) => return self.end(key, end, d),
-            }
         }
     }
 

@@ -1,0 +1,88 @@
+//! The short way through a connection: the core runs its own operation loop, calling the
+//! driver's executor for each operation, and returns only when it needs the worker (a connect,
+//! a timer, a note, waiting, the end).
+//!
+//! [`Conn::poll`] and [`Conn::complete_io`] do the same one operation at a time; the pump is
+//! what a worker uses when it can carry an operation out without looking at the connection (a
+//! plain socket pair): per relayed message it saves the worker's round trip per operation (a
+//! slab lookup, a context, the held bytes and pipe fetched through the state enum).
+
+use super::{Conn, Relaying, Step, Time};
+use crate::core::relay::{Ctx, IoOp, Next, Pipes};
+use std::io;
+
+/// Carries out a connection's operations for [`Conn::pump`].
+pub trait Executor<P> {
+    /// The buffer reads land in and `Write { src: Scratch(n) }` sends from.
+    fn scratch(&self) -> &[u8];
+    /// Executes `op` now and returns how it went, or submits it and returns `None` (a
+    /// completion driver: the result comes through [`Conn::complete_io`] later). `held`: the
+    /// bytes of a `Write { src: Held }`; `pipe`: the pipe of a splice.
+    fn exec(&mut self, op: IoOp, held: &[u8], pipe: Option<&P>) -> Option<io::Result<usize>>;
+}
+
+impl<P> Conn<P> {
+    /// Polls and carries out operations through `io` until the connection needs the worker:
+    /// never returns [`Step::Io`]. `cx.scratch` is not used: `io` has the buffer.
+    #[inline]
+    pub fn pump(
+        &mut self,
+        cx: &mut Ctx<'_, impl Pipes<Pipe = P>>,
+        t: &Time,
+        io: &mut impl Executor<P>,
+    ) -> Step {
+        if let Conn::Relay(r) = self {
+            let step = r.pump(cx, t, io);
+            if let Step::End(_) = step {
+                *self = Conn::Ended;
+            }
+            return step;
+        }
+        self.pump_stage(cx, t, io)
+    }
+
+    /// The stages around the relay, an operation at a time.
+    #[inline(never)]
+    fn pump_stage(
+        &mut self,
+        cx: &mut Ctx<'_, impl Pipes<Pipe = P>>,
+        t: &Time,
+        io: &mut impl Executor<P>,
+    ) -> Step {
+        loop {
+            let step = self.poll_stage(&mut cx.with_scratch(io.scratch()), t);
+            let Step::Io(op) = step else {
+                return step;
+            };
+            let Some(res) = io.exec(op, self.out_bytes(), self.pipe()) else {
+                continue; // submitted: its completion comes later
+            };
+            self.complete_stage(op, res, &mut cx.with_scratch(io.scratch()), t);
+        }
+    }
+}
+
+impl<P> Relaying<P> {
+    #[inline]
+    fn pump(
+        &mut self,
+        cx: &mut Ctx<'_, impl Pipes<Pipe = P>>,
+        t: &Time,
+        io: &mut impl Executor<P>,
+    ) -> Step {
+        loop {
+            if let Some(reason) = self.closed {
+                return self.end(reason, cx);
+            }
+            let op = match self.relay.poll_op_in(cx, t.tick, io.scratch().len()) {
+                Next::Op(op) => op,
+                next => return self.waiting(next, cx),
+            };
+            let (held, pipe) = self.relay.lent();
+            let Some(res) = io.exec(op, held, pipe) else {
+                continue; // submitted: its completion comes later
+            };
+            self.complete_in(op, res, cx, io.scratch(), t);
+        }
+    }
+}
