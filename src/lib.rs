@@ -24,13 +24,17 @@
 //!    `full`) and creates [`core::conn::Conn::accept`] in the slab. A client of a TLS listener
 //!    also gets a [`transport::tls::TlsSession`], kept beside the slab: its reads and writes go
 //!    through the session (handshake included), and its tunnel copies instead of splicing.
-//! 2. From then on the worker only calls [`core::conn::Conn::handle`] with an
-//!    [`core::conn::Event`] (readiness from epoll, a timer from the wheel, resume, drain) and then
-//!    [`core::conn::Conn::poll`] until it returns `Wait`, `Yield` or `End`. Each
-//!    [`core::conn::Step`] is carried out and its result reported back:
-//!    `Admit` (per-IP limiter, `complete_admit`), `Arm` (timer wheel), `Io` (the driver's
-//!    `Driver::exec`: read, write, splice in/out, shutdown; `complete_io`), `Connect` and
-//!    `CheckConnect` (`complete_connect`), `CloseBackend`, `Note` (counters), `End`.
+//! 2. From then on the worker (`driver::worker::drive`) only calls [`core::conn::Conn::handle`]
+//!    with an [`core::conn::Event`] (readiness from epoll, a timer from the wheel, resume,
+//!    drain) and then [`core::conn::Conn::pump`] until it returns `Wait`, `Yield` or `End`. The
+//!    pump runs the connection's own operation loop: each `Io` operation (read, write, splice
+//!    in/out, shutdown) goes to the worker's [`core::conn::Executor`], which hands it to the
+//!    driver (`Driver::exec`: a syscall now, or an io_uring submission whose completion comes
+//!    back through `complete_io`). Every other [`core::conn::Step`] returns to the worker,
+//!    which carries it out and reports back: `Admit` (per-IP limiter, `complete_admit`), `Arm`
+//!    (timer wheel), `Connect` and `CheckConnect` (`complete_connect`), `CloseBackend`, `Note`
+//!    (counters), `End`. A connection with a TLS session goes an operation at a time instead
+//!    ([`core::conn::Conn::poll`], then `complete_io`), each through its session.
 //! 3. The upgrade stage (`core::conn::upgrade`) wraps [`core::handshake::Handshake`]: it asks to
 //!    read the client head, validates it (`core::head`, `core::validate`), routes it
 //!    (`core::route`), asks for a backend connect, writes the rewritten head
