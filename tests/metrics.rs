@@ -30,9 +30,14 @@ struct InProcess {
 }
 
 fn start_in_process(relay: &str, backend: SocketAddr) -> InProcess {
+    start_in_process_with(relay, backend, "")
+}
+
+/// [`start_in_process`] with more TOML (sections after the route).
+fn start_in_process_with(relay: &str, backend: SocketAddr, extra: &str) -> InProcess {
     raise_test_fd_limit();
     let toml = format!(
-        "listen = [\"127.0.0.1:0\"]\nworkers = 2\nrelay = \"{relay}\"\n\n[[route]]\nprefix = \"/\"\nbackends = [\"{backend}\"]\n"
+        "listen = [\"127.0.0.1:0\"]\nworkers = 2\nrelay = \"{relay}\"\n\n[[route]]\nprefix = \"/\"\nbackends = [\"{backend}\"]\n{extra}"
     );
     let cfg = Config::from_toml_str(&toml, "metrics-test.toml").expect("config");
     let server = Server::start(&cfg).expect("start the proxy");
@@ -209,6 +214,45 @@ fn every_close_reason_and_reject_status_is_exported() {
     for key in ["connections", "tunnels_total", "open_fds", "uptime_seconds"] {
         assert!(status.contains(&format!("\"{key}\":")), "{status}");
     }
+}
+
+/// A worker that only moves bytes publishes its counters at most every few milliseconds; one
+/// that then goes quiet must still wake to publish them, with no further event to wake it.
+#[test]
+fn bytes_moved_just_before_the_loop_goes_quiet_are_published() {
+    // No relay timeouts, and the handshake's 10 s away: the timer wheel does not wake the loop
+    // while the test looks (its wait skips to the slot that holds the stale handshake entry).
+    let no_timers = "\n[timeouts]\nidle = \"0s\"\nhalf_close = \"0s\"\nhandshake = \"10s\"\nconnect = \"10s\"\n";
+    let p = start_in_process_with("copy", echo_backend(), no_timers);
+    let mut t = tunnel(p.addr);
+    let up = "wsplice_bytes_total{direction=\"client_to_backend\"}";
+    let down = "wsplice_bytes_total{direction=\"backend_to_client\"}";
+    let moved = |m: &str| (sample(m, up), sample(m, down));
+    // The echo that checked the tunnel, once published.
+    let mut base = (0, 0);
+    eventually(
+        "the check's echo to be published",
+        Duration::from_secs(5),
+        || {
+            base = moved(&scrape(p.admin, "/metrics"));
+            base.0 > 0 && base.0 == base.1
+        },
+    );
+    // Many small echoes back to back: the loop wakes far more often than it publishes, so the
+    // last of them are moved by wakes that do not publish.
+    let rounds = 2000;
+    for _ in 0..rounds {
+        t.write_all(&[7u8; 10]).expect("write");
+        let mut back = [0u8; 10];
+        t.read_exact(&mut back).expect("echo");
+    }
+    // Nothing moves any more: the numbers must still arrive.
+    let want = (base.0 + 10 * rounds, base.1 + 10 * rounds);
+    eventually(
+        "the last bytes to be published",
+        Duration::from_secs(3),
+        || moved(&scrape(p.admin, "/metrics")) == want,
+    );
 }
 
 #[test]

@@ -10,7 +10,10 @@
 //! until due: with 8 ms ticks and 2048 slots (a 16 s revolution) a 1 h idle timer is looked at
 //! ~220 times an hour. The slots are a fixed cost per worker, paid at start (24 B each: 48 KiB;
 //! 8192 slots cost a gateway's one worker 192 KiB of its start-up RSS), and fewer slots hold
-//! their entries with less spare capacity (bench-results/2026-11-29-embedded).
+//! their entries with less spare capacity (bench-results/2026-11-29-embedded). A bitmap of the
+//! slots that hold entries sets the loop's wait: a worker whose timers are far away sleeps until
+//! the first such slot instead of waking every tick (an idle gateway does not wake 125 times a
+//! second).
 
 use std::time::{Duration, Instant};
 
@@ -68,6 +71,9 @@ struct Entry {
 #[derive(Debug)]
 pub struct Wheel {
     slots: Vec<Vec<Entry>>,
+    /// One bit per slot, set while it holds entries: the wait skips empty slots, so a loop
+    /// whose timers are an hour away sleeps until the slot that holds them, not one tick.
+    busy: [u64; SLOTS / 64],
     /// The next tick whose slot has not been processed.
     next: Tick,
     len: usize,
@@ -78,6 +84,7 @@ impl Wheel {
     pub fn new(now: Tick) -> Wheel {
         Wheel {
             slots: (0..SLOTS).map(|_| Vec::new()).collect(),
+            busy: [0; SLOTS / 64],
             next: now,
             len: 0,
         }
@@ -99,7 +106,9 @@ impl Wheel {
         } else {
             due
         };
-        self.slots[slot_tick as usize % SLOTS].push(Entry { key, due });
+        let i = slot_tick as usize % SLOTS;
+        self.slots[i].push(Entry { key, due });
+        self.busy[i / 64] |= 1 << (i % 64);
         self.len += 1;
     }
 
@@ -123,7 +132,8 @@ impl Wheel {
         }
         let span = now.wrapping_sub(self.next) as usize + 1;
         for i in 0..span.min(SLOTS) {
-            let slot = &mut self.slots[(self.next as usize + i) % SLOTS];
+            let at = (self.next as usize + i) % SLOTS;
+            let slot = &mut self.slots[at];
             let mut j = 0;
             while j < slot.len() {
                 let e = slot[j];
@@ -138,6 +148,9 @@ impl Wheel {
                     j += 1;
                 }
             }
+            if slot.is_empty() {
+                self.busy[at / 64] &= !(1 << (at % 64));
+            }
         }
         self.next = now.wrapping_add(1);
     }
@@ -149,20 +162,65 @@ impl Wheel {
         }
     }
 
-    /// How long until the next tick that may hold a due entry, for the poll timeout: `None` when
-    /// the wheel is empty. Coarse on purpose: it never scans slots.
+    /// How long until the next tick whose slot holds entries (due then, or a revolution or
+    /// more later), for the poll timeout: `None` when the wheel is empty. Reads the slot bitmap
+    /// (32 words), never the slots.
     pub fn next_wait(&self, now: Tick) -> Option<Duration> {
         if self.len == 0 {
             return None;
         }
-        let ticks = self.next.wrapping_sub(now) as i32;
+        let at = self
+            .next
+            .wrapping_add(self.busy_after(self.next as usize % SLOTS) as u32);
+        let ticks = at.wrapping_sub(now) as i32;
         Some(TICK * ticks.max(0) as u32 + TICK)
+    }
+
+    /// Slots from `from` (circularly) to the first one holding entries; 0 if none does.
+    fn busy_after(&self, from: usize) -> usize {
+        let words = self.busy.len();
+        let (w0, b0) = (from / 64, from % 64);
+        for i in 0..=words {
+            let w = (w0 + i) % words;
+            let mut m = self.busy[w];
+            if i == 0 {
+                m &= !0u64 << b0; // this word: from `from` on
+            } else if i == words {
+                m &= (1u64 << b0) - 1; // back at the start: the bits before `from`
+            }
+            if m != 0 {
+                let slot = w * 64 + m.trailing_zeros() as usize;
+                return (slot + SLOTS - from) % SLOTS;
+            }
+        }
+        0
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_wait_skips_empty_slots() {
+        let mut w = Wheel::new(10);
+        assert_eq!(w.next_wait(10), None);
+        w.insert(1, 110);
+        assert_eq!(w.next_wait(10), Some(TICK * 101));
+        // Beyond one revolution: the slot comes first, a revolution early.
+        w.insert(2, 10 + SLOTS as u32 + 50);
+        assert_eq!(w.next_wait(10), Some(TICK * 51));
+        assert_eq!(fired(&mut w, 60), []);
+        assert_eq!(w.next_wait(60), Some(TICK * 51));
+        assert_eq!(fired(&mut w, 110), [(1, 110)]);
+        // Key 2 sits in slot 60 and waits there for its revolution: the wait wraps around.
+        assert_eq!(w.next_wait(110), Some(TICK * (SLOTS as u32 - 50 + 1)));
+        assert_eq!(
+            fired(&mut w, 10 + SLOTS as u32 + 50),
+            [(2, 10 + SLOTS as u32 + 50)]
+        );
+        assert_eq!(w.next_wait(10 + SLOTS as u32 + 50), None);
+    }
 
     fn fired(w: &mut Wheel, now: Tick) -> Vec<(u32, Tick)> {
         let mut v = Vec::new();

@@ -35,6 +35,7 @@ impl Worker {
 
     /// An accept failed. Returns true when the driver may try the next client.
     pub fn accept_failed(&mut self, e: &io::Error) -> bool {
+        self.changed = true;
         if is_no_fd(e) {
             // Out of descriptors: pending clients stay in the backlog. Retrying at once would
             // spin; wait a little or until one of ours closes.
@@ -49,6 +50,7 @@ impl Worker {
     /// A client was accepted on listener `i`.
     pub fn accepted(&mut self, i: usize, stream: TcpStream, peer: SocketAddr, d: &mut impl Driver) {
         self.counters.accepted += 1;
+        self.changed = true;
         let Some(Some((configured, _))) = self.listeners.get(i) else {
             return;
         };

@@ -1,7 +1,7 @@
 //! The worker's bookkeeping: counting what connections report, ending connections, and the
 //! work after each batch of events (timers, reaping, drain, shrinking, publishing counters).
 
-use super::{Driver, Slot, Worker, SHRINK_AFTER};
+use super::{Driver, Slot, Worker, PUBLISH_EVERY, SHRINK_AFTER};
 use crate::core::conn::{ConnLog, End, EndReason, Event, Note};
 use crate::core::relay::Side;
 use crate::driver::access_log::{LogSink, Record};
@@ -133,7 +133,22 @@ impl Worker {
         self.reap();
         let done = self.drained(d);
         self.shrink_when_idle();
-        self.publish();
+        // A loop that only moved bytes (thousands of wakes a second when busy) publishes its
+        // counters (and hands its access log lines to the sink) at most every PUBLISH_EVERY,
+        // and `timeout` wakes a quiet loop to publish what is left. A loop in which a
+        // connection came, went or was refused publishes at once: a scrape right after sees it.
+        // Which backends and routes exist (and their active counts) change with handshakes,
+        // not bytes: they go out every loop, so a scrape always lists them.
+        self.backends.publish();
+        self.routes.publish();
+        if done || self.changed || self.time.now >= self.publish_due {
+            self.publish();
+            self.publish_due = self.time.now + PUBLISH_EVERY;
+            self.unpublished = false;
+            self.changed = false;
+        } else {
+            self.unpublished = true;
+        }
         done
     }
 
@@ -185,8 +200,6 @@ impl Worker {
     }
 
     fn publish(&mut self) {
-        self.backends.publish();
-        self.routes.publish();
         if let Some(sink) = &self.log {
             self.counters.access_log_dropped += sink.flush(&mut self.log_batch);
         }

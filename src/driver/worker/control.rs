@@ -11,6 +11,7 @@ use std::os::fd::AsFd;
 impl Worker {
     /// Applies reload and drain requests from the control thread.
     pub fn on_control(&mut self, d: &mut impl Driver) {
+        self.changed = true;
         while let Ok(msg) = self.control.try_recv() {
             match msg {
                 Control::Reload(r) => {

@@ -228,7 +228,7 @@ impl Worker {
                 self.wheel.insert(key as u32, due);
                 return true;
             }
-            _ => {}
+            _ => self.changed = true,
         }
         let Some(Slot::Live(e)) = self.conns.get_mut(key) else {
             return false;

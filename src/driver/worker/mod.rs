@@ -46,6 +46,8 @@ const SCRATCH: usize = 64 * 1024;
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// A worker that held at least this many connections shrinks its tables once it is empty again.
 const SHRINK_AFTER: usize = 256;
+/// How often a busy worker publishes its counters (an idle one publishes before it sleeps).
+const PUBLISH_EVERY: Duration = Duration::from_millis(10);
 
 /// Everything a worker needs, built by [`crate::driver::Server::start`].
 pub struct WorkerConfig {
@@ -175,6 +177,11 @@ pub struct Worker {
     relay_stats: RelayStats,
     counters: Counters,
     accept_paused_until: Option<Instant>,
+    /// When the counters are published next, and whether anything waits for it.
+    publish_due: Instant,
+    unpublished: bool,
+    /// Something other than bytes moved in this loop (a step beyond I/O, an accept).
+    changed: bool,
     /// The driver should try every listener again (descriptors were freed, or one was added).
     accept_wanted: bool,
     /// Set by a drain request: no more accepting; close what is left at this instant.
@@ -240,6 +247,9 @@ impl Worker {
             relay_stats: RelayStats::default(),
             counters,
             accept_paused_until: None,
+            publish_due: Instant::now(),
+            unpublished: false,
+            changed: false,
             accept_wanted: true,
             draining: None,
             tls: HashMap::new(),
@@ -300,6 +310,7 @@ impl Worker {
             wheel,
             self.accept_paused_until.map(until),
             self.backend_pool.next_expiry().map(until),
+            self.unpublished.then(|| until(self.publish_due)),
         ]
         .into_iter()
         .flatten()
