@@ -398,7 +398,8 @@ impl<P> Relaying<P> {
         if let Some(reason) = self.closed {
             return self.end(reason, cx);
         }
-        match self.relay.poll_op(cx, t.tick) {
+        let room = cx.scratch.len();
+        match self.relay.poll_op(cx, t.tick, room) {
             Next::Op(op) => Step::Io(op),
             next => self.waiting(next, cx),
         }
@@ -423,21 +424,9 @@ impl<P> Relaying<P> {
         waiting
     }
 
+    /// The result of an operation; `scratch`: the buffer it read into or wrote from.
     #[inline]
-    fn complete_io(
-        &mut self,
-        op: IoOp,
-        res: io::Result<usize>,
-        cx: &mut Ctx<'_, impl Pipes<Pipe = P>>,
-        t: &Time,
-    ) {
-        let scratch = cx.scratch;
-        self.complete_in(op, res, cx, scratch, t);
-    }
-
-    /// [`Relaying::complete_io`] for an operation on `scratch` rather than `cx.scratch`.
-    #[inline]
-    fn complete_in(
+    fn complete(
         &mut self,
         op: IoOp,
         res: io::Result<usize>,
@@ -445,7 +434,7 @@ impl<P> Relaying<P> {
         scratch: &[u8],
         t: &Time,
     ) {
-        match self.relay.complete_in(op, res, cx, scratch, t.tick) {
+        match self.relay.complete(op, res, cx, scratch, t.tick) {
             Ok((way, n)) => {
                 if let Some(l) = &mut self.log {
                     match way {
@@ -644,7 +633,8 @@ impl<P> Conn<P> {
         t: &Time,
     ) {
         if let Conn::Relay(r) = self {
-            return r.complete_io(op, res, cx, t);
+            let scratch = cx.scratch;
+            return r.complete(op, res, cx, scratch, t);
         }
         self.complete_stage(op, res, cx, t)
     }
@@ -660,7 +650,10 @@ impl<P> Conn<P> {
         match self {
             Conn::Upgrade(u) => u.complete_io(op, res, cx.scratch, t),
             Conn::Http(x) => x.complete_io(op, res, cx.scratch, t),
-            Conn::Relay(r) => r.complete_io(op, res, cx, t),
+            Conn::Relay(r) => {
+                let scratch = cx.scratch;
+                r.complete(op, res, cx, scratch, t)
+            }
             Conn::Linger(l) => l.complete_io(op, res),
             Conn::Ended => {}
         }

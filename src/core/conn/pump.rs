@@ -7,7 +7,7 @@
 //! plain socket pair): per relayed message it saves the worker's round trip per operation (a
 //! slab lookup, a context, the held bytes and pipe fetched through the state enum).
 
-use super::{Conn, Relaying, Step, Time};
+use super::{Conn, Step, Time};
 use crate::core::relay::{Ctx, IoOp, Next, Pipes};
 use std::io;
 
@@ -31,8 +31,22 @@ impl<P> Conn<P> {
         t: &Time,
         io: &mut impl Executor<P>,
     ) -> Step {
+        // The relay's loop, where a connection spends its bytes, is inline here.
         if let Conn::Relay(r) = self {
-            let step = r.pump(cx, t, io);
+            let step = loop {
+                if let Some(reason) = r.closed {
+                    break r.end(reason, cx);
+                }
+                let op = match r.relay.poll_op(cx, t.tick, io.scratch().len()) {
+                    Next::Op(op) => op,
+                    next => break r.waiting(next, cx),
+                };
+                let (held, pipe) = r.relay.lent();
+                let Some(res) = io.exec(op, held, pipe) else {
+                    continue; // submitted: its completion comes later
+                };
+                r.complete(op, res, cx, io.scratch(), t);
+            };
             if let Step::End(_) = step {
                 *self = Conn::Ended;
             }
@@ -58,31 +72,6 @@ impl<P> Conn<P> {
                 continue; // submitted: its completion comes later
             };
             self.complete_stage(op, res, &mut cx.with_scratch(io.scratch()), t);
-        }
-    }
-}
-
-impl<P> Relaying<P> {
-    #[inline]
-    fn pump(
-        &mut self,
-        cx: &mut Ctx<'_, impl Pipes<Pipe = P>>,
-        t: &Time,
-        io: &mut impl Executor<P>,
-    ) -> Step {
-        loop {
-            if let Some(reason) = self.closed {
-                return self.end(reason, cx);
-            }
-            let op = match self.relay.poll_op_in(cx, t.tick, io.scratch().len()) {
-                Next::Op(op) => op,
-                next => return self.waiting(next, cx),
-            };
-            let (held, pipe) = self.relay.lent();
-            let Some(res) = io.exec(op, held, pipe) else {
-                continue; // submitted: its completion comes later
-            };
-            self.complete_in(op, res, cx, io.scratch(), t);
         }
     }
 }

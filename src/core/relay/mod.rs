@@ -524,16 +524,10 @@ impl<P> Relay<P> {
         self.down.budget = BUDGET;
     }
 
-    /// The next operation, or why there is none. Call until it is not [`Next::Op`].
+    /// The next operation, or why there is none. Call until it is not [`Next::Op`]. `room`:
+    /// the size of the buffer a `Read` reads into (`cx.scratch`, or the executor's).
     #[inline]
-    pub fn poll_op(&mut self, cx: &mut Ctx<'_, impl Pipes<Pipe = P>>, now: Tick) -> Next {
-        let room = cx.scratch.len();
-        self.poll_op_in(cx, now, room)
-    }
-
-    /// [`Relay::poll_op`] with reads into a buffer of `room` bytes rather than `cx.scratch`.
-    #[inline]
-    pub fn poll_op_in(
+    pub fn poll_op(
         &mut self,
         cx: &mut Ctx<'_, impl Pipes<Pipe = P>>,
         now: Tick,
@@ -567,22 +561,10 @@ impl<P> Relay<P> {
 
     /// The result of an operation [`Relay::poll_op`] gave (each direction has at most one in
     /// flight): the direction and the bytes it read from its source, or why the relay is over.
+    /// `scratch`: the buffer the operation read into or wrote from (`cx.scratch`, or the
+    /// executor's).
     #[inline]
     pub fn complete(
-        &mut self,
-        op: IoOp,
-        res: io::Result<usize>,
-        cx: &mut Ctx<'_, impl Pipes<Pipe = P>>,
-        now: Tick,
-    ) -> Result<(Way, u64), CloseReason> {
-        let scratch = cx.scratch;
-        self.complete_in(op, res, cx, scratch, now)
-    }
-
-    /// [`Relay::complete`] for an operation that read into or wrote from `scratch` rather than
-    /// `cx.scratch`.
-    #[inline]
-    pub fn complete_in(
         &mut self,
         op: IoOp,
         res: io::Result<usize>,

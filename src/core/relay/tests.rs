@@ -119,7 +119,8 @@ impl Rig {
 
     fn poll(&mut self) -> Next {
         let (relay, mut cx) = self.parts();
-        relay.poll_op(&mut cx, 5)
+        let room = cx.scratch.len();
+        relay.poll_op(&mut cx, 5, room)
     }
 
     fn complete(&mut self, op: IoOp, res: io::Result<usize>) -> Result<(Way, u64), CloseReason> {
@@ -129,7 +130,8 @@ impl Rig {
         if completion && matches!(op, IoOp::Read { .. }) {
             cx.lent = Some(buf);
         }
-        let r = relay.complete(op, res, &mut cx, 5);
+        let scratch = cx.scratch;
+        let r = relay.complete(op, res, &mut cx, scratch, 5);
         if cx.lent.is_some() {
             cx.returned.push(buf); // not kept: the worker gives it back
         }
@@ -278,7 +280,11 @@ fn a_transport_that_cannot_splice_is_always_copied() {
         threshold: 1,
         completion: false,
     };
-    assert_eq!(relay.poll_op(&mut cx, 1), Next::Op(read(Side::Client)));
+    let room = cx.scratch.len();
+    assert_eq!(
+        relay.poll_op(&mut cx, 1, room),
+        Next::Op(read(Side::Client))
+    );
     assert_eq!(cx.stats.copy_fallbacks, 0);
 }
 
