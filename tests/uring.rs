@@ -178,7 +178,9 @@ fn workers_are_counted_by_driver_and_the_ring_reports_its_batches(d: Driver) {
     };
     // A loop that only moves bytes publishes its counters within 10 ms, not at once.
     if d == Driver::Uring {
-        eventually("the ring's counters to be published", STEP, || ring().1 >= 80);
+        eventually("the ring's counters to be published", STEP, || {
+            ring().1 >= 80
+        });
     }
     let (submitted, completed, loops) = ring();
     match d {
