@@ -842,9 +842,10 @@ async fn an_idle_wss_tunnel_costs_little_more_than_an_idle_ws_tunnel() {
     let plain = rss_per_idle_tunnel(Relay::Auto).await;
     let tls = rss_per_idle_tunnel(Relay::Tls).await;
     eprintln!("proxy RSS per idle tunnel at 1,000: ws:// {plain} B, wss:// {tls} B");
-    // rustls's session state (keys, sequence numbers, the handshake's leftovers) with no
-    // receive or send buffer: a few KiB at most.
-    assert!(tls <= 6 * 1024, "an idle wss:// tunnel costs {tls} B");
+    // rustls's session state (record keys as bytes, sequence numbers, the post-handshake
+    // state) with no receive or send buffer: 2.7 KiB measured (3.8 KiB before the TLS 1.3
+    // keys were kept as bytes; bench-results/2026-11-29-tls-compare). A growth guard.
+    assert!(tls <= 3584, "an idle wss:// tunnel costs {tls} B");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
