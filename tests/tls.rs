@@ -509,6 +509,75 @@ async fn unknown_sni_is_refused_when_configured() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Cipher suites
+// ---------------------------------------------------------------------------------------------
+
+/// Every suite the proxy offers carries small and large messages both ways (TLS 1.3's suites
+/// keep only their key bytes between records, see transport/tls/lazy_aead.rs; a 1 MiB
+/// message is 64 records a direction, a 3-byte one a single record), and the suite counter
+/// names the one the client insisted on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_cipher_suite_relays_small_and_large_messages() {
+    let (t, certs, _backend) = echo_setup("").await;
+    let ring = rustls::crypto::ring::default_provider();
+    let mut suites = 0;
+    for suite in ring.cipher_suites.iter().copied() {
+        // The certificate is ECDSA: the RSA-signed TLS 1.2 suites cannot be negotiated.
+        let name = suite.suite().as_str().expect("a named suite").to_owned();
+        if name.contains("_RSA_") {
+            continue;
+        }
+        let version = suite.version();
+        let mut provider = rustls::crypto::ring::default_provider();
+        provider.cipher_suites = vec![suite];
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(certs.ca.clone()).expect("root");
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&[version])
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tls = connect(t.addr, Arc::new(config), SERVER_NAME)
+            .await
+            .expect("TLS");
+        assert_eq!(
+            tls.get_ref().1.negotiated_cipher_suite().map(|s| s.suite()),
+            Some(suite.suite())
+        );
+        let url = format!("wss://{SERVER_NAME}:{}/echo", t.addr.port());
+        let (mut ws, _) =
+            tokio_tungstenite::client_async(url.as_str(), ClientStream::Tls(Box::new(tls)))
+                .await
+                .expect("upgrade");
+        for round in 0..3 {
+            ws_echo_once(&mut ws, &format!("{name} {round}")).await;
+            let big: Vec<u8> = (0..(1 << 20) + round)
+                .map(|i| (i * 7 + round) as u8)
+                .collect();
+            ws.send(Message::binary(big.clone())).await.expect("send");
+            match ws_recv(&mut ws).await {
+                Message::Binary(b) => assert!(b[..] == big[..], "{name}: 1 MiB echo differs"),
+                other => panic!("{name}: expected the binary echo, got {other:?}"),
+            }
+        }
+        let _ = ws.close(None).await;
+        suites += 1;
+        let i = wsplice::transport::tls::CIPHERS
+            .iter()
+            .position(|c| *c == name)
+            .expect("a counted suite");
+        let deadline = Instant::now() + STEP;
+        while t.server.stats().tls_ciphers[i] < 1 {
+            assert!(Instant::now() < deadline, "{name} was not counted");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    // Three TLS 1.3 suites and the three ECDSA TLS 1.2 ones.
+    assert_eq!(suites, 6);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Resumption and reload
 // ---------------------------------------------------------------------------------------------
 
@@ -773,9 +842,10 @@ async fn an_idle_wss_tunnel_costs_little_more_than_an_idle_ws_tunnel() {
     let plain = rss_per_idle_tunnel(Relay::Auto).await;
     let tls = rss_per_idle_tunnel(Relay::Tls).await;
     eprintln!("proxy RSS per idle tunnel at 1,000: ws:// {plain} B, wss:// {tls} B");
-    // rustls's session state (keys, sequence numbers, the handshake's leftovers) with no
-    // receive or send buffer: a few KiB at most.
-    assert!(tls <= 6 * 1024, "an idle wss:// tunnel costs {tls} B");
+    // rustls's session state (record keys as bytes, sequence numbers, the post-handshake
+    // state) with no receive or send buffer: 2.7 KiB measured (3.8 KiB before the TLS 1.3
+    // keys were kept as bytes; bench-results/2026-11-29-tls-compare). A growth guard.
+    assert!(tls <= 3584, "an idle wss:// tunnel costs {tls} B");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

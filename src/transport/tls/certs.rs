@@ -50,7 +50,7 @@ struct Loaded {
 
 /// The crypto the listeners use: *ring*, its default (AEAD-only) suites, TLS 1.2 and 1.3.
 pub(super) fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(super::lazy_aead::provider())
 }
 
 /// Loads and checks one pair: the chain parses, the key parses and matches the leaf. An

@@ -25,6 +25,7 @@
 mod backend;
 mod certs;
 mod events;
+mod lazy_aead;
 mod role;
 mod tickets;
 
