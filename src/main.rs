@@ -552,12 +552,6 @@ fn run(
     }
     // Signals are caught from here on, before `ready`, so a script may signal right after it.
     let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT, SIGUSR1, SIGUSR2])?;
-    if choice.model == WorkerModel::Processes && inherited.is_some() {
-        return Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "this configuration runs worker processes, which cannot take over tunnels yet (set worker_model = \"threads\")",
-        ));
-    }
     if choice.model == WorkerModel::Processes {
         let (tx, rx) = std::sync::mpsc::channel();
         let to_sup = std::sync::Mutex::new(tx.clone());
@@ -584,6 +578,11 @@ fn run(
         // Certificates are checked before any worker starts: a bad file fails the start here,
         // named, not in every worker.
         let certs = tls_summary(&cfg)?;
+        // A binary upgrade passes the old process's listening sockets.
+        let passed = match &inherited {
+            Some(i) => i.listeners()?,
+            None => Vec::new(),
+        };
         let sup = Supervisor::start(
             &cfg,
             text.clone(),
@@ -591,6 +590,7 @@ fn run(
             (tx, rx),
             soft,
             names.table.clone(),
+            passed,
         )?;
         announce(
             &cfg,
@@ -604,15 +604,22 @@ fn run(
             &choice,
             soft,
         )?;
+        if let Some(i) = inherited {
+            upgrading::receive_processes(i, &sup)?;
+        }
         let mut running = Processes { sup, nofile: soft };
         let mut stopping = false;
         while let Some(sig) = running.sup.next_signal() {
             match sig {
                 SIGHUP => reload(&mut running, args, &mut cfg, &mut text, &mut names),
                 SIGUSR1 => reopen(&running),
+                SIGUSR2 if stopping => {
+                    eprintln!("wsplice: SIGUSR2 while stopping: ignored");
+                }
                 SIGUSR2 => {
-                    eprintln!("wsplice: SIGUSR2: binary upgrade runs with worker_model = \"threads\" only for now; nothing changed (restart, or run with worker threads)");
-                    say("upgrade failed");
+                    if upgrading::binary_upgrade_processes(&mut running.sup, &exe, &cfg) {
+                        return Ok(());
+                    }
                 }
                 _ if stopping => {
                     eprintln!("wsplice: second stop signal: exiting now");

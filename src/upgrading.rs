@@ -4,11 +4,14 @@
 
 use std::ffi::OsString;
 use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 use wsplice::config::Config;
-use wsplice::driver::upgrade::{self, Inherited};
+use wsplice::driver::supervisor::Supervisor;
+use wsplice::driver::upgrade::{self, HandedOver, Inherited, Launched};
 use wsplice::driver::{self, admin, Server};
 
 use crate::say;
@@ -49,52 +52,41 @@ pub fn receive(i: Inherited, server: &Server) -> io::Result<()> {
     Ok(())
 }
 
-/// SIGUSR2 with worker threads: starts the binary at `exe` and hands it everything. True once
-/// this process is done (every tunnel handed over or finished); false when the upgrade failed
-/// and this process serves on, unchanged.
-pub fn binary_upgrade(server: &mut Server, exe: &io::Result<PathBuf>, cfg: &Config) -> bool {
-    let fail = |why: &str| {
-        eprintln!(
-            "wsplice: upgrade failed, still serving (pid {}): {why}",
-            std::process::id()
-        );
-        say("upgrade failed");
-        false
-    };
+/// Logs why an upgrade did not happen and says `upgrade failed`; false (this process serves
+/// on, unchanged).
+fn fail(why: &str) -> bool {
+    eprintln!(
+        "wsplice: upgrade failed, still serving (pid {}): {why}; nothing changed: fix the cause and send SIGUSR2 again (or restart)",
+        std::process::id()
+    );
+    say("upgrade failed");
+    false
+}
+
+/// Starts the binary at `exe` with this process's arguments, passes it `listeners` and the
+/// admin listener and waits for it to confirm.
+fn start_new(
+    exe: &io::Result<PathBuf>,
+    listeners: &[(SocketAddr, BorrowedFd<'_>)],
+) -> Result<Launched, String> {
     let exe = match exe {
         Ok(p) => p,
-        Err(e) => return fail(&format!("cannot tell which binary this is: {e}")),
+        Err(e) => return Err(format!("cannot tell which binary this is: {e}")),
     };
-    if server.driver() != driver::Chosen::Epoll {
-        return fail("binary upgrade runs with the epoll driver only for now (driver = \"epoll\")");
-    }
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     eprintln!(
         "wsplice: SIGUSR2: starting {} to take over the listeners and tunnels",
         exe.display()
     );
     let admin = admin::socket_for_upgrade();
-    let admin_fd = admin.as_ref().map(|(a, l)| {
-        use std::os::fd::AsFd;
-        (*a, l.as_fd())
-    });
-    let owned = server.listener_fds();
-    let listeners: Vec<_> = {
-        use std::os::fd::AsFd;
-        owned.iter().map(|(a, fd)| (*a, fd.as_fd())).collect()
-    };
-    let mut launched =
-        match upgrade::launch(exe, &args, &listeners, admin_fd, upgrade::CONFIRM_WITHIN) {
-            Ok(l) => l,
-            Err(why) => return fail(&why),
-        };
+    let admin_fd = admin.as_ref().map(|(a, l)| (*a, l.as_fd()));
+    let launched = upgrade::launch(exe, &args, listeners, admin_fd, upgrade::CONFIRM_WITHIN)?;
     say(&format!("upgraded pid={}", launched.pid));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let abort: upgrade::Abort = Arc::default();
-    let started = Instant::now();
-    server.hand_over(tx, &abort, started + cfg.timeouts.drain);
-    let done = upgrade::hand_over(&mut launched, rx, &abort, started);
-    server.join();
+    Ok(launched)
+}
+
+/// The old process's last line about an upgrade.
+fn summary(done: &HandedOver, pid: u32) {
     let sweep = done.sweep.as_secs_f64() * 1e3;
     let per_1000 = if done.established > 0 {
         sweep * 1000.0 / done.established as f64
@@ -102,13 +94,83 @@ pub fn binary_upgrade(server: &mut Server, exe: &io::Result<PathBuf>, cfg: &Conf
         0.0
     };
     eprintln!(
-        "wsplice: upgrade: handed {} tunnels to pid {}: the {} established at the signal in {sweep:.1} ms ({per_1000:.1} ms per 1,000 tunnels), the rest as their handshakes finished, {:.1} ms in all; {} bytes in flight went along; {} lost; every connection left here has finished: exiting",
+        "wsplice: upgrade: handed {} tunnels to pid {pid}: the {} established at the signal in {sweep:.1} ms ({per_1000:.1} ms per 1,000 tunnels), the rest as their handshakes finished, {:.1} ms in all; {} bytes in flight went along; {} lost; every connection left here has finished: exiting",
         done.tunnels,
-        launched.pid,
         done.established,
         done.took.as_secs_f64() * 1e3,
         done.bytes,
         done.lost
     );
+}
+
+/// SIGUSR2 with worker threads: starts the binary at `exe` and hands it everything. True once
+/// this process is done (every tunnel handed over or finished); false when the upgrade failed
+/// and this process serves on, unchanged.
+pub fn binary_upgrade(server: &mut Server, exe: &io::Result<PathBuf>, cfg: &Config) -> bool {
+    if server.driver() != driver::Chosen::Epoll {
+        return fail("binary upgrade runs with the epoll driver only for now (driver = \"epoll\")");
+    }
+    let owned = server.listener_fds();
+    let listeners: Vec<_> = owned.iter().map(|(a, fd)| (*a, fd.as_fd())).collect();
+    let mut launched = match start_new(exe, &listeners) {
+        Ok(l) => l,
+        Err(why) => return fail(&why),
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let abort: upgrade::Abort = Arc::default();
+    let started = Instant::now();
+    server.hand_over(tx, &abort, started + cfg.timeouts.drain);
+    let done = upgrade::hand_over(&mut launched, rx, &abort, started);
+    server.join();
+    summary(&done, launched.pid);
     true
+}
+
+/// SIGUSR2 with worker processes: starts the binary at `exe` (a supervisor of its own
+/// workers) and has every worker hand its tunnels to one of the new ones. True once every
+/// worker here has exited; false when the upgrade failed and this tree serves on, unchanged.
+pub fn binary_upgrade_processes(
+    sup: &mut Supervisor,
+    exe: &io::Result<PathBuf>,
+    cfg: &Config,
+) -> bool {
+    let mut launched = match start_new(exe, &sup.listener_fds()) {
+        Ok(l) => l,
+        Err(why) => return fail(&why),
+    };
+    let done = sup.hand_over(&mut launched, cfg.timeouts.drain);
+    summary(&done, launched.pid);
+    true
+}
+
+/// The new process with worker processes, serving: one channel per worker goes to the old
+/// process with `ready`. Tunnels that come on the upgrade socket itself (an old process with
+/// worker threads) are passed on to the workers, in turn.
+pub fn receive_processes(i: Inherited, sup: &Supervisor) -> io::Result<()> {
+    let channels = sup.adopt_channels()?;
+    let fds: Vec<BorrowedFd<'_>> = channels.iter().map(|c| c.as_fd()).collect();
+    let receiving = i.ready_with(&fds)?;
+    std::thread::Builder::new()
+        .name("wsplice-upgrade".into())
+        .spawn(move || {
+            let mut next = 0usize;
+            let n = receiving.run(|batch| {
+                if channels.is_empty() {
+                    return;
+                }
+                let c = &channels[next % channels.len()];
+                next = next.wrapping_add(1);
+                if let Err(e) = upgrade::send_tunnels(c, &batch) {
+                    eprintln!(
+                        "wsplice: upgrade: cannot pass {} tunnels on to a worker: {e}; they are closed",
+                        batch.len()
+                    );
+                }
+            });
+            if n > 0 {
+                eprintln!("wsplice: upgrade: passed {n} tunnels on to the workers");
+            }
+            // Dropped here: each worker's channel ends once the old workers are done too.
+        })?;
+    Ok(())
 }

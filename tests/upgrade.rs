@@ -4,8 +4,10 @@
 //! process exits, every byte arrives in order, nothing is reset. And a new binary that fails
 //! (exits, or refuses its configuration) leaves the old one serving.
 //!
-//! Worker threads under epoll, in the copy and splice relay modes: the models the upgrade
-//! covers (worker processes and io_uring refuse `SIGUSR2` with a line saying so).
+//! Under both worker models (threads, and processes: each old worker process hands its tunnels
+//! to one of the new supervisor's workers), with epoll, in the copy and splice relay modes.
+//! TLS tunnels cannot move (rustls cannot export a session's keys): the old process keeps
+//! serving them until they close, or until `timeouts.drain`.
 
 #[macro_use]
 mod support;
@@ -28,18 +30,32 @@ const DEADLINE: Duration = Duration::from_secs(240);
 /// Any single wait for bytes.
 const WAIT: Duration = Duration::from_secs(30);
 
-/// `upgrade!(name, body)`: `name::copy` and `name::splice`, under epoll with worker threads.
+/// `upgrade!(name, body)`: `name::{threads,processes}::{copy,splice}`, under epoll.
 macro_rules! upgrade {
     ($name:ident, $body:expr) => {
         mod $name {
             use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn copy() {
-                within(DEADLINE, $body(Relay::Copy)).await
+            mod threads {
+                use super::*;
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn copy() {
+                    within(DEADLINE, $body(Relay::Copy, "threads")).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn splice() {
+                    within(DEADLINE, $body(Relay::Splice, "threads")).await
+                }
             }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn splice() {
-                within(DEADLINE, $body(Relay::Splice)).await
+            mod processes {
+                use super::*;
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn copy() {
+                    within(DEADLINE, $body(Relay::Copy, "processes")).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn splice() {
+                    within(DEADLINE, $body(Relay::Splice, "processes")).await
+                }
             }
         }
     };
@@ -51,9 +67,9 @@ async fn within(d: Duration, f: impl std::future::Future<Output = ()>) {
     }
 }
 
-fn config(relay: Relay, backend: SocketAddr) -> ProxyBuilder {
+fn config(relay: Relay, model: &str, backend: SocketAddr) -> ProxyBuilder {
     Proxy::builder(relay)
-        .top("worker_model", "\"threads\"")
+        .top("worker_model", &format!("\"{model}\""))
         .workers(2)
         .route(route("/a", &[backend]))
 }
@@ -71,20 +87,37 @@ fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-fn fds_of(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+/// The process and its worker processes (none with worker threads).
+fn tree(pid: u32) -> Vec<u32> {
+    let mut all = vec![pid];
+    all.extend(support::worker_pids(pid));
+    all
 }
 
+/// Open descriptors of the process and its worker processes.
+fn fds_of(pid: u32) -> usize {
+    tree(pid)
+        .iter()
+        .map(|p| std::fs::read_dir(format!("/proc/{p}/fd")).map_or(0, |d| d.count()))
+        .sum()
+}
+
+/// `VmRSS` of the process and its worker processes, KiB.
 fn rss_kib_of(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|n| n.parse().ok())
+    tree(pid)
+        .iter()
+        .map(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/status"))
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("VmRSS:"))
+                        .and_then(|v| v.split_whitespace().next())
+                        .and_then(|n| n.parse::<u64>().ok())
+                })
+                .unwrap_or(0)
         })
-        .unwrap_or(0)
+        .sum()
 }
 
 /// Opens `n` tunnels through `addr`, each running a [`flow`] until `stop`.
@@ -286,11 +319,14 @@ upgrade!(
 );
 async fn sigusr2_hands_1000_tunnels_and_50_handshakes_to_the_new_binary_without_losing_a_byte(
     relay: Relay,
+    model: &str,
 ) {
     let echo = backend("A").await.addr;
-    let mut proxy = config(relay, echo).admin().start().await;
+    let mut proxy = config(relay, model, echo).admin().start().await;
     let addr = proxy.addr();
     let old = proxy.pid();
+    let old_tree = tree(old);
+    assert_eq!(old_tree.len(), if model == "processes" { 3 } else { 1 });
 
     let stop = Arc::new(AtomicBool::new(false));
     let flows = start_flows(addr, 1000, &stop, Duration::from_millis(200)).await;
@@ -382,8 +418,14 @@ async fn sigusr2_hands_1000_tunnels_and_50_handshakes_to_the_new_binary_without_
 
     let status = tokio::task::block_in_place(|| proxy.wait_exit(Duration::from_secs(60)));
     assert!(status.success(), "old process exit: {status}");
-    assert!(!alive(old), "the old process {old} is gone");
+    tokio::task::block_in_place(|| {
+        support::blocking::eventually("every old process is gone", WAIT, || {
+            old_tree.iter().all(|p| !alive(*p))
+        })
+    });
     assert!(alive(new), "the new process {new} serves");
+    let new_tree = tree(new);
+    assert_eq!(new_tree.len(), old_tree.len(), "new: {new_tree:?}");
     let stderr = proxy.stderr();
     let (handed, per_1000, summary) =
         handed_line(&stderr).unwrap_or_else(|| panic!("no hand-over summary in\n{stderr}"));
@@ -461,7 +503,7 @@ async fn sigusr2_hands_1000_tunnels_and_50_handshakes_to_the_new_binary_without_
         .find(|l| l.contains("took over"))
         .unwrap_or("");
     eprintln!(
-        "upgrade-bench relay={} tunnels_handed={handed} per_1000_ms={per_1000:.1} \
+        "upgrade-bench model={model} relay={} tunnels_handed={handed} per_1000_ms={per_1000:.1} \
          old_before: fds={old_fds} rss_kib={old_rss}; new_after: fds={new_fds} rss_kib={new_rss}; \
          records={records} bulk_bytes={bulk_bytes}\n  old: {summary}\n  new: {took}",
         relay.as_str()
@@ -523,7 +565,10 @@ upgrade!(
     a_failing_new_binary_leaves_the_old_one_serving_then_a_good_one_takes_over,
     super::a_failing_new_binary_leaves_the_old_one_serving_then_a_good_one_takes_over
 );
-async fn a_failing_new_binary_leaves_the_old_one_serving_then_a_good_one_takes_over(relay: Relay) {
+async fn a_failing_new_binary_leaves_the_old_one_serving_then_a_good_one_takes_over(
+    relay: Relay,
+    model: &str,
+) {
     if support::emulated() {
         eprintln!("skipped under emulation: the test runs a copy of the binary itself");
         return;
@@ -531,7 +576,7 @@ async fn a_failing_new_binary_leaves_the_old_one_serving_then_a_good_one_takes_o
     let echo = backend("A").await.addr;
     let copy = Copy::new();
     let exe = copy.exe.clone();
-    let cfg = config(relay, echo);
+    let cfg = config(relay, model, echo);
     let good_toml = cfg.toml();
     let mut proxy = tokio::task::spawn_blocking(move || cfg.blocking_start_from(&exe))
         .await
@@ -555,7 +600,13 @@ async fn a_failing_new_binary_leaves_the_old_one_serving_then_a_good_one_takes_o
         "the log names the binary and its exit status:\n{stderr}"
     );
     assert!(stderr.contains("this binary refuses to run"), "{stderr}");
-    assert!(proxy.is_running() && alive(old));
+    assert!(
+        stderr.contains("send SIGUSR2 again (or restart)"),
+        "the log tells the operator what to do:\n{stderr}"
+    );
+    let old_tree = tree(old);
+    assert!(proxy.is_running() && old_tree.iter().all(|p| alive(*p)));
+    assert_eq!(old_tree.len(), if model == "processes" { 3 } else { 1 });
     let (mut s, _) = open(addr, "/a/after-failure")
         .await
         .expect("the old process still accepts");
@@ -594,7 +645,12 @@ async fn a_failing_new_binary_leaves_the_old_one_serving_then_a_good_one_takes_o
     let _reaper = Reaper(new);
     let status = tokio::task::block_in_place(|| proxy.wait_exit(Duration::from_secs(60)));
     assert!(status.success(), "{status}");
-    assert!(!alive(old) && alive(new));
+    tokio::task::block_in_place(|| {
+        support::blocking::eventually("every old process is gone", WAIT, || {
+            old_tree.iter().all(|p| !alive(*p))
+        })
+    });
+    assert!(alive(new));
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
     for (i, f) in flows.into_iter().enumerate() {
@@ -609,46 +665,102 @@ async fn a_failing_new_binary_leaves_the_old_one_serving_then_a_good_one_takes_o
     s.read_exact(&mut b4).await.expect("echo");
 }
 
-/// Worker processes do not hand tunnels over yet: `SIGUSR2` says so, changes nothing, and the
-/// proxy keeps serving its tunnels and new clients.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigusr2_with_worker_processes_says_it_cannot_and_changes_nothing() {
-    within(DEADLINE, async {
-        let echo = backend("A").await.addr;
-        let mut proxy = Proxy::builder(Relay::Copy)
-            .top("worker_model", "\"processes\"")
-            .workers(2)
-            .route(route("/a", &[echo]))
-            .start()
-            .await;
-        let addr = proxy.addr();
-        let stop = Arc::new(AtomicBool::new(false));
-        let (s, _) = open(addr, "/a/x").await.expect("tunnel");
-        let f = tokio::spawn(flow(s, stop.clone(), Duration::from_millis(20)));
-        proxy.signal(Signal::SIGUSR2);
-        let line = tokio::task::block_in_place(|| {
-            proxy.expect_line_starting(&["upgraded pid=", "upgrade failed"], WAIT)
-        });
-        assert_eq!(line, "upgrade failed");
-        assert!(
-            proxy
-                .stderr()
-                .contains("binary upgrade runs with worker_model = \"threads\" only for now"),
-            "{}",
-            proxy.stderr()
-        );
-        assert!(proxy.is_running());
-        let (mut s, _) = open(addr, "/a/after").await.expect("still accepting");
-        s.write_all(b"ping").await.expect("write");
-        let mut b4 = [0u8; 4];
-        s.read_exact(&mut b4).await.expect("echo");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        stop.store(true, Ordering::Relaxed);
-        let n = f
-            .await
-            .expect("flow")
-            .unwrap_or_else(|e| panic!("tunnel: {e}"));
-        assert!(n > 0);
-    })
-    .await
+/// `both_models!(name)`: `name::threads` and `name::processes`.
+macro_rules! both_models {
+    ($name:ident) => {
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn threads() {
+                within(DEADLINE, super::$name("threads")).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn processes() {
+                within(DEADLINE, super::$name("processes")).await
+            }
+        }
+    };
+}
+
+both_models!(tls_tunnels_stay_in_the_old_process_until_they_close_or_timeouts_drain);
+/// TLS tunnels cannot move (rustls cannot export a session's keys): after `SIGUSR2` they keep
+/// flowing in the old process, which lives on while one is open; new TLS clients reach the
+/// new process; at `timeouts.drain` the old process closes what is left and exits.
+async fn tls_tunnels_stay_in_the_old_process_until_they_close_or_timeouts_drain(model: &str) {
+    let echo = backend("A").await.addr;
+    let mut proxy = Proxy::builder(Relay::Tls)
+        .top("worker_model", &format!("\"{model}\""))
+        .workers(2)
+        .timeout("drain", "30s")
+        .route(route("/a", &[echo]))
+        .start()
+        .await;
+    // The address of a local TLS shim: each connection reaches the proxy over TLS.
+    let addr = proxy.addr();
+    let old = proxy.pid();
+    let old_tree = tree(old);
+    let stop = Arc::new(AtomicBool::new(false));
+    let flows = start_flows(addr, 5, &stop, Duration::from_millis(20)).await;
+    // A tunnel the client never closes: only the drain timeout ends it.
+    let (mut idle, _) = open(addr, "/a/idle").await.expect("idle TLS tunnel");
+    let mut b4 = [0u8; 4];
+    idle.write_all(b"ping").await.expect("write");
+    idle.read_exact(&mut b4).await.expect("echo");
+
+    proxy.signal(Signal::SIGUSR2);
+    let line = tokio::task::block_in_place(|| {
+        proxy.expect_line_starting(&["upgraded pid=", "upgrade failed"], WAIT)
+    });
+    let new: u32 = line
+        .strip_prefix("upgraded pid=")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("the upgrade failed: {line}\n{}", proxy.stderr()));
+    let _reaper = Reaper(new);
+
+    // New TLS clients are served (by the new process, on the same listener).
+    let (mut s, _) = open(addr, "/a/new").await.expect("a new TLS client");
+    s.write_all(b"ping").await.expect("write");
+    s.read_exact(&mut b4).await.expect("echo");
+    drop(s);
+    // The TLS tunnels stayed: they still carry traffic, through the old process.
+    idle.write_all(b"pong")
+        .await
+        .expect("write after the upgrade");
+    tokio::time::timeout(WAIT, idle.read_exact(&mut b4))
+        .await
+        .expect("echo after the upgrade in time")
+        .expect("echo after the upgrade");
+    assert_eq!(&b4, b"pong");
+    assert!(
+        old_tree.iter().all(|p| alive(*p)),
+        "the old processes hold the TLS tunnels"
+    );
+    stop.store(true, Ordering::Relaxed);
+    for (i, f) in flows.into_iter().enumerate() {
+        match f.await.expect("flow task") {
+            Ok(n) => assert!(n > 0),
+            Err(e) => panic!("TLS tunnel {i} across the upgrade: {e}"),
+        }
+    }
+    // The idle tunnel holds the old process until timeouts.drain, which then closes it.
+    assert!(
+        proxy.is_running(),
+        "the idle TLS tunnel keeps the old process"
+    );
+    let status = tokio::task::block_in_place(|| proxy.wait_exit(Duration::from_secs(90)));
+    assert!(status.success(), "old process exit: {status}");
+    let end = tokio::time::timeout(WAIT, idle.read(&mut b4))
+        .await
+        .expect("the idle tunnel is closed at timeouts.drain");
+    assert!(matches!(end, Ok(0) | Err(_)), "closed, not data: {end:?}");
+    let stderr = proxy.stderr();
+    let (handed, _, summary) =
+        handed_line(&stderr).unwrap_or_else(|| panic!("no hand-over summary in\n{stderr}"));
+    assert_eq!(handed, 0, "no TLS tunnel can move: {summary}");
+    assert!(alive(new));
+    let (mut s, _) = open(addr, "/a/after")
+        .await
+        .expect("the new process serves TLS");
+    s.write_all(b"ping").await.expect("write");
+    s.read_exact(&mut b4).await.expect("echo");
 }

@@ -13,7 +13,8 @@ use crate::driver::epoll::{Worker, WorkerConfig};
 use crate::driver::limiter::{ConnLimiter, IpLimiter};
 use crate::driver::shared::Shared;
 use crate::driver::stats::BackendSnapshot;
-use crate::driver::{backend_tls_for, process_params, tls_for, Control, Reload};
+use crate::driver::upgrade;
+use crate::driver::{backend_tls_for, process_params, tls_for, Control, HandOver, Reload};
 use crate::sys::{ipc, shm};
 use crate::transport::tls::TicketKeys;
 use mio::Waker;
@@ -136,7 +137,9 @@ pub fn run(id: usize, load: Loader) -> io::Result<()> {
     // Listening since Worker::new: clients wait in the backlog until the loop runs, just below.
     ipc::send(&ctl, b"ready", &[])?;
     let ctl_log = Arc::new(Mutex::new(log));
+    let handing: Handing = Arc::default();
     let control = ControlThread {
+        handing: handing.clone(),
         id,
         ctl,
         tx,
@@ -154,6 +157,11 @@ pub fn run(id: usize, load: Loader) -> io::Result<()> {
         .name("wsplice-control".into())
         .spawn(move || control.run())?;
     let result = worker.run();
+    // A binary upgrade: the last batches are still on their way to the new process.
+    let sending = handing.lock().ok().and_then(|mut h| h.take());
+    if let Some(t) = sending {
+        let _ = t.join();
+    }
     if let Ok(mut l) = ctl_log.lock() {
         *l = None;
     }
@@ -196,7 +204,11 @@ fn take_listeners<'a>(
     Ok(())
 }
 
+/// The thread sending this worker's tunnels to the new process in a binary upgrade.
+type Handing = Arc<Mutex<Option<std::thread::JoinHandle<()>>>>;
+
 struct ControlThread {
+    handing: Handing,
     id: usize,
     ctl: OwnedFd,
     tx: Sender<Control>,
@@ -265,6 +277,17 @@ impl ControlThread {
                     self.mirror();
                     Ok(())
                 }
+                Some("handover") => {
+                    let ms = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+                    match fds.drain(..).next() {
+                        Some(sock) => self.hand_over(Duration::from_millis(ms), sock),
+                        None => Err(protocol("handover without its socket")),
+                    }
+                }
+                Some("adopt") => match fds.drain(..).next() {
+                    Some(sock) => self.adopt(sock),
+                    None => Err(protocol("adopt without its socket")),
+                },
                 _ => Err(protocol(&format!("unexpected {text:?}"))),
             };
             if let Err(e) = result {
@@ -277,6 +300,60 @@ impl ControlThread {
         if self.tx.send(msg).is_ok() {
             let _ = self.waker.wake();
         }
+    }
+
+    /// A binary upgrade (old side): the worker stops accepting and hands its tunnels over;
+    /// a thread sends them on `sock`, then reports to the supervisor what went.
+    fn hand_over(&self, drain: Duration, sock: OwnedFd) -> io::Result<()> {
+        let (out, batches) = channel();
+        let abort: upgrade::Abort = Arc::default();
+        let started = Instant::now();
+        let report = self.ctl.try_clone()?;
+        let thread_abort = abort.clone();
+        let t = std::thread::Builder::new()
+            .name("wsplice-handover".into())
+            .spawn(move || {
+                let done = upgrade::send_batches(
+                    &sock,
+                    "the new process",
+                    batches,
+                    &thread_abort,
+                    started,
+                );
+                let _ = ipc::send(&report, done.to_line().as_bytes(), &[]);
+            })?;
+        if let Ok(mut h) = self.handing.lock() {
+            *h = Some(t);
+        }
+        self.control(Control::HandOver(HandOver {
+            out,
+            abort,
+            until: started + drain,
+        }));
+        Ok(())
+    }
+
+    /// A binary upgrade (new side): tunnels the old process's workers send on `sock` join
+    /// this worker.
+    fn adopt(&self, sock: OwnedFd) -> io::Result<()> {
+        let (tx, waker, id) = (self.tx.clone(), self.waker.clone(), self.id);
+        std::thread::Builder::new()
+            .name("wsplice-adopt".into())
+            .spawn(move || {
+                let started = Instant::now();
+                let n = upgrade::Receiving::from(sock).run(|batch| {
+                    if tx.send(Control::Adopt(batch)).is_ok() {
+                        let _ = waker.wake();
+                    }
+                });
+                if n > 0 {
+                    eprintln!(
+                        "wsplice: worker {id}: upgrade: took over {n} tunnels in {:.1} ms",
+                        started.elapsed().as_secs_f64() * 1e3
+                    );
+                }
+            })?;
+        Ok(())
     }
 
     fn mirror(&self) {

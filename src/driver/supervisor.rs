@@ -42,6 +42,8 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod upgrade;
+
 /// How long a worker may take to start, or to confirm a reload.
 const CONFIRM: Duration = Duration::from_secs(5);
 /// A worker that dies sooner than this after starting is restarted after a growing pause, so a
@@ -231,6 +233,8 @@ pub struct Supervisor {
     tx: Sender<Event>,
     pending: VecDeque<Event>,
     stopping: bool,
+    /// A binary upgrade under way: what the workers reported handing over so far.
+    handed: Option<crate::driver::upgrade::HandedOver>,
 }
 
 fn worker_count(cfg: &Config) -> usize {
@@ -258,6 +262,9 @@ impl Supervisor {
     /// Binds every listener, creates the shared memory and starts one process per worker;
     /// returns once all of them accept. `text` is the configuration file's text (`None`: the
     /// configuration came from the command line, which the workers parse themselves).
+    /// `inherited`: the listening sockets a binary upgrade passed (configured address,
+    /// socket), taken instead of binding anew (more are bound if there are more workers).
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         cfg: &Config,
         text: Option<String>,
@@ -265,12 +272,22 @@ impl Supervisor {
         events: (Sender<Event>, Receiver<Event>),
         nofile: u64,
         resolved: Resolved,
+        mut inherited: Vec<(SocketAddr, TcpListener)>,
     ) -> io::Result<Supervisor> {
         let workers = worker_count(cfg);
         let mut listen = Vec::new();
         for want in cfg.all_listen() {
-            let (bound, socks) = bind_all(want, workers)?;
+            let (bound, socks) =
+                match crate::driver::upgrade::take_passed(&mut inherited, want, workers)? {
+                    Some(passed) => passed,
+                    None => bind_all(want, workers)?,
+                };
             listen.push(Listen { want, bound, socks });
+        }
+        for (want, _) in &inherited {
+            eprintln!(
+                "wsplice: upgrade: the old process listened on {want}, which this configuration does not: closed"
+            );
         }
         let (per, total) = process_capacity(cfg, nofile);
         let shared = Arc::new(Shared::create(Layout::new(workers, per.max_connections))?);
@@ -319,6 +336,7 @@ impl Supervisor {
             tx,
             pending: VecDeque::new(),
             stopping: false,
+            handed: None,
         };
         for id in 0..workers {
             if let Err(e) = sup.spawn(id) {
@@ -449,13 +467,16 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Sends worker `id` its sockets for the listen addresses `which`.
+    /// Sends worker `id` its sockets for the listen addresses `which` (socket `id`, and every
+    /// `workers`th after it: an upgrade from more workers passes more sockets, and each must
+    /// be accepted from).
     fn send_listeners(&self, id: usize, ctl: &OwnedFd, which: &[SocketAddr]) -> io::Result<()> {
+        let n = self.slots.len();
         let mine: Vec<(SocketAddr, &TcpListener)> = self
             .listen
             .iter()
             .filter(|l| which.contains(&l.want))
-            .map(|l| (l.want, &l.socks[id]))
+            .flat_map(|l| l.socks.iter().skip(id).step_by(n).map(|s| (l.want, s)))
             .collect();
         for chunk in mine.chunks(ipc::MAX_FDS) {
             let mut msg = String::from("listen");
@@ -544,6 +565,10 @@ impl Supervisor {
     fn on_message(&mut self, id: usize, seq: u64, text: &str) {
         let slot = &mut self.slots[id];
         if slot.seq != seq {
+            return;
+        }
+        if let Some(h) = crate::driver::upgrade::HandedOver::from_line(text) {
+            self.handed.get_or_insert_with(Default::default).merge(&h);
             return;
         }
         if text == "ready" && !slot.ready {

@@ -26,10 +26,19 @@
 //! [`CONFIRM_WITHIN`], the old process keeps everything (it never stopped accepting) and logs
 //! why: the binary's path, its exit status, its own error line.
 //!
-//! Covered: `worker_model = "threads"` with the epoll driver, plain (non-TLS) tunnels, relay
-//! modes copy, splice and auto. Not yet: worker processes (the supervisor answers `SIGUSR2`
-//! with a line saying so), the io_uring driver (operations in flight in the ring), TLS tunnels
-//! (their session keys stay in the old process: they finish there, up to `timeouts.drain`).
+//! Covered: both worker models with the epoll driver, plain (non-TLS) tunnels, relay modes
+//! copy, splice and auto. With worker processes the supervisors pass the listeners as above
+//! and each old worker process sends its tunnels straight to one of the new supervisor's
+//! workers, on a socket pair the new supervisor made for it and sent along with `ready`
+//! (see `driver::supervisor`'s `upgrade` module); a mixed pair (threads to processes or back)
+//! goes through the upgrade socket. Not yet: the io_uring driver (a relay under io_uring
+//! always has a receive in flight in the ring, which would first have to be cancelled and its
+//! bytes, if any, carried as pending; `SIGUSR2` answers `upgrade failed` with a line saying
+//! so). TLS tunnels do not move: rustls can export a session's traffic secrets (feature
+//! `secret_extraction`, meant for kernel TLS) but has no way to build a connection from them,
+//! so the new process could carry one only through kernel TLS (`setsockopt(TLS_TX/TLS_RX)`),
+//! which wsplice does not use. They finish in the old process, which lives until they close
+//! or `timeouts.drain` passes (tested in tests/upgrade.rs).
 
 mod server;
 pub mod wire;
@@ -56,6 +65,8 @@ pub const ENV: &str = "WSPLICE_UPGRADE_FD";
 pub const CONFIRM_WITHIN: Duration = Duration::from_secs(30);
 /// Tunnels per message (two descriptors each, within the kernel's 253 per message).
 pub const BATCH: usize = 100;
+/// The send buffer asked for on a channel to the new process.
+pub const SEND_BUFFER_BYTES: usize = SEND_BUFFER;
 /// Pending bytes per message before it is sent early (a message must fit the send buffer).
 pub const BATCH_BYTES: usize = 128 * 1024;
 /// The send buffer asked for (the kernel caps it by `net.core.wmem_max`).
@@ -107,6 +118,28 @@ pub struct Launched {
     pub pid: u32,
     /// Reaped by [`hand_over`] if it exits before the old process.
     child: Child,
+    /// The sockets that came with its `ready`: one per worker process of a new process that
+    /// runs worker processes (tunnels sent on one go straight to that worker); none from one
+    /// that runs worker threads (tunnels go on the upgrade socket itself).
+    pub channels: Vec<OwnedFd>,
+}
+
+impl Launched {
+    /// A copy of the upgrade socket (worker processes of the old process write tunnels on
+    /// it when the new process has no channels of its own).
+    pub fn sock_copy(&self) -> io::Result<OwnedFd> {
+        self.sock.try_clone()
+    }
+
+    /// Tells the new process the hand-over is over: `n` tunnels in all.
+    pub fn done(&mut self, n: u64) {
+        let _ = ipc::send(&self.sock, &wire::encode(&Msg::Done(n)), &[]);
+    }
+
+    /// Reaps it if it already ended; otherwise it outlives us (init adopts it).
+    pub fn reap(&mut self) {
+        let _ = self.child.try_wait();
+    }
 }
 
 /// Starts `exe args` with the upgrade socket, passes `listeners` and the `admin` listener
@@ -146,6 +179,7 @@ pub fn launch(
     let _ = ipc::send_large(&ours, &wire::encode(&Msg::Listeners { addrs, admin }), &fds);
     let deadline = Instant::now() + within;
     let (mut buf, mut fds) = (Vec::new(), Vec::new());
+    let channels;
     let _ = ipc::set_timeout(&ours, Some(Duration::from_millis(200)));
     let exited = |child: &mut Child| -> String {
         // Closed: it exited or is exiting; its status says how.
@@ -177,7 +211,10 @@ pub fn launch(
         // The socket first: a refusal it sent before exiting is the better reason.
         match ipc::recv(&ours, &mut buf, &mut fds) {
             Ok(true) => match wire::decode(&buf) {
-                Ok(Msg::Ready(_)) => break,
+                Ok(Msg::Ready(_)) => {
+                    channels = std::mem::take(&mut fds);
+                    break;
+                }
                 Ok(Msg::Failed(why)) => {
                     return Err(fail(
                         &mut child,
@@ -212,6 +249,7 @@ pub fn launch(
         sock: ours,
         pid,
         child,
+        channels,
     })
 }
 
@@ -231,10 +269,86 @@ pub struct HandedOver {
     pub lost: u64,
 }
 
+impl HandedOver {
+    /// Several workers' hand-overs (run side by side): counts add up, times are the longest.
+    pub fn merge(&mut self, o: &HandedOver) {
+        self.tunnels += o.tunnels;
+        self.established += o.established;
+        self.bytes += o.bytes;
+        self.lost += o.lost;
+        self.sweep = self.sweep.max(o.sweep);
+        self.took = self.took.max(o.took);
+    }
+
+    /// One line of text (a worker process reports its hand-over to its supervisor).
+    pub fn to_line(&self) -> String {
+        format!(
+            "handed {} {} {} {} {} {}",
+            self.tunnels,
+            self.established,
+            self.sweep.as_micros(),
+            self.bytes,
+            self.took.as_micros(),
+            self.lost
+        )
+    }
+
+    /// Reads [`HandedOver::to_line`] back.
+    pub fn from_line(line: &str) -> Option<HandedOver> {
+        let n: Vec<u64> = line
+            .strip_prefix("handed ")?
+            .split_whitespace()
+            .map(|w| w.parse().ok())
+            .collect::<Option<_>>()?;
+        let [tunnels, established, sweep, bytes, took, lost] = n[..] else {
+            return None;
+        };
+        Some(HandedOver {
+            tunnels,
+            established,
+            sweep: Duration::from_micros(sweep),
+            bytes,
+            took: Duration::from_micros(took),
+            lost,
+        })
+    }
+}
+
 /// Sends the tunnels the workers hand over (`batches`, until every worker has dropped its
-/// sender) to the new process; on a failed send sets `abort` (the workers keep the rest).
+/// sender) to the new process, then says it is done; on a failed send sets `abort` (the
+/// workers keep the rest).
 pub fn hand_over(
     l: &mut Launched,
+    batches: Receiver<Batch>,
+    abort: &AtomicBool,
+    started: Instant,
+) -> HandedOver {
+    let done = send_batches(&l.sock, &format!("pid {}", l.pid), batches, abort, started);
+    if !abort.load(Ordering::Relaxed) {
+        l.done(done.tunnels);
+    }
+    l.reap();
+    done
+}
+
+/// Sends one batch: the states in one message, both sockets of each tunnel attached.
+pub fn send_tunnels(sock: impl AsFd, batch: &[Tunnel]) -> io::Result<()> {
+    let mut fds: Vec<BorrowedFd<'_>> = Vec::with_capacity(batch.len() * 2);
+    let mut states = Vec::with_capacity(batch.len());
+    for t in batch {
+        fds.push(t.client.as_fd());
+        fds.push(t.backend.as_fd());
+        states.push(t.state.clone());
+    }
+    ipc::send_large(sock, &wire::encode(&Msg::Tunnels(states)), &fds)
+}
+
+/// [`hand_over`]'s sending, on any socket that reaches the new process (`peer`, for the
+/// log, "pid N"): the upgrade socket, or a worker process's own channel. Sends no `done`: a channel
+/// ends when every sender has closed it.
+pub fn send_batches(
+    sock: &OwnedFd,
+    peer: &str,
     batches: Receiver<Batch>,
     abort: &AtomicBool,
     started: Instant,
@@ -252,14 +366,7 @@ pub fn hand_over(
             done.lost += n;
             continue;
         }
-        let mut fds: Vec<BorrowedFd<'_>> = Vec::with_capacity(batch.len() * 2);
-        let mut states = Vec::with_capacity(batch.len());
-        for t in &batch {
-            fds.push(t.client.as_fd());
-            fds.push(t.backend.as_fd());
-            states.push(t.state.clone());
-        }
-        match ipc::send_large(&l.sock, &wire::encode(&Msg::Tunnels(states)), &fds) {
+        match send_tunnels(sock, &batch) {
             Ok(()) => {
                 done.tunnels += n;
                 done.bytes += bytes as u64;
@@ -271,8 +378,7 @@ pub fn hand_over(
             }
             Err(e) => {
                 eprintln!(
-                    "wsplice: upgrade: cannot hand {n} tunnels to pid {}: {e}; they are closed, and the tunnels left stay in this process",
-                    l.pid
+                    "wsplice: upgrade: cannot hand {n} tunnels to {peer}: {e}; they are closed, and the tunnels left stay in this process"
                 );
                 abort.store(true, Ordering::Relaxed);
                 done.lost += n;
@@ -280,11 +386,6 @@ pub fn hand_over(
         }
         // The descriptors close here: the new process holds its own copies.
     }
-    if !abort.load(Ordering::Relaxed) {
-        let _ = ipc::send(&l.sock, &wire::encode(&Msg::Done(done.tunnels)), &[]);
-    }
-    // Reaped if it already ended; otherwise it outlives us (init adopts it).
-    let _ = l.child.try_wait();
     done.took = last.saturating_duration_since(started);
     done
 }
@@ -356,10 +457,16 @@ impl Inherited {
 
     /// Tells the old process this one serves; returns the socket tunnels then arrive on.
     pub fn ready(self) -> io::Result<Receiving> {
+        self.ready_with(&[])
+    }
+
+    /// [`Inherited::ready`] with `channels` attached: one socket per worker process, on which
+    /// the old process's workers send their tunnels straight to it.
+    pub fn ready_with(self, channels: &[BorrowedFd<'_>]) -> io::Result<Receiving> {
         ipc::send(
             &self.sock,
             &wire::encode(&Msg::Ready(std::process::id())),
-            &[],
+            channels,
         )?;
         if let Ok(mut s) = STARTING.lock() {
             *s = None;
@@ -382,6 +489,13 @@ pub fn report_failure(why: &str) {
 /// The new process receiving tunnels.
 pub struct Receiving {
     sock: OwnedFd,
+}
+
+impl From<OwnedFd> for Receiving {
+    /// A worker process's channel (see [`Inherited::ready_with`]).
+    fn from(sock: OwnedFd) -> Receiving {
+        Receiving { sock }
+    }
 }
 
 impl Receiving {
