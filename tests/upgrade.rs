@@ -764,3 +764,86 @@ async fn tls_tunnels_stay_in_the_old_process_until_they_close_or_timeouts_drain(
     s.write_all(b"ping").await.expect("write");
     s.read_exact(&mut b4).await.expect("echo");
 }
+
+/// Waits for `line` from the process tree's stdout (the new process inherits it) and returns
+/// the pid an `upgraded pid=` line names.
+fn upgraded(proxy: &Proxy) -> u32 {
+    let line = tokio::task::block_in_place(|| {
+        proxy.expect_line_starting(&["upgraded pid=", "upgrade failed"], WAIT)
+    });
+    line.strip_prefix("upgraded pid=")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("the upgrade failed: {line}\n{}", proxy.stderr()))
+}
+
+/// The configuration may change the worker model between two binaries: worker threads hand
+/// their tunnels to a tree of worker processes (its supervisor passes them on to its
+/// workers), and that tree hands them back to worker threads (its workers write on the
+/// upgrade socket itself). Every tunnel keeps flowing through both upgrades.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnels_survive_threads_to_processes_and_back() {
+    within(DEADLINE, async {
+        let echo = backend("A").await.addr;
+        let threads = config(Relay::Copy, "threads", echo);
+        let threads_toml = threads.toml();
+        let processes_toml = config(Relay::Copy, "processes", echo).toml();
+        let mut proxy = threads.start().await;
+        let addr = proxy.addr();
+        let first = proxy.pid();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flows = start_flows(addr, 50, &stop, Duration::from_millis(50)).await;
+
+        proxy.write_config(&processes_toml);
+        proxy.signal(Signal::SIGUSR2);
+        let second = upgraded(&proxy);
+        let _reaper = Reaper(second);
+        let status = tokio::task::block_in_place(|| proxy.wait_exit(Duration::from_secs(60)));
+        assert!(status.success(), "{status}");
+        assert!(!alive(first));
+        tokio::task::block_in_place(|| {
+            support::blocking::eventually("the new tree runs two worker processes", WAIT, || {
+                tree(second).len() == 3
+            })
+        });
+        let old_tree = tree(second);
+
+        proxy.write_config(&threads_toml);
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(second as i32), Signal::SIGUSR2)
+            .expect("SIGUSR2 to the second process");
+        let third = upgraded(&proxy);
+        let _reaper3 = Reaper(third);
+        tokio::task::block_in_place(|| {
+            support::blocking::eventually("the worker processes' tree is gone", DEADLINE, || {
+                old_tree.iter().all(|p| !alive(*p))
+            })
+        });
+        assert!(alive(third));
+        assert_eq!(tree(third).len(), 1, "worker threads again");
+        let stderr = proxy.stderr();
+        let summaries: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains("upgrade: handed "))
+            .collect();
+        assert_eq!(summaries.len(), 2, "{stderr}");
+        for s in &summaries {
+            assert!(
+                s.contains("upgrade: handed 50 tunnels") && s.contains("; 0 lost"),
+                "{s}"
+            );
+        }
+        stop.store(true, Ordering::Relaxed);
+        for (i, f) in flows.into_iter().enumerate() {
+            match f.await.expect("flow task") {
+                Ok(n) => assert!(n > 0),
+                Err(e) => panic!("tunnel {i} across threads -> processes -> threads: {e}"),
+            }
+        }
+        let (mut s, _) = open(addr, "/a/after")
+            .await
+            .expect("the third process serves");
+        s.write_all(b"ping").await.expect("write");
+        let mut b4 = [0u8; 4];
+        s.read_exact(&mut b4).await.expect("echo");
+    })
+    .await
+}
