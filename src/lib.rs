@@ -59,7 +59,10 @@
 //! [`core::conn::Handed`] (the relay's [`core::relay::RelayState`]: pending bytes, half-close,
 //! timer ages; the per-IP count; access log facts). The new worker rebuilds it with
 //! [`core::conn::Conn::taken_over`]. Handshakes finish in the old process first; the old process
-//! exits when it holds nothing. A new binary that fails leaves the old one as it was.
+//! exits when it holds nothing. A new binary that fails leaves the old one as it was. With
+//! worker processes the two supervisors pass the listeners, and each old worker process sends
+//! its tunnels straight to a new worker over a socket pair the new supervisor made for it
+//! (`driver::supervisor`'s `upgrade` module).
 //!
 //! The driver never asks a connection what state it is in: it feeds events and executes
 //! operations. An idle relay holds its two sockets and one small slab entry: no buffer, no pipe.
