@@ -776,17 +776,20 @@ fn upgraded(proxy: &Proxy) -> u32 {
         .unwrap_or_else(|| panic!("the upgrade failed: {line}\n{}", proxy.stderr()))
 }
 
-/// The configuration may change the worker model between two binaries: worker threads hand
-/// their tunnels to a tree of worker processes (its supervisor passes them on to its
-/// workers), and that tree hands them back to worker threads (its workers write on the
-/// upgrade socket itself). Every tunnel keeps flowing through both upgrades.
+/// The configuration may change the worker model and count between two binaries: two worker
+/// threads hand their tunnels to a tree of three worker processes (its supervisor passes them
+/// on to its workers), and that tree hands them back to two worker threads (its workers write
+/// on the upgrade socket itself). Every tunnel keeps flowing through both upgrades, and new
+/// clients are served on every listening socket (each is accepted from).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tunnels_survive_threads_to_processes_and_back() {
     within(DEADLINE, async {
         let echo = backend("A").await.addr;
         let threads = config(Relay::Copy, "threads", echo);
         let threads_toml = threads.toml();
-        let processes_toml = config(Relay::Copy, "processes", echo).toml();
+        // Three worker processes where there were two threads: listeners and tunnels spread
+        // over a different number of workers each way.
+        let processes_toml = config(Relay::Copy, "processes", echo).workers(3).toml();
         let mut proxy = threads.start().await;
         let addr = proxy.addr();
         let first = proxy.pid();
@@ -801,8 +804,8 @@ async fn tunnels_survive_threads_to_processes_and_back() {
         assert!(status.success(), "{status}");
         assert!(!alive(first));
         tokio::task::block_in_place(|| {
-            support::blocking::eventually("the new tree runs two worker processes", WAIT, || {
-                tree(second).len() == 3
+            support::blocking::eventually("the new tree runs three worker processes", WAIT, || {
+                tree(second).len() == 4
             })
         });
         let old_tree = tree(second);
