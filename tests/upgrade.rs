@@ -322,7 +322,13 @@ async fn sigusr2_hands_1000_tunnels_and_50_handshakes_to_the_new_binary_without_
     model: &str,
 ) {
     let echo = backend("A").await.addr;
-    let mut proxy = config(relay, model, echo).admin().start().await;
+    // The slow clients' heads end only after the upgrade: on a loaded machine that can take
+    // longer than the default timeouts.handshake (10 s), which would close them (a 408).
+    let mut proxy = config(relay, model, echo)
+        .timeout("handshake", "60s")
+        .admin()
+        .start()
+        .await;
     let addr = proxy.addr();
     let old = proxy.pid();
     let old_tree = tree(old);
@@ -350,16 +356,35 @@ async fn sigusr2_hands_1000_tunnels_and_50_handshakes_to_the_new_binary_without_
     // New clients keep coming across the switch: every one must be answered.
     let churn_stop = Arc::new(AtomicBool::new(false));
     let churned = Arc::new(AtomicU64::new(0));
+    // Paused while the slow clients connect, so that the proxy's descriptors count them alone.
+    let (churn_pause, churn_idle) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
     let churn = {
         let (stop, churned) = (churn_stop.clone(), churned.clone());
+        let (pause, idle) = (churn_pause.clone(), churn_idle.clone());
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let (mut s, _) = open(addr, "/a/new")
+                if pause.load(Ordering::Relaxed) {
+                    idle.store(true, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+                idle.store(false, Ordering::Relaxed);
+                let n = churned.load(Ordering::Relaxed);
+                let one = async {
+                    let (mut s, _) = open(addr, "/a/new")
+                        .await
+                        .map_err(|c| format!("new client #{n} answered {c}"))?;
+                    s.write_all(b"ping").await.map_err(|e| e.to_string())?;
+                    let mut b4 = [0u8; 4];
+                    s.read_exact(&mut b4).await.map_err(|e| e.to_string())?;
+                    Ok::<(), String>(())
+                };
+                tokio::time::timeout(WAIT, one)
                     .await
-                    .map_err(|c| format!("new client answered {c}"))?;
-                s.write_all(b"ping").await.map_err(|e| e.to_string())?;
-                let mut b4 = [0u8; 4];
-                s.read_exact(&mut b4).await.map_err(|e| e.to_string())?;
+                    .map_err(|_| format!("new client #{n} not answered within {WAIT:?}"))??;
                 churned.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -384,8 +409,18 @@ async fn sigusr2_hands_1000_tunnels_and_50_handshakes_to_the_new_binary_without_
         last = now;
     }
     // 50 clients mid-handshake (connected, part of the head sent), accepted by the old
-    // process: its descriptors show them. (Their head timeout runs from here.)
-    let fds_before = fds_of(old);
+    // process: its descriptors show them (no other client comes and goes meanwhile). (Their
+    // head timeout runs from here.)
+    churn_pause.store(true, Ordering::Relaxed);
+    while !churn_idle.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The last churn client's sockets close in the proxy too.
+    let mut fds_before = fds_of(old);
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        fds_before = fds_before.min(fds_of(old));
+    }
     let mut slow = Vec::new();
     for i in 0..50 {
         slow.push(tokio::spawn(slow_handshake(
@@ -402,6 +437,7 @@ async fn sigusr2_hands_1000_tunnels_and_50_handshakes_to_the_new_binary_without_
     });
     let old_fds = fds_of(old);
     let old_rss = rss_kib_of(old);
+    churn_pause.store(false, Ordering::Relaxed);
 
     proxy.signal(Signal::SIGUSR2);
     let line = tokio::task::block_in_place(|| {
@@ -463,7 +499,8 @@ async fn sigusr2_hands_1000_tunnels_and_50_handshakes_to_the_new_binary_without_
         }
         assert!(
             std::time::Instant::now() < served_by,
-            "new clients are served after the old process left"
+            "new clients are served after the old process left ({} served, {before} before it left)",
+            churned.load(Ordering::Relaxed)
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
