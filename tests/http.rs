@@ -414,12 +414,18 @@ fn a_clients_backend_connection_waits_with_it_between_its_requests() {
         // A second client's request takes the connection the first client holds.
         let mut c2 = Peer::connect(p.addr()).await;
         c2.send(&get("/e", &[])).await;
-        assert_eq!(b2.head().await.expect("on the held connection").target(), "/e");
+        assert_eq!(
+            b2.head().await.expect("on the held connection").target(),
+            "/e"
+        );
         b2.send(answer("/e").as_bytes()).await;
         assert_eq!(c2.answer("GET").await.text(), "/e");
         // And the first client's next one finds it again, with the second client.
         c.send(&get("/f", &[])).await;
-        assert_eq!(b2.head().await.expect("still the one connection").target(), "/f");
+        assert_eq!(
+            b2.head().await.expect("still the one connection").target(),
+            "/f"
+        );
         b2.send(answer("/f").as_bytes()).await;
         assert_eq!(c.answer("GET").await.text(), "/f");
         assert_eq!(backend.accepted(), 2);
@@ -427,7 +433,11 @@ fn a_clients_backend_connection_waits_with_it_between_its_requests() {
             support::blocking::eventually("the counters", STEP, || {
                 p.metric("wsplice_backend_pool_reused_total") == 4
             });
-            assert_eq!(p.metric("wsplice_http_retries_total"), 0, "no request sent twice");
+            assert_eq!(
+                p.metric("wsplice_http_retries_total"),
+                0,
+                "no request sent twice"
+            );
         });
     });
 }

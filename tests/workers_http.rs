@@ -209,18 +209,18 @@ async fn open_on(p: &Proxy, held: u64) -> Tunnel {
 async fn least_conn_counts_the_connections_of_every_worker_process() {
     let a = backend("A").await.addr;
     let b = backend("B").await.addr;
-    let p = Proxy::blocking_start_toml(&config(&[(
-        "/",
-        &[a, b],
-        "balance = \"least_conn\"",
-    )]));
+    let p = Proxy::blocking_start_toml(&config(&[("/", &[a, b], "balance = \"least_conn\"")]));
     // Twelve tunnels, then keep only the tunnels to B that one worker holds (at least two):
     // B's load is all in worker `x`, worker `y` holds nothing.
     let mut held = Vec::new();
     for _ in 0..12 {
         held.push(open_on(&p, held.len() as u64).await);
     }
-    let on_b = |w: usize| held.iter().filter(|t| t.backend == "B" && t.worker == w).count();
+    let on_b = |w: usize| {
+        held.iter()
+            .filter(|t| t.backend == "B" && t.worker == w)
+            .count()
+    };
     let x = if on_b(0) >= on_b(1) { 0 } else { 1 };
     let y = 1 - x;
     held.retain(|t| t.backend == "B" && t.worker == x);
@@ -236,7 +236,8 @@ async fn least_conn_counts_the_connections_of_every_worker_process() {
     for _ in 0..40 {
         let t = open_on(&p, (k + on_y.len()) as u64).await;
         assert_eq!(
-            t.backend, "A",
+            t.backend,
+            "A",
             "worker {} sent a tunnel to B, which holds {k} while A holds {}",
             t.worker,
             on_y.len()

@@ -115,7 +115,10 @@ impl RouteEntry {
     pub fn load_of(&self, i: usize) -> u64 {
         match self.load_slot(i) {
             Some((words, slot)) => words.load(slot),
-            None => self.load.get(i).map_or(0, |l| u64::from(l.load(Ordering::Relaxed))),
+            None => self
+                .load
+                .get(i)
+                .map_or(0, |l| u64::from(l.load(Ordering::Relaxed))),
         }
     }
 

@@ -145,7 +145,10 @@ mod tests {
         assert!(!w.route_row(1, 3, 11), "rows are added in order");
         w.route_count(1, 0, 1, 5);
         w.route_count(1, 1, 4, 2);
-        assert_eq!(sup.routes(1), [(7, [0, 5, 0, 0, 0, 0]), (9, [0, 0, 0, 0, 2, 0])]);
+        assert_eq!(
+            sup.routes(1),
+            [(7, [0, 5, 0, 0, 0, 0]), (9, [0, 0, 0, 0, 2, 0])]
+        );
         assert!(sup.routes(0).is_empty());
         sup.clear_routes(1);
         assert!(sup.routes(1).is_empty());
@@ -158,7 +161,10 @@ mod tests {
         let (sup, w) = two();
         let w = Arc::new(w);
         let route = Route {
-            backends: vec!["127.0.0.1:1".parse().expect("addr"), "127.0.0.1:2".parse().expect("addr")],
+            backends: vec![
+                "127.0.0.1:1".parse().expect("addr"),
+                "127.0.0.1:2".parse().expect("addr"),
+            ],
             options: crate::config::RouteOptions {
                 balance: Balance::LeastConn,
                 ..Default::default()
