@@ -9,16 +9,15 @@
 //! [`Conn::pump`]: crate::core::conn::Conn::pump
 
 use super::bookkeeping::write_log;
-use super::{check_connect, ctx, lend, tls, Driver, Exec, IoCall, Slot, Watch, Worker, SCRATCH};
+use super::{check_connect, ctx, lend, tls, Driver, Exec, IoCall, Slot, Worker, SCRATCH};
 use crate::core::conn::{Admission, Connecting, Event, Executor, Step};
 use crate::core::relay::{IoOp, Side, Src};
+use crate::driver::pool;
 use crate::sys::pipe::Pipe;
 use crate::transport::tls::{TlsBuffers, TlsIo};
 use crate::transport::Transport;
-use crate::driver::pool;
 use std::io;
 use std::net::TcpStream;
-use std::os::fd::AsFd;
 
 /// A connection's plain sockets and the worker's scratch buffer, lent to its `Conn::pump`.
 struct Plain<'a, D> {
