@@ -102,10 +102,10 @@ fn least_conn_sends_new_tunnels_to_the_emptiest_backend() {
     run_auto(|_| async {
         let a = EchoBackend::start().await;
         let b = EchoBackend::start().await;
-        // least_conn counts the connections of one process: with worker processes each
-        // process balances its own (a known gap; the loads are not in shared memory yet).
+        // With worker processes the loads are shared (tests/workers_http.rs checks a choice
+        // across workers).
         let p = with_routes(
-            Proxy::builder(Relay::Auto).top("worker_model", "\"threads\""),
+            Proxy::builder(Relay::Auto),
             &[r("/", &[a.addr, b.addr]).key("balance", "\"least_conn\"")],
         )
         .start()

@@ -374,6 +374,74 @@ fn pooled_connection_closed_by_the_backend_is_retried_for_idempotent_requests_on
     });
 }
 
+/// A keep-alive client's backend connection waits with it between its requests (parked, still
+/// watched). The backend closing it meanwhile is noticed before the next request, which goes
+/// out on a new connection rather than as a retry; another client takes a connection the first
+/// one holds. (Under io_uring routes answer plain requests with 426: epoll only.)
+#[test]
+fn a_clients_backend_connection_waits_with_it_between_its_requests() {
+    run_auto(|_| async move {
+        let backend = RawBackend::start().await;
+        let p = with_routes(
+            // One worker: the two clients share its pool.
+            Proxy::builder(Relay::Auto)
+                .workers(1)
+                .top("admin", "\"127.0.0.1:0\""),
+            &[r("/", &[backend.addr])],
+        )
+        .start()
+        .await;
+        let answer = |t: &str| format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{t}", t.len());
+        let mut c = Peer::connect(p.addr()).await;
+        c.send(&get("/a", &[])).await;
+        let mut b1 = Peer::new(backend.next_conn().await);
+        for path in ["/a", "/b", "/c"] {
+            if path != "/a" {
+                c.send(&get(path, &[])).await;
+            }
+            let m = b1.head().await.expect("on the first backend connection");
+            assert_eq!(m.target(), path);
+            b1.send(answer(path).as_bytes()).await;
+            assert_eq!(c.answer("GET").await.text(), path);
+        }
+        // The backend times the connection out while the client is idle.
+        drop(b1);
+        c.send(&get("/d", &[])).await;
+        let mut b2 = Peer::new(backend.next_conn().await);
+        assert_eq!(b2.head().await.expect("on a new connection").target(), "/d");
+        b2.send(answer("/d").as_bytes()).await;
+        assert_eq!(c.answer("GET").await.text(), "/d");
+        // A second client's request takes the connection the first client holds.
+        let mut c2 = Peer::connect(p.addr()).await;
+        c2.send(&get("/e", &[])).await;
+        assert_eq!(
+            b2.head().await.expect("on the held connection").target(),
+            "/e"
+        );
+        b2.send(answer("/e").as_bytes()).await;
+        assert_eq!(c2.answer("GET").await.text(), "/e");
+        // And the first client's next one finds it again, with the second client.
+        c.send(&get("/f", &[])).await;
+        assert_eq!(
+            b2.head().await.expect("still the one connection").target(),
+            "/f"
+        );
+        b2.send(answer("/f").as_bytes()).await;
+        assert_eq!(c.answer("GET").await.text(), "/f");
+        assert_eq!(backend.accepted(), 2);
+        tokio::task::block_in_place(|| {
+            support::blocking::eventually("the counters", STEP, || {
+                p.metric("wsplice_backend_pool_reused_total") == 4
+            });
+            assert_eq!(
+                p.metric("wsplice_http_retries_total"),
+                0,
+                "no request sent twice"
+            );
+        });
+    });
+}
+
 /// HTTP/1.0 clients (ApacheBench, `curl -0`, old monitoring probes): served as nginx serves
 /// them. The request goes on as HTTP/1.0 with `Connection: close`, a Host-less one takes the
 /// route that names no host, the answer reaches the client without chunked framing or interim

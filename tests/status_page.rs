@@ -256,15 +256,8 @@ fn page_test(model: &str, driver: Driver) {
     assert_eq!(route("/b", "data-failures"), failures);
     assert_eq!((n(&dead, "data-active"), n(&dead, "data-tunnels")), (0, 0));
     assert_eq!(dead["data-state"], "failing");
-    if model == "threads" {
-        assert_eq!(route("/a", "data-requests"), s.forwarded);
-    } else {
-        // Per-route request counts are gathered from worker threads only (so far): the page
-        // says it does not know rather than showing zero.
-        let rows = dom.all("data-route", Some("/a"));
-        let row = rows.iter().find(|t| !t.contains_key("data-backend"));
-        assert_eq!(row.map(|t| t["data-requests"].as_str()), Some(""));
-    }
+    // Per-route request counts, summed over the workers (threads or processes).
+    assert_eq!(route("/a", "data-requests"), s.forwarded);
 
     // Closes by reason, each as counted.
     for (reason, want) in [
@@ -339,7 +332,17 @@ fn status_json_test(model: &str) {
     let j: serde_json::Value = serde_json::from_str(&s.proxy.scrape("/status")).expect("json");
     let m = |name: &str| s.proxy.metric(name);
     assert_eq!(j["worker_model"], model);
-    assert_eq!(j["route_requests_gathered"], model == "threads");
+    let a = j["routes"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["route"] == "/a"))
+        .expect("route /a");
+    let requests: u64 = a["requests"]
+        .as_object()
+        .expect("requests")
+        .values()
+        .filter_map(|v| v.as_u64())
+        .sum();
+    assert_eq!(requests, s.forwarded, "/a's requests, every worker's");
     assert_eq!(j["connections"], A_OPEN + B_OPEN);
     assert_eq!(j["tunnels_total"], A_OPENED + B_OPENED);
     let metrics = &j["metrics"];

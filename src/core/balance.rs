@@ -23,7 +23,6 @@ use crate::core::route::RouteEntry;
 use crate::core::settings::Settings;
 use sha1::{Digest, Sha1};
 use std::net::IpAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// The backend to try first, and what the request's sticky cookie said.
@@ -98,8 +97,7 @@ impl RouteEntry {
                     .map(|k| (start + k) % n)
                     .filter(|&i| self.available(i))
                     .min_by_key(|&i| {
-                        u64::from(self.load[i].load(Ordering::Relaxed)) * 1024
-                            / u64::from(self.weight(i))
+                        self.load_of(i).saturating_mul(1024) / u64::from(self.weight(i))
                     })
                     .unwrap_or(start);
                 Pick {
@@ -199,7 +197,10 @@ impl Lease {
         if r.options.balance != Balance::LeastConn {
             return None;
         }
-        r.load.get(backend)?.fetch_add(1, Ordering::Relaxed);
+        if backend >= r.backends.len() {
+            return None;
+        }
+        r.add_load(backend, true);
         Some(Lease {
             settings: settings.clone(),
             route: u16::try_from(route).ok()?,
@@ -211,9 +212,7 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         let r = self.settings.routes.get(self.route as usize);
-        if let Some(l) = r.load.get(self.backend as usize) {
-            l.fetch_sub(1, Ordering::Relaxed);
-        }
+        r.add_load(usize::from(self.backend), false);
     }
 }
 
@@ -223,6 +222,7 @@ mod tests {
     use crate::config::{Route, RouteOptions, SameSite, Timeouts};
     use crate::core::head::parse_request;
     use crate::core::route::RouteTable;
+    use std::sync::atomic::Ordering;
 
     fn table(n: usize, balance: Balance) -> RouteTable {
         let mut r = Route {
@@ -327,7 +327,7 @@ mod tests {
             let p = pick(&s.routes, head, "10.0.0.1");
             leases.push(Lease::take(&s, 0, p.first).expect("least_conn"));
         }
-        let load = |i: usize| s.routes.get(0).load[i].load(Ordering::Relaxed);
+        let load = |i: usize| s.routes.get(0).load_of(i);
         assert_eq!((load(0), load(1), load(2)), (2, 2, 2));
         leases.retain(|l| l.backend != 1);
         assert_eq!(load(1), 0);

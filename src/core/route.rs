@@ -25,8 +25,13 @@ pub struct RouteEntry {
     /// With worker processes, the cursor lives in memory they share (word `.1` of `.0`), so
     /// their choices interleave as one round robin, as worker threads' do.
     shared: Option<(Arc<dyn SharedWords>, usize)>,
-    /// Tunnels and requests open per backend (`least_conn`), this process's workers together.
+    /// Tunnels and requests open per backend (`least_conn`), this process's workers together
+    /// (with worker processes, only for backends past the shared table's slots).
     pub(crate) load: Box<[AtomicU32]>,
+    /// With worker processes, the loads live in memory they share ([`LoadWords`]) and this
+    /// route's first slot in it (backend `i` is slot `.1 + i`, as in the health table), so
+    /// `least_conn` compares all workers' connections.
+    shared_load: Option<(Arc<dyn LoadWords>, usize)>,
     /// Each backend's sticky-cookie value (`balance = "cookie"`): a hash of its address, so it
     /// stays the same across restarts, reloads and proxies.
     pub(crate) cookie_ids: Box<[String]>,
@@ -37,6 +42,17 @@ pub struct RouteEntry {
     /// The health table and this route's first slot in it (backend `i` is slot `.1 + i`);
     /// `None`: every backend is always available.
     health: Option<(Arc<dyn HealthWords>, usize)>,
+}
+
+/// Open connections per (route, backend) slot counted by every worker process together
+/// (`least_conn`); each process's own share is kept too, so a dead process's can be taken back.
+pub trait LoadWords: Send + Sync + std::fmt::Debug {
+    /// The slots the table holds.
+    fn load_slots(&self) -> usize;
+    /// All workers' connections to slot `slot`.
+    fn load(&self, slot: usize) -> u64;
+    /// One connection more (`up`) or one less to slot `slot`, counted for this process.
+    fn add_load(&self, slot: usize, up: bool);
 }
 
 /// Counter words shared with other processes (the driver's shared memory), for cursors.
@@ -92,6 +108,38 @@ impl RouteEntry {
         (tried..n)
             .map(|k| (k, (first + k) % n))
             .find(|&(_, i)| self.available(i))
+    }
+
+    /// Open connections (tunnels and requests) to backend `i` for `least_conn`: every worker's
+    /// (worker processes share the count when the backend has a slot in the shared table).
+    pub fn load_of(&self, i: usize) -> u64 {
+        match self.load_slot(i) {
+            Some((words, slot)) => words.load(slot),
+            None => self
+                .load
+                .get(i)
+                .map_or(0, |l| u64::from(l.load(Ordering::Relaxed))),
+        }
+    }
+
+    /// Counts one connection more (`up`) or one less to backend `i`.
+    pub(crate) fn add_load(&self, i: usize, up: bool) {
+        if let Some((words, slot)) = self.load_slot(i) {
+            return words.add_load(slot, up);
+        }
+        if let Some(l) = self.load.get(i) {
+            if up {
+                l.fetch_add(1, Ordering::Relaxed);
+            } else {
+                l.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn load_slot(&self, i: usize) -> Option<(&dyn LoadWords, usize)> {
+        let (words, base) = self.shared_load.as_ref()?;
+        (i < self.backends.len() && base + i < words.load_slots())
+            .then_some((words.as_ref(), base + i))
     }
 
     /// Backend `i`'s weight (1 unless configured).
@@ -172,6 +220,7 @@ impl RouteTable {
                 next: AtomicUsize::new(0),
                 shared: shared.clone().map(|w| (w, i)),
                 load: r.backends.iter().map(|_| AtomicU32::new(0)).collect(),
+                shared_load: None,
                 cookie_ids: r.backends.iter().map(cookie_id).collect(),
                 weights: r.options.weights.clone().into_boxed_slice(),
                 cycle: if r.options.weights.iter().any(|&w| w != 1) {
@@ -203,6 +252,22 @@ impl RouteTable {
         for r in &mut self.routes {
             if base < words.slots() {
                 r.health = Some((words.clone(), base));
+            }
+            base += r.backends.len();
+        }
+        self
+    }
+
+    /// Counts `least_conn` loads in `words`, shared by worker processes: route by route, each
+    /// backend its slot in order (as [`RouteTable::with_health`]; backends past the table's
+    /// slots count in this process only). A reload lays the slots out again: a connection
+    /// opened before it gives its count back to the slot it took, which may then name another
+    /// backend until it closes.
+    pub fn with_shared_load(mut self, words: Arc<dyn LoadWords>) -> RouteTable {
+        let mut base = 0;
+        for r in &mut self.routes {
+            if base < words.load_slots() {
+                r.shared_load = Some((words.clone(), base));
             }
             base += r.backends.len();
         }

@@ -271,15 +271,21 @@ pub fn memory_plan(cfg: &Config, workers: usize, processes: bool) -> Option<memo
 }
 
 /// Processes: each worker has its own process's budget (see [`process_capacity`]); round-robin
-/// cursors live in `shared` memory.
+/// cursors and `least_conn` loads live in `shared` memory (this is worker `worker`).
 pub fn process_params(
     cfg: &Config,
-    shared: Arc<shared::Shared>,
+    (shared, worker): (Arc<shared::Shared>, usize),
     tls: Option<Arc<TlsSettings>>,
     backend_tls: Arc<BackendTlsTable>,
 ) -> Params {
     let (per, total) = process_capacity(cfg, nofile_now());
-    let routes = RouteTable::with_shared_cursors(&cfg.routes, shared.clone()).with_health(shared);
+    let load = Arc::new(shared::WorkerLoad {
+        shared: shared.clone(),
+        worker,
+    });
+    let routes = RouteTable::with_shared_cursors(&cfg.routes, shared.clone())
+        .with_health(shared)
+        .with_shared_load(load);
     let memory = memory_plan(cfg, cfg.workers.unwrap_or(1), true);
     params_with(
         cfg,
@@ -423,7 +429,7 @@ impl Server {
                 log: log.clone(),
                 published_backends: backends.clone(),
                 started: Some(started_tx),
-                published_routes: routes.clone(),
+                published_routes: routes::RouteSink::Local(routes.clone()),
             };
             let name = format!("wsplice-w{id}");
             let (waker, thread) = match driver {
@@ -715,15 +721,15 @@ impl StatsReader {
         }
     }
 
-    /// Each worker's forwarded-request counts per route label (worker threads only; empty
-    /// with worker processes, which do not gather them yet).
+    /// Each worker's forwarded-request counts per route label (with worker processes, the
+    /// last list holds what replaced workers had counted).
     pub fn route_rows(&self) -> Vec<Vec<(String, [u64; 6])>> {
         match &self.0 {
             Source::Threads { routes, .. } => routes
                 .iter()
                 .map(|r| r.lock().map(|v| v.clone()).unwrap_or_default())
                 .collect(),
-            Source::Processes(_) => Vec::new(),
+            Source::Processes(board) => board.routes(),
         }
     }
 
@@ -752,12 +758,8 @@ impl StatsReader {
         }
     }
 
-    /// Per-route request lines in Prometheus text format (worker threads; with worker
-    /// processes the per-route counts are not gathered yet, and this is empty).
+    /// Per-route request lines in Prometheus text format.
     pub fn routes(&self) -> String {
-        match &self.0 {
-            Source::Threads { .. } => stats::render_routes(&self.route_rows()),
-            Source::Processes(_) => String::new(),
-        }
+        stats::render_routes(&self.route_rows())
     }
 }

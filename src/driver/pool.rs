@@ -2,14 +2,28 @@
 //! backend (nginx's upstream `keepalive`).
 //!
 //! A connection comes back here only clean: its answer was read to the end, the request was
-//! sent whole, nothing failed, and the backend did not ask to close. It leaves unwatched (no
-//! events while idle), and before it is handed out again a non-blocking peek makes sure the
-//! backend neither closed it nor sent anything unasked; such a connection is dropped. Idle
-//! connections close after `backend_pool.idle_timeout`; at `backend_pool.max_idle` the oldest
-//! one makes room.
+//! sent whole, nothing failed, and the backend did not ask to close. Before it is handed out
+//! again a non-blocking peek makes sure the backend neither closed it nor sent anything unasked;
+//! such a connection is dropped. Idle connections close after `backend_pool.idle_timeout`; at
+//! `backend_pool.max_idle` (parked ones included) the oldest one makes room.
+//!
+//! ```text
+//!   parked  by client connection: still watched under that connection's key (readiness
+//!           drivers), so its next request to the same backend takes it back with no
+//!           epoll_ctl; an event on it while parked (the backend closed it or sent something)
+//!           drops it. Another client's request takes a parked one when no idle one is left.
+//!   idle    unwatched (no events while idle), oldest first
+//! ```
+//!
+//! Parking saves the two epoll_ctl calls (remove at the end of an answer, add at the next
+//! request) a keep-alive client's requests would cost otherwise.
 
+use crate::core::relay::Side;
+use crate::driver::worker::{Driver, Watch};
+use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 struct Idle {
@@ -18,11 +32,12 @@ struct Idle {
     since: Instant,
 }
 
-/// Idle backend connections, oldest first.
+/// Idle backend connections, oldest first, and those parked with their client connection.
 pub struct BackendPool {
     max: usize,
     timeout: Duration,
     idle: Vec<Idle>,
+    parked: HashMap<usize, Idle>,
 }
 
 impl BackendPool {
@@ -31,6 +46,7 @@ impl BackendPool {
             max,
             timeout,
             idle: Vec::new(),
+            parked: HashMap::new(),
         }
     }
 
@@ -58,7 +74,11 @@ impl BackendPool {
         if self.max == 0 {
             return;
         }
-        if self.idle.len() >= self.max {
+        if self.len() >= self.max {
+            // Parked ones count against the cap too; they are in use again soon.
+            if self.idle.is_empty() {
+                return;
+            }
             self.idle.remove(0);
         }
         self.idle.push(Idle {
@@ -83,17 +103,149 @@ impl BackendPool {
         self.idle.first().map(|c| c.since + self.timeout)
     }
 
+    /// Idle connections, parked ones included.
     pub fn len(&self) -> usize {
-        self.idle.len()
+        self.idle.len() + self.parked.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.idle.is_empty()
+        self.len() == 0
     }
 
-    /// Closes every idle connection (draining).
+    /// Closes every idle connection, parked ones included (draining).
     pub fn clear(&mut self) {
         self.idle.clear();
+        self.parked.clear();
+    }
+
+    /// Parks connection `key`'s clean backend connection, still watched under `key`; gives it
+    /// back when there is no room (the caller unwatches it and pools it).
+    fn park(&mut self, key: usize, c: Idle) -> Result<(), Idle> {
+        if self.max == 0 || self.len() >= self.max || self.parked.contains_key(&key) {
+            return Err(c);
+        }
+        self.parked.insert(key, c);
+        Ok(())
+    }
+
+    /// True when connection `key` has a backend connection parked.
+    pub fn is_parked(&self, key: usize) -> bool {
+        !self.parked.is_empty() && self.parked.contains_key(&key)
+    }
+
+    /// Something happened on connection `key`'s parked backend connection (readable: the
+    /// backend closed it or sent something unasked): it is closed.
+    pub fn parked_event(&mut self, key: usize) {
+        self.parked.remove(&key);
+    }
+
+    fn usable(&self, c: &Idle, now: Instant) -> bool {
+        now.saturating_duration_since(c.since) < self.timeout && clean(&c.stream)
+    }
+
+    /// Takes a clean parked connection to `addr` from whichever client connection parked it,
+    /// unwatched.
+    fn steal(&mut self, addr: SocketAddr, now: Instant, d: &mut impl Driver) -> Option<TcpStream> {
+        loop {
+            let key = self
+                .parked
+                .iter()
+                .find_map(|(k, c)| (c.addr == addr).then_some(*k))?;
+            let c = self.parked.remove(&key)?;
+            d.unwatch(c.stream.as_fd());
+            if self.usable(&c, now) {
+                return Some(c.stream);
+            }
+        }
+    }
+}
+
+/// A clean connection to `addr` for connection `key`'s request, watched under `key`: the one
+/// `key` parked (no epoll_ctl), an idle one, or one another client connection parked.
+pub fn checkout_watched(
+    pool: &mut BackendPool,
+    key: usize,
+    addr: SocketAddr,
+    now: Instant,
+    d: &mut impl Driver,
+) -> Option<TcpStream> {
+    if let Some(c) = pool.parked.remove(&key) {
+        if c.addr == addr {
+            if pool.usable(&c, now) {
+                return Some(c.stream);
+            }
+            // Closing it takes it out of epoll.
+        } else {
+            d.unwatch(c.stream.as_fd());
+            pool.idle_again(c);
+        }
+    }
+    let s = match pool.checkout(addr, now) {
+        Some(s) => s,
+        None if pool.parked.is_empty() => return None,
+        None => pool.steal(addr, now, d)?,
+    };
+    d.watch(s.as_fd(), Watch::Conn(key, Side::Backend)).ok()?;
+    Some(s)
+}
+
+/// Keeps connection `key`'s backend connection to `addr` after a clean answer: parked with
+/// `key` when the driver reports readiness (a completion driver's operations are tied to the
+/// connection: it is unwatched and pooled), or dropped when `keep` is false (draining, TLS).
+pub fn release_watched(
+    pool: &mut BackendPool,
+    (key, addr): (usize, SocketAddr),
+    stream: TcpStream,
+    keep: bool,
+    now: Instant,
+    d: &mut impl Driver,
+) {
+    let c = Idle {
+        addr,
+        stream,
+        since: now,
+    };
+    let c = match keep && !d.completes() {
+        true => match pool.park(key, c) {
+            Ok(()) => return,
+            Err(c) => c,
+        },
+        false => c,
+    };
+    d.unwatch(c.stream.as_fd());
+    if keep {
+        pool.release(c.addr, c.stream, now);
+    }
+}
+
+/// Connection `key` ends or connects anew: its parked backend connection, if any, becomes an
+/// idle one any request may take.
+pub fn detach(pool: &mut BackendPool, key: usize, now: Instant, d: &mut impl Driver) {
+    if pool.parked.is_empty() {
+        return;
+    }
+    if let Some(c) = pool.parked.remove(&key) {
+        d.unwatch(c.stream.as_fd());
+        if pool.usable(&c, now) {
+            pool.idle_again(c);
+        }
+    }
+}
+
+impl BackendPool {
+    /// Puts a formerly parked connection with the idle ones, where its age places it.
+    fn idle_again(&mut self, c: Idle) {
+        if self.max == 0 {
+            return;
+        }
+        if self.len() >= self.max {
+            if self.idle.is_empty() {
+                return;
+            }
+            self.idle.remove(0);
+        }
+        let at = self.idle.partition_point(|i| i.since <= c.since);
+        self.idle.insert(at, c);
     }
 }
 

@@ -11,6 +11,7 @@ use crate::config::{decode_resolved, Config, ConfigError, Resolved};
 use crate::driver::access_log::LogSink;
 use crate::driver::epoll::{Worker, WorkerConfig};
 use crate::driver::limiter::{ConnLimiter, IpLimiter};
+use crate::driver::routes::RouteSink;
 use crate::driver::shared::Shared;
 use crate::driver::stats::BackendSnapshot;
 use crate::driver::upgrade;
@@ -120,7 +121,7 @@ pub fn run(id: usize, load: Loader) -> io::Result<()> {
     let (tx, rx) = channel();
     let worker = Worker::new(WorkerConfig {
         id,
-        params: process_params(&cfg, shared.clone(), tls, backend_tls_for(&cfg)?),
+        params: process_params(&cfg, (shared.clone(), id), tls, backend_tls_for(&cfg)?),
         listeners,
         published: Arc::new(shared.published(id)),
         control: rx,
@@ -129,8 +130,7 @@ pub fn run(id: usize, load: Loader) -> io::Result<()> {
         log: log.clone(),
         published_backends: backends.clone(),
         started: None,
-        // Per-route counts are not gathered across worker processes yet: kept locally.
-        published_routes: Arc::new(Mutex::new(Vec::new())),
+        published_routes: RouteSink::Shared(shared.clone(), id),
     })?;
     // The control thread's handle on the log is taken back when the worker stops, so the
     // logger sees every handle gone, writes what is queued and ends.
@@ -384,7 +384,7 @@ impl ControlThread {
         };
         let (applied, done) = channel();
         self.control(Control::Reload(Box::new(Reload {
-            params: process_params(&cfg, self.shared.clone(), tls, backend_tls),
+            params: process_params(&cfg, (self.shared.clone(), self.id), tls, backend_tls),
             add: std::mem::take(pending),
             remove,
             applied,

@@ -9,6 +9,9 @@
 //!   ip table global: IP -> connections counted, for the per-IP limit across workers
 //!   ip table per worker: IP -> connections this worker counted
 //!   health   per (route, backend): state word and failure count (core::health)
+//!   routes   per worker: its forwarded-request counts per route id (counts.rs)
+//!   loads    per (route, backend): open connections of all workers, then each worker's share
+//!            (least_conn; counts.rs)
 //! ```
 //!
 //! Connection and per-IP counts change only under one lock word, taken once when a connection
@@ -17,7 +20,10 @@
 //! takes the lock over from a dead owner) the supervisor recomputes the totals from the live
 //! workers' own counts: a crash leaks no slot of `max_connections` or of any IP's budget.
 
+mod counts;
 mod table;
+
+pub use counts::{WorkerLoad, ROUTE_ROWS};
 
 use crate::core::health::HEALTH_WORDS;
 use crate::driver::stats::{BackendCounts, BackendKey, Published, PUBLISHED_WORDS};
@@ -122,9 +128,17 @@ impl Layout {
     fn health(&self) -> usize {
         self.local(self.workers)
     }
+    /// Worker `w`'s per-route request counts ([`counts`]).
+    fn routes(&self, w: usize) -> usize {
+        (self.health() + HEALTH_WORDS).next_multiple_of(PAGE_WORDS) + w * counts::ROUTES_STRIDE
+    }
+    /// The `least_conn` loads: all workers' per slot, then worker `w`'s (`Some(w)`).
+    fn loads(&self, w: Option<usize>) -> usize {
+        self.routes(self.workers) + w.map_or(0, |w| w + 1) * counts::LOAD_SLOTS
+    }
     /// Words the whole mapping takes (pages that are never touched cost no memory).
     pub fn words(&self) -> usize {
-        self.health() + HEALTH_WORDS
+        self.loads(Some(self.workers))
     }
 }
 
@@ -492,6 +506,7 @@ impl Shared {
         }
         self.map
             .zero(self.layout.local(dead), self.layout.local_stride());
+        self.reclaim_loads(dead);
         self.journal(dead, None);
         let global = self.global();
         let mut ips = 0;
@@ -611,7 +626,7 @@ impl Shared {
 mod tests {
     use super::*;
 
-    fn two() -> (Shared, Shared) {
+    pub(super) fn two() -> (Shared, Shared) {
         let a = Shared::create(Layout::new(2, 40)).expect("create");
         let dup = a.fd().try_clone_to_owned().expect("dup");
         let b = Shared::attach(SharedMap::attach(dup).expect("map")).expect("attach");

@@ -52,6 +52,16 @@ pub fn name_routes(routes: &[Route]) {
     }
 }
 
+/// The label of route `id` in any configuration loaded so far (`#` and its id in hex for one
+/// none named).
+pub fn route_name(id: u32) -> String {
+    let known = ROUTES.lock().unwrap_or_else(|p| p.into_inner());
+    match known.iter().find(|n| n.id == id) {
+        Some(n) => n.label.clone(),
+        None => format!("#{id:08x}"),
+    }
+}
+
 /// What one route shows: its tunnels (by backend) and forwarded requests.
 #[derive(Default)]
 struct RouteView {
@@ -243,10 +253,6 @@ pub fn document(
     body.push(format!("\"workers\":[{}]", list.join(",")));
     let views = route_views(&stats.backend_rows(), &stats.route_rows());
     body.push(format!("\"routes\":{}", routes_json(&views)));
-    // Worker processes do not gather forwarded requests per route yet: their `requests` are
-    // zeros, which the page shows as unknown.
-    let gathered = stats.model() == WorkerModel::Threads;
-    body.push(format!("\"route_requests_gathered\":{gathered}"));
     body.push(format!("\"memory\":{}", memory(stats, c.connections)));
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

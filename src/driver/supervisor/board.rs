@@ -17,6 +17,8 @@ pub struct Board {
     shared: Arc<Shared>,
     published: Vec<Published>,
     retired: Mutex<(Counters, Vec<(BackendKey, BackendCounts)>)>,
+    /// What dead workers had counted per route (by route id).
+    retired_routes: Mutex<Vec<(u32, [u64; 6])>>,
     workers: Mutex<Vec<BoardWorker>>,
 }
 
@@ -33,6 +35,7 @@ impl Board {
             published: (0..workers).map(|id| shared.published(id)).collect(),
             shared,
             retired: Mutex::new((Counters::default(), Vec::new())),
+            retired_routes: Mutex::new(Vec::new()),
             workers: Mutex::new(vec![BoardWorker::default(); workers]),
         }
     }
@@ -80,6 +83,25 @@ impl Board {
             .collect()
     }
 
+    /// Every worker's forwarded-request counts per route label, from the shared map (each
+    /// worker stores them as it counts), and what replaced workers had counted.
+    pub fn routes(&self) -> Vec<Vec<(String, [u64; 6])>> {
+        let named = |rows: Vec<(u32, [u64; 6])>| {
+            rows.into_iter()
+                .map(|(id, c)| (crate::driver::status::route_name(id), c))
+                .collect::<Vec<_>>()
+        };
+        let retired = self
+            .retired_routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        (0..self.published.len())
+            .map(|id| named(self.shared.routes(id)))
+            .chain(std::iter::once(named(retired)))
+            .collect()
+    }
+
     pub fn workers(&self) -> Vec<WorkerInfo> {
         let w = self.workers.lock().unwrap_or_else(|p| p.into_inner());
         w.iter()
@@ -120,6 +142,18 @@ impl Board {
             }
         }
         self.shared.clear_backends(id);
+        let mut routes = self
+            .retired_routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for (route, c) in self.shared.routes(id) {
+            match routes.iter_mut().find(|(r, _)| *r == route) {
+                Some((_, t)) => t.iter_mut().zip(c).for_each(|(a, b)| *a += b),
+                None => routes.push((route, c)),
+            }
+        }
+        self.shared.clear_routes(id);
+        drop(routes);
         let mut w = self.workers.lock().unwrap_or_else(|p| p.into_inner());
         w[id].restarts += 1;
     }

@@ -62,6 +62,7 @@ impl Worker {
         if let Some(b) = e.backend {
             d.close(key, Side::Backend, b.into());
         }
+        crate::driver::pool::detach(&mut self.backend_pool, key, self.time.now, d);
         if !self.tls.is_empty() {
             if let Some(ev) = self.tls.remove(&key).and_then(|mut s| s.final_event()) {
                 self.counters.count_tls(ev);

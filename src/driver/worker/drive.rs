@@ -9,15 +9,15 @@
 //! [`Conn::pump`]: crate::core::conn::Conn::pump
 
 use super::bookkeeping::write_log;
-use super::{check_connect, ctx, lend, tls, Driver, Exec, IoCall, Slot, Watch, Worker, SCRATCH};
+use super::{check_connect, ctx, lend, tls, Driver, Exec, IoCall, Slot, Worker, SCRATCH};
 use crate::core::conn::{Admission, Connecting, Event, Executor, Step};
 use crate::core::relay::{IoOp, Side, Src};
+use crate::driver::pool;
 use crate::sys::pipe::Pipe;
 use crate::transport::tls::{TlsBuffers, TlsIo};
 use crate::transport::Transport;
 use std::io;
 use std::net::TcpStream;
-use std::os::fd::AsFd;
 
 /// A connection's plain sockets and the worker's scratch buffer, lent to its `Conn::pump`.
 struct Plain<'a, D> {
@@ -239,24 +239,22 @@ impl Worker {
                     d.close(key, Side::Backend, old.into());
                 }
                 tls::drop_session(&mut self.backend_tls, &mut self.counters, key);
-                if let Some(s) = self.backend_pool.checkout(addr, self.time.now) {
-                    if d.watch(s.as_fd(), Watch::Conn(key, Side::Backend)).is_ok() {
-                        e.backend = Some(s);
-                        self.counters.pool_reused += 1;
-                        e.conn
-                            .complete_connect(Connecting::Reused, completion, &self.time);
-                        return true;
-                    }
+                let pool = &mut self.backend_pool;
+                if let Some(s) = pool::checkout_watched(pool, key, addr, self.time.now, d) {
+                    e.backend = Some(s);
+                    self.counters.pool_reused += 1;
+                    e.conn
+                        .complete_connect(Connecting::Reused, completion, &self.time);
+                    return true;
                 }
                 self.connect_step(key, addr, d);
             }
             Step::Release(addr) => {
                 if let Some(b) = e.backend.take() {
-                    d.unwatch(b.as_fd());
                     // Only plain connections are pooled (a TLS one's session is not kept).
-                    if self.draining.is_none() && !self.backend_tls.contains_key(&key) {
-                        self.backend_pool.release(addr, b, self.time.now);
-                    }
+                    let keep = self.draining.is_none() && !self.backend_tls.contains_key(&key);
+                    let pool = &mut self.backend_pool;
+                    pool::release_watched(pool, (key, addr), b, keep, self.time.now, d);
                 }
             }
             Step::Log(log, reason) => {

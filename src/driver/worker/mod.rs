@@ -24,8 +24,8 @@ use crate::driver::backends::BackendTable;
 use crate::driver::limiter::{ConnLimiter, IpLimiter};
 use crate::driver::memory::Budgeted;
 use crate::driver::pool::BackendPool;
-use crate::driver::routes::RouteCounts;
-use crate::driver::stats::{BackendSnapshot, Counters, Published, RouteSnapshot};
+use crate::driver::routes::{RouteCounts, RouteSink};
+use crate::driver::stats::{BackendSnapshot, Counters, Published};
 use crate::driver::{Control, Params};
 use crate::sys::pipe::{Pipe, PipePool};
 use crate::sys::sock::tune;
@@ -64,7 +64,7 @@ pub struct WorkerConfig {
     /// Told once the driver is set up (its loop is about to wait), so that `ready` is printed
     /// only when every worker can serve.
     pub started: Option<std::sync::mpsc::SyncSender<()>>,
-    pub published_routes: RouteSnapshot,
+    pub published_routes: RouteSink,
 }
 
 /// What a driver watches: a connection's socket, or a listener.
@@ -325,6 +325,21 @@ impl Worker {
             return; // a leftover event of sockets closed in this batch
         };
         if let Event::Ready {
+            side: Side::Backend,
+            readable,
+            ..
+        } = ev
+        {
+            // The backend connection parked between this client's requests: readable means
+            // closed or sent something unasked, and it is dropped; the connection sees nothing.
+            if e.backend.is_none() && self.backend_pool.is_parked(key) {
+                if readable {
+                    self.backend_pool.parked_event(key);
+                }
+                return;
+            }
+        }
+        if let Event::Ready {
             side: Side::Client,
             writable: true,
             ..
@@ -421,6 +436,8 @@ impl Worker {
 
     /// Starts a backend connect for connection `key` and reports how it went.
     fn connect_step(&mut self, key: usize, addr: SocketAddr, d: &mut impl Driver) {
+        // A backend connection parked under this key would share its events.
+        crate::driver::pool::detach(&mut self.backend_pool, key, self.time.now, d);
         let r = match self.connect(key, addr, d) {
             Ok((s, how)) => {
                 if let Some(Slot::Live(e)) = self.conns.get_mut(key) {
