@@ -617,7 +617,14 @@ impl Exchange {
                 self.on_body(&scratch[..n.min(scratch.len())]);
             }
             // The exchange asks for no other operation.
-            (IoOp::SpliceIn { .. } | IoOp::SpliceOut { .. } | IoOp::Shutdown { .. }, _) => {}
+            (
+                IoOp::SpliceIn { .. }
+                | IoOp::SpliceOut { .. }
+                | IoOp::Shutdown { .. }
+                | IoOp::Recv { .. }
+                | IoOp::StopRecv { .. },
+                _,
+            ) => {}
         }
     }
     /// Bytes for the `Write { src: Held }` in flight.
