@@ -103,6 +103,10 @@ impl Linger {
         let mut l = Linger::new(out, reason, t);
         l.close_backend = true;
         l.counted_ip = x.counted_ip;
+        // What the exchange has in flight on the client (a completion driver's) still counts;
+        // the backend socket closes.
+        l.lanes = x.lanes;
+        l.lanes.drop_side(Side::Backend);
         l
     }
 

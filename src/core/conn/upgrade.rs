@@ -110,7 +110,12 @@ impl Upgrading {
             // same socket.
             splice_ok: x.splice_ok,
             start_tls: None,
-            lanes: Lanes::default(),
+            // The backend is released or closed; a client operation may still be in flight.
+            lanes: {
+                let mut l = x.lanes;
+                l.drop_side(Side::Backend);
+                l
+            },
         };
         if !start.is_empty() {
             let a = u.hs.handle_client_data(&u.settings, t.now, &start);
@@ -413,9 +418,7 @@ impl Upgrading {
                 | IoOp::Recv { .. }
                 | IoOp::StopRecv { .. },
                 _,
-            ) => {
-                Action::Wait
-            }
+            ) => Action::Wait,
         };
         self.act(a);
     }
