@@ -640,7 +640,9 @@ fn a_bulk_burst_stops_the_standing_receive_and_splices_and_the_end_gives_buffers
     };
     assert_eq!(r.poll_standing(), Next::Op(held));
     let (relay, mut cx) = r.parts();
-    relay.complete(held, Ok(3072), &mut cx, &[], 5).expect("open");
+    relay
+        .complete(held, Ok(3072), &mut cx, &[], 5)
+        .expect("open");
     // Bulk: the standing receive stops, and the rest of the burst is spliced.
     assert_eq!(
         r.poll_standing(),
