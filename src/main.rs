@@ -649,10 +649,15 @@ fn run(
             let u = &cfg.uring;
             let count = u.buffer_count() as usize;
             format!(
-                "driver uring ({}): {count} buffers of {} KiB per worker, {} KiB fixed (uring.buffer_memory)",
+                "driver uring ({}): {count} buffers of {} KiB per worker, {} KiB fixed (uring.buffer_memory); {}",
                 setup.as_str(),
                 u.buffer_size / 1024,
-                count * u.buffer_size / 1024
+                count * u.buffer_size / 1024,
+                if u.multishot {
+                    "multishot receives (uring.multishot)"
+                } else {
+                    "one receive per message"
+                }
             )
         }
     };

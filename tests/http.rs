@@ -17,92 +17,89 @@ use http::*;
 use support::*;
 use tokio::io::AsyncReadExt;
 
-async fn proxy(routes: &[R]) -> Proxy {
-    with_routes(Proxy::builder(Relay::Auto), routes)
-        .start()
-        .await
+async fn proxy(relay: Relay, routes: &[R]) -> Proxy {
+    with_routes(Proxy::builder(relay), routes).start().await
 }
 
-#[test]
-fn get_and_post_by_length_and_chunked() {
-    run_auto(|_| async {
-        let origin = Origin::with(|m| {
-            let r = Reply::ok(format!("{} {} {}", m.method(), m.target(), m.body.len()));
-            if m.target().contains("chunked") {
-                r.chunked()
-            } else {
-                r
-            }
-        })
-        .await;
-        let p = proxy(&[r("/app", &[origin.addr])]).await;
-        let mut c = Peer::connect(p.addr()).await;
-
-        c.send(&get(
-            "/app/a?x=1",
-            &[
-                "Connection: keep-alive, X-Hop",
-                "X-Hop: secret",
-                "Keep-Alive: 5",
-                "TE: trailers",
-                "X-Forwarded-For: 1.2.3.4",
-                "X-Real-IP: 6.6.6.6",
-                "User-Agent: t",
-            ],
-        ))
-        .await;
-        let a = c.answer("GET").await;
-        assert_eq!((a.status, a.text().as_str()), (200, "GET /a?x=1 0"));
-        assert_eq!(a.header("connection"), None, "keep-alive is the default");
-
-        let body = pattern(1 << 20, 7);
-        c.send(&post_octets("/app/upload", &body)).await;
-        let a = c.answer("POST").await;
-        assert_eq!(a.text(), format!("POST /upload {}", body.len()));
-
-        let mut chunked =
-            b"PUT /app/chunked HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
-                .to_vec();
-        chunked.extend_from_slice(b"5;name=val\r\nhello\r\n06\r\n world\r\n0\r\nX-Checksum: 42\r\nContent-Length: 99\r\n\r\n");
-        c.send(&chunked).await;
-        let a = c.answer("PUT").await;
-        assert_eq!(a.header("transfer-encoding"), Some("chunked"));
-        assert_eq!(a.text(), "PUT /chunked 11");
-
-        let seen = origin.requests();
-        assert_eq!(seen.len(), 3);
-        let g = &seen[0];
-        assert_eq!(g.line, "GET /a?x=1 HTTP/1.1");
-        for gone in ["x-hop", "keep-alive", "te", "connection"] {
-            assert_eq!(g.header(gone), None, "{gone} reached the backend: {g:?}");
+e2e_drivers!(get_and_post_by_length_and_chunked, |relay| async move {
+    let origin = Origin::with(|m| {
+        let r = Reply::ok(format!("{} {} {}", m.method(), m.target(), m.body.len()));
+        if m.target().contains("chunked") {
+            r.chunked()
+        } else {
+            r
         }
-        assert_eq!(g.header("x-forwarded-for"), Some("1.2.3.4, 127.0.0.1"));
-        assert_eq!(g.header("x-real-ip"), Some("127.0.0.1"));
-        assert_eq!(g.header("x-forwarded-proto"), Some("http"));
-        assert_eq!(g.header("user-agent"), Some("t"));
-        assert_eq!(seen[1].body, body, "the 1 MiB body arrived intact");
-        assert_eq!(seen[1].header("content-length"), Some("1048576"));
-        let put = &seen[2];
-        assert_eq!(put.body, b"hello world");
-        assert_eq!(put.all("transfer-encoding"), ["chunked"]);
-        // Size lines written fresh (no extension, no leading zero); trailers kept except
-        // framing fields.
-        let raw = String::from_utf8_lossy(&origin.raw()[0]).into_owned();
-        assert!(
-            raw.ends_with("\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\nX-Checksum: 42\r\n\r\n"),
-            "{raw:?}"
-        );
-        assert_eq!(
-            origin.accepted(),
-            1,
-            "one backend connection served all three"
-        );
-    });
-}
+    })
+    .await;
+    let p = proxy(relay, &[r("/app", &[origin.addr])]).await;
+    let mut c = Peer::connect(p.addr()).await;
 
-#[test]
-fn bodiless_answers_and_keep_alive_after_them() {
-    run_auto(|_| async {
+    c.send(&get(
+        "/app/a?x=1",
+        &[
+            "Connection: keep-alive, X-Hop",
+            "X-Hop: secret",
+            "Keep-Alive: 5",
+            "TE: trailers",
+            "X-Forwarded-For: 1.2.3.4",
+            "X-Real-IP: 6.6.6.6",
+            "User-Agent: t",
+        ],
+    ))
+    .await;
+    let a = c.answer("GET").await;
+    assert_eq!((a.status, a.text().as_str()), (200, "GET /a?x=1 0"));
+    assert_eq!(a.header("connection"), None, "keep-alive is the default");
+
+    let body = pattern(1 << 20, 7);
+    c.send(&post_octets("/app/upload", &body)).await;
+    let a = c.answer("POST").await;
+    assert_eq!(a.text(), format!("POST /upload {}", body.len()));
+
+    let mut chunked =
+        b"PUT /app/chunked HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
+            .to_vec();
+    chunked.extend_from_slice(
+        b"5;name=val\r\nhello\r\n06\r\n world\r\n0\r\nX-Checksum: 42\r\nContent-Length: 99\r\n\r\n",
+    );
+    c.send(&chunked).await;
+    let a = c.answer("PUT").await;
+    assert_eq!(a.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(a.text(), "PUT /chunked 11");
+
+    let seen = origin.requests();
+    assert_eq!(seen.len(), 3);
+    let g = &seen[0];
+    assert_eq!(g.line, "GET /a?x=1 HTTP/1.1");
+    for gone in ["x-hop", "keep-alive", "te", "connection"] {
+        assert_eq!(g.header(gone), None, "{gone} reached the backend: {g:?}");
+    }
+    assert_eq!(g.header("x-forwarded-for"), Some("1.2.3.4, 127.0.0.1"));
+    assert_eq!(g.header("x-real-ip"), Some("127.0.0.1"));
+    assert_eq!(g.header("x-forwarded-proto"), Some("http"));
+    assert_eq!(g.header("user-agent"), Some("t"));
+    assert_eq!(seen[1].body, body, "the 1 MiB body arrived intact");
+    assert_eq!(seen[1].header("content-length"), Some("1048576"));
+    let put = &seen[2];
+    assert_eq!(put.body, b"hello world");
+    assert_eq!(put.all("transfer-encoding"), ["chunked"]);
+    // Size lines written fresh (no extension, no leading zero); trailers kept except
+    // framing fields.
+    let raw = String::from_utf8_lossy(&origin.raw()[0]).into_owned();
+    assert!(
+        raw.ends_with("\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\nX-Checksum: 42\r\n\r\n"),
+        "{raw:?}"
+    );
+    assert_eq!(
+        origin.accepted(),
+        1,
+        "one backend connection served all three"
+    );
+});
+
+e2e_drivers!(
+    bodiless_answers_and_keep_alive_after_them,
+    |relay| async move {
         let origin = Origin::with(|m| match m.target() {
             "/none" => Reply {
                 status: 204,
@@ -117,7 +114,7 @@ fn bodiless_answers_and_keep_alive_after_them() {
             _ => Reply::ok("0123456789"),
         })
         .await;
-        let p = proxy(&[r("/", &[origin.addr])]).await;
+        let p = proxy(relay, &[r("/", &[origin.addr])]).await;
         let mut c = Peer::connect(p.addr()).await;
         c.send(&request("HEAD", "/page", &[], b"")).await;
         let a = c.answer("HEAD").await;
@@ -132,17 +129,17 @@ fn bodiless_answers_and_keep_alive_after_them() {
         let a = c.answer("GET").await;
         assert_eq!(a.text(), "0123456789");
         assert!(c.buf.is_empty(), "bytes beyond the answers: {:?}", c.buf);
-    });
-}
+    }
+);
 
-#[test]
-fn expect_100_continue_and_early_hints_are_relayed() {
-    run_auto(|_| async {
+e2e_drivers!(
+    expect_100_continue_and_early_hints_are_relayed,
+    |relay| async move {
         let backend = RawBackend::start().await;
-        let p = proxy(&[r("/", &[backend.addr])]).await;
+        let p = proxy(relay, &[r("/", &[backend.addr])]).await;
         let mut c = Peer::connect(p.addr()).await;
         c.send(b"POST /up HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n")
-            .await;
+        .await;
         let mut b = Peer::new(backend.next_conn().await);
         let head = b.head().await.expect("head");
         assert_eq!(head.header("expect"), Some("100-continue"));
@@ -156,19 +153,19 @@ fn expect_100_continue_and_early_hints_are_relayed() {
         b.body(&mut m, Framing::Length(4)).await;
         assert_eq!(m.body, b"data");
         b.send(b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok")
-            .await;
+        .await;
         let (interim, a) = c.final_answer("POST").await;
         assert_eq!(interim.len(), 1);
         assert_eq!(interim[0].header("link"), Some("</s.css>; rel=preload"));
         assert_eq!((a.status, a.text().as_str()), (201, "ok"));
-    });
-}
+    }
+);
 
-#[test]
-fn event_streams_pass_each_event_as_it_comes() {
-    run_auto(|_| async {
+e2e_drivers!(
+    event_streams_pass_each_event_as_it_comes,
+    |relay| async move {
         let backend = RawBackend::start().await;
-        let p = proxy(&[r("/", &[backend.addr])]).await;
+        let p = proxy(relay, &[r("/", &[backend.addr])]).await;
         for chunked in [true, false] {
             let mut c = Peer::connect(p.addr()).await;
             c.send(&get("/events", &["Accept: text/event-stream"]))
@@ -236,45 +233,42 @@ fn event_streams_pass_each_event_as_it_comes() {
                 assert_eq!(c.answer("GET").await.status, 204);
             }
         }
-    });
-}
+    }
+);
 
-#[test]
-fn pipelined_requests_are_served_in_turn() {
-    run_auto(|_| async {
-        let backend = RawBackend::start().await;
-        let p = proxy(&[r("/", &[backend.addr])]).await;
-        let mut c = Peer::connect(p.addr()).await;
-        let mut all = get("/1", &[]);
-        all.extend_from_slice(&request("POST", "/2", &[], b"two"));
-        all.extend_from_slice(&get("/3", &[]));
-        c.send(&all).await;
-        let mut b = Peer::new(backend.next_conn().await);
-        for (i, body) in [(1, ""), (2, "two"), (3, "")] {
-            let mut m = b.head().await.expect("head");
-            assert_eq!(m.target(), format!("/{i}"));
-            let f = request_framing(&m);
-            b.body(&mut m, f).await;
-            assert_eq!(m.text(), body);
-            // The next request waits for this answer.
-            assert!(
-                !b.has_bytes_within(Duration::from_millis(150)).await,
-                "request {} sent before answer {i}: {:?}",
-                i + 1,
-                String::from_utf8_lossy(&b.buf)
-            );
-            b.send(format!("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n{i}").as_bytes())
-                .await;
-            let a = c.answer("GET").await;
-            assert_eq!(a.text(), i.to_string());
-        }
-        assert_eq!(
-            backend.accepted(),
-            1,
-            "one pooled backend connection for all three"
+e2e_drivers!(pipelined_requests_are_served_in_turn, |relay| async move {
+    let backend = RawBackend::start().await;
+    let p = proxy(relay, &[r("/", &[backend.addr])]).await;
+    let mut c = Peer::connect(p.addr()).await;
+    let mut all = get("/1", &[]);
+    all.extend_from_slice(&request("POST", "/2", &[], b"two"));
+    all.extend_from_slice(&get("/3", &[]));
+    c.send(&all).await;
+    let mut b = Peer::new(backend.next_conn().await);
+    for (i, body) in [(1, ""), (2, "two"), (3, "")] {
+        let mut m = b.head().await.expect("head");
+        assert_eq!(m.target(), format!("/{i}"));
+        let f = request_framing(&m);
+        b.body(&mut m, f).await;
+        assert_eq!(m.text(), body);
+        // The next request waits for this answer.
+        assert!(
+            !b.has_bytes_within(Duration::from_millis(150)).await,
+            "request {} sent before answer {i}: {:?}",
+            i + 1,
+            String::from_utf8_lossy(&b.buf)
         );
-    });
-}
+        b.send(format!("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n{i}").as_bytes())
+            .await;
+        let a = c.answer("GET").await;
+        assert_eq!(a.text(), i.to_string());
+    }
+    assert_eq!(
+        backend.accepted(),
+        1,
+        "one pooled backend connection for all three"
+    );
+});
 
 e2e!(upgrade_after_plain_requests, |relay| async move {
     let origin = Origin::start().await;
@@ -285,19 +279,6 @@ e2e!(upgrade_after_plain_requests, |relay| async move {
     )
     .start()
     .await;
-    if relay.driver == Driver::Uring {
-        // io_uring runs WebSocket routes only for now: a plain request gets the 426 of a
-        // WebSocket-only route, and the origin hears nothing.
-        let mut c = Peer::connect(proxy.addr()).await;
-        c.send(&get("/page0", &[])).await;
-        assert_eq!(c.head().await.expect("an answer").status, 426);
-        assert_eq!(
-            origin.accepted(),
-            0,
-            "the origin was contacted under io_uring"
-        );
-        return;
-    }
     let mut c = Peer::connect(proxy.addr()).await;
     for i in 0..2 {
         c.send(&get(&format!("/page{i}"), &[])).await;
@@ -324,12 +305,12 @@ e2e!(upgrade_after_plain_requests, |relay| async move {
     assert_eq!(echo.log().connections, 1);
 });
 
-#[test]
-fn pooled_connection_closed_by_the_backend_is_retried_for_idempotent_requests_only() {
-    run_auto(|_| async {
+e2e_drivers!(
+    pooled_connection_closed_by_the_backend_is_retried_for_idempotent_requests_only,
+    |relay| async move {
         let backend = RawBackend::start().await;
         let p = with_routes(
-            Proxy::builder(Relay::Auto).top("admin", "\"127.0.0.1:0\""),
+            Proxy::builder(relay).top("admin", "\"127.0.0.1:0\""),
             &[r("/", &[backend.addr])],
         )
         .start()
@@ -371,13 +352,13 @@ fn pooled_connection_closed_by_the_backend_is_retried_for_idempotent_requests_on
             "the POST was sent again"
         );
         assert_eq!(backend.accepted(), 2);
-    });
-}
+    }
+);
 
 /// A keep-alive client's backend connection waits with it between its requests (parked, still
 /// watched). The backend closing it meanwhile is noticed before the next request, which goes
 /// out on a new connection rather than as a retry; another client takes a connection the first
-/// one holds. (Under io_uring routes answer plain requests with 426: epoll only.)
+/// one holds. (Parking keeps the connection watched by epoll: this test runs under epoll.)
 #[test]
 fn a_clients_backend_connection_waits_with_it_between_its_requests() {
     run_auto(|_| async move {
@@ -442,16 +423,16 @@ fn a_clients_backend_connection_waits_with_it_between_its_requests() {
     });
 }
 
-/// HTTP/1.0 clients (ApacheBench, `curl -0`, old monitoring probes): served as nginx serves
-/// them. The request goes on as HTTP/1.0 with `Connection: close`, a Host-less one takes the
-/// route that names no host, the answer reaches the client without chunked framing or interim
-/// answers, and the connection closes after it.
-#[test]
-fn http_1_0_clients_are_served_and_closed_after_the_answer() {
-    run_auto(|_| async {
+// HTTP/1.0 clients (ApacheBench, `curl -0`, old monitoring probes): served as nginx serves
+// them. The request goes on as HTTP/1.0 with `Connection: close`, a Host-less one takes the
+// route that names no host, the answer reaches the client without chunked framing or interim
+// answers, and the connection closes after it.
+e2e_drivers!(
+    http_1_0_clients_are_served_and_closed_after_the_answer,
+    |relay| async move {
         let origin = Origin::with(|m| Reply::ok(format!("{} {}", m.method(), m.target()))).await;
         let raw = RawBackend::start().await;
-        let p = proxy(&[r("/app", &[origin.addr]), r("/raw", &[raw.addr])]).await;
+        let p = proxy(relay, &[r("/app", &[origin.addr]), r("/raw", &[raw.addr])]).await;
 
         // A GET without Host.
         let mut c = Peer::connect(p.addr()).await;
@@ -515,5 +496,5 @@ fn http_1_0_clients_are_served_and_closed_after_the_answer() {
         let mut c = Peer::connect(p.addr()).await;
         c.send(&get("/app/after", &[])).await;
         assert_eq!(c.answer("GET").await.text(), "GET /after");
-    });
-}
+    }
+);

@@ -18,15 +18,13 @@ use http::*;
 use support::*;
 
 /// A proxy with one route to a new raw backend, `keys` set on the route.
-async fn proxy_to_raw(keys: &[(&str, &str)]) -> (Proxy, RawBackend) {
+async fn proxy_to_raw(relay: Relay, keys: &[(&str, &str)]) -> (Proxy, RawBackend) {
     let backend = RawBackend::start().await;
     let mut route = r("/", &[backend.addr]);
     for (k, v) in keys {
         route = route.key(k, v);
     }
-    let p = with_routes(Proxy::builder(Relay::Auto), &[route])
-        .start()
-        .await;
+    let p = with_routes(Proxy::builder(relay), &[route]).start().await;
     (p, backend)
 }
 
@@ -41,8 +39,8 @@ async fn exchange(p: &Proxy, backend: &RawBackend, req: &[u8]) -> (Peer, Peer, M
 
 /// `GET /` through a proxy to a new raw backend: the proxy, the backend, the client's end and
 /// the backend's end (its head read).
-async fn a_get() -> (Proxy, RawBackend, Peer, Peer) {
-    let (p, backend) = proxy_to_raw(&[]).await;
+async fn a_get(relay: Relay) -> (Proxy, RawBackend, Peer, Peer) {
+    let (p, backend) = proxy_to_raw(relay, &[]).await;
     let (c, b, _) = exchange(&p, &backend, &get("/", &[])).await;
     (p, backend, c, b)
 }
@@ -62,10 +60,10 @@ async fn next_request_uses_a_new_connection(p: &Proxy, backend: &RawBackend, old
     );
 }
 
-#[test]
-fn content_length_shorter_than_the_body_sent() {
-    run_auto(|_| async {
-        let (p, backend, mut c, mut b) = a_get().await;
+e2e_drivers!(
+    content_length_shorter_than_the_body_sent,
+    |relay| async move {
+        let (p, backend, mut c, mut b) = a_get(relay).await;
         // Says 5, sends 11: the extra bytes must neither reach the client as a next answer nor
         // stay in a pooled connection.
         b.send(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloHTTP/1.1")
@@ -78,13 +76,13 @@ fn content_length_shorter_than_the_body_sent() {
             c.buf
         );
         next_request_uses_a_new_connection(&p, &backend, &mut b).await;
-    });
-}
+    }
+);
 
-#[test]
-fn content_length_longer_than_the_body_sent() {
-    run_auto(|_| async {
-        let (_p, _backend, mut c, b) = a_get().await;
+e2e_drivers!(
+    content_length_longer_than_the_body_sent,
+    |relay| async move {
+        let (_p, _backend, mut c, b) = a_get(relay).await;
         let mut b = b;
         b.send(b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\nshort")
             .await;
@@ -94,13 +92,13 @@ fn content_length_longer_than_the_body_sent() {
         // The client gets what there was, then a close: it sees the body cut short.
         assert!(c.closed_within(STEP).await);
         assert_eq!(c.buf, b"short");
-    });
-}
+    }
+);
 
-#[test]
-fn broken_chunked_answer_cuts_the_client_off() {
-    run_auto(|_| async {
-        let (p, backend) = proxy_to_raw(&[]).await;
+e2e_drivers!(
+    broken_chunked_answer_cuts_the_client_off,
+    |relay| async move {
+        let (p, backend) = proxy_to_raw(relay, &[]).await;
         for garbage in [
             &b"zz\r\nhello\r\n"[..],
             b"5\r\nhelloXX",
@@ -125,27 +123,27 @@ fn broken_chunked_answer_cuts_the_client_off() {
                 "the backend connection stays closed"
             );
         }
-    });
-}
+    }
+);
 
-#[test]
-fn switching_protocols_to_a_plain_request_is_a_502() {
-    run_auto(|_| async {
-        let (_p, _backend, mut c, mut b) = a_get().await;
+e2e_drivers!(
+    switching_protocols_to_a_plain_request_is_a_502,
+    |relay| async move {
+        let (_p, _backend, mut c, mut b) = a_get(relay).await;
         b.send(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x05hello")
-            .await;
+        .await;
         let a = c.answer("GET").await;
         assert_eq!(a.status, 502, "{:?}", a.text());
         assert_eq!(a.header("connection"), Some("close"));
         assert!(c.closed_within(STEP).await);
         assert!(b.closed_within(STEP).await);
-    });
-}
+    }
+);
 
-#[test]
-fn early_answer_before_the_body_closes_after_it() {
-    run_auto(|_| async {
-        let (p, backend) = proxy_to_raw(&[]).await;
+e2e_drivers!(
+    early_answer_before_the_body_closes_after_it,
+    |relay| async move {
+        let (p, backend) = proxy_to_raw(relay, &[]).await;
         let mut req =
             b"POST /up HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\r\n".to_vec();
         req.extend_from_slice(&[b'a'; 1000]);
@@ -165,13 +163,13 @@ fn early_answer_before_the_body_closes_after_it() {
             b.closed_within(STEP).await,
             "a half-sent request's connection is not pooled"
         );
-    });
-}
+    }
+);
 
-#[test]
-fn backend_that_closes_before_answering_is_a_502_and_one_that_stalls_a_504() {
-    run_auto(|_| async {
-        let (p, backend) = proxy_to_raw(&[("response_timeout", "\"500ms\"")]).await;
+e2e_drivers!(
+    backend_that_closes_before_answering_is_a_502_and_one_that_stalls_a_504,
+    |relay| async move {
+        let (p, backend) = proxy_to_raw(relay, &[("response_timeout", "\"500ms\"")]).await;
         let (mut c, b, _) = exchange(&p, &backend, &request("POST", "/", &[], b"x")).await;
         drop(b);
         let a = c.answer("POST").await;
@@ -192,31 +190,28 @@ fn backend_that_closes_before_answering_is_a_502_and_one_that_stalls_a_504() {
             took >= Duration::from_millis(450) && took < Duration::from_secs(3),
             "504 after {took:?}"
         );
-    });
-}
+    }
+);
 
-#[test]
-fn refused_backend_is_a_readable_502() {
-    run_auto(|_| async {
-        let refused = RefusedPort::new();
-        let p = with_routes(Proxy::builder(Relay::Auto), &[r("/", &[refused.addr])])
-            .start()
-            .await;
-        let mut c = Peer::connect(p.addr()).await;
-        c.send(&get("/", &[])).await;
-        let a = c.answer("GET").await;
-        assert_eq!(a.status, 502);
-        assert_eq!(a.header("content-type"), Some("text/plain; charset=utf-8"));
-        assert!(a.text().starts_with("502 Bad Gateway: "), "{:?}", a.text());
-    });
-}
+e2e_drivers!(refused_backend_is_a_readable_502, |relay| async move {
+    let refused = RefusedPort::new();
+    let p = with_routes(Proxy::builder(relay), &[r("/", &[refused.addr])])
+        .start()
+        .await;
+    let mut c = Peer::connect(p.addr()).await;
+    c.send(&get("/", &[])).await;
+    let a = c.answer("GET").await;
+    assert_eq!(a.status, 502);
+    assert_eq!(a.header("content-type"), Some("text/plain; charset=utf-8"));
+    assert!(a.text().starts_with("502 Bad Gateway: "), "{:?}", a.text());
+});
 
-#[test]
-fn slow_body_gets_408_and_idle_keep_alive_is_closed_quietly() {
-    run_auto(|_| async {
+e2e_drivers!(
+    slow_body_gets_408_and_idle_keep_alive_is_closed_quietly,
+    |relay| async move {
         let backend = RawBackend::start().await;
         let p = with_routes(
-            Proxy::builder(Relay::Auto).timeout("client_idle", "400ms"),
+            Proxy::builder(relay).timeout("client_idle", "400ms"),
             &[r("/", &[backend.addr]).key("response_timeout", "\"400ms\"")],
         )
         .start()
@@ -253,13 +248,13 @@ fn slow_body_gets_408_and_idle_keep_alive_is_closed_quietly() {
             "{:?}",
             idle.elapsed()
         );
-    });
-}
+    }
+);
 
-#[test]
-fn client_gone_mid_body_never_returns_the_backend_connection_to_the_pool() {
-    run_auto(|_| async {
-        let (p, backend) = proxy_to_raw(&[]).await;
+e2e_drivers!(
+    client_gone_mid_body_never_returns_the_backend_connection_to_the_pool,
+    |relay| async move {
+        let (p, backend) = proxy_to_raw(relay, &[]).await;
         let (c, mut b, mut head) = exchange(
             &p,
             &backend,
@@ -282,19 +277,19 @@ fn client_gone_mid_body_never_returns_the_backend_connection_to_the_pool() {
             .await;
         assert_eq!(fresh.answer("GET").await.status, 200);
         assert_eq!(backend.accepted(), 2);
-    });
-}
+    }
+);
 
-#[test]
-fn chunked_request_breaking_midway_reaches_the_backend_cut_off() {
-    run_auto(|_| async {
-        let (p, backend) = proxy_to_raw(&[]).await;
+e2e_drivers!(
+    chunked_request_breaking_midway_reaches_the_backend_cut_off,
+    |relay| async move {
+        let (p, backend) = proxy_to_raw(relay, &[]).await;
         let (mut c, mut b, _) = exchange(
-            &p,
-            &backend,
-            b"POST / HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
-        )
-        .await;
+        &p,
+        &backend,
+        b"POST / HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    )
+    .await;
         // The good chunk is passed on as it comes.
         assert_eq!(b.exactly(10).await, b"5\r\nhello\r\n");
         c.send(b"5\r\nworld\r\nGET /smuggled HTTP/1.1\r\n").await;
@@ -309,18 +304,15 @@ fn chunked_request_breaking_midway_reaches_the_backend_cut_off() {
             "{:?}",
             String::from_utf8_lossy(&b.buf)
         );
-    });
-}
+    }
+);
 
-#[test]
-fn websocket_only_route_answers_426() {
-    run_auto(|_| async {
-        let (p, backend) = proxy_to_raw(&[("http", "false")]).await;
-        let mut c = Peer::connect(p.addr()).await;
-        c.send(&get("/", &[])).await;
-        let a = c.answer("GET").await;
-        assert_eq!(a.status, 426);
-        assert!(c.closed_within(STEP).await);
-        assert_eq!(backend.accepted(), 0);
-    });
-}
+e2e_drivers!(websocket_only_route_answers_426, |relay| async move {
+    let (p, backend) = proxy_to_raw(relay, &[("http", "false")]).await;
+    let mut c = Peer::connect(p.addr()).await;
+    c.send(&get("/", &[])).await;
+    let a = c.answer("GET").await;
+    assert_eq!(a.status, 426);
+    assert!(c.closed_within(STEP).await);
+    assert_eq!(backend.accepted(), 0);
+});

@@ -410,14 +410,16 @@ async fn run_row(proxy: &Proxy, origin: &Origin, r: &Row) -> Result<(), String> 
     }
 }
 
-#[test]
-fn forwarded_request_smuggling() {
+drivers!(forwarded_request_smuggling, |driver| {
     let rt = support::runtime(2);
     rt.block_on(async {
         let origin = Origin::start().await;
-        let proxy = with_routes(Proxy::builder(Relay::Auto), &[r("/", &[origin.addr])])
-            .start()
-            .await;
+        let proxy = with_routes(
+            Proxy::builder(Relay::Auto.on(driver)),
+            &[r("/", &[origin.addr])],
+        )
+        .start()
+        .await;
         let rows = table();
         let mut failures = Vec::new();
         for (i, r) in rows.iter().enumerate() {
@@ -435,4 +437,4 @@ fn forwarded_request_smuggling() {
         println!("{} forwarded-request smuggling rows", rows.len());
         assert_rows_passed(&failures, rows.len());
     });
-}
+});

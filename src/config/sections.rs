@@ -114,6 +114,7 @@ pub(super) fn uring(cfg: &mut Config, field: &Field<'_>) -> Result<(), ConfigErr
 const URING: &[Key<Uring>] = &[
     key("buffer_size", |u, f| f.size_in(BUFFER_SIZE).map(|n| u.buffer_size = n)),
     key("buffer_memory", |u, f| f.size_in(BUFFER_MEMORY).map(|n| u.buffer_memory = n)),
+    key("multishot", |u, f| f.bool().map(|b| u.multishot = b)),
 ];
 
 /// `[access_log]`: present, even empty, it turns the access log on.

@@ -71,6 +71,10 @@ impl Epoll<'_> {
             IoOp::SpliceIn { max, .. } => c.pipe.ok_or_else(no_pipe)?.fill(sock.as_fd(), max),
             IoOp::SpliceOut { len, .. } => c.pipe.ok_or_else(no_pipe)?.drain(sock.as_fd(), len),
             IoOp::Shutdown { .. } => sock.shutdown_write().map(|()| 0),
+            // A readiness driver keeps no receive standing (its Ctx says so).
+            IoOp::Recv { .. } | IoOp::StopRecv { .. } => {
+                Err(io::Error::other("no standing receives under epoll"))
+            }
         }
     }
 }

@@ -42,6 +42,14 @@ pub enum Driver {
 impl Driver {
     pub const ALL: [Driver; 2] = [Driver::Epoll, Driver::Uring];
 
+    /// The top-level TOML lines that select this driver (io_uring runs with worker threads).
+    pub fn toml(self) -> String {
+        match self {
+            Driver::Epoll => "driver = \"epoll\"\n".to_string(),
+            Driver::Uring => "driver = \"uring\"\nworker_model = \"threads\"\n".to_string(),
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Driver::Epoll => "epoll",
@@ -261,6 +269,19 @@ macro_rules! drivers {
     };
 }
 
+/// `e2e_drivers!(name, |relay| async move { ... })`: one test per driver with relay mode `auto`
+/// (`name::epoll`, `name::uring`), for scenarios that do not depend on the relay mode (plain
+/// HTTP forwarding, for one).
+#[allow(unused_macros)]
+macro_rules! e2e_drivers {
+    ($name:ident, $body:expr) => {
+        e2e!($name, $body, [
+            epoll => crate::support::Relay::Auto,
+            uring => crate::support::Relay::Auto.uring()
+        ]);
+    };
+}
+
 /// `e2e_tls!(name, body)`: [`e2e!`]'s tests (both drivers) plus `name::tls`, the same scenario with
 /// the client on `wss://` (WebSocket clients speak TLS themselves, raw sockets go through
 /// [`super::tls::shim`]).
@@ -453,11 +474,7 @@ impl ProxyBuilder {
             ));
         }
         if let Some(driver) = self.driver {
-            s.push_str(&format!("driver = \"{}\"\n", driver.as_str()));
-            if driver == Driver::Uring {
-                // The io_uring driver runs with worker threads.
-                s.push_str("worker_model = \"threads\"\n");
-            }
+            s.push_str(&driver.toml());
         }
         for line in &self.top {
             s.push_str(line);

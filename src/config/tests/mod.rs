@@ -55,6 +55,7 @@ threshold = 8192
 [uring]
 buffer_size = "32KiB"
 buffer_memory = "4MiB"
+multishot = true
 [tls]
 listen = ["127.0.0.1:8443"]
 unknown_sni = "refuse"
@@ -95,6 +96,7 @@ fn full_example() {
         uring: Uring {
             buffer_size: 32768,
             buffer_memory: 4 << 20,
+            multishot: true,
         },
         timeouts: Timeouts {
             handshake: secs(10),
@@ -304,6 +306,7 @@ fn uring_buffer_count_is_a_power_of_two() {
         Uring {
             buffer_size: size,
             buffer_memory: memory,
+            multishot: true,
         }
         .buffer_count()
     };

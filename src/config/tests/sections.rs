@@ -172,7 +172,7 @@ fn unknown_key_hints_name_each_sections_keys() {
         ),
         ("[keepalive]", "idle, interval, count"),
         ("[splice]", "max_pipes, pipe_size, threshold"),
-        ("[uring]", "buffer_size, buffer_memory"),
+        ("[uring]", "buffer_size, buffer_memory, multishot"),
         ("[access_log]", "path, format"),
         ("[proxy_protocol]", "listen, trusted"),
         (

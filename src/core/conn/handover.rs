@@ -165,12 +165,15 @@ mod tests {
         let mut cx = Ctx {
             scratch: &scratch,
             lent: None,
+            lent_at: 0,
+            lent_room: 0,
             returned: &mut returned,
             pipes: &mut pipes,
             stats: &mut stats,
             mode: RelayMode::Copy,
             threshold: 4096,
             completion: false,
+            standing: false,
         };
         assert!(conn.can_hand_over());
         let (handed, held, released) = conn.hand_over(&mut cx, &t).expect("a relay goes");

@@ -23,7 +23,7 @@ mod answer;
 mod link;
 
 use super::ready::Readiness;
-use super::{BackendTlsFailed, ConnLog, Connecting, EndReason, Event, Note, Step, Time};
+use super::{BackendTlsFailed, ConnLog, Connecting, EndReason, Event, Lanes, Note, Step, Time};
 use crate::config::BackendProtocol;
 use crate::config::ProxyVersion;
 use crate::core::balance::{Lease, Pick};
@@ -151,6 +151,9 @@ pub struct Exchange {
     writing: Out,
 
     ready: Readiness,
+    /// Operations in flight in a completion driver: at most one per socket and direction (a
+    /// body going up while the answer comes down is one write of each socket and one read).
+    pub(super) lanes: Lanes,
 }
 
 /// Where the exchange comes from: the connection's facts that outlive each request.
@@ -222,6 +225,7 @@ impl Exchange {
             down_bytes: 0,
             writing: Out::Down,
             ready: Readiness::new(),
+            lanes: Lanes::default(),
             settings: o.settings,
         };
         if start.is_none() {
@@ -350,9 +354,19 @@ impl Exchange {
     }
 
     fn next_op(&mut self, scratch: usize, t: &Time) -> Step {
+        let step = self.pick_op(scratch, t);
+        if let Step::Io(op) = step {
+            self.lanes.start(op);
+        }
+        step
+    }
+
+    fn pick_op(&mut self, scratch: usize, t: &Time) -> Step {
         if self.link == Link::Want {
             self.link = Link::Connecting;
             self.ready.new_backend();
+            // What waited on the old backend socket is abandoned with it.
+            self.lanes.drop_side(Side::Backend);
             return if self.poolable() && !self.fresh {
                 Step::Checkout(self.backend)
             } else {
@@ -368,30 +382,42 @@ impl Exchange {
             self.ready.check_connect = false;
             return Step::CheckConnect;
         }
+        let free = |side, reads| !self.lanes.busy(side, reads);
         // The client's side first: what it takes frees the backend's side.
-        if self.down_pos < self.down.len() && self.ready.client_writable {
+        if self.down_pos < self.down.len()
+            && self.ready.client_writable
+            && free(Side::Client, false)
+        {
             self.writing = Out::Down;
             return write(Side::Client);
         }
         if self.link == Link::Ready {
+            let backend_writable = self.ready.backend_writable && free(Side::Backend, false);
             if self.head_pos < self.head.len() {
-                if self.ready.backend_writable {
+                if backend_writable {
                     self.writing = Out::Head;
                     return write(Side::Backend);
                 }
             } else {
-                if self.up_pos < self.up.len() && self.ready.backend_writable {
+                if self.up_pos < self.up.len() && backend_writable {
                     self.writing = Out::Up;
                     return write(Side::Backend);
                 }
                 let answering = !self.answer.as_ref().is_some_and(BodyReader::is_done);
-                if answering && self.down_pos >= self.down.len() && self.ready.backend_readable {
+                if answering
+                    && self.down_pos >= self.down.len()
+                    && self.ready.backend_readable
+                    && free(Side::Backend, true)
+                {
                     return Step::Io(IoOp::Read {
                         side: Side::Backend,
                         max: self.answer_read_limit(scratch),
                     });
                 }
-                if !self.req.is_done() && self.up_pos >= self.up.len() && self.ready.client_readable
+                if !self.req.is_done()
+                    && self.up_pos >= self.up.len()
+                    && self.ready.client_readable
+                    && free(Side::Client, true)
                 {
                     let max = self
                         .req
@@ -474,10 +500,14 @@ impl Exchange {
                 log: None,
             })),
             Ending::Done => {
+                // A socket with an operation still in flight (a completion driver's) is not
+                // pooled: closing it cancels that.
                 let reuse = self.reusable
                     && self.req.is_done()
                     && self.link == Link::Ready
-                    && self.poolable();
+                    && self.poolable()
+                    && !self.lanes.busy(Side::Backend, true)
+                    && !self.lanes.busy(Side::Backend, false);
                 self.steps.push_back(if reuse {
                     Step::Release(self.backend)
                 } else {
@@ -500,6 +530,10 @@ impl Exchange {
         scratch: &[u8],
         t: &Time,
     ) {
+        if !self.lanes.busy(op.side(), op.reads()) {
+            return; // abandoned: its backend socket was replaced
+        }
+        self.lanes.end(op);
         if self.ending.is_some() || self.after.is_some() {
             return;
         }
@@ -523,12 +557,13 @@ impl Exchange {
                 },
                 Ok(n),
             ) => {
-                match self.writing {
-                    Out::Head => self.head_pos += n,
-                    Out::Up | Out::Down => {
-                        sent(&mut self.up, &mut self.up_pos, n);
-                        self.body_sent += n as u64;
-                    }
+                // The head goes out whole before any body byte (a completion driver may have
+                // a write of the client's in flight too, so `writing` may name that one).
+                if self.head_pos < self.head.len() {
+                    self.head_pos += n;
+                } else {
+                    sent(&mut self.up, &mut self.up_pos, n);
+                    self.body_sent += n as u64;
                 }
                 self.touch(t);
             }
@@ -617,7 +652,14 @@ impl Exchange {
                 self.on_body(&scratch[..n.min(scratch.len())]);
             }
             // The exchange asks for no other operation.
-            (IoOp::SpliceIn { .. } | IoOp::SpliceOut { .. } | IoOp::Shutdown { .. }, _) => {}
+            (
+                IoOp::SpliceIn { .. }
+                | IoOp::SpliceOut { .. }
+                | IoOp::Shutdown { .. }
+                | IoOp::Recv { .. }
+                | IoOp::StopRecv { .. },
+                _,
+            ) => {}
         }
     }
     /// Bytes for the `Write { src: Held }` in flight.

@@ -103,6 +103,10 @@ impl Linger {
         let mut l = Linger::new(out, reason, t);
         l.close_backend = true;
         l.counted_ip = x.counted_ip;
+        // What the exchange has in flight on the client (a completion driver's) still counts;
+        // the backend socket closes.
+        l.lanes = x.lanes;
+        l.lanes.drop_side(Side::Backend);
         l
     }
 
@@ -190,7 +194,14 @@ impl Linger {
             (IoOp::Write { .. } | IoOp::Read { .. }, Err(e)) if retry(&e) => {}
             (IoOp::Write { .. } | IoOp::Read { .. }, Err(_)) => self.done = true,
             // FIN sent (or the client is gone, which the read will tell).
-            (IoOp::Shutdown { .. } | IoOp::SpliceIn { .. } | IoOp::SpliceOut { .. }, _) => {}
+            (
+                IoOp::Shutdown { .. }
+                | IoOp::SpliceIn { .. }
+                | IoOp::SpliceOut { .. }
+                | IoOp::Recv { .. }
+                | IoOp::StopRecv { .. },
+                _,
+            ) => {}
         }
     }
 

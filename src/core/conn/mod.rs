@@ -539,22 +539,11 @@ impl<P> Conn<P> {
                     return Step::Note(note);
                 }
                 upgrade::Polled::Relay => return self.open_relay(cx, t),
-                // The HTTP exchange keeps several operations of a socket going at once (a body
-                // up while an answer comes down), which a completion driver's one-operation
-                // lanes do not carry yet: under io_uring, routes answer plain requests as a
-                // WebSocket-only route does.
-                upgrade::Polled::Http(_) if cx.completion => {
-                    let r = Reject::NotUpgrade;
-                    let log = u.log_facts(r.status());
-                    let out = r.response().to_vec();
-                    let mut linger = Linger::after_upgrade(out, false, u.counted_ip, log, t);
-                    linger.lanes = u.lanes;
-                    linger.lanes.drop_side(Side::Backend);
-                    *self = Conn::Linger(Box::new(linger));
-                    return Step::Note(Note::Rejected(r));
-                }
                 upgrade::Polled::Http(p) => {
-                    *self = Conn::Http(Box::new(Exchange::new(u.http_origin(), *p, t)));
+                    let mut x = Exchange::new(u.http_origin(), *p, t);
+                    // A completion driver may still have a client operation in flight.
+                    x.lanes = u.lanes;
+                    *self = Conn::Http(Box::new(x));
                     return self.poll(cx, t);
                 }
             },

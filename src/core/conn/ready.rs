@@ -76,7 +76,11 @@ impl Readiness {
         match op {
             IoOp::Read { side, .. } => *self.readable(*side) = false,
             IoOp::Write { side, .. } => *self.writable(*side) = false,
-            IoOp::SpliceIn { .. } | IoOp::SpliceOut { .. } | IoOp::Shutdown { .. } => {}
+            IoOp::SpliceIn { .. }
+            | IoOp::SpliceOut { .. }
+            | IoOp::Shutdown { .. }
+            | IoOp::Recv { .. }
+            | IoOp::StopRecv { .. } => {}
         }
     }
 

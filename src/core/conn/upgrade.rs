@@ -110,7 +110,12 @@ impl Upgrading {
             // same socket.
             splice_ok: x.splice_ok,
             start_tls: None,
-            lanes: Lanes::default(),
+            // The backend is released or closed; a client operation may still be in flight.
+            lanes: {
+                let mut l = x.lanes;
+                l.drop_side(Side::Backend);
+                l
+            },
         };
         if !start.is_empty() {
             let a = u.hs.handle_client_data(&u.settings, t.now, &start);
@@ -406,9 +411,14 @@ impl Upgrading {
                     .handle_connect_failed(s, t.now, ConnectFailure::Reset),
             },
             // The upgrade asks for no other operation.
-            (IoOp::SpliceIn { .. } | IoOp::SpliceOut { .. } | IoOp::Shutdown { .. }, _) => {
-                Action::Wait
-            }
+            (
+                IoOp::SpliceIn { .. }
+                | IoOp::SpliceOut { .. }
+                | IoOp::Shutdown { .. }
+                | IoOp::Recv { .. }
+                | IoOp::StopRecv { .. },
+                _,
+            ) => Action::Wait,
         };
         self.act(a);
     }

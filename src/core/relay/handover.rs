@@ -46,6 +46,7 @@ pub type HeldPipes<P> = [Option<(P, u32)>; 2];
 impl<P> Dir<P> {
     fn idle_between_ops(&self) -> bool {
         self.flags & INFLIGHT == 0
+            && self.recv == 0
             && matches!(
                 self.pending,
                 Pending::None | Pending::Pipe(..) | Pending::Buf(_)

@@ -21,6 +21,7 @@
 //! ```
 
 pub mod handover;
+mod lent;
 mod op;
 pub mod timing;
 
@@ -37,9 +38,16 @@ pub struct Ctx<'a, P: Pipes> {
     /// Where a `Read`'s bytes are when it completes: the worker's scratch buffer, or the
     /// driver's buffer `lent` names. When polling, its length bounds a `Read`.
     pub scratch: &'a [u8],
-    /// On a `Read`'s completion: the driver buffer that `scratch` is. A relay that keeps the
-    /// bytes takes it (and later puts it in `returned`); the worker gives back what is left.
+    /// On a `Read`'s or `Recv`'s completion: the driver buffer that `scratch` is in. A relay
+    /// that keeps the bytes takes it (and later puts it in `returned`, once per arrival); the
+    /// worker gives back what is left.
     pub lent: Option<BufId>,
+    /// Where in buffer `lent` the bytes start (a driver that fills its buffers incrementally
+    /// puts several arrivals in one buffer).
+    pub lent_at: u32,
+    /// How many bytes the receive could have put in `lent`: an arrival shorter than that found
+    /// the socket drained.
+    pub lent_room: u32,
     /// Driver buffers the relay is done with, for the worker to give back.
     pub returned: &'a mut Vec<BufId>,
     pub pipes: &'a mut P,
@@ -50,6 +58,10 @@ pub struct Ctx<'a, P: Pipes> {
     /// waits for bytes and a `Write` for room, so a short read does not mean the socket is
     /// drained nor a short write that it is full. Splices keep readiness rules either way.
     pub completion: bool,
+    /// The completion driver keeps receives standing ([`IoOp::Recv`], multishot): a copying
+    /// direction asks for one receive and gets every arrival, instead of one `Read` per
+    /// message.
+    pub standing: bool,
 }
 
 impl<P: Pipes> Ctx<'_, P> {
@@ -59,12 +71,15 @@ impl<P: Pipes> Ctx<'_, P> {
         Ctx {
             scratch,
             lent: self.lent,
+            lent_at: self.lent_at,
+            lent_room: self.lent_room,
             returned: self.returned,
             pipes: self.pipes,
             stats: self.stats,
             mode: self.mode,
             threshold: self.threshold,
             completion: self.completion,
+            standing: self.standing,
         }
     }
 }
@@ -114,6 +129,11 @@ const SPLICE_OK: u8 = 64;
 /// An operation of this direction is in flight: nothing more until it completes.
 const INFLIGHT: u8 = 128;
 
+/// `Dir::recv`: a standing receive ([`IoOp::Recv`]) is armed on the source.
+const RECV_ARMED: u8 = 1;
+/// `Dir::recv`: it was asked to stop; its last arrival has not come yet.
+const RECV_STOPPING: u8 = 2;
+
 /// Reads per direction per round before yielding to other connections.
 const BUDGET: u8 = 32;
 
@@ -128,8 +148,12 @@ enum Pending<P> {
     Buf(Box<(Vec<u8>, usize)>),
     /// The last `Read` put this many bytes in the worker's scratch: write them next.
     Scratch(u32),
-    /// The last `Read` put `len` bytes in the driver's buffer `id`; `from` are written.
-    Lent { id: BufId, from: u32, len: u32 },
+    /// Bytes in a driver's buffer (a `Read` or a `Recv` put them there), written from it.
+    Lent(lent::Seg),
+    /// Bytes in a driver's buffer being written, and a standing receive's later arrivals,
+    /// copied (their buffers went back at once): boxed, as only a destination slower than its
+    /// source has any.
+    LentThen(Box<(lent::Seg, Vec<u8>)>),
 }
 
 /// One direction of a relay.
@@ -142,6 +166,8 @@ pub struct Dir<P> {
     /// Bytes read in the current burst: what was waiting, as FIONREAD would say, without the
     /// syscall.
     burst: u32,
+    /// The standing receive on the source: 0 (none), [`RECV_ARMED`] or [`RECV_STOPPING`].
+    recv: u8,
 }
 
 /// How far a direction got.
@@ -177,6 +203,7 @@ impl<P> Dir<P> {
             flags: READABLE | if splice_ok { SPLICE_OK } else { 0 },
             budget: BUDGET,
             burst: 0,
+            recv: 0,
         }
     }
 
@@ -185,19 +212,28 @@ impl<P> Dir<P> {
             Pending::None | Pending::Scratch(_) => {}
             Pending::Pipe(p, _) => cx.pipes.discard(p),
             Pending::Buf(_) => cx.stats.overflow_in_use -= 1,
-            Pending::Lent { id, .. } => cx.returned.push(id),
+            Pending::Lent(seg) => seg.give_back(cx.returned),
+            Pending::LentThen(b) => b.0.give_back(cx.returned),
         }
     }
 
     /// The next operation of this direction, or why there is none.
     #[inline]
     fn next(&mut self, way: Way, cx: &mut Ctx<'_, impl Pipes<Pipe = P>>, room: usize) -> Pumped {
+        // Backpressure on a standing receive: arrivals are held while the destination is slow;
+        // at the bound, the source stops until they are written (then it is armed again).
+        if self.recv == RECV_ARMED && self.must_stop_recv() {
+            self.recv = RECV_STOPPING;
+            return Pumped::Op(IoOp::StopRecv { side: way.src() });
+        }
         if self.flags & INFLIGHT != 0 {
             return Pumped::Blocked;
         }
         let next = self.pick(way, cx, room);
-        if let Pumped::Op(_) = next {
-            self.flags |= INFLIGHT;
+        if let Pumped::Op(op) = next {
+            if !op.standing() {
+                self.flags |= INFLIGHT;
+            }
         }
         next
     }
@@ -224,17 +260,17 @@ impl<P> Dir<P> {
                     src: Src::Held,
                 })
             }
-            &Pending::Lent { id, from, len } if self.flags & FULL == 0 => {
-                return Pumped::Op(IoOp::Write {
-                    side: dst,
-                    src: Src::Buf {
-                        id,
-                        from,
-                        len: len - from,
-                    },
-                })
+            Pending::Lent(_) | Pending::LentThen(_) if self.flags & FULL == 0 => {
+                if let Some(seg) = self.front() {
+                    return Pumped::Op(IoOp::Write {
+                        side: dst,
+                        src: seg.src(),
+                    });
+                }
             }
-            Pending::Pipe(..) | Pending::Buf(_) | Pending::Lent { .. } => return Pumped::Blocked,
+            Pending::Pipe(..) | Pending::Buf(_) | Pending::Lent(_) | Pending::LentThen(_) => {
+                return Pumped::Blocked
+            }
             Pending::None => {}
         }
         if self.flags & EOF != 0 {
@@ -247,16 +283,24 @@ impl<P> Dir<P> {
         if self.flags & READABLE == 0 {
             return Pumped::Blocked;
         }
-        if self.budget == 0 {
-            return Pumped::MoreLater;
-        }
-        self.budget -= 1;
         let splice = self.flags & SPLICE_OK != 0
             && match cx.mode {
                 RelayMode::Splice => true,
                 RelayMode::Copy => false,
                 RelayMode::Auto => self.flags & BULK != 0,
             };
+        if self.recv != 0 {
+            // Arrivals keep coming; a splice waits until the standing receive is over.
+            if splice && self.recv == RECV_ARMED {
+                self.recv = RECV_STOPPING;
+                return Pumped::Op(IoOp::StopRecv { side: src });
+            }
+            return Pumped::Blocked;
+        }
+        if self.budget == 0 {
+            return Pumped::MoreLater;
+        }
+        self.budget -= 1;
         if splice {
             if let Some(p) = cx.pipes.take() {
                 self.pending = Pending::Pipe(p, 0);
@@ -266,6 +310,13 @@ impl<P> Dir<P> {
                 });
             }
             cx.stats.copy_fallbacks += 1;
+        }
+        if cx.standing {
+            self.recv = RECV_ARMED;
+            return Pumped::Op(IoOp::Recv {
+                side: src,
+                more: true,
+            });
         }
         Pumped::Op(IoOp::Read {
             side: src,
@@ -282,7 +333,9 @@ impl<P> Dir<P> {
         cx: &mut Ctx<'_, impl Pipes<Pipe = P>>,
         scratch: &[u8],
     ) -> Result<u64, Fail> {
-        self.flags &= !INFLIGHT;
+        if !op.standing() {
+            self.flags &= !INFLIGHT;
+        }
         let interrupted = |e: &io::Error| e.kind() == io::ErrorKind::Interrupted;
         let would_block = |e: &io::Error| e.kind() == io::ErrorKind::WouldBlock;
         // A short write fills the socket (an edge follows) unless the driver waits for room.
@@ -307,11 +360,7 @@ impl<P> Dir<P> {
                         self.end_burst(cx.threshold);
                     }
                     self.pending = match cx.lent.take() {
-                        Some(id) => Pending::Lent {
-                            id,
-                            from: 0,
-                            len: n as u32,
-                        },
+                        Some(id) => Pending::Lent(lent::Seg::new(id, cx.lent_at, n)),
                         None => Pending::Scratch(n as u32),
                     };
                     return Ok(n as u64);
@@ -376,14 +425,8 @@ impl<P> Dir<P> {
                 ..
             } => match res {
                 Ok(m) => {
-                    if let Pending::Lent { id, from, len } = &mut self.pending {
-                        *from = from.saturating_add(m as u32);
-                        if *from >= *len {
-                            cx.returned.push(*id);
-                            self.pending = Pending::None;
-                        } else {
-                            self.flags |= full_after_short;
-                        }
+                    if !self.sent_from_front(m, cx.returned, cx.stats) {
+                        self.flags |= full_after_short;
                     }
                 }
                 Err(e) if would_block(&e) => self.flags |= FULL,
@@ -426,6 +469,9 @@ impl<P> Dir<P> {
             },
             // The peer may already be gone; its own read side will report that.
             IoOp::Shutdown { .. } => {}
+            IoOp::Recv { more, .. } => return self.arrived(more, res, cx, scratch),
+            // Done at once; the receive's last arrival says when it is over.
+            IoOp::StopRecv { .. } => {}
         }
         Ok(0)
     }
@@ -574,7 +620,12 @@ impl<P> Relay<P> {
     ) -> Result<(Way, u64), CloseReason> {
         let way = op.way();
         let d = self.dir(way);
-        if d.flags & INFLIGHT == 0 {
+        let expected = if op.standing() {
+            d.recv != 0
+        } else {
+            d.flags & INFLIGHT != 0
+        };
+        if !expected {
             return Ok((way, 0)); // no operation of this direction was in flight
         }
         match d.complete(op, res, cx, scratch) {
@@ -619,6 +670,15 @@ impl<P> Relay<P> {
     /// The overflow bytes the `Write { src: Held }` [`Relay::poll_op`] returned last sends.
     pub fn held(&self) -> &[u8] {
         self.lent().0
+    }
+
+    /// The size of the client-to-backend overflow buffer, written part included (tests).
+    #[cfg(test)]
+    pub(crate) fn up_held_capacity(&self) -> usize {
+        match &self.up.pending {
+            Pending::Buf(b) => b.0.len(),
+            _ => 0,
+        }
     }
 
     /// When the relay must be checked for an idle or half-close timeout.

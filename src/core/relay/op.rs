@@ -68,6 +68,17 @@ pub enum IoOp {
     SpliceOut { side: Side, len: usize },
     /// Send FIN on `side`.
     Shutdown { side: Side },
+    /// Keep receiving from `side` until stopped (a completion driver's multishot receive, asked
+    /// for when [`super::Ctx::standing`]): one submission, then each arrival is reported as a
+    /// completion of `Recv { side, more }` with its bytes in a driver buffer, any time, also
+    /// while a write of the same direction is in flight. `more` is false on the last one: FIN
+    /// (`Ok(0)`), an error, no free driver buffer (`WouldBlock`: the driver reports the socket
+    /// readable again once buffers are back) or stopped (`Interrupted`).
+    Recv { side: Side, more: bool },
+    /// Stop the standing receive on `side` (the destination does not keep up, or the direction
+    /// is about to splice). Done at once; arrivals already under way are still reported, and
+    /// the last says `more: false`.
+    StopRecv { side: Side },
 }
 
 impl IoOp {
@@ -79,14 +90,26 @@ impl IoOp {
             | IoOp::Write { side, .. }
             | IoOp::SpliceIn { side, .. }
             | IoOp::SpliceOut { side, .. }
-            | IoOp::Shutdown { side } => side,
+            | IoOp::Shutdown { side }
+            | IoOp::Recv { side, .. }
+            | IoOp::StopRecv { side } => side,
         }
     }
 
     /// True for operations that take bytes from their socket (the others give it bytes or FIN).
     #[inline]
     pub fn reads(self) -> bool {
-        matches!(self, IoOp::Read { .. } | IoOp::SpliceIn { .. })
+        matches!(
+            self,
+            IoOp::Read { .. } | IoOp::SpliceIn { .. } | IoOp::Recv { .. } | IoOp::StopRecv { .. }
+        )
+    }
+
+    /// True for the standing receive's operations, which do not occupy their direction's one
+    /// slot for an operation in flight.
+    #[inline]
+    pub fn standing(self) -> bool {
+        matches!(self, IoOp::Recv { .. } | IoOp::StopRecv { .. })
     }
 
     /// The relay direction the operation serves: reads serve the direction that starts at

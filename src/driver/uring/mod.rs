@@ -28,7 +28,7 @@
 //! an operation on a closed socket (cancelled, or finished just before) is recognised and
 //! dropped, even when the key already serves a new connection.
 
-use super::worker::{self, Driver, Exec, IoCall, Watch};
+use super::worker::{self, Driver, Exec, Input, IoCall, Watch};
 use crate::config;
 use crate::core::conn::{Connecting, Event};
 use crate::core::relay::{BufId, IoOp, Side, Src};
@@ -54,6 +54,8 @@ mod kind {
     pub const READ: u8 = 0;
     pub const WRITE_HELD: u8 = 1;
     pub const WRITE_BUF: u8 = 2;
+    /// A standing (multishot) receive.
+    pub const RECV: u8 = 3;
     pub const CONNECT: u8 = 4;
     pub const POLL_IN: u8 = 5;
     pub const POLL_OUT: u8 = 6;
@@ -115,8 +117,13 @@ struct Uring<'b> {
     /// Receives that found no free buffer: (token, length), submitted again when buffers
     /// come back.
     starved: Vec<(Token, u32)>,
+    /// Standing receives that ended for want of a buffer: their connections hear that the
+    /// socket is readable once buffers come back (and arm them again).
+    starved_standing: Vec<Token>,
     /// Per listener: a multishot accept is armed.
     accepting: Vec<bool>,
+    /// Relays keep one multishot receive per socket (`uring.multishot`).
+    multishot: bool,
 }
 
 impl Uring<'_> {
@@ -209,6 +216,17 @@ impl Driver for Uring<'_> {
                 let t = self.token(c.key, side, kind::READ);
                 self.ring.recv(fd, len, self.bufs.group(), t);
             }
+            IoOp::Recv { .. } => {
+                let t = self.token(c.key, side, kind::RECV);
+                self.ring.recv_multi(fd, self.bufs.group(), t);
+            }
+            IoOp::StopRecv { .. } => {
+                // Its last completion (ECANCELED, or an arrival without MORE) tells the
+                // connection it is over.
+                let t = self.token(c.key, side, kind::RECV);
+                self.ring.cancel(t);
+                return Exec::Done(Ok(0));
+            }
             IoOp::Write { src: Src::Held, .. } => {
                 let t = self.token(c.key, side, kind::WRITE_HELD);
                 self.ring.send_copy(fd, c.held, t);
@@ -266,6 +284,10 @@ impl Driver for Uring<'_> {
         true
     }
 
+    fn standing(&self) -> bool {
+        self.multishot
+    }
+
     fn connect(&mut self, key: usize, addr: SocketAddr) -> io::Result<(TcpStream, Connecting)> {
         let s = crate::sys::sock::stream_socket(addr)?;
         let t = self.token(key, Side::Backend, kind::CONNECT);
@@ -290,6 +312,7 @@ pub struct Worker {
     w: worker::Worker,
     waker: Arc<Waker>,
     buffers: (u16, u32),
+    multishot: bool,
 }
 
 impl Worker {
@@ -299,6 +322,7 @@ impl Worker {
             w: worker::Worker::new(cfg),
             waker: Arc::new(Waker(fd)),
             buffers: (uring.buffer_count(), uring.buffer_size as u32),
+            multishot: uring.multishot,
         })
     }
 
@@ -314,6 +338,7 @@ impl Worker {
             mut w,
             waker,
             buffers,
+            multishot,
         } = self;
         let ring = Ring::new(ENTRIES)?;
         let bufs = BufRing::new(&ring, GROUP, buffers.0, buffers.1)?;
@@ -322,7 +347,9 @@ impl Worker {
             bufs: &bufs,
             gens: Vec::new(),
             starved: Vec::new(),
+            starved_standing: Vec::new(),
             accepting: Vec::new(),
+            multishot,
         };
         w.watch_listeners(&mut d)?;
         let wake = Token {
@@ -376,8 +403,9 @@ impl Worker {
                 return Ok(());
             }
             returned += bufs.flush();
-            if returned > 0 && !d.starved.is_empty() {
-                retry_starved(&w, &mut d);
+            if returned > 0 && !(d.starved.is_empty() && d.starved_standing.is_empty()) {
+                retry_starved(&mut w, &mut d);
+                bufs.flush();
             }
         }
     }
@@ -433,36 +461,72 @@ fn completed(w: &mut worker::Worker, d: &mut Uring<'_>, t: Token, c: Completion)
     if t.kind == kind::WRITE_BUF {
         d.bufs.end_send(c.aux as u16);
     }
-    let filled = c.buffer().filter(|&id| d.bufs.taken(id));
+    let bufs = d.bufs;
+    let n = c.res.max(0) as u32;
+    // A buffer the kernel put bytes in: the application holds them now.
+    let filled = c
+        .buffer()
+        .and_then(|id| Some((id, bufs.arrived(id, n, c.buffer_more())?)));
     if !d.current(t) {
         // The socket was closed: nobody waits for this any more.
-        if let Some(id) = filled {
-            d.bufs.give_back(id);
+        if let Some((id, _)) = filled {
+            bufs.give_back(id);
         }
         return;
     }
     let side = t.side;
-    let mut res = c.result();
+    let res = c.result();
     match t.kind {
-        kind::READ => {
+        kind::READ | kind::RECV => {
+            let standing = t.kind == kind::RECV;
             if c.res == -libc::ENOBUFS {
-                d.bufs.exhausted.set(d.bufs.exhausted.get() + 1);
-                d.starved.push((t, d.bufs.size()));
-                return;
-            }
-            let n = res.as_ref().map_or(0, |n| *n);
-            let input = filled.and_then(|id| Some((id, d.bufs.bytes(id, n)?)));
-            if input.is_none() {
-                if let Some(id) = filled {
-                    d.bufs.give_back(id);
+                bufs.exhausted.set(bufs.exhausted.get() + 1);
+                if !standing {
+                    d.starved.push((t, bufs.size()));
+                    return;
                 }
-                if n > 0 {
-                    // Bytes without a buffer to find them in: cannot happen with a provided
-                    // buffer receive; fail the read rather than relay garbage.
-                    res = Err(io::Error::other("a receive reported bytes but no buffer"));
-                }
+                // The multishot receive is over: the connection waits for readiness, which
+                // `retry_starved` reports once buffers are back.
+                d.starved_standing.push(t);
             }
-            let op = IoOp::Read { side, max: 0 };
+            let res = match res {
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    Err(io::ErrorKind::WouldBlock.into())
+                }
+                // A standing receive that was stopped.
+                Err(e) if standing && e.raw_os_error() == Some(libc::ECANCELED) => {
+                    Err(io::ErrorKind::Interrupted.into())
+                }
+                r => r,
+            };
+            let input = filled.filter(|_| n > 0).and_then(|(id, at)| {
+                Some(Input {
+                    id,
+                    at,
+                    room: bufs.size().saturating_sub(at),
+                    bytes: bufs.bytes(id, at, n as usize)?,
+                })
+            });
+            let res = match (input, filled) {
+                (None, Some((id, _))) => {
+                    bufs.give_back(id);
+                    res
+                }
+                // Bytes without a buffer to find them in: cannot happen with a provided
+                // buffer receive; fail the read rather than relay garbage.
+                (None, None) if n > 0 => {
+                    Err(io::Error::other("a receive reported bytes but no buffer"))
+                }
+                _ => res,
+            };
+            let op = if standing {
+                IoOp::Recv {
+                    side,
+                    more: c.more(),
+                }
+            } else {
+                IoOp::Read { side, max: 0 }
+            };
             w.completed(t.key, op, res, input, d);
         }
         kind::WRITE_HELD | kind::WRITE_BUF => {
@@ -515,8 +579,9 @@ fn completed(w: &mut worker::Worker, d: &mut Uring<'_>, t: Token, c: Completion)
     }
 }
 
-/// Submits again the receives that found no buffer, now that some came back.
-fn retry_starved(w: &worker::Worker, d: &mut Uring<'_>) {
+/// Buffers came back: receives that found none are submitted again, and connections whose
+/// standing receive ended for want of one hear that their socket is readable.
+fn retry_starved(w: &mut worker::Worker, d: &mut Uring<'_>) {
     for (t, len) in std::mem::take(&mut d.starved) {
         if !d.current(t) {
             continue;
@@ -524,6 +589,19 @@ fn retry_starved(w: &worker::Worker, d: &mut Uring<'_>) {
         if let Some(fd) = w.socket(t.key, t.side) {
             d.ring.recv(fd, len, d.bufs.group(), t.encode());
         }
+    }
+    for t in std::mem::take(&mut d.starved_standing) {
+        if !d.current(t) {
+            continue;
+        }
+        let ev = Event::Ready {
+            side: t.side,
+            readable: true,
+            writable: false,
+            hup: false,
+            gone: false,
+        };
+        w.ready(t.key, ev, d);
     }
 }
 

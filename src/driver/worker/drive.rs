@@ -58,7 +58,7 @@ impl<D: Driver> Executor<Pipe> for Plain<'_, D> {
 impl Worker {
     /// Carries out what connection `key` asks until it waits.
     pub(super) fn drive(&mut self, key: usize, d: &mut impl Driver) {
-        let completion = d.completes();
+        let mode = (d.completes(), d.standing());
         loop {
             if self.has_tls(key) {
                 return self.drive_each(key, d);
@@ -79,7 +79,7 @@ impl Worker {
                 &mut self.relay_stats,
                 &mut self.returned,
                 &self.params,
-                completion,
+                mode,
             );
             let step = e.conn.pump(&mut cx, &self.time, &mut io);
             self.give_back(d);
@@ -98,12 +98,11 @@ impl Worker {
 
     /// [`Worker::drive`] an operation at a time, each through the connection's TLS sessions.
     fn drive_each(&mut self, key: usize, d: &mut impl Driver) {
-        let completion = d.completes();
         loop {
             let Some(Slot::Live(e)) = self.conns.get_mut(key) else {
                 return;
             };
-            let mut cx = lend!(self, completion);
+            let mut cx = lend!(self, d);
             let step = e.conn.poll(&mut cx, &self.time);
             for id in self.returned.drain(..) {
                 d.give_back(id);
@@ -191,7 +190,7 @@ impl Worker {
                         tls::report(b, &mut self.counters, &res);
                         eof_pending = b.session.eof_pending() && read_some;
                     }
-                    let mut cx = lend!(self, completion);
+                    let mut cx = lend!(self, d);
                     e.conn.complete_io(op, res, &mut cx, &self.time);
                     if eof_pending {
                         // What EPOLLRDHUP would have said, had the end not already been read

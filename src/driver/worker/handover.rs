@@ -80,11 +80,10 @@ impl Worker {
     /// Takes connection `key` out of this worker as a [`Tunnel`], if it is an established
     /// relay between two operations.
     fn export(&mut self, key: usize, d: &mut impl Driver) -> Option<Tunnel> {
-        let completion = d.completes();
         let Some(Slot::Live(e)) = self.conns.get_mut(key) else {
             return None;
         };
-        let mut cx = lend!(self, completion);
+        let mut cx = lend!(self, d);
         let (mut handed, pipes, released) = e.conn.hand_over(&mut cx, &self.time)?;
         let [up, down] = pipes;
         for (dir, held) in [(&mut handed.relay.up, up), (&mut handed.relay.down, down)] {
@@ -135,7 +134,6 @@ impl Worker {
     /// Takes in tunnels handed over by the old process: each joins the slab as an established
     /// relay and resumes at once (its pending bytes first).
     pub(super) fn adopt(&mut self, tunnels: Vec<Tunnel>, d: &mut impl Driver) {
-        let completion = d.completes();
         for t in tunnels {
             let entry = self.conns.vacant_entry();
             let key = entry.key();
@@ -158,7 +156,7 @@ impl Worker {
                 .counted_ip
                 .filter(|ip| self.limiter.acquire(*ip) == Some(true));
             let log = self.log.as_ref().map(|_| self.params.settings.clone());
-            let mut cx = lend!(self, completion);
+            let mut cx = lend!(self, d);
             let mut conn = Conn::taken_over(handed, true, counted, log, &mut cx, &self.time);
             if let Some(addr) = t.state.backend {
                 let key = (t.state.route, addr);

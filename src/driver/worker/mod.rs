@@ -89,6 +89,17 @@ pub struct IoCall<'a> {
     pub scratch: &'a mut [u8],
 }
 
+/// Bytes a completion driver received into one of its buffers.
+#[derive(Debug, Clone, Copy)]
+pub struct Input<'a> {
+    pub id: BufId,
+    /// Where in the buffer they start.
+    pub at: u32,
+    /// How many bytes the buffer had room for (more than `bytes.len()`: the socket was drained).
+    pub room: u32,
+    pub bytes: &'a [u8],
+}
+
 /// How a driver carried out an operation.
 #[derive(Debug)]
 pub enum Exec {
@@ -109,6 +120,11 @@ pub trait Driver {
     /// True when reads wait for bytes and writes for room rather than failing with
     /// `WouldBlock` (see [`Ctx::completion`]).
     fn completes(&self) -> bool {
+        false
+    }
+    /// True when a copying relay direction keeps one receive standing ([`IoOp::Recv`], a
+    /// multishot receive) instead of asking for a `Read` per message.
+    fn standing(&self) -> bool {
         false
     }
     /// Starts connecting a new non-blocking socket to `addr` for connection `key`.
@@ -376,25 +392,25 @@ impl Worker {
         self.drive(key, d);
     }
 
-    /// A submitted operation of connection `key` completed (a completion driver). `input`: the
-    /// driver buffer a read's bytes landed in, and those bytes.
+    /// A submitted operation of connection `key` completed (a completion driver), or a standing
+    /// receive's arrival came. `input`: where a read's bytes landed in a driver buffer.
     pub fn completed(
         &mut self,
         key: usize,
         op: IoOp,
         res: io::Result<usize>,
-        input: Option<(BufId, &[u8])>,
+        input: Option<Input<'_>>,
         d: &mut impl Driver,
     ) {
         let Some(Slot::Live(e)) = self.conns.get_mut(key) else {
-            if let Some((id, _)) = input {
-                d.give_back(id);
+            if let Some(i) = input {
+                d.give_back(i.id);
             }
             return;
         };
-        let (scratch, lent) = match input {
-            Some((id, bytes)) => (bytes, Some(id)),
-            None => (&self.scratch[..], None),
+        let (scratch, lent, at, room) = match input {
+            Some(i) => (i.bytes, Some(i.id), i.at, i.room),
+            None => (&self.scratch[..], None, 0, 0),
         };
         let mut cx = ctx(
             scratch,
@@ -402,9 +418,11 @@ impl Worker {
             &mut self.relay_stats,
             &mut self.returned,
             &self.params,
-            d.completes(),
+            (d.completes(), d.standing()),
         );
         cx.lent = lent;
+        cx.lent_at = at;
+        cx.lent_room = room;
         e.conn.complete_io(op, res, &mut cx, &self.time);
         if let Some(id) = cx.lent {
             d.give_back(id); // the connection did not keep the bytes
@@ -475,14 +493,14 @@ impl Worker {
 
 /// [`ctx`] from the worker's own fields (a macro: the borrows stay split from `self.conns`).
 macro_rules! lend {
-    ($w:expr, $completion:expr) => {
+    ($w:expr, $d:expr) => {
         ctx(
             &$w.scratch,
             &mut $w.pool,
             &mut $w.relay_stats,
             &mut $w.returned,
             &$w.params,
-            $completion,
+            ($d.completes(), $d.standing()),
         )
     };
 }
@@ -495,17 +513,20 @@ fn ctx<'a>(
     stats: &'a mut RelayStats,
     returned: &'a mut Vec<BufId>,
     params: &Params,
-    completion: bool,
+    (completion, standing): (bool, bool),
 ) -> Ctx<'a, Budgeted> {
     Ctx {
         scratch,
         lent: None,
+        lent_at: 0,
+        lent_room: 0,
         returned,
         pipes: pool,
         stats,
         mode: params.relay,
         threshold: params.splice_threshold,
         completion,
+        standing,
     }
 }
 

@@ -2,16 +2,25 @@
 
 use super::*;
 
-/// A buffer's state, in one `Cell<u16>`: the kernel owns it, or the application does (with
-/// the count of sends in flight from it and whether it goes back once they are done).
-const KERNEL: u16 = 0x8000;
-const RETURNING: u16 = 0x4000;
-const SENDS: u16 = 0x3fff;
+/// A buffer's state. `kernel`: it is in the kernel's ring (with incremental consumption the
+/// kernel may still fill its rest while the application holds the start). `holds`: arrivals in
+/// it the application has not given back; `sends`: sends from it in flight; `at`: where the
+/// kernel's next arrival in it starts.
+#[derive(Debug, Clone, Copy, Default)]
+struct State {
+    kernel: bool,
+    queued: bool,
+    holds: u16,
+    sends: u16,
+    at: u32,
+}
 
 /// A ring of provided buffers (`IORING_REGISTER_PBUF_RING`): receives take a buffer only when
 /// bytes arrive, so an idle connection's pending receive holds none. Shared by every
 /// connection of one worker; its memory is allocated once and never freed (see the module
-/// docs).
+/// docs). Where the kernel has it (6.12), the ring is consumed incrementally
+/// (`IOU_PBUF_RING_INC`): an arrival takes only the bytes it needs, and the next arrival (of
+/// any connection) continues in the same buffer, so small messages do not take a buffer each.
 pub struct BufRing {
     /// The ring of `count` buffer descriptors the kernel reads (page aligned).
     entries: *mut types::BufRingEntry,
@@ -20,10 +29,11 @@ pub struct BufRing {
     count: u16,
     size: u32,
     group: u16,
+    incremental: bool,
     /// Our tail: descriptors published so far.
     tail: Cell<u16>,
-    state: Box<[Cell<u16>]>,
-    /// Buffers given back during the current call, published by [`BufRing::flush`].
+    state: Box<[Cell<State>]>,
+    /// Buffers the application is done with, published by [`BufRing::flush`].
     returned: RefCell<Vec<u16>>,
     /// Receives that found no free buffer (ENOBUFS).
     pub exhausted: Cell<u64>,
@@ -58,20 +68,39 @@ impl BufRing {
         if entries.is_null() || bufs.is_null() {
             return Err(io::ErrorKind::OutOfMemory.into());
         }
-        // SAFETY: `entries` holds `count` descriptors, page aligned, valid forever (leaked).
-        unsafe {
-            ring.ring
-                .submitter()
-                .register_buf_ring_with_flags(entries as u64, count, group, 0)?;
+        // Incremental consumption where the kernel has it (EINVAL before 6.12: plain buffers).
+        let mut incremental = true;
+        for flags in [types::IOU_PBUF_RING_INC as u16, 0] {
+            // SAFETY: `entries` holds `count` descriptors, page aligned, valid forever (leaked).
+            let r = unsafe {
+                ring.ring.submitter().register_buf_ring_with_flags(
+                    entries as u64,
+                    count,
+                    group,
+                    flags,
+                )
+            };
+            match r {
+                Ok(()) => break,
+                Err(e) if flags != 0 && e.raw_os_error() == Some(libc::EINVAL) => {
+                    incremental = false
+                }
+                Err(e) => return Err(e),
+            }
         }
+        let kernel = State {
+            kernel: true,
+            ..State::default()
+        };
         let b = BufRing {
             entries,
             bufs,
             count,
             size,
             group,
+            incremental,
             tail: Cell::new(0),
-            state: (0..count).map(|_| Cell::new(KERNEL)).collect(),
+            state: (0..count).map(|_| Cell::new(kernel)).collect(),
             returned: RefCell::new(Vec::new()),
             exhausted: Cell::new(0),
         };
@@ -116,41 +145,58 @@ impl BufRing {
         tail.store(self.tail.get(), Ordering::Release);
     }
 
-    /// A completion reported buffer `id` filled: it is the application's now. False for an id
-    /// the kernel did not own (a bug: the buffer is left alone).
-    pub fn taken(&self, id: u16) -> bool {
-        match self.state.get(id as usize) {
-            Some(s) if s.get() == KERNEL => {
-                s.set(0);
-                true
-            }
-            _ => false,
-        }
+    /// True when the kernel consumes the ring incrementally (`IOU_PBUF_RING_INC`).
+    pub fn incremental(&self) -> bool {
+        self.incremental
     }
 
-    /// The first `len` bytes of buffer `id`, which must be the application's.
-    pub fn bytes(&self, id: u16, len: usize) -> Option<&[u8]> {
-        let s = self.state.get(id as usize)?;
-        if s.get() & KERNEL != 0 || len > self.size as usize {
+    /// A completion reported `n` bytes in buffer `id`; `more`: the kernel keeps filling the
+    /// buffer (`IORING_CQE_F_BUF_MORE`). Returns where the bytes start; the application holds
+    /// them until [`BufRing::give_back`]. None for a buffer the kernel did not own (a bug: it
+    /// is left alone).
+    pub fn arrived(&self, id: u16, n: u32, more: bool) -> Option<u32> {
+        let cell = self.state.get(id as usize)?;
+        let mut s = cell.get();
+        if !s.kernel || s.holds == u16::MAX {
             return None;
         }
-        // SAFETY: buffer `id` is the application's: not in the kernel's ring, so the kernel
-        // does not write it. It goes back only through `flush`, which the caller must not run
-        // while this slice lives (`give_back` only queues it).
+        let at = s.at;
+        s.at = s.at.saturating_add(n).min(self.size);
+        s.holds += 1;
+        s.kernel = more && self.incremental;
+        cell.set(s);
+        Some(at)
+    }
+
+    /// `len` bytes at `at` of buffer `id`, which the application must hold.
+    pub fn bytes(&self, id: u16, at: u32, len: usize) -> Option<&[u8]> {
+        let s = self.state.get(id as usize)?.get();
+        let end = (at as usize).checked_add(len)?;
+        if s.holds == 0 || end > s.at as usize {
+            return None;
+        }
+        // SAFETY: bytes `at..end` of buffer `id` were filled by an arrival the application
+        // holds: the kernel writes only past `s.at` (incremental) or not at all until the
+        // buffer is published again, which `flush` does only once nothing holds it.
         Some(unsafe {
-            std::slice::from_raw_parts(self.bufs.add(id as usize * self.size as usize), len)
+            std::slice::from_raw_parts(
+                self.bufs
+                    .add(id as usize * self.size as usize + at as usize),
+                len,
+            )
         })
     }
 
     /// Starts a send from buffer `id`: the address of `len` bytes at `from`.
     pub(super) fn begin_send(&self, id: u16, from: u32, len: u32) -> Option<*const u8> {
-        let s = self.state.get(id as usize)?;
-        let v = s.get();
-        if v & KERNEL != 0 || v & SENDS == SENDS || from.checked_add(len)? > self.size {
+        let cell = self.state.get(id as usize)?;
+        let mut s = cell.get();
+        if s.holds == 0 || s.sends == u16::MAX || from.checked_add(len)? > s.at {
             return None;
         }
-        s.set(v + 1);
-        // SAFETY: `id` < `count` and `from + len` ≤ `size`: inside the allocation.
+        s.sends += 1;
+        cell.set(s);
+        // SAFETY: `id` < `count` and `from + len` ≤ `at` ≤ `size`: inside the allocation.
         Some(unsafe {
             self.bufs
                 .add(id as usize * self.size as usize + from as usize)
@@ -159,39 +205,47 @@ impl BufRing {
 
     /// A send from buffer `id` completed.
     pub fn end_send(&self, id: u16) {
-        let Some(s) = self.state.get(id as usize) else {
+        let Some(cell) = self.state.get(id as usize) else {
             return;
         };
-        let v = s.get();
-        if v & KERNEL != 0 || v & SENDS == 0 {
+        let mut s = cell.get();
+        if s.sends == 0 {
             return;
         }
-        let v = v - 1;
-        s.set(v);
-        if v == RETURNING {
-            self.returned.borrow_mut().push(id);
-        }
+        s.sends -= 1;
+        cell.set(s);
+        self.maybe_return(id);
     }
 
-    /// The application is done with buffer `id`: it goes back to the kernel at the next
-    /// [`BufRing::flush`], or once the sends from it are over.
+    /// The application is done with one arrival in buffer `id`: the buffer goes back to the
+    /// kernel at the next [`BufRing::flush`] once nothing holds it, no send from it is in
+    /// flight and the kernel is done filling it.
     pub fn give_back(&self, id: u16) {
-        let Some(s) = self.state.get(id as usize) else {
+        let Some(cell) = self.state.get(id as usize) else {
             return;
         };
-        let v = s.get();
-        if v & (KERNEL | RETURNING) != 0 {
+        let mut s = cell.get();
+        if s.holds == 0 {
             return;
         }
-        if v & SENDS == 0 {
-            s.set(RETURNING);
+        s.holds -= 1;
+        cell.set(s);
+        self.maybe_return(id);
+    }
+
+    fn maybe_return(&self, id: u16) {
+        let Some(cell) = self.state.get(id as usize) else {
+            return;
+        };
+        let mut s = cell.get();
+        if !s.kernel && !s.queued && s.holds == 0 && s.sends == 0 {
+            s.queued = true;
+            cell.set(s);
             self.returned.borrow_mut().push(id);
-        } else {
-            s.set(v | RETURNING);
         }
     }
 
-    /// Gives the buffers given back since the last flush to the kernel; returns how many.
+    /// Gives the buffers the application is done with to the kernel; returns how many.
     /// Call between completions, never while a slice from [`BufRing::bytes`] lives.
     pub fn flush(&self) -> usize {
         let mut returned = self.returned.borrow_mut();
@@ -200,20 +254,32 @@ impl BufRing {
         }
         let mut n = 0;
         for id in returned.drain(..) {
-            if let Some(s) = self.state.get(id as usize) {
-                if s.get() == RETURNING {
-                    s.set(KERNEL);
-                    self.publish(id);
-                    n += 1;
-                }
+            let Some(cell) = self.state.get(id as usize) else {
+                continue;
+            };
+            let s = cell.get();
+            if s.queued && !s.kernel && s.holds == 0 && s.sends == 0 {
+                cell.set(State {
+                    kernel: true,
+                    ..State::default()
+                });
+                self.publish(id);
+                n += 1;
             }
         }
         self.commit();
         n
     }
 
-    /// Buffers the application holds now (taken and not yet back with the kernel).
+    /// Buffers the application uses now (out of the kernel's ring, holding arrivals, or being
+    /// sent from).
     pub fn in_use(&self) -> usize {
-        self.state.iter().filter(|s| s.get() & KERNEL == 0).count()
+        self.state
+            .iter()
+            .filter(|s| {
+                let s = s.get();
+                !s.kernel || s.holds > 0 || s.sends > 0
+            })
+            .count()
     }
 }
