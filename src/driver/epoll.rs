@@ -71,6 +71,7 @@ impl Epoll<'_> {
             IoOp::SpliceIn { max, .. } => c.pipe.ok_or_else(no_pipe)?.fill(sock.as_fd(), max),
             IoOp::SpliceOut { len, .. } => c.pipe.ok_or_else(no_pipe)?.drain(sock.as_fd(), len),
             IoOp::Shutdown { .. } => sock.shutdown_write().map(|()| 0),
+            IoOp::Queued { .. } => crate::sys::sock::queued(sock.as_fd()),
         }
     }
 }

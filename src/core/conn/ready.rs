@@ -76,7 +76,7 @@ impl Readiness {
         match op {
             IoOp::Read { side, .. } => *self.readable(*side) = false,
             IoOp::Write { side, .. } => *self.writable(*side) = false,
-            IoOp::SpliceIn { .. } | IoOp::SpliceOut { .. } | IoOp::Shutdown { .. } => {}
+            IoOp::SpliceIn { .. } | IoOp::SpliceOut { .. } | IoOp::Shutdown { .. } | IoOp::Queued { .. } => {}
         }
     }
 

@@ -406,7 +406,7 @@ impl Upgrading {
                     .handle_connect_failed(s, t.now, ConnectFailure::Reset),
             },
             // The upgrade asks for no other operation.
-            (IoOp::SpliceIn { .. } | IoOp::SpliceOut { .. } | IoOp::Shutdown { .. }, _) => {
+            (IoOp::SpliceIn { .. } | IoOp::SpliceOut { .. } | IoOp::Shutdown { .. } | IoOp::Queued { .. }, _) => {
                 Action::Wait
             }
         };

@@ -68,6 +68,9 @@ pub enum IoOp {
     SpliceOut { side: Side, len: usize },
     /// Send FIN on `side`.
     Shutdown { side: Side },
+    /// How many bytes wait in `side`'s receive queue (SIOCINQ); reads nothing. Only asked in
+    /// `auto` mode of plain sockets, to choose splice or copy for the burst that follows.
+    Queued { side: Side },
 }
 
 impl IoOp {
@@ -79,14 +82,19 @@ impl IoOp {
             | IoOp::Write { side, .. }
             | IoOp::SpliceIn { side, .. }
             | IoOp::SpliceOut { side, .. }
-            | IoOp::Shutdown { side } => side,
+            | IoOp::Shutdown { side }
+            | IoOp::Queued { side } => side,
         }
     }
 
-    /// True for operations that take bytes from their socket (the others give it bytes or FIN).
+    /// True for operations on the receiving side of their socket: those that take bytes from
+    /// it, and asking what it holds (the others give it bytes or FIN).
     #[inline]
     pub fn reads(self) -> bool {
-        matches!(self, IoOp::Read { .. } | IoOp::SpliceIn { .. })
+        matches!(
+            self,
+            IoOp::Read { .. } | IoOp::SpliceIn { .. } | IoOp::Queued { .. }
+        )
     }
 
     /// The relay direction the operation serves: reads serve the direction that starts at
