@@ -19,6 +19,8 @@ pub fn reuseport_listener(addr: SocketAddr, backlog: i32) -> io::Result<std::net
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
     s.listen(backlog)?;
+    // Best effort: without it a silent client only costs an accept earlier.
+    let _ = defer_accept(&s, DEFER_ACCEPT_SECS);
     Ok(s.into())
 }
 
