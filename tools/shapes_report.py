@@ -32,7 +32,8 @@ def main(d):
         if c.get("errors"):
             errors.append(f"{relay} repeat {rep} {c['size']} {c['writer']}: {c['errors']}")
         cells.setdefault((c["size"], c["writer"]), {}).setdefault(relay, []).append(c)
-    relays = [r for r in ("copy", "splice", "auto") if any(r in v for v in cells.values())]
+    names = {r for v in cells.values() for r in v}
+    relays = [r for r in ("copy", "splice", "auto") if r in names] + sorted(names - {"copy", "splice", "auto"})
     order = {"whole": 0, "split": 1, "stream": 2}
     med = lambda xs: statistics.median(xs) if xs else float("nan")
     print("# Shape matrix: wsplice CPU per unit of work by relay mode\n")
