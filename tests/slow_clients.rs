@@ -280,7 +280,11 @@ fn half_open_flood_is_closed_and_every_fd_comes_back(d: Driver) {
 /// SYN_RECV: a request not yet accepted. `ss` (iproute2) filters in the kernel; reading all of
 /// /proc/net/tcp takes seconds on a machine with many sockets.
 fn server_side_syn_recv(proxy: SocketAddr, client: SocketAddr) -> bool {
-    let filter = format!("( sport = :{} and dport = :{} )", proxy.port(), client.port());
+    let filter = format!(
+        "( sport = :{} and dport = :{} )",
+        proxy.port(),
+        client.port()
+    );
     let out = std::process::Command::new("ss")
         .args(["-Htn", "state", "syn-recv", &filter])
         .output()

@@ -617,7 +617,13 @@ impl Exchange {
                 self.on_body(&scratch[..n.min(scratch.len())]);
             }
             // The exchange asks for no other operation.
-            (IoOp::SpliceIn { .. } | IoOp::SpliceOut { .. } | IoOp::Shutdown { .. } | IoOp::Queued { .. }, _) => {}
+            (
+                IoOp::SpliceIn { .. }
+                | IoOp::SpliceOut { .. }
+                | IoOp::Shutdown { .. }
+                | IoOp::Queued { .. },
+                _,
+            ) => {}
         }
     }
     /// Bytes for the `Write { src: Held }` in flight.

@@ -190,7 +190,13 @@ impl Linger {
             (IoOp::Write { .. } | IoOp::Read { .. }, Err(e)) if retry(&e) => {}
             (IoOp::Write { .. } | IoOp::Read { .. }, Err(_)) => self.done = true,
             // FIN sent (or the client is gone, which the read will tell).
-            (IoOp::Shutdown { .. } | IoOp::Queued { .. } | IoOp::SpliceIn { .. } | IoOp::SpliceOut { .. }, _) => {}
+            (
+                IoOp::Shutdown { .. }
+                | IoOp::Queued { .. }
+                | IoOp::SpliceIn { .. }
+                | IoOp::SpliceOut { .. },
+                _,
+            ) => {}
         }
     }
 

@@ -76,7 +76,10 @@ impl Readiness {
         match op {
             IoOp::Read { side, .. } => *self.readable(*side) = false,
             IoOp::Write { side, .. } => *self.writable(*side) = false,
-            IoOp::SpliceIn { .. } | IoOp::SpliceOut { .. } | IoOp::Shutdown { .. } | IoOp::Queued { .. } => {}
+            IoOp::SpliceIn { .. }
+            | IoOp::SpliceOut { .. }
+            | IoOp::Shutdown { .. }
+            | IoOp::Queued { .. } => {}
         }
     }
 

@@ -406,9 +406,13 @@ impl Upgrading {
                     .handle_connect_failed(s, t.now, ConnectFailure::Reset),
             },
             // The upgrade asks for no other operation.
-            (IoOp::SpliceIn { .. } | IoOp::SpliceOut { .. } | IoOp::Shutdown { .. } | IoOp::Queued { .. }, _) => {
-                Action::Wait
-            }
+            (
+                IoOp::SpliceIn { .. }
+                | IoOp::SpliceOut { .. }
+                | IoOp::Shutdown { .. }
+                | IoOp::Queued { .. },
+                _,
+            ) => Action::Wait,
         };
         self.act(a);
     }

@@ -367,7 +367,11 @@ fn copy_and_splice_modes_never_ask_what_is_queued() {
                     Next::Op(op @ IoOp::Queued { .. }) => panic!("{mode:?} asked: {op:?}"),
                     Next::Op(op) if op.reads() => {
                         reads += 1;
-                        let res = if reads % 2 == 1 { Ok(1024) } else { would_block() };
+                        let res = if reads % 2 == 1 {
+                            Ok(1024)
+                        } else {
+                            would_block()
+                        };
                         r.complete(op, res).expect("open");
                     }
                     Next::Op(op) => {
