@@ -39,11 +39,12 @@ def main(d):
     print("# Shape matrix: wsplice CPU per unit of work by relay mode\n")
     print("Medians over the repeats. `s/GB`: the proxy's CPU seconds per GB of frame bytes it")
     print("relayed (both directions); `µs/msg`: per echoed message (relayed up and down).")
-    print("`auto/best`: auto's s/GB over the better of copy and splice in that cell.")
+    print("`auto/best`: auto's s/GB over the better of copy and splice in that cell; `spread %`:")
+    print("the largest (max - min) / median of one mode's repeats in that cell (the noise to read it against).")
     print("`load`: 1-minute load average at the cell's start (median, max); `foreign`: CPU used")
     print("by other processes during the cell, % of the machine (median, max).\n")
     head = "| size | writer | " + " | ".join(f"{r} s/GB | {r} µs/msg" for r in relays)
-    head += " | auto/best | MB/s (auto) | load (med, max) | foreign % (med, max) |"
+    head += " | auto/best | spread % | MB/s (auto) | load (med, max) | foreign % (med, max) |"
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     worst = []
@@ -61,6 +62,14 @@ def main(d):
             ratio = gb["auto"] / min(gb["copy"], gb["splice"])
             worst.append((ratio, human(size), writer))
         row.append(f"{ratio:.3f}")
+        # The largest (max - min) / median of s/GB over the repeats among the modes: how far
+        # apart repeats of one cell land on this machine, to read the ratio against.
+        spreads = []
+        for r in relays:
+            xs = [c["proxy_cpu_s_per_gb"] for c in per.get(r, []) if c.get("proxy_cpu_s_per_gb") is not None]
+            if len(xs) > 1:
+                spreads.append((max(xs) - min(xs)) / statistics.median(xs) * 100)
+        row.append(f"{max(spreads):.0f}" if spreads else "-")
         autos = per.get("auto", [])
         row.append(f"{med([c['relayed_bytes'] / c['wall_s'] / 1e6 for c in autos]):.0f}" if autos else "-")
         allc = [c for xs in per.values() for c in xs]
