@@ -75,6 +75,7 @@ impl Epoll<'_> {
             IoOp::Recv { .. } | IoOp::StopRecv { .. } => {
                 Err(io::Error::other("no standing receives under epoll"))
             }
+            IoOp::Queued { .. } => crate::sys::sock::queued(sock.as_fd()),
         }
     }
 }

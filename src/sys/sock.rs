@@ -1,4 +1,5 @@
-//! Socket creation and tuning (socket2), no `unsafe` needed.
+//! Socket creation and tuning (socket2); the two calls socket2 has no wrapper for
+//! (TCP_DEFER_ACCEPT, and SIOCINQ: the bytes waiting to be read).
 
 use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 use std::io;
@@ -18,7 +19,63 @@ pub fn reuseport_listener(addr: SocketAddr, backlog: i32) -> io::Result<std::net
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
     s.listen(backlog)?;
+    // Best effort: without it a silent client only costs an accept earlier.
+    let _ = defer_accept(&s, DEFER_ACCEPT_SECS);
     Ok(s.into())
+}
+
+/// How long the kernel keeps a connection that has not sent a byte out of the accept queue.
+/// Linux counts it in SYN-ACK retransmissions (1 s: one), after which the connection is accepted
+/// anyway and the head timeout takes over.
+pub const DEFER_ACCEPT_SECS: i32 = 1;
+
+/// TCP_DEFER_ACCEPT: every client of ours speaks first (a request head, or a TLS ClientHello),
+/// so the kernel completes the accept only once the first bytes arrived: a connection that
+/// never sends costs no accept, no slab entry and no timer until the deferral runs out, and
+/// the first read after accept finds the head already there.
+pub fn defer_accept(l: &impl AsFd, secs: i32) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = l.as_fd();
+    // SAFETY: `fd` is a valid socket borrowed for the call; the option value is a c_int on our
+    // stack whose size we pass.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            &secs as *const i32 as *const libc::c_void,
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The listener's TCP_DEFER_ACCEPT, in seconds (the kernel reports it rounded to its
+/// retransmission schedule); 0 when off.
+pub fn deferred_accept_secs(l: &impl AsFd) -> io::Result<i32> {
+    use std::os::fd::AsRawFd;
+    let mut v: i32 = 0;
+    let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
+    // SAFETY: `l` is a valid socket borrowed for the call; `v` and `len` are ours and `len`
+    // holds `v`'s size.
+    let rc = unsafe {
+        libc::getsockopt(
+            l.as_fd().as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            &mut v as *mut i32 as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(v)
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Keepalive and Nagle settings applied to both sides of a tunnel.
@@ -48,6 +105,21 @@ pub fn tune(fd: impl AsFd, t: &Tuning) -> io::Result<()> {
         s.set_send_buffer_size((snd / 2) as usize)?;
     }
     Ok(())
+}
+
+/// How many bytes wait in the socket's receive queue (SIOCINQ, alias FIONREAD), without reading
+/// them: what the relay's `auto` mode decides splice or copy on.
+pub fn queued(fd: impl AsFd) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: `fd` is a valid descriptor borrowed for the call; FIONREAD writes one c_int to
+    // the pointer, which points at `n` on our stack.
+    let rc = unsafe { libc::ioctl(fd.as_fd().as_raw_fd(), libc::FIONREAD as _, &mut n) };
+    if rc == 0 {
+        Ok(n.max(0) as usize)
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Half-closes the write side: our FIN toward the peer.

@@ -656,6 +656,7 @@ impl Exchange {
                 IoOp::SpliceIn { .. }
                 | IoOp::SpliceOut { .. }
                 | IoOp::Shutdown { .. }
+                | IoOp::Queued { .. }
                 | IoOp::Recv { .. }
                 | IoOp::StopRecv { .. },
                 _,

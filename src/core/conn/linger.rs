@@ -196,6 +196,7 @@ impl Linger {
             // FIN sent (or the client is gone, which the read will tell).
             (
                 IoOp::Shutdown { .. }
+                | IoOp::Queued { .. }
                 | IoOp::SpliceIn { .. }
                 | IoOp::SpliceOut { .. }
                 | IoOp::Recv { .. }

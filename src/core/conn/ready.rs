@@ -79,6 +79,7 @@ impl Readiness {
             IoOp::SpliceIn { .. }
             | IoOp::SpliceOut { .. }
             | IoOp::Shutdown { .. }
+            | IoOp::Queued { .. }
             | IoOp::Recv { .. }
             | IoOp::StopRecv { .. } => {}
         }

@@ -415,6 +415,7 @@ impl Upgrading {
                 IoOp::SpliceIn { .. }
                 | IoOp::SpliceOut { .. }
                 | IoOp::Shutdown { .. }
+                | IoOp::Queued { .. }
                 | IoOp::Recv { .. }
                 | IoOp::StopRecv { .. },
                 _,

@@ -79,6 +79,9 @@ pub enum IoOp {
     /// is about to splice). Done at once; arrivals already under way are still reported, and
     /// the last says `more: false`.
     StopRecv { side: Side },
+    /// How many bytes wait in `side`'s receive queue (SIOCINQ); reads nothing. Only asked in
+    /// `auto` mode of plain sockets, to choose splice or copy for the burst that follows.
+    Queued { side: Side },
 }
 
 impl IoOp {
@@ -92,16 +95,22 @@ impl IoOp {
             | IoOp::SpliceOut { side, .. }
             | IoOp::Shutdown { side }
             | IoOp::Recv { side, .. }
-            | IoOp::StopRecv { side } => side,
+            | IoOp::StopRecv { side }
+            | IoOp::Queued { side } => side,
         }
     }
 
-    /// True for operations that take bytes from their socket (the others give it bytes or FIN).
+    /// True for operations on the receiving side of their socket: those that take bytes from
+    /// it, and asking what it holds (the others give it bytes or FIN).
     #[inline]
     pub fn reads(self) -> bool {
         matches!(
             self,
-            IoOp::Read { .. } | IoOp::SpliceIn { .. } | IoOp::Recv { .. } | IoOp::StopRecv { .. }
+            IoOp::Read { .. }
+                | IoOp::SpliceIn { .. }
+                | IoOp::Recv { .. }
+                | IoOp::StopRecv { .. }
+                | IoOp::Queued { .. }
         )
     }
 

@@ -232,21 +232,160 @@ fn auto_mode_splices_once_a_burst_reaches_the_threshold_and_copies_small_bursts(
     assert_eq!(r.loan.pipes.lent, 0, "an emptied pipe goes back at once");
     r.step(splice_in, would_block());
     assert_eq!(r.poll(), Next::Wait);
-    // The next burst is small: it was a bulk burst, so it starts spliced, ends small, and the
-    // burst after that is copied.
+    // That burst was large: the next one asks what waits, and 50 bytes are copied.
     r.relay.handle_ready(Side::Client, true, false, false);
-    r.step(splice_in, Ok(50));
-    r.step(
-        IoOp::SpliceOut {
-            side: Side::Backend,
-            len: 50,
-        },
-        Ok(50),
-    );
+    r.step(queued(Side::Client), Ok(50));
+    r.copy(Side::Client, 50, 50);
+    assert_eq!(r.poll(), Next::Wait);
+    // And a burst that finds the threshold queued is spliced from its first byte.
+    r.relay.handle_ready(Side::Client, true, false, false);
+    r.step(queued(Side::Client), Ok(5000));
+    r.step(splice_in, Ok(5000));
+    assert_eq!(r.loan.stats.bytes_spliced, 35000);
+    assert_eq!(r.loan.stats.bytes_copied, 4096 + 50);
+}
+
+fn queued(side: Side) -> IoOp {
+    IoOp::Queued { side }
+}
+
+#[test]
+fn auto_mode_decides_each_burst_on_what_is_queued_not_on_the_burst_before() {
+    let mut r = rig(RelayMode::Auto, 4);
+    r.settle();
+    // One large burst (copied, then spliced once it reached the threshold) makes the direction
+    // one that asks.
+    r.relay.handle_ready(Side::Backend, true, false, false);
+    for _ in 0..4 {
+        r.copy(Side::Backend, 1024, 1024);
+    }
+    let splice_in = IoOp::SpliceIn {
+        side: Side::Backend,
+        max: 65536,
+    };
     r.step(splice_in, would_block());
+    // Bursts of alternating size, as a writer that sends a header and then a large body: each
+    // is decided on its own queue, never on the one before.
+    for round in 0..3 {
+        r.relay.handle_ready(Side::Backend, true, false, false);
+        r.step(queued(Side::Backend), Ok(10));
+        r.copy(Side::Backend, 10, 10);
+        assert_eq!(r.poll(), Next::Wait, "round {round}");
+        r.relay.handle_ready(Side::Backend, true, false, false);
+        r.step(queued(Side::Backend), Ok(8192));
+        r.step(splice_in, Ok(8192));
+        r.step(
+            IoOp::SpliceOut {
+                side: Side::Client,
+                len: 8192,
+            },
+            Ok(8192),
+        );
+        r.step(splice_in, would_block());
+    }
+    assert_eq!(r.loan.stats.bytes_spliced, 3 * 8192);
+    assert_eq!(r.loan.stats.bytes_copied, 4096 + 3 * 10);
+    // The other direction never had a large burst: it never asks.
     r.relay.handle_ready(Side::Client, true, false, false);
-    assert_eq!(r.poll(), Next::Op(read(Side::Client)));
-    assert_eq!(r.loan.stats.bytes_spliced, 30050);
+    r.copy(Side::Client, 10, 10);
+}
+
+#[test]
+fn auto_mode_stops_asking_once_a_direction_has_had_only_small_bursts_for_a_while() {
+    let mut r = rig(RelayMode::Auto, 4);
+    r.settle();
+    r.relay.handle_ready(Side::Client, true, false, false);
+    for _ in 0..4 {
+        r.copy(Side::Client, 1024, 1024);
+    }
+    r.step(
+        IoOp::SpliceIn {
+            side: Side::Client,
+            max: 65536,
+        },
+        would_block(),
+    );
+    // Small bursts from now on: each halves what the direction remembers; after a few it no
+    // longer asks (a flow of small messages pays no ioctl), and copies.
+    let mut asked = 0;
+    loop {
+        r.relay.handle_ready(Side::Client, true, false, false);
+        let next = r.poll();
+        if next == Next::Op(read(Side::Client)) {
+            r.complete(read(Side::Client), Ok(64)).expect("open");
+            break;
+        }
+        assert_eq!(next, Next::Op(queued(Side::Client)), "after {asked} asks");
+        r.complete(queued(Side::Client), Ok(64)).expect("open");
+        r.copy(Side::Client, 64, 64);
+        asked += 1;
+        assert!(asked < 8, "still asking after {asked} small bursts");
+    }
+    // A 4 KiB burst is 13 bits; each small burst takes one off, and below 12 bits (2 KiB, half
+    // the threshold) the direction no longer asks: 2 asks.
+    assert_eq!(asked, 2);
+    assert_eq!(r.loan.stats.bytes_spliced, 0);
+}
+
+#[test]
+fn auto_mode_keeps_the_last_verdict_when_nothing_is_queued_or_the_ioctl_fails() {
+    let mut r = rig(RelayMode::Auto, 4);
+    r.settle();
+    r.relay.handle_ready(Side::Client, true, false, false);
+    for _ in 0..4 {
+        r.copy(Side::Client, 1024, 1024);
+    }
+    let splice_in = IoOp::SpliceIn {
+        side: Side::Client,
+        max: 65536,
+    };
+    r.step(splice_in, would_block());
+    // A large burst: its verdict (splice) stands when the answer says nothing...
+    r.relay.handle_ready(Side::Client, true, false, false);
+    r.step(queued(Side::Client), Ok(0));
+    r.step(splice_in, Ok(5000));
+    let out = IoOp::SpliceOut {
+        side: Side::Backend,
+        len: 5000,
+    };
+    r.step(out, Ok(5000));
+    r.step(splice_in, would_block());
+    // ... and when the ioctl fails.
+    r.relay.handle_ready(Side::Client, true, false, false);
+    r.step(queued(Side::Client), Err(io::Error::other("EBADF")));
+    assert_eq!(r.poll(), Next::Op(splice_in));
+}
+
+#[test]
+fn copy_and_splice_modes_never_ask_what_is_queued() {
+    for mode in [RelayMode::Copy, RelayMode::Splice] {
+        let mut r = rig(mode, 4);
+        let mut reads = 0;
+        for _ in 0..3 {
+            r.relay.handle_ready(Side::Client, true, false, false);
+            r.relay.handle_ready(Side::Backend, true, false, false);
+            // Each source: one large read, then empty; every write takes all.
+            loop {
+                match r.poll() {
+                    Next::Op(op @ IoOp::Queued { .. }) => panic!("{mode:?} asked: {op:?}"),
+                    Next::Op(op) if op.reads() => {
+                        reads += 1;
+                        let res = if reads % 2 == 1 {
+                            Ok(1024)
+                        } else {
+                            would_block()
+                        };
+                        r.complete(op, res).expect("open");
+                    }
+                    Next::Op(op) => {
+                        r.complete(op, Ok(1024)).expect("open");
+                    }
+                    Next::Wait | Next::Yield | Next::Closed(_) => break,
+                }
+            }
+        }
+        assert_eq!(reads, 12, "{mode:?}");
+    }
 }
 
 #[test]

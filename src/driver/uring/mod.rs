@@ -276,6 +276,8 @@ impl Driver for Uring<'_> {
             // descriptor up only there, so it may act on whatever socket took the number after
             // the connection closed. shutdown(2) is non-blocking and cheap.
             IoOp::Shutdown { .. } => return Exec::Done(sock.shutdown_write().map(|()| 0)),
+            // An ioctl on the socket, at once (what is queued now is the question).
+            IoOp::Queued { .. } => return Exec::Done(crate::sys::sock::queued(fd)),
         }
         Exec::Submitted
     }

@@ -15,6 +15,7 @@
 mod backend;
 mod clients;
 mod http;
+mod shapes;
 
 use wsbench::common;
 
@@ -131,6 +132,36 @@ enum Cmd {
         #[arg(long, default_value_t = 10.0)]
         duration: f64,
     },
+    /// The shape matrix: message sizes x write shapes (whole, split into 1-4 KiB writes, back
+    /// to back), each cell a closed loop through the proxy to a raw echo backend this process
+    /// runs (--backend); prints one JSON line with the proxy's (--pid) CPU per GB and per
+    /// message, load average and foreign CPU for every cell.
+    Shapes {
+        /// A proxy under test, `NAME=ws://IP:PORT/path@PID` (PID: the process tree whose CPU
+        /// is measured); repeat the flag to compare proxies cell by cell.
+        #[arg(long, required = true)]
+        proxy: Vec<String>,
+        /// Each cell against each proxy this many times (interleaved).
+        #[arg(long, default_value_t = 1)]
+        repeats: usize,
+        /// Source addresses, round-robin: `127.0.0.2-127.0.0.40`, comma lists, or `none`.
+        #[arg(long, default_value = "127.0.0.2-127.0.0.40")]
+        sources: String,
+        /// Where to run the raw echo backend (the proxy under test routes to it); omit to use
+        /// a backend started elsewhere (it must echo raw bytes after the upgrade).
+        #[arg(long)]
+        backend: Option<SocketAddr>,
+        #[arg(short = 'c', long, default_value_t = 8)]
+        c: usize,
+        /// Comma-separated sizes; suffixes K, M.
+        #[arg(long, default_value = "64,1K,16K,64K,1M")]
+        sizes: String,
+        #[arg(long, default_value = "whole,split,stream")]
+        writers: String,
+        /// Seconds per cell.
+        #[arg(long, default_value_t = 3.0)]
+        duration: f64,
+    },
     /// Print the resource use of a process tree (RSS, PSS, fds, CPU seconds) as JSON.
     Proc {
         #[arg(long)]
@@ -194,6 +225,30 @@ async fn run(cmd: Cmd, soft: u64, hard: u64) -> i32 {
             println!("{}", common::proc_tree(*pid));
             return 0;
         }
+        Cmd::Shapes { proxy, repeats, sources, backend, c, sizes, writers, duration } => {
+            let parsed = (|| -> Result<shapes::Matrix, String> {
+                Ok(shapes::Matrix {
+                    proxies: proxy.iter().map(|p| shapes::Proxy::parse(p)).collect::<Result<_, _>>()?,
+                    repeats: (*repeats).max(1),
+                    sources: Arc::new(Sources::parse(sources)?),
+                    backend: *backend,
+                    conns: *c,
+                    sizes: sizes.split(',').map(|x| parse_size(x).map(|n| n as usize)).collect::<Result<_, _>>()?,
+                    writers: writers.split(',').map(|x| shapes::Writer::parse(x.trim())).collect::<Result<_, _>>()?,
+                    duration: *duration,
+                })
+            })();
+            let m = match parsed {
+                Ok(m) => m,
+                Err(e) => {
+                    println!("{}", json!({"mode": "shapes", "ok": false, "errors": {e: 1}}));
+                    return 2;
+                }
+            };
+            let (out, ok) = shapes::run(m).await;
+            println!("{out}");
+            return if ok { 0 } else { 1 };
+        }
         Cmd::Hold { common, n, rate, hold, .. } => ("hold", common, *n as f64 / rate.max(1.0) + hold + 60.0),
         Cmd::Echo { common, duration, c, connect_rate, .. } => ("echo", common, *c as f64 / connect_rate.max(1.0) + duration + 60.0),
         Cmd::Fanout { common, c, m, connect_rate, .. } => ("fanout", common, *c as f64 / connect_rate.max(1.0) + *m as f64 * 11.0 + 60.0),
@@ -224,7 +279,7 @@ async fn run(cmd: Cmd, soft: u64, hard: u64) -> i32 {
             Cmd::Bulk { c, bytes, msg_size, .. } => clients::bulk(mk(2000.0), c, bytes, msg_size as usize).await,
             Cmd::Churn { c, duration, .. } => clients::churn(mk(0.0), c, duration).await,
             Cmd::Http { c, duration, .. } => http::http(mk(0.0), c, duration).await,
-            Cmd::Backend { .. } | Cmd::Proc { .. } => unreachable!("handled above"),
+            Cmd::Backend { .. } | Cmd::Proc { .. } | Cmd::Shapes { .. } => unreachable!("handled above"),
         }
     };
     // A margin past the internal deadlines: the modes end themselves first when they can.
