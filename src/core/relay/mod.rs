@@ -144,6 +144,8 @@ const INFLIGHT: u8 = 128;
 
 /// `Dir::recv`: a standing receive ([`IoOp::Recv`]) is armed on the source.
 const RECV_ARMED: u8 = 1;
+/// `Dir::seen`'s flag: this burst's queued count was asked for.
+const ASKED: u8 = 0x80;
 /// `Dir::recv`: it was asked to stop; its last arrival has not come yet.
 const RECV_STOPPING: u8 = 2;
 
@@ -179,9 +181,9 @@ pub struct Dir<P> {
     /// Auto mode: the bit length of the largest burst lately (a burst of n bytes counts as
     /// `n.ilog2() + 1`; each burst after it lowers the memory by one bit, i.e. halves it).
     /// Whether the next burst is worth asking [`IoOp::Queued`] about.
+    /// Bit 7 ([`ASKED`]): the current burst's queued count was asked for (one byte for both,
+    /// so that an idle relay's slab entry stays as it was).
     seen: u8,
-    /// Auto mode: the current burst's queued count was asked for.
-    asked: bool,
     /// Bytes read in the current burst: about what was waiting when it started.
     burst: u32,
     /// The standing receive on the source: 0 (none), [`RECV_ARMED`] or [`RECV_STOPPING`].
@@ -221,7 +223,6 @@ impl<P> Dir<P> {
             flags: READABLE | if splice_ok { SPLICE_OK } else { 0 },
             budget: BUDGET,
             seen: 0,
-            asked: false,
             burst: 0,
             recv: 0,
         }
@@ -321,7 +322,7 @@ impl<P> Dir<P> {
             return Pumped::MoreLater;
         }
         if cx.mode == RelayMode::Auto && self.worth_asking(cx.threshold) {
-            self.asked = true;
+            self.seen |= ASKED;
             return Pumped::Op(IoOp::Queued { side: src });
         }
         self.budget -= 1;
@@ -514,7 +515,7 @@ impl<P> Dir<P> {
     #[inline]
     fn worth_asking(&self, threshold: usize) -> bool {
         self.burst == 0
-            && !self.asked
+            && self.seen & ASKED == 0
             && self.flags & SPLICE_OK != 0
             && self.seen > 0
             && (1usize << (self.seen - 1)).saturating_mul(2) >= threshold
@@ -530,8 +531,8 @@ impl<P> Dir<P> {
             self.flags |= BULK;
         }
         let bits = (u32::BITS - self.burst.leading_zeros()) as u8;
-        self.seen = bits.max(self.seen.saturating_sub(1));
-        self.asked = false;
+        // Clears ASKED too.
+        self.seen = bits.max((self.seen & !ASKED).saturating_sub(1));
         self.burst = 0;
     }
 }
