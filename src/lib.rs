@@ -104,6 +104,7 @@
 pub mod config;
 pub mod core;
 pub mod driver;
+#[cfg(feature = "import")]
 pub mod import;
 #[allow(unsafe_code)]
 pub mod sys;

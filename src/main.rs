@@ -59,11 +59,13 @@ use wsplice::sys::limits;
 // WebSocket implementation of its own. Gateway builds leave it out (cargo feature `demo`).
 #[cfg(feature = "demo")]
 mod demo;
+mod import_cmd;
 mod names;
 mod reload;
 mod report;
 mod upgrading;
 
+use import_cmd::ImportFrom;
 use names::{Events, Main, Names};
 use reload::reload;
 
@@ -174,14 +176,6 @@ enum Cmd {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
-enum ImportFrom {
-    /// nginx: server, listen, location, proxy_pass, upstream, uwsgi_pass, ssl_certificate ...
-    Nginx,
-    /// Apache httpd: VirtualHost, ProxyPass, balancer://, RewriteRule [P], SSLCertificateFile ...
-    Apache,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
 enum RelayArg {
     /// Copy small reads, splice bulk reads.
     Auto,
@@ -264,20 +258,7 @@ fn main() -> ExitCode {
         };
     }
     if let Some(Cmd::Import { from, file }) = &args.command {
-        let kind = match from {
-            ImportFrom::Nginx => wsplice::import::Kind::Nginx,
-            ImportFrom::Apache => wsplice::import::Kind::Apache,
-        };
-        return match wsplice::import::import(kind, file) {
-            Ok(toml) => {
-                print!("{toml}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("wsplice: import {}: error: {e}", kind.as_str());
-                ExitCode::FAILURE
-            }
-        };
+        return import_cmd::run(*from, file);
     }
     if let Some(Cmd::Demo {
         listen,
