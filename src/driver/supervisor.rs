@@ -277,7 +277,7 @@ impl Supervisor {
     /// The admin listener's view.
     pub fn stats_reader(&self) -> StatsReader {
         StatsReader(
-            super::Source::Processes(self.board.clone()),
+            super::reader::Source::Processes(self.board.clone()),
             Some(self.health.clone()),
         )
     }

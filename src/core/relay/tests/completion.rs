@@ -1,0 +1,350 @@
+//! The relay under a completion driver (io_uring): driver buffers, one-shot and standing
+//! (multishot) receives.
+
+use super::*;
+
+// ---- a completion driver (io_uring) ------------------------------------------------------
+
+fn from_buf(side: Side, id: BufId, from: u32, len: u32) -> IoOp {
+    IoOp::Write {
+        side,
+        src: Src::Buf { id, from, len },
+    }
+}
+
+#[test]
+fn completion_driver_waits_on_both_sources_at_once() {
+    let mut r = rig(RelayMode::Copy, 0);
+    r.completion = true;
+    // Both reads are submitted: each direction has its own operation in flight.
+    assert_eq!(r.poll(), Next::Op(read(Side::Client)));
+    assert_eq!(r.poll(), Next::Op(read(Side::Backend)));
+    assert_eq!(r.poll(), Next::Wait);
+    // The backend's bytes land in driver buffer 3 and are sent from there, in two parts: a
+    // short write is no sign of a full socket when the driver waits for room.
+    r.next_buf = 3;
+    assert_eq!(
+        r.complete(read(Side::Backend), Ok(100)),
+        Ok((Way::Down, 100))
+    );
+    assert!(
+        r.loan.returned.is_empty(),
+        "the relay keeps the buffer it sends from"
+    );
+    assert_eq!(r.poll(), Next::Op(from_buf(Side::Client, 3, 0, 100)));
+    assert_eq!(r.poll(), Next::Wait);
+    r.complete(from_buf(Side::Client, 0, 0, 0), Ok(40))
+        .expect("open");
+    assert_eq!(r.poll(), Next::Op(from_buf(Side::Client, 3, 40, 60)));
+    r.complete(from_buf(Side::Client, 0, 0, 0), Ok(60))
+        .expect("open");
+    assert_eq!(
+        r.loan.returned,
+        vec![3],
+        "sent in full: the buffer goes back"
+    );
+    // A short read is no sign of a drained socket either: the next read waits for bytes.
+    assert_eq!(r.poll(), Next::Op(read(Side::Backend)));
+    // The client's read was in flight all along.
+    r.next_buf = 4;
+    assert_eq!(r.complete(read(Side::Client), Ok(0)), Ok((Way::Up, 0)));
+    assert_eq!(
+        r.poll(),
+        Next::Op(IoOp::Shutdown {
+            side: Side::Backend
+        })
+    );
+}
+
+#[test]
+fn completion_driver_gets_its_buffer_back_when_the_relay_ends() {
+    let mut r = rig(RelayMode::Copy, 0);
+    r.completion = true;
+    assert_eq!(r.poll(), Next::Op(read(Side::Client)));
+    r.next_buf = 9;
+    r.complete(read(Side::Client), Ok(10)).expect("open");
+    assert_eq!(r.poll(), Next::Op(from_buf(Side::Backend, 9, 0, 10)));
+    let (relay, mut cx) = r.parts();
+    relay.release(&mut cx);
+    assert_eq!(r.loan.returned, vec![9]);
+}
+
+#[test]
+fn a_completion_for_a_direction_with_nothing_in_flight_is_ignored() {
+    let mut r = rig(RelayMode::Copy, 0);
+    r.completion = true;
+    assert_eq!(r.poll(), Next::Op(read(Side::Client)));
+    assert_eq!(r.complete(read(Side::Backend), Ok(5)), Ok((Way::Down, 0)));
+    assert_eq!(r.loan.returned, vec![0], "the stray buffer is not kept");
+}
+
+// ---- a standing (multishot) receive --------------------------------------------------------
+
+fn recv(side: Side) -> IoOp {
+    IoOp::Recv { side, more: true }
+}
+
+impl Rig {
+    /// Plays an io_uring driver with multishot receives.
+    fn standing(mode: RelayMode, pipes: usize) -> Rig {
+        let mut r = rig(mode, pipes);
+        r.completion = true;
+        r
+    }
+
+    /// An arrival of `side`'s standing receive: `n` bytes at `at` of buffer `id` (room: 1024
+    /// from the buffer's start), or `res` when it carries none.
+    fn arrive(
+        &mut self,
+        side: Side,
+        buf: Option<(BufId, u32)>,
+        res: io::Result<usize>,
+        more: bool,
+    ) -> Result<(Way, u64), CloseReason> {
+        let (relay, mut cx) = self.parts();
+        cx.standing = true;
+        if let Some((id, at)) = buf {
+            cx.lent = Some(id);
+            cx.lent_at = at;
+            cx.lent_room = 1024 - at;
+        }
+        let scratch = cx.scratch;
+        let r = relay.complete(IoOp::Recv { side, more }, res, &mut cx, scratch, 5);
+        if let Some(id) = cx.lent {
+            cx.returned.push(id); // not kept: the worker gives it back
+        }
+        r
+    }
+
+    fn poll_standing(&mut self) -> Next {
+        let (relay, mut cx) = self.parts();
+        cx.standing = true;
+        let room = cx.scratch.len();
+        relay.poll_op(&mut cx, 5, room)
+    }
+
+    fn write_done(&mut self, side: Side, n: usize) {
+        let (relay, mut cx) = self.parts();
+        cx.standing = true;
+        relay
+            .complete(from_buf(side, 0, 0, 0), Ok(n), &mut cx, &[], 5)
+            .expect("relay still open");
+    }
+}
+
+#[test]
+fn a_standing_receive_is_asked_for_once_and_every_arrival_goes_out_from_its_buffer() {
+    let mut r = Rig::standing(RelayMode::Copy, 0);
+    assert_eq!(r.poll_standing(), Next::Op(recv(Side::Client)));
+    assert_eq!(r.poll_standing(), Next::Op(recv(Side::Backend)));
+    assert_eq!(r.poll_standing(), Next::Wait);
+    for round in 0..3u32 {
+        let at = round * 10;
+        assert_eq!(
+            r.arrive(Side::Client, Some((3, at)), Ok(10), true),
+            Ok((Way::Up, 10))
+        );
+        assert_eq!(
+            r.poll_standing(),
+            Next::Op(from_buf(Side::Backend, 3, at, 10))
+        );
+        r.write_done(Side::Backend, 10);
+        // Not asked for again: the receive stands.
+        assert_eq!(r.poll_standing(), Next::Wait);
+    }
+    assert_eq!(
+        r.loan.returned,
+        vec![3, 3, 3],
+        "each arrival given back once"
+    );
+    assert_eq!(r.loan.stats.bytes_up, 30);
+}
+
+#[test]
+fn arrivals_behind_a_write_in_flight_are_copied_and_the_receive_stops_at_the_bound() {
+    let mut r = Rig::standing(RelayMode::Copy, 0);
+    assert_eq!(r.poll_standing(), Next::Op(recv(Side::Client)));
+    assert_eq!(r.poll_standing(), Next::Op(recv(Side::Backend)));
+    r.arrive(Side::Client, Some((1, 0)), Ok(100), true)
+        .expect("open");
+    assert_eq!(
+        r.poll_standing(),
+        Next::Op(from_buf(Side::Backend, 1, 0, 100))
+    );
+    // The backend is slow: more arrives while the write waits. A contiguous arrival in the
+    // same buffer joins the bytes being written; any other is copied behind them and its
+    // buffer goes back at once: a slow reader pins one buffer of the shared ring, no more.
+    r.arrive(Side::Client, Some((1, 100)), Ok(50), true)
+        .expect("open");
+    r.arrive(Side::Client, Some((2, 0)), Ok(20), true)
+        .expect("open");
+    assert_eq!(r.loan.returned, vec![2]);
+    assert_eq!(r.poll_standing(), Next::Wait, "a write is in flight");
+    // 64 KiB copied: the receive stops.
+    let mut id = 10;
+    while r.poll_standing() == Next::Wait {
+        r.arrive(Side::Client, Some((id, 0)), Ok(1024), true)
+            .expect("open");
+        id += 1;
+    }
+    assert_eq!(id, 10 + 64, "stopped at 64 KiB held");
+    // (the poll that ended the loop asked for the stop)
+    assert_eq!(r.poll_standing(), Next::Wait, "stopped once");
+    // What was under way when it stopped still arrives; then the receive's end.
+    r.arrive(Side::Client, Some((99, 0)), Ok(7), true)
+        .expect("open");
+    r.arrive(
+        Side::Client,
+        None,
+        Err(io::ErrorKind::Interrupted.into()),
+        false,
+    )
+    .expect("open");
+    assert_eq!(
+        r.loan.returned.len(),
+        1 + 64 + 1,
+        "every copied arrival went back"
+    );
+    // The buffer's bytes go out first, then the copies; then the receive is armed again.
+    r.write_done(Side::Backend, 100);
+    assert_eq!(
+        r.poll_standing(),
+        Next::Op(from_buf(Side::Backend, 1, 100, 50))
+    );
+    r.write_done(Side::Backend, 50);
+    assert_eq!(&r.loan.returned[r.loan.returned.len() - 2..], &[1, 1]);
+    let held = IoOp::Write {
+        side: Side::Backend,
+        src: Src::Held,
+    };
+    assert_eq!(r.poll_standing(), Next::Op(held));
+    assert_eq!(r.relay.held().len(), 20 + 64 * 1024 + 7);
+    let (relay, mut cx) = r.parts();
+    relay
+        .complete(held, Ok(20 + 64 * 1024 + 7), &mut cx, &[], 5)
+        .expect("open");
+    assert_eq!(r.loan.stats.overflow_in_use, 0);
+    assert_eq!(r.poll_standing(), Next::Op(recv(Side::Client)));
+    assert_eq!(r.loan.stats.bytes_up, 100 + 50 + 20 + 64 * 1024 + 7);
+}
+
+#[test]
+fn a_standing_receive_without_buffers_waits_for_readiness_and_fin_shuts_the_other_side() {
+    let mut r = Rig::standing(RelayMode::Copy, 0);
+    assert_eq!(r.poll_standing(), Next::Op(recv(Side::Client)));
+    assert_eq!(r.poll_standing(), Next::Op(recv(Side::Backend)));
+    // No free driver buffer: the receive is over and not asked for again until the driver
+    // says the socket is worth reading (buffers are back).
+    r.arrive(Side::Backend, None, would_block(), false)
+        .expect("open");
+    assert_eq!(r.poll_standing(), Next::Wait);
+    r.relay.handle_ready(Side::Backend, true, false, false);
+    assert_eq!(r.poll_standing(), Next::Op(recv(Side::Backend)));
+    // FIN ends the receive and is forwarded.
+    r.arrive(Side::Client, None, Ok(0), false).expect("open");
+    assert_eq!(
+        r.poll_standing(),
+        Next::Op(IoOp::Shutdown {
+            side: Side::Backend
+        })
+    );
+    // A failing receive ends the relay, blaming its socket.
+    assert_eq!(
+        r.arrive(
+            Side::Backend,
+            None,
+            Err(io::ErrorKind::ConnectionReset.into()),
+            false
+        ),
+        Err(CloseReason::BackendReset)
+    );
+}
+
+#[test]
+fn a_bulk_burst_stops_the_standing_receive_and_splices_and_the_end_gives_buffers_back() {
+    let mut r = Rig::standing(RelayMode::Auto, 4);
+    assert_eq!(r.poll_standing(), Next::Op(recv(Side::Client)));
+    assert_eq!(r.poll_standing(), Next::Op(recv(Side::Backend)));
+    // Full buffers (the socket had more) until the burst reaches the threshold (4096 here).
+    for id in 0..4 {
+        r.arrive(Side::Client, Some((id, 0)), Ok(1024), true)
+            .expect("open");
+    }
+    assert_eq!(
+        r.poll_standing(),
+        Next::Op(from_buf(Side::Backend, 0, 0, 1024))
+    );
+    r.write_done(Side::Backend, 1024);
+    let held = IoOp::Write {
+        side: Side::Backend,
+        src: Src::Held,
+    };
+    assert_eq!(r.poll_standing(), Next::Op(held));
+    let (relay, mut cx) = r.parts();
+    relay
+        .complete(held, Ok(3072), &mut cx, &[], 5)
+        .expect("open");
+    // Bulk: the standing receive stops, and the rest of the burst is spliced.
+    assert_eq!(
+        r.poll_standing(),
+        Next::Op(IoOp::StopRecv { side: Side::Client })
+    );
+    assert_eq!(r.poll_standing(), Next::Wait);
+    r.arrive(
+        Side::Client,
+        None,
+        Err(io::ErrorKind::Interrupted.into()),
+        false,
+    )
+    .expect("open");
+    assert_eq!(
+        r.poll_standing(),
+        Next::Op(IoOp::SpliceIn {
+            side: Side::Client,
+            max: 65536
+        })
+    );
+    // The backend's arrival is held when the relay ends: it goes back.
+    r.arrive(Side::Backend, Some((9, 0)), Ok(5), true)
+        .expect("open");
+    let (relay, mut cx) = r.parts();
+    relay.release(&mut cx);
+    assert!(r.loan.returned.ends_with(&[9]), "{:?}", r.loan.returned);
+}
+
+#[test]
+fn a_copied_overflow_that_keeps_streaming_holds_only_unsent_bytes() {
+    let mut r = Rig::standing(RelayMode::Copy, 0);
+    assert_eq!(r.poll_standing(), Next::Op(recv(Side::Client)));
+    assert_eq!(r.poll_standing(), Next::Op(recv(Side::Backend)));
+    r.arrive(Side::Client, Some((1, 0)), Ok(1000), true)
+        .expect("open");
+    assert_eq!(
+        r.poll_standing(),
+        Next::Op(from_buf(Side::Backend, 1, 0, 1000))
+    );
+    r.arrive(Side::Client, Some((2, 0)), Ok(1000), true)
+        .expect("open");
+    r.write_done(Side::Backend, 1000);
+    let held = IoOp::Write {
+        side: Side::Backend,
+        src: Src::Held,
+    };
+    // A destination that takes half of each write while the source keeps sending: the
+    // overflow never holds more than what is still unsent.
+    for id in 3..200 {
+        assert_eq!(r.poll_standing(), Next::Op(held));
+        let unsent = r.relay.held().len();
+        r.arrive(Side::Client, Some((id, 0)), Ok(1000), true)
+            .expect("open");
+        let (relay, mut cx) = r.parts();
+        relay
+            .complete(held, Ok(unsent / 2), &mut cx, &[], 5)
+            .expect("open");
+        assert!(
+            r.relay.up_held_capacity() < 8192,
+            "grew to {}",
+            r.relay.up_held_capacity()
+        );
+    }
+}
