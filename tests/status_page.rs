@@ -437,15 +437,7 @@ fn status_json_test(model: &str) {
     }
 }
 
-#[test]
-fn status_json_with_worker_threads() {
-    status_json_test("threads");
-}
-
-#[test]
-fn status_json_with_worker_processes() {
-    status_json_test("processes");
-}
+worker_models!(status_json_test);
 
 /// The page fetches nothing but `/status`: no external script, style, font or image (the
 /// proxy runs on machines without internet), and the admin listener's other paths still answer.
