@@ -187,21 +187,15 @@ fn answer(
 /// A plain GET through the proxy: (status, body).
 fn get(p: &Proxy, path: &str, extra: &str) -> (u16, String) {
     let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{extra}Connection: close\r\n\r\n");
-    exchange(p.addr(), &req, "the proxy")
+    exchange(p.addr(), &req)
 }
 
-/// Sends `req` to `addr` (`what`, for errors) and reads the answer to the end: (status, body).
-fn exchange(addr: SocketAddr, req: &str, what: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect to {what}: {e}"));
-    s.set_read_timeout(Some(IO)).expect("timeout");
-    s.write_all(req.as_bytes())
-        .unwrap_or_else(|e| panic!("send to {what}: {e}"));
-    let mut resp = Vec::new();
-    let _ = s.read_to_end(&mut resp);
-    let code = status(&resp).unwrap_or(0);
+/// Sends `req` to `addr` and reads the answer to the end: (status, body).
+fn exchange(addr: SocketAddr, req: &str) -> (u16, String) {
+    let resp = support::blocking::exchange(addr, req.as_bytes(), IO);
     let text = String::from_utf8_lossy(&resp);
     let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    (code, body.to_owned())
+    (status(&resp).unwrap_or(0), body.to_owned())
 }
 
 /// A WebSocket upgrade through the proxy: the open tunnel and the backend that took it, or
@@ -250,7 +244,7 @@ fn admin(p: &Proxy, method: &str, path: &str) -> (u16, String) {
         .find_map(|l| l.strip_prefix("admin ")?.parse().ok())
         .expect("an admin line");
     let req = format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\n\r\n");
-    exchange(addr, &req, "the admin listener")
+    exchange(addr, &req)
 }
 
 /// `backend`'s entry in `/backends` (route `/`).
