@@ -582,7 +582,6 @@ pub fn request(method: &str, path: &str, extra: &[&str], body: &[u8]) -> Vec<u8>
 }
 
 /// wsplice (relay = "auto") with `routes`, started.
-#[allow(dead_code)]
 pub async fn start_routes(routes: &[R]) -> crate::support::Proxy {
     let auto = crate::support::Proxy::builder(crate::support::Relay::Auto);
     with_routes(auto, routes).start().await
