@@ -361,7 +361,8 @@ impl<'a> Importer<'a> {
                 _ => self.plan.note(&x.loc, format!("listen {addr} {p}"), "no wsplice equivalent"),
             }
         }
-        (self.plan).listen_on(&mut server.listens, addr, opts, &x.loc, &x.text());
+        self.plan
+            .listen_on(&mut server.listens, addr, opts, &x.loc, &x.text());
     }
 
     fn server_names(&mut self, server: &mut Server, x: &Directive) {

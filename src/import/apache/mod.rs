@@ -337,7 +337,8 @@ impl Importer {
             tls,
             default: false,
         };
-        (self.plan).listen_on(&mut scope.listens, &spec, opts, &n.loc, &n.text());
+        self.plan
+            .listen_on(&mut scope.listens, &spec, opts, &n.loc, &n.text());
     }
 
     fn virtual_host(&mut self, n: &Node, scope: &mut Scope<'_>) {
