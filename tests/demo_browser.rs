@@ -19,8 +19,8 @@
 #[macro_use]
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 use support::browser::{chromium, LivePage};
 use support::{Driver, Proxy};

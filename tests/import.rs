@@ -234,7 +234,7 @@ fn port(addr: SocketAddr) -> u16 {
 // The classic two-location config: /notice and /msg, each with the four header lines.
 both_drivers!(nginx_two_locations, |relay| async move {
     let (notice, msg) = (EchoBackend::start().await, EchoBackend::start().await);
-    let (dir, conf) = Dir::with(
+    let (_dir, conf) = Dir::with(
         "nginx.conf",
         &format!(
             r#"worker_processes 2;
@@ -359,7 +359,7 @@ e2e!(
     |relay| async move {
         let backend = EchoBackend::start().await;
         let pair = &tls::shared().1;
-        let (dir, conf) = Dir::with(
+        let (_dir, conf) = Dir::with(
             "nginx.conf",
             &format!(
                 r#"http {{
@@ -420,7 +420,7 @@ fn nginx_syntax_error_names_file_and_line() {
 /// What has no wsplice equivalent is a comment naming file:line and why; the rest still runs.
 #[test]
 fn nginx_unmappable_directives_are_comments() {
-    let (dir, conf) = Dir::with(
+    let (_dir, conf) = Dir::with(
         "nginx.conf",
         r#"http {
     gzip on;
@@ -474,7 +474,7 @@ fn nginx_unmappable_directives_are_comments() {
 // `ProxyPass /notice ws://...` with its `ProxyPassReverse`, and /msg the same way.
 both_drivers!(apache_proxy_pass_pair, |relay| async move {
     let (notice, msg) = (EchoBackend::start().await, EchoBackend::start().await);
-    let (dir, conf) = Dir::with(
+    let (_dir, conf) = Dir::with(
         "site.conf",
         &format!(
             r#"<VirtualHost 127.0.0.1:0>
@@ -593,7 +593,7 @@ e2e!(
 
 #[test]
 fn apache_syntax_error_names_file_and_line() {
-    let (dir, conf) = Dir::with(
+    let (_dir, conf) = Dir::with(
         "site.conf",
         "Listen 80\n<VirtualHost *:80>\n    ProxyPass / http://127.0.0.1:1/\n",
     );
@@ -606,7 +606,7 @@ fn apache_syntax_error_names_file_and_line() {
 
 #[test]
 fn apache_unmappable_directives_are_comments() {
-    let (dir, conf) = Dir::with(
+    let (_dir, conf) = Dir::with(
         "site.conf",
         r#"<VirtualHost *:8080>
     DocumentRoot /var/www
@@ -730,7 +730,7 @@ ProxyPass /py uwsgi://127.0.0.1:3032/
 /// A sites-enabled/ file: `server` blocks with no `http` around them.
 #[test]
 fn nginx_sites_snippet_without_http() {
-    let (dir, conf) = Dir::with(
+    let (_dir, conf) = Dir::with(
         "default",
         "server {\n    listen [::1]:8090;\n    location /ws { proxy_pass http://[::1]:9011; }\n}\n",
     );
