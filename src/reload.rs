@@ -7,6 +7,15 @@ use crate::{load, say, Args, Running};
 use wsplice::config::Config;
 use wsplice::driver;
 
+/// A reload that changes nothing: why, on stderr and to the supervisor.
+fn failed(path: &std::path::Path, e: &dyn std::fmt::Display) {
+    eprintln!(
+        "wsplice: reload of {} failed, still serving the previous configuration: {e}",
+        path.display()
+    );
+    say("reload failed");
+}
+
 /// SIGHUP: reads the file again (or, started from flags, the certificate files) and applies it
 /// to new connections. A bad file changes nothing.
 pub(crate) fn reload(
@@ -26,14 +35,7 @@ pub(crate) fn reload(
     };
     let (mut new, new_text) = match load(args) {
         Ok(x) => x,
-        Err(e) => {
-            eprintln!(
-                "wsplice: reload of {} failed, still serving the previous configuration: {e}",
-                path.display()
-            );
-            say("reload failed");
-            return;
-        }
+        Err(e) => return failed(&path, &e),
     };
     if new.workers.is_some() && new.workers != cfg.workers {
         eprintln!(
@@ -54,14 +56,7 @@ pub(crate) fn reload(
     new.worker_model = cfg.worker_model;
     let table = match names.update(&new) {
         Ok(t) => t,
-        Err(e) => {
-            eprintln!(
-                "wsplice: reload of {} failed, still serving the previous configuration: {e}",
-                path.display()
-            );
-            say("reload failed");
-            return;
-        }
+        Err(e) => return failed(&path, &e),
     };
     match running.reload(&new, new_text.clone(), &table) {
         Ok(listen) => {
@@ -91,12 +86,6 @@ pub(crate) fn reload(
             *cfg = new;
             *text = new_text;
         }
-        Err(e) => {
-            eprintln!(
-                "wsplice: reload of {} failed, still serving the previous configuration: {e}",
-                path.display()
-            );
-            say("reload failed");
-        }
+        Err(e) => failed(&path, &e),
     }
 }

@@ -11,12 +11,15 @@ mod http;
 use http::*;
 use support::*;
 
-/// Two origins that answer with their name.
-async fn named_pair() -> (Origin, Origin) {
-    (
-        Origin::with(|_| Reply::ok("a")).await,
-        Origin::with(|_| Reply::ok("b")).await,
-    )
+/// Two origins that answer with their name ("a", "b") behind wsplice, balanced on "/" by
+/// `keys` (route keys and their TOML values).
+async fn balanced_pair(keys: &[(&str, &str)]) -> (Proxy, [Origin; 2]) {
+    let a = Origin::with(|_| Reply::ok("a")).await;
+    let b = Origin::with(|_| Reply::ok("b")).await;
+    let route = keys
+        .iter()
+        .fold(r("/", &[a.addr, b.addr]), |route, (k, v)| route.key(k, v));
+    (start_routes(&[route]).await, [a, b])
 }
 
 async fn fetch(p: &Proxy, path: &str, extra: &[&str]) -> Msg {
@@ -28,16 +31,12 @@ async fn fetch(p: &Proxy, path: &str, extra: &[&str]) -> Msg {
 #[test]
 fn sticky_cookie_is_set_once_with_its_attributes_and_followed() {
     run_auto(|_| async {
-        let (a, b) = named_pair().await;
-        let p = with_routes(
-            Proxy::builder(Relay::Auto),
-            &[r("/", &[a.addr, b.addr])
-                .key("balance", "\"cookie\"")
-                .key("cookie_name", "\"srv\"")
-                .key("cookie_secure", "true")
-                .key("cookie_same_site", "\"none\"")],
-        )
-        .start()
+        let (p, _origins) = balanced_pair(&[
+            ("balance", "\"cookie\""),
+            ("cookie_name", "\"srv\""),
+            ("cookie_secure", "true"),
+            ("cookie_same_site", "\"none\""),
+        ])
         .await;
         let first = fetch(&p, "/", &[]).await;
         let set = first
@@ -74,15 +73,8 @@ fn sticky_cookie_is_set_once_with_its_attributes_and_followed() {
 #[test]
 fn hash_by_header_keeps_each_key_on_one_backend() {
     run_auto(|_| async {
-        let (a, b) = named_pair().await;
-        let p = with_routes(
-            Proxy::builder(Relay::Auto),
-            &[r("/", &[a.addr, b.addr])
-                .key("balance", "\"hash\"")
-                .key("hash_key", "\"header:X-User\"")],
-        )
-        .start()
-        .await;
+        let (p, _origins) =
+            balanced_pair(&[("balance", "\"hash\""), ("hash_key", "\"header:X-User\"")]).await;
         let mut seen = std::collections::BTreeMap::new();
         for round in 0..3 {
             for user in 0..20 {

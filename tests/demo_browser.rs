@@ -19,8 +19,8 @@
 #[macro_use]
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 use support::browser::{chromium, LivePage};
 use support::{Driver, Proxy};
@@ -53,13 +53,8 @@ fn page_server() -> SocketAddr {
 
 /// What the proxy answers to `GET /` on a fresh connection: the status line.
 fn status_of_root(proxy: SocketAddr) -> String {
-    let mut s = TcpStream::connect(proxy).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    s.write_all(b"GET / HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n")
-        .expect("request");
-    let mut answer = Vec::new();
-    let _ = s.read_to_end(&mut answer);
+    let request = b"GET / HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n";
+    let answer = support::blocking::exchange(proxy, request, Duration::from_secs(10));
     let answer = String::from_utf8_lossy(&answer).into_owned();
     answer.lines().next().unwrap_or("").to_owned()
 }

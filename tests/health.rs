@@ -186,25 +186,36 @@ fn answer(
 
 /// A plain GET through the proxy: (status, body).
 fn get(p: &Proxy, path: &str, extra: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(p.addr()).expect("connect proxy");
-    s.set_read_timeout(Some(IO)).expect("timeout");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\n{extra}Connection: close\r\n\r\n"
-    )
-    .expect("send");
-    let mut resp = Vec::new();
-    let _ = s.read_to_end(&mut resp);
-    let code = status(&resp).unwrap_or(0);
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{extra}Connection: close\r\n\r\n");
+    exchange(p.addr(), &req)
+}
+
+/// Sends `req` to `addr` and reads the answer to the end: (status, body).
+fn exchange(addr: SocketAddr, req: &str) -> (u16, String) {
+    let resp = support::blocking::exchange(addr, req.as_bytes(), IO);
     let text = String::from_utf8_lossy(&resp);
     let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    (code, body.to_owned())
+    (status(&resp).unwrap_or(0), body.to_owned())
 }
 
 /// A WebSocket upgrade through the proxy: the open tunnel and the backend that took it, or
 /// the status of the refusal.
 fn upgrade(p: &Proxy) -> Result<(TcpStream, String), u16> {
     upgrade_with(p, &[])
+}
+
+/// A tunnel through `p` that reached the backend `name` (tries until one does, as the balancer
+/// takes turns).
+fn tunnel_to(p: &Proxy, name: &str) -> TcpStream {
+    let mut to = None;
+    eventually(&format!("a tunnel to {name}"), WAIT, || match upgrade(p) {
+        Ok((s, got)) if got == name => {
+            to = Some(s);
+            true
+        }
+        _ => false,
+    });
+    to.unwrap_or_else(|| panic!("a tunnel to {name}"))
 }
 
 /// [`upgrade`] with `extra` header lines. (Under io_uring the proxy forwards upgrades only,
@@ -232,22 +243,8 @@ fn admin(p: &Proxy, method: &str, path: &str) -> (u16, String) {
         .iter()
         .find_map(|l| l.strip_prefix("admin ")?.parse().ok())
         .expect("an admin line");
-    let mut s = TcpStream::connect(addr).expect("admin connect");
-    s.set_read_timeout(Some(IO)).expect("timeout");
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\n\r\n"
-    )
-    .expect("admin request");
-    let mut resp = String::new();
-    let _ = s.read_to_string(&mut resp);
-    let code = status(resp.as_bytes()).unwrap_or(0);
-    (
-        code,
-        resp.split_once("\r\n\r\n")
-            .map_or("", |(_, b)| b)
-            .to_owned(),
-    )
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\n\r\n");
+    exchange(addr, &req)
 }
 
 /// `backend`'s entry in `/backends` (route `/`).
@@ -263,12 +260,15 @@ fn state(p: &Proxy, backend: SocketAddr) -> String {
         .to_owned()
 }
 
-fn backends_line(list: &[String]) -> String {
-    format!("backends = [{}]", list.join(", "))
+/// The route's `backends = [...]` line for `list`.
+fn backends_of(list: &[&Backend]) -> String {
+    let quoted: Vec<String> = list.iter().map(|b| format!("\"{}\"", b.addr)).collect();
+    format!("backends = [{}]", quoted.join(", "))
 }
 
-fn quoted(b: &Backend) -> String {
-    format!("\"{}\"", b.addr)
+/// wsplice on [`config`] with `backends` on its route and `health` in its `[health]`.
+fn start_proxy(model: &str, driver: Driver, backends: &[&Backend], health: &str) -> Proxy {
+    Proxy::blocking_start_toml(&config(model, driver, &backends_of(backends), "", health))
 }
 
 fn config(model: &str, driver: Driver, backends: &str, route_extra: &str, health: &str) -> String {
@@ -308,13 +308,7 @@ fn killed_backend_goes_out_and_comes_back(model: &str, driver: Driver, kind: &st
     let health = format!(
         "kind = \"{kind}\"\n{path}interval = \"200ms\"\ntimeout = \"500ms\"\nrise = 2\nfall = 2"
     );
-    let p = Proxy::blocking_start_toml(&config(
-        model,
-        driver,
-        &backends_line(&[quoted(&a), quoted(&b)]),
-        "",
-        &health,
-    ));
+    let p = start_proxy(model, driver, &[&a, &b], &health);
     let said = format!("health: {kind} check every 200ms, eject after 5 failures");
     assert!(
         p.startup().iter().any(|l| l.contains(&said)),
@@ -322,15 +316,7 @@ fn killed_backend_goes_out_and_comes_back(model: &str, driver: Driver, kind: &st
         p.startup()
     );
     // Both serve at first.
-    let mut to_b = None;
-    eventually("a tunnel to b", WAIT, || match upgrade(&p) {
-        Ok((s, name)) if name == "b" => {
-            to_b = Some(s);
-            true
-        }
-        _ => false,
-    });
-    let mut to_b = to_b.expect("tunnel to b");
+    let mut to_b = tunnel_to(&p, "b");
     if kind != "tcp" {
         eventually("b checked", WAIT, || b.checks.load(Ordering::Relaxed) > 0);
     }
@@ -411,13 +397,7 @@ fn failing_http_check_keeps_clients_off(model: &str) {
     let a = Backend::start("a", Mode::Serve);
     let b = Backend::start("b", Mode::Serve);
     let health = "kind = \"http\"\npath = \"/healthz\"\nexpect_status = 200\ninterval = \"200ms\"\ntimeout = \"500ms\"\nrise = 2\nfall = 3";
-    let p = Proxy::blocking_start_toml(&config(
-        model,
-        Driver::Epoll,
-        &backends_line(&[quoted(&a), quoted(&b)]),
-        "",
-        health,
-    ));
+    let p = start_proxy(model, Driver::Epoll, &[&a, &b], health);
     eventually("b serves", WAIT, || get(&p, "/", "").1 == "b");
     b.healthy.store(false, Ordering::Relaxed);
     eventually("b down", WAIT, || state(&p, b.addr) == "down");
@@ -440,15 +420,7 @@ fn failing_http_check_keeps_clients_off(model: &str) {
     );
 }
 
-#[test]
-fn failing_http_check_keeps_clients_off_threads() {
-    failing_http_check_keeps_clients_off("threads");
-}
-
-#[test]
-fn failing_http_check_keeps_clients_off_processes() {
-    failing_http_check_keeps_clients_off("processes");
-}
+worker_models!(failing_http_check_keeps_clients_off);
 
 // ---------------------------------------------------------------------------------------------
 // Passive ejection
@@ -463,13 +435,7 @@ fn passive_ejection(model: &str, driver: Driver) {
     let r1 = Backend::start("r1", Mode::Reset);
     let r2 = Backend::start("r2", Mode::Reset);
     let health = "eject_after = 3\neject_time = \"60s\"\neject_max_time = \"120s\"\nmax_ejected_percent = 34";
-    let p = Proxy::blocking_start_toml(&config(
-        model,
-        driver,
-        &backends_line(&[quoted(&good), quoted(&r1), quoted(&r2)]),
-        "",
-        health,
-    ));
+    let p = start_proxy(model, driver, &[&good, &r1, &r2], health);
     let ejected = |p: &Proxy| {
         [&r1, &r2]
             .iter()
@@ -542,13 +508,7 @@ fn refused_connects_eject(model: &str) {
     let mut dead = Backend::start("dead", Mode::Serve);
     dead.kill();
     let health = "eject_after = 3\neject_time = \"60s\"\nmax_ejected_percent = 50";
-    let p = Proxy::blocking_start_toml(&config(
-        model,
-        Driver::Epoll,
-        &backends_line(&[quoted(&good), quoted(&dead)]),
-        "",
-        health,
-    ));
+    let p = start_proxy(model, Driver::Epoll, &[&good, &dead], health);
     eventually("the dead backend ejected", WAIT, || {
         assert_eq!(upgrade(&p).expect("failed over").1, "good");
         state(&p, dead.addr) == "ejected"
@@ -569,15 +529,7 @@ fn refused_connects_eject(model: &str) {
     );
 }
 
-#[test]
-fn refused_connects_eject_threads() {
-    refused_connects_eject("threads");
-}
-
-#[test]
-fn refused_connects_eject_processes() {
-    refused_connects_eject("processes");
-}
+worker_models!(refused_connects_eject);
 
 /// An ejection ends after eject_time: the backend is tried again (and ejected again, for
 /// twice as long, if it still fails).
@@ -587,13 +539,7 @@ fn ejection_ends_and_grows() {
     let r = Backend::start("r", Mode::Reset);
     let health =
         "eject_after = 2\neject_time = \"1s\"\neject_max_time = \"60s\"\nmax_ejected_percent = 50";
-    let p = Proxy::blocking_start_toml(&config(
-        "threads",
-        Driver::Epoll,
-        &backends_line(&[quoted(&good), quoted(&r)]),
-        "",
-        health,
-    ));
+    let p = start_proxy("threads", Driver::Epoll, &[&good, &r], health);
     let ej = format!(
         "wsplice_backend_ejections_total{{route=\"/\",backend=\"{}\"}}",
         r.addr
@@ -688,14 +634,7 @@ fn drain(model: &str) {
     let log_path =
         std::env::temp_dir().join(format!("wsplice-health-{}-{model}.log", std::process::id()));
     let _ = std::fs::remove_file(&log_path);
-    let toml = config(
-        model,
-        Driver::Epoll,
-        &backends_line(&[quoted(&a), quoted(&b)]),
-        "",
-        "",
-    )
-    .replace(
+    let toml = config(model, Driver::Epoll, &backends_of(&[&a, &b]), "", "").replace(
         "\n[[route]]",
         &format!(
             "\n[access_log]\npath = \"{}\"\nformat = \"json\"\n\n[[route]]",
@@ -703,15 +642,7 @@ fn drain(model: &str) {
         ),
     );
     let p = Proxy::blocking_start_toml(&toml);
-    let mut to_b = None;
-    eventually("a tunnel to b", WAIT, || match upgrade(&p) {
-        Ok((s, name)) if name == "b" => {
-            to_b = Some(s);
-            true
-        }
-        _ => false,
-    });
-    let mut to_b = to_b.expect("tunnel");
+    let mut to_b = tunnel_to(&p, "b");
 
     let (code, body) = admin(
         &p,
@@ -800,15 +731,7 @@ fn drain(model: &str) {
     let _ = std::fs::remove_file(&log_path);
 }
 
-#[test]
-fn drain_and_undrain_threads() {
-    drain("threads");
-}
-
-#[test]
-fn drain_and_undrain_processes() {
-    drain("processes");
-}
+worker_models!(drain);
 
 /// A reload keeps a drained backend drained (same route, same address) and a new backend
 /// starts up.
@@ -817,20 +740,11 @@ fn drain_survives_a_reload() {
     let a = Backend::start("a", Mode::Serve);
     let b = Backend::start("b", Mode::Serve);
     let c = Backend::start("c", Mode::Serve);
-    let toml = config(
-        "threads",
-        Driver::Epoll,
-        &backends_line(&[quoted(&a), quoted(&b)]),
-        "",
-        "",
-    );
+    let toml = config("threads", Driver::Epoll, &backends_of(&[&a, &b]), "", "");
     let p = Proxy::blocking_start_toml(&toml);
     let (code, _) = admin(&p, "POST", &format!("/backends/drain?backend={}", b.addr));
     assert_eq!(code, 200);
-    p.write_config(&toml.replace(
-        &backends_line(&[quoted(&a), quoted(&b)]),
-        &backends_line(&[quoted(&a), quoted(&b), quoted(&c)]),
-    ));
+    p.write_config(&toml.replace(&backends_of(&[&a, &b]), &backends_of(&[&a, &b, &c])));
     p.signal(Signal::SIGHUP);
     eventually("c listed", WAIT, || state(&p, c.addr) == "up");
     assert_eq!(state(&p, b.addr), "drained");
@@ -848,7 +762,7 @@ fn checks_start_with_a_reload() {
     let a = Backend::start("a", Mode::Serve);
     let b = Backend::start("b", Mode::Serve);
     b.healthy.store(false, Ordering::Relaxed);
-    let list = backends_line(&[quoted(&a), quoted(&b)]);
+    let list = backends_of(&[&a, &b]);
     let toml = config("threads", Driver::Epoll, &list, "", "");
     let p = Proxy::blocking_start_toml(&toml);
     eventually("b serves (nothing checks it yet)", WAIT, || {

@@ -22,6 +22,14 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
+/// `both_drivers!(name, body)`: [`e2e!`] under both drivers with relay = "auto" (the import is
+/// about the configuration, not the relay).
+macro_rules! both_drivers {
+    ($name:ident, $body:expr) => {
+        e2e!($name, $body, [epoll => crate::support::Relay::Auto, uring => crate::support::Relay::Auto.uring()]);
+    };
+}
+
 /// A directory for one test's configuration files, removed at the end.
 struct Dir(PathBuf);
 
@@ -32,6 +40,13 @@ impl Dir {
         let dir = std::env::temp_dir().join(format!("wsplice-import-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("create the config directory");
         Dir(dir)
+    }
+
+    /// A new directory with one file, `name`, written: the directory and the file's path.
+    fn with(name: &str, text: &str) -> (Dir, PathBuf) {
+        let dir = Dir::new();
+        let path = dir.write(name, text);
+        (dir, path)
     }
 
     /// Writes `name` (sub-directories made as needed) and returns its path.
@@ -71,6 +86,16 @@ fn import(kind: &str, file: &Path) -> String {
     toml
 }
 
+/// `text` (an import or an error) must contain `part`.
+fn has(text: &str, part: &str) {
+    assert!(text.contains(part), "missing\n{part}\nin\n{text}");
+}
+
+/// [`has`] for each of `parts`.
+fn has_all(text: &str, parts: &[&str]) {
+    parts.iter().for_each(|part| has(text, part));
+}
+
 /// `wsplice import KIND FILE`, which must fail; returns stderr.
 fn import_fails(kind: &str, file: &Path) -> String {
     let out = wsplice(&["import", kind, &file.display().to_string()]);
@@ -87,6 +112,13 @@ fn assert_noted(toml: &str, file: &Path, line: usize, why: &str) {
         .filter(|l| l.starts_with('#') && l.contains(&at))
         .any(|l| l.contains(why));
     assert!(found, "no comment on {at} saying {why:?} in:\n{toml}");
+}
+
+/// [`assert_noted`] for each `(line, why)` of `notes`.
+fn assert_notes(toml: &str, file: &Path, notes: &[(usize, &str)]) {
+    for &(line, why) in notes {
+        assert_noted(toml, file, line, why);
+    }
 }
 
 /// Starts wsplice on the imported TOML (off the runtime's threads), under `relay`'s driver and
@@ -145,6 +177,44 @@ fn only_request(backend: &EchoBackend, what: &str) -> SeenRequest {
     log.requests[0].clone()
 }
 
+/// A WebSocket to each of two routes, `(path, backend, target)`, the first sending `headers`:
+/// each reaches its own backend only, as `target`. Returns the tunnels (kept open) and the
+/// request the first backend saw.
+async fn two_routes(
+    proxy: &Proxy,
+    first: (&str, &EchoBackend, &str),
+    headers: &[(&'static str, &str)],
+    second: (&str, &EchoBackend, &str),
+) -> ([Ws; 2], SeenRequest) {
+    let ((path_a, a, target_a), (path_b, b, target_b)) = (first, second);
+    let ws_a = ws(proxy, path_a, headers).await;
+    let seen = only_request(a, &format!("{path_a} reaches its backend"));
+    assert_eq!(seen.target, target_a, "{path_a} as the backend sees it");
+    assert_eq!(
+        b.log().requests.len(),
+        0,
+        "{path_a} must not reach {path_b}'s backend"
+    );
+    let ws_b = ws(proxy, path_b, &[]).await;
+    let seen_b = only_request(b, &format!("{path_b} reaches its backend"));
+    assert_eq!(seen_b.target, target_b, "{path_b} as the backend sees it");
+    assert_eq!(
+        a.log().requests.len(),
+        1,
+        "{path_b} must not reach {path_a}'s backend"
+    );
+    ([ws_a, ws_b], seen)
+}
+
+/// How many requests each of `backends` saw, and all of them in the order of their targets.
+fn spread(backends: &[&EchoBackend]) -> (Vec<usize>, Vec<SeenRequest>) {
+    let logs: Vec<Vec<SeenRequest>> = backends.iter().map(|b| b.log().requests).collect();
+    let counts = logs.iter().map(Vec::len).collect();
+    let mut seen: Vec<SeenRequest> = logs.into_iter().flatten().collect();
+    seen.sort_by(|x, y| x.target.cmp(&y.target));
+    (counts, seen)
+}
+
 fn header<'a>(seen: &'a SeenRequest, name: &str) -> Vec<&'a str> {
     seen.headers
         .iter()
@@ -162,15 +232,12 @@ fn port(addr: SocketAddr) -> u16 {
 // ---------------------------------------------------------------------------------------------
 
 // The classic two-location config: /notice and /msg, each with the four header lines.
-e2e!(
-    nginx_two_locations,
-    |relay| async move {
-        let (notice, msg) = (EchoBackend::start().await, EchoBackend::start().await);
-        let dir = Dir::new();
-        let conf = dir.write(
-            "nginx.conf",
-            &format!(
-                r#"worker_processes 2;
+both_drivers!(nginx_two_locations, |relay| async move {
+    let (notice, msg) = (EchoBackend::start().await, EchoBackend::start().await);
+    let (_dir, conf) = Dir::with(
+        "nginx.conf",
+        &format!(
+            r#"worker_processes 2;
 events {{ worker_connections 1024; }}
 http {{
     server {{
@@ -194,64 +261,53 @@ http {{
     }}
 }}
 "#,
-                port(notice.addr),
-                port(msg.addr)
-            ),
-        );
-        let toml = import("nginx", &conf);
-        assert!(toml.contains("workers = 2"), "{toml}");
-        assert!(toml.contains("forwarded_for = \"replace\""), "{toml}");
-        assert_noted(
-            &toml,
-            &conf,
-            8,
-            "proxy_http_version 1.1: wsplice always speaks HTTP/1.1",
-        );
-        assert_noted(&toml, &conf, 9, "always sends Upgrade: websocket");
-        assert_noted(&toml, &conf, 10, "Connection: upgrade");
-        assert_noted(&toml, &conf, 11, "always sends X-Real-IP");
-        assert_noted(&toml, &conf, 2, "events");
-        // nginx puts "/" in place of "/notice": /notice/a reaches it as //a, which wsplice does not.
-        assert_noted(&toml, &conf, 7, "as //x");
+            port(notice.addr),
+            port(msg.addr)
+        ),
+    );
+    let toml = import("nginx", &conf);
+    has(&toml, "workers = 2");
+    has(&toml, "forwarded_for = \"replace\"");
+    assert_notes(
+        &toml,
+        &conf,
+        &[
+            (8, "proxy_http_version 1.1: wsplice always speaks HTTP/1.1"),
+            (9, "always sends Upgrade: websocket"),
+            (10, "Connection: upgrade"),
+            (11, "always sends X-Real-IP"),
+            (2, "events"),
+        ],
+    );
+    // nginx puts "/" in place of "/notice": /notice/a reaches it as //a, which wsplice does not.
+    assert_noted(&toml, &conf, 7, "as //x");
 
-        let proxy = start(toml, relay).await;
-        // The client's own X-Forwarded-For is replaced, as `$remote_addr` did.
-        let _a = ws(&proxy, "/notice?x=1", &[("x-forwarded-for", "6.6.6.6")]).await;
-        let seen = only_request(&notice, "/notice reaches :notice");
-        assert_eq!(seen.target, "/?x=1", "proxy_pass's trailing / strips /notice");
-        assert_eq!(header(&seen, "x-forwarded-for"), ["127.0.0.1"]);
-        assert_eq!(header(&seen, "x-real-ip"), ["127.0.0.1"]);
-        assert_eq!(msg.log().requests.len(), 0, "/notice must not reach :msg");
-
-        let _b = ws(&proxy, "/msg", &[]).await;
-        assert_eq!(only_request(&msg, "/msg reaches :msg").target, "/");
-        assert_eq!(
-            notice.log().requests.len(),
-            1,
-            "/msg must not reach :notice"
-        );
-    },
-    [epoll => crate::support::Relay::Auto, uring => crate::support::Relay::Auto.uring()]
-);
+    let proxy = start(toml, relay).await;
+    // proxy_pass's trailing / strips /notice. The client's own X-Forwarded-For is replaced, as
+    // `$remote_addr` did.
+    let xff = [("x-forwarded-for", "6.6.6.6")];
+    let notice_route = ("/notice?x=1", &notice, "/?x=1");
+    let (_open, seen) = two_routes(&proxy, notice_route, &xff, ("/msg", &msg, "/")).await;
+    assert_eq!(header(&seen, "x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(header(&seen, "x-real-ip"), ["127.0.0.1"]);
+});
 
 // An upstream with two servers (in an included file, found by a glob), proxy_pass without a
 // path: both servers take turns and see the whole path.
-e2e!(
-    nginx_upstream_two_servers,
-    |relay| async move {
-        let (a, b) = (EchoBackend::start().await, EchoBackend::start().await);
-        let dir = Dir::new();
-        let upstream = dir.write(
-            "conf.d/chat-upstream.conf",
-            &format!(
-                "upstream chat {{\n    server 127.0.0.1:{} weight=3;\n    server 127.0.0.1:{};\n}}\n",
-                port(a.addr),
-                port(b.addr)
-            ),
-        );
-        let conf = dir.write(
-            "nginx.conf",
-            r#"http {
+both_drivers!(nginx_upstream_two_servers, |relay| async move {
+    let (a, b) = (EchoBackend::start().await, EchoBackend::start().await);
+    let dir = Dir::new();
+    let upstream = dir.write(
+        "conf.d/chat-upstream.conf",
+        &format!(
+            "upstream chat {{\n    server 127.0.0.1:{} weight=3;\n    server 127.0.0.1:{};\n}}\n",
+            port(a.addr),
+            port(b.addr)
+        ),
+    );
+    let conf = dir.write(
+        "nginx.conf",
+        r#"http {
     include conf.d/*.conf;
     proxy_read_timeout 3600s;
     server {
@@ -265,32 +321,37 @@ e2e!(
     }
 }
 "#,
-        );
-        let toml = import("nginx", &conf);
-        let _ = &upstream;
-        // `weight=3` is a wsplice weight.
-        let weighted = format!("{{ addr = \"127.0.0.1:{}\", weight = 3 }}", port(a.addr));
-        assert!(toml.contains(&weighted), "{toml}");
-        assert!(toml.contains("connect = \"2s\""), "{toml}");
-        assert!(toml.contains("idle = \"1h\""), "{toml}");
-        assert!(toml.contains("forwarded_for = \"append\""), "{toml}");
+    );
+    let toml = import("nginx", &conf);
+    let _ = &upstream;
+    // `weight=3` is a wsplice weight.
+    let weighted = format!("{{ addr = \"127.0.0.1:{}\", weight = 3 }}", port(a.addr));
+    has(&toml, &weighted);
+    has(&toml, "connect = \"2s\"");
+    has(&toml, "idle = \"1h\"");
+    has(&toml, "forwarded_for = \"append\"");
 
-        let proxy = start(toml, relay).await;
-        let mut open = vec![ws(&proxy, "/chat/room/1", &[("x-forwarded-for", "6.6.6.6")]).await];
-        for i in 2..=4 {
-            open.push(ws(&proxy, &format!("/chat/room/{i}"), &[]).await);
-        }
-        // One cycle of the smooth weighted round robin: three for a, one for b.
-        let (la, lb) = (a.log().requests, b.log().requests);
-        assert_eq!((la.len(), lb.len()), (3, 1), "weights 3:1 over four tunnels");
-        let mut seen: Vec<SeenRequest> = la.into_iter().chain(lb).collect();
-        seen.sort_by(|x, y| x.target.cmp(&y.target));
-        let targets: Vec<&str> = seen.iter().map(|r| r.target.as_str()).collect();
-        assert_eq!(targets, ["/chat/room/1", "/chat/room/2", "/chat/room/3", "/chat/room/4"], "no URI in proxy_pass: the path is kept");
-        assert_eq!(header(&seen[0], "x-forwarded-for"), ["6.6.6.6, 127.0.0.1"]);
-    },
-    [epoll => crate::support::Relay::Auto, uring => crate::support::Relay::Auto.uring()]
-);
+    let proxy = start(toml, relay).await;
+    let mut open = vec![ws(&proxy, "/chat/room/1", &[("x-forwarded-for", "6.6.6.6")]).await];
+    for i in 2..=4 {
+        open.push(ws(&proxy, &format!("/chat/room/{i}"), &[]).await);
+    }
+    // One cycle of the smooth weighted round robin: three for a, one for b.
+    let (counts, seen) = spread(&[&a, &b]);
+    assert_eq!(counts, [3, 1], "weights 3:1 over four tunnels");
+    let targets: Vec<&str> = seen.iter().map(|r| r.target.as_str()).collect();
+    assert_eq!(
+        targets,
+        [
+            "/chat/room/1",
+            "/chat/room/2",
+            "/chat/room/3",
+            "/chat/room/4"
+        ],
+        "no URI in proxy_pass: the path is kept"
+    );
+    assert_eq!(header(&seen[0], "x-forwarded-for"), ["6.6.6.6, 127.0.0.1"]);
+});
 
 // A server on `listen ... ssl` with its certificate: wss:// through rustls.
 e2e!(
@@ -298,8 +359,7 @@ e2e!(
     |relay| async move {
         let backend = EchoBackend::start().await;
         let pair = &tls::shared().1;
-        let dir = Dir::new();
-        let conf = dir.write(
+        let (_dir, conf) = Dir::with(
             "nginx.conf",
             &format!(
                 r#"http {{
@@ -323,7 +383,7 @@ e2e!(
             ),
         );
         let toml = import("nginx", &conf);
-        assert!(toml.contains("[tls]"), "{toml}");
+        has(&toml, "[tls]");
         assert_noted(&toml, &conf, 7, "TLS settings are fixed");
         assert_noted(&toml, &conf, 10, "passes the client's Host");
 
@@ -347,10 +407,7 @@ fn nginx_syntax_error_names_file_and_line() {
     );
     let conf = dir.write("nginx.conf", "http {\n    include sites/*.conf;\n}\n");
     let err = import_fails("nginx", &conf);
-    assert!(
-        err.contains(&format!("{}:3: unexpected \"}}\"", bad.display())),
-        "{err}"
-    );
+    has(&err, &format!("{}:3: unexpected \"}}\"", bad.display()));
     let missing = dir.write("other.conf", "http {\n    include nowhere.conf;\n}\n");
     let err = import_fails("nginx", &missing);
     assert!(
@@ -363,8 +420,7 @@ fn nginx_syntax_error_names_file_and_line() {
 /// What has no wsplice equivalent is a comment naming file:line and why; the rest still runs.
 #[test]
 fn nginx_unmappable_directives_are_comments() {
-    let dir = Dir::new();
-    let conf = dir.write(
+    let (_dir, conf) = Dir::with(
         "nginx.conf",
         r#"http {
     gzip on;
@@ -384,19 +440,31 @@ fn nginx_unmappable_directives_are_comments() {
 "#,
     );
     let toml = import("nginx", &conf);
-    assert_noted(&toml, &conf, 2, "compression");
-    assert_noted(&toml, &conf, 4, "HTTP/1.1");
-    assert_noted(&toml, &conf, 5, "wildcard");
-    assert_noted(&toml, &conf, 6, "regular-expression");
-    assert_noted(&toml, &conf, 7, "only proxies");
-    assert_noted(&toml, &conf, 8, "verifies its certificate");
+    assert_notes(
+        &toml,
+        &conf,
+        &[
+            (2, "compression"),
+            (4, "HTTP/1.1"),
+            (5, "wildcard"),
+            (6, "regular-expression"),
+            (7, "only proxies"),
+            (8, "verifies its certificate"),
+        ],
+    );
     assert!(
         toml.contains("backends = [\"127.0.0.1:8443\"]\nstrip_prefix = true\nbackend_tls = true\n"),
         "the https backend is a TLS route: {toml}"
     );
-    assert_noted(&toml, &conf, 10, "in place of /api/");
-    assert_noted(&toml, &conf, 11, "does not add request headers");
-    assert_noted(&toml, &conf, 12, "response headers");
+    assert_notes(
+        &toml,
+        &conf,
+        &[
+            (10, "in place of /api/"),
+            (11, "does not add request headers"),
+            (12, "response headers"),
+        ],
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -404,15 +472,12 @@ fn nginx_unmappable_directives_are_comments() {
 // ---------------------------------------------------------------------------------------------
 
 // `ProxyPass /notice ws://...` with its `ProxyPassReverse`, and /msg the same way.
-e2e!(
-    apache_proxy_pass_pair,
-    |relay| async move {
-        let (notice, msg) = (EchoBackend::start().await, EchoBackend::start().await);
-        let dir = Dir::new();
-        let conf = dir.write(
-            "site.conf",
-            &format!(
-                r#"<VirtualHost 127.0.0.1:0>
+both_drivers!(apache_proxy_pass_pair, |relay| async move {
+    let (notice, msg) = (EchoBackend::start().await, EchoBackend::start().await);
+    let (_dir, conf) = Dir::with(
+        "site.conf",
+        &format!(
+            r#"<VirtualHost 127.0.0.1:0>
     ServerName push.example.com
     ProxyRequests Off
     ProxyPreserveHost On
@@ -424,29 +489,26 @@ e2e!(
     ErrorLog ${{APACHE_LOG_DIR}}/error.log
 </VirtualHost>
 "#,
-                n = port(notice.addr),
-                m = port(msg.addr)
-            ),
-        );
-        let toml = import("apache", &conf);
-        assert_noted(&toml, &conf, 6, "does not rewrite Location headers");
-        assert_noted(&toml, &conf, 10, "stderr");
-        assert_noted(&toml, &conf, 1, "answers every Host");
-        assert!(toml.contains("response_timeout = \"30s\""), "{toml}");
+            n = port(notice.addr),
+            m = port(msg.addr)
+        ),
+    );
+    let toml = import("apache", &conf);
+    assert_notes(
+        &toml,
+        &conf,
+        &[
+            (6, "does not rewrite Location headers"),
+            (10, "stderr"),
+            (1, "answers every Host"),
+        ],
+    );
+    has(&toml, "response_timeout = \"30s\"");
 
-        let proxy = start(toml, relay).await;
-        let _a = ws(&proxy, "/notice/a", &[]).await;
-        assert_eq!(only_request(&notice, "/notice").target, "/a");
-        let _b = ws(&proxy, "/msg/b?c=d", &[]).await;
-        assert_eq!(only_request(&msg, "/msg").target, "/b?c=d");
-        assert_eq!(
-            notice.log().requests.len(),
-            1,
-            "/msg must not reach /notice's backend"
-        );
-    },
-    [epoll => crate::support::Relay::Auto, uring => crate::support::Relay::Auto.uring()]
-);
+    let proxy = start(toml, relay).await;
+    let notice_route = ("/notice/a", &notice, "/a");
+    let _open = two_routes(&proxy, notice_route, &[], ("/msg/b?c=d", &msg, "/b?c=d")).await;
+});
 
 // A balancer:// cluster of three on a TLS virtual host, reached through the WebSocket Upgrade
 // rewrite; the cluster is defined in an included file.
@@ -495,10 +557,10 @@ e2e!(
         let _ = &cluster;
         // `loadfactor=2` is a wsplice weight.
         let weighted = format!("{{ addr = \"127.0.0.1:{}\", weight = 2 }}", port(members[0].addr));
-        assert!(toml.contains(&weighted), "{toml}");
+        has(&toml, &weighted);
         assert_noted(&toml, &conf, 11, "WebSocket upgrades only");
-        assert!(toml.contains("http = false"), "{toml}");
-        assert!(toml.contains("idle = \"10m\""), "{toml}");
+        has(&toml, "http = false");
+        has(&toml, "idle = \"10m\"");
 
         let proxy = start(toml, relay).await;
         let mut open = Vec::new();
@@ -506,13 +568,9 @@ e2e!(
             open.push(ws(&proxy, &format!("/room/{i}"), &[]).await);
         }
         // One weighted cycle: two for the member of loadfactor 2, one for each other.
-        let counts: Vec<usize> = members.iter().map(|m| m.log().requests.len()).collect();
+        let (counts, seen) = spread(&[&members[0], &members[1], &members[2]]);
         assert_eq!(counts, [2, 1, 1], "loadfactor 2:1:1 over four tunnels");
-        let mut seen: Vec<String> = members
-            .iter()
-            .flat_map(|m| m.log().requests.into_iter().map(|r| r.target))
-            .collect();
-        seen.sort();
+        let seen: Vec<&str> = seen.iter().map(|r| r.target.as_str()).collect();
         assert_eq!(seen, ["/room/0", "/room/1", "/room/2", "/room/3"], "path kept");
 
         // Not an upgrade: Apache's rule did not apply, and wsplice answers 426.
@@ -535,25 +593,20 @@ e2e!(
 
 #[test]
 fn apache_syntax_error_names_file_and_line() {
-    let dir = Dir::new();
-    let conf = dir.write(
+    let (_dir, conf) = Dir::with(
         "site.conf",
         "Listen 80\n<VirtualHost *:80>\n    ProxyPass / http://127.0.0.1:1/\n",
     );
     let err = import_fails("apache", &conf);
-    assert!(
-        err.contains(&format!(
-            "{}:2: <VirtualHost> was not closed",
-            conf.display()
-        )),
-        "{err}"
+    has(
+        &err,
+        &format!("{}:2: <VirtualHost> was not closed", conf.display()),
     );
 }
 
 #[test]
 fn apache_unmappable_directives_are_comments() {
-    let dir = Dir::new();
-    let conf = dir.write(
+    let (_dir, conf) = Dir::with(
         "site.conf",
         r#"<VirtualHost *:8080>
     DocumentRoot /var/www
@@ -572,29 +625,37 @@ fn apache_unmappable_directives_are_comments() {
 "#,
     );
     let toml = import("apache", &conf);
-    assert_noted(&toml, &conf, 2, "only proxies");
-    assert_noted(&toml, &conf, 3, "regular expressions");
-    assert_noted(&toml, &conf, 4, "no exclusions");
-    assert_noted(&toml, &conf, 5, "verifies its certificate");
+    assert_notes(
+        &toml,
+        &conf,
+        &[
+            (2, "only proxies"),
+            (3, "regular expressions"),
+            (4, "no exclusions"),
+            (5, "verifies its certificate"),
+        ],
+    );
     assert!(
         toml.contains("backends = [\"127.0.0.1:8443\"]\nstrip_prefix = true\nbackend_tls = true\n"),
         "the https backend is a TLS route: {toml}"
     );
-    assert_noted(&toml, &conf, 7, "not a proxy rule");
-    assert_noted(&toml, &conf, 8, "request headers");
-    assert_noted(&toml, &conf, 9, "never used");
-    assert_noted(&toml, &conf, 13, "RewriteEngine is not on here");
-    assert!(
-        toml.contains("listen = [\"0.0.0.0:8080\", \"0.0.0.0:8081\"]"),
-        "{toml}"
+    assert_notes(
+        &toml,
+        &conf,
+        &[
+            (7, "not a proxy rule"),
+            (8, "request headers"),
+            (9, "never used"),
+            (13, "RewriteEngine is not on here"),
+        ],
     );
+    has(&toml, "listen = [\"0.0.0.0:8080\", \"0.0.0.0:8081\"]");
 }
 
 /// Balancing, uwsgi and name-based servers: the keys they become (each import passes `--check`).
 #[test]
 fn balance_methods_uwsgi_and_hosts() {
-    let dir = Dir::new();
-    let conf = dir.write(
+    let (dir, conf) = Dir::with(
         "nginx.conf",
         r#"http {
     upstream a { ip_hash; server 127.0.0.1:9001; server 127.0.0.1:9002; }
@@ -617,15 +678,15 @@ fn balance_methods_uwsgi_and_hosts() {
     );
     dir.write("uwsgi_params", "uwsgi_param QUERY_STRING $query_string;\n");
     let toml = import("nginx", &conf);
-    let want = [
+    has_all(
+        &toml,
+        &[
         "prefix = \"/a\"\nbackends = [\"127.0.0.1:9001\", \"127.0.0.1:9002\"]\nstrip_prefix = false\nbalance = \"hash\"\nhash_key = \"client_ip\"\n",
         "prefix = \"/app\"\nbackends = [\"127.0.0.1:3031\"]\nstrip_prefix = false\nprotocol = \"uwsgi\"\n",
         "prefix = \"/b\"\nhost = \"b.example.com\"\nbackends = [\"127.0.0.1:9003\", \"127.0.0.1:9004\"]\nstrip_prefix = true\nbalance = \"hash\"\nhash_key = \"query:room\"\n",
         "prefix = \"/c\"\nhost = \"b.example.com\"\nbackends = [\"127.0.0.1:9005\"]\nstrip_prefix = false\nbalance = \"least_conn\"\n",
-    ];
-    for w in want {
-        assert!(toml.contains(w), "missing\n{w}\nin\n{toml}");
-    }
+        ],
+    );
     assert_noted(&toml, &conf, 4, "marked down");
     assert_noted(
         &toml,
@@ -654,31 +715,30 @@ ProxyPass /py uwsgi://127.0.0.1:3032/
 "#,
     );
     let toml = import("apache", &site);
-    let want = [
+    has_all(
+        &toml,
+        &[
         "listen = [\"0.0.0.0:8081\"]",
         "prefix = \"/busy\"\nbackends = [\"127.0.0.1:9007\", \"127.0.0.1:9008\"]\nstrip_prefix = true\nbalance = \"least_conn\"\n",
         "prefix = \"/sticky\"\nbackends = [\"127.0.0.1:9009\", \"127.0.0.1:9010\"]\nstrip_prefix = true\nbalance = \"cookie\"\ncookie_name = \"ROUTEID\"\n",
         "prefix = \"/py\"\nbackends = [\"127.0.0.1:3032\"]\nstrip_prefix = false\nprotocol = \"uwsgi\"\n",
-    ];
-    for w in want {
-        assert!(toml.contains(w), "missing\n{w}\nin\n{toml}");
-    }
+        ],
+    );
     assert_noted(&toml, &site, 3, "route name");
 }
 
 /// A sites-enabled/ file: `server` blocks with no `http` around them.
 #[test]
 fn nginx_sites_snippet_without_http() {
-    let dir = Dir::new();
-    let conf = dir.write(
+    let (_dir, conf) = Dir::with(
         "default",
         "server {\n    listen [::1]:8090;\n    location /ws { proxy_pass http://[::1]:9011; }\n}\n",
     );
     let toml = import("nginx", &conf);
-    assert!(toml.contains("listen = [\"[::1]:8090\"]"), "{toml}");
-    assert!(
-        toml.contains("prefix = \"/ws\"\nbackends = [\"[::1]:9011\"]\nstrip_prefix = false\n"),
-        "{toml}"
+    has(&toml, "listen = [\"[::1]:8090\"]");
+    has(
+        &toml,
+        "prefix = \"/ws\"\nbackends = [\"[::1]:9011\"]\nstrip_prefix = false\n",
     );
 }
 
@@ -789,15 +849,25 @@ async fn agree(
 ) -> Vec<Ws> {
     let mut open = Vec::new();
     for &path in paths {
-        let before = counts(backends);
-        open.push(ws_at(peer_addr, path).await);
-        let by_peer = took(backends, &before);
-        let before = counts(backends);
-        open.push(ws_at(wsplice, path).await);
-        let by_wsplice = took(backends, &before);
+        let (ws, by_peer) = through(peer_addr, path, backends).await;
+        open.push(ws);
+        let (ws, by_wsplice) = through(wsplice, path, backends).await;
+        open.push(ws);
         assert_eq!(by_wsplice, by_peer, "{path}: wsplice differs from {peer}");
     }
     open
+}
+
+/// A WebSocket to `path` at `addr` (returned, kept open) and which of `backends` took it, with
+/// its target.
+async fn through(
+    addr: SocketAddr,
+    path: &str,
+    backends: &[(&str, &EchoBackend)],
+) -> (Ws, (String, String)) {
+    let before = counts(backends);
+    let ws = ws_at(addr, path).await;
+    (ws, took(backends, &before))
 }
 
 fn counts(backends: &[(&str, &EchoBackend)]) -> Vec<usize> {
@@ -809,18 +879,15 @@ fn counts(backends: &[(&str, &EchoBackend)]) -> Vec<usize> {
 
 // The same configuration run by nginx itself and, imported, by wsplice: each path reaches the
 // same backend (the same upstream, for round-robin members) with the same path through both.
-e2e!(
-    nginx_itself_agrees,
-    |relay| async move {
-        let notice = EchoBackend::start().await;
-        let msg = EchoBackend::start().await;
-        let (a, b) = (EchoBackend::start().await, EchoBackend::start().await);
-        let port = free_port();
-        let dir = Dir::new();
-        let conf = dir.write(
-            "nginx.conf",
-            &format!(
-                r#"daemon off;
+both_drivers!(nginx_itself_agrees, |relay| async move {
+    let notice = EchoBackend::start().await;
+    let msg = EchoBackend::start().await;
+    let (a, b) = (EchoBackend::start().await, EchoBackend::start().await);
+    let port = free_port();
+    let (dir, conf) = Dir::with(
+        "nginx.conf",
+        &format!(
+            r#"daemon off;
 master_process off;
 pid nginx.pid;
 events {{ worker_connections 64; }}
@@ -841,48 +908,46 @@ http {{
     }}
 }}
 "#,
-                a = a.addr.port(),
-                b = b.addr.port(),
-                n = notice.addr.port(),
-                m = msg.addr.port()
-            ),
-        );
-        let toml = import("nginx", &conf);
-        // The same routes on another port: nginx holds this one.
-        let listen = format!("listen = [\"127.0.0.1:{port}\"]");
-        assert!(toml.contains(&listen), "{toml}");
-        let toml_text = toml.clone();
-        let toml = toml.replace(&listen, "listen = [\"127.0.0.1:0\"]");
-        let _nginx = nginx(&dir, &conf, port).await;
-        let proxy = start(toml, relay).await;
-        let backends = [
-            ("notice", &notice),
-            ("msg", &msg),
-            ("chat", &a),
-            ("chat", &b),
-        ];
-        let nginx_addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let paths = [
-            "/notice",
-            "/notice?x=1",
-            "/msg/",
-            "/msg/a/b?c=d",
-            "/chat/room/1",
-            "/chat/room/2",
-            "/v1/feed",
-        ];
-        let mut open = agree("nginx", nginx_addr, proxy.addr(), &backends, &paths).await;
-        // The one difference, which the import notes: nginx puts "/" in place of "/notice".
-        assert_noted(&toml_text, &conf, 15, "as //x");
-        let before = counts(&backends);
-        open.push(ws_at(nginx_addr, "/notice/a").await);
-        assert_eq!(took(&backends, &before), ("notice".into(), "//a".into()));
-        let before = counts(&backends);
-        open.push(ws_at(proxy.addr(), "/notice/a").await);
-        assert_eq!(took(&backends, &before), ("notice".into(), "/a".into()));
-    },
-    [epoll => crate::support::Relay::Auto, uring => crate::support::Relay::Auto.uring()]
-);
+            a = a.addr.port(),
+            b = b.addr.port(),
+            n = notice.addr.port(),
+            m = msg.addr.port()
+        ),
+    );
+    let toml = import("nginx", &conf);
+    // The same routes on another port: nginx holds this one.
+    let listen = format!("listen = [\"127.0.0.1:{port}\"]");
+    has(&toml, &listen);
+    let toml_text = toml.clone();
+    let toml = toml.replace(&listen, "listen = [\"127.0.0.1:0\"]");
+    let _nginx = nginx(&dir, &conf, port).await;
+    let proxy = start(toml, relay).await;
+    let backends = [
+        ("notice", &notice),
+        ("msg", &msg),
+        ("chat", &a),
+        ("chat", &b),
+    ];
+    let nginx_addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let paths = [
+        "/notice",
+        "/notice?x=1",
+        "/msg/",
+        "/msg/a/b?c=d",
+        "/chat/room/1",
+        "/chat/room/2",
+        "/v1/feed",
+    ];
+    let mut open = agree("nginx", nginx_addr, proxy.addr(), &backends, &paths).await;
+    // The one difference, which the import notes: nginx puts "/" in place of "/notice".
+    assert_noted(&toml_text, &conf, 15, "as //x");
+    let (ws, by_nginx) = through(nginx_addr, "/notice/a", &backends).await;
+    open.push(ws);
+    assert_eq!(by_nginx, ("notice".into(), "//a".into()));
+    let (ws, by_wsplice) = through(proxy.addr(), "/notice/a", &backends).await;
+    open.push(ws);
+    assert_eq!(by_wsplice, ("notice".into(), "/a".into()));
+});
 
 // ---------------------------------------------------------------------------------------------
 // Apache httpd itself (Debian's apache2 package, installed by tools/test)
@@ -898,38 +963,36 @@ async fn apache(conf: &Path, port: u16) -> Server {
 // The same configuration run by Apache itself and, imported, by wsplice: ProxyPass with and
 // without trailing slashes, a ProxyPass inside <Location>, and a balancer:// cluster behind the
 // WebSocket Upgrade rewrite; each path reaches the same backend with the same path through both.
-e2e!(
-    apache_itself_agrees,
-    |relay| async move {
-        let notice = EchoBackend::start().await;
-        let msg = EchoBackend::start().await;
-        let members = [
-            EchoBackend::start().await,
-            EchoBackend::start().await,
-            EchoBackend::start().await,
-        ];
-        let port = free_port();
-        let dir = Dir::new();
-        let modules = "/usr/lib/apache2/modules";
-        let loads: String = [
-            ("mpm_event", "mpm_event"),
-            ("authz_core", "authz_core"),
-            ("proxy", "proxy"),
-            ("proxy_http", "proxy_http"),
-            ("proxy_wstunnel", "proxy_wstunnel"),
-            ("proxy_balancer", "proxy_balancer"),
-            ("slotmem_shm", "slotmem_shm"),
-            ("lbmethod_byrequests", "lbmethod_byrequests"),
-            ("rewrite", "rewrite"),
-        ]
-        .iter()
-        .map(|(name, file)| format!("LoadModule {name}_module {modules}/mod_{file}.so\n"))
-        .collect();
-        let d = dir.0.display();
-        let conf = dir.write(
-            "httpd.conf",
-            &format!(
-                r#"ServerRoot {d}
+both_drivers!(apache_itself_agrees, |relay| async move {
+    let notice = EchoBackend::start().await;
+    let msg = EchoBackend::start().await;
+    let members = [
+        EchoBackend::start().await,
+        EchoBackend::start().await,
+        EchoBackend::start().await,
+    ];
+    let port = free_port();
+    let dir = Dir::new();
+    let modules = "/usr/lib/apache2/modules";
+    let loads: String = [
+        ("mpm_event", "mpm_event"),
+        ("authz_core", "authz_core"),
+        ("proxy", "proxy"),
+        ("proxy_http", "proxy_http"),
+        ("proxy_wstunnel", "proxy_wstunnel"),
+        ("proxy_balancer", "proxy_balancer"),
+        ("slotmem_shm", "slotmem_shm"),
+        ("lbmethod_byrequests", "lbmethod_byrequests"),
+        ("rewrite", "rewrite"),
+    ]
+    .iter()
+    .map(|(name, file)| format!("LoadModule {name}_module {modules}/mod_{file}.so\n"))
+    .collect();
+    let d = dir.0.display();
+    let conf = dir.write(
+        "httpd.conf",
+        &format!(
+            r#"ServerRoot {d}
 DefaultRuntimeDir {d}
 PidFile {d}/httpd.pid
 ErrorLog {d}/error.log
@@ -954,55 +1017,49 @@ Group www-data
     </Location>
 </VirtualHost>
 "#,
-                n = notice.addr.port(),
-                m = msg.addr.port(),
-                a = members[0].addr.port(),
-                b = members[1].addr.port(),
-                c = members[2].addr.port(),
-            ),
-        );
-        let toml = import("apache", &conf);
-        let listen = format!("listen = [\"127.0.0.1:{port}\"]");
-        assert!(toml.contains(&listen), "{toml}");
-        let toml = toml.replace(&listen, "listen = [\"127.0.0.1:0\"]");
-        let _apache = apache(&conf, port).await;
-        let proxy = start(toml, relay).await;
-        let backends = [
-            ("notice", &notice),
-            ("msg", &msg),
-            ("chat", &members[0]),
-            ("chat", &members[1]),
-            ("chat", &members[2]),
-        ];
-        let apache_addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let paths = [
-            "/notice",
-            "/notice/a?x=1",
-            "/msg/",
-            "/msg/a/b?c=d",
-            "/chat/room/1",
-            "/chat/room/2",
-            "/room/7",
-        ];
-        let _open = agree("Apache", apache_addr, proxy.addr(), &backends, &paths).await;
-    },
-    [epoll => crate::support::Relay::Auto, uring => crate::support::Relay::Auto.uring()]
-);
+            n = notice.addr.port(),
+            m = msg.addr.port(),
+            a = members[0].addr.port(),
+            b = members[1].addr.port(),
+            c = members[2].addr.port(),
+        ),
+    );
+    let toml = import("apache", &conf);
+    let listen = format!("listen = [\"127.0.0.1:{port}\"]");
+    has(&toml, &listen);
+    let toml = toml.replace(&listen, "listen = [\"127.0.0.1:0\"]");
+    let _apache = apache(&conf, port).await;
+    let proxy = start(toml, relay).await;
+    let backends = [
+        ("notice", &notice),
+        ("msg", &msg),
+        ("chat", &members[0]),
+        ("chat", &members[1]),
+        ("chat", &members[2]),
+    ];
+    let apache_addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let paths = [
+        "/notice",
+        "/notice/a?x=1",
+        "/msg/",
+        "/msg/a/b?c=d",
+        "/chat/room/1",
+        "/chat/room/2",
+        "/room/7",
+    ];
+    let _open = agree("Apache", apache_addr, proxy.addr(), &backends, &paths).await;
+});
 
 /// Nothing wsplice could serve: an error saying so, no TOML that would not load.
 #[test]
 fn nothing_to_route_is_an_error() {
-    let dir = Dir::new();
-    let conf = dir.write(
+    let (dir, conf) = Dir::with(
         "nginx.conf",
         "http {\n    server {\n        listen 80;\n        location / { root /srv; }\n    }\n}\n",
     );
     let err = import_fails("nginx", &conf);
-    assert!(err.contains("nothing to route"), "{err}");
+    has(&err, "nothing to route");
     let missing = dir.0.join("absent.conf");
     let err = import_fails("apache", &missing);
-    assert!(
-        err.contains(&format!("{}: cannot read", missing.display())),
-        "{err}"
-    );
+    has(&err, &format!("{}: cannot read", missing.display()));
 }

@@ -132,13 +132,8 @@ fn scene(model: &str, driver: Driver) -> Scene {
 
     // One plain request on /a: forwarded (under io_uring, which forwards none yet: 426).
     let forwards = driver != Driver::Uring;
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    s.write_all(b"GET /a/plain HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .expect("request");
-    let mut answer = Vec::new();
-    let _ = s.read_to_end(&mut answer);
+    let request = b"GET /a/plain HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    let answer = support::blocking::exchange(addr, request, Duration::from_secs(10));
     let want: &[u8] = if forwards {
         b"HTTP/1.1 200 "
     } else {
@@ -437,15 +432,7 @@ fn status_json_test(model: &str) {
     }
 }
 
-#[test]
-fn status_json_with_worker_threads() {
-    status_json_test("threads");
-}
-
-#[test]
-fn status_json_with_worker_processes() {
-    status_json_test("processes");
-}
+worker_models!(status_json_test);
 
 /// The page fetches nothing but `/status`: no external script, style, font or image (the
 /// proxy runs on machines without internet), and the admin listener's other paths still answer.
@@ -457,10 +444,9 @@ fn page_is_self_contained_and_served_at_the_root() {
         .route(route("/", &[a]))
         .blocking_start();
     let admin = proxy.admin_addr().expect("admin");
-    let mut s = TcpStream::connect(admin).expect("admin");
-    write!(s, "GET /?x=1 HTTP/1.1\r\nHost: admin\r\n\r\n").expect("request");
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).expect("answer");
+    let request = b"GET /?x=1 HTTP/1.1\r\nHost: admin\r\n\r\n";
+    let resp = support::blocking::exchange(admin, request, Duration::from_secs(10));
+    let resp = String::from_utf8(resp).expect("the page is UTF-8");
     let (head, page) = resp.split_once("\r\n\r\n").expect("head");
     assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
     assert!(head.contains("Content-Type: text/html"), "{head}");

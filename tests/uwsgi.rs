@@ -80,12 +80,7 @@ fn vars(m: &Msg) -> serde_json::Value {
 fn uwsgi_backend_gets_cgi_variables_and_a_streamed_body() {
     run_auto(|_| async {
         let (_uwsgi, addr) = uwsgi().await;
-        let p = with_routes(
-            Proxy::builder(Relay::Auto),
-            &[r("/app", &[addr]).key("protocol", "\"uwsgi\"")],
-        )
-        .start()
-        .await;
+        let p = start_routes(&[r("/app", &[addr]).key("protocol", "\"uwsgi\"")]).await;
         let mut c = Peer::connect(p.addr()).await;
         let client_port = c.s.local_addr().expect("local").port().to_string();
 

@@ -108,6 +108,25 @@ pub fn validate_request<'b>(req: &RequestHead<'b, '_>) -> Result<Upgrade<'b>, Re
     }
 }
 
+/// A request header that counts only when it comes once: how often it came, and its last value.
+#[derive(Default)]
+struct Seen<'b> {
+    count: usize,
+    last: Option<&'b [u8]>,
+}
+
+impl<'b> Seen<'b> {
+    fn add(&mut self, value: &'b [u8]) {
+        self.count += 1;
+        self.last = Some(value);
+    }
+
+    /// The value, if the header came exactly once.
+    fn once(&self) -> Option<&'b [u8]> {
+        self.last.filter(|_| self.count == 1)
+    }
+}
+
 /// Validates a parsed request head: a WebSocket upgrade, or a plain HTTP/1.1 request.
 ///
 /// Order matters only for which answer a request with several faults gets: 405 for CONNECT first,
@@ -128,18 +147,13 @@ pub fn classify_request<'b>(req: &RequestHead<'b, '_>) -> Result<Request<'b>, Re
     if !req.target.starts_with('/') {
         return Err(bad(B::TargetForm));
     }
-    let mut host = None;
-    let mut hosts = 0;
+    let mut host = Seen::default();
     let mut content_length = None;
-    let mut transfer_encoding: Option<&[u8]> = None;
-    let mut transfer_encodings = 0;
-    let mut upgrade: Option<&[u8]> = None;
-    let mut upgrades = 0;
+    let mut transfer_encoding = Seen::default();
+    let mut upgrade = Seen::default();
     let mut connection_upgrade = false;
-    let mut key = None;
-    let mut keys = 0;
-    let mut version = None;
-    let mut versions = 0;
+    let mut key = Seen::default();
+    let mut version = Seen::default();
     for h in req.headers {
         let name = h.name;
         let v = h.value;
@@ -152,8 +166,7 @@ pub fn classify_request<'b>(req: &RequestHead<'b, '_>) -> Result<Request<'b>, Re
             return Err(bad(B::FramingByte));
         }
         if name.eq_ignore_ascii_case("host") {
-            hosts += 1;
-            host = Some(v);
+            host.add(v);
         } else if name.eq_ignore_ascii_case("content-length") {
             if content_length.is_some() {
                 return Err(bad(B::ContentLength));
@@ -164,31 +177,27 @@ pub fn classify_request<'b>(req: &RequestHead<'b, '_>) -> Result<Request<'b>, Re
             }
             content_length = Some(t);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            transfer_encodings += 1;
-            transfer_encoding = Some(v);
+            transfer_encoding.add(v);
         } else if name.eq_ignore_ascii_case("upgrade") {
-            upgrades += 1;
-            upgrade = Some(v);
+            upgrade.add(v);
         } else if name.eq_ignore_ascii_case("connection") {
             if tokens(v).any(|t| t.eq_ignore_ascii_case(b"upgrade")) {
                 connection_upgrade = true;
             }
         } else if name.eq_ignore_ascii_case("sec-websocket-key") {
-            keys += 1;
-            key = Some(v);
+            key.add(v);
         } else if name.eq_ignore_ascii_case("sec-websocket-version") {
-            versions += 1;
-            version = Some(v);
+            version.add(v);
         }
     }
-    let plain = upgrades == 0 || !connection_upgrade;
+    let plain = upgrade.count == 0 || !connection_upgrade;
     // HTTP/1.0 predates Host: a plain 1.0 request may come without one (it then takes the
     // routes that name no host).
-    let hostless = plain && req.version == 0 && hosts == 0;
-    if hosts != 1 && !hostless {
+    let hostless = plain && req.version == 0 && host.count == 0;
+    if host.count != 1 && !hostless {
         return Err(bad(B::Host));
     }
-    let host = match host {
+    let host = match host.once() {
         None if hostless => "",
         h => h.and_then(valid_host).ok_or(bad(B::Host))?,
     };
@@ -202,16 +211,17 @@ pub fn classify_request<'b>(req: &RequestHead<'b, '_>) -> Result<Request<'b>, Re
     if plain {
         // RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 request is a framing fault (a 1.0
         // hop in between would not have understood it).
-        if req.version == 0 && transfer_encodings > 0 {
+        if req.version == 0 && transfer_encoding.count > 0 {
             return Err(bad(B::TransferEncoding));
         }
-        let body = match (transfer_encodings, length) {
+        let body = match (transfer_encoding.count, length) {
             (0, None | Some(0)) => Body::None,
             (0, Some(n)) => Body::Length(n),
             // Exactly one coding, chunked, alone: a backend that reads another coding (or the
             // Content-Length beside it) would see another end of the body than we do.
             (1, None)
                 if transfer_encoding
+                    .once()
                     .is_some_and(|te| te.trim_ascii().eq_ignore_ascii_case(b"chunked")) =>
             {
                 Body::Chunked
@@ -226,15 +236,16 @@ pub fn classify_request<'b>(req: &RequestHead<'b, '_>) -> Result<Request<'b>, Re
             http10: req.version == 0,
         }));
     }
-    if transfer_encodings > 0 {
+    if transfer_encoding.count > 0 {
         return Err(bad(B::TransferEncoding));
     }
     // A body on an upgrade would be read by the backend as body and by us as tunnel bytes.
     if length.is_some_and(|n| n != 0) {
         return Err(bad(B::ContentLength));
     }
-    let is_websocket =
-        upgrades == 1 && upgrade.is_some_and(|u| u.trim_ascii().eq_ignore_ascii_case(b"websocket"));
+    let is_websocket = upgrade
+        .once()
+        .is_some_and(|u| u.trim_ascii().eq_ignore_ascii_case(b"websocket"));
     if !is_websocket {
         return Err(bad(B::UpgradeToken));
     }
@@ -244,20 +255,18 @@ pub fn classify_request<'b>(req: &RequestHead<'b, '_>) -> Result<Request<'b>, Re
     if req.version != 1 {
         return Err(bad(B::Version));
     }
-    let key_ok = keys == 1
-        && key.is_some_and(|k| {
-            base64::engine::general_purpose::STANDARD
-                .decode(k.trim_ascii())
-                .is_ok_and(|d| d.len() == 16)
-        });
+    let key_ok = key.once().is_some_and(|k| {
+        base64::engine::general_purpose::STANDARD
+            .decode(k.trim_ascii())
+            .is_ok_and(|d| d.len() == 16)
+    });
     if !key_ok {
         return Err(bad(B::WebSocketKey));
     }
-    let version_ok = versions == 1
-        && version.is_some_and(|v| {
-            let v = v.trim_ascii();
-            !v.is_empty() && v.len() <= 3 && v.iter().all(u8::is_ascii_digit)
-        });
+    let version_ok = version.once().is_some_and(|v| {
+        let v = v.trim_ascii();
+        !v.is_empty() && v.len() <= 3 && v.iter().all(u8::is_ascii_digit)
+    });
     if !version_ok {
         return Err(bad(B::WebSocketVersion));
     }

@@ -262,6 +262,13 @@ mod tests {
     use std::io::Write;
     use std::net::TcpListener;
 
+    /// A backend listener, its address and an empty pool of `cap` (30 s idle).
+    fn listener_and_pool(cap: usize) -> (TcpListener, SocketAddr, BackendPool) {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        (l, addr, BackendPool::new(cap, Duration::from_secs(30)))
+    }
+
     fn pair(l: &TcpListener) -> (TcpStream, TcpStream) {
         let c = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
         c.set_nonblocking(true).expect("nonblocking");
@@ -271,10 +278,8 @@ mod tests {
 
     #[test]
     fn only_clean_live_connections_come_back() {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = l.local_addr().expect("addr");
+        let (l, addr, mut pool) = listener_and_pool(8);
         let now = Instant::now();
-        let mut pool = BackendPool::new(8, Duration::from_secs(30));
         let (clean_c, _clean_s) = pair(&l);
         let (closed_c, closed_s) = pair(&l);
         let (dirty_c, mut dirty_s) = pair(&l);
@@ -293,10 +298,8 @@ mod tests {
 
     #[test]
     fn cap_and_timeout() {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = l.local_addr().expect("addr");
+        let (l, addr, mut pool) = listener_and_pool(2);
         let now = Instant::now();
-        let mut pool = BackendPool::new(2, Duration::from_secs(30));
         let mut keep = Vec::new();
         for i in 0..3 {
             let (c, s) = pair(&l);

@@ -31,14 +31,7 @@ impl Node {
         } else {
             self.name.clone()
         };
-        for a in &self.args {
-            s.push(' ');
-            if a.is_empty() || a.contains(char::is_whitespace) {
-                s.push_str(&format!("{a:?}"));
-            } else {
-                s.push_str(a);
-            }
-        }
+        super::push_args(&mut s, &self.args, |a| a.contains(char::is_whitespace));
         if self.children.is_some() {
             s.push('>');
         }

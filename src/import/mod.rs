@@ -204,6 +204,19 @@ pub(crate) fn resolve(
     Ok((addrs, Some(note)))
 }
 
+/// A directive's arguments after its name, for notes: each after a space, quoted where it is
+/// empty or `needs_quotes` (what the server's grammar would split or end it on).
+pub(crate) fn push_args(s: &mut String, args: &[String], needs_quotes: impl Fn(&str) -> bool) {
+    for a in args {
+        s.push(' ');
+        if a.is_empty() || needs_quotes(a) {
+            s.push_str(&format!("{a:?}"));
+        } else {
+            s.push_str(a);
+        }
+    }
+}
+
 /// The name a TLS backend at `hostport` is asked for and checked against: its host, unless
 /// that is an IP address (then the certificate must name the IP, wsplice's default).
 pub(crate) fn tls_name(hostport: &str) -> Option<String> {

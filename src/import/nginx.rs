@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use super::nginx_parse::Directive;
-use super::plan::{Balance, Listen, Mapping, Note, Plan, Server};
+use super::plan::{Balance, Listen, ListenOpts, Mapping, Note, Plan, Server};
 use super::rules::{nginx_time, path_rule, prefix, slash_note};
 use super::{resolve, split_url, tls_name, ImportError, Loc, TLS_BACKEND_NOTE};
 
@@ -343,18 +343,11 @@ impl<'a> Importer<'a> {
             self.plan.note(&x.loc, x.text(), why);
             return;
         }
-        let spec = if addr.bytes().all(|b| b.is_ascii_digit()) {
-            format!("*:{addr}")
-        } else if addr == "*" {
-            "*:80".to_owned()
-        } else {
-            addr.clone()
-        };
-        let (mut tls, mut default) = (false, false);
+        let mut opts = ListenOpts::default();
         for p in &x.args[1..] {
             match p.as_str() {
-                "ssl" => tls = true,
-                "default_server" | "default" => default = true,
+                "ssl" => opts.tls = true,
+                "default_server" | "default" => opts.default = true,
                 "http2" => self.plan.note(
                     &x.loc,
                     x.text(),
@@ -368,29 +361,8 @@ impl<'a> Importer<'a> {
                 _ => self.plan.note(&x.loc, format!("listen {addr} {p}"), "no wsplice equivalent"),
             }
         }
-        let result = match spec.strip_prefix("*:") {
-            Some(port) => match port.parse::<u16>() {
-                Ok(p) => Ok((vec![SocketAddr::from(([0, 0, 0, 0], p))], None)),
-                Err(_) => Err(format!("invalid port {port:?}")),
-            },
-            None => resolve(&spec, 80),
-        };
-        match result {
-            Ok((addrs, note)) => {
-                if let Some(n) = note {
-                    self.plan.note(&x.loc, x.text(), n);
-                }
-                for addr in addrs {
-                    server.listens.push(Listen {
-                        addr,
-                        tls,
-                        default,
-                        loc: x.loc.clone(),
-                    });
-                }
-            }
-            Err(why) => self.plan.note(&x.loc, x.text(), why),
-        }
+        self.plan
+            .listen_on(&mut server.listens, addr, opts, &x.loc, &x.text());
     }
 
     fn server_names(&mut self, server: &mut Server, x: &Directive) {

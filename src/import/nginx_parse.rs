@@ -20,14 +20,7 @@ impl Directive {
     /// As written, for notes: `proxy_set_header Upgrade $http_upgrade`.
     pub fn text(&self) -> String {
         let mut s = self.name.clone();
-        for a in &self.args {
-            s.push(' ');
-            if a.is_empty() || a.contains([' ', '\t', ';', '{']) {
-                s.push_str(&format!("{a:?}"));
-            } else {
-                s.push_str(a);
-            }
-        }
+        super::push_args(&mut s, &self.args, |a| a.contains([' ', '\t', ';', '{']));
         if self.block.is_some() {
             s.push_str(" { ... }");
         }

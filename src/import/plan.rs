@@ -35,6 +35,13 @@ pub(crate) struct Listen {
     pub loc: Loc,
 }
 
+/// How a listening address is used: TLS or not, and (nginx `default_server`) for any Host.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ListenOpts {
+    pub tls: bool,
+    pub default: bool,
+}
+
 /// An nginx `server` or an Apache `VirtualHost` (or the main server).
 #[derive(Debug, Clone)]
 pub(crate) struct Server {
@@ -148,6 +155,47 @@ pub(crate) struct Plan {
 impl Plan {
     pub fn note(&mut self, loc: &Loc, what: impl Into<String>, why: impl Into<String>) {
         self.notes.push(Note::new(loc, what, why));
+    }
+
+    /// A listening address as nginx and Apache write it (`80`, `*`, `*:80`, `IP:PORT`,
+    /// `NAME:PORT`) added to `listens`; a name resolved now, or an address that cannot be
+    /// listened on, is noted against `what` at `loc`.
+    pub fn listen_on(
+        &mut self,
+        listens: &mut Vec<Listen>,
+        spec: &str,
+        opts: ListenOpts,
+        loc: &Loc,
+        what: &str,
+    ) {
+        let spec = if spec.bytes().all(|b| b.is_ascii_digit()) {
+            format!("*:{spec}")
+        } else if spec == "*" {
+            "*:80".to_owned()
+        } else {
+            spec.to_owned()
+        };
+        let result = match spec.strip_prefix("*:") {
+            Some(port) => match port.parse::<u16>() {
+                Ok(p) => Ok((vec![SocketAddr::from(([0, 0, 0, 0], p))], None)),
+                Err(_) => Err(format!("invalid port {port:?}")),
+            },
+            None => super::resolve(&spec, 80),
+        };
+        match result {
+            Ok((addrs, note)) => {
+                if let Some(why) = note {
+                    self.note(loc, what, why);
+                }
+                listens.extend(addrs.into_iter().map(|addr| Listen {
+                    addr,
+                    tls: opts.tls,
+                    default: opts.default,
+                    loc: loc.clone(),
+                }));
+            }
+            Err(why) => self.note(loc, what, why),
+        }
     }
 
     /// `[timeouts] connect` or `idle` are global: the longest value given wins, the others are

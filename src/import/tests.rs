@@ -16,6 +16,13 @@ fn apache(text: &str) -> Result<Vec<Node>, String> {
     apache_parse::parse_str(text, &Rc::from("t.conf")).map_err(|e| e.to_string())
 }
 
+/// Each text of `cases` fails to parse with its message.
+fn assert_errors<T: std::fmt::Debug>(parse: fn(&str) -> Result<T, String>, cases: &[(&str, &str)]) {
+    for &(text, want) in cases {
+        assert_eq!(parse(text).expect_err(text), want, "{text:?}");
+    }
+}
+
 #[test]
 fn nginx_words_quotes_escapes_comments() {
     let tree = nginx(
@@ -65,9 +72,7 @@ fn nginx_syntax_errors_name_the_line() {
         ("a \"b\"c;\n", "t.conf:1: unexpected \"c\" after a quoted string"),
         ("a b", "t.conf:1: unexpected end of file, expecting \";\" or \"}\""),
     ];
-    for (text, want) in cases {
-        assert_eq!(nginx(text).expect_err(text), want, "{text:?}");
-    }
+    assert_errors(nginx, &cases);
 }
 
 #[test]
@@ -112,9 +117,7 @@ fn apache_syntax_errors_name_the_line() {
             "t.conf:3: expected </Proxy> (opened on line 2) but saw </VirtualHost>",
         ),
     ];
-    for (text, want) in cases {
-        assert_eq!(apache(text).expect_err(text), want, "{text:?}");
-    }
+    assert_errors(apache, &cases);
 }
 
 #[test]

@@ -580,3 +580,9 @@ pub fn request(method: &str, path: &str, extra: &[&str], body: &[u8]) -> Vec<u8>
     v.extend_from_slice(body);
     v
 }
+
+/// wsplice (relay = "auto") with `routes`, started.
+pub async fn start_routes(routes: &[R]) -> crate::support::Proxy {
+    let auto = crate::support::Proxy::builder(crate::support::Relay::Auto);
+    with_routes(auto, routes).start().await
+}

@@ -321,4 +321,17 @@ pub mod blocking {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+
+    /// Connects to `addr`, writes `request` and reads the answer until the peer closes; each
+    /// read may wait `read_timeout` (then what came so far is the answer).
+    pub fn exchange(addr: SocketAddr, request: &[u8], read_timeout: Duration) -> Vec<u8> {
+        let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+        s.set_read_timeout(Some(read_timeout))
+            .expect("read timeout");
+        s.write_all(request)
+            .unwrap_or_else(|e| panic!("write a request to {addr}: {e}"));
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        answer
+    }
 }

@@ -64,3 +64,22 @@ pub fn assert_rows_passed(failures: &[String], rows: usize) {
 pub const STEP: Duration = Duration::from_secs(5);
 /// Whole-test deadline applied by [`run`].
 pub const TEST_DEADLINE: Duration = Duration::from_secs(30);
+
+/// `worker_models!(body)`: module `body` with the tests `threads` and `processes`, each calling
+/// the function `body(model)` with that worker model.
+#[allow(unused_macros)]
+macro_rules! worker_models {
+    ($body:ident) => {
+        mod $body {
+            #[test]
+            fn threads() {
+                super::$body("threads");
+            }
+
+            #[test]
+            fn processes() {
+                super::$body("processes");
+            }
+        }
+    };
+}

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::apache_parse::Node;
-use super::plan::{Balance, Listen, Mapping, Note, Only, Plan, Server};
+use super::plan::{Balance, Listen, ListenOpts, Mapping, Note, Only, Plan, Server};
 use super::rules::{path_rule, prefix, rewrite_pattern, seconds, slash_note, upgrade_cond};
 use super::{resolve, split_url, tls_name, ImportError, Loc, TLS_BACKEND_NOTE};
 
@@ -333,36 +333,12 @@ impl Importer {
     /// A Listen or VirtualHost address: `80`, `*:80`, `_default_:443`, `IP:PORT`, `NAME:PORT`.
     fn address(&mut self, n: &Node, addr: &str, tls: bool, scope: &mut Scope<'_>) {
         let spec = addr.replace("_default_", "*");
-        let spec = if spec.bytes().all(|b| b.is_ascii_digit()) {
-            format!("*:{spec}")
-        } else if spec == "*" {
-            "*:80".to_owned()
-        } else {
-            spec
+        let opts = ListenOpts {
+            tls,
+            default: false,
         };
-        let result = match spec.strip_prefix("*:") {
-            Some(port) => match port.parse::<u16>() {
-                Ok(p) => Ok((vec![SocketAddr::from(([0, 0, 0, 0], p))], None)),
-                Err(_) => Err(format!("invalid port {port:?}")),
-            },
-            None => resolve(&spec, 80),
-        };
-        match result {
-            Ok((addrs, note)) => {
-                if let Some(why) = note {
-                    self.plan.note(&n.loc, n.text(), why);
-                }
-                for addr in addrs {
-                    scope.listens.push(Listen {
-                        addr,
-                        tls,
-                        default: false,
-                        loc: n.loc.clone(),
-                    });
-                }
-            }
-            Err(why) => self.plan.note(&n.loc, n.text(), why),
-        }
+        self.plan
+            .listen_on(&mut scope.listens, &spec, opts, &n.loc, &n.text());
     }
 
     fn virtual_host(&mut self, n: &Node, scope: &mut Scope<'_>) {
