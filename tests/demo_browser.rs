@@ -6,12 +6,10 @@
 //! notices arrive, and that what the page sent on `/msg` (`?send=...`, then a second message
 //! typed into its form) came back.
 //!
-//! Drivers: under epoll the page itself comes from the proxy (`GET /` forwarded to the demo's
-//! page backend). Under io_uring the proxy does not forward plain HTTP yet (it answers 426,
-//! checked here so this test is revisited when that changes): the same page is served by the
-//! test on another port and pointed at the proxy with `?ws=HOST:PORT`, so the browser's
-//! WebSockets still go through the io_uring driver. Relay modes: the demo runs with the
-//! default (`auto`); the relay modes are covered by tests/demo.rs's clients and tests/e2e.rs.
+//! Drivers: under epoll and io_uring alike the page itself comes from the proxy (`GET /`
+//! forwarded to the demo's page backend), and its WebSockets go through the same proxy.
+//! Relay modes: the demo runs with the default (`auto`); the relay modes are covered by
+//! tests/demo.rs's clients and tests/e2e.rs.
 //!
 //! Without Chromium the test says so and passes, unless `CI` or `WSPLICE_REQUIRE_BROWSER` is
 //! set (`.ci/run` sets it and installs the package): then it fails.
@@ -19,37 +17,13 @@
 #[macro_use]
 mod support;
 
-use std::io::Write;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::time::Duration;
 use support::browser::{chromium, LivePage};
 use support::{Driver, Proxy};
 
-/// The page as `wsplice demo` serves it.
-const PAGE: &str = include_str!("../src/demo_page.html");
-
 /// Generous: Chromium starts slowly on a loaded machine.
 const WITHIN: Duration = Duration::from_secs(60);
-
-/// Serves the demo page for any request, one request per connection (io_uring runs only).
-fn page_server() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind page server");
-    let addr = l.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            std::thread::spawn(move || {
-                let _ = support::blocking::try_read_head(&mut s);
-                let _ = write!(
-                    s,
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{PAGE}",
-                    PAGE.len()
-                );
-            });
-        }
-    });
-    addr
-}
 
 /// What the proxy answers to `GET /` on a fresh connection: the status line.
 fn status_of_root(proxy: SocketAddr) -> String {
@@ -71,18 +45,8 @@ fn demo_in_browser(driver: Driver) {
     let proxy = demo.addr();
     let token = format!("hello-{}-{}", std::process::id(), driver.as_str());
     let root = status_of_root(proxy);
-    let url = match driver {
-        Driver::Epoll => {
-            assert_eq!(root, "HTTP/1.1 200 OK", "the page through the proxy");
-            format!("http://{proxy}/?send={token}")
-        }
-        Driver::Uring => {
-            // io_uring answers plain requests with 426 today (issue 11): the page comes from
-            // elsewhere. When this fails because the page is served, load it from the proxy.
-            assert!(root.starts_with("HTTP/1.1 426 "), "{root}");
-            format!("http://{}/?ws={proxy}&send={token}", page_server())
-        }
-    };
+    assert_eq!(root, "HTTP/1.1 200 OK", "the page through the proxy");
+    let url = format!("http://{proxy}/?send={token}");
     let mut page = LivePage::open(&bin, &url);
 
     // Both tunnels open with the subprotocol answered; a notice and the echo arrive.

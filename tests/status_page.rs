@@ -79,8 +79,6 @@ fn until_closed(s: &mut TcpStream) {
 /// What the test did, to compare with what the page shows.
 struct Scene {
     proxy: Proxy,
-    /// Plain requests forwarded (1), or answered 426 under io_uring (0).
-    forwarded: u64,
     /// Held open while the browser looks.
     _open: Vec<TcpStream>,
     a: SocketAddr,
@@ -130,21 +128,14 @@ fn scene(model: &str, driver: Driver) -> Scene {
     by_backend.write_all(b"rst").expect("write");
     until_closed(&mut by_backend);
 
-    // One plain request on /a: forwarded (under io_uring, which forwards none yet: 426).
-    let forwards = driver != Driver::Uring;
+    // One plain request on /a: forwarded, under either driver.
     let request = b"GET /a/plain HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
     let answer = support::blocking::exchange(addr, request, Duration::from_secs(10));
-    let want: &[u8] = if forwards {
-        b"HTTP/1.1 200 "
-    } else {
-        b"HTTP/1.1 426 "
-    };
     assert!(
-        answer.starts_with(want),
+        answer.starts_with(b"HTTP/1.1 200 "),
         "{:?}",
         String::from_utf8_lossy(&answer)
     );
-    let (ok, answered_426) = (u64::from(forwards), u64::from(!forwards));
 
     eventually(
         "the closes and the request to be counted",
@@ -154,15 +145,14 @@ fn scene(model: &str, driver: Driver) -> Scene {
                 && proxy.metric("wsplice_tunnels_closed_total{reason=\"done\"}") == 1
                 && proxy.metric("wsplice_tunnels_closed_total{reason=\"client_reset\"}") == 1
                 && proxy.metric("wsplice_tunnels_closed_total{reason=\"backend_reset\"}") == 1
-                && proxy.metric("wsplice_http_requests_total{class=\"2xx\"}") == ok
-                && proxy.metric("wsplice_handshake_rejects_total{status=\"426\"}") == answered_426
+                && proxy.metric("wsplice_http_requests_total{class=\"2xx\"}") == 1
+                && proxy.metric("wsplice_handshake_rejects_total{status=\"426\"}") == 0
         },
     );
     let mut open = on_a;
     open.extend(on_b);
     Scene {
         proxy,
-        forwarded: ok,
         _open: open,
         a,
         b,
@@ -252,7 +242,7 @@ fn page_test(model: &str, driver: Driver) {
     assert_eq!((n(&dead, "data-active"), n(&dead, "data-tunnels")), (0, 0));
     assert_eq!(dead["data-state"], "failing");
     // Per-route request counts, summed over the workers (threads or processes).
-    assert_eq!(route("/a", "data-requests"), s.forwarded);
+    assert_eq!(route("/a", "data-requests"), 1);
 
     // Closes by reason, each as counted.
     for (reason, want) in [
@@ -287,14 +277,10 @@ fn page_test(model: &str, driver: Driver) {
     }
     assert_eq!(cumulative, A_OPENED + B_OPENED);
 
-    // HTTP: the one forwarded request, or its refusal; TLS: none.
-    assert_eq!(dom.num("id", "http", "data-requests"), s.forwarded);
-    if s.forwarded == 1 {
-        assert_eq!(dom.num("data-class", "2xx", "data-value"), 1);
-        assert!(dom.all("data-status", None).is_empty(), "no refusal shown");
-    } else {
-        assert_eq!(dom.num("data-status", "426", "data-value"), 1);
-    }
+    // HTTP: the one forwarded request, and no refusal; TLS: none.
+    assert_eq!(dom.num("id", "http", "data-requests"), 1);
+    assert_eq!(dom.num("data-class", "2xx", "data-value"), 1);
+    assert!(dom.all("data-status", None).is_empty(), "no refusal shown");
     assert_eq!(dom.num("id", "tls", "data-handshakes"), 0);
 
     // Memory per connection: the resident memory of the proxy's processes over its
@@ -337,7 +323,7 @@ fn status_json_test(model: &str) {
         .values()
         .filter_map(|v| v.as_u64())
         .sum();
-    assert_eq!(requests, s.forwarded, "/a's requests, every worker's");
+    assert_eq!(requests, 1, "/a's requests, every worker's");
     assert_eq!(j["connections"], A_OPEN + B_OPEN);
     assert_eq!(j["tunnels_total"], A_OPENED + B_OPENED);
     let metrics = &j["metrics"];
@@ -345,7 +331,7 @@ fn status_json_test(model: &str) {
     assert_eq!(metrics["wsplice_tunnels_closed_total"]["done"], 1);
     assert_eq!(metrics["wsplice_tunnels_closed_total"]["client_reset"], 1);
     assert_eq!(metrics["wsplice_tunnels_closed_total"]["backend_reset"], 1);
-    assert_eq!(metrics["wsplice_http_requests_total"]["2xx"], s.forwarded);
+    assert_eq!(metrics["wsplice_http_requests_total"]["2xx"], 1);
     let h = &metrics["wsplice_handshake_seconds"];
     let counts: Vec<u64> = h["counts"]
         .as_array()
