@@ -249,21 +249,23 @@ fn queued(side: Side) -> IoOp {
     IoOp::Queued { side }
 }
 
+/// One large burst from `side` (copied, then spliced once it reached the threshold): the
+/// direction becomes one that asks what is queued. Returns its `SpliceIn`.
+fn large_burst(r: &mut Rig, side: Side) -> IoOp {
+    r.settle();
+    r.relay.handle_ready(side, true, false, false);
+    for _ in 0..4 {
+        r.copy(side, 1024, 1024);
+    }
+    let splice_in = IoOp::SpliceIn { side, max: 65536 };
+    r.step(splice_in, would_block());
+    splice_in
+}
+
 #[test]
 fn auto_mode_decides_each_burst_on_what_is_queued_not_on_the_burst_before() {
     let mut r = rig(RelayMode::Auto, 4);
-    r.settle();
-    // One large burst (copied, then spliced once it reached the threshold) makes the direction
-    // one that asks.
-    r.relay.handle_ready(Side::Backend, true, false, false);
-    for _ in 0..4 {
-        r.copy(Side::Backend, 1024, 1024);
-    }
-    let splice_in = IoOp::SpliceIn {
-        side: Side::Backend,
-        max: 65536,
-    };
-    r.step(splice_in, would_block());
+    let splice_in = large_burst(&mut r, Side::Backend);
     // Bursts of alternating size, as a writer that sends a header and then a large body: each
     // is decided on its own queue, never on the one before.
     for round in 0..3 {
@@ -293,18 +295,7 @@ fn auto_mode_decides_each_burst_on_what_is_queued_not_on_the_burst_before() {
 #[test]
 fn auto_mode_stops_asking_once_a_direction_has_had_only_small_bursts_for_a_while() {
     let mut r = rig(RelayMode::Auto, 4);
-    r.settle();
-    r.relay.handle_ready(Side::Client, true, false, false);
-    for _ in 0..4 {
-        r.copy(Side::Client, 1024, 1024);
-    }
-    r.step(
-        IoOp::SpliceIn {
-            side: Side::Client,
-            max: 65536,
-        },
-        would_block(),
-    );
+    large_burst(&mut r, Side::Client);
     // Small bursts from now on: each halves what the direction remembers; after a few it no
     // longer asks (a flow of small messages pays no ioctl), and copies.
     let mut asked = 0;
@@ -330,16 +321,7 @@ fn auto_mode_stops_asking_once_a_direction_has_had_only_small_bursts_for_a_while
 #[test]
 fn auto_mode_keeps_the_last_verdict_when_nothing_is_queued_or_the_ioctl_fails() {
     let mut r = rig(RelayMode::Auto, 4);
-    r.settle();
-    r.relay.handle_ready(Side::Client, true, false, false);
-    for _ in 0..4 {
-        r.copy(Side::Client, 1024, 1024);
-    }
-    let splice_in = IoOp::SpliceIn {
-        side: Side::Client,
-        max: 65536,
-    };
-    r.step(splice_in, would_block());
+    let splice_in = large_burst(&mut r, Side::Client);
     // A large burst: its verdict (splice) stands when the answer says nothing...
     r.relay.handle_ready(Side::Client, true, false, false);
     r.step(queued(Side::Client), Ok(0));
