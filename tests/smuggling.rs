@@ -1199,20 +1199,8 @@ e2e!(hostile_heads, |relay| async move {
         .start()
         .await;
 
-    // io_uring runs WebSocket routes only for now: there the plain rows keep the 426 of a
-    // WebSocket-only route (src/core/conn: completion drivers do not forward plain HTTP yet).
-    let rows = if relay.driver == Driver::Uring {
-        // As on a WebSocket-only route (see `websocket_only_route_refuses_plain_requests`).
-        let mut rows = table();
-        for r in &mut rows {
-            if r.name == "plain GET with a body length" {
-                r.want = 426;
-            }
-        }
-        rows
-    } else {
-        forwarding(table())
-    };
+    // Under either driver a default route forwards the plain rows.
+    let rows = forwarding(table());
     assert!(rows.len() >= 300, "only {} rows", rows.len());
     let mut failures = Vec::new();
     let mut done = 0;
