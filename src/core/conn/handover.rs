@@ -211,6 +211,10 @@ mod tests {
             ),
             "{step:?}"
         );
-        assert_eq!(conn2.out_bytes(), b"101 and more");
+        let held = IoOp::Write {
+            side: Side::Client,
+            src: Src::Held,
+        };
+        assert_eq!(conn2.lent(held).0, b"101 and more");
     }
 }

@@ -678,17 +678,18 @@ impl<P> Conn<P> {
         match self {
             Conn::Upgrade(u) => u.out_bytes(),
             Conn::Http(x) => x.out_bytes(),
-            Conn::Relay(r) => r.relay.held(),
+            Conn::Relay(_) => &[], // see `lent`: a relay's bytes depend on the direction
             Conn::Linger(l) => l.out_bytes(),
             Conn::Ended => &[],
         }
     }
 
-    /// The pipe the splice in flight uses.
-    pub fn pipe(&self) -> Option<&P> {
+    /// What operation `op` uses: the bytes of a `Write { src: Held }` and the pipe of a
+    /// splice.
+    pub fn lent(&self, op: IoOp) -> (&[u8], Option<&P>) {
         match self {
-            Conn::Relay(r) => r.relay.pipe(),
-            Conn::Upgrade(_) | Conn::Http(_) | Conn::Linger(_) | Conn::Ended => None,
+            Conn::Relay(r) => r.relay.lent(op),
+            _ => (self.out_bytes(), None),
         }
     }
 }

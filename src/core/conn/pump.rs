@@ -41,7 +41,7 @@ impl<P> Conn<P> {
                     Next::Op(op) => op,
                     next => break r.waiting(next, cx),
                 };
-                let (held, pipe) = r.relay.lent();
+                let (held, pipe) = r.relay.lent(op);
                 let Some(res) = io.exec(op, held, pipe) else {
                     continue; // submitted: its completion comes later
                 };
@@ -68,7 +68,8 @@ impl<P> Conn<P> {
             let Step::Io(op) = step else {
                 return step;
             };
-            let Some(res) = io.exec(op, self.out_bytes(), self.pipe()) else {
+            let (held, pipe) = self.lent(op);
+            let Some(res) = io.exec(op, held, pipe) else {
                 continue; // submitted: its completion comes later
             };
             self.complete_stage(op, res, &mut cx.with_scratch(io.scratch()), t);

@@ -175,8 +175,8 @@ fn upgrade_to_relay_step_by_step() {
     // The relay reads what the client sent meanwhile, then writes the 101 to the client.
     let read = r.expect_read(Side::Client);
     r.complete(read, Err(io::ErrorKind::WouldBlock.into()));
-    r.expect_held_write(Side::Client);
-    assert_eq!(r.conn.out_bytes(), OK101);
+    let w = r.expect_held_write(Side::Client);
+    assert_eq!(r.conn.lent(w).0, OK101);
     // Drain: the relay ends with its reason, its slot, its IP and its backend id.
     r.conn.handle(Event::Drain, &r.t);
     match r.next() {

@@ -104,7 +104,6 @@ impl<P> Relay<P> {
     pub fn hand_over(&mut self, now: Tick, stats: &mut RelayStats) -> (RelayState, HeldPipes<P>) {
         let (up, up_pipe) = self.up.take_state(stats);
         let (down, down_pipe) = self.down.take_state(stats);
-        self.current = None;
         let state = RelayState {
             up,
             down,
@@ -131,7 +130,6 @@ impl<P> Relay<P> {
         Relay {
             up: Dir::from_state(state.up, splice_ok, stats),
             down: Dir::from_state(state.down, splice_ok, stats),
-            current: None,
             times: Times {
                 last_active: stamp(state.idle_for),
                 half_closed_at: state.half_closed_for.map_or(0, stamp),

@@ -482,9 +482,6 @@ pub struct Relay<P> {
     up: Dir<P>,
     /// backend -> client
     down: Dir<P>,
-    /// The direction of the operation [`Relay::poll_op`] returned last (whose pipe or bytes
-    /// the driver asks for).
-    current: Option<Way>,
     pub times: Times,
     /// Idle and half-close timeouts as configured when the relay opened: a reload does not
     /// change the rules for established relays.
@@ -505,7 +502,6 @@ impl<P> Relay<P> {
         Relay {
             up: Dir::new(to_backend, splice_ok, stats),
             down: Dir::new(to_client, splice_ok, stats),
-            current: None,
             times: Times::new(now),
             timeouts,
         }
@@ -555,15 +551,12 @@ impl<P> Relay<P> {
     ) -> Next {
         let up = self.up.next(Way::Up, cx, room);
         if let Pumped::Op(op) = up {
-            self.current = Some(Way::Up);
             return Next::Op(op);
         }
         let down = self.down.next(Way::Down, cx, room);
         if let Pumped::Op(op) = down {
-            self.current = Some(Way::Down);
             return Next::Op(op);
         }
-        self.current = None;
         match (up, down) {
             (Pumped::Finished, Pumped::Finished) => Next::Closed(CloseReason::Done),
             (a, b) => {
@@ -620,14 +613,13 @@ impl<P> Relay<P> {
         }
     }
 
-    /// What the operation [`Relay::poll_op`] returned last uses: the bytes of a
-    /// `Write { src: Held }` and the pipe of a splice.
+    /// What `op` (which [`Relay::poll_op`] returned) uses: the bytes of a `Write { src: Held }`
+    /// and the pipe of a splice, of the direction it serves.
     #[inline]
-    pub fn lent(&self) -> (&[u8], Option<&P>) {
-        let d = match self.current {
-            Some(Way::Up) => &self.up,
-            Some(Way::Down) => &self.down,
-            None => return (&[], None),
+    pub fn lent(&self, op: IoOp) -> (&[u8], Option<&P>) {
+        let d = match op.way() {
+            Way::Up => &self.up,
+            Way::Down => &self.down,
         };
         match &d.pending {
             Pending::Buf(b) => (&b.0[b.1.min(b.0.len())..], None),
@@ -636,14 +628,13 @@ impl<P> Relay<P> {
         }
     }
 
-    /// The pipe the operation [`Relay::poll_op`] returned last uses.
-    pub fn pipe(&self) -> Option<&P> {
-        self.lent().1
-    }
-
-    /// The overflow bytes the `Write { src: Held }` [`Relay::poll_op`] returned last sends.
-    pub fn held(&self) -> &[u8] {
-        self.lent().0
+    /// The overflow bytes a `Write { src: Held }` to `side` sends.
+    pub fn held(&self, side: Side) -> &[u8] {
+        self.lent(IoOp::Write {
+            side,
+            src: Src::Held,
+        })
+        .0
     }
 
     /// The size of the client-to-backend overflow buffer, written part included (tests).

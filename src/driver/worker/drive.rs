@@ -11,7 +11,7 @@
 use super::bookkeeping::write_log;
 use super::{check_connect, ctx, lend, tls, Driver, Exec, IoCall, Slot, Worker, SCRATCH};
 use crate::core::conn::{Admission, Connecting, Event, Executor, Step};
-use crate::core::relay::{IoOp, Side, Src};
+use crate::core::relay::{IoOp, Side};
 use crate::driver::pool;
 use crate::sys::pipe::Pipe;
 use crate::transport::tls::{TlsBuffers, TlsIo};
@@ -159,14 +159,7 @@ impl Worker {
                         }
                     };
                     // Only what the operation uses is looked up.
-                    let held = match op {
-                        IoOp::Write { src: Src::Held, .. } => e.conn.out_bytes(),
-                        _ => &[],
-                    };
-                    let pipe = match op {
-                        IoOp::SpliceIn { .. } | IoOp::SpliceOut { .. } => e.conn.pipe(),
-                        _ => None,
-                    };
+                    let (held, pipe) = e.conn.lent(op);
                     let done = d.exec(IoCall {
                         key,
                         op,

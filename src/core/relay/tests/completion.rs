@@ -218,7 +218,7 @@ fn arrivals_behind_a_write_in_flight_are_copied_and_the_receive_stops_at_the_bou
         src: Src::Held,
     };
     assert_eq!(r.poll_standing(), Next::Op(held));
-    assert_eq!(r.relay.held().len(), 20 + 64 * 1024 + 7);
+    assert_eq!(r.relay.held(Side::Backend).len(), 20 + 64 * 1024 + 7);
     let (relay, mut cx) = r.parts();
     relay
         .complete(held, Ok(20 + 64 * 1024 + 7), &mut cx, &[], 5)
@@ -334,7 +334,7 @@ fn a_copied_overflow_that_keeps_streaming_holds_only_unsent_bytes() {
     // overflow never holds more than what is still unsent.
     for id in 3..200 {
         assert_eq!(r.poll_standing(), Next::Op(held));
-        let unsent = r.relay.held().len();
+        let unsent = r.relay.held(Side::Backend).len();
         r.arrive(Side::Client, Some((id, 0)), Ok(1000), true)
             .expect("open");
         let (relay, mut cx) = r.parts();

@@ -202,7 +202,7 @@ fn a_short_write_keeps_the_rest_and_stops_reading_until_the_peer_is_writable() {
         src: Src::Held,
     };
     assert_eq!(r.poll(), Next::Op(op));
-    assert_eq!(r.relay.held().len(), 924);
+    assert_eq!(r.relay.held(Side::Client).len(), 924);
     r.complete(op, Ok(924)).expect("open");
     assert_eq!(r.loan.stats.overflow_in_use, 0);
     // Now the source is read again.
