@@ -768,9 +768,12 @@ async fn tls_tunnels_stay_in_the_old_process_until_they_close_or_timeouts_drain(
         .expect("echo after the upgrade in time")
         .expect("echo after the upgrade");
     assert_eq!(&b4, b"pong");
+    // The old process lives on; with worker processes, so do the old workers holding the TLS
+    // tunnels (the six may all have landed on one worker: one that held none may be gone).
+    assert!(alive(old), "the old process holds the TLS tunnels");
     assert!(
-        old_tree.iter().all(|p| alive(*p)),
-        "the old processes hold the TLS tunnels"
+        old_tree.len() == 1 || old_tree.iter().any(|p| *p != old && alive(*p)),
+        "an old worker holds the TLS tunnels: {old_tree:?}"
     );
     stop.store(true, Ordering::Relaxed);
     for (i, f) in flows.into_iter().enumerate() {
