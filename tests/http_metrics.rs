@@ -7,36 +7,10 @@ mod support;
 #[path = "support/http.rs"]
 mod http;
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::TcpStream;
 use std::time::Duration;
-
-/// Sends `req` and reads one answer with a Content-Length body; returns (status, body).
-fn fetch(s: &mut TcpStream, req: &[u8]) -> (u16, String) {
-    s.write_all(req).expect("request");
-    let mut buf = Vec::new();
-    let mut b = [0u8; 4096];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("Content-Length: "))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            if buf.len() >= end + 4 + len {
-                let status = head[9..12].parse().expect("status");
-                return (
-                    status,
-                    String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned(),
-                );
-            }
-        }
-        let n = s.read(&mut b).expect("read");
-        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&buf));
-        buf.extend_from_slice(&b[..n]);
-    }
-}
+use support::blocking::fetch;
 
 drivers!(
     requests_are_counted_by_class_and_route_and_logged_one_line_each,

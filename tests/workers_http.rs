@@ -10,10 +10,9 @@ mod support;
 mod http;
 
 use nix::sys::signal::Signal;
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
-use support::blocking::eventually;
+use support::blocking::{eventually, fetch};
 use support::{backend, open, Proxy};
 
 const STEP: Duration = Duration::from_secs(10);
@@ -45,29 +44,6 @@ fn settle(p: &Proxy, want: u64) -> [u64; 2] {
         now[0] + now[1] == want
     });
     now
-}
-
-/// Sends `req` and reads one answer with a Content-Length body; returns its status.
-fn fetch(s: &mut TcpStream, req: &[u8]) -> u16 {
-    s.write_all(req).expect("request");
-    let mut buf = Vec::new();
-    let mut b = [0u8; 4096];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("Content-Length: "))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            if buf.len() >= end + 4 + len {
-                return head[9..12].parse().expect("status");
-            }
-        }
-        let n = s.read(&mut b).expect("read");
-        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&buf));
-        buf.extend_from_slice(&b[..n]);
-    }
 }
 
 fn route_metric(p: &Proxy, route: &str, class: &str) -> u64 {
@@ -119,13 +95,13 @@ fn route_request_counts_are_every_workers_and_outlive_a_replaced_worker() {
         let mut s = TcpStream::connect(p.addr()).expect("connect");
         s.set_read_timeout(Some(STEP)).expect("timeout");
         for i in 0..3 {
-            assert_eq!(fetch(&mut s, &http::get(&format!("/app/{i}"), &[])), 200);
+            assert_eq!(fetch(&mut s, &http::get(&format!("/app/{i}"), &[])).0, 200);
             ok += 1;
         }
         if conns.len() % 2 == 1 {
             let mut d = TcpStream::connect(p.addr()).expect("connect");
             d.set_read_timeout(Some(STEP)).expect("timeout");
-            assert_eq!(fetch(&mut d, &http::get("/down/x", &[])), 502);
+            assert_eq!(fetch(&mut d, &http::get("/down/x", &[])).0, 502);
             failed += 1;
         }
         conns.push(s);
@@ -169,7 +145,7 @@ fn route_request_counts_are_every_workers_and_outlive_a_replaced_worker() {
     let spread = loop {
         let mut s = TcpStream::connect(p.addr()).expect("connect");
         s.set_read_timeout(Some(STEP)).expect("timeout");
-        assert_eq!(fetch(&mut s, &http::get("/app/again", &[])), 200);
+        assert_eq!(fetch(&mut s, &http::get("/app/again", &[])).0, 200);
         ok += 1;
         more.push(s);
         let spread = settle(&p, more.len() as u64);

@@ -71,15 +71,8 @@ impl BackendPool {
 
     /// Keeps a clean idle connection to `addr`.
     pub fn release(&mut self, addr: SocketAddr, stream: TcpStream, now: Instant) {
-        if self.max == 0 {
+        if !self.make_room() {
             return;
-        }
-        if self.len() >= self.max {
-            // Parked ones count against the cap too; they are in use again soon.
-            if self.idle.is_empty() {
-                return;
-            }
-            self.idle.remove(0);
         }
         self.idle.push(Idle {
             addr,
@@ -233,16 +226,26 @@ pub fn detach(pool: &mut BackendPool, key: usize, now: Instant, d: &mut impl Dri
 }
 
 impl BackendPool {
-    /// Puts a formerly parked connection with the idle ones, where its age places it.
-    fn idle_again(&mut self, c: Idle) {
+    /// Room for one more idle connection: at the cap the oldest idle one is closed. Parked
+    /// connections count against the cap too (they are in use again soon) but are not closed:
+    /// false when the pool is off or holds only parked ones.
+    fn make_room(&mut self) -> bool {
         if self.max == 0 {
-            return;
+            return false;
         }
         if self.len() >= self.max {
             if self.idle.is_empty() {
-                return;
+                return false;
             }
             self.idle.remove(0);
+        }
+        true
+    }
+
+    /// Puts a formerly parked connection with the idle ones, where its age places it.
+    fn idle_again(&mut self, c: Idle) {
+        if !self.make_room() {
+            return;
         }
         let at = self.idle.partition_point(|i| i.since <= c.since);
         self.idle.insert(at, c);
