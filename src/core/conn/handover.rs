@@ -2,7 +2,7 @@
 //! between two operations; a handshake finishes here first, and a plain HTTP exchange or a
 //! lingering refusal ends here.
 
-use super::{Conn, ConnLog, Relaying, Time};
+use super::{Conn, ConnLog, Rare, Relaying, Time};
 use crate::core::handshake::Settings;
 use crate::core::relay::{Ctx, HeldPipes, Pipes, Relay, RelayState};
 use std::net::{IpAddr, SocketAddr};
@@ -64,7 +64,7 @@ impl<P> Conn<P> {
             return None;
         };
         let (relay, pipes) = r.relay.hand_over(t.tick, cx.stats);
-        let log = r.log.take().map(|l| LogFacts {
+        let log = r.rare.take().and_then(|r| r.log).map(|l| LogFacts {
             client: l.client,
             route: l.route,
             backend: l.backend,
@@ -114,8 +114,7 @@ impl<P> Conn<P> {
             backend_id: u16::MAX,
             counted_ip,
             closed: None,
-            log,
-            _lease: None,
+            rare: Rare::new(log, None),
         })
     }
 }
@@ -158,8 +157,7 @@ mod tests {
             backend_id: 3,
             counted_ip: Some(ip),
             closed: None,
-            log: None,
-            _lease: None,
+            rare: None,
         });
         let (scratch, mut returned, mut pipes) = (vec![0u8; 64], Vec::new(), FakePipes::default());
         let mut cx = Ctx {

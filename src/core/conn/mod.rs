@@ -359,11 +359,32 @@ pub struct Relaying<P> {
     counted_ip: Option<IpAddr>,
     /// Set by a completion that ended the relay; returned by the next poll.
     closed: Option<CloseReason>,
-    /// Access log facts; allocated only when an access log is configured.
+    /// What only some relays have, in one box so that the idle relay's entry stays small
+    /// (bench-results/slab-entry.md); allocated only when an access log is configured or the
+    /// route balances by `least_conn`.
+    rare: Option<Box<Rare>>,
+}
+
+/// The parts of a relay that most relays do not have.
+#[derive(Debug)]
+struct Rare {
+    /// Access log facts (an access log is configured).
     log: Option<Box<ConnLog>>,
-    /// The tunnel's count for `least_conn` routes (dropped with the relay); boxed, as most
-    /// routes have none and the idle relay's entry must stay small.
-    _lease: Option<Box<Lease>>,
+    /// The tunnel's count for a `least_conn` route, given back when the relay is dropped.
+    _lease: Option<Lease>,
+}
+
+impl Rare {
+    /// `None` when there is neither: no allocation.
+    fn new(log: Option<Box<ConnLog>>, lease: Option<Lease>) -> Option<Box<Rare>> {
+        if log.is_none() && lease.is_none() {
+            return None;
+        }
+        Some(Box::new(Rare {
+            log,
+            _lease: lease,
+        }))
+    }
 }
 
 impl<P> Relaying<P> {
@@ -436,7 +457,7 @@ impl<P> Relaying<P> {
     ) {
         match self.relay.complete(op, res, cx, scratch, t.tick) {
             Ok((way, n)) => {
-                if let Some(l) = &mut self.log {
+                if let Some(l) = self.rare.as_mut().and_then(|r| r.log.as_mut()) {
                     match way {
                         Way::Up => l.up += n,
                         Way::Down => l.down += n,
@@ -454,7 +475,7 @@ impl<P> Relaying<P> {
             counted_ip: self.counted_ip.take(),
             holds_slot: true,
             backend_id: self.backend_id,
-            log: self.log.take(),
+            log: self.rare.take().and_then(|r| r.log),
         })
     }
 }
@@ -593,8 +614,7 @@ impl<P> Conn<P> {
             backend_id: u16::MAX,
             counted_ip: opened.counted_ip,
             closed: None,
-            log: opened.log,
-            _lease: opened.lease.map(Box::new),
+            rare: Rare::new(opened.log, opened.lease),
         });
         Step::Note(Note::RelayOpened {
             backend: opened.backend,

@@ -557,6 +557,9 @@ mod tests {
         let slot = std::mem::size_of::<Slot>();
         let conn = std::mem::size_of::<Conn<Pipe>>();
         eprintln!("Slot {slot} B, Conn {conn} B");
-        assert!(slot <= 128, "slab entry grew to {slot} bytes");
+        // Release: 104 B (the figure of the tree before the 2026-11 restructure). Debug builds
+        // add a selector id to each mio socket.
+        let limit = if cfg!(debug_assertions) { 128 } else { 104 };
+        assert!(slot <= limit, "slab entry grew to {slot} bytes (limit {limit})");
     }
 }
