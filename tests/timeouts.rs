@@ -236,3 +236,100 @@ e2e!(connect_timeout_is_504, |relay| async move {
         "504 after only {took:?}"
     );
 });
+
+/// The `ss -tnoH` line of the established TCP socket whose `dir` port (`sport` or `dport`) is
+/// `port`, as this machine's kernel reports it (with its timers: `timer:(keepalive,...)`).
+fn ss_line(dir: &str, port: u16) -> String {
+    let out = std::process::Command::new("ss")
+        .args([
+            "-tnoH",
+            "state",
+            "established",
+            dir,
+            "=",
+            &format!(":{port}"),
+        ])
+        .output()
+        .expect("run ss (iproute2)");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Whether the established socket whose `dir` port is `port` has keepalive on: `ss` shows a
+/// socket's keepalive timer when no other timer (a retransmission after a write) is pending,
+/// so it is sampled until the socket shows either the keepalive timer or no timer at all.
+fn keepalive_on(dir: &str, port: u16) -> bool {
+    let deadline = Instant::now() + STEP;
+    loop {
+        let line = ss_line(dir, port);
+        if line.contains("timer:(keepalive,") {
+            return true;
+        }
+        if !line.is_empty() && !line.contains("timer:(") {
+            return false;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ss never showed the {dir} :{port} socket settled: {line:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// `[keepalive]` reaches both sockets of a tunnel: the client's, which inherits it from the
+// listener (the proxy sets it there once rather than on every accepted socket), and the
+// backend's; a reload that switches keepalive off applies to the tunnels that open after it.
+e2e_drivers!(
+    keepalive_reaches_both_sockets_and_follows_a_reload,
+    |relay| async move {
+        let backend = RawBackend::start().await;
+        let builder = |idle: &str| {
+            Proxy::builder(relay)
+                .route(route("/t", &[backend.addr]))
+                .set("keepalive", "idle", idle)
+                .set("keepalive", "interval", "\"3s\"")
+                .set("keepalive", "count", "4")
+        };
+        let proxy = builder("\"7s\"").start().await;
+        let (mut client, mut server) = raw_tunnel(&proxy, &backend, "/t").await;
+        pump(&mut client, &mut server, b"one", "client -> backend").await;
+        // The proxy's client socket is the one whose peer port is our client's; its backend
+        // socket the one whose own port is the backend's peer port.
+        let client_port = client.local_addr().expect("client addr").port();
+        let proxy_backend_port = server.peer_addr().expect("proxy's backend socket").port();
+        let (on_client, on_backend) = tokio::task::block_in_place(|| {
+            (
+                keepalive_on("dport", client_port),
+                keepalive_on("sport", proxy_backend_port),
+            )
+        });
+        assert!(on_client, "no keepalive on the proxy's client socket");
+        assert!(on_backend, "no keepalive on the proxy's backend socket");
+
+        // Keepalive off by reload: a new tunnel's sockets carry none; the old tunnel flows on.
+        proxy.write_config(&builder("\"0\"").toml());
+        proxy.signal(nix::sys::signal::Signal::SIGHUP);
+        let line = tokio::task::block_in_place(|| {
+            proxy.expect_line(&["reloaded", "reload failed"], Duration::from_secs(5))
+        });
+        assert_eq!(line, "reloaded");
+        let (mut client2, mut server2) = raw_tunnel(&proxy, &backend, "/t").await;
+        pump(&mut client2, &mut server2, b"two", "client -> backend").await;
+        let port2 = client2.local_addr().expect("addr").port();
+        let proxy_backend_port2 = server2.peer_addr().expect("peer").port();
+        let (on_client, on_backend) = tokio::task::block_in_place(|| {
+            (
+                keepalive_on("dport", port2),
+                keepalive_on("sport", proxy_backend_port2),
+            )
+        });
+        assert!(
+            !on_client,
+            "keepalive still on a client socket accepted after it was switched off"
+        );
+        assert!(
+            !on_backend,
+            "keepalive still on a backend socket opened after it was switched off"
+        );
+        pump(&mut server, &mut client, b"still", "backend -> client").await;
+    }
+);

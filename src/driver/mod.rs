@@ -194,17 +194,32 @@ pub(crate) fn bind_error(addr: SocketAddr, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}{hint}"))
 }
 
+/// The socket options a listener carries for the clients it accepts: keepalive (TCP_NODELAY is
+/// always set); buffer sizes stay per socket (see [`crate::sys::sock::tune_listener`]).
+pub(crate) fn listener_tuning(cfg: &Config) -> Tuning {
+    Tuning {
+        keepalive: (!cfg.keepalive.idle.is_zero()).then_some((
+            cfg.keepalive.idle,
+            cfg.keepalive.interval,
+            cfg.keepalive.count,
+        )),
+        buffers: None,
+    }
+}
+
 /// Binds `want` once per worker (SO_REUSEPORT); a port of 0 is resolved by the first socket and
 /// shared by the others.
 fn bind_all(
     want: SocketAddr,
     workers: usize,
+    cfg: &Config,
 ) -> io::Result<(SocketAddr, Vec<std::net::TcpListener>)> {
-    let first = reuseport_listener(want, 4096).map_err(|e| bind_error(want, e))?;
+    let tuning = listener_tuning(cfg);
+    let first = reuseport_listener(want, 4096, &tuning).map_err(|e| bind_error(want, e))?;
     let actual = first.local_addr()?;
     let mut all = vec![first];
     for _ in 1..workers {
-        all.push(reuseport_listener(actual, 4096).map_err(|e| bind_error(actual, e))?);
+        all.push(reuseport_listener(actual, 4096, &tuning).map_err(|e| bind_error(actual, e))?);
     }
     Ok((actual, all))
 }
@@ -337,13 +352,9 @@ fn params_with(
         relay: cfg.relay.mode,
         splice_threshold: cfg.relay.splice_threshold,
         tuning: Tuning {
-            keepalive: (!cfg.keepalive.idle.is_zero()).then_some((
-                cfg.keepalive.idle,
-                cfg.keepalive.interval,
-                cfg.keepalive.count,
-            )),
             // The budget charges each socket its buffers: they must not grow past that.
             buffers: memory.map(|m| (m.buffers.rcv, m.buffers.snd)),
+            ..listener_tuning(cfg)
         },
         memory,
     }
@@ -390,9 +401,9 @@ impl Server {
         let mut listen = Vec::new();
         let mut sockets = Vec::new();
         for want in cfg.all_listen() {
-            let (actual, socks) = match upgrade::take_passed(&mut inherited, want, workers)? {
+            let (actual, socks) = match upgrade::take_passed(&mut inherited, want, workers, cfg)? {
                 Some(passed) => passed,
-                None => bind_all(want, workers)?,
+                None => bind_all(want, workers, cfg)?,
             };
             listen.push((want, actual));
             for (i, s) in socks.into_iter().enumerate() {
@@ -567,7 +578,7 @@ impl Server {
         let backend_tls = backend_tls_for(cfg)?;
         for want in cfg.all_listen() {
             if !self.listen.iter().any(|(w, _)| *w == want) {
-                let (actual, socks) = bind_all(want, n)?;
+                let (actual, socks) = bind_all(want, n, cfg)?;
                 added.push((want, actual, socks));
             }
         }

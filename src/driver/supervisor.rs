@@ -173,9 +173,9 @@ impl Supervisor {
         let mut listen = Vec::new();
         for want in cfg.all_listen() {
             let (bound, socks) =
-                match crate::driver::upgrade::take_passed(&mut inherited, want, workers)? {
+                match crate::driver::upgrade::take_passed(&mut inherited, want, workers, cfg)? {
                     Some(passed) => passed,
-                    None => bind_all(want, workers)?,
+                    None => bind_all(want, workers, cfg)?,
                 };
             listen.push(Listen { want, bound, socks });
         }
@@ -539,7 +539,7 @@ impl Supervisor {
         let wanted: Vec<SocketAddr> = cfg.all_listen().collect();
         for &want in &wanted {
             if !self.listen.iter().any(|l| l.want == want) {
-                let (bound, socks) = bind_all(want, n)?;
+                let (bound, socks) = bind_all(want, n, cfg)?;
                 added.push(Listen { want, bound, socks });
             }
         }

@@ -8,9 +8,15 @@ use std::os::fd::AsFd;
 use std::time::Duration;
 
 /// A non-blocking SO_REUSEPORT listener: one per worker on the same address, so the kernel
-/// spreads new connections across workers without a shared accept queue.
-pub fn reuseport_listener(addr: SocketAddr, backlog: i32) -> io::Result<std::net::TcpListener> {
+/// spreads new connections across workers without a shared accept queue. `tuning`'s options
+/// are set before it listens ([`tune_listener`]), so that no client it accepts misses them.
+pub fn reuseport_listener(
+    addr: SocketAddr,
+    backlog: i32,
+    tuning: &Tuning,
+) -> io::Result<std::net::TcpListener> {
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    tune_listener(&s, tuning)?;
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
     if addr.is_ipv6() {
@@ -90,7 +96,35 @@ pub struct Tuning {
 
 /// TCP_NODELAY (frames are small and latency matters) and keepalive.
 pub fn tune(fd: impl AsFd, t: &Tuning) -> io::Result<()> {
-    let s = SockRef::from(&fd);
+    set_options(&SockRef::from(&fd), t)?;
+    tune_buffers(fd, t)
+}
+
+/// [`tune`]'s TCP_NODELAY and keepalive, set on a listener for the sockets it accepts: Linux
+/// copies them into each accepted socket (`tests::accepted_sockets_inherit_the_listeners_options`
+/// shows it on this kernel). Keepalive is switched off explicitly when `t` has none, as an
+/// earlier setting would otherwise be inherited. Buffer sizes are not set here: once set they
+/// cannot be given back to the kernel's autotuning, so they stay per socket ([`tune_buffers`]).
+pub fn tune_listener(l: &impl AsFd, t: &Tuning) -> io::Result<()> {
+    let s = SockRef::from(l);
+    if t.keepalive.is_none() {
+        s.set_keepalive(false)?;
+    }
+    set_options(&s, t)
+}
+
+/// [`tune`]'s fixed buffer sizes, if any.
+pub fn tune_buffers(fd: impl AsFd, t: &Tuning) -> io::Result<()> {
+    if let Some((rcv, snd)) = t.buffers {
+        let s = SockRef::from(&fd);
+        // The kernel doubles what SO_RCVBUF/SO_SNDBUF ask for (room for its own overhead).
+        s.set_recv_buffer_size((rcv / 2) as usize)?;
+        s.set_send_buffer_size((snd / 2) as usize)?;
+    }
+    Ok(())
+}
+
+fn set_options(s: &SockRef<'_>, t: &Tuning) -> io::Result<()> {
     s.set_tcp_nodelay(true)?;
     if let Some((idle, interval, count)) = t.keepalive {
         let ka = TcpKeepalive::new()
@@ -98,11 +132,6 @@ pub fn tune(fd: impl AsFd, t: &Tuning) -> io::Result<()> {
             .with_interval(interval)
             .with_retries(count);
         s.set_tcp_keepalive(&ka)?;
-    }
-    if let Some((rcv, snd)) = t.buffers {
-        // The kernel doubles what SO_RCVBUF/SO_SNDBUF ask for (room for its own overhead).
-        s.set_recv_buffer_size((rcv / 2) as usize)?;
-        s.set_send_buffer_size((snd / 2) as usize)?;
     }
     Ok(())
 }
@@ -157,4 +186,58 @@ pub fn connect_nonblocking(addr: SocketAddr) -> io::Result<std::net::TcpStream> 
         Err(e) => return Err(e),
     }
     Ok(s.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream};
+
+    /// What `Worker::tune_listeners` relies on: a socket accepted from a tuned listener has
+    /// the listener's TCP_NODELAY and keepalive settings (real loopback sockets, this kernel).
+    #[test]
+    fn accepted_sockets_inherit_the_listeners_options() {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let on = Tuning {
+            keepalive: Some((Duration::from_secs(7), Duration::from_secs(3), 4)),
+            buffers: None,
+        };
+        tune_listener(&l, &on).expect("tune the listener");
+        let addr = l.local_addr().expect("addr");
+        let _client = TcpStream::connect(addr).expect("connect");
+        let (accepted, _) = l.accept().expect("accept");
+        let s = SockRef::from(&accepted);
+        assert!(
+            s.tcp_nodelay().expect("nodelay"),
+            "TCP_NODELAY not inherited"
+        );
+        assert!(
+            s.keepalive().expect("keepalive"),
+            "SO_KEEPALIVE not inherited"
+        );
+        assert_eq!(
+            s.tcp_keepalive_time().expect("idle"),
+            Duration::from_secs(7)
+        );
+        assert_eq!(
+            s.tcp_keepalive_interval().expect("intvl"),
+            Duration::from_secs(3)
+        );
+        assert_eq!(s.tcp_keepalive_retries().expect("cnt"), 4);
+
+        // A reload that switches keepalive off: later clients must not inherit the old one.
+        let off = Tuning {
+            keepalive: None,
+            buffers: None,
+        };
+        tune_listener(&l, &off).expect("tune the listener again");
+        let _client = TcpStream::connect(addr).expect("connect");
+        let (accepted, _) = l.accept().expect("accept");
+        let s = SockRef::from(&accepted);
+        assert!(
+            !s.keepalive().expect("keepalive"),
+            "keepalive still inherited"
+        );
+        assert!(s.tcp_nodelay().expect("nodelay"));
+    }
 }

@@ -3,7 +3,7 @@
 
 use super::{Batch, Tunnel};
 use crate::driver::{bind_error, Control, HandOver, Server, Wake};
-use crate::sys::sock::reuseport_listener;
+use crate::sys::sock::{reuseport_listener, tune_listener};
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsFd, OwnedFd};
@@ -16,6 +16,7 @@ pub(crate) fn take_passed(
     inherited: &mut Vec<(SocketAddr, TcpListener)>,
     want: SocketAddr,
     workers: usize,
+    cfg: &crate::config::Config,
 ) -> io::Result<Option<(SocketAddr, Vec<TcpListener>)>> {
     let (passed, rest): (Vec<_>, Vec<_>) = std::mem::take(inherited)
         .into_iter()
@@ -26,8 +27,13 @@ pub(crate) fn take_passed(
         return Ok(None);
     };
     let actual = first.local_addr()?;
+    // The old binary's options may differ: this configuration's apply to what is accepted next.
+    let tuning = crate::driver::listener_tuning(cfg);
+    for l in &passed {
+        tune_listener(l, &tuning)?;
+    }
     while passed.len() < workers {
-        passed.push(reuseport_listener(actual, 4096).map_err(|e| bind_error(actual, e))?);
+        passed.push(reuseport_listener(actual, 4096, &tuning).map_err(|e| bind_error(actual, e))?);
     }
     Ok(Some((actual, passed)))
 }

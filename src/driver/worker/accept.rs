@@ -55,7 +55,11 @@ impl Worker {
             return;
         };
         let configured = *configured;
-        let _ = tune(&stream, &self.params.tuning);
+        let _ = if self.listeners_tuned {
+            tune_buffers(&stream, &self.params.tuning)
+        } else {
+            tune(&stream, &self.params.tuning)
+        };
         let local = if self.params.send_proxy {
             stream.local_addr().unwrap_or(configured)
         } else {

@@ -4,6 +4,7 @@
 use super::{Driver, Watch, Worker};
 use crate::core::conn::Event;
 use crate::driver::Control;
+use crate::sys::sock::tune_listener;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsFd;
@@ -26,6 +27,7 @@ impl Worker {
                     self.backend_pool
                         .set_limits(r.params.pool_max_idle, r.params.pool_idle_timeout);
                     self.params = r.params;
+                    self.tune_listeners();
                     self.routes.know(&self.params.settings.routes);
                     if self.draining.is_none() {
                         for (addr, l) in r.add {
@@ -74,6 +76,9 @@ impl Worker {
             }
         };
         l.set_nonblocking(true)?;
+        if tune_listener(&l, &self.params.tuning).is_err() {
+            self.listeners_tuned = false;
+        }
         d.watch(l.as_fd(), Watch::Listener(i))?;
         self.listeners[i] = Some((addr, l));
         // Edge-triggered: clients may already wait in the backlog.
