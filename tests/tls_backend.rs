@@ -279,6 +279,57 @@ async fn http_request_to_an_https_backend() {
     .await;
 }
 
+/// A TLS backend that updates its keys mid-tunnel, asking the proxy to update too (rustls's
+/// server side sends KeyUpdate with update_requested): the proxy's session toward it moves its
+/// receive keys on, answers with its own KeyUpdate (or the backend could not read on), and the
+/// bytes stay exact both ways, round after round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_key_update_mid_tunnel_keeps_the_bytes_exact() {
+    let acceptor = tokio_rustls::TlsAcceptor::from(support::tls::server_config(&shared().1));
+    let l = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the TLS backend");
+    let addr = l.local_addr().expect("backend address");
+    let sizes = [5usize, 100_000, 3];
+    let backend = tokio::spawn(async move {
+        let (tcp, _) = l.accept().await.expect("the proxy connects");
+        let mut tls = acceptor.accept(tcp).await.expect("TLS handshake");
+        let (head, rest) = read_head(&mut tls).await;
+        assert!(rest.is_empty());
+        tls.write_all(&response_101(&head)).await.expect("101");
+        for n in sizes {
+            let mut got = vec![0u8; n];
+            tls.read_exact(&mut got).await.expect("the client's bytes");
+            tls.get_mut().1.refresh_traffic_keys().expect("key update");
+            tls.write_all(&got).await.expect("echo");
+            tls.flush().await.expect("flush");
+        }
+        let mut end = Vec::new();
+        let _ = tls.read_to_end(&mut end).await;
+        end
+    });
+    let toml = format!(
+        "listen = [\"127.0.0.1:0\"]\nworkers = 1\n{}",
+        tls_route("/", &[addr.to_string()], Some(SERVER_NAME))
+    );
+    let proxy = start(toml).await;
+    let mut client = send(&proxy, &upgrade_request("/", &[])).await;
+    let (head, _) = read_head(&mut client).await;
+    assert_eq!(status(&head), Some(101));
+    for (round, n) in sizes.into_iter().enumerate() {
+        let bytes: Vec<u8> = (0..n).map(|i| (i * 31 + round) as u8).collect();
+        client.write_all(&bytes).await.expect("write");
+        let back = read_exact_n(&mut client, n, "the echo after a key update").await;
+        assert!(back == bytes, "round {round}: the echo differs");
+    }
+    client.shutdown().await.expect("FIN");
+    let end = tokio::time::timeout(STEP, backend)
+        .await
+        .expect("the backend ends")
+        .expect("the backend task");
+    assert!(end.is_empty(), "the backend got {end:?} after the last round");
+}
+
 #[test]
 fn uring_driver_refuses_tls_backends() {
     let toml = "listen = [\"127.0.0.1:0\"]\ndriver = \"uring\"\n\n[[route]]\nprefix = \"/\"\nbackends = [\"wss://127.0.0.1:9443\"]\n";
