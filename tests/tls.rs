@@ -1018,7 +1018,10 @@ async fn bad_records_after_the_hand_over_close_the_tunnel_and_nothing_reaches_th
             r
         }),
         ("a plaintext fatal alert", vec![0x15, 3, 3, 0, 2, 2, 40]),
-        ("a record too short to hold a tag", vec![0x17, 3, 3, 0, 3, 1, 2, 3]),
+        (
+            "a record too short to hold a tag",
+            vec![0x17, 3, 3, 0, 3, 1, 2, 3],
+        ),
     ];
     let mut cases = 0;
     for suite in ecdsa_suites() {
@@ -1028,7 +1031,10 @@ async fn bad_records_after_the_hand_over_close_the_tunnel_and_nothing_reaches_th
                 if after_key_update && !tls13 {
                     continue;
                 }
-                let what = format!("{:?}, {what}, key update: {after_key_update}", suite.suite());
+                let what = format!(
+                    "{:?}, {what}, key update: {after_key_update}",
+                    suite.suite()
+                );
                 let mut tls = connect(t.addr, suite_client(&certs, suite), SERVER_NAME)
                     .await
                     .expect("TLS handshake");

@@ -327,7 +327,10 @@ async fn a_backend_key_update_mid_tunnel_keeps_the_bytes_exact() {
         .await
         .expect("the backend ends")
         .expect("the backend task");
-    assert!(end.is_empty(), "the backend got {end:?} after the last round");
+    assert!(
+        end.is_empty(),
+        "the backend got {end:?} after the last round"
+    );
 }
 
 #[test]

@@ -31,23 +31,24 @@
 mod backend;
 mod certs;
 mod events;
-mod tlsio;
 mod lazy_aead;
 mod records;
 mod role;
 mod secrets;
 mod tickets;
+mod tlsio;
 
 pub use events::{Failure, TlsEvent, CIPHERS, RESULTS, VERSIONS};
 
 pub use backend::{BackendTls, BackendTlsTable, BACKEND_RESULTS};
-pub use tlsio::{TlsBuffers, TlsIo};
 pub use role::Role;
+pub use tlsio::{TlsBuffers, TlsIo};
 
 pub use certs::{check_files, CertError, CertResolver, TlsSettings};
 pub use tickets::TicketKeys;
 
 use crate::core::conn::{BackendTlsFailed, PlainHttpOnTls};
+use records::Records;
 use rustls::client::UnbufferedClientConnection;
 use rustls::pki_types::ServerName;
 use rustls::server::UnbufferedServerConnection;
@@ -58,7 +59,6 @@ use rustls::unbuffered::{
 use rustls::{ClientConfig, HandshakeKind, ProtocolVersion, ServerConfig};
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use records::Records;
 use std::sync::Arc;
 use tlsio::TX_SLACK;
 
@@ -170,7 +170,10 @@ impl TlsSession<UnbufferedClientConnection> {
         name: ServerName<'static>,
     ) -> Result<Self, rustls::Error> {
         Ok(TlsSession {
-            stage: Stage::Handshake(Box::new(UnbufferedClientConnection::new(config, name)?), None),
+            stage: Stage::Handshake(
+                Box::new(UnbufferedClientConnection::new(config, name)?),
+                None,
+            ),
             rx: Vec::new(),
             plain: Vec::new(),
             tx: Vec::new(),

@@ -228,13 +228,11 @@ impl<D> Records<D> {
         let nonce = aead::Nonce::assume_unique_for_key(nonce);
         let region = &mut out[start..start + sealed];
         let tag = if tls13 {
-            tx.keys.sealing(|k| {
-                k.seal_in_place_separate_tag(nonce, aead::Aad::from(header), region)
-            })?
+            tx.keys
+                .sealing(|k| k.seal_in_place_separate_tag(nonce, aead::Aad::from(header), region))?
         } else {
-            tx.keys.sealing(|k| {
-                k.seal_in_place_separate_tag(nonce, tls12_aad(seq, typ, p), region)
-            })?
+            tx.keys
+                .sealing(|k| k.seal_in_place_separate_tag(nonce, tls12_aad(seq, typ, p), region))?
         }
         .map_err(|_| Error::EncryptError)?;
         out[start + sealed..start + sealed + TAG].copy_from_slice(tag.as_ref());
@@ -367,7 +365,11 @@ impl<D> Records<D> {
     }
 
     /// The handshake messages of one TLS 1.3 record: KeyUpdate, or a backend's ticket.
-    fn handshake<C: Role<Data = D>>(&mut self, mut msg: &[u8], tx: &mut Vec<u8>) -> Result<(), Error> {
+    fn handshake<C: Role<Data = D>>(
+        &mut self,
+        mut msg: &[u8],
+        tx: &mut Vec<u8>,
+    ) -> Result<(), Error> {
         if !self.tls13() {
             // TLS 1.2: a renegotiation, which is refused.
             return Err(unexpected(HANDSHAKE));
