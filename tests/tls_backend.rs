@@ -281,8 +281,9 @@ async fn http_request_to_an_https_backend() {
 
 /// A TLS backend that updates its keys mid-tunnel, asking the proxy to update too (rustls's
 /// server side sends KeyUpdate with update_requested): the proxy's session toward it moves its
-/// receive keys on, answers with its own KeyUpdate (or the backend could not read on), and the
-/// bytes stay exact both ways, round after round.
+/// receive keys on (or it could not read the echo), answers with its own KeyUpdate (counted on
+/// the wire: one 22-byte protected record per round, a size no other record of this exchange
+/// has) under keys the backend then reads with, and the bytes stay exact both ways.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_key_update_mid_tunnel_keeps_the_bytes_exact() {
     let acceptor = tokio_rustls::TlsAcceptor::from(support::tls::server_config(&shared().1));
@@ -290,7 +291,8 @@ async fn a_backend_key_update_mid_tunnel_keeps_the_bytes_exact() {
         .await
         .expect("bind the TLS backend");
     let addr = l.local_addr().expect("backend address");
-    let sizes = [5usize, 100_000, 3];
+    let (tapped, seen) = tap(addr).await;
+    let sizes = [7usize, 100_000, 3];
     let backend = tokio::spawn(async move {
         let (tcp, _) = l.accept().await.expect("the proxy connects");
         let mut tls = acceptor.accept(tcp).await.expect("TLS handshake");
@@ -310,7 +312,7 @@ async fn a_backend_key_update_mid_tunnel_keeps_the_bytes_exact() {
     });
     let toml = format!(
         "listen = [\"127.0.0.1:0\"]\nworkers = 1\n{}",
-        tls_route("/", &[addr.to_string()], Some(SERVER_NAME))
+        tls_route("/", &[tapped.to_string()], Some(SERVER_NAME))
     );
     let proxy = start(toml).await;
     let mut client = send(&proxy, &upgrade_request("/", &[])).await;
@@ -331,6 +333,16 @@ async fn a_backend_key_update_mid_tunnel_keeps_the_bytes_exact() {
         end.is_empty(),
         "the backend got {end:?} after the last round"
     );
+    // TLS 1.3 records toward the backend whose body is a KeyUpdate (5 bytes), its inner type
+    // and the tag: the proxy's answers.
+    let wire = seen.lock().expect("tap").clone();
+    let (mut at, mut answers) = (0, 0);
+    while at + 5 <= wire.len() {
+        let len = usize::from(u16::from_be_bytes([wire[at + 3], wire[at + 4]]));
+        answers += usize::from(wire[at] == 0x17 && len == 5 + 1 + 16);
+        at += 5 + len;
+    }
+    assert_eq!(answers, sizes.len(), "the proxy's KeyUpdate answers");
 }
 
 #[test]
