@@ -380,10 +380,7 @@ impl Rare {
         if log.is_none() && lease.is_none() {
             return None;
         }
-        Some(Box::new(Rare {
-            log,
-            _lease: lease,
-        }))
+        Some(Box::new(Rare { log, _lease: lease }))
     }
 }
 

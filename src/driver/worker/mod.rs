@@ -560,6 +560,9 @@ mod tests {
         // Release: 104 B (the figure of the tree before the 2026-11 restructure). Debug builds
         // add a selector id to each mio socket.
         let limit = if cfg!(debug_assertions) { 128 } else { 104 };
-        assert!(slot <= limit, "slab entry grew to {slot} bytes (limit {limit})");
+        assert!(
+            slot <= limit,
+            "slab entry grew to {slot} bytes (limit {limit})"
+        );
     }
 }
