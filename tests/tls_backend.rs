@@ -279,6 +279,72 @@ async fn http_request_to_an_https_backend() {
     .await;
 }
 
+/// A TLS backend that updates its keys mid-tunnel, asking the proxy to update too (rustls's
+/// server side sends KeyUpdate with update_requested): the proxy's session toward it moves its
+/// receive keys on (or it could not read the echo), answers with its own KeyUpdate (counted on
+/// the wire: one 22-byte protected record per round, a size no other record of this exchange
+/// has) under keys the backend then reads with, and the bytes stay exact both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_key_update_mid_tunnel_keeps_the_bytes_exact() {
+    let acceptor = tokio_rustls::TlsAcceptor::from(support::tls::server_config(&shared().1));
+    let l = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the TLS backend");
+    let addr = l.local_addr().expect("backend address");
+    let (tapped, seen) = tap(addr).await;
+    let sizes = [7usize, 100_000, 3];
+    let backend = tokio::spawn(async move {
+        let (tcp, _) = l.accept().await.expect("the proxy connects");
+        let mut tls = acceptor.accept(tcp).await.expect("TLS handshake");
+        let (head, rest) = read_head(&mut tls).await;
+        assert!(rest.is_empty());
+        tls.write_all(&response_101(&head)).await.expect("101");
+        for n in sizes {
+            let mut got = vec![0u8; n];
+            tls.read_exact(&mut got).await.expect("the client's bytes");
+            tls.get_mut().1.refresh_traffic_keys().expect("key update");
+            tls.write_all(&got).await.expect("echo");
+            tls.flush().await.expect("flush");
+        }
+        let mut end = Vec::new();
+        let _ = tls.read_to_end(&mut end).await;
+        end
+    });
+    let toml = format!(
+        "listen = [\"127.0.0.1:0\"]\nworkers = 1\n{}",
+        tls_route("/", &[tapped.to_string()], Some(SERVER_NAME))
+    );
+    let proxy = start(toml).await;
+    let mut client = send(&proxy, &upgrade_request("/", &[])).await;
+    let (head, _) = read_head(&mut client).await;
+    assert_eq!(status(&head), Some(101));
+    for (round, n) in sizes.into_iter().enumerate() {
+        let bytes: Vec<u8> = (0..n).map(|i| (i * 31 + round) as u8).collect();
+        client.write_all(&bytes).await.expect("write");
+        let back = read_exact_n(&mut client, n, "the echo after a key update").await;
+        assert!(back == bytes, "round {round}: the echo differs");
+    }
+    client.shutdown().await.expect("FIN");
+    let end = tokio::time::timeout(STEP, backend)
+        .await
+        .expect("the backend ends")
+        .expect("the backend task");
+    assert!(
+        end.is_empty(),
+        "the backend got {end:?} after the last round"
+    );
+    // TLS 1.3 records toward the backend whose body is a KeyUpdate (5 bytes), its inner type
+    // and the tag: the proxy's answers.
+    let wire = seen.lock().expect("tap").clone();
+    let (mut at, mut answers) = (0, 0);
+    while at + 5 <= wire.len() {
+        let len = usize::from(u16::from_be_bytes([wire[at + 3], wire[at + 4]]));
+        answers += usize::from(wire[at] == 0x17 && len == 5 + 1 + 16);
+        at += 5 + len;
+    }
+    assert_eq!(answers, sizes.len(), "the proxy's KeyUpdate answers");
+}
+
 #[test]
 fn uring_driver_refuses_tls_backends() {
     let toml = "listen = [\"127.0.0.1:0\"]\ndriver = \"uring\"\n\n[[route]]\nprefix = \"/\"\nbackends = [\"wss://127.0.0.1:9443\"]\n";

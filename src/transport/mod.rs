@@ -9,7 +9,9 @@
 //! same handshake timeout, as on a plain socket. What the core must know of TLS is that the
 //! stream cannot splice and (one error, [`crate::core::conn::PlainHttpOnTls`]) that a client
 //! spoke plain HTTP to it. kTLS, which would let TLS tunnels splice, would be one more
-//! transport behind this seam.
+//! transport behind this seam: once a session is established, rustls hands its traffic secrets
+//! to `tls/records.rs`, which frames and protects the records itself; the same secrets (and the
+//! same KeyUpdate handling) are what the kernel would be given instead.
 
 pub mod tls;
 

@@ -93,6 +93,8 @@ impl BackendTlsTable {
                 .with_root_certificates(roots)
                 .with_no_client_auth();
             config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            // As toward clients: established sessions use our record layer (records.rs).
+            config.enable_secret_extraction = true;
             let server_name = match &tls.server_name {
                 Some(n) => Some(
                     ServerName::try_from(n.clone())

@@ -224,6 +224,12 @@ impl TlsSettings {
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(resolver));
         server.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // Established sessions hand their traffic secrets over to our record layer and drop
+        // rustls (transport/tls/records.rs).
+        server.enable_secret_extraction = true;
+        // Their TLS 1.3 traffic secrets, kept for KeyUpdate instead of rustls's state
+        // (transport/tls/secrets.rs); nothing is logged anywhere.
+        server.key_log = Arc::new(super::secrets::Capture);
         // Resumption is by tickets only: a session cache would be per process, and would hold
         // memory per client.
         server.session_storage = Arc::new(NoServerSessionStorage {});

@@ -13,7 +13,9 @@
 //!
 //! The record format is RFC 8446 5.2, as rustls's own ring suites write it: nonce = IV xor
 //! the sequence number, additional data = the record header, inner content type after the
-//! payload. TLS 1.2 keeps rustls's ring suites unchanged.
+//! payload. TLS 1.2 handshakes keep rustls's ring suites unchanged. Once a session is
+//! established rustls is dropped and `records.rs` protects the records of every suite, 1.2 and
+//! 1.3, with the same [`Keys`] and the same per-thread caches.
 
 use ring::aead;
 use rustls::crypto::cipher::{
@@ -91,15 +93,16 @@ static AES_128: LazyAead = LazyAead(&aead::AES_128_GCM, Kind::Aes128);
 static AES_256: LazyAead = LazyAead(&aead::AES_256_GCM, Kind::Aes256);
 static CHACHA: LazyAead = LazyAead(&aead::CHACHA20_POLY1305, Kind::Chacha);
 
-/// A direction's key bytes and IV: what stays with an idle session.
-struct Keys {
-    alg: &'static aead::Algorithm,
+/// A direction's key bytes and IV: what stays with an idle session (here, and in the record
+/// layer of an established session, `records.rs`, for every suite).
+pub(super) struct Keys {
+    pub(super) alg: &'static aead::Algorithm,
     key: [u8; 32],
-    iv: Iv,
+    pub(super) iv: Iv,
 }
 
 impl Keys {
-    fn new(alg: &'static aead::Algorithm, key: &AeadKey, iv: Iv) -> Keys {
+    pub(super) fn new(alg: &'static aead::Algorithm, key: &AeadKey, iv: Iv) -> Keys {
         let mut k = [0u8; 32];
         let bytes = key.as_ref();
         k[..bytes.len()].copy_from_slice(bytes);
@@ -121,9 +124,7 @@ impl Keys {
             if !hit {
                 let key = aead::UnboundKey::new(self.alg, &self.key[..self.alg.key_len()])
                     .map(aead::LessSafeKey::new)
-                    .map_err(|_| {
-                        Error::General("TLS 1.3 traffic key of the wrong length".into())
-                    })?;
+                    .map_err(|_| Error::General("traffic key of the wrong length".into()))?;
                 *last = Some(Expanded {
                     alg: self.alg,
                     key: self.key,
@@ -139,6 +140,16 @@ impl Keys {
 
     fn nonce(&self, seq: u64) -> aead::Nonce {
         aead::Nonce::assume_unique_for_key(Nonce::new(&self.iv, seq).0)
+    }
+
+    /// Runs `f` with the expanded key, from this thread's sealing cache.
+    pub(super) fn sealing<T>(&self, f: impl FnOnce(&aead::LessSafeKey) -> T) -> Result<T, Error> {
+        self.with_key(&SEAL, f)
+    }
+
+    /// Runs `f` with the expanded key, from this thread's opening cache.
+    pub(super) fn opening<T>(&self, f: impl FnOnce(&aead::LessSafeKey) -> T) -> Result<T, Error> {
+        self.with_key(&OPEN, f)
     }
 }
 

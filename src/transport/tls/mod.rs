@@ -7,11 +7,14 @@
 //!                    stays with the session (tx / rx), and only until it is gone
 //! ```
 //!
-//! Sessions use rustls's *unbuffered* API: rustls keeps no receive or send buffer of its own.
-//! Records are read into and encrypted in the worker's [`TlsBuffers`]; a session holds bytes
-//! only while a record is half received or the socket would not take what was encrypted. An
-//! idle `wss://` tunnel therefore holds its rustls state (keys, sequence numbers) and nothing
-//! else: no buffer, no pipe.
+//! The handshake uses rustls's *unbuffered* API: rustls keeps no receive or send buffer of its
+//! own. Records are read into and encrypted in the worker's [`TlsBuffers`]; a session holds
+//! bytes only while a record is half received or the socket would not take what was encrypted.
+//! Once the handshake is done and the session has written its first application bytes (the 101
+//! toward a client, the request head toward a backend: rustls has then sent everything it owed),
+//! rustls hands the connection's traffic secrets over and is dropped, and `records.rs` frames
+//! and protects the records: an idle `wss://` tunnel holds its keys, sequence numbers and (TLS
+//! 1.3) rustls's small KeyUpdate state, and nothing else: no buffer, no pipe.
 //!
 //! The handshake happens inside [`TlsIo::read`]: until application bytes arrive a read answers
 //! `WouldBlock` (or an error the core maps: [`PlainHttpOnTls`]), so the upgrade stage and its
@@ -21,24 +24,31 @@
 //! close_notify, then FIN once it is out; a close_notify or FIN from the client reads as EOF.
 //!
 //! How a handshake ended is reported once ([`TlsSession::take_event`]) for the metrics.
+//!
+//! [`Transport`]: crate::transport::Transport
+//! [`Transport::flush`]: crate::transport::Transport::flush
 
 mod backend;
 mod certs;
 mod events;
 mod lazy_aead;
+mod records;
 mod role;
+mod secrets;
 mod tickets;
+mod tlsio;
 
 pub use events::{Failure, TlsEvent, CIPHERS, RESULTS, VERSIONS};
 
 pub use backend::{BackendTls, BackendTlsTable, BACKEND_RESULTS};
 pub use role::Role;
+pub use tlsio::{TlsBuffers, TlsIo};
 
 pub use certs::{check_files, CertError, CertResolver, TlsSettings};
 pub use tickets::TicketKeys;
 
 use crate::core::conn::{BackendTlsFailed, PlainHttpOnTls};
-use crate::transport::Transport;
+use records::Records;
 use rustls::client::UnbufferedClientConnection;
 use rustls::pki_types::ServerName;
 use rustls::server::UnbufferedServerConnection;
@@ -49,31 +59,8 @@ use rustls::unbuffered::{
 use rustls::{ClientConfig, HandshakeKind, ProtocolVersion, ServerConfig};
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
-
-/// The largest record on the wire: 16 KiB of plaintext, the expansion TLS 1.2 allows, and the
-/// header.
-const MAX_RECORD: usize = 5 + (1 << 14) + 2048;
-/// Room for the record overhead of one `write` (at most four 16 KiB records of a 64 KiB chunk).
-const TX_SLACK: usize = 1024;
-
-/// The worker's buffers every session borrows for one operation. Allocated when a worker
-/// accepts its first TLS client.
-pub struct TlsBuffers {
-    rx: Box<[u8]>,
-    tx: Box<[u8]>,
-}
-
-impl TlsBuffers {
-    /// Buffers for reads and writes of up to `chunk` application bytes.
-    pub fn new(chunk: usize) -> TlsBuffers {
-        TlsBuffers {
-            rx: vec![0u8; chunk + MAX_RECORD].into_boxed_slice(),
-            tx: vec![0u8; chunk + TX_SLACK].into_boxed_slice(),
-        }
-    }
-}
+use tlsio::TX_SLACK;
 
 /// Some TLS bytes were processed (plain HTTP is told by the very first byte).
 const STARTED: u16 = 1;
@@ -100,7 +87,7 @@ const EOF_READ: u16 = 1024;
 /// One client's TLS session. Boxed and kept beside the slab entry: plain entries do not pay
 /// for it.
 pub struct TlsSession<C: Role = UnbufferedServerConnection> {
-    conn: C,
+    stage: Stage<C>,
     /// Received bytes not processed yet: the start of a record whose rest has not arrived.
     /// Empty, without an allocation, between records.
     rx: Vec<u8>,
@@ -121,6 +108,17 @@ impl<C: Role> std::fmt::Debug for TlsSession<C> {
             .field("flags", &self.flags)
             .finish()
     }
+}
+
+/// Who protects the records.
+enum Stage<C: Role> {
+    /// rustls: the handshake, and a session that was never handed over (closed before it wrote);
+    /// the TLS 1.3 traffic secrets captured on the way (a client's session).
+    Handshake(Box<C>, Option<Box<secrets::Secrets>>),
+    /// Our record layer, with the traffic secrets rustls handed over.
+    Records(Records<C::Data>),
+    /// A hand-over that failed (the session fails with it).
+    Gone,
 }
 
 fn invalid(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::Error {
@@ -153,7 +151,7 @@ impl TlsSession<UnbufferedServerConnection> {
     /// A session for a client just accepted on a TLS listener.
     pub fn new(config: Arc<ServerConfig>) -> Result<Self, rustls::Error> {
         Ok(TlsSession {
-            conn: UnbufferedServerConnection::new(config)?,
+            stage: Stage::Handshake(Box::new(UnbufferedServerConnection::new(config)?), None),
             rx: Vec::new(),
             plain: Vec::new(),
             tx: Vec::new(),
@@ -172,7 +170,10 @@ impl TlsSession<UnbufferedClientConnection> {
         name: ServerName<'static>,
     ) -> Result<Self, rustls::Error> {
         Ok(TlsSession {
-            conn: UnbufferedClientConnection::new(config, name)?,
+            stage: Stage::Handshake(
+                Box::new(UnbufferedClientConnection::new(config, name)?),
+                None,
+            ),
             rx: Vec::new(),
             plain: Vec::new(),
             tx: Vec::new(),
@@ -202,16 +203,17 @@ impl<C: Role> TlsSession<C> {
     }
 
     fn established(&mut self) {
+        let Stage::Handshake(conn, _) = &self.stage else {
+            return;
+        };
         self.flags |= DONE;
-        let version =
-            usize::from(self.conn.common().protocol_version() == Some(ProtocolVersion::TLSv1_3));
-        let cipher = self
-            .conn
-            .common()
+        let common = conn.common();
+        let version = usize::from(common.protocol_version() == Some(ProtocolVersion::TLSv1_3));
+        let cipher = common
             .negotiated_cipher_suite()
             .and_then(|s| s.suite().as_str())
             .and_then(|name| CIPHERS.iter().position(|&c| c == name));
-        let resumed = self.conn.common().handshake_kind() == Some(HandshakeKind::Resumed);
+        let resumed = common.handshake_kind() == Some(HandshakeKind::Resumed);
         self.event = Some(TlsEvent::Established {
             version,
             cipher,
@@ -236,18 +238,57 @@ impl<C: Role> TlsSession<C> {
             };
             self.event = Some(TlsEvent::Failed(why));
         }
+        let conn = match &mut self.stage {
+            Stage::Handshake(conn, _) => conn,
+            Stage::Records(r) => {
+                if let Some(alert) = records::alert_for(e) {
+                    r.queue_alert(alert, &mut self.tx);
+                }
+                return;
+            }
+            Stage::Gone => return,
+        };
         // rustls queued a fatal alert: take what it queued, and only that. A call with nothing
         // queued would go on to deframe, and the handshake messages it still holds point into
         // bytes already given up (a client session fails in the middle of the server's flight).
         // The bound only guards against a loop should that ever change.
         for _ in 0..8 {
-            if !self.conn.common().wants_write() {
+            if !conn.common().wants_write() {
                 break;
             }
-            let UnbufferedStatus { state, .. } = self.conn.process(&mut []);
+            let UnbufferedStatus { state, .. } = conn.process(&mut []);
             match state {
                 Ok(ConnectionState::EncodeTlsData(mut enc)) => encode(&mut enc, &mut self.tx),
                 _ => break,
+            }
+        }
+    }
+
+    /// Hands an established session's secrets over to [`records`] and drops rustls, once
+    /// rustls holds nothing the record layer would lose: the handshake is done, a write went
+    /// through it (so a KeyUpdate it owed the peer is out), no close_notify either way, and no
+    /// handshake message half received (`rx` holds no whole record rustls left).
+    fn hand_over(&mut self) -> io::Result<()> {
+        if self.flags & (DONE | FAILED | PEER_CLOSED | CLOSE_SENT | PLAIN) != DONE
+            || !matches!(self.stage, Stage::Handshake(..))
+            || records::holds_whole_record(&self.rx)
+        {
+            return Ok(());
+        }
+        let Stage::Handshake(conn, caught) = std::mem::replace(&mut self.stage, Stage::Gone) else {
+            return Ok(());
+        };
+        match (*conn)
+            .into_kernel()
+            .and_then(|(secrets, kernel)| Records::new(secrets, kernel, caught, C::CLIENT))
+        {
+            Ok(r) => {
+                self.stage = Stage::Records(r);
+                Ok(())
+            }
+            Err(e) => {
+                self.flags |= FAILED;
+                Err(invalid(format!("TLS session hand-over failed: {e}")))
             }
         }
     }
@@ -261,9 +302,24 @@ impl<C: Role> TlsSession<C> {
         out: &mut [u8],
         n: &mut usize,
     ) -> Result<(), rustls::Error> {
+        let (conn, caught) = match &mut self.stage {
+            Stage::Handshake(conn, caught) => (conn, caught),
+            Stage::Records(r) => {
+                if r.read::<C>(work, have, out, n, &mut self.plain, &mut self.tx)? {
+                    self.flags |= PEER_CLOSED;
+                }
+                return Ok(());
+            }
+            Stage::Gone => return Err(rustls::Error::HandshakeNotComplete),
+        };
+        // A client's TLS 1.3 traffic secrets are told to `secrets::Capture` during this step.
+        let capture = !C::CLIENT && self.flags & DONE == 0;
+        if capture {
+            secrets::clear();
+        }
         let mut at = 0;
         let result = loop {
-            let UnbufferedStatus { mut discard, state } = self.conn.process(&mut work[at..*have]);
+            let UnbufferedStatus { mut discard, state } = conn.process(&mut work[at..*have]);
             let state = match state {
                 Ok(s) => s,
                 Err(e) => {
@@ -315,7 +371,12 @@ impl<C: Role> TlsSession<C> {
         };
         work.copy_within(at..*have, 0);
         *have -= at;
-        if self.flags & (DONE | FAILED) == 0 && !self.conn.common().is_handshaking() {
+        if capture {
+            if let Some(s) = secrets::take(true) {
+                *caught = Some(s);
+            }
+        }
+        if self.flags & (DONE | FAILED) == 0 && !conn.common().is_handshaking() {
             self.established();
         }
         result
@@ -430,9 +491,12 @@ impl<C: Role> TlsSession<C> {
         work: &mut [u8],
         mut f: impl FnMut(&mut WriteTraffic<'_, C::Data>, &mut [u8]) -> Result<usize, EncryptError>,
     ) -> io::Result<Result<usize, EncryptError>> {
+        let Stage::Handshake(conn, _) = &mut self.stage else {
+            return Err(not_connected());
+        };
         for _ in 0..8 {
             // `rx` holds at most the start of one record, so nothing is read here.
-            let UnbufferedStatus { state, .. } = self.conn.process(&mut self.rx);
+            let UnbufferedStatus { state, .. } = conn.process(&mut self.rx);
             match state {
                 Ok(ConnectionState::WriteTraffic(mut w)) => return Ok(f(&mut w, work)),
                 Ok(ConnectionState::EncodeTlsData(mut e)) => encode(&mut e, &mut self.tx),
@@ -492,13 +556,28 @@ impl<C: Role> TlsSession<C> {
         // waits for writability, as with a full socket.
         self.flush(sock)?;
         let mut take = data.len().min(work.len() - TX_SLACK);
-        let len = loop {
-            match self.with_write_traffic(work, |w, out| w.encrypt(&data[..take], out))? {
-                Ok(len) => break len,
-                // More records than TX_SLACK allows for: never with rustls's record sizes.
-                Err(EncryptError::InsufficientSize(_)) if take > 1 => take /= 2,
-                Err(e) => return Err(invalid(e.to_string())),
+        let len = if let Stage::Records(r) = &mut self.stage {
+            match r.seal_data(&data[..take], work) {
+                Ok(len) => len,
+                Err(e) => {
+                    self.fail(&e);
+                    let _ = self.flush(sock);
+                    return Err(invalid(e));
+                }
             }
+        } else {
+            let len = loop {
+                match self.with_write_traffic(work, |w, out| w.encrypt(&data[..take], out))? {
+                    Ok(len) => break len,
+                    // More records than TX_SLACK allows for: never with rustls's record sizes.
+                    Err(EncryptError::InsufficientSize(_)) if take > 1 => take /= 2,
+                    Err(e) => return Err(invalid(e.to_string())),
+                }
+            };
+            if take > 0 {
+                self.hand_over()?;
+            }
+            len
         };
         self.send(sock, &work[..len])?;
         Ok(take)
@@ -557,9 +636,12 @@ impl<C: Role> TlsSession<C> {
     fn shutdown_write(&mut self, sock: &TcpStream, work: &mut [u8]) -> io::Result<()> {
         if self.flags & DONE != 0 && self.flags & (FAILED | CLOSE_SENT | PLAIN) == 0 {
             self.flags |= CLOSE_SENT;
-            let len = self
-                .with_write_traffic(work, |w, out| w.queue_close_notify(out))?
-                .map_err(|e| invalid(e.to_string()))?;
+            let len = match &mut self.stage {
+                Stage::Records(r) => r.seal_alert(0, work).map_err(invalid)?,
+                _ => self
+                    .with_write_traffic(work, |w, out| w.queue_close_notify(out))?
+                    .map_err(|e| invalid(e.to_string()))?,
+            };
             self.send(sock, &work[..len])?;
         }
         self.flags |= WANT_FIN;
@@ -590,41 +672,6 @@ impl<C: Role> TlsSession<C> {
     }
 }
 
-/// A TLS client's socket, session and the worker's buffers, for one operation.
-pub struct TlsIo<'a, C: Role = UnbufferedServerConnection> {
-    pub sock: &'a TcpStream,
-    pub session: &'a mut TlsSession<C>,
-    pub bufs: &'a mut TlsBuffers,
-}
-
-impl<C: Role> AsFd for TlsIo<'_, C> {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.sock.as_fd()
-    }
-}
-
-impl<C: Role> Transport for TlsIo<'_, C> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.session.read(self.sock, buf, &mut self.bufs.rx)
-    }
-
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.session.write(self.sock, buf, &mut self.bufs.tx)
-    }
-
-    fn shutdown_write(&mut self) -> io::Result<()> {
-        self.session.shutdown_write(self.sock, &mut self.bufs.tx)
-    }
-
-    fn can_splice(&self) -> bool {
-        false
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.session.flush(self.sock)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -635,9 +682,11 @@ mod tests {
     fn an_idle_session_holds_no_buffer() {
         let size = std::mem::size_of::<TlsSession>();
         eprintln!(
-            "TlsSession {size} B, of which UnbufferedServerConnection {} B",
-            std::mem::size_of::<UnbufferedServerConnection>()
+            "TlsSession {size} B; during the handshake a boxed UnbufferedServerConnection of {} B; \
+             after it, rustls's KernelConnection (TLS 1.3) {} B",
+            std::mem::size_of::<UnbufferedServerConnection>(),
+            std::mem::size_of::<rustls::kernel::KernelConnection<rustls::server::ServerConnectionData>>()
         );
-        assert!(size <= 1280, "TlsSession grew to {size} B");
+        assert!(size <= 320, "TlsSession grew to {size} B");
     }
 }

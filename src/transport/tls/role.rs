@@ -2,9 +2,10 @@
 //! listener, or the client, toward a TLS backend. Everything else about a session is the same.
 
 use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
+use rustls::kernel::KernelConnection;
 use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::UnbufferedStatus;
-use rustls::CommonState;
+use rustls::{CommonState, Error, ExtractedSecrets};
 
 /// A rustls unbuffered connection of one side.
 pub trait Role {
@@ -16,6 +17,12 @@ pub trait Role {
     fn process<'c, 'i>(&'c mut self, buf: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data>;
     /// The negotiated version, suite, handshake kind.
     fn common(&self) -> &CommonState;
+    /// rustls's `dangerous_into_kernel_connection`: the traffic secrets and what derives the
+    /// next ones, once the handshake is done and rustls has nothing left to send.
+    fn into_kernel(self) -> Result<(ExtractedSecrets, KernelConnection<Self::Data>), Error>;
+    /// A NewSessionTicket after the handshake (TLS 1.3): a backend's is kept for resumption; a
+    /// client never sends one.
+    fn take_ticket(k: &mut KernelConnection<Self::Data>, body: &[u8]) -> Result<(), Error>;
 }
 
 impl Role for UnbufferedServerConnection {
@@ -29,6 +36,17 @@ impl Role for UnbufferedServerConnection {
     fn common(&self) -> &CommonState {
         self
     }
+
+    fn into_kernel(self) -> Result<(ExtractedSecrets, KernelConnection<Self::Data>), Error> {
+        self.dangerous_into_kernel_connection()
+    }
+
+    fn take_ticket(_: &mut KernelConnection<Self::Data>, _: &[u8]) -> Result<(), Error> {
+        Err(Error::InappropriateHandshakeMessage {
+            expect_types: vec![rustls::HandshakeType::KeyUpdate],
+            got_type: rustls::HandshakeType::NewSessionTicket,
+        })
+    }
 }
 
 impl Role for UnbufferedClientConnection {
@@ -41,5 +59,13 @@ impl Role for UnbufferedClientConnection {
 
     fn common(&self) -> &CommonState {
         self
+    }
+
+    fn into_kernel(self) -> Result<(ExtractedSecrets, KernelConnection<Self::Data>), Error> {
+        self.dangerous_into_kernel_connection()
+    }
+
+    fn take_ticket(k: &mut KernelConnection<Self::Data>, body: &[u8]) -> Result<(), Error> {
+        k.handle_new_session_ticket(body)
     }
 }
