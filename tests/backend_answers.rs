@@ -106,12 +106,8 @@ e2e!(incomplete_101_is_502, |relay| async move {
 });
 
 e2e!(oversized_response_head_is_502, |relay| async move {
-    let backend = RawBackend::start().await;
-    let proxy = Proxy::builder(relay)
-        .limit("max_head_bytes", 16384)
-        .route(route("/b", &[backend.addr]))
-        .start()
-        .await;
+    let (proxy, backend) =
+        raw_proxy_with(Proxy::builder(relay).limit("max_head_bytes", 16384), "/b").await;
     let (mut client, mut server, head) = upgrade_to(&proxy, &backend).await;
     let mut answer = String::from_utf8(response_101(&head)).expect("ascii");
     answer.truncate(answer.len() - 2);

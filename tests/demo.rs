@@ -30,15 +30,12 @@ async fn demo_pushes_notices_and_echoes() {
         assert_eq!(back.into_text().expect("text").as_str(), "hello");
 
         // The page, through the HTTP path, on a keep-alive connection.
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(&addr)
-            .await
-            .expect("connect");
-        s.write_all(b"GET / HTTP/1.1\r\nHost: demo\r\n\r\nHEAD / HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n")
-            .await
-            .expect("request");
-        let mut all = Vec::new();
-        s.read_to_end(&mut all).await.expect("read");
+        let (all, end) = support::send_and_read_all(
+            &demo,
+            b"GET / HTTP/1.1\r\nHost: demo\r\n\r\nHEAD / HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(end, support::End::Eof, "closed after the HEAD answer");
         let all = String::from_utf8_lossy(&all);
         assert!(all.starts_with("HTTP/1.1 200 OK\r\n"), "{all}");
         assert!(all.contains("Content-Type: text/html"), "{all}");

@@ -280,6 +280,15 @@ async fn wait_stderr(proxy: &Proxy, want: &[&str]) {
     }
 }
 
+/// Waits for the proxy to say that backend `name` resolves to `addrs` (as it writes them).
+async fn wait_resolved(proxy: &Proxy, name: &str, addrs: &str) {
+    wait_stderr(
+        proxy,
+        &[&format!("wsplice: dns: {name} resolves to {addrs}")],
+    )
+    .await;
+}
+
 fn run_scenario<F: std::future::Future<Output = ()>>(f: F) {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -420,11 +429,10 @@ fn name_missing_at_start_answers_502_until_it_resolves() {
                 ),
             }
         }
-        wait_stderr(
+        wait_resolved(
             &proxy,
-            &[&format!(
-                "wsplice: dns: {NAME}:{port} resolves to 127.0.0.3:{port}"
-            )],
+            &format!("{NAME}:{port}"),
+            &format!("127.0.0.3:{port}"),
         )
         .await;
         let mut kept = Vec::new();
@@ -452,13 +460,8 @@ fn srv_record_gives_target_and_port() {
         dns.set(&["127.0.0.4"]);
         follow(&proxy, &["127.0.0.4"], 4, &mut kept).await;
         all_echo(&mut kept).await;
-        wait_stderr(
-            &proxy,
-            &[&format!(
-                "wsplice: dns: srv:_ws._tcp.{NAME} resolves to 127.0.0.4:{port}"
-            )],
-        )
-        .await;
+        let srv = format!("srv:_ws._tcp.{NAME}");
+        wait_resolved(&proxy, &srv, &format!("127.0.0.4:{port}")).await;
     });
 }
 

@@ -135,12 +135,9 @@ e2e_drivers!(
 e2e_drivers!(
     expect_100_continue_and_early_hints_are_relayed,
     |relay| async move {
-        let backend = RawBackend::start().await;
-        let p = proxy(relay, &[r("/", &[backend.addr])]).await;
-        let mut c = Peer::connect(p.addr()).await;
-        c.send(b"POST /up HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n")
-        .await;
-        let mut b = Peer::new(backend.next_conn().await);
+        let (p, backend) = proxy_to_raw(Proxy::builder(relay), &[]).await;
+        let post = b"POST /up HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n";
+        let (mut c, mut b) = send_to_new(&p, &backend, post).await;
         let head = b.head().await.expect("head");
         assert_eq!(head.header("expect"), Some("100-continue"));
         // No body yet: the client waits for the 100.
@@ -164,13 +161,14 @@ e2e_drivers!(
 e2e_drivers!(
     event_streams_pass_each_event_as_it_comes,
     |relay| async move {
-        let backend = RawBackend::start().await;
-        let p = proxy(relay, &[r("/", &[backend.addr])]).await;
+        let (p, backend) = proxy_to_raw(Proxy::builder(relay), &[]).await;
         for chunked in [true, false] {
-            let mut c = Peer::connect(p.addr()).await;
-            c.send(&get("/events", &["Accept: text/event-stream"]))
-                .await;
-            let mut b = Peer::new(backend.next_conn().await);
+            let (mut c, mut b) = send_to_new(
+                &p,
+                &backend,
+                &get("/events", &["Accept: text/event-stream"]),
+            )
+            .await;
             b.head().await.expect("head");
             let framing = if chunked {
                 "Transfer-Encoding: chunked\r\n"
@@ -237,8 +235,7 @@ e2e_drivers!(
 );
 
 e2e_drivers!(pipelined_requests_are_served_in_turn, |relay| async move {
-    let backend = RawBackend::start().await;
-    let p = proxy(relay, &[r("/", &[backend.addr])]).await;
+    let (p, backend) = proxy_to_raw(Proxy::builder(relay), &[]).await;
     let mut c = Peer::connect(p.addr()).await;
     let mut all = get("/1", &[]);
     all.extend_from_slice(&request("POST", "/2", &[], b"two"));
@@ -308,17 +305,10 @@ e2e!(upgrade_after_plain_requests, |relay| async move {
 e2e_drivers!(
     pooled_connection_closed_by_the_backend_is_retried_for_idempotent_requests_only,
     |relay| async move {
-        let backend = RawBackend::start().await;
-        let p = with_routes(
-            Proxy::builder(relay).top("admin", "\"127.0.0.1:0\""),
-            &[r("/", &[backend.addr])],
-        )
-        .start()
-        .await;
+        let (p, backend) =
+            proxy_to_raw(Proxy::builder(relay).top("admin", "\"127.0.0.1:0\""), &[]).await;
         // First request: answered, the connection goes to the pool.
-        let mut c = Peer::connect(p.addr()).await;
-        c.send(&get("/a", &[])).await;
-        let mut b1 = Peer::new(backend.next_conn().await);
+        let (mut c, mut b1) = send_to_new(&p, &backend, &get("/a", &[])).await;
         b1.head().await.expect("head");
         b1.send(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na")
             .await;
@@ -355,6 +345,19 @@ e2e_drivers!(
     }
 );
 
+/// The request for `path` the client `c` sent reaches backend connection `b` (`on`: which one
+/// it must be), whose answer (the path as its body) reaches the client.
+async fn serve(c: &mut Peer, b: &mut Peer, path: &str, on: &str) {
+    let m = b.head().await.expect(on);
+    assert_eq!(m.target(), path);
+    let answer = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{path}",
+        path.len()
+    );
+    b.send(answer.as_bytes()).await;
+    assert_eq!(c.answer("GET").await.text(), path);
+}
+
 /// A keep-alive client's backend connection waits with it between its requests (parked, still
 /// watched). The backend closing it meanwhile is noticed before the next request, which goes
 /// out on a new connection rather than as a retry; another client takes a connection the first
@@ -362,53 +365,33 @@ e2e_drivers!(
 #[test]
 fn a_clients_backend_connection_waits_with_it_between_its_requests() {
     run_auto(|_| async move {
-        let backend = RawBackend::start().await;
-        let p = with_routes(
+        let (p, backend) = proxy_to_raw(
             // One worker: the two clients share its pool.
             Proxy::builder(Relay::Auto)
                 .workers(1)
                 .top("admin", "\"127.0.0.1:0\""),
-            &[r("/", &[backend.addr])],
+            &[],
         )
-        .start()
         .await;
-        let answer = |t: &str| format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{t}", t.len());
-        let mut c = Peer::connect(p.addr()).await;
-        c.send(&get("/a", &[])).await;
-        let mut b1 = Peer::new(backend.next_conn().await);
+        let (mut c, mut b1) = send_to_new(&p, &backend, &get("/a", &[])).await;
         for path in ["/a", "/b", "/c"] {
             if path != "/a" {
                 c.send(&get(path, &[])).await;
             }
-            let m = b1.head().await.expect("on the first backend connection");
-            assert_eq!(m.target(), path);
-            b1.send(answer(path).as_bytes()).await;
-            assert_eq!(c.answer("GET").await.text(), path);
+            serve(&mut c, &mut b1, path, "on the first backend connection").await;
         }
         // The backend times the connection out while the client is idle.
         drop(b1);
         c.send(&get("/d", &[])).await;
         let mut b2 = Peer::new(backend.next_conn().await);
-        assert_eq!(b2.head().await.expect("on a new connection").target(), "/d");
-        b2.send(answer("/d").as_bytes()).await;
-        assert_eq!(c.answer("GET").await.text(), "/d");
+        serve(&mut c, &mut b2, "/d", "on a new connection").await;
         // A second client's request takes the connection the first client holds.
         let mut c2 = Peer::connect(p.addr()).await;
         c2.send(&get("/e", &[])).await;
-        assert_eq!(
-            b2.head().await.expect("on the held connection").target(),
-            "/e"
-        );
-        b2.send(answer("/e").as_bytes()).await;
-        assert_eq!(c2.answer("GET").await.text(), "/e");
+        serve(&mut c2, &mut b2, "/e", "on the held connection").await;
         // And the first client's next one finds it again, with the second client.
         c.send(&get("/f", &[])).await;
-        assert_eq!(
-            b2.head().await.expect("still the one connection").target(),
-            "/f"
-        );
-        b2.send(answer("/f").as_bytes()).await;
-        assert_eq!(c.answer("GET").await.text(), "/f");
+        serve(&mut c, &mut b2, "/f", "still the one connection").await;
         assert_eq!(backend.accepted(), 2);
         tokio::task::block_in_place(|| {
             support::blocking::eventually("the counters", STEP, || {
@@ -457,9 +440,7 @@ e2e_drivers!(
         assert!(c.closed_within(STEP).await);
 
         // A backend answering until it closes: the 1.0 client reads to the close, not chunks.
-        let mut c = Peer::connect(p.addr()).await;
-        c.send(b"GET /raw/a HTTP/1.0\r\n\r\n").await;
-        let mut b = Peer::new(raw.next_conn().await);
+        let (mut c, mut b) = send_to_new(&p, &raw, b"GET /raw/a HTTP/1.0\r\n\r\n").await;
         b.head().await.expect("the backend got the head");
         b.send(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nX-A: 1\r\n\r\nstreamed")
             .await;
@@ -473,9 +454,7 @@ e2e_drivers!(
         assert_eq!(a.header("transfer-encoding"), None);
 
         // A backend that answers a 1.0 request chunked: the client could not read it, 502.
-        let mut c = Peer::connect(p.addr()).await;
-        c.send(b"GET /raw/b HTTP/1.0\r\n\r\n").await;
-        let mut b = Peer::new(raw.next_conn().await);
+        let (mut c, mut b) = send_to_new(&p, &raw, b"GET /raw/b HTTP/1.0\r\n\r\n").await;
         b.head().await.expect("the backend got the head");
         b.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
             .await;

@@ -18,21 +18,13 @@ use http::*;
 use support::*;
 
 /// A proxy with one route to a new raw backend, `keys` set on the route.
-async fn proxy_to_raw(relay: Relay, keys: &[(&str, &str)]) -> (Proxy, RawBackend) {
-    let backend = RawBackend::start().await;
-    let mut route = r("/", &[backend.addr]);
-    for (k, v) in keys {
-        route = route.key(k, v);
-    }
-    let p = with_routes(Proxy::builder(relay), &[route]).start().await;
-    (p, backend)
+async fn raw(relay: Relay, keys: &[(&str, &str)]) -> (Proxy, RawBackend) {
+    proxy_to_raw(Proxy::builder(relay), keys).await
 }
 
 /// A request on a new client connection; the backend's side of it, head read.
 async fn exchange(p: &Proxy, backend: &RawBackend, req: &[u8]) -> (Peer, Peer, Msg) {
-    let mut c = Peer::connect(p.addr()).await;
-    c.send(req).await;
-    let mut b = Peer::new(backend.next_conn().await);
+    let (c, mut b) = send_to_new(p, backend, req).await;
     let head = b.head().await.expect("request head at the backend");
     (c, b, head)
 }
@@ -40,17 +32,15 @@ async fn exchange(p: &Proxy, backend: &RawBackend, req: &[u8]) -> (Peer, Peer, M
 /// `GET /` through a proxy to a new raw backend: the proxy, the backend, the client's end and
 /// the backend's end (its head read).
 async fn a_get(relay: Relay) -> (Proxy, RawBackend, Peer, Peer) {
-    let (p, backend) = proxy_to_raw(relay, &[]).await;
+    let (p, backend) = raw(relay, &[]).await;
     let (c, b, _) = exchange(&p, &backend, &get("/", &[])).await;
     (p, backend, c, b)
 }
 
 /// The next request of the proxy goes to a new backend connection, not `old`.
 async fn next_request_uses_a_new_connection(p: &Proxy, backend: &RawBackend, old: &mut Peer) {
-    let mut c = Peer::connect(p.addr()).await;
-    c.send(&get("/next", &[])).await;
-    let mut b = Peer::new(backend.next_conn().await);
-    assert_eq!(b.head().await.expect("head").target(), "/next");
+    let (mut c, mut b, head) = exchange(p, backend, &get("/next", &[])).await;
+    assert_eq!(head.target(), "/next");
     b.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         .await;
     assert_eq!(c.answer("GET").await.text(), "ok");
@@ -98,7 +88,7 @@ e2e_drivers!(
 e2e_drivers!(
     broken_chunked_answer_cuts_the_client_off,
     |relay| async move {
-        let (p, backend) = proxy_to_raw(relay, &[]).await;
+        let (p, backend) = raw(relay, &[]).await;
         for garbage in [
             &b"zz\r\nhello\r\n"[..],
             b"5\r\nhelloXX",
@@ -143,7 +133,7 @@ e2e_drivers!(
 e2e_drivers!(
     early_answer_before_the_body_closes_after_it,
     |relay| async move {
-        let (p, backend) = proxy_to_raw(relay, &[]).await;
+        let (p, backend) = raw(relay, &[]).await;
         let mut req =
             b"POST /up HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\r\n".to_vec();
         req.extend_from_slice(&[b'a'; 1000]);
@@ -169,7 +159,7 @@ e2e_drivers!(
 e2e_drivers!(
     backend_that_closes_before_answering_is_a_502_and_one_that_stalls_a_504,
     |relay| async move {
-        let (p, backend) = proxy_to_raw(relay, &[("response_timeout", "\"500ms\"")]).await;
+        let (p, backend) = raw(relay, &[("response_timeout", "\"500ms\"")]).await;
         let (mut c, b, _) = exchange(&p, &backend, &request("POST", "/", &[], b"x")).await;
         drop(b);
         let a = c.answer("POST").await;
@@ -209,12 +199,10 @@ e2e_drivers!(refused_backend_is_a_readable_502, |relay| async move {
 e2e_drivers!(
     slow_body_gets_408_and_idle_keep_alive_is_closed_quietly,
     |relay| async move {
-        let backend = RawBackend::start().await;
-        let p = with_routes(
+        let (p, backend) = proxy_to_raw(
             Proxy::builder(relay).timeout("client_idle", "400ms"),
-            &[r("/", &[backend.addr]).key("response_timeout", "\"400ms\"")],
+            &[("response_timeout", "\"400ms\"")],
         )
-        .start()
         .await;
         // A body that stops coming: the backend has all we got; the client is at fault.
         let (mut c, mut b, mut head) = exchange(
@@ -254,7 +242,7 @@ e2e_drivers!(
 e2e_drivers!(
     client_gone_mid_body_never_returns_the_backend_connection_to_the_pool,
     |relay| async move {
-        let (p, backend) = proxy_to_raw(relay, &[]).await;
+        let (p, backend) = raw(relay, &[]).await;
         let (c, mut b, mut head) = exchange(
             &p,
             &backend,
@@ -269,10 +257,8 @@ e2e_drivers!(
             b.closed_within(STEP).await,
             "the backend connection must close"
         );
-        let mut fresh = Peer::connect(p.addr()).await;
-        fresh.send(&get("/after", &[])).await;
-        let mut b2 = Peer::new(backend.next_conn().await);
-        assert_eq!(b2.head().await.expect("head").target(), "/after");
+        let (mut fresh, mut b2, head) = exchange(&p, &backend, &get("/after", &[])).await;
+        assert_eq!(head.target(), "/after");
         b2.send(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
             .await;
         assert_eq!(fresh.answer("GET").await.status, 200);
@@ -283,7 +269,7 @@ e2e_drivers!(
 e2e_drivers!(
     chunked_request_breaking_midway_reaches_the_backend_cut_off,
     |relay| async move {
-        let (p, backend) = proxy_to_raw(relay, &[]).await;
+        let (p, backend) = raw(relay, &[]).await;
         let (mut c, mut b, _) = exchange(
         &p,
         &backend,
@@ -308,7 +294,7 @@ e2e_drivers!(
 );
 
 e2e_drivers!(websocket_only_route_answers_426, |relay| async move {
-    let (p, backend) = proxy_to_raw(relay, &[("http", "false")]).await;
+    let (p, backend) = raw(relay, &[("http", "false")]).await;
     let mut c = Peer::connect(p.addr()).await;
     c.send(&get("/", &[])).await;
     let a = c.answer("GET").await;

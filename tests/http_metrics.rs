@@ -8,9 +8,8 @@ mod support;
 mod http;
 
 use std::io::Read;
-use std::net::TcpStream;
 use std::time::Duration;
-use support::blocking::fetch;
+use support::blocking::{connect, fetch};
 
 drivers!(
     requests_are_counted_by_class_and_route_and_logged_one_line_each,
@@ -37,9 +36,7 @@ drivers!(
             origin.addr
         );
         let p = support::Proxy::blocking_start_toml(&toml);
-        let mut a = TcpStream::connect(p.addr()).expect("connect");
-        a.set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
+        let mut a = connect(p.addr());
         for path in ["/app/a", "/app/b"] {
             let (status, body) = fetch(&mut a, &http::get(path, &[]));
             assert_eq!(
@@ -47,9 +44,7 @@ drivers!(
                 (200, &format!("GET {} 0", &path[4..])[..])
             );
         }
-        let mut b = TcpStream::connect(p.addr()).expect("connect");
-        b.set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
+        let mut b = connect(p.addr());
         assert_eq!(fetch(&mut b, &http::get("/app/c", &[])).0, 200);
         assert_eq!(fetch(&mut b, &http::get("/down/x", &[])).0, 502);
 
@@ -134,9 +129,7 @@ drivers!(
         let mut p = support::Proxy::blocking_start_toml(&toml);
         let mut idle = Vec::new();
         for i in 0..4 {
-            let mut s = TcpStream::connect(p.addr()).expect("connect");
-            s.set_read_timeout(Some(Duration::from_secs(5)))
-                .expect("timeout");
+            let mut s = connect(p.addr());
             assert_eq!(fetch(&mut s, &http::get(&format!("/{i}"), &[])).0, 200);
             idle.push(s);
         }

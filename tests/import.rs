@@ -86,6 +86,14 @@ fn import(kind: &str, file: &Path) -> String {
     toml
 }
 
+/// [`import`] of one file, `name` with `text`, written in a new directory: the directory, the
+/// file and the TOML.
+fn import_one(kind: &str, name: &str, text: &str) -> (Dir, PathBuf, String) {
+    let (dir, conf) = Dir::with(name, text);
+    let toml = import(kind, &conf);
+    (dir, conf, toml)
+}
+
 /// `text` (an import or an error) must contain `part`.
 fn has(text: &str, part: &str) {
     assert!(text.contains(part), "missing\n{part}\nin\n{text}");
@@ -234,7 +242,23 @@ fn port(addr: SocketAddr) -> u16 {
 // The classic two-location config: /notice and /msg, each with the four header lines.
 both_drivers!(nginx_two_locations, |relay| async move {
     let (notice, msg) = (EchoBackend::start().await, EchoBackend::start().await);
-    let (_dir, conf) = Dir::with(
+    // The location block as the guides write it, once per path: lines 6-13 and 14-21.
+    let location = |path: &str, to: &EchoBackend| {
+        format!(
+            r#"        location {path} {{
+            proxy_pass http://127.0.0.1:{}/;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection "upgrade";
+            proxy_set_header X-Real-IP $remote_addr;
+            proxy_set_header X-Forwarded-For $remote_addr;
+        }}
+"#,
+            port(to.addr)
+        )
+    };
+    let (_dir, conf, toml) = import_one(
+        "nginx",
         "nginx.conf",
         &format!(
             r#"worker_processes 2;
@@ -242,30 +266,13 @@ events {{ worker_connections 1024; }}
 http {{
     server {{
         listen 127.0.0.1:0;
-        location /notice {{
-            proxy_pass http://127.0.0.1:{}/;
-            proxy_http_version 1.1;
-            proxy_set_header Upgrade $http_upgrade;
-            proxy_set_header Connection "upgrade";
-            proxy_set_header X-Real-IP $remote_addr;
-            proxy_set_header X-Forwarded-For $remote_addr;
-        }}
-        location /msg {{
-            proxy_pass http://127.0.0.1:{}/;
-            proxy_http_version 1.1;
-            proxy_set_header Upgrade $http_upgrade;
-            proxy_set_header Connection "upgrade";
-            proxy_set_header X-Real-IP $remote_addr;
-            proxy_set_header X-Forwarded-For $remote_addr;
-        }}
-    }}
+{}{}    }}
 }}
 "#,
-            port(notice.addr),
-            port(msg.addr)
+            location("/notice", &notice),
+            location("/msg", &msg)
         ),
     );
-    let toml = import("nginx", &conf);
     has(&toml, "workers = 2");
     has(&toml, "forwarded_for = \"replace\"");
     assert_notes(
@@ -359,7 +366,8 @@ e2e!(
     |relay| async move {
         let backend = EchoBackend::start().await;
         let pair = &tls::shared().1;
-        let (_dir, conf) = Dir::with(
+        let (_dir, conf, toml) = import_one(
+            "nginx",
             "nginx.conf",
             &format!(
                 r#"http {{
@@ -382,7 +390,6 @@ e2e!(
                 port(backend.addr)
             ),
         );
-        let toml = import("nginx", &conf);
         has(&toml, "[tls]");
         assert_noted(&toml, &conf, 7, "TLS settings are fixed");
         assert_noted(&toml, &conf, 10, "passes the client's Host");
@@ -420,7 +427,8 @@ fn nginx_syntax_error_names_file_and_line() {
 /// What has no wsplice equivalent is a comment naming file:line and why; the rest still runs.
 #[test]
 fn nginx_unmappable_directives_are_comments() {
-    let (_dir, conf) = Dir::with(
+    let (_dir, conf, toml) = import_one(
+        "nginx",
         "nginx.conf",
         r#"http {
     gzip on;
@@ -439,7 +447,6 @@ fn nginx_unmappable_directives_are_comments() {
 }
 "#,
     );
-    let toml = import("nginx", &conf);
     assert_notes(
         &toml,
         &conf,
@@ -474,7 +481,8 @@ fn nginx_unmappable_directives_are_comments() {
 // `ProxyPass /notice ws://...` with its `ProxyPassReverse`, and /msg the same way.
 both_drivers!(apache_proxy_pass_pair, |relay| async move {
     let (notice, msg) = (EchoBackend::start().await, EchoBackend::start().await);
-    let (_dir, conf) = Dir::with(
+    let (_dir, conf, toml) = import_one(
+        "apache",
         "site.conf",
         &format!(
             r#"<VirtualHost 127.0.0.1:0>
@@ -493,7 +501,6 @@ both_drivers!(apache_proxy_pass_pair, |relay| async move {
             m = port(msg.addr)
         ),
     );
-    let toml = import("apache", &conf);
     assert_notes(
         &toml,
         &conf,
@@ -606,7 +613,8 @@ fn apache_syntax_error_names_file_and_line() {
 
 #[test]
 fn apache_unmappable_directives_are_comments() {
-    let (_dir, conf) = Dir::with(
+    let (_dir, conf, toml) = import_one(
+        "apache",
         "site.conf",
         r#"<VirtualHost *:8080>
     DocumentRoot /var/www
@@ -624,7 +632,6 @@ fn apache_unmappable_directives_are_comments() {
 </VirtualHost>
 "#,
     );
-    let toml = import("apache", &conf);
     assert_notes(
         &toml,
         &conf,
@@ -730,15 +737,17 @@ ProxyPass /py uwsgi://127.0.0.1:3032/
 /// A sites-enabled/ file: `server` blocks with no `http` around them.
 #[test]
 fn nginx_sites_snippet_without_http() {
-    let (_dir, conf) = Dir::with(
+    let (_dir, _, toml) = import_one(
+        "nginx",
         "default",
         "server {\n    listen [::1]:8090;\n    location /ws { proxy_pass http://[::1]:9011; }\n}\n",
     );
-    let toml = import("nginx", &conf);
-    has(&toml, "listen = [\"[::1]:8090\"]");
-    has(
+    has_all(
         &toml,
-        "prefix = \"/ws\"\nbackends = [\"[::1]:9011\"]\nstrip_prefix = false\n",
+        &[
+            "listen = [\"[::1]:8090\"]",
+            "prefix = \"/ws\"\nbackends = [\"[::1]:9011\"]\nstrip_prefix = false\n",
+        ],
     );
 }
 
@@ -884,7 +893,8 @@ both_drivers!(nginx_itself_agrees, |relay| async move {
     let msg = EchoBackend::start().await;
     let (a, b) = (EchoBackend::start().await, EchoBackend::start().await);
     let port = free_port();
-    let (dir, conf) = Dir::with(
+    let (dir, conf, toml) = import_one(
+        "nginx",
         "nginx.conf",
         &format!(
             r#"daemon off;
@@ -914,7 +924,6 @@ http {{
             m = msg.addr.port()
         ),
     );
-    let toml = import("nginx", &conf);
     // The same routes on another port: nginx holds this one.
     let listen = format!("listen = [\"127.0.0.1:{port}\"]");
     has(&toml, &listen);

@@ -299,12 +299,8 @@ e2e!(rejects, |relay| async move {
 
 e2e!(max_headers_boundary_accepted, |relay| async move {
     // 6 standard headers + 94 fillers = exactly 100: accepted.
-    let backend = RawBackend::start().await;
-    let proxy = Proxy::builder(relay)
-        .limit("max_headers", 100)
-        .route(route("/rec", &[backend.addr]))
-        .start()
-        .await;
+    let (proxy, backend) =
+        raw_proxy_with(Proxy::builder(relay).limit("max_headers", 100), "/rec").await;
     let fillers: Vec<String> = (0..94).map(|i| format!("X-Filler-{i}: v")).collect();
     let fillers: Vec<&str> = fillers.iter().map(String::as_str).collect();
     let mut client = send(&proxy, &req_with(&[], &fillers)).await;

@@ -386,28 +386,15 @@ fn control_bytes(t: &mut Table) {
     bytes.insert(0, 0);
     for &b in &bytes {
         framing_values_with(t, b);
-        // The request line: method, target, version.
-        let line = with_byte("GET /rec/x HT", b, "TP/1.1");
-        t.head(
-            C,
-            format!("version with {b:#04x}"),
-            Head::to("/rec/x").line(line),
-            400,
-        );
-        let line = with_byte("GET /rec/", b, "x HTTP/1.1");
-        t.head(
-            C,
-            format!("target with {b:#04x}"),
-            Head::to("/rec/x").line(line),
-            400,
-        );
-        let line = with_byte("G", b, "ET /rec/x HTTP/1.1");
-        t.head(
-            C,
-            format!("method with {b:#04x}"),
-            Head::to("/rec/x").line(line),
-            400,
-        );
+        // The request line: (part, the line before the byte, after it).
+        for (part, before, after) in [
+            ("version", "GET /rec/x HT", "TP/1.1"),
+            ("target", "GET /rec/", "x HTTP/1.1"),
+            ("method", "G", "ET /rec/x HTTP/1.1"),
+        ] {
+            let head = Head::to("/rec/x").line(with_byte(before, b, after));
+            t.head(C, format!("{part} with {b:#04x}"), head, 400);
+        }
         let mut field = with_byte("X-Ctl", b, "");
         field.extend_from_slice(b": v");
         t.head(

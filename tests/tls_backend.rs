@@ -374,23 +374,28 @@ async fn redirecting(echo: &EchoBackend, extra_route: &str) -> (Proxy, SocketAdd
         pair.key.display()
     );
     let proxy = start(toml).await;
-    let line = proxy
-        .startup()
-        .iter()
-        .find(|l| l.contains("redirect-to-https"))
-        .unwrap_or_else(|| panic!("no redirect listener in {:?}", proxy.startup()))
-        .clone();
-    let addr: SocketAddr = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .expect("the redirect listener's address");
+    let (addr, line) = redirect_listener(&proxy);
     let tls_port = proxy.tls_addr().expect("TLS listener").port();
     assert!(
         line.ends_with(&format!("redirect-to-https:{tls_port}")),
         "{line}"
     );
     (proxy, addr, tls_port)
+}
+
+/// The redirect listener's address, and its line in the startup summary.
+fn redirect_listener(proxy: &Proxy) -> (SocketAddr, String) {
+    let line = proxy
+        .startup()
+        .iter()
+        .find(|l| l.contains("redirect-to-https"))
+        .unwrap_or_else(|| panic!("no redirect listener in {:?}", proxy.startup()));
+    let addr = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    (addr, line.clone())
 }
 
 async fn ask(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
@@ -532,17 +537,7 @@ async fn redirect_listen_flag() {
         &route,
     ])
     .await;
-    let line = proxy
-        .startup()
-        .iter()
-        .find(|l| l.contains("redirect-to-https"))
-        .expect("a redirect listener")
-        .clone();
-    let addr: SocketAddr = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .expect("address");
+    let (addr, _) = redirect_listener(&proxy);
     let port = proxy.tls_addr().expect("TLS listener").port();
     let answer = ask(addr, b"GET /q HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
     assert_eq!(

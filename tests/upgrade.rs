@@ -35,27 +35,20 @@ macro_rules! upgrade {
     ($name:ident, $body:expr) => {
         mod $name {
             use super::*;
-            mod threads {
-                use super::*;
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn copy() {
-                    within(DEADLINE, $body(Relay::Copy, "threads")).await
-                }
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn splice() {
-                    within(DEADLINE, $body(Relay::Splice, "threads")).await
-                }
+            upgrade!(@model threads, $body);
+            upgrade!(@model processes, $body);
+        }
+    };
+    (@model $model:ident, $body:expr) => {
+        mod $model {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn copy() {
+                within(DEADLINE, $body(Relay::Copy, stringify!($model))).await
             }
-            mod processes {
-                use super::*;
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn copy() {
-                    within(DEADLINE, $body(Relay::Copy, "processes")).await
-                }
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn splice() {
-                    within(DEADLINE, $body(Relay::Splice, "processes")).await
-                }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn splice() {
+                within(DEADLINE, $body(Relay::Splice, stringify!($model))).await
             }
         }
     };
@@ -85,6 +78,21 @@ impl Drop for Reaper {
 
 fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Waits for the old process to leave, with success, after handing on its work.
+fn old_exits(proxy: &mut Proxy, within: Duration) {
+    let status = tokio::task::block_in_place(|| proxy.wait_exit(within));
+    assert!(status.success(), "old process exit: {status}");
+}
+
+/// Waits until none of the processes `pids` (an old tree) is left.
+fn all_gone(pids: &[u32], within: Duration) {
+    tokio::task::block_in_place(|| {
+        support::blocking::eventually("every old process is gone", within, || {
+            pids.iter().all(|p| !alive(*p))
+        })
+    });
 }
 
 /// The process and its worker processes (none with worker threads).
@@ -118,6 +126,24 @@ fn rss_kib_of(pid: u32) -> u64 {
                 .unwrap_or(0)
         })
         .sum()
+}
+
+/// Stops the [`flow`]s started by [`start_flows`] and returns the records each carried;
+/// panics, saying it went `across` what, on one that lost bytes or was reset.
+async fn end_flows(
+    stop: &AtomicBool,
+    flows: Vec<tokio::task::JoinHandle<Result<u64, String>>>,
+    across: &str,
+) -> Vec<u64> {
+    stop.store(true, Ordering::Relaxed);
+    let mut records = Vec::new();
+    for (i, f) in flows.into_iter().enumerate() {
+        match f.await.expect("flow task") {
+            Ok(n) => records.push(n),
+            Err(e) => panic!("tunnel {i} {across}: {e}"),
+        }
+    }
+    records
 }
 
 /// Opens `n` tunnels through `addr`, each running a [`flow`] until `stop`.
@@ -440,25 +466,14 @@ async fn sigusr2_hands_1000_tunnels_and_50_handshakes_to_the_new_binary_without_
     churn_pause.store(false, Ordering::Relaxed);
 
     proxy.signal(Signal::SIGUSR2);
-    let line = tokio::task::block_in_place(|| {
-        proxy.expect_line_starting(&["upgraded pid=", "upgrade failed"], WAIT)
-    });
-    let new: u32 = line
-        .strip_prefix("upgraded pid=")
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("the upgrade failed: {line}\n{}", proxy.stderr()));
+    let new = upgraded(&proxy);
     let _reaper = Reaper(new);
     assert_ne!(new, old);
     // The slow clients finish their heads now: in the old process, which then hands them on.
     go.store(true, Ordering::Relaxed);
 
-    let status = tokio::task::block_in_place(|| proxy.wait_exit(Duration::from_secs(60)));
-    assert!(status.success(), "old process exit: {status}");
-    tokio::task::block_in_place(|| {
-        support::blocking::eventually("every old process is gone", WAIT, || {
-            old_tree.iter().all(|p| !alive(*p))
-        })
-    });
+    old_exits(&mut proxy, Duration::from_secs(60));
+    all_gone(&old_tree, WAIT);
     assert!(alive(new), "the new process {new} serves");
     let new_tree = tree(new);
     assert_eq!(new_tree.len(), old_tree.len(), "new: {new_tree:?}");
@@ -513,13 +528,10 @@ async fn sigusr2_hands_1000_tunnels_and_50_handshakes_to_the_new_binary_without_
         .await
         .expect("churn task")
         .unwrap_or_else(|e| panic!("a new client failed across the upgrade: {e}"));
-    let mut records = 0;
-    for (i, f) in flows.into_iter().enumerate() {
-        match f.await.expect("flow task") {
-            Ok(n) => records += n,
-            Err(e) => panic!("tunnel {i} lost bytes or was reset across the upgrade: {e}"),
-        }
-    }
+    let records: u64 = end_flows(&stop, flows, "lost bytes or was reset across the upgrade")
+        .await
+        .iter()
+        .sum();
     for (i, f) in slow.into_iter().enumerate() {
         if let Err(e) = f.await.expect("slow task") {
             panic!("handshake {i} in progress at the upgrade failed: {e}");
@@ -626,10 +638,7 @@ async fn a_failing_new_binary_leaves_the_old_one_serving_then_a_good_one_takes_o
     // 1. The file at the binary's path now is a script that fails.
     copy.put_script("#!/bin/sh\necho 'upgrade-test: this binary refuses to run' >&2\nexit 1\n");
     proxy.signal(Signal::SIGUSR2);
-    let line = tokio::task::block_in_place(|| {
-        proxy.expect_line_starting(&["upgraded pid=", "upgrade failed"], WAIT)
-    });
-    assert_eq!(line, "upgrade failed");
+    assert_eq!(outcome(&proxy), "upgrade failed");
     let stderr = proxy.stderr();
     assert!(
         stderr.contains(&format!("{} (pid", copy.exe.display()))
@@ -644,62 +653,30 @@ async fn a_failing_new_binary_leaves_the_old_one_serving_then_a_good_one_takes_o
     let old_tree = tree(old);
     assert!(proxy.is_running() && old_tree.iter().all(|p| alive(*p)));
     assert_eq!(old_tree.len(), if model == "processes" { 3 } else { 1 });
-    let (mut s, _) = open(addr, "/a/after-failure")
-        .await
-        .expect("the old process still accepts");
-    s.write_all(b"ping").await.expect("write");
-    let mut b4 = [0u8; 4];
-    s.read_exact(&mut b4).await.expect("echo");
+    ping(addr, "/a/after-failure", "the old process still accepts").await;
 
     // 2. The real binary again, but the configuration no longer loads: the new process says
     //    why before it exits, and the old one logs it.
     copy.put_binary();
     proxy.write_config("listen = [\"127.0.0.1:0\"]\n[[route]]\nprefix = \"no-slash\"\n");
     proxy.signal(Signal::SIGUSR2);
-    let line = tokio::task::block_in_place(|| {
-        proxy.expect_line_starting(&["upgraded pid=", "upgrade failed"], WAIT)
-    });
-    assert_eq!(line, "upgrade failed");
+    assert_eq!(outcome(&proxy), "upgrade failed");
     let stderr = proxy.stderr();
     assert!(stderr.contains(") refused: "), "{stderr}");
     assert!(proxy.is_running());
-    let (mut s, _) = open(addr, "/a/after-refusal")
-        .await
-        .expect("the old process still accepts");
-    s.write_all(b"ping").await.expect("write");
-    s.read_exact(&mut b4).await.expect("echo");
+    ping(addr, "/a/after-refusal", "the old process still accepts").await;
 
     // 3. A good binary and configuration: it takes over, the old process exits.
     proxy.write_config(&good_toml);
     proxy.signal(Signal::SIGUSR2);
-    let line = tokio::task::block_in_place(|| {
-        proxy.expect_line_starting(&["upgraded pid=", "upgrade failed"], WAIT)
-    });
-    let new: u32 = line
-        .strip_prefix("upgraded pid=")
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("the upgrade failed: {line}\n{}", proxy.stderr()));
+    let new = upgraded(&proxy);
     let _reaper = Reaper(new);
-    let status = tokio::task::block_in_place(|| proxy.wait_exit(Duration::from_secs(60)));
-    assert!(status.success(), "{status}");
-    tokio::task::block_in_place(|| {
-        support::blocking::eventually("every old process is gone", WAIT, || {
-            old_tree.iter().all(|p| !alive(*p))
-        })
-    });
+    old_exits(&mut proxy, Duration::from_secs(60));
+    all_gone(&old_tree, WAIT);
     assert!(alive(new));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::Relaxed);
-    for (i, f) in flows.into_iter().enumerate() {
-        if let Err(e) = f.await.expect("flow task") {
-            panic!("tunnel {i} across two failed upgrades and a good one: {e}");
-        }
-    }
-    let (mut s, _) = open(addr, "/a/new-process")
-        .await
-        .expect("new process serves");
-    s.write_all(b"ping").await.expect("write");
-    s.read_exact(&mut b4).await.expect("echo");
+    end_flows(&stop, flows, "across two failed upgrades and a good one").await;
+    ping(addr, "/a/new-process", "new process serves").await;
 }
 
 /// `both_models!(name)`: `name::threads` and `name::processes`.
@@ -745,20 +722,11 @@ async fn tls_tunnels_stay_in_the_old_process_until_they_close_or_timeouts_drain(
     idle.read_exact(&mut b4).await.expect("echo");
 
     proxy.signal(Signal::SIGUSR2);
-    let line = tokio::task::block_in_place(|| {
-        proxy.expect_line_starting(&["upgraded pid=", "upgrade failed"], WAIT)
-    });
-    let new: u32 = line
-        .strip_prefix("upgraded pid=")
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("the upgrade failed: {line}\n{}", proxy.stderr()));
+    let new = upgraded(&proxy);
     let _reaper = Reaper(new);
 
     // New TLS clients are served (by the new process, on the same listener).
-    let (mut s, _) = open(addr, "/a/new").await.expect("a new TLS client");
-    s.write_all(b"ping").await.expect("write");
-    s.read_exact(&mut b4).await.expect("echo");
-    drop(s);
+    ping(addr, "/a/new", "a new TLS client").await;
     // The TLS tunnels stayed: they still carry traffic, through the old process.
     idle.write_all(b"pong")
         .await
@@ -775,20 +743,15 @@ async fn tls_tunnels_stay_in_the_old_process_until_they_close_or_timeouts_drain(
         old_tree.len() == 1 || old_tree.iter().any(|p| *p != old && alive(*p)),
         "an old worker holds the TLS tunnels: {old_tree:?}"
     );
-    stop.store(true, Ordering::Relaxed);
-    for (i, f) in flows.into_iter().enumerate() {
-        match f.await.expect("flow task") {
-            Ok(n) => assert!(n > 0),
-            Err(e) => panic!("TLS tunnel {i} across the upgrade: {e}"),
-        }
+    for n in end_flows(&stop, flows, "(TLS) across the upgrade").await {
+        assert!(n > 0);
     }
     // The idle tunnel holds the old process until timeouts.drain, which then closes it.
     assert!(
         proxy.is_running(),
         "the idle TLS tunnel keeps the old process"
     );
-    let status = tokio::task::block_in_place(|| proxy.wait_exit(Duration::from_secs(90)));
-    assert!(status.success(), "old process exit: {status}");
+    old_exits(&mut proxy, Duration::from_secs(90));
     let end = tokio::time::timeout(WAIT, idle.read(&mut b4))
         .await
         .expect("the idle tunnel is closed at timeouts.drain");
@@ -798,19 +761,28 @@ async fn tls_tunnels_stay_in_the_old_process_until_they_close_or_timeouts_drain(
         handed_line(&stderr).unwrap_or_else(|| panic!("no hand-over summary in\n{stderr}"));
     assert_eq!(handed, 0, "no TLS tunnel can move: {summary}");
     assert!(alive(new));
-    let (mut s, _) = open(addr, "/a/after")
-        .await
-        .expect("the new process serves TLS");
+    ping(addr, "/a/after", "the new process serves TLS").await;
+}
+
+/// A new tunnel to `path` echoes a `ping` (`what`: who must accept it).
+async fn ping(addr: SocketAddr, path: &str, what: &str) {
+    let (mut s, _) = open(addr, path).await.expect(what);
     s.write_all(b"ping").await.expect("write");
+    let mut b4 = [0u8; 4];
     s.read_exact(&mut b4).await.expect("echo");
 }
 
-/// Waits for `line` from the process tree's stdout (the new process inherits it) and returns
-/// the pid an `upgraded pid=` line names.
-fn upgraded(proxy: &Proxy) -> u32 {
-    let line = tokio::task::block_in_place(|| {
+/// Waits for the upgrade's outcome on the process tree's stdout (the new process inherits it):
+/// `upgraded pid=N` or `upgrade failed`.
+fn outcome(proxy: &Proxy) -> String {
+    tokio::task::block_in_place(|| {
         proxy.expect_line_starting(&["upgraded pid=", "upgrade failed"], WAIT)
-    });
+    })
+}
+
+/// Waits for the upgrade's [`outcome`] and returns the pid an `upgraded pid=` line names.
+fn upgraded(proxy: &Proxy) -> u32 {
+    let line = outcome(proxy);
     line.strip_prefix("upgraded pid=")
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("the upgrade failed: {line}\n{}", proxy.stderr()))
@@ -840,8 +812,7 @@ async fn tunnels_survive_threads_to_processes_and_back() {
         proxy.signal(Signal::SIGUSR2);
         let second = upgraded(&proxy);
         let _reaper = Reaper(second);
-        let status = tokio::task::block_in_place(|| proxy.wait_exit(Duration::from_secs(60)));
-        assert!(status.success(), "{status}");
+        old_exits(&mut proxy, Duration::from_secs(60));
         assert!(!alive(first));
         tokio::task::block_in_place(|| {
             support::blocking::eventually("the new tree runs three worker processes", WAIT, || {
@@ -855,11 +826,7 @@ async fn tunnels_survive_threads_to_processes_and_back() {
             .expect("SIGUSR2 to the second process");
         let third = upgraded(&proxy);
         let _reaper3 = Reaper(third);
-        tokio::task::block_in_place(|| {
-            support::blocking::eventually("the worker processes' tree is gone", DEADLINE, || {
-                old_tree.iter().all(|p| !alive(*p))
-            })
-        });
+        all_gone(&old_tree, DEADLINE);
         assert!(alive(third));
         assert_eq!(tree(third).len(), 1, "worker threads again");
         let stderr = proxy.stderr();
@@ -874,19 +841,10 @@ async fn tunnels_survive_threads_to_processes_and_back() {
                 "{s}"
             );
         }
-        stop.store(true, Ordering::Relaxed);
-        for (i, f) in flows.into_iter().enumerate() {
-            match f.await.expect("flow task") {
-                Ok(n) => assert!(n > 0),
-                Err(e) => panic!("tunnel {i} across threads -> processes -> threads: {e}"),
-            }
+        for n in end_flows(&stop, flows, "across threads -> processes -> threads").await {
+            assert!(n > 0);
         }
-        let (mut s, _) = open(addr, "/a/after")
-            .await
-            .expect("the third process serves");
-        s.write_all(b"ping").await.expect("write");
-        let mut b4 = [0u8; 4];
-        s.read_exact(&mut b4).await.expect("echo");
+        ping(addr, "/a/after", "the third process serves").await;
     })
     .await
 }
@@ -913,10 +871,7 @@ async fn sigusr2_under_io_uring_says_it_cannot_and_changes_nothing() {
         let (s, _) = open(addr, "/a/x").await.expect("tunnel");
         let f = tokio::spawn(flow(s, stop.clone(), Duration::from_millis(20)));
         proxy.signal(Signal::SIGUSR2);
-        let line = tokio::task::block_in_place(|| {
-            proxy.expect_line_starting(&["upgraded pid=", "upgrade failed"], WAIT)
-        });
-        assert_eq!(line, "upgrade failed");
+        assert_eq!(outcome(&proxy), "upgrade failed");
         let stderr = proxy.stderr();
         assert!(
             stderr.contains("epoll driver only for now (driver = \"epoll\")")
@@ -924,10 +879,7 @@ async fn sigusr2_under_io_uring_says_it_cannot_and_changes_nothing() {
             "{stderr}"
         );
         assert!(proxy.is_running());
-        let (mut s, _) = open(addr, "/a/after").await.expect("still accepting");
-        s.write_all(b"ping").await.expect("write");
-        let mut b4 = [0u8; 4];
-        s.read_exact(&mut b4).await.expect("echo");
+        ping(addr, "/a/after", "still accepting").await;
         stop.store(true, Ordering::Relaxed);
         let n = f
             .await

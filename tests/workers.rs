@@ -59,6 +59,29 @@ async fn echoes(s: &mut TcpStream, msg: &[u8]) -> bool {
     )
 }
 
+/// Opens `n` tunnels to `path` (from the address `from`, when given), each of which must be
+/// answered with a 101: their streams and the backends that took them.
+async fn open_many(
+    p: &Proxy,
+    path: &str,
+    n: usize,
+    from: Option<IpAddr>,
+) -> Vec<(TcpStream, String)> {
+    let mut all = Vec::with_capacity(n);
+    for i in 0..n {
+        let tunnel = open_from(p.addr(), path, from)
+            .await
+            .unwrap_or_else(|c| panic!("tunnel {i} of {n} to {path}: {c}"));
+        all.push(tunnel);
+    }
+    all
+}
+
+/// The streams of [`open_many`]'s tunnels.
+fn streams(tunnels: Vec<(TcpStream, String)>) -> Vec<TcpStream> {
+    tunnels.into_iter().map(|(s, _)| s).collect()
+}
+
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
@@ -125,13 +148,8 @@ async fn metrics_are_summed_exactly_across_worker_processes() {
 async fn max_connections_is_exact_across_worker_processes() {
     let a = backend("A").await.addr;
     let p = Proxy::blocking_start_toml(&config(&[("/", a)], "[limits]\nmax_connections = 30"));
-    let mut open_now = Vec::new();
-    for i in 0..30 {
-        let (s, _) = open(p.addr(), "/x")
-            .await
-            .unwrap_or_else(|c| panic!("connection {i} within the limit: {c}"));
-        open_now.push(s);
-    }
+    // Within the limit.
+    let mut open_now = streams(open_many(&p, "/x", 30, None).await);
     let spread = blocking(|| per_worker(&p));
     assert!(
         spread[0] > 0 && spread[1] > 0,
@@ -179,10 +197,7 @@ async fn reload_keeps_1000_tunnels_spread_over_worker_processes() {
     let b = backend("B").await.addr;
     let p = Proxy::blocking_start_toml(&config(&[("/a", a)], ""));
     let mut tunnels = Busy::new();
-    for i in 0..1000 {
-        let (s, name) = open(p.addr(), "/a/x")
-            .await
-            .unwrap_or_else(|c| panic!("tunnel {i}: {c}"));
+    for (s, name) in open_many(&p, "/a/x", 1000, None).await {
         assert_eq!(name, "A");
         tunnels.add(s);
     }
@@ -259,13 +274,7 @@ async fn a_killed_worker_is_replaced_and_the_others_keep_their_tunnels_and_limit
     ));
     let one: IpAddr = "127.0.0.1".parse().expect("ip");
     let two: IpAddr = "127.0.0.2".parse().expect("ip");
-    let mut first = Vec::new();
-    for i in 0..40 {
-        let (s, _) = open_from(p.addr(), "/x", Some(one))
-            .await
-            .unwrap_or_else(|c| panic!("tunnel {i}: {c}"));
-        first.push(s);
-    }
+    let mut first = streams(open_many(&p, "/x", 40, Some(one)).await);
     assert_eq!(open_from(p.addr(), "/x", Some(one)).await.err(), Some(429));
     let spread = blocking(|| per_worker(&p));
     assert!(

@@ -67,6 +67,13 @@ fn status_requests(p: &Proxy, route: &str) -> u64 {
         .sum()
 }
 
+/// A keep-alive client of `p` for [`fetch`]; each read may wait [`STEP`].
+fn client(p: &Proxy) -> TcpStream {
+    let s = TcpStream::connect(p.addr()).expect("connect");
+    s.set_read_timeout(Some(STEP)).expect("timeout");
+    s
+}
+
 /// Worker `id`'s pid from `/status`.
 fn worker_pid(p: &Proxy, id: usize) -> u32 {
     let j: serde_json::Value = serde_json::from_str(&p.scrape("/status")).expect("json");
@@ -92,15 +99,13 @@ fn route_request_counts_are_every_workers_and_outlive_a_replaced_worker() {
     let mut conns = Vec::new();
     let (mut ok, mut failed) = (0, 0);
     let spread = loop {
-        let mut s = TcpStream::connect(p.addr()).expect("connect");
-        s.set_read_timeout(Some(STEP)).expect("timeout");
+        let mut s = client(&p);
         for i in 0..3 {
             assert_eq!(fetch(&mut s, &http::get(&format!("/app/{i}"), &[])).0, 200);
             ok += 1;
         }
         if conns.len() % 2 == 1 {
-            let mut d = TcpStream::connect(p.addr()).expect("connect");
-            d.set_read_timeout(Some(STEP)).expect("timeout");
+            let mut d = client(&p);
             assert_eq!(fetch(&mut d, &http::get("/down/x", &[])).0, 502);
             failed += 1;
         }
@@ -143,8 +148,7 @@ fn route_request_counts_are_every_workers_and_outlive_a_replaced_worker() {
     settle(&p, 0);
     let mut more = Vec::new();
     let spread = loop {
-        let mut s = TcpStream::connect(p.addr()).expect("connect");
-        s.set_read_timeout(Some(STEP)).expect("timeout");
+        let mut s = client(&p);
         assert_eq!(fetch(&mut s, &http::get("/app/again", &[])).0, 200);
         ok += 1;
         more.push(s);

@@ -20,7 +20,7 @@
 //! ```
 
 use super::value::{normalize_host, normalize_prefix, parse_backend_url};
-use super::walk::{key, Field, Key};
+use super::walk::{key, Field, Key, Setter};
 use super::{CheckKind, ConfigError, Health, HealthCheck, Route};
 use std::net::SocketAddr;
 use toml::de::DeValue;
@@ -67,17 +67,12 @@ const KEYS: &[Key<Health>] = &[
 ];
 
 /// A key of the active check: only after `kind`.
-fn check(
-    h: &mut Health,
-    field: &Field<'_>,
-    set: fn(&mut HealthCheck, &Field<'_>) -> Result<(), ConfigError>,
-) -> Result<(), ConfigError> {
-    match &mut h.check {
-        Some(c) => set(c, field),
-        None => Err(field.error(
-            "this key belongs to an active check: add kind = \"tcp\", \"http\" or \"websocket\"",
-        )),
-    }
+fn check(h: &mut Health, field: &Field<'_>, set: Setter<HealthCheck>) -> Result<(), ConfigError> {
+    field.read_into(
+        h.check.as_mut(),
+        set,
+        "this key belongs to an active check: add kind = \"tcp\", \"http\" or \"websocket\"",
+    )
 }
 
 /// A path with its query, as a request target: starts with `/`, printable ASCII.

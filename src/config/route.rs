@@ -2,7 +2,7 @@
 
 use super::model::BackendTls;
 use super::value::{normalize_host, normalize_origin, normalize_prefix};
-use super::walk::{key, required, Field, Key};
+use super::walk::{key, required, Field, Key, Setter};
 use super::{
     BackendProtocol, Balance, Config, ConfigError, ForwardedFor, HashKey, ProxyVersion, Route,
     SameSite, StickyCookie,
@@ -97,15 +97,16 @@ fn hash_key(route: &mut Route, field: &Field<'_>) -> Result<(), ConfigError> {
 }
 
 /// A `cookie_*` key: only with `balance = "cookie"` (read after `balance`).
-fn cookie(
-    route: &mut Route,
-    field: &Field<'_>,
-    set: fn(&mut StickyCookie, &Field<'_>) -> Result<(), ConfigError>,
-) -> Result<(), ConfigError> {
-    match &mut route.options.balance {
-        Balance::Cookie(c) => set(c, field),
-        _ => Err(field.error("cookie settings need balance = \"cookie\" in the same [[route]]")),
-    }
+fn cookie(r: &mut Route, f: &Field<'_>, set: Setter<StickyCookie>) -> Result<(), ConfigError> {
+    let sticky = match &mut r.options.balance {
+        Balance::Cookie(c) => Some(c),
+        _ => None,
+    };
+    f.read_into(
+        sticky,
+        set,
+        "cookie settings need balance = \"cookie\" in the same [[route]]",
+    )
 }
 
 /// A cookie name is an RFC 6265 token.
@@ -184,17 +185,12 @@ fn backend_tls(route: &mut Route, field: &Field<'_>) -> Result<(), ConfigError> 
 }
 
 /// A `backend_*` TLS key: only with TLS backends (read after `backend_tls`).
-fn tls_option(
-    route: &mut Route,
-    field: &Field<'_>,
-    set: fn(&mut BackendTls, &Field<'_>) -> Result<(), ConfigError>,
-) -> Result<(), ConfigError> {
-    match &mut route.options.backend_tls {
-        Some(t) => set(t, field),
-        None => Err(field.error(
-            "TLS settings need TLS backends: add backend_tls = true (or write the backends as wss://ADDR) in the same [[route]]",
-        )),
-    }
+fn tls_option(r: &mut Route, f: &Field<'_>, set: Setter<BackendTls>) -> Result<(), ConfigError> {
+    f.read_into(
+        r.options.backend_tls.as_mut(),
+        set,
+        "TLS settings need TLS backends: add backend_tls = true (or write the backends as wss://ADDR) in the same [[route]]",
+    )
 }
 
 /// A DNS name or an IP address, as rustls checks it against the certificate.

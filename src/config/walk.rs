@@ -256,6 +256,21 @@ impl<'a> Field<'a> {
         self.table()?.read(target, keys)
     }
 
+    /// Reads this key into `part`, the part of the value an earlier key of the table turns on
+    /// (such as `[route.health]`'s check after `kind`); while it is off (`None`), an error
+    /// saying what to add (`needs`).
+    pub(super) fn read_into<T>(
+        &self,
+        part: Option<&mut T>,
+        set: Setter<T>,
+        needs: &str,
+    ) -> Result<(), ConfigError> {
+        match part {
+            Some(p) => set(p, self),
+            None => Err(self.error(needs)),
+        }
+    }
+
     pub(super) fn int(&self) -> Result<i128, ConfigError> {
         match self.value.get_ref() {
             DeValue::Integer(i) => i128::from_str_radix(i.as_str(), i.radix())

@@ -248,13 +248,9 @@ impl RouteTable {
     /// Gives every route its slots in the health table `words`, in route order (backends past
     /// the table's slots have none and are always available).
     pub fn with_health(mut self, words: Arc<dyn HealthWords>) -> RouteTable {
-        let mut base = 0;
-        for r in &mut self.routes {
-            if base < words.slots() {
-                r.health = Some((words.clone(), base));
-            }
-            base += r.backends.len();
-        }
+        self.lay_out_slots(words.slots(), |r, base| {
+            r.health = Some((words.clone(), base))
+        });
         self
     }
 
@@ -264,14 +260,22 @@ impl RouteTable {
     /// opened before it gives its count back to the slot it took, which may then name another
     /// backend until it closes.
     pub fn with_shared_load(mut self, words: Arc<dyn LoadWords>) -> RouteTable {
+        self.lay_out_slots(words.load_slots(), |r, base| {
+            r.shared_load = Some((words.clone(), base))
+        });
+        self
+    }
+
+    /// Gives each route whose first backend falls within a table of `slots` its first slot
+    /// (`set(route, base)`): route by route, each backend the next slot.
+    fn lay_out_slots(&mut self, slots: usize, mut set: impl FnMut(&mut RouteEntry, usize)) {
         let mut base = 0;
         for r in &mut self.routes {
-            if base < words.load_slots() {
-                r.shared_load = Some((words.clone(), base));
+            if base < slots {
+                set(r, base);
             }
             base += r.backends.len();
         }
-        self
     }
 
     pub fn get(&self, i: usize) -> &RouteEntry {

@@ -173,8 +173,8 @@ impl LogSink {
                 let _ = writeln!(
                     line,
                     "{{\"time\":\"{time}\",\"event\":\"backend_state\",\"route\":{},\"backend\":\"{backend}\",\"state\":\"{state}\",\"reason\":\"{reason}\",\"detail\":{}}}",
-                    crate::driver::health::json_str(route),
-                    crate::driver::health::json_str(detail)
+                    crate::driver::stats::json::string(route),
+                    crate::driver::stats::json::string(detail)
                 );
             }
         }

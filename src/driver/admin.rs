@@ -9,8 +9,7 @@
 //! counters the workers publish (with worker processes: in shared memory, summed here, together
 //! with the counts of workers that died and were replaced).
 
-use crate::driver::health::json_str;
-use crate::driver::stats::{self, Counters};
+use crate::driver::stats::{self, json, Counters};
 use crate::driver::{status, StatsReader, WorkerModel};
 use crate::sys::limits;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -204,7 +203,10 @@ fn drain(stats: &StatsReader, target: &str) -> (&'static str, &'static str, Stri
             let routes: Vec<String> = done
                 .iter()
                 .map(|(label, changed)| {
-                    format!("{{\"route\":{},\"changed\":{changed}}}", json_str(label))
+                    format!(
+                        "{{\"route\":{},\"changed\":{changed}}}",
+                        json::string(label)
+                    )
                 })
                 .collect();
             let state = if on { "drained" } else { "undrained" };
@@ -220,7 +222,7 @@ fn drain(stats: &StatsReader, target: &str) -> (&'static str, &'static str, Stri
         Err(e) => (
             "404 Not Found",
             "application/json",
-            format!("{{\"error\":{}}}\n", json_str(&e)),
+            format!("{{\"error\":{}}}\n", json::string(&e)),
         ),
     }
 }
@@ -229,7 +231,7 @@ fn bad(msg: String) -> (&'static str, &'static str, String) {
     (
         "400 Bad Request",
         "application/json",
-        format!("{{\"error\":{}}}\n", json_str(&msg)),
+        format!("{{\"error\":{}}}\n", json::string(&msg)),
     )
 }
 

@@ -3,7 +3,7 @@
 
 use super::{health, stats, supervisor};
 use crate::config::WorkerModel;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// One worker as the admin listener reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,6 +15,14 @@ pub struct WorkerInfo {
     pub connections: u64,
     /// Times its process was replaced after dying.
     pub restarts: u64,
+}
+
+/// A copy of each worker thread's published list (empty where a worker panicked holding it).
+fn copies<T: Clone>(lists: &[Arc<Mutex<Vec<T>>>]) -> Vec<Vec<T>> {
+    lists
+        .iter()
+        .map(|l| l.lock().map(|v| v.clone()).unwrap_or_default())
+        .collect()
 }
 
 /// Reads the workers' published counters from any thread (or, with worker processes, from
@@ -54,10 +62,7 @@ impl StatsReader {
     /// last list holds what replaced workers had counted).
     pub fn backend_rows(&self) -> Vec<Vec<(stats::BackendKey, stats::BackendCounts)>> {
         match &self.0 {
-            Source::Threads { backends, .. } => backends
-                .iter()
-                .map(|b| b.lock().map(|v| v.clone()).unwrap_or_default())
-                .collect(),
+            Source::Threads { backends, .. } => copies(backends),
             Source::Processes(board) => board.backends(),
         }
     }
@@ -66,10 +71,7 @@ impl StatsReader {
     /// last list holds what replaced workers had counted).
     pub fn route_rows(&self) -> Vec<Vec<(String, [u64; 6])>> {
         match &self.0 {
-            Source::Threads { routes, .. } => routes
-                .iter()
-                .map(|r| r.lock().map(|v| v.clone()).unwrap_or_default())
-                .collect(),
+            Source::Threads { routes, .. } => copies(routes),
             Source::Processes(board) => board.routes(),
         }
     }

@@ -16,6 +16,14 @@ fn apache(text: &str) -> Result<Vec<Node>, String> {
     apache_parse::parse_str(text, &Rc::from("t.conf")).map_err(|e| e.to_string())
 }
 
+/// The one top-level item of a text that parses.
+#[track_caller]
+fn only<T: std::fmt::Debug>(parsed: Result<Vec<T>, String>) -> T {
+    let mut tree = parsed.expect("parses");
+    assert_eq!(tree.len(), 1, "{tree:?}");
+    tree.remove(0)
+}
+
 /// Each text of `cases` fails to parse with its message.
 fn assert_errors<T: std::fmt::Debug>(parse: fn(&str) -> Result<T, String>, cases: &[(&str, &str)]) {
     for &(text, want) in cases {
@@ -25,12 +33,9 @@ fn assert_errors<T: std::fmt::Debug>(parse: fn(&str) -> Result<T, String>, cases
 
 #[test]
 fn nginx_words_quotes_escapes_comments() {
-    let tree = nginx(
+    let server = only(nginx(
         "# a comment { ; }\nserver {\n  listen 80 ; # trailing\n  return 200 \"a \\\"b\\\" ; { }\";\n  add_header X 'it\\'s' ;\n  set $x ${host}x;\n  a\\ b c#d;\n}\n",
-    )
-    .expect("parses");
-    assert_eq!(tree.len(), 1);
-    let server = &tree[0];
+    ));
     assert_eq!((server.name.as_str(), server.loc.line), ("server", 2));
     let block = server.block.as_ref().expect("a block");
     let got: Vec<(String, Vec<String>, usize)> = block
@@ -77,12 +82,9 @@ fn nginx_syntax_errors_name_the_line() {
 
 #[test]
 fn apache_sections_quotes_continuations() {
-    let tree = apache(
+    let vh = only(apache(
         "# comment\n<VirtualHost *:443>\n  ServerName chat.example.com\n  ProxyPass \"/a b\" 'ws://127.0.0.1:1/' \\\n     timeout=5\n  <Proxy \"balancer://c\">\n    BalancerMember ws://127.0.0.1:2 loadfactor=2\n  </proxy>\n  Header set X \"say \\\"hi\\\"\"\n</VirtualHost>\n",
-    )
-    .expect("parses");
-    assert_eq!(tree.len(), 1);
-    let vh = &tree[0];
+    ));
     assert!(vh.is("virtualhost"));
     assert_eq!(
         (vh.args.clone(), vh.loc.line),
@@ -131,34 +133,46 @@ fn proxy_pass_path_rule() {
 
 #[test]
 fn nginx_times() {
-    assert_eq!(nginx_time("75"), Some(Duration::from_secs(75)));
-    assert_eq!(nginx_time("1m30s"), Some(Duration::from_secs(90)));
-    assert_eq!(nginx_time("500ms"), Some(Duration::from_millis(500)));
-    assert_eq!(nginx_time("1h"), Some(Duration::from_secs(3600)));
-    assert_eq!(nginx_time("1x"), None);
-    assert_eq!(nginx_time("s"), None);
+    let secs = Duration::from_secs;
+    for (text, want) in [
+        ("75", Some(secs(75))),
+        ("1m30s", Some(secs(90))),
+        ("500ms", Some(Duration::from_millis(500))),
+        ("1h", Some(secs(3600))),
+        ("1x", None),
+        ("s", None),
+    ] {
+        assert_eq!(nginx_time(text), want, "{text:?}");
+    }
 }
 
 #[test]
 fn hash_keys() {
-    assert_eq!(hash_key("$remote_addr").as_deref(), Some("client_ip"));
-    assert_eq!(hash_key("$cookie_sid").as_deref(), Some("cookie:sid"));
-    assert_eq!(hash_key("$arg_room").as_deref(), Some("query:room"));
-    assert_eq!(hash_key("$http_x_user").as_deref(), Some("header:x-user"));
-    assert_eq!(hash_key("$request_uri"), None);
+    for (key, want) in [
+        ("$remote_addr", Some("client_ip")),
+        ("$cookie_sid", Some("cookie:sid")),
+        ("$arg_room", Some("query:room")),
+        ("$http_x_user", Some("header:x-user")),
+        ("$request_uri", None),
+    ] {
+        assert_eq!(hash_key(key).as_deref(), want, "{key:?}");
+    }
 }
 
 #[test]
 fn rewrite_patterns() {
-    assert_eq!(rewrite_pattern("^/?(.*)").as_deref(), Some("/"));
-    assert_eq!(rewrite_pattern("/(.*)").as_deref(), Some("/"));
-    assert_eq!(rewrite_pattern("^/ws/(.*)$").as_deref(), Some("/ws/"));
-    assert_eq!(
-        rewrite_pattern("^/socket\\.io/?(.*)").as_deref(),
-        Some("/socket.io/")
-    );
-    assert_eq!(rewrite_pattern("^(.*)").as_deref(), Some(""));
-    assert_eq!(rewrite_pattern("^/a[0-9]/(.*)"), None);
-    assert_eq!(rewrite_pattern("ws/(.*)"), None);
-    assert_eq!(rewrite_pattern("^/ws/"), None);
+    // (pattern, the prefix it rewrites to, or None: not one wsplice can follow)
+    let cases = [
+        ("^/?(.*)", Some("/")),
+        ("/(.*)", Some("/")),
+        ("^/ws/(.*)$", Some("/ws/")),
+        ("^/socket\\.io/?(.*)", Some("/socket.io/")),
+        ("^(.*)", Some("")),
+        ("^/a[0-9]/(.*)", None),
+        ("ws/(.*)", None),
+        ("^/ws/", None),
+    ];
+    for (pattern, want) in cases {
+        assert_eq!(rewrite_pattern(pattern).as_deref(), want, "{pattern:?}");
+    }
 }

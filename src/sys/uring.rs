@@ -208,7 +208,9 @@ impl Ring {
         self.stats
     }
 
-    fn push(&mut self, e: squeue::Entry) {
+    /// Queues `e`, its completion to be reported for `token` (with `aux`: what it owns).
+    fn push(&mut self, e: squeue::Entry, token: u64, aux: u64) {
+        let e = e.user_data(Ring::user_data(token, aux));
         // SAFETY: every entry is built by the methods below, whose pointers stay valid until
         // the completion is reaped: 'static provided buffers, or memory in `self.owned`.
         let pushed = unsafe { self.ring.submission().push(&e) };
@@ -241,9 +243,8 @@ impl Ring {
         let e = opcode::Recv::new(types::Fd(fd.as_raw_fd()), std::ptr::null_mut(), len)
             .buf_group(group)
             .build()
-            .flags(squeue::Flags::BUFFER_SELECT)
-            .user_data(Ring::user_data(token, 0));
-        self.push(e);
+            .flags(squeue::Flags::BUFFER_SELECT);
+        self.push(e, token, 0);
     }
 
     /// Receives from `fd` until cancelled, an error, FIN or no free buffer (multishot, Linux
@@ -251,19 +252,16 @@ impl Ring {
     /// `IORING_CQE_F_MORE` while it stays armed. A socket with much waiting takes many buffers
     /// in one go (the kernel retries up to 32 times per run).
     pub fn recv_multi(&mut self, fd: BorrowedFd<'_>, group: u16, token: u64) {
-        let e = opcode::RecvMulti::new(types::Fd(fd.as_raw_fd()), group)
-            .build()
-            .user_data(Ring::user_data(token, 0));
-        self.push(e);
+        let e = opcode::RecvMulti::new(types::Fd(fd.as_raw_fd()), group).build();
+        self.push(e, token, 0);
     }
 
     /// Cancels the operation submitted with `token` (and no owned memory: a receive).
     pub fn cancel(&mut self, token: u64) {
         let e = opcode::AsyncCancel::new(Ring::user_data(token, 0))
             .build()
-            .flags(squeue::Flags::SKIP_SUCCESS)
-            .user_data(Ring::user_data(TOKEN_IGNORED, 0));
-        self.push(e);
+            .flags(squeue::Flags::SKIP_SUCCESS);
+        self.push(e, TOKEN_IGNORED, 0);
     }
 
     /// Sends `len` bytes at `from` of buffer `id` (the caller got it from a receive). False when
@@ -282,9 +280,8 @@ impl Ring {
         };
         let e = opcode::Send::new(types::Fd(fd.as_raw_fd()), ptr, len)
             .flags(libc::MSG_NOSIGNAL)
-            .build()
-            .user_data(Ring::user_data(token, id as u64));
-        self.push(e);
+            .build();
+        self.push(e, token, id as u64);
         true
     }
 
@@ -296,9 +293,8 @@ impl Ring {
         let aux = self.own(Owned::Bytes(copy));
         let e = opcode::Send::new(types::Fd(fd.as_raw_fd()), ptr, len)
             .flags(libc::MSG_NOSIGNAL)
-            .build()
-            .user_data(Ring::user_data(token, aux));
-        self.push(e);
+            .build();
+        self.push(e, token, aux);
     }
 
     /// Connects `fd` to `addr`.
@@ -306,19 +302,15 @@ impl Ring {
         let addr = Box::new(socket2::SockAddr::from(addr));
         let (ptr, len) = (addr.as_ptr().cast::<libc::sockaddr>(), addr.len());
         let aux = self.own(Owned::Addr(addr));
-        let e = opcode::Connect::new(types::Fd(fd.as_raw_fd()), ptr, len)
-            .build()
-            .user_data(Ring::user_data(token, aux));
-        self.push(e);
+        let e = opcode::Connect::new(types::Fd(fd.as_raw_fd()), ptr, len).build();
+        self.push(e, token, aux);
     }
 
     /// One completion when `fd` has any of `mask` (`POLLIN`, `POLLOUT`; errors and hang-ups
     /// always count).
     pub fn poll(&mut self, fd: BorrowedFd<'_>, mask: u32, token: u64) {
-        let e = opcode::PollAdd::new(types::Fd(fd.as_raw_fd()), mask)
-            .build()
-            .user_data(Ring::user_data(token, 0));
-        self.push(e);
+        let e = opcode::PollAdd::new(types::Fd(fd.as_raw_fd()), mask).build();
+        self.push(e, token, 0);
     }
 
     /// Accepts on listener `fd` until cancelled or an error: one completion per client, whose
@@ -326,9 +318,8 @@ impl Ring {
     pub fn accept_multi(&mut self, fd: BorrowedFd<'_>, token: u64) {
         let e = opcode::AcceptMulti::new(types::Fd(fd.as_raw_fd()))
             .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
-            .build()
-            .user_data(Ring::user_data(token, AUX_ACCEPT));
-        self.push(e);
+            .build();
+        self.push(e, token, AUX_ACCEPT);
     }
 
     /// Moves up to `len` bytes from `from` to `to` (one of them a pipe) with
@@ -343,9 +334,8 @@ impl Ring {
             len,
         )
         .flags(libc::SPLICE_F_MOVE)
-        .build()
-        .user_data(Ring::user_data(token, 0));
-        self.push(e);
+        .build();
+        self.push(e, token, 0);
     }
 
     /// Cancels every operation in flight on `fd`; then closes it. Both are submitted with the
@@ -355,14 +345,12 @@ impl Ring {
         let raw = fd.into_raw_fd();
         let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(raw)).all())
             .build()
-            .flags(squeue::Flags::SKIP_SUCCESS)
-            .user_data(Ring::user_data(TOKEN_IGNORED, 0));
-        self.push(cancel);
+            .flags(squeue::Flags::SKIP_SUCCESS);
+        self.push(cancel, TOKEN_IGNORED, 0);
         let close = opcode::Close::new(types::Fd(raw))
             .build()
-            .flags(squeue::Flags::SKIP_SUCCESS)
-            .user_data(Ring::user_data(TOKEN_IGNORED, 0));
-        self.push(close);
+            .flags(squeue::Flags::SKIP_SUCCESS);
+        self.push(close, TOKEN_IGNORED, 0);
     }
 
     /// Cancels every operation in flight on `fd`, which stays open.
@@ -370,9 +358,8 @@ impl Ring {
         let cancel =
             opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd.as_raw_fd())).all())
                 .build()
-                .flags(squeue::Flags::SKIP_SUCCESS)
-                .user_data(Ring::user_data(TOKEN_IGNORED, 0));
-        self.push(cancel);
+                .flags(squeue::Flags::SKIP_SUCCESS);
+        self.push(cancel, TOKEN_IGNORED, 0);
     }
 
     /// Hands the queued entries to the kernel without waiting.
@@ -496,6 +483,17 @@ mod tests {
         (a, b)
     }
 
+    /// A small ring and a buffer ring of two 64-byte buffers (group 1); `None`, said on stderr,
+    /// where io_uring is unavailable.
+    fn ring_with_buffers() -> Option<(Ring, BufRing)> {
+        let Ok(ring) = Ring::new(8) else {
+            eprintln!("io_uring unavailable here: skipped");
+            return None;
+        };
+        let bufs = BufRing::new(&ring, 1, 2, 64).expect("buffer ring");
+        Some((ring, bufs))
+    }
+
     fn wait(ring: &mut Ring) -> Vec<Completion> {
         let mut out = Vec::new();
         while out.is_empty() {
@@ -510,11 +508,9 @@ mod tests {
     /// provided buffer only then; the send goes straight from that buffer.
     #[test]
     fn receive_into_a_provided_buffer_and_send_from_it() {
-        let Ok(mut ring) = Ring::new(8) else {
-            eprintln!("io_uring unavailable here: skipped");
+        let Some((mut ring, bufs)) = ring_with_buffers() else {
             return;
         };
-        let bufs = BufRing::new(&ring, 1, 2, 64).expect("buffer ring");
         let (mut a, b) = pair();
         let (c, mut d) = pair();
         ring.recv(b.as_fd(), 64, bufs.group(), 7);
@@ -553,11 +549,9 @@ mod tests {
     /// arrivals share one buffer, one after the other; a cancel ends it (without `MORE`).
     #[test]
     fn one_multishot_receive_reports_every_arrival() {
-        let Ok(mut ring) = Ring::new(8) else {
-            eprintln!("io_uring unavailable here: skipped");
+        let Some((mut ring, bufs)) = ring_with_buffers() else {
             return;
         };
-        let bufs = BufRing::new(&ring, 1, 2, 64).expect("buffer ring");
         let (mut a, b) = pair();
         ring.recv_multi(b.as_fd(), bufs.group(), 7);
         let mut got = Vec::new();

@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::{
     assert_silent, read_head, response_101, response_101_with, route, try_read_head, ws_config,
-    Proxy, Relay, STEP,
+    Proxy, ProxyBuilder, Relay, STEP,
 };
 
 /// A listener on 127.0.0.1:0 and its address; `what` names it in failures.
@@ -311,11 +311,13 @@ impl RawBackend {
 
 /// A proxy with one route, `prefix`, to a manual [`RawBackend`].
 pub async fn raw_proxy(relay: Relay, prefix: &str) -> (Proxy, RawBackend) {
+    raw_proxy_with(Proxy::builder(relay), prefix).await
+}
+
+/// [`raw_proxy`] with the settings of `b`.
+pub async fn raw_proxy_with(b: ProxyBuilder, prefix: &str) -> (Proxy, RawBackend) {
     let backend = RawBackend::start().await;
-    let proxy = Proxy::builder(relay)
-        .route(route(prefix, &[backend.addr]))
-        .start()
-        .await;
+    let proxy = b.route(route(prefix, &[backend.addr])).start().await;
     (proxy, backend)
 }
 

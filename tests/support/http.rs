@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::support::{ProxyBuilder, STEP};
+use crate::support::{ProxyBuilder, RawBackend, STEP};
 
 // ---------------------------------------------------------------------------------------------
 // Routes with any keys
@@ -554,8 +554,6 @@ pub fn get(path: &str, extra: &[&str]) -> Vec<u8> {
     request("GET", path, extra, b"")
 }
 
-/// `{method} {path}` with `Host: localhost`, `extra` lines, and `body` with its
-/// Content-Length when not empty.
 /// `POST {path}` with `body` as `application/octet-stream`.
 pub fn post_octets(path: &str, body: &[u8]) -> Vec<u8> {
     request(
@@ -566,6 +564,8 @@ pub fn post_octets(path: &str, body: &[u8]) -> Vec<u8> {
     )
 }
 
+/// `{method} {path}` with `Host: localhost`, `extra` lines, and `body` with its
+/// Content-Length when not empty.
 pub fn request(method: &str, path: &str, extra: &[&str], body: &[u8]) -> Vec<u8> {
     let mut s = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n");
     for l in extra {
@@ -579,6 +579,33 @@ pub fn request(method: &str, path: &str, extra: &[&str], body: &[u8]) -> Vec<u8>
     let mut v = s.into_bytes();
     v.extend_from_slice(body);
     v
+}
+
+/// The proxy from `b` with one route, `/`, to a new raw backend, `keys` set on the route.
+pub async fn proxy_to_raw(
+    b: ProxyBuilder,
+    keys: &[(&str, &str)],
+) -> (crate::support::Proxy, RawBackend) {
+    let backend = RawBackend::start().await;
+    let mut route = r("/", &[backend.addr]);
+    for (k, v) in keys {
+        route = route.key(k, v);
+    }
+    let p = with_routes(b, &[route]).start().await;
+    (p, backend)
+}
+
+/// `req` on a new client connection of `p`; the backend's side of it, the connection the
+/// proxy opened to `backend` for it (nothing read yet).
+pub async fn send_to_new(
+    p: &crate::support::Proxy,
+    backend: &RawBackend,
+    req: &[u8],
+) -> (Peer, Peer) {
+    let mut c = Peer::connect(p.addr()).await;
+    c.send(req).await;
+    let b = Peer::new(backend.next_conn().await);
+    (c, b)
 }
 
 /// wsplice (relay = "auto") with `routes`, started.

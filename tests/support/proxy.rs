@@ -297,13 +297,7 @@ macro_rules! e2e_tls {
 #[allow(unused_macros)]
 macro_rules! e2e_tls_backend {
     ($name:ident, $body:expr) => {
-        e2e!($name, $body, [
-            copy => crate::support::Relay::Copy,
-            splice => crate::support::Relay::Splice,
-            auto => crate::support::Relay::Auto,
-            uring_copy => crate::support::Relay::Copy.uring(),
-            uring_splice => crate::support::Relay::Splice.uring(),
-            uring_auto => crate::support::Relay::Auto.uring(),
+        e2e!($name, $body, plus [
             tls => crate::support::Relay::Tls,
             tls_backend => crate::support::Relay::TlsBackend,
             tls_both => crate::support::Relay::TlsBoth
@@ -809,35 +803,28 @@ impl Proxy {
     /// Waits for a stdout line that starts with one of `prefixes`; returns it. (After a binary
     /// upgrade the new process writes to the same stdout.)
     pub fn expect_line_starting(&self, prefixes: &[&str], within: Duration) -> String {
-        let deadline = Instant::now() + within;
-        let lines = self.lines.lock().expect("stdout lines");
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match lines.recv_timeout(left) {
-                Ok(l) if prefixes.iter().any(|p| l.starts_with(p)) => return l,
-                Ok(_) => {}
-                Err(RecvTimeoutError::Timeout) => {
-                    panic!("no line starting with {prefixes:?} within {within:?}")
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    panic!("proxy stdout closed before {prefixes:?}")
-                }
-            }
-        }
+        self.expect_stdout(&format!("a line starting with {prefixes:?}"), within, |l| {
+            prefixes.iter().any(|p| l.starts_with(p))
+        })
     }
 
     /// Waits for a stdout line equal to one of `want`; returns it.
     pub fn expect_line(&self, want: &[&str], within: Duration) -> String {
+        self.expect_stdout(&format!("a {want:?} line"), within, |l| want.contains(&l))
+    }
+
+    /// Waits up to `within` for the stdout line `is` accepts (`what`: which, for the failure).
+    fn expect_stdout(&self, what: &str, within: Duration, is: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + within;
         let lines = self.lines.lock().expect("stdout lines");
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match lines.recv_timeout(left) {
-                Ok(l) if want.contains(&l.as_str()) => return l,
+                Ok(l) if is(l.as_str()) => return l,
                 Ok(_) => {}
-                Err(RecvTimeoutError::Timeout) => panic!("no {want:?} line within {within:?}"),
+                Err(RecvTimeoutError::Timeout) => panic!("no {what} within {within:?}"),
                 Err(RecvTimeoutError::Disconnected) => {
-                    panic!("proxy stdout closed before {want:?}")
+                    panic!("proxy stdout closed before {what}")
                 }
             }
         }

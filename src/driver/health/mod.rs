@@ -214,17 +214,17 @@ impl Health {
                             k.t.state & EJECTED != 0,
                             k.t.state & DRAINED != 0,
                             k.ejections,
-                            json_str(&k.last),
+                            stats::json::string(&k.last),
                         )
                     })
                     .collect();
                 format!(
                     "{{\"route\":{},\"checks\":{},\"backends\":[{}]}}",
-                    json_str(&r.label),
+                    stats::json::string(&r.label),
                     r.health
                         .as_ref()
                         .and_then(|h| h.check.as_ref())
-                        .map_or("null".to_owned(), |c| json_str(c.kind.as_str())),
+                        .map_or("null".to_owned(), |c| stats::json::string(c.kind.as_str())),
                     backends.join(",")
                 )
             })
@@ -576,20 +576,4 @@ fn state_name(state: u64) -> &'static str {
 /// A Prometheus label value: `\` and `"` escaped.
 fn escape(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"")
-}
-
-/// A JSON string.
-pub(crate) fn json_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }

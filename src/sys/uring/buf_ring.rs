@@ -205,30 +205,28 @@ impl BufRing {
 
     /// A send from buffer `id` completed.
     pub fn end_send(&self, id: u16) {
-        let Some(cell) = self.state.get(id as usize) else {
-            return;
-        };
-        let mut s = cell.get();
-        if s.sends == 0 {
-            return;
-        }
-        s.sends -= 1;
-        cell.set(s);
-        self.maybe_return(id);
+        self.release(id, |s| &mut s.sends);
     }
 
     /// The application is done with one arrival in buffer `id`: the buffer goes back to the
     /// kernel at the next [`BufRing::flush`] once nothing holds it, no send from it is in
     /// flight and the kernel is done filling it.
     pub fn give_back(&self, id: u16) {
+        self.release(id, |s| &mut s.holds);
+    }
+
+    /// One use of buffer `id` counted in `count` (a hold or a send) is over; a count already
+    /// at zero (a stray or repeated release) stays there.
+    fn release(&self, id: u16, count: impl FnOnce(&mut State) -> &mut u16) {
         let Some(cell) = self.state.get(id as usize) else {
             return;
         };
         let mut s = cell.get();
-        if s.holds == 0 {
+        let n = count(&mut s);
+        if *n == 0 {
             return;
         }
-        s.holds -= 1;
+        *n -= 1;
         cell.set(s);
         self.maybe_return(id);
     }

@@ -242,56 +242,47 @@ async fn conn_loop(c: Arc<Common>, path: Arc<String>, expect: Arc<Vec<u8>>, t0: 
     let mut line = String::new();
     let mut conn: Option<BufReader<TcpStream>> = None;
     tokio::time::sleep_until(t0).await;
-    while TInstant::now() < end {
-        if conn.is_none() {
-            match tokio::time::timeout_at(end + Duration::from_secs(5), tcp_connect(&c.target, &c.sources)).await {
-                Ok(Ok(s)) => conn = Some(BufReader::with_capacity(64 * 1024, s)),
-                Ok(Err(e)) => {
-                    errors.add(e);
-                    return (h, done, bytes, reconnects);
+    // Until the end, or the first failure (counted; the connection's results so far stand).
+    let run = async {
+        while TInstant::now() < end {
+            if conn.is_none() {
+                let s = tokio::time::timeout_at(end + Duration::from_secs(5), tcp_connect(&c.target, &c.sources))
+                    .await
+                    .map_err(|_| "http: connect timeout".to_string())??;
+                conn = Some(BufReader::with_capacity(64 * 1024, s));
+            }
+            let Some(r) = conn.as_mut() else { break };
+            let start = Instant::now();
+            let exchange = async {
+                r.get_mut().write_all(request.as_bytes()).await.map_err(|e| io_reason("http write", &e))?;
+                let a = read_head(r, &mut line).await?;
+                if a.status != 200 {
+                    return Err(format!("http: status {}", a.status));
                 }
-                Err(_) => {
-                    errors.add("http: connect timeout");
-                    return (h, done, bytes, reconnects);
+                if a.length != expect.len() {
+                    return Err(format!("http: Content-Length {} instead of {}", a.length, expect.len()));
                 }
+                r.read_exact(&mut body).await.map_err(|e| io_reason("http body", &e))?;
+                if body[..] != expect[..] {
+                    return Err("http: body differs".to_string());
+                }
+                Ok::<bool, String>(a.close)
+            };
+            let close = tokio::time::timeout_at(end + Duration::from_secs(10), exchange)
+                .await
+                .map_err(|_| "http: response timeout".to_string())??;
+            done += 1;
+            bytes += expect.len() as u64;
+            let _ = h.record(start.elapsed().as_nanos() as u64);
+            if close {
+                conn = None;
+                reconnects += 1;
             }
         }
-        let Some(r) = conn.as_mut() else { break };
-        let start = Instant::now();
-        let exchange = async {
-            r.get_mut().write_all(request.as_bytes()).await.map_err(|e| io_reason("http write", &e))?;
-            let a = read_head(r, &mut line).await?;
-            if a.status != 200 {
-                return Err(format!("http: status {}", a.status));
-            }
-            if a.length != expect.len() {
-                return Err(format!("http: Content-Length {} instead of {}", a.length, expect.len()));
-            }
-            r.read_exact(&mut body).await.map_err(|e| io_reason("http body", &e))?;
-            if body[..] != expect[..] {
-                return Err("http: body differs".to_string());
-            }
-            Ok::<bool, String>(a.close)
-        };
-        match tokio::time::timeout_at(end + Duration::from_secs(10), exchange).await {
-            Ok(Ok(close)) => {
-                done += 1;
-                bytes += expect.len() as u64;
-                let _ = h.record(start.elapsed().as_nanos() as u64);
-                if close {
-                    conn = None;
-                    reconnects += 1;
-                }
-            }
-            Ok(Err(e)) => {
-                errors.add(e);
-                return (h, done, bytes, reconnects);
-            }
-            Err(_) => {
-                errors.add("http: response timeout");
-                return (h, done, bytes, reconnects);
-            }
-        }
+        Ok::<(), String>(())
+    };
+    if let Err(e) = run.await {
+        errors.add(e);
     }
     (h, done, bytes, reconnects)
 }

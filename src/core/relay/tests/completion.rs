@@ -84,12 +84,55 @@ fn recv(side: Side) -> IoOp {
     IoOp::Recv { side, more: true }
 }
 
+/// The write to the backend from the bytes the relay holds (its overflow).
+const HELD_UP: IoOp = IoOp::Write {
+    side: Side::Backend,
+    src: Src::Held,
+};
+
 impl Rig {
-    /// Plays an io_uring driver with multishot receives.
+    /// Plays an io_uring driver with multishot receives; both sides' receives are asked for.
     fn standing(mode: RelayMode, pipes: usize) -> Rig {
         let mut r = rig(mode, pipes);
         r.completion = true;
+        assert_eq!(r.poll_standing(), Next::Op(recv(Side::Client)));
+        assert_eq!(r.poll_standing(), Next::Op(recv(Side::Backend)));
         r
+    }
+
+    /// [`Rig::arrive`] of `n` bytes at `at` of buffer `id`, the receive still armed.
+    fn arrives(&mut self, side: Side, id: BufId, at: u32, n: usize) {
+        self.arrive(side, Some((id, at)), Ok(n), true)
+            .expect("open");
+    }
+
+    /// The client's standing receive ends (`res`: how), with no bytes.
+    fn recv_over(&mut self, res: io::Result<usize>) {
+        self.arrive(Side::Client, None, res, false).expect("open");
+    }
+
+    /// Expects the write to the backend of `n` bytes at `at` of buffer `id` next.
+    #[track_caller]
+    fn expect_up(&mut self, id: BufId, at: u32, n: u32) {
+        assert_eq!(
+            self.poll_standing(),
+            Next::Op(from_buf(Side::Backend, id, at, n))
+        );
+    }
+
+    /// `n` bytes from the client arrive at the start of buffer `id` and go out to the backend
+    /// from there.
+    fn sent_up(&mut self, id: BufId, n: u32) {
+        self.arrives(Side::Client, id, 0, n as usize);
+        self.expect_up(id, 0, n);
+    }
+
+    /// The write of held bytes to the backend completed, `n` of them.
+    fn held_done(&mut self, n: usize) {
+        let (relay, mut cx) = self.parts();
+        relay
+            .complete(HELD_UP, Ok(n), &mut cx, &[], 5)
+            .expect("open");
     }
 
     /// An arrival of `side`'s standing receive: `n` bytes at `at` of buffer `id` (room: 1024
@@ -135,8 +178,6 @@ impl Rig {
 #[test]
 fn a_standing_receive_is_asked_for_once_and_every_arrival_goes_out_from_its_buffer() {
     let mut r = Rig::standing(RelayMode::Copy, 0);
-    assert_eq!(r.poll_standing(), Next::Op(recv(Side::Client)));
-    assert_eq!(r.poll_standing(), Next::Op(recv(Side::Backend)));
     assert_eq!(r.poll_standing(), Next::Wait);
     for round in 0..3u32 {
         let at = round * 10;
@@ -144,10 +185,7 @@ fn a_standing_receive_is_asked_for_once_and_every_arrival_goes_out_from_its_buff
             r.arrive(Side::Client, Some((3, at)), Ok(10), true),
             Ok((Way::Up, 10))
         );
-        assert_eq!(
-            r.poll_standing(),
-            Next::Op(from_buf(Side::Backend, 3, at, 10))
-        );
+        r.expect_up(3, at, 10);
         r.write_done(Side::Backend, 10);
         // Not asked for again: the receive stands.
         assert_eq!(r.poll_standing(), Next::Wait);
@@ -163,43 +201,26 @@ fn a_standing_receive_is_asked_for_once_and_every_arrival_goes_out_from_its_buff
 #[test]
 fn arrivals_behind_a_write_in_flight_are_copied_and_the_receive_stops_at_the_bound() {
     let mut r = Rig::standing(RelayMode::Copy, 0);
-    assert_eq!(r.poll_standing(), Next::Op(recv(Side::Client)));
-    assert_eq!(r.poll_standing(), Next::Op(recv(Side::Backend)));
-    r.arrive(Side::Client, Some((1, 0)), Ok(100), true)
-        .expect("open");
-    assert_eq!(
-        r.poll_standing(),
-        Next::Op(from_buf(Side::Backend, 1, 0, 100))
-    );
+    r.sent_up(1, 100);
     // The backend is slow: more arrives while the write waits. A contiguous arrival in the
     // same buffer joins the bytes being written; any other is copied behind them and its
     // buffer goes back at once: a slow reader pins one buffer of the shared ring, no more.
-    r.arrive(Side::Client, Some((1, 100)), Ok(50), true)
-        .expect("open");
-    r.arrive(Side::Client, Some((2, 0)), Ok(20), true)
-        .expect("open");
+    r.arrives(Side::Client, 1, 100, 50);
+    r.arrives(Side::Client, 2, 0, 20);
     assert_eq!(r.loan.returned, vec![2]);
     assert_eq!(r.poll_standing(), Next::Wait, "a write is in flight");
     // 64 KiB copied: the receive stops.
     let mut id = 10;
     while r.poll_standing() == Next::Wait {
-        r.arrive(Side::Client, Some((id, 0)), Ok(1024), true)
-            .expect("open");
+        r.arrives(Side::Client, id, 0, 1024);
         id += 1;
     }
     assert_eq!(id, 10 + 64, "stopped at 64 KiB held");
     // (the poll that ended the loop asked for the stop)
     assert_eq!(r.poll_standing(), Next::Wait, "stopped once");
     // What was under way when it stopped still arrives; then the receive's end.
-    r.arrive(Side::Client, Some((99, 0)), Ok(7), true)
-        .expect("open");
-    r.arrive(
-        Side::Client,
-        None,
-        Err(io::ErrorKind::Interrupted.into()),
-        false,
-    )
-    .expect("open");
+    r.arrives(Side::Client, 99, 0, 7);
+    r.recv_over(Err(io::ErrorKind::Interrupted.into()));
     assert_eq!(
         r.loan.returned.len(),
         1 + 64 + 1,
@@ -207,22 +228,12 @@ fn arrivals_behind_a_write_in_flight_are_copied_and_the_receive_stops_at_the_bou
     );
     // The buffer's bytes go out first, then the copies; then the receive is armed again.
     r.write_done(Side::Backend, 100);
-    assert_eq!(
-        r.poll_standing(),
-        Next::Op(from_buf(Side::Backend, 1, 100, 50))
-    );
+    r.expect_up(1, 100, 50);
     r.write_done(Side::Backend, 50);
     assert_eq!(&r.loan.returned[r.loan.returned.len() - 2..], &[1, 1]);
-    let held = IoOp::Write {
-        side: Side::Backend,
-        src: Src::Held,
-    };
-    assert_eq!(r.poll_standing(), Next::Op(held));
+    assert_eq!(r.poll_standing(), Next::Op(HELD_UP));
     assert_eq!(r.relay.held(Side::Backend).len(), 20 + 64 * 1024 + 7);
-    let (relay, mut cx) = r.parts();
-    relay
-        .complete(held, Ok(20 + 64 * 1024 + 7), &mut cx, &[], 5)
-        .expect("open");
+    r.held_done(20 + 64 * 1024 + 7);
     assert_eq!(r.loan.stats.overflow_in_use, 0);
     assert_eq!(r.poll_standing(), Next::Op(recv(Side::Client)));
     assert_eq!(r.loan.stats.bytes_up, 100 + 50 + 20 + 64 * 1024 + 7);
@@ -231,8 +242,6 @@ fn arrivals_behind_a_write_in_flight_are_copied_and_the_receive_stops_at_the_bou
 #[test]
 fn a_standing_receive_without_buffers_waits_for_readiness_and_fin_shuts_the_other_side() {
     let mut r = Rig::standing(RelayMode::Copy, 0);
-    assert_eq!(r.poll_standing(), Next::Op(recv(Side::Client)));
-    assert_eq!(r.poll_standing(), Next::Op(recv(Side::Backend)));
     // No free driver buffer: the receive is over and not asked for again until the driver
     // says the socket is worth reading (buffers are back).
     r.arrive(Side::Backend, None, would_block(), false)
@@ -241,7 +250,7 @@ fn a_standing_receive_without_buffers_waits_for_readiness_and_fin_shuts_the_othe
     r.relay.handle_ready(Side::Backend, true, false, false);
     assert_eq!(r.poll_standing(), Next::Op(recv(Side::Backend)));
     // FIN ends the receive and is forwarded.
-    r.arrive(Side::Client, None, Ok(0), false).expect("open");
+    r.recv_over(Ok(0));
     assert_eq!(
         r.poll_standing(),
         Next::Op(IoOp::Shutdown {
@@ -263,40 +272,21 @@ fn a_standing_receive_without_buffers_waits_for_readiness_and_fin_shuts_the_othe
 #[test]
 fn a_bulk_burst_stops_the_standing_receive_and_splices_and_the_end_gives_buffers_back() {
     let mut r = Rig::standing(RelayMode::Auto, 4);
-    assert_eq!(r.poll_standing(), Next::Op(recv(Side::Client)));
-    assert_eq!(r.poll_standing(), Next::Op(recv(Side::Backend)));
     // Full buffers (the socket had more) until the burst reaches the threshold (4096 here).
     for id in 0..4 {
-        r.arrive(Side::Client, Some((id, 0)), Ok(1024), true)
-            .expect("open");
+        r.arrives(Side::Client, id, 0, 1024);
     }
-    assert_eq!(
-        r.poll_standing(),
-        Next::Op(from_buf(Side::Backend, 0, 0, 1024))
-    );
+    r.expect_up(0, 0, 1024);
     r.write_done(Side::Backend, 1024);
-    let held = IoOp::Write {
-        side: Side::Backend,
-        src: Src::Held,
-    };
-    assert_eq!(r.poll_standing(), Next::Op(held));
-    let (relay, mut cx) = r.parts();
-    relay
-        .complete(held, Ok(3072), &mut cx, &[], 5)
-        .expect("open");
+    assert_eq!(r.poll_standing(), Next::Op(HELD_UP));
+    r.held_done(3072);
     // Bulk: the standing receive stops, and the rest of the burst is spliced.
     assert_eq!(
         r.poll_standing(),
         Next::Op(IoOp::StopRecv { side: Side::Client })
     );
     assert_eq!(r.poll_standing(), Next::Wait);
-    r.arrive(
-        Side::Client,
-        None,
-        Err(io::ErrorKind::Interrupted.into()),
-        false,
-    )
-    .expect("open");
+    r.recv_over(Err(io::ErrorKind::Interrupted.into()));
     assert_eq!(
         r.poll_standing(),
         Next::Op(IoOp::SpliceIn {
@@ -305,8 +295,7 @@ fn a_bulk_burst_stops_the_standing_receive_and_splices_and_the_end_gives_buffers
         })
     );
     // The backend's arrival is held when the relay ends: it goes back.
-    r.arrive(Side::Backend, Some((9, 0)), Ok(5), true)
-        .expect("open");
+    r.arrives(Side::Backend, 9, 0, 5);
     let (relay, mut cx) = r.parts();
     relay.release(&mut cx);
     assert!(r.loan.returned.ends_with(&[9]), "{:?}", r.loan.returned);
@@ -315,32 +304,16 @@ fn a_bulk_burst_stops_the_standing_receive_and_splices_and_the_end_gives_buffers
 #[test]
 fn a_copied_overflow_that_keeps_streaming_holds_only_unsent_bytes() {
     let mut r = Rig::standing(RelayMode::Copy, 0);
-    assert_eq!(r.poll_standing(), Next::Op(recv(Side::Client)));
-    assert_eq!(r.poll_standing(), Next::Op(recv(Side::Backend)));
-    r.arrive(Side::Client, Some((1, 0)), Ok(1000), true)
-        .expect("open");
-    assert_eq!(
-        r.poll_standing(),
-        Next::Op(from_buf(Side::Backend, 1, 0, 1000))
-    );
-    r.arrive(Side::Client, Some((2, 0)), Ok(1000), true)
-        .expect("open");
+    r.sent_up(1, 1000);
+    r.arrives(Side::Client, 2, 0, 1000);
     r.write_done(Side::Backend, 1000);
-    let held = IoOp::Write {
-        side: Side::Backend,
-        src: Src::Held,
-    };
     // A destination that takes half of each write while the source keeps sending: the
     // overflow never holds more than what is still unsent.
     for id in 3..200 {
-        assert_eq!(r.poll_standing(), Next::Op(held));
+        assert_eq!(r.poll_standing(), Next::Op(HELD_UP));
         let unsent = r.relay.held(Side::Backend).len();
-        r.arrive(Side::Client, Some((id, 0)), Ok(1000), true)
-            .expect("open");
-        let (relay, mut cx) = r.parts();
-        relay
-            .complete(held, Ok(unsent / 2), &mut cx, &[], 5)
-            .expect("open");
+        r.arrives(Side::Client, id, 0, 1000);
+        r.held_done(unsent / 2);
         assert!(
             r.relay.up_held_capacity() < 8192,
             "grew to {}",

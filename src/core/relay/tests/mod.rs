@@ -90,16 +90,21 @@ struct Rig {
     next_buf: BufId,
 }
 
-fn rig(mode: RelayMode, pipes: usize) -> Rig {
-    let mut stats = RelayStats::default();
-    let relay = Relay::new(
+/// A relay of no early bytes and default timeouts; `splice`: its transports can splice.
+fn new_relay(splice: bool, stats: &mut RelayStats) -> Relay<u32> {
+    Relay::new(
         Vec::new(),
         Vec::new(),
-        true,
+        splice,
         Timeouts::new(Default::default(), Default::default()),
         1,
-        &mut stats,
-    );
+        stats,
+    )
+}
+
+fn rig(mode: RelayMode, pipes: usize) -> Rig {
+    let mut stats = RelayStats::default();
+    let relay = new_relay(true, &mut stats);
     Rig {
         relay,
         loan: Loan::new(pipes, vec![7u8; 1024], stats),
@@ -147,11 +152,12 @@ impl Rig {
         self.complete(want, res).expect("relay still open");
     }
 
-    /// Drains both sources at the start: both report WouldBlock.
-    fn settle(&mut self) {
+    /// Drains both sources at the start (both report WouldBlock); then `then` has bytes.
+    fn settle(&mut self, then: Side) {
         self.step(read(Side::Client), would_block());
         self.step(read(Side::Backend), would_block());
         assert_eq!(self.poll(), Next::Wait);
+        self.relay.handle_ready(then, true, false, false);
     }
 }
 
@@ -178,8 +184,7 @@ impl Rig {
 #[test]
 fn small_message_is_copied_through_scratch_and_the_direction_waits_again() {
     let mut r = rig(RelayMode::Auto, 4);
-    r.settle();
-    r.relay.handle_ready(Side::Client, true, false, false);
+    r.settle(Side::Client);
     r.copy(Side::Client, 10, 10);
     // A short read drained the socket: no read until the next edge.
     assert_eq!(r.poll(), Next::Wait);
@@ -190,8 +195,7 @@ fn small_message_is_copied_through_scratch_and_the_direction_waits_again() {
 #[test]
 fn a_short_write_keeps_the_rest_and_stops_reading_until_the_peer_is_writable() {
     let mut r = rig(RelayMode::Copy, 0);
-    r.settle();
-    r.relay.handle_ready(Side::Backend, true, false, false);
+    r.settle(Side::Backend);
     r.copy(Side::Backend, 1024, 100);
     assert_eq!(r.loan.stats.overflow_in_use, 1);
     // The source still has bytes (a full read), but nothing more is read while bytes wait.
@@ -212,8 +216,7 @@ fn a_short_write_keeps_the_rest_and_stops_reading_until_the_peer_is_writable() {
 #[test]
 fn auto_mode_splices_once_a_burst_reaches_the_threshold_and_copies_small_bursts() {
     let mut r = rig(RelayMode::Auto, 4);
-    r.settle();
-    r.relay.handle_ready(Side::Client, true, false, false);
+    r.settle(Side::Client);
     // Full reads: a burst of 4 KiB reaches the 4 KiB threshold.
     for _ in 0..4 {
         r.copy(Side::Client, 1024, 1024);
@@ -252,8 +255,7 @@ fn queued(side: Side) -> IoOp {
 /// One large burst from `side` (copied, then spliced once it reached the threshold): the
 /// direction becomes one that asks what is queued. Returns its `SpliceIn`.
 fn large_burst(r: &mut Rig, side: Side) -> IoOp {
-    r.settle();
-    r.relay.handle_ready(side, true, false, false);
+    r.settle(side);
     for _ in 0..4 {
         r.copy(side, 1024, 1024);
     }
@@ -380,33 +382,9 @@ fn without_a_free_pipe_splice_mode_copies_and_counts_the_fallback() {
 #[test]
 fn a_transport_that_cannot_splice_is_always_copied() {
     let mut stats = RelayStats::default();
-    let mut relay: Relay<u32> = Relay::new(
-        Vec::new(),
-        Vec::new(),
-        false,
-        Timeouts::new(Default::default(), Default::default()),
-        1,
-        &mut stats,
-    );
-    let mut pipes = FakePipes {
-        cap: 4,
-        ..Default::default()
-    };
-    let scratch = vec![0u8; 1024];
-    let mut returned = Vec::new();
-    let mut cx = Ctx {
-        scratch: &scratch,
-        lent: None,
-        lent_at: 0,
-        lent_room: 0,
-        returned: &mut returned,
-        pipes: &mut pipes,
-        stats: &mut stats,
-        mode: RelayMode::Splice,
-        threshold: 1,
-        completion: false,
-        standing: false,
-    };
+    let mut relay = new_relay(false, &mut stats);
+    let mut loan = Loan::new(4, vec![0u8; 1024], stats);
+    let mut cx = loan.ctx(RelayMode::Splice, 1, false);
     let room = cx.scratch.len();
     assert_eq!(
         relay.poll_op(&mut cx, 1, room),
