@@ -275,6 +275,20 @@ fn keepalive_on(dir: &str, port: u16) -> bool {
     }
 }
 
+/// [`keepalive_on`] for the proxy's two sockets of the tunnel between `client` and `server`:
+/// its client socket is the one whose peer port is our client's, its backend socket the one
+/// whose own port is the backend's peer port.
+fn keepalive_of(client: &TcpStream, server: &TcpStream) -> (bool, bool) {
+    let client_port = client.local_addr().expect("client addr").port();
+    let backend_side = server.peer_addr().expect("proxy's backend socket").port();
+    tokio::task::block_in_place(|| {
+        (
+            keepalive_on("dport", client_port),
+            keepalive_on("sport", backend_side),
+        )
+    })
+}
+
 // `[keepalive]` reaches both sockets of a tunnel: the client's, which inherits it from the
 // listener (the proxy sets it there once rather than on every accepted socket), and the
 // backend's; a reload that switches keepalive off applies to the tunnels that open after it.
@@ -292,16 +306,7 @@ e2e_drivers!(
         let proxy = builder("\"7s\"").start().await;
         let (mut client, mut server) = raw_tunnel(&proxy, &backend, "/t").await;
         pump(&mut client, &mut server, b"one", "client -> backend").await;
-        // The proxy's client socket is the one whose peer port is our client's; its backend
-        // socket the one whose own port is the backend's peer port.
-        let client_port = client.local_addr().expect("client addr").port();
-        let proxy_backend_port = server.peer_addr().expect("proxy's backend socket").port();
-        let (on_client, on_backend) = tokio::task::block_in_place(|| {
-            (
-                keepalive_on("dport", client_port),
-                keepalive_on("sport", proxy_backend_port),
-            )
-        });
+        let (on_client, on_backend) = keepalive_of(&client, &server);
         assert!(on_client, "no keepalive on the proxy's client socket");
         assert!(on_backend, "no keepalive on the proxy's backend socket");
 
@@ -314,14 +319,7 @@ e2e_drivers!(
         assert_eq!(line, "reloaded");
         let (mut client2, mut server2) = raw_tunnel(&proxy, &backend, "/t").await;
         pump(&mut client2, &mut server2, b"two", "client -> backend").await;
-        let port2 = client2.local_addr().expect("addr").port();
-        let proxy_backend_port2 = server2.peer_addr().expect("peer").port();
-        let (on_client, on_backend) = tokio::task::block_in_place(|| {
-            (
-                keepalive_on("dport", port2),
-                keepalive_on("sport", proxy_backend_port2),
-            )
-        });
+        let (on_client, on_backend) = keepalive_of(&client2, &server2);
         assert!(
             !on_client,
             "keepalive still on a client socket accepted after it was switched off"

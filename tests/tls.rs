@@ -552,14 +552,7 @@ async fn every_cipher_suite_relays_small_and_large_messages() {
                 .expect("upgrade");
         for round in 0..3 {
             ws_echo_once(&mut ws, &format!("{name} {round}")).await;
-            let big: Vec<u8> = (0..(1 << 20) + round)
-                .map(|i| (i * 7 + round) as u8)
-                .collect();
-            ws.send(Message::binary(big.clone())).await.expect("send");
-            match ws_recv(&mut ws).await {
-                Message::Binary(b) => assert!(b[..] == big[..], "{name}: 1 MiB echo differs"),
-                other => panic!("{name}: expected the binary echo, got {other:?}"),
-            }
+            echo_mib(&mut ws, &name, round, 7).await;
         }
         let _ = ws.close(None).await;
         suites += 1;
@@ -851,19 +844,25 @@ async fn key_updates_mid_tunnel_keep_the_echo_exact_both_ways() {
         for round in 0..3usize {
             key_update(&mut ws);
             ws_echo_once(&mut ws, &format!("{name} after key update {round}")).await;
-            let big: Vec<u8> = (0..(1 << 20) + round)
-                .map(|i| (i * 13 + round) as u8)
-                .collect();
-            ws.send(Message::binary(big.clone())).await.expect("send");
-            match ws_recv(&mut ws).await {
-                Message::Binary(b) => assert!(b[..] == big[..], "{name}: 1 MiB echo differs"),
-                other => panic!("{name}: expected the binary echo, got {other:?}"),
-            }
+            echo_mib(&mut ws, &name, round, 13).await;
         }
         let _ = ws.close(None).await;
     }
     assert_eq!(tls13, 3);
     still_serves(&t, &certs).await;
+}
+
+/// Sends 1 MiB + `round` bytes (pattern `i * mul + round`) as one binary message and checks
+/// the echo byte for byte.
+async fn echo_mib(ws: &mut Ws, name: &str, round: usize, mul: usize) {
+    let big: Vec<u8> = (0..(1 << 20) + round)
+        .map(|i| (i * mul + round) as u8)
+        .collect();
+    ws.send(Message::binary(big.clone())).await.expect("send");
+    match ws_recv(ws).await {
+        Message::Binary(b) => assert!(b[..] == big[..], "{name}: 1 MiB echo differs"),
+        other => panic!("{name}: expected the binary echo, got {other:?}"),
+    }
 }
 
 /// The proxy still serves a raw tunnel: a new TLS client's bytes reach the backend and back.
