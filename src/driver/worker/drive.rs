@@ -71,7 +71,7 @@ impl Worker {
                 key,
                 client: &mut e.client,
                 backend: e.backend.as_mut(),
-                scratch: &mut self.scratch,
+                scratch: super::scratch(&mut self.scratch),
             };
             let mut cx = ctx(
                 &[],
@@ -166,7 +166,7 @@ impl Worker {
                         sock,
                         held,
                         pipe,
-                        scratch: &mut self.scratch,
+                        scratch: super::scratch(&mut self.scratch),
                     });
                     let Exec::Done(res) = done else {
                         continue; // the driver reports it with `completed`

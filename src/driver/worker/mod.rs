@@ -181,6 +181,7 @@ pub struct Worker {
     wheel: Wheel,
     fired: Vec<(u32, Tick)>,
     time: Time,
+    /// Empty until a connection first needs it ([`scratch`]): an idle worker does not hold it.
     scratch: Box<[u8]>,
     /// Driver buffers connections are done with, handed back to the driver after each call.
     returned: Vec<BufId>,
@@ -262,7 +263,7 @@ impl Worker {
             wheel: Wheel::new(tick),
             fired: Vec::new(),
             time: Time { now, tick, clock },
-            scratch: vec![0u8; SCRATCH].into_boxed_slice(),
+            scratch: Box::default(),
             returned: Vec::new(),
             relay_stats: RelayStats::default(),
             counters,
@@ -430,7 +431,7 @@ impl Worker {
         };
         let (scratch, lent, at, room) = match input {
             Some(i) => (i.bytes, Some(i.id), i.at, i.room),
-            None => (&self.scratch[..], None, 0, 0),
+            None => (&*scratch(&mut self.scratch), None, 0, 0),
         };
         let mut cx = ctx(
             scratch,
@@ -515,7 +516,7 @@ impl Worker {
 macro_rules! lend {
     ($w:expr, $d:expr) => {
         ctx(
-            &$w.scratch,
+            &*scratch(&mut $w.scratch),
             &mut $w.pool,
             &mut $w.relay_stats,
             &mut $w.returned,
@@ -525,6 +526,15 @@ macro_rules! lend {
     };
 }
 use lend;
+
+/// The worker's scratch buffer, allocated at its first use: a worker that has served nothing
+/// does not hold (and, allocated zeroed, touch) its 64 KiB (bench-results/2026-11-29-embedded-3).
+fn scratch(buf: &mut Box<[u8]>) -> &mut [u8] {
+    if buf.is_empty() {
+        *buf = vec![0u8; SCRATCH].into_boxed_slice();
+    }
+    buf
+}
 
 /// What the worker lends a connection for one call (split borrows of the worker's fields).
 fn ctx<'a>(
