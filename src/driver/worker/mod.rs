@@ -516,7 +516,7 @@ impl Worker {
 macro_rules! lend {
     ($w:expr, $d:expr) => {
         ctx(
-            &*scratch(&mut $w.scratch),
+            &*$crate::driver::worker::scratch(&mut $w.scratch),
             &mut $w.pool,
             &mut $w.relay_stats,
             &mut $w.returned,
