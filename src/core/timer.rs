@@ -8,8 +8,9 @@
 //!
 //! Deadlines further away than one revolution stay in their slot and are skipped on each pass
 //! until due: with 8 ms ticks and 2048 slots (a 16 s revolution) a 1 h idle timer is looked at
-//! ~220 times an hour. The slots are a fixed cost per worker, paid at start (24 B each: 48 KiB;
-//! 8192 slots cost a gateway's one worker 192 KiB of its start-up RSS), and fewer slots hold
+//! ~220 times an hour. The slots are a fixed cost per worker (24 B each: 48 KiB; 8192 slots cost a
+//! gateway's one worker 192 KiB), paid at the first timer, not at start (an idle worker holds
+//! none; an emptied one gives them back with its other tables), and fewer slots hold
 //! their entries with less spare capacity (bench-results/2026-11-29-embedded). A bitmap of the
 //! slots that hold entries sets the loop's wait: a worker whose timers are far away sleeps until
 //! the first such slot instead of waking every tick (an idle gateway does not wake 125 times a
@@ -83,7 +84,8 @@ impl Wheel {
     /// A wheel whose first unprocessed tick is `now`.
     pub fn new(now: Tick) -> Wheel {
         Wheel {
-            slots: (0..SLOTS).map(|_| Vec::new()).collect(),
+            // Allocated with the first entry (see `insert`): an idle worker holds none.
+            slots: Vec::new(),
             busy: [0; SLOTS / 64],
             next: now,
             len: 0,
@@ -107,6 +109,9 @@ impl Wheel {
             due
         };
         let i = slot_tick as usize % SLOTS;
+        if self.slots.is_empty() {
+            self.slots = (0..SLOTS).map(|_| Vec::new()).collect();
+        }
         self.slots[i].push(Entry { key, due });
         self.busy[i / 64] |= 1 << (i % 64);
         self.len += 1;
@@ -131,7 +136,9 @@ impl Wheel {
             return;
         }
         let span = now.wrapping_sub(self.next) as usize + 1;
-        for i in 0..span.min(SLOTS) {
+        // No slots yet: nothing was ever inserted.
+        let visit = if self.slots.is_empty() { 0 } else { span.min(SLOTS) };
+        for i in 0..visit {
             let at = (self.next as usize + i) % SLOTS;
             let slot = &mut self.slots[at];
             let mut j = 0;
@@ -157,6 +164,11 @@ impl Wheel {
 
     /// Frees slot capacity beyond what the entries held now need.
     pub fn shrink_to_fit(&mut self) {
+        if self.len == 0 {
+            // Empty: the slots themselves go too (48 KiB), allocated again by the next insert.
+            self.slots = Vec::new();
+            return;
+        }
         for slot in &mut self.slots {
             slot.shrink_to_fit();
         }
