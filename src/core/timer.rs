@@ -137,7 +137,11 @@ impl Wheel {
         }
         let span = now.wrapping_sub(self.next) as usize + 1;
         // No slots yet: nothing was ever inserted.
-        let visit = if self.slots.is_empty() { 0 } else { span.min(SLOTS) };
+        let visit = if self.slots.is_empty() {
+            0
+        } else {
+            span.min(SLOTS)
+        };
         for i in 0..visit {
             let at = (self.next as usize + i) % SLOTS;
             let slot = &mut self.slots[at];
