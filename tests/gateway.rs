@@ -257,6 +257,11 @@ fn starts_small_with_only_the_threads_switched_on() {
         "path",
         &format!("\"{}\"", log.path().display()),
     ));
+    // A thread names itself once it runs: "ready" can come first (seen under qemu, where only
+    // threads named wsplice* are counted), so wait for the four, then check there are no more.
+    eventually("main, worker, admin and logger threads", STEP, || {
+        threads(full.pid()).len() >= 4
+    });
     let names = threads(full.pid());
     assert_eq!(names.len(), 4, "main, worker, admin, logger: {names:?}");
 }
