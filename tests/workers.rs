@@ -366,7 +366,14 @@ async fn a_killed_worker_is_replaced_and_the_others_keep_their_tunnels_and_limit
 scoped_drivers!(the_access_log_has_one_whole_line_per_connection_from_every_worker);
 async fn the_access_log_has_one_whole_line_per_connection_from_every_worker() {
     let a = backend("A").await.addr;
-    let log = std::env::temp_dir().join(format!("wsplice-workers-{}.log", std::process::id()));
+    // One file per driver variant: both run at once in this test process.
+    let driver = support::SCOPED_DRIVER
+        .try_with(|d| d.as_str())
+        .unwrap_or("epoll");
+    let log = std::env::temp_dir().join(format!(
+        "wsplice-workers-{}-{driver}.log",
+        std::process::id()
+    ));
     let _ = std::fs::remove_file(&log);
     let extra = format!("[access_log]\npath = \"{}\"", log.display());
     let mut p = Proxy::blocking_start_toml(&config(&[("/ws", a)], &extra));

@@ -259,7 +259,11 @@ fn a_receive_that_ended_at_its_limit_is_armed_again_once_the_bytes_are_written()
     r.arrive(Side::Client, Some((3, 0)), Ok(900), false)
         .expect("open");
     assert_eq!(r.loan.returned, vec![2, 3], "copied, buffers back at once");
-    assert_eq!(r.poll_standing(), Next::Wait, "no stop asked: it ended itself");
+    assert_eq!(
+        r.poll_standing(),
+        Next::Wait,
+        "no stop asked: it ended itself"
+    );
     // The write completes: the copies go out before any new receive.
     r.write_done(Side::Backend, 100);
     let held = IoOp::Write {
@@ -274,7 +278,9 @@ fn a_receive_that_ended_at_its_limit_is_armed_again_once_the_bytes_are_written()
     // Part is left: still no receive.
     assert_eq!(r.poll_standing(), Next::Op(held));
     let (relay, mut cx) = r.parts();
-    relay.complete(held, Ok(900), &mut cx, &[], 5).expect("open");
+    relay
+        .complete(held, Ok(900), &mut cx, &[], 5)
+        .expect("open");
     assert_eq!(r.poll_standing(), Next::Op(recv(Side::Client)));
     assert_eq!(r.loan.stats.bytes_up, 2000);
 }
