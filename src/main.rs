@@ -340,6 +340,24 @@ impl Running for Processes {
     }
 }
 
+/// The start-up line naming the driver the workers run (and, for io_uring, its buffers).
+fn driver_line(chosen: driver::Chosen, cfg: &Config) -> String {
+    match chosen {
+        driver::Chosen::Epoll => "driver epoll".to_owned(),
+        driver::Chosen::Uring(setup) => {
+            let u = &cfg.uring;
+            let count = u.buffer_count() as usize;
+            format!(
+                "driver uring ({}): {count} buffers of {} KiB per worker, {} KiB fixed (uring.buffer_memory); {}",
+                setup.as_str(),
+                u.buffer_size / 1024,
+                count * u.buffer_size / 1024,
+                driver::uring::multishot_note(u)
+            )
+        }
+    }
+}
+
 fn run(
     mut cfg: Config,
     mut text: Option<String>,
@@ -363,15 +381,17 @@ fn run(
         }
     };
     let choice = driver::choose_model(&cfg, soft);
-    if choice.model == WorkerModel::Processes && cfg.driver == DriverMode::Uring {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "driver = \"uring\" runs with worker threads only for now: set worker_model = \"threads\" (or driver = \"epoll\")",
-        ));
-    }
     // Signals are caught from here on, before `ready`, so a script may signal right after it.
     let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT, SIGUSR1, SIGUSR2])?;
     if choice.model == WorkerModel::Processes {
+        // Resolved here, once (`auto` says why it fell back once, not once per worker); every
+        // worker process runs what the supervisor tells it.
+        let chosen = driver::choose_driver(&cfg)?;
+        cfg.driver = match chosen {
+            driver::Chosen::Epoll => DriverMode::Epoll,
+            driver::Chosen::Uring(_) => DriverMode::Uring,
+        };
+        let driver_line = driver_line(chosen, &cfg);
         let (tx, rx) = std::sync::mpsc::channel();
         let to_sup = std::sync::Mutex::new(tx.clone());
         let mut names = Names::start(
@@ -416,7 +436,7 @@ fn run(
             &sup.local_addrs(),
             Found {
                 tls_summary: &certs,
-                driver_line: "driver epoll (worker processes run epoll; the io_uring driver runs with worker_model = \"threads\")",
+                driver_line: &driver_line,
                 cpus_line: &cpus_line,
             },
             sup.stats_reader(),
@@ -462,24 +482,7 @@ fn run(
     let mut names = Names::start(&cfg, events.notify())?;
     let mut server = upgrading::start_threads(&cfg.resolved(&names.table), inherited.as_ref())?;
     let certs = server.tls().map(|t| t.summary.clone()).unwrap_or_default();
-    let driver_line = match server.driver() {
-        driver::Chosen::Epoll => "driver epoll".to_owned(),
-        driver::Chosen::Uring(setup) => {
-            let u = &cfg.uring;
-            let count = u.buffer_count() as usize;
-            format!(
-                "driver uring ({}): {count} buffers of {} KiB per worker, {} KiB fixed (uring.buffer_memory); {}",
-                setup.as_str(),
-                u.buffer_size / 1024,
-                count * u.buffer_size / 1024,
-                if u.multishot {
-                    "multishot receives (uring.multishot)"
-                } else {
-                    "one receive per message"
-                }
-            )
-        }
-    };
+    let driver_line = driver_line(server.driver(), &cfg);
     announce(
         &cfg,
         &server.local_addrs(),

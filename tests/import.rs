@@ -401,8 +401,7 @@ e2e!(
         assert_eq!(seen.target, "/feed");
         assert_eq!(header(&seen, "x-forwarded-proto"), ["https"]);
     },
-    // The io_uring driver does not run TLS listeners yet: epoll only.
-    [epoll => crate::support::Relay::Auto]
+    [epoll => crate::support::Relay::Auto, uring => crate::support::Relay::Auto.uring()]
 );
 
 #[test]
@@ -594,8 +593,7 @@ e2e!(
         let after: Vec<usize> = members.iter().map(|m| m.log().requests.len()).collect();
         assert_eq!(after, counts, "the plain request reached no member");
     },
-    // The io_uring driver does not run TLS listeners yet: epoll only.
-    [epoll => crate::support::Relay::Auto]
+    [epoll => crate::support::Relay::Auto, uring => crate::support::Relay::Auto.uring()]
 );
 
 #[test]

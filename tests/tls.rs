@@ -3,7 +3,8 @@
 //! resumption, certificate reload, `--check` and the command-line flags.
 //!
 //! The proxy runs in-process (`driver::Server`, as `main.rs` starts it), so tests read its
-//! counters directly; the `--check` and flag tests run the binary.
+//! counters directly; the `--check` and flag tests run the binary. Each scenario marked
+//! `scoped_drivers!` runs under epoll and under io_uring (`name::epoll`, `name::uring`).
 
 #[macro_use]
 mod support;
@@ -34,8 +35,9 @@ struct Tls {
 }
 
 fn toml(backend: SocketAddr, pairs: &[&Pair], extra_top: &str, extra_tls: &str) -> String {
+    let driver = scoped_driver_toml();
     let mut s = format!(
-        "workers = 2\n{extra_top}\n[[route]]\nprefix = \"/\"\nbackends = [\"{backend}\"]\n\n[tls]\nlisten = [\"127.0.0.1:0\"]\n{extra_tls}"
+        "workers = 2\n{driver}{extra_top}\n[[route]]\nprefix = \"/\"\nbackends = [\"{backend}\"]\n\n[tls]\nlisten = [\"127.0.0.1:0\"]\n{extra_tls}"
     );
     for p in pairs {
         s.push_str(&format!(
@@ -199,7 +201,7 @@ async fn echo_setup(extra_top: &str) -> (Tls, Certs, EchoBackend) {
 // Bad input: the answer, nothing at the backend, the proxy still serving
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+scoped_drivers!(garbage_instead_of_a_client_hello_gets_an_alert);
 async fn garbage_instead_of_a_client_hello_gets_an_alert() {
     let (t, certs, backend) = echo_setup("").await;
     let mut s = TcpStream::connect(t.addr).await.expect("connect");
@@ -212,7 +214,7 @@ async fn garbage_instead_of_a_client_hello_gets_an_alert() {
     t.expect_handshakes("ok", 1).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+scoped_drivers!(plain_http_on_the_tls_port_gets_a_readable_400);
 async fn plain_http_on_the_tls_port_gets_a_readable_400() {
     let (t, certs, backend) = echo_setup("").await;
     let mut s = TcpStream::connect(t.addr).await.expect("connect");
@@ -228,7 +230,7 @@ async fn plain_http_on_the_tls_port_gets_a_readable_400() {
     refused(&t, &certs, &backend, "plain_http").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+scoped_drivers!(a_dribbled_client_hello_is_closed_at_the_handshake_timeout);
 async fn a_dribbled_client_hello_is_closed_at_the_handshake_timeout() {
     let (t, certs, backend) = echo_setup("[timeouts]\nhandshake = \"1s\"\n").await;
     let hello = client_hello(&certs);
@@ -258,7 +260,7 @@ async fn a_dribbled_client_hello_is_closed_at_the_handshake_timeout() {
     refused(&t, &certs, &backend, "incomplete").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+scoped_drivers!(tls_1_0_and_1_1_only_get_a_protocol_version_alert);
 async fn tls_1_0_and_1_1_only_get_a_protocol_version_alert() {
     let (t, certs, backend) = echo_setup("").await;
     for (n, version) in [(1, 1u8), (2, 2)] {
@@ -273,7 +275,7 @@ async fn tls_1_0_and_1_1_only_get_a_protocol_version_alert() {
     nothing_passed(&t, &certs, &backend).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+scoped_drivers!(oversized_and_malformed_client_hellos_get_alerts);
 async fn oversized_and_malformed_client_hellos_get_alerts() {
     let (t, certs, backend) = echo_setup("").await;
     // A handshake record longer than TLS allows, then one whose ClientHello is cut short.
@@ -292,7 +294,7 @@ async fn oversized_and_malformed_client_hellos_get_alerts() {
     nothing_passed(&t, &certs, &backend).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+scoped_drivers!(a_corrupted_record_after_the_handshake_closes_the_tunnel);
 async fn a_corrupted_record_after_the_handshake_closes_the_tunnel() {
     let RawTunnel {
         t,
@@ -337,7 +339,7 @@ async fn a_corrupted_record_after_the_handshake_closes_the_tunnel() {
     assert_eq!(reset(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+scoped_drivers!(a_client_stuck_in_its_handshake_does_not_slow_500_others);
 async fn a_client_stuck_in_its_handshake_does_not_slow_500_others() {
     let (t, certs, backend) = echo_setup("[timeouts]\nhandshake = \"2s\"\n").await;
     let hello = client_hello(&certs);
@@ -451,7 +453,7 @@ async fn served_cert(
     leaf.ok_or_else(|| "no certificate".to_string())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+scoped_drivers!(sni_picks_exact_then_wildcard_names_else_the_first_certificate);
 async fn sni_picks_exact_then_wildcard_names_else_the_first_certificate() {
     let certs = Certs::new();
     let rsa = certs.rsa("rsa", &["rsa.test", SERVER_NAME]);
@@ -482,7 +484,7 @@ async fn sni_picks_exact_then_wildcard_names_else_the_first_certificate() {
     t.expect_handshakes("ok", 8).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+scoped_drivers!(unknown_sni_is_refused_when_configured);
 async fn unknown_sni_is_refused_when_configured() {
     let certs = Certs::new();
     let pair = certs.ecdsa("site", &[SERVER_NAME]);
@@ -512,11 +514,11 @@ async fn unknown_sni_is_refused_when_configured() {
 // Cipher suites
 // ---------------------------------------------------------------------------------------------
 
+scoped_drivers!(every_cipher_suite_relays_small_and_large_messages);
 /// Every suite the proxy offers carries small and large messages both ways (TLS 1.3's suites
 /// keep only their key bytes between records, see transport/tls/lazy_aead.rs; a 1 MiB
 /// message is 64 records a direction, a 3-byte one a single record), and the suite counter
 /// names the one the client insisted on.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_cipher_suite_relays_small_and_large_messages() {
     let (t, certs, _backend) = echo_setup("").await;
     let ring = rustls::crypto::ring::default_provider();
@@ -589,7 +591,7 @@ async fn session(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> bool {
     resumed
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+scoped_drivers!(session_tickets_resume_across_workers_and_reloads);
 async fn session_tickets_resume_across_workers_and_reloads() {
     let (mut t, certs, _backend) = echo_setup("").await;
     for versions in [
@@ -627,7 +629,7 @@ async fn session_tickets_resume_across_workers_and_reloads() {
     assert_eq!(s.tls_versions, [6, 6], "TLSv1.2 and TLSv1.3 sessions");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+scoped_drivers!(reload_swaps_certificates_for_new_handshakes_and_keeps_1000_tunnels);
 async fn reload_swaps_certificates_for_new_handshakes_and_keeps_1000_tunnels() {
     let certs = Certs::new();
     let old = certs.ecdsa("site", &[SERVER_NAME]);
@@ -1128,7 +1130,7 @@ async fn an_idle_wss_tunnel_costs_little_more_than_an_idle_ws_tunnel() {
     assert!(tls <= 1280, "an idle wss:// tunnel costs {tls} B");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+scoped_drivers!(close_notify_with_the_last_bytes_and_no_fin_still_ends_the_direction);
 async fn close_notify_with_the_last_bytes_and_no_fin_still_ends_the_direction() {
     let RawTunnel {
         t: _t,

@@ -77,7 +77,9 @@ fn tls_route(prefix: &str, backends: &[String], name: Option<&str>) -> String {
     s
 }
 
+/// The proxy for `toml` (top-level keys first), under the scenario's driver.
 async fn start(toml: String) -> Proxy {
+    let toml = scoped_driver_toml() + &toml;
     match tokio::task::spawn_blocking(move || Proxy::blocking_start_toml(&toml)).await {
         Ok(p) => p,
         Err(e) => std::panic::resume_unwind(e.into_panic()),
@@ -101,7 +103,7 @@ async fn still_serves(proxy: &Proxy, path: &str) {
     ws_echo_once(&mut ws, "still serving").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+scoped_drivers!(untrusted_backend_certificate_is_502_and_no_plaintext_reaches_it);
 async fn untrusted_backend_certificate_is_502_and_no_plaintext_reaches_it() {
     // A TLS backend whose certificate another CA signed, behind a tap that keeps the bytes.
     let other = Certs::new();
@@ -175,7 +177,7 @@ async fn untrusted_backend_certificate_is_502_and_no_plaintext_reaches_it() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+scoped_drivers!(backend_name_mismatch_is_502);
 async fn backend_name_mismatch_is_502() {
     let echo = EchoBackend::start().await;
     let good = terminator(echo.addr, shared().1.clone()).await;
@@ -209,7 +211,7 @@ async fn backend_name_mismatch_is_502() {
     still_serves(&proxy, "/wild").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+scoped_drivers!(bad_certificate_fails_over_to_the_next_backend);
 async fn bad_certificate_fails_over_to_the_next_backend() {
     let other = Certs::new();
     let evil = other.ecdsa("evil", &[SERVER_NAME]);
@@ -240,7 +242,7 @@ async fn bad_certificate_fails_over_to_the_next_backend() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+scoped_drivers!(http_request_to_an_https_backend);
 async fn http_request_to_an_https_backend() {
     let origin = serve_each("http origin", |mut s: TcpStream| async move {
         let (head, _) = read_head(&mut s).await;
@@ -345,18 +347,31 @@ async fn a_backend_key_update_mid_tunnel_keeps_the_bytes_exact() {
     assert_eq!(answers, sizes.len(), "the proxy's KeyUpdate answers");
 }
 
-#[test]
-fn uring_driver_refuses_tls_backends() {
-    let toml = "listen = [\"127.0.0.1:0\"]\ndriver = \"uring\"\n\n[[route]]\nprefix = \"/\"\nbackends = [\"wss://127.0.0.1:9443\"]\n";
-    let cfg = wsplice::config::Config::from_toml_str(toml, "t.toml").expect("config");
-    let err = wsplice::driver::choose_driver(&cfg).expect_err("uring with TLS backends");
-    assert!(err.to_string().contains("TLS backends"), "{err}");
-    let auto = toml.replace("\"uring\"", "\"auto\"");
-    let cfg = wsplice::config::Config::from_toml_str(&auto, "t.toml").expect("config");
-    assert_eq!(
-        wsplice::driver::choose_driver(&cfg).expect("auto"),
-        wsplice::driver::Chosen::Epoll
+scoped_drivers!(a_reload_takes_tls_backends);
+/// Started with a plain backend, the proxy reloads (SIGHUP) into a route to a TLS backend and
+/// serves through it (the io_uring driver refused this reload before it ran TLS).
+async fn a_reload_takes_tls_backends() {
+    let echo = EchoBackend::start().await;
+    let tls = terminator(echo.addr, shared().1.clone()).await;
+    let top = "listen = [\"127.0.0.1:0\"]\nworkers = 1\nadmin = \"127.0.0.1:0\"\n";
+    let plain = format!(
+        "{top}\n[[route]]\nprefix = \"/\"\nbackends = [\"{}\"]\n",
+        echo.addr
     );
+    let proxy = start(plain).await;
+    still_serves(&proxy, "/plain").await;
+    assert_eq!(backend_tls(&proxy, "ok"), 0);
+    let to_tls = tls_route("/", &[format!("wss://{tls}")], Some(SERVER_NAME));
+    proxy.write_config(&format!("{}{top}{to_tls}", scoped_driver_toml()));
+    proxy.signal(nix::sys::signal::Signal::SIGHUP);
+    let line = proxy.expect_line(&["reloaded", "reload failed"], STEP);
+    assert_eq!(line, "reloaded", "{}", proxy.stderr());
+    still_serves(&proxy, "/tls").await;
+    eventually("the TLS backend's handshake", STEP, || {
+        backend_tls(&proxy, "ok") == 1
+    })
+    .await;
+    assert_eq!(echo.log().requests.len(), 2, "one request each way in");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -544,25 +559,4 @@ async fn redirect_listen_flag() {
         header(&answer, "Location"),
         Some(format!("https://localhost:{port}/q"))
     );
-}
-
-#[test]
-fn a_reload_under_io_uring_refuses_tls_backends() {
-    if emulated() {
-        eprintln!("skipped under emulation: the io_uring driver");
-        return;
-    }
-    raise_test_fd_limit();
-    let plain = "listen = [\"127.0.0.1:0\"]\nworkers = 1\ndriver = \"uring\"\n\n[[route]]\nprefix = \"/\"\nbackends = [\"127.0.0.1:9\"]\n";
-    let cfg = wsplice::config::Config::from_toml_str(plain, "t.toml").expect("config");
-    let mut server = wsplice::driver::Server::start(&cfg).expect("start under io_uring");
-    let tls = plain.replace("127.0.0.1:9", "wss://127.0.0.1:9");
-    let cfg = wsplice::config::Config::from_toml_str(&tls, "t.toml").expect("config");
-    let err = server
-        .reload(&cfg)
-        .expect_err("TLS backends under io_uring");
-    assert!(err.to_string().contains("io_uring"), "{err}");
-    // The running configuration stays: a plain reload still applies.
-    let cfg = wsplice::config::Config::from_toml_str(plain, "t.toml").expect("config");
-    server.reload(&cfg).expect("plain reload");
 }

@@ -18,9 +18,9 @@ use support::{backend, open, Proxy};
 const STEP: Duration = Duration::from_secs(10);
 
 fn config(routes: &[(&str, &[SocketAddr], &str)]) -> String {
-    let mut t = "listen = [\"127.0.0.1:0\"]\nworkers = 2\nworker_model = \"processes\"\n\
-                 admin = \"127.0.0.1:0\"\n"
-        .to_owned();
+    let mut t = support::scoped_driver_line()
+        + "listen = [\"127.0.0.1:0\"]\nworkers = 2\nworker_model = \"processes\"\n\
+                 admin = \"127.0.0.1:0\"\n";
     for (prefix, backends, extra) in routes {
         let list: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
         t.push_str(&format!(
@@ -185,7 +185,7 @@ async fn open_on(p: &Proxy, held: u64) -> Tunnel {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+scoped_drivers!(least_conn_counts_the_connections_of_every_worker_process);
 async fn least_conn_counts_the_connections_of_every_worker_process() {
     let a = backend("A").await.addr;
     let b = backend("B").await.addr;

@@ -54,7 +54,7 @@ use crate::core::route::RouteTable;
 use crate::sys::sock::{reuseport_listener, Tuning};
 use crate::transport::tls::{BackendTlsTable, TicketKeys, TlsSettings};
 pub use capacity::{capacity, choose_model, process_capacity, Capacity, ModelChoice};
-pub use choice::{choose_driver, runs_tls, Chosen};
+pub use choice::{choose_driver, Chosen};
 use limiter::{ConnLimiter, IpLimiter};
 use mio::Waker;
 use std::io;
@@ -134,15 +134,16 @@ pub struct HandOver {
     pub until: Instant,
 }
 
-/// Wakes a worker's loop from another thread.
+/// Wakes a worker's loop from another thread, whichever driver runs it (after sending it a
+/// `Control`).
 #[derive(Clone)]
-enum Wake {
+pub(crate) enum Wake {
     Epoll(Arc<Waker>),
     Uring(Arc<uring::Waker>),
 }
 
 impl Wake {
-    fn wake(&self) -> io::Result<()> {
+    pub(crate) fn wake(&self) -> io::Result<()> {
         match self {
             Wake::Epoll(w) => w.wake(),
             Wake::Uring(w) => w.wake(),
@@ -567,12 +568,6 @@ impl Server {
     pub fn reload(&mut self, cfg: &Config) -> io::Result<Vec<(SocketAddr, SocketAddr)>> {
         let n = self.workers.len();
         let mut added: Vec<(SocketAddr, SocketAddr, Vec<std::net::TcpListener>)> = Vec::new();
-        if matches!(self.driver, Chosen::Uring(_)) && runs_tls(cfg) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "the io_uring driver in use does not run TLS: TLS listeners and TLS backends need a restart with driver = \"epoll\"",
-            ));
-        }
         // Certificates first: a bad file changes nothing.
         let tls = tls_for(cfg, &self.tickets)?;
         let backend_tls = backend_tls_for(cfg)?;

@@ -1,5 +1,6 @@
 //! One worker process (started by the [`supervisor`](super::supervisor) as
-//! `wsplice ... --worker-process N`): the same epoll [`Worker`] as a worker thread, on this
+//! `wsplice ... --worker-process N`): the same worker as a worker thread, driven by epoll or
+//! io_uring as the supervisor resolved `driver` (its `init` message says which), on this
 //! process's main thread, plus a control thread that turns the supervisor's messages into
 //! [`Control`]s and mirrors per-backend counts into shared memory.
 //!
@@ -9,16 +10,17 @@
 
 use crate::config::{decode_resolved, Config, ConfigError, Resolved};
 use crate::driver::access_log::LogSink;
-use crate::driver::epoll::{Worker, WorkerConfig};
+use crate::driver::epoll::{self, WorkerConfig};
 use crate::driver::limiter::{ConnLimiter, IpLimiter};
 use crate::driver::routes::RouteSink;
 use crate::driver::shared::Shared;
 use crate::driver::stats::BackendSnapshot;
 use crate::driver::upgrade;
-use crate::driver::{backend_tls_for, process_params, tls_for, Control, HandOver, Reload};
+use crate::driver::{
+    backend_tls_for, process_params, tls_for, uring, Control, HandOver, Reload, Wake,
+};
 use crate::sys::{ipc, shm};
 use crate::transport::tls::TicketKeys;
-use mio::Waker;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsFd, OwnedFd};
@@ -72,7 +74,7 @@ pub fn run(id: usize, load: Loader) -> io::Result<()> {
     let (mut buf, mut fds) = (Vec::new(), Vec::new());
     let mut listeners = Vec::new();
     let mut resolved = Resolved::new();
-    let (workers, generation) = loop {
+    let (workers, generation, driver) = loop {
         fds.clear();
         if !ipc::recv(&ctl, &mut buf, &mut fds)? {
             return Err(protocol("closed before init"));
@@ -93,7 +95,13 @@ pub fn run(id: usize, load: Loader) -> io::Result<()> {
                 if got_id != id as u64 {
                     return Err(protocol("init for another worker"));
                 }
-                break (workers as usize, generation);
+                // The driver the supervisor resolved (`auto` once, for every worker).
+                let driver = match words.next() {
+                    Some("uring") => Driven::Uring,
+                    Some("epoll") | None => Driven::Epoll,
+                    Some(other) => return Err(protocol(&format!("unknown driver {other:?}"))),
+                };
+                break (workers as usize, generation, driver);
             }
             _ => return Err(protocol(&format!("unexpected {text:?}"))),
         }
@@ -119,7 +127,7 @@ pub fn run(id: usize, load: Loader) -> io::Result<()> {
     let tickets = Arc::new(TicketKeys::from_bytes(shared.ticket_key()));
     let tls = tls_for(&cfg, &tickets)?;
     let (tx, rx) = channel();
-    let worker = Worker::new(WorkerConfig {
+    let wc = WorkerConfig {
         id,
         params: process_params(&cfg, (shared.clone(), id), tls, backend_tls_for(&cfg)?),
         listeners,
@@ -131,7 +139,19 @@ pub fn run(id: usize, load: Loader) -> io::Result<()> {
         published_backends: backends.clone(),
         started: None,
         published_routes: RouteSink::Shared(shared.clone(), id),
-    })?;
+    };
+    let (worker, waker) = match driver {
+        Driven::Epoll => {
+            let w = epoll::Worker::new(wc)?;
+            let k = Wake::Epoll(w.waker());
+            (Running::Epoll(w), k)
+        }
+        Driven::Uring => {
+            let w = uring::Worker::new(wc, &cfg.uring)?;
+            let k = Wake::Uring(w.waker());
+            (Running::Uring(w), k)
+        }
+    };
     // The control thread's handle on the log is taken back when the worker stops, so the
     // logger sees every handle gone, writes what is queued and ends.
     // Listening since Worker::new: clients wait in the backlog until the loop runs, just below.
@@ -143,7 +163,7 @@ pub fn run(id: usize, load: Loader) -> io::Result<()> {
         id,
         ctl,
         tx,
-        waker: worker.waker(),
+        waker,
         log: ctl_log.clone(),
         shared,
         tickets,
@@ -156,7 +176,11 @@ pub fn run(id: usize, load: Loader) -> io::Result<()> {
     std::thread::Builder::new()
         .name("wsplice-control".into())
         .spawn(move || control.run())?;
-    let result = worker.run();
+    // The io_uring worker builds its ring here, on the thread that submits to it.
+    let result = match worker {
+        Running::Epoll(w) => w.run(),
+        Running::Uring(w) => w.run(),
+    };
     // A binary upgrade: the last batches are still on their way to the new process.
     let sending = handing.lock().ok().and_then(|mut h| h.take());
     if let Some(t) = sending {
@@ -169,6 +193,18 @@ pub fn run(id: usize, load: Loader) -> io::Result<()> {
         let _ = t.join();
     }
     result
+}
+
+/// Which driver runs this worker process.
+enum Driven {
+    Epoll,
+    Uring,
+}
+
+/// This process's worker, under its driver.
+enum Running {
+    Epoll(epoll::Worker),
+    Uring(uring::Worker),
 }
 
 /// The configuration as the supervisor runs it: its worker count, whatever the text says (a
@@ -212,7 +248,7 @@ struct ControlThread {
     id: usize,
     ctl: OwnedFd,
     tx: Sender<Control>,
-    waker: Arc<Waker>,
+    waker: Wake,
     log: Arc<Mutex<Option<LogSink>>>,
     shared: Arc<Shared>,
     tickets: Arc<TicketKeys>,

@@ -18,7 +18,7 @@
 //! served by the replacement milliseconds later; the other workers accept as before.
 //!
 //! Control messages are one line of text each: `listen ADDR...` (with one listener per address),
-//! `init ID WORKERS GENERATION` (shared memory, then the config text if any), `reload GENERATION
+//! `init ID WORKERS GENERATION DRIVER` (shared memory, then the config text if any), `reload GENERATION
 //! [ADDR...]` (addresses to stop listening on; the config text attached), `dns` (before `init`
 //! and `reload`: what backend names resolved to, as a sealed memfd), `drain MILLIS`,
 //! `reopen`, `mirror`; answers `ready`, `applied GENERATION`, `failed GENERATION WHY`.
@@ -113,6 +113,9 @@ pub struct Supervisor {
     /// Backend checks, ejections and drains (the workers read the shared health table).
     health: Health,
     cfg: Config,
+    /// The driver every worker process runs: `cfg.driver` as the caller resolved it at start
+    /// (`auto` resolved once; a reload does not change it).
+    driver: &'static str,
     text: Option<String>,
     /// What the configuration's backend names resolve to (sent to every worker process).
     resolved: Resolved,
@@ -202,6 +205,10 @@ impl Supervisor {
         let mut sup = Supervisor {
             health,
             cfg: cfg.clone(),
+            driver: match cfg.driver {
+                crate::config::DriverMode::Uring => "uring",
+                _ => "epoll",
+            },
             text,
             resolved,
             nofile,
@@ -346,7 +353,12 @@ impl Supervisor {
                 self.send_resolved(&ctl)?;
                 let mut fds = vec![self.shared.fd()];
                 fds.extend(config.as_ref().map(|c| c.as_fd()));
-                let msg = format!("init {id} {} {}", self.slots.len(), self.generation);
+                let msg = format!(
+                    "init {id} {} {} {}",
+                    self.slots.len(),
+                    self.generation,
+                    self.driver
+                );
                 ipc::send(&*ctl, msg.as_bytes(), &fds)
             });
         self.board.set_worker(id, self.slots[id].pid, Some(ctl));

@@ -24,7 +24,7 @@ use std::alloc::{alloc_zeroed, Layout};
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
@@ -247,13 +247,15 @@ impl Ring {
         self.push(e, token, 0);
     }
 
-    /// Receives from `fd` until cancelled, an error, FIN or no free buffer (multishot, Linux
-    /// 6.0): one completion per arrival, each in a buffer the kernel picks from `group`, with
-    /// `IORING_CQE_F_MORE` while it stays armed. A socket with much waiting takes many buffers
-    /// in one go (the kernel retries up to 32 times per run).
-    pub fn recv_multi(&mut self, fd: BorrowedFd<'_>, group: u16, token: u64) {
+    /// Receives from `fd` until cancelled, an error, FIN, no free buffer or `total` bytes
+    /// (multishot, Linux 6.0; the byte limit Linux 6.17, see [`can_cap_multishot`]): one
+    /// completion per arrival, each in a buffer the kernel picks from `group`, with
+    /// `IORING_CQE_F_MORE` while it stays armed. Without a limit (`total` 0) a socket with much
+    /// waiting takes many buffers in one go (the kernel retries up to 32 times per run); with
+    /// one, the arrival that reaches it is the last (it may pass it by up to one buffer).
+    pub fn recv_multi(&mut self, fd: BorrowedFd<'_>, group: u16, total: u32, token: u64) {
         let e = opcode::RecvMulti::new(types::Fd(fd.as_raw_fd()), group).build();
-        self.push(e, token, 0);
+        self.push(with_optlen(e, total), token, 0);
     }
 
     /// Cancels the operation submitted with `token` (and no owned memory: a receive).
@@ -443,6 +445,55 @@ impl Drop for Ring {
     }
 }
 
+/// Byte offset of the SQE's `optlen` (a `u32` in a union with `file_index`, see
+/// include/uapi/linux/io_uring.h), which a multishot `IORING_OP_RECV` reads as the total byte
+/// limit (`mshot_total_len`, Linux 6.17). The io-uring crate has no setter for it on `RecvMulti`.
+const SQE_OPTLEN: usize = 44;
+const _: () = assert!(std::mem::size_of::<squeue::Entry>() == 64);
+
+/// `e` with its `optlen` field set to `v`.
+fn with_optlen(mut e: squeue::Entry, v: u32) -> squeue::Entry {
+    let p = std::ptr::addr_of_mut!(e).cast::<u8>();
+    // SAFETY: `squeue::Entry` is `#[repr(C)]` around the kernel's 64-byte `io_uring_sqe` (size
+    // asserted above; the crate's bindgen tests pin its layout), so bytes 44..48 are its
+    // `optlen`/`file_index` u32: plain data inside `e`, written unaligned.
+    unsafe { p.add(SQE_OPTLEN).cast::<u32>().write_unaligned(v) };
+    e
+}
+
+/// Whether this kernel limits a multishot receive's total bytes (Linux 6.17): a limited
+/// receive is armed on a socket pair and cancelled; a kernel without the limit refuses it at
+/// once (EINVAL: it took the field for a file index). Asked once per process.
+pub fn can_cap_multishot() -> bool {
+    static CAN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CAN.get_or_init(|| {
+        Ring::new(8)
+            .and_then(|mut r| r.capped_recv_works())
+            .unwrap_or(false)
+    })
+}
+
+impl Ring {
+    /// See [`can_cap_multishot`]; run on a ring with nothing else in flight.
+    fn capped_recv_works(&mut self) -> io::Result<bool> {
+        const PROBE: u64 = TOKEN_IGNORED - 1;
+        let (_a, b) = std::os::unix::net::UnixStream::pair()?;
+        // Group 0 need not exist: a receive picks its buffer only when bytes come.
+        self.recv_multi(b.as_fd(), 0, 1, PROBE);
+        self.cancel(PROBE);
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        let mut out = Vec::new();
+        while std::time::Instant::now() < deadline {
+            self.submit_and_wait(Some(Duration::from_millis(50)))?;
+            self.reap(&mut out);
+            if let Some(c) = out.iter().find(|c| c.token == PROBE) {
+                return Ok(c.res != -libc::EINVAL);
+            }
+        }
+        Ok(false)
+    }
+}
+
 /// Whether this process may use io_uring here, and how: a throwaway ring with a buffer ring,
 /// as each worker will build. The error says why not (old kernel, `kernel.io_uring_disabled`,
 /// a seccomp profile).
@@ -553,7 +604,7 @@ mod tests {
             return;
         };
         let (mut a, b) = pair();
-        ring.recv_multi(b.as_fd(), bufs.group(), 7);
+        ring.recv_multi(b.as_fd(), bufs.group(), 0, 7);
         let mut got = Vec::new();
         let mut places = Vec::new();
         for msg in [&b"one"[..], b"two", b"three"] {
@@ -589,5 +640,45 @@ mod tests {
         let done = wait(&mut ring);
         assert_eq!((done[0].token, done[0].res), (7, -libc::ECANCELED));
         assert!(!done[0].more());
+    }
+
+    /// A multishot receive limited to 8 bytes stays armed below the limit and ends with the
+    /// arrival that reaches it (no `MORE`): the kernel hands over no more until it is armed
+    /// again. Where the kernel has no limit (before 6.17) the probe says so.
+    #[test]
+    fn a_limited_multishot_receive_ends_at_its_limit() {
+        let Ok(mut ring) = Ring::new(8) else {
+            eprintln!("io_uring unavailable here: skipped");
+            return;
+        };
+        let can = can_cap_multishot();
+        eprintln!("multishot byte limit: {can}");
+        if !can {
+            return;
+        }
+        let bufs = BufRing::new(&ring, 1, 4, 64).expect("buffer ring");
+        let (mut a, b) = pair();
+        ring.recv_multi(b.as_fd(), bufs.group(), 8, 7);
+        let mut got = 0;
+        for msg in [&b"abc"[..], b"defghij"] {
+            a.write_all(msg).expect("write");
+            let done = wait(&mut ring);
+            assert_eq!(done.len(), 1, "{done:?}");
+            let c = &done[0];
+            assert_eq!(c.res, msg.len() as i32);
+            got += c.res;
+            let id = c.buffer().expect("a provided buffer");
+            bufs.arrived(id, c.res as u32, c.buffer_more())
+                .expect("the kernel's");
+            bufs.give_back(id);
+            bufs.flush();
+            assert_eq!(c.more(), got < 8, "armed below the limit only: {c:?}");
+        }
+        // Bytes that come now stay in the socket until a receive is armed again.
+        a.write_all(b"later").expect("write");
+        ring.recv_multi(b.as_fd(), bufs.group(), 8, 9);
+        let done = wait(&mut ring);
+        assert_eq!((done[0].token, done[0].res), (9, 5), "{done:?}");
+        assert!(done[0].more());
     }
 }

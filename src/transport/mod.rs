@@ -37,6 +37,12 @@ pub trait Transport: AsFd {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+    /// True while the transport holds bytes (or a FIN) the socket did not take yet, which
+    /// [`Transport::flush`] writes once it is writable: a driver that is not told of every
+    /// writable edge (io_uring) then watches for one.
+    fn unsent(&self) -> bool {
+        false
+    }
 }
 
 /// A plain TCP socket.

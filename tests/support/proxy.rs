@@ -269,6 +269,53 @@ macro_rules! drivers {
     };
 }
 
+tokio::task_local! {
+    /// The driver a [`scoped_drivers!`] scenario runs under.
+    pub static SCOPED_DRIVER: Driver;
+}
+
+/// The top-level TOML lines selecting the driver of the [`scoped_drivers!`] scenario this runs
+/// in; empty outside one (the config's default, epoll). For files that build their own configs.
+pub fn scoped_driver_toml() -> String {
+    SCOPED_DRIVER.try_with(|d| d.toml()).unwrap_or_default()
+}
+
+/// Only the `driver = ...` line of [`scoped_driver_toml`], for configs that choose their own
+/// worker model (worker processes run under either driver).
+pub fn scoped_driver_line() -> String {
+    SCOPED_DRIVER
+        .try_with(|d| format!("driver = \"{}\"\n", d.as_str()))
+        .unwrap_or_default()
+}
+
+/// `scoped_drivers!(name)` next to `async fn name()`: module `name` with `name::epoll` and
+/// `name::uring`, each running the scenario with [`SCOPED_DRIVER`] set, so that every config it
+/// builds with [`scoped_driver_toml`] runs under that driver.
+#[allow(unused_macros)]
+macro_rules! scoped_drivers {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn epoll() {
+                crate::support::SCOPED_DRIVER
+                    .scope(crate::support::Driver::Epoll, super::$name())
+                    .await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn uring() {
+                if crate::support::emulated() {
+                    eprintln!("skipped under emulation: the io_uring driver");
+                    return;
+                }
+                crate::support::SCOPED_DRIVER
+                    .scope(crate::support::Driver::Uring, super::$name())
+                    .await
+            }
+        }
+    };
+}
+
 /// `e2e_drivers!(name, |relay| async move { ... })`: one test per driver with relay mode `auto`
 /// (`name::epoll`, `name::uring`), for scenarios that do not depend on the relay mode (plain
 /// HTTP forwarding, for one).
@@ -282,25 +329,32 @@ macro_rules! e2e_drivers {
     };
 }
 
-/// `e2e_tls!(name, body)`: [`e2e!`]'s tests (both drivers) plus `name::tls`, the same scenario with
-/// the client on `wss://` (WebSocket clients speak TLS themselves, raw sockets go through
+/// `e2e_tls!(name, body)`: [`e2e!`]'s tests (both drivers) plus `name::tls` and `name::uring_tls`,
+/// the same scenario with the client on `wss://` (WebSocket clients speak TLS themselves, raw sockets go through
 /// [`super::tls::shim`]).
 #[allow(unused_macros)]
 macro_rules! e2e_tls {
     ($name:ident, $body:expr) => {
-        e2e!($name, $body, plus [tls => crate::support::Relay::Tls]);
+        e2e!($name, $body, plus [
+            tls => crate::support::Relay::Tls,
+            uring_tls => crate::support::Relay::Tls.uring()
+        ]);
     };
 }
 
 /// `e2e_tls_backend!(name, body)`: [`e2e_tls!`]'s tests plus `name::tls_backend` (a `ws://`
-/// client, TLS backends) and `name::tls_both` (`wss://` client, TLS backends).
+/// client, TLS backends) and `name::tls_both` (`wss://` client, TLS backends), each also under
+/// io_uring (`name::uring_tls_backend`, `name::uring_tls_both`).
 #[allow(unused_macros)]
 macro_rules! e2e_tls_backend {
     ($name:ident, $body:expr) => {
         e2e!($name, $body, plus [
             tls => crate::support::Relay::Tls,
             tls_backend => crate::support::Relay::TlsBackend,
-            tls_both => crate::support::Relay::TlsBoth
+            tls_both => crate::support::Relay::TlsBoth,
+            uring_tls => crate::support::Relay::Tls.uring(),
+            uring_tls_backend => crate::support::Relay::TlsBackend.uring(),
+            uring_tls_both => crate::support::Relay::TlsBoth.uring()
         ]);
     };
 }

@@ -56,11 +56,10 @@ pub struct Uring {
     /// All of one worker's buffers together, fixed at start-up (default 1 MiB). The count is
     /// `buffer_memory / buffer_size` rounded down to a power of two.
     pub buffer_memory: usize,
-    /// Relays receive with one multishot receive per socket (Linux 6.0) rather than one
-    /// receive per message. Off by default: a fast source whose reader stalls takes many
-    /// buffers in one go (the kernel's retries), which the relay copies behind the stalled
-    /// write: up to ~1.3 MiB per stalled copying tunnel (tests/slow_clients.rs), against one
-    /// buffer with a receive per message.
+    /// Relays receive with one multishot receive per socket rather than one receive per
+    /// message (default on). Each is limited to 64 KiB (`relay::RECV_LIMIT`) and armed again
+    /// only once the destination took them, so a stalled reader costs at most that; the limit
+    /// needs Linux 6.17, and older kernels get one receive per message whatever this says.
     pub multishot: bool,
 }
 
@@ -361,7 +360,7 @@ impl Default for Uring {
         Uring {
             buffer_size: 16 * 1024,
             buffer_memory: 1024 * 1024,
-            multishot: false,
+            multishot: true,
         }
     }
 }

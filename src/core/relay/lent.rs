@@ -17,6 +17,12 @@ use std::io;
 /// Copied bytes behind a write at which a standing receive is stopped (one epoll read's worth).
 pub(super) const MAX_HELD: usize = 64 * 1024;
 
+/// The bytes a standing receive may bring before it ends by itself, for a driver that can
+/// limit it (io_uring's multishot byte limit): it is armed again only once the destination
+/// took what it brought, so a stalled reader holds at most this (plus one driver buffer the
+/// last arrival may pass it by), copied, and no buffer of the shared ring beyond one.
+pub const RECV_LIMIT: u32 = MAX_HELD as u32;
+
 /// Bytes `from..end` of driver buffer `id`, of which the relay holds `holds` arrivals (each
 /// given back once).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -40,6 +40,7 @@ pub mod timing;
 
 pub use ctx::{Ctx, Pipes, RelayStats};
 pub use handover::{DirState, HeldPipes, RelayState};
+pub use lent::RECV_LIMIT;
 pub use op::{BufId, IoOp, Side, Src, Way};
 pub use timing::{Check, CloseReason, Timeouts, Times};
 

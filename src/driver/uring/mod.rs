@@ -10,6 +10,7 @@
 //!   SpliceIn/Out, Shutdown ─ syscalls from the loop; a splice that would block ─▶ one-shot
 //!               poll ─▶ Event::Ready
 //!   client socket ─ one-shot poll for errors/hang-up ─▶ Event::Ready (a reset during the upgrade)
+//!   TLS stream ─ direct calls through its session, one-shot polls for its edges (`direct`)
 //! ```
 //!
 //! An idle relay has a receive waiting on each socket: kernel memory, but no buffer of ours
@@ -28,10 +29,12 @@
 //! an operation on a closed socket (cancelled, or finished just before) is recognised and
 //! dropped, even when the key already serves a new connection.
 
+mod direct;
+
 use super::worker::{self, Driver, Exec, Input, IoCall, Watch};
 use crate::config;
 use crate::core::conn::{Connecting, Event};
-use crate::core::relay::{BufId, IoOp, Side, Src};
+use crate::core::relay::{BufId, IoOp, Side, Src, RECV_LIMIT};
 use crate::sys::uring::{BufRing, Completion, Ring, TOKEN_BITS};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use std::io;
@@ -48,6 +51,9 @@ pub use crate::sys::uring::Setup;
 const ENTRIES: u32 = 1024;
 /// The buffer group of the worker's provided buffers.
 const GROUP: u16 = 0;
+/// `Uring::polls`: a poll for readable / writable is in flight.
+const POLLING_IN: u8 = 1;
+const POLLING_OUT: u8 = 2;
 
 /// What a token's operation is.
 mod kind {
@@ -114,6 +120,9 @@ struct Uring<'b> {
     bufs: &'b BufRing,
     /// Per connection key: the generation of its client and backend socket.
     gens: Vec<[u8; 2]>,
+    /// Per connection key and side: the one-shot polls in flight ([`POLLING_IN`],
+    /// [`POLLING_OUT`]), so that an edge waited for twice is polled once.
+    polls: Vec<[u8; 2]>,
     /// Receives that found no free buffer: (token, length), submitted again when buffers
     /// come back.
     starved: Vec<(Token, u32)>,
@@ -166,16 +175,37 @@ impl Uring<'_> {
         self.ring.accept_multi(fd, t.encode());
     }
 
-    /// After a synchronous splice that would block (or came up short): one-shot poll for the
-    /// edge the relay now waits for.
+    /// After a direct splice or TLS operation that would block (or came up short): one-shot
+    /// poll for the edge the connection now waits for; a poll already in flight for that edge
+    /// is not doubled.
     fn watch_edge(&mut self, key: usize, fd: BorrowedFd<'_>, side: Side, out: bool) {
-        let (mask, k) = if out {
-            (libc::POLLOUT as u32, kind::POLL_OUT)
+        let (mask, k, bit) = if out {
+            (libc::POLLOUT as u32, kind::POLL_OUT, POLLING_OUT)
         } else {
-            (libc::POLLIN as u32, kind::POLL_IN)
+            (libc::POLLIN as u32, kind::POLL_IN, POLLING_IN)
         };
+        if self.polls.len() <= key {
+            self.polls.resize(key + 1, [0; 2]);
+        }
+        let p = &mut self.polls[key][side as usize];
+        if *p & bit != 0 {
+            return;
+        }
+        *p |= bit;
         let t = self.token(key, side, k);
         self.ring.poll(fd, mask, t);
+    }
+
+    /// A poll of `t`'s kind completed (or its socket closed): the edge may be polled again.
+    fn polled(&mut self, t: Token) {
+        let bit = match t.kind {
+            kind::POLL_IN => POLLING_IN,
+            kind::POLL_OUT => POLLING_OUT,
+            _ => return,
+        };
+        if let Some(p) = self.polls.get_mut(t.key) {
+            p[t.side as usize] &= !bit;
+        }
     }
 }
 
@@ -207,6 +237,19 @@ impl Driver for Uring<'_> {
         let Some(sock) = c.sock else {
             return Exec::Done(Err(io::ErrorKind::NotConnected.into()));
         };
+        let scratch_write = matches!(
+            c.op,
+            IoOp::Write {
+                src: Src::Scratch(_),
+                ..
+            }
+        );
+        if !sock.can_splice() || scratch_write {
+            // TLS: the transport frames the socket's bytes itself. A write from the worker's
+            // scratch buffer (what a TLS read left there) goes now too: the next connection
+            // reuses the buffer, and what a short write leaves is copied from it at once.
+            return self.exec_direct(c.key, c.op, sock, c.held, c.scratch);
+        }
         let fd = sock.as_fd();
         let side = c.op.side();
         let no_pipe = || io::Error::other("splice without a pipe");
@@ -217,8 +260,10 @@ impl Driver for Uring<'_> {
                 self.ring.recv(fd, len, self.bufs.group(), t);
             }
             IoOp::Recv { .. } => {
+                // Limited: it ends by itself after RECV_LIMIT bytes, and the relay arms it again
+                // only once the destination took them.
                 let t = self.token(c.key, side, kind::RECV);
-                self.ring.recv_multi(fd, self.bufs.group(), t);
+                self.ring.recv_multi(fd, self.bufs.group(), RECV_LIMIT, t);
             }
             IoOp::StopRecv { .. } => {
                 // Its last completion (ECANCELED, or an arrival without MORE) tells the
@@ -231,14 +276,11 @@ impl Driver for Uring<'_> {
                 let t = self.token(c.key, side, kind::WRITE_HELD);
                 self.ring.send_copy(fd, c.held, t);
             }
+            // Carried out directly, above.
             IoOp::Write {
-                src: Src::Scratch(n),
+                src: Src::Scratch(_),
                 ..
-            } => {
-                let t = self.token(c.key, side, kind::WRITE_HELD);
-                self.ring
-                    .send_copy(fd, &c.scratch[..n.min(c.scratch.len())], t);
-            }
+            } => return Exec::Done(Err(io::Error::other("a scratch write is not submitted"))),
             IoOp::Write {
                 src: Src::Buf { id, from, len },
                 ..
@@ -301,6 +343,10 @@ impl Driver for Uring<'_> {
         self.gen(key, side);
         let g = &mut self.gens[key][side as usize];
         *g = g.wrapping_add(1);
+        // Its polls are cancelled; their completions are dropped as stale.
+        if let Some(p) = self.polls.get_mut(key) {
+            p[side as usize] = 0;
+        }
         self.ring.cancel_and_close(sock);
     }
 
@@ -324,7 +370,8 @@ impl Worker {
             w: worker::Worker::new(cfg),
             waker: Arc::new(Waker(fd)),
             buffers: (uring.buffer_count(), uring.buffer_size as u32),
-            multishot: uring.multishot,
+            // Only where the kernel limits a multishot receive's bytes (see `multishot_note`).
+            multishot: uring.multishot && crate::sys::uring::can_cap_multishot(),
         })
     }
 
@@ -348,6 +395,7 @@ impl Worker {
             ring,
             bufs: &bufs,
             gens: Vec::new(),
+            polls: Vec::new(),
             starved: Vec::new(),
             starved_standing: Vec::new(),
             accepting: Vec::new(),
@@ -410,6 +458,18 @@ impl Worker {
                 bufs.flush();
             }
         }
+    }
+}
+
+/// How relays receive under `uring`, for the start-up report: multishot receives need the
+/// kernel's byte limit (Linux 6.17), without which a stalled reader's source would hand over
+/// buffer after buffer.
+pub fn multishot_note(uring: &config::Uring) -> String {
+    let limit = RECV_LIMIT / 1024;
+    match (uring.multishot, crate::sys::uring::can_cap_multishot()) {
+        (true, true) => format!("multishot receives of up to {limit} KiB each (uring.multishot)"),
+        (true, false) => "one receive per message (this kernel cannot limit a multishot receive's bytes, Linux 6.17+; uring.multishot is ignored)".to_owned(),
+        (false, _) => "one receive per message (uring.multishot = false)".to_owned(),
     }
 }
 
@@ -546,6 +606,7 @@ fn completed(w: &mut worker::Worker, d: &mut Uring<'_>, t: Token, c: Completion)
         }
         kind::CONNECT => w.connected(t.key, res.map(drop), d),
         kind::POLL_IN | kind::POLL_OUT | kind::GONE => {
+            d.polled(t);
             let Ok(mask) = res else {
                 return; // cancelled
             };

@@ -46,6 +46,11 @@ impl Worker {
     }
 }
 
+/// How relays would receive; the driver is never chosen in this build.
+pub fn multishot_note(_uring: &config::Uring) -> String {
+    String::new()
+}
+
 /// Why io_uring cannot run: this binary does not have the driver.
 pub fn probe() -> io::Result<Setup> {
     Err(not_built())

@@ -91,7 +91,7 @@ impl Worker {
 
     /// A TLS session wraps a socket of connection `key`.
     #[inline]
-    fn has_tls(&self, key: usize) -> bool {
+    pub(super) fn has_tls(&self, key: usize) -> bool {
         (!self.tls.is_empty() && self.tls.contains_key(&key))
             || (!self.backend_tls.is_empty() && self.backend_tls.contains_key(&key))
     }
@@ -102,7 +102,8 @@ impl Worker {
             let Some(Slot::Live(e)) = self.conns.get_mut(key) else {
                 return;
             };
-            let mut cx = lend!(self, d);
+            // No standing receive: a TLS session reads through its own socket.
+            let mut cx = lend!(self, d, false);
             let step = e.conn.poll(&mut cx, &self.time);
             for id in self.returned.drain(..) {
                 d.give_back(id);
@@ -183,7 +184,7 @@ impl Worker {
                         tls::report(b, &mut self.counters, &res);
                         eof_pending = b.session.eof_pending() && read_some;
                     }
-                    let mut cx = lend!(self, d);
+                    let mut cx = lend!(self, d, false);
                     e.conn.complete_io(op, res, &mut cx, &self.time);
                     if eof_pending {
                         // What EPOLLRDHUP would have said, had the end not already been read

@@ -423,6 +423,8 @@ impl Worker {
         input: Option<Input<'_>>,
         d: &mut impl Driver,
     ) {
+        // A TLS connection reads through its session: never a standing receive.
+        let standing = d.standing() && !self.has_tls(key);
         let Some(Slot::Live(e)) = self.conns.get_mut(key) else {
             if let Some(i) = input {
                 d.give_back(i.id);
@@ -439,7 +441,7 @@ impl Worker {
             &mut self.relay_stats,
             &mut self.returned,
             &self.params,
-            (d.completes(), d.standing()),
+            (d.completes(), standing),
         );
         cx.lent = lent;
         cx.lent_at = at;
@@ -513,15 +515,20 @@ impl Worker {
 }
 
 /// [`ctx`] from the worker's own fields (a macro: the borrows stay split from `self.conns`).
+/// `lend!(self, d, standing)` says whether receives may stand: not for a connection with a
+/// TLS session, which reads through it.
 macro_rules! lend {
     ($w:expr, $d:expr) => {
+        lend!($w, $d, $d.standing())
+    };
+    ($w:expr, $d:expr, $standing:expr) => {
         ctx(
             &*$crate::driver::worker::scratch(&mut $w.scratch),
             &mut $w.pool,
             &mut $w.relay_stats,
             &mut $w.returned,
             &$w.params,
-            ($d.completes(), $d.standing()),
+            ($d.completes(), $standing),
         )
     };
 }

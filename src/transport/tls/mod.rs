@@ -651,6 +651,11 @@ impl<C: Role> TlsSession<C> {
         }
     }
 
+    /// Records (or a FIN) wait for the socket to take them: see [`Transport::unsent`].
+    pub fn unsent(&self) -> bool {
+        !self.tx.is_empty() || self.flags & (WANT_FIN | FIN_SENT) == WANT_FIN
+    }
+
     /// Writes what `tx` holds; then FIN if it was asked for. `WouldBlock` while bytes remain.
     pub fn flush(&mut self, sock: &TcpStream) -> io::Result<()> {
         while !self.tx.is_empty() {

@@ -64,4 +64,8 @@ impl<C: Role> Transport for TlsIo<'_, C> {
     fn flush(&mut self) -> io::Result<()> {
         self.session.flush(self.sock)
     }
+
+    fn unsent(&self) -> bool {
+        self.session.unsent()
+    }
 }

@@ -239,6 +239,51 @@ fn arrivals_behind_a_write_in_flight_are_copied_and_the_receive_stops_at_the_bou
     assert_eq!(r.loan.stats.bytes_up, 100 + 50 + 20 + 64 * 1024 + 7);
 }
 
+/// A limited receive (io_uring's multishot byte limit) ends with the arrival that reaches its
+/// limit; it is armed again only once the destination took every byte it brought, so a
+/// stalled destination holds what one arming brought and no more is received meanwhile.
+#[test]
+fn a_receive_that_ended_at_its_limit_is_armed_again_once_the_bytes_are_written() {
+    // Both receives asked for.
+    let mut r = Rig::standing(RelayMode::Copy, 0);
+    r.arrive(Side::Client, Some((1, 0)), Ok(100), true)
+        .expect("open");
+    assert_eq!(
+        r.poll_standing(),
+        Next::Op(from_buf(Side::Backend, 1, 0, 100))
+    );
+    // The backend stalls; more arrives, the last arrival without MORE: the limit was reached.
+    r.arrive(Side::Client, Some((2, 0)), Ok(1000), true)
+        .expect("open");
+    r.arrive(Side::Client, Some((3, 0)), Ok(900), false)
+        .expect("open");
+    assert_eq!(r.loan.returned, vec![2, 3], "copied, buffers back at once");
+    assert_eq!(
+        r.poll_standing(),
+        Next::Wait,
+        "no stop asked: it ended itself"
+    );
+    // The write completes: the copies go out before any new receive.
+    r.write_done(Side::Backend, 100);
+    let held = IoOp::Write {
+        side: Side::Backend,
+        src: Src::Held,
+    };
+    assert_eq!(r.poll_standing(), Next::Op(held));
+    let (relay, mut cx) = r.parts();
+    relay
+        .complete(held, Ok(1000), &mut cx, &[], 5)
+        .expect("open");
+    // Part is left: still no receive.
+    assert_eq!(r.poll_standing(), Next::Op(held));
+    let (relay, mut cx) = r.parts();
+    relay
+        .complete(held, Ok(900), &mut cx, &[], 5)
+        .expect("open");
+    assert_eq!(r.poll_standing(), Next::Op(recv(Side::Client)));
+    assert_eq!(r.loan.stats.bytes_up, 2000);
+}
+
 #[test]
 fn a_standing_receive_without_buffers_waits_for_readiness_and_fin_shuts_the_other_side() {
     let mut r = Rig::standing(RelayMode::Copy, 0);
