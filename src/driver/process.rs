@@ -144,12 +144,12 @@ pub fn run(id: usize, load: Loader) -> io::Result<()> {
         Driven::Epoll => {
             let w = epoll::Worker::new(wc)?;
             let k = Wake::Epoll(w.waker());
-            (Running::Epoll(w), k)
+            (Running::Epoll(Box::new(w)), k)
         }
         Driven::Uring => {
             let w = uring::Worker::new(wc, &cfg.uring)?;
             let k = Wake::Uring(w.waker());
-            (Running::Uring(w), k)
+            (Running::Uring(Box::new(w)), k)
         }
     };
     // The control thread's handle on the log is taken back when the worker stops, so the
@@ -201,10 +201,11 @@ enum Driven {
     Uring,
 }
 
-/// This process's worker, under its driver.
+/// This process's worker, under its driver (boxed: one per process, and the two differ in
+/// size, the more so in builds without the io_uring driver).
 enum Running {
-    Epoll(epoll::Worker),
-    Uring(uring::Worker),
+    Epoll(Box<epoll::Worker>),
+    Uring(Box<uring::Worker>),
 }
 
 /// The configuration as the supervisor runs it: its worker count, whatever the text says (a
