@@ -878,15 +878,23 @@ async fn still_serves_raw(t: &Tls, certs: &Certs, backend: &RawBackend) {
     let (mut server, _) = backend.accept_101().await;
     let (resp, _) = read_head(&mut tls).await;
     assert_eq!(status(&resp), Some(101));
-    tls.write_all(b"still").await.expect("write");
-    assert_eq!(read_exact_n(&mut server, 5, "still").await, b"still");
-    server.write_all(b"serving").await.expect("write");
-    let mut got = [0u8; 7];
+    both_ways(&mut tls, &mut server, b"still", b"serving", "still serving").await;
+}
+
+/// `up` from the TLS client reaches the backend, then `down` from the backend reaches the client.
+async fn both_ways<S>(tls: &mut S, server: &mut TcpStream, up: &[u8], down: &[u8], what: &str)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    tls.write_all(up).await.expect("write");
+    assert_eq!(read_exact_n(server, up.len(), what).await, up, "{what}");
+    server.write_all(down).await.expect("write");
+    let mut got = vec![0u8; down.len()];
     tokio::time::timeout(STEP, tls.read_exact(&mut got))
         .await
-        .expect("the answer in time")
-        .expect("the answer");
-    assert_eq!(&got, b"serving");
+        .unwrap_or_else(|_| panic!("{what}: the answer in time"))
+        .unwrap_or_else(|e| panic!("{what}: the answer: {e}"));
+    assert_eq!(got, down, "{what}");
 }
 
 /// Waits until `buf` (what a child process printed) contains `what`.
@@ -1048,15 +1056,7 @@ async fn bad_records_after_the_hand_over_close_the_tunnel_and_nothing_reaches_th
                 if after_key_update {
                     tls.get_mut().1.refresh_traffic_keys().expect("key update");
                 }
-                tls.write_all(b"hello").await.expect("write");
-                assert_eq!(read_exact_n(&mut server, 5, "hello").await, b"hello");
-                server.write_all(b"world").await.expect("write");
-                let mut got = [0u8; 5];
-                tokio::time::timeout(STEP, tls.read_exact(&mut got))
-                    .await
-                    .expect("the echo in time")
-                    .expect("the echo");
-                assert_eq!(&got, b"world", "{what}");
+                both_ways(&mut tls, &mut server, b"hello", b"world", &what).await;
                 let (mut tcp, _) = tls.into_inner();
                 tcp.write_all(bad).await.expect("write the bad record");
                 let (rest, _) = read_to_end(&mut server, STEP).await;
