@@ -119,13 +119,7 @@ async fn raw_wss_tunnel() -> RawTunnel {
     let pair = certs.ecdsa("site", &[SERVER_NAME]);
     let backend = RawBackend::start().await;
     let t = start(&toml(backend.addr, &[&pair], "", ""));
-    let mut tls = connect(t.addr, certs.client(), SERVER_NAME)
-        .await
-        .expect("TLS handshake");
-    tls.write_all(&upgrade_request("/raw", &[]))
-        .await
-        .expect("upgrade");
-    let (server, _) = backend.accept_101().await;
+    let (tls, server) = raw_tls_upgrade(&t, certs.client(), &backend).await;
     RawTunnel {
         t,
         tls,
@@ -869,16 +863,39 @@ async fn echo_mib(ws: &mut Ws, name: &str, round: usize, mul: usize) {
 
 /// The proxy still serves a raw tunnel: a new TLS client's bytes reach the backend and back.
 async fn still_serves_raw(t: &Tls, certs: &Certs, backend: &RawBackend) {
-    let mut tls = connect(t.addr, certs.client(), SERVER_NAME)
+    let (mut tls, mut server) = raw_tls_tunnel(t, certs.client(), backend, "still serving").await;
+    both_ways(&mut tls, &mut server, b"still", b"serving", "still serving").await;
+}
+
+/// A TLS client with `client`'s settings upgraded through the proxy to the raw `backend`: the
+/// client's stream (its 101 read) and the backend's side.
+async fn raw_tls_tunnel(
+    t: &Tls,
+    client: Arc<rustls::ClientConfig>,
+    backend: &RawBackend,
+    what: &str,
+) -> (tokio_rustls::client::TlsStream<TcpStream>, TcpStream) {
+    let (mut tls, server) = raw_tls_upgrade(t, client, backend).await;
+    let (resp, _) = read_head(&mut tls).await;
+    assert_eq!(status(&resp), Some(101), "{what}");
+    (tls, server)
+}
+
+/// A TLS client with `client`'s settings that sent its upgrade to the raw `backend`, which
+/// accepted it; the 101 is not read yet.
+async fn raw_tls_upgrade(
+    t: &Tls,
+    client: Arc<rustls::ClientConfig>,
+    backend: &RawBackend,
+) -> (tokio_rustls::client::TlsStream<TcpStream>, TcpStream) {
+    let mut tls = connect(t.addr, client, SERVER_NAME)
         .await
         .expect("TLS handshake");
     tls.write_all(&upgrade_request("/raw", &[]))
         .await
         .expect("upgrade");
-    let (mut server, _) = backend.accept_101().await;
-    let (resp, _) = read_head(&mut tls).await;
-    assert_eq!(status(&resp), Some(101));
-    both_ways(&mut tls, &mut server, b"still", b"serving", "still serving").await;
+    let (server, _) = backend.accept_101().await;
+    (tls, server)
 }
 
 /// `up` from the TLS client reaches the backend, then `down` from the backend reaches the client.
@@ -1044,15 +1061,8 @@ async fn bad_records_after_the_hand_over_close_the_tunnel_and_nothing_reaches_th
                     "{:?}, {what}, key update: {after_key_update}",
                     suite.suite()
                 );
-                let mut tls = connect(t.addr, suite_client(&certs, suite), SERVER_NAME)
-                    .await
-                    .expect("TLS handshake");
-                tls.write_all(&upgrade_request("/raw", &[]))
-                    .await
-                    .expect("upgrade");
-                let (mut server, _) = backend.accept_101().await;
-                let (resp, _) = read_head(&mut tls).await;
-                assert_eq!(status(&resp), Some(101), "{what}");
+                let (mut tls, mut server) =
+                    raw_tls_tunnel(&t, suite_client(&certs, suite), &backend, &what).await;
                 if after_key_update {
                     tls.get_mut().1.refresh_traffic_keys().expect("key update");
                 }
