@@ -16,7 +16,8 @@ pub fn reuseport_listener(
     tuning: &Tuning,
 ) -> io::Result<std::net::TcpListener> {
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    tune_listener(&s, tuning)?;
+    // Best effort: a worker whose listener lacks them tunes each accepted socket instead.
+    let _ = tune_listener(&s, tuning);
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
     if addr.is_ipv6() {

@@ -30,7 +30,8 @@ pub(crate) fn take_passed(
     // The old binary's options may differ: this configuration's apply to what is accepted next.
     let tuning = crate::driver::listener_tuning(cfg);
     for l in &passed {
-        tune_listener(l, &tuning)?;
+        // Best effort, as for a new listener: the worker falls back to tuning each client.
+        let _ = tune_listener(l, &tuning);
     }
     while passed.len() < workers {
         passed.push(reuseport_listener(actual, 4096, &tuning).map_err(|e| bind_error(actual, e))?);
