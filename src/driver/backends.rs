@@ -56,12 +56,18 @@ impl BackendTable {
     /// Copies the counts for the admin thread, only when something changed (a worker with
     /// nothing to do sleeps without a timeout, so a timed refresh would leave the last change
     /// unpublished). An uncontended lock and a copy of a few entries, at most once per loop.
+    #[inline]
     pub fn publish(&mut self) {
         if self.dirty {
-            self.dirty = false;
-            if let Ok(mut p) = self.published.lock() {
-                p.clone_from(&self.counts);
-            }
+            self.publish_now();
+        }
+    }
+
+    #[cold]
+    fn publish_now(&mut self) {
+        self.dirty = false;
+        if let Ok(mut p) = self.published.lock() {
+            p.clone_from(&self.counts);
         }
     }
 }

@@ -2,10 +2,12 @@
 //! Readiness becomes [`Event::Ready`]; each operation a connection asks for is executed at once
 //! with a non-blocking syscall and its result handed straight back.
 
-use super::worker::{self, Driver, Exec, IoCall, Watch};
+use super::worker::{self, Driver, Exec, IoCall, PlainCall, Watch};
 use crate::core::conn::Event;
 use crate::core::relay::{IoOp, Side, Src};
+use crate::sys::pipe::Pipe;
 use crate::sys::sock::accept_nonblocking;
+use crate::transport::Transport;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use std::io;
@@ -46,30 +48,43 @@ impl Driver for Epoll<'_> {
     }
 
     fn exec(&mut self, c: IoCall<'_>) -> Exec {
-        Exec::Done(Epoll::now(c))
+        Exec::Done(Epoll::now(c.op, c.sock, c.held, c.pipe, c.scratch))
+    }
+
+    #[inline]
+    fn exec_plain(&mut self, c: PlainCall<'_>) -> Exec {
+        Exec::Done(Epoll::now(c.op, c.sock, c.held, c.pipe, c.scratch))
     }
 }
 
 impl Epoll<'_> {
-    /// Executes one operation with a non-blocking syscall.
-    fn now(c: IoCall<'_>) -> io::Result<usize> {
-        let Some(sock) = c.sock else {
+    /// Executes one operation with a non-blocking syscall (on a plain socket without dynamic
+    /// dispatch: [`Driver::exec_plain`]).
+    #[inline]
+    fn now<T: Transport + ?Sized>(
+        op: IoOp,
+        sock: Option<&mut T>,
+        held: &[u8],
+        pipe: Option<&Pipe>,
+        scratch: &mut [u8],
+    ) -> io::Result<usize> {
+        let Some(sock) = sock else {
             return Err(io::ErrorKind::NotConnected.into());
         };
         let no_pipe = || io::Error::other("splice without a pipe");
-        match c.op {
-            IoOp::Read { max, .. } => sock.read(&mut c.scratch[..max]),
+        match op {
+            IoOp::Read { max, .. } => sock.read(&mut scratch[..max]),
             IoOp::Write {
                 src: Src::Scratch(n),
                 ..
-            } => sock.write(&c.scratch[..n]),
-            IoOp::Write { src: Src::Held, .. } => sock.write(c.held),
+            } => sock.write(&scratch[..n]),
+            IoOp::Write { src: Src::Held, .. } => sock.write(held),
             IoOp::Write {
                 src: Src::Buf { .. },
                 ..
             } => Err(io::Error::other("no driver buffers")),
-            IoOp::SpliceIn { max, .. } => c.pipe.ok_or_else(no_pipe)?.fill(sock.as_fd(), max),
-            IoOp::SpliceOut { len, .. } => c.pipe.ok_or_else(no_pipe)?.drain(sock.as_fd(), len),
+            IoOp::SpliceIn { max, .. } => pipe.ok_or_else(no_pipe)?.fill(sock.as_fd(), max),
+            IoOp::SpliceOut { len, .. } => pipe.ok_or_else(no_pipe)?.drain(sock.as_fd(), len),
             IoOp::Shutdown { .. } => sock.shutdown_write().map(|()| 0),
             // A readiness driver keeps no receive standing (its Ctx says so).
             IoOp::Recv { .. } | IoOp::StopRecv { .. } => {

@@ -82,7 +82,11 @@ impl BackendPool {
     }
 
     /// Closes the connections idle for longer than the timeout.
+    #[inline]
     pub fn expire(&mut self, now: Instant) {
+        if self.idle.is_empty() {
+            return;
+        }
         let fresh = self
             .idle
             .iter()
@@ -92,6 +96,7 @@ impl BackendPool {
     }
 
     /// When the oldest idle connection expires.
+    #[inline]
     pub fn next_expiry(&self) -> Option<Instant> {
         self.idle.first().map(|c| c.since + self.timeout)
     }
@@ -122,6 +127,7 @@ impl BackendPool {
     }
 
     /// True when connection `key` has a backend connection parked.
+    #[inline]
     pub fn is_parked(&self, key: usize) -> bool {
         !self.parked.is_empty() && self.parked.contains_key(&key)
     }

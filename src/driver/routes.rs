@@ -73,16 +73,22 @@ impl RouteCounts {
     }
 
     /// Copies the counts for the admin thread when something changed.
+    #[inline]
     pub fn publish(&mut self) {
         if self.dirty {
-            self.dirty = false;
-            let RouteSink::Local(published) = &self.sink else {
-                return;
-            };
-            if let Ok(mut p) = published.lock() {
-                p.clear();
-                p.extend(self.counts.iter().map(|(_, l, c)| (l.clone(), *c)));
-            }
+            self.publish_now();
+        }
+    }
+
+    #[cold]
+    fn publish_now(&mut self) {
+        self.dirty = false;
+        let RouteSink::Local(published) = &self.sink else {
+            return;
+        };
+        if let Ok(mut p) = published.lock() {
+            p.clear();
+            p.extend(self.counts.iter().map(|(_, l, c)| (l.clone(), *c)));
         }
     }
 }

@@ -443,7 +443,7 @@ impl<P> Relaying<P> {
     }
 
     /// The result of an operation; `scratch`: the buffer it read into or wrote from.
-    #[inline]
+    #[inline(always)]
     fn complete(
         &mut self,
         op: IoOp,

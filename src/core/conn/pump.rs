@@ -33,19 +33,30 @@ impl<P> Conn<P> {
     ) -> Step {
         // The relay's loop, where a connection spends its bytes, is inline here.
         if let Conn::Relay(r) = self {
+            // A read that brought bytes is followed by their write at once, without polling
+            // both directions again (the relay says which write: `follow_up`).
+            let mut then = None;
             let step = loop {
                 if let Some(reason) = r.closed {
                     break r.end(reason, cx);
                 }
-                let op = match r.relay.poll_op(cx, t.tick, io.scratch().len()) {
-                    Next::Op(op) => op,
-                    next => break r.waiting(next, cx),
+                let op = match then.take() {
+                    Some(op) => op,
+                    None => match r.relay.poll_op(cx, t.tick, io.scratch().len()) {
+                        Next::Op(op) => op,
+                        next => break r.waiting(next, cx),
+                    },
                 };
                 let (held, pipe) = r.relay.lent(op);
                 let Some(res) = io.exec(op, held, pipe) else {
                     continue; // submitted: its completion comes later
                 };
                 r.complete(op, res, cx, io.scratch(), t);
+                if let IoOp::Read { .. } = op {
+                    if r.closed.is_none() {
+                        then = r.relay.follow_up(op.way());
+                    }
+                }
             };
             if let Step::End(_) = step {
                 *self = Conn::Ended;

@@ -164,8 +164,9 @@ impl<P> Dir<P> {
         }
     }
 
-    /// The next operation of this direction, or why there is none.
-    #[inline]
+    /// The next operation of this direction, or why there is none. Inlined into
+    /// [`Relay::poll_op`], once per direction: a call's register saves cost as much as its work.
+    #[inline(always)]
     fn next(&mut self, way: Way, cx: &mut Ctx<'_, impl Pipes<Pipe = P>>, room: usize) -> Pumped {
         // Backpressure on a standing receive: arrivals are held while the destination is slow;
         // at the bound, the source stops until they are written (then it is armed again).
@@ -186,6 +187,7 @@ impl<P> Dir<P> {
     }
 
     /// `room`: how many bytes a `Read` may bring (the size of the buffer it reads into).
+    #[inline(always)]
     fn pick(&mut self, way: Way, cx: &mut Ctx<'_, impl Pipes<Pipe = P>>, room: usize) -> Pumped {
         let (src, dst) = (way.src(), way.dst());
         match &self.pending {
@@ -277,6 +279,8 @@ impl<P> Dir<P> {
 
     /// The result of this direction's last operation. `scratch`: the buffer a `Read` read into
     /// and a `Write { src: Scratch }` wrote from. Returns the bytes read from the source.
+    /// Inlined into its one caller, [`Relay::complete`].
+    #[inline(always)]
     fn complete(
         &mut self,
         op: IoOp,
@@ -310,10 +314,16 @@ impl<P> Dir<P> {
                         }
                         self.end_burst(cx.threshold);
                     }
-                    self.pending = match cx.lent.take() {
+                    let got = match cx.lent.take() {
                         Some(id) => Pending::Lent(lent::Seg::new(id, cx.lent_at, n)),
                         None => Pending::Scratch(n as u32),
                     };
+                    // A read is asked for only with nothing pending: the drop call is kept off
+                    // the way of every message.
+                    match std::mem::replace(&mut self.pending, got) {
+                        Pending::None => {}
+                        was => drop(was),
+                    }
                     return Ok(n as u64);
                 }
                 Err(e) if would_block(&e) => {
@@ -363,7 +373,10 @@ impl<P> Dir<P> {
                     Err(e) if would_block(&e) || interrupted(&e) => (0, FULL),
                     Err(_) => return Err(Fail::Dst),
                 };
-                self.pending = Pending::None;
+                match std::mem::take(&mut self.pending) {
+                    Pending::Scratch(_) => {} // owns nothing: no drop call per message
+                    was => drop(was),
+                }
                 if written < n {
                     cx.stats.overflow_in_use += 1;
                     self.flags |= full;
@@ -577,7 +590,7 @@ impl<P> Relay<P> {
     /// flight): the direction and the bytes it read from its source, or why the relay is over.
     /// `scratch`: the buffer the operation read into or wrote from (`cx.scratch`, or the
     /// executor's).
-    #[inline]
+    #[inline(always)]
     pub fn complete(
         &mut self,
         op: IoOp,
@@ -612,6 +625,23 @@ impl<P> Relay<P> {
                 (Way::Up, Fail::Dst) | (Way::Down, Fail::Src) => CloseReason::BackendReset,
             }),
         }
+    }
+
+    /// The operation that must follow a completion of direction `way` at once, when it is
+    /// already known: a `Read` that put bytes in the scratch buffer is followed by their
+    /// `Write` (what [`Relay::poll_op`] would give next for that direction, taken without
+    /// asking both directions again). The operation is in flight as if `poll_op` had given it.
+    #[inline]
+    pub fn follow_up(&mut self, way: Way) -> Option<IoOp> {
+        let d = self.dir(way);
+        let Pending::Scratch(n) = d.pending else {
+            return None;
+        };
+        d.flags |= INFLIGHT;
+        Some(IoOp::Write {
+            side: way.dst(),
+            src: Src::Scratch(n as usize),
+        })
     }
 
     /// What `op` (which [`Relay::poll_op`] returned) uses: the bytes of a `Write { src: Held }`

@@ -4,6 +4,7 @@
 use super::{Driver, Slot, Worker, PUBLISH_EVERY, SHRINK_AFTER};
 use crate::core::conn::{ConnLog, End, EndReason, Event, Note};
 use crate::core::relay::Side;
+use crate::core::timer::at_or_before;
 use crate::driver::access_log::{LogSink, Record};
 use std::time::Instant;
 
@@ -142,9 +143,9 @@ impl Worker {
         // not bytes: they go out every loop, so a scrape always lists them.
         self.backends.publish();
         self.routes.publish();
-        if done || self.changed || self.time.now >= self.publish_due {
+        if done || self.changed || at_or_before(self.publish_due, self.time.tick) {
             self.publish();
-            self.publish_due = self.time.now + PUBLISH_EVERY;
+            self.publish_due = self.time.tick.wrapping_add(PUBLISH_EVERY);
             self.unpublished = false;
             self.changed = false;
         } else {
@@ -184,11 +185,16 @@ impl Worker {
     /// After a burst, once this worker holds no connection at all, gives back what the burst
     /// grew: slab capacity, wheel slots, pooled pipes and free heap pages. An embedded box that
     /// saw 10,000 clients at 9 am should not keep their memory all day.
+    #[inline]
     fn shrink_when_idle(&mut self) {
         self.peak = self.peak.max(self.conns.len());
-        if !self.conns.is_empty() || self.peak < SHRINK_AFTER {
-            return;
+        if self.conns.is_empty() && self.peak >= SHRINK_AFTER {
+            self.shrink();
         }
+    }
+
+    #[cold]
+    fn shrink(&mut self) {
         self.peak = 0;
         self.conns.shrink_to_fit();
         self.tls.shrink_to_fit();

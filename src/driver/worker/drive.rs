@@ -9,7 +9,9 @@
 //! [`Conn::pump`]: crate::core::conn::Conn::pump
 
 use super::bookkeeping::write_log;
-use super::{check_connect, ctx, lend, tls, Driver, Exec, IoCall, Slot, Worker, SCRATCH};
+use super::{
+    check_connect, ctx, lend, tls, Driver, Exec, IoCall, PlainCall, Slot, Worker, SCRATCH,
+};
 use crate::core::conn::{Admission, Connecting, Event, Executor, Step};
 use crate::core::relay::{IoOp, Side};
 use crate::driver::pool;
@@ -36,11 +38,11 @@ impl<D: Driver> Executor<Pipe> for Plain<'_, D> {
 
     #[inline]
     fn exec(&mut self, op: IoOp, held: &[u8], pipe: Option<&Pipe>) -> Option<io::Result<usize>> {
-        let sock: Option<&mut dyn Transport> = match op.side() {
+        let sock = match op.side() {
             Side::Client => Some(&mut *self.client),
-            Side::Backend => self.backend.as_deref_mut().map(|b| b as &mut dyn Transport),
+            Side::Backend => self.backend.as_deref_mut(),
         };
-        let call = IoCall {
+        let call = PlainCall {
             key: self.key,
             op,
             sock,
@@ -48,7 +50,7 @@ impl<D: Driver> Executor<Pipe> for Plain<'_, D> {
             pipe,
             scratch: self.scratch,
         };
-        match self.d.exec(call) {
+        match self.d.exec_plain(call) {
             Exec::Done(res) => Some(res),
             Exec::Submitted => None,
         }

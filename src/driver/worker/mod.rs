@@ -18,7 +18,7 @@ mod tls;
 use crate::core::conn::{Accept, Conn, Connecting, Event, Time};
 use crate::core::handshake::ConnectFailure;
 use crate::core::relay::{BufId, Ctx, IoOp, RelayStats, Side};
-use crate::core::timer::{Clock, Tick, Wheel};
+use crate::core::timer::{Clock, Tick, Wheel, TICK};
 use crate::driver::access_log::LogSink;
 use crate::driver::backends::BackendTable;
 use crate::driver::limiter::{ConnLimiter, IpLimiter};
@@ -46,8 +46,9 @@ const SCRATCH: usize = 64 * 1024;
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// A worker that held at least this many connections shrinks its tables once it is empty again.
 const SHRINK_AFTER: usize = 256;
-/// How often a busy worker publishes its counters (an idle one publishes before it sleeps).
-const PUBLISH_EVERY: Duration = Duration::from_millis(10);
+/// How often a busy worker publishes its counters (an idle one publishes before it sleeps), in
+/// timer ticks (8 ms each: 16 ms), so that each wake-up compares ticks, not clock readings.
+const PUBLISH_EVERY: u32 = 2;
 
 /// Everything a worker needs, built by [`crate::driver::Server::start`].
 pub struct WorkerConfig {
@@ -89,6 +90,16 @@ pub struct IoCall<'a> {
     pub scratch: &'a mut [u8],
 }
 
+/// An [`IoCall`] on a plain socket.
+pub struct PlainCall<'a> {
+    pub key: usize,
+    pub op: IoOp,
+    pub sock: Option<&'a mut TcpStream>,
+    pub held: &'a [u8],
+    pub pipe: Option<&'a Pipe>,
+    pub scratch: &'a mut [u8],
+}
+
 /// Bytes a completion driver received into one of its buffers.
 #[derive(Debug, Clone, Copy)]
 pub struct Input<'a> {
@@ -117,6 +128,27 @@ pub trait Driver {
     fn unwatch(&mut self, fd: BorrowedFd<'_>);
     /// Executes one operation, or submits it.
     fn exec(&mut self, call: IoCall<'_>) -> Exec;
+    /// [`Driver::exec`] on a plain socket (the relay's short way, once per relayed message):
+    /// a driver that executes at once may skip the call's indirection.
+    #[inline]
+    fn exec_plain(&mut self, call: PlainCall<'_>) -> Exec {
+        let PlainCall {
+            key,
+            op,
+            sock,
+            held,
+            pipe,
+            scratch,
+        } = call;
+        self.exec(IoCall {
+            key,
+            op,
+            sock: sock.map(|s| s as &mut dyn Transport),
+            held,
+            pipe,
+            scratch,
+        })
+    }
     /// True when reads wait for bytes and writes for room rather than failing with
     /// `WouldBlock` (see [`Ctx::completion`]).
     fn completes(&self) -> bool {
@@ -195,7 +227,7 @@ pub struct Worker {
     counters: Counters,
     accept_paused_until: Option<Instant>,
     /// When the counters are published next, and whether anything waits for it.
-    publish_due: Instant,
+    publish_due: Tick,
     unpublished: bool,
     /// Something other than bytes moved in this loop (a step beyond I/O, an accept).
     changed: bool,
@@ -268,7 +300,7 @@ impl Worker {
             relay_stats: RelayStats::default(),
             counters,
             accept_paused_until: None,
-            publish_due: Instant::now(),
+            publish_due: 0,
             unpublished: false,
             changed: false,
             accept_wanted: true,
@@ -341,17 +373,25 @@ impl Worker {
         if !self.deferred.is_empty() {
             return Some(Duration::ZERO);
         }
-        let wheel = self.wheel.next_wait(self.time.tick);
-        let until = |t: Instant| t.saturating_duration_since(self.time.now);
-        [
-            wheel,
-            self.accept_paused_until.map(until),
-            self.backend_pool.next_expiry().map(until),
-            self.unpublished.then(|| until(self.publish_due)),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        let mut wait = self.wheel.next_wait(self.time.tick);
+        if self.unpublished {
+            // Into the tick it is due (the next publish may be up to a tick late).
+            let ticks = self.publish_due.wrapping_sub(self.time.tick) as i32;
+            let d = TICK * ticks.clamp(1, PUBLISH_EVERY as i32) as u32;
+            wait = Some(wait.map_or(d, |w| w.min(d)));
+        }
+        // The rarer deadlines, each only when set (this runs on every wake-up).
+        let mut sooner = |t: Instant| {
+            let d = t.saturating_duration_since(self.time.now);
+            wait = Some(wait.map_or(d, |w| w.min(d)));
+        };
+        if let Some(t) = self.accept_paused_until {
+            sooner(t);
+        }
+        if let Some(t) = self.backend_pool.next_expiry() {
+            sooner(t);
+        }
+        wait
     }
 
     // ---- events ----------------------------------------------------------------------------
@@ -398,7 +438,12 @@ impl Worker {
             ..
         } = &mut ev
         {
-            if let (Some(b), Some(sock)) = (self.backend_tls.get_mut(&key), e.backend.as_ref()) {
+            let session = if self.backend_tls.is_empty() {
+                None // a plain-only worker skips the lookup (and its hashing)
+            } else {
+                self.backend_tls.get_mut(&key)
+            };
+            if let (Some(b), Some(sock)) = (session, e.backend.as_ref()) {
                 if *writable {
                     let _ = b.session.flush(sock);
                 }

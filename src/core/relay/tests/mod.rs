@@ -193,6 +193,34 @@ fn small_message_is_copied_through_scratch_and_the_direction_waits_again() {
 }
 
 #[test]
+fn the_follow_up_of_a_read_is_the_write_poll_op_would_give_and_is_in_flight() {
+    for (mode, from) in [
+        (RelayMode::Copy, Side::Client),
+        (RelayMode::Auto, Side::Backend),
+        (RelayMode::Splice, Side::Client), // without a free pipe, splice mode copies
+    ] {
+        // Two relays in the same state: one is polled, the other asked for its follow-up.
+        let (mut polled, mut followed) = (rig(mode, 0), rig(mode, 0));
+        for r in [&mut polled, &mut followed] {
+            r.settle(from);
+            r.step(read(from), Ok(10));
+        }
+        let way = read(from).way();
+        let want = polled.poll();
+        assert_eq!(followed.relay.follow_up(way).map(Next::Op), Some(want));
+        // In flight: neither relay gives the direction another operation until it completes.
+        assert_eq!(followed.poll(), Next::Wait);
+        let Next::Op(write) = want else {
+            panic!("a write follows a read of 10 bytes, got {want:?}")
+        };
+        followed.complete(write, Ok(10)).expect("open");
+        assert_eq!(followed.poll(), Next::Wait);
+        // Nothing follows a write, a read that found nothing, or a direction with nothing held.
+        assert_eq!(followed.relay.follow_up(way), None);
+    }
+}
+
+#[test]
 fn a_short_write_keeps_the_rest_and_stops_reading_until_the_peer_is_writable() {
     let mut r = rig(RelayMode::Copy, 0);
     r.settle(Side::Backend);
