@@ -47,7 +47,10 @@ impl<P> Conn<P> {
                         next => break r.waiting(next, cx),
                     },
                 };
-                let (held, pipe) = r.relay.lent(op);
+                let (held, pipe) = match op {
+                    IoOp::Read { .. } => (&[][..], None), // reads into the executor's buffer
+                    _ => r.relay.lent(op),
+                };
                 let Some(res) = io.exec(op, held, pipe) else {
                     continue; // submitted: its completion comes later
                 };

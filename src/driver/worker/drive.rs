@@ -85,6 +85,9 @@ impl Worker {
             );
             let step = e.conn.pump(&mut cx, &self.time, &mut io);
             self.give_back(d);
+            if let Step::Wait = step {
+                return; // the way of most messages: nothing to carry out
+            }
             if !self.carry_out(key, step, d) {
                 return;
             }
