@@ -384,6 +384,11 @@ async fn a_client_stuck_in_its_handshake_does_not_slow_500_others() {
 #[derive(Debug, Default)]
 struct Remember(Mutex<Option<CertificateDer<'static>>>);
 
+/// The signature algorithms of the ring provider the proxy uses.
+fn ring_algorithms() -> rustls::crypto::WebPkiSupportedAlgorithms {
+    rustls::crypto::ring::default_provider().signature_verification_algorithms
+}
+
 impl ServerCertVerifier for Remember {
     fn verify_server_cert(
         &self,
@@ -403,8 +408,7 @@ impl ServerCertVerifier for Remember {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algs = rustls::crypto::ring::default_provider().signature_verification_algorithms;
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &algs)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &ring_algorithms())
     }
 
     fn verify_tls13_signature(
@@ -413,14 +417,11 @@ impl ServerCertVerifier for Remember {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algs = rustls::crypto::ring::default_provider().signature_verification_algorithms;
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &algs)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &ring_algorithms())
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::ring::default_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
+        ring_algorithms().supported_schemes()
     }
 }
 

@@ -59,15 +59,10 @@ impl BackendTable {
     #[inline]
     pub fn publish(&mut self) {
         if self.dirty {
-            self.publish_now();
-        }
-    }
-
-    #[cold]
-    fn publish_now(&mut self) {
-        self.dirty = false;
-        if let Ok(mut p) = self.published.lock() {
-            p.clone_from(&self.counts);
+            self.dirty = false;
+            if let Ok(mut p) = self.published.lock() {
+                p.clone_from(&self.counts);
+            }
         }
     }
 }

@@ -76,19 +76,14 @@ impl RouteCounts {
     #[inline]
     pub fn publish(&mut self) {
         if self.dirty {
-            self.publish_now();
-        }
-    }
-
-    #[cold]
-    fn publish_now(&mut self) {
-        self.dirty = false;
-        let RouteSink::Local(published) = &self.sink else {
-            return;
-        };
-        if let Ok(mut p) = published.lock() {
-            p.clear();
-            p.extend(self.counts.iter().map(|(_, l, c)| (l.clone(), *c)));
+            self.dirty = false;
+            let RouteSink::Local(published) = &self.sink else {
+                return;
+            };
+            if let Ok(mut p) = published.lock() {
+                p.clear();
+                p.extend(self.counts.iter().map(|(_, l, c)| (l.clone(), *c)));
+            }
         }
     }
 }

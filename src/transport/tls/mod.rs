@@ -420,16 +420,9 @@ impl<C: Role> TlsSession<C> {
                         self.flags |= NOT_TLS;
                     }
                 }
-                if let Err(e) = self.process(work, &mut have, out, &mut n) {
-                    self.fail(&e);
-                    let _ = self.flush(sock);
-                    have = 0;
-                    break Err(invalid(e));
-                }
                 // The server's flight, tickets, a key update answer: out at once if possible.
-                match self.flush(sock) {
-                    Err(e) if e.kind() != io::ErrorKind::WouldBlock => break Err(e),
-                    _ => {}
+                if let Err(e) = self.process_then_flush(sock, work, &mut have, out, &mut n) {
+                    break Err(e);
                 }
             }
             if n == out.len() || self.flags & PEER_CLOSED != 0 {
@@ -583,6 +576,29 @@ impl<C: Role> TlsSession<C> {
         Ok(take)
     }
 
+    /// Processes the `have` bytes of `work` (application bytes to `out` from `n` on), then
+    /// writes what that produced as far as the socket takes it. A TLS failure is answered with
+    /// its alert and drops what was received (`have` = 0).
+    fn process_then_flush(
+        &mut self,
+        sock: &TcpStream,
+        work: &mut [u8],
+        have: &mut usize,
+        out: &mut [u8],
+        n: &mut usize,
+    ) -> io::Result<()> {
+        if let Err(e) = self.process(work, have, out, n) {
+            self.fail(&e);
+            let _ = self.flush(sock);
+            *have = 0;
+            return Err(invalid(e));
+        }
+        match self.flush(sock) {
+            Err(e) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// Runs a client handshake as far as the socket allows: Ok once it is complete,
     /// `WouldBlock` while it waits for the backend, an error when it failed (the alert is sent).
     fn handshake(&mut self, sock: &TcpStream, work: &mut [u8]) -> io::Result<()> {
@@ -592,15 +608,8 @@ impl<C: Role> TlsSession<C> {
         // Application bytes the backend sends with its last flight wait in `plain`.
         let mut n = 0;
         let res = loop {
-            if let Err(e) = self.process(work, &mut have, &mut [], &mut n) {
-                self.fail(&e);
-                let _ = self.flush(sock);
-                have = 0;
-                break Err(invalid(e));
-            }
-            match self.flush(sock) {
-                Err(e) if e.kind() != io::ErrorKind::WouldBlock => break Err(e),
-                _ => {}
+            if let Err(e) = self.process_then_flush(sock, work, &mut have, &mut [], &mut n) {
+                break Err(e);
             }
             if self.flags & DONE != 0 {
                 break Ok(());

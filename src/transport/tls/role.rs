@@ -25,21 +25,32 @@ pub trait Role {
     fn take_ticket(k: &mut KernelConnection<Self::Data>, body: &[u8]) -> Result<(), Error>;
 }
 
+/// The methods both connection types have under the same names (rustls gives them no common
+/// trait).
+macro_rules! same_for_both_roles {
+    () => {
+        fn process<'c, 'i>(
+            &'c mut self,
+            buf: &'i mut [u8],
+        ) -> UnbufferedStatus<'c, 'i, Self::Data> {
+            self.process_tls_records(buf)
+        }
+
+        fn common(&self) -> &CommonState {
+            self
+        }
+
+        fn into_kernel(self) -> Result<(ExtractedSecrets, KernelConnection<Self::Data>), Error> {
+            self.dangerous_into_kernel_connection()
+        }
+    };
+}
+
 impl Role for UnbufferedServerConnection {
     type Data = ServerConnectionData;
     const CLIENT: bool = false;
 
-    fn process<'c, 'i>(&'c mut self, buf: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data> {
-        self.process_tls_records(buf)
-    }
-
-    fn common(&self) -> &CommonState {
-        self
-    }
-
-    fn into_kernel(self) -> Result<(ExtractedSecrets, KernelConnection<Self::Data>), Error> {
-        self.dangerous_into_kernel_connection()
-    }
+    same_for_both_roles!();
 
     fn take_ticket(_: &mut KernelConnection<Self::Data>, _: &[u8]) -> Result<(), Error> {
         Err(Error::InappropriateHandshakeMessage {
@@ -53,17 +64,7 @@ impl Role for UnbufferedClientConnection {
     type Data = ClientConnectionData;
     const CLIENT: bool = true;
 
-    fn process<'c, 'i>(&'c mut self, buf: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data> {
-        self.process_tls_records(buf)
-    }
-
-    fn common(&self) -> &CommonState {
-        self
-    }
-
-    fn into_kernel(self) -> Result<(ExtractedSecrets, KernelConnection<Self::Data>), Error> {
-        self.dangerous_into_kernel_connection()
-    }
+    same_for_both_roles!();
 
     fn take_ticket(k: &mut KernelConnection<Self::Data>, body: &[u8]) -> Result<(), Error> {
         k.handle_new_session_ticket(body)
