@@ -12,7 +12,7 @@ use std::time::Instant;
 use wsplice::config::Config;
 use wsplice::driver::supervisor::Supervisor;
 use wsplice::driver::upgrade::{self, HandedOver, Inherited, Launched};
-use wsplice::driver::{self, admin, Server};
+use wsplice::driver::{admin, Server};
 
 use crate::say;
 
@@ -25,14 +25,7 @@ pub fn start_threads(cfg: &Config, inherited: Option<&Inherited>) -> io::Result<
     let listeners = i.listeners()?;
     let (key, _) = wsplice::transport::tls::TicketKeys::generate()
         .map_err(|_| io::Error::other("the system random generator failed (getrandom)"))?;
-    let server = Server::start_inherited(cfg, key, listeners)?;
-    if server.driver() != driver::Chosen::Epoll {
-        return Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "this configuration runs the io_uring driver, which cannot take over tunnels yet (set driver = \"epoll\")",
-        ));
-    }
-    Ok(server)
+    Server::start_inherited(cfg, key, listeners)
 }
 
 /// Serving (after `ready`): tells the old process, and takes in its tunnels on a thread.
@@ -107,9 +100,6 @@ fn summary(done: &HandedOver, pid: u32) {
 /// this process is done (every tunnel handed over or finished); false when the upgrade failed
 /// and this process serves on, unchanged.
 pub fn binary_upgrade(server: &mut Server, exe: &io::Result<PathBuf>, cfg: &Config) -> bool {
-    if server.driver() != driver::Chosen::Epoll {
-        return fail("binary upgrade runs with the epoll driver only for now (driver = \"epoll\")");
-    }
     let owned = server.listener_fds();
     let listeners: Vec<_> = owned.iter().map(|(a, fd)| (*a, fd.as_fd())).collect();
     let mut launched = match start_new(exe, &listeners) {

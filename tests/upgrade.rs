@@ -5,7 +5,9 @@
 //! (exits, or refuses its configuration) leaves the old one serving.
 //!
 //! Under both worker models (threads, and processes: each old worker process hands its tunnels
-//! to one of the new supervisor's workers), with epoll, in the copy and splice relay modes.
+//! to one of the new supervisor's workers), under both drivers (and from one to the other), in
+//! the copy and splice relay modes. Under io_uring a relay always has a receive in flight: the
+//! scenarios are the same, and so is what they check (every byte in order, none lost).
 //! TLS tunnels cannot move (rustls cannot export a session's keys): the old process keeps
 //! serving them until they close, or until `timeouts.drain`.
 
@@ -30,7 +32,8 @@ const DEADLINE: Duration = Duration::from_secs(240);
 /// Any single wait for bytes.
 const WAIT: Duration = Duration::from_secs(30);
 
-/// `upgrade!(name, body)`: `name::{threads,processes}::{copy,splice}`, under epoll.
+/// `upgrade!(name, body)`: `name::{threads,processes}::{copy,splice}` under epoll and
+/// `name::{threads,processes}::{uring_copy,uring_splice}` under io_uring.
 macro_rules! upgrade {
     ($name:ident, $body:expr) => {
         mod $name {
@@ -50,8 +53,26 @@ macro_rules! upgrade {
             async fn splice() {
                 within(DEADLINE, $body(Relay::Splice, stringify!($model))).await
             }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn uring_copy() {
+                uring(|| $body(Relay::Copy.uring(), stringify!($model))).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn uring_splice() {
+                uring(|| $body(Relay::Splice.uring(), stringify!($model))).await
+            }
         }
     };
+}
+
+/// Runs an io_uring scenario within [`DEADLINE`] (skipped under emulation: qemu-user has no
+/// io_uring).
+async fn uring<F: std::future::Future<Output = ()>>(scenario: impl FnOnce() -> F) {
+    if support::emulated() {
+        eprintln!("skipped under emulation: the io_uring driver");
+        return;
+    }
+    within(DEADLINE, scenario()).await
 }
 
 async fn within(d: Duration, f: impl std::future::Future<Output = ()>) {
@@ -679,18 +700,27 @@ async fn a_failing_new_binary_leaves_the_old_one_serving_then_a_good_one_takes_o
     ping(addr, "/a/new-process", "new process serves").await;
 }
 
-/// `both_models!(name)`: `name::threads` and `name::processes`.
+/// `both_models!(name)`: `name::threads` and `name::processes` under epoll,
+/// `name::uring_threads` and `name::uring_processes` under io_uring.
 macro_rules! both_models {
     ($name:ident) => {
         mod $name {
             use super::*;
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn threads() {
-                within(DEADLINE, super::$name("threads")).await
+                within(DEADLINE, super::$name(Relay::Tls, "threads")).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn processes() {
-                within(DEADLINE, super::$name("processes")).await
+                within(DEADLINE, super::$name(Relay::Tls, "processes")).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn uring_threads() {
+                uring(|| super::$name(Relay::Tls.uring(), "threads")).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn uring_processes() {
+                uring(|| super::$name(Relay::Tls.uring(), "processes")).await
             }
         }
     };
@@ -700,9 +730,12 @@ both_models!(tls_tunnels_stay_in_the_old_process_until_they_close_or_timeouts_dr
 /// TLS tunnels cannot move (rustls cannot export a session's keys): after `SIGUSR2` they keep
 /// flowing in the old process, which lives on while one is open; new TLS clients reach the
 /// new process; at `timeouts.drain` the old process closes what is left and exits.
-async fn tls_tunnels_stay_in_the_old_process_until_they_close_or_timeouts_drain(model: &str) {
+async fn tls_tunnels_stay_in_the_old_process_until_they_close_or_timeouts_drain(
+    relay: Relay,
+    model: &str,
+) {
     let echo = backend("A").await.addr;
-    let mut proxy = Proxy::builder(Relay::Tls)
+    let mut proxy = Proxy::builder(relay)
         .top("worker_model", &format!("\"{model}\""))
         .workers(2)
         .timeout("drain", "30s")
@@ -795,97 +828,73 @@ fn upgraded(proxy: &Proxy) -> u32 {
 /// clients are served on every listening socket (each is accepted from).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tunnels_survive_threads_to_processes_and_back() {
-    within(DEADLINE, async {
-        let echo = backend("A").await.addr;
-        let threads = config(Relay::Copy, "threads", echo);
-        let threads_toml = threads.toml();
-        // Three worker processes where there were two threads: listeners and tunnels spread
-        // over a different number of workers each way.
-        let processes_toml = config(Relay::Copy, "processes", echo).workers(3).toml();
-        let mut proxy = threads.start().await;
-        let addr = proxy.addr();
-        let first = proxy.pid();
-        let stop = Arc::new(AtomicBool::new(false));
-        let flows = start_flows(addr, 50, &stop, Duration::from_millis(50)).await;
-
-        proxy.write_config(&processes_toml);
-        proxy.signal(Signal::SIGUSR2);
-        let second = upgraded(&proxy);
-        let _reaper = Reaper(second);
-        old_exits(&mut proxy, Duration::from_secs(60));
-        assert!(!alive(first));
-        tokio::task::block_in_place(|| {
-            support::blocking::eventually("the new tree runs three worker processes", WAIT, || {
-                tree(second).len() == 4
-            })
-        });
-        let old_tree = tree(second);
-
-        proxy.write_config(&threads_toml);
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(second as i32), Signal::SIGUSR2)
-            .expect("SIGUSR2 to the second process");
-        let third = upgraded(&proxy);
-        let _reaper3 = Reaper(third);
-        all_gone(&old_tree, DEADLINE);
-        assert!(alive(third));
-        assert_eq!(tree(third).len(), 1, "worker threads again");
-        let stderr = proxy.stderr();
-        let summaries: Vec<&str> = stderr
-            .lines()
-            .filter(|l| l.contains("upgrade: handed "))
-            .collect();
-        assert_eq!(summaries.len(), 2, "{stderr}");
-        for s in &summaries {
-            assert!(
-                s.contains("upgrade: handed 50 tunnels") && s.contains("; 0 lost"),
-                "{s}"
-            );
-        }
-        for n in end_flows(&stop, flows, "across threads -> processes -> threads").await {
-            assert!(n > 0);
-        }
-        ping(addr, "/a/after", "the third process serves").await;
-    })
-    .await
+    within(DEADLINE, there_and_back(Relay::Copy, Relay::Copy)).await
 }
 
-/// The io_uring driver does not hand tunnels over yet (a relay there always has a receive in
-/// flight in the ring): `SIGUSR2` says so and what to do, changes nothing, and the proxy keeps
-/// serving its tunnels and new clients.
+/// The driver may change between two binaries too (what travels is the same under both):
+/// epoll worker threads hand their tunnels to io_uring worker processes, which hand them back
+/// to epoll worker threads; in splice mode the other way round (io_uring threads to epoll
+/// processes and back), so bytes held in pipes and in io_uring buffers both cross.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigusr2_under_io_uring_says_it_cannot_and_changes_nothing() {
-    if support::emulated() {
-        eprintln!("skipped under emulation: the io_uring driver");
-        return;
-    }
-    within(DEADLINE, async {
-        let echo = backend("A").await.addr;
-        // (The io_uring driver runs with worker threads: the builder says so.)
-        let mut proxy = Proxy::builder(Relay::Copy.uring())
-            .workers(2)
-            .route(route("/a", &[echo]))
-            .start()
-            .await;
-        let addr = proxy.addr();
-        let stop = Arc::new(AtomicBool::new(false));
-        let (s, _) = open(addr, "/a/x").await.expect("tunnel");
-        let f = tokio::spawn(flow(s, stop.clone(), Duration::from_millis(20)));
-        proxy.signal(Signal::SIGUSR2);
-        assert_eq!(outcome(&proxy), "upgrade failed");
-        let stderr = proxy.stderr();
+async fn tunnels_survive_epoll_to_io_uring_and_back() {
+    uring(|| there_and_back(Relay::Copy, Relay::Copy.uring())).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnels_survive_io_uring_to_epoll_and_back() {
+    uring(|| there_and_back(Relay::Splice.uring(), Relay::Splice)).await
+}
+
+/// Worker threads under `threads` upgrade to three worker processes under `processes`, which
+/// upgrade back to worker threads under `threads`: 50 tunnels flow throughout.
+async fn there_and_back(threads: Relay, processes: Relay) {
+    let echo = backend("A").await.addr;
+    let threads = config(threads, "threads", echo);
+    let threads_toml = threads.toml();
+    // Three worker processes where there were two threads: listeners and tunnels spread
+    // over a different number of workers each way.
+    let processes_toml = config(processes, "processes", echo).workers(3).toml();
+    let mut proxy = threads.start().await;
+    let addr = proxy.addr();
+    let first = proxy.pid();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flows = start_flows(addr, 50, &stop, Duration::from_millis(50)).await;
+
+    proxy.write_config(&processes_toml);
+    proxy.signal(Signal::SIGUSR2);
+    let second = upgraded(&proxy);
+    let _reaper = Reaper(second);
+    old_exits(&mut proxy, Duration::from_secs(60));
+    assert!(!alive(first));
+    tokio::task::block_in_place(|| {
+        support::blocking::eventually("the new tree runs three worker processes", WAIT, || {
+            tree(second).len() == 4
+        })
+    });
+    let old_tree = tree(second);
+
+    proxy.write_config(&threads_toml);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(second as i32), Signal::SIGUSR2)
+        .expect("SIGUSR2 to the second process");
+    let third = upgraded(&proxy);
+    let _reaper3 = Reaper(third);
+    all_gone(&old_tree, DEADLINE);
+    assert!(alive(third));
+    assert_eq!(tree(third).len(), 1, "worker threads again");
+    let stderr = proxy.stderr();
+    let summaries: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("upgrade: handed "))
+        .collect();
+    assert_eq!(summaries.len(), 2, "{stderr}");
+    for s in &summaries {
         assert!(
-            stderr.contains("epoll driver only for now (driver = \"epoll\")")
-                && stderr.contains("send SIGUSR2 again (or restart)"),
-            "{stderr}"
+            s.contains("upgrade: handed 50 tunnels") && s.contains("; 0 lost"),
+            "{s}\n{stderr}"
         );
-        assert!(proxy.is_running());
-        ping(addr, "/a/after", "still accepting").await;
-        stop.store(true, Ordering::Relaxed);
-        let n = f
-            .await
-            .expect("flow")
-            .unwrap_or_else(|e| panic!("tunnel: {e}"));
+    }
+    for n in end_flows(&stop, flows, "across threads -> processes -> threads").await {
         assert!(n > 0);
-    })
-    .await
+    }
+    ping(addr, "/a/after", "the third process serves").await;
 }

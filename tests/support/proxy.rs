@@ -522,7 +522,12 @@ impl ProxyBuilder {
             ));
         }
         if let Some(driver) = self.driver {
-            s.push_str(&driver.toml());
+            // A worker model set with `top` is the test's choice (io_uring runs either).
+            if self.top.iter().any(|l| l.starts_with("worker_model ")) {
+                s.push_str(&format!("driver = \"{}\"\n", driver.as_str()));
+            } else {
+                s.push_str(&driver.toml());
+            }
         }
         for line in &self.top {
             s.push_str(line);

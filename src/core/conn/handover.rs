@@ -4,7 +4,7 @@
 
 use super::{Conn, ConnLog, Rare, Relaying, Time};
 use crate::core::handshake::Settings;
-use crate::core::relay::{Ctx, HeldPipes, Pipes, Relay, RelayState};
+use crate::core::relay::{Ctx, HeldBytes, Pipes, Relay, RelayState};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +48,26 @@ impl<P> Conn<P> {
         matches!(self, Conn::Relay(r) if r.closed.is_none() && r.relay.can_hand_over())
     }
 
+    /// A hand-over wants this connection: an established relay starts nothing more, so that
+    /// what is in flight completes (see [`Relay::settle`]). True when this call began it and
+    /// something is still in flight: the driver must cancel what is in flight on both
+    /// sockets. False for any other connection.
+    pub fn settle(&mut self) -> bool {
+        match self {
+            Conn::Relay(r) if r.closed.is_none() => r.relay.settle(),
+            _ => false,
+        }
+    }
+
+    /// The hand-over did not happen: a settled relay goes on. True when it was settled (then
+    /// drive it).
+    pub fn unsettle(&mut self) -> bool {
+        match self {
+            Conn::Relay(r) => r.relay.unsettle(),
+            _ => false,
+        }
+    }
+
     /// Takes an established relay's state out (the connection is over here afterwards, with no
     /// [`super::Step::End`]: the worker gives back what [`Released`] says). None for any other
     /// connection. Pipes holding bytes come back beside it, for the driver to read out into the
@@ -56,7 +76,7 @@ impl<P> Conn<P> {
         &mut self,
         cx: &mut Ctx<'_, impl Pipes<Pipe = P>>,
         t: &Time,
-    ) -> Option<(Handed, HeldPipes<P>, Released)> {
+    ) -> Option<(Handed, HeldBytes<P>, Released)> {
         if !self.can_hand_over() {
             return None;
         }

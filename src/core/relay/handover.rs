@@ -2,12 +2,19 @@
 //! whole state as plain data, and a relay rebuilt from it on the other side.
 //!
 //! A relay can be handed over between two operations only: nothing in flight, nothing in the
-//! worker's scratch buffer or a driver's buffer. What it still holds in user space (an overflow
-//! buffer, bytes sitting in a pipe) travels along as bytes and is written first on the other
-//! side, before anything more is read from the source: the byte order on the wire is kept.
+//! worker's scratch buffer. What it still holds in user space (an overflow buffer, bytes
+//! sitting in a pipe or in a completion driver's buffer) travels along as bytes and is written
+//! first on the other side, before anything more is read from the source: the byte order on the
+//! wire is kept.
+//!
+//! A completion driver (io_uring) always has something in flight on a relay (a receive waits on
+//! each socket, a send may wait for room): [`Relay::settle`] stops the relay from starting
+//! anything new, the driver cancels what is in flight, and once every completion is in (each
+//! cancelled, or done: bytes that came are kept as for any arrival) the relay is between two
+//! operations and goes like any other.
 
-use super::{Dir, Pending, Relay, RelayStats, Timeouts, Times, EOF, HUP, INFLIGHT, READABLE};
-use super::{SHUT, SPLICE_OK};
+use super::{BufId, Dir, Pending, Relay, RelayStats, Timeouts, Times, EOF, HUP, INFLIGHT};
+use super::{READABLE, SHUT, SPLICE_OK};
 use crate::core::timer::Tick;
 
 /// One direction, as handed over.
@@ -39,29 +46,42 @@ pub struct RelayState {
     pub timeouts: Timeouts,
 }
 
-/// What a relay's directions still hold in pipes when handed over: `(pipe, bytes)`, up then
-/// down. The driver reads these bytes out into [`DirState::pending`] and gives the pipes back.
-pub type HeldPipes<P> = [Option<(P, u32)>; 2];
+/// Bytes a direction holds outside its [`DirState`] when handed over. The driver reads them out
+/// and puts them in front of [`DirState::pending`] (they came first), then gives back what held
+/// them.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Held<P> {
+    /// A pipe holding this many bytes (back to the pool once read out).
+    Pipe(P, u32),
+    /// `len` bytes at `from` of the completion driver's buffer `id`, which the relay holds
+    /// `holds` times (given back that many times once read out).
+    Lent {
+        id: BufId,
+        from: u32,
+        len: u32,
+        holds: u16,
+    },
+}
+
+/// What a relay's directions hold outside their state when handed over, up then down.
+pub type HeldBytes<P> = [Option<Held<P>>; 2];
 
 impl<P> Dir<P> {
     fn idle_between_ops(&self) -> bool {
         self.flags & INFLIGHT == 0
             && self.recv == 0
-            && matches!(
-                self.pending,
-                Pending::None | Pending::Pipe(..) | Pending::Buf(_)
-            )
+            && !matches!(self.pending, Pending::Scratch(_))
     }
 
-    fn take_state(&mut self, stats: &mut RelayStats) -> (DirState, Option<(P, u32)>) {
+    fn take_state(&mut self, stats: &mut RelayStats) -> (DirState, Option<Held<P>>) {
         let mut state = DirState {
             pending: Vec::new(),
             eof: self.flags & EOF != 0,
             shut: self.flags & SHUT != 0,
             hup: self.flags & HUP != 0,
         };
-        let pipe = match std::mem::take(&mut self.pending) {
-            Pending::Pipe(p, n) => Some((p, n)),
+        let held = match std::mem::take(&mut self.pending) {
+            Pending::Pipe(p, n) => Some(Held::Pipe(p, n)),
             Pending::Buf(b) => {
                 stats.overflow_in_use -= 1;
                 let (mut data, written) = *b;
@@ -69,9 +89,16 @@ impl<P> Dir<P> {
                 state.pending = data;
                 None
             }
-            _ => None,
+            Pending::Lent(seg) => Some(seg.held()),
+            // The segment being written, then the arrivals copied behind it.
+            Pending::LentThen(b) => {
+                let (seg, behind) = *b;
+                state.pending = behind;
+                Some(seg.held())
+            }
+            Pending::None | Pending::Scratch(_) => None,
         };
-        (state, pipe)
+        (state, held)
     }
 
     fn from_state(s: DirState, splice_ok: bool, stats: &mut RelayStats) -> Dir<P> {
@@ -93,15 +120,30 @@ impl<P> Dir<P> {
 }
 
 impl<P> Relay<P> {
-    /// True when the relay is between operations and holds nothing but an overflow buffer or a
-    /// filled pipe: it may be handed over now.
+    /// True when the relay is between operations and holds nothing but an overflow buffer, a
+    /// filled pipe or bytes in a driver's buffer: it may be handed over now.
     pub fn can_hand_over(&self) -> bool {
         self.up.idle_between_ops() && self.down.idle_between_ops()
     }
 
+    /// A hand-over wants this relay: it starts nothing more (see the module docs). True when
+    /// this call began it and an operation is still in flight: the driver must cancel what is
+    /// in flight on both sockets, and the relay can go once every completion is in.
+    pub fn settle(&mut self) -> bool {
+        let began = !self.settling;
+        self.settling = true;
+        began && !self.can_hand_over()
+    }
+
+    /// The hand-over did not happen: the relay goes on (the next poll starts what it needs).
+    /// True when it was settled.
+    pub fn unsettle(&mut self) -> bool {
+        std::mem::take(&mut self.settling)
+    }
+
     /// Takes the relay's state out at `now` (check [`Relay::can_hand_over`] first); the relay is
     /// left empty. Pipes still holding bytes come back beside the state.
-    pub fn hand_over(&mut self, now: Tick, stats: &mut RelayStats) -> (RelayState, HeldPipes<P>) {
+    pub fn hand_over(&mut self, now: Tick, stats: &mut RelayStats) -> (RelayState, HeldBytes<P>) {
         let (up, up_pipe) = self.up.take_state(stats);
         let (down, down_pipe) = self.down.take_state(stats);
         let state = RelayState {
@@ -135,6 +177,7 @@ impl<P> Relay<P> {
                 half_closed_at: state.half_closed_for.map_or(0, stamp),
             },
             timeouts: state.timeouts,
+            settling: false,
         }
     }
 }
@@ -179,7 +222,7 @@ mod tests {
         r.down.pending = Pending::Pipe(9, 4096);
         assert!(r.can_hand_over());
         let (state, pipes) = r.hand_over(1, &mut stats);
-        assert_eq!(pipes, [None, Some((9, 4096))]);
+        assert_eq!(pipes, [None, Some(Held::Pipe(9, 4096))]);
         assert!(state.down.pending.is_empty());
         r.up.pending = Pending::Scratch(10);
         assert!(

@@ -52,6 +52,16 @@ impl Seg {
         }
     }
 
+    /// What is left of it, for a hand-over (the driver copies the bytes out).
+    pub(super) fn held<P>(&self) -> super::Held<P> {
+        super::Held::Lent {
+            id: self.id,
+            from: self.from,
+            len: self.end - self.from,
+            holds: self.holds,
+        }
+    }
+
     pub(super) fn give_back(&self, returned: &mut Vec<BufId>) {
         for _ in 0..self.holds {
             returned.push(self.id);

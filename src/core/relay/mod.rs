@@ -39,7 +39,7 @@ mod op;
 pub mod timing;
 
 pub use ctx::{Ctx, Pipes, RelayStats};
-pub use handover::{DirState, HeldPipes, RelayState};
+pub use handover::{DirState, Held, HeldBytes, RelayState};
 pub use lent::RECV_LIMIT;
 pub use op::{BufId, IoOp, Side, Src, Way};
 pub use timing::{Check, CloseReason, Timeouts, Times};
@@ -500,6 +500,8 @@ pub struct Relay<P> {
     /// Idle and half-close timeouts as configured when the relay opened: a reload does not
     /// change the rules for established relays.
     pub timeouts: Timeouts,
+    /// A hand-over waits for what is in flight: nothing new starts ([`Relay::settle`]).
+    settling: bool,
 }
 
 impl<P> Relay<P> {
@@ -518,6 +520,7 @@ impl<P> Relay<P> {
             down: Dir::new(to_client, splice_ok, stats),
             times: Times::new(now),
             timeouts,
+            settling: false,
         }
     }
 
@@ -563,6 +566,10 @@ impl<P> Relay<P> {
         now: Tick,
         room: usize,
     ) -> Next {
+        if self.settling {
+            // Handed over once what is in flight has completed (cancelled, or done).
+            return Next::Wait;
+        }
         let up = self.up.next(Way::Up, cx, room);
         if let Pumped::Op(op) = up {
             return Next::Op(op);

@@ -9,15 +9,18 @@
 //!  workers stop accepting (the new process accepts from the same queues: nothing is refused)
 //!  each worker, after every batch of events: every established tunnel between two
 //!  operations ─ both sockets + its state (pending bytes, half-close, timers, log facts) ─▶
-//!  T: batches of up to 100 tunnels ────────────────────────────────────────────▶ slab, epoll,
+//!  T: batches of up to 100 tunnels ────────────────────────────────────────────▶ slab, driver,
 //!  handshakes finish here first, then go the same way; HTTP exchanges and TLS   relay resumes
 //!  tunnels end here (bounded by timeouts.drain); D: done ─────────────────────▶
 //!  exit 0 once every worker is empty
 //! ```
 //!
 //! Nothing is lost in between: a tunnel is taken between two operations, when no byte is in
-//! the worker's hands but an overflow buffer or a pipe's content, and those travel with it
-//! and are written first on the other side. Bytes that arrive meanwhile wait in the kernel's
+//! the worker's hands but an overflow buffer, a pipe's content or bytes in an io_uring buffer,
+//! and those travel with it and are written first on the other side. Under io_uring a relay
+//! always has an operation in flight (a receive on each socket): the worker settles it (it
+//! starts nothing new), the driver cancels what is in flight, and the tunnel goes once every
+//! completion is in (`driver::uring`'s `settle` module). Bytes that arrive meanwhile wait in the kernel's
 //! socket buffers, which both processes share (a descriptor passed with `SCM_RIGHTS` is the
 //! same socket). A listening socket is the same accept queue in both processes, so a client
 //! that connects during the switch is accepted by one or the other.
@@ -26,15 +29,13 @@
 //! [`CONFIRM_WITHIN`], the old process keeps everything (it never stopped accepting) and logs
 //! why: the binary's path, its exit status, its own error line.
 //!
-//! Covered: both worker models with the epoll driver, plain (non-TLS) tunnels, relay modes
-//! copy, splice and auto. With worker processes the supervisors pass the listeners as above
+//! Covered: both worker models under both drivers (epoll and io_uring, either way between
+//! them: the state on the wire is the same), plain (non-TLS) tunnels, relay modes copy, splice
+//! and auto. With worker processes the supervisors pass the listeners as above
 //! and each old worker process sends its tunnels straight to one of the new supervisor's
 //! workers, on a socket pair the new supervisor made for it and sent along with `ready`
 //! (see `driver::supervisor`'s `upgrade` module); a mixed pair (threads to processes or back)
-//! goes through the upgrade socket. Not yet: the io_uring driver (a relay under io_uring
-//! always has a receive in flight in the ring, which would first have to be cancelled and its
-//! bytes, if any, carried as pending; `SIGUSR2` answers `upgrade failed` with a line saying
-//! so). TLS tunnels do not move: rustls can export a session's traffic secrets (feature
+//! goes through the upgrade socket. TLS tunnels do not move: rustls can export a session's traffic secrets (feature
 //! `secret_extraction`, meant for kernel TLS) but has no way to build a connection from them,
 //! so the new process could carry one only through kernel TLS (`setsockopt(TLS_TX/TLS_RX)`),
 //! which wsplice does not use. They finish in the old process, which lives until they close

@@ -30,11 +30,13 @@
 //! dropped, even when the key already serves a new connection.
 
 mod direct;
+mod settle;
 
 use super::worker::{self, Driver, Exec, Input, IoCall, Watch};
 use crate::config;
 use crate::core::conn::{Connecting, Event};
 use crate::core::relay::{BufId, IoOp, Side, Src, RECV_LIMIT};
+use settle::retry_starved;
 use crate::sys::uring::{BufRing, Completion, Ring, TOKEN_BITS};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use std::io;
@@ -129,6 +131,8 @@ struct Uring<'b> {
     /// Standing receives that ended for want of a buffer: their connections hear that the
     /// socket is readable once buffers come back (and arm them again).
     starved_standing: Vec<Token>,
+    /// Starved receives cancelled for a hand-over, reported in the next loop.
+    cancelled: Vec<Completion>,
     /// Per listener: a multishot accept is armed.
     accepting: Vec<bool>,
     /// Relays keep one multishot receive per socket (`uring.multishot`).
@@ -340,18 +344,25 @@ impl Driver for Uring<'_> {
     }
 
     fn close(&mut self, key: usize, side: Side, sock: OwnedFd) {
-        self.gen(key, side);
-        let g = &mut self.gens[key][side as usize];
-        *g = g.wrapping_add(1);
         // Its polls are cancelled; their completions are dropped as stale.
-        if let Some(p) = self.polls.get_mut(key) {
-            p[side as usize] = 0;
-        }
+        self.forget(key, side);
         self.ring.cancel_and_close(sock);
     }
 
     fn give_back(&mut self, id: BufId) {
         self.bufs.give_back(id);
+    }
+
+    fn cancel(&mut self, key: usize, side: Side, fd: BorrowedFd<'_>) {
+        self.cancel_conn(key, side, fd);
+    }
+
+    fn release(&mut self, key: usize, side: Side, fd: BorrowedFd<'_>) {
+        self.release_conn(key, side, fd);
+    }
+
+    fn lent_bytes(&self, id: BufId, from: u32, len: u32) -> Option<Vec<u8>> {
+        Some(self.bufs.bytes(id, from, len as usize)?.to_vec())
     }
 }
 
@@ -398,6 +409,7 @@ impl Worker {
             polls: Vec::new(),
             starved: Vec::new(),
             starved_standing: Vec::new(),
+            cancelled: Vec::new(),
             accepting: Vec::new(),
             multishot,
         };
@@ -423,9 +435,15 @@ impl Worker {
                     }
                 }
             }
-            d.ring.submit_and_wait(w.timeout())?;
+            // Cancelled starved receives are reported without waiting.
+            let wait = match d.cancelled.is_empty() {
+                true => w.timeout(),
+                false => Some(std::time::Duration::ZERO),
+            };
+            d.ring.submit_and_wait(wait)?;
             w.set_now(Instant::now());
             d.ring.reap(&mut done);
+            done.append(&mut d.cancelled);
             let mut returned = 0;
             for c in done.drain(..) {
                 let t = Token::decode(c.token);
@@ -537,7 +555,11 @@ fn completed(w: &mut worker::Worker, d: &mut Uring<'_>, t: Token, c: Completion)
         return;
     }
     let side = t.side;
-    let res = c.result();
+    // Cancelled (a standing receive stopped, or what a hand-over waits for): nothing happened.
+    let res = match c.result() {
+        Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => Err(io::ErrorKind::Interrupted.into()),
+        r => r,
+    };
     match t.kind {
         kind::READ | kind::RECV => {
             let standing = t.kind == kind::RECV;
@@ -554,10 +576,6 @@ fn completed(w: &mut worker::Worker, d: &mut Uring<'_>, t: Token, c: Completion)
             let res = match res {
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
                     Err(io::ErrorKind::WouldBlock.into())
-                }
-                // A standing receive that was stopped.
-                Err(e) if standing && e.raw_os_error() == Some(libc::ECANCELED) => {
-                    Err(io::ErrorKind::Interrupted.into())
                 }
                 r => r,
             };
@@ -639,32 +657,6 @@ fn completed(w: &mut worker::Worker, d: &mut Uring<'_>, t: Token, c: Completion)
             w.ready(t.key, ev, d);
         }
         _ => {}
-    }
-}
-
-/// Buffers came back: receives that found none are submitted again, and connections whose
-/// standing receive ended for want of one hear that their socket is readable.
-fn retry_starved(w: &mut worker::Worker, d: &mut Uring<'_>) {
-    for (t, len) in std::mem::take(&mut d.starved) {
-        if !d.current(t) {
-            continue;
-        }
-        if let Some(fd) = w.socket(t.key, t.side) {
-            d.ring.recv(fd, len, d.bufs.group(), t.encode());
-        }
-    }
-    for t in std::mem::take(&mut d.starved_standing) {
-        if !d.current(t) {
-            continue;
-        }
-        let ev = Event::Ready {
-            side: t.side,
-            readable: true,
-            writable: false,
-            hup: false,
-            gone: false,
-        };
-        w.ready(t.key, ev, d);
     }
 }
 

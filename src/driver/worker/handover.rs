@@ -3,9 +3,11 @@
 
 use super::{ctx, lend, Driver, Slot, Watch, Worker};
 use crate::core::conn::Conn;
-use crate::core::relay::{Pipes, Side};
+use crate::core::relay::{Held, Pipes, Side};
 use crate::driver::upgrade::{wire::TunnelState, Batch, Tunnel, BATCH, BATCH_BYTES};
 use crate::driver::HandOver;
+use crate::sys::pipe::Pipe;
+use std::io;
 use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
 
@@ -37,22 +39,26 @@ impl Worker {
                 self.id
             );
             self.handing = None;
+            self.unsettle_all(d);
             return;
         }
-        let keys: Vec<usize> = self
-            .conns
-            .iter()
-            .filter_map(|(k, s)| match s {
-                Slot::Live(e)
-                    if e.backend.is_some()
-                        && e.conn.can_hand_over()
-                        && !self.tls.contains_key(&k) =>
-                {
-                    Some(k)
-                }
-                _ => None,
-            })
-            .collect();
+        // Relays between two operations go now. One with an operation in flight (a completion
+        // driver always has a receive waiting) starts nothing more, and the driver cancels
+        // what is in flight: it goes in a later sweep, once every completion is in.
+        let mut keys = Vec::new();
+        for (k, s) in self.conns.iter_mut() {
+            let Slot::Live(e) = s else { continue };
+            let Some(backend) = &e.backend else { continue };
+            if self.tls.contains_key(&k) {
+                continue;
+            }
+            if e.conn.can_hand_over() {
+                keys.push(k);
+            } else if e.conn.settle() {
+                d.cancel(k, Side::Client, e.client.as_fd());
+                d.cancel(k, Side::Backend, backend.as_fd());
+            }
+        }
         let mut batch = Vec::new();
         let mut bytes = 0;
         for k in keys {
@@ -66,6 +72,18 @@ impl Worker {
         }
         if !batch.is_empty() {
             self.send_batch(batch, first);
+        }
+    }
+
+    /// The hand-over stopped: relays that were waiting for it go on here.
+    fn unsettle_all(&mut self, d: &mut impl Driver) {
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for k in keys {
+            if let Some(Slot::Live(e)) = self.conns.get_mut(k) {
+                if e.conn.unsettle() {
+                    self.drive(k, d);
+                }
+            }
         }
     }
 
@@ -84,23 +102,16 @@ impl Worker {
             return None;
         };
         let mut cx = lend!(self, d);
-        let (mut handed, pipes, released) = e.conn.hand_over(&mut cx, &self.time)?;
-        let [up, down] = pipes;
+        let (mut handed, held, released) = e.conn.hand_over(&mut cx, &self.time)?;
+        let [up, down] = held;
         for (dir, held) in [(&mut handed.relay.up, up), (&mut handed.relay.down, down)] {
-            let Some((pipe, n)) = held else { continue };
-            match pipe.read_out(n as usize) {
-                Ok(bytes) => {
-                    dir.pending = bytes;
-                    self.pool.give(pipe);
-                }
-                Err(err) => {
-                    eprintln!(
-                        "wsplice: worker {}: reading {n} bytes out of a tunnel's pipe for the hand-over: {err}",
-                        self.id
-                    );
-                    self.pool.discard(pipe);
-                }
-            }
+            let Some(held) = held else { continue };
+            let Some(mut bytes) = self.read_out(held, d) else {
+                continue;
+            };
+            // They came before what the state holds.
+            bytes.extend_from_slice(&dir.pending);
+            dir.pending = bytes;
         }
         let slot = self.conns.get_mut(key)?;
         let Slot::Live(e) = std::mem::replace(slot, Slot::Dead) else {
@@ -110,9 +121,9 @@ impl Worker {
         let client = e.client;
         let backend = e.backend?;
         // Explicitly: the sockets live on in the new process, so closing ours would not take
-        // them out of this epoll set.
-        d.unwatch(client.as_fd());
-        d.unwatch(backend.as_fd());
+        // them out of this epoll set (or cancel what waits on them in this ring).
+        d.release(key, Side::Client, client.as_fd());
+        d.release(key, Side::Backend, backend.as_fd());
         self.total.release();
         self.pool.used.ended(true);
         if let Some(ip) = released.counted_ip {
@@ -129,6 +140,43 @@ impl Worker {
                 handed,
             },
         })
+    }
+
+    /// The bytes a tunnel's direction holds outside its state (a pipe's, or a driver
+    /// buffer's), read out; what held them goes back.
+    fn read_out(&mut self, held: Held<Pipe>, d: &mut impl Driver) -> Option<Vec<u8>> {
+        let (what, n, got) = match held {
+            Held::Pipe(pipe, n) => {
+                let got = pipe.read_out(n as usize);
+                if got.is_ok() {
+                    self.pool.give(pipe);
+                } else {
+                    self.pool.discard(pipe);
+                }
+                ("pipe", n, got)
+            }
+            Held::Lent {
+                id,
+                from,
+                len,
+                holds,
+            } => {
+                let got = d
+                    .lent_bytes(id, from, len)
+                    .ok_or_else(|| io::Error::other("not a buffer the tunnel holds"));
+                for _ in 0..holds {
+                    d.give_back(id);
+                }
+                ("driver buffer", len, got)
+            }
+        };
+        got.map_err(|err| {
+            eprintln!(
+                "wsplice: worker {}: reading {n} bytes out of a tunnel's {what} for the hand-over: {err}; they are lost",
+                self.id
+            )
+        })
+        .ok()
     }
 
     /// Takes in tunnels handed over by the old process: each joins the slab as an established

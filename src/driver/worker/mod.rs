@@ -173,6 +173,19 @@ pub trait Driver {
     }
     /// A buffer of the driver's that a connection is done with.
     fn give_back(&mut self, _id: BufId) {}
+    /// Cancels what is in flight on connection `key`'s socket `fd` (a binary upgrade takes the
+    /// connection once nothing is): each operation still completes, cancelled or done.
+    fn cancel(&mut self, _key: usize, _side: Side, _fd: BorrowedFd<'_>) {}
+    /// Connection `key`'s socket `fd` leaves this worker open (handed to another process):
+    /// stop watching it; nothing of it is reported under `key` any more.
+    fn release(&mut self, _key: usize, _side: Side, fd: BorrowedFd<'_>) {
+        self.unwatch(fd);
+    }
+    /// A copy of `len` bytes at `from` of buffer `id`, which a connection holds (for a
+    /// hand-over).
+    fn lent_bytes(&self, _id: BufId, _from: u32, _len: u32) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 /// A connection's sockets and state: one slab entry.

@@ -366,3 +366,60 @@ fn a_copied_overflow_that_keeps_streaming_holds_only_unsent_bytes() {
         );
     }
 }
+
+/// A binary upgrade under a completion driver: the settled relay starts nothing more, the
+/// driver cancels what is in flight, and once every completion is in (a write that sent part,
+/// both receives over) the relay goes with the bytes left in the driver's buffer in front of
+/// the arrival copied behind them; none is written or read here meanwhile.
+#[test]
+fn a_settled_relay_starts_nothing_and_goes_once_what_was_in_flight_completed() {
+    let mut r = Rig::standing(RelayMode::Copy, 0);
+    r.sent_up(1, 100);
+    r.arrives(Side::Client, 2, 0, 20);
+    assert!(!r.relay.can_hand_over(), "a write and two receives in flight");
+    assert!(r.relay.settle(), "the driver must cancel what is in flight");
+    assert!(!r.relay.settle(), "asked once");
+    assert_eq!(r.poll_standing(), Next::Wait);
+    // The cancelled write had sent 40 bytes; the rest is not written again here.
+    r.write_done(Side::Backend, 40);
+    assert_eq!(r.poll_standing(), Next::Wait);
+    r.recv_over(Err(io::ErrorKind::Interrupted.into()));
+    assert!(!r.relay.can_hand_over(), "the backend's receive is still in flight");
+    r.arrive(
+        Side::Backend,
+        None,
+        Err(io::ErrorKind::Interrupted.into()),
+        false,
+    )
+    .expect("open");
+    assert_eq!(r.poll_standing(), Next::Wait, "no receive armed again");
+    assert!(r.relay.can_hand_over());
+    let (relay, cx) = r.parts();
+    let (state, held) = relay.hand_over(9, cx.stats);
+    assert_eq!(
+        held,
+        [
+            Some(Held::Lent {
+                id: 1,
+                from: 40,
+                len: 60,
+                holds: 1
+            }),
+            None
+        ]
+    );
+    assert_eq!(state.up.pending, vec![7u8; 20], "the copied arrival, behind");
+    assert!(state.down.pending.is_empty());
+}
+
+/// A hand-over that did not happen: the settled relay goes on where it stopped.
+#[test]
+fn an_unsettled_relay_goes_on() {
+    let mut r = Rig::standing(RelayMode::Copy, 0);
+    r.sent_up(1, 100);
+    assert!(r.relay.settle());
+    r.write_done(Side::Backend, 40);
+    assert_eq!(r.poll_standing(), Next::Wait);
+    assert!(r.relay.unsettle());
+    r.expect_up(1, 40, 60);
+}
