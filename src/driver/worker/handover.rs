@@ -52,26 +52,36 @@ impl Worker {
             if self.tls.contains_key(&k) {
                 continue;
             }
+            // Established at the signal: gone in the first sweep, or settled by it.
+            let at_signal = first || self.at_signal.binary_search(&k).is_ok();
             if e.conn.can_hand_over() {
-                keys.push(k);
+                keys.push((k, at_signal));
             } else if e.conn.settle() {
                 d.cancel(k, Side::Client, e.client.as_fd());
                 d.cancel(k, Side::Backend, backend.as_fd());
+                if first {
+                    // Slab keys come in order: the list stays sorted.
+                    self.at_signal.push(k);
+                }
             }
         }
-        let mut batch = Vec::new();
-        let mut bytes = 0;
-        for k in keys {
+        // Batches of tunnels established at the signal ([1]) and of the rest ([0]).
+        let mut batches: [Vec<Tunnel>; 2] = Default::default();
+        let mut bytes = [0; 2];
+        for (k, at_signal) in keys {
             let Some(t) = self.export(k, d) else { continue };
-            bytes += t.pending();
-            batch.push(t);
-            if batch.len() >= BATCH || bytes >= BATCH_BYTES {
-                self.send_batch(std::mem::take(&mut batch), first);
-                bytes = 0;
+            let b = usize::from(at_signal);
+            bytes[b] += t.pending();
+            batches[b].push(t);
+            if batches[b].len() >= BATCH || bytes[b] >= BATCH_BYTES {
+                self.send_batch(std::mem::take(&mut batches[b]), at_signal);
+                bytes[b] = 0;
             }
         }
-        if !batch.is_empty() {
-            self.send_batch(batch, first);
+        for (b, batch) in batches.into_iter().enumerate() {
+            if !batch.is_empty() {
+                self.send_batch(batch, b == 1);
+            }
         }
     }
 

@@ -263,6 +263,9 @@ pub struct Worker {
     started: Option<std::sync::mpsc::SyncSender<()>>,
     /// Set by a binary upgrade: established tunnels go to the new process.
     handing: Option<crate::driver::HandOver>,
+    /// Keys of the relays the hand-over's first sweep settled (established at the signal, they
+    /// go once what they had in flight completed), sorted.
+    at_signal: Vec<usize>,
 }
 
 fn is_no_fd(e: &io::Error) -> bool {
@@ -324,6 +327,7 @@ impl Worker {
             backend_tls: HashMap::new(),
             started: cfg.started,
             handing: None,
+            at_signal: Vec::new(),
         }
     }
 
