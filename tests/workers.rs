@@ -283,10 +283,11 @@ async fn sigterm_drains_every_worker_process() {
     }
 }
 
-// epoll only: a SIGKILLed io_uring worker's multishot accept still stands on the listener it
-// shares with the supervisor until the kernel tears its ring down, and a client accepted in
-// that window is reset (seen here as 1 run in 3 losing one of the "meanwhile" clients).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// Under io_uring too: a worker process polls its listeners and accepts with accept(2), so a
+// killed worker's ring, torn down by the kernel after the process is gone, neither takes a
+// client's wake-up from the replacement nor accepts a client into the dying process (see
+// src/driver/uring/accept.rs).
+scoped_drivers!(a_killed_worker_is_replaced_and_the_others_keep_their_tunnels_and_limits);
 async fn a_killed_worker_is_replaced_and_the_others_keep_their_tunnels_and_limits() {
     let a = backend("A").await.addr;
     let p = Proxy::blocking_start_toml(&config(

@@ -6,7 +6,6 @@ use super::worker::{self, Driver, Exec, IoCall, PlainCall, Watch};
 use crate::core::conn::Event;
 use crate::core::relay::{IoOp, Side, Src};
 use crate::sys::pipe::Pipe;
-use crate::sys::sock::accept_nonblocking;
 use crate::transport::Transport;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
@@ -134,7 +133,7 @@ impl Worker {
                     registry: poll.registry(),
                 };
                 for i in 0..w.listener_count() {
-                    accept(&mut w, &mut ep, i);
+                    w.accept_all(i, &mut ep);
                 }
             }
             if let Err(e) = poll.poll(&mut events, w.timeout()) {
@@ -153,7 +152,7 @@ impl Worker {
                     continue;
                 }
                 if t >= LISTENER_BASE {
-                    accept(&mut w, &mut ep, t - LISTENER_BASE);
+                    w.accept_all(t - LISTENER_BASE, &mut ep);
                     continue;
                 }
                 let side = if t % 2 == 1 {
@@ -175,23 +174,6 @@ impl Worker {
             }
             if w.after_events(&mut ep) {
                 return Ok(());
-            }
-        }
-    }
-}
-
-/// Accepts from listener `i` until its backlog is empty or the worker stops accepting.
-fn accept(w: &mut worker::Worker, ep: &mut Epoll<'_>, i: usize) {
-    loop {
-        let Some(l) = w.listener(i) else { return };
-        match accept_nonblocking(l) {
-            Ok((s, peer)) => w.accepted(i, s, peer, ep),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                if !w.accept_failed(&e) {
-                    return;
-                }
             }
         }
     }

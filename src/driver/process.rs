@@ -147,7 +147,7 @@ pub fn run(id: usize, load: Loader) -> io::Result<()> {
             (Running::Epoll(Box::new(w)), k)
         }
         Driven::Uring => {
-            let w = uring::Worker::new(wc, &cfg.uring)?;
+            let w = uring::Worker::new(wc, &cfg.uring)?.sharing_listeners();
             let k = Wake::Uring(w.waker());
             (Running::Uring(Box::new(w)), k)
         }

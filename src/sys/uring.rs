@@ -315,6 +315,14 @@ impl Ring {
         self.push(e, token, 0);
     }
 
+    /// A completion each time `fd` gets any of `mask`, until cancelled (multishot poll).
+    pub fn poll_multi(&mut self, fd: BorrowedFd<'_>, mask: u32, token: u64) {
+        let e = opcode::PollAdd::new(types::Fd(fd.as_raw_fd()), mask)
+            .multi(true)
+            .build();
+        self.push(e, token, 0);
+    }
+
     /// Accepts on listener `fd` until cancelled or an error: one completion per client, whose
     /// result is its non-blocking, close-on-exec socket.
     pub fn accept_multi(&mut self, fd: BorrowedFd<'_>, token: u64) {

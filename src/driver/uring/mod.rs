@@ -3,6 +3,7 @@
 //!
 //! ```text
 //!   listener ── multishot accept ─────────────▶ Worker::accepted
+//!               (worker processes: multishot poll, accept(2) from the loop; see `accept`)
 //!   Read ────── recv, buffer picked from the ─▶ Worker::completed(bytes in that buffer)
 //!               worker's ring when bytes come
 //!   Write ───── send straight from the buffer ▶ Worker::completed ─▶ buffer given back
@@ -24,11 +25,15 @@
 //! runs: after a close, that number may already be a new connection's socket. A non-blocking
 //! splice(2) or shutdown(2) from the loop acts at once on the socket the connection owns.
 //!
+//! A binary upgrade hands a relay over once nothing of it is in flight: the worker settles it
+//! and the driver cancels what waits in the ring (`settle`).
+//!
 //! Completions name their operation by a token: connection key, side, kind and the
 //! generation of that side's socket. Closing a socket bumps its generation, so a completion of
 //! an operation on a closed socket (cancelled, or finished just before) is recognised and
 //! dropped, even when the key already serves a new connection.
 
+mod accept;
 mod direct;
 mod settle;
 
@@ -36,6 +41,7 @@ use super::worker::{self, Driver, Exec, Input, IoCall, Watch};
 use crate::config;
 use crate::core::conn::{Connecting, Event};
 use crate::core::relay::{BufId, IoOp, Side, Src, RECV_LIMIT};
+use accept::{accept_wanted, accepted};
 use settle::retry_starved;
 use crate::sys::uring::{BufRing, Completion, Ring, TOKEN_BITS};
 use nix::sys::eventfd::{EfdFlags, EventFd};
@@ -133,8 +139,11 @@ struct Uring<'b> {
     starved_standing: Vec<Token>,
     /// Starved receives cancelled for a hand-over, reported in the next loop.
     cancelled: Vec<Completion>,
-    /// Per listener: a multishot accept is armed.
+    /// Per listener: a multishot accept (or poll) is armed.
     accepting: Vec<bool>,
+    /// Listeners are polled and accepted from with accept(2), not accepted from by the ring
+    /// (worker processes: see `accept`).
+    accept_by_poll: bool,
     /// Relays keep one multishot receive per socket (`uring.multishot`).
     multishot: bool,
 }
@@ -163,20 +172,6 @@ impl Uring<'_> {
         self.gens
             .get(t.key)
             .is_some_and(|g| g[t.side as usize] == t.gen)
-    }
-
-    fn arm_accept(&mut self, i: usize, fd: BorrowedFd<'_>) {
-        if self.accepting.len() <= i {
-            self.accepting.resize(i + 1, false);
-        }
-        self.accepting[i] = true;
-        let t = Token {
-            key: i,
-            side: Side::Client,
-            gen: 0,
-            kind: kind::ACCEPT,
-        };
-        self.ring.accept_multi(fd, t.encode());
     }
 
     /// After a direct splice or TLS operation that would block (or came up short): one-shot
@@ -372,6 +367,7 @@ pub struct Worker {
     waker: Arc<Waker>,
     buffers: (u16, u32),
     multishot: bool,
+    accept_by_poll: bool,
 }
 
 impl Worker {
@@ -383,7 +379,15 @@ impl Worker {
             buffers: (uring.buffer_count(), uring.buffer_size as u32),
             // Only where the kernel limits a multishot receive's bytes (see `multishot_note`).
             multishot: uring.multishot && crate::sys::uring::can_cap_multishot(),
+            accept_by_poll: false,
         })
+    }
+
+    /// A worker process: its listeners are shared with the supervisor, which outlives it, so
+    /// they are polled rather than accepted from by the ring (see `accept`).
+    pub fn sharing_listeners(mut self) -> Worker {
+        self.accept_by_poll = true;
+        self
     }
 
     /// Wakes this worker's loop from another thread (after sending it a `Control`).
@@ -399,6 +403,7 @@ impl Worker {
             waker,
             buffers,
             multishot,
+            accept_by_poll,
         } = self;
         let ring = Ring::new(ENTRIES)?;
         let bufs = BufRing::new(&ring, GROUP, buffers.0, buffers.1)?;
@@ -411,6 +416,7 @@ impl Worker {
             starved_standing: Vec::new(),
             cancelled: Vec::new(),
             accepting: Vec::new(),
+            accept_by_poll,
             multishot,
         };
         w.watch_listeners(&mut d)?;
@@ -427,13 +433,7 @@ impl Worker {
         w.set_up();
         loop {
             if w.take_accept_wanted() {
-                for i in 0..w.listener_count() {
-                    if !d.accepting.get(i).copied().unwrap_or(false) {
-                        if let Some(l) = w.listener(i) {
-                            d.arm_accept(i, l.as_fd());
-                        }
-                    }
-                }
+                accept_wanted(&mut w, &mut d);
             }
             // Cancelled starved receives are reported without waiting.
             let wait = match d.cancelled.is_empty() {
@@ -503,37 +503,6 @@ pub fn probe() -> io::Result<Setup> {
         ));
     }
     crate::sys::uring::probe()
-}
-
-/// A completion of listener `i`'s multishot accept.
-fn accepted(w: &mut worker::Worker, d: &mut Uring<'_>, i: usize, c: Completion) {
-    if !c.more() {
-        if let Some(a) = d.accepting.get_mut(i) {
-            *a = false;
-        }
-    }
-    let more = c.more();
-    let res = c.result();
-    match (c.accepted, res) {
-        (Some(fd), _) => {
-            let s = TcpStream::from(fd);
-            // The client may be gone already (ENOTCONN): nothing to serve.
-            if let (Ok(peer), true) = (s.peer_addr(), w.listener(i).is_some()) {
-                w.accepted(i, s, peer, d);
-            }
-        }
-        (None, Err(e)) if e.raw_os_error() == Some(libc::ECANCELED) => {}
-        (None, Err(e)) => {
-            // EMFILE pauses accepting (the worker re-arms when descriptors are freed or the
-            // pause is over); other errors concern one client.
-            if w.accept_failed(&e) && !more {
-                if let Some(l) = w.listener(i) {
-                    d.arm_accept(i, l.as_fd());
-                }
-            }
-        }
-        (None, Ok(_)) => {}
-    }
 }
 
 /// A completion of a connection's operation.

@@ -33,6 +33,24 @@ impl Worker {
         std::mem::take(&mut self.accept_wanted)
     }
 
+    /// Accepts from listener `i` until its backlog is empty or the worker stops accepting (a
+    /// driver told that the listener is readable).
+    pub fn accept_all(&mut self, i: usize, d: &mut impl Driver) {
+        loop {
+            let Some(l) = self.listener(i) else { return };
+            match crate::sys::sock::accept_nonblocking(l) {
+                Ok((s, peer)) => self.accepted(i, s, peer, d),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    if !self.accept_failed(&e) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
     /// An accept failed. Returns true when the driver may try the next client.
     pub fn accept_failed(&mut self, e: &io::Error) -> bool {
         self.changed = true;
