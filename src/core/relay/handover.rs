@@ -14,7 +14,7 @@
 //! operations and goes like any other.
 
 use super::{BufId, Dir, Pending, Relay, RelayStats, Timeouts, Times, EOF, HUP, INFLIGHT};
-use super::{READABLE, SHUT, SPLICE_OK};
+use super::{READABLE, SETTLING, SHUT, SPLICE_OK};
 use crate::core::timer::Tick;
 
 /// One direction, as handed over.
@@ -130,15 +130,17 @@ impl<P> Relay<P> {
     /// this call began it and an operation is still in flight: the driver must cancel what is
     /// in flight on both sockets, and the relay can go once every completion is in.
     pub fn settle(&mut self) -> bool {
-        let began = !self.settling;
-        self.settling = true;
+        let began = self.up.seen & SETTLING == 0;
+        self.up.seen |= SETTLING;
         began && !self.can_hand_over()
     }
 
     /// The hand-over did not happen: the relay goes on (the next poll starts what it needs).
     /// True when it was settled.
     pub fn unsettle(&mut self) -> bool {
-        std::mem::take(&mut self.settling)
+        let was = self.up.seen & SETTLING != 0;
+        self.up.seen &= !SETTLING;
+        was
     }
 
     /// Takes the relay's state out at `now` (check [`Relay::can_hand_over`] first); the relay is
@@ -177,7 +179,6 @@ impl<P> Relay<P> {
                 half_closed_at: state.half_closed_for.map_or(0, stamp),
             },
             timeouts: state.timeouts,
-            settling: false,
         }
     }
 }

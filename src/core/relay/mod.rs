@@ -72,6 +72,9 @@ const INFLIGHT: u8 = 128;
 const RECV_ARMED: u8 = 1;
 /// `Dir::seen`'s flag: this burst's queued count was asked for.
 const ASKED: u8 = 0x80;
+/// `Dir::seen`'s flag, of the up direction only: the relay is settling for a hand-over
+/// ([`Relay::settle`]). (A byte of its own would grow an idle relay's slab entry by eight.)
+const SETTLING: u8 = 0x40;
 /// `Dir::recv`: it was asked to stop; its last arrival has not come yet.
 const RECV_STOPPING: u8 = 2;
 
@@ -107,8 +110,9 @@ pub struct Dir<P> {
     /// Auto mode: the bit length of the largest burst lately (a burst of n bytes counts as
     /// `n.ilog2() + 1`; each burst after it lowers the memory by one bit, i.e. halves it).
     /// Whether the next burst is worth asking [`IoOp::Queued`] about.
-    /// Bit 7 ([`ASKED`]): the current burst's queued count was asked for (one byte for both,
-    /// so that an idle relay's slab entry stays as it was).
+    /// Bit 7 ([`ASKED`]): the current burst's queued count was asked for; bit 6
+    /// ([`SETTLING`]): see there (one byte for all, so that an idle relay's slab entry stays as
+    /// it was).
     seen: u8,
     /// Bytes read in the current burst: about what was waiting when it started.
     burst: u32,
@@ -456,8 +460,8 @@ impl<P> Dir<P> {
         self.burst == 0
             && self.seen & ASKED == 0
             && self.flags & SPLICE_OK != 0
-            && self.seen > 0
-            && (1usize << (self.seen - 1)).saturating_mul(2) >= threshold
+            && self.seen & !SETTLING > 0
+            && (1usize << ((self.seen & !SETTLING) - 1)).saturating_mul(2) >= threshold
     }
 
     /// The source is drained: a small burst means small messages, which copy more cheaply than
@@ -470,8 +474,9 @@ impl<P> Dir<P> {
             self.flags |= BULK;
         }
         let bits = (u32::BITS - self.burst.leading_zeros()) as u8;
-        // Clears ASKED too.
-        self.seen = bits.max((self.seen & !ASKED).saturating_sub(1));
+        // Clears ASKED too; SETTLING stays.
+        let settling = self.seen & SETTLING;
+        self.seen = settling | bits.max((self.seen & !(ASKED | SETTLING)).saturating_sub(1));
         self.burst = 0;
     }
 }
@@ -500,8 +505,6 @@ pub struct Relay<P> {
     /// Idle and half-close timeouts as configured when the relay opened: a reload does not
     /// change the rules for established relays.
     pub timeouts: Timeouts,
-    /// A hand-over waits for what is in flight: nothing new starts ([`Relay::settle`]).
-    settling: bool,
 }
 
 impl<P> Relay<P> {
@@ -520,7 +523,6 @@ impl<P> Relay<P> {
             down: Dir::new(to_client, splice_ok, stats),
             times: Times::new(now),
             timeouts,
-            settling: false,
         }
     }
 
@@ -566,7 +568,7 @@ impl<P> Relay<P> {
         now: Tick,
         room: usize,
     ) -> Next {
-        if self.settling {
+        if self.up.seen & SETTLING != 0 {
             // Handed over once what is in flight has completed (cancelled, or done).
             return Next::Wait;
         }

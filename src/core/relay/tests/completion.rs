@@ -383,6 +383,10 @@ fn a_settled_relay_starts_nothing_and_goes_once_what_was_in_flight_completed() {
     // The cancelled write had sent 40 bytes; the rest is not written again here.
     r.write_done(Side::Backend, 40);
     assert_eq!(r.poll_standing(), Next::Wait);
+    // An arrival before the cancel reached the receive is kept (a short one ends the burst:
+    // the relay stays settled).
+    r.arrives(Side::Client, 3, 0, 10);
+    assert_eq!(r.poll_standing(), Next::Wait);
     r.recv_over(Err(io::ErrorKind::Interrupted.into()));
     assert!(!r.relay.can_hand_over(), "the backend's receive is still in flight");
     r.arrive(
@@ -408,7 +412,7 @@ fn a_settled_relay_starts_nothing_and_goes_once_what_was_in_flight_completed() {
             None
         ]
     );
-    assert_eq!(state.up.pending, vec![7u8; 20], "the copied arrival, behind");
+    assert_eq!(state.up.pending, vec![7u8; 30], "the copied arrivals, behind");
     assert!(state.down.pending.is_empty());
 }
 
