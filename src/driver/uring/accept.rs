@@ -5,13 +5,16 @@
 //! A worker process shares each listening socket with its supervisor, which keeps it open so
 //! that when a worker dies, the clients the kernel hashes to that socket wait in its backlog
 //! for the replacement. A multishot accept is the wrong thing to leave on such a socket: the
-//! kernel tears a dead process's ring down asynchronously, and until it has, the dead ring's
-//! accept still waits on the socket, exclusively (one exclusive waiter is woken per client), so
-//! it can take the wake-up meant for the replacement's accept (the client then waits in the
-//! backlog unseen); and in the moment between a SIGKILL and the process's exit the kernel may
-//! still accept into the dying process, whose exit closes the client. A poll is not exclusive
-//! and takes nothing out of the backlog: a dying ring's poll fires in vain, and the
-//! replacement's poll hears every client.
+//! ring accepts clients itself, in the kernel, and a ring outlives its process's last
+//! instruction (a SIGKILLed process can still run its ring's pending work on its way out, and
+//! the kernel tears the ring down asynchronously after that). A client the ring accepts then is
+//! closed with the process instead of waiting for the replacement. Seen in
+//! tests/workers.rs's killed-worker test: 4 runs in 18 lost one of the clients that connect
+//! right after the SIGKILL, each closed before any answer; with the poll, none in 20. (Whether
+//! those clients were accepted during the exit or by the torn-down ring was not told apart.) A
+//! poll takes nothing out of the backlog: a dying ring's poll fires in vain. The multishot
+//! poll is also not exclusive, unlike the accept's wait, so it cannot take a wake-up from the
+//! replacement's.
 
 use super::{kind, worker, Token, Uring};
 use crate::core::relay::Side;
