@@ -37,10 +37,12 @@ pub fn receive(i: Inherited, server: &Server) -> io::Result<()> {
         .spawn(move || {
             let started = Instant::now();
             let n = receiving.run(|batch| adopter.deliver(batch));
-            eprintln!(
-                "wsplice: upgrade: took over {n} tunnels in {:.1} ms",
+            // One write: the old process logs on the same stderr at the same moment.
+            let line = format!(
+                "wsplice: upgrade: took over {n} tunnels in {:.1} ms\n",
                 started.elapsed().as_secs_f64() * 1e3
             );
+            eprint!("{line}");
         })?;
     Ok(())
 }
@@ -86,14 +88,17 @@ fn summary(done: &HandedOver, pid: u32) {
     } else {
         0.0
     };
-    eprintln!(
-        "wsplice: upgrade: handed {} tunnels to pid {pid}: the {} established at the signal in {sweep:.1} ms ({per_1000:.1} ms per 1,000 tunnels), the rest as their handshakes finished, {:.1} ms in all; {} bytes in flight went along; {} lost; every connection left here has finished: exiting",
+    // Formatted first and written at once: eprintln! writes piece by piece, and the new
+    // process logs on the same stderr at the same moment (the lines came out interleaved).
+    let line = format!(
+        "wsplice: upgrade: handed {} tunnels to pid {pid}: the {} established at the signal in {sweep:.1} ms ({per_1000:.1} ms per 1,000 tunnels), the rest as their handshakes finished, {:.1} ms in all; {} bytes in flight went along; {} lost; every connection left here has finished: exiting\n",
         done.tunnels,
         done.established,
         done.took.as_secs_f64() * 1e3,
         done.bytes,
         done.lost
     );
+    eprint!("{line}");
 }
 
 /// SIGUSR2 with worker threads: starts the binary at `exe` and hands it everything. True once

@@ -147,7 +147,7 @@ pub fn run(id: usize, load: Loader) -> io::Result<()> {
             (Running::Epoll(Box::new(w)), k)
         }
         Driven::Uring => {
-            let w = uring::Worker::new(wc, &cfg.uring)?.sharing_listeners();
+            let w = uring::Worker::new(wc, &cfg.uring)?;
             let k = Wake::Uring(w.waker());
             (Running::Uring(Box::new(w)), k)
         }
@@ -384,10 +384,12 @@ impl ControlThread {
                     }
                 });
                 if n > 0 {
-                    eprintln!(
-                        "wsplice: worker {id}: upgrade: took over {n} tunnels in {:.1} ms",
+                    // One write: the old process logs on the same stderr at the same moment.
+                    let line = format!(
+                        "wsplice: worker {id}: upgrade: took over {n} tunnels in {:.1} ms\n",
                         started.elapsed().as_secs_f64() * 1e3
                     );
+                    eprint!("{line}");
                 }
             })?;
         Ok(())

@@ -2,8 +2,7 @@
 //! worker and connection lifecycle as epoll; only the way operations are carried out differs.
 //!
 //! ```text
-//!   listener ── multishot accept ─────────────▶ Worker::accepted
-//!               (worker processes: multishot poll, accept(2) from the loop; see `accept`)
+//!   listener ── multishot poll ─▶ accept(2) ──▶ Worker::accepted (see `accept` for why)
 //!   Read ────── recv, buffer picked from the ─▶ Worker::completed(bytes in that buffer)
 //!               worker's ring when bytes come
 //!   Write ───── send straight from the buffer ▶ Worker::completed ─▶ buffer given back
@@ -75,7 +74,7 @@ mod kind {
     pub const POLL_OUT: u8 = 6;
     /// The client socket's error/hang-up watch.
     pub const GONE: u8 = 7;
-    /// A listener's multishot accept; `key` is the listener's index.
+    /// A listener's multishot poll; `key` is the listener's index.
     pub const ACCEPT: u8 = 8;
     pub const WAKE: u8 = 9;
 }
@@ -139,11 +138,8 @@ struct Uring<'b> {
     starved_standing: Vec<Token>,
     /// Starved receives cancelled for a hand-over, reported in the next loop.
     cancelled: Vec<Completion>,
-    /// Per listener: a multishot accept (or poll) is armed.
+    /// Per listener: its multishot poll is armed.
     accepting: Vec<bool>,
-    /// Listeners are polled and accepted from with accept(2), not accepted from by the ring
-    /// (worker processes: see `accept`).
-    accept_by_poll: bool,
     /// Relays keep one multishot receive per socket (`uring.multishot`).
     multishot: bool,
 }
@@ -367,7 +363,6 @@ pub struct Worker {
     waker: Arc<Waker>,
     buffers: (u16, u32),
     multishot: bool,
-    accept_by_poll: bool,
 }
 
 impl Worker {
@@ -379,15 +374,7 @@ impl Worker {
             buffers: (uring.buffer_count(), uring.buffer_size as u32),
             // Only where the kernel limits a multishot receive's bytes (see `multishot_note`).
             multishot: uring.multishot && crate::sys::uring::can_cap_multishot(),
-            accept_by_poll: false,
         })
-    }
-
-    /// A worker process: its listeners are shared with the supervisor, which outlives it, so
-    /// they are polled rather than accepted from by the ring (see `accept`).
-    pub fn sharing_listeners(mut self) -> Worker {
-        self.accept_by_poll = true;
-        self
     }
 
     /// Wakes this worker's loop from another thread (after sending it a `Control`).
@@ -403,7 +390,6 @@ impl Worker {
             waker,
             buffers,
             multishot,
-            accept_by_poll,
         } = self;
         let ring = Ring::new(ENTRIES)?;
         let bufs = BufRing::new(&ring, GROUP, buffers.0, buffers.1)?;
@@ -416,7 +402,6 @@ impl Worker {
             starved_standing: Vec::new(),
             cancelled: Vec::new(),
             accepting: Vec::new(),
-            accept_by_poll,
             multishot,
         };
         w.watch_listeners(&mut d)?;
