@@ -68,9 +68,7 @@ pub type HeldBytes<P> = [Option<Held<P>>; 2];
 
 impl<P> Dir<P> {
     fn idle_between_ops(&self) -> bool {
-        self.flags & INFLIGHT == 0
-            && self.recv == 0
-            && !matches!(self.pending, Pending::Scratch(_))
+        self.flags & INFLIGHT == 0 && self.recv == 0 && !matches!(self.pending, Pending::Scratch(_))
     }
 
     fn take_state(&mut self, stats: &mut RelayStats) -> (DirState, Option<Held<P>>) {

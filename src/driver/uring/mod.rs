@@ -40,10 +40,10 @@ use super::worker::{self, Driver, Exec, Input, IoCall, Watch};
 use crate::config;
 use crate::core::conn::{Connecting, Event};
 use crate::core::relay::{BufId, IoOp, Side, Src, RECV_LIMIT};
-use accept::{accept_wanted, accepted};
-use settle::retry_starved;
 use crate::sys::uring::{BufRing, Completion, Ring, TOKEN_BITS};
+use accept::{accept_wanted, accepted};
 use nix::sys::eventfd::{EfdFlags, EventFd};
+use settle::retry_starved;
 use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -511,7 +511,9 @@ fn completed(w: &mut worker::Worker, d: &mut Uring<'_>, t: Token, c: Completion)
     let side = t.side;
     // Cancelled (a standing receive stopped, or what a hand-over waits for): nothing happened.
     let res = match c.result() {
-        Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => Err(io::ErrorKind::Interrupted.into()),
+        Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {
+            Err(io::ErrorKind::Interrupted.into())
+        }
         r => r,
     };
     match t.kind {

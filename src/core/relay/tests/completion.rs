@@ -376,7 +376,10 @@ fn a_settled_relay_starts_nothing_and_goes_once_what_was_in_flight_completed() {
     let mut r = Rig::standing(RelayMode::Copy, 0);
     r.sent_up(1, 100);
     r.arrives(Side::Client, 2, 0, 20);
-    assert!(!r.relay.can_hand_over(), "a write and two receives in flight");
+    assert!(
+        !r.relay.can_hand_over(),
+        "a write and two receives in flight"
+    );
     assert!(r.relay.settle(), "the driver must cancel what is in flight");
     assert!(!r.relay.settle(), "asked once");
     assert_eq!(r.poll_standing(), Next::Wait);
@@ -388,7 +391,10 @@ fn a_settled_relay_starts_nothing_and_goes_once_what_was_in_flight_completed() {
     r.arrives(Side::Client, 3, 0, 10);
     assert_eq!(r.poll_standing(), Next::Wait);
     r.recv_over(Err(io::ErrorKind::Interrupted.into()));
-    assert!(!r.relay.can_hand_over(), "the backend's receive is still in flight");
+    assert!(
+        !r.relay.can_hand_over(),
+        "the backend's receive is still in flight"
+    );
     r.arrive(
         Side::Backend,
         None,
@@ -412,7 +418,11 @@ fn a_settled_relay_starts_nothing_and_goes_once_what_was_in_flight_completed() {
             None
         ]
     );
-    assert_eq!(state.up.pending, vec![7u8; 30], "the copied arrivals, behind");
+    assert_eq!(
+        state.up.pending,
+        vec![7u8; 30],
+        "the copied arrivals, behind"
+    );
     assert!(state.down.pending.is_empty());
 }
 
