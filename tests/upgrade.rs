@@ -845,15 +845,27 @@ async fn tunnels_survive_io_uring_to_epoll_and_back() {
     uring(|| there_and_back(Relay::Splice.uring(), Relay::Splice)).await
 }
 
+/// Waits until the process serving the admin listener counts `n` tunnels taken over.
+fn took_over_all(proxy: &Proxy, n: u64) {
+    tokio::task::block_in_place(|| {
+        support::blocking::eventually("the new process took every tunnel in", WAIT, || {
+            proxy.metric("wsplice_upgrade_tunnels_adopted_total") == n
+        })
+    });
+}
+
 /// Worker threads under `threads` upgrade to three worker processes under `processes`, which
 /// upgrade back to worker threads under `threads`: 50 tunnels flow throughout.
 async fn there_and_back(threads: Relay, processes: Relay) {
     let echo = backend("A").await.addr;
-    let threads = config(threads, "threads", echo);
+    let threads = config(threads, "threads", echo).admin();
     let threads_toml = threads.toml();
     // Three worker processes where there were two threads: listeners and tunnels spread
     // over a different number of workers each way.
-    let processes_toml = config(processes, "processes", echo).workers(3).toml();
+    let processes_toml = config(processes, "processes", echo)
+        .workers(3)
+        .admin()
+        .toml();
     let mut proxy = threads.start().await;
     let addr = proxy.addr();
     let first = proxy.pid();
@@ -872,6 +884,9 @@ async fn there_and_back(threads: Relay, processes: Relay) {
         })
     });
     let old_tree = tree(second);
+    // The old process is gone once it has sent every tunnel; the new supervisor may still be
+    // passing them on to its workers (a SIGUSR2 meanwhile would close those in transit).
+    took_over_all(&proxy, 50);
 
     proxy.write_config(&threads_toml);
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(second as i32), Signal::SIGUSR2)
@@ -881,6 +896,7 @@ async fn there_and_back(threads: Relay, processes: Relay) {
     all_gone(&old_tree, DEADLINE);
     assert!(alive(third));
     assert_eq!(tree(third).len(), 1, "worker threads again");
+    took_over_all(&proxy, 50);
     let stderr = proxy.stderr();
     let summaries: Vec<&str> = stderr
         .lines()
