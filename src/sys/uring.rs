@@ -24,7 +24,7 @@ use std::alloc::{alloc_zeroed, Layout};
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
@@ -35,8 +35,6 @@ const AUX_BITS: u32 = 20;
 const AUX_MASK: u64 = (1 << AUX_BITS) - 1;
 /// The aux field names a slot of [`Ring::owned`].
 const AUX_OWNED: u64 = 1 << (AUX_BITS - 1);
-/// The operation is an accept: a non-negative result is a new descriptor of ours.
-const AUX_ACCEPT: u64 = 1 << (AUX_BITS - 2);
 /// User data of operations whose completions nobody reads (cancel, close).
 pub const TOKEN_IGNORED: u64 = (1 << TOKEN_BITS) - 1;
 
@@ -70,8 +68,6 @@ pub struct Completion {
     pub aux: u32,
     pub res: i32,
     pub flags: u32,
-    /// An accept's new socket (closed with the completion unless taken).
-    pub accepted: Option<OwnedFd>,
 }
 
 impl Completion {
@@ -126,8 +122,7 @@ pub struct Ring {
 }
 
 /// Opcodes the driver uses: if the kernel lacks one, the driver cannot run.
-const NEEDED: [(u8, &str); 7] = [
-    (opcode::AcceptMulti::CODE, "accept"),
+const NEEDED: [(u8, &str); 6] = [
     (opcode::Recv::CODE, "recv"),
     (opcode::Send::CODE, "send"),
     (opcode::Connect::CODE, "connect"),
@@ -323,15 +318,6 @@ impl Ring {
         self.push(e, token, 0);
     }
 
-    /// Accepts on listener `fd` until cancelled or an error: one completion per client, whose
-    /// result is its non-blocking, close-on-exec socket.
-    pub fn accept_multi(&mut self, fd: BorrowedFd<'_>, token: u64) {
-        let e = opcode::AcceptMulti::new(types::Fd(fd.as_raw_fd()))
-            .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
-            .build();
-        self.push(e, token, AUX_ACCEPT);
-    }
-
     /// Moves up to `len` bytes from `from` to `to` (one of them a pipe) with
     /// `IORING_OP_SPLICE`. The driver does not use it (the kernel runs it on an io-wq thread);
     /// `examples/uring_splice.rs` measures it against splice(2).
@@ -417,16 +403,9 @@ impl Ring {
             let aux = ud & AUX_MASK;
             let token = ud >> AUX_BITS;
             let mut aux_out = 0;
-            let mut accepted = None;
             if aux & AUX_OWNED != 0 {
                 let slot = (aux & !AUX_OWNED) as usize;
                 self.owned.try_remove(slot);
-            } else if aux & AUX_ACCEPT != 0 {
-                if cqe.result() >= 0 {
-                    // SAFETY: an accept's result is a descriptor the kernel just created in
-                    // this process for us; nothing else owns it.
-                    accepted = Some(unsafe { OwnedFd::from_raw_fd(cqe.result()) });
-                }
             } else {
                 aux_out = aux as u32;
             }
@@ -439,7 +418,6 @@ impl Ring {
                 aux: aux_out,
                 res: cqe.result(),
                 flags: cqe.flags(),
-                accepted,
             });
         }
     }

@@ -38,7 +38,6 @@ impl Uring<'_> {
                 aux: 0,
                 res: -libc::ECANCELED,
                 flags: 0,
-                accepted: None,
             });
         }
     }
