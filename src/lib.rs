@@ -29,8 +29,9 @@
 //!    drain) and then [`core::conn::Conn::pump`] until it returns `Wait`, `Yield` or `End`. The
 //!    pump runs the connection's own operation loop: each `Io` operation (read, write, splice
 //!    in/out, shutdown) goes to the worker's [`core::conn::Executor`], which hands it to the
-//!    driver (`Driver::exec`: a syscall now, or an io_uring submission whose completion comes
-//!    back through `complete_io`). Every other [`core::conn::Step`] returns to the worker,
+//!    driver (`Driver::exec_plain` for plain sockets: a syscall now, or an io_uring submission
+//!    whose completion comes back through `complete_io`); a read that brought bytes is followed
+//!    by their write at once ([`core::relay::Relay::follow_up`]). Every other [`core::conn::Step`] returns to the worker,
 //!    which carries it out and reports back: `Admit` (per-IP limiter, `complete_admit`), `Arm`
 //!    (timer wheel), `Connect` and `CheckConnect` (`complete_connect`), `CloseBackend`, `Note`
 //!    (counters), `End`. A connection with a TLS session goes an operation at a time instead
