@@ -597,7 +597,7 @@ impl<P> Conn<P> {
         let opened = u.into_relay(t);
         let to = &opened.settings.timeouts;
         let timeouts = Timeouts::new(to.idle, to.half_close);
-        let relay = Relay::new(
+        let mut relay = Relay::new(
             opened.to_client,
             opened.to_backend,
             opened.splice_ok,
@@ -605,6 +605,10 @@ impl<P> Conn<P> {
             t.tick,
             cx.stats,
         );
+        if !cx.completion {
+            let (client, backend) = opened.nothing_to_read;
+            relay.start_drained(client, backend);
+        }
         *self = Conn::Relay(Relaying {
             relay,
             armed: 0,
@@ -654,7 +658,7 @@ impl<P> Conn<P> {
         t: &Time,
     ) {
         match self {
-            Conn::Upgrade(u) => u.complete_io(op, res, cx.scratch, t),
+            Conn::Upgrade(u) => u.complete_io(op, res, cx.scratch, cx.completion, t),
             Conn::Http(x) => x.complete_io(op, res, cx.scratch, t),
             Conn::Relay(r) => {
                 let scratch = cx.scratch;

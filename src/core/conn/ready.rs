@@ -16,6 +16,10 @@ pub(super) struct Readiness {
     pub(super) backend_writable: bool,
     /// A backend edge came while connecting: ask whether the connect finished.
     pub(super) check_connect: bool,
+    /// A FIN or an error was reported on the client's / the backend's socket: that edge may
+    /// be spent, so a short read no longer shows the socket drained (read on to the 0).
+    pub(super) client_fin: bool,
+    pub(super) backend_fin: bool,
 }
 
 impl Readiness {
@@ -28,6 +32,8 @@ impl Readiness {
             backend_readable: false,
             backend_writable: false,
             check_connect: false,
+            client_fin: false,
+            backend_fin: false,
         }
     }
 
@@ -48,6 +54,7 @@ impl Readiness {
             return;
         };
         *self.readable(side) |= readable || hup || gone;
+        self.fin_seen(side, hup || gone);
         if side == Side::Backend && connecting {
             self.check_connect = true;
         } else {
@@ -60,6 +67,37 @@ impl Readiness {
         self.backend_readable = false;
         self.backend_writable = false;
         self.check_connect = false;
+        self.backend_fin = false;
+    }
+
+    /// An edge of `side` said (`fin`) that a FIN or an error came.
+    pub(super) fn fin_seen(&mut self, side: Side, fin: bool) {
+        match side {
+            Side::Client => self.client_fin |= fin,
+            Side::Backend => self.backend_fin |= fin,
+        }
+    }
+
+    /// A read of a plain socket under an edge-triggered readiness driver returned fewer bytes
+    /// than it asked for: the socket is drained, and Linux reports the next bytes with a new
+    /// edge, so reading again before it would only find nothing (one `EAGAIN` read saved per
+    /// socket, e.g. at the start of every relay). Not once a FIN was reported: its edge may be
+    /// spent, so the socket is read on to the 0. A completion driver's read waits for bytes
+    /// instead, and a TLS session may hold decrypted bytes: neither calls this.
+    pub(super) fn read_short(&mut self, side: Side) {
+        let fin = match side {
+            Side::Client => self.client_fin,
+            Side::Backend => self.backend_fin,
+        };
+        if !fin {
+            *self.readable(side) = false;
+        }
+    }
+
+    /// Whether the client's and the backend's sockets are known to be drained (see
+    /// [`Readiness::read_short`]): a relay that opens now waits for their next edge.
+    pub(super) fn drained(&self) -> (bool, bool) {
+        (!self.client_readable, !self.backend_readable)
     }
 
     /// The backend connected (or a pooled one was checked out): it takes bytes. A readiness

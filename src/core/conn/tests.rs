@@ -22,6 +22,8 @@ struct Rig {
     base: Instant,
     t: Time,
     loan: Loan,
+    /// Play a completion driver (io_uring) instead of an edge-triggered readiness one.
+    completion: bool,
 }
 
 fn accept(full: bool, backends: &[&str]) -> Rig {
@@ -47,13 +49,14 @@ fn accept(full: bool, backends: &[&str]) -> Rig {
         base,
         t,
         loan: Loan::new(4, vec![0u8; 4096], RelayStats::default()),
+        completion: false,
     }
 }
 
 impl Rig {
     /// The connection and what its worker would lend it.
     fn parts(&mut self) -> (&mut Conn<u32>, Ctx<'_, FakePipes>, &Time) {
-        let cx = self.loan.ctx(RelayMode::Auto, 65536, false);
+        let cx = self.loan.ctx(RelayMode::Auto, 65536, self.completion);
         (&mut self.conn, cx, &self.t)
     }
 
@@ -172,11 +175,14 @@ fn upgrade_to_relay_step_by_step() {
         other => panic!("expected the relay to open, got {other:?}"),
     }
     r.conn.set_backend_id(3);
-    // The relay reads what the client sent meanwhile, then writes the 101 to the client.
-    let read = r.expect_read(Side::Client);
-    r.complete(read, Err(io::ErrorKind::WouldBlock.into()));
+    // Both sockets were drained by short reads and no edge came since: the relay writes the
+    // 101 to the client and then waits for an edge instead of reading (no EAGAIN reads).
     let w = r.expect_held_write(Side::Client);
     assert_eq!(r.conn.lent(w).0, OK101);
+    r.io(w, OK101);
+    assert!(matches!(r.next(), Step::Wait), "no read before an edge");
+    r.conn.handle(ready(Side::Backend, true, false), &r.t);
+    r.expect_read(Side::Backend);
     // Drain: the relay ends with its reason, its slot, its IP and its backend id.
     r.conn.handle(Event::Drain, &r.t);
     match r.next() {
@@ -279,6 +285,9 @@ fn a_stale_timer_does_nothing_and_the_drain_ends_an_upgrade() {
     r.conn.complete_admit(Admission::Unlimited, &r.t);
     let read = r.expect_io();
     r.io(read, &HEAD[..10]);
+    // The short read drained the socket: the rest of the head comes with the next edge.
+    assert!(matches!(r.next(), Step::Wait), "no read before the edge");
+    r.conn.handle(ready(Side::Client, true, false), &r.t);
     let due = r.conn.armed().expect("armed");
     r.conn.handle(Event::Timer(due.wrapping_sub(1)), &r.t);
     r.expect_read(Side::Client);
@@ -471,4 +480,124 @@ fn a_backend_edge_that_came_with_the_connect_is_not_lost() {
     r.io(write, &head);
     // No further edge will come for what is already there: it is read now.
     r.expect_read(Side::Backend);
+}
+
+/// Plays accept → head → connect → 101 (each read a short one) and returns the first step of
+/// the relay after its `RelayOpened` note. `fin`: the client's FIN came on the head's edge.
+fn relay_after_short_reads(completion: bool, fin: bool) -> (Rig, Step) {
+    let mut r = accept(false, &["127.0.0.1:9001"]);
+    r.completion = completion;
+    assert!(matches!(r.next(), Step::Admit(_)));
+    r.conn.complete_admit(Admission::Counted, &r.t);
+    if fin {
+        r.conn.handle(
+            Event::Ready {
+                side: Side::Client,
+                readable: true,
+                writable: true,
+                hup: true,
+                gone: false,
+            },
+            &r.t,
+        );
+    }
+    let read = r.expect_read(Side::Client);
+    r.io(read, HEAD);
+    assert!(matches!(r.next(), Step::Connect(_)));
+    r.conn
+        .complete_connect(Connecting::Connected, completion, &r.t);
+    let write = r.expect_held_write(Side::Backend);
+    let head = r.conn.out_bytes().to_vec();
+    r.io(write, &head);
+    if !completion {
+        r.conn.handle(ready(Side::Backend, true, false), &r.t);
+    }
+    let read = r.expect_read(Side::Backend);
+    r.io(read, OK101);
+    assert!(matches!(r.next(), Step::Note(Note::RelayOpened { .. })));
+    let step = r.next();
+    (r, step)
+}
+
+/// A FIN on the client's edge may be the last edge of that socket: the relay reads the client
+/// on to the 0 although the head's read was short, or the FIN would never be seen.
+#[test]
+fn after_a_fin_edge_the_relay_reads_the_client_despite_a_short_read() {
+    let (mut r, step) = relay_after_short_reads(false, true);
+    assert!(
+        matches!(
+            step,
+            Step::Io(IoOp::Read {
+                side: Side::Client,
+                ..
+            })
+        ),
+        "got {step:?}"
+    );
+    let read = match step {
+        Step::Io(op) => op,
+        _ => unreachable!(),
+    };
+    r.complete(read, Ok(0));
+    // The FIN goes on to the backend (after the 101 to the client).
+    let mut ops = Vec::new();
+    for _ in 0..3 {
+        match r.next() {
+            Step::Io(op) => {
+                ops.push(op);
+                let bytes = r.conn.lent(op).0.to_vec();
+                r.io(op, &bytes);
+            }
+            _ => break,
+        }
+    }
+    assert!(
+        ops.contains(&IoOp::Shutdown {
+            side: Side::Backend
+        }),
+        "{ops:?}"
+    );
+}
+
+/// A completion driver's read waits for bytes: the relay asks for both at once, whatever the
+/// upgrade's reads returned.
+#[test]
+fn a_completion_driver_relay_starts_reading_at_once() {
+    let (mut r, step) = relay_after_short_reads(true, false);
+    let mut ops = Vec::new();
+    let mut step = step;
+    while let Step::Io(op) = step {
+        ops.push(op);
+        if let IoOp::Write { .. } = op {
+            let bytes = r.conn.lent(op).0.to_vec();
+            r.io(op, &bytes); // the 101 went out; reads stay in flight
+        }
+        step = r.next();
+    }
+    assert!(
+        ops.iter().any(|o| matches!(
+            o,
+            IoOp::Read {
+                side: Side::Client,
+                ..
+            } | IoOp::Recv {
+                side: Side::Client,
+                ..
+            }
+        )),
+        "{ops:?}"
+    );
+    assert!(
+        ops.iter().any(|o| matches!(
+            o,
+            IoOp::Read {
+                side: Side::Backend,
+                ..
+            } | IoOp::Recv {
+                side: Side::Backend,
+                ..
+            }
+        )),
+        "{ops:?}"
+    );
 }

@@ -87,6 +87,9 @@ pub(super) struct Opened {
     pub splice_ok: bool,
     /// The tunnel's count against its backend for `least_conn`.
     pub lease: Option<Lease>,
+    /// The client's and the backend's sockets are known to be drained (plain sockets under a
+    /// readiness driver; see [`Readiness::read_short`]).
+    pub nothing_to_read: (bool, bool),
 }
 
 impl Upgrading {
@@ -190,9 +193,11 @@ impl Upgrading {
             Event::Ready {
                 side: Side::Client,
                 readable,
+                hup,
                 gone,
                 ..
             } => {
+                self.ready.fin_seen(Side::Client, hup || gone);
                 if gone && self.hs.client_read_limit(&self.settings) == 0 {
                     // The client reset while we talk to the backend. Edge-triggered: this event
                     // will not come again, so act now instead of waiting for the backend or the
@@ -348,17 +353,25 @@ impl Upgrading {
         }
     }
 
+    /// The result of `op`. `completion`: the driver completes operations (its reads wait for
+    /// bytes) rather than reporting edges.
     pub(super) fn complete_io(
         &mut self,
         op: IoOp,
         res: io::Result<usize>,
         scratch: &[u8],
+        completion: bool,
         t: &Time,
     ) {
         if !self.lanes.busy(op.side(), op.reads()) {
             return; // abandoned: its backend socket was replaced
         }
         self.lanes.end(op);
+        if let (IoOp::Read { side, max }, Ok(n)) = (op, &res) {
+            if *n > 0 && *n < max && self.splice_ok && !completion {
+                self.ready.read_short(side);
+            }
+        }
         let s = &self.settings;
         let retry = |e: &io::Error| e.kind() == io::ErrorKind::Interrupted;
         let blocked = |e: &io::Error| e.kind() == io::ErrorKind::WouldBlock;
@@ -514,6 +527,11 @@ impl Upgrading {
             started,
             counted_ip: self.counted_ip,
             log,
+            nothing_to_read: if self.splice_ok {
+                self.ready.drained()
+            } else {
+                (false, false)
+            },
             splice_ok: self.splice_ok,
         }
     }

@@ -526,6 +526,18 @@ impl<P> Relay<P> {
         }
     }
 
+    /// The upgrade's last reads drained the client's (`client`) or the backend's (`backend`)
+    /// socket and no edge came since: the direction from it waits for the next edge instead
+    /// of starting with a read that would find nothing.
+    pub fn start_drained(&mut self, client: bool, backend: bool) {
+        if client {
+            self.up.flags &= !READABLE;
+        }
+        if backend {
+            self.down.flags &= !READABLE;
+        }
+    }
+
     fn dir(&mut self, w: Way) -> &mut Dir<P> {
         match w {
             Way::Up => &mut self.up,

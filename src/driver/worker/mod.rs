@@ -634,13 +634,15 @@ fn check_connect(s: Option<&TcpStream>) -> Connecting {
     let Some(s) = s else {
         return Connecting::Failed(ConnectFailure::Reset);
     };
-    match s.take_error() {
-        Ok(Some(_)) | Err(_) => return Connecting::Failed(ConnectFailure::Refused),
-        Ok(None) => {}
-    }
+    // One call when connected (the usual case); SO_ERROR only tells a failed connect from one
+    // still under way. A socket that connected and then failed shows that on its first read
+    // or write.
     match s.peer_addr() {
         Ok(_) => Connecting::Connected,
-        Err(e) if e.kind() == io::ErrorKind::NotConnected => Connecting::Pending,
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => match s.take_error() {
+            Ok(Some(_)) | Err(_) => Connecting::Failed(ConnectFailure::Refused),
+            Ok(None) => Connecting::Pending,
+        },
         Err(_) => Connecting::Failed(ConnectFailure::Reset),
     }
 }
