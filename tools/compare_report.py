@@ -41,7 +41,7 @@ METRICS = [
 ]
 CHARTS = ["rss_kb_per_conn_9k", "echo_p99_us", "fanout_last_ms", "bulk_mib_s", "bulk_cpu_s_per_gb", "churn_hs",
           "http_small_rps", "http_small_cpu_us_per_req", "http_1m_rps", "http_1m_cpu_us_per_req"]
-PEER_ORDER = ["direct", "nginx", "haproxy", "haproxy-splice", "wsplice", "wsplice-copy"]
+PEER_ORDER = ["direct", "floor", "nginx", "haproxy", "haproxy-splice", "wsplice", "wsplice-copy"]
 
 
 def g(d, *path):
@@ -165,7 +165,7 @@ def bar_chart(path, title, unit, rows, higher_better):
     w, left, bar_h, gap, top = 640, 130, 22, 8, 44
     h = top + len(rows) * (bar_h + gap) + 24
     vmax = max(v for _, v in rows) or 1
-    colors = {"direct": "#9e9e9e", "nginx": "#2e7d32", "haproxy": "#1565c0", "haproxy-splice": "#64b5f6",
+    colors = {"direct": "#9e9e9e", "floor": "#616161", "nginx": "#2e7d32", "haproxy": "#1565c0", "haproxy-splice": "#64b5f6",
               "wsplice": "#e65100", "wsplice-copy": "#ffb74d"}
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
            f'<rect width="{w}" height="{h}" fill="white"/>',
@@ -296,7 +296,7 @@ def main(d):
     for p in peers:
         L.append(f"| {p} | " + " | ".join(fmt(med[p].get(k), dec) for k, _, _, _, dec in cols) + " |")
     L.append("")
-    for ref in ("nginx", "haproxy"):
+    for ref in ("nginx", "haproxy", "floor"):
         if ref not in med:
             continue
         L.append(f"### Ratio to {ref} (peer ÷ {ref}; for throughput columns >1 is better, for the rest <1 is better)\n")

@@ -5,14 +5,17 @@
 //! a short write keeps the rest and stops reading that direction until the socket is writable,
 //! FIN is forwarded, and a pair is closed when both directions ended or one socket failed.
 //!
-//!     floor --listen 127.0.0.1:47300 --backend 127.0.0.1:47301
+//!     floor --listen 127.0.0.1:47300 --backend 127.0.0.1:47301 [--threads N]
+//!
+//! `--threads N`: N such loops, each with its own SO_REUSEPORT listener (as tools/compare's
+//! `--workers 2` runs the proxies); one by default.
 //!
 //! Backend connects are blocking (loopback, once per connection): what is measured is the
 //! relaying, per message, not the handshake.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 
 const LISTENER: u64 = u64::MAX;
 
@@ -42,16 +45,86 @@ fn arg(name: &str) -> SocketAddr {
     v.parse().unwrap_or_else(|e| panic!("{name} {v}: {e}"))
 }
 
+/// An IPv4 listener with SO_REUSEPORT, so that each thread has its own.
+fn listener(at: SocketAddr) -> io::Result<TcpListener> {
+    let SocketAddr::V4(v4) = at else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "floor listens on IPv4 only",
+        ));
+    };
+    // SAFETY: socket/setsockopt/bind/listen on a descriptor created here, with a sockaddr_in and
+    // an int that live on the stack for each call; the descriptor is owned by the TcpListener.
+    unsafe {
+        let fd = check(
+            libc::socket(
+                libc::AF_INET,
+                libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                0,
+            ),
+            "socket",
+        )?;
+        let l = TcpListener::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        for opt in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
+            let p = (&one as *const libc::c_int).cast();
+            check(
+                libc::setsockopt(fd, libc::SOL_SOCKET, opt, p, 4),
+                "setsockopt",
+            )?;
+        }
+        let sa = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: v4.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(v4.ip().octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        check(
+            libc::bind(fd, (&sa as *const libc::sockaddr_in).cast(), len),
+            "bind",
+        )?;
+        check(libc::listen(fd, 1024), "listen")?;
+        Ok(l)
+    }
+}
+
 fn main() -> io::Result<()> {
     let listen = arg("--listen");
     let backend = arg("--backend");
-    let l = TcpListener::bind(listen)?;
-    l.set_nonblocking(true)?;
+    let args: Vec<String> = std::env::args().collect();
+    let threads: usize = match args.iter().position(|a| a == "--threads") {
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("--threads N")),
+        None => 1,
+    };
+    let mut ls = Vec::new();
+    for _ in 0..threads.max(1) {
+        ls.push(listener(listen)?);
+    }
+    println!(
+        "floor: listening on {listen} ({} threads), relaying to {backend}",
+        ls.len()
+    );
+    let last = ls.pop().expect("one listener");
+    for l in ls {
+        std::thread::spawn(move || run(l, backend).expect("floor thread"));
+    }
+    run(last, backend)
+}
+
+fn run(l: TcpListener, backend: SocketAddr) -> io::Result<()> {
     // SAFETY (all libc calls below): plain syscalls on descriptors this process owns, with
     // buffers and event structs that live on the stack or in `Pair` for the call's duration.
-    let ep = check(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) }, "epoll_create1")?;
+    let ep = check(
+        unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) },
+        "epoll_create1",
+    )?;
     add(ep, l.as_raw_fd(), libc::EPOLLIN as u32, LISTENER)?;
-    println!("floor: listening on {listen}, relaying to {backend}");
     let mut pairs: Vec<Option<Pair>> = Vec::new();
     let mut free: Vec<usize> = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
@@ -68,7 +141,9 @@ fn main() -> io::Result<()> {
             let token = ev.u64;
             if token == LISTENER {
                 while let Ok((c, _)) = l.accept() {
-                    let Ok(b) = TcpStream::connect(backend) else { continue };
+                    let Ok(b) = TcpStream::connect(backend) else {
+                        continue;
+                    };
                     for s in [&c, &b] {
                         let _ = s.set_nodelay(true);
                         let _ = s.set_nonblocking(true);
@@ -78,10 +153,15 @@ fn main() -> io::Result<()> {
                         pairs.len() - 1
                     });
                     let fd = [c.into_raw_fd(), b.into_raw_fd()];
-                    let flags = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLET | libc::EPOLLRDHUP) as u32;
+                    let flags =
+                        (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLET | libc::EPOLLRDHUP) as u32;
                     add(ep, fd[0], flags, (i * 2) as u64)?;
                     add(ep, fd[1], flags, (i * 2 + 1) as u64)?;
-                    pairs[i] = Some(Pair { fd, pending: [Vec::new(), Vec::new()], done: [false; 2] });
+                    pairs[i] = Some(Pair {
+                        fd,
+                        pending: [Vec::new(), Vec::new()],
+                        done: [false; 2],
+                    });
                 }
                 continue;
             }
@@ -108,7 +188,10 @@ fn main() -> io::Result<()> {
 
 fn add(ep: RawFd, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
     let mut ev = libc::epoll_event { events, u64: token };
-    check(unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) }, "epoll_ctl")?;
+    check(
+        unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) },
+        "epoll_ctl",
+    )?;
     Ok(())
 }
 
@@ -138,7 +221,9 @@ fn pump(p: &mut Pair, from: usize, buf: &mut [u8], hup: bool) -> bool {
         return true;
     }
     if !p.pending[to].is_empty() {
-        let Ok(w) = write_some(p.fd[to], &p.pending[to]) else { return false };
+        let Ok(w) = write_some(p.fd[to], &p.pending[to]) else {
+            return false;
+        };
         p.pending[to].drain(..w);
         if !p.pending[to].is_empty() {
             return true;
@@ -159,7 +244,9 @@ fn pump(p: &mut Pair, from: usize, buf: &mut [u8], hup: bool) -> bool {
             return true;
         }
         let n = n as usize;
-        let Ok(w) = write_some(p.fd[to], &buf[..n]) else { return false };
+        let Ok(w) = write_some(p.fd[to], &buf[..n]) else {
+            return false;
+        };
         if w < n {
             p.pending[to].extend_from_slice(&buf[w..n]);
             return true;
