@@ -19,6 +19,7 @@
 //!           │       └─(completion driver)─▶ Write from its buffer ─▶ … ─▶ buffer given back
 //!           └─▶ SpliceIn (bulk) ─▶ pipe holds n ─▶ SpliceOut ─▶ pipe back to the pool
 //!   EOF ─▶ Shutdown(dst) ─▶ direction finished;  both finished ─▶ End(Done)
+//!   (on plain sockets the second direction's FIN is left to the close that follows)
 //! ```
 //!
 //! `relay = "auto"` decides per burst (everything a source has between two readiness waits)
@@ -158,6 +159,13 @@ impl<P> Dir<P> {
         }
     }
 
+    /// FIN forwarded, nothing pending or in flight: [`Pumped::Finished`].
+    fn finished(&self) -> bool {
+        self.flags & (EOF | SHUT | INFLIGHT) == EOF | SHUT
+            && self.recv == 0
+            && matches!(self.pending, Pending::None)
+    }
+
     fn release(&mut self, cx: &mut Ctx<'_, impl Pipes<Pipe = P>>) {
         match std::mem::take(&mut self.pending) {
             Pending::None | Pending::Scratch(_) => {}
@@ -171,7 +179,13 @@ impl<P> Dir<P> {
     /// The next operation of this direction, or why there is none. Inlined into
     /// [`Relay::poll_op`], once per direction: a call's register saves cost as much as its work.
     #[inline(always)]
-    fn next(&mut self, way: Way, cx: &mut Ctx<'_, impl Pipes<Pipe = P>>, room: usize) -> Pumped {
+    fn next(
+        &mut self,
+        way: Way,
+        cx: &mut Ctx<'_, impl Pipes<Pipe = P>>,
+        room: usize,
+        other: &Dir<P>,
+    ) -> Pumped {
         // Backpressure on a standing receive: arrivals are held while the destination is slow;
         // at the bound, the source stops until they are written (then it is armed again).
         if self.recv == RECV_ARMED && self.must_stop_recv() {
@@ -183,6 +197,14 @@ impl<P> Dir<P> {
         }
         let next = self.pick(way, cx, room);
         if let Pumped::Op(op) = next {
+            if let IoOp::Shutdown { .. } = op {
+                // The last FIN of a plain relay: both sockets are closed right after, and the
+                // close sends it (one `shutdown` per relay saved). A TLS session's close_notify
+                // goes out with its shutdown, so TLS keeps it.
+                if self.flags & SPLICE_OK != 0 && other.finished() {
+                    return Pumped::Finished;
+                }
+            }
             if !op.standing() {
                 self.flags |= INFLIGHT;
             }
@@ -584,11 +606,11 @@ impl<P> Relay<P> {
             // Handed over once what is in flight has completed (cancelled, or done).
             return Next::Wait;
         }
-        let up = self.up.next(Way::Up, cx, room);
+        let up = self.up.next(Way::Up, cx, room, &self.down);
         if let Pumped::Op(op) = up {
             return Next::Op(op);
         }
-        let down = self.down.next(Way::Down, cx, room);
+        let down = self.down.next(Way::Down, cx, room, &self.up);
         if let Pumped::Op(op) = down {
             return Next::Op(op);
         }

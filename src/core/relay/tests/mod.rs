@@ -423,7 +423,17 @@ fn a_transport_that_cannot_splice_is_always_copied() {
 
 #[test]
 fn fin_each_way_is_forwarded_then_the_relay_is_done() {
+    for plain in [true, false] {
+        fin_each_way(plain);
+    }
+}
+
+/// The client's FIN goes on with a shutdown, the relay waits half-closed, then the backend's
+/// FIN: on plain sockets the close that follows carries it (no second shutdown); a TLS
+/// session (`plain` false: the transports cannot splice) shuts down to send its close_notify.
+fn fin_each_way(plain: bool) {
     let mut r = rig(RelayMode::Copy, 0);
+    r.relay = new_relay(plain, &mut r.loan.stats);
     r.step(read(Side::Client), Ok(0));
     r.step(
         IoOp::Shutdown {
@@ -437,8 +447,10 @@ fn fin_each_way_is_forwarded_then_the_relay_is_done() {
     assert_eq!(r.relay.times.half_closed_at, 5);
     r.relay.handle_ready(Side::Backend, true, false, true);
     r.step(read(Side::Backend), Ok(0));
-    r.step(IoOp::Shutdown { side: Side::Client }, Ok(0));
-    assert_eq!(r.poll(), Next::Closed(CloseReason::Done));
+    if !plain {
+        r.step(IoOp::Shutdown { side: Side::Client }, Ok(0));
+    }
+    assert_eq!(r.poll(), Next::Closed(CloseReason::Done), "plain: {plain}");
 }
 
 #[test]
