@@ -387,7 +387,11 @@ impl Worker {
 
     /// How long the driver may wait for events.
     pub fn timeout(&self) -> Option<Duration> {
-        if !self.deferred.is_empty() {
+        // `changed`: something happened outside a batch of events (the backlog accepted at the
+        // top of the loop, e.g. the first clients after a start), and only the bookkeeping
+        // after a batch publishes it: go round once more at once, or a client refused there
+        // stays uncounted until the next event or timer.
+        if !self.deferred.is_empty() || self.changed {
             return Some(Duration::ZERO);
         }
         let mut wait = self.wheel.next_wait(self.time.tick);
