@@ -697,12 +697,22 @@ impl Proxy {
         raise_test_fd_limit();
         let log = TempFile::new("stderr", "");
         let stderr = std::fs::File::create(log.path()).expect("create proxy stderr log");
-        let mut child = cmd
-            .stdin(Stdio::null())
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::from(stderr))
-            .spawn()
-            .expect("spawn wsplice");
+            .stderr(Stdio::from(stderr));
+        // A binary a test has just written (tests/upgrade.rs copies wsplice) may still be open
+        // for writing in a child another test's thread forked meanwhile, until that child
+        // execs: Linux then refuses to run it (ETXTBSY). It passes once the child has exec'd.
+        let mut tries = 0;
+        let mut child = loop {
+            match cmd.spawn() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                other => break other.expect("spawn wsplice"),
+            }
+        };
         let stdout = child.stdout.take().expect("child stdout");
         // The thread keeps draining stdout, so the proxy never blocks on a full pipe.
         let (tx, lines) = mpsc::channel();
