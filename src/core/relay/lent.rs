@@ -151,7 +151,7 @@ impl<P> Dir<P> {
                     // garbage.
                     return Err(Fail::Src);
                 };
-                self.burst = self.burst.saturating_add(n as u32);
+                self.took(n);
                 cx.stats.bytes_copied += n as u64;
                 if self.burst as usize >= cx.threshold {
                     self.flags |= BULK;
