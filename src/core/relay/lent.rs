@@ -151,7 +151,7 @@ impl<P> Dir<P> {
                     // garbage.
                     return Err(Fail::Src);
                 };
-                self.took(n);
+                self.burst = self.burst.saturating_add(n as u32);
                 cx.stats.bytes_copied += n as u64;
                 if self.burst as usize >= cx.threshold {
                     self.flags |= BULK;

@@ -27,8 +27,7 @@
 //! when many bytes move per call, copying when few do. A direction that has had a burst of at
 //! least half the threshold lately asks the socket how many bytes wait
 //! ([`IoOp::Queued`], one cheap ioctl per burst) and splices the burst when they reach the
-//! threshold (and, having taken that many, knows the source drained: no read to hear EAGAIN);
-//! a direction of small messages never asks (no extra syscall) and copies. Within a
+//! threshold; a direction of small messages never asks (no extra syscall) and copies. Within a
 //! burst, copying switches to splicing once the burst's bytes reach the threshold (a source
 //! filling faster than it drains). Large frames written in small pieces thus splice when the
 //! pieces pile up, and copy when each arrives alone (then each call moves one small piece, and
@@ -79,12 +78,6 @@ const ASKED: u8 = 0x80;
 const SETTLING: u8 = 0x40;
 /// `Dir::recv`: it was asked to stop; its last arrival has not come yet.
 const RECV_STOPPING: u8 = 2;
-/// `Dir::burst`'s flag: this burst was asked about and found at least the threshold queued
-/// (its size went into `seen` then); the low bits count the queued bytes not yet taken. When
-/// they are all taken the source is drained, as after a short read: bytes that came after the
-/// ask come with an edge of their own. A spliced burst thus ends without the read that would
-/// say EAGAIN (a short splice cannot say it: the pipe's slots may have run out first).
-const LEFT: u32 = 1 << 31;
 
 /// Reads per direction per round before yielding to other connections.
 const BUDGET: u8 = 32;
@@ -332,7 +325,7 @@ impl<P> Dir<P> {
             IoOp::Read { .. } => match res {
                 Ok(0) => self.flags |= EOF,
                 Ok(n) => {
-                    let all_taken = self.took(n);
+                    self.burst = self.burst.saturating_add(n as u32);
                     cx.stats.bytes_copied += n as u64;
                     if self.burst as usize >= cx.threshold {
                         // Splice the rest of this burst already.
@@ -341,7 +334,7 @@ impl<P> Dir<P> {
                     // A short read drained the socket: Linux reports new data with a new edge.
                     // Not after EPOLLRDHUP, whose edge may already be spent: then read to 0.
                     // A completion driver's next read simply waits for the next bytes.
-                    if (n < scratch.len() || all_taken) && self.flags & HUP == 0 {
+                    if n < scratch.len() && self.flags & HUP == 0 {
                         if !cx.completion {
                             self.flags &= !READABLE;
                         }
@@ -376,10 +369,7 @@ impl<P> Dir<P> {
                         self.flags |= EOF;
                     }
                     Ok(n) => {
-                        if self.took(n) && self.flags & HUP == 0 && !cx.completion {
-                            self.flags &= !READABLE;
-                            self.end_burst(cx.threshold);
-                        }
+                        self.burst = self.burst.saturating_add(n as u32);
                         cx.stats.bytes_spliced += n as u64;
                         self.pending = Pending::Pipe(p, n as u32);
                         return Ok(n as u64);
@@ -473,13 +463,7 @@ impl<P> Dir<P> {
             // Done at once; the receive's last arrival says when it is over.
             IoOp::StopRecv { .. } => {}
             IoOp::Queued { .. } => match res {
-                Ok(q) if q >= cx.threshold => {
-                    self.flags |= BULK;
-                    if self.burst == 0 {
-                        self.remember(q);
-                        self.burst = LEFT | q.min(LEFT as usize - 1) as u32;
-                    }
-                }
+                Ok(q) if q >= cx.threshold => self.flags |= BULK,
                 Ok(q) if q > 0 => self.flags &= !BULK,
                 // Nothing waits yet (a completion driver asks before bytes come) or the ioctl
                 // failed: the last burst's verdict stands.
@@ -506,44 +490,16 @@ impl<P> Dir<P> {
     /// they splice (bench-results/: tools/splice-threshold, tools/shapes). The next burst
     /// starts with this one's verdict unless it asks what is queued.
     fn end_burst(&mut self, threshold: usize) {
-        if self.burst & LEFT != 0 {
-            // Asked about: bulk, and its size is remembered already.
-            self.seen &= !ASKED;
+        if (self.burst as usize) < threshold {
+            self.flags &= !BULK;
         } else {
-            if (self.burst as usize) < threshold {
-                self.flags &= !BULK;
-            } else {
-                self.flags |= BULK;
-            }
-            self.remember(self.burst as usize);
-            // Clears ASKED too; SETTLING stays.
-            self.seen &= !ASKED;
+            self.flags |= BULK;
         }
+        let bits = (u32::BITS - self.burst.leading_zeros()) as u8;
+        // Clears ASKED too; SETTLING stays.
+        let settling = self.seen & SETTLING;
+        self.seen = settling | bits.max((self.seen & !(ASKED | SETTLING)).saturating_sub(1));
         self.burst = 0;
-    }
-
-    /// A burst of `size` bytes into the direction's memory (`seen`): the larger of its bit
-    /// length and the memory halved. ASKED and SETTLING stay as they are.
-    fn remember(&mut self, size: usize) {
-        let bits = (usize::BITS - size.leading_zeros()) as u8;
-        let flags = self.seen & (ASKED | SETTLING);
-        self.seen = flags | bits.max((self.seen & !(ASKED | SETTLING)).saturating_sub(1));
-    }
-
-    /// Counts `n` bytes taken from the source into the burst. True when an asked burst
-    /// ([`LEFT`]) has now taken all it was told was queued.
-    #[inline(always)]
-    fn took(&mut self, n: usize) -> bool {
-        if self.burst & LEFT == 0 {
-            // Below LEFT however long the burst (a flow that never drains).
-            self.burst = (self.burst as usize)
-                .saturating_add(n)
-                .min(LEFT as usize - 1) as u32;
-            return false;
-        }
-        let left = (self.burst & !LEFT).saturating_sub(n.min(u32::MAX as usize) as u32);
-        self.burst = LEFT | left;
-        left == 0
     }
 }
 
@@ -621,11 +577,6 @@ impl<P> Relay<P> {
         let d = self.dir(src_of);
         if readable {
             d.flags |= READABLE;
-            if d.burst & LEFT != 0 {
-                // Bytes came after the ask, and this was their edge: the count no longer says
-                // when the source is drained, so the burst reads on to EAGAIN.
-                d.burst = LEFT | (LEFT - 1);
-            }
             if hup {
                 d.flags |= HUP;
             }

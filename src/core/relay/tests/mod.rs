@@ -313,88 +313,13 @@ fn auto_mode_decides_each_burst_on_what_is_queued_not_on_the_burst_before() {
             },
             Ok(8192),
         );
-        // All that was queued is taken: no read to hear EAGAIN.
-        assert_eq!(r.poll(), Next::Wait, "round {round}");
+        r.step(splice_in, would_block());
     }
     assert_eq!(r.loan.stats.bytes_spliced, 3 * 8192);
     assert_eq!(r.loan.stats.bytes_copied, 4096 + 3 * 10);
     // The other direction never had a large burst: it never asks.
     r.relay.handle_ready(Side::Client, true, false, false);
     r.copy(Side::Client, 10, 10);
-}
-
-#[test]
-fn a_spliced_burst_that_took_all_it_was_told_was_queued_ends_without_another_read() {
-    let out = |len| IoOp::SpliceOut {
-        side: Side::Client,
-        len,
-    };
-    // 20,000 bytes queued, taken in three splices (a pipe's slots may end one early): the
-    // burst ends with the third, as a short read would end it; the next edge starts another.
-    let mut r = rig(RelayMode::Auto, 4);
-    let splice_in = large_burst(&mut r, Side::Backend);
-    r.relay.handle_ready(Side::Backend, true, false, false);
-    r.step(queued(Side::Backend), Ok(20_000));
-    for n in [8_000, 8_000, 4_000] {
-        r.step(splice_in, Ok(n));
-        r.step(out(n), Ok(n));
-    }
-    assert_eq!(r.poll(), Next::Wait);
-    r.relay.handle_ready(Side::Backend, true, false, false);
-    // The direction still remembers a large burst: it asks again, and copies a small one.
-    r.step(queued(Side::Backend), Ok(100));
-    r.copy(Side::Backend, 100, 100);
-    assert_eq!(r.poll(), Next::Wait);
-
-    // Taken less than queued: the source is read on (here it says EAGAIN).
-    let mut r = rig(RelayMode::Auto, 4);
-    let splice_in = large_burst(&mut r, Side::Backend);
-    r.relay.handle_ready(Side::Backend, true, false, false);
-    r.step(queued(Side::Backend), Ok(20_000));
-    r.step(splice_in, Ok(19_999));
-    r.step(out(19_999), Ok(19_999));
-    r.step(splice_in, would_block());
-    assert_eq!(r.poll(), Next::Wait);
-
-    // An edge handled meanwhile (the destination was full, the worker waited): bytes came
-    // after the ask and their edge is spent, so taking the count does not end the burst.
-    let mut r = rig(RelayMode::Auto, 4);
-    let splice_in = large_burst(&mut r, Side::Backend);
-    r.relay.handle_ready(Side::Backend, true, false, false);
-    r.step(queued(Side::Backend), Ok(20_000));
-    r.step(splice_in, Ok(10_000));
-    r.step(out(10_000), Ok(4_000));
-    assert_eq!(r.poll(), Next::Wait, "the client is full");
-    r.relay.handle_ready(Side::Backend, true, false, false);
-    r.relay.handle_ready(Side::Client, false, true, false);
-    r.step(out(6_000), Ok(6_000));
-    r.step(splice_in, Ok(10_000));
-    r.step(out(10_000), Ok(10_000));
-    r.step(splice_in, Ok(3_000));
-    r.step(out(3_000), Ok(3_000));
-    r.step(splice_in, would_block());
-    assert_eq!(r.poll(), Next::Wait);
-
-    // The peer's FIN was reported (EPOLLRDHUP): read to 0 whatever was queued.
-    let mut r = rig(RelayMode::Auto, 4);
-    let splice_in = large_burst(&mut r, Side::Backend);
-    r.relay.handle_ready(Side::Backend, true, false, true);
-    r.step(queued(Side::Backend), Ok(20_000));
-    r.step(splice_in, Ok(20_000));
-    r.step(out(20_000), Ok(20_000));
-    assert_eq!(r.poll(), Next::Op(splice_in));
-
-    // Without a pipe the burst is copied, counted down the same way: a full read that takes
-    // the last queued byte ends it too.
-    let mut r = rig(RelayMode::Auto, 4);
-    large_burst(&mut r, Side::Backend);
-    r.loan.pipes.cap = 0;
-    r.relay.handle_ready(Side::Backend, true, false, false);
-    r.step(queued(Side::Backend), Ok(4096));
-    for _ in 0..4 {
-        r.copy(Side::Backend, 1024, 1024);
-    }
-    assert_eq!(r.poll(), Next::Wait);
 }
 
 #[test]
