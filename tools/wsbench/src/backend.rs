@@ -177,7 +177,7 @@ fn handle_control(line: &str, tx: &broadcast::Sender<Bytes>, counters: &Counters
     match words.next() {
         Some("broadcast") => {
             let size: usize = match words.next().and_then(|w| w.parse().ok()) {
-                Some(s) if s >= 16 && s <= 16 << 20 => s,
+                Some(s) if (16..=16 << 20).contains(&s) => s,
                 _ => return "err size must be 16..16777216\n".into(),
             };
             let id: u64 = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);

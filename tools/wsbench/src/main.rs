@@ -80,6 +80,11 @@ enum Cmd {
         /// from the intended send time). Without it: closed loop, one in flight per conn.
         #[arg(long)]
         rate: Option<f64>,
+        /// Seconds of echo before the measured `--duration`, kept out of the figures (its
+        /// latencies are reported apart, as `latency_warmup`): the start-up transient of
+        /// every connection's first messages in the generator, backend and proxy.
+        #[arg(long, default_value_t = 2.0)]
+        warmup: f64,
         #[arg(long, default_value_t = 2000.0)]
         connect_rate: f64,
     },
@@ -250,7 +255,9 @@ async fn run(cmd: Cmd, soft: u64, hard: u64) -> i32 {
             return if ok { 0 } else { 1 };
         }
         Cmd::Hold { common, n, rate, hold, .. } => ("hold", common, *n as f64 / rate.max(1.0) + hold + 60.0),
-        Cmd::Echo { common, duration, c, connect_rate, .. } => ("echo", common, *c as f64 / connect_rate.max(1.0) + duration + 60.0),
+        Cmd::Echo { common, duration, warmup, c, connect_rate, .. } => {
+            ("echo", common, *c as f64 / connect_rate.max(1.0) + warmup + duration + 60.0)
+        }
         Cmd::Fanout { common, c, m, connect_rate, .. } => ("fanout", common, *c as f64 / connect_rate.max(1.0) + *m as f64 * 11.0 + 60.0),
         Cmd::Bulk { common, .. } => ("bulk", common, 300.0),
         Cmd::Churn { common, duration, .. } => ("churn", common, duration + 30.0),
@@ -274,7 +281,9 @@ async fn run(cmd: Cmd, soft: u64, hard: u64) -> i32 {
     let fut = async {
         match cmd {
             Cmd::Hold { n, rate, hold, echo_after, .. } => clients::hold(mk(rate), n, hold, echo_after).await,
-            Cmd::Echo { c, size, duration, rate, connect_rate, .. } => clients::echo(mk(connect_rate), c, size, duration, rate).await,
+            Cmd::Echo { c, size, duration, rate, warmup, connect_rate, .. } => {
+                clients::echo(mk(connect_rate), c, size, duration, rate, warmup.max(0.0)).await
+            }
             Cmd::Fanout { c, control, m, size, gap_ms, connect_rate, .. } => clients::fanout(mk(connect_rate), c, control, m, size, gap_ms).await,
             Cmd::Bulk { c, bytes, msg_size, .. } => clients::bulk(mk(2000.0), c, bytes, msg_size as usize).await,
             Cmd::Churn { c, duration, .. } => clients::churn(mk(0.0), c, duration).await,
