@@ -231,17 +231,55 @@ def versus(meta, per, med, cols):
     return L
 
 
+def paired(by_rep, peers, cols):
+    """Ratios taken within each repeat (peer ÷ reference, both measured minutes apart in the same
+    repeat), then their median and range. The machine's speed drifts between stretches of
+    minutes (bench-results/2026-11-29-handshake-noise), which moves every peer of a repeat alike;
+    a ratio of medians can pair one peer's slow repeat with another's fast one, a paired ratio
+    cannot."""
+    L = []
+    rcols = [cc for cc in cols if cc[0] != "foreign_pct" and not cc[0].startswith(("rss_", "pss_"))]
+    for ref in ("nginx", "haproxy"):
+        if ref not in by_rep:
+            continue
+        rows = []
+        for p in peers:
+            if p == ref or p == "direct":
+                continue
+            cells, any_cell = [], False
+            for k, _, _, _, _ in rcols:
+                a, b = by_rep.get(p, {}).get(k, {}), by_rep[ref].get(k, {})
+                rs = [a[r] / b[r] for r in a if r in b and b[r] not in (None, 0) and a[r] is not None]
+                if rs:
+                    any_cell = True
+                    cells.append(f"{statistics.median(rs):.2f}× ({min(rs):.2f}-{max(rs):.2f})" if len(rs) > 1
+                                 else f"{rs[0]:.2f}×")
+                else:
+                    cells.append("–")
+            if any_cell:
+                rows.append(f"| {p} | " + " | ".join(cells) + " |")
+        if rows:
+            L.append(f"### Paired ratio to {ref}: peer ÷ {ref} within each repeat, median (range)\n")
+            L.append("| peer | " + " | ".join(t for _, t, _, _, _ in rcols) + " |")
+            L.append("|---|" + "---:|" * len(rcols))
+            L.extend(rows)
+            L.append("")
+    return L
+
+
 def main(d):
     global METRICS
     meta = json.load(open(os.path.join(d, "meta.json"))) if os.path.exists(os.path.join(d, "meta.json")) else {}
     METRICS = METRICS + size_metrics(meta.get("scenarios", {}).get("echo_sizes", []))
     recs = [json.loads(l) for l in open(os.path.join(d, "raw.jsonl")) if l.strip()]
     per = {}  # peer -> metric -> [values over repeats]
+    by_rep = {}  # peer -> metric -> {repeat: value}
     errs = {}  # peer -> {scenario: {reason: count}}
     for rec in recs:
         p = rec["peer"]
         for k, v in extract(rec).items():
             per.setdefault(p, {}).setdefault(k, []).append(v)
+            by_rep.setdefault(p, {}).setdefault(k, {})[rec.get("repeat")] = v
         b = rec.get("bench")
         if b is None:
             errs.setdefault(p, {}).setdefault(rec["scenario"], {})["no result (rc %s)" % rec.get("rc")] = 1
@@ -314,6 +352,7 @@ def main(d):
                 cells.append(f"{a / b:.2f}×" if a is not None and b not in (None, 0) else "–")
             L.append(f"| {p} | " + " | ".join(cells) + " |")
         L.append("")
+    L.extend(paired(by_rep, peers, cols))
     L.extend(versus(meta, per, med, cols))
     L.append("## Charts\n")
     for key in CHARTS:
