@@ -234,17 +234,17 @@ pub async fn echo(c: Common, conns_n: usize, size: usize, duration_s: f64, rate:
     let elapsed = (TInstant::now().min(end) - measured).as_secs_f64().max(1e-9);
     let after = c.pid.map(proc_tree);
     let clean = close_all(conns_back).await;
-    if all.received_total < all.sent_total {
-        errors.add(format!("echo: {} messages not echoed before drain deadline", all.sent_total - all.received_total));
+    if all.n.received_total < all.n.sent_total {
+        errors.add(format!("echo: {} messages not echoed before drain deadline", all.n.sent_total - all.n.received_total));
     }
     let results = json!({
         "open_s": open_s,
         // Messages of the measured phase (due at or after the warm-up's end).
-        "sent": all.sent,
-        "received": all.received,
-        "sent_total": all.sent_total,
-        "received_total": all.received_total,
-        "msgs_per_s": all.received as f64 / duration_s.min(elapsed).max(1e-9),
+        "sent": all.n.sent,
+        "received": all.n.received,
+        "sent_total": all.n.sent_total,
+        "received_total": all.n.received_total,
+        "msgs_per_s": all.n.received as f64 / duration_s.min(elapsed).max(1e-9),
         "latency": hist_us(&all.h),
         // Open loop only: from the actual send time. Differs from `latency` by sender
         // lateness, which includes tokio's 1 ms timer granularity.
@@ -289,6 +289,12 @@ struct EchoTally {
     hu: Vec<u64>,
     /// Warm-up.
     hw: Vec<u64>,
+    n: Counts,
+}
+
+/// Messages sent and echoed: `sent`/`received` those of the measured phase, `*_total` all.
+#[derive(Default, Clone, Copy)]
+struct Counts {
     sent: u64,
     received: u64,
     sent_total: u64,
@@ -300,15 +306,12 @@ struct EchoSum {
     h: hdrhistogram::Histogram<u64>,
     hu: hdrhistogram::Histogram<u64>,
     hw: hdrhistogram::Histogram<u64>,
-    sent: u64,
-    received: u64,
-    sent_total: u64,
-    received_total: u64,
+    n: Counts,
 }
 
 impl Default for EchoSum {
     fn default() -> Self {
-        EchoSum { h: new_hist(), hu: new_hist(), hw: new_hist(), sent: 0, received: 0, sent_total: 0, received_total: 0 }
+        EchoSum { h: new_hist(), hu: new_hist(), hw: new_hist(), n: Counts::default() }
     }
 }
 
@@ -319,10 +322,10 @@ impl EchoSum {
                 let _ = h.record(ns);
             }
         }
-        self.sent += o.sent;
-        self.received += o.received;
-        self.sent_total += o.sent_total;
-        self.received_total += o.received_total;
+        self.n.sent += o.n.sent;
+        self.n.received += o.n.received;
+        self.n.sent_total += o.n.sent_total;
+        self.n.received_total += o.n.received_total;
     }
 }
 
@@ -340,20 +343,20 @@ async fn echo_closed(mut ws: Ws, conn: u64, size: usize, span: Span, errors: Tal
             errors.add(ws_reason("echo send", &e));
             return (t, None);
         }
-        t.sent_total += 1;
-        t.sent += u64::from(!warm);
+        t.n.sent_total += 1;
+        t.n.sent += u64::from(!warm);
         let got = tokio::time::timeout_at(span.drain_end, next_data(&mut ws)).await;
         match got {
             Ok(Ok(b)) => {
                 if b[..] != payload[..] {
                     errors.add("echo: payload mismatch");
                 }
-                t.received_total += 1;
+                t.n.received_total += 1;
                 let ns = start.elapsed().as_nanos() as u64;
                 if warm {
                     t.hw.push(ns);
                 } else {
-                    t.received += 1;
+                    t.n.received += 1;
                     t.h.push(ns);
                 }
             }
@@ -424,7 +427,7 @@ async fn echo_open(ws: Ws, conn: u64, size: usize, span: Span, interval: Duratio
             let mut t = EchoTally::default();
             let mut sender_done = false;
             loop {
-                if sender_done && t.received_total >= sent.load(Ordering::Acquire) {
+                if sender_done && t.n.received_total >= sent.load(Ordering::Acquire) {
                     break;
                 }
                 let m = tokio::select! {
@@ -450,7 +453,7 @@ async fn echo_open(ws: Ws, conn: u64, size: usize, span: Span, interval: Duratio
                 } else {
                     let seq = u64_at(&b, 0);
                     let intended_ns = u64_at(&b, 8);
-                    if seq != t.received_total {
+                    if seq != t.n.received_total {
                         errors.add("echo: out of order");
                     } else if b[..] != echo_payload(size, conn, seq, intended_ns, u64_at(&b, 16))[..] {
                         errors.add("echo: payload mismatch");
@@ -458,19 +461,19 @@ async fn echo_open(ws: Ws, conn: u64, size: usize, span: Span, interval: Duratio
                     if intended_ns < measured_ns {
                         t.hw.push(now_ns.saturating_sub(intended_ns));
                     } else {
-                        t.received += 1;
+                        t.n.received += 1;
                         t.h.push(now_ns.saturating_sub(intended_ns));
                         t.hu.push(now_ns.saturating_sub(u64_at(&b, 16)));
                     }
                 }
-                t.received_total += 1;
+                t.n.received_total += 1;
             }
             (t, Some(stream))
         }
     };
     let ((sink, measured), (mut t, stream)) = tokio::join!(sender, receiver);
-    t.sent_total = sent.load(Ordering::Acquire);
-    t.sent = measured;
+    t.n.sent_total = sent.load(Ordering::Acquire);
+    t.n.sent = measured;
     let ws = stream.and_then(|s| s.reunite(sink).ok());
     (t, ws)
 }
