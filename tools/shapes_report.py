@@ -2,7 +2,9 @@
 """Summarises a tools/shapes run: per cell (size x writer) and relay mode, the medians over the
 repeats of the proxy's CPU per GB relayed and per echoed message, and auto's distance from the
 better of copy and splice. Load average and foreign CPU (others' share of the machine) are
-reported beside the figures: the machine is shared.
+reported beside the figures: the machine is shared. A second table pairs the modes within each
+repeat (every repeat runs all modes back to back): auto's s/GB over the better of copy and
+splice of the same repeat, so that a slow minute of the machine falls on both sides.
 
     tools/shapes_report.py DIR        (DIR/raw/shapes.json from tools/shapes)
 """
@@ -82,8 +84,44 @@ def main(d):
         over = [w for w in worst if w[0] > 1.05]
         print(f"\nCells where auto is more than 5 % above the better mode: {len(over)} of {len(worst)}"
               + ("" if not over else ": " + ", ".join(f"{s} {w} ({r:.2f})" for r, s, w in sorted(over, reverse=True))))
+    paired(cells, relays, order)
     if errors:
         print("\nErrors:\n" + "\n".join(f"- {e}" for e in errors))
+
+
+def paired(cells, relays, order):
+    """Per cell, each auto-like column (auto and any --also binary) over min(copy, splice) of the
+    same repeat: median, range, and in how many repeats it was within 5 %."""
+    cols = [r for r in relays if r not in ("copy", "splice")]
+    if not cols:
+        return
+    rows = []
+    for (size, writer) in sorted(cells, key=lambda k: (k[0], order.get(k[1], 9))):
+        per = cells[(size, writer)]
+        by_rep = {}
+        for r, xs in per.items():
+            for c in xs:
+                if c.get("proxy_cpu_s_per_gb") is not None:
+                    by_rep.setdefault(c["repeat"], {})[r] = c["proxy_cpu_s_per_gb"]
+        row = [human(size), writer]
+        for col in cols:
+            rs = [v[col] / min(v["copy"], v["splice"]) for v in by_rep.values()
+                  if {"copy", "splice", col} <= set(v) and min(v["copy"], v["splice"]) > 0]
+            if rs:
+                row.append(f"{statistics.median(rs):.3f} ({min(rs):.2f}-{max(rs):.2f}; "
+                           f"{sum(x <= 1.05 for x in rs)}/{len(rs)})")
+            else:
+                row.append("-")
+        rows.append(row)
+    if not rows or "copy" not in relays or "splice" not in relays:
+        return
+    print("\nPaired within each repeat: s/GB over the better of copy and splice *of the same repeat*;")
+    print("median (range; repeats within 5 %).\n")
+    head = "| size | writer | " + " | ".join(f"{c} / best" for c in cols) + " |"
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
 
 
 if __name__ == "__main__":
