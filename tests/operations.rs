@@ -204,7 +204,7 @@ async fn metrics_count_exactly_what_happened(relay: Relay) {
             ("wsplice_bytes_total{direction=\"backend_to_client\"}", 3000),
         ]);
         // 6,000 bytes in 1,000-byte bursts: spliced only when told to; auto copies bursts
-        // below its 64 KiB threshold.
+        // below its 32 KiB threshold.
         let (spliced, copied) = if relay.mode == RelayMode::Splice {
             (6000, 0)
         } else {

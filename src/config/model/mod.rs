@@ -350,7 +350,7 @@ impl Default for Relay {
             mode: RelayMode::Auto,
             max_pipes: None,
             pipe_size: 64 * 1024,
-            splice_threshold: 64 * 1024,
+            splice_threshold: 32 * 1024,
         }
     }
 }

@@ -283,7 +283,7 @@ fn defaults() {
             mode: RelayMode::Auto,
             max_pipes: None,
             pipe_size: 65536,
-            splice_threshold: 65536
+            splice_threshold: 32768
         }
     );
     let route = &cfg.routes[0];

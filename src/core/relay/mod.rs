@@ -24,12 +24,14 @@
 //!
 //! `relay = "auto"` decides per burst (everything a source has between two readiness waits)
 //! from what is queued, not from how the writer happened to write: splicing pays for itself
-//! when many bytes move per call, copying when few do. A direction that has had a burst of at
-//! least half the threshold lately asks the socket how many bytes wait
-//! ([`IoOp::Queued`], one cheap ioctl per burst) and splices the burst when they reach the
-//! threshold; a direction of small messages never asks (no extra syscall) and copies. Within a
-//! burst, copying switches to splicing once the burst's bytes reach the threshold (a source
-//! filling faster than it drains). Large frames written in small pieces thus splice when the
+//! when many bytes move per call, copying when few do. A direction that is copying but has had
+//! a burst of the threshold lately asks the socket how many bytes wait ([`IoOp::Queued`], one
+//! cheap ioctl per burst) and splices the burst when they reach the threshold; a direction of
+//! smaller messages never asks (no extra syscall) and copies. A direction whose last burst
+//! reached the threshold splices the next one without asking (asking would only confirm it),
+//! and copies again after a burst that stayed under it. Within a burst, copying switches to
+//! splicing once the burst's bytes reach the threshold (a source filling faster than it
+//! drains). Large frames written in small pieces thus splice when the
 //! pieces pile up, and copy when each arrives alone (then each call moves one small piece, and
 //! copying it is cheaper): the arrival, not the frame, sets the cost.
 
@@ -473,17 +475,21 @@ impl<P> Dir<P> {
         Ok(0)
     }
 
-    /// Auto mode, at the start of a burst of a spliceable direction: ask how many bytes wait,
-    /// unless the direction has had no burst of half the threshold lately (a flow of smaller
-    /// messages then pays no extra syscall, and copies: asking before every 16 KiB message cost
-    /// ~7 % per message in bench-results/2026-11-29-shapes/).
+    /// Auto mode, at the start of a burst of a spliceable direction that is copying: ask how
+    /// many bytes wait, unless the direction has had no burst of the threshold lately (a flow of
+    /// smaller messages then pays no extra syscall, and copies: asking before every 16 KiB
+    /// message cost ~7 % per message in bench-results/2026-11-29-shapes/). A direction whose
+    /// last burst reached the threshold (`BULK`) splices without asking: the answer would only
+    /// confirm it, and asking before every burst of a bulk flow cost ~4 % at 32 KiB messages
+    /// (bench-results/2026-11-29-shapes-7/).
     #[inline]
     fn worth_asking(&self, threshold: usize) -> bool {
         self.burst == 0
+            && self.flags & BULK == 0
             && self.seen & ASKED == 0
             && self.flags & SPLICE_OK != 0
             && self.seen & !SETTLING > 0
-            && (1usize << ((self.seen & !SETTLING) - 1)).saturating_mul(2) >= threshold
+            && (1usize << ((self.seen & !SETTLING) - 1)) >= threshold
     }
 
     /// The source is drained: a small burst means small messages, which copy more cheaply than

@@ -242,7 +242,7 @@ fn a_short_write_keeps_the_rest_and_stops_reading_until_the_peer_is_writable() {
 }
 
 #[test]
-fn auto_mode_splices_once_a_burst_reaches_the_threshold_and_copies_small_bursts() {
+fn auto_mode_splices_once_a_burst_reaches_the_threshold_until_a_small_burst() {
     let mut r = rig(RelayMode::Auto, 4);
     r.settle(Side::Client);
     // Full reads: a burst of 4 KiB reaches the 4 KiB threshold.
@@ -263,7 +263,11 @@ fn auto_mode_splices_once_a_burst_reaches_the_threshold_and_copies_small_bursts(
     assert_eq!(r.loan.pipes.lent, 0, "an emptied pipe goes back at once");
     r.step(splice_in, would_block());
     assert_eq!(r.poll(), Next::Wait);
-    // That burst was large: the next one asks what waits, and 50 bytes are copied.
+    // That burst was large: the next one is spliced without asking what waits (50 bytes)...
+    r.relay.handle_ready(Side::Client, true, false, false);
+    spliced(&mut r, Side::Client, 50);
+    // ... and, being small, turns the direction back to copying: the next burst asks what
+    // waits, and 50 bytes are copied.
     r.relay.handle_ready(Side::Client, true, false, false);
     r.step(queued(Side::Client), Ok(50));
     r.copy(Side::Client, 50, 50);
@@ -272,7 +276,7 @@ fn auto_mode_splices_once_a_burst_reaches_the_threshold_and_copies_small_bursts(
     r.relay.handle_ready(Side::Client, true, false, false);
     r.step(queued(Side::Client), Ok(5000));
     r.step(splice_in, Ok(5000));
-    assert_eq!(r.loan.stats.bytes_spliced, 35000);
+    assert_eq!(r.loan.stats.bytes_spliced, 35050);
     assert_eq!(r.loan.stats.bytes_copied, 4096 + 50);
 }
 
@@ -280,8 +284,22 @@ fn queued(side: Side) -> IoOp {
     IoOp::Queued { side }
 }
 
+/// A burst of `n` bytes from `side` spliced without asking what waits (the direction's last
+/// burst reached the threshold): in, out, and the source drained.
+fn spliced(r: &mut Rig, side: Side, n: usize) {
+    let to = match side {
+        Side::Client => Side::Backend,
+        Side::Backend => Side::Client,
+    };
+    let splice_in = IoOp::SpliceIn { side, max: 65536 };
+    r.step(splice_in, Ok(n));
+    r.step(IoOp::SpliceOut { side: to, len: n }, Ok(n));
+    r.step(splice_in, would_block());
+    assert_eq!(r.poll(), Next::Wait);
+}
+
 /// One large burst from `side` (copied, then spliced once it reached the threshold): the
-/// direction becomes one that asks what is queued. Returns its `SpliceIn`.
+/// direction splices its next burst without asking what is queued. Returns its `SpliceIn`.
 fn large_burst(r: &mut Rig, side: Side) -> IoOp {
     r.settle(side);
     for _ in 0..4 {
@@ -293,30 +311,32 @@ fn large_burst(r: &mut Rig, side: Side) -> IoOp {
 }
 
 #[test]
-fn auto_mode_decides_each_burst_on_what_is_queued_not_on_the_burst_before() {
+fn auto_mode_asks_what_is_queued_only_while_it_copies() {
     let mut r = rig(RelayMode::Auto, 4);
-    let splice_in = large_burst(&mut r, Side::Backend);
-    // Bursts of alternating size, as a writer that sends a header and then a large body: each
-    // is decided on its own queue, never on the one before.
-    for round in 0..3 {
+    large_burst(&mut r, Side::Backend);
+    // The burst after a large one is spliced without asking.
+    r.relay.handle_ready(Side::Backend, true, false, false);
+    spliced(&mut r, Side::Backend, 8192);
+    // A writer that sends a header and then a large body: each header follows a large burst
+    // and is spliced unasked; being small, it turns the direction back to copying, so the
+    // body's burst asks, finds the threshold queued, and is spliced from its first byte.
+    for _ in 0..3 {
         r.relay.handle_ready(Side::Backend, true, false, false);
-        r.step(queued(Side::Backend), Ok(10));
-        r.copy(Side::Backend, 10, 10);
-        assert_eq!(r.poll(), Next::Wait, "round {round}");
+        spliced(&mut r, Side::Backend, 10);
         r.relay.handle_ready(Side::Backend, true, false, false);
         r.step(queued(Side::Backend), Ok(8192));
-        r.step(splice_in, Ok(8192));
-        r.step(
-            IoOp::SpliceOut {
-                side: Side::Client,
-                len: 8192,
-            },
-            Ok(8192),
-        );
-        r.step(splice_in, would_block());
+        spliced(&mut r, Side::Backend, 8192);
     }
-    assert_eq!(r.loan.stats.bytes_spliced, 3 * 8192);
-    assert_eq!(r.loan.stats.bytes_copied, 4096 + 3 * 10);
+    assert_eq!(r.loan.stats.bytes_spliced, 4 * 8192 + 3 * 10);
+    assert_eq!(r.loan.stats.bytes_copied, 4096);
+    // After a small burst, one that finds little queued is copied.
+    r.relay.handle_ready(Side::Backend, true, false, false);
+    spliced(&mut r, Side::Backend, 10);
+    r.relay.handle_ready(Side::Backend, true, false, false);
+    r.step(queued(Side::Backend), Ok(10));
+    r.copy(Side::Backend, 10, 10);
+    assert_eq!(r.poll(), Next::Wait);
+    assert_eq!(r.loan.stats.bytes_copied, 4096 + 10);
     // The other direction never had a large burst: it never asks.
     r.relay.handle_ready(Side::Client, true, false, false);
     r.copy(Side::Client, 10, 10);
@@ -326,8 +346,13 @@ fn auto_mode_decides_each_burst_on_what_is_queued_not_on_the_burst_before() {
 fn auto_mode_stops_asking_once_a_direction_has_had_only_small_bursts_for_a_while() {
     let mut r = rig(RelayMode::Auto, 4);
     large_burst(&mut r, Side::Client);
-    // Small bursts from now on: each halves what the direction remembers; after a few it no
-    // longer asks (a flow of small messages pays no ioctl), and copies.
+    r.relay.handle_ready(Side::Client, true, false, false);
+    spliced(&mut r, Side::Client, 30000);
+    // Small bursts from now on. The first follows a large one and is spliced unasked; each
+    // halves what the direction remembers, and after a few it no longer asks (a flow of small
+    // messages pays no ioctl), and copies.
+    r.relay.handle_ready(Side::Client, true, false, false);
+    spliced(&mut r, Side::Client, 64);
     let mut asked = 0;
     loop {
         r.relay.handle_ready(Side::Client, true, false, false);
@@ -342,30 +367,30 @@ fn auto_mode_stops_asking_once_a_direction_has_had_only_small_bursts_for_a_while
         asked += 1;
         assert!(asked < 8, "still asking after {asked} small bursts");
     }
-    // A 4 KiB burst is 13 bits; each small burst takes one off, and below 12 bits (2 KiB, half
-    // the threshold) the direction no longer asks: 2 asks.
+    // 4,096 + 30,000 bytes in one burst is 16 bits; each small burst takes one off, and below
+    // 13 bits (4 KiB, the threshold) the direction no longer asks: the unasked one, then 2.
     assert_eq!(asked, 2);
-    assert_eq!(r.loan.stats.bytes_spliced, 0);
+    assert_eq!(r.loan.stats.bytes_spliced, 30000 + 64);
 }
 
 #[test]
 fn auto_mode_keeps_the_last_verdict_when_nothing_is_queued_or_the_ioctl_fails() {
     let mut r = rig(RelayMode::Auto, 4);
-    let splice_in = large_burst(&mut r, Side::Client);
-    // A large burst: its verdict (splice) stands when the answer says nothing...
+    large_burst(&mut r, Side::Client);
+    // A large burst, then a small one: the direction copies, and asks before each burst.
+    r.relay.handle_ready(Side::Client, true, false, false);
+    spliced(&mut r, Side::Client, 30000);
+    r.relay.handle_ready(Side::Client, true, false, false);
+    spliced(&mut r, Side::Client, 64);
+    // Its verdict (copy) stands when the answer says nothing...
     r.relay.handle_ready(Side::Client, true, false, false);
     r.step(queued(Side::Client), Ok(0));
-    r.step(splice_in, Ok(5000));
-    let out = IoOp::SpliceOut {
-        side: Side::Backend,
-        len: 5000,
-    };
-    r.step(out, Ok(5000));
-    r.step(splice_in, would_block());
+    r.copy(Side::Client, 64, 64);
+    assert_eq!(r.poll(), Next::Wait);
     // ... and when the ioctl fails.
     r.relay.handle_ready(Side::Client, true, false, false);
     r.step(queued(Side::Client), Err(io::Error::other("EBADF")));
-    assert_eq!(r.poll(), Next::Op(splice_in));
+    assert_eq!(r.poll(), Next::Op(read(Side::Client)));
 }
 
 #[test]
