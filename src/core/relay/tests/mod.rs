@@ -263,15 +263,9 @@ fn auto_mode_splices_once_a_burst_reaches_the_threshold_until_a_small_burst() {
     assert_eq!(r.loan.pipes.lent, 0, "an emptied pipe goes back at once");
     r.step(splice_in, would_block());
     assert_eq!(r.poll(), Next::Wait);
-    // That burst was large: the next one is spliced without asking what waits (50 bytes)...
-    r.relay.handle_ready(Side::Client, true, false, false);
-    spliced(&mut r, Side::Client, 50);
-    // ... and, being small, turns the direction back to copying: the next burst asks what
-    // waits, and 50 bytes are copied.
-    r.relay.handle_ready(Side::Client, true, false, false);
-    r.step(queued(Side::Client), Ok(50));
-    r.copy(Side::Client, 50, 50);
-    assert_eq!(r.poll(), Next::Wait);
+    // That burst was large: the next one is spliced without asking what waits (50 bytes), and,
+    // being small, turns the direction back to copying: the next asks, and 50 bytes are copied.
+    small_bursts_after_a_large_one(&mut r, Side::Client, 50);
     // And a burst that finds the threshold queued is spliced from its first byte.
     r.relay.handle_ready(Side::Client, true, false, false);
     r.step(queued(Side::Client), Ok(5000));
@@ -295,6 +289,18 @@ fn spliced(r: &mut Rig, side: Side, n: usize) {
     r.step(splice_in, Ok(n));
     r.step(IoOp::SpliceOut { side: to, len: n }, Ok(n));
     r.step(splice_in, would_block());
+    assert_eq!(r.poll(), Next::Wait);
+}
+
+/// Right after a large burst: a burst of `n` bytes from `side` is spliced unasked and, being
+/// small, turns the direction back to copying, so the next (`n` bytes again) asks what waits
+/// and is copied.
+fn small_bursts_after_a_large_one(r: &mut Rig, side: Side, n: usize) {
+    r.relay.handle_ready(side, true, false, false);
+    spliced(r, side, n);
+    r.relay.handle_ready(side, true, false, false);
+    r.step(queued(side), Ok(n));
+    r.copy(side, n, n);
     assert_eq!(r.poll(), Next::Wait);
 }
 
@@ -330,12 +336,7 @@ fn auto_mode_asks_what_is_queued_only_while_it_copies() {
     assert_eq!(r.loan.stats.bytes_spliced, 4 * 8192 + 3 * 10);
     assert_eq!(r.loan.stats.bytes_copied, 4096);
     // After a small burst, one that finds little queued is copied.
-    r.relay.handle_ready(Side::Backend, true, false, false);
-    spliced(&mut r, Side::Backend, 10);
-    r.relay.handle_ready(Side::Backend, true, false, false);
-    r.step(queued(Side::Backend), Ok(10));
-    r.copy(Side::Backend, 10, 10);
-    assert_eq!(r.poll(), Next::Wait);
+    small_bursts_after_a_large_one(&mut r, Side::Backend, 10);
     assert_eq!(r.loan.stats.bytes_copied, 4096 + 10);
     // The other direction never had a large burst: it never asks.
     r.relay.handle_ready(Side::Client, true, false, false);
