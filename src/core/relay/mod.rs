@@ -28,7 +28,8 @@
 //! a burst of the threshold lately asks the socket how many bytes wait ([`IoOp::Queued`], one
 //! cheap ioctl per burst) and splices the burst when they reach the threshold; a direction of
 //! smaller messages never asks (no extra syscall) and copies. A direction whose last burst
-//! reached the threshold splices the next one without asking (asking would only confirm it),
+//! reached the threshold splices the next one without asking (the answer would mostly confirm
+//! it; a small burst spliced once costs less than an ioctl before every burst of a bulk flow),
 //! and copies again after a burst that stayed under it. Within a burst, copying switches to
 //! splicing once the burst's bytes reach the threshold (a source filling faster than it
 //! drains). Large frames written in small pieces thus splice when the
@@ -479,9 +480,9 @@ impl<P> Dir<P> {
     /// many bytes wait, unless the direction has had no burst of the threshold lately (a flow of
     /// smaller messages then pays no extra syscall, and copies: asking before every 16 KiB
     /// message cost ~7 % per message in bench-results/2026-11-29-shapes/). A direction whose
-    /// last burst reached the threshold (`BULK`) splices without asking: the answer would only
-    /// confirm it, and asking before every burst of a bulk flow cost ~4 % at 32 KiB messages
-    /// (bench-results/2026-11-29-shapes-7/).
+    /// last burst reached the threshold (`BULK`) splices without asking: the answer would
+    /// mostly confirm it, and asking before every burst of a bulk flow cost ~4 % at 32 KiB
+    /// messages (bench-results/2026-11-29-shapes-7/).
     #[inline]
     fn worth_asking(&self, threshold: usize) -> bool {
         self.burst == 0
