@@ -93,7 +93,7 @@ def paired(cells, relays, order):
     """Per cell, each auto-like column (auto and any --also binary) over min(copy, splice) of the
     same repeat: median, range, and in how many repeats it was within 5 %."""
     cols = [r for r in relays if r not in ("copy", "splice")]
-    if not cols:
+    if not cols or "copy" not in relays or "splice" not in relays:
         return
     rows = []
     for (size, writer) in sorted(cells, key=lambda k: (k[0], order.get(k[1], 9))):
@@ -113,8 +113,6 @@ def paired(cells, relays, order):
             else:
                 row.append("-")
         rows.append(row)
-    if not rows or "copy" not in relays or "splice" not in relays:
-        return
     print("\nPaired within each repeat: s/GB over the better of copy and splice *of the same repeat*;")
     print("median (range; repeats within 5 %).\n")
     head = "| size | writer | " + " | ".join(f"{c} / best" for c in cols) + " |"
