@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use support::blocking::eventually;
 use support::{
-    assert_closed_at_drain_end, assert_listener_closes, backend, open, route, Busy, Proxy,
+    assert_closed_at_drain_end, assert_listener_closes, backend, open, route, Busy, Driver, Proxy,
     ProxyBuilder, RefusedPort, Relay, RelayMode,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -244,6 +244,53 @@ async fn metrics_count_exactly_what_happened(relay: Relay) {
         );
         assert_eq!(proxy.scrape("/healthz"), "ok\n");
         assert!(proxy.scrape("/status").contains("\"tunnels_total\":3"));
+    });
+}
+
+e2e_drivers!(
+    auto_splices_from_the_drivers_own_threshold,
+    super::auto_splices_from_the_drivers_own_threshold
+);
+/// `relay = "auto"` with no `threshold` in the configuration takes the driver's own: 4 KiB
+/// under io_uring, where copying costs more, and 32 KiB under epoll. 8 KiB bursts echoed one at
+/// a time splice under the first and copy under the second; every byte comes back either way.
+async fn auto_splices_from_the_drivers_own_threshold(relay: Relay) {
+    const BURST: usize = 8 * 1024;
+    const ROUNDS: usize = 32;
+    let a = backend("A").await.addr;
+    let proxy = proxy_config(relay, &[("/ws", a)]).start().await;
+    let (mut s, _) = open(proxy.addr(), "/ws").await.expect("tunnel");
+    let mut back = vec![0u8; BURST];
+    for round in 0..ROUNDS {
+        let payload: Vec<u8> = (0..BURST).map(|k| (k * 7 + round) as u8).collect();
+        s.write_all(&payload).await.expect("write");
+        s.read_exact(&mut back).await.expect("echo");
+        assert!(back == payload, "round {round}: the echo differs");
+    }
+    s.shutdown().await.expect("fin");
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).await.expect("backend fin");
+    assert!(rest.is_empty(), "{} bytes after the echoes", rest.len());
+    tokio::task::block_in_place(|| {
+        eventually("the tunnel to close", Duration::from_secs(5), || {
+            proxy.metric("wsplice_connections_active") == 0
+        });
+        let spliced = proxy.metric("wsplice_bytes_spliced_total");
+        let copied = proxy.metric("wsplice_bytes_copied_total");
+        let total = (2 * BURST * ROUNDS) as u64;
+        assert_eq!(
+            spliced + copied,
+            total,
+            "spliced {spliced}, copied {copied}"
+        );
+        match relay.driver {
+            // Each direction copies its first burst, then splices from its verdict.
+            Driver::Uring => assert!(
+                spliced >= total / 2,
+                "io_uring: only {spliced} of {total} bytes spliced"
+            ),
+            Driver::Epoll => assert_eq!(spliced, 0, "epoll spliced bursts under 32 KiB"),
+        }
     });
 }
 

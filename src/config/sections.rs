@@ -89,7 +89,7 @@ fn keepalive_secs(f: &Field<'_>, zero_ok: bool) -> Result<Duration, ConfigError>
 pub(super) const SPLICE: &[Key<Relay>] = &[
     key("max_pipes", |r, f| f.uint_in(0..).map(|n| r.max_pipes = Some(n))),
     key("pipe_size", |r, f| f.size_in(PIPE_SIZE).map(|n| r.pipe_size = n)),
-    key("threshold", |r, f| f.size_in(1..).map(|n| r.splice_threshold = n)),
+    key("threshold", |r, f| f.size_in(1..).map(|n| r.splice_threshold = Some(n))),
 ];
 
 /// A provided buffer: at least a page; at most what one receive could use.

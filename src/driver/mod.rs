@@ -74,7 +74,8 @@ pub struct Params {
     pub max_pipes: usize,
     pub pipe_size: usize,
     pub relay: RelayMode,
-    pub splice_threshold: usize,
+    /// `None`: the driver's own default.
+    pub splice_threshold: Option<usize>,
     pub tuning: Tuning,
     /// Listen addresses (as configured) whose clients must start with a PROXY header.
     pub proxy_listen: Vec<SocketAddr>,

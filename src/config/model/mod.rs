@@ -120,8 +120,9 @@ pub struct Relay {
     /// F_SETPIPE_SZ for pooled pipes, bytes (default 64 KiB).
     pub pipe_size: usize,
     /// In `auto`, a burst (bytes waiting at one readiness) at least this large switches a
-    /// direction to splice (default 64 KiB: measured, see bench-results/README.md).
-    pub splice_threshold: usize,
+    /// direction to splice. `None`: the driver's own, 32 KiB under epoll and 4 KiB under
+    /// io_uring ([`crate::core::relay::default_threshold`]; measured, see bench-results/README.md).
+    pub splice_threshold: Option<usize>,
 }
 
 /// The per-worker pool of idle backend connections kept for plain HTTP requests.
@@ -350,7 +351,7 @@ impl Default for Relay {
             mode: RelayMode::Auto,
             max_pipes: None,
             pipe_size: 64 * 1024,
-            splice_threshold: 32 * 1024,
+            splice_threshold: None,
         }
     }
 }

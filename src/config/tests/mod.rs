@@ -122,7 +122,7 @@ fn full_example() {
             mode: RelayMode::Splice,
             max_pipes: Some(2500),
             pipe_size: 131072,
-            splice_threshold: 8192,
+            splice_threshold: Some(8192),
         },
         routes: vec![
             Route {
@@ -283,7 +283,7 @@ fn defaults() {
             mode: RelayMode::Auto,
             max_pipes: None,
             pipe_size: 65536,
-            splice_threshold: 32768
+            splice_threshold: None
         }
     );
     let route = &cfg.routes[0];

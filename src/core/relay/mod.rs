@@ -52,6 +52,26 @@ use crate::config::RelayMode;
 use crate::core::timer::Tick;
 use std::io;
 
+/// `auto`'s splice threshold under a readiness driver (epoll): there splicing a burst costs
+/// about what copying it does up to 16-32 KiB, and 25-45 % less from 32 KiB on
+/// (bench-results/2026-11-29-shapes-7, 2026-11-30-shapes-mid).
+pub const THRESHOLD_READINESS: usize = 32 * 1024;
+/// `auto`'s splice threshold under a completion driver (io_uring): there copying is dearer
+/// (each receive fills a provided buffer and each send is its own ring operation; a frame
+/// over one buffer's size goes out in two sends), while a splice is the same two syscalls as
+/// under epoll. Splicing costs 5 % less than copying at 4 KiB bursts, 22 % at 8 KiB and 43 %
+/// at 16 KiB; copying wins only under 4 KiB (2 KiB: 7 %) (bench-results/2026-11-30-shapes-uring).
+pub const THRESHOLD_COMPLETION: usize = 4 * 1024;
+
+/// The threshold `auto` uses when the configuration names none: the driver's own.
+pub fn default_threshold(completion: bool) -> usize {
+    if completion {
+        THRESHOLD_COMPLETION
+    } else {
+        THRESHOLD_READINESS
+    }
+}
+
 /// The source may have bytes (edge-triggered: remembered until a read says otherwise).
 const READABLE: u8 = 1;
 /// The source sent FIN (a read returned 0).

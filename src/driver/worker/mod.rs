@@ -17,7 +17,7 @@ mod tls;
 
 use crate::core::conn::{Accept, Conn, Connecting, Event, Time};
 use crate::core::handshake::ConnectFailure;
-use crate::core::relay::{BufId, Ctx, IoOp, RelayStats, Side};
+use crate::core::relay::{self, BufId, Ctx, IoOp, RelayStats, Side};
 use crate::core::timer::{Clock, Tick, Wheel, TICK};
 use crate::driver::access_log::LogSink;
 use crate::driver::backends::BackendTable;
@@ -627,7 +627,9 @@ fn ctx<'a>(
         pipes: pool,
         stats,
         mode: params.relay,
-        threshold: params.splice_threshold,
+        threshold: params
+            .splice_threshold
+            .unwrap_or_else(|| relay::default_threshold(completion)),
         completion,
         standing,
     }
