@@ -108,27 +108,27 @@ pub(super) fn announce(
     };
     lines.push(cpus_line.to_owned());
     lines.push(format!("workers: {workers} {kind} ({})", choice.reason));
-    let pipe = cfg.relay.pipe_size as u64;
+    let pipes = PipeSizes::new(cfg.pipe_size(), workers);
     lines.push(match choice.model {
         WorkerModel::Processes => {
             let (per, total) = driver::process_capacity(cfg, soft);
             format!(
-                "capacity: {} connections, {} pipes (open-file limit {soft} per process; per worker {} connections, {} pipes; pipes may pin {} MiB)",
+                "capacity: {} connections, {} pipes (open-file limit {soft} per process; per worker {} connections, {} pipes; {})",
                 total.max_connections,
                 total.max_pipes,
                 per.max_connections,
                 per.max_pipes,
-                mib(total.max_pipes as u64 * pipe)
+                pipes.describe(per.max_pipes, workers),
             )
         }
         _ => {
             let c = driver::capacity(cfg, soft);
+            let per = c.max_pipes.div_ceil(workers);
             format!(
-                "capacity: {} connections, {} pipes (open-file limit {soft}; per worker {} pipes; pipes may pin {} MiB)",
+                "capacity: {} connections, {} pipes (open-file limit {soft}; per worker {per} pipes; {})",
                 c.max_connections,
                 c.max_pipes,
-                c.max_pipes.div_ceil(workers),
-                mib(c.max_pipes as u64 * pipe)
+                pipes.describe(per, workers),
             )
         }
     });
@@ -144,6 +144,41 @@ pub(super) fn announce(
         let _ = writeln!(out, "{line}").and_then(|()| out.flush());
     }
     Ok(())
+}
+
+/// Pipe sizes as the pools make them: `size` while a worker has fewer than `large` such pipes
+/// larger than the kernel's, then the kernel's 64 KiB.
+struct PipeSizes {
+    size: usize,
+    large: usize,
+}
+
+impl PipeSizes {
+    fn new(size: usize, workers: usize) -> PipeSizes {
+        let soft = driver::pipe_user_pages_soft();
+        PipeSizes {
+            size,
+            large: wsplice::core::relay::large_pipes(soft, size, workers),
+        }
+    }
+
+    /// What `per_worker` pipes in each of `workers` may pin when full, and how they are sized.
+    fn describe(&self, per_worker: usize, workers: usize) -> String {
+        let kernel = wsplice::core::relay::KERNEL_PIPE;
+        let large = per_worker.min(self.large);
+        let pin = workers as u64
+            * (large as u64 * self.size as u64 + (per_worker - large) as u64 * kernel as u64);
+        let sizes = if self.size > kernel && large < per_worker {
+            format!(
+                "{} KiB each, up to {} per worker (half of fs.pipe-user-pages-soft), then 64 KiB",
+                self.size >> 10,
+                self.large
+            )
+        } else {
+            format!("{} KiB each", self.size >> 10)
+        };
+        format!("pipes {sizes}, may pin {} MiB", mib(pin))
+    }
 }
 
 /// The last words: for scripts and tests, as `ready` and `reloaded`, how many tunnels were still

@@ -120,3 +120,81 @@ fn pool_at_its_cap_falls_back_to_copy_and_counts_it() {
     });
     assert_eq!(p.metric("wsplice_bytes_copied_total"), copied);
 }
+
+/// Holds one pipe full in a tunnel whose backend reads nothing, checks how large the pool says
+/// it is, then reads every byte and checks the pipe comes back to the pool as it was.
+fn one_held_pipe(relay: Relay, max_memory: Option<&str>, large: u64) {
+    let stall = RawBackend::start();
+    let mut b = Proxy::builder(relay)
+        .workers(1)
+        .admin()
+        .route(route("/stall", &[stall.addr]));
+    if let Some(m) = max_memory {
+        b = b.set("limits", "max_memory", &format!("\"{m}\""));
+    }
+    let p = b.blocking_start();
+    let backend = stall.accept_101();
+    let a = client(&p, "/stall");
+    let (mut backend, _) = backend.recv_timeout(STEP).expect("the backend");
+    backend.set_read_timeout(Some(STEP)).expect("timeout");
+    let mut writer = a.try_clone().expect("clone");
+    let pusher = thread::spawn(move || {
+        let data: Vec<u8> = (0..PUSH).map(pattern).collect();
+        writer.write_all(&data).map_err(|e| e.to_string())
+    });
+    eventually("the tunnel to hold a pipe", STEP, || {
+        p.metric("wsplice_pipes_in_use") == 1
+    });
+    assert_eq!(
+        p.metric("wsplice_pipes_large"),
+        large,
+        "pipes larger than 64 KiB"
+    );
+
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 64 << 10];
+    while got < PUSH {
+        let n = backend.read(&mut buf).expect("the backend reads");
+        assert!(n > 0, "the stream ended after {got} bytes");
+        for (k, &byte) in buf[..n].iter().enumerate() {
+            assert_eq!(byte, pattern(got + k), "byte {} differs", got + k);
+        }
+        got += n;
+    }
+    pusher
+        .join()
+        .expect("pusher")
+        .expect("the client wrote all");
+    eventually("the drained pipe to return to the pool", STEP, || {
+        p.metric("wsplice_pipes_in_use") == 0 && p.metric("wsplice_pipes_pooled") >= 1
+    });
+    assert_eq!(
+        p.metric("wsplice_pipes_large"),
+        large,
+        "a pooled pipe keeps its size"
+    );
+    assert!(p.metric("wsplice_bytes_spliced_total") > 0);
+}
+
+/// Without `[splice] pipe_size` pipes are 256 KiB (the per-user page cap is far off for one).
+#[test]
+fn default_pipes_are_larger_than_the_kernels() {
+    one_held_pipe(Relay::Splice, None, 1);
+}
+
+#[test]
+fn default_pipes_are_larger_than_the_kernels_uring() {
+    one_held_pipe(Relay::Splice.uring(), None, 1);
+}
+
+/// Under `limits.max_memory` the default is the kernel's 64 KiB: each tunnel is charged the
+/// chunk a pipe holds.
+#[test]
+fn a_memory_budget_keeps_the_kernels_pipe_size() {
+    one_held_pipe(Relay::Splice, Some("256MiB"), 0);
+}
+
+#[test]
+fn a_memory_budget_keeps_the_kernels_pipe_size_uring() {
+    one_held_pipe(Relay::Splice.uring(), Some("256MiB"), 0);
+}

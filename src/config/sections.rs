@@ -88,7 +88,7 @@ fn keepalive_secs(f: &Field<'_>, zero_ok: bool) -> Result<Duration, ConfigError>
 #[rustfmt::skip]
 pub(super) const SPLICE: &[Key<Relay>] = &[
     key("max_pipes", |r, f| f.uint_in(0..).map(|n| r.max_pipes = Some(n))),
-    key("pipe_size", |r, f| f.size_in(PIPE_SIZE).map(|n| r.pipe_size = n)),
+    key("pipe_size", |r, f| f.size_in(PIPE_SIZE).map(|n| r.pipe_size = Some(n))),
     key("threshold", |r, f| f.size_in(1..).map(|n| r.splice_threshold = Some(n))),
 ];
 

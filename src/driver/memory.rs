@@ -10,7 +10,8 @@
 //!
 //! ```text
 //!   tunnel     2 × (4 KiB kernel + receive buffer + send buffer + chunk in flight) + 512 B
-//!              (chunk: a read's worth, at most the receive buffer, the 64 KiB scratch or a pipe)
+//!              (chunk: a read's worth, at most the receive buffer, the 64 KiB scratch or a pipe:
+//!              [splice] pipe_size, which a budget defaults to the kernel's 64 KiB)
 //!   handshake  + 2 × limits.max_head_bytes while the upgrade runs (request and answer heads)
 //!   pipe       4 KiB for its kernel structures while a tunnel borrows it (its bytes are the
 //!              tunnel's chunk in flight)
@@ -355,7 +356,7 @@ mod tests {
     #[test]
     fn pipes_need_room_and_give_it_back() {
         let p = plan(8 << 20);
-        let mut b = Budgeted::new(PipePool::new(1000, 65536), Some(p));
+        let mut b = Budgeted::new(PipePool::new(1000, 65536, usize::MAX), Some(p));
         while b.used.admit(Some(&p)) {
             b.used.relay_opened();
         }
@@ -386,7 +387,7 @@ mod tests {
 
     #[test]
     fn without_a_budget_everything_is_admitted() {
-        let mut b = Budgeted::new(PipePool::new(4, 65536), None);
+        let mut b = Budgeted::new(PipePool::new(4, 65536, usize::MAX), None);
         for _ in 0..10_000 {
             assert!(b.used.admit(None));
         }

@@ -73,6 +73,9 @@ pub struct Params {
     /// This worker's share of the pipe budget.
     pub max_pipes: usize,
     pub pipe_size: usize,
+    /// Of those, how many may be larger than the kernel's 64 KiB at once (this worker's share
+    /// of `fs.pipe-user-pages-soft`, [`crate::core::relay::large_pipes`]).
+    pub large_pipes: usize,
     pub relay: RelayMode,
     /// `None`: the driver's own default.
     pub splice_threshold: Option<usize>,
@@ -248,6 +251,15 @@ pub fn backend_tls_for(cfg: &Config) -> io::Result<Arc<BackendTlsTable>> {
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
 }
 
+/// `fs.pipe-user-pages-soft`: the pipe pages one user may hold before its new pipes shrink to
+/// two pages (0: no limit). Unreadable: Linux's default, 16,384.
+pub fn pipe_user_pages_soft() -> u64 {
+    std::fs::read_to_string("/proc/sys/fs/pipe-user-pages-soft")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(16384)
+}
+
 fn nofile_now() -> u64 {
     crate::sys::limits::nofile_limit().map_or(1024, |(soft, _)| soft)
 }
@@ -269,7 +281,7 @@ fn params_for(
         routes,
         (tls, backend_tls),
         cap.max_connections,
-        cap.max_pipes.div_ceil(workers),
+        (cap.max_pipes.div_ceil(workers), workers),
         memory_plan(cfg, workers, false),
     )
 }
@@ -286,7 +298,7 @@ pub fn memory_plan(cfg: &Config, workers: usize, processes: bool) -> Option<memo
             memory::start_rss(),
             memory::SocketBuffers::from_sysctls(),
             cfg.limits.max_head_bytes,
-            cfg.relay.pipe_size,
+            cfg.pipe_size(),
         )
     })
 }
@@ -307,13 +319,14 @@ pub fn process_params(
     let routes = RouteTable::with_shared_cursors(&cfg.routes, shared.clone())
         .with_health(shared)
         .with_shared_load(load);
-    let memory = memory_plan(cfg, cfg.workers.unwrap_or(1), true);
+    let workers = cfg.workers.unwrap_or(1);
+    let memory = memory_plan(cfg, workers, true);
     params_with(
         cfg,
         routes,
         (tls, backend_tls),
         total.max_connections,
-        per.max_pipes,
+        (per.max_pipes, workers),
         memory,
     )
 }
@@ -323,9 +336,10 @@ fn params_with(
     routes: RouteTable,
     (tls, backend_tls): (Option<Arc<TlsSettings>>, Arc<BackendTlsTable>),
     max_connections: usize,
-    max_pipes: usize,
+    (max_pipes, workers): (usize, usize),
     memory: Option<memory::MemoryPlan>,
 ) -> Params {
+    let pipe_size = cfg.pipe_size();
     Params {
         settings: Arc::new(Settings {
             routes,
@@ -350,7 +364,8 @@ fn params_with(
         backend_tls,
         max_connections,
         max_pipes,
-        pipe_size: cfg.relay.pipe_size,
+        pipe_size,
+        large_pipes: crate::core::relay::large_pipes(pipe_user_pages_soft(), pipe_size, workers),
         relay: cfg.relay.mode,
         splice_threshold: cfg.relay.splice_threshold,
         tuning: Tuning {

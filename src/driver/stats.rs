@@ -95,6 +95,9 @@ metrics! {
         in_use = (gauge "wsplice_pipes_in_use" json "pipes_in_use");
         /// Empty splice pipes waiting in the pool.
         pooled = (gauge "wsplice_pipes_pooled");
+        /// Of the pipes lent or pooled, those larger than the kernel's 64 KiB (at most each
+        /// worker's share of half of fs.pipe-user-pages-soft; past it pipes are 64 KiB).
+        large = (gauge "wsplice_pipes_large");
         /// Splice pipes ever created.
         created = (counter "wsplice_pipes_created_total");
         /// Times a splice pipe was wanted but none could be had (splice.max_pipes or

@@ -3,7 +3,9 @@
 //! A pipe is borrowed only while bytes are in flight and goes back to the pool only when empty
 //! (HAProxy's `src/pipe.c` does the same): an idle tunnel holds no pipe at all.
 
+use crate::core::relay::KERNEL_PIPE;
 use nix::fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags};
+use std::cmp::Ordering;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
@@ -12,6 +14,20 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 pub struct Pipe {
     r: OwnedFd,
     w: OwnedFd,
+    /// What it is (a byte: the pipe sits in an idle-free slab entry while bytes are in flight).
+    kind: Kind,
+}
+
+/// A pipe's size as the pool sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Kind {
+    /// The kernel's 64 KiB: asked for, or F_SETPIPE_SZ refused.
+    Kernel,
+    /// Larger than the kernel's: it counts against the pool's large pipes.
+    Large,
+    /// Smaller than the kernel's, as configured.
+    Small,
 }
 
 impl Pipe {
@@ -19,13 +35,26 @@ impl Pipe {
     /// (fs.pipe-max-size, or fs.pipe-user-pages-soft reached) the pipe keeps the kernel default.
     pub fn new(size: usize) -> io::Result<Pipe> {
         let (r, w) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
-        if size != 65536 {
-            let _ = fcntl(
+        let mut granted = KERNEL_PIPE;
+        if size != KERNEL_PIPE {
+            if let Ok(n) = fcntl(
                 &w,
                 FcntlArg::F_SETPIPE_SZ(size.min(i32::MAX as usize) as i32),
-            );
+            ) {
+                granted = n as usize;
+            }
         }
-        Ok(Pipe { r, w })
+        let kind = match granted {
+            n if n > KERNEL_PIPE => Kind::Large,
+            n if n < KERNEL_PIPE => Kind::Small,
+            _ => Kind::Kernel,
+        };
+        Ok(Pipe { r, w, kind })
+    }
+
+    /// What the kernel says the pipe holds (F_GETPIPE_SZ).
+    pub fn capacity(&self) -> io::Result<usize> {
+        Ok(fcntl(&self.w, FcntlArg::F_GETPIPE_SZ)? as usize)
     }
 
     /// Moves up to `len` bytes from socket `from` into the pipe. `Ok(0)` is end of stream;
@@ -77,50 +106,70 @@ pub struct PoolStats {
     pub in_use: usize,
     /// Empty pipes waiting in the pool.
     pub pooled: usize,
+    /// Of the pipes lent or pooled, those larger than the kernel's 64 KiB.
+    pub large: usize,
     /// Pipes ever created.
     pub created: u64,
     /// Times a pipe was wanted but none could be had (cap reached or creation failed).
     pub unavailable: u64,
 }
 
+/// Idle pipes a pool keeps at most: each costs two fds and a kernel buffer.
+const RESERVE: usize = 64;
+
 /// A capped pool of empty pipes, owned by one worker thread.
+///
+/// Pipes are made `size` bytes while fewer than `large_cap` such pipes (larger than the
+/// kernel's 64 KiB) are lent or pooled, and of the kernel's size past that
+/// ([`crate::core::relay::large_pipes`]: the kernel's per-user pipe pages). A tunnel is lent a
+/// pooled large pipe first, then a new one while the cap allows, then a kernel-sized one.
 #[derive(Debug)]
 pub struct PipePool {
+    /// Empty pipes of `size`.
     free: Vec<Pipe>,
+    /// Empty pipes of the kernel's size, made past `large_cap` (only while `size` is larger).
+    spare: Vec<Pipe>,
     size: usize,
     cap: usize,
+    large_cap: usize,
     stats: PoolStats,
 }
 
 impl PipePool {
-    /// A pool that lends at most `cap` pipes of `size` bytes at once.
-    pub fn new(cap: usize, size: usize) -> PipePool {
+    /// A pool that lends at most `cap` pipes at once, of `size` bytes while at most `large_cap`
+    /// of them are larger than the kernel's.
+    pub fn new(cap: usize, size: usize, large_cap: usize) -> PipePool {
         PipePool {
             free: Vec::new(),
+            spare: Vec::new(),
             size,
             cap,
+            large_cap,
             stats: PoolStats::default(),
         }
     }
 
     /// Applies a reloaded configuration: pipes already lent keep their size.
-    pub fn set_limits(&mut self, cap: usize, size: usize) {
+    pub fn set_limits(&mut self, cap: usize, size: usize, large_cap: usize) {
         self.cap = cap;
+        self.large_cap = large_cap;
         if size != self.size {
             self.size = size;
-            self.free.clear();
-            self.stats.pooled = 0;
+            self.release_idle();
         }
     }
 
     /// Closes the pooled (idle, empty) pipes: two fds and a kernel buffer each.
     pub fn release_idle(&mut self) {
-        self.free.clear();
-        self.free.shrink_to_fit();
+        let large = self.free.iter().filter(|p| p.kind == Kind::Large).count();
+        self.stats.large = self.stats.large.saturating_sub(large);
+        self.free = Vec::new();
+        self.spare = Vec::new();
         self.stats.pooled = 0;
     }
 
-    /// Bytes one pipe holds (as configured).
+    /// Bytes one pipe holds (as configured; one made past the large cap holds 64 KiB, and a
+    /// splice into it simply moves less).
     pub fn pipe_size(&self) -> usize {
         self.size
     }
@@ -129,19 +178,24 @@ impl PipePool {
     #[inline]
     pub fn take(&mut self) -> Option<Pipe> {
         if let Some(p) = self.free.pop() {
-            self.stats.in_use += 1;
-            self.stats.pooled = self.free.len();
-            return Some(p);
+            return Some(self.lend(p));
         }
         if self.stats.in_use >= self.cap {
             self.stats.unavailable += 1;
             return None;
         }
-        match Pipe::new(self.size) {
+        let size = if self.size <= KERNEL_PIPE || self.stats.large < self.large_cap {
+            self.size
+        } else if let Some(p) = self.spare.pop() {
+            return Some(self.lend(p));
+        } else {
+            KERNEL_PIPE
+        };
+        match Pipe::new(size) {
             Ok(p) => {
-                self.stats.in_use += 1;
                 self.stats.created += 1;
-                Some(p)
+                self.stats.large += usize::from(p.kind == Kind::Large);
+                Some(self.lend(p))
             }
             Err(_) => {
                 self.stats.unavailable += 1;
@@ -150,21 +204,45 @@ impl PipePool {
         }
     }
 
+    #[inline]
+    fn lend(&mut self, p: Pipe) -> Pipe {
+        self.stats.in_use += 1;
+        self.stats.pooled = self.free.len() + self.spare.len();
+        p
+    }
+
     /// Takes back a pipe the caller has fully drained. Pipes beyond what the pool keeps are
-    /// closed, so a burst does not pin descriptors forever.
+    /// closed, so a burst does not pin descriptors forever, and so are pipes of a size no
+    /// longer configured.
     #[inline]
     pub fn give(&mut self, p: Pipe) {
         self.stats.in_use = self.stats.in_use.saturating_sub(1);
-        // Keep at most a small reserve of idle pipes: each costs two fds and a kernel buffer.
-        if self.free.len() < 64.min(self.cap) {
-            self.free.push(p);
+        if self.free.len() + self.spare.len() < RESERVE.min(self.cap) {
+            // Pipes of the size now configured are pooled; after a reload, others are closed.
+            match (p.kind, self.size.cmp(&KERNEL_PIPE)) {
+                (Kind::Large, Ordering::Greater) => self.free.push(p),
+                (Kind::Kernel, Ordering::Greater) => self.spare.push(p),
+                (Kind::Kernel, Ordering::Equal) => self.free.push(p),
+                (Kind::Small, Ordering::Less) => self.free.push(p),
+                _ => self.close(p),
+            }
+        } else {
+            self.close(p);
         }
-        self.stats.pooled = self.free.len();
+        self.stats.pooled = self.free.len() + self.spare.len();
     }
 
     /// Closes a pipe that may still hold bytes (its connection died).
     pub fn discard(&mut self, p: Pipe) {
         self.stats.in_use = self.stats.in_use.saturating_sub(1);
+        self.close(p);
+    }
+
+    fn close(&mut self, p: Pipe) {
+        self.stats.large = self
+            .stats
+            .large
+            .saturating_sub(usize::from(p.kind == Kind::Large));
         drop(p);
     }
 
@@ -216,7 +294,7 @@ mod tests {
         b.set_nonblocking(true).expect("nb");
         c.set_nonblocking(true).expect("nb");
 
-        let mut pool = PipePool::new(1, 65536);
+        let mut pool = PipePool::new(1, 65536, usize::MAX);
         let p = pool.take().expect("a pipe");
         assert!(pool.take().is_none(), "cap of one");
         assert_eq!(
@@ -242,6 +320,7 @@ mod tests {
             PoolStats {
                 in_use: 0,
                 pooled: 1,
+                large: 0,
                 created: 1,
                 unavailable: 1
             }
@@ -249,5 +328,53 @@ mod tests {
         drop(a);
         let p = pool.take().expect("reused");
         assert_eq!(p.fill(&b, 65536).expect("eof"), 0);
+    }
+
+    #[test]
+    fn pipes_are_large_up_to_the_cap_then_the_kernels_size() {
+        let large = 256 << 10;
+        let mut pool = PipePool::new(10, large, 2);
+        let a = pool.take().expect("a pipe");
+        let b = pool.take().expect("a pipe");
+        let c = pool.take().expect("a pipe");
+        let sizes = |ps: &[&Pipe]| -> Vec<usize> {
+            ps.iter()
+                .map(|p| p.capacity().expect("F_GETPIPE_SZ"))
+                .collect()
+        };
+        assert_eq!(sizes(&[&a, &b, &c]), [large, large, KERNEL_PIPE]);
+        assert_eq!(pool.stats().large, 2);
+        assert_eq!(
+            pool.pipe_size(),
+            large,
+            "the relay asks for up to the configured size"
+        );
+
+        // A large pipe comes back and is lent before the kernel-sized one.
+        pool.give(a);
+        pool.give(c);
+        assert_eq!((pool.stats().pooled, pool.stats().large), (2, 2));
+        let a = pool.take().expect("pooled");
+        assert_eq!(a.capacity().expect("size"), large);
+        // The cap is reached (a and b are lent): the pooled kernel-sized pipe, not a new one.
+        let c = pool.take().expect("pooled");
+        assert_eq!(c.capacity().expect("size"), KERNEL_PIPE);
+        assert_eq!(pool.stats().created, 3);
+
+        // A large pipe closed (its tunnel died) frees its place under the cap.
+        pool.discard(b);
+        assert_eq!(pool.stats().large, 1);
+        let d = pool.take().expect("new");
+        assert_eq!(d.capacity().expect("size"), large);
+        assert_eq!((pool.stats().large, pool.stats().in_use), (2, 3));
+
+        // A reload to the kernel's size: large pipes lent now are closed when they come back.
+        pool.set_limits(10, KERNEL_PIPE, usize::MAX);
+        pool.give(a);
+        pool.give(d);
+        pool.give(c);
+        assert_eq!((pool.stats().large, pool.stats().pooled), (0, 1));
+        let c = pool.take().expect("pooled");
+        assert_eq!(c.capacity().expect("size"), KERNEL_PIPE);
     }
 }

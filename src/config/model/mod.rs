@@ -117,8 +117,9 @@ pub struct Relay {
     pub mode: RelayMode,
     /// Pipes pooled per process (split across workers). `None`: a quarter of max connections.
     pub max_pipes: Option<usize>,
-    /// F_SETPIPE_SZ for pooled pipes, bytes (default 64 KiB).
-    pub pipe_size: usize,
+    /// F_SETPIPE_SZ for pooled pipes, bytes. `None`: 256 KiB, or the kernel's 64 KiB under
+    /// `limits.max_memory` (see [`Config::pipe_size`]).
+    pub pipe_size: Option<usize>,
     /// In `auto`, a burst (bytes waiting at one readiness) at least this large switches a
     /// direction to splice. `None`: the driver's own, 32 KiB under epoll and 4 KiB under
     /// io_uring ([`crate::core::relay::default_threshold`]; measured, see bench-results/README.md).
@@ -350,7 +351,7 @@ impl Default for Relay {
         Relay {
             mode: RelayMode::Auto,
             max_pipes: None,
-            pipe_size: 64 * 1024,
+            pipe_size: None,
             splice_threshold: None,
         }
     }
@@ -421,6 +422,14 @@ macro_rules! display_as_str {
 display_as_str!(RelayMode, ForwardedFor, DriverMode);
 
 impl Config {
+    /// `[splice] pipe_size`, or its default: 256 KiB, the kernel's 64 KiB under
+    /// `limits.max_memory` ([`crate::core::relay::default_pipe_size`]).
+    pub fn pipe_size(&self) -> usize {
+        self.relay.pipe_size.unwrap_or_else(|| {
+            crate::core::relay::default_pipe_size(self.limits.max_memory.is_some())
+        })
+    }
+
     /// Every listen address, plain then TLS.
     pub fn all_listen(&self) -> impl Iterator<Item = SocketAddr> + '_ {
         self.listen

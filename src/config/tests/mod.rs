@@ -121,7 +121,7 @@ fn full_example() {
         relay: Relay {
             mode: RelayMode::Splice,
             max_pipes: Some(2500),
-            pipe_size: 131072,
+            pipe_size: Some(131072),
             splice_threshold: Some(8192),
         },
         routes: vec![
@@ -282,7 +282,7 @@ fn defaults() {
         Relay {
             mode: RelayMode::Auto,
             max_pipes: None,
-            pipe_size: 65536,
+            pipe_size: None,
             splice_threshold: None
         }
     );

@@ -130,6 +130,7 @@ impl Board {
         c.relay.overflow_in_use = 0;
         c.pipes.in_use = 0;
         c.pipes.pooled = 0;
+        c.pipes.large = 0;
         retired.0 = stats::sum([retired.0, c]);
         self.published[id].store(&Counters::default());
         for (key, b) in self.shared.backends(id) {

@@ -20,9 +20,11 @@ impl Worker {
                     for addr in r.remove {
                         self.remove_listener(addr, d);
                     }
-                    self.pool
-                        .pipes
-                        .set_limits(r.params.max_pipes, r.params.pipe_size);
+                    self.pool.pipes.set_limits(
+                        r.params.max_pipes,
+                        r.params.pipe_size,
+                        r.params.large_pipes,
+                    );
                     self.pool.plan = r.params.memory;
                     self.backend_pool
                         .set_limits(r.params.pool_max_idle, r.params.pool_idle_timeout);

@@ -289,7 +289,11 @@ impl Worker {
         Worker {
             id: cfg.id,
             pool: Budgeted::new(
-                PipePool::new(cfg.params.max_pipes, cfg.params.pipe_size),
+                PipePool::new(
+                    cfg.params.max_pipes,
+                    cfg.params.pipe_size,
+                    cfg.params.large_pipes,
+                ),
                 cfg.params.memory,
             ),
             refusing_for_memory: false,

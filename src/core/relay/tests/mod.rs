@@ -531,4 +531,27 @@ fn a_pipe_holding_bytes_at_the_end_is_discarded_not_reused() {
     assert_eq!((r.loan.pipes.lent, r.loan.pipes.discarded), (0, 1));
 }
 
+#[test]
+fn large_pipes_take_half_the_users_pipe_pages_shared_by_the_workers() {
+    // Linux's default fs.pipe-user-pages-soft: 16,384 pages, 64 MiB; half is 32 MiB.
+    assert_eq!(large_pipes(16384, 256 << 10, 1), 128);
+    assert_eq!(large_pipes(16384, 256 << 10, 2), 64);
+    assert_eq!(large_pipes(16384, 1 << 20, 4), 8);
+    assert_eq!(
+        large_pipes(16384, 1 << 20, 64),
+        0,
+        "then every pipe is the kernel's size"
+    );
+    // Pipes of the kernel's size or smaller, or no per-user limit: no cap of this kind.
+    assert_eq!(large_pipes(16384, KERNEL_PIPE, 2), usize::MAX);
+    assert_eq!(large_pipes(16384, 16 << 10, 2), usize::MAX);
+    assert_eq!(large_pipes(0, 256 << 10, 2), usize::MAX);
+}
+
+#[test]
+fn pipes_are_bulk_sized_unless_a_memory_budget_charges_them() {
+    assert_eq!(default_pipe_size(false), 256 << 10);
+    assert_eq!(default_pipe_size(true), KERNEL_PIPE);
+}
+
 mod completion;
