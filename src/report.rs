@@ -170,7 +170,7 @@ impl PipeSizes {
             * (large as u64 * self.size as u64 + (per_worker - large) as u64 * kernel as u64);
         let sizes = if self.size > kernel && large < per_worker {
             format!(
-                "{} KiB each, up to {} per worker (half of fs.pipe-user-pages-soft), then 64 KiB",
+                "{} KiB each, up to {} per worker (a quarter of fs.pipe-user-pages-soft), then 64 KiB",
                 self.size >> 10,
                 self.large
             )

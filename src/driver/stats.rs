@@ -96,7 +96,7 @@ metrics! {
         /// Empty splice pipes waiting in the pool.
         pooled = (gauge "wsplice_pipes_pooled");
         /// Of the pipes lent or pooled, those larger than the kernel's 64 KiB (at most each
-        /// worker's share of half of fs.pipe-user-pages-soft; past it pipes are 64 KiB).
+        /// worker's share of a quarter of fs.pipe-user-pages-soft; past it pipes are 64 KiB).
         large = (gauge "wsplice_pipes_large");
         /// Splice pipes ever created.
         created = (counter "wsplice_pipes_created_total");

@@ -96,15 +96,18 @@ pub fn default_pipe_size(memory_budget: bool) -> usize {
 /// How many pipes larger than the kernel's one worker may keep (lent or pooled) at once; past
 /// them it makes pipes of the kernel's size. The kernel counts every pipe's pages against its
 /// user (`fs.pipe-user-pages-soft`, `soft_pages`; 0 means no limit): past that, an unprivileged
-/// user's new pipes get two pages and F_SETPIPE_SZ is refused. Large pipes may take half of it,
-/// shared between the `workers` (threads or processes of the same user), so the kernel-sized
-/// pipes and other programs keep the other half.
+/// user's new pipes get two pages and F_SETPIPE_SZ is refused (checked as `nobody` on Linux
+/// 6.18: 256 pipes of 256 KiB, then 8 KiB ones). Large pipes may take a quarter of it, shared
+/// between the `workers` (threads or processes of the same user); the kernel-sized pipes and
+/// other programs keep the rest. With Linux's default that is 64 pipes of 256 KiB and 768 of
+/// 64 KiB before pipes shrink, against 1,024 of 64 KiB with no large ones: fewer full pipes at
+/// once for an unprivileged user with that many tunnels in flight (tools/sysctl.conf raises it).
 pub fn large_pipes(soft_pages: u64, pipe_size: usize, workers: usize) -> usize {
     if pipe_size <= KERNEL_PIPE || soft_pages == 0 {
         return usize::MAX;
     }
-    let half = soft_pages.saturating_mul(4096) / 2;
-    (half / pipe_size as u64 / workers.max(1) as u64) as usize
+    let quarter = soft_pages.saturating_mul(4096) / 4;
+    (quarter / pipe_size as u64 / workers.max(1) as u64) as usize
 }
 
 /// The source may have bytes (edge-triggered: remembered until a read says otherwise).
