@@ -11,7 +11,7 @@ use std::net::TcpStream;
 use std::thread;
 use std::time::Duration;
 use support::blocking::{echo, eventually, open_tunnel, RawBackend};
-use support::{route, Proxy, Relay};
+use support::{emulated, route, Driver, Proxy, Relay};
 
 /// Longer than the suite's step: 16 MiB cross a single pipe here.
 const STEP: Duration = Duration::from_secs(10);
@@ -124,6 +124,11 @@ fn pool_at_its_cap_falls_back_to_copy_and_counts_it() {
 /// Holds one pipe full in a tunnel whose backend reads nothing, checks how large the pool says
 /// it is, then reads every byte and checks the pipe comes back to the pool as it was.
 fn one_held_pipe(relay: Relay, max_memory: Option<&str>, large: u64) {
+    if relay.driver == Driver::Uring && emulated() {
+        // qemu-user does not emulate io_uring (and the gateway builds leave the driver out).
+        eprintln!("skipped under emulation: the io_uring driver");
+        return;
+    }
     let stall = RawBackend::start();
     let mut b = Proxy::builder(relay)
         .workers(1)
