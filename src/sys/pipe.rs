@@ -226,6 +226,11 @@ impl PipePool {
                 (Kind::Small, Ordering::Less) => self.free.push(p),
                 _ => self.close(p),
             }
+        } else if p.kind == Kind::Large && self.size > KERNEL_PIPE && !self.spare.is_empty() {
+            // The reserve is full: a large pipe stays in place of a kernel-sized one, so that
+            // after a burst the pool keeps the pipes bulk tunnels want.
+            self.spare.pop();
+            self.free.push(p);
         } else {
             self.close(p);
         }
@@ -367,6 +372,25 @@ mod tests {
         let d = pool.take().expect("new");
         assert_eq!(d.capacity().expect("size"), large);
         assert_eq!((pool.stats().large, pool.stats().in_use), (2, 3));
+
+        // With the reserve full of kernel-sized pipes, a large one returned replaces one of them.
+        let mut small = PipePool::new(100, large, 1);
+        let big = small.take().expect("large");
+        let kernel: Vec<Pipe> = (0..RESERVE)
+            .map(|_| small.take().expect("64 KiB"))
+            .collect();
+        for p in kernel {
+            small.give(p);
+        }
+        assert_eq!((small.stats().pooled, small.stats().large), (RESERVE, 1));
+        small.give(big);
+        assert_eq!((small.stats().pooled, small.stats().large), (RESERVE, 1));
+        let again = small.take().expect("pooled");
+        assert_eq!(
+            again.capacity().expect("size"),
+            large,
+            "the large one was kept"
+        );
 
         // A reload to the kernel's size: large pipes lent now are closed when they come back.
         pool.set_limits(10, KERNEL_PIPE, usize::MAX);
