@@ -29,6 +29,29 @@ fn client(proxy: &Proxy, path: &str) -> TcpStream {
     s
 }
 
+/// Writes [`PUSH`] bytes of [`pattern`] into `client` from a thread of its own.
+fn push(client: &TcpStream) -> thread::JoinHandle<Result<(), String>> {
+    let mut writer = client.try_clone().expect("clone");
+    thread::spawn(move || {
+        let data: Vec<u8> = (0..PUSH).map(pattern).collect();
+        writer.write_all(&data).map_err(|e| e.to_string())
+    })
+}
+
+/// Reads what [`push`] wrote, checking every byte in order.
+fn read_pushed(backend: &mut TcpStream) {
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 64 << 10];
+    while got < PUSH {
+        let n = backend.read(&mut buf).expect("the backend reads");
+        assert!(n > 0, "the stream ended after {got} bytes");
+        for (k, &byte) in buf[..n].iter().enumerate() {
+            assert_eq!(byte, pattern(got + k), "byte {} differs", got + k);
+        }
+        got += n;
+    }
+}
+
 #[test]
 fn pool_at_its_cap_falls_back_to_copy_and_counts_it() {
     let stall = RawBackend::start();
@@ -47,11 +70,7 @@ fn pool_at_its_cap_falls_back_to_copy_and_counts_it() {
     let mut a = client(&p, "/stall");
     let (mut a_backend, _) = a_backend.recv_timeout(STEP).expect("A's backend");
     a_backend.set_read_timeout(Some(STEP)).expect("timeout");
-    let mut a_writer = a.try_clone().expect("clone");
-    let pusher = thread::spawn(move || {
-        let data: Vec<u8> = (0..PUSH).map(pattern).collect();
-        a_writer.write_all(&data).map_err(|e| e.to_string())
-    });
+    let pusher = push(&a);
     eventually("tunnel A to hold the only pipe", STEP, || {
         p.metric("wsplice_pipes_in_use") == 1
     });
@@ -91,16 +110,7 @@ fn pool_at_its_cap_falls_back_to_copy_and_counts_it() {
         .expect("B's backend saw the close");
 
     // A's backend now reads everything: every byte arrives, in order, and the pipe comes back.
-    let mut got = 0usize;
-    let mut buf = vec![0u8; 64 << 10];
-    while got < PUSH {
-        let n = a_backend.read(&mut buf).expect("A's backend reads");
-        assert!(n > 0, "A's stream ended after {got} bytes");
-        for (k, &byte) in buf[..n].iter().enumerate() {
-            assert_eq!(byte, pattern(got + k), "A's byte {} differs", got + k);
-        }
-        got += n;
-    }
+    read_pushed(&mut a_backend);
     pusher
         .join()
         .expect("pusher")
@@ -142,11 +152,7 @@ fn one_held_pipe(relay: Relay, max_memory: Option<&str>, large: u64) {
     let a = client(&p, "/stall");
     let (mut backend, _) = backend.recv_timeout(STEP).expect("the backend");
     backend.set_read_timeout(Some(STEP)).expect("timeout");
-    let mut writer = a.try_clone().expect("clone");
-    let pusher = thread::spawn(move || {
-        let data: Vec<u8> = (0..PUSH).map(pattern).collect();
-        writer.write_all(&data).map_err(|e| e.to_string())
-    });
+    let pusher = push(&a);
     eventually("the tunnel to hold a pipe", STEP, || {
         p.metric("wsplice_pipes_in_use") == 1
     });
@@ -156,16 +162,7 @@ fn one_held_pipe(relay: Relay, max_memory: Option<&str>, large: u64) {
         "pipes larger than 64 KiB"
     );
 
-    let mut got = 0usize;
-    let mut buf = vec![0u8; 64 << 10];
-    while got < PUSH {
-        let n = backend.read(&mut buf).expect("the backend reads");
-        assert!(n > 0, "the stream ended after {got} bytes");
-        for (k, &byte) in buf[..n].iter().enumerate() {
-            assert_eq!(byte, pattern(got + k), "byte {} differs", got + k);
-        }
-        got += n;
-    }
+    read_pushed(&mut backend);
     pusher
         .join()
         .expect("pusher")

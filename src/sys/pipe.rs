@@ -212,13 +212,14 @@ impl PipePool {
     }
 
     /// Takes back a pipe the caller has fully drained. Pipes beyond what the pool keeps are
-    /// closed, so a burst does not pin descriptors forever, and so are pipes of a size no
+    /// closed, so a burst does not pin descriptors forever, and so are pipes of a kind no
     /// longer configured.
     #[inline]
     pub fn give(&mut self, p: Pipe) {
         self.stats.in_use = self.stats.in_use.saturating_sub(1);
         if self.free.len() + self.spare.len() < RESERVE.min(self.cap) {
-            // Pipes of the size now configured are pooled; after a reload, others are closed.
+            // Pooled if of the kind now configured (a large pipe of an earlier large size too);
+            // after a reload across the kernel's size, the other kind is closed.
             match (p.kind, self.size.cmp(&KERNEL_PIPE)) {
                 (Kind::Large, Ordering::Greater) => self.free.push(p),
                 (Kind::Kernel, Ordering::Greater) => self.spare.push(p),
