@@ -4,8 +4,15 @@
 //! The bound asserted: the proxy's RSS grows by less than 8 MiB while 1 GiB is pushed at a
 //! reader that does not read (per direction the proxy holds at most one pipe, which is kernel
 //! memory, or one 64 KiB overflow buffer; the rest waits in the kernel's socket buffers).
+//!
+//! And the kernel memory it leaves waiting: with `limits.max_unsent` set (TCP_NOTSENT_LOWAT) the
+//! proxy's socket to the stalled client holds at most that much unsent plus one packet (64 KiB on
+//! loopback), read with `ss`; with the limit off (`max_unsent = 0`, the default) the same socket
+//! holds far more, which shows the bound is the setting's doing.
 
 use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -35,7 +42,37 @@ fn expected(b: &[u8], pos: u64, len: usize) -> (&[u8], &[u8]) {
     (&b[start..start + first], &b[..len - first])
 }
 
+/// Loopback's largest packet: one write may queue this much past the unsent limit.
+const PACKET: u64 = 64 << 10;
+
+/// The unsent bytes (`notsent`, what `ss -i` shows) of the proxy's socket from `proxy` to the
+/// client at `client`; 0 when `ss` prints none.
+fn unsent(proxy: SocketAddr, client: SocketAddr) -> u64 {
+    let filter = format!(
+        "( sport = :{} and dport = :{} )",
+        proxy.port(),
+        client.port()
+    );
+    let out = Command::new("ss")
+        .args(["-tniH", "state", "established", &filter])
+        .output()
+        .expect("run ss (iproute2)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!(":{}", client.port())),
+        "ss did not list the proxy's socket to the client: {text}"
+    );
+    text.split_whitespace()
+        .find_map(|f| f.strip_prefix("notsent:"))
+        .map_or(0, |n| n.parse().expect("notsent is a number"))
+}
+
 fn slow_consumer(relay: Relay) {
+    slow_consumer_with(relay, None)
+}
+
+/// `max_unsent`: `limits.max_unsent` as configured (0: off), None: left out (off).
+fn slow_consumer_with(relay: Relay, max_unsent: Option<u64>) {
     let raw = RawBackend::start();
     let accepted = raw.accept_101();
     let written = Arc::new(AtomicU64::new(0));
@@ -59,11 +96,14 @@ fn slow_consumer(relay: Relay) {
         Ok(())
     });
 
-    let proxy = ProxyBuilder::default()
+    let mut builder = ProxyBuilder::default()
         .workers(1)
         .relay(relay)
-        .route(route("/", &[raw.addr]))
-        .blocking_start();
+        .route(route("/", &[raw.addr]));
+    if let Some(n) = max_unsent {
+        builder = builder.set("limits", "max_unsent", &n.to_string());
+    }
+    let proxy = builder.blocking_start();
     let mut client = open_tunnel(proxy.addr(), "/stream");
     let rss_before = proxy.rss_bytes();
 
@@ -88,6 +128,22 @@ fn slow_consumer(relay: Relay) {
         growth < 8 << 20,
         "proxy RSS grew by {growth} bytes under backpressure"
     );
+    let waiting = unsent(proxy.addr(), client.local_addr().expect("client addr"));
+    eprintln!(
+        "{}: {waiting} bytes unsent toward the client",
+        relay.as_str()
+    );
+    if let Some(0) = max_unsent {
+        assert!(
+            waiting > 4 * PACKET,
+            "without the limit the kernel held only {waiting} bytes unsent: this test shows nothing"
+        );
+    } else if let Some(limit) = max_unsent {
+        assert!(
+            waiting <= limit + PACKET,
+            "{waiting} bytes wait unsent toward the stalled client (limit {limit})"
+        );
+    }
 
     // Now read everything and check each byte.
     client
@@ -121,3 +177,15 @@ fn slow_consumer(relay: Relay) {
 drivers!(slow_consumer_copy, |d| slow_consumer(Relay::Copy.on(d)));
 drivers!(slow_consumer_splice, |d| slow_consumer(Relay::Splice.on(d)));
 drivers!(slow_consumer_auto, |d| slow_consumer(Relay::Auto.on(d)));
+drivers!(slow_consumer_unsent_limit, |d| {
+    slow_consumer_with(Relay::Auto.on(d), Some(256 << 10))
+});
+drivers!(slow_consumer_small_unsent_limit, |d| {
+    slow_consumer_with(Relay::Splice.on(d), Some(16 << 10))
+});
+drivers!(slow_consumer_copy_small_unsent_limit, |d| {
+    slow_consumer_with(Relay::Copy.on(d), Some(16 << 10))
+});
+drivers!(slow_consumer_without_an_unsent_limit, |d| {
+    slow_consumer_with(Relay::Auto.on(d), Some(0))
+});

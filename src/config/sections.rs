@@ -19,6 +19,8 @@ const HEAD_BYTES: RangeInclusive<u64> = 1024..=1 << 20;
 const HEADERS: RangeInclusive<u64> = 1..=1000;
 /// Less than 4 MiB cannot hold the process itself and a worker.
 const MAX_MEMORY: RangeInclusive<u64> = 4 << 20..=1 << 40;
+/// `limits.max_unsent`'s largest value (TCP_NOTSENT_LOWAT takes an int).
+const MAX_UNSENT: u64 = 64 << 20;
 /// Linux caps TCP_KEEPIDLE and TCP_KEEPINTVL at 32767 s (MAX_TCP_KEEPIDLE) and TCP_KEEPCNT at 127.
 const MAX_KEEPALIVE_SECS: u64 = 32767;
 const KEEPALIVE_COUNT: RangeInclusive<u64> = 1..=127;
@@ -55,7 +57,20 @@ pub(super) const LIMITS: &[Key<Limits>] = &[
         f.uint_in(1..).map(|n| l.max_connections_per_ip = Some(n))
     }),
     key("max_memory", |l, f| f.size_in(MAX_MEMORY).map(|n| l.max_memory = Some(n as u64))),
+    key("max_unsent", |l, f| max_unsent(f).map(|n| l.max_unsent = n)),
 ];
+
+/// 0 (the kernel's default) or 4 KiB to 64 MiB: less would wake the relay for every few
+/// packets.
+fn max_unsent(f: &Field<'_>) -> Result<usize, ConfigError> {
+    let n = f.size_in(0..=MAX_UNSENT)?;
+    if n != 0 && n < 4096 {
+        return Err(f.error(format!(
+            "{n} bytes is too small: use 0 (the kernel's default: no limit) or at least 4KiB"
+        )));
+    }
+    Ok(n)
+}
 
 /// `[keepalive]`.
 #[rustfmt::skip]

@@ -209,6 +209,10 @@ pub(crate) fn listener_tuning(cfg: &Config) -> Tuning {
             cfg.keepalive.count,
         )),
         buffers: None,
+        notsent_lowat: match cfg.limits.max_unsent {
+            0 => None,
+            n => Some(n as u32),
+        },
     }
 }
 

@@ -85,7 +85,7 @@ pub fn deferred_accept_secs(l: &impl AsFd) -> io::Result<i32> {
     }
 }
 
-/// Keepalive and Nagle settings applied to both sides of a tunnel.
+/// Socket options applied to both sides of a tunnel: keepalive, Nagle, unsent bytes, buffers.
 #[derive(Debug, Clone, Copy)]
 pub struct Tuning {
     /// None: keepalive off.
@@ -93,23 +93,31 @@ pub struct Tuning {
     /// Fixed (receive, send) buffer sizes in bytes as the kernel counts them (`sk_rcvbuf`,
     /// `sk_sndbuf`), under a memory budget; None: the kernel autotunes them.
     pub buffers: Option<(u64, u64)>,
+    /// TCP_NOTSENT_LOWAT: unsent bytes a send queue may hold (`limits.max_unsent`); None: the
+    /// kernel's default (no limit).
+    pub notsent_lowat: Option<u32>,
 }
 
-/// TCP_NODELAY (frames are small and latency matters) and keepalive.
+/// TCP_NODELAY (frames are small and latency matters), keepalive, TCP_NOTSENT_LOWAT and fixed
+/// buffer sizes.
 pub fn tune(fd: impl AsFd, t: &Tuning) -> io::Result<()> {
     set_options(&SockRef::from(&fd), t)?;
     tune_buffers(fd, t)
 }
 
-/// [`tune`]'s TCP_NODELAY and keepalive, set on a listener for the sockets it accepts: Linux
+/// [`tune`]'s TCP_NODELAY, keepalive and TCP_NOTSENT_LOWAT, set on a listener for the sockets it accepts: Linux
 /// copies them into each accepted socket (`tests::accepted_sockets_inherit_the_listeners_options`
-/// shows it on this kernel). Keepalive is switched off explicitly when `t` has none, as an
-/// earlier setting would otherwise be inherited. Buffer sizes are not set here: once set they
+/// shows it on this kernel). Keepalive and the unsent limit are switched off explicitly when `t`
+/// has none, as an earlier setting would otherwise be inherited. Buffer sizes are not set here: once set they
 /// cannot be given back to the kernel's autotuning, so they stay per socket ([`tune_buffers`]).
 pub fn tune_listener(l: &impl AsFd, t: &Tuning) -> io::Result<()> {
     let s = SockRef::from(l);
     if t.keepalive.is_none() {
         s.set_keepalive(false)?;
+    }
+    if t.notsent_lowat.is_none() {
+        // 0 is the kernel's default (net.ipv4.tcp_notsent_lowat), for a reload that removes it.
+        s.set_tcp_notsent_lowat(0)?;
     }
     set_options(&s, t)
 }
@@ -133,6 +141,9 @@ fn set_options(s: &SockRef<'_>, t: &Tuning) -> io::Result<()> {
             .with_interval(interval)
             .with_retries(count);
         s.set_tcp_keepalive(&ka)?;
+    }
+    if let Some(lowat) = t.notsent_lowat {
+        s.set_tcp_notsent_lowat(lowat)?;
     }
     Ok(())
 }
@@ -202,6 +213,7 @@ mod tests {
         let on = Tuning {
             keepalive: Some((Duration::from_secs(7), Duration::from_secs(3), 4)),
             buffers: None,
+            notsent_lowat: Some(96 << 10),
         };
         tune_listener(&l, &on).expect("tune the listener");
         let addr = l.local_addr().expect("addr");
@@ -225,11 +237,18 @@ mod tests {
             Duration::from_secs(3)
         );
         assert_eq!(s.tcp_keepalive_retries().expect("cnt"), 4);
+        assert_eq!(
+            s.tcp_notsent_lowat().expect("lowat"),
+            96 << 10,
+            "TCP_NOTSENT_LOWAT not inherited"
+        );
 
-        // A reload that switches keepalive off: later clients must not inherit the old one.
+        // A reload that switches keepalive and the unsent limit off: later clients must not
+        // inherit the old ones.
         let off = Tuning {
             keepalive: None,
             buffers: None,
+            notsent_lowat: None,
         };
         tune_listener(&l, &off).expect("tune the listener again");
         let _client = TcpStream::connect(addr).expect("connect");
@@ -238,6 +257,11 @@ mod tests {
         assert!(
             !s.keepalive().expect("keepalive"),
             "keepalive still inherited"
+        );
+        assert_eq!(
+            s.tcp_notsent_lowat().expect("lowat"),
+            0,
+            "the unsent limit still inherited (0 is the kernel's default)"
         );
         assert!(s.tcp_nodelay().expect("nodelay"));
     }

@@ -98,6 +98,14 @@ pub struct Limits {
     /// (see `driver::memory`). Beyond it new connections get 503 and pipes fall back to copying;
     /// `None`: no budget.
     pub max_memory: Option<u64>,
+    /// Bytes a tunnel's socket may hold in its send queue unsent (TCP_NOTSENT_LOWAT, on both
+    /// sockets of every connection): the relay writes more once the kernel has sent all but half
+    /// of it. 0 (the default): the kernel's, as much as the send buffer holds (autotuned up to
+    /// `net.ipv4.tcp_wmem`'s maximum). 256 KiB cut what 300 bulk echo tunnels left in wsplice's
+    /// sockets from 3.6 GB to 1.0-1.4 GB and raised four bulk tunnels' throughput 18 % with one
+    /// worker, but cost 21 % more CPU per GB with one worker and 70 % with two, so it is not
+    /// the default (bench-results/2026-11-30-unsent).
+    pub max_unsent: usize,
 }
 
 /// TCP keepalive applied to both the client and the backend socket.
@@ -332,6 +340,7 @@ impl Default for Limits {
             max_headers: 100,
             max_connections_per_ip: None,
             max_memory: None,
+            max_unsent: 0,
         }
     }
 }

@@ -44,6 +44,7 @@ half_close = "0"
 max_connections = 10000
 max_head_bytes = "64 KiB"
 max_headers = 50
+max_unsent = "1 MiB"
 [keepalive]
 idle = "0"
 interval = "10s"
@@ -112,6 +113,7 @@ fn full_example() {
             max_headers: 50,
             max_connections_per_ip: None,
             max_memory: None,
+            max_unsent: 1 << 20,
         },
         keepalive: Keepalive {
             idle: Duration::ZERO,
@@ -266,7 +268,8 @@ fn defaults() {
             max_head_bytes: 16384,
             max_headers: 100,
             max_connections_per_ip: None,
-            max_memory: None
+            max_memory: None,
+            max_unsent: 0,
         }
     );
     assert_eq!(
@@ -348,6 +351,15 @@ fn sizes() {
         ))
         .unwrap();
         assert_eq!(cfg.limits.max_head_bytes, want, "max_head_bytes = {text}");
+    }
+}
+
+/// `limits.max_unsent`: a size, or 0 for the kernel's default (no limit).
+#[test]
+fn max_unsent_sizes() {
+    for (text, want) in [("\"64KiB\"", 64 << 10), ("0", 0), ("\"4 KiB\"", 4096)] {
+        let cfg = parse(&format!("{LISTEN}[limits]\nmax_unsent = {text}\n{ROUTE}")).unwrap();
+        assert_eq!(cfg.limits.max_unsent, want, "max_unsent = {text}");
     }
 }
 
@@ -446,6 +458,8 @@ fn bad_values() {
         (format!("{l}[limits]\nmax_memory = \"1MiB\"\n{r}"), Some(3), "limits.max_memory", "between 4194304 and 1099511627776, got 1048576"),
         (format!("{l}[limits]\nmax_memory = \"lots\"\n{r}"), Some(3), "limits.max_memory", "invalid size"),
         (format!("{l}[limits]\nmax_headers = 0\n{r}"), Some(3), "limits.max_headers", "between 1 and 1000"),
+        (format!("{l}[limits]\nmax_unsent = 100\n{r}"), Some(3), "limits.max_unsent", "100 bytes is too small: use 0 (the kernel's default: no limit) or at least 4KiB"),
+        (format!("{l}[limits]\nmax_unsent = \"1GiB\"\n{r}"), Some(3), "limits.max_unsent", "between 0 and 67108864, got 1073741824"),
         (format!("{l}[limits]\nmax_headers = 1001\n{r}"), Some(3), "limits.max_headers", "between 1 and 1000"),
         // [keepalive]
         (format!("{l}[keepalive]\ncount = 0\n{r}"), Some(3), "keepalive.count", "between 1 and 127"),

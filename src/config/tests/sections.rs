@@ -168,7 +168,7 @@ fn unknown_key_hints_name_each_sections_keys() {
         ),
         (
             "[limits]",
-            "max_connections, max_head_bytes, max_headers, max_connections_per_ip, max_memory",
+            "max_connections, max_head_bytes, max_headers, max_connections_per_ip, max_memory, max_unsent",
         ),
         ("[keepalive]", "idle, interval, count"),
         ("[splice]", "max_pipes, pipe_size, threshold"),
