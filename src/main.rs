@@ -20,7 +20,7 @@
 //! workers: 2 processes (worker_model = "auto": an open-file limit of 20000 per process holds 9381 tunnels in one process, 18762 in 2 processes of 9381 each)
 //! capacity: 18762 connections, 1172 pipes (open-file limit 20000 per process; per worker 9381 connections, 586 pipes; pipes 256 KiB each, up to 32 per worker (a quarter of fs.pipe-user-pages-soft), then 64 KiB, may pin 86 MiB)
 //! driver epoll
-//! memory: limits.max_memory = 64.0 MiB allows 208 tunnels (104 per worker; ...)   (with a budget)
+//! memory: limits.max_memory = 64.0 MiB allows 74 tunnels (37 per worker; ...)   (with a budget)
 //! ready
 //! ```
 //!

@@ -3,7 +3,8 @@
 //! - `limits.max_memory`: past the budget new clients get 503 (counted apart from
 //!   max_connections), established tunnels keep echoing byte-exact with every buffer full, the
 //!   proxy's memory (RSS plus the kernel memory of its sockets, read off `ss -tm`) stays within
-//!   the budget, and once the load leaves it accepts again.
+//!   the budget, and once the load leaves it accepts again. Its sockets' buffers are fixed, the
+//!   send buffer no smaller than the receive buffer (read off `ss -tm` too).
 //! - Start-up: one worker, only the threads that are switched on; `workers` follows the CPUs
 //!   this process may use (its affinity mask, here narrowed by `taskset`).
 //!
@@ -85,6 +86,38 @@ fn kernel_bytes(filter: &str) -> (u64, usize) {
     (total, sockets)
 }
 
+/// `rb` and `tb` (the receive and send buffer sizes) of every socket `ss` lists for `filter`.
+fn buffer_sizes(filter: &str) -> Vec<(u64, u64)> {
+    let out = Command::new("ss")
+        .args(["-tmnH", "state", "established", filter])
+        .output()
+        .expect("run ss (iproute2)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |fields: &str, name: &str| -> u64 {
+        fields
+            .split(',')
+            .find_map(|f| f.strip_prefix(name)?.parse().ok())
+            .expect("skmem has rb and tb")
+    };
+    text.split("skmem:(")
+        .skip(1)
+        .map(|mem| {
+            let fields = mem.split(')').next().unwrap_or_default();
+            (field(fields, "rb"), field(fields, "tb"))
+        })
+        .collect()
+}
+
+/// The middle value of a `net.ipv4.tcp_[rw]mem` sysctl.
+fn initial_size(sysctl: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/sys/net/ipv4/{sysctl}"))
+        .expect("read the sysctl")
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .expect("three numbers")
+}
+
 fn memory_budget(relay: Relay) {
     let backend = echo_101_backend();
     let budget = budget();
@@ -103,6 +136,29 @@ fn memory_budget(relay: Relay) {
     let mut open: Vec<TcpStream> = (0..allowed).map(|_| open_tunnel(p.addr(), "/ws")).collect();
     for s in &mut open {
         roundtrip(s, b"within the budget");
+    }
+    // Every one of the proxy's sockets has its buffers fixed: the receive buffer at the kernel's
+    // initial size, the send buffer no smaller (a 16 KiB send buffer fed from a 128 KiB receive
+    // buffer moved a loopback bulk tunnel 2 MiB/s).
+    let rcv = initial_size("tcp_rmem");
+    let snd = initial_size("tcp_wmem").max(rcv);
+    for filter in [
+        format!("( sport = :{} )", p.addr().port()),
+        format!("( dport = :{} )", backend.port()),
+    ] {
+        let sizes = buffer_sizes(&filter);
+        assert_eq!(
+            sizes.len() as u64,
+            allowed,
+            "the proxy's sockets for {filter}"
+        );
+        for (rb, tb) in sizes {
+            assert_eq!(
+                (rb, tb),
+                (rcv, snd),
+                "fixed buffers of a socket for {filter}"
+            );
+        }
     }
     for _ in 0..3 {
         let (_, code) = upgrade_status(p.addr());

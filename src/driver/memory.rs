@@ -19,9 +19,10 @@
 //!              the 64 empty pipes its pool may keep)
 //! ```
 //!
-//! For the buffer charge to be a bound, every socket's buffers are fixed at the kernel's
-//! initial sizes (`net.ipv4.tcp_rmem` and `tcp_wmem`, middle values) with SO_RCVBUF/SO_SNDBUF,
-//! which turns the kernel's autotuning off for them: a tunnel's throughput is then at most a
+//! For the buffer charge to be a bound, every socket's buffers are fixed with SO_RCVBUF/SO_SNDBUF,
+//! which turns the kernel's autotuning off for them: the receive buffer at the kernel's initial
+//! size (`net.ipv4.tcp_rmem`'s middle value), the send buffer at `tcp_wmem`'s or, when that is
+//! smaller, the receive buffer's size ([`SocketBuffers::fixed`]): a tunnel's throughput is then at most a
 //! receive buffer per round trip (128 KiB per RTT with Linux's defaults; lower the sysctls on a
 //! small board to fit more tunnels, README "Gateways").
 //!
@@ -51,7 +52,7 @@ pub const COPY_CHUNK: u64 = 64 << 10;
 pub struct SocketBuffers {
     /// `sk_rcvbuf`, bytes (the middle value of `net.ipv4.tcp_rmem`).
     pub rcv: u64,
-    /// `sk_sndbuf`, bytes (the middle value of `net.ipv4.tcp_wmem`).
+    /// `sk_sndbuf`, bytes (the middle value of `net.ipv4.tcp_wmem`, at least `rcv`).
     pub snd: u64,
 }
 
@@ -62,7 +63,20 @@ impl SocketBuffers {
         snd: 16384,
     };
 
-    /// Reads the middle values of `net.ipv4.tcp_rmem` and `tcp_wmem`.
+    /// The sizes a budget fixes from the kernel's initial ones (`rmem`, `wmem`: the middle
+    /// values of `net.ipv4.tcp_rmem` and `tcp_wmem`): the receive buffer as the kernel starts it,
+    /// the send buffer at least as large. The relay moves what one socket's receive buffer held
+    /// into the other's send buffer; Linux's 16 KiB send buffer fed from its 128 KiB receive
+    /// buffer moved one loopback bulk tunnel 2-4 MiB/s, 128 KiB moved it 516-593 MiB/s
+    /// (bench-results/2026-11-30-budget-buffers).
+    pub fn fixed(rmem: u64, wmem: u64) -> SocketBuffers {
+        SocketBuffers {
+            rcv: rmem,
+            snd: wmem.max(rmem),
+        }
+    }
+
+    /// [`SocketBuffers::fixed`] from this machine's `net.ipv4.tcp_rmem` and `tcp_wmem`.
     pub fn from_sysctls() -> SocketBuffers {
         let middle = |path: &str, default: u64| {
             std::fs::read_to_string(path)
@@ -70,10 +84,10 @@ impl SocketBuffers {
                 .and_then(|s| s.split_whitespace().nth(1)?.parse().ok())
                 .unwrap_or(default)
         };
-        SocketBuffers {
-            rcv: middle("/proc/sys/net/ipv4/tcp_rmem", Self::LINUX_DEFAULT.rcv),
-            snd: middle("/proc/sys/net/ipv4/tcp_wmem", Self::LINUX_DEFAULT.snd),
-        }
+        SocketBuffers::fixed(
+            middle("/proc/sys/net/ipv4/tcp_rmem", Self::LINUX_DEFAULT.rcv),
+            middle("/proc/sys/net/ipv4/tcp_wmem", Self::LINUX_DEFAULT.snd),
+        )
     }
 }
 
@@ -303,6 +317,27 @@ mod tests {
             16384,
             65536,
         )
+    }
+
+    #[test]
+    fn the_send_buffer_is_fixed_no_smaller_than_the_receive_buffer() {
+        let linux = SocketBuffers::LINUX_DEFAULT;
+        assert_eq!(
+            SocketBuffers::fixed(linux.rcv, linux.snd),
+            SocketBuffers {
+                rcv: 131072,
+                snd: 131072
+            }
+        );
+        // A gateway's small initial sizes stay as they are; a larger send buffer is kept.
+        assert_eq!(
+            SocketBuffers::fixed(16384, 16384),
+            SocketBuffers {
+                rcv: 16384,
+                snd: 16384
+            }
+        );
+        assert_eq!(SocketBuffers::fixed(16384, 65536).snd, 65536);
     }
 
     #[test]
