@@ -11,6 +11,7 @@
 //! * [`http`]: framing of forwarded requests and answers (bodies, chunked, answer heads, uwsgi).
 //! * [`relay`]: moving bytes both ways as operations: splice or copy, backpressure, half-close.
 //! * [`proxy_proto`]: PROXY protocol v1/v2, in and out.
+//! * [`pressure`]: when the kernel's TCP memory pressure is worth a warning.
 //! * [`timer`]: the per-worker timer wheel and coarse clock.
 //! * [`settings`]: the rules connections are accepted under.
 //! * [`status`]: failures and the HTTP answers they map to.
@@ -20,6 +21,7 @@ pub mod handshake;
 pub mod head;
 pub mod health;
 pub mod http;
+pub mod pressure;
 pub mod proxy_proto;
 pub mod redirect;
 pub mod relay;

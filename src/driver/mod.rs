@@ -28,6 +28,7 @@ pub mod health;
 pub mod limiter;
 pub mod memory;
 pub mod pool;
+pub mod pressure;
 pub mod process;
 mod reader;
 pub mod routes;

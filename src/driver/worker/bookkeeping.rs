@@ -129,6 +129,9 @@ impl Worker {
             }
         }
         self.backend_pool.expire(self.time.now);
+        if let Some(p) = &mut self.pressure {
+            p.check(self.time.now);
+        }
         if self.handing.is_some() {
             self.hand_over_ready(d);
         }

@@ -252,6 +252,8 @@ pub struct Worker {
     listeners_tuned: bool,
     /// Set by a drain request: no more accepting; close what is left at this instant.
     draining: Option<Instant>,
+    /// Worker 0 watches the kernel's TCP memory pressure and warns of it.
+    pressure: Option<crate::driver::pressure::Watch>,
     /// The TLS sessions of connections whose client came through a TLS listener, by key: kept
     /// beside the slab so that plain entries do not grow by a pointer they never use.
     tls: HashMap<usize, Box<TlsSession>>,
@@ -326,6 +328,7 @@ impl Worker {
             accept_wanted: true,
             listeners_tuned: false,
             draining: None,
+            pressure: (cfg.id == 0).then(|| crate::driver::pressure::Watch::new(now)),
             tls: HashMap::new(),
             tls_bufs: None,
             backend_tls: HashMap::new(),
