@@ -101,7 +101,9 @@ mod tests {
         );
         assert_eq!(netstat_field(netstat, "TcpExt", "TCPRcvQDrop"), Some(3795));
         assert_eq!(netstat_field(netstat, "IpExt", "TCPMemoryPressures"), None);
-        let sockstat = "sockets: used 190\nTCP: inuse 12 orphan 0 tw 3 alloc 14 mem 383866\nUDP: inuse 1 mem 2\n";
+        let sockstat = "sockets: used 190\n\
+                        TCP: inuse 12 orphan 0 tw 3 alloc 14 mem 383866\n\
+                        UDP: inuse 1 mem 2\n";
         assert_eq!(sockstat_tcp_pages(sockstat), Some(383866));
     }
 }

@@ -19,12 +19,12 @@
 //!              the 64 empty pipes its pool may keep)
 //! ```
 //!
-//! For the buffer charge to be a bound, every socket's buffers are fixed with SO_RCVBUF/SO_SNDBUF,
-//! which turns the kernel's autotuning off for them: the receive buffer at the kernel's initial
-//! size (`net.ipv4.tcp_rmem`'s middle value), the send buffer at `tcp_wmem`'s or, when that is
-//! smaller, the receive buffer's size ([`SocketBuffers::fixed`]): a tunnel's throughput is then at most a
-//! receive buffer per round trip (128 KiB per RTT with Linux's defaults; lower the sysctls on a
-//! small board to fit more tunnels, README "Gateways").
+//! For the buffer charge to be a bound, every socket's buffers are fixed with SO_RCVBUF and
+//! SO_SNDBUF, which turns the kernel's autotuning off for them: the receive buffer at the
+//! kernel's initial size (`net.ipv4.tcp_rmem`'s middle value), the send buffer at `tcp_wmem`'s
+//! or, when that is smaller, the receive buffer's size ([`SocketBuffers::fixed`]). A tunnel's
+//! throughput is then at most a receive buffer per round trip (128 KiB per RTT with Linux's
+//! defaults; lower the sysctls on a small board to fit more tunnels, README "Gateways").
 //!
 //! Each worker gets an equal share of what is left after start-up and keeps its own count
 //! ([`MemoryUse`]: plain integers, touched at accept, at the 101, at the end and when a pipe is

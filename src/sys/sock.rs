@@ -105,11 +105,12 @@ pub fn tune(fd: impl AsFd, t: &Tuning) -> io::Result<()> {
     tune_buffers(fd, t)
 }
 
-/// [`tune`]'s TCP_NODELAY, keepalive and TCP_NOTSENT_LOWAT, set on a listener for the sockets it accepts: Linux
-/// copies them into each accepted socket (`tests::accepted_sockets_inherit_the_listeners_options`
-/// shows it on this kernel). Keepalive and the unsent limit are switched off explicitly when `t`
-/// has none, as an earlier setting would otherwise be inherited. Buffer sizes are not set here: once set they
-/// cannot be given back to the kernel's autotuning, so they stay per socket ([`tune_buffers`]).
+/// [`tune`]'s TCP_NODELAY, keepalive and TCP_NOTSENT_LOWAT, set on a listener for the sockets
+/// it accepts: Linux copies them into each accepted socket
+/// (`tests::accepted_sockets_inherit_the_listeners_options` shows it on this kernel). Keepalive
+/// and the unsent limit are switched off explicitly when `t` has none, as an earlier setting
+/// would otherwise be inherited. Buffer sizes are not set here: once set they cannot be given
+/// back to the kernel's autotuning, so they stay per socket ([`tune_buffers`]).
 pub fn tune_listener(l: &impl AsFd, t: &Tuning) -> io::Result<()> {
     let s = SockRef::from(l);
     if t.keepalive.is_none() {
