@@ -102,9 +102,10 @@ pub struct Limits {
     /// sockets of every connection): the relay writes more once the kernel has sent all but half
     /// of it. 0 (the default): the kernel's, as much as the send buffer holds (autotuned up to
     /// `net.ipv4.tcp_wmem`'s maximum). 256 KiB cut what 300 bulk echo tunnels left in wsplice's
-    /// sockets from 3.6 GB to 1.0-1.4 GB and raised four bulk tunnels' throughput 18 % with one
-    /// worker, but cost 21 % more CPU per GB with one worker and 70 % with two, so it is not
-    /// the default (bench-results/2026-11-30-unsent).
+    /// sockets from 3.6 GB to 1.0-1.4 GB and raised four bulk tunnels' throughput 5-18 %; the
+    /// machine used 3-12 % less CPU, but the proxy process is charged 21-70 % more per GB (it
+    /// sends at once what the peer's ACK otherwise sent later, in softirq), so it is not yet the
+    /// default (bench-results/2026-11-30-unsent).
     pub max_unsent: usize,
 }
 
