@@ -62,49 +62,54 @@ fn upgrade_status(proxy: SocketAddr) -> (TcpStream, Option<u16>) {
     (s, code)
 }
 
-/// `rmem_alloc + fwd_alloc + wmem_queued` of every socket `ss` lists for `filter`, plus the
-/// kernel's fixed cost of each socket; and how many sockets there were.
-fn kernel_bytes(filter: &str) -> (u64, usize) {
+/// The `skmem` fields (`r`, `rb`, `t`, `tb`, `f`, `w`, ...) of every socket `ss` lists for
+/// `filter`, one list of (name, value) per socket.
+fn skmem(filter: &str) -> Vec<Vec<(String, u64)>> {
     let out = Command::new("ss")
         .args(["-tmnH", "state", "established", filter])
         .output()
         .expect("run ss (iproute2)");
     let text = String::from_utf8_lossy(&out.stdout);
-    let mut total = 0;
-    let mut sockets = 0;
-    for mem in text.split("skmem:(").skip(1) {
-        let fields = mem.split(')').next().unwrap_or_default();
-        for f in fields.split(',') {
-            let (name, value) = f.split_at(f.find(|c: char| c.is_ascii_digit()).unwrap_or(0));
-            if matches!(name, "r" | "f" | "w") {
-                total += value.parse::<u64>().unwrap_or(0);
-            }
-        }
-        total += 4096;
-        sockets += 1;
-    }
-    (total, sockets)
-}
-
-/// `rb` and `tb` (the receive and send buffer sizes) of every socket `ss` lists for `filter`.
-fn buffer_sizes(filter: &str) -> Vec<(u64, u64)> {
-    let out = Command::new("ss")
-        .args(["-tmnH", "state", "established", filter])
-        .output()
-        .expect("run ss (iproute2)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let field = |fields: &str, name: &str| -> u64 {
-        fields
-            .split(',')
-            .find_map(|f| f.strip_prefix(name)?.parse().ok())
-            .expect("skmem has rb and tb")
-    };
     text.split("skmem:(")
         .skip(1)
         .map(|mem| {
             let fields = mem.split(')').next().unwrap_or_default();
-            (field(fields, "rb"), field(fields, "tb"))
+            fields
+                .split(',')
+                .map(|f| {
+                    let (name, value) =
+                        f.split_at(f.find(|c: char| c.is_ascii_digit()).unwrap_or(0));
+                    (name.to_owned(), value.parse().unwrap_or(0))
+                })
+                .collect()
         })
+        .collect()
+}
+
+/// `rmem_alloc + fwd_alloc + wmem_queued` of every socket `ss` lists for `filter`, plus the
+/// kernel's fixed cost of each socket; and how many sockets there were.
+fn kernel_bytes(filter: &str) -> (u64, usize) {
+    let sockets = skmem(filter);
+    let queued: u64 = sockets
+        .iter()
+        .flatten()
+        .filter(|(name, _)| matches!(name.as_str(), "r" | "f" | "w"))
+        .map(|(_, v)| v)
+        .sum();
+    (queued + 4096 * sockets.len() as u64, sockets.len())
+}
+
+/// `rb` and `tb` (the receive and send buffer sizes) of every socket `ss` lists for `filter`.
+fn buffer_sizes(filter: &str) -> Vec<(u64, u64)> {
+    let field = |socket: &[(String, u64)], name: &str| -> u64 {
+        socket
+            .iter()
+            .find_map(|(n, v)| (n == name).then_some(*v))
+            .expect("skmem has rb and tb")
+    };
+    skmem(filter)
+        .iter()
+        .map(|s| (field(s, "rb"), field(s, "tb")))
         .collect()
 }
 

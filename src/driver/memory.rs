@@ -78,17 +78,21 @@ impl SocketBuffers {
 
     /// [`SocketBuffers::fixed`] from this machine's `net.ipv4.tcp_rmem` and `tcp_wmem`.
     pub fn from_sysctls() -> SocketBuffers {
-        let middle = |path: &str, default: u64| {
-            std::fs::read_to_string(path)
-                .ok()
-                .and_then(|s| s.split_whitespace().nth(1)?.parse().ok())
-                .unwrap_or(default)
-        };
         SocketBuffers::fixed(
-            middle("/proc/sys/net/ipv4/tcp_rmem", Self::LINUX_DEFAULT.rcv),
-            middle("/proc/sys/net/ipv4/tcp_wmem", Self::LINUX_DEFAULT.snd),
+            sysctl_middle("tcp_rmem").unwrap_or(Self::LINUX_DEFAULT.rcv),
+            sysctl_middle("tcp_wmem").unwrap_or(Self::LINUX_DEFAULT.snd),
         )
     }
+}
+
+/// The middle value of a three-number `net.ipv4` sysctl (`tcp_rmem`, `tcp_wmem`, `tcp_mem`).
+pub fn sysctl_middle(name: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}"))
+        .ok()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// What one worker may reserve and what each thing costs, bytes.

@@ -52,10 +52,8 @@ fn warning(n: u64) -> String {
         .ok()
         .and_then(|t| sockstat_tcp_pages(&t))
         .map_or("unknown".to_owned(), mib);
-    let threshold = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_mem")
-        .ok()
-        .and_then(|t| t.split_whitespace().nth(1)?.parse().ok())
-        .map_or("unknown".to_owned(), mib);
+    let threshold =
+        crate::driver::memory::sysctl_middle("tcp_mem").map_or("unknown".to_owned(), mib);
     format!(
         "wsplice: warning: the kernel entered TCP memory pressure {n} time(s) (TCP sockets hold {held}; net.ipv4.tcp_mem's middle value, {threshold}, starts it): it trims socket buffers and drops packets, and a tunnel may stall for seconds in retransmission. Raise net.ipv4.tcp_mem (tools/sysctl.conf), or cap what each tunnel holds (limits.max_unsent = \"256KiB\", or limits.max_memory)"
     )
