@@ -26,19 +26,25 @@ METRICS = [
     ("echo_max_cpu_us_per_msg", "closed-loop CPU/msg", "µs", False, 2),
     ("echo_max1k_msgs", "closed loop 1k conns", "msg/s", True, 0),
     ("echo_max1k_cpu_us_per_msg", "closed loop 1k CPU/msg", "µs", False, 2),
+    ("echo_max_machine_us_per_msg", "closed-loop machine CPU/msg", "µs", False, 2),
+    ("echo_max1k_machine_us_per_msg", "closed loop 1k machine CPU/msg", "µs", False, 2),
     ("fanout_p50_ms", "fanout p50", "ms", False, 1),
     ("fanout_p99_ms", "fanout p99", "ms", False, 1),
     ("fanout_last_ms", "fanout last", "ms", False, 1),
     ("bulk_mib_s", "bulk each way", "MiB/s", True, 0),
     ("bulk_cpu_s_per_gb", "bulk CPU", "s/GB", False, 3),
+    ("bulk_machine_s_per_gb", "bulk machine CPU", "s/GB", False, 3),
     ("churn_hs", "churn", "hs/s", True, 0),
     ("churn_cpu_ms_per_hs", "churn CPU", "ms/hs", False, 3),
+    ("churn_machine_ms_per_hs", "churn machine CPU", "ms/hs", False, 3),
     ("http_small_rps", "HTTP 64 B", "req/s", True, 0),
     ("http_small_cpu_us_per_req", "HTTP 64 B CPU/req", "µs", False, 1),
     ("http_small_p99_us", "HTTP 64 B p99", "µs", False, 0),
+    ("http_small_machine_us_per_req", "HTTP 64 B machine CPU/req", "µs", False, 1),
     ("http_1m_rps", "HTTP 1 MiB", "req/s", True, 0),
     ("http_1m_cpu_us_per_req", "HTTP 1 MiB CPU/req", "µs", False, 0),
     ("http_1m_p99_us", "HTTP 1 MiB p99", "µs", False, 0),
+    ("http_1m_machine_us_per_req", "HTTP 1 MiB machine CPU/req", "µs", False, 0),
     ("foreign_pct", "others' CPU (max)", "%", False, 0),
 ]
 CHARTS = ["rss_kb_per_conn_9k", "echo_p99_us", "fanout_last_ms", "bulk_mib_s", "bulk_cpu_s_per_gb", "churn_hs",
@@ -69,6 +75,14 @@ def foreign_pct(rec):
     be = g(rec, "backend_after", "cpu_s"), g(rec, "backend_before", "cpu_s")
     ours = (cpu_delta(rec) or 0) + ((be[0] - be[1]) if None not in be else 0) + (b.get("self_cpu_s") or 0)
     return max(0.0, busy - ours) / (wall * ncpu) * 100
+
+
+def machine_cpu(rec):
+    """The whole machine's busy CPU seconds during the run (every process, irq and softirq
+    included): load generator and backend too, whose work per unit is the same through every
+    peer, so the differences between peers are what each proxy costs the machine, including
+    work it leaves to softirq on other CPUs (a queued send transmitted when the ACK arrives)."""
+    return rec.get("machine_cpu_s")
 
 
 def size_metrics(sizes):
@@ -127,6 +141,9 @@ def extract(rec):
     elif s in ("echo_max", "echo_max1k"):
         out[s + "_msgs"] = r.get("msgs_per_s")
         out[s + "_cpu_us_per_msg"] = cpu_per_msg_us(r)
+        mc, n = machine_cpu(rec), r.get("received")
+        if mc is not None and n:  # the whole run (connection set-up included) per message
+            out[s + "_machine_us_per_msg"] = mc / n * 1e6
     elif s == "fanout":
         for k, m in (("median_p50_us", "fanout_p50_ms"), ("median_p99_us", "fanout_p99_ms"), ("median_last_us", "fanout_last_ms")):
             if r.get(k) is not None:
@@ -137,12 +154,16 @@ def extract(rec):
         cpu, relayed = cpu_delta(rec), r.get("relayed_bytes")
         if cpu is not None and relayed:
             out["bulk_cpu_s_per_gb"] = cpu / (relayed / 1e9)
+        if machine_cpu(rec) is not None and relayed:
+            out["bulk_machine_s_per_gb"] = machine_cpu(rec) / (relayed / 1e9)
     elif s == "churn":
         out["churn_hs"] = r.get("handshakes_per_s")
         out["churn_failures"] = r.get("failures")
         cpu, ok = cpu_delta(rec), r.get("cycles_ok")
         if cpu is not None and ok:
             out["churn_cpu_ms_per_hs"] = cpu * 1000 / ok
+        if machine_cpu(rec) is not None and ok:
+            out["churn_machine_ms_per_hs"] = machine_cpu(rec) * 1000 / ok
     elif s in ("http_small", "http_1m"):
         out[s + "_rps"] = r.get("requests_per_s")
         out[s + "_p99_us"] = g(r, "latency", "p99_us")
@@ -150,6 +171,8 @@ def extract(rec):
         cpu, n = r.get("proxy_cpu_s"), r.get("requests")
         if cpu is not None and n:
             out[s + "_cpu_us_per_req"] = cpu / n * 1e6
+        if machine_cpu(rec) is not None and n:  # the whole run, connection set-up included
+            out[s + "_machine_us_per_req"] = machine_cpu(rec) / n * 1e6
     return {k: v for k, v in out.items() if v is not None}
 
 
@@ -420,6 +443,12 @@ def main(d):
     c = sc.get("churn", {})
     L.append(f"- **churn**: {c.get('c')} workers for {c.get('secs')} s doing connect → handshake → one echo → close: "
              "handshakes/s; CPU ms per handshake for the proxy tree.")
+    L.append("- **machine CPU** (closed loop per message, bulk per GB, churn per handshake, HTTP per request): the whole machine's busy "
+             "time during the scenario (/proc/stat user + nice + system + irq + softirq, every process: the load "
+             "generator and backend too, the same work through every peer; the closed loop's connection set-up "
+             "included) ÷ units. It counts what a proxy leaves to softirq on other CPUs, which its own CPU does not "
+             "(a send queued now and transmitted when the peer's ACK arrives, on the CPU that took the ACK). "
+             "`direct` is the machine's cost without a proxy.")
     hp = sc.get("http", {})
     if hp:
         L.append(f"- **HTTP 64 B / 1 MiB**: plain HTTP/1.1, {hp.get('c')} keep-alive connections each sending GET and reading "
