@@ -104,8 +104,9 @@ pub struct Limits {
     /// `net.ipv4.tcp_wmem`'s maximum). 256 KiB cut what 300 bulk echo tunnels left in wsplice's
     /// sockets from 3.6 GB to 1.0-1.4 GB and raised four bulk tunnels' throughput 5-18 %; the
     /// machine used 3-12 % less CPU, but the proxy process is charged 21-70 % more per GB (it
-    /// sends at once what the peer's ACK otherwise sent later, in softirq), so it is not yet the
-    /// default (bench-results/2026-11-30-unsent).
+    /// sends at once what the peer's ACK otherwise sent later, in softirq). Not the default:
+    /// forwarded 1 MiB HTTP responses lose 4-9 % of their rate with it
+    /// (bench-results/2026-11-30-unsent, 2026-11-30-machine-w1).
     pub max_unsent: usize,
 }
 
