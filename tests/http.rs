@@ -97,6 +97,46 @@ e2e_drivers!(get_and_post_by_length_and_chunked, |relay| async move {
     );
 });
 
+// Answers far larger than one read (io_uring reads and writes those from the loop, 64 KiB at a
+// time, instead of through its 16 KiB ring buffers): every byte arrives in order, by length and
+// chunked, toward a client that lets the proxy's writes block before it reads, and the
+// connection serves a small request after them.
+e2e_drivers!(large_answers_to_a_late_reader, |relay| async move {
+    const BY_LENGTH: usize = (8 << 20) + 5;
+    const CHUNKED: usize = (2 << 20) + 3;
+    let origin = Origin::with(|m| match m.target() {
+        "/length" => Reply::ok(pattern(BY_LENGTH, 11)),
+        "/chunked" => Reply::ok(pattern(CHUNKED, 12)).chunked(),
+        _ => Reply::ok("small"),
+    })
+    .await;
+    let p = proxy(relay, &[r("/", &[origin.addr])]).await;
+    let mut c = Peer::connect(p.addr()).await;
+    for (path, len, seed) in [("/length", BY_LENGTH, 11), ("/chunked", CHUNKED, 12)] {
+        c.send(&get(path, &[])).await;
+        // Read nothing for a while: the proxy's socket toward this client fills and its
+        // writes block (8 MiB is more than its send buffer, 4 MiB at most by default, and the
+        // client's receive buffer hold).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let a = c.answer("GET").await;
+        assert_eq!(a.status, 200, "{path}");
+        assert_eq!(a.body.len(), len, "{path}: body length");
+        assert!(a.body == pattern(len, seed), "{path}: the body differs");
+    }
+    c.send(&get("/small", &[])).await;
+    assert_eq!(c.answer("GET").await.text(), "small");
+    assert!(
+        c.buf.is_empty(),
+        "bytes beyond the answers: {:?}",
+        c.buf.len()
+    );
+    assert_eq!(
+        origin.accepted(),
+        1,
+        "one backend connection served all three"
+    );
+});
+
 e2e_drivers!(
     bodiless_answers_and_keep_alive_after_them,
     |relay| async move {

@@ -239,7 +239,19 @@ impl Driver for Uring<'_> {
                 ..
             }
         );
-        if !sock.can_splice() || scratch_write {
+        // A read that asks for more than one provided buffer holds, or a write of held bytes
+        // larger than one (a forwarded HTTP body of known, large length): recv(2) and send(2)
+        // from the loop, through the 64 KiB scratch buffer, as under epoll; not a ring receive
+        // and a send per 16 KiB buffer, each send copying its bytes into a fresh allocation
+        // (about 150 ring operations per 1 MiB response, half of epoll's rate;
+        // bench-results/2026-11-30-uring-http). Small ones stay on the ring.
+        let ring_size = self.bufs.size() as usize;
+        let large = match c.op {
+            IoOp::Read { max, .. } => max > ring_size,
+            IoOp::Write { src: Src::Held, .. } => c.held.len() > ring_size,
+            _ => false,
+        };
+        if !sock.can_splice() || scratch_write || large {
             // TLS: the transport frames the socket's bytes itself. A write from the worker's
             // scratch buffer (what a TLS read left there) goes now too: the next connection
             // reuses the buffer, and what a short write leaves is copied from it at once.
