@@ -4,7 +4,9 @@
 //! from the worker's scratch buffer (what a TLS read put there, bound for the plain peer) go
 //! the same way: the buffer is the next connection's as soon as this call returns. The
 //! connection's lifecycle and relay decisions are the same as on a plain socket; only the way
-//! these operations are carried out differs.
+//! these operations are carried out differs. A plain socket's reads and writes larger than one
+//! provided buffer (large HTTP bodies) come here too: one recv or send of up to 64 KiB costs
+//! less than four ring operations and a copy.
 //!
 //! ```text
 //!   Read ──── transport.read into the scratch buffer ── WouldBlock ─▶ poll IN

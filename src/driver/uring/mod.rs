@@ -240,10 +240,10 @@ impl Driver for Uring<'_> {
             }
         );
         // A read that asks for more than one provided buffer holds, or a write of held bytes
-        // larger than one (a forwarded HTTP body of known, large length): recv(2) and send(2)
-        // from the loop, through the 64 KiB scratch buffer, as under epoll; not a ring receive
-        // and a send per 16 KiB buffer, each send copying its bytes into a fresh allocation
-        // (about 150 ring operations per 1 MiB response, half of epoll's rate;
+        // larger than one (a forwarded HTTP body of known, large length): recv(2) into the 64 KiB
+        // scratch buffer and send(2) from the held bytes, from the loop, as under epoll; not a
+        // ring receive and a send per 16 KiB buffer, each send copying its bytes into a fresh
+        // allocation (about 150 ring operations per 1 MiB response, half of epoll's rate;
         // bench-results/2026-11-30-uring-http). Small ones stay on the ring.
         let ring_size = self.bufs.size() as usize;
         let large = match c.op {
