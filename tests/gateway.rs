@@ -222,7 +222,7 @@ fn memory_budget(relay: Relay) {
     let reserved = p.metric("wsplice_memory_reserved_bytes");
     assert!(reserved > 0 && reserved <= budget, "reserved {reserved} B");
     eprintln!(
-        "relay {}: {reserved} B reserved, {} pipes refused",
+        "relay {}: max_memory {budget} B admitted {allowed} tunnels; {reserved} B reserved, {} pipes refused",
         relay.as_str(),
         p.metric("wsplice_pipes_unavailable_total")
     );
