@@ -7,11 +7,16 @@
 //!
 //!     floor --listen 127.0.0.1:47300 --backend 127.0.0.1:47301 [--threads N]
 //!
+//! `--sockmap`: the kernel relays (a BPF sockhash and an `sk_skb` verdict program; see
+//! sockmap.rs): the thread only accepts, connects, inserts each pair, and handles FIN.
+//!
 //! `--threads N`: N such loops, each with its own SO_REUSEPORT listener (as tools/compare's
 //! `--workers 2` runs the proxies); one by default.
 //!
 //! Backend connects are blocking (loopback, once per connection): what is measured is the
 //! relaying, per message, not the handshake.
+
+mod sockmap;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -102,22 +107,36 @@ fn main() -> io::Result<()> {
             .unwrap_or_else(|| panic!("--threads N")),
         None => 1,
     };
+    let peers: Option<&'static sockmap::Peers> = if args.iter().any(|a| a == "--sockmap") {
+        Some(Box::leak(Box::new(sockmap::Peers::new(1 << 18)?)))
+    } else {
+        None
+    };
     let mut ls = Vec::new();
     for _ in 0..threads.max(1) {
         ls.push(listener(listen)?);
     }
     println!(
-        "floor: listening on {listen} ({} threads), relaying to {backend}",
-        ls.len()
+        "floor: listening on {listen} ({} threads), relaying to {backend}{}",
+        ls.len(),
+        if peers.is_some() {
+            " through a sockmap"
+        } else {
+            ""
+        }
     );
     let last = ls.pop().expect("one listener");
     for l in ls {
-        std::thread::spawn(move || run(l, backend).expect("floor thread"));
+        std::thread::spawn(move || run(l, backend, peers).expect("floor thread"));
     }
-    run(last, backend)
+    run(last, backend, peers)
 }
 
-fn run(l: TcpListener, backend: SocketAddr) -> io::Result<()> {
+fn run(
+    l: TcpListener,
+    backend: SocketAddr,
+    peers: Option<&'static sockmap::Peers>,
+) -> io::Result<()> {
     // SAFETY (all libc calls below): plain syscalls on descriptors this process owns, with
     // buffers and event structs that live on the stack or in `Pair` for the call's duration.
     let ep = check(
@@ -153,15 +172,31 @@ fn run(l: TcpListener, backend: SocketAddr) -> io::Result<()> {
                         pairs.len() - 1
                     });
                     let fd = [c.into_raw_fd(), b.into_raw_fd()];
-                    let flags =
+                    let mut flags =
                         (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLET | libc::EPOLLRDHUP) as u32;
+                    if let Some(peers) = peers {
+                        peers.insert(fd[0], fd[1])?;
+                        // The kernel moves the data and still wakes readers for each skb it
+                        // redirected (the socket's data_ready); only FIN and errors wake this
+                        // thread (epoll filters wake-ups by their event bits).
+                        flags = (libc::EPOLLRDHUP | libc::EPOLLET) as u32;
+                    }
                     add(ep, fd[0], flags, (i * 2) as u64)?;
                     add(ep, fd[1], flags, (i * 2 + 1) as u64)?;
-                    pairs[i] = Some(Pair {
+                    let mut p = Pair {
                         fd,
                         pending: [Vec::new(), Vec::new()],
                         done: [false; 2],
-                    });
+                    };
+                    if peers.is_some() {
+                        // What arrived before the pair was inserted (the client's upgrade
+                        // request) waits in the receive queue, which the verdict only reads
+                        // when more arrives: move it here. A WebSocket client sends nothing
+                        // more before its 101, so nothing can overtake it.
+                        pump(&mut p, 0, &mut buf, false);
+                        pump(&mut p, 1, &mut buf, false);
+                    }
+                    pairs[i] = Some(p);
                 }
                 continue;
             }
