@@ -465,6 +465,66 @@ fn srv_record_gives_target_and_port() {
     });
 }
 
+/// SRV weights (RFC 2782) weigh the route's balancing: targets of weights 3 and 1 take 3 and 1
+/// of every 4 new connections (the round robin is nginx's smooth weighted one over a shared
+/// cursor, so any 40 connections in a row split 30 and 10), and a lower priority's target is
+/// not used. Under worker threads (both drivers) and worker processes, where the weights
+/// travel to the workers as text.
+fn srv_weights_weigh_new_connections(relay: Relay, model: &'static str) {
+    run_scenario(async {
+        let port = backends().await;
+        let records = [
+            format!("--srv-host=_ws._tcp.{NAME},a.{NAME},{port},0,3"),
+            format!("--srv-host=_ws._tcp.{NAME},b.{NAME},{port},0,1"),
+            format!("--srv-host=_ws._tcp.{NAME},c.{NAME},{port},1,100"),
+            format!("--host-record=a.{NAME},127.0.0.2"),
+            format!("--host-record=b.{NAME},127.0.0.3"),
+            format!("--host-record=c.{NAME},127.0.0.4"),
+        ];
+        let dns = Dnsmasq::start_with(&[], &records);
+        let toml = config(relay, model, dns.port, port).replace(
+            &format!("backends = [\"{NAME}:{port}\"]"),
+            &format!("backends = [\"srv:_ws._tcp.{NAME}\"]"),
+        );
+        let proxy = start(toml).await;
+        let srv = format!("srv:_ws._tcp.{NAME}");
+        wait_resolved(
+            &proxy,
+            &srv,
+            &format!("127.0.0.2:{port} (weight 3), 127.0.0.3:{port}\n"),
+        )
+        .await;
+        let mut kept = Vec::new();
+        let mut counts = std::collections::BTreeMap::new();
+        for _ in 0..40 {
+            let (s, name) = tunnel(&proxy).await;
+            *counts.entry(name.clone()).or_insert(0) += 1;
+            kept.push((s, name));
+        }
+        let want = std::collections::BTreeMap::from([
+            ("127.0.0.2".to_string(), 30),
+            ("127.0.0.3".to_string(), 10),
+        ]);
+        assert_eq!(counts, want, "{}", proxy.stderr());
+        all_echo(&mut kept).await;
+    });
+}
+
+#[test]
+fn srv_weights_threads_epoll() {
+    srv_weights_weigh_new_connections(Relay::Auto, "threads");
+}
+
+#[test]
+fn srv_weights_threads_uring() {
+    srv_weights_weigh_new_connections(Relay::Auto.uring(), "threads");
+}
+
+#[test]
+fn srv_weights_processes() {
+    srv_weights_weigh_new_connections(Relay::Auto, "processes");
+}
+
 /// A reload that brings the first name: the resolver starts then, and the name is looked up
 /// before `reloaded`, so the very next connection goes to its addresses; the tunnel opened
 /// before the reload stays.

@@ -70,7 +70,7 @@ pub use model::{
     ProxyVersion, Relay, RelayMode, Route, RouteOptions, SameSite, StickyCookie, Timeouts, Tls,
     UnknownSni, Uring, WorkerModel,
 };
-pub use names::{decode_resolved, encode_resolved, BackendName, Dns, Resolved};
+pub use names::{decode_resolved, encode_resolved, srv_weights, BackendName, Dns, Resolved};
 use walk::{Source, Table};
 
 impl Config {

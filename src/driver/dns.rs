@@ -13,7 +13,7 @@
 //! A lookup that fails (timeout, SERVFAIL, no records) keeps the name's last good addresses
 //! and says so on stderr; it is retried after `min_ttl`, doubling up to 30 s (or `max_ttl`).
 
-use crate::config::{BackendName, Dns, Resolved};
+use crate::config::{srv_weights, BackendName, Dns, Resolved};
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::{RData, RecordType};
@@ -80,8 +80,8 @@ fn wait_for(dns: &Dns) -> Duration {
 
 /// One name's state.
 struct Entry {
-    /// The last good answer, sorted.
-    addrs: Option<Vec<SocketAddr>>,
+    /// The last good answer, sorted: addresses and their weights (see `srv_weights`).
+    addrs: Option<Vec<(SocketAddr, u32)>>,
     due: Instant,
     failures: u32,
 }
@@ -243,8 +243,9 @@ impl State {
             };
             match got {
                 Ok((mut addrs, ttl)) => {
-                    addrs.sort();
-                    addrs.dedup();
+                    // An address twice (two records naming one target): its first weight.
+                    addrs.sort_by_key(|a| a.0);
+                    addrs.dedup_by_key(|a| a.0);
                     e.due = Instant::now() + ttl.clamp(min, max);
                     e.failures = 0;
                     if e.addrs.as_ref() != Some(&addrs) {
@@ -274,10 +275,17 @@ impl State {
         }
     }
 
-    /// The addresses of `name` and how long they may be kept (the records' smallest TTL).
-    async fn lookup(&self, name: &BackendName) -> Result<(Vec<SocketAddr>, Duration), String> {
+    /// The addresses of `name`, each with its weight, and how long they may be kept (the
+    /// records' smallest TTL).
+    async fn lookup(
+        &self,
+        name: &BackendName,
+    ) -> Result<(Vec<(SocketAddr, u32)>, Duration), String> {
         match name {
-            BackendName::Host { host, port } => self.host(host, *port).await,
+            BackendName::Host { host, port } => {
+                let (addrs, ttl) = self.host(host, *port).await?;
+                Ok((addrs.into_iter().map(|a| (a, 1)).collect(), ttl))
+            }
             BackendName::Srv(srv) => {
                 let found = self
                     .resolver
@@ -289,20 +297,24 @@ impl State {
                 for r in found.answers() {
                     if let RData::SRV(s) = &r.data {
                         ttl = ttl.min(r.ttl);
-                        targets.push((s.priority, s.target.to_string(), s.port));
+                        targets.push((s.priority, s.target.to_string(), s.port, s.weight));
                     }
                 }
                 // Lower priority first (RFC 2782): the others are the backups of a backup plan
-                // wsplice does not keep; only the best priority's targets are used.
+                // wsplice does not keep; only the best priority's targets are used, weighted
+                // by their records' weights (each address of a target by its record's).
                 let best = targets.iter().map(|t| t.0).min().ok_or("no SRV records")?;
                 let mut addrs = Vec::new();
+                let mut weights = Vec::new();
                 let mut min = Duration::from_secs(ttl.into());
-                for (_, target, port) in targets.iter().filter(|t| t.0 == best) {
+                for (_, target, port, weight) in targets.iter().filter(|t| t.0 == best) {
                     let (a, t) = self.host(target, *port).await?;
+                    weights.extend(a.iter().map(|_| *weight));
                     addrs.extend(a);
                     min = min.min(t);
                 }
-                Ok((addrs, min))
+                let weighted = addrs.into_iter().zip(srv_weights(&weights)).collect();
+                Ok((weighted, min))
             }
         }
     }
@@ -328,26 +340,31 @@ impl State {
     }
 }
 
-fn list(addrs: &[SocketAddr]) -> String {
+/// `A, B (weight 3)`: an address's weight when it is not 1.
+fn list(addrs: &[(SocketAddr, u32)]) -> String {
     addrs
         .iter()
-        .map(SocketAddr::to_string)
+        .map(|(a, w)| match w {
+            1 => a.to_string(),
+            w => format!("{a} (weight {w})"),
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
 
 /// `resolves to A, B (added B; removed C)`.
-fn change(before: Option<&[SocketAddr]>, after: &[SocketAddr]) -> String {
+fn change(before: Option<&[(SocketAddr, u32)]>, after: &[(SocketAddr, u32)]) -> String {
     let mut s = format!("resolves to {}", list(after));
     if let Some(before) = before {
-        let added: Vec<SocketAddr> = after
+        let had = |set: &[(SocketAddr, u32)], a: &SocketAddr| set.iter().any(|(b, _)| b == a);
+        let added: Vec<(SocketAddr, u32)> = after
             .iter()
-            .filter(|a| !before.contains(a))
+            .filter(|(a, _)| !had(before, a))
             .copied()
             .collect();
-        let removed: Vec<SocketAddr> = before
+        let removed: Vec<(SocketAddr, u32)> = before
             .iter()
-            .filter(|a| !after.contains(a))
+            .filter(|(a, _)| !had(after, a))
             .copied()
             .collect();
         let mut parts = Vec::new();
