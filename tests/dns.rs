@@ -525,6 +525,101 @@ fn srv_weights_processes() {
     srv_weights_weigh_new_connections(Relay::Auto, "processes");
 }
 
+/// The value of `sample` (`family{labels}`) in a /metrics body, if it is there.
+fn sample(body: &str, sample: &str) -> Option<u64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
+}
+
+/// Polls /metrics until `done` holds for its body, within [`FOLLOW`].
+async fn wait_metrics(proxy: &Proxy, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + FOLLOW;
+    loop {
+        let body = proxy.scrape("/metrics");
+        if done(&body) {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/metrics did not show {what} within {FOLLOW:?}:\n{body}\n{}",
+            proxy.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Per-backend metrics follow the records: a backend that leaves them with no tunnel open
+/// leaves /metrics; one that leaves with tunnels open stays, its counter not going down while
+/// workers drop their rows one by one, until its last tunnel closes; the new one appears.
+/// (A long-lived cluster whose pods come and go keeps rows for the backends it has, not for
+/// every address it ever used.) Two workers; threads (both drivers) and processes.
+fn backend_metrics_follow_the_records(relay: Relay, model: &'static str) {
+    run_scenario(async {
+        let port = backends().await;
+        let dns = Dnsmasq::start(&["127.0.0.2", "127.0.0.3"]);
+        let toml =
+            config(relay, model, dns.port, port).replacen("\n", "\nadmin = \"127.0.0.1:0\"\n", 1);
+        let proxy = start(toml).await;
+        let label = |ip: &str| format!("{{backend=\"{ip}:{port}\"}}");
+        let (b2, b3, b4) = (label("127.0.0.2"), label("127.0.0.3"), label("127.0.0.4"));
+        let mut kept = Vec::new();
+        follow(&proxy, &["127.0.0.2", "127.0.0.3"], 6, &mut kept).await;
+        // Tunnels to .3 close; those to .2 stay.
+        kept.retain(|(_, name)| name == "127.0.0.2");
+        let open2 = kept.len() as u64;
+        assert!(open2 >= 2, "round robin over two gave .2 {open2} of 6");
+        let body = wait_metrics(&proxy, ".3's tunnels closed and .2's open", |b| {
+            sample(b, &format!("wsplice_backend_active{b3}")) == Some(0)
+                && sample(b, &format!("wsplice_backend_active{b2}")) == Some(open2)
+        })
+        .await;
+        let total2 = sample(&body, &format!("wsplice_backend_tunnels_total{b2}")).unwrap_or(0);
+        dns.set(&["127.0.0.4"]);
+        follow(&proxy, &["127.0.0.4"], 3, &mut kept).await;
+        // Tunnels opened to .3 while the new records came in close too.
+        kept.retain(|(_, name)| name != "127.0.0.3");
+        let body = wait_metrics(&proxy, "no row for .3 (gone, no tunnel open)", |b| {
+            !b.contains(&b3)
+        })
+        .await;
+        let open2 = kept.iter().filter(|(_, n)| n == "127.0.0.2").count() as u64;
+        assert_eq!(
+            sample(&body, &format!("wsplice_backend_active{b2}")),
+            Some(open2),
+            "{body}"
+        );
+        let now2 = sample(&body, &format!("wsplice_backend_tunnels_total{b2}")).unwrap_or(0);
+        assert!(
+            now2 >= total2,
+            ".2's tunnels_total went down from {total2} to {now2}:\n{body}"
+        );
+        assert!(sample(&body, &format!("wsplice_backend_tunnels_total{b4}")) >= Some(3));
+        all_echo(&mut kept).await;
+        // The last tunnels to .2 close: its rows go.
+        kept.retain(|(_, name)| name != "127.0.0.2");
+        wait_metrics(&proxy, "no row for .2 once its last tunnel closed", |b| {
+            !b.contains(&b2) && b.contains(&b4)
+        })
+        .await;
+        all_echo(&mut kept).await;
+    });
+}
+
+#[test]
+fn backend_metrics_threads_epoll() {
+    backend_metrics_follow_the_records(Relay::Auto, "threads");
+}
+
+#[test]
+fn backend_metrics_threads_uring() {
+    backend_metrics_follow_the_records(Relay::Auto.uring(), "threads");
+}
+
+#[test]
+fn backend_metrics_processes() {
+    backend_metrics_follow_the_records(Relay::Auto, "processes");
+}
+
 /// A reload that brings the first name: the resolver starts then, and the name is looked up
 /// before `reloaded`, so the very next connection goes to its addresses; the tunnel opened
 /// before the reload stays.

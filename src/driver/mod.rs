@@ -573,6 +573,7 @@ impl Server {
                 routes: self.workers.iter().map(|w| w.routes.clone()).collect(),
             },
             Some(self.health.clone()),
+            Default::default(),
         )
     }
 

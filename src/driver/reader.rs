@@ -28,7 +28,11 @@ fn copies<T: Clone>(lists: &[Arc<Mutex<Vec<T>>>]) -> Vec<Vec<T>> {
 /// Reads the workers' published counters from any thread (or, with worker processes, from
 /// shared memory).
 #[derive(Clone)]
-pub struct StatsReader(pub(super) Source, pub(super) Option<health::Health>);
+pub struct StatsReader(
+    pub(super) Source,
+    pub(super) Option<health::Health>,
+    pub(super) stats::BackendTotals,
+);
 
 #[derive(Clone)]
 pub(super) enum Source {
@@ -55,7 +59,7 @@ impl StatsReader {
 
     /// Per-backend lines in Prometheus text format (published by each worker when they change).
     pub fn backends(&self) -> String {
-        stats::render_backends(&self.backend_rows())
+        stats::render_backends(&self.backend_rows(), &self.2)
     }
 
     /// Each worker's per-backend counts, by route and backend (with worker processes, the

@@ -559,9 +559,19 @@ pub type BackendKey = (u32, std::net::SocketAddr);
 /// One worker's per-backend counts as the admin listener reads them.
 pub type BackendSnapshot = std::sync::Arc<std::sync::Mutex<Vec<(BackendKey, BackendCounts)>>>;
 
-/// Renders the [`BACKEND_FAMILIES`], summing workers' maps (and the routes sharing a backend);
-/// each family's samples together.
-pub fn render_backends(all: &[Vec<(BackendKey, BackendCounts)>]) -> String {
+/// What `/metrics` last showed of each backend. Workers drop the row of a backend that left
+/// their routes when its last tunnel there closes, each at its own time; a counter summed
+/// over them would then go down while another worker still has tunnels to it. Shown counters
+/// are the larger of the sum and what was shown; a backend no worker has a row for is not
+/// shown and forgotten (if it comes back, its counters start again, as after a restart).
+#[derive(Clone, Default)]
+pub struct BackendTotals(
+    std::sync::Arc<std::sync::Mutex<Vec<(std::net::SocketAddr, BackendCounts)>>>,
+);
+
+/// Renders the [`BACKEND_FAMILIES`], summing workers' maps (and the routes sharing a backend),
+/// counters never below what `shown` last showed; each family's samples together.
+pub fn render_backends(all: &[Vec<(BackendKey, BackendCounts)>], shown: &BackendTotals) -> String {
     let mut sum: Vec<(std::net::SocketAddr, BackendCounts)> = Vec::new();
     for w in all {
         for &((_, addr), c) in w {
@@ -576,6 +586,15 @@ pub fn render_backends(all: &[Vec<(BackendKey, BackendCounts)>]) -> String {
         }
     }
     sum.sort_by_key(|(a, _)| *a);
+    if let Ok(mut last) = shown.0.lock() {
+        for (a, c) in &mut sum {
+            if let Ok(i) = last.binary_search_by_key(a, |(b, _)| *b) {
+                c.tunnels = c.tunnels.max(last[i].1.tunnels);
+                c.failures = c.failures.max(last[i].1.failures);
+            }
+        }
+        last.clone_from(&sum);
+    }
     let mut t = Text::default();
     let fields: [fn(&BackendCounts) -> u64; 3] = [|c| c.active, |c| c.tunnels, |c| c.failures];
     for (f, get) in BACKEND_FAMILIES.iter().zip(fields) {

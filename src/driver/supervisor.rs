@@ -286,6 +286,7 @@ impl Supervisor {
         StatsReader(
             super::reader::Source::Processes(self.board.clone()),
             Some(self.health.clone()),
+            Default::default(),
         )
     }
 

@@ -92,3 +92,50 @@ fn text_groups_each_family_under_one_header() {
         assert!(names.contains(&s.as_str()), "{s} is not in families()");
     }
 }
+
+#[test]
+fn backend_counters_do_not_go_down_while_workers_drop_their_rows() {
+    let x: std::net::SocketAddr = "127.0.0.2:9000".parse().expect("addr");
+    let row = |active, tunnels, failures| {
+        (
+            (7, x),
+            BackendCounts {
+                active,
+                tunnels,
+                failures,
+            },
+        )
+    };
+    let shown = BackendTotals::default();
+    let line = |t: &str, f: &str| {
+        t.lines()
+            .find(|l| l.starts_with(&format!("{f}{{backend=\"127.0.0.2:9000\"}} ")))
+            .map(|l| l.rsplit(' ').next().unwrap_or("").to_owned())
+    };
+    let t = render_backends(&[vec![row(0, 5, 1)], vec![row(2, 3, 0)]], &shown);
+    assert_eq!(
+        line(&t, "wsplice_backend_tunnels_total").as_deref(),
+        Some("8")
+    );
+    assert_eq!(line(&t, "wsplice_backend_active").as_deref(), Some("2"));
+    // The backend left the routes: worker 0 (idle there) dropped its row, worker 1 still has
+    // tunnels to it. The counters stay where they were; the gauge is the sum.
+    let t = render_backends(&[vec![], vec![row(1, 3, 0)]], &shown);
+    assert_eq!(
+        line(&t, "wsplice_backend_tunnels_total").as_deref(),
+        Some("8")
+    );
+    assert_eq!(
+        line(&t, "wsplice_backend_failures_total").as_deref(),
+        Some("1")
+    );
+    assert_eq!(line(&t, "wsplice_backend_active").as_deref(), Some("1"));
+    // No worker has it: not shown, and forgotten.
+    let t = render_backends(&[vec![], vec![]], &shown);
+    assert_eq!(line(&t, "wsplice_backend_tunnels_total"), None);
+    let t = render_backends(&[vec![row(1, 1, 0)], vec![]], &shown);
+    assert_eq!(
+        line(&t, "wsplice_backend_tunnels_total").as_deref(),
+        Some("1")
+    );
+}

@@ -31,6 +31,7 @@ impl Worker {
                     self.params = r.params;
                     self.tune_listeners();
                     self.routes.know(&self.params.settings.routes);
+                    self.backends.set_routes(&self.params.settings.routes);
                     if self.draining.is_none() {
                         for (addr, l) in r.add {
                             if let Err(e) = self.add_listener(addr, l, d) {

@@ -281,6 +281,8 @@ impl Worker {
         let tick = clock.tick(now);
         let mut routes = RouteCounts::new(cfg.published_routes);
         routes.know(&cfg.params.settings.routes);
+        let mut backends = BackendTable::new(cfg.published_backends);
+        backends.set_routes(&cfg.params.settings.routes);
         let counters = Counters {
             drivers: [1, 0],
             ..Counters::default()
@@ -307,7 +309,7 @@ impl Worker {
             total: cfg.total,
             log: cfg.log,
             log_batch: String::new(),
-            backends: BackendTable::new(cfg.published_backends),
+            backends,
             routes,
             listeners: cfg.listeners.into_iter().map(Some).collect(),
             conns: Slab::new(),
