@@ -81,11 +81,10 @@ impl BackendTable {
     pub fn counts(&mut self, key: BackendKey) -> &mut BackendCounts {
         self.dirty = true;
         let id = self.id(key) as usize;
-        match &mut self.rows[id] {
-            Some((_, c)) => c,
-            // `id` just made or found this row.
-            None => unreachable!("backend row {id} was just interned"),
-        }
+        // `id` made or found this row (a full table's last, shared slot included).
+        &mut self.rows[id]
+            .get_or_insert((key, BackendCounts::default()))
+            .1
     }
 
     /// A relay to backend `id` ended (`u16::MAX`: it had none).
