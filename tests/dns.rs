@@ -525,12 +525,6 @@ fn srv_weights_processes() {
     srv_weights_weigh_new_connections(Relay::Auto, "processes");
 }
 
-/// The value of `sample` (`family{labels}`) in a /metrics body, if it is there.
-fn sample(body: &str, sample: &str) -> Option<u64> {
-    body.lines()
-        .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
-}
-
 /// Polls /metrics until `done` holds for its body, within [`FOLLOW`].
 async fn wait_metrics(proxy: &Proxy, what: &str, done: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + FOLLOW;
@@ -569,11 +563,11 @@ fn backend_metrics_follow_the_records(relay: Relay, model: &'static str) {
         let open2 = kept.len() as u64;
         assert!(open2 >= 2, "round robin over two gave .2 {open2} of 6");
         let body = wait_metrics(&proxy, ".3's tunnels closed and .2's open", |b| {
-            sample(b, &format!("wsplice_backend_active{b3}")) == Some(0)
-                && sample(b, &format!("wsplice_backend_active{b2}")) == Some(open2)
+            metric_in(b, &format!("wsplice_backend_active{b3}")) == Some(0)
+                && metric_in(b, &format!("wsplice_backend_active{b2}")) == Some(open2)
         })
         .await;
-        let total2 = sample(&body, &format!("wsplice_backend_tunnels_total{b2}")).unwrap_or(0);
+        let total2 = metric_in(&body, &format!("wsplice_backend_tunnels_total{b2}")).unwrap_or(0);
         dns.set(&["127.0.0.4"]);
         follow(&proxy, &["127.0.0.4"], 3, &mut kept).await;
         // Tunnels opened to .3 while the new records came in close too.
@@ -584,16 +578,16 @@ fn backend_metrics_follow_the_records(relay: Relay, model: &'static str) {
         .await;
         let open2 = kept.iter().filter(|(_, n)| n == "127.0.0.2").count() as u64;
         assert_eq!(
-            sample(&body, &format!("wsplice_backend_active{b2}")),
+            metric_in(&body, &format!("wsplice_backend_active{b2}")),
             Some(open2),
             "{body}"
         );
-        let now2 = sample(&body, &format!("wsplice_backend_tunnels_total{b2}")).unwrap_or(0);
+        let now2 = metric_in(&body, &format!("wsplice_backend_tunnels_total{b2}")).unwrap_or(0);
         assert!(
             now2 >= total2,
             ".2's tunnels_total went down from {total2} to {now2}:\n{body}"
         );
-        assert!(sample(&body, &format!("wsplice_backend_tunnels_total{b4}")) >= Some(3));
+        assert!(metric_in(&body, &format!("wsplice_backend_tunnels_total{b4}")) >= Some(3));
         all_echo(&mut kept).await;
         // The last tunnels to .2 close: its rows go.
         kept.retain(|(_, name)| name != "127.0.0.2");

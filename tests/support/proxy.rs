@@ -911,9 +911,7 @@ impl Proxy {
     /// One metric's value from `/metrics` (exact name including labels).
     pub fn metric(&self, name: &str) -> u64 {
         let body = self.scrape("/metrics");
-        body.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-            .unwrap_or_else(|| panic!("no {name} in\n{body}"))
+        metric_in(&body, name).unwrap_or_else(|| panic!("no {name} in\n{body}"))
     }
 
     /// The admin listener's address, if the config has one.
@@ -1121,4 +1119,10 @@ pub fn raise_test_fd_limit() {
             eprintln!("could not raise the test process's open-file limit: {e}");
         }
     });
+}
+
+/// One metric's value (exact name including labels) in a `/metrics` body, if it is there.
+pub fn metric_in(body: &str, name: &str) -> Option<u64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
 }
